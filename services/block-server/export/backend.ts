@@ -1,0 +1,60 @@
+// What an NBD export serves from. The NBD connection code talks only to this interface;
+// target mode (an image file) and proxy mode (lazy relocation from an upstream) implement
+// it. Offsets and lengths are already range-checked by the connection layer.
+
+/** One extent of base:allocation block status. */
+export interface Extent {
+  length: number;
+  /** NBD_STATE_HOLE (1) | NBD_STATE_ZERO (2), as in the NBD spec's base:allocation. */
+  flags: number;
+}
+
+export interface WriteZeroesOptions {
+  fua: boolean;
+  /** NBD_CMD_FLAG_NO_HOLE: the range must stay allocated. */
+  noHole: boolean;
+  /** NBD_CMD_FLAG_FAST_ZERO: fail with ENOTSUP rather than fall back to writing zeroes. */
+  fastZero: boolean;
+}
+
+export interface Capabilities {
+  readOnly: boolean;
+  flush: boolean;
+  fua: boolean;
+  trim: boolean;
+  writeZeroes: boolean;
+  fastZero: boolean;
+  cache: boolean;
+  blockStatus: boolean;
+  /** Safe to serve over several connections at once (consistent across connections). */
+  multiConn: boolean;
+}
+
+/** Errors a backend may throw, mapped by the connection layer to NBD error codes. */
+export class BackendError extends Error {
+  constructor(
+    message: string,
+    /** errno name: EIO, ENOSPC, EINVAL, ENOTSUP, EPERM, EOVERFLOW, ESHUTDOWN */
+    readonly errno: "EIO" | "ENOSPC" | "EINVAL" | "ENOTSUP" | "EPERM" | "EOVERFLOW" | "ESHUTDOWN",
+  ) {
+    super(message);
+    this.name = "BackendError";
+  }
+}
+
+export interface Backend {
+  readonly size: number;
+  readonly caps: Capabilities;
+  /** Preferred/minimum block sizes advertised with NBD_INFO_BLOCK_SIZE. */
+  readonly blockSizes: { minimum: number; preferred: number; maximum: number };
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  flush(): Promise<void>;
+  trim(offset: number, length: number, fua: boolean): Promise<void>;
+  writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void>;
+  /** Advisory: bring the range close (proxy: fetch it now). */
+  cache(offset: number, length: number): Promise<void>;
+  /** Extents covering at least the first byte of [offset, offset+length). */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,10 @@
+/** An error meant for the user: printed as one line, no stack. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 2,
+  ) {
+    super(message);
+    this.name = "CliError";
+  }
+}
