@@ -8,7 +8,10 @@ const root = new URL("..", import.meta.url).pathname;
 const out = mkdtempSync(join(tmpdir(), "vmhop-gen-"));
 try {
   execFileSync("npx", ["buf", "generate", "-o", out], { cwd: root, stdio: "inherit" });
-  execFileSync("npx", ["buf", "build", "-o", join(out, "gen", "vmhop.binpb")], { cwd: root, stdio: "inherit" });
+  execFileSync("npx", ["buf", "build", "-o", join(out, "gen", "vmhop.binpb")], {
+    cwd: root,
+    stdio: "inherit",
+  });
   execFileSync("diff", ["-r", join(out, "gen"), join(root, "gen")], { stdio: "inherit" });
   console.log("gen/ is up to date");
 } catch {

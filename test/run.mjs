@@ -74,7 +74,9 @@ for (const f of files) {
     skipped += skip;
     failures.push(name);
     console.log(out);
-    console.log(`FAIL ${name}: ${ok}/${total} passed${r.signal ? ` (killed by ${r.signal})` : ""} (${secs} s)`);
+    console.log(
+      `FAIL ${name}: ${ok}/${total} passed${r.signal ? ` (killed by ${r.signal})` : ""} (${secs} s)`,
+    );
   } else {
     passed += ok;
     skipped += skip;

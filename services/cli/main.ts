@@ -5,10 +5,22 @@ import { CliError } from "./errors.js";
 type CliModule = { run(argv: string[]): Promise<number> };
 
 const commands: Record<string, { describe: string; load: () => Promise<CliModule> }> = {
-  block: { describe: "NBD block-server: serve, status, cache-all, promote", load: () => import("../block-server/cli.js") },
-  page: { describe: "page-server: run VMs under QEMU, migrate memory", load: () => import("../page-server/cli.js") },
-  guest: { describe: "build the test guest (kernel, initramfs, workload)", load: () => import("../page-server/guest-cli.js") },
-  control: { describe: "control-plane: hosts, VMs, migrations", load: () => import("../control-plane/cli.js") },
+  block: {
+    describe: "NBD block-server: serve, status, cache-all, promote",
+    load: () => import("../block-server/cli.js"),
+  },
+  page: {
+    describe: "page-server: run VMs under QEMU, migrate memory",
+    load: () => import("../page-server/cli.js"),
+  },
+  guest: {
+    describe: "build the test guest (kernel, initramfs, workload)",
+    load: () => import("../page-server/guest-cli.js"),
+  },
+  control: {
+    describe: "control-plane: hosts, VMs, migrations",
+    load: () => import("../control-plane/cli.js"),
+  },
   placement: { describe: "placement: simulate, policies, plan", load: () => import("../placement/cli.js") },
   netreach: { describe: "netreach: anchor and site agents", load: () => import("../netreach/cli.js") },
 };

@@ -21,15 +21,13 @@ function levelFromEnv(): LogLevel {
 }
 
 function serialise(value: unknown): unknown {
-  if (value instanceof Error) return { message: value.message, name: value.name, code: (value as { code?: unknown }).code };
+  if (value instanceof Error)
+    return { message: value.message, name: value.name, code: (value as { code?: unknown }).code };
   if (typeof value === "bigint") return value.toString();
   return value;
 }
 
-export function createLogger(
-  base: LogFields = {},
-  opts: { level?: LogLevel; sink?: LogSink } = {},
-): Logger {
+export function createLogger(base: LogFields = {}, opts: { level?: LogLevel; sink?: LogSink } = {}): Logger {
   const level = opts.level ?? levelFromEnv();
   const sink = opts.sink ?? ((line: string) => process.stderr.write(line + "\n"));
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {
