@@ -22,6 +22,10 @@ const commands: Record<string, { describe: string; load: () => Promise<CliModule
     load: () => import("../control-plane/cli.js"),
   },
   placement: { describe: "placement: simulate, policies, plan", load: () => import("../placement/cli.js") },
+  testbed: {
+    describe: "test-bed tools: WAN relay (delay + rate cap)",
+    load: () => import("../../deploy/testbed/cli.js"),
+  },
   netreach: { describe: "netreach: anchor and site agents", load: () => import("../netreach/cli.js") },
 };
 
