@@ -28,7 +28,7 @@ test("splitLines keeps an incomplete tail and strips CR", () => {
 
 test("decodeChunk reassembles a message split across chunks, byte by byte", () => {
   const wire = Buffer.from('{"return": {"status": "running", "running": true}, "id": "vmhop-1"}\r\n');
-  let pending = Buffer.alloc(0);
+  let pending: Buffer = Buffer.alloc(0);
   const got = [];
   for (let i = 0; i < wire.length; i++) {
     const r = decodeChunk(pending, wire.subarray(i, i + 1));
