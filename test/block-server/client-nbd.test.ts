@@ -75,7 +75,7 @@ real("qemu-nbd over TCP and unix: info, pipelined reads and writes, flush, block
       await c.cache(0, 65536);
       await c.disconnect();
       assert.ok(c.closed);
-      await assert.rejects?.(c.read(0, 1));
+      assert.instance(await c.read(0, 1).catch((x) => x), NbdConnectionError);
     } finally {
       await srv.stop();
     }
@@ -105,7 +105,7 @@ real("nbdkit: structured reads with holes, simple replies (--no-sr), EXPORT_NAME
     assert.is(old.size, 8 << 20);
     assert.not.ok(old.structured);
     assert.ok((await old.read(1 << 20, 70000)).equals(w));
-    await assert.rejects?.(old.blockStatus(0, 1), /base:allocation was not negotiated/);
+    assert.match(String(await old.blockStatus(0, 1).catch((x) => x)), /base:allocation was not negotiated/);
     await old.disconnect();
     await c.disconnect();
   } finally {
