@@ -1,5 +1,8 @@
 // QMP framing: JSON objects, one per line (QEMU ends each with CRLF). Pure functions over
 // bytes; the client owns the socket.
+import { splitLines } from "../lines.js";
+
+export { splitLines };
 
 export interface QmpGreeting {
   kind: "greeting";
@@ -45,21 +48,6 @@ export function encodeCommand(
   if (args !== undefined) msg.arguments = args;
   msg.id = id;
   return Buffer.from(`${JSON.stringify(msg)}\n`);
-}
-
-/**
- * Splits buffered bytes into complete lines; `rest` is an incomplete tail to keep for the
- * next chunk. Empty lines are dropped.
- */
-export function splitLines(buf: Buffer): { lines: string[]; rest: Buffer } {
-  const lines: string[] = [];
-  let start = 0;
-  for (let nl = buf.indexOf(0x0a, start); nl !== -1; nl = buf.indexOf(0x0a, start)) {
-    const line = buf.toString("utf8", start, nl).replace(/\r$/, "");
-    if (line.trim() !== "") lines.push(line);
-    start = nl + 1;
-  }
-  return { lines, rest: buf.subarray(start) };
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

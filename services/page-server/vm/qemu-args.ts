@@ -1,0 +1,72 @@
+// The QEMU command line for a VM spec. Pure: paths and accelerator come in as arguments.
+import type { Accel } from "./accel.js";
+import type { VmSpec } from "./spec.js";
+
+export interface RuntimePaths {
+  qmpSocket: string;
+  serialSocket: string;
+  serialLog: string;
+}
+
+export interface LaunchOptions {
+  /** Start with the vCPUs stopped (-S). */
+  paused?: boolean;
+  /** Migration destination: wait for migrate-incoming (-incoming defer). */
+  incoming?: boolean;
+}
+
+/** QEMU option values escape commas by doubling them. */
+export function optValue(v: string): string {
+  return v.replaceAll(",", ",,");
+}
+
+export function buildQemuArgs(
+  spec: VmSpec,
+  paths: RuntimePaths,
+  accel: Accel,
+  launch: LaunchOptions = {},
+): string[] {
+  const a: string[] = [
+    "-name",
+    `${optValue(spec.name)},debug-threads=on`,
+    "-machine",
+    "pc",
+    "-accel",
+    accel,
+    "-cpu",
+    accel === "kvm" ? "host" : "qemu64",
+    "-smp",
+    String(spec.vcpus),
+    "-m",
+    String(spec.memoryMib),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    // A guest reboot or panic ends QEMU, so it is seen as an exit, not a silent loop.
+    "-no-reboot",
+    "-kernel",
+    spec.kernel,
+  ];
+  if (spec.initrd) a.push("-initrd", spec.initrd);
+  if (spec.cmdline) a.push("-append", spec.cmdline);
+  a.push(
+    "-chardev",
+    `socket,id=serial0,path=${optValue(paths.serialSocket)},server=on,wait=off,logfile=${optValue(paths.serialLog)},logappend=on`,
+    "-serial",
+    "chardev:serial0",
+    "-qmp",
+    `unix:${optValue(paths.qmpSocket)},server=on,wait=off`,
+  );
+  if (spec.disk) {
+    a.push("-drive", `file=${optValue(spec.disk.nbd)},if=none,id=disk0,format=raw`);
+    a.push("-device", "virtio-blk-pci,drive=disk0,id=vd0");
+  }
+  if (spec.nic) {
+    a.push("-netdev", `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no`);
+    a.push("-device", `virtio-net-pci,netdev=net0,id=nic0${spec.nic.mac ? `,mac=${spec.nic.mac}` : ""}`);
+  }
+  if (launch.paused) a.push("-S");
+  if (launch.incoming) a.push("-incoming", "defer");
+  return a;
+}

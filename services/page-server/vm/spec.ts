@@ -1,0 +1,47 @@
+// What a VM is made of, as the page-server is asked to run it.
+
+export interface VmSpec {
+  /** Letters, digits, dashes; names the QEMU process and its files. */
+  name: string;
+  vcpus: number;
+  memoryMib: number;
+  kernel: string;
+  initrd?: string;
+  cmdline?: string;
+  /** An NBD export (nbd://host:port/export or nbd+unix:///export?socket=PATH), attached as virtio-blk. */
+  disk?: { nbd: string };
+  /** A tap device (created by the caller), attached as virtio-net. */
+  nic?: { tap: string; mac?: string };
+  /** auto: KVM only when the CPU has real hardware virtualisation (see accel.ts). */
+  accel?: "auto" | "tcg" | "kvm";
+}
+
+export class VmSpecError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "VmSpecError";
+  }
+}
+
+/** Throws VmSpecError naming the first bad field. */
+export function validateSpec(spec: VmSpec): VmSpec {
+  const bad = (m: string) => {
+    throw new VmSpecError(`VM spec: ${m}`);
+  };
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/i.test(spec.name ?? ""))
+    bad(`name ${JSON.stringify(spec.name)} must be 1-63 letters, digits, dashes`);
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 64)
+    bad(`vcpus ${spec.vcpus} must be an integer 1-64`);
+  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 32 || spec.memoryMib > 1 << 20)
+    bad(`memoryMib ${spec.memoryMib} must be an integer ≥ 32`);
+  if (!spec.kernel) bad("kernel is required");
+  if (spec.disk && !/^nbd(\+unix)?:\/\//.test(spec.disk.nbd))
+    bad(`disk ${JSON.stringify(spec.disk.nbd)} is not an nbd:// URL`);
+  if (spec.nic && !/^[\w.-]{1,15}$/.test(spec.nic.tap))
+    bad(`nic tap ${JSON.stringify(spec.nic.tap)} is not a device name`);
+  if (spec.nic?.mac && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(spec.nic.mac))
+    bad(`nic mac ${spec.nic.mac} is malformed`);
+  if (spec.accel && !["auto", "tcg", "kvm"].includes(spec.accel))
+    bad(`accel ${spec.accel} must be auto, tcg or kvm`);
+  return spec;
+}
