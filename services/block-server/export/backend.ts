@@ -42,12 +42,20 @@ export class BackendError extends Error {
   }
 }
 
+/** A piece of a sparse read: data, or a hole (reads as zeroes) the server sends as a hole chunk. */
+export type ReadPiece = { offset: number; data: Buffer } | { offset: number; hole: number };
+
 export interface Backend {
   readonly size: number;
   readonly caps: Capabilities;
   /** Preferred/minimum block sizes advertised with NBD_INFO_BLOCK_SIZE. */
   readonly blockSizes: { minimum: number; preferred: number; maximum: number };
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Optional: a read that reports holes instead of reading zeroes. Pieces are in order and
+   * cover exactly [offset, offset+length). Used for structured replies; `read` otherwise.
+   */
+  readSparse?(offset: number, length: number): Promise<ReadPiece[]>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

@@ -1,0 +1,76 @@
+// The few libc calls Node's fs lacks, through koffi: sparse-file seeking, hole punching,
+// read-ahead hints. Loaded lazily so importing this module never fails on its own.
+import koffi from "koffi";
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+export const POSIX_FADV_WILLNEED = 3;
+const ENXIO = 6;
+
+interface Libc {
+  lseek: (fd: number, offset: number, whence: number) => number;
+  fallocate: (fd: number, mode: number, offset: number, length: number) => number;
+  posix_fadvise: (fd: number, offset: number, length: number, advice: number) => number;
+}
+
+let libc: Libc | undefined;
+
+function load(): Libc {
+  if (libc) return libc;
+  const lib = koffi.load("libc.so.6");
+  libc = {
+    lseek: lib.func("int64_t lseek(int fd, int64_t offset, int whence)") as Libc["lseek"],
+    fallocate: lib.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)") as Libc["fallocate"],
+    posix_fadvise: lib.func(
+      "int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)",
+    ) as Libc["posix_fadvise"],
+  };
+  return libc;
+}
+
+/** A libc failure carrying the errno name in `code`, like Node's own system errors. */
+export class SysError extends Error {
+  constructor(
+    call: string,
+    readonly errnoValue: number,
+  ) {
+    const code = errnoName(errnoValue);
+    super(`${call}: ${code}`);
+    this.code = code;
+  }
+  readonly code: string;
+}
+
+function errnoName(n: number): string {
+  const os = koffi.os?.errno as Record<string, number> | undefined;
+  if (os) for (const [k, v] of Object.entries(os)) if (v === n) return k;
+  return `errno ${n}`;
+}
+
+/**
+ * lseek(SEEK_DATA/SEEK_HOLE). Synchronous: it only walks the extent tree. Returns `null` when
+ * there is no more data after `offset` (ENXIO), so callers can treat the rest as a hole.
+ */
+export function seek(fd: number, offset: number, whence: number): number | null {
+  const r = load().lseek(fd, offset, whence);
+  if (r >= 0) return r;
+  const e = koffi.errno();
+  if (e === ENXIO) return null;
+  throw new SysError(whence === SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)", e);
+}
+
+/**
+ * fallocate, synchronously: koffi's async calls cannot report errno, and we need it to tell
+ * "unsupported" from real failures. Requests are at most 32 MiB, which ext4/xfs handle fast.
+ */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  if (load().fallocate(fd, mode, offset, length) !== 0) throw new SysError("fallocate", koffi.errno());
+}
+
+/** Read-ahead hint; failures are ignored (it is advisory). */
+export function adviseWillNeed(fd: number, offset: number, length: number): void {
+  load().posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+}

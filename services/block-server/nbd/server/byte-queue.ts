@@ -1,0 +1,74 @@
+// Received bytes not yet parsed, as a list of chunks (no concatenation per 'data' event).
+
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0; // bytes already used from chunks[0]
+  length = 0;
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** A contiguous view of the first `n` bytes (n <= length); merges chunks only when needed. */
+  peek(n: number): Buffer {
+    const first = this.chunks[0];
+    if (first.length - this.head >= n) return first.subarray(this.head, this.head + n);
+    const merged = Buffer.allocUnsafe(n);
+    let at = 0;
+    let i = 0;
+    let from = this.head;
+    while (at < n) {
+      const c = this.chunks[i];
+      const k = Math.min(c.length - from, n - at);
+      c.copy(merged, at, from, from + k);
+      at += k;
+      if (from + k === c.length) {
+        i++;
+        from = 0;
+      } else from += k;
+    }
+    // Replace the merged prefix so the next peek is cheap.
+    const rest = this.chunks.slice(i);
+    if (from > 0) rest[0] = rest[0].subarray(from);
+    this.chunks = [merged, ...rest];
+    this.head = 0;
+    return merged;
+  }
+
+  /** Drops `n` bytes (n <= length). */
+  skip(n: number): void {
+    this.length -= n;
+    while (n > 0) {
+      const c = this.chunks[0];
+      const avail = c.length - this.head;
+      if (n < avail) {
+        this.head += n;
+        return;
+      }
+      n -= avail;
+      this.chunks.shift();
+      this.head = 0;
+    }
+  }
+
+  /** Moves up to `n` bytes into `target` at `at`; returns how many moved. */
+  take(target: Buffer, at: number, n: number): number {
+    let moved = 0;
+    while (moved < n && this.chunks.length > 0) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length - this.head, n - moved);
+      c.copy(target, at + moved, this.head, this.head + k);
+      moved += k;
+      this.skip(k);
+    }
+    return moved;
+  }
+
+  clear(): void {
+    this.chunks = [];
+    this.head = 0;
+    this.length = 0;
+  }
+}

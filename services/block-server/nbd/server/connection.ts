@@ -1,0 +1,413 @@
+// One client connection: runs the handshake state machine, then the transmission phase.
+// Requests are served concurrently and answered as they finish (out of order). Reading
+// stops while too much is in flight or the client is not reading replies (backpressure).
+import type { Socket } from "node:net";
+import type { Logger } from "../../../common/log.js";
+import type { Backend, ReadPiece } from "../../export/backend.js";
+import type { Export } from "../../export/export.js";
+import * as C from "../protocol/constants.js";
+import { isNeed } from "../protocol/decoded.js";
+import { NBD_EINVAL, nbdErrnoOf, ProtocolError } from "../protocol/errors.js";
+import * as T from "../protocol/transmission.js";
+import { ByteQueue } from "./byte-queue.js";
+import { COMMANDS, type RequestContext, validate } from "./commands.js";
+import { maxPayload } from "./flags.js";
+import { type ExportLookup, Handshake, type Negotiated } from "./handshake.js";
+
+export interface ConnectionLimits {
+  /** Bytes of request payloads and read replies in flight before we stop reading. */
+  maxInflightBytes: number;
+  /** Requests in flight before we stop reading. */
+  maxInflightRequests: number;
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = { maxInflightBytes: 64 << 20, maxInflightRequests: 256 };
+
+/** A WRITE whose payload is still arriving; `discard` ones are consumed and refused. */
+interface PendingPayload {
+  req: T.Request;
+  buf: Buffer | null;
+  got: number;
+  error?: { error: number; message: string };
+}
+
+export class Connection {
+  private readonly queue = new ByteQueue();
+  private readonly handshake: Handshake;
+  private session: (Negotiated & { ctx: RequestContext }) | null = null;
+  private detach: (() => void) | null = null;
+  private payload: PendingPayload | null = null;
+  private inflightBytes = 0;
+  private inflightRequests = 0;
+  private paused = false;
+  private ending = false;
+  private closed = false;
+
+  constructor(
+    private readonly socket: Socket,
+    exports: ExportLookup,
+    private readonly log: Logger,
+    private readonly limits: ConnectionLimits,
+    private readonly onClose: () => void,
+  ) {
+    this.handshake = new Handshake(exports);
+    socket.setNoDelay?.(true);
+    socket.on("data", (chunk: Buffer) => {
+      this.queue.push(chunk);
+      this.pump();
+    });
+    socket.on("drain", () => this.maybeResume());
+    socket.on("error", (err) => this.log.debug("socket error", { err }));
+    socket.on("close", () => this.cleanup());
+    socket.write(this.handshake.greeting());
+  }
+
+  /** Hangs up at once (export removed, server closing). */
+  close(reason: string): void {
+    if (this.closed) return;
+    this.log.info("disconnecting client", { reason });
+    this.socket.destroy();
+  }
+
+  get exportName(): string | undefined {
+    return this.session?.export.name;
+  }
+
+  private cleanup(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.clear();
+    this.payload = null;
+    this.detach?.();
+    this.onClose();
+  }
+
+  /** Ends the connection after what is already queued for sending. */
+  private hangup(reason: string): void {
+    if (this.ending) return;
+    this.ending = true;
+    this.log.info("closing connection", { reason });
+    this.queue.clear();
+    this.socket.pause();
+    this.socket.destroySoon();
+  }
+
+  private pump(): void {
+    try {
+      while (!this.ending && !this.closed && !this.paused) {
+        if (this.handshake.state !== "transmission") {
+          if (!this.handshakeStep()) return;
+        } else if (!this.transmissionStep()) return;
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) this.hangup(`protocol error: ${err.message}`);
+      else {
+        this.log.error("connection failed", { err });
+        this.socket.destroy();
+      }
+    }
+  }
+
+  private handshakeStep(): boolean {
+    if (this.queue.length === 0) return false;
+    const r = this.handshake.step(this.queue.peek(this.queue.length));
+    if ("need" in r) return false;
+    this.queue.skip(r.consumed);
+    for (const b of r.out) this.socket.write(b);
+    if (r.hangup) {
+      this.hangup(r.hangup);
+      return false;
+    }
+    if (r.done) this.enter(r.done);
+    return true;
+  }
+
+  private enter(n: Negotiated): void {
+    const e = n.export;
+    if (e.isRemoved) {
+      this.hangup("export removed during handshake");
+      return;
+    }
+    this.detach = e.attach(this);
+    this.session = {
+      ...n,
+      ctx: {
+        size: e.size,
+        readOnly: e.readOnly,
+        maxPayload: maxPayload(e),
+        structured: n.structured,
+        metaContext: n.metaContext,
+        transmissionFlags: n.transmissionFlags,
+      },
+    };
+    this.log.debug("transmission", { export: e.name, structured: n.structured, meta: n.metaContext });
+  }
+
+  /** Parses one request (or part of a payload); false when more bytes are needed. */
+  private transmissionStep(): boolean {
+    const s = this.session!;
+    if (this.payload) return this.payloadStep(s.export);
+    if (this.queue.length < C.REQUEST_SIZE) return false;
+    const d = T.decodeRequest(this.queue.peek(C.REQUEST_SIZE));
+    if (isNeed(d)) return false;
+    this.queue.skip(C.REQUEST_SIZE);
+    const req = d.value;
+    if (req.type === C.NBD_CMD_DISC) {
+      this.disconnect();
+      return false;
+    }
+    const invalid = validate(req, s.ctx);
+    if (COMMANDS[req.type]?.payload) {
+      // The payload follows whatever we think of the request; consume it to stay in sync.
+      // Oversized or refused payloads are discarded as they arrive, never buffered.
+      const keep = invalid === null;
+      this.payload = {
+        req,
+        buf: keep ? Buffer.allocUnsafe(req.length) : null,
+        got: 0,
+        error: invalid ?? undefined,
+      };
+      if (keep) this.track(req.length);
+      return true;
+    }
+    if (invalid) {
+      this.reply(req, invalid.error, invalid.message);
+      s.export.stats.errors++;
+      return true;
+    }
+    this.dispatch(s.export, req);
+    return true;
+  }
+
+  private payloadStep(e: Export): boolean {
+    const p = this.payload!;
+    const want = p.req.length - p.got;
+    const n = p.buf ? this.queue.take(p.buf, p.got, want) : Math.min(want, this.queue.length);
+    if (!p.buf) this.queue.skip(n);
+    p.got += n;
+    if (p.got < p.req.length) return false;
+    this.payload = null;
+    if (p.error) {
+      e.stats.errors++;
+      this.reply(p.req, p.error.error, p.error.message);
+    } else
+      this.run(
+        e,
+        p.req,
+        (b) => b.write(p.req.offset, p.buf!, (p.req.flags & C.NBD_CMD_FLAG_FUA) !== 0),
+        p.req.length,
+      );
+    return true;
+  }
+
+  private track(bytes: number): void {
+    this.inflightBytes += bytes;
+    this.inflightRequests++;
+    if (
+      this.inflightBytes > this.limits.maxInflightBytes ||
+      this.inflightRequests >= this.limits.maxInflightRequests
+    )
+      this.pause();
+  }
+
+  private untrack(bytes: number): void {
+    this.inflightBytes -= bytes;
+    this.inflightRequests--;
+    this.maybeResume();
+  }
+
+  private pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.closed) return;
+    if (this.inflightBytes > this.limits.maxInflightBytes / 2) return;
+    if (this.inflightRequests >= this.limits.maxInflightRequests) return;
+    if (this.socket.writableNeedDrain) return;
+    this.paused = false;
+    if (this.ending) {
+      if (this.inflightRequests === 0) this.socket.destroySoon();
+      return;
+    }
+    this.socket.resume();
+    this.pump();
+  }
+
+  /** NBD_CMD_DISC: stop reading, finish what is running, then close. */
+  private disconnect(): void {
+    this.ending = true;
+    this.queue.clear();
+    this.socket.pause();
+    if (this.inflightRequests === 0) this.socket.destroySoon();
+    else this.paused = true; // maybeResume() closes once the last reply is out
+  }
+
+  private dispatch(e: Export, req: T.Request): void {
+    const fua = (req.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    switch (req.type) {
+      case C.NBD_CMD_READ:
+        this.read(e, req);
+        return;
+      case C.NBD_CMD_FLUSH:
+        this.run(e, req, (b) => b.flush(), 0);
+        return;
+      case C.NBD_CMD_TRIM:
+        this.run(e, req, (b) => b.trim(req.offset, req.length, fua), 0);
+        return;
+      case C.NBD_CMD_CACHE:
+        this.run(e, req, (b) => b.cache(req.offset, req.length), 0);
+        return;
+      case C.NBD_CMD_WRITE_ZEROES:
+        this.run(
+          e,
+          req,
+          (b) =>
+            b.writeZeroes(req.offset, req.length, {
+              fua,
+              noHole: (req.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
+              fastZero: (req.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+            }),
+          0,
+        );
+        return;
+      case C.NBD_CMD_BLOCK_STATUS:
+        this.blockStatus(e, req);
+        return;
+    }
+  }
+
+  /** Runs a command with no data in its reply; `bytes` is what is held in memory meanwhile. */
+  private run(e: Export, req: T.Request, op: (b: Backend) => Promise<void>, bytes: number): void {
+    if (bytes === 0) this.track(0);
+    const b = e.begin();
+    e.stats.requests++;
+    op(b).then(
+      () => {
+        e.end(b);
+        if (req.type === C.NBD_CMD_WRITE) {
+          e.stats.bytesWritten += req.length;
+          e.heat.record(req.offset, req.length);
+        } else if (req.type === C.NBD_CMD_WRITE_ZEROES) e.heat.record(req.offset, req.length);
+        this.reply(req, 0);
+        this.untrack(bytes);
+      },
+      (err) => {
+        e.end(b);
+        this.fail(e, req, err);
+        this.untrack(bytes);
+      },
+    );
+  }
+
+  private read(e: Export, req: T.Request): void {
+    this.track(req.length);
+    const b = e.begin();
+    e.stats.requests++;
+    const s = this.session!;
+    const sparse = s.structured && b.readSparse !== undefined;
+    const p: Promise<ReadPiece[] | Buffer> = sparse
+      ? b.readSparse!(req.offset, req.length)
+      : b.read(req.offset, req.length);
+    p.then(
+      (r) => {
+        e.end(b);
+        e.stats.bytesRead += req.length;
+        e.heat.record(req.offset, req.length);
+        if (Buffer.isBuffer(r)) this.sendData(req, [{ offset: req.offset, data: r }]);
+        else this.sendData(req, r);
+        this.untrack(req.length);
+      },
+      (err) => {
+        e.end(b);
+        this.fail(e, req, err);
+        this.untrack(req.length);
+      },
+    );
+  }
+
+  private sendData(req: T.Request, pieces: ReadPiece[]): void {
+    if (this.closed) return;
+    const sock = this.socket;
+    if (!this.session!.structured) {
+      sock.cork();
+      sock.write(T.encodeSimpleReply(0, req.cookie));
+      for (const p of pieces) sock.write("data" in p ? p.data : Buffer.alloc(p.hole));
+      sock.uncork();
+      return;
+    }
+    if (pieces.length > 1 && req.flags & C.NBD_CMD_FLAG_DF)
+      pieces = [{ offset: req.offset, data: flatten(pieces, req.length) }];
+    sock.cork();
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i];
+      const flags = i === pieces.length - 1 ? C.NBD_REPLY_FLAG_DONE : 0;
+      if ("data" in p) {
+        sock.write(T.encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length));
+        sock.write(p.data);
+      } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole));
+    }
+    sock.uncork();
+  }
+
+  private blockStatus(e: Export, req: T.Request): void {
+    this.track(0);
+    const b = e.begin();
+    e.stats.requests++;
+    b.blockStatus(req.offset, req.length).then(
+      (extents) => {
+        e.end(b);
+        // Clip to the request (and to one extent with REQ_ONE); drop empty extents.
+        const out: { length: number; flags: number }[] = [];
+        let left = req.length;
+        for (const x of extents) {
+          if (left <= 0) break;
+          if (x.length <= 0) continue;
+          const len = Math.min(x.length, left);
+          out.push({ length: len, flags: x.flags });
+          left -= len;
+          if (req.flags & C.NBD_CMD_FLAG_REQ_ONE) break;
+        }
+        if (out.length === 0) this.fail(e, req, new Error("backend returned no extents"));
+        else if (!this.closed)
+          this.socket.write(
+            T.encodeBlockStatusChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, this.session!.metaContext, out),
+          );
+        this.untrack(0);
+      },
+      (err) => {
+        e.end(b);
+        this.fail(e, req, err);
+        this.untrack(0);
+      },
+    );
+  }
+
+  private fail(e: Export, req: T.Request, err: unknown): void {
+    e.stats.errors++;
+    const errno = nbdErrnoOf(err);
+    const message = err instanceof Error ? err.message : String(err);
+    this.log.debug("request failed", { cmd: COMMANDS[req.type]?.name, offset: req.offset, err });
+    this.reply(req, errno, message);
+  }
+
+  /** A reply without data: simple, or a structured error/none where structured replies are required. */
+  private reply(req: T.Request, error: number, message = ""): void {
+    if (this.closed) return;
+    const s = this.session!;
+    const chunked = s.structured && (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_BLOCK_STATUS);
+    if (error === 0) this.socket.write(T.encodeSimpleReply(0, req.cookie));
+    else if (chunked)
+      this.socket.write(T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message));
+    else this.socket.write(T.encodeSimpleReply(error, req.cookie));
+  }
+}
+
+function flatten(pieces: ReadPiece[], length: number): Buffer {
+  const out = Buffer.alloc(length);
+  const base = pieces[0].offset;
+  for (const p of pieces) if ("data" in p) p.data.copy(out, p.offset - base);
+  return out;
+}
