@@ -38,8 +38,12 @@ export class IpBatch {
   private messages: string[] = [];
   private exited: Error | null = null;
 
-  constructor(readonly netns?: string) {
-    const args = [...(netns ? ["-n", netns] : []), "-force", "-batch", "-"];
+  /** `options`: global ip options for every line, e.g. ["-6"] (batch lines take none). */
+  constructor(
+    readonly netns?: string,
+    options: string[] = [],
+  ) {
+    const args = [...(netns ? ["-n", netns] : []), ...options, "-force", "-batch", "-"];
     this.proc = spawn("ip", args, { stdio: ["pipe", "ignore", "pipe"] });
     this.proc.stderr?.setEncoding("utf8");
     this.proc.stderr?.on("data", (d: string) => this.onStderr(d));

@@ -1,0 +1,154 @@
+// The anchor (home agent): the binding cache plus its kernel data plane. Every accepted change
+// to a binding is written to the store first, then to the kernel, one VM at a time in order.
+// After a restart, start() puts every live binding back into the kernel.
+import { EventEmitter } from "node:events";
+import { type Logger, silentLogger } from "../../common/log.js";
+import { BindingCache, type Outcome } from "../binding/cache.js";
+import type { BindingKv } from "../binding/kv.js";
+import type { Binding, RegisterRequest, UpdateRequest } from "../binding/types.js";
+import { AnchorDataplane, type AnchorDataplaneConfig } from "../dataplane/anchor-dataplane.js";
+
+export interface HandoverEvent {
+  vmId: string;
+  fromSite: string;
+  toSite: string;
+  generation: number;
+  timeUnixMs: number;
+}
+
+export interface AnchorOptions {
+  kv: BindingKv;
+  dataplane: AnchorDataplaneConfig;
+  log?: Logger;
+  /** How often lifetimes are checked; default 1000 ms. */
+  expiryCheckMs?: number;
+  /** Sends unsolicited NA / gratuitous ARP for a newly registered binding (optional). */
+  announce?: (b: Binding) => Promise<void>;
+}
+
+export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
+  private readonly chains = new Map<string, Promise<unknown>>();
+  private timer?: NodeJS.Timeout;
+
+  private constructor(
+    readonly cache: BindingCache,
+    private readonly dp: AnchorDataplane,
+    private readonly opts: AnchorOptions,
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  static async start(opts: AnchorOptions): Promise<Anchor> {
+    const log = (opts.log ?? silentLogger).child({ component: "anchor" });
+    const dp = await AnchorDataplane.open(opts.dataplane);
+    const a = new Anchor(new BindingCache(opts.kv), dp, opts, log);
+    const restored = await a.restore();
+    log.info("anchor started", { restored });
+    a.timer = setInterval(
+      () => void a.expire().catch((e) => log.error("expiry failed", { err: e })),
+      opts.expiryCheckMs ?? 1000,
+    );
+    a.timer.unref();
+    return a;
+  }
+
+  /** Runs fn after every earlier change of the same VM, so the kernel sees them in store order. */
+  private serial<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chains.get(vmId) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.chains.set(
+      vmId,
+      next.catch(() => undefined),
+    );
+    return next;
+  }
+
+  private async restore(): Promise<number> {
+    let n = 0;
+    for (const b of await this.cache.list()) {
+      if (b.state === "expired") await this.dp.remove(b);
+      else {
+        await this.dp.install(b);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  register(req: RegisterRequest): Promise<Outcome> {
+    return this.serial(req.vmId, async () => {
+      const o = await this.cache.register(req);
+      if (!o.accepted) return o;
+      if (o.previous) await this.dp.remove(o.previous);
+      await this.dp.install(o.binding);
+      await this.opts.announce?.(o.binding).catch((e) => this.log.warn("announce failed", { err: e }));
+      this.log.info("registered", { vm: req.vmId, site: req.site, generation: req.generation });
+      return o;
+    });
+  }
+
+  /** A binding update from a site: re-points the VM if the generation is newer. */
+  updateBinding(req: UpdateRequest): Promise<Outcome> {
+    return this.serial(req.vmId, async () => {
+      const o = await this.cache.update(req);
+      if (!o.accepted) {
+        this.log.warn("binding update refused", {
+          vm: req.vmId,
+          generation: req.generation,
+          reason: o.reason,
+        });
+        return o;
+      }
+      await this.dp.install(o.binding);
+      const ev: HandoverEvent = {
+        vmId: req.vmId,
+        fromSite: o.previous?.site ?? "",
+        toSite: req.site,
+        generation: req.generation,
+        timeUnixMs: Date.now(),
+      };
+      this.emit("handover", ev);
+      return o;
+    });
+  }
+
+  prepareAttach(vmId: string, site: string): Promise<Outcome> {
+    return this.serial(vmId, () => this.cache.prepare(vmId, site));
+  }
+
+  refresh(vmId: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
+    return this.serial(vmId, () => this.cache.refresh(vmId, generation, lifetimeSeconds));
+  }
+
+  deregister(vmId: string): Promise<Binding | null> {
+    return this.serial(vmId, async () => {
+      const b = await this.cache.deregister(vmId);
+      if (b) await this.dp.remove(b);
+      return b;
+    });
+  }
+
+  list(): Promise<Binding[]> {
+    return this.cache.list();
+  }
+
+  private async expire(): Promise<void> {
+    for (const b of await this.cache.expireDue()) {
+      // An update may have revived it meanwhile: remove only what is still expired.
+      await this.serial(b.vmId, async () => {
+        const cur = await this.cache.get(b.vmId);
+        if (cur?.state !== "expired") return;
+        await this.dp.remove(cur);
+        this.log.warn("binding expired", { vm: b.vmId, generation: b.generation });
+      });
+    }
+  }
+
+  /** Stops the anchor process-side; the kernel keeps forwarding with the last state. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await Promise.all([...this.chains.values()]);
+    await this.dp.close();
+  }
+}

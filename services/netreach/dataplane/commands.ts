@@ -1,0 +1,100 @@
+// The kernel state netreach programs, as `ip -batch` lines. Pure functions: the anchor and site
+// agents decide what to run, IpBatch runs it.
+import type { Binding, SiteEndpoint } from "../binding/types.js";
+
+/** How the anchor reaches a site: SRv6 reduced encapsulation (IPv6-in-IPv6 on the wire, one SID). */
+const ENCAP = "encap seg6 mode encap.red segs";
+
+export interface HomeAddresses {
+  homeIpv6: string[];
+  homeIpv4: string[];
+}
+
+/** Routes sending a VM's home addresses to a site's SIDs (atomic replace: no gap on re-point). */
+export function tunnelRoutes(vm: HomeAddresses, to: SiteEndpoint, dev: string): string[] {
+  return [
+    ...vm.homeIpv6.map((a) => `route replace ${a}/128 ${ENCAP} ${to.sid6} dev ${dev}`),
+    ...vm.homeIpv4.map((a) => `route replace ${a}/32 ${ENCAP} ${to.sid4} dev ${dev}`),
+  ];
+}
+
+export function deleteHostRoutes(vm: HomeAddresses): string[] {
+  return [...vm.homeIpv6.map((a) => `route del ${a}/128`), ...vm.homeIpv4.map((a) => `route del ${a}/32`)];
+}
+
+/** The anchor answers ARP/NS for the home addresses on the home link. */
+export function proxyNeighbours(vm: HomeAddresses, homeDev: string): string[] {
+  return [
+    ...vm.homeIpv6.map((a) => `neigh replace proxy ${a} dev ${homeDev}`),
+    ...vm.homeIpv4.map((a) => `neigh replace proxy ${a} dev ${homeDev}`),
+  ];
+}
+
+export function deleteProxyNeighbours(vm: HomeAddresses, homeDev: string): string[] {
+  return [
+    ...vm.homeIpv6.map((a) => `neigh del proxy ${a} dev ${homeDev}`),
+    ...vm.homeIpv4.map((a) => `neigh del proxy ${a} dev ${homeDev}`),
+  ];
+}
+
+export function anchorBindingCommands(b: Binding, homeDev: string, wanDev: string): string[] {
+  return [...tunnelRoutes(b, b, wanDev), ...proxyNeighbours(b, homeDev)];
+}
+
+/**
+ * A router's decapsulation SIDs: End.DT6 looks the inner IPv6 packet up in the main table;
+ * End.DX4 with nexthop 0.0.0.0 forwards the inner IPv4 packet to its own destination (the
+ * kernel has no VRF here, so End.DT4 is not available).
+ */
+export function decapSids(sids: { sid6: string; sid4: string }, dev: string): string[] {
+  return [
+    `route replace ${sids.sid6}/128 encap seg6local action End.DT6 table main dev ${dev}`,
+    `route replace ${sids.sid4}/128 encap seg6local action End.DX4 nh4 0.0.0.0 dev ${dev}`,
+  ];
+}
+
+/** A site's reverse tunnel: a table whose default routes encapsulate to the anchor's SIDs. */
+export function reverseTunnelTable(
+  anchor: { sid6: string; sid4: string },
+  wanDev: string,
+  table: number,
+): string[] {
+  return [
+    `route replace ::/0 ${ENCAP} ${anchor.sid6} dev ${wanDev} table ${table}`,
+    `route replace 0.0.0.0/0 ${ENCAP} ${anchor.sid4} dev ${wanDev} table ${table}`,
+  ];
+}
+
+/**
+ * Traffic from the VM's home addresses takes the reverse tunnel. `ip rule` cannot tell the family
+ * from the address, and batch lines take no options: the IPv6 rules go to a `-6` batch.
+ */
+export function reverseTunnelRules(vm: HomeAddresses, table: number, pref: number, op: "add" | "del") {
+  const rule = (a: string, len: number) => `rule ${op} from ${a}/${len} lookup ${table} pref ${pref}`;
+  return { v6: vm.homeIpv6.map((a) => rule(a, 128)), v4: vm.homeIpv4.map((a) => rule(a, 32)) };
+}
+
+export interface HomeLinkImitation {
+  /** The home link gateway's MAC: the guest's neighbour cache stays valid after a move. */
+  gatewayMac: string;
+  /** The home link gateway's IPv4 address (the guest's default route), if any. */
+  gatewayIpv4?: string;
+}
+
+/**
+ * Configures a VM port that just arrived in the site's namespace so it looks like the home link:
+ * the gateway's MAC, fe80::1 and IPv4 address, answers proxied ARP at once, and host routes to
+ * the VM's home addresses (End.DT6/End.DX4 deliver through them).
+ */
+export function vmPortCommands(vm: HomeAddresses, port: string, imitate: HomeLinkImitation): string[] {
+  return [
+    `link set dev ${port} address ${imitate.gatewayMac}`,
+    `link set dev ${port} up`,
+    `addr replace fe80::1/64 dev ${port}`,
+    ...(imitate.gatewayIpv4 ? [`addr replace ${imitate.gatewayIpv4}/32 dev ${port}`] : []),
+    // proxy_delay has no namespace default; ntable sets it per device over netlink.
+    `ntable change name arp_cache dev ${port} proxy_delay 0`,
+    ...vm.homeIpv6.map((a) => `route replace ${a}/128 dev ${port}`),
+    ...vm.homeIpv4.map((a) => `route replace ${a}/32 dev ${port}`),
+  ];
+}

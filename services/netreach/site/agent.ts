@@ -1,0 +1,145 @@
+// A site agent: makes its site a place where a VM's home addresses work. It decapsulates what
+// the anchor (or another site's forwarding pointer) sends, gives the VM a port that looks like
+// the home link, reverse-tunnels the VM's traffic to the anchor, and sends the binding update
+// when the VM arrives. When a VM leaves, it leaves a forwarding pointer to the new site (never
+// back to the anchor, whose route may still point here) until the binding settles.
+import { type Logger, silentLogger } from "../../common/log.js";
+import type { Outcome } from "../binding/cache.js";
+import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
+import {
+  decapSids,
+  deleteHostRoutes,
+  type HomeAddresses,
+  type HomeLinkImitation,
+  reverseTunnelRules,
+  reverseTunnelTable,
+  tunnelRoutes,
+  vmPortCommands,
+} from "../dataplane/commands.js";
+import { IpBatch, idempotent } from "../dataplane/ip-batch.js";
+
+/** What the site agent needs to reach the anchor: in-process here, gRPC in the mesh. */
+export interface AnchorLink {
+  updateBinding(req: UpdateRequest): Promise<Outcome>;
+}
+
+export interface SiteConfig extends SiteEndpoint {
+  netns?: string;
+  wanDev: string;
+  tunnelSource: string;
+  /** Where reverse-tunnelled traffic goes: the anchor's SIDs. */
+  anchorSids: { sid6: string; sid4: string };
+  homeLink: HomeLinkImitation;
+  /** Routing table for the reverse tunnel, and the rule preference; defaults 100 / 100. */
+  reverseTable?: number;
+  rulePref?: number;
+  log?: Logger;
+}
+
+export interface VmNet extends HomeAddresses {
+  vmId: string;
+}
+
+export class SiteAgent {
+  private readonly table: number;
+  private readonly pref: number;
+  private readonly log: Logger;
+  /** VMs prepared here (reverse-tunnel rules in place). */
+  private readonly prepared = new Set<string>();
+  /** VMs that left, with a forwarding pointer in place. */
+  private readonly pointers = new Map<string, VmNet>();
+
+  private constructor(
+    readonly cfg: SiteConfig,
+    private readonly anchor: AnchorLink,
+    private readonly batch: IpBatch,
+    private readonly batch6: IpBatch,
+  ) {
+    this.table = cfg.reverseTable ?? 100;
+    this.pref = cfg.rulePref ?? 100;
+    this.log = (cfg.log ?? silentLogger).child({ component: "site", site: cfg.site });
+  }
+
+  static async start(cfg: SiteConfig, anchor: AnchorLink): Promise<SiteAgent> {
+    const batch = new IpBatch(cfg.netns);
+    const s = new SiteAgent(cfg, anchor, batch, new IpBatch(cfg.netns, ["-6"]));
+    await batch.apply([
+      `sr tunsrc set ${cfg.tunnelSource}`,
+      ...decapSids(cfg, cfg.wanDev),
+      ...reverseTunnelTable(cfg.anchorSids, cfg.wanDev, s.table),
+    ]);
+    return s;
+  }
+
+  get endpoint(): SiteEndpoint {
+    return { site: this.cfg.site, sid6: this.cfg.sid6, sid4: this.cfg.sid4 };
+  }
+
+  private async rules(vm: VmNet, op: "add" | "del"): Promise<void> {
+    const r = reverseTunnelRules(vm, this.table, this.pref, op);
+    await Promise.all([
+      this.batch6.apply(r.v6, { tolerate: idempotent }),
+      this.batch.apply(r.v4, { tolerate: idempotent }),
+    ]);
+  }
+
+  /** Before switch-over: the reverse tunnel for the VM's home addresses. Idempotent. */
+  async prepare(vm: VmNet): Promise<void> {
+    await this.rules(vm, "add");
+    this.prepared.add(vm.vmId);
+  }
+
+  /**
+   * The VM's port has arrived in this site's namespace (the VM runs here now): make it look
+   * like the home link, then tell the anchor. Returns the anchor's answer.
+   */
+  async attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
+    await this.attachPort(vm, port);
+    const o = await this.anchor.updateBinding({
+      vmId: vm.vmId,
+      generation,
+      lifetimeSeconds,
+      ...this.endpoint,
+    });
+    if (!o.accepted) this.log.warn("binding update refused", { vm: vm.vmId, reason: o.reason });
+    return o;
+  }
+
+  /** Makes an arrived port look like the home link, without telling the anchor (first placement). */
+  async attachPort(vm: VmNet, port: string): Promise<void> {
+    // A VM that comes back replaces the pointer it left here with its port routes.
+    this.pointers.delete(vm.vmId);
+    if (!this.prepared.has(vm.vmId)) await this.prepare(vm);
+    await this.batch.apply(vmPortCommands(vm, port, this.cfg.homeLink));
+  }
+
+  /**
+   * The VM left (its port is gone). With `forwardTo`, packets still arriving here for it are
+   * re-encapsulated to the new site; without, they are dropped (break-before-make).
+   */
+  async leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void> {
+    if (forwardTo) {
+      await this.batch.apply(tunnelRoutes(vm, forwardTo, this.cfg.wanDev));
+      this.pointers.set(vm.vmId, vm);
+    } else {
+      await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });
+    }
+    await this.rules(vm, "del");
+    this.prepared.delete(vm.vmId);
+  }
+
+  /** After the binding settled: removes the forwarding pointer. */
+  async cleanup(vm: VmNet): Promise<void> {
+    if (!this.pointers.has(vm.vmId)) return;
+    this.pointers.delete(vm.vmId);
+    await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });
+  }
+
+  hasForwardingPointer(vmId: string): boolean {
+    return this.pointers.has(vmId);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.batch.close(), this.batch6.close()]);
+  }
+}

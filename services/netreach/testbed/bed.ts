@@ -1,0 +1,257 @@
+// A netreach test bed in network namespaces:
+//
+//   cn ── home link ── anchor ══ WAN ══ site1 … siteN        (sites also meshed with each other)
+//                                          └── vport ── vm   (the port moves between sites)
+//
+// The correspondent (cn) and the VM's home addresses share the home link subnet; the anchor
+// proxies ARP/NDP for them there and tunnels to the VM's current site with SRv6. The VM
+// namespace keeps its addresses and routes for the whole run: only its port's far end moves
+// from site to site, as a VM's NIC is re-plugged by a migration. WAN links are pluggable
+// (`WanLinker`) so a delaying one can replace plain veth; the binding update's one-way delay
+// is applied by `delayedAnchorLink`.
+
+import {
+  addAddress,
+  createNetns,
+  createVeth,
+  destroyNetnsWithPrefix,
+  deviceRouterSysctls,
+  hostSysctls,
+  ip,
+  routerSysctls,
+  setSysctls,
+} from "../../../deploy/testbed/netns.js";
+import { type Logger, silentLogger } from "../../common/log.js";
+import { Anchor } from "../anchor/anchor.js";
+import type { Outcome } from "../binding/cache.js";
+import { type BindingKv, MemoryKv } from "../binding/kv.js";
+import type { UpdateRequest } from "../binding/types.js";
+import { IpBatch } from "../dataplane/ip-batch.js";
+import { type AnchorLink, SiteAgent, type VmNet } from "../site/agent.js";
+
+export const GATEWAY_MAC = "02:00:00:00:00:01";
+export const HOME = { gw6: "2001:db8:100::1", gw4: "10.77.0.1", cn6: "2001:db8:100::2", cn4: "10.77.0.2" };
+export const VM: VmNet & { mac: string } = {
+  vmId: "vm-1",
+  mac: "52:54:00:00:01:00",
+  homeIpv6: ["2001:db8:100::100"],
+  homeIpv4: ["10.77.0.100"],
+};
+const PORT = "vport";
+
+/** Node k (0 = anchor, 1.. = sites): locator fc00:k::/48, tunnel source ::a, SIDs ::d6 and ::d4. */
+export function sidsOf(k: number): { tunsrc: string; sid6: string; sid4: string } {
+  return { tunsrc: `fc00:${k}::a`, sid6: `fc00:${k}::d6`, sid4: `fc00:${k}::d4` };
+}
+
+export interface WanEnd {
+  ns: string;
+  dev: string;
+  /** The end's address on the link, with prefix length. */
+  addr6: string;
+}
+
+/** Connects two routers; returns a function that tears down whatever it started. */
+export type WanLinker = (a: WanEnd, b: WanEnd) => Promise<() => Promise<void>>;
+
+/** A plain veth pair: no delay. */
+export const vethWan: WanLinker = async (a, b) => {
+  await createVeth({ ns: a.ns, name: a.dev }, { ns: b.ns, name: b.dev });
+  await addAddress(a.ns, a.dev, a.addr6);
+  await addAddress(b.ns, b.dev, b.addr6);
+  return async () => {};
+};
+
+/** Delays the binding update and its answer by `oneWayMs` each way, as the WAN would. */
+export function delayedAnchorLink(anchor: () => Anchor, oneWayMs: number): AnchorLink {
+  const wait = () => new Promise<void>((r) => setTimeout(r, oneWayMs));
+  return {
+    async updateBinding(req: UpdateRequest): Promise<Outcome> {
+      if (oneWayMs > 0) await wait();
+      const o = await anchor().updateBinding(req);
+      if (oneWayMs > 0) await wait();
+      return o;
+    },
+  };
+}
+
+export type HandoverMode = "bbm" | "mbb" | "mbb-fp";
+
+export interface BedOptions {
+  /** Unique namespace prefix, e.g. "nr-t1-"; everything with it is deleted on destroy. */
+  prefix: string;
+  sites?: number;
+  wan?: WanLinker;
+  /** One-way delay applied to binding updates (the data plane's delay is the WanLinker's). */
+  signallingDelayMs?: number;
+  kv?: BindingKv;
+  log?: Logger;
+}
+
+export class NetreachBed {
+  readonly ns: { anchor: string; cn: string; vm: string; sites: string[] };
+  anchor!: Anchor;
+  sites: SiteAgent[] = [];
+  /** Index (0-based) of the site the VM is at, or -1 before placement. */
+  at = -1;
+  generation = 0;
+  readonly kv: BindingKv;
+  private readonly teardowns: Array<() => Promise<void>> = [];
+  private readonly movers: IpBatch[] = [];
+  private readonly log: Logger;
+
+  private constructor(readonly opts: BedOptions) {
+    const p = opts.prefix;
+    const n = opts.sites ?? 2;
+    if (n < 2 || n > 9) throw new Error(`a bed has 2..9 sites, got ${n}`);
+    this.ns = {
+      anchor: `${p}anchor`,
+      cn: `${p}cn`,
+      vm: `${p}vm`,
+      sites: Array.from({ length: n }, (_, i) => `${p}s${i + 1}`),
+    };
+    this.kv = opts.kv ?? new MemoryKv();
+    this.log = opts.log ?? silentLogger;
+  }
+
+  static async create(opts: BedOptions): Promise<NetreachBed> {
+    if (!/^nr-[a-z0-9-]{1,20}$/.test(opts.prefix))
+      throw new Error(`bed prefix must look like 'nr-xyz-', got '${opts.prefix}'`);
+    const bed = new NetreachBed(opts);
+    try {
+      await bed.build();
+    } catch (err) {
+      await bed.destroy();
+      throw err;
+    }
+    return bed;
+  }
+
+  private async build(): Promise<void> {
+    const { anchor, cn, vm, sites } = this.ns;
+    for (const r of [anchor, ...sites]) await createNetns(r, { sysctls: routerSysctls });
+    // Sites answer ARP for the home subnet on the VM's port (the guest thinks peers are on-link).
+    for (const s of sites) await setSysctls(s, { "net.ipv4.conf.default.proxy_arp": "1" });
+    for (const h of [cn, vm]) await createNetns(h, { sysctls: hostSysctls });
+
+    // Home link.
+    await createVeth({ ns: anchor, name: "home0", mac: GATEWAY_MAC }, { ns: cn, name: "cn0" });
+    await setSysctls(anchor, deviceRouterSysctls("home0"));
+    await addAddress(anchor, "home0", `${HOME.gw6}/64`);
+    await addAddress(anchor, "home0", `${HOME.gw4}/24`);
+    await addAddress(cn, "cn0", `${HOME.cn6}/64`);
+    await addAddress(cn, "cn0", `${HOME.cn4}/24`);
+
+    // WAN: a full mesh of point-to-point links; link a<b is fd00:0:a:b::/64 with ::1 at a, ::2 at b.
+    const routers = [anchor, ...sites];
+    const wan = this.opts.wan ?? vethWan;
+    for (let a = 0; a < routers.length; a++)
+      for (let b = a + 1; b < routers.length; b++) {
+        const net = `fd00:0:${a}:${b}::`;
+        this.teardowns.push(
+          await wan(
+            { ns: routers[a], dev: `w${b}`, addr6: `${net}1/64` },
+            { ns: routers[b], dev: `w${a}`, addr6: `${net}2/64` },
+          ),
+        );
+        await ip(routers[a], "-6", "route", "add", `fc00:${b}::/48`, "via", `${net}2`, "dev", `w${b}`);
+        await ip(routers[b], "-6", "route", "add", `fc00:${a}::/48`, "via", `${net}1`, "dev", `w${a}`);
+      }
+    for (let k = 0; k < routers.length; k++) await addAddress(routers[k], "lo", `${sidsOf(k).tunsrc}/128`);
+
+    // The VM: home addresses, default routes to the home gateway; its port starts in no site.
+    await createVeth({ ns: vm, name: "eth0", mac: VM.mac }, { ns: vm, name: PORT });
+    await addAddress(vm, "eth0", `${VM.homeIpv6[0]}/64`, { noPrefixRoute: true });
+    await addAddress(vm, "eth0", `${VM.homeIpv4[0]}/24`);
+    await ip(vm, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0");
+    await ip(vm, "-4", "route", "add", "default", "via", HOME.gw4, "dev", "eth0");
+
+    await this.startAnchor();
+    const link = delayedAnchorLink(() => this.anchor, this.opts.signallingDelayMs ?? 0);
+    for (let i = 0; i < sites.length; i++) {
+      const k = i + 1;
+      const s = sidsOf(k);
+      this.sites.push(
+        await SiteAgent.start(
+          {
+            netns: sites[i],
+            site: `s${k}`,
+            sid6: s.sid6,
+            sid4: s.sid4,
+            tunnelSource: s.tunsrc,
+            wanDev: "w0",
+            anchorSids: sidsOf(0),
+            homeLink: { gatewayMac: GATEWAY_MAC, gatewayIpv4: HOME.gw4 },
+            log: this.log,
+          },
+          link,
+        ),
+      );
+    }
+    this.movers.push(new IpBatch(vm), ...sites.map((s) => new IpBatch(s)));
+  }
+
+  /** Starts (or restarts) the anchor on the bed's store; restores bindings into the kernel. */
+  async startAnchor(): Promise<void> {
+    const s = sidsOf(0);
+    this.anchor = await Anchor.start({
+      kv: this.kv,
+      dataplane: { netns: this.ns.anchor, homeDev: "home0", wanDev: "w1", sids: s, tunnelSource: s.tunsrc },
+      log: this.log,
+    });
+  }
+
+  /** Moves the VM's port into site i's namespace (the "re-plug"; one netlink round trip). */
+  private async plugInto(i: number): Promise<void> {
+    const from = this.at < 0 ? this.movers[0] : this.movers[this.at + 1];
+    await from.apply([`link set dev ${PORT} netns ${this.ns.sites[i]}`]);
+  }
+
+  /** First placement: the port goes to site i, the anchor registers the VM there. */
+  async place(i: number, lifetimeSeconds = 300): Promise<Outcome> {
+    const site = this.sites[i];
+    await site.prepare(VM);
+    await this.plugInto(i);
+    await site.attachPort(VM, PORT);
+    this.at = i;
+    this.generation++;
+    return this.anchor.register({ ...VM, ...site.endpoint, generation: this.generation, lifetimeSeconds });
+  }
+
+  /**
+   * Moves the VM from its site to site `to`. Returns the anchor's answer, and `switchAtMs`, the
+   * epoch ms of the switch-over (the port leaving the old site).
+   */
+  async move(to: number, mode: HandoverMode): Promise<{ outcome: Outcome; switchAtMs: number }> {
+    if (this.at < 0) throw new Error("the VM has not been placed yet");
+    if (to === this.at) throw new Error(`the VM is already at site ${to + 1}`);
+    const src = this.sites[this.at];
+    const dst = this.sites[to];
+    const generation = ++this.generation;
+    if (mode !== "bbm") {
+      await this.anchor.prepareAttach(VM.vmId, dst.endpoint.site);
+      await dst.prepare(VM);
+    }
+    const switchAtMs = performance.timeOrigin + performance.now();
+    await this.plugInto(to);
+    this.at = to;
+    const [outcome] = await Promise.all([
+      dst.attach(VM, PORT, generation),
+      src.leave(VM, mode === "mbb-fp" ? dst.endpoint : undefined),
+    ]);
+    return { outcome, switchAtMs };
+  }
+
+  /** After the binding settled: the old site drops its forwarding pointer. */
+  async settle(): Promise<void> {
+    for (const s of this.sites) await s.cleanup(VM);
+  }
+
+  async destroy(): Promise<void> {
+    await this.anchor?.stop().catch(() => undefined);
+    for (const s of this.sites) await s.close().catch(() => undefined);
+    for (const m of this.movers) await m.close().catch(() => undefined);
+    for (const t of this.teardowns) await t().catch(() => undefined);
+    await destroyNetnsWithPrefix(this.opts.prefix);
+  }
+}
