@@ -42,6 +42,9 @@ export class BackendError extends Error {
   }
 }
 
+/** Allocates a buffer of exactly n bytes (uninitialised). */
+export type Alloc = (n: number) => Buffer;
+
 /** A piece of a sparse read: data, or a hole (reads as zeroes) the server sends as a hole chunk. */
 export type ReadPiece = { offset: number; data: Buffer } | { offset: number; hole: number };
 
@@ -50,12 +53,18 @@ export interface Backend {
   readonly caps: Capabilities;
   /** Preferred/minimum block sizes advertised with NBD_INFO_BLOCK_SIZE. */
   readonly blockSizes: { minimum: number; preferred: number; maximum: number };
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Reads [offset, offset+length). When `alloc` is given, the returned data should live in a
+   * buffer from alloc(n): the server then recycles it once sent (no fresh pages per request).
+   * A backend that returns some other buffer (e.g. one it keeps) is fine: it is never recycled.
+   */
+  read(offset: number, length: number, alloc?: Alloc): Promise<Buffer>;
   /**
    * Optional: a read that reports holes instead of reading zeroes. Pieces are in order and
    * cover exactly [offset, offset+length). Used for structured replies; `read` otherwise.
    */
-  readSparse?(offset: number, length: number): Promise<ReadPiece[]>;
+  readSparse?(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]>;
+  /** `data` belongs to the server and is reused once the promise settles: copy it to keep it. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

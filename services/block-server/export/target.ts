@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import { MAX_REQUEST_LENGTH, NBD_STATE_HOLE, NBD_STATE_ZERO } from "../nbd/protocol/constants.js";
 import {
+  type Alloc,
   type Backend,
   BackendError,
   type Capabilities,
@@ -17,6 +18,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
+  preadCached,
   SEEK_DATA,
   SEEK_HOLE,
   seek,
@@ -32,9 +34,12 @@ export interface TargetOptions {
   readOnly?: boolean;
 }
 
+/** Reads all of `buf` from `position`: from the page cache inline when it is there, else via the threadpool. */
 function preadFull(fd: number, buf: Buffer, position: number): Promise<Buffer> {
+  const cached = preadCached(fd, buf, position);
+  if (cached === buf.length) return Promise.resolve(buf);
   return new Promise((resolve, reject) => {
-    let done = 0;
+    let done = cached;
     const step = () =>
       fs.read(fd, buf, done, buf.length - done, position + done, (err, n) => {
         if (err) return reject(err);
@@ -108,40 +113,40 @@ export class TargetBackend implements Backend {
     return this.fd;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return preadFull(this.check(), Buffer.allocUnsafe(length), offset);
+  read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
+    return preadFull(this.check(), alloc(length), offset);
   }
 
-  async readSparse(offset: number, length: number): Promise<ReadPiece[]> {
+  async readSparse(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<ReadPiece[]> {
     const fd = this.check();
     const end = offset + length;
     // Fast path: no hole starts inside the range (one syscall).
     const firstHole = seek(fd, offset, SEEK_HOLE) ?? this.size;
-    if (firstHole >= end) return [{ offset, data: await this.read(offset, length) }];
-    const pieces: ReadPiece[] = [];
-    const pending: Promise<unknown>[] = [];
-    const addData = (from: number, to: number) => {
-      const last = pieces[pieces.length - 1];
-      if (last && "data" in last && last.offset + last.data.length === from) {
-        // Merge with the previous data piece by re-reading the joined range below.
-        pieces.pop();
-        from = last.offset;
-      }
-      pieces.push({ offset: from, data: Buffer.allocUnsafe(to - from) });
+    if (firstHole >= end) return [{ offset, data: await this.read(offset, length, alloc) }];
+    // Plan the pieces first (merging data separated by small holes), then read them.
+    const plan: { offset: number; length: number; hole: boolean }[] = [];
+    const add = (from: number, to: number, hole: boolean) => {
+      const last = plan[plan.length - 1];
+      if (last && !last.hole && !hole) last.length += to - from;
+      else plan.push({ offset: from, length: to - from, hole });
     };
     let pos = offset;
     while (pos < end) {
       const hole = Math.min(seek(fd, pos, SEEK_HOLE) ?? this.size, end);
-      if (hole > pos) addData(pos, hole);
+      if (hole > pos) add(pos, hole, false);
       if (hole >= end) break;
       const data = Math.min(seek(fd, hole, SEEK_DATA) ?? this.size, end);
-      if (data - hole < MIN_HOLE_CHUNK && data < end) addData(hole, data);
-      else pieces.push({ offset: hole, hole: data - hole });
+      add(hole, data, data - hole >= MIN_HOLE_CHUNK || data >= end);
       pos = data;
     }
-    for (const p of pieces) if ("data" in p) pending.push(preadFull(fd, p.data, p.offset));
-    await Promise.all(pending);
-    return pieces;
+    return Promise.all(
+      plan.map(
+        (p): Promise<ReadPiece> =>
+          p.hole
+            ? Promise.resolve({ offset: p.offset, hole: p.length })
+            : preadFull(fd, alloc(p.length), p.offset).then((data) => ({ offset: p.offset, data })),
+      ),
+    );
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {

@@ -4,6 +4,7 @@
 import type { Socket } from "node:net";
 import type { Logger } from "../../../common/log.js";
 import type { Backend, ReadPiece } from "../../export/backend.js";
+import type { BufferPool } from "../../export/buffer-pool.js";
 import type { Export } from "../../export/export.js";
 import * as C from "../protocol/constants.js";
 import { isNeed } from "../protocol/decoded.js";
@@ -48,6 +49,7 @@ export class Connection {
     exports: ExportLookup,
     private readonly log: Logger,
     private readonly limits: ConnectionLimits,
+    private readonly pool: BufferPool,
     private readonly onClose: () => void,
   ) {
     this.handshake = new Handshake(exports);
@@ -163,7 +165,7 @@ export class Connection {
       const keep = invalid === null;
       this.payload = {
         req,
-        buf: keep ? Buffer.allocUnsafe(req.length) : null,
+        buf: keep ? this.pool.alloc(req.length) : null,
         got: 0,
         error: invalid ?? undefined,
       };
@@ -308,9 +310,10 @@ export class Connection {
     e.stats.requests++;
     const s = this.session!;
     const sparse = s.structured && b.readSparse !== undefined;
+    const alloc = this.pool.alloc;
     const p: Promise<ReadPiece[] | Buffer> = sparse
-      ? b.readSparse!(req.offset, req.length)
-      : b.read(req.offset, req.length);
+      ? b.readSparse!(req.offset, req.length, alloc)
+      : b.read(req.offset, req.length, alloc);
     p.then(
       (r) => {
         e.end(b);
@@ -329,12 +332,19 @@ export class Connection {
   }
 
   private sendData(req: T.Request, pieces: ReadPiece[]): void {
-    if (this.closed) return;
+    const pool = this.pool;
+    if (this.closed) {
+      for (const p of pieces) if ("data" in p) pool.release(p.data);
+      return;
+    }
     const sock = this.socket;
     if (!this.session!.structured) {
       sock.cork();
       sock.write(T.encodeSimpleReply(0, req.cookie));
-      for (const p of pieces) sock.write("data" in p ? p.data : Buffer.alloc(p.hole));
+      for (const p of pieces) {
+        if ("data" in p) sock.write(p.data, () => pool.release(p.data));
+        else sock.write(Buffer.alloc(p.hole));
+      }
       sock.uncork();
       return;
     }
@@ -346,7 +356,7 @@ export class Connection {
       const flags = i === pieces.length - 1 ? C.NBD_REPLY_FLAG_DONE : 0;
       if ("data" in p) {
         sock.write(T.encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length));
-        sock.write(p.data);
+        sock.write(p.data, () => pool.release(p.data));
       } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole));
     }
     sock.uncork();

@@ -3,6 +3,7 @@
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { createLogger, type Logger } from "../../../common/log.js";
+import { BufferPool } from "../../export/buffer-pool.js";
 import { ExportRegistry } from "../../export/registry.js";
 import { Connection, type ConnectionLimits, DEFAULT_LIMITS } from "./connection.js";
 
@@ -43,6 +44,8 @@ export class NbdServer {
   private readonly listeners: { server: Server; address: ListenAddress }[] = [];
   private readonly connections = new Set<Connection>();
   private nextId = 1;
+  /** Read and write buffers, shared by all connections. */
+  readonly pool = new BufferPool();
 
   constructor(opts: NbdServerOptions = {}) {
     this.exports = opts.exports ?? new ExportRegistry();
@@ -81,7 +84,7 @@ export class NbdServer {
     const id = this.nextId++;
     const log = this.log.child({ conn: id });
     log.debug("client connected", { remote: sock.remoteAddress ?? "unix" });
-    const conn = new Connection(sock, this.exports, log, this.limits, () => {
+    const conn = new Connection(sock, this.exports, log, this.limits, this.pool, () => {
       this.connections.delete(conn);
       log.debug("client gone");
     });
