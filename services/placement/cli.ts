@@ -1,5 +1,145 @@
+// `vmhop placement simulate|policies`: offline scoring of placement policies on traces.
+import { parseArgs } from "node:util";
 import { CliError } from "../cli/errors.js";
+import type { DayMetrics } from "./metrics/summary.js";
+import { DEFAULT_POLICY, listPolicies } from "./policies/registry.js";
+import { type RunResult, runDays } from "./sim/run-days.js";
+import { TraceError } from "./traces/trace.js";
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CliError("this command is not implemented yet");
+const USAGE = `usage: vmhop placement <command>
+
+commands:
+  simulate --traces DIR [--days A,B] [--policy NAME] [--cost-model cloudsim|postcopy]
+           [--seed N] [--hosts N] [--json]
+           replay a day of traces per day (DIR/<day>.tsv or DIR/<day>/ one file per VM)
+           and print energy, SLATAH, PDM, SLAV, ESV and migrations per day and their mean
+  policies [--json]   list policy names (default policy: ${DEFAULT_POLICY})`;
+
+/** `simulate --json`: {days: [{day, …metrics}], mean: {…metrics}}, fractions not percent. */
+export type JsonMetric = "energy_kwh" | "slatah" | "pdm" | "slav" | "esv" | "migrations" | "plan_ms_p99";
+export type JsonDay = { day: string } & Record<JsonMetric, number>;
+
+const JSON_METRICS: readonly JsonMetric[] = [
+  "energy_kwh",
+  "slatah",
+  "pdm",
+  "slav",
+  "esv",
+  "migrations",
+  "plan_ms_p99",
+];
+
+export function toJson(r: RunResult): { days: JsonDay[]; mean: Record<JsonMetric, number> } {
+  const pick = (m: Omit<DayMetrics, "day">) =>
+    Object.fromEntries(JSON_METRICS.map((k) => [k, m[k]])) as Record<JsonMetric, number>;
+  return { days: r.days.map((d) => ({ day: d.day, ...pick(d) })), mean: pick(r.mean) };
+}
+
+function formatTable(r: RunResult): string {
+  const head = [
+    "day",
+    "energy_kWh",
+    "migrations",
+    "SLATAH_%",
+    "PDM_%",
+    "SLAV",
+    "ESV",
+    "shutdowns",
+    "plan_p99_ms",
+  ];
+  const row = (day: string, m: Omit<DayMetrics, "day">) => [
+    day,
+    m.energy_kwh.toFixed(2),
+    m.migrations.toFixed(0),
+    (m.slatah * 100).toFixed(2),
+    (m.pdm * 100).toFixed(3),
+    m.slav.toExponential(3),
+    m.esv.toExponential(3),
+    m.host_shutdowns.toFixed(0),
+    m.plan_ms_p99.toFixed(1),
+  ];
+  const rows = [head, ...r.days.map((d) => row(d.day, d)), row("mean", r.mean)];
+  const w = head.map((_, i) => Math.max(...rows.map((x) => x[i].length)));
+  const lines = rows.map((x) =>
+    x
+      .map((v, i) => v.padEnd(w[i]))
+      .join("  ")
+      .trimEnd(),
+  );
+  return [`policy ${r.policy}, cost model ${r.costModel}`, ...lines].join("\n");
+}
+
+function intOption(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]+$/.test(v))
+    throw new CliError(`--${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+async function simulate(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        traces: { type: "string" },
+        days: { type: "string" },
+        policy: { type: "string", default: DEFAULT_POLICY },
+        "cost-model": { type: "string", default: "cloudsim" },
+        seed: { type: "string" },
+        hosts: { type: "string" },
+        json: { type: "boolean", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    throw new CliError(`${(e as Error).message}\n${USAGE}`);
+  }
+  if (typeof values.traces !== "string") throw new CliError(`simulate needs --traces DIR\n${USAGE}`);
+  const cost = values["cost-model"] as string;
+  if (cost !== "cloudsim" && cost !== "postcopy")
+    throw new CliError(`--cost-model must be cloudsim or postcopy, got ${JSON.stringify(cost)}`);
+  const days =
+    typeof values.days === "string"
+      ? values.days
+          .split(",")
+          .map((d) => d.trim())
+          .filter(Boolean)
+      : undefined;
+  let result: RunResult;
+  try {
+    result = runDays({
+      traces: values.traces,
+      days,
+      policy: values.policy as string,
+      costModel: cost,
+      seed: intOption(values.seed as string | undefined, "seed"),
+      hosts: intOption(values.hosts as string | undefined, "hosts"),
+    });
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    if (e instanceof TraceError || e instanceof Error) throw new CliError(e.message);
+    throw e;
+  }
+  console.log(values.json ? JSON.stringify(toJson(result)) : formatTable(result));
+  return 0;
+}
+
+function policies(argv: string[]): number {
+  const list = listPolicies();
+  if (argv.includes("--json")) console.log(JSON.stringify(list));
+  else console.log(list.map((p) => `${p.name.padEnd(14)} ${p.describe}`).join("\n"));
+  return 0;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    console.log(USAGE);
+    return 0;
+  }
+  if (cmd === "simulate") return simulate(rest);
+  if (cmd === "policies") return policies(rest);
+  throw new CliError(`unknown placement command ${JSON.stringify(cmd)}\n${USAGE}`);
 }
