@@ -15,6 +15,7 @@ type Events = {
 export class SerialConsole extends EventEmitter<Events> {
   readonly tracker = new HeartbeatTracker();
   private rest: Buffer = Buffer.alloc(0);
+  private predecessor: SerialConsole | undefined;
   private socket: Socket | undefined;
   private ended = false;
   /** The latest lines, for error messages. */
@@ -51,6 +52,16 @@ export class SerialConsole extends EventEmitter<Events> {
       this.ended = true;
       this.emit("close");
     });
+  }
+
+  /**
+   * Makes this console the continuation of `prev` (the same guest before a migration): the
+   * heartbeat stats carry over, so a counter break or gap across the switch-over shows, and a
+   * line the guest was half-way through writing at the switch is completed here.
+   */
+  continueFrom(prev: SerialConsole): void {
+    this.predecessor = prev;
+    this.tracker.stats = { ...prev.tracker.stats };
   }
 
   get closed(): boolean {
@@ -97,6 +108,12 @@ export class SerialConsole extends EventEmitter<Events> {
 
   private onData(chunk: Buffer): void {
     const now = Date.now();
+    if (this.predecessor) {
+      // The tail is read at the first byte the new host prints: by then the old one has stopped.
+      this.rest = Buffer.concat([this.predecessor.rest, this.rest]);
+      this.tracker.stats = { ...this.predecessor.tracker.stats };
+      this.predecessor = undefined;
+    }
     const { lines, rest } = splitLines(Buffer.concat([this.rest, chunk]));
     this.rest = rest;
     for (const line of lines) {

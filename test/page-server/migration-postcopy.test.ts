@@ -1,0 +1,77 @@
+// Pure post-copy between two QEMUs on loopback, driven by QMP: the guest's heartbeat counter
+// continues unbroken on the destination, its memory verification passes there, and the
+// source QEMU ends.
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
+import type { VmSpec } from "../../services/page-server/vm/spec.js";
+import { Vm } from "../../services/page-server/vm/vm.js";
+import { freePort, gate, tempDir } from "../helpers/env.js";
+import { ensureGuest } from "./guest.js";
+
+const migTest = gate(
+  test,
+  ["qemu-system-x86_64", "gcc", "apt-get", "root"],
+  "post-copy needs userfaultfd (root)",
+);
+const dir = tempDir("vmhop-mig-");
+const vms: Vm[] = [];
+
+test.after(async () => {
+  for (const vm of vms) await vm.kill();
+  dir.cleanup();
+});
+
+migTest("pure post-copy: heartbeat continues unbroken on the destination, source ends", async () => {
+  const guest = await ensureGuest();
+  const spec = (name: string): VmSpec => ({
+    name,
+    vcpus: 1,
+    memoryMib: 160,
+    kernel: guest.kernel,
+    initrd: guest.initrd,
+    cmdline: guestCmdline({ memMib: 48, rateMib: 16, verifyMib: 48 }),
+  });
+  const src = new Vm(spec("mig-src"), { runDir: join(dir.path, "src") });
+  vms.push(src);
+  await src.start();
+  await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+
+  const dst = new Vm(spec("mig-dst"), { runDir: join(dir.path, "dst") });
+  vms.push(dst);
+  await dst.start({ incoming: true });
+  assert.is(dst.state, "incoming");
+  dst.serial.continueFrom(src.serial);
+  const uri = `tcp:127.0.0.1:${await freePort()}`;
+  await prepareIncoming(dst, uri, { mode: "postcopy" });
+
+  const before = src.serial.tracker.stats.last!;
+  const result = await migrate(src, uri, { mode: "postcopy" });
+  assert.is(result.final.status, "completed");
+  assert.ok(result.switchedAtMs !== undefined);
+  assert.ok(result.final.postcopyBytes > 0, "no page moved in post-copy");
+  assert.is(src.state, "postmigrate");
+
+  // A verification pass that starts and ends on the destination, with the counter moving on.
+  const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= before.passes + 2, 60_000);
+  assert.is(dst.state, "running");
+  assert.ok(hb.counter > before.counter);
+  assert.is(hb.memErrors, 0, "memory verification failed after migration");
+  const stats = dst.serial.tracker.stats;
+  assert.is(stats.counterBreaks, 0, "heartbeat counter broke across the switch-over");
+  assert.is(stats.errorLines, 0);
+  const dstInfo = await queryMigration(dst);
+  console.log(
+    `post-copy: wall ${result.wallMs} ms, downtime ${result.final.downtimeMs} ms, ` +
+      `sent ${result.final.bytesTransferred} B (before switch ${result.final.precopyBytes + result.final.downtimeBytes} B), ` +
+      `fault requests ${result.final.postcopyRequests}, blocktime ${dstInfo.postcopyBlocktimeMs} ms, max heartbeat gap ${stats.maxGapMs} ms`,
+  );
+
+  await src.stop();
+  assert.is(src.state, "stopped");
+  assert.throws(() => process.kill(src.pid!, 0), /ESRCH/);
+});
+
+test.run();
