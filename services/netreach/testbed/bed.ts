@@ -95,7 +95,7 @@ export class NetreachBed {
   /** Index (0-based) of the site the VM is at, or -1 before placement. */
   at = -1;
   generation = 0;
-  readonly kv: BindingKv;
+  kv: BindingKv;
   private readonly teardowns: Array<() => Promise<void>> = [];
   private readonly movers: IpBatch[] = [];
   private readonly log: Logger;
@@ -199,6 +199,13 @@ export class NetreachBed {
       dataplane: { netns: this.ns.anchor, homeDev: "home0", wanDev: "w1", sids: s, tunnelSource: s.tunsrc },
       log: this.log,
     });
+  }
+
+  /** Stops the anchor process-side (the kernel keeps its routes) and starts a new one on `kv`. */
+  async restartAnchor(kv: BindingKv = this.kv): Promise<void> {
+    await this.anchor.stop();
+    this.kv = kv;
+    await this.startAnchor();
   }
 
   /** Moves the VM's port into site i's namespace (the "re-plug"; one netlink round trip). */

@@ -1,0 +1,91 @@
+// Pure parts of netreach: kernel command builders, echo codec, ping analysis.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import type { Binding } from "../../services/netreach/binding/types.js";
+import {
+  anchorBindingCommands,
+  reverseTunnelRules,
+  tunnelRoutes,
+  vmPortCommands,
+} from "../../services/netreach/dataplane/commands.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
+import { decodeEchoReply, encodeEchoRequest, expandIPv6 } from "../../services/netreach/probe/icmp-socket.js";
+import { checkPingOptions } from "../../services/netreach/probe/pinger.js";
+
+const vm = { homeIpv6: ["2001:db8::100"], homeIpv4: ["10.0.0.100"] };
+const site = { site: "s2", sid6: "fc00:2::d6", sid4: "fc00:2::d4" };
+
+test("tunnel routes: one atomic replace per home address, family SID each", () => {
+  assert.equal(tunnelRoutes(vm, site, "w0"), [
+    "route replace 2001:db8::100/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0",
+    "route replace 10.0.0.100/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0",
+  ]);
+});
+
+test("anchor binding: routes then proxy neighbours on the home link", () => {
+  const b = { ...vm, ...site, vmId: "v", mac: "52:54:00:00:00:01" } as Binding;
+  const cmds = anchorBindingCommands(b, "home0", "w1");
+  assert.is(cmds.length, 4);
+  assert.is(cmds[2], "neigh replace proxy 2001:db8::100 dev home0");
+  assert.is(cmds[3], "neigh replace proxy 10.0.0.100 dev home0");
+});
+
+test("reverse-tunnel rules are split by family (IPv6 needs a -6 batch)", () => {
+  const r = reverseTunnelRules(vm, 100, 100, "add");
+  assert.equal(r.v6, ["rule add from 2001:db8::100/128 lookup 100 pref 100"]);
+  assert.equal(r.v4, ["rule add from 10.0.0.100/32 lookup 100 pref 100"]);
+});
+
+test("the VM port imitates the home link gateway", () => {
+  const cmds = vmPortCommands(vm, "vport", { gatewayMac: "02:00:00:00:00:01", gatewayIpv4: "10.0.0.1" });
+  assert.ok(cmds.includes("link set dev vport address 02:00:00:00:00:01"));
+  assert.ok(cmds.includes("addr replace fe80::1/64 dev vport"));
+  assert.ok(cmds.includes("addr replace 10.0.0.1/32 dev vport"));
+  assert.ok(cmds.includes("ntable change name arp_cache dev vport proxy_delay 0"));
+  assert.ok(cmds.includes("route replace 2001:db8::100/128 dev vport"));
+});
+
+test("echo codec round trip and refusal of other ICMP types", () => {
+  const req = encodeEchoRequest(true, 513, Buffer.from("hi"));
+  assert.is(req[0], 128);
+  assert.is(req.readUInt16BE(6), 513);
+  const reply = Buffer.from(req);
+  reply[0] = 129;
+  assert.equal(decodeEchoReply(true, reply), { seq: 513, payload: Buffer.from("hi") });
+  assert.is(decodeEchoReply(true, req), null);
+  assert.is(decodeEchoReply(false, reply), null);
+  const r4 = encodeEchoRequest(false, 1, Buffer.alloc(0));
+  r4[0] = 0;
+  assert.is(decodeEchoReply(false, r4)?.seq, 1);
+  assert.throws(() => encodeEchoRequest(false, 70000, Buffer.alloc(0)), /out of range/);
+});
+
+test("IPv6 addresses expand to 16 bytes", () => {
+  assert.is(expandIPv6("2001:db8::1").toString("hex"), "20010db8000000000000000000000001");
+  assert.is(expandIPv6("::").toString("hex"), "0".repeat(32));
+  assert.is(expandIPv6("fe80::1:2").toString("hex"), "fe800000000000000000000000010002");
+  assert.throws(() => expandIPv6("10.0.0.1"), /not a plain IPv6/);
+});
+
+test("ping analysis: losses, longest loss run, largest gap", () => {
+  const recs = Array.from({ length: 10 }, (_, i) => ({
+    seq: i,
+    sentAtMs: i * 10,
+    recvAtMs: i === 4 || i === 5 ? undefined : i * 10 + 1,
+  }));
+  const s = summarisePings(recs);
+  assert.is(s.sent, 10);
+  assert.is(s.lost, 2);
+  assert.is(s.longestLossRun, 2);
+  assert.is(s.gapMs, 30);
+  assert.is(s.gapStartMs, 31);
+  assert.is(s.rttMedianMs, 1);
+  assert.is(summarisePings([]).gapMs, 0);
+});
+
+test("ping options are checked", () => {
+  assert.throws(() => checkPingOptions({ target: "::1", count: 0, intervalMs: 10 }), /count/);
+  assert.throws(() => checkPingOptions({ target: "::1", count: 5, intervalMs: 0 }), /interval/);
+});
+
+test.run();
