@@ -1,15 +1,12 @@
 // Pure post-copy between two QEMUs on loopback, driven by QMP: the guest's heartbeat counter
 // continues unbroken on the destination, its memory verification passes there, and the
 // source QEMU ends.
-import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
-import type { VmSpec } from "../../services/page-server/vm/spec.js";
-import { Vm } from "../../services/page-server/vm/vm.js";
+import type { Vm } from "../../services/page-server/vm/vm.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
-import { ensureGuest } from "./guest.js";
+import { bootPair } from "./pair.js";
 
 const migTest = gate(
   test,
@@ -25,23 +22,7 @@ test.after(async () => {
 });
 
 migTest("pure post-copy: heartbeat continues unbroken on the destination, source ends", async () => {
-  const guest = await ensureGuest();
-  const spec = (name: string): VmSpec => ({
-    name,
-    vcpus: 1,
-    memoryMib: 160,
-    kernel: guest.kernel,
-    initrd: guest.initrd,
-    cmdline: guestCmdline({ memMib: 48, rateMib: 16, verifyMib: 48 }),
-  });
-  const src = new Vm(spec("mig-src"), { runDir: join(dir.path, "src") });
-  vms.push(src);
-  await src.start();
-  await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
-
-  const dst = new Vm(spec("mig-dst"), { runDir: join(dir.path, "dst") });
-  vms.push(dst);
-  await dst.start({ incoming: true });
+  const { src, dst } = await bootPair(dir.path, "pc", { memMib: 48, rateMib: 16, verifyMib: 48 }, vms);
   assert.is(dst.state, "incoming");
   dst.serial.continueFrom(src.serial);
   const uri = `tcp:127.0.0.1:${await freePort()}`;
