@@ -1,0 +1,147 @@
+// `npm run bench -- placement [--quick] [--days A,B] [--traces DIR]`: every policy on every
+// shared PlanetLab day in the simulator, the mean table, and agreement with CloudSim's own
+// published figures (../shared/data/planetlab/README.md). Metrics are deterministic for a
+// fixed seed, so each (policy, day) runs once; plan_ms_p99 is the only timing.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { DayMetrics } from "../services/placement/metrics/summary.js";
+import { listPolicies } from "../services/placement/policies/registry.js";
+import { runDays } from "../services/placement/sim/run-days.js";
+import { listDays } from "../services/placement/traces/load.js";
+import {
+  type BenchCase,
+  flagValue,
+  hasFlag,
+  type Metrics,
+  printTable,
+  summarise,
+  writeResults,
+} from "./lib/report.js";
+
+const DEFAULT_TRACES = new URL("../../shared/data/planetlab", import.meta.url).pathname;
+const QUICK_POLICIES = ["vmhop", "dvfs", "THR-MMT-0.8", "IQR-MMT-1.5", "MAD-MMT-2.5", "LR-MMT-1.2"];
+/** The goal's references: the lowest-ESV and the most frugal CloudSim policies. */
+const BEST_ESV = "IQR-MMT-1.5";
+const FRUGAL = "LR-MMT-1.2";
+
+type Published = Record<
+  string,
+  Record<string, { energy_kwh: number; migrations: number; slatah: number; pdm: number; esv: number }>
+>;
+
+/** CloudSim's figures from the data README: "<policy>" headings, then "- day: E=… mig=… SLATAH=…% PDM=…% … ESV=…". */
+export function parsePublished(text: string): Published {
+  const out: Published = {};
+  let policy = "";
+  for (const line of text.split("\n")) {
+    const head = /^([A-Za-z-]+[A-Za-z0-9.-]*)\s*$/.exec(line.trim());
+    if (head && !line.startsWith("-")) policy = head[1] === "DVFS" ? "dvfs" : head[1];
+    const m =
+      /^- (\d+): E=([\d.]+) mig=(\d+) SLATAH=([\d.]+) PDM=([\d.]+) SLAV=[\d.e-]+ ESV=([\d.]+)e-3/.exec(
+        line.trim(),
+      );
+    if (m && policy) {
+      out[policy] ??= {};
+      out[policy][m[1]] = {
+        energy_kwh: Number(m[2]),
+        migrations: Number(m[3]),
+        slatah: Number(m[4]) / 100,
+        pdm: Number(m[5]) / 100,
+        esv: Number(m[6]) / 1000,
+      };
+    }
+  }
+  return out;
+}
+
+const metricsOf = (d: DayMetrics): Metrics => ({
+  energy_kwh: d.energy_kwh,
+  slatah: d.slatah,
+  pdm: d.pdm,
+  slav: d.slav,
+  esv: d.esv,
+  migrations: d.migrations,
+  host_shutdowns: d.host_shutdowns,
+  plan_ms_p99: d.plan_ms_p99,
+});
+
+export async function main(args: string[]): Promise<void> {
+  const traces = flagValue(args, "--traces") ?? DEFAULT_TRACES;
+  const days = flagValue(args, "--days")?.split(",") ?? listDays(traces);
+  const quick = hasFlag(args, "--quick");
+  const policies =
+    flagValue(args, "--policies")?.split(",") ?? (quick ? QUICK_POLICIES : listPolicies().map((p) => p.name));
+  const readme = join(traces, "README.md");
+  const published = existsSync(readme) ? parsePublished(readFileSync(readme, "utf8")) : {};
+
+  const runs: { label: string; policy: string; cost: string }[] = policies.map((p) => ({
+    label: p,
+    policy: p,
+    cost: "cloudsim",
+  }));
+  if (policies.includes("vmhop")) runs.push({ label: "vmhop/postcopy", policy: "vmhop", cost: "postcopy" });
+
+  const cases: BenchCase[] = [];
+  const means: Record<string, string | number>[] = [];
+  const meanOf: Record<string, Omit<DayMetrics, "day">> = {};
+  for (const r of runs) {
+    const t0 = Date.now();
+    const res = runDays({ traces, days, policy: r.policy, costModel: r.cost });
+    const subject = r.policy === "vmhop" ? "vmhop" : "cloudsim-policy";
+    for (const d of res.days) cases.push(summarise(`${r.label} ${d.day}`, subject, [metricsOf(d)]));
+    meanOf[r.label] = res.mean;
+    means.push({
+      policy: r.label,
+      energy_kwh: res.mean.energy_kwh,
+      slatah_pct: res.mean.slatah * 100,
+      pdm_pct: res.mean.pdm * 100,
+      slav_e5: res.mean.slav * 1e5,
+      esv_e3: res.mean.esv * 1e3,
+      migrations: res.mean.migrations,
+      shutdowns: res.mean.host_shutdowns,
+      plan_p99_ms: res.mean.plan_ms_p99,
+    });
+    console.error(`placement: ${r.label} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  console.log(`\nMean over ${days.length} day(s): ${days.join(", ")}`);
+  printTable(means);
+
+  // Agreement with CloudSim's own runs, per policy it published.
+  const agreement: Record<string, string | number>[] = [];
+  for (const [policy, byDay] of Object.entries(published)) {
+    const ours = cases.filter((c) => c.case.startsWith(`${policy} `));
+    if (ours.length === 0) continue;
+    for (const c of ours) {
+      const day = c.case.split(" ")[1];
+      const ref = byDay[day];
+      if (!ref) continue;
+      const e = c.metrics.energy_kwh as number;
+      const mig = c.metrics.migrations as number;
+      agreement.push({
+        policy,
+        day,
+        energy: e,
+        energy_cloudsim: ref.energy_kwh,
+        energy_diff_pct: (100 * (e - ref.energy_kwh)) / ref.energy_kwh,
+        migrations: mig,
+        migrations_cloudsim: ref.migrations,
+        migrations_diff_pct: ref.migrations ? (100 * (mig - ref.migrations)) / ref.migrations : 0,
+      });
+    }
+  }
+  if (agreement.length) {
+    console.log("\nAgreement with CloudSim 3.0.3 (data README)");
+    printTable(agreement);
+  }
+
+  const goal: Record<string, number> = {};
+  const v = meanOf.vmhop;
+  if (v && meanOf[BEST_ESV]) goal.esv_vs_iqr_mmt_1_5 = v.esv / meanOf[BEST_ESV].esv;
+  if (v && meanOf[FRUGAL]) goal.energy_vs_lr_mmt_1_2 = v.energy_kwh / meanOf[FRUGAL].energy_kwh;
+  if (Object.keys(goal).length) {
+    console.log("\nvmhop against the goal (ESV < 0.5 × IQR-MMT-1.5, energy ≤ LR-MMT-1.2):");
+    for (const [k, x] of Object.entries(goal)) console.log(`  ${k} = ${x.toFixed(3)}`);
+  }
+  const file = writeResults("placement", cases, { days, means, agreement, goal });
+  console.log(`\nwrote ${file}`);
+}
