@@ -1,0 +1,66 @@
+// The migration channel's opening exchange, first bytes of each TCP connection between
+// page-servers. Pure functions over bytes.
+//
+//   hello: "VMHC" u8 version=1, u16 id length, id (UTF-8)
+//   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello), u16 length, message (UTF-8)
+// Everything after the hello/reply is QEMU's own migration stream, relayed unchanged.
+
+export const HELLO_MAGIC = Buffer.from("VMHC");
+export const HELLO_VERSION = 1;
+export const MAX_ID = 256;
+
+export enum ReplyStatus {
+  Ok = 0,
+  UnknownMigration = 1,
+  BadHello = 2,
+}
+
+export class ChannelProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ChannelProtocolError";
+  }
+}
+
+export function encodeHello(migrationId: string): Buffer {
+  const id = Buffer.from(migrationId, "utf8");
+  if (id.length === 0 || id.length > MAX_ID)
+    throw new ChannelProtocolError(`migration id must be 1-${MAX_ID} bytes`);
+  const b = Buffer.alloc(7 + id.length);
+  HELLO_MAGIC.copy(b, 0);
+  b[4] = HELLO_VERSION;
+  b.writeUInt16BE(id.length, 5);
+  id.copy(b, 7);
+  return b;
+}
+
+/** null while incomplete; throws ChannelProtocolError on a bad hello. `used` bytes belong to it. */
+export function decodeHello(buf: Buffer): { migrationId: string; used: number } | null {
+  const head = Math.min(buf.length, 4);
+  if (!buf.subarray(0, head).equals(HELLO_MAGIC.subarray(0, head)))
+    throw new ChannelProtocolError("not a vmhop channel hello");
+  if (buf.length < 7) return null;
+  if (buf[4] !== HELLO_VERSION) throw new ChannelProtocolError(`unsupported channel version ${buf[4]}`);
+  const n = buf.readUInt16BE(5);
+  if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
+  if (buf.length < 7 + n) return null;
+  return { migrationId: buf.toString("utf8", 7, 7 + n), used: 7 + n };
+}
+
+export function encodeReply(status: ReplyStatus, message = ""): Buffer {
+  const m = Buffer.from(message.slice(0, 1000), "utf8");
+  const b = Buffer.alloc(3 + m.length);
+  b[0] = status;
+  b.writeUInt16BE(m.length, 1);
+  m.copy(b, 3);
+  return b;
+}
+
+/** null while incomplete. */
+export function decodeReply(buf: Buffer): { status: ReplyStatus; message: string; used: number } | null {
+  if (buf.length < 3) return null;
+  const n = buf.readUInt16BE(1);
+  if (buf.length < 3 + n) return null;
+  if (!(buf[0] in ReplyStatus)) throw new ChannelProtocolError(`unknown channel reply status ${buf[0]}`);
+  return { status: buf[0] as ReplyStatus, message: buf.toString("utf8", 3, 3 + n), used: 3 + n };
+}

@@ -1,0 +1,102 @@
+// Destination side of the migration channel: a TCP listener for peer page-servers. Each
+// connection names its migration in a hello; it is then joined to the destination QEMU's
+// incoming unix socket. Several connections per migration are fine (postcopy-preempt opens
+// a second one for urgent pages, which so never queues behind the bulk stream).
+import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { type Logger, silentLogger } from "../../common/log.js";
+import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
+import { type RelayCounters, readPreamble, relay } from "./relay.js";
+
+export interface IncomingTarget {
+  /** QEMU's `migrate-incoming unix:PATH` socket. */
+  qemuSocket: string;
+  counters: RelayCounters;
+  connections: number;
+}
+
+export class ChannelServer {
+  private server: Server | undefined;
+  private readonly targets = new Map<string, IncomingTarget>();
+  private readonly sockets = new Set<Socket>();
+  private readonly log: Logger;
+
+  constructor(opts: { log?: Logger; helloTimeoutMs?: number } = {}) {
+    this.log = (opts.log ?? silentLogger).child({ part: "channel-in" });
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? 5000;
+  }
+  private readonly helloTimeoutMs: number;
+
+  /** Listens; returns host:port for the source page-server. */
+  async listen(port = 0, host = "127.0.0.1"): Promise<string> {
+    const server = createServer((s) => this.onConnection(s));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    const a = server.address();
+    if (typeof a !== "object" || a === null) throw new Error("channel listener has no address");
+    return `${a.address}:${a.port}`;
+  }
+
+  /** Accept connections for `migrationId`, relaying them to QEMU's incoming socket. */
+  expect(migrationId: string, qemuSocket: string): IncomingTarget {
+    const t: IncomingTarget = { qemuSocket, counters: { forward: 0, backward: 0 }, connections: 0 };
+    this.targets.set(migrationId, t);
+    return t;
+  }
+
+  forget(migrationId: string): void {
+    this.targets.delete(migrationId);
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+
+  private async onConnection(peer: Socket): Promise<void> {
+    this.sockets.add(peer);
+    peer.once("close", () => this.sockets.delete(peer));
+    peer.on("error", () => {});
+    let id: string;
+    try {
+      ({ migrationId: id } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
+    } catch (err) {
+      this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
+      peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
+      return;
+    }
+    const target = this.targets.get(id);
+    if (!target) {
+      this.log.warn("channel: unknown migration", { migration: id });
+      peer.end(encodeReply(ReplyStatus.UnknownMigration, `no incoming migration ${id} on this host`));
+      return;
+    }
+    const qemu = netConnect(target.qemuSocket);
+    this.sockets.add(qemu);
+    qemu.once("close", () => this.sockets.delete(qemu));
+    let connected = false;
+    qemu.once("error", (err) => {
+      if (!connected) {
+        this.log.warn("channel: destination QEMU unreachable", { migration: id, err });
+        peer.end(encodeReply(ReplyStatus.UnknownMigration, `destination QEMU not listening: ${err.message}`));
+      }
+    });
+    qemu.once("connect", () => {
+      connected = true;
+      target.connections++;
+      peer.write(encodeReply(ReplyStatus.Ok));
+      this.log.info("channel: relaying", { migration: id, connection: target.connections });
+      relay(peer, qemu, target.counters, (err) => {
+        if (err) this.log.warn("channel: relay ended with an error", { migration: id, err });
+      });
+      peer.resume();
+    });
+  }
+}

@@ -1,0 +1,106 @@
+// Source side of the migration channel: a unix socket for the source QEMU (`migrate
+// unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
+// destination page-server, after a hello naming the migration.
+import { unlinkSync } from "node:fs";
+import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { type Logger, silentLogger } from "../../common/log.js";
+import { decodeReply, encodeHello, ReplyStatus } from "./hello.js";
+import { type RelayCounters, readPreamble, relay } from "./relay.js";
+
+export interface OutboundOptions {
+  migrationId: string;
+  /** host:port of the destination's ChannelServer. */
+  peer: string;
+  /** Where QEMU connects. */
+  socketPath: string;
+  log?: Logger;
+}
+
+export class ChannelOut {
+  readonly counters: RelayCounters = { forward: 0, backward: 0 };
+  connections = 0;
+  /** The last failure, for the migration's error report. */
+  lastError: string | undefined;
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  private readonly log: Logger;
+
+  constructor(private readonly opts: OutboundOptions) {
+    this.log = (opts.log ?? silentLogger).child({ part: "channel-out", migration: opts.migrationId });
+  }
+
+  /** The URI to give QEMU's `migrate`. */
+  get qemuUri(): string {
+    return `unix:${this.opts.socketPath}`;
+  }
+
+  async open(): Promise<void> {
+    try {
+      unlinkSync(this.opts.socketPath);
+    } catch {
+      // not there: fine
+    }
+    const server = createServer((s) => this.onQemu(s));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.opts.socketPath, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+
+  private track(s: Socket): void {
+    this.sockets.add(s);
+    s.once("close", () => this.sockets.delete(s));
+  }
+
+  private async onQemu(qemu: Socket): Promise<void> {
+    this.track(qemu);
+    qemu.pause(); // hold QEMU's bytes until the peer has accepted
+    qemu.on("error", () => {});
+    const [host, port] = splitHostPort(this.opts.peer);
+    const peer = netConnect({ host, port });
+    this.track(peer);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        peer.once("connect", resolve);
+        peer.once("error", reject);
+      });
+      peer.write(encodeHello(this.opts.migrationId));
+      const reply = await readPreamble(peer, decodeReply, 10_000);
+      if (reply.status !== ReplyStatus.Ok)
+        throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
+    } catch (err) {
+      this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
+      this.log.warn("channel: cannot open", { err });
+      qemu.destroy();
+      peer.destroy();
+      return;
+    }
+    this.connections++;
+    this.log.info("channel: relaying", { connection: this.connections });
+    relay(qemu, peer, this.counters, (err) => {
+      if (err) {
+        this.lastError = err.message;
+        this.log.warn("channel: relay ended with an error", { err });
+      }
+    });
+    qemu.resume();
+    peer.resume();
+  }
+}
+
+export function splitHostPort(addr: string): [string, number] {
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(addr);
+  if (!m) throw new Error(`bad channel address ${JSON.stringify(addr)} (want host:port)`);
+  return [m[1], Number(m[2])];
+}

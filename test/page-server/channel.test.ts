@@ -1,0 +1,130 @@
+// The migration channel between page-servers: hello codec, refusals, and a real post-copy
+// migration carried source QEMU → unix socket → TCP → unix socket → destination QEMU.
+import { once } from "node:events";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import {
+  ChannelProtocolError,
+  decodeHello,
+  decodeReply,
+  encodeHello,
+  encodeReply,
+  ReplyStatus,
+} from "../../services/page-server/channel/hello.js";
+import { ChannelServer } from "../../services/page-server/channel/inbound.js";
+import { ChannelOut, splitHostPort } from "../../services/page-server/channel/outbound.js";
+import { MigrationError, migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
+import type { Vm } from "../../services/page-server/vm/vm.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { bootPair } from "./pair.js";
+
+const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "migration through the channel");
+const dir = tempDir("vmhop-chan-");
+const vms: Vm[] = [];
+const closers: (() => Promise<void>)[] = [];
+
+test.after.each(async () => {
+  for (const vm of vms.splice(0)) await vm.kill();
+  for (const c of closers.splice(0)) await c();
+});
+test.after(() => dir.cleanup());
+
+test("hello and reply round-trip, byte by byte, with trailing stream bytes left alone", () => {
+  const wire = Buffer.concat([encodeHello("mig-42"), Buffer.from("QEVM")]);
+  for (let i = 0; i < 13; i++) assert.is(decodeHello(wire.subarray(0, i)), null, `prefix ${i}`);
+  assert.equal(decodeHello(wire), { migrationId: "mig-42", used: 13 });
+  const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
+  assert.is(decodeReply(r.subarray(0, 5)), null);
+  assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
+});
+
+test("bad hellos are rejected clearly", () => {
+  assert.throws(
+    () => decodeHello(Buffer.from("GET / HTTP/1.1")),
+    (e: unknown) => e instanceof ChannelProtocolError,
+  );
+  const v2 = encodeHello("x");
+  v2[4] = 2;
+  assert.throws(() => decodeHello(v2), /version 2/);
+  assert.throws(() => encodeHello(""), /1-256 bytes/);
+  assert.throws(() => decodeReply(Buffer.from([9, 0, 0])), /status 9/);
+  assert.equal(splitHostPort("[::1]:7000"), ["::1", 7000]);
+  assert.throws(() => splitHostPort("nohost"), /host:port/);
+});
+
+test("the server refuses an unknown migration and garbage", async () => {
+  const server = new ChannelServer();
+  const addr = await server.listen();
+  closers.push(() => server.close());
+  const [host, port] = splitHostPort(addr);
+  for (const [hello, status] of [
+    [encodeHello("nope"), ReplyStatus.UnknownMigration],
+    [Buffer.from("hello there\n"), ReplyStatus.BadHello],
+  ] as const) {
+    const c = connect(port, host);
+    c.write(hello);
+    const chunks: Buffer[] = [];
+    c.on("data", (d: Buffer) => chunks.push(d));
+    await once(c, "close");
+    const reply = decodeReply(Buffer.concat(chunks));
+    assert.is(reply?.status, status);
+    assert.ok((reply?.message.length ?? 0) > 0);
+  }
+});
+
+migTest("post-copy through the channel: heartbeat unbroken, page requests came back on it", async () => {
+  const { src, dst } = await bootPair(dir.path, "ch", { memMib: 48, rateMib: 16, verifyMib: 48 }, vms);
+  const server = new ChannelServer();
+  const addr = await server.listen();
+  closers.push(() => server.close());
+  const incoming = join(dir.path, "ch-incoming.sock");
+  const target = server.expect("m1", incoming);
+  await prepareIncoming(dst, `unix:${incoming}`, { mode: "postcopy" });
+  const out = new ChannelOut({ migrationId: "m1", peer: addr, socketPath: join(dir.path, "ch-out.sock") });
+  await out.open();
+  closers.push(() => out.close());
+
+  const before = src.serial.tracker.stats.last!;
+  const r = await migrate(src, out.qemuUri, { mode: "postcopy" });
+  assert.is(r.final.status, "completed");
+  const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= before.passes + 2, 60_000);
+  assert.is(hb.memErrors, 0);
+  assert.is(dst.serial.tracker.stats.counterBreaks, 0);
+  assert.ok(out.connections >= 1);
+  assert.ok(out.counters.forward >= r.final.bytesTransferred, "channel carried less than QEMU sent");
+  assert.ok(out.counters.backward > 0, "no return-path bytes (post-copy page requests)");
+  assert.is(target.counters.forward, out.counters.forward);
+  console.log(
+    `channel post-copy: wall ${r.wallMs} ms, ${out.counters.forward} B out, ${out.counters.backward} B back, ` +
+      `fault requests ${r.final.postcopyRequests}, max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms`,
+  );
+  await src.stop();
+  assert.is(src.state, "stopped");
+});
+
+migTest("a channel refused by the destination fails the migration; the VM stays at the source", async () => {
+  const { src } = await bootPair(dir.path, "rf", { memMib: 16, rateMib: 2, verifyMib: 16 }, vms);
+  const server = new ChannelServer();
+  const addr = await server.listen();
+  closers.push(() => server.close());
+  const out = new ChannelOut({
+    migrationId: "never-prepared",
+    peer: addr,
+    socketPath: join(dir.path, "rf-out.sock"),
+  });
+  await out.open();
+  closers.push(() => out.close());
+  const err = await migrate(src, out.qemuUri, { mode: "postcopy", timeoutMs: 30_000 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.instance(err, MigrationError);
+  assert.match(out.lastError ?? "", /UnknownMigration/);
+  assert.is(src.state, "running");
+  const at = src.serial.tracker.stats.last!.counter;
+  await src.serial.waitForHeartbeat((h) => h.counter >= at + 3, 30_000);
+});
+
+test.run();
