@@ -150,6 +150,11 @@ export class Connection {
     const s = this.session!;
     if (this.payload) return this.payloadStep(s.export);
     if (this.queue.length < C.REQUEST_SIZE) return false;
+    if (this.socket.writableNeedDrain) {
+      // The client is not reading replies: take no new requests until it does.
+      this.pause();
+      return false;
+    }
     const d = T.decodeRequest(this.queue.peek(C.REQUEST_SIZE));
     if (isNeed(d)) return false;
     this.queue.skip(C.REQUEST_SIZE);
