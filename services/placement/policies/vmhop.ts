@@ -1,8 +1,19 @@
-// vmhop's own policy (placeholder until tuned): LR detection with MMT selection.
-import type { Cluster, Host, Vm } from "../sim/cluster.js";
+// vmhop's own policy. Beloglazov's heuristics migrate ~25 times per VM per day: power-aware
+// best fit wakes idle hosts (their idle power is not counted), consolidation then empties
+// them again, and each move costs SLA (the VM runs at 90 % and the destination counts as
+// violating while it copies). This policy packs by a short-term demand forecast with
+// hysteresis, so a host is touched only when it is really overloaded or worth emptying:
+// - forecast per VM: the larger of its demand now and a high quantile of its recent samples;
+// - overload: demand now above `trigger` of capacity, or forecast above capacity; shed the
+//   VMs that restore `fill` with the least migration cost (RAM × demand ≈ SLA lost);
+// - placement: best fit into running hosts under `fill`, waking the most efficient idle
+//   host only when none fits (its idle power counts in full);
+// - consolidation: empty the least-loaded hosts when all their VMs fit elsewhere under
+//   `fill` and the power saved over the look-ahead exceeds the moves' cost.
+import { type Cluster, type Host, inMigration, type Vm } from "../sim/cluster.js";
 import type { CostModel } from "../sim/cost-model.js";
 import { BeloglazovPolicy } from "./beloglazov.js";
-import { lrDetector } from "./detectors.js";
+import { thr } from "./detectors.js";
 import type { Move, PlanContext, Policy } from "./policy.js";
 import { MMT } from "./selection.js";
 
@@ -10,21 +21,181 @@ export interface VmhopOptions {
   cost: CostModel;
   interval: number;
   seed?: number;
+  /** Pack hosts up to this share of capacity (forecast demand). */
+  fill?: number;
+  /** Demand now above this share of capacity triggers relief. */
+  trigger?: number;
+  /** Recent samples the forecast looks at. */
+  window?: number;
+  /** Quantile of those samples used as the forecast. */
+  quantile?: number;
+}
+
+export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 6, quantile: 0.9 };
+
+interface Plan {
+  /** Forecast demand (MIPS) per VM id. */
+  pred: Map<Vm, number>;
+  /** Forecast demand listed on each host (tentative edits included). */
+  load: Map<Host, number>;
 }
 
 export class VmhopPolicy implements Policy {
   readonly name = "vmhop";
-  private readonly inner: BeloglazovPolicy;
-  constructor(opts: VmhopOptions) {
-    this.inner = new BeloglazovPolicy(
-      { name: "vmhop", detector: lrDetector(1.2), selector: MMT, seed: opts.seed },
+  private readonly o: typeof VMHOP_DEFAULTS;
+  private readonly initial: BeloglazovPolicy;
+
+  constructor(private readonly opts: VmhopOptions) {
+    this.o = { ...VMHOP_DEFAULTS, ...opts };
+    // Start-up placement: CloudSim's power-aware best fit (only RAM, bandwidth and cores bind at start).
+    this.initial = new BeloglazovPolicy(
+      { name: "vmhop", detector: thr(1), selector: MMT, seed: opts.seed },
       opts,
     );
   }
+
   initialHost(c: Cluster, vm: Vm): Host | undefined {
-    return this.inner.initialHost(c, vm);
+    return this.initial.initialHost(c, vm);
   }
+
+  forecast(vm: Vm): number {
+    const h = vm.history.slice(0, this.o.window);
+    if (h.length === 0) return vm.req;
+    const s = [...h].sort((a, b) => a - b);
+    const q = s[Math.min(s.length - 1, Math.floor(this.o.quantile * s.length))];
+    return Math.max(vm.req, q * vm.mips);
+  }
+
   plan(c: Cluster, ctx: PlanContext): Move[] {
-    return this.inner.plan(c, ctx);
+    const p: Plan = { pred: new Map(), load: new Map() };
+    for (const vm of c.vms) if (vm.host >= 0) p.pred.set(vm, this.forecast(vm));
+    for (const h of c.hosts)
+      p.load.set(
+        h,
+        h.vms.reduce((s, vm) => s + (p.pred.get(vm) ?? vm.req), 0),
+      );
+    const restore = c.snapshot();
+    const moves: Move[] = [];
+    const busy = new Set<Host>(); // hosts that must not be emptied this round
+    const shed = this.relieve(c, p, busy);
+    const sources = new Set<Host>(shed.map(([, h]) => h));
+    for (const s of sources) busy.add(s);
+    for (const [vm, from] of shed.sort((a, b) => this.pred(p, b[0]) - this.pred(p, a[0]))) {
+      const to = this.target(c, p, vm, sources, true);
+      if (to) {
+        this.move(c, p, vm, to);
+        busy.add(to);
+        moves.push({ vm, to });
+      } else {
+        // nowhere to go: it stays
+        c.place(from, vm);
+        p.load.set(from, (p.load.get(from) ?? 0) + this.pred(p, vm));
+      }
+    }
+    moves.push(...this.consolidate(c, p, busy, ctx));
+    restore();
+    return moves;
+  }
+
+  private pred(p: Plan, vm: Vm): number {
+    return p.pred.get(vm) ?? vm.req;
+  }
+
+  private move(c: Cluster, p: Plan, vm: Vm, to: Host): void {
+    c.place(to, vm);
+    p.load.set(to, (p.load.get(to) ?? 0) + this.pred(p, vm));
+  }
+
+  /** Takes VMs off overloaded hosts (tentatively); returns [vm, source]. */
+  private relieve(c: Cluster, p: Plan, busy: Set<Host>): [Vm, Host][] {
+    const out: [Vm, Host][] = [];
+    for (const h of c.hosts) {
+      if (h.vms.length === 0) continue;
+      const now = c.requestedMips(h);
+      const load = p.load.get(h) ?? 0;
+      if (now <= this.o.trigger * h.totalMips && load <= h.totalMips) continue;
+      busy.add(h);
+      const goal = this.o.fill * h.totalMips;
+      let cur = load;
+      while (cur > goal) {
+        const cands = h.vms.filter((vm) => !inMigration(vm));
+        if (cands.length === 0) break;
+        const excess = cur - goal;
+        // cheapest single VM that clears the excess, else the one with most relief per cost
+        const cost = (vm: Vm) => vm.ramMb * Math.max(vm.req, 1);
+        const clearing = cands.filter((vm) => this.pred(p, vm) >= excess);
+        const pick = clearing.length
+          ? clearing.reduce((a, b) => (cost(b) < cost(a) ? b : a))
+          : cands.reduce((a, b) => (this.pred(p, b) / cost(b) > this.pred(p, a) / cost(a) ? b : a));
+        c.remove(h, pick);
+        cur -= this.pred(p, pick);
+        p.load.set(h, cur);
+        out.push([pick, h]);
+      }
+    }
+    return out;
+  }
+
+  /** Fits under `fill` with the forecast, and the VM's demand fits one core. */
+  private fits(p: Plan, h: Host, vm: Vm): boolean {
+    const d = this.pred(p, vm);
+    return d <= h.peMips && (p.load.get(h) ?? 0) + d <= this.o.fill * h.totalMips;
+  }
+
+  /** Best fit among running hosts; with `wake`, else the most efficient idle host. */
+  private target(c: Cluster, p: Plan, vm: Vm, excluded: ReadonlySet<Host>, wake: boolean): Host | undefined {
+    let best: Host | undefined;
+    let bestRoom = Number.POSITIVE_INFINITY;
+    for (const h of c.hosts) {
+      if (excluded.has(h) || h.vms.length === 0 || !this.fits(p, h, vm)) continue;
+      const room = this.o.fill * h.totalMips - (p.load.get(h) ?? 0);
+      if (room < bestRoom) {
+        bestRoom = room;
+        best = h;
+      }
+    }
+    if (best || !wake) return best;
+    let eff = Number.POSITIVE_INFINITY;
+    for (const h of c.hosts) {
+      if (excluded.has(h) || h.vms.length > 0 || c.utilization(h) > 0 || !this.fits(p, h, vm)) continue;
+      const wPerMips = h.power.maxPower / h.totalMips;
+      if (wPerMips < eff) {
+        eff = wPerMips;
+        best = h;
+      }
+    }
+    return best;
+  }
+
+  /** Empties the least-loaded hosts whose VMs all fit elsewhere. */
+  private consolidate(c: Cluster, p: Plan, busy: Set<Host>, _ctx: PlanContext): Move[] {
+    const moves: Move[] = [];
+    const emptied = new Set<Host>();
+    const cands = c.hosts
+      .filter((h) => h.vms.length > 0 && !busy.has(h) && h.vms.every((vm) => !inMigration(vm)))
+      .sort((a, b) => (p.load.get(a) ?? 0) / a.totalMips - (p.load.get(b) ?? 0) / b.totalMips);
+    for (const h of cands) {
+      if (busy.has(h)) continue;
+      const vms = [...h.vms].sort((a, b) => this.pred(p, b) - this.pred(p, a));
+      const placed: Move[] = [];
+      const excluded = new Set<Host>([...emptied, h]);
+      for (const vm of vms) {
+        const to = this.target(c, p, vm, excluded, false);
+        if (!to) break;
+        this.move(c, p, vm, to);
+        placed.push({ vm, to });
+      }
+      if (placed.length < vms.length) {
+        for (const m of placed) {
+          c.remove(m.to, m.vm);
+          p.load.set(m.to, (p.load.get(m.to) ?? 0) - this.pred(p, m.vm));
+        }
+        continue;
+      }
+      emptied.add(h);
+      for (const m of placed) busy.add(m.to);
+      moves.push(...placed);
+    }
+    return moves;
   }
 }
