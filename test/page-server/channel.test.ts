@@ -14,8 +14,8 @@ import {
   ReplyStatus,
 } from "../../services/page-server/channel/hello.js";
 import { ChannelServer } from "../../services/page-server/channel/inbound.js";
-import { ChannelOut, splitHostPort } from "../../services/page-server/channel/outbound.js";
-import { MigrationError, migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
+import { ChannelError, ChannelOut, splitHostPort } from "../../services/page-server/channel/outbound.js";
+import { migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { bootPair } from "./pair.js";
@@ -74,38 +74,50 @@ test("the server refuses an unknown migration and garbage", async () => {
   }
 });
 
-migTest("post-copy through the channel: heartbeat unbroken, page requests came back on it", async () => {
-  const { src, dst } = await bootPair(dir.path, "ch", { memMib: 48, rateMib: 16, verifyMib: 48 }, vms);
-  const server = new ChannelServer();
-  const addr = await server.listen();
-  closers.push(() => server.close());
-  const incoming = join(dir.path, "ch-incoming.sock");
-  const target = server.expect("m1", incoming);
-  await prepareIncoming(dst, `unix:${incoming}`, { mode: "postcopy" });
-  const out = new ChannelOut({ migrationId: "m1", peer: addr, socketPath: join(dir.path, "ch-out.sock") });
-  await out.open();
-  closers.push(() => out.close());
+for (const preempt of [false, true]) {
+  migTest(
+    `post-copy${preempt ? " with preempt" : ""} through the channel: heartbeat unbroken, page requests came back`,
+    async () => {
+      const tag = preempt ? "pe" : "ch";
+      const { src, dst } = await bootPair(dir.path, tag, { memMib: 48, rateMib: 16, verifyMib: 48 }, vms);
+      const server = new ChannelServer();
+      const addr = await server.listen();
+      closers.push(() => server.close());
+      const incoming = join(dir.path, `${tag}-incoming.sock`);
+      const target = server.expect("m1", incoming);
+      await prepareIncoming(dst, `unix:${incoming}`, { mode: "postcopy", preempt });
+      const out = new ChannelOut({
+        migrationId: "m1",
+        peer: addr,
+        socketPath: join(dir.path, `${tag}-out.sock`),
+      });
+      await out.open();
+      closers.push(() => out.close());
 
-  const before = src.serial.tracker.stats.last!;
-  const r = await migrate(src, out.qemuUri, { mode: "postcopy" });
-  assert.is(r.final.status, "completed");
-  const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= before.passes + 2, 60_000);
-  assert.is(hb.memErrors, 0);
-  assert.is(dst.serial.tracker.stats.counterBreaks, 0);
-  assert.ok(out.connections >= 1);
-  assert.ok(out.counters.forward >= r.final.bytesTransferred, "channel carried less than QEMU sent");
-  assert.ok(out.counters.backward > 0, "no return-path bytes (post-copy page requests)");
-  assert.is(target.counters.forward, out.counters.forward);
-  console.log(
-    `channel post-copy: wall ${r.wallMs} ms, ${out.counters.forward} B out, ${out.counters.backward} B back, ` +
-      `fault requests ${r.final.postcopyRequests}, max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms`,
+      const before = src.serial.tracker.stats.last!;
+      const r = await migrate(src, out.qemuUri, { mode: "postcopy", preempt });
+      assert.is(r.final.status, "completed");
+      const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= before.passes + 2, 60_000);
+      assert.is(hb.memErrors, 0);
+      assert.is(dst.serial.tracker.stats.counterBreaks, 0);
+      // The preempt lane is a second QEMU connection, carried on its own TCP connection.
+      assert.is(out.connections, preempt ? 2 : 1);
+      assert.is(target.connections, out.connections);
+      assert.ok(out.counters.forward >= r.final.bytesTransferred, "channel carried less than QEMU sent");
+      assert.ok(out.counters.backward > 0, "no return-path bytes (post-copy page requests)");
+      assert.is(target.counters.forward, out.counters.forward);
+      console.log(
+        `channel post-copy${preempt ? "+preempt" : ""}: wall ${r.wallMs} ms, ${out.counters.forward} B out, ` +
+          `${out.counters.backward} B back, fault requests ${r.final.postcopyRequests}, ` +
+          `max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms`,
+      );
+      await src.stop();
+      assert.is(src.state, "stopped");
+    },
   );
-  await src.stop();
-  assert.is(src.state, "stopped");
-});
+}
 
-migTest("a channel refused by the destination fails the migration; the VM stays at the source", async () => {
-  const { src } = await bootPair(dir.path, "rf", { memMib: 16, rateMib: 2, verifyMib: 16 }, vms);
+test("a channel the destination refuses fails at open, before QEMU is told to migrate", async () => {
   const server = new ChannelServer();
   const addr = await server.listen();
   closers.push(() => server.close());
@@ -114,17 +126,26 @@ migTest("a channel refused by the destination fails the migration; the VM stays 
     peer: addr,
     socketPath: join(dir.path, "rf-out.sock"),
   });
-  await out.open();
   closers.push(() => out.close());
-  const err = await migrate(src, out.qemuUri, { mode: "postcopy", timeoutMs: 30_000 }).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.instance(err, MigrationError);
-  assert.match(out.lastError ?? "", /UnknownMigration/);
-  assert.is(src.state, "running");
-  const at = src.serial.tracker.stats.last!.counter;
-  await src.serial.waitForHeartbeat((h) => h.counter >= at + 3, 30_000);
+  try {
+    await out.open();
+    assert.unreachable("opened a refused channel");
+  } catch (err) {
+    assert.instance(err, ChannelError);
+    assert.match((err as Error).message, /UnknownMigration: no incoming migration never-prepared/);
+  }
+  const closed = new ChannelOut({
+    migrationId: "m",
+    peer: "127.0.0.1:1",
+    socketPath: join(dir.path, "rf2.sock"),
+  });
+  try {
+    await closed.open();
+    assert.unreachable("opened a channel to a closed port");
+  } catch (err) {
+    assert.instance(err, ChannelError);
+    assert.match((err as Error).message, /ECONNREFUSED/);
+  }
 });
 
 test.run();

@@ -22,6 +22,7 @@ export class ChannelOut {
   /** The last failure, for the migration's error report. */
   lastError: string | undefined;
   private server: Server | undefined;
+  private spare: Socket | undefined;
   private readonly sockets = new Set<Socket>();
   private readonly log: Logger;
 
@@ -34,12 +35,18 @@ export class ChannelOut {
     return `unix:${this.opts.socketPath}`;
   }
 
+  /**
+   * Listens for QEMU and dials the destination once, so a refused or unreachable channel is
+   * reported here, before QEMU is told to migrate: in post-copy a channel failing after the
+   * switch would leave the VM running nowhere.
+   */
   async open(): Promise<void> {
     try {
       unlinkSync(this.opts.socketPath);
     } catch {
       // not there: fine
     }
+    this.spare = await this.dial();
     const server = createServer((s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -52,6 +59,7 @@ export class ChannelOut {
   }
 
   async close(): Promise<void> {
+    this.spare?.destroy();
     for (const s of this.sockets) s.destroy();
     const server = this.server;
     this.server = undefined;
@@ -63,10 +71,8 @@ export class ChannelOut {
     s.once("close", () => this.sockets.delete(s));
   }
 
-  private async onQemu(qemu: Socket): Promise<void> {
-    this.track(qemu);
-    qemu.pause(); // hold QEMU's bytes until the peer has accepted
-    qemu.on("error", () => {});
+  /** A TCP connection to the destination, accepted for this migration. */
+  private async dial(): Promise<Socket> {
     const [host, port] = splitHostPort(this.opts.peer);
     const peer = netConnect({ host, port });
     this.track(peer);
@@ -80,11 +86,28 @@ export class ChannelOut {
       if (reply.status !== ReplyStatus.Ok)
         throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
     } catch (err) {
-      this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
-      this.log.warn("channel: cannot open", { err });
-      qemu.destroy();
       peer.destroy();
-      return;
+      this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
+      throw new ChannelError(this.lastError);
+    }
+    peer.on("error", () => {});
+    return peer;
+  }
+
+  private async onQemu(qemu: Socket): Promise<void> {
+    this.track(qemu);
+    qemu.pause(); // hold QEMU's bytes until the peer has accepted
+    qemu.on("error", () => {});
+    let peer = this.spare;
+    this.spare = undefined;
+    if (!peer || peer.destroyed) {
+      try {
+        peer = await this.dial();
+      } catch (err) {
+        this.log.warn("channel: cannot open", { err });
+        qemu.destroy();
+        return;
+      }
     }
     this.connections++;
     this.log.info("channel: relaying", { connection: this.connections });
@@ -96,6 +119,13 @@ export class ChannelOut {
     });
     qemu.resume();
     peer.resume();
+  }
+}
+
+export class ChannelError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ChannelError";
   }
 }
 

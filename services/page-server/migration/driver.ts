@@ -100,6 +100,13 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
     // The VM must never run on two hosts: from post-copy on, the source's vCPUs are stopped.
     if ((p.status === "postcopy-active" || p.status === "completed") && stateOf(src) !== "postmigrate")
       src.transition("migrated-out");
+    if (p.status === "postcopy-paused")
+      // Recovery (migrate-recover on a new channel) is not implemented yet: say so plainly.
+      throw new MigrationError(
+        "post-copy paused: the migration stream broke after the switch-over; the VM is stopped at the source " +
+          "and waiting at the destination until the stream is recovered",
+        p,
+      );
     if (p.status === "failed" || p.status === "cancelled")
       throw new MigrationError(`migration ${p.status}${p.errorDesc ? `: ${p.errorDesc}` : ""}`, p);
     if (isFinal(p.status)) return { final: p, wallMs: Date.now() - t0, switchedAtMs };
