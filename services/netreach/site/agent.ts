@@ -46,6 +46,8 @@ export class SiteAgent {
   private readonly log: Logger;
   /** VMs prepared here (reverse-tunnel rules in place). */
   private readonly prepared = new Set<string>();
+  /** VMs whose port here is configured, and its name. */
+  private readonly ports = new Map<string, string>();
   /** VMs that left, with a forwarding pointer in place. */
   private readonly pointers = new Map<string, VmNet>();
 
@@ -83,15 +85,27 @@ export class SiteAgent {
     ]);
   }
 
-  /** Before switch-over: the reverse tunnel for the VM's home addresses. Idempotent. */
-  async prepare(vm: VmNet): Promise<void> {
+  /**
+   * Before switch-over: the reverse tunnel for the VM's home addresses and, when the VM's port
+   * already exists here (as a destination tap does before the VM resumes), the port made to look
+   * like the home link. Idempotent.
+   */
+  async prepare(vm: VmNet, port?: string): Promise<void> {
     await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
+    if (port) await this.configurePort(vm, port);
+  }
+
+  private async configurePort(vm: VmNet, port: string): Promise<void> {
+    // A VM that comes back replaces the pointer it left here with its port routes.
+    this.pointers.delete(vm.vmId);
+    await this.batch.apply(vmPortCommands(vm, port, this.cfg.homeLink));
+    this.ports.set(vm.vmId, port);
   }
 
   /**
-   * The VM's port has arrived in this site's namespace (the VM runs here now): make it look
-   * like the home link, then tell the anchor. Returns the anchor's answer.
+   * The VM runs here now: finish what prepare() did not do, then tell the anchor. Returns the
+   * anchor's answer.
    */
   async attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
     await this.attachPort(vm, port);
@@ -105,12 +119,11 @@ export class SiteAgent {
     return o;
   }
 
-  /** Makes an arrived port look like the home link, without telling the anchor (first placement). */
+  /** Makes the port look like the home link without telling the anchor (first placement). */
   async attachPort(vm: VmNet, port: string): Promise<void> {
-    // A VM that comes back replaces the pointer it left here with its port routes.
-    this.pointers.delete(vm.vmId);
-    if (!this.prepared.has(vm.vmId)) await this.prepare(vm);
-    await this.batch.apply(vmPortCommands(vm, port, this.cfg.homeLink));
+    if (!this.prepared.has(vm.vmId)) await this.rules(vm, "add");
+    this.prepared.add(vm.vmId);
+    if (this.ports.get(vm.vmId) !== port) await this.configurePort(vm, port);
   }
 
   /**
@@ -126,6 +139,7 @@ export class SiteAgent {
     }
     await this.rules(vm, "del");
     this.prepared.delete(vm.vmId);
+    this.ports.delete(vm.vmId);
   }
 
   /** After the binding settled: removes the forwarding pointer. */

@@ -1,15 +1,16 @@
 // A netreach test bed in network namespaces:
 //
 //   cn ── home link ── anchor ══ WAN ══ site1 … siteN        (sites also meshed with each other)
-//                                          └── vport ── vm   (the port moves between sites)
+//                                         │vport     │vport
+//                                   patch panel (bridge) ── vm
 //
 // The correspondent (cn) and the VM's home addresses share the home link subnet; the anchor
 // proxies ARP/NDP for them there and tunnels to the VM's current site with SRv6. The VM
-// namespace keeps its addresses and routes for the whole run: only its port's far end moves
-// from site to site, as a VM's NIC is re-plugged by a migration. WAN links are pluggable
-// (`WanLinker`) so a delaying one can replace plain veth; the binding update's one-way delay
-// is applied by `delayedAnchorLink`.
-
+// namespace keeps its addresses, routes and link for the whole run. Every site has a port
+// (`vport`, like a destination tap prepared before switch-over); a bridge in the patch-panel
+// namespace connects the VM to exactly one of them, and re-patching it is the switch-over. WAN
+// links are pluggable (`WanLinker`) so a delaying one can replace plain veth; the binding
+// update's one-way delay is applied by `delayedAnchorLink`.
 import {
   addAddress,
   createNetns,
@@ -89,7 +90,7 @@ export interface BedOptions {
 }
 
 export class NetreachBed {
-  readonly ns: { anchor: string; cn: string; vm: string; sites: string[] };
+  readonly ns: { anchor: string; cn: string; vm: string; patch: string; sites: string[] };
   anchor!: Anchor;
   sites: SiteAgent[] = [];
   /** Index (0-based) of the site the VM is at, or -1 before placement. */
@@ -97,7 +98,7 @@ export class NetreachBed {
   generation = 0;
   kv: BindingKv;
   private readonly teardowns: Array<() => Promise<void>> = [];
-  private readonly movers: IpBatch[] = [];
+  private patch?: IpBatch;
   private readonly log: Logger;
 
   private constructor(readonly opts: BedOptions) {
@@ -108,6 +109,7 @@ export class NetreachBed {
       anchor: `${p}anchor`,
       cn: `${p}cn`,
       vm: `${p}vm`,
+      patch: `${p}patch`,
       sites: Array.from({ length: n }, (_, i) => `${p}s${i + 1}`),
     };
     this.kv = opts.kv ?? new MemoryKv();
@@ -159,8 +161,14 @@ export class NetreachBed {
       }
     for (let k = 0; k < routers.length; k++) await addAddress(routers[k], "lo", `${sidsOf(k).tunsrc}/128`);
 
-    // The VM: home addresses, default routes to the home gateway; its port starts in no site.
-    await createVeth({ ns: vm, name: "eth0", mac: VM.mac }, { ns: vm, name: PORT });
+    // The VM: home addresses, default routes to the home gateway, a link to the patch panel.
+    await createNetns(this.ns.patch, { sysctls: { "net.ipv6.conf.default.disable_ipv6": "1" } });
+    await ip(this.ns.patch, "link", "add", "br0", "type", "bridge", "stp_state", "0");
+    await ip(this.ns.patch, "link", "set", "br0", "up");
+    await createVeth({ ns: vm, name: "eth0", mac: VM.mac }, { ns: this.ns.patch, name: "pvm" });
+    await ip(this.ns.patch, "link", "set", "pvm", "master", "br0");
+    for (let i = 0; i < sites.length; i++)
+      await createVeth({ ns: sites[i], name: PORT }, { ns: this.ns.patch, name: `p${i}` });
     await addAddress(vm, "eth0", `${VM.homeIpv6[0]}/64`, { noPrefixRoute: true });
     await addAddress(vm, "eth0", `${VM.homeIpv4[0]}/24`);
     await ip(vm, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0");
@@ -188,7 +196,7 @@ export class NetreachBed {
         ),
       );
     }
-    this.movers.push(new IpBatch(vm), ...sites.map((s) => new IpBatch(s)));
+    this.patch = new IpBatch(this.ns.patch);
   }
 
   /** Starts (or restarts) the anchor on the bed's store; restores bindings into the kernel. */
@@ -208,18 +216,17 @@ export class NetreachBed {
     await this.startAnchor();
   }
 
-  /** Moves the VM's port into site i's namespace (the "re-plug"; one netlink round trip). */
+  /** Connects the VM to site i's port only (the switch-over itself: two netlink changes). */
   private async plugInto(i: number): Promise<void> {
-    const from = this.at < 0 ? this.movers[0] : this.movers[this.at + 1];
-    await from.apply([`link set dev ${PORT} netns ${this.ns.sites[i]}`]);
+    const out = this.at >= 0 ? [`link set dev p${this.at} nomaster`] : [];
+    await this.patch!.apply([...out, `link set dev p${i} master br0`]);
   }
 
   /** First placement: the port goes to site i, the anchor registers the VM there. */
   async place(i: number, lifetimeSeconds = 300): Promise<Outcome> {
     const site = this.sites[i];
-    await site.prepare(VM);
+    await site.prepare(VM, PORT);
     await this.plugInto(i);
-    await site.attachPort(VM, PORT);
     this.at = i;
     this.generation++;
     return this.anchor.register({ ...VM, ...site.endpoint, generation: this.generation, lifetimeSeconds });
@@ -237,7 +244,7 @@ export class NetreachBed {
     const generation = ++this.generation;
     if (mode !== "bbm") {
       await this.anchor.prepareAttach(VM.vmId, dst.endpoint.site);
-      await dst.prepare(VM);
+      await dst.prepare(VM, PORT);
     }
     const switchAtMs = performance.timeOrigin + performance.now();
     await this.plugInto(to);
@@ -249,6 +256,15 @@ export class NetreachBed {
     return { outcome, switchAtMs };
   }
 
+  /**
+   * The test bed's floor: the port is unplugged and plugged back into the same site, so nothing
+   * needs re-pointing. A move cannot have a smaller gap than this.
+   */
+  async replug(): Promise<void> {
+    if (this.at < 0) throw new Error("the VM has not been placed yet");
+    await this.patch!.apply([`link set dev p${this.at} nomaster`, `link set dev p${this.at} master br0`]);
+  }
+
   /** After the binding settled: the old site drops its forwarding pointer. */
   async settle(): Promise<void> {
     for (const s of this.sites) await s.cleanup(VM);
@@ -257,7 +273,7 @@ export class NetreachBed {
   async destroy(): Promise<void> {
     await this.anchor?.stop().catch(() => undefined);
     for (const s of this.sites) await s.close().catch(() => undefined);
-    for (const m of this.movers) await m.close().catch(() => undefined);
+    await this.patch?.close().catch(() => undefined);
     for (const t of this.teardowns) await t().catch(() => undefined);
     await destroyNetnsWithPrefix(this.opts.prefix);
   }

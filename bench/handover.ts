@@ -1,0 +1,127 @@
+// `npm run bench -- handover [--quick] [--runs N] [--delays 0,5,15]`: the gap a correspondent
+// sees (largest silence between echo replies, 10 ms spacing) while the VM moves between two
+// sites, for break-before-make, make-before-break and make-before-break with a forwarding
+// pointer, IPv6 and IPv4 at once, against the one-way WAN delay. The reference ("replug") is
+// the floor of the test bed itself: the port unplugged and plugged back into the same site, with
+// nothing to re-point. Signalling (the binding update) is delayed by the one-way delay; the data
+// plane is delayed only when a delaying WAN linker is available (see wanFor).
+import { destroyNetnsWithPrefix } from "../deploy/testbed/netns.js";
+import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
+import { type HandoverMode, NetreachBed, VM, type WanLinker } from "../services/netreach/testbed/bed.js";
+import { startProbe } from "../services/netreach/testbed/probe-process.js";
+import {
+  type BenchCase,
+  flagValue,
+  hasFlag,
+  type Metrics,
+  printTable,
+  summarise,
+  writeResults,
+} from "./lib/report.js";
+
+const PREFIX = "nr-bh-";
+const INTERVAL_MS = 10;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+type Case = HandoverMode | "replug";
+
+/** The data-plane delay for a one-way delay, when the test bed can make one (null: none). */
+async function wanFor(oneWayMs: number): Promise<WanLinker | null> {
+  if (oneWayMs === 0) return null;
+  try {
+    const { relayedWan } = (await import(`../services/netreach/testbed/${"relayed-wan.js"}`)) as {
+      relayedWan: (o: { delayMs: number }) => WanLinker;
+    };
+    return relayedWan({ delayMs: oneWayMs });
+  } catch {
+    return null;
+  }
+}
+
+async function oneRun(bed: NetreachBed, c: Case, oneWayMs: number): Promise<Metrics[]> {
+  const count = Math.ceil((1500 + 8 * oneWayMs) / INTERVAL_MS);
+  const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) =>
+    startProbe<PingRecord[]>(bed.ns.cn, [
+      "ping",
+      "--to",
+      to,
+      "--count",
+      String(count),
+      "--interval-ms",
+      String(INTERVAL_MS),
+      "--wait-ms",
+      String(500 + 4 * oneWayMs),
+    ]),
+  );
+  await Promise.all(probes.map((p) => p.ready));
+  await sleep(500 + 2 * oneWayMs);
+  if (c === "replug") await bed.replug();
+  else await bed.move(bed.at === 0 ? 1 : 0, c);
+  const results = await Promise.all(probes.map((p) => p.result));
+  await bed.settle();
+  return results.map((recs) => {
+    const s = summarisePings(recs);
+    return { gap_ms: s.gapMs, lost: s.lost, one_way_ms: oneWayMs, rtt_ms: s.rttMedianMs };
+  });
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = hasFlag(args, "--quick");
+  const runs = Number(flagValue(args, "--runs") ?? (quick ? 3 : 5));
+  const delays = (flagValue(args, "--delays") ?? (quick ? "0,15" : "0,5,15,30")).split(",").map(Number);
+  if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
+  if (delays.some((d) => !(d >= 0 && d <= 200))) throw new Error(`--delays must be ms in 0..200`);
+  const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp"];
+  const out: BenchCase[] = [];
+  const notes: string[] = [];
+  for (const d of delays) {
+    await destroyNetnsWithPrefix(PREFIX);
+    const wan = await wanFor(d);
+    if (d > 0 && !wan)
+      notes.push(`one-way ${d} ms: binding updates delayed, data plane not (no delaying WAN linker)`);
+    const bed = await NetreachBed.create({
+      prefix: PREFIX,
+      sites: 2,
+      signallingDelayMs: d,
+      wan: wan ?? undefined,
+    });
+    try {
+      await bed.place(0);
+      for (const c of cases) {
+        const v6: Metrics[] = [];
+        const v4: Metrics[] = [];
+        for (let r = 0; r < runs; r++) {
+          const [m6, m4] = await oneRun(bed, c, d);
+          v6.push(m6);
+          v4.push(m4);
+        }
+        const subject = c === "replug" ? "replug-floor" : "vmhop";
+        out.push(summarise(`${c}/ipv6/${d}ms`, subject, v6), summarise(`${c}/ipv4/${d}ms`, subject, v4));
+      }
+    } finally {
+      await bed.destroy();
+    }
+  }
+  const floor = new Map(
+    out
+      .filter((c) => c.subject === "replug-floor")
+      .map((c) => [c.case.replace("replug/", ""), c.metrics.gap_ms]),
+  );
+  printTable(
+    out.map((c) => {
+      const f = floor.get(c.case.replace(/^[^/]+\//, "")) as number;
+      const gap = c.metrics.gap_ms as number;
+      return {
+        case: c.case,
+        subject: c.subject,
+        gap_ms: gap,
+        "min..max": `${Number(c.min?.gap_ms).toFixed(1)}..${Number(c.max?.gap_ms).toFixed(1)}`,
+        lost: c.metrics.lost as number,
+        over_floor_ms: gap - f,
+        rtt_ms: c.metrics.rtt_ms as number,
+      };
+    }),
+  );
+  for (const n of notes) console.log(`note: ${n}`);
+  console.log(`wrote ${writeResults("handover", out, { interval_ms: INTERVAL_MS, notes })}`);
+}
