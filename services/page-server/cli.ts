@@ -1,5 +1,77 @@
+// `vmhop page serve`: the page-server of this host (gRPC PageService + migration channel).
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { CliError } from "../cli/errors.js";
+import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { startGrpcServer } from "../common/grpc/server.js";
+import { onShutdown } from "../common/lifecycle.js";
+import { createLogger } from "../common/log.js";
+import { splitHostPort } from "./channel/outbound.js";
+import { pageService } from "./grpc/service.js";
+import { PageHost } from "./host.js";
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CliError("this command is not implemented yet");
+const options = {
+  listen: {
+    type: "string",
+    default: "127.0.0.1:7402",
+    describe: "gRPC address (HOST:PORT, PORT or unix:PATH)",
+  },
+  "channel-listen": {
+    type: "string",
+    default: "127.0.0.1:0",
+    describe: "raw TCP migration channel address (HOST:PORT; port 0 = any)",
+  },
+  "run-dir": {
+    type: "string",
+    default: join(tmpdir(), "vmhop-page"),
+    describe: "folder for QEMU sockets, serial logs and QEMU logs",
+  },
+  preempt: {
+    type: "boolean",
+    default: false,
+    describe: "use QEMU's postcopy-preempt lane (set alike on all hosts)",
+  },
+} satisfies OptionSpecs;
+
+const usage = "usage: vmhop page serve [options]";
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    console.log(helpText(usage, options));
+    return cmd ? 0 : 2;
+  }
+  if (cmd !== "serve") throw new CliError(`unknown page command '${cmd}'\n\n${helpText(usage, options)}`);
+  let cfg: ReturnType<typeof parseConfig<typeof options>>;
+  let channel: [string, number];
+  try {
+    cfg = parseConfig(options, rest);
+    channel = splitHostPort(cfg["channel-listen"]!);
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof Error) throw new CliError(err.message);
+    throw err;
+  }
+  const log = createLogger({ svc: "page-server" });
+  const host = new PageHost({
+    runRoot: cfg["run-dir"]!,
+    channelHost: channel[0],
+    channelPort: channel[1],
+    preempt: cfg.preempt,
+    log,
+  });
+  await host.open();
+  const grpc = await startGrpcServer({
+    serviceName: "page-server",
+    listen: cfg.listen!,
+    services: [pageService(host)],
+    log,
+  });
+  // One line on stdout for scripts and tests: where to reach this page-server.
+  console.log(JSON.stringify({ grpc: grpc.address, channel: host.channelListenAddress }));
+  onShutdown(log, [
+    { name: "page host (VMs, channel)", close: () => host.close() },
+    { name: "grpc", close: () => grpc.shutdown() },
+  ]);
+  await new Promise(() => {}); // serve until a signal
+  return 0;
 }

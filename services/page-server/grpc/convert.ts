@@ -1,0 +1,128 @@
+// Between the PageService messages and the page-server's own types. Pure.
+import { status } from "@grpc/grpc-js";
+import {
+  MigrationMode,
+  MigrationPhase,
+  type Vm as PbVm,
+  type VmSpec as PbVmSpec,
+  VmState as PbVmState,
+  type WatchMigrationResponse,
+} from "../../../gen/vmhop/v1/page.js";
+import { RpcError } from "../../common/grpc/server.js";
+import { HostError, type MigrationRecord } from "../host.js";
+import type { MigrationMode as Mode } from "../migration/driver.js";
+import { MigrationError } from "../migration/driver.js";
+import type { Phase } from "../migration/phase.js";
+import { type VmSpec, VmSpecError } from "../vm/spec.js";
+import { IllegalTransitionError, type VmState } from "../vm/states.js";
+import type { Vm } from "../vm/vm.js";
+
+export function specFromProto(s: PbVmSpec | undefined): VmSpec {
+  if (!s) throw new RpcError(status.INVALID_ARGUMENT, "spec is required");
+  return {
+    name: s.vmId,
+    vcpus: s.vcpus,
+    memoryMib: s.memoryMib,
+    kernel: s.kernelPath,
+    initrd: s.initrdPath || undefined,
+    cmdline: s.kernelCmdline || undefined,
+    disk: s.diskNbdUrl ? { nbd: s.diskNbdUrl } : undefined,
+    nic: s.nicTap ? { tap: s.nicTap, mac: s.nicMac || undefined } : undefined,
+  };
+}
+
+export function specToProto(s: VmSpec): PbVmSpec {
+  return {
+    vmId: s.name,
+    vcpus: s.vcpus,
+    memoryMib: s.memoryMib,
+    diskNbdUrl: s.disk?.nbd ?? "",
+    kernelPath: s.kernel,
+    initrdPath: s.initrd ?? "",
+    kernelCmdline: s.cmdline ?? "",
+    nicTap: s.nic?.tap ?? "",
+    nicMac: s.nic?.mac ?? "",
+  };
+}
+
+const states: Record<VmState, PbVmState> = {
+  defined: PbVmState.VM_STATE_DEFINED,
+  starting: PbVmState.VM_STATE_DEFINED,
+  running: PbVmState.VM_STATE_RUNNING,
+  paused: PbVmState.VM_STATE_PAUSED,
+  incoming: PbVmState.VM_STATE_INCOMING,
+  postmigrate: PbVmState.VM_STATE_MIGRATING,
+  stopping: PbVmState.VM_STATE_STOPPED,
+  stopped: PbVmState.VM_STATE_STOPPED,
+  crashed: PbVmState.VM_STATE_CRASHED,
+};
+
+export function vmToProto(vm: Vm, migrating = false): PbVm {
+  const live = vm.state === "running" || vm.state === "paused";
+  return {
+    spec: specToProto(vm.spec),
+    state: migrating && live ? PbVmState.VM_STATE_MIGRATING : states[vm.state],
+    qemuPid: vm.pid ?? 0,
+    serialLogPath: vm.paths.serialLog,
+    lastError: vm.state === "crashed" ? (vm.endReason ?? "") : "",
+  };
+}
+
+export function modeFromProto(m: MigrationMode): Mode {
+  switch (m) {
+    case MigrationMode.MIGRATION_MODE_PRECOPY:
+      return "precopy";
+    case MigrationMode.MIGRATION_MODE_POSTCOPY:
+      return "postcopy";
+    case MigrationMode.MIGRATION_MODE_HYBRID:
+      return "hybrid";
+    default:
+      throw new RpcError(
+        status.INVALID_ARGUMENT,
+        `migration mode ${MigrationMode[m] ?? m} is not supported (precopy, postcopy, hybrid)`,
+      );
+  }
+}
+
+const phases: Record<Phase, MigrationPhase> = {
+  setup: MigrationPhase.MIGRATION_PHASE_SETUP,
+  precopy: MigrationPhase.MIGRATION_PHASE_PRECOPY,
+  switchover: MigrationPhase.MIGRATION_PHASE_SWITCHOVER,
+  postcopy: MigrationPhase.MIGRATION_PHASE_POSTCOPY,
+  completed: MigrationPhase.MIGRATION_PHASE_COMPLETED,
+  failed: MigrationPhase.MIGRATION_PHASE_FAILED,
+  cancelled: MigrationPhase.MIGRATION_PHASE_CANCELLED,
+  paused: MigrationPhase.MIGRATION_PHASE_PAUSED,
+};
+
+export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
+  const p = r.progress;
+  return {
+    migrationId: r.id,
+    phase: phases[r.phase],
+    bytesSent: r.role === "source" ? Math.max(r.channelBytes.forward, p?.bytesTransferred ?? 0) : 0,
+    bytesRemaining: p?.bytesRemaining ?? 0,
+    pagesRequestedOnFault: p?.postcopyRequests ?? 0,
+    blocktimeMs: p?.postcopyBlocktimeMs ?? 0,
+    downtimeMs: p?.downtimeMs ?? 0,
+    error: r.error ?? "",
+  };
+}
+
+/** Domain errors as gRPC statuses; anything else stays INTERNAL. */
+export function toRpcError(err: unknown): unknown {
+  if (err instanceof RpcError) return err;
+  if (err instanceof HostError) {
+    const code = {
+      "not-found": status.NOT_FOUND,
+      exists: status.ALREADY_EXISTS,
+      precondition: status.FAILED_PRECONDITION,
+      unavailable: status.UNAVAILABLE,
+    }[err.kind];
+    return new RpcError(code, err.message);
+  }
+  if (err instanceof VmSpecError) return new RpcError(status.INVALID_ARGUMENT, err.message);
+  if (err instanceof IllegalTransitionError) return new RpcError(status.FAILED_PRECONDITION, err.message);
+  if (err instanceof MigrationError) return new RpcError(status.ABORTED, err.message);
+  return err;
+}

@@ -1,0 +1,122 @@
+// gRPC PageService over a PageHost.
+import type * as grpc from "@grpc/grpc-js";
+import {
+  PageServiceService,
+  type WatchMigrationRequest,
+  type WatchMigrationResponse,
+} from "../../../gen/vmhop/v1/page.js";
+import { type ServiceRegistration, toServiceError, unary } from "../../common/grpc/server.js";
+import type { MigrationRecord, PageHost } from "../host.js";
+import { isFinalPhase } from "../migration/phase.js";
+import { migrationToProto, modeFromProto, specFromProto, toRpcError, vmToProto } from "./convert.js";
+
+function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
+  return unary<Req, Res>(async (req) => {
+    try {
+      return await fn(req);
+    } catch (err) {
+      throw toRpcError(err);
+    }
+  });
+}
+
+export function pageService(host: PageHost): ServiceRegistration {
+  const outgoing = new Set<string>(); // VMs with a migration under way from here
+  const view = (vmId: string) => ({ vm: vmToProto(host.get(vmId), outgoing.has(vmId)) });
+  const implementation = {
+    defineVm: wrap(async (req: { spec?: Parameters<typeof specFromProto>[0] }) => {
+      const vm = host.define(specFromProto(req.spec));
+      return { vm: vmToProto(vm) };
+    }),
+    startVm: wrap(async (req: { vmId: string }) => {
+      await host.start(req.vmId);
+      return view(req.vmId);
+    }),
+    stopVm: wrap(async (req: { vmId: string; force: boolean }) => {
+      await host.stop(req.vmId, req.force);
+      return view(req.vmId);
+    }),
+    pauseVm: wrap(async (req: { vmId: string }) => {
+      await host.get(req.vmId).pause();
+      return view(req.vmId);
+    }),
+    resumeVm: wrap(async (req: { vmId: string }) => {
+      await host.get(req.vmId).resume();
+      return view(req.vmId);
+    }),
+    inspectVm: wrap(async (req: { vmId: string }) => view(req.vmId)),
+    listHostVms: wrap(async () => ({
+      vms: host.list().map((vm) => vmToProto(vm, outgoing.has(vm.spec.name))),
+    })),
+    prepareIncoming: wrap(
+      async (req: { spec?: Parameters<typeof specFromProto>[0]; migrationId: string }) => ({
+        channelAddress: await host.prepareIncoming(specFromProto(req.spec), req.migrationId),
+      }),
+    ),
+    startMigration: wrap(
+      async (req: {
+        vmId: string;
+        migrationId: string;
+        channelAddress: string;
+        mode: number;
+        precopyRounds: number;
+        precopySeconds: number;
+        maxBandwidthBytesPerSecond: number;
+      }) => {
+        const rec = await host.startMigration({
+          vmId: req.vmId,
+          migrationId: req.migrationId,
+          channelAddress: req.channelAddress,
+          mode: modeFromProto(req.mode),
+          hybridRounds: req.precopyRounds,
+          hybridSeconds: req.precopySeconds,
+          maxBandwidth: req.maxBandwidthBytesPerSecond,
+        });
+        outgoing.add(req.vmId);
+        const done = (r: MigrationRecord) => {
+          if (isFinalPhase(r.phase)) {
+            outgoing.delete(req.vmId);
+            rec.events.off("update", done);
+          }
+        };
+        rec.events.on("update", done);
+        return { migrationId: rec.id };
+      },
+    ),
+    abortMigration: wrap(async (req: { migrationId: string }) => {
+      await host.abortMigration(req.migrationId);
+      return {};
+    }),
+    watchMigration: (call: grpc.ServerWritableStream<WatchMigrationRequest, WatchMigrationResponse>) => {
+      let rec: MigrationRecord;
+      try {
+        rec = host.migration(call.request.migrationId);
+      } catch (err) {
+        call.emit("error", toServiceError(toRpcError(err)));
+        return;
+      }
+      // Sends the latest state, then each phase change or progress update, ending at a final phase.
+      let last = "";
+      const send = (r: MigrationRecord) => {
+        const msg = migrationToProto(r);
+        const key = JSON.stringify(msg);
+        if (key !== last) {
+          last = key;
+          call.write(msg);
+        }
+        if (isFinalPhase(r.phase)) {
+          rec.events.off("update", send);
+          call.end();
+        }
+      };
+      rec.events.on("update", send);
+      call.on("cancelled", () => rec.events.off("update", send));
+      send(rec);
+    },
+  };
+  return {
+    name: "vmhop.v1.PageService",
+    definition: PageServiceService as unknown as grpc.ServiceDefinition,
+    implementation: implementation as unknown as grpc.UntypedServiceImplementation,
+  };
+}

@@ -1,0 +1,239 @@
+// The VMs of one compute host and their migrations: what the gRPC PageService exposes,
+// without gRPC (so it is testable and usable in-process).
+import { EventEmitter } from "node:events";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { type Logger, silentLogger } from "../common/log.js";
+import { ChannelServer } from "./channel/inbound.js";
+import { ChannelOut } from "./channel/outbound.js";
+import {
+  type MigrationError,
+  type MigrationMode,
+  migrate,
+  prepareIncoming,
+  queryMigration,
+} from "./migration/driver.js";
+import { isFinalPhase, type Phase, phaseOf } from "./migration/phase.js";
+import type { MigrationProgress } from "./migration/status.js";
+import type { VmSpec } from "./vm/spec.js";
+import { isLive } from "./vm/states.js";
+import { Vm } from "./vm/vm.js";
+
+export class HostError extends Error {
+  constructor(
+    readonly kind: "not-found" | "exists" | "precondition" | "unavailable",
+    message: string,
+  ) {
+    super(message);
+    this.name = "HostError";
+  }
+}
+
+export interface MigrationRecord {
+  id: string;
+  vmId: string;
+  role: "source" | "destination";
+  phase: Phase;
+  progress?: MigrationProgress;
+  /** Bytes the page-server channel carried (source side: to the destination, and back). */
+  channelBytes: { forward: number; backward: number };
+  error?: string;
+  events: EventEmitter<{ update: [MigrationRecord] }>;
+}
+
+export interface StartMigrationOptions {
+  vmId: string;
+  migrationId: string;
+  channelAddress: string;
+  mode: MigrationMode;
+  hybridRounds?: number;
+  hybridSeconds?: number;
+  maxBandwidth?: number;
+}
+
+export interface PageHostOptions {
+  runRoot: string;
+  /** host (and port, 0 = any) the migration channel listens on. */
+  channelHost?: string;
+  channelPort?: number;
+  /** Use QEMU's postcopy-preempt lane; must match on both hosts. */
+  preempt?: boolean;
+  log?: Logger;
+}
+
+export class PageHost {
+  private readonly vms = new Map<string, Vm>();
+  private readonly migrations = new Map<string, MigrationRecord>();
+  private readonly channel: ChannelServer;
+  private channelAddress = "";
+  private readonly log: Logger;
+
+  constructor(private readonly opts: PageHostOptions) {
+    this.log = (opts.log ?? silentLogger).child({ svc: "page-server" });
+    this.channel = new ChannelServer({ log: this.log });
+  }
+
+  async open(): Promise<void> {
+    mkdirSync(this.opts.runRoot, { recursive: true });
+    this.channelAddress = await this.channel.listen(
+      this.opts.channelPort ?? 0,
+      this.opts.channelHost ?? "127.0.0.1",
+    );
+    this.log.info("migration channel listening", { address: this.channelAddress });
+  }
+
+  /** Stops every VM this host runs and closes the channel. */
+  async close(): Promise<void> {
+    await Promise.all([...this.vms.values()].map((vm) => vm.stop(3000).catch(() => vm.kill())));
+    await this.channel.close();
+  }
+
+  get channelListenAddress(): string {
+    return this.channelAddress;
+  }
+
+  list(): Vm[] {
+    return [...this.vms.values()];
+  }
+
+  get(vmId: string): Vm {
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new HostError("not-found", `no VM ${vmId} on this host`);
+    return vm;
+  }
+
+  /** Registers a VM (QEMU not started). Redefining a VM that has ended replaces it. */
+  define(spec: VmSpec): Vm {
+    const old = this.vms.get(spec.name);
+    if (old && (isLive(old.state) || old.state === "stopping"))
+      throw new HostError("exists", `VM ${spec.name} is ${old.state} on this host`);
+    const vm = new Vm(spec, { runDir: join(this.opts.runRoot, spec.name), log: this.log });
+    this.vms.set(spec.name, vm);
+    return vm;
+  }
+
+  async start(vmId: string): Promise<Vm> {
+    let vm = this.get(vmId);
+    if (vm.state === "stopped" || vm.state === "crashed") vm = this.define(vm.spec);
+    if (vm.state !== "defined")
+      throw new HostError("precondition", `VM ${vmId} is ${vm.state}, cannot start`);
+    await vm.start();
+    return vm;
+  }
+
+  async stop(vmId: string, force = false): Promise<Vm> {
+    const vm = this.get(vmId);
+    if (force) await vm.kill();
+    else await vm.stop();
+    return vm;
+  }
+
+  migration(id: string): MigrationRecord {
+    const m = this.migrations.get(id);
+    if (!m) throw new HostError("not-found", `no migration ${id} on this host`);
+    return m;
+  }
+
+  /** Destination: starts QEMU waiting for the stream; returns the channel address for the source. */
+  async prepareIncoming(spec: VmSpec, migrationId: string): Promise<string> {
+    if (this.migrations.has(migrationId))
+      throw new HostError("exists", `migration ${migrationId} already known here`);
+    const vm = this.define(spec);
+    const rec = this.record(migrationId, spec.name, "destination");
+    await vm.start({ incoming: true });
+    const sock = join(this.opts.runRoot, spec.name, `incoming-${migrationId}.sock`);
+    this.channel.expect(migrationId, sock);
+    // postcopy-ram on the destination is harmless for a pre-copy stream, so it is always on:
+    // the source alone decides the mode.
+    await prepareIncoming(vm, `unix:${sock}`, { mode: "postcopy", preempt: this.opts.preempt });
+    this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
+    return this.channelAddress;
+  }
+
+  /** Source: opens the channel (failing here if the destination refuses), then migrates in the background. */
+  async startMigration(o: StartMigrationOptions): Promise<MigrationRecord> {
+    const vm = this.get(o.vmId);
+    if (vm.state !== "running" && vm.state !== "paused")
+      throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
+    if (this.migrations.has(o.migrationId))
+      throw new HostError("exists", `migration ${o.migrationId} already known here`);
+    const out = new ChannelOut({
+      migrationId: o.migrationId,
+      peer: o.channelAddress,
+      socketPath: join(this.opts.runRoot, o.vmId, `outgoing-${o.migrationId}.sock`),
+      log: this.log,
+    });
+    try {
+      await out.open();
+    } catch (err) {
+      throw new HostError("unavailable", (err as Error).message);
+    }
+    const rec = this.record(o.migrationId, o.vmId, "source");
+    rec.channelBytes = out.counters;
+    migrate(vm, out.qemuUri, {
+      mode: o.mode,
+      preempt: this.opts.preempt,
+      maxBandwidth: o.maxBandwidth || undefined,
+      hybridRounds: o.hybridRounds || undefined,
+      hybridSeconds: o.hybridSeconds || undefined,
+      onProgress: (p) => this.update(rec, p),
+    })
+      .then(async (r) => {
+        this.update(rec, r.final);
+        await vm.stop(); // the source QEMU ends once the VM lives at the destination
+      })
+      .catch((err: unknown) => {
+        rec.error = out.lastError ? `${(err as Error).message} (${out.lastError})` : (err as Error).message;
+        this.update(rec, (err as MigrationError).progress, "failed");
+      })
+      .finally(() => out.close());
+    return rec;
+  }
+
+  async abortMigration(id: string): Promise<void> {
+    const rec = this.migration(id);
+    if (isFinalPhase(rec.phase)) return;
+    const vm = this.get(rec.vmId);
+    if (rec.phase === "postcopy" || rec.phase === "paused")
+      throw new HostError("precondition", `migration ${id} is past the switch-over; it cannot be aborted`);
+    await vm.qmp.execute("migrate_cancel");
+  }
+
+  private record(id: string, vmId: string, role: MigrationRecord["role"]): MigrationRecord {
+    const rec: MigrationRecord = {
+      id,
+      vmId,
+      role,
+      phase: "setup",
+      channelBytes: { forward: 0, backward: 0 },
+      events: new EventEmitter(),
+    };
+    this.migrations.set(id, rec);
+    return rec;
+  }
+
+  private update(rec: MigrationRecord, p?: MigrationProgress, phase?: Phase): void {
+    if (isFinalPhase(rec.phase)) return;
+    if (p) rec.progress = p;
+    rec.phase = phase ?? (p ? phaseOf(p.status) : rec.phase);
+    rec.events.emit("update", rec);
+  }
+
+  /** The destination's own view (blocktime, its phase) until the migration ends or QEMU does. */
+  private async followDestination(vm: Vm, rec: MigrationRecord): Promise<void> {
+    while (!isFinalPhase(rec.phase)) {
+      if (!isLive(vm.state)) {
+        rec.error = `destination QEMU ended: ${vm.endReason}`;
+        this.update(rec, undefined, "failed");
+        return;
+      }
+      try {
+        this.update(rec, await queryMigration(vm));
+      } catch (err) {
+        if (isLive(vm.state)) this.log.warn("destination query-migrate failed", { err });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    this.channel.forget(rec.id);
+  }
+}

@@ -1,0 +1,226 @@
+// Two page-servers (each a PageHost behind its own gRPC server) migrate the test guest
+// post-copy over the raw TCP channel, driven only through the PageService API.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { credentials, status } from "@grpc/grpc-js";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import {
+  MigrationMode,
+  MigrationPhase,
+  PageServiceClient,
+  StartMigrationRequest,
+  VmSpec,
+  VmState,
+  type WatchMigrationResponse,
+} from "../../gen/vmhop/v1/page.js";
+import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
+import { silentLogger } from "../../services/common/log.js";
+import { pageService } from "../../services/page-server/grpc/service.js";
+import { PageHost } from "../../services/page-server/host.js";
+import { splitLines } from "../../services/page-server/lines.js";
+import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { ensureGuest } from "./guest.js";
+
+const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "page-servers migrate a VM");
+const dir = tempDir("vmhop-pagesvc-");
+const closers: (() => Promise<void>)[] = [];
+
+test.after(async () => {
+  for (const c of closers.reverse()) await c();
+  dir.cleanup();
+});
+
+interface Server {
+  host: PageHost;
+  grpc: RunningGrpcServer;
+  client: PageServiceClient;
+}
+
+async function pageServer(name: string): Promise<Server> {
+  const host = new PageHost({ runRoot: join(dir.path, name), log: silentLogger });
+  await host.open();
+  const grpc = await startGrpcServer({
+    serviceName: name,
+    listen: "0",
+    services: [pageService(host)],
+    log: silentLogger,
+  });
+  const client = new PageServiceClient(grpc.address, credentials.createInsecure());
+  closers.push(async () => {
+    client.close();
+    await grpc.shutdown(1000);
+    await host.close();
+  });
+  return { host, grpc, client };
+}
+
+function call<Res>(c: PageServiceClient, method: keyof PageServiceClient, req: object): Promise<Res> {
+  const fn = c[method] as unknown as (req: object, cb: (err: Error | null, res: Res) => void) => void;
+  return new Promise((resolve, reject) => fn.call(c, req, (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+/** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
+function heartbeats(logs: string[]) {
+  const bytes = Buffer.concat(logs.map((p) => readFileSync(p)));
+  return splitLines(bytes)
+    .lines.map(parseHeartbeat)
+    .filter((h) => h !== null);
+}
+
+async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+migTest(
+  "define, start, migrate post-copy A → B over the channel; heartbeat unbroken; A's QEMU ends",
+  async () => {
+    const guest = await ensureGuest();
+    const a = await pageServer("host-a");
+    const b = await pageServer("host-b");
+    const spec: VmSpec = {
+      vmId: "vm1",
+      vcpus: 1,
+      memoryMib: 160,
+      diskNbdUrl: "",
+      kernelPath: guest.kernel,
+      initrdPath: guest.initrd,
+      kernelCmdline: guestCmdline({ memMib: 48, rateMib: 16, verifyMib: 48 }),
+      nicTap: "",
+      nicMac: "",
+    };
+    const defined = await call<{ vm: { state: VmState } }>(a.client, "defineVm", { spec });
+    assert.is(defined.vm.state, VmState.VM_STATE_DEFINED);
+    const started = await call<{ vm: { state: VmState; serialLogPath: string } }>(a.client, "startVm", {
+      vmId: "vm1",
+    });
+    assert.is(started.vm.state, VmState.VM_STATE_RUNNING);
+    const srcLog = started.vm.serialLogPath;
+    await until("a verification pass at the source", () => heartbeats([srcLog]).find((h) => h.passes >= 1));
+
+    const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
+      spec,
+      migrationId: "mig-1",
+    });
+    assert.match(channelAddress, /^127\.0\.0\.1:\d+$/);
+    const dstView = await call<{ vm: { state: VmState; serialLogPath: string } }>(b.client, "inspectVm", {
+      vmId: "vm1",
+    });
+    assert.is(dstView.vm.state, VmState.VM_STATE_INCOMING);
+
+    const passesBefore = Math.max(...heartbeats([srcLog]).map((h) => h.passes));
+    await call(
+      a.client,
+      "startMigration",
+      StartMigrationRequest.fromPartial({
+        vmId: "vm1",
+        migrationId: "mig-1",
+        channelAddress,
+        mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+      }),
+    );
+    const updates: WatchMigrationResponse[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const stream = a.client.watchMigration({ migrationId: "mig-1" });
+      stream.on("data", (m: WatchMigrationResponse) => updates.push(m));
+      stream.on("error", reject);
+      stream.on("end", () => resolve());
+    });
+    const last = updates.at(-1)!;
+    assert.is(last.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED, last.error);
+    assert.ok(updates.some((u) => u.phase === MigrationPhase.MIGRATION_PHASE_POSTCOPY));
+    assert.ok(last.bytesSent > 0);
+
+    // The VM runs at B only; A's QEMU ends.
+    const srcEnd = await until("A's VM stopped", () => {
+      const vm = a.host.get("vm1");
+      return vm.state === "stopped" ? vm : undefined;
+    });
+    assert.is(srcEnd.state, "stopped");
+    const dst = await call<{ vm: { state: VmState } }>(b.client, "inspectVm", { vmId: "vm1" });
+    assert.is(dst.vm.state, VmState.VM_STATE_RUNNING);
+
+    const logs = [srcLog, dstView.vm.serialLogPath];
+    const after = await until("two verification passes at the destination", () =>
+      heartbeats(logs).find((h) => h.passes >= passesBefore + 2),
+    );
+    assert.is(after.memErrors, 0);
+    const all = heartbeats(logs);
+    const breaks = all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1);
+    assert.equal(breaks, [], "heartbeat counter broke across the migration");
+
+    // The destination's own view ends completed too.
+    const dstWatch: WatchMigrationResponse[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const s = b.client.watchMigration({ migrationId: "mig-1" });
+      s.on("data", (m: WatchMigrationResponse) => dstWatch.push(m));
+      s.on("error", reject);
+      s.on("end", () => resolve());
+    });
+    assert.is(dstWatch.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED);
+  },
+);
+
+migTest("errors map to gRPC statuses", async () => {
+  const a = await pageServer("host-err");
+  const expectCode = async (p: Promise<unknown>, code: status, re: RegExp) => {
+    try {
+      await p;
+      assert.unreachable("call succeeded");
+    } catch (err) {
+      assert.is((err as { code: number }).code, code, (err as Error).message);
+      assert.match((err as Error).message, re);
+    }
+  };
+  await expectCode(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
+  await expectCode(
+    call(a.client, "defineVm", {
+      spec: VmSpec.fromPartial({ vmId: "bad name", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
+    }),
+    status.INVALID_ARGUMENT,
+    /name/,
+  );
+  await call(a.client, "defineVm", {
+    spec: VmSpec.fromPartial({ vmId: "v2", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
+  });
+  await expectCode(
+    call(a.client, "pauseVm", { vmId: "v2" }),
+    status.FAILED_PRECONDITION,
+    /defined cannot pause/,
+  );
+  await expectCode(
+    call(
+      a.client,
+      "startMigration",
+      StartMigrationRequest.fromPartial({
+        vmId: "v2",
+        migrationId: "m",
+        channelAddress: "127.0.0.1:1",
+        mode: 2,
+      }),
+    ),
+    status.FAILED_PRECONDITION,
+    /cannot migrate/,
+  );
+  await expectCode(
+    new Promise<void>((resolve, reject) => {
+      const s = a.client.watchMigration({ migrationId: "none" });
+      s.on("data", () => {});
+      s.on("error", reject);
+      s.on("end", () => resolve());
+    }),
+    status.NOT_FOUND,
+    /no migration none/,
+  );
+});
+
+test.run();
