@@ -3,11 +3,11 @@
 // sites, for break-before-make, make-before-break and make-before-break with a forwarding
 // pointer, IPv6 and IPv4 at once, against the one-way WAN delay. The reference ("replug") is
 // the floor of the test bed itself: the port unplugged and plugged back into the same site, with
-// nothing to re-point. Signalling (the binding update) is delayed by the one-way delay; the data
-// plane is delayed only when a delaying WAN linker is available (see wanFor).
+// nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
+// delay relay and the binding update is delayed as much.
 import { destroyNetnsWithPrefix } from "../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
-import { type HandoverMode, NetreachBed, VM, type WanLinker } from "../services/netreach/testbed/bed.js";
+import { type HandoverMode, NetreachBed, VM } from "../services/netreach/testbed/bed.js";
 import { startProbe } from "../services/netreach/testbed/probe-process.js";
 import {
   type BenchCase,
@@ -24,19 +24,6 @@ const INTERVAL_MS = 10;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Case = HandoverMode | "replug";
-
-/** The data-plane delay for a one-way delay, when the test bed can make one (null: none). */
-async function wanFor(oneWayMs: number): Promise<WanLinker | null> {
-  if (oneWayMs === 0) return null;
-  try {
-    const { relayedWan } = (await import(`../services/netreach/testbed/${"relayed-wan.js"}`)) as {
-      relayedWan: (o: { delayMs: number }) => WanLinker;
-    };
-    return relayedWan({ delayMs: oneWayMs });
-  } catch {
-    return null;
-  }
-}
 
 async function oneRun(bed: NetreachBed, c: Case, oneWayMs: number): Promise<Metrics[]> {
   const count = Math.ceil((1500 + 8 * oneWayMs) / INTERVAL_MS);
@@ -73,18 +60,10 @@ export async function main(args: string[]): Promise<void> {
   if (delays.some((d) => !(d >= 0 && d <= 200))) throw new Error(`--delays must be ms in 0..200`);
   const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp"];
   const out: BenchCase[] = [];
-  const notes: string[] = [];
   for (const d of delays) {
     await destroyNetnsWithPrefix(PREFIX);
-    const wan = await wanFor(d);
-    if (d > 0 && !wan)
-      notes.push(`one-way ${d} ms: binding updates delayed, data plane not (no delaying WAN linker)`);
-    const bed = await NetreachBed.create({
-      prefix: PREFIX,
-      sites: 2,
-      signallingDelayMs: d,
-      wan: wan ?? undefined,
-    });
+    // 0 ms: plain veth; otherwise every router link is VXLAN through the delay relay.
+    const bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, wanDelayMs: d > 0 ? d : undefined });
     try {
       await bed.place(0);
       for (const c of cases) {
@@ -122,6 +101,5 @@ export async function main(args: string[]): Promise<void> {
       };
     }),
   );
-  for (const n of notes) console.log(`note: ${n}`);
-  console.log(`wrote ${writeResults("handover", out, { interval_ms: INTERVAL_MS, notes })}`);
+  console.log(`wrote ${writeResults("handover", out, { interval_ms: INTERVAL_MS })}`);
 }

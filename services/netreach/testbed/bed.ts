@@ -19,6 +19,7 @@ import {
   deviceRouterSysctls,
   hostSysctls,
   ip,
+  macOf,
   routerSysctls,
   setSysctls,
 } from "../../../deploy/testbed/netns.js";
@@ -29,6 +30,7 @@ import { type BindingKv, MemoryKv } from "../binding/kv.js";
 import type { UpdateRequest } from "../binding/types.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
 import { type AnchorLink, SiteAgent, type VmNet } from "../site/agent.js";
+import { relayedWan } from "./relayed-wan.js";
 
 export const GATEWAY_MAC = "02:00:00:00:00:01";
 export const HOME = { gw6: "2001:db8:100::1", gw4: "10.77.0.1", cn6: "2001:db8:100::2", cn4: "10.77.0.2" };
@@ -83,7 +85,12 @@ export interface BedOptions {
   prefix: string;
   sites?: number;
   wan?: WanLinker;
-  /** One-way delay applied to binding updates (the data plane's delay is the WanLinker's). */
+  /**
+   * One-way WAN delay: router links become VXLAN through a userspace delay relay (see
+   * relayed-wan.ts), and binding updates are delayed as much. Ignored when `wan` is given.
+   */
+  wanDelayMs?: number;
+  /** One-way delay applied to binding updates; default wanDelayMs (or 0). */
   signallingDelayMs?: number;
   kv?: BindingKv;
   log?: Logger;
@@ -146,7 +153,12 @@ export class NetreachBed {
 
     // WAN: a full mesh of point-to-point links; link a<b is fd00:0:a:b::/64 with ::1 at a, ::2 at b.
     const routers = [anchor, ...sites];
-    const wan = this.opts.wan ?? vethWan;
+    let wan = this.opts.wan ?? vethWan;
+    if (!this.opts.wan && this.opts.wanDelayMs !== undefined) {
+      const relayed = relayedWan({ netns: `${this.opts.prefix}wan`, delayMs: this.opts.wanDelayMs });
+      this.teardowns.push(relayed.close);
+      wan = relayed.linker;
+    }
     for (let a = 0; a < routers.length; a++)
       for (let b = a + 1; b < routers.length; b++) {
         const net = `fd00:0:${a}:${b}::`;
@@ -155,6 +167,33 @@ export class NetreachBed {
             { ns: routers[a], dev: `w${b}`, addr6: `${net}1/64` },
             { ns: routers[b], dev: `w${a}`, addr6: `${net}2/64` },
           ),
+        );
+        // A WAN link's neighbours are resolved in steady state: pin them, so the first packet of
+        // a forwarding pointer does not wait a round trip for neighbour discovery.
+        const [macA, macB] = [await macOf(routers[a], `w${b}`), await macOf(routers[b], `w${a}`)];
+        await ip(
+          routers[a],
+          "neigh",
+          "replace",
+          `${net}2`,
+          "lladdr",
+          macB,
+          "dev",
+          `w${b}`,
+          "nud",
+          "permanent",
+        );
+        await ip(
+          routers[b],
+          "neigh",
+          "replace",
+          `${net}1`,
+          "lladdr",
+          macA,
+          "dev",
+          `w${a}`,
+          "nud",
+          "permanent",
         );
         await ip(routers[a], "-6", "route", "add", `fc00:${b}::/48`, "via", `${net}2`, "dev", `w${b}`);
         await ip(routers[b], "-6", "route", "add", `fc00:${a}::/48`, "via", `${net}1`, "dev", `w${a}`);
@@ -175,7 +214,10 @@ export class NetreachBed {
     await ip(vm, "-4", "route", "add", "default", "via", HOME.gw4, "dev", "eth0");
 
     await this.startAnchor();
-    const link = delayedAnchorLink(() => this.anchor, this.opts.signallingDelayMs ?? 0);
+    const link = delayedAnchorLink(
+      () => this.anchor,
+      this.opts.signallingDelayMs ?? this.opts.wanDelayMs ?? 0,
+    );
     for (let i = 0; i < sites.length; i++) {
       const k = i + 1;
       const s = sidsOf(k);

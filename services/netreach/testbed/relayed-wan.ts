@@ -1,0 +1,134 @@
+// A delaying WAN for the netreach test bed: every router link is a VXLAN whose UDP crosses a
+// userspace delay relay (netem is absent). The relays run in one child process inside a WAN
+// namespace joined to each router by an underlay veth (`ul`, fd01:0:0:K::1 at the router,
+// ::2 on the WAN side). Link L uses UDP port 20000+L on both ends.
+import type { ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import {
+  addAddress,
+  createNetns,
+  createVeth,
+  destroyNetns,
+  ip,
+  spawnIn,
+} from "../../../deploy/testbed/netns.js";
+import type { WanEnd, WanLinker } from "./bed.js";
+
+const repoRoot = new URL("../../../", import.meta.url).pathname;
+const relayMain = new URL("./wan-relay-main.ts", import.meta.url).pathname;
+
+export interface RelayedWanOptions {
+  /** Namespace for the relays; created on first use, deleted by close(). */
+  netns: string;
+  delayMs: number;
+  rateBitsPerSecond?: number;
+}
+
+export interface RelayedWan {
+  linker: WanLinker;
+  close(): Promise<void>;
+}
+
+export function relayedWan(opts: RelayedWanOptions): RelayedWan {
+  if (!(opts.delayMs >= 0)) throw new Error(`delay must be >= 0 ms, got ${opts.delayMs}`);
+  const routers = new Map<string, number>();
+  let child: ChildProcess | undefined;
+  let nextId = 0;
+  let links = 0;
+  const waiting = new Map<number, (r: { ok: boolean; error?: string }) => void>();
+
+  const start = async () => {
+    await createNetns(opts.netns, { sysctls: { "net.ipv6.conf.default.accept_dad": "0" } });
+    child = spawnIn(opts.netns, process.execPath, ["--import", "tsx", relayMain], {
+      cwd: repoRoot,
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const r = JSON.parse(line) as { id: number; ok: boolean; error?: string };
+      waiting.get(r.id)?.(r);
+      waiting.delete(r.id);
+    });
+    child.on("exit", (code) => {
+      for (const w of waiting.values()) w({ ok: false, error: `relay process exited (${code})` });
+      waiting.clear();
+    });
+  };
+
+  const request = (req: Record<string, unknown>) =>
+    new Promise<void>((resolve, reject) => {
+      const id = ++nextId;
+      waiting.set(id, (r) => (r.ok ? resolve() : reject(new Error(`relay: ${r.error}`))));
+      child!.stdin!.write(`${JSON.stringify({ id, ...req })}\n`);
+    });
+
+  /** The router's underlay index, creating its underlay link on first sight. */
+  const underlay = async (ns: string): Promise<number> => {
+    let k = routers.get(ns);
+    if (k !== undefined) return k;
+    k = routers.size + 1; // from 1: fd01:0:0:K::1 is then the canonical text the relay compares
+    routers.set(ns, k);
+    await createVeth({ ns, name: "ul" }, { ns: opts.netns, name: `u${k}` });
+    await ip(ns, "link", "set", "ul", "mtu", "9000");
+    await ip(opts.netns, "link", "set", `u${k}`, "mtu", "9000");
+    await addAddress(ns, "ul", `fd01:0:0:${k}::1/64`);
+    await addAddress(opts.netns, `u${k}`, `fd01:0:0:${k}::2/64`);
+    return k;
+  };
+
+  const vxlan = async (end: WanEnd, k: number, vni: number, port: number) => {
+    await ip(
+      end.ns,
+      "link",
+      "add",
+      end.dev,
+      "type",
+      "vxlan",
+      "id",
+      String(vni),
+      "local",
+      `fd01:0:0:${k}::1`,
+      "remote",
+      `fd01:0:0:${k}::2`,
+      "dstport",
+      String(port),
+      "dev",
+      "ul",
+    );
+    await addAddress(end.ns, end.dev, end.addr6);
+    await ip(end.ns, "link", "set", end.dev, "up");
+  };
+
+  const linker: WanLinker = async (a, b) => {
+    if (!child) await start();
+    const ka = await underlay(a.ns);
+    const kb = await underlay(b.ns);
+    const l = ++links;
+    const port = 20000 + l;
+    await request({
+      listen: `[fd01:0:0:${ka}::2]:${port}`,
+      peerA: `[fd01:0:0:${ka}::1]:${port}`,
+      target: `[fd01:0:0:${kb}::1]:${port}`,
+      targetSideListen: `[fd01:0:0:${kb}::2]:${port}`,
+      delayMs: opts.delayMs,
+      rateBitsPerSecond: opts.rateBitsPerSecond,
+    });
+    await vxlan(a, ka, l, port);
+    await vxlan(b, kb, l, port);
+    return async () => {};
+  };
+
+  return {
+    linker,
+    close: async () => {
+      if (child && child.exitCode === null) {
+        const c = child;
+        await new Promise<void>((r) => {
+          c.once("exit", () => r());
+          c.stdin?.end();
+          setTimeout(() => c.kill("SIGKILL"), 2000).unref();
+        });
+      }
+      await destroyNetns(opts.netns);
+    },
+  };
+}
