@@ -1,8 +1,9 @@
 // `vmhop page serve`: the page-server of this host (gRPC PageService + migration channel).
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { parseArgs } from "node:util";
 import { CliError } from "../cli/errors.js";
-import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { envName, helpText, type OptionSpecs } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import { onShutdown } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
@@ -35,6 +36,31 @@ const options = {
 
 const usage = "usage: vmhop page serve [options]";
 
+// Flags, then VMHOP_* environment, then defaults. (common/config.ts's parseConfig would do
+// this, but it hands `short: undefined` / `multiple: undefined` to util.parseArgs, which
+// Node 20 rejects; reported to the lead. Switch back once it is fixed.)
+function parseOptions(argv: string[]) {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      listen: { type: "string" },
+      "channel-listen": { type: "string" },
+      "run-dir": { type: "string" },
+      preempt: { type: "boolean" },
+    },
+  });
+  const env = (k: keyof typeof options) => process.env[envName(k)];
+  const str = (k: "listen" | "channel-listen" | "run-dir") => values[k] ?? env(k) ?? options[k].default;
+  return {
+    listen: str("listen"),
+    "channel-listen": str("channel-listen"),
+    "run-dir": str("run-dir"),
+    preempt:
+      values.preempt ?? (env("preempt") !== undefined ? /^(1|true|yes)$/i.test(env("preempt")!) : false),
+  };
+}
+
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
@@ -42,18 +68,17 @@ export async function run(argv: string[]): Promise<number> {
     return cmd ? 0 : 2;
   }
   if (cmd !== "serve") throw new CliError(`unknown page command '${cmd}'\n\n${helpText(usage, options)}`);
-  let cfg: ReturnType<typeof parseConfig<typeof options>>;
+  let cfg: { listen: string; "channel-listen": string; "run-dir": string; preempt: boolean };
   let channel: [string, number];
   try {
-    cfg = parseConfig(options, rest);
-    channel = splitHostPort(cfg["channel-listen"]!);
+    cfg = parseOptions(rest);
+    channel = splitHostPort(cfg["channel-listen"]);
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof Error) throw new CliError(err.message);
-    throw err;
+    throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);
   }
   const log = createLogger({ svc: "page-server" });
   const host = new PageHost({
-    runRoot: cfg["run-dir"]!,
+    runRoot: cfg["run-dir"],
     channelHost: channel[0],
     channelPort: channel[1],
     preempt: cfg.preempt,
@@ -62,7 +87,7 @@ export async function run(argv: string[]): Promise<number> {
   await host.open();
   const grpc = await startGrpcServer({
     serviceName: "page-server",
-    listen: cfg.listen!,
+    listen: cfg.listen,
     services: [pageService(host)],
     log,
   });
