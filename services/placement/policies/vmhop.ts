@@ -8,8 +8,10 @@
 //   VMs that restore `fill` with the least migration cost (RAM × demand ≈ SLA lost);
 // - placement: best fit into running hosts under `fill`, waking the most efficient idle
 //   host only when none fits (its idle power counts in full);
-// - consolidation: empty the least-loaded hosts when all their VMs fit elsewhere under
-//   `fill` and the power saved over the look-ahead exceeds the moves' cost.
+// - consolidation: empty hosts, cheapest first (demand degraded × migration time under the
+//   cost model in use, per idle watt saved), when all their VMs fit elsewhere under `fill`
+//   without waking a host; hosts that shed or received VMs this round are left alone.
+// - the packing target depends on the cost model: post-copy moves are cheap, so hosts run fuller.
 import { type Cluster, type Host, inMigration, type Vm } from "../sim/cluster.js";
 import type { CostModel } from "../sim/cost-model.js";
 import { BeloglazovPolicy } from "./beloglazov.js";
@@ -31,7 +33,13 @@ export interface VmhopOptions {
   quantile?: number;
 }
 
-export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 6, quantile: 0.9 };
+export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 12, quantile: 0.8 };
+
+/**
+ * Packing target by migration cost model: with post-copy a move degrades its VM for about a
+ * second instead of RAM / bandwidth, so relieving an overload is cheap and hosts can run fuller.
+ */
+export const FILL_BY_COST_MODEL: Record<CostModel["name"], number> = { cloudsim: 0.8, postcopy: 0.9 };
 
 interface Plan {
   /** Forecast demand (MIPS) per VM id. */
@@ -45,8 +53,8 @@ export class VmhopPolicy implements Policy {
   private readonly o: typeof VMHOP_DEFAULTS;
   private readonly initial: BeloglazovPolicy;
 
-  constructor(private readonly opts: VmhopOptions) {
-    this.o = { ...VMHOP_DEFAULTS, ...opts };
+  constructor(opts: VmhopOptions) {
+    this.o = { ...VMHOP_DEFAULTS, fill: FILL_BY_COST_MODEL[opts.cost.name], ...opts };
     // Start-up placement: CloudSim's power-aware best fit (only RAM, bandwidth and cores bind at start).
     this.initial = new BeloglazovPolicy(
       { name: "vmhop", detector: thr(1), selector: MMT, seed: opts.seed },
@@ -167,13 +175,25 @@ export class VmhopPolicy implements Policy {
     return best;
   }
 
-  /** Empties the least-loaded hosts whose VMs all fit elsewhere. */
-  private consolidate(c: Cluster, p: Plan, busy: Set<Host>, _ctx: PlanContext): Move[] {
+  /** Empties hosts, cheapest first, whose VMs all fit on other running hosts. */
+  /**
+   * Consolidation order: cheapest to empty per watt saved first. The cost is the demand
+   * degraded × how long each move degrades it under the cost model in use.
+   */
+  private emptyingCost(p: Plan, h: Host, ctx: PlanContext): number {
+    let cost = 0;
+    for (const vm of h.vms) cost += ctx.cost.durationS(vm, h) * Math.max(1, this.pred(p, vm));
+    return cost / h.power.power(0);
+  }
+
+  private consolidate(c: Cluster, p: Plan, busy: Set<Host>, ctx: PlanContext): Move[] {
     const moves: Move[] = [];
     const emptied = new Set<Host>();
     const cands = c.hosts
       .filter((h) => h.vms.length > 0 && !busy.has(h) && h.vms.every((vm) => !inMigration(vm)))
-      .sort((a, b) => (p.load.get(a) ?? 0) / a.totalMips - (p.load.get(b) ?? 0) / b.totalMips);
+      .map((h) => ({ h, cost: this.emptyingCost(p, h, ctx) }))
+      .sort((a, b) => a.cost - b.cost)
+      .map((x) => x.h);
     for (const h of cands) {
       if (busy.has(h)) continue;
       const vms = [...h.vms].sort((a, b) => this.pred(p, b) - this.pred(p, a));
