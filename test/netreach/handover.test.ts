@@ -5,19 +5,24 @@ import * as assert from "uvu/assert";
 import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
-import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
+import { GATEWAY_MAC, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 
 const PREFIX = "nr-ho-";
 const t = gate(test, ["root", "ip"], "netreach handover in namespaces");
 let bed: NetreachBed;
+let neighboursAfterRegistration = "";
 
 t.before(async () => {
   await destroyNetnsWithPrefix(PREFIX);
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 3 });
+  // As if the VM had lived on the home link: the correspondent caches the VM's own MAC.
+  for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
+    await ip(bed.ns.cn, "neigh", "replace", a, "lladdr", VM.mac, "dev", "cn0", "nud", "stale");
   const o = await bed.place(0);
   assert.ok(o.accepted);
+  neighboursAfterRegistration = await ip(bed.ns.cn, "neigh", "show", "dev", "cn0");
 });
 
 t.after(async () => {
@@ -39,6 +44,15 @@ function pingFrom(target: string, count: number) {
     "500",
   ]);
 }
+
+t("first registration announces the home addresses at the anchor's MAC (NA, gratuitous ARP)", () => {
+  for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
+    assert.match(
+      neighboursAfterRegistration,
+      new RegExp(`${a} lladdr ${GATEWAY_MAC}`),
+      neighboursAfterRegistration,
+    );
+});
 
 t("the home addresses answer at the first site", async () => {
   for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {

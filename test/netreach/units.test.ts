@@ -3,6 +3,11 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Binding } from "../../services/netreach/binding/types.js";
 import {
+  gratuitousArp,
+  icmpv6Checksum,
+  unsolicitedNa,
+} from "../../services/netreach/dataplane/announce-frames.js";
+import {
   anchorBindingCommands,
   reverseTunnelRules,
   tunnelRoutes,
@@ -81,6 +86,32 @@ test("ping analysis: losses, longest loss run, largest gap", () => {
   assert.is(s.gapStartMs, 31);
   assert.is(s.rttMedianMs, 1);
   assert.is(summarisePings([]).gapMs, 0);
+});
+
+test("gratuitous ARP: broadcast request with sender = target = the address", () => {
+  const f = gratuitousArp("02:00:00:00:00:01", "10.0.0.100");
+  assert.is(f.length, 42);
+  assert.is(f.subarray(0, 6).toString("hex"), "ffffffffffff");
+  assert.is(f.readUInt16BE(12), 0x0806);
+  assert.is(f.readUInt16BE(20), 1);
+  assert.is(f.subarray(22, 28).toString("hex"), "020000000001");
+  assert.is(f.subarray(28, 32).toString("hex"), "0a000064");
+  assert.is(f.subarray(38, 42).toString("hex"), "0a000064");
+  assert.throws(() => gratuitousArp("02:00", "10.0.0.1"), /invalid MAC/);
+});
+
+test("unsolicited NA: all-nodes, hop limit 255, Override, target option, valid checksum", () => {
+  const f = unsolicitedNa("02:00:00:00:00:01", "fe80::1", "2001:db8::100");
+  assert.is(f.subarray(0, 6).toString("hex"), "333300000001");
+  const ip6 = f.subarray(14, 54);
+  const na = f.subarray(54);
+  assert.is(ip6[7], 255);
+  assert.is(na[0], 136);
+  assert.is(na[4], 0x20);
+  assert.is(na.subarray(8, 24).toString("hex"), "20010db8000000000000000000000100");
+  assert.is(na.subarray(26, 32).toString("hex"), "020000000001");
+  // Summing a message that carries its checksum gives zero (complemented: 0).
+  assert.is(icmpv6Checksum(ip6.subarray(8, 24), ip6.subarray(24, 40), na), 0);
 });
 
 test("ping options are checked", () => {

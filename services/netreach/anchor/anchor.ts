@@ -22,8 +22,6 @@ export interface AnchorOptions {
   log?: Logger;
   /** How often lifetimes are checked; default 1000 ms. */
   expiryCheckMs?: number;
-  /** Sends unsolicited NA / gratuitous ARP for a newly registered binding (optional). */
-  announce?: (b: Binding) => Promise<void>;
 }
 
 export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
@@ -82,7 +80,14 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
       if (!o.accepted) return o;
       if (o.previous) await this.dp.remove(o.previous);
       await this.dp.install(o.binding);
-      await this.opts.announce?.(o.binding).catch((e) => this.log.warn("announce failed", { err: e }));
+      // First registration: neighbours may still cache the VM's own MAC from the home link.
+      if (!o.previous) {
+        try {
+          this.dp.announce(o.binding);
+        } catch (err) {
+          this.log.warn("announce failed", { vm: req.vmId, err });
+        }
+      }
       this.log.info("registered", { vm: req.vmId, site: req.site, generation: req.generation });
       return o;
     });

@@ -1,0 +1,42 @@
+// Child process run inside the WAN namespace: starts UDP delay relays (deploy/testbed's
+// startUdpRelay) on request. One JSON object per line on stdin, an answer per line on stdout:
+//   {"id":1,"listen":"[fd01::2]:20001","peerA":"[fd01::1]:20001","target":"…","targetSideListen":"…","delayMs":15}
+//   → {"id":1,"ok":true}  or  {"id":1,"ok":false,"error":"…"}
+import { createInterface } from "node:readline";
+import { startUdpRelay, type UdpRelay } from "../../../deploy/testbed/relay-udp.js";
+
+const relays: UdpRelay[] = [];
+const rl = createInterface({ input: process.stdin });
+rl.on("line", async (line) => {
+  let id: unknown = null;
+  try {
+    const req = JSON.parse(line) as {
+      id: number;
+      listen: string;
+      peerA: string;
+      target: string;
+      targetSideListen: string;
+      delayMs: number;
+      rateBitsPerSecond?: number;
+    };
+    id = req.id;
+    relays.push(
+      await startUdpRelay({
+        listen: req.listen,
+        peerA: req.peerA,
+        target: req.target,
+        targetSideListen: req.targetSideListen,
+        delayMs: req.delayMs,
+        rateBitsPerSecond: req.rateBitsPerSecond,
+      }),
+    );
+    process.stdout.write(`${JSON.stringify({ id, ok: true })}\n`);
+  } catch (err) {
+    process.stdout.write(`${JSON.stringify({ id, ok: false, error: (err as Error).message })}\n`);
+  }
+});
+// The parent closing stdin ends the relays.
+rl.on("close", async () => {
+  await Promise.all(relays.map((r) => r.close()));
+  process.exit(0);
+});
