@@ -1,5 +1,419 @@
+// `vmhop block …`: run a block-server, or drive a running one over gRPC.
+//   serve     start NBD (+ gRPC control), optionally with one export, like xnbd-server
+//   list, status, create, remove, cache-all, stop-copy, rate, set-upstream, promote, watch
+import * as grpc from "@grpc/grpc-js";
+import {
+  BlockServiceClient,
+  type CreateExportResponse,
+  type ExportStatus,
+  type GetExportStatusResponse,
+  type ListExportsResponse,
+  ProgressKind,
+  type PromoteResponse,
+  type RemoveExportResponse,
+  type SetRateLimitResponse,
+  type SetUpstreamResponse,
+  type StartBackgroundCopyResponse,
+  type StopBackgroundCopyResponse,
+  type WatchProgressResponse,
+} from "../../gen/vmhop/v1/block.js";
 import { CliError } from "../cli/errors.js";
+import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { startGrpcServer } from "../common/grpc/server.js";
+import { onShutdown } from "../common/lifecycle.js";
+import { createLogger } from "../common/log.js";
+import { BlockServer, type CreateExportSpec } from "./block-server.js";
+import { blockService, upstreamHotSource } from "./grpc/block-service.js";
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CliError("this command is not implemented yet");
+export const DEFAULT_NBD_LISTEN = "127.0.0.1:10809";
+export const DEFAULT_GRPC = "127.0.0.1:10810";
+
+const serveSpecs = {
+  target: { type: "string", describe: "serve this raw image file (target mode)" },
+  proxy: {
+    type: "string",
+    describe: "lazy-relocation proxy of this upstream: nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH",
+  },
+  cache: { type: "string", describe: "proxy mode: local cache file (its bitmap is CACHE.bitmap)" },
+  name: { type: "string", default: "disk0", describe: "export name" },
+  description: { type: "string", describe: "export description shown to clients" },
+  "read-only": { type: "boolean", default: false, describe: "refuse writes" },
+  "block-size": { type: "number", describe: "proxy bitmap granularity in bytes (default 65536)" },
+  copy: { type: "boolean", default: false, describe: "proxy: start the background copy at once" },
+  "rate-mib": {
+    type: "number",
+    default: 0,
+    describe: "proxy: background copy rate limit in MiB/s (0 = none)",
+  },
+  "auto-promote": {
+    type: "boolean",
+    default: false,
+    describe: "proxy: switch to target mode when every block is local",
+  },
+  "upstream-control": {
+    type: "string",
+    describe: "proxy: gRPC address of the upstream block-server (hot blocks)",
+  },
+  listen: {
+    type: "list",
+    default: [DEFAULT_NBD_LISTEN],
+    describe: "NBD listen address HOST:PORT or unix:PATH (repeatable)",
+  },
+  grpc: {
+    type: "string",
+    describe: `gRPC control address, or 'none' (default ${DEFAULT_GRPC}, another free port if taken)`,
+  },
+  help: { type: "boolean", short: "h", describe: "show this help" },
+} satisfies OptionSpecs;
+
+const clientSpecs = {
+  server: {
+    type: "string",
+    default: DEFAULT_GRPC,
+    describe: "gRPC address of the block-server",
+    env: "VMHOP_BLOCK_SERVER",
+  },
+  json: { type: "boolean", default: false, describe: "print JSON" },
+  wait: { type: "boolean", default: false, describe: "cache-all/promote: wait until done, showing progress" },
+  "rate-mib": { type: "number", describe: "rate limit in MiB/s (0 = none)" },
+  target: { type: "string", describe: "create: raw image to serve" },
+  proxy: { type: "string", describe: "create: upstream NBD URL" },
+  cache: { type: "string", describe: "create: proxy cache file" },
+  "read-only": { type: "boolean", default: false, describe: "create: refuse writes" },
+  copy: { type: "boolean", default: false, describe: "create: start the background copy at once" },
+  help: { type: "boolean", short: "h", describe: "show this help" },
+} satisfies OptionSpecs;
+
+const USAGE = `usage: vmhop block <command> [options]
+
+commands:
+  serve --target IMAGE [--name disk0] [--listen 127.0.0.1:10809|unix:PATH]
+  serve --proxy nbd://HOST:PORT/NAME --cache FILE [--copy] [--listen …]
+  list                        exports and NBD listeners
+  status [NAME]               blocks local, bytes fetched, fetch latency, copy state
+  create NAME (--target IMAGE | --proxy URL --cache FILE)
+  remove NAME
+  cache-all NAME [--rate-mib N] [--wait]   background copy of every missing block
+  stop-copy NAME
+  rate NAME --rate-mib N
+  set-upstream NAME URL       re-point a proxy at another replica
+  promote NAME [--wait]       proxy -> target once every block is local
+  watch [NAME]                stream progress events`;
+
+function parse<S extends OptionSpecs>(specs: S, argv: string[]): Config<S> {
+  try {
+    return parseConfig(specs, argv);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new CliError(`${err.message}\n\n${USAGE}`);
+    throw err;
+  }
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    console.log(cmd ? `${USAGE}\n\n${helpText("serve options:", serveSpecs)}` : USAGE);
+    return cmd ? 0 : 2;
+  }
+  if (cmd === "serve") return serve(parse(serveSpecs, rest));
+  const opts = parse(clientSpecs, rest);
+  if (opts.help) {
+    console.log(helpText(USAGE, clientSpecs));
+    return 0;
+  }
+  const client = new BlockServiceClient(opts.server!, grpc.credentials.createInsecure());
+  try {
+    return await clientCommand(cmd, opts, client);
+  } finally {
+    client.close();
+  }
+}
+
+async function serve(o: Config<typeof serveSpecs>): Promise<number> {
+  if (o.help) {
+    console.log(
+      helpText("usage: vmhop block serve (--target IMAGE | --proxy URL --cache FILE) [options]", serveSpecs),
+    );
+    return 0;
+  }
+  if (o.target && o.proxy) throw new CliError("give either --target or --proxy, not both");
+  if (o.proxy && !o.cache) throw new CliError("--proxy needs --cache FILE (the local copy of the disk)");
+  if (o.cache && !o.proxy) throw new CliError("--cache is for proxy mode: give --proxy too");
+  const log = createLogger({ svc: "block-server" });
+  const bs = new BlockServer({ log });
+  const closers = [{ name: "block-server", close: () => bs.close() }];
+  const stop = onShutdown(log, closers);
+  try {
+    for (const l of o.listen ?? []) await bs.listen(l);
+    let spec: CreateExportSpec | undefined;
+    if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };
+    if (o.proxy)
+      spec = {
+        name: o.name!,
+        source: {
+          mode: "proxy",
+          upstreamUrl: o.proxy,
+          cachePath: o.cache!,
+          blockSize: o["block-size"],
+          startBackgroundCopy: o.copy,
+          rateLimitBytesPerSecond: (o["rate-mib"] ?? 0) * 2 ** 20,
+          autoPromote: o["auto-promote"],
+          upstreamHot: o["upstream-control"]
+            ? upstreamHotSource(o["upstream-control"], new URL(o.proxy).pathname.slice(1))
+            : undefined,
+        },
+      };
+    if (spec) await bs.createExport({ ...spec, readOnly: o["read-only"], description: o.description });
+
+    let grpcAddress: string | undefined;
+    if (o.grpc !== "none") {
+      const explicit = o.grpc !== undefined;
+      const register = () => [blockService(bs)];
+      let g: Awaited<ReturnType<typeof startGrpcServer>>;
+      try {
+        g = await startGrpcServer({
+          serviceName: "block-server",
+          listen: o.grpc ?? DEFAULT_GRPC,
+          services: register(),
+          log,
+        });
+      } catch (err) {
+        if (explicit) throw new CliError(`cannot listen for gRPC on ${o.grpc}: ${(err as Error).message}`);
+        log.warn("default gRPC port taken, using a free one", { wanted: DEFAULT_GRPC });
+        g = await startGrpcServer({
+          serviceName: "block-server",
+          listen: "127.0.0.1:0",
+          services: register(),
+          log,
+        });
+      }
+      closers.push({ name: "grpc", close: () => g.shutdown() });
+      grpcAddress = g.address;
+    }
+    // One machine-readable ready line on stdout: scripts wait for it.
+    console.log(
+      JSON.stringify({ ready: true, nbd: bs.nbdAddresses(), grpc: grpcAddress ?? null, exports: bs.names() }),
+    );
+  } catch (err) {
+    await stop();
+    if (err instanceof CliError) throw err;
+    throw new CliError((err as Error).message, 1);
+  }
+  await new Promise(() => {}); // serve until a signal
+  return 0;
+}
+
+function call<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) =>
+    fn((err, res) => {
+      if (err) reject(new CliError(err.details || err.message, 1));
+      else resolve(res);
+    }),
+  );
+}
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+export function formatStatus(s: ExportStatus): string {
+  const e = s.export!;
+  const pct = s.blocksTotal ? ((100 * s.blocksLocal) / s.blocksTotal).toFixed(1) : "100.0";
+  const mode = e.mode === 1 ? "target" : "proxy";
+  const lines = [
+    `${e.name}: ${mode}, ${mib(e.sizeBytes)}, ${e.connections} connection(s)${e.readOnly ? ", read-only" : ""}`,
+    `  path      ${e.path}`,
+  ];
+  if (mode === "proxy")
+    lines.push(
+      `  upstream  ${e.upstreamUrl} (${s.upstreamConnected ? "connected" : `down: ${s.upstreamError}`})`,
+    );
+  lines.push(
+    `  local     ${s.blocksLocal}/${s.blocksTotal} blocks (${pct}%)`,
+    `  fetched   on demand ${mib(s.bytesFetchedOnDemand)}, background ${mib(s.bytesFetchedBackground)}; written locally ${mib(s.bytesWrittenLocal)}`,
+  );
+  const l = s.onDemandFetchLatency;
+  if (l?.count)
+    lines.push(
+      `  latency   on-demand fetch p50 ${l.p50Ms.toFixed(2)} ms, p99 ${l.p99Ms.toFixed(2)} ms, max ${l.maxMs.toFixed(2)} ms (${l.count})`,
+    );
+  const c = s.backgroundCopy;
+  if (c && mode === "proxy")
+    lines.push(
+      `  copy      ${c.done ? "done" : c.running ? "running" : "stopped"}${c.rateLimitBytesPerSecond ? `, limit ${mib(c.rateLimitBytesPerSecond)}/s` : ""}, ${c.requestsInFlight} in flight${c.lastError ? `, last error: ${c.lastError}` : ""}`,
+    );
+  return lines.join("\n");
+}
+
+function need(name: string | undefined, what: string): string {
+  if (!name) throw new CliError(`${what}: export NAME is required`);
+  return name;
+}
+
+async function follow(
+  client: BlockServiceClient,
+  name: string,
+  until: (ev: WatchProgressResponse) => boolean,
+  json: boolean,
+) {
+  await new Promise<void>((resolve, reject) => {
+    const stream = client.watchProgress({ name, intervalMs: 1000 });
+    stream.on("data", (ev: WatchProgressResponse) => {
+      const s = ev.event?.status;
+      if (json) console.log(JSON.stringify(ev.event));
+      else if (s) {
+        const pct = s.blocksTotal ? ((100 * s.blocksLocal) / s.blocksTotal).toFixed(1) : "100";
+        console.error(
+          `${name}: ${pct}% local (${s.blocksLocal}/${s.blocksTotal} blocks)${ev.event?.message ? ` - ${ev.event.message}` : ""}`,
+        );
+      }
+      if (until(ev)) {
+        stream.cancel();
+        resolve();
+      }
+    });
+    stream.on("error", (err: grpc.ServiceError) =>
+      err.code === grpc.status.CANCELLED ? resolve() : reject(new CliError(err.details, 1)),
+    );
+  });
+}
+
+async function clientCommand(
+  cmd: string,
+  o: Config<typeof clientSpecs>,
+  client: BlockServiceClient,
+): Promise<number> {
+  const [name, arg] = o._;
+  const rate = o["rate-mib"] !== undefined ? o["rate-mib"] * 2 ** 20 : 0;
+  const show = (s: ExportStatus | undefined) => console.log(o.json ? JSON.stringify(s) : formatStatus(s!));
+  switch (cmd) {
+    case "list": {
+      const r = await call<ListExportsResponse>((cb) => client.listExports({}, cb));
+      if (o.json) console.log(JSON.stringify(r));
+      else {
+        console.log(`NBD: ${r.nbdListeners.join(", ") || "(none)"}`);
+        for (const e of r.exports)
+          console.log(
+            `${e.name}\t${e.mode === 1 ? "target" : "proxy"}\t${mib(e.sizeBytes)}\t${e.path}${e.upstreamUrl ? `\t<- ${e.upstreamUrl}` : ""}`,
+          );
+      }
+      return 0;
+    }
+    case "status": {
+      const names = name
+        ? [name]
+        : (await call<ListExportsResponse>((cb) => client.listExports({}, cb))).exports.map((e) => e.name);
+      for (const n of names)
+        show((await call<GetExportStatusResponse>((cb) => client.getExportStatus({ name: n }, cb))).status);
+      return 0;
+    }
+    case "create": {
+      need(name, "create");
+      if (!!o.target === !!o.proxy)
+        throw new CliError("create needs exactly one of --target IMAGE or --proxy URL --cache FILE");
+      const source = o.target
+        ? { $case: "target" as const, value: { imagePath: o.target } }
+        : {
+            $case: "proxy" as const,
+            value: {
+              upstreamUrl: o.proxy!,
+              cachePath: o.cache ?? "",
+              blockSize: 0,
+              startBackgroundCopy: o.copy ?? false,
+              rateLimitBytesPerSecond: rate,
+              upstreamControl: "",
+              autoPromote: false,
+            },
+          };
+      const r = await call<CreateExportResponse>((cb) =>
+        client.createExport(
+          {
+            name,
+            source,
+            readOnly: o["read-only"] ?? false,
+            description: "",
+          },
+          cb,
+        ),
+      );
+      console.log(o.json ? JSON.stringify(r.export) : `created ${r.export?.name}`);
+      return 0;
+    }
+    case "remove":
+      await call<RemoveExportResponse>((cb) => client.removeExport({ name: need(name, "remove") }, cb));
+      return 0;
+    case "cache-all": {
+      need(name, "cache-all");
+      const r = await call<StartBackgroundCopyResponse>((cb) =>
+        client.startBackgroundCopy(
+          {
+            name,
+            rateLimitBytesPerSecond: rate,
+            parallelism: 0,
+          },
+          cb,
+        ),
+      );
+      if (!o.wait) {
+        show(r.status);
+        return 0;
+      }
+      await follow(
+        client,
+        name,
+        (ev) =>
+          !!ev.event?.status?.backgroundCopy?.done || ev.event?.kind === ProgressKind.PROGRESS_KIND_COPY_DONE,
+        o.json ?? false,
+      );
+      show((await call<GetExportStatusResponse>((cb) => client.getExportStatus({ name }, cb))).status);
+      return 0;
+    }
+    case "stop-copy":
+      show(
+        (
+          await call<StopBackgroundCopyResponse>((cb) =>
+            client.stopBackgroundCopy({ name: need(name, "stop-copy") }, cb),
+          )
+        ).status,
+      );
+      return 0;
+    case "rate":
+      if (o["rate-mib"] === undefined) throw new CliError("rate needs --rate-mib N (0 = unlimited)");
+      show(
+        (
+          await call<SetRateLimitResponse>((cb) =>
+            client.setRateLimit(
+              {
+                name: need(name, "rate"),
+                rateLimitBytesPerSecond: rate,
+              },
+              cb,
+            ),
+          )
+        ).status,
+      );
+      return 0;
+    case "set-upstream":
+      if (!arg) throw new CliError("set-upstream NAME URL: the new upstream URL is required");
+      show(
+        (
+          await call<SetUpstreamResponse>((cb) =>
+            client.setUpstream({ name: need(name, "set-upstream"), upstreamUrl: arg }, cb),
+          )
+        ).status,
+      );
+      return 0;
+    case "promote":
+      show(
+        (
+          await call<PromoteResponse>((cb) =>
+            client.promote({ name: need(name, "promote"), wait: o.wait ?? false }, cb),
+          )
+        ).status,
+      );
+      return 0;
+    case "watch":
+      await follow(client, name ?? "", () => false, o.json ?? false);
+      return 0;
+    default:
+      throw new CliError(`unknown block command '${cmd}'\n\n${USAGE}`);
+  }
 }

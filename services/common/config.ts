@@ -45,11 +45,9 @@ export function parseConfig<S extends OptionSpecs>(
 ): Config<S> {
   const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {};
   for (const [name, spec] of Object.entries(specs)) {
-    options[name] = {
-      type: spec.type === "boolean" ? "boolean" : "string",
-      multiple: spec.type === "list" ? true : undefined,
-      short: spec.short,
-    };
+    options[name] = { type: spec.type === "boolean" ? "boolean" : "string" };
+    if (spec.type === "list") options[name].multiple = true;
+    if (spec.short) options[name].short = spec.short;
   }
   let parsed: ReturnType<typeof parseArgs>;
   try {
