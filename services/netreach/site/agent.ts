@@ -21,6 +21,7 @@ import { IpBatch, idempotent } from "../dataplane/ip-batch.js";
 /** What the site agent needs to reach the anchor: in-process here, gRPC in the mesh. */
 export interface AnchorLink {
   updateBinding(req: UpdateRequest): Promise<Outcome>;
+  refresh(vmId: string, generation: number, lifetimeSeconds?: number): Promise<Outcome>;
 }
 
 export interface SiteConfig extends SiteEndpoint {
@@ -48,6 +49,8 @@ export class SiteAgent {
   private readonly prepared = new Set<string>();
   /** VMs whose port here is configured, and its name. */
   private readonly ports = new Map<string, string>();
+  /** Lifetime refresh timers of the VMs bound here. */
+  private readonly refreshers = new Map<string, NodeJS.Timeout>();
   /** VMs that left, with a forwarding pointer in place. */
   private readonly pointers = new Map<string, VmNet>();
 
@@ -116,7 +119,36 @@ export class SiteAgent {
       ...this.endpoint,
     });
     if (!o.accepted) this.log.warn("binding update refused", { vm: vm.vmId, reason: o.reason });
+    else this.keepAlive(vm.vmId, generation, o.binding.lifetimeSeconds);
     return o;
+  }
+
+  /**
+   * Refreshes the binding (this generation) every third of its lifetime while the VM is here;
+   * stops when the anchor refuses (a newer binding exists) or the VM leaves.
+   */
+  keepAlive(vmId: string, generation: number, lifetimeSeconds: number): void {
+    this.stopRefresh(vmId);
+    const timer = setInterval(
+      () => {
+        this.anchor.refresh(vmId, generation).then(
+          (o) => {
+            if (o.accepted) return;
+            this.log.warn("refresh refused", { vm: vmId, generation, reason: o.reason });
+            if (this.refreshers.get(vmId) === timer) this.stopRefresh(vmId);
+          },
+          (err) => this.log.warn("refresh failed", { vm: vmId, err }),
+        );
+      },
+      (lifetimeSeconds * 1000) / 3,
+    );
+    timer.unref();
+    this.refreshers.set(vmId, timer);
+  }
+
+  stopRefresh(vmId: string): void {
+    clearInterval(this.refreshers.get(vmId));
+    this.refreshers.delete(vmId);
   }
 
   /** Makes the port look like the home link without telling the anchor (first placement). */
@@ -131,6 +163,7 @@ export class SiteAgent {
    * re-encapsulated to the new site; without, they are dropped (break-before-make).
    */
   async leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void> {
+    this.stopRefresh(vm.vmId);
     if (forwardTo) {
       await this.batch.apply(tunnelRoutes(vm, forwardTo, this.cfg.wanDev));
       this.pointers.set(vm.vmId, vm);
@@ -154,6 +187,7 @@ export class SiteAgent {
   }
 
   async close(): Promise<void> {
+    for (const id of [...this.refreshers.keys()]) this.stopRefresh(id);
     await Promise.all([this.batch.close(), this.batch6.close()]);
   }
 }

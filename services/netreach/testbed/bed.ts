@@ -75,6 +75,12 @@ export function delayedAnchorLink(anchor: () => Anchor, oneWayMs: number): Ancho
       if (oneWayMs > 0) await wait();
       return o;
     },
+    async refresh(vmId: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
+      if (oneWayMs > 0) await wait();
+      const o = await anchor().refresh(vmId, generation, lifetimeSeconds);
+      if (oneWayMs > 0) await wait();
+      return o;
+    },
   };
 }
 
@@ -271,7 +277,14 @@ export class NetreachBed {
     await this.plugInto(i);
     this.at = i;
     this.generation++;
-    return this.anchor.register({ ...VM, ...site.endpoint, generation: this.generation, lifetimeSeconds });
+    const o = await this.anchor.register({
+      ...VM,
+      ...site.endpoint,
+      generation: this.generation,
+      lifetimeSeconds,
+    });
+    if (o.accepted) site.keepAlive(VM.vmId, this.generation, lifetimeSeconds);
+    return o;
   }
 
   /**
