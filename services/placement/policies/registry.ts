@@ -5,6 +5,7 @@ import { INTERVAL_S } from "../sim/setup.js";
 import { BeloglazovPolicy } from "./beloglazov.js";
 import { type Detector, iqrDetector, lrDetector, madDetector, thr } from "./detectors.js";
 import { DVFS, NON_POWER_AWARE } from "./first-fit.js";
+import { GaPolicy } from "./ga.js";
 import type { Policy } from "./policy.js";
 import { SELECTORS } from "./selection.js";
 import { VmhopPolicy } from "./vmhop.js";
@@ -32,6 +33,7 @@ export function listPolicies(): PolicyInfo[] {
     { name: "vmhop", describe: "vmhop: cost-aware consolidation (default)" },
     { name: "npa", describe: "non-power-aware: first fit, every host on at full power" },
     { name: "dvfs", describe: "DVFS: first fit, no migrations, idle hosts off" },
+    { name: "ga", describe: "genetic-algorithm packing (power + migration price), seeded" },
   ];
   for (const [d, p] of Object.entries(STANDARD_PARAMS))
     for (const s of Object.keys(SELECTORS))
@@ -51,6 +53,7 @@ export function makePolicy(name: string, opts: PolicyOptions): Policy {
   const lower = name.toLowerCase();
   if (lower === "npa" || lower === "non-power-aware") return NON_POWER_AWARE;
   if (lower === "dvfs") return DVFS;
+  if (lower === "ga") return new GaPolicy({ cost: opts.cost, interval: INTERVAL_S, seed: opts.seed });
   if (lower === "vmhop") return new VmhopPolicy({ cost: opts.cost, interval: INTERVAL_S, seed: opts.seed });
   const m = /^([a-z]+)-([a-z]+)-([0-9]+(?:\.[0-9]+)?)$/i.exec(name);
   const det = m && DETECTORS[m[1].toUpperCase()];

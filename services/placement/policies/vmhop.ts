@@ -16,6 +16,7 @@ import { type Cluster, type Host, inMigration, type Vm } from "../sim/cluster.js
 import type { CostModel } from "../sim/cost-model.js";
 import { BeloglazovPolicy } from "./beloglazov.js";
 import { thr } from "./detectors.js";
+import { forecastMips } from "./forecast.js";
 import type { Move, PlanContext, Policy } from "./policy.js";
 import { MMT } from "./selection.js";
 
@@ -67,11 +68,7 @@ export class VmhopPolicy implements Policy {
   }
 
   forecast(vm: Vm): number {
-    const h = vm.history.slice(0, this.o.window);
-    if (h.length === 0) return vm.req;
-    const s = [...h].sort((a, b) => a - b);
-    const q = s[Math.min(s.length - 1, Math.floor(this.o.quantile * s.length))];
-    return Math.max(vm.req, q * vm.mips);
+    return forecastMips(vm, this.o);
   }
 
   plan(c: Cluster, ctx: PlanContext): Move[] {
