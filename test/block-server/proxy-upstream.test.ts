@@ -1,0 +1,114 @@
+// The upstream misbehaving: killed mid-read (EIO after a bounded retry, other clients and
+// local blocks unaffected, reconnect when it is back), and re-pointed at another replica.
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
+import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { serveProxy } from "./fixtures/proxy-serve.js";
+import { makeImage, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";
+
+const dir = tempDir("vmhop-proxyup-");
+test.after(() => dir.cleanup());
+const SIZE = 8 << 20;
+const t = gate(test, ["qemu-nbd", "nbdkit"], "proxy upstream failures");
+
+t(
+  "upstream killed mid-read: EIO after a bounded retry, local blocks and other clients keep working, then reconnect",
+  async () => {
+    const image = join(dir.path, "a.img");
+    const data = makeImage(image, SIZE);
+    // Every upstream read takes 300 ms, so the cold read below is surely in flight when killed.
+    const up = await startNbdkit("file", [image, "rdelay=300ms"], { filters: ["delay"] });
+    const addr = parseNbdUrl(up.url);
+    const port = addr.transport === "tcp" ? addr.port : 0;
+    const p = await serveProxy({
+      upstreamUrl: up.url,
+      cachePath: join(dir.path, "a.cache"),
+      retryWindowMs: 400,
+      backoffMinMs: 50,
+      backoffMaxMs: 100,
+    });
+    let restarted: Awaited<ReturnType<typeof startNbdkit>> | undefined;
+    try {
+      const events: string[] = [];
+      p.proxy.on("upstream-lost", () => events.push("lost"));
+      p.proxy.on("upstream-restored", () => events.push("restored"));
+      const a = await NbdClient.connect(p.url);
+      const b = await NbdClient.connect(p.url);
+      assert.ok((await a.read(0, 1 << 20)).equals(data.subarray(0, 1 << 20)), "warm the first MiB");
+      const cold = a.read(4 << 20, 65536).then(
+        () => "ok",
+        (e) => e,
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      await up.kill();
+      const e = await cold;
+      assert.instance(e, NbdRequestError);
+      assert.is(e.errno, "EIO");
+      assert.ok(events.includes("lost"));
+      const s = p.proxy.stats();
+      assert.not.ok(s.upstream.connected);
+      assert.match(String(s.upstream.lastError), /closed|refused|ECONNREFUSED/);
+      // Other clients, and local blocks, are fine.
+      assert.ok((await b.read(65536, 65536)).equals(data.subarray(65536, 131072)));
+      assert.ok(
+        (await a.read(0, 4096)).equals(data.subarray(0, 4096)),
+        "the failed client's connection still works",
+      );
+      await b.write(6 << 20, Buffer.alloc(65536, 1));
+      assert.ok((await b.read(6 << 20, 65536)).equals(Buffer.alloc(65536, 1)));
+      // The upstream comes back on the same port: the proxy reconnects and the read works.
+      restarted = await startNbdkit("file", [image], { port });
+      for (let i = 0; i < 100 && !p.proxy.stats().upstream.connected; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.ok(events.includes("restored"));
+      assert.ok((await a.read(4 << 20, 65536)).equals(data.subarray(4 << 20, (4 << 20) + 65536)));
+      await a.disconnect();
+      await b.disconnect();
+    } finally {
+      await p.stop();
+      await up.stop();
+      await restarted?.stop();
+    }
+  },
+);
+
+t("re-pointing the upstream: same disk accepted, other size or other content refused", async () => {
+  const image = join(dir.path, "r.img");
+  const data = makeImage(image, SIZE);
+  const replica = join(dir.path, "r-replica.img");
+  copyFileSync(image, replica);
+  const otherContent = join(dir.path, "r-other.img");
+  makeImage(otherContent, SIZE);
+  const otherSize = join(dir.path, "r-small.img");
+  makeImage(otherSize, SIZE / 2);
+  const up = await startQemuNbd(image);
+  const ups = await Promise.all([replica, otherContent, otherSize].map((f) => startQemuNbd(f)));
+  const p = await serveProxy({ upstreamUrl: up.url, cachePath: join(dir.path, "r.cache") });
+  try {
+    const c = await NbdClient.connect(p.url);
+    assert.ok((await c.read(0, 65536)).equals(data.subarray(0, 65536)));
+    assert.match(
+      String(await p.proxy.setUpstream(ups[2].url).catch((e) => e)),
+      /size 4194304 differs from the disk's 8388608/,
+    );
+    assert.match(String(await p.proxy.setUpstream(ups[1].url).catch((e) => e)), /holds a different disk/);
+    assert.match(String(await p.proxy.setUpstream("nbd://").catch((e) => e)), /bad NBD URL/);
+    await p.proxy.setUpstream(ups[0].url);
+    await up.kill(); // the first source is gone: the replica serves the rest
+    assert.is(p.proxy.stats().upstream.url, ups[0].url);
+    p.proxy.startCopy();
+    await p.proxy.whenCopied();
+    const got = await c.read(0, SIZE);
+    assert.ok(got.equals(data));
+    await c.disconnect();
+  } finally {
+    await p.stop();
+    await Promise.all([up, ...ups].map((u) => u.stop()));
+  }
+});
+
+test.run();
