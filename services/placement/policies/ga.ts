@@ -56,7 +56,7 @@ export class GaPolicy implements Policy {
     const fixed = new Float64Array(c.hosts.length);
     for (const h of c.hosts) for (const vm of h.vms) if (inMigration(vm)) fixed[h.id] += vm.req;
     const current = Int32Array.from(movable, (vm) => vm.host);
-    const ev = new Evaluator(c.hosts, movable, demand, fixed, current, this.o);
+    const ev = new Evaluator(c.hosts, demand, fixed, current, this.o);
 
     let pop: { g: Genome; f: number }[] = [{ g: current, f: ev.fitness(current) }];
     const repaired = ev.repair(Int32Array.from(current), this.rng);
@@ -98,7 +98,6 @@ export class GaPolicy implements Policy {
 class Evaluator {
   constructor(
     private readonly hosts: Host[],
-    private readonly vms: Vm[],
     private readonly demand: Float64Array,
     private readonly fixed: Float64Array,
     private readonly current: Int32Array,
