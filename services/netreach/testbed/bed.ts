@@ -29,6 +29,7 @@ import type { Outcome } from "../binding/cache.js";
 import { type BindingKv, MemoryKv } from "../binding/kv.js";
 import type { UpdateRequest } from "../binding/types.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
+import { type HandoverMode, MigrationHooks, type MigrationNet } from "../migration-hooks.js";
 import { type AnchorLink, SiteAgent, type VmNet } from "../site/agent.js";
 import { relayedWan } from "./relayed-wan.js";
 
@@ -84,7 +85,7 @@ export function delayedAnchorLink(anchor: () => Anchor, oneWayMs: number): Ancho
   };
 }
 
-export type HandoverMode = "bbm" | "mbb" | "mbb-fp";
+export type { HandoverMode } from "../migration-hooks.js";
 
 export interface BedOptions {
   /** Unique namespace prefix, e.g. "nr-t1-"; everything with it is deleted on destroy. */
@@ -112,6 +113,7 @@ export class NetreachBed {
   kv: BindingKv;
   private readonly teardowns: Array<() => Promise<void>> = [];
   private patch?: IpBatch;
+  private last?: MigrationNet;
   private readonly log: Logger;
 
   private constructor(readonly opts: BedOptions) {
@@ -294,21 +296,15 @@ export class NetreachBed {
   async move(to: number, mode: HandoverMode): Promise<{ outcome: Outcome; switchAtMs: number }> {
     if (this.at < 0) throw new Error("the VM has not been placed yet");
     if (to === this.at) throw new Error(`the VM is already at site ${to + 1}`);
-    const src = this.sites[this.at];
-    const dst = this.sites[to];
+    const m = { vm: VM, from: this.sites[this.at], to: this.sites[to], port: PORT, mode };
     const generation = ++this.generation;
-    if (mode !== "bbm") {
-      await this.anchor.prepareAttach(VM.vmId, dst.endpoint.site);
-      await dst.prepare(VM, PORT);
-    }
+    const hooks = new MigrationHooks(this.anchor);
+    await hooks.prepareNetwork(m);
     const switchAtMs = performance.timeOrigin + performance.now();
     await this.plugInto(to);
     this.at = to;
-    const [outcome] = await Promise.all([
-      dst.attach(VM, PORT, generation),
-      src.leave(VM, mode === "mbb-fp" ? dst.endpoint : undefined),
-    ]);
-    return { outcome, switchAtMs };
+    this.last = m;
+    return { outcome: await hooks.switchOver(m, generation), switchAtMs };
   }
 
   /**
@@ -322,7 +318,8 @@ export class NetreachBed {
 
   /** After the binding settled: the old site drops its forwarding pointer. */
   async settle(): Promise<void> {
-    for (const s of this.sites) await s.cleanup(VM);
+    if (this.last) await new MigrationHooks(this.anchor).cleanup(this.last);
+    this.last = undefined;
   }
 
   async destroy(): Promise<void> {

@@ -1,0 +1,51 @@
+// netreach's part in a migration, one method per control-plane phase. Plain calls on the anchor
+// and on site agents (in-process here; the gRPC NetReachService will carry the same calls).
+//   prepare network  → before switch-over: anchor marks the move, destination site prepared
+//   switch-over      → the VM runs at the destination: binding update, old site forwards or drops
+//   cleanup          → the binding settled: the old site's forwarding pointer goes
+import type { Outcome } from "./binding/cache.js";
+import type { SiteAgent, VmNet } from "./site/agent.js";
+
+/**
+ * bbm: break-before-make, the destination is prepared only once the VM runs there;
+ * mbb: make-before-break, prepared before switch-over; mbb-fp: plus a forwarding pointer at the
+ * old site for what is still in flight to it.
+ */
+export type HandoverMode = "bbm" | "mbb" | "mbb-fp";
+
+export interface AnchorControl {
+  prepareAttach(vmId: string, site: string): Promise<Outcome>;
+}
+
+export interface MigrationNet {
+  vm: VmNet;
+  from: SiteAgent;
+  to: SiteAgent;
+  /** The VM's port at the destination (a tap QEMU will use). */
+  port: string;
+  mode: HandoverMode;
+}
+
+export class MigrationHooks {
+  constructor(private readonly anchor: AnchorControl) {}
+
+  async prepareNetwork(m: MigrationNet): Promise<void> {
+    if (m.mode === "bbm") return;
+    const o = await this.anchor.prepareAttach(m.vm.vmId, m.to.endpoint.site);
+    if (!o.accepted) throw new Error(`cannot prepare ${m.vm.vmId} at ${m.to.endpoint.site}: ${o.reason}`);
+    await m.to.prepare(m.vm, m.port);
+  }
+
+  /** Call as soon as the VM runs at the destination; `generation` comes from the control-plane. */
+  async switchOver(m: MigrationNet, generation: number): Promise<Outcome> {
+    const [outcome] = await Promise.all([
+      m.to.attach(m.vm, m.port, generation),
+      m.from.leave(m.vm, m.mode === "mbb-fp" ? m.to.endpoint : undefined),
+    ]);
+    return outcome;
+  }
+
+  async cleanup(m: MigrationNet): Promise<void> {
+    await m.from.cleanup(m.vm);
+  }
+}
