@@ -113,7 +113,7 @@ export class TargetBackend implements Backend {
     return this.fd;
   }
 
-  read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
+  async read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
     return preadFull(this.check(), alloc(length), offset);
   }
 
@@ -155,7 +155,7 @@ export class TargetBackend implements Backend {
     if (fua) await fdatasync(fd);
   }
 
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     return fdatasync(this.check());
   }
 

@@ -291,7 +291,7 @@ export class Connection {
     if (bytes === 0) this.track(0);
     const b = e.begin();
     e.stats.requests++;
-    op(b).then(
+    attempt(() => op(b)).then(
       () => {
         e.end(b);
         if (req.type === C.NBD_CMD_WRITE) {
@@ -316,9 +316,9 @@ export class Connection {
     const s = this.session!;
     const sparse = s.structured && b.readSparse !== undefined;
     const alloc = this.pool.alloc;
-    const p: Promise<ReadPiece[] | Buffer> = sparse
-      ? b.readSparse!(req.offset, req.length, alloc)
-      : b.read(req.offset, req.length, alloc);
+    const p = attempt<ReadPiece[] | Buffer>(() =>
+      sparse ? b.readSparse!(req.offset, req.length, alloc) : b.read(req.offset, req.length, alloc),
+    );
     p.then(
       (r) => {
         e.end(b);
@@ -371,7 +371,7 @@ export class Connection {
     this.track(0);
     const b = e.begin();
     e.stats.requests++;
-    b.blockStatus(req.offset, req.length).then(
+    attempt(() => b.blockStatus(req.offset, req.length)).then(
       (extents) => {
         e.end(b);
         // Clip to the request (and to one extent with REQ_ONE); drop empty extents.
@@ -417,6 +417,15 @@ export class Connection {
     else if (chunked)
       this.socket.write(T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message));
     else this.socket.write(T.encodeSimpleReply(error, req.cookie));
+  }
+}
+
+/** Runs a backend call; a synchronous throw becomes a rejection (an error reply, not a crash). */
+function attempt<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return f();
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 
