@@ -11,10 +11,10 @@ import {
   type MigrationMode,
   migrate,
   prepareIncoming,
-  queryMigration,
+  recoverIncoming,
 } from "./migration/driver.js";
 import { isFinalPhase, type Phase, phaseOf } from "./migration/phase.js";
-import type { MigrationProgress } from "./migration/status.js";
+import { type MigrationProgress, parseMigrationInfo } from "./migration/status.js";
 import type { VmSpec } from "./vm/spec.js";
 import { isLive } from "./vm/states.js";
 import { Vm } from "./vm/vm.js";
@@ -37,6 +37,8 @@ export interface MigrationRecord {
   progress?: MigrationProgress;
   /** Bytes the page-server channel carried (source side: to the destination, and back). */
   channelBytes: { forward: number; backward: number };
+  /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
+  recoveries: number;
   error?: string;
   events: EventEmitter<{ update: [MigrationRecord] }>;
 }
@@ -142,7 +144,13 @@ export class PageHost {
     const rec = this.record(migrationId, spec.name, "destination");
     await vm.start({ incoming: true });
     const sock = join(this.opts.runRoot, spec.name, `incoming-${migrationId}.sock`);
-    this.channel.expect(migrationId, sock);
+    let attempt = 0;
+    this.channel.expect(migrationId, sock, async () => {
+      const again = join(this.opts.runRoot, spec.name, `incoming-${migrationId}-r${++attempt}.sock`);
+      await recoverIncoming(vm, `unix:${again}`);
+      rec.recoveries = attempt;
+      return again;
+    });
     // postcopy-ram on the destination is harmless for a pre-copy stream, so it is always on:
     // the source alone decides the mode.
     await prepareIncoming(vm, `unix:${sock}`, { mode: "postcopy", preempt: this.opts.preempt });
@@ -157,28 +165,62 @@ export class PageHost {
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
-    const out = new ChannelOut({
-      migrationId: o.migrationId,
-      peer: o.channelAddress,
-      socketPath: join(this.opts.runRoot, o.vmId, `outgoing-${o.migrationId}.sock`),
-      log: this.log,
-    });
+    const channelTo = (attempt: number) =>
+      new ChannelOut({
+        migrationId: o.migrationId,
+        peer: o.channelAddress,
+        socketPath: join(
+          this.opts.runRoot,
+          o.vmId,
+          `outgoing-${o.migrationId}${attempt ? `-r${attempt}` : ""}.sock`,
+        ),
+        recover: attempt > 0,
+        log: this.log,
+      });
+    let out = channelTo(0);
     try {
       await out.open();
     } catch (err) {
       throw new HostError("unavailable", (err as Error).message);
     }
     const rec = this.record(o.migrationId, o.vmId, "source");
-    rec.channelBytes = out.counters;
+    const carried = { forward: 0, backward: 0 }; // by channels already closed
+    const countBytes = () => {
+      rec.channelBytes = {
+        forward: carried.forward + out.counters.forward,
+        backward: carried.backward + out.counters.backward,
+      };
+    };
+    // A broken post-copy stream is re-opened on a fresh channel; the destination recovers.
+    const recover = async () => {
+      countBytes();
+      carried.forward = rec.channelBytes.forward;
+      carried.backward = rec.channelBytes.backward;
+      await out.close();
+      const next = channelTo(rec.recoveries + 1);
+      out = next;
+      await next.open();
+      rec.recoveries++;
+      this.log.info("post-copy recovery: channel re-opened", {
+        migration: o.migrationId,
+        attempt: rec.recoveries,
+      });
+      return next.qemuUri;
+    };
     migrate(vm, out.qemuUri, {
       mode: o.mode,
       preempt: this.opts.preempt,
       maxBandwidth: o.maxBandwidth || undefined,
       hybridRounds: o.hybridRounds || undefined,
       hybridSeconds: o.hybridSeconds || undefined,
-      onProgress: (p) => this.update(rec, p),
+      recover,
+      onProgress: (p) => {
+        countBytes();
+        this.update(rec, p);
+      },
     })
       .then(async (r) => {
+        countBytes();
         this.update(rec, r.final);
         await vm.stop(); // the source QEMU ends once the VM lives at the destination
       })
@@ -206,6 +248,7 @@ export class PageHost {
       role,
       phase: "setup",
       channelBytes: { forward: 0, backward: 0 },
+      recoveries: 0,
       events: new EventEmitter(),
     };
     this.migrations.set(id, rec);
@@ -228,7 +271,11 @@ export class PageHost {
         return;
       }
       try {
-        this.update(rec, await queryMigration(vm));
+        // Short timeout: a paused post-copy destination may not answer until it recovers.
+        this.update(
+          rec,
+          parseMigrationInfo(await vm.qmp.execute("query-migrate", undefined, { timeoutMs: 5000 })),
+        );
       } catch (err) {
         if (isLive(vm.state)) this.log.warn("destination query-migrate failed", { err });
       }

@@ -33,8 +33,9 @@ test.after(() => dir.cleanup());
 
 test("hello and reply round-trip, byte by byte, with trailing stream bytes left alone", () => {
   const wire = Buffer.concat([encodeHello("mig-42"), Buffer.from("QEVM")]);
-  for (let i = 0; i < 13; i++) assert.is(decodeHello(wire.subarray(0, i)), null, `prefix ${i}`);
-  assert.equal(decodeHello(wire), { migrationId: "mig-42", used: 13 });
+  for (let i = 0; i < 14; i++) assert.is(decodeHello(wire.subarray(0, i)), null, `prefix ${i}`);
+  assert.equal(decodeHello(wire), { migrationId: "mig-42", recover: false, used: 14 });
+  assert.equal(decodeHello(encodeHello("m", true)), { migrationId: "m", recover: true, used: 9 });
   const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
   assert.is(decodeReply(r.subarray(0, 5)), null);
   assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
@@ -48,6 +49,9 @@ test("bad hellos are rejected clearly", () => {
   const v2 = encodeHello("x");
   v2[4] = 2;
   assert.throws(() => decodeHello(v2), /version 2/);
+  const flags = encodeHello("x");
+  flags[5] = 0x80;
+  assert.throws(() => decodeHello(flags), /unknown channel flags/);
   assert.throws(() => encodeHello(""), /1-256 bytes/);
   assert.throws(() => decodeReply(Buffer.from([9, 0, 0])), /status 9/);
   assert.equal(splitHostPort("[::1]:7000"), ["::1", 7000]);
@@ -59,8 +63,10 @@ test("the server refuses an unknown migration and garbage", async () => {
   const addr = await server.listen();
   closers.push(() => server.close());
   const [host, port] = splitHostPort(addr);
+  server.expect("no-recovery", join(dir.path, "absent.sock"));
   for (const [hello, status] of [
     [encodeHello("nope"), ReplyStatus.UnknownMigration],
+    [encodeHello("no-recovery", true), ReplyStatus.RecoverFailed],
     [Buffer.from("hello there\n"), ReplyStatus.BadHello],
   ] as const) {
     const c = connect(port, host);

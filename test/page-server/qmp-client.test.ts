@@ -48,6 +48,23 @@ qemuTest("greeting, query-status, events, typed error for a bad command, close o
   assert.is(st.status, "prelaunch");
   assert.is(st.running, false);
 
+  // Out-of-band execution is negotiated; only commands that allow it may use it.
+  assert.ok(qmp.oobEnabled);
+  try {
+    await qmp.execute("migrate-recover", { uri: "unix:/nonexistent" }, { oob: true });
+    assert.unreachable("recover outside a paused post-copy");
+  } catch (err) {
+    assert.instance(err, QmpError);
+    assert.match((err as QmpError).desc, /postcopy is paused/);
+  }
+  try {
+    await qmp.execute("query-status", undefined, { oob: true });
+    assert.unreachable("query-status ran out-of-band");
+  } catch (err) {
+    assert.instance(err, QmpError);
+    assert.match((err as QmpError).desc, /does not support OOB/);
+  }
+
   const resumed = qmp.waitForEvent("RESUME", { timeoutMs: 5000 });
   await qmp.execute("cont");
   await resumed;

@@ -14,6 +14,11 @@ test("encodeCommand writes one JSON line with execute, arguments and id", () => 
   assert.ok(s.endsWith("\n"));
   assert.is(s.indexOf("\n"), s.length - 1);
   assert.equal(JSON.parse(s), { execute: "migrate", arguments: { uri: "tcp:1.2.3.4:5" }, id: "vmhop-7" });
+  assert.equal(JSON.parse(encodeCommand("migrate-recover", { uri: "u" }, "r", true).toString()), {
+    "exec-oob": "migrate-recover",
+    arguments: { uri: "u" },
+    id: "r",
+  });
   assert.equal(JSON.parse(encodeCommand("query-status", undefined, "x").toString()), {
     execute: "query-status",
     id: "x",

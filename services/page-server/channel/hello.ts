@@ -1,8 +1,9 @@
 // The migration channel's opening exchange, first bytes of each TCP connection between
 // page-servers. Pure functions over bytes.
 //
-//   hello: "VMHC" u8 version=1, u16 id length, id (UTF-8)
-//   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello), u16 length, message (UTF-8)
+//   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy), u16 id length, id
+//   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
+//          message (UTF-8)
 // Everything after the hello/reply is QEMU's own migration stream, relayed unchanged.
 
 export const HELLO_MAGIC = Buffer.from("VMHC");
@@ -13,6 +14,7 @@ export enum ReplyStatus {
   Ok = 0,
   UnknownMigration = 1,
   BadHello = 2,
+  RecoverFailed = 3,
 }
 
 export class ChannelProtocolError extends Error {
@@ -22,29 +24,40 @@ export class ChannelProtocolError extends Error {
   }
 }
 
-export function encodeHello(migrationId: string): Buffer {
+const FLAG_RECOVER = 1;
+
+export interface Hello {
+  migrationId: string;
+  /** Re-open a broken post-copy stream (QEMU postcopy recovery) instead of starting one. */
+  recover: boolean;
+}
+
+export function encodeHello(migrationId: string, recover = false): Buffer {
   const id = Buffer.from(migrationId, "utf8");
   if (id.length === 0 || id.length > MAX_ID)
     throw new ChannelProtocolError(`migration id must be 1-${MAX_ID} bytes`);
-  const b = Buffer.alloc(7 + id.length);
+  const b = Buffer.alloc(8 + id.length);
   HELLO_MAGIC.copy(b, 0);
   b[4] = HELLO_VERSION;
-  b.writeUInt16BE(id.length, 5);
-  id.copy(b, 7);
+  b[5] = recover ? FLAG_RECOVER : 0;
+  b.writeUInt16BE(id.length, 6);
+  id.copy(b, 8);
   return b;
 }
 
 /** null while incomplete; throws ChannelProtocolError on a bad hello. `used` bytes belong to it. */
-export function decodeHello(buf: Buffer): { migrationId: string; used: number } | null {
+export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
   const head = Math.min(buf.length, 4);
   if (!buf.subarray(0, head).equals(HELLO_MAGIC.subarray(0, head)))
     throw new ChannelProtocolError("not a vmhop channel hello");
-  if (buf.length < 7) return null;
+  if (buf.length < 5) return null;
   if (buf[4] !== HELLO_VERSION) throw new ChannelProtocolError(`unsupported channel version ${buf[4]}`);
-  const n = buf.readUInt16BE(5);
+  if (buf.length < 8) return null;
+  if (buf[5] & ~FLAG_RECOVER) throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
+  const n = buf.readUInt16BE(6);
   if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
-  if (buf.length < 7 + n) return null;
-  return { migrationId: buf.toString("utf8", 7, 7 + n), used: 7 + n };
+  if (buf.length < 8 + n) return null;
+  return { migrationId: buf.toString("utf8", 8, 8 + n), recover: (buf[5] & FLAG_RECOVER) !== 0, used: 8 + n };
 }
 
 export function encodeReply(status: ReplyStatus, message = ""): Buffer {

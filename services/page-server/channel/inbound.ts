@@ -8,8 +8,11 @@ import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
 import { type RelayCounters, readPreamble, relay } from "./relay.js";
 
 export interface IncomingTarget {
-  /** QEMU's `migrate-incoming unix:PATH` socket. */
+  /** QEMU's `migrate-incoming unix:PATH` socket (after a recovery: its `migrate-recover` one). */
   qemuSocket: string;
+  /** Puts the paused destination QEMU into recovery; resolves with its new socket. */
+  recover?: () => Promise<string>;
+  recoveries: number;
   counters: RelayCounters;
   connections: number;
 }
@@ -43,8 +46,14 @@ export class ChannelServer {
   }
 
   /** Accept connections for `migrationId`, relaying them to QEMU's incoming socket. */
-  expect(migrationId: string, qemuSocket: string): IncomingTarget {
-    const t: IncomingTarget = { qemuSocket, counters: { forward: 0, backward: 0 }, connections: 0 };
+  expect(migrationId: string, qemuSocket: string, recover?: () => Promise<string>): IncomingTarget {
+    const t: IncomingTarget = {
+      qemuSocket,
+      recover,
+      recoveries: 0,
+      counters: { forward: 0, backward: 0 },
+      connections: 0,
+    };
     this.targets.set(migrationId, t);
     return t;
   }
@@ -65,8 +74,9 @@ export class ChannelServer {
     peer.once("close", () => this.sockets.delete(peer));
     peer.on("error", () => {});
     let id: string;
+    let recover: boolean;
     try {
-      ({ migrationId: id } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
+      ({ migrationId: id, recover } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
     } catch (err) {
       this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
       peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
@@ -77,6 +87,18 @@ export class ChannelServer {
       this.log.warn("channel: unknown migration", { migration: id });
       peer.end(encodeReply(ReplyStatus.UnknownMigration, `no incoming migration ${id} on this host`));
       return;
+    }
+    if (recover) {
+      try {
+        if (!target.recover) throw new Error("this migration cannot be recovered");
+        target.qemuSocket = await target.recover();
+        target.recoveries++;
+        this.log.info("channel: destination recovering", { migration: id, socket: target.qemuSocket });
+      } catch (err) {
+        this.log.warn("channel: recovery refused", { migration: id, err });
+        peer.end(encodeReply(ReplyStatus.RecoverFailed, (err as Error).message));
+        return;
+      }
     }
     const qemu = netConnect(target.qemuSocket);
     this.sockets.add(qemu);

@@ -13,6 +13,8 @@ export interface OutboundOptions {
   peer: string;
   /** Where QEMU connects. */
   socketPath: string;
+  /** Re-open a paused post-copy: the first connection asks the destination to recover. */
+  recover?: boolean;
   log?: Logger;
 }
 
@@ -46,7 +48,7 @@ export class ChannelOut {
     } catch {
       // not there: fine
     }
-    this.spare = await this.dial();
+    this.spare = await this.dial(this.opts.recover);
     const server = createServer((s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -72,7 +74,7 @@ export class ChannelOut {
   }
 
   /** A TCP connection to the destination, accepted for this migration. */
-  private async dial(): Promise<Socket> {
+  private async dial(recover = false): Promise<Socket> {
     const [host, port] = splitHostPort(this.opts.peer);
     const peer = netConnect({ host, port });
     this.track(peer);
@@ -81,7 +83,7 @@ export class ChannelOut {
         peer.once("connect", resolve);
         peer.once("error", reject);
       });
-      peer.write(encodeHello(this.opts.migrationId));
+      peer.write(encodeHello(this.opts.migrationId, recover));
       const reply = await readPreamble(peer, decodeReply, 10_000);
       if (reply.status !== ReplyStatus.Ok)
         throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);

@@ -2,6 +2,7 @@
 // hybrid (some pre-copy, then post-copy). The caller starts the destination with
 // `incoming: true` and calls prepareIncoming before migrate.
 import { setTimeout as sleep } from "node:timers/promises";
+import { QmpError } from "../qmp/errors.js";
 import type { VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
 import { isFinal, type MigrationProgress, parseMigrationInfo } from "./status.js";
@@ -24,6 +25,12 @@ export interface MigrationOptions extends MigrationCaps {
   pollMs?: number;
   timeoutMs?: number;
   onProgress?: (p: MigrationProgress) => void;
+  /**
+   * When post-copy pauses (the stream broke after the switch-over): get the destination
+   * recovering and return the URI to resume on. Retried until recoverTimeoutMs.
+   */
+  recover?: () => Promise<string>;
+  recoverTimeoutMs?: number;
 }
 
 export interface MigrationResult {
@@ -32,6 +39,8 @@ export interface MigrationResult {
   wallMs: number;
   /** Host time from `migrate` to the switch to post-copy (undefined for pre-copy). */
   switchedAtMs?: number;
+  /** Times a paused post-copy was resumed on a new stream. */
+  recoveries: number;
 }
 
 export class MigrationError extends Error {
@@ -50,6 +59,7 @@ const stateOf = (vm: Vm): VmState => vm.state;
 // Effectively unlimited. Much larger values misbehave in QEMU 7.2: 2^50 left post-copy's
 // background push at ~300 KB/s.
 const UNLIMITED = 1e12;
+const RECOVER_SETTLE_MS = 2000;
 
 function capabilities(c: MigrationCaps, destination: boolean) {
   const caps = [
@@ -93,6 +103,10 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   if (opts.mode === "postcopy") await switchToPostcopy();
 
   const pollMs = opts.pollMs ?? 50;
+  let recoveries = 0;
+  let pausedSince: number | undefined;
+  let lastRecoverAt = 0;
+  let recoverError: string | undefined;
   const deadline = t0 + (opts.timeoutMs ?? 120_000);
   for (;;) {
     const p = await queryMigration(src);
@@ -100,16 +114,32 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
     // The VM must never run on two hosts: from post-copy on, the source's vCPUs are stopped.
     if ((p.status === "postcopy-active" || p.status === "completed") && stateOf(src) !== "postmigrate")
       src.transition("migrated-out");
-    if (p.status === "postcopy-paused")
-      // Recovery (migrate-recover on a new channel) is not implemented yet: say so plainly.
-      throw new MigrationError(
+    if (p.status === "postcopy-paused") {
+      pausedSince ??= Date.now();
+      const stranded =
         "post-copy paused: the migration stream broke after the switch-over; the VM is stopped at the source " +
-          "and waiting at the destination until the stream is recovered",
-        p,
-      );
+        "and waiting at the destination until the stream is recovered";
+      if (!opts.recover) throw new MigrationError(stranded, p);
+      if (Date.now() - pausedSince > (opts.recoverTimeoutMs ?? 60_000))
+        throw new MigrationError(
+          `${stranded}; recovery failed: ${recoverError ?? "no attempt succeeded"}`,
+          p,
+        );
+      // A resume takes a moment to leave "postcopy-paused": don't start a second one meanwhile.
+      if (Date.now() - lastRecoverAt > RECOVER_SETTLE_MS) {
+        lastRecoverAt = Date.now();
+        try {
+          const resumeUri = await opts.recover();
+          await qmp.execute("migrate", { uri: resumeUri, resume: true });
+          recoveries++;
+        } catch (err) {
+          recoverError = (err as Error).message;
+        }
+      }
+    } else if (p.status !== "postcopy-recover") pausedSince = undefined;
     if (p.status === "failed" || p.status === "cancelled")
       throw new MigrationError(`migration ${p.status}${p.errorDesc ? `: ${p.errorDesc}` : ""}`, p);
-    if (isFinal(p.status)) return { final: p, wallMs: Date.now() - t0, switchedAtMs };
+    if (isFinal(p.status)) return { final: p, wallMs: Date.now() - t0, switchedAtMs, recoveries };
     if (
       opts.mode === "hybrid" &&
       switchedAtMs === undefined &&
@@ -126,5 +156,23 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
       );
     }
     await sleep(pollMs);
+  }
+}
+
+/**
+ * Destination: puts a paused post-copy into recovery, listening on `uri`. Out-of-band, since
+ * the main loop may be blocked on a missing page; retried while QEMU has not yet noticed the
+ * break itself.
+ */
+export async function recoverIncoming(dst: Vm, uri: string, waitMs = 5000): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      await dst.qmp.execute("migrate-recover", { uri }, { oob: true, timeoutMs: 5000 });
+      return;
+    } catch (err) {
+      if (!(err instanceof QmpError) || !/paused/.test(err.desc) || Date.now() > deadline) throw err;
+      await sleep(100);
+    }
   }
 }

@@ -43,6 +43,8 @@ export class QmpClient extends EventEmitter<Events> {
   private closing = false;
   private greetingWaiter: ((m: QmpGreeting | Error) => void) | undefined;
   greeting: QmpGreeting | undefined;
+  /** Whether commands may run out-of-band (negotiated from the greeting). */
+  oobEnabled = false;
 
   private constructor(
     private readonly socket: Socket,
@@ -75,7 +77,10 @@ export class QmpClient extends EventEmitter<Events> {
     const client = new QmpClient(socket, opts.commandTimeoutMs ?? 30_000, opts.log ?? silentLogger);
     try {
       client.greeting = await client.waitGreeting(Math.max(1, deadline - Date.now()));
-      await client.execute("qmp_capabilities");
+      // Out-of-band execution when QEMU offers it (needed to recover a paused post-copy).
+      const oob = client.greeting.capabilities.includes("oob");
+      await client.execute("qmp_capabilities", oob ? { enable: ["oob"] } : undefined);
+      client.oobEnabled = oob;
     } catch (err) {
       client.socket.destroy();
       throw err instanceof QmpConnectError ? err : new QmpConnectError(path, (err as Error).message);
@@ -90,9 +95,13 @@ export class QmpClient extends EventEmitter<Events> {
   execute<T = unknown>(
     command: string,
     args?: Record<string, unknown>,
-    opts: { timeoutMs?: number } = {},
+    opts: { timeoutMs?: number; oob?: boolean } = {},
   ): Promise<T> {
     if (this.closeReason !== undefined) return Promise.reject(new QmpClosedError(command, this.closeReason));
+    if (opts.oob && !this.oobEnabled)
+      return Promise.reject(
+        new QmpError(command, "OobUnavailable", "this QMP monitor does not offer out-of-band execution"),
+      );
     const id = `vmhop-${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
     return new Promise<T>((resolve, reject) => {
@@ -102,7 +111,7 @@ export class QmpClient extends EventEmitter<Events> {
       }, timeoutMs);
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
       this.log.debug("qmp command", { command, id });
-      this.socket.write(encodeCommand(command, args, id));
+      this.socket.write(encodeCommand(command, args, id, opts.oob));
     });
   }
 

@@ -38,13 +38,18 @@ export class QmpProtocolError extends Error {
   }
 }
 
-/** The bytes of one command. `id` ties the reply to it. */
+/**
+ * The bytes of one command. `id` ties the reply to it. `oob` runs it out-of-band, ahead of
+ * queued commands and even while the main loop is blocked (e.g. migrate-recover while a
+ * post-copy destination waits on a missing page).
+ */
 export function encodeCommand(
   execute: string,
   args: Record<string, unknown> | undefined,
   id: string,
+  oob = false,
 ): Buffer {
-  const msg: Record<string, unknown> = { execute };
+  const msg: Record<string, unknown> = oob ? { "exec-oob": execute } : { execute };
   if (args !== undefined) msg.arguments = args;
   msg.id = id;
   return Buffer.from(`${JSON.stringify(msg)}\n`);
