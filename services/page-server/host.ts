@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import { ChannelServer } from "./channel/inbound.js";
 import { ChannelOut } from "./channel/outbound.js";
+import { chooseMode, measureDirtyRate } from "./migration/auto.js";
 import {
   type MigrationError,
   type MigrationMode,
@@ -39,6 +40,9 @@ export interface MigrationRecord {
   channelBytes: { forward: number; backward: number };
   /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
   recoveries: number;
+  /** Source: the mode used (what "auto" chose, and why). */
+  mode?: MigrationMode;
+  modeReason?: string;
   error?: string;
   events: EventEmitter<{ update: [MigrationRecord] }>;
 }
@@ -47,7 +51,7 @@ export interface StartMigrationOptions {
   vmId: string;
   migrationId: string;
   channelAddress: string;
-  mode: MigrationMode;
+  mode: MigrationMode | "auto";
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
@@ -60,6 +64,8 @@ export interface PageHostOptions {
   channelPort?: number;
   /** Use QEMU's postcopy-preempt lane; must match on both hosts. */
   preempt?: boolean;
+  /** Link bandwidth assumed by mode "auto" when a migration sets no cap (bytes/s; default 1 Gbit/s). */
+  linkBandwidth?: number;
   log?: Logger;
 }
 
@@ -184,6 +190,27 @@ export class PageHost {
       throw new HostError("unavailable", (err as Error).message);
     }
     const rec = this.record(o.migrationId, o.vmId, "source");
+    let plan: { mode: MigrationMode; hybridRounds?: number; reason: string } = {
+      mode: "postcopy",
+      reason: "",
+    };
+    try {
+      plan =
+        o.mode === "auto"
+          ? chooseMode({
+              dirtyBytesPerSec: await measureDirtyRate(vm),
+              bandwidthBytesPerSec: o.maxBandwidth || this.opts.linkBandwidth || 125_000_000,
+              memoryBytes: vm.spec.memoryMib * 2 ** 20,
+            })
+          : { mode: o.mode, hybridRounds: o.hybridRounds, reason: "requested" };
+    } catch (err) {
+      await out.close();
+      this.migrations.delete(o.migrationId);
+      throw new HostError("unavailable", `auto mode: ${(err as Error).message}`);
+    }
+    rec.mode = plan.mode;
+    rec.modeReason = plan.reason;
+    this.log.info("migration mode", { migration: o.migrationId, mode: plan.mode, reason: plan.reason });
     const carried = { forward: 0, backward: 0 }; // by channels already closed
     const countBytes = () => {
       rec.channelBytes = {
@@ -208,10 +235,10 @@ export class PageHost {
       return next.qemuUri;
     };
     migrate(vm, out.qemuUri, {
-      mode: o.mode,
+      mode: plan.mode,
       preempt: this.opts.preempt,
       maxBandwidth: o.maxBandwidth || undefined,
-      hybridRounds: o.hybridRounds || undefined,
+      hybridRounds: plan.hybridRounds || undefined,
       hybridSeconds: o.hybridSeconds || undefined,
       recover,
       onProgress: (p) => {

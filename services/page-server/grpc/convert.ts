@@ -68,8 +68,10 @@ export function vmToProto(vm: Vm, migrating = false): PbVm {
   };
 }
 
-export function modeFromProto(m: MigrationMode): Mode {
+export function modeFromProto(m: MigrationMode): Mode | "auto" {
   switch (m) {
+    case MigrationMode.MIGRATION_MODE_AUTO:
+      return "auto";
     case MigrationMode.MIGRATION_MODE_PRECOPY:
       return "precopy";
     case MigrationMode.MIGRATION_MODE_POSTCOPY:
@@ -79,7 +81,7 @@ export function modeFromProto(m: MigrationMode): Mode {
     default:
       throw new RpcError(
         status.INVALID_ARGUMENT,
-        `migration mode ${MigrationMode[m] ?? m} is not supported (precopy, postcopy, hybrid)`,
+        `migration mode ${MigrationMode[m] ?? m} is not supported (precopy, postcopy, hybrid, auto)`,
       );
   }
 }

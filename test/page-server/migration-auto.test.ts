@@ -1,0 +1,88 @@
+// Mode "auto": the choice rule (pure), and a light guest migrated by a PageHost in auto mode.
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
+import { chooseMode, measureDirtyRate } from "../../services/page-server/migration/auto.js";
+import { isFinalPhase } from "../../services/page-server/migration/phase.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { ensureGuest } from "./guest.js";
+
+const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "auto mode migration");
+const dir = tempDir("vmhop-auto-");
+const closers: (() => Promise<void>)[] = [];
+test.after(async () => {
+  for (const c of closers.reverse()) await c();
+  dir.cleanup();
+});
+
+const MiB = 2 ** 20;
+
+test("chooseMode: pre-copy when it converges, hybrid in between, post-copy when it cannot", () => {
+  const mem = 512 * MiB;
+  assert.is(
+    chooseMode({ dirtyBytesPerSec: 2 * MiB, bandwidthBytesPerSec: 125e6, memoryBytes: mem }).mode,
+    "precopy",
+  );
+  const mid = chooseMode({ dirtyBytesPerSec: 30 * MiB, bandwidthBytesPerSec: 125e6, memoryBytes: mem });
+  assert.is(mid.mode, "hybrid");
+  assert.is(mid.hybridRounds, 1);
+  const wan = chooseMode({ dirtyBytesPerSec: 400 * MiB, bandwidthBytesPerSec: 56e6, memoryBytes: mem });
+  assert.is(wan.mode, "postcopy");
+  assert.match(wan.reason, /would not converge/);
+  // A huge guest on a thin link: even a quiet one is not worth a minutes-long pre-copy round.
+  assert.is(chooseMode({ dirtyBytesPerSec: 0, bandwidthBytesPerSec: 1e6, memoryBytes: mem }).mode, "hybrid");
+  assert.throws(
+    () => chooseMode({ dirtyBytesPerSec: 1, bandwidthBytesPerSec: 0, memoryBytes: mem }),
+    /bandwidth/,
+  );
+});
+
+migTest(
+  "auto on a light guest picks pre-copy and completes; the measured dirty rate is plausible",
+  async () => {
+    const guest = await ensureGuest();
+    const a = new PageHost({ runRoot: join(dir.path, "a") });
+    const b = new PageHost({ runRoot: join(dir.path, "b") });
+    for (const h of [a, b]) {
+      await h.open();
+      closers.push(() => h.close());
+    }
+    const spec = {
+      name: "vm1",
+      vcpus: 1,
+      memoryMib: 128,
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      cmdline: guestCmdline({ memMib: 24, rateMib: 2, verifyMib: 24 }),
+    };
+    a.define(spec);
+    const src = await a.start("vm1");
+    await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+    const rate = await measureDirtyRate(src);
+    assert.ok(rate < 64 * MiB, `measured ${rate} B/s for a 2 MiB/s workload`);
+
+    const channel = await b.prepareIncoming(spec, "auto-1");
+    const rec = await a.startMigration({
+      vmId: "vm1",
+      migrationId: "auto-1",
+      channelAddress: channel,
+      mode: "auto",
+    });
+    assert.is(rec.mode, "precopy", rec.modeReason);
+    const end = await new Promise<MigrationRecord>((resolve) => {
+      const on = (r: MigrationRecord) => isFinalPhase(r.phase) && resolve(r);
+      rec.events.on("update", on);
+      on(rec);
+    });
+    assert.is(end.phase, "completed", end.error);
+    const dst = b.get("vm1");
+    const before = src.serial.tracker.stats.last!.passes;
+    dst.serial.continueFrom(src.serial);
+    const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= before + 1, 60_000);
+    assert.is(hb.memErrors, 0);
+  },
+);
+
+test.run();
