@@ -94,14 +94,31 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   await qmp.execute("migrate-set-parameters", params);
 
   const t0 = Date.now();
+  await qmp.execute("migrate", { uri });
   let switchedAtMs: number | undefined;
+  if (opts.mode === "postcopy") {
+    await qmp.execute("migrate-start-postcopy");
+    switchedAtMs = Date.now() - t0;
+  }
+  return followMigration(src, opts, { t0, switchedAtMs });
+}
+
+/**
+ * Watches an outgoing migration until it ends: the hybrid switch, post-copy recovery, the
+ * deadline. Also picks up a migration QEMU was already sending (page-server restart).
+ */
+export async function followMigration(
+  src: Vm,
+  opts: MigrationOptions,
+  started: { t0: number; switchedAtMs?: number } = { t0: Date.now() },
+): Promise<MigrationResult> {
+  const qmp = src.qmp;
+  const t0 = started.t0;
+  let switchedAtMs = started.switchedAtMs;
   const switchToPostcopy = async () => {
     await qmp.execute("migrate-start-postcopy");
     switchedAtMs = Date.now() - t0;
   };
-  await qmp.execute("migrate", { uri });
-  if (opts.mode === "postcopy") await switchToPostcopy();
-
   const pollMs = opts.pollMs ?? 50;
   let recoveries = 0;
   let pausedSince: number | undefined;

@@ -6,6 +6,7 @@ export interface RuntimePaths {
   qmpSocket: string;
   serialSocket: string;
   serialLog: string;
+  pidFile?: string;
 }
 
 export interface LaunchOptions {
@@ -58,6 +59,7 @@ export function buildQemuArgs(
     "-qmp",
     `unix:${optValue(paths.qmpSocket)},server=on,wait=off`,
   );
+  if (paths.pidFile) a.push("-pidfile", paths.pidFile);
   if (spec.disk) {
     a.push("-drive", `file=${optValue(spec.disk.nbd)},if=none,id=disk0,format=raw`);
     a.push("-device", "virtio-blk-pci,drive=disk0,id=vd0");

@@ -16,6 +16,7 @@ export type VmEvent =
   | "up-running"
   | "up-paused"
   | "up-incoming"
+  | "up-postmigrate" // adopted after a page-server restart
   | "pause"
   | "resume"
   | "migrated-in" // destination resumed with the migrated state
@@ -31,6 +32,7 @@ export const transitions: Record<VmState, Partial<Record<VmEvent | "crash", VmSt
     "up-running": "running",
     "up-paused": "paused",
     "up-incoming": "incoming",
+    "up-postmigrate": "postmigrate",
     stop: "stopping",
     crash: "crashed",
   },

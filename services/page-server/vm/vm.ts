@@ -2,8 +2,9 @@
 // console attached; an unexpected exit turns the VM CRASHED with the reason.
 import { type ChildProcess, spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
-import { closeSync, mkdirSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { QmpClient } from "../qmp/client.js";
 import { type Accel, hostAccel } from "./accel.js";
@@ -26,9 +27,12 @@ type Events = { state: [state: VmState, reason?: string] };
 export class Vm extends EventEmitter<Events> {
   readonly spec: VmSpec;
   readonly accel: Accel;
-  readonly paths: RuntimePaths & { qemuLog: string };
+  readonly paths: RuntimePaths & { qemuLog: string; specFile: string };
   private current: VmState = "defined";
   private child: ChildProcess | undefined;
+  /** QEMU found running by attach() (a page-server restart): no child handle, only its pid. */
+  private adoptedPid: number | undefined;
+  private shutdownSeen = false;
   private exited: Promise<void> | undefined;
   private qmpClient: QmpClient | undefined;
   private serialConsole: SerialConsole | undefined;
@@ -49,6 +53,8 @@ export class Vm extends EventEmitter<Events> {
       serialSocket: join(opts.runDir, "serial.sock"),
       serialLog: join(opts.runDir, "serial.log"),
       qemuLog: join(opts.runDir, "qemu.log"),
+      pidFile: join(opts.runDir, "qemu.pid"),
+      specFile: join(opts.runDir, "spec.json"),
     };
   }
 
@@ -56,7 +62,7 @@ export class Vm extends EventEmitter<Events> {
     return this.current;
   }
   get pid(): number | undefined {
-    return this.child?.pid;
+    return this.child?.pid ?? this.adoptedPid;
   }
   get qmp(): QmpClient {
     if (!this.qmpClient)
@@ -81,8 +87,11 @@ export class Vm extends EventEmitter<Events> {
     const args = this.qemuArgs(launch);
     const bin = this.opts.qemuBinary ?? "qemu-system-x86_64";
     this.log.info("starting qemu", { accel: this.accel, args: args.join(" ") });
+    // The spec beside the sockets lets a restarted page-server find and adopt this QEMU.
+    writeFileSync(this.paths.specFile, JSON.stringify(this.spec));
     const out = openSync(this.paths.qemuLog, "a");
-    const child = spawn(bin, args, { stdio: ["ignore", out, out] });
+    // Own process group: a signal to the page-server's group (Ctrl-C, restart) spares the VM.
+    const child = spawn(bin, args, { stdio: ["ignore", out, out], detached: true });
     closeSync(out);
     this.child = child;
     this.exited = new Promise((resolve) => {
@@ -103,19 +112,84 @@ export class Vm extends EventEmitter<Events> {
           throw new Error(`QEMU ended during start-up: ${this.endReason}`);
         }),
       ]);
-      this.qmpClient = qmp;
-      qmp.on("event", (e) => {
-        // A destination resumes by itself once post-copy (or the whole migration) hands over.
-        if (e.event === "RESUME" && this.current === "incoming") this.transition("migrated-in");
-      });
-      const serial = new SerialConsole(this.paths.serialSocket);
-      await serial.open(timeoutMs);
-      this.serialConsole = serial;
+      await this.attachConsoles(qmp, timeoutMs);
       this.transition(launch.incoming ? "up-incoming" : launch.paused ? "up-paused" : "up-running");
     } catch (err) {
       await this.kill();
       throw err;
     }
+  }
+
+  private async attachConsoles(qmp: QmpClient, timeoutMs: number): Promise<void> {
+    this.qmpClient = qmp;
+    qmp.on("event", (e) => {
+      // A destination resumes by itself once post-copy (or the whole migration) hands over.
+      if (e.event === "RESUME" && this.current === "incoming") this.transition("migrated-in");
+      if (e.event === "SHUTDOWN") this.shutdownSeen = true;
+    });
+    const serial = new SerialConsole(this.paths.serialSocket);
+    await serial.open(timeoutMs);
+    this.serialConsole = serial;
+  }
+
+  /**
+   * Adopts the QEMU a previous page-server started in `runDir` (its spec.json, pidfile and
+   * sockets). Returns undefined when the folder holds no VM; a VM whose QEMU is gone comes
+   * back crashed with the reason.
+   */
+  static async attach(runDir: string, opts: Omit<VmOptions, "runDir"> = {}): Promise<Vm | undefined> {
+    const specFile = join(runDir, "spec.json");
+    if (!existsSync(specFile)) return undefined;
+    const vm = new Vm(JSON.parse(readFileSync(specFile, "utf8")) as VmSpec, { ...opts, runDir });
+    await vm.adopt();
+    return vm;
+  }
+
+  private async adopt(): Promise<void> {
+    this.transition("spawn");
+    let pid: number | undefined;
+    try {
+      pid = Number(readFileSync(this.paths.pidFile!, "utf8").trim()) || undefined;
+    } catch {
+      pid = undefined;
+    }
+    // The pid must still be this VM's QEMU (pids get reused): its argv names our QMP socket.
+    const ours = (p: number) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, "utf8").includes(this.paths.qmpSocket);
+      } catch {
+        return false;
+      }
+    };
+    if (pid === undefined || !ours(pid)) {
+      this.endReason = "QEMU ended while no page-server watched it";
+      this.exited = Promise.resolve();
+      this.transition("crash", this.endReason);
+      return;
+    }
+    this.adoptedPid = pid;
+    this.exited = (async () => {
+      while (ours(pid)) await sleep(100);
+      const clean = this.shutdownSeen || this.current === "stopping";
+      this.onExit(
+        clean ? 0 : null,
+        null,
+        clean ? undefined : "QEMU ended (adopted after a restart: exit status unknown)",
+      );
+    })();
+    const qmp = await QmpClient.connect(this.paths.qmpSocket, { timeoutMs: 5000, log: this.log });
+    await this.attachConsoles(qmp, 5000);
+    const { status } = await qmp.execute<{ status: string }>("query-status");
+    const event: VmEvent =
+      status === "running"
+        ? "up-running"
+        : status === "inmigrate"
+          ? "up-incoming"
+          : status === "postmigrate" || status === "finish-migrate"
+            ? "up-postmigrate"
+            : "up-paused";
+    this.log.info("adopted running qemu", { pid, status });
+    this.transition(event);
   }
 
   async pause(): Promise<void> {
@@ -149,6 +223,13 @@ export class Vm extends EventEmitter<Events> {
   async kill(): Promise<void> {
     const c = this.child;
     if (c && c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    if (!c && this.adoptedPid !== undefined && isLive(this.current)) {
+      try {
+        process.kill(this.adoptedPid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
     await this.exited;
   }
 
