@@ -1,0 +1,119 @@
+// Proxy semantics against a slow upstream (every read takes 200 ms), so requests really
+// overlap: shared fetches, writes racing fetches, TRIM/WRITE_ZEROES, block status, cache.
+import { randomBytes } from "node:crypto";
+import { closeSync, ftruncateSync, openSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../../services/block-server/nbd/protocol/index.js";
+import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
+import { silentLogger } from "../../services/common/log.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
+
+const dir = tempDir("vmhop-proxyrace-");
+const SIZE = 4 << 20;
+const BS = 65536;
+let up: RunningServer;
+let data: Buffer;
+let n = 0;
+const t = gate(test, ["nbdkit"], "proxy races against a slow upstream");
+
+t.before(async () => {
+  const image = join(dir.path, "a.img");
+  data = makeImage(image, SIZE);
+  // A real hole at [2 MiB, 3 MiB): the upstream reports it as zero.
+  data.fill(0, 2 << 20, 3 << 20);
+  const fd = openSync(image, "w");
+  writeSync(fd, data, 0, 2 << 20, 0);
+  writeSync(fd, data, 3 << 20, 1 << 20, 3 << 20);
+  ftruncateSync(fd, SIZE);
+  closeSync(fd);
+  up = await startNbdkit("file", [image, "rdelay=200ms"], { filters: ["delay"] });
+});
+t.after(async () => {
+  await up?.stop();
+  dir.cleanup();
+});
+
+const opened: ProxyBackend[] = [];
+async function open(): Promise<ProxyBackend> {
+  const p = await ProxyBackend.open({
+    upstreamUrl: up.url,
+    cachePath: join(dir.path, `c${n++}`),
+    log: silentLogger,
+  });
+  opened.push(p);
+  return p;
+}
+t.after.each(async () => {
+  for (const p of opened.splice(0)) await p.close();
+});
+
+t("concurrent reads of the same blocks share one fetch; adjacent misses merge", async () => {
+  const p = await open();
+  const reads = [p.read(0, 4096), p.read(100, 5000), p.read(BS - 10, 20), p.read(BS, BS), p.read(2 * BS, 10)];
+  const got = await Promise.all(reads);
+  assert.ok(got[1].equals(data.subarray(100, 5100)));
+  assert.ok(got[2].equals(data.subarray(BS - 10, BS + 10)));
+  const s = p.stats();
+  assert.is(s.bytesFetchedOnDemand, 3 * BS, "blocks 0..2 fetched once");
+  assert.is(s.fetchLatency.count, 1, "in one upstream request");
+  assert.ok(s.fetchLatency.p50Ms >= 150, "the upstream's delay is in the latency");
+});
+
+t("a write racing a fetch of the same block wins, full or partial", async () => {
+  const p = await open();
+  const fetching = p.read(10 * BS, BS); // fetch of block 10 now in flight
+  const w = randomBytes(BS);
+  await p.write(10 * BS, w, false);
+  const first = await fetching;
+  // The read began before the write: either version is allowed for it, nothing else.
+  assert.ok(first.equals(w) || first.equals(data.subarray(10 * BS, 11 * BS)));
+  assert.ok((await p.read(10 * BS, BS)).equals(w), "the late fetch did not overwrite the write");
+  // Partial write to a missing block: head and tail come from upstream.
+  const pw = randomBytes(1000);
+  const racing = p.read(20 * BS, BS);
+  await p.write(20 * BS + 500, pw, false);
+  await racing;
+  const want = Buffer.from(data.subarray(20 * BS, 21 * BS));
+  pw.copy(want, 500);
+  assert.ok((await p.read(20 * BS, BS)).equals(want));
+  // Full-block write without any fetch: nothing fetched for it.
+  const before = p.stats().bytesFetchedOnDemand;
+  await p.write(30 * BS, randomBytes(2 * BS), true);
+  assert.is(p.stats().bytesFetchedOnDemand, before);
+  assert.ok(p.bitmap.has(30) && p.bitmap.has(31));
+  assert.is(p.stats().bytesWrittenLocally, BS + 1000 + 2 * BS);
+});
+
+t("TRIM and WRITE_ZEROES work locally and mark blocks local; CACHE fetches", async () => {
+  const p = await open();
+  await p.writeZeroes(5 * BS + 100, 3 * BS, { fua: false, noHole: false, fastZero: false });
+  const z = await p.read(5 * BS, 4 * BS);
+  const want = Buffer.from(data.subarray(5 * BS, 9 * BS));
+  want.fill(0, 100, 100 + 3 * BS);
+  assert.ok(z.equals(want));
+  await p.trim(40 * BS + 1, 3 * BS, false); // whole blocks 41, 42 only
+  assert.ok(p.bitmap.has(41) && p.bitmap.has(42));
+  assert.not.ok(p.bitmap.has(40) || p.bitmap.has(43));
+  assert.ok((await p.read(41 * BS, BS)).equals(Buffer.alloc(BS)), "trimmed blocks are local holes");
+  await p.cache(50 * BS, 2 * BS);
+  assert.ok(p.bitmap.has(50) && p.bitmap.has(51));
+});
+
+t("block status: local holes and data from the cache, missing ranges from upstream", async () => {
+  const p = await open();
+  await p.read(0, BS); // data, local
+  await p.read(2 << 20, BS); // zeroes from upstream: stored as a hole
+  const local = await p.blockStatus(2 << 20, BS);
+  assert.equal(local, [{ length: BS, flags: NBD_STATE_HOLE | NBD_STATE_ZERO }]);
+  assert.equal(await p.blockStatus(0, BS), [{ length: BS, flags: 0 }]);
+  const missing = await p.blockStatus((2 << 20) + BS, 4 * BS);
+  assert.ok(missing.length >= 1);
+  assert.ok(missing[0].flags & NBD_STATE_ZERO, "upstream says the missing zero range reads as zeroes");
+  const total = (await p.blockStatus(0, SIZE)).reduce((a, e) => a + e.length, 0);
+  assert.ok(total > 0 && total <= SIZE);
+});
+
+t.run();
