@@ -144,4 +144,22 @@ t("a stale or replayed binding update is refused and changes nothing", async () 
   assert.is(s.lost, 0);
 });
 
+t("re-registration with a newer generation drops only the addresses the VM no longer has", async () => {
+  const at = bed.sites[bed.at].endpoint;
+  const gen = ++bed.generation;
+  const o = await bed.anchor.register({ ...VM, homeIpv4: [], ...at, generation: gen, lifetimeSeconds: 300 });
+  assert.ok(o.accepted);
+  assert.is((await ip(bed.ns.anchor, "-4", "route", "show", `${VM.homeIpv4[0]}/32`)).trim(), "");
+  assert.not.match(await ip(bed.ns.anchor, "neigh", "show", "proxy"), VM.homeIpv4[0]);
+  assert.is(summarisePings(await pingFrom(VM.homeIpv6[0], 10).result).lost, 0);
+  const back = await bed.anchor.register({
+    ...VM,
+    ...at,
+    generation: ++bed.generation,
+    lifetimeSeconds: 300,
+  });
+  assert.ok(back.accepted);
+  assert.is(summarisePings(await pingFrom(VM.homeIpv4[0], 10).result).lost, 0);
+});
+
 t.run();

@@ -78,8 +78,16 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
     return this.serial(req.vmId, async () => {
       const o = await this.cache.register(req);
       if (!o.accepted) return o;
-      if (o.previous) await this.dp.remove(o.previous);
+      // Re-point first (atomic replace), then drop only the addresses the VM no longer has.
       await this.dp.install(o.binding);
+      if (o.previous) {
+        const b = o.binding;
+        await this.dp.remove({
+          ...o.previous,
+          homeIpv6: o.previous.homeIpv6.filter((a) => !b.homeIpv6.includes(a)),
+          homeIpv4: o.previous.homeIpv4.filter((a) => !b.homeIpv4.includes(a)),
+        });
+      }
       // First registration: neighbours may still cache the VM's own MAC from the home link.
       if (!o.previous) {
         try {
