@@ -65,6 +65,13 @@ export interface Backend {
    */
   readSparse?(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]>;
   /** `data` belongs to the server and is reused once the promise settles: copy it to keep it. */
+  /**
+   * Optional zero-copy path for READ: when [offset, offset+length) is plain data (no holes)
+   * that is entirely in the page cache, the file descriptor and file offset holding it, so the
+   * server may sendfile(2) it synchronously without blocking; null otherwise. The fd stays
+   * valid while the request is in flight (Export.begin/end).
+   */
+  cachedFileRange?(offset: number, length: number): { fd: number; offset: number } | null;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

@@ -14,6 +14,9 @@ const RWF_NOWAIT = 0x08;
 const EAGAIN = 11;
 
 interface Libc {
+  send: (fd: number, buf: Buffer, len: number, flags: number) => number;
+  sendfile: (outFd: number, inFd: number, offset: Buffer, count: number) => number;
+  cachestat: (nr: number, fd: number, range: Buffer, stat: Buffer, flags: number) => number;
   preadv2: (
     fd: number,
     iov: { iov_base: Buffer; iov_len: number }[],
@@ -33,6 +36,15 @@ function load(): Libc {
   const lib = koffi.load("libc.so.6");
   koffi.struct("vmhop_iovec", { iov_base: "void *", iov_len: "size_t" });
   libc = {
+    send: lib.func("int64_t send(int fd, const void *buf, size_t len, int flags)") as Libc["send"],
+    sendfile: lib.func(
+      "int64_t sendfile(int out_fd, int in_fd, void *offset, size_t count)",
+    ) as Libc["sendfile"],
+    // syscall() is variadic in C, but glibc's is plain register moves: a fixed prototype is
+    // safe on x86_64/arm64 and avoids koffi's slow per-call variadic marshalling.
+    cachestat: lib.func(
+      "long syscall(long number, int fd, void *range, void *stat, int flags)",
+    ) as Libc["cachestat"],
     preadv2: lib.func(
       "int64_t preadv2(int fd, const vmhop_iovec *iov, int iovcnt, int64_t offset, int flags)",
     ) as unknown as Libc["preadv2"],
@@ -97,6 +109,64 @@ export function preadCached(fd: number, buf: Buffer, offset: number): number {
   if (r >= 0) return r;
   if (koffi.errno() !== EAGAIN) nowaitWorks = false; // EOPNOTSUPP and friends: stop trying
   return 0;
+}
+
+function writeU64LE(b: Buffer, n: number, at: number): void {
+  b.writeUInt32LE(n >>> 0, at);
+  b.writeUInt32LE(Math.floor(n / 0x1_0000_0000), at + 4);
+}
+
+const SYS_CACHESTAT = 451; // same number on x86_64 and arm64 (Linux >= 6.5)
+const PAGE = 4096;
+let cachestatWorks = process.arch === "x64" || process.arch === "arm64";
+const csRange = Buffer.alloc(16);
+const csStat = Buffer.alloc(40);
+
+/**
+ * True when every page of [offset, offset+length) is in the page cache (cachestat(2)), so
+ * reading it cannot block on the disk. False when unsure (older kernels: always false).
+ */
+export function isCached(fd: number, offset: number, length: number): boolean {
+  if (!cachestatWorks || length <= 0) return false;
+  writeU64LE(csRange, offset, 0);
+  writeU64LE(csRange, length, 8);
+  const r = load().cachestat(SYS_CACHESTAT, fd, csRange, csStat, 0);
+  if (r !== 0) {
+    cachestatWorks = false;
+    return false;
+  }
+  const pages = Math.floor((offset + length - 1) / PAGE) - Math.floor(offset / PAGE) + 1;
+  return csStat.readUInt32LE(4) > 0 || csStat.readUInt32LE(0) >= pages;
+}
+
+const MSG_DONTWAIT = 0x40;
+const MSG_MORE = 0x8000;
+
+/**
+ * send(2) with MSG_MORE on a non-blocking socket: a reply header the kernel holds back to
+ * go out in the same segment as the data that follows. Returns bytes sent (0 if full).
+ */
+export function sendMore(sockFd: number, buf: Buffer): number {
+  const r = load().send(sockFd, buf, buf.length, MSG_MORE | MSG_DONTWAIT);
+  if (r >= 0) return r;
+  const e = koffi.errno();
+  if (e === EAGAIN) return 0;
+  throw new SysError("send", e);
+}
+
+const sfOffset = Buffer.alloc(8);
+
+/**
+ * sendfile(2) from a file to a non-blocking socket, synchronously: returns the bytes sent
+ * (0 when the socket buffer is full). Only call it with data known to be cached.
+ */
+export function sendfile(sockFd: number, fileFd: number, offset: number, count: number): number {
+  writeU64LE(sfOffset, offset, 0);
+  const r = load().sendfile(sockFd, fileFd, sfOffset, count);
+  if (r >= 0) return r;
+  const e = koffi.errno();
+  if (e === EAGAIN) return 0;
+  throw new SysError("sendfile", e);
 }
 
 /** Read-ahead hint; failures are ignored (it is advisory). */

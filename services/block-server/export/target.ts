@@ -18,6 +18,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
+  isCached,
   preadCached,
   SEEK_DATA,
   SEEK_HOLE,
@@ -115,6 +116,14 @@ export class TargetBackend implements Backend {
 
   async read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
     return preadFull(this.check(), alloc(length), offset);
+  }
+
+  cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
+    if (this.closed) return null;
+    if (!isCached(this.fd, offset, length)) return null;
+    // A hole inside should go out as a hole chunk: take the normal path then.
+    if ((seek(this.fd, offset, SEEK_HOLE) ?? this.size) < offset + length) return null;
+    return { fd: this.fd, offset };
   }
 
   async readSparse(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<ReadPiece[]> {

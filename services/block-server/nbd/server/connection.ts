@@ -1,11 +1,13 @@
 // One client connection: runs the handshake state machine, then the transmission phase.
 // Requests are served concurrently and answered as they finish (out of order). Reading
 // stops while too much is in flight or the client is not reading replies (backpressure).
+import { readSync } from "node:fs";
 import type { Socket } from "node:net";
 import type { Logger } from "../../../common/log.js";
 import type { Backend, ReadPiece } from "../../export/backend.js";
 import type { BufferPool } from "../../export/buffer-pool.js";
 import type { Export } from "../../export/export.js";
+import { sendfile, sendMore } from "../../export/libc.js";
 import * as C from "../protocol/constants.js";
 import { isNeed } from "../protocol/decoded.js";
 import { NBD_EINVAL, nbdErrnoOf, ProtocolError } from "../protocol/errors.js";
@@ -43,6 +45,8 @@ export class Connection {
   private paused = false;
   private ending = false;
   private closed = false;
+  /** The socket's file descriptor for sendfile(2); -1 where Node does not expose one. */
+  private readonly sockFd: number;
 
   constructor(
     private readonly socket: Socket,
@@ -53,6 +57,8 @@ export class Connection {
     private readonly onClose: () => void,
   ) {
     this.handshake = new Handshake(exports);
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    this.sockFd = typeof fd === "number" && fd >= 0 && process.env.VMHOP_NBD_SENDFILE !== "0" ? fd : -1;
     socket.setNoDelay?.(true);
     socket.on("data", (chunk: Buffer) => {
       this.queue.push(chunk);
@@ -310,9 +316,15 @@ export class Connection {
   }
 
   private read(e: Export, req: T.Request): void {
-    this.track(req.length);
     const b = e.begin();
     e.stats.requests++;
+    if (this.sockFd >= 0 && b.cachedFileRange && this.trySendfile(b, req)) {
+      e.end(b);
+      e.stats.bytesRead += req.length;
+      e.heat.record(req.offset, req.length);
+      return;
+    }
+    this.track(req.length);
     const s = this.session!;
     const sparse = s.structured && b.readSparse !== undefined;
     const alloc = this.pool.alloc;
@@ -334,6 +346,51 @@ export class Connection {
         this.untrack(req.length);
       },
     );
+  }
+
+  /**
+   * Zero-copy READ reply straight from the page cache (no threadpool, no buffer). Returns
+   * false, having sent nothing, when it does not apply. Everything happens synchronously so
+   * no other reply can come between the header and the data.
+   */
+  private trySendfile(b: Backend, req: T.Request): boolean {
+    const sock = this.socket;
+    if (this.closed || sock.writableLength > 0) return false;
+    let range: { fd: number; offset: number } | null;
+    try {
+      range = b.cachedFileRange!(req.offset, req.length);
+    } catch {
+      return false;
+    }
+    if (!range) return false;
+    const header = this.session!.structured
+      ? T.encodeOffsetDataHeader(C.NBD_REPLY_FLAG_DONE, req.cookie, req.offset, req.length)
+      : T.encodeSimpleReply(0, req.cookie);
+    let sent = 0;
+    try {
+      // Node's queue is empty, so writing to the fd directly keeps the byte order.
+      const h = sendMore(this.sockFd, header);
+      if (h < header.length) sock.write(header.subarray(h));
+      // Only if the header really left: else the data must queue behind it in Node.
+      else sent = sendfile(this.sockFd, range.fd, range.offset, req.length);
+      if (sent < req.length) {
+        // Socket buffer full: queue the rest in Node, read synchronously (it is cached).
+        const rest = this.pool.alloc(req.length - sent);
+        let got = 0;
+        while (got < rest.length) {
+          const n = readSync(range.fd, rest, got, rest.length - got, range.offset + sent + got);
+          if (n === 0) break;
+          got += n;
+        }
+        rest.fill(0, got);
+        sock.write(rest, () => this.pool.release(rest));
+      }
+    } catch (err) {
+      // The header is out and the data cannot follow: the stream is out of sync.
+      this.log.error("zero-copy read failed after its header was sent", { err });
+      sock.destroy();
+    }
+    return true;
   }
 
   private sendData(req: T.Request, pieces: ReadPiece[]): void {
