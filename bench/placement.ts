@@ -92,7 +92,7 @@ export async function main(args: string[]): Promise<void> {
     meanOf[r.label] = res.mean;
     means.push({
       policy: r.label,
-      energy_kwh: res.mean.energy_kwh,
+      energy_kwh: res.mean.energy_kwh.toFixed(2),
       slatah_pct: res.mean.slatah * 100,
       pdm_pct: res.mean.pdm * 100,
       slav_e5: res.mean.slav * 1e5,
@@ -120,12 +120,16 @@ export async function main(args: string[]): Promise<void> {
       agreement.push({
         policy,
         day,
-        energy: e,
-        energy_cloudsim: ref.energy_kwh,
-        energy_diff_pct: (100 * (e - ref.energy_kwh)) / ref.energy_kwh,
+        energy_kwh: e.toFixed(2),
+        cloudsim_kwh: ref.energy_kwh.toFixed(2),
+        energy_diff_pct: ((100 * (e - ref.energy_kwh)) / ref.energy_kwh).toFixed(2),
         migrations: mig,
-        migrations_cloudsim: ref.migrations,
-        migrations_diff_pct: ref.migrations ? (100 * (mig - ref.migrations)) / ref.migrations : 0,
+        cloudsim_migrations: ref.migrations,
+        migrations_diff_pct: (ref.migrations ? (100 * (mig - ref.migrations)) / ref.migrations : 0).toFixed(
+          2,
+        ),
+        slatah_pct: ((c.metrics.slatah as number) * 100).toFixed(2),
+        cloudsim_slatah_pct: (ref.slatah * 100).toFixed(2),
       });
     }
   }
