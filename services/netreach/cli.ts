@@ -1,5 +1,109 @@
+// `vmhop netreach …`
+//   demo       build a namespace test bed, move a VM site to site under a continuous ping, print
+//              the gap and losses of each move (needs root)
+//   bindings   list the anchor's bindings from its store (Redis URL, or nothing for memory)
+import { parseArgs } from "node:util";
+import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
 import { CliError } from "../cli/errors.js";
+import { BindingCache } from "./binding/cache.js";
+import { openBindingKv } from "./binding/kv.js";
+import type { HandoverMode } from "./migration-hooks.js";
+import { type PingRecord, summarisePings } from "./probe/analysis.js";
+import { NetreachBed, VM } from "./testbed/bed.js";
+import { startProbe } from "./testbed/probe-process.js";
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CliError("this command is not implemented yet");
+const USAGE = `usage: vmhop netreach <command> [options]
+
+commands:
+  demo      [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp] [--moves N=2]
+            move a VM between sites of a namespace test bed under a 10 ms ping (root)
+  bindings  [--store redis://HOST:PORT]   list the anchor's bindings as JSON lines`;
+
+const MODES: HandoverMode[] = ["bbm", "mbb", "mbb-fp"];
+
+function int(v: string | undefined, name: string, dflt: number, min: number, max: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new CliError(`--${name} must be an integer ${min}..${max}, got '${v}'`);
+  return n;
+}
+
+async function demo(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      sites: { type: "string" },
+      delay: { type: "string" },
+      mode: { type: "string" },
+      moves: { type: "string" },
+    },
+  });
+  const sites = int(values.sites, "sites", 3, 2, 9);
+  const delay = int(values.delay, "delay", 0, 0, 200);
+  const moves = int(values.moves, "moves", 2, 1, 20);
+  const mode = (values.mode ?? "mbb-fp") as HandoverMode;
+  if (!MODES.includes(mode)) throw new CliError(`--mode must be one of ${MODES.join(", ")}, got '${mode}'`);
+  if (process.getuid?.() !== 0) throw new CliError("demo needs root (it creates network namespaces)");
+  const prefix = "nr-demo-";
+  await destroyNetnsWithPrefix(prefix);
+  const bed = await NetreachBed.create({ prefix, sites, wanDelayMs: delay > 0 ? delay : undefined });
+  try {
+    await bed.place(0);
+    console.log(`VM ${VM.vmId} (${VM.homeIpv6[0]}, ${VM.homeIpv4[0]}) at s1; ${mode}, one-way ${delay} ms`);
+    for (let i = 0; i < moves; i++) {
+      const to = (bed.at + 1) % sites;
+      const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((a) =>
+        startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", a, "--count", "150", "--interval-ms", "10"]),
+      );
+      await Promise.all(probes.map((p) => p.ready));
+      await new Promise((r) => setTimeout(r, 500));
+      const from = bed.at;
+      const { outcome } = await bed.move(to, mode);
+      const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
+      await bed.settle();
+      const fmt = (s: ReturnType<typeof summarisePings>) =>
+        `gap ${s.gapMs.toFixed(1)} ms, lost ${s.lost}/${s.sent}`;
+      console.log(
+        `s${from + 1} -> s${to + 1} (generation ${bed.generation}, ${outcome.accepted ? "accepted" : "refused"}): ` +
+          `IPv6 ${fmt(v6)}; IPv4 ${fmt(v4)}`,
+      );
+    }
+  } finally {
+    await bed.destroy();
+  }
+  return 0;
+}
+
+async function bindings(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { store: { type: "string" } } });
+  let kv: Awaited<ReturnType<typeof openBindingKv>>;
+  try {
+    kv = await openBindingKv(values.store);
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  try {
+    for (const b of await new BindingCache(kv).list()) console.log(JSON.stringify(b));
+  } finally {
+    await kv.close();
+  }
+  return 0;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === "demo") return await demo(rest);
+    if (cmd === "bindings") return await bindings(rest);
+  } catch (err) {
+    if (err instanceof TypeError && (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS"))
+      throw new CliError(`${err.message}\n\n${USAGE}`);
+    throw err;
+  }
+  if (!cmd || cmd === "--help" || cmd === "-h") {
+    console.log(USAGE);
+    return cmd ? 0 : 2;
+  }
+  throw new CliError(`unknown netreach command '${cmd}'\n\n${USAGE}`);
 }

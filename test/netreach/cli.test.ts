@@ -1,0 +1,53 @@
+// `vmhop netreach …`: argument errors are clear; `bindings` lists what the anchor stored.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { BindingCache } from "../../services/netreach/binding/cache.js";
+import { RedisKv } from "../../services/netreach/binding/kv.js";
+import { run } from "../../services/netreach/cli.js";
+import { gate } from "../helpers/env.js";
+import { startRedis } from "../helpers/redis.js";
+import { rejects } from "./assert-rejects.js";
+
+test("bad arguments get clear errors", async () => {
+  await rejects(() => run(["nope"]), /unknown netreach command 'nope'/);
+  await rejects(() => run(["demo", "--mode", "zz"]), /--mode must be one of bbm, mbb, mbb-fp/);
+  await rejects(() => run(["demo", "--sites", "1"]), /--sites must be an integer 2..9/);
+  await rejects(() => run(["demo", "--bogus"]), /Unknown option '--bogus'/);
+  await rejects(() => run(["bindings", "--store", "http://x"]), /unsupported binding store URL/);
+});
+
+gate(
+  test,
+  ["redis-server"],
+  "netreach bindings from Redis",
+)("bindings lists the stored bindings", async () => {
+  const redis = await startRedis();
+  const lines: string[] = [];
+  const log = console.log;
+  try {
+    const kv = await RedisKv.connect(redis.url);
+    await new BindingCache(kv).register({
+      vmId: "vm-9",
+      mac: "52:54:00:00:00:09",
+      homeIpv6: ["2001:db8::9"],
+      homeIpv4: [],
+      generation: 4,
+      lifetimeSeconds: 60,
+      site: "s1",
+      sid6: "fc00:1::d6",
+      sid4: "fc00:1::d4",
+    });
+    await kv.close();
+    console.log = (s: string) => lines.push(s);
+    assert.is(await run(["bindings", "--store", redis.url]), 0);
+  } finally {
+    console.log = log;
+    await redis.stop();
+  }
+  assert.is(lines.length, 1);
+  const b = JSON.parse(lines[0]);
+  assert.is(b.vmId, "vm-9");
+  assert.is(b.generation, 4);
+});
+
+test.run();
