@@ -46,7 +46,7 @@ test.before(async () => {
       { name: "disk", path: img },
       { name: "ro", path: ro, readOnly: true },
     ],
-    { limits: { maxInflightBytes: 8 * MiB } },
+    { limits: { maxInflightBytes: 8 * MiB, handshakeTimeoutMs: 1000 } },
   );
 });
 
@@ -62,6 +62,18 @@ test("greeting advertises fixed newstyle and NO_ZEROES", async () => {
   const c = await client();
   assert.is(await c.start(), P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES);
   c.destroy();
+});
+
+test("a client that never finishes the handshake is dropped; connected idle clients are not", async () => {
+  const idle = await client();
+  await idle.go("disk");
+  const silent = await client();
+  await silent.read(18);
+  await silent.closed();
+  assert.is(idle.ended, false);
+  idle.request(P.NBD_CMD_READ, 0, 512, 1n);
+  assert.equal(await idle.simpleReply(), { error: 0, cookie: 1n });
+  idle.destroy();
 });
 
 test("unknown client flags: disconnect", async () => {

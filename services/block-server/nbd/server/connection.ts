@@ -22,9 +22,15 @@ export interface ConnectionLimits {
   maxInflightBytes: number;
   /** Requests in flight before we stop reading. */
   maxInflightRequests: number;
+  /** A client must finish the handshake within this time (it holds a connection slot). */
+  handshakeTimeoutMs: number;
 }
 
-export const DEFAULT_LIMITS: ConnectionLimits = { maxInflightBytes: 64 << 20, maxInflightRequests: 256 };
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  maxInflightBytes: 64 << 20,
+  maxInflightRequests: 256,
+  handshakeTimeoutMs: 30_000,
+};
 
 /** A WRITE whose payload is still arriving; `discard` ones are consumed and refused. */
 interface PendingPayload {
@@ -67,6 +73,7 @@ export class Connection {
     socket.on("drain", () => this.maybeResume());
     socket.on("error", (err) => this.log.debug("socket error", { err }));
     socket.on("close", () => this.cleanup());
+    socket.setTimeout(limits.handshakeTimeoutMs, () => this.hangup("handshake timed out"));
     socket.write(this.handshake.greeting());
   }
 
@@ -136,6 +143,7 @@ export class Connection {
       this.hangup("export removed during handshake");
       return;
     }
+    this.socket.setTimeout(0); // idle clients are fine once connected
     this.detach = e.attach(this);
     this.session = {
       ...n,
