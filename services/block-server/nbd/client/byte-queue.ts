@@ -36,6 +36,19 @@ export class ByteQueue {
     return out;
   }
 
+  /** Consumes `n` bytes straight into `dest` at `at` (no intermediate buffer). */
+  takeInto(dest: Buffer, at: number, n: number): void {
+    if (n > this.length) throw new RangeError(`take ${n} > ${this.length} queued`);
+    let done = 0;
+    while (done < n) {
+      const c = this.chunks[0];
+      const len = Math.min(c.length - this.head, n - done);
+      c.copy(dest, at + done, this.head, this.head + len);
+      done += len;
+      this.skip(len);
+    }
+  }
+
   skip(n: number): void {
     if (n > this.length) throw new RangeError(`skip ${n} > ${this.length} queued`);
     this.length -= n;

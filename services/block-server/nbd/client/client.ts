@@ -44,9 +44,11 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
   nbdErrorName,
   type ParsedOptionReply,
   parseOptionReply,
+  readU64,
   SIMPLE_REPLY_SIZE,
   STRUCTURED_HEADER_SIZE,
 } from "../protocol/index.js";
@@ -113,6 +115,8 @@ type Pending = {
   reject: (e: Error) => void;
   /** READ: the result buffer (structured replies fill it chunk by chunk). */
   buf?: Buffer;
+  /** READ: bytes filled by data and hole chunks (must reach `length`). */
+  covered?: number;
   extents?: BlockStatusExtent[];
   error?: Error;
 };
@@ -350,9 +354,10 @@ export class NbdClient extends EventEmitter {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
-    // Structured replies may leave parts unsent only on error; holes are zero-filled.
-    const buf = this.structured ? Buffer.alloc(length) : undefined;
-    return this.request<Buffer>(NBD_CMD_READ, 0, offset, length, { buf });
+    // Structured replies fill it chunk by chunk; a reply that leaves a gap is rejected, so
+    // uninitialised bytes never escape.
+    const buf = this.structured ? Buffer.allocUnsafe(length) : undefined;
+    return this.request<Buffer>(NBD_CMD_READ, 0, offset, length, { buf, covered: 0 });
   }
 
   write(offset: number, data: Buffer, opts: { fua?: boolean } = {}): Promise<void> {
@@ -456,16 +461,34 @@ export class NbdClient extends EventEmitter {
     }
     if (this.q.length < STRUCTURED_HEADER_SIZE + r.length) return false;
     this.q.skip(STRUCTURED_HEADER_SIZE);
-    const chunk = decodeChunkPayload(r.type, this.q.take(r.length));
-    this.applyChunk(p, chunk);
+    if (r.type === NBD_REPLY_TYPE_OFFSET_DATA && p.buf && r.length > 8) {
+      // Hot path: copy the data straight from the socket chunks into the result.
+      const offset = readU64(this.q.take(8), 0);
+      const len = r.length - 8;
+      const at = this.placeChunk(p, "data", offset, len);
+      this.q.takeInto(p.buf, at, len);
+    } else this.applyChunk(p, decodeChunkPayload(r.type, this.q.take(r.length)));
     if (r.flags & NBD_REPLY_FLAG_DONE) {
       this.pending.delete(r.cookie);
       if (p.error) p.reject(p.error);
+      else if (p.command === "READ" && p.covered !== p.length)
+        p.reject(
+          new NbdConnectionError(`NBD server left ${p.length - (p.covered ?? 0)} bytes of a READ unsent`),
+        );
       else if (p.command === "READ") p.resolve(p.buf);
       else if (p.command === "BLOCK_STATUS") p.resolve(p.extents);
       else p.resolve(undefined);
     }
     return true;
+  }
+
+  /** Where a data/hole chunk goes in the READ buffer; throws if it lies outside the request. */
+  private placeChunk(p: Pending, type: string, offset: number, len: number): number {
+    const at = offset - p.offset;
+    if (!p.buf || at < 0 || at + len > p.length)
+      throw new Error(`${type} chunk [${offset}, +${len}) outside ${p.command} [${p.offset}, +${p.length})`);
+    p.covered = (p.covered ?? 0) + len;
+    return at;
   }
 
   private applyChunk(p: Pending, c: Chunk): void {
