@@ -26,6 +26,9 @@ export interface ConnectionLimits {
   handshakeTimeoutMs: number;
 }
 
+/** How READ replies went out, process-wide (for status and tuning). */
+export const readPaths = { zeroCopy: 0, zeroCopyPartial: 0, buffered: 0 };
+
 export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInflightBytes: 64 << 20,
   maxInflightRequests: 256,
@@ -333,6 +336,7 @@ export class Connection {
       return;
     }
     this.track(req.length);
+    readPaths.buffered++;
     const s = this.session!;
     const sparse = s.structured && b.readSparse !== undefined;
     const alloc = this.pool.alloc;
@@ -381,6 +385,8 @@ export class Connection {
       if (h < header.length) sock.write(header.subarray(h));
       // Only if the header really left: else the data must queue behind it in Node.
       else sent = sendfile(this.sockFd, range.fd, range.offset, req.length);
+      if (sent === req.length) readPaths.zeroCopy++;
+      else readPaths.zeroCopyPartial++;
       if (sent < req.length) {
         // Socket buffer full: queue the rest in Node, read synchronously (it is cached).
         const rest = this.pool.alloc(req.length - sent);
