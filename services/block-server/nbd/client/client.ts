@@ -496,13 +496,9 @@ export class NbdClient extends EventEmitter {
       case "data":
       case "hole": {
         const len = c.type === "data" ? c.data.length : c.length;
-        const at = c.offset - p.offset;
-        if (!p.buf || at < 0 || at + len > p.length)
-          throw new Error(
-            `${c.type} chunk [${c.offset}, +${len}) outside ${p.command} [${p.offset}, +${p.length})`,
-          );
-        if (c.type === "data") c.data.copy(p.buf, at);
-        else p.buf.fill(0, at, at + len);
+        const at = this.placeChunk(p, c.type, c.offset, len);
+        if (c.type === "data") c.data.copy(p.buf!, at);
+        else p.buf!.fill(0, at, at + len);
         return;
       }
       case "block_status":
