@@ -63,7 +63,10 @@ export async function startGrpcServer(opts: {
     health.setStatus(s.name, "SERVING");
   }
   health.addToServer(server);
-  new ReflectionService(reflectionPackage()).addToServer(server);
+  // Reflection lists what this server really serves, not every vmhop service.
+  new ReflectionService(reflectionPackage(), {
+    services: [...opts.services.map((s) => s.name), "grpc.health.v1.Health"],
+  }).addToServer(server);
 
   const target = parseListenAddress(opts.listen);
   const port = await new Promise<number>((resolve, reject) =>

@@ -1,0 +1,302 @@
+// BlockService over real gRPC: a BlockServer with NBD listeners, driven like the CLI and the
+// control-plane drive it; real NBD clients (nbdcopy, qemu-io) read through the exports.
+import * as assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { suite } from "uvu";
+import {
+  BlockServiceClient,
+  ExportMode,
+  ProgressKind,
+  type WatchProgressResponse,
+} from "../../gen/vmhop/v1/block.js";
+import { BlockServer } from "../../services/block-server/block-server.js";
+import { blockService } from "../../services/block-server/grpc/block-service.js";
+import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
+import { silentLogger } from "../../services/common/log.js";
+import { initTracing } from "../../services/common/tracing.js";
+import { gate, tempDir } from "../helpers/env.js";
+import { healthCheck, reflectionFileContaining, reflectionListServices } from "../helpers/grpc.js";
+
+// The NBD server runs in this process: clients must run asynchronously, never execFileSync.
+const run = promisify(execFile);
+
+const spans = new InMemorySpanExporter();
+initTracing("block-server-test", { processors: [new SimpleSpanProcessor(spans)] });
+
+interface Ctx {
+  dir: { path: string; cleanup: () => void };
+  bs: BlockServer;
+  grpc: RunningGrpcServer;
+  client: BlockServiceClient;
+  nbd: string;
+  image: string;
+}
+
+const test = gate(
+  suite<Ctx>("BlockService over gRPC", {} as Ctx),
+  ["nbdcopy", "qemu-io"],
+  "BlockService gRPC",
+);
+
+function rpc<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
+}
+
+async function rejectsWith(p: Promise<unknown>, code: grpc.status, re: RegExp) {
+  await assert.rejects(p, (err: grpc.ServiceError) => {
+    assert.equal(
+      err.code,
+      code,
+      `expected ${grpc.status[code]}, got ${grpc.status[err.code]}: ${err.details}`,
+    );
+    assert.match(err.details, re);
+    return true;
+  });
+}
+
+test.before(async (ctx) => {
+  ctx.dir = tempDir("vmhop-bs-grpc-");
+  ctx.image = join(ctx.dir.path, "disk.raw");
+  // 16 MiB: random data in the first 6 MiB, a hole after.
+  execFileSync("truncate", ["-s", "16M", ctx.image]);
+  execFileSync("dd", ["if=/dev/urandom", `of=${ctx.image}`, "bs=1M", "count=6", "conv=notrunc"], {
+    stdio: "ignore",
+  });
+  ctx.bs = new BlockServer({ log: silentLogger });
+  const a = await ctx.bs.listen("127.0.0.1:0");
+  ctx.nbd = "port" in a ? `127.0.0.1:${a.port}` : "";
+  ctx.grpc = await startGrpcServer({
+    serviceName: "block-server",
+    listen: "127.0.0.1:0",
+    services: [blockService(ctx.bs)],
+    log: silentLogger,
+  });
+  ctx.client = new BlockServiceClient(ctx.grpc.address, grpc.credentials.createInsecure());
+});
+
+test.after(async (ctx) => {
+  ctx.client?.close();
+  await ctx.grpc?.shutdown(100);
+  await ctx.bs?.close();
+  ctx.dir?.cleanup();
+});
+
+test("health and reflection answer like any vmhop service", async (ctx) => {
+  assert.equal(await healthCheck(ctx.grpc.address), "SERVING");
+  assert.equal(await healthCheck(ctx.grpc.address, "vmhop.v1.BlockService"), "SERVING");
+  const services = await reflectionListServices(ctx.grpc.address);
+  assert.ok(services.includes("vmhop.v1.BlockService"), services.join(","));
+  assert.ok(services.includes("grpc.health.v1.Health"), services.join(","));
+  assert.ok((await reflectionFileContaining(ctx.grpc.address, "vmhop.v1.BlockService")) >= 1);
+});
+
+test("create a target export, read it with nbdcopy, list and status", async (ctx) => {
+  const r = await rpc<{ export?: { name: string; mode: number; sizeBytes: number } }>((cb) =>
+    ctx.client.createExport(
+      {
+        name: "src",
+        source: { $case: "target", value: { imagePath: ctx.image } },
+        readOnly: false,
+        description: "",
+      },
+      cb,
+    ),
+  );
+  assert.equal(r.export?.mode, ExportMode.EXPORT_MODE_TARGET);
+  assert.equal(r.export?.sizeBytes, 16 << 20);
+  const out = join(ctx.dir.path, "copy.raw");
+  await run("nbdcopy", [`nbd://${ctx.nbd}/src`, out]);
+  assert.ok(readFileSync(out).equals(readFileSync(ctx.image)));
+  const list = await rpc<{ exports: { name: string }[]; nbdListeners: string[] }>((cb) =>
+    ctx.client.listExports({}, cb),
+  );
+  assert.deepEqual(
+    list.exports.map((e) => e.name),
+    ["src"],
+  );
+  assert.deepEqual(list.nbdListeners, [ctx.nbd]);
+  const st = await rpc<{ status?: { blocksLocal: number; blocksTotal: number; bytesRead: number } }>((cb) =>
+    ctx.client.getExportStatus({ name: "src" }, cb),
+  );
+  assert.equal(st.status?.blocksLocal, st.status?.blocksTotal);
+  assert.ok((st.status?.bytesRead ?? 0) >= 6 << 20, "nbdcopy's reads are counted");
+});
+
+test("bad requests get precise status codes and change nothing", async (ctx) => {
+  const create = (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) =>
+    rpc((cb) => ctx.client.createExport({ name, source, readOnly: false, description: "" }, cb));
+  await rejectsWith(
+    create("src", { $case: "target", value: { imagePath: ctx.image } }),
+    grpc.status.ALREADY_EXISTS,
+    /already exists/,
+  );
+  await rejectsWith(
+    create("x", { $case: "target", value: { imagePath: "/nonexistent/disk" } }),
+    grpc.status.INVALID_ARGUMENT,
+    /does not exist/,
+  );
+  await rejectsWith(
+    create("bad name!", { $case: "target", value: { imagePath: ctx.image } }),
+    grpc.status.INVALID_ARGUMENT,
+    /bad export name/,
+  );
+  await rejectsWith(create("nosrc", undefined), grpc.status.INVALID_ARGUMENT, /source is required/);
+  await rejectsWith(
+    create("p", {
+      $case: "proxy",
+      value: {
+        upstreamUrl: "http://x/y",
+        cachePath: join(ctx.dir.path, "c"),
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
+      },
+    }),
+    grpc.status.INVALID_ARGUMENT,
+    /bad NBD URL/,
+  );
+  await rejectsWith(
+    create("p", {
+      $case: "proxy",
+      value: {
+        upstreamUrl: "nbd://127.0.0.1:1/none",
+        cachePath: join(ctx.dir.path, "c"),
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
+      },
+    }),
+    grpc.status.UNAVAILABLE,
+    /cannot open proxy export p/,
+  );
+  await rejectsWith(
+    rpc((cb) => ctx.client.getExportStatus({ name: "nope" }, cb)),
+    grpc.status.NOT_FOUND,
+    /no export named "nope"/,
+  );
+  await rejectsWith(
+    rpc((cb) => ctx.client.removeExport({ name: "" }, cb)),
+    grpc.status.INVALID_ARGUMENT,
+    /name is required/,
+  );
+  await rejectsWith(
+    rpc((cb) =>
+      ctx.client.startBackgroundCopy({ name: "src", rateLimitBytesPerSecond: 0, parallelism: 0 }, cb),
+    ),
+    grpc.status.FAILED_PRECONDITION,
+    /target mode/,
+  );
+  const list = await rpc<{ exports: { name: string }[] }>((cb) => ctx.client.listExports({}, cb));
+  assert.deepEqual(
+    list.exports.map((e) => e.name),
+    ["src"],
+    "failed creates leave no export behind",
+  );
+});
+
+test("proxy export: on-demand read, background copy with progress events, promote under a live client", async (ctx) => {
+  const cache = join(ctx.dir.path, "dst.cache");
+  await rpc((cb) =>
+    ctx.client.createExport(
+      {
+        name: "dst",
+        source: {
+          $case: "proxy",
+          value: {
+            upstreamUrl: `nbd://${ctx.nbd}/src`,
+            cachePath: cache,
+            blockSize: 0,
+            startBackgroundCopy: false,
+            rateLimitBytesPerSecond: 0,
+            upstreamControl: ctx.grpc.address,
+            autoPromote: false,
+          },
+        },
+        readOnly: false,
+        description: "",
+      },
+      cb,
+    ),
+  );
+  // Promote before the copy: refused, nothing changes.
+  await rejectsWith(
+    rpc((cb) => ctx.client.promote({ name: "dst", wait: false }, cb)),
+    grpc.status.FAILED_PRECONDITION,
+    /not local yet/,
+  );
+
+  // An on-demand read through the proxy returns the source's bytes.
+  const want = readFileSync(ctx.image).subarray(1 << 20, (1 << 20) + 65536);
+  const { stdout: got } = await run("qemu-io", [
+    "-f",
+    "raw",
+    "-c",
+    `read -v ${1 << 20} 64k`,
+    `nbd://${ctx.nbd}/dst`,
+  ]);
+  assert.match(got, new RegExp(want.subarray(0, 16).toString("hex").replace(/(..)/g, "$1 ").trim()));
+  const st1 = await rpc<{ status?: { bytesFetchedOnDemand: number; blocksLocal: number } }>((cb) =>
+    ctx.client.getExportStatus({ name: "dst" }, cb),
+  );
+  assert.ok((st1.status?.bytesFetchedOnDemand ?? 0) >= 65536);
+
+  // Watch progress, start the copy, expect COPY_DONE.
+  const events: WatchProgressResponse[] = [];
+  const stream = ctx.client.watchProgress({ name: "dst", intervalMs: 100 });
+  const done = new Promise<void>((resolve, reject) => {
+    stream.on("data", (ev: WatchProgressResponse) => {
+      events.push(ev);
+      if (ev.event?.kind === ProgressKind.PROGRESS_KIND_COPY_DONE) resolve();
+    });
+    stream.on("error", (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : reject(e)));
+  });
+  await rpc((cb) =>
+    ctx.client.startBackgroundCopy({ name: "dst", rateLimitBytesPerSecond: 0, parallelism: 0 }, cb),
+  );
+  await done;
+  stream.cancel();
+  assert.ok(events.some((e) => e.event?.kind === ProgressKind.PROGRESS_KIND_PERIODIC));
+
+  // Write through the proxy, then promote while a qemu-io session keeps using the export.
+  const fill = Buffer.alloc(4096, 0xab);
+  writeFileSync(join(ctx.dir.path, "pattern"), fill);
+  await run("qemu-io", ["-f", "raw", "-c", "write -P 0xab 8M 4k", `nbd://${ctx.nbd}/dst`]);
+  const p = await rpc<{ status?: { export?: { mode: number; upstreamUrl: string } } }>((cb) =>
+    ctx.client.promote({ name: "dst", wait: false }, cb),
+  );
+  assert.equal(p.status?.export?.mode, ExportMode.EXPORT_MODE_TARGET);
+  assert.equal(p.status?.export?.upstreamUrl, "");
+  // The source may go away now: the destination serves everything itself.
+  await rpc((cb) => ctx.client.removeExport({ name: "src" }, cb));
+  const out = join(ctx.dir.path, "dst-copy.raw");
+  await run("nbdcopy", [`nbd://${ctx.nbd}/dst`, out]);
+  const copy = readFileSync(out);
+  const src = readFileSync(ctx.image);
+  assert.ok(copy.subarray(0, 8 << 20).equals(src.subarray(0, 8 << 20)));
+  assert.ok(copy.subarray(8 << 20, (8 << 20) + 4096).equals(fill), "the write landed");
+  assert.ok(
+    src.subarray(8 << 20, (8 << 20) + 4096).equals(Buffer.alloc(4096)),
+    "the source image is untouched",
+  );
+});
+
+test("every RPC is traced", async () => {
+  const names = spans.getFinishedSpans().map((s) => s.name);
+  assert.ok(names.includes("vmhop.v1.BlockService/CreateExport"), names.join(","));
+  const failed = spans
+    .getFinishedSpans()
+    .find((s) => s.name === "vmhop.v1.BlockService/GetExportStatus" && s.status.code === 2);
+  assert.ok(failed, "a failed RPC's span is marked as an error");
+  assert.equal(failed?.attributes["rpc.grpc.status_code"], grpc.status.NOT_FOUND);
+});
+
+test.run();
