@@ -173,6 +173,20 @@ test("adding an export at runtime makes it reachable; removing one disconnects o
   assert.is(await srv.server.exports.remove("d"), false);
 });
 
+test("a backend returning the wrong amount of data gets EIO, and the stream stays in sync", async () => {
+  const inner = new TargetBackend(c);
+  const liar = new GatedBackend(inner);
+  liar.release();
+  liar.read = async (o: number, l: number) => (await inner.read(o, l)).subarray(0, l - 1);
+  srv.server.exports.add({ name: "liar", backend: liar });
+  const cl = await connect("liar");
+  cl.request(P.NBD_CMD_READ, 0, 4096, 1n);
+  assert.equal(await cl.simpleReply(), { error: P.NBD_EIO, cookie: 1n });
+  cl.request(P.NBD_CMD_FLUSH, 0, 0, 2n);
+  assert.equal(await cl.simpleReply(), { error: 0, cookie: 2n });
+  await srv.server.exports.remove("liar");
+});
+
 test("HeatTracker: recency-weighted, hottest first, bounded", () => {
   let now = 0;
   const h = new HeatTracker({ blockSize: 4096, halfLifeMs: 1000, maxBlocks: 8, now: () => now });

@@ -346,10 +346,15 @@ export class Connection {
     p.then(
       (r) => {
         e.end(b);
-        e.stats.bytesRead += req.length;
-        e.heat.record(req.offset, req.length);
-        if (Buffer.isBuffer(r)) this.sendData(req, [{ offset: req.offset, data: r }]);
-        else this.sendData(req, r);
+        const pieces = Buffer.isBuffer(r) ? [{ offset: req.offset, data: r }] : r;
+        // A backend answering the wrong amount would desynchronise the stream: refuse it.
+        if (coverage(pieces, req.offset) !== req.length)
+          this.fail(e, req, new Error(`backend returned the wrong amount of data for ${req.length} bytes`));
+        else {
+          e.stats.bytesRead += req.length;
+          e.heat.record(req.offset, req.length);
+          this.sendData(req, pieces);
+        }
         this.untrack(req.length);
       },
       (err) => {
@@ -489,6 +494,16 @@ export class Connection {
       this.socket.write(T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message));
     else this.socket.write(T.encodeSimpleReply(error, req.cookie));
   }
+}
+
+/** Bytes covered by contiguous pieces starting at `offset`; -1 if they leave a gap or overlap. */
+function coverage(pieces: ReadPiece[], offset: number): number {
+  let at = offset;
+  for (const p of pieces) {
+    if (p.offset !== at) return -1;
+    at += "data" in p ? p.data.length : p.hole;
+  }
+  return at - offset;
 }
 
 /** Runs a backend call; a synchronous throw becomes a rejection (an error reply, not a crash). */
