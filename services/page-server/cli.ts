@@ -94,7 +94,8 @@ export async function run(argv: string[]): Promise<number> {
   // One line on stdout for scripts and tests: where to reach this page-server.
   console.log(JSON.stringify({ grpc: grpc.address, channel: host.channelListenAddress }));
   onShutdown(log, [
-    { name: "page host (VMs, channel)", close: () => host.close() },
+    // VMs outlive the page-server: a restart on the same --run-dir adopts them.
+    { name: "page host (channel; VMs keep running)", close: () => host.close({ keepVms: true }) },
     { name: "grpc", close: () => grpc.shutdown() },
   ]);
   await new Promise(() => {}); // serve until a signal

@@ -1,15 +1,17 @@
 // The VMs of one compute host and their migrations: what the gRPC PageService exposes,
 // without gRPC (so it is testable and usable in-process).
 import { EventEmitter } from "node:events";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import { ChannelServer } from "./channel/inbound.js";
 import { ChannelOut } from "./channel/outbound.js";
 import { chooseMode, measureDirtyRate } from "./migration/auto.js";
 import {
+  followMigration,
   type MigrationError,
   type MigrationMode,
+  type MigrationOptions,
   migrate,
   prepareIncoming,
   recoverIncoming,
@@ -69,6 +71,30 @@ export interface PageHostOptions {
   log?: Logger;
 }
 
+/** What a restarted page-server needs to pick a migration up again (beside the VM's files). */
+interface SavedMigration {
+  id: string;
+  role: "source" | "destination";
+  channelAddress?: string;
+  mode?: MigrationMode;
+  hybridRounds?: number;
+  hybridSeconds?: number;
+  maxBandwidth?: number;
+  /** Set once it ended. */
+  phase?: "completed" | "failed";
+}
+
+const migrationFile = (vm: Vm) => join(vm.paths.specFile, "..", "migration.json");
+
+function saveMigration(vm: Vm, m: SavedMigration): void {
+  writeFileSync(migrationFile(vm), JSON.stringify(m));
+}
+
+function loadMigration(vm: Vm): SavedMigration | undefined {
+  const f = migrationFile(vm);
+  return existsSync(f) ? (JSON.parse(readFileSync(f, "utf8")) as SavedMigration) : undefined;
+}
+
 export class PageHost {
   private readonly vms = new Map<string, Vm>();
   private readonly migrations = new Map<string, MigrationRecord>();
@@ -83,6 +109,7 @@ export class PageHost {
 
   async open(): Promise<void> {
     mkdirSync(this.opts.runRoot, { recursive: true });
+    await this.adoptAll();
     this.channelAddress = await this.channel.listen(
       this.opts.channelPort ?? 0,
       this.opts.channelHost ?? "127.0.0.1",
@@ -90,9 +117,14 @@ export class PageHost {
     this.log.info("migration channel listening", { address: this.channelAddress });
   }
 
-  /** Stops every VM this host runs and closes the channel. */
-  async close(): Promise<void> {
-    await Promise.all([...this.vms.values()].map((vm) => vm.stop(3000).catch(() => vm.kill())));
+  /**
+   * Closes the channel and stops every VM, or with keepVms leaves the QEMUs running for the
+   * next page-server on this run folder to adopt.
+   */
+  async close(opts: { keepVms?: boolean } = {}): Promise<void> {
+    await Promise.all(
+      [...this.vms.values()].map((vm) => (opts.keepVms ? vm.detach() : vm.stop(3000).catch(() => vm.kill()))),
+    );
     await this.channel.close();
   }
 
@@ -149,19 +181,27 @@ export class PageHost {
     const vm = this.define(spec);
     const rec = this.record(migrationId, spec.name, "destination");
     await vm.start({ incoming: true });
-    const sock = join(this.opts.runRoot, spec.name, `incoming-${migrationId}.sock`);
-    let attempt = 0;
-    this.channel.expect(migrationId, sock, async () => {
-      const again = join(this.opts.runRoot, spec.name, `incoming-${migrationId}-r${++attempt}.sock`);
-      await recoverIncoming(vm, `unix:${again}`);
-      rec.recoveries = attempt;
-      return again;
-    });
+    const sock = this.expectIncoming(vm, rec);
+    saveMigration(vm, { id: migrationId, role: "destination" });
     // postcopy-ram on the destination is harmless for a pre-copy stream, so it is always on:
     // the source alone decides the mode.
     await prepareIncoming(vm, `unix:${sock}`, { mode: "postcopy", preempt: this.opts.preempt });
     this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
     return this.channelAddress;
+  }
+
+  /** Lets the channel relay `rec`'s stream into `vm`, and recover it into a new socket. */
+  private expectIncoming(vm: Vm, rec: MigrationRecord): string {
+    const dir = join(this.opts.runRoot, vm.spec.name);
+    const sock = join(dir, `incoming-${rec.id}.sock`);
+    let attempt = 0;
+    this.channel.expect(rec.id, sock, async () => {
+      const again = join(dir, `incoming-${rec.id}-r${++attempt}.sock`);
+      await recoverIncoming(vm, `unix:${again}`);
+      rec.recoveries = attempt;
+      return again;
+    });
+    return sock;
   }
 
   /** Source: opens the channel (failing here if the destination refuses), then migrates in the background. */
@@ -171,29 +211,13 @@ export class PageHost {
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
-    const channelTo = (attempt: number) =>
-      new ChannelOut({
-        migrationId: o.migrationId,
-        peer: o.channelAddress,
-        socketPath: join(
-          this.opts.runRoot,
-          o.vmId,
-          `outgoing-${o.migrationId}${attempt ? `-r${attempt}` : ""}.sock`,
-        ),
-        recover: attempt > 0,
-        log: this.log,
-      });
-    let out = channelTo(0);
+    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0);
     try {
       await out.open();
     } catch (err) {
       throw new HostError("unavailable", (err as Error).message);
     }
-    const rec = this.record(o.migrationId, o.vmId, "source");
-    let plan: { mode: MigrationMode; hybridRounds?: number; reason: string } = {
-      mode: "postcopy",
-      reason: "",
-    };
+    let plan: { mode: MigrationMode; hybridRounds?: number; reason: string };
     try {
       plan =
         o.mode === "auto"
@@ -205,17 +229,53 @@ export class PageHost {
           : { mode: o.mode, hybridRounds: o.hybridRounds, reason: "requested" };
     } catch (err) {
       await out.close();
-      this.migrations.delete(o.migrationId);
       throw new HostError("unavailable", `auto mode: ${(err as Error).message}`);
     }
+    const rec = this.record(o.migrationId, o.vmId, "source");
     rec.mode = plan.mode;
     rec.modeReason = plan.reason;
     this.log.info("migration mode", { migration: o.migrationId, mode: plan.mode, reason: plan.reason });
+    const saved: SavedMigration = {
+      id: o.migrationId,
+      role: "source",
+      channelAddress: o.channelAddress,
+      mode: plan.mode,
+      hybridRounds: plan.hybridRounds,
+      hybridSeconds: o.hybridSeconds,
+      maxBandwidth: o.maxBandwidth,
+    };
+    saveMigration(vm, saved);
+    this.runOutgoing(vm, rec, saved, out);
+    return rec;
+  }
+
+  private channelOut(vmId: string, migrationId: string, peer: string, attempt: number): ChannelOut {
+    return new ChannelOut({
+      migrationId,
+      peer,
+      socketPath: join(
+        this.opts.runRoot,
+        vmId,
+        `outgoing-${migrationId}${attempt ? `-r${attempt}` : ""}.sock`,
+      ),
+      recover: attempt > 0,
+      log: this.log,
+    });
+  }
+
+  /**
+   * Drives an outgoing migration to its end. With `first` it starts one on that channel;
+   * without, it picks up the one QEMU is already sending (after a page-server restart, whose
+   * channel died with the old process: post-copy pauses and is recovered on a new channel).
+   */
+  private runOutgoing(vm: Vm, rec: MigrationRecord, saved: SavedMigration, first?: ChannelOut): void {
+    let out = first;
+    let attempt = 0;
     const carried = { forward: 0, backward: 0 }; // by channels already closed
     const countBytes = () => {
       rec.channelBytes = {
-        forward: carried.forward + out.counters.forward,
-        backward: carried.backward + out.counters.backward,
+        forward: carried.forward + (out?.counters.forward ?? 0),
+        backward: carried.backward + (out?.counters.backward ?? 0),
       };
     };
     // A broken post-copy stream is re-opened on a fresh channel; the destination recovers.
@@ -223,40 +283,71 @@ export class PageHost {
       countBytes();
       carried.forward = rec.channelBytes.forward;
       carried.backward = rec.channelBytes.backward;
-      await out.close();
-      const next = channelTo(rec.recoveries + 1);
-      out = next;
-      await next.open();
+      await out?.close();
+      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt);
+      await out.open();
       rec.recoveries++;
-      this.log.info("post-copy recovery: channel re-opened", {
-        migration: o.migrationId,
-        attempt: rec.recoveries,
-      });
-      return next.qemuUri;
+      this.log.info("post-copy recovery: channel re-opened", { migration: rec.id, attempt });
+      return out.qemuUri;
     };
-    migrate(vm, out.qemuUri, {
-      mode: plan.mode,
+    const opts: MigrationOptions = {
+      mode: saved.mode!,
       preempt: this.opts.preempt,
-      maxBandwidth: o.maxBandwidth || undefined,
-      hybridRounds: plan.hybridRounds || undefined,
-      hybridSeconds: o.hybridSeconds || undefined,
+      maxBandwidth: saved.maxBandwidth || undefined,
+      hybridRounds: saved.hybridRounds || undefined,
+      hybridSeconds: saved.hybridSeconds || undefined,
       recover,
       onProgress: (p) => {
         countBytes();
         this.update(rec, p);
       },
-    })
+    };
+    (first ? migrate(vm, first.qemuUri, opts) : followMigration(vm, opts))
       .then(async (r) => {
         countBytes();
         this.update(rec, r.final);
-        await vm.stop(); // the source QEMU ends once the VM lives at the destination
+        saveMigration(vm, { ...saved, phase: "completed" });
+        // The VM lives at the destination now: this host forgets it, and its QEMU ends.
+        renameSync(vm.paths.specFile, `${vm.paths.specFile}.migrated`);
+        await vm.stop();
       })
       .catch((err: unknown) => {
-        rec.error = out.lastError ? `${(err as Error).message} (${out.lastError})` : (err as Error).message;
+        rec.error = out?.lastError ? `${(err as Error).message} (${out.lastError})` : (err as Error).message;
         this.update(rec, (err as MigrationError).progress, "failed");
+        saveMigration(vm, { ...saved, phase: "failed" });
       })
-      .finally(() => out.close());
-    return rec;
+      .finally(() => out?.close());
+  }
+
+  /**
+   * After a restart: adopts the QEMUs earlier runs left in runRoot, and picks up their
+   * unfinished migrations.
+   */
+  private async adoptAll(): Promise<void> {
+    for (const name of readdirSync(this.opts.runRoot)) {
+      const dir = join(this.opts.runRoot, name);
+      let vm: Vm | undefined;
+      try {
+        vm = await Vm.attach(dir, { log: this.log });
+      } catch (err) {
+        this.log.warn("cannot adopt a VM left by an earlier run", { dir, err });
+        continue;
+      }
+      if (!vm) continue;
+      this.vms.set(vm.spec.name, vm);
+      this.log.info("adopted VM", { vm: vm.spec.name, state: vm.state });
+      const saved = loadMigration(vm);
+      if (!saved || saved.phase || !isLive(vm.state)) continue;
+      const rec = this.record(saved.id, vm.spec.name, saved.role);
+      if (saved.role === "source") {
+        rec.mode = saved.mode;
+        rec.modeReason = "resumed after a page-server restart";
+        this.runOutgoing(vm, rec, saved);
+      } else {
+        this.expectIncoming(vm, rec);
+        this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
+      }
+    }
   }
 
   async abortMigration(id: string): Promise<void> {
@@ -309,5 +400,7 @@ export class PageHost {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.channel.forget(rec.id);
+    if (rec.phase === "completed" || rec.phase === "failed")
+      saveMigration(vm, { id: rec.id, role: rec.role, phase: rec.phase });
   }
 }

@@ -219,6 +219,13 @@ export class Vm extends EventEmitter<Events> {
     if (!ended) await this.kill();
   }
 
+  /** Lets go of QMP and the console, leaving QEMU running (for a page-server restart). */
+  async detach(): Promise<void> {
+    this.serialConsole?.close();
+    await this.qmpClient?.close();
+    this.child?.unref();
+  }
+
   /** SIGKILL, waits for the exit. */
   async kill(): Promise<void> {
     const c = this.child;
