@@ -1,7 +1,7 @@
 // Per-command rules of the transmission phase, as a table: which flags a command may carry,
 // whether it changes data, whether a payload follows, how out-of-range is reported.
 import * as C from "../protocol/constants.js";
-import { NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_EPERM } from "../protocol/errors.js";
+import { NBD_EINVAL, NBD_ENOSPC, NBD_EPERM } from "../protocol/errors.js";
 import type { Request } from "../protocol/transmission.js";
 
 export interface CommandRule {
@@ -112,7 +112,7 @@ export function validate(req: Request, ctx: RequestContext): { error: number; me
   if (req.type === C.NBD_CMD_TRIM && !(ctx.transmissionFlags & C.NBD_FLAG_SEND_TRIM))
     return bad(NBD_EINVAL, "not supported by this export");
   if (req.type === C.NBD_CMD_WRITE_ZEROES && !(ctx.transmissionFlags & C.NBD_FLAG_SEND_WRITE_ZEROES))
-    return bad(NBD_ENOTSUP, "not supported by this export");
+    return bad(NBD_EINVAL, "not supported by this export");
   if (req.type === C.NBD_CMD_BLOCK_STATUS && ctx.metaContext === 0)
     return bad(NBD_EINVAL, "no meta context was negotiated");
   if (rule.noRange) return null;
