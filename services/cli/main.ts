@@ -5,6 +5,10 @@ import { CliError } from "./errors.js";
 type CliModule = { run(argv: string[]): Promise<number> };
 
 const commands: Record<string, { describe: string; load: () => Promise<CliModule> }> = {
+  up: {
+    describe: "run the vmhop services on this machine (block-server, page-server)",
+    load: () => import("./up.js"),
+  },
   block: {
     describe: "NBD block-server: serve, status, cache-all, promote",
     load: () => import("../block-server/cli.js"),
