@@ -25,6 +25,7 @@ const t = gate(test, ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io"], "NBD server 
 t.before(async () => {
   makeImage(img, SIZE, REGIONS);
   makeImage(img1, 4 * MiB, [[0, 4 * MiB]]);
+  makeImage(join(tmp.path, "disk1.orig"), 4 * MiB, [[0, 4 * MiB]]);
   makeImage(ro, 2 * MiB, [[MiB, MiB]]);
   srv = await startServer(tmp.path, [
     { name: "disk0", path: img, description: "the main disk" },
@@ -110,6 +111,19 @@ t("nbdcopy over the unix socket, and to null:", async () => {
   await runOk("nbdcopy", [srv.unixUri("disk1"), out]);
   assert.ok(readFileSync(out).equals(readFileSync(img1)));
   await runOk("nbdcopy", [srv.uri("disk0"), "null:"]);
+});
+
+t("nbdcopy into an export (4 connections) writes byte for byte", async () => {
+  const src = join(tmp.path, "src.img");
+  makeImage(src, 4 * MiB, [
+    [0, 3 * MiB],
+    [3 * MiB + 8192, 4096],
+  ]);
+  await runOk("nbdcopy", ["--connections=4", "--threads=4", src, srv.uri("disk1")]);
+  assert.ok(readFileSync(img1).equals(readFileSync(src)), "export differs from the source");
+  // Put disk1 back as the later tests expect it.
+  await runOk("nbdcopy", [join(tmp.path, "disk1.orig"), srv.uri("disk1")]);
+  assert.ok(readFileSync(img1).equals(pattern(0, 4 * MiB)));
 });
 
 t("qemu-img info, convert, compare and map", async () => {

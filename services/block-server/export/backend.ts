@@ -73,6 +73,11 @@ export interface Backend {
    */
   cachedFileRange?(offset: number, length: number): { fd: number; offset: number } | null;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  /**
+   * Optional: a write given as consecutive pieces (the received network chunks), saving the
+   * copy into one buffer. Same ownership rule as `write`.
+   */
+  writev?(offset: number, parts: Buffer[], fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void>;

@@ -71,6 +71,34 @@ function pwriteFull(fd: number, buf: Buffer, position: number): Promise<void> {
   });
 }
 
+/** IOV_MAX on Linux: at most this many pieces per writev call. */
+const IOV_MAX = 1024;
+
+function pwritevFull(fd: number, parts: Buffer[], position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let i = 0; // first piece not fully written
+    let skip = 0; // bytes of parts[i] already written
+    let pos = position;
+    const step = () => {
+      const batch = parts.slice(i, i + IOV_MAX);
+      if (skip > 0) batch[0] = batch[0].subarray(skip);
+      fs.writev(fd, batch, pos, (err, n) => {
+        if (err) return reject(err);
+        pos += n;
+        while (i < parts.length && n >= parts[i].length - skip) {
+          n -= parts[i].length - skip;
+          skip = 0;
+          i++;
+        }
+        skip += n;
+        if (i < parts.length) step();
+        else resolve();
+      });
+    };
+    step();
+  });
+}
+
 function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
@@ -161,6 +189,12 @@ export class TargetBackend implements Backend {
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     const fd = this.check();
     await pwriteFull(fd, data, offset);
+    if (fua) await fdatasync(fd);
+  }
+
+  async writev(offset: number, parts: Buffer[], fua: boolean): Promise<void> {
+    const fd = this.check();
+    await pwritevFull(fd, parts, offset);
     if (fua) await fdatasync(fd);
   }
 

@@ -66,6 +66,19 @@ export class ByteQueue {
     return moved;
   }
 
+  /** Removes up to `n` bytes and returns them as views of the received chunks (no copy). */
+  takeChunks(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    while (n > 0 && this.chunks.length > 0) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length - this.head, n);
+      out.push(c.subarray(this.head, this.head + k));
+      n -= k;
+      this.skip(k);
+    }
+    return out;
+  }
+
   clear(): void {
     this.chunks = [];
     this.head = 0;

@@ -38,7 +38,8 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
 /** A WRITE whose payload is still arriving; `discard` ones are consumed and refused. */
 interface PendingPayload {
   req: T.Request;
-  buf: Buffer | null;
+  /** Received pieces (views of the network chunks), or null when discarding. */
+  parts: Buffer[] | null;
   got: number;
   error?: { error: number; message: string };
 }
@@ -187,7 +188,7 @@ export class Connection {
       const keep = invalid === null;
       this.payload = {
         req,
-        buf: keep ? this.pool.alloc(req.length) : null,
+        parts: keep ? [] : null,
         got: 0,
         error: invalid ?? undefined,
       };
@@ -206,21 +207,41 @@ export class Connection {
   private payloadStep(e: Export): boolean {
     const p = this.payload!;
     const want = p.req.length - p.got;
-    const n = p.buf ? this.queue.take(p.buf, p.got, want) : Math.min(want, this.queue.length);
-    if (!p.buf) this.queue.skip(n);
-    p.got += n;
+    if (p.parts) {
+      const got = this.queue.takeChunks(want);
+      for (const c of got) {
+        p.parts.push(c);
+        p.got += c.length;
+      }
+    } else {
+      const n = Math.min(want, this.queue.length);
+      this.queue.skip(n);
+      p.got += n;
+    }
     if (p.got < p.req.length) return false;
     this.payload = null;
     if (p.error) {
       e.stats.errors++;
       this.reply(p.req, p.error.error, p.error.message);
-    } else
-      this.run(
-        e,
-        p.req,
-        (b) => b.write(p.req.offset, p.buf!, (p.req.flags & C.NBD_CMD_FLAG_FUA) !== 0),
-        p.req.length,
-      );
+      return true;
+    }
+    const { req } = p;
+    const parts = p.parts!;
+    const fua = (req.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    this.run(
+      e,
+      req,
+      (b) => {
+        if (parts.length === 1) return b.write(req.offset, parts[0], fua);
+        if (b.writev) return b.writev(req.offset, parts, fua);
+        // One contiguous buffer for backends without writev; recycled afterwards.
+        const data = this.pool.alloc(req.length);
+        let at = 0;
+        for (const c of parts) at += c.copy(data, at);
+        return b.write(req.offset, data, fua).finally(() => this.pool.release(data));
+      },
+      req.length,
+    );
     return true;
   }
 
