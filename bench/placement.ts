@@ -5,9 +5,12 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { DayMetrics } from "../services/placement/metrics/summary.js";
-import { listPolicies } from "../services/placement/policies/registry.js";
+import { listPolicies, makePolicy } from "../services/placement/policies/registry.js";
+import { CLOUDSIM_COST } from "../services/placement/sim/cost-model.js";
 import { runDays } from "../services/placement/sim/run-days.js";
-import { listDays } from "../services/placement/traces/load.js";
+import { simulateDay } from "../services/placement/sim/simulate.js";
+import { listDays, loadDay } from "../services/placement/traces/load.js";
+import { mixDays } from "../services/placement/traces/mix.js";
 import {
   type BenchCase,
   flagValue,
@@ -146,6 +149,34 @@ export async function main(args: string[]): Promise<void> {
     console.log("\nvmhop against the goal (ESV < 0.5 × IQR-MMT-1.5, energy ≤ LR-MMT-1.2):");
     for (const [k, x] of Object.entries(goal)) console.log(`  ${k} = ${x.toFixed(3)}`);
   }
-  const file = writeResults("placement", cases, { days, means, agreement, goal });
+  const mixed = hasFlag(args, "--mixed") ? generalisation(traces, days) : [];
+  const file = writeResults("placement", cases, { days, means, agreement, goal, mixed });
   console.log(`\nwrote ${file}`);
+}
+
+/**
+ * `--mixed`: three seeded "unseen-like" days sampled from the shared ones (traces/mix.ts),
+ * vmhop against the goal's two references on each.
+ */
+function generalisation(traces: string, days: string[]): Record<string, string | number>[] {
+  const sources = days.map((d) => loadDay(traces, d));
+  const rows: Record<string, string | number>[] = [];
+  for (const seed of [1, 2, 3]) {
+    const day = mixDays(sources, seed);
+    const run = (p: string) => simulateDay(day, makePolicy(p, { cost: CLOUDSIM_COST }));
+    const v = run("vmhop");
+    const lr = run(FRUGAL);
+    const iqr = run(BEST_ESV);
+    rows.push({
+      day: day.day,
+      vms: day.vms.length,
+      vmhop_kwh: v.energy_kwh.toFixed(2),
+      vmhop_esv_e3: (v.esv * 1e3).toFixed(3),
+      energy_vs_lr: (v.energy_kwh / lr.energy_kwh).toFixed(3),
+      esv_vs_iqr: (v.esv / iqr.esv).toFixed(3),
+    });
+  }
+  console.log("\nGeneralisation: vmhop on days mixed from the shared ones");
+  printTable(rows);
+  return rows;
 }

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { test } from "uvu";
 import { parseVmFile, readCloudSimDir } from "../../services/placement/traces/cloudsim-dir.js";
 import { listDays, loadDay } from "../../services/placement/traces/load.js";
+import { mixDays } from "../../services/placement/traces/mix.js";
 import { TraceError } from "../../services/placement/traces/trace.js";
 import { parseDayTsv } from "../../services/placement/traces/tsv.js";
 
@@ -110,6 +111,28 @@ test("both layouts load from a directory, sorted by name", () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("mixed days: seeded sample of VMs, rotated in time", () => {
+  const src = [0, 1].map((d) => ({
+    day: `d${d}`,
+    vms: [...Array(50).keys()].map((i) => ({
+      name: `d${d}-${String(i).padStart(2, "0")}`,
+      samples: Float64Array.from({ length: 288 }, (_, k) => k / 288),
+    })),
+  }));
+  const a = mixDays(src, 3, 20, 40);
+  const b = mixDays(src, 3, 20, 40);
+  assert.deepEqual(a, b);
+  assert.ok(a.vms.length >= 20 && a.vms.length <= 40);
+  assert.equal(new Set(a.vms.map((v) => v.name)).size, a.vms.length, "no VM twice");
+  const names = a.vms.map((v) => v.name);
+  assert.deepEqual(names, [...names].sort());
+  // rotated: sample 0 is some k/288 and consecutive samples stay consecutive modulo the day
+  const s0 = a.vms[0].samples;
+  const k0 = Math.round(s0[0] * 288);
+  assert.ok(Math.abs(s0[1] - ((k0 + 1) % 288) / 288) < 1e-12);
+  assert.notDeepEqual(mixDays(src, 4, 20, 40), a);
 });
 
 test.run();
