@@ -81,6 +81,11 @@ export class Connection {
     socket.write(this.handshake.greeting());
   }
 
+  /** Write callback: once Node's queue empties, a paused connection may take requests again. */
+  private readonly flushed = (): void => {
+    if (this.paused) this.maybeResume();
+  };
+
   /** Hangs up at once (export removed, server closing). */
   close(reason: string): void {
     if (this.closed) return;
@@ -132,7 +137,7 @@ export class Connection {
     const r = this.handshake.step(this.queue.peek(this.queue.length));
     if ("need" in r) return false;
     this.queue.skip(r.consumed);
-    for (const b of r.out) this.socket.write(b);
+    for (const b of r.out) this.socket.write(b, this.flushed);
     if (r.hangup) {
       this.hangup(r.hangup);
       return false;
@@ -168,8 +173,10 @@ export class Connection {
     const s = this.session!;
     if (this.payload) return this.payloadStep(s.export);
     if (this.queue.length < C.REQUEST_SIZE) return false;
-    if (this.socket.writableNeedDrain) {
-      // The client is not reading replies: take no new requests until it does.
+    if (this.socket.writableLength > 0) {
+      // Replies are waiting in Node (the socket buffer is full): take no new requests until
+      // they are out. This bounds memory when a client does not read, and keeps READ replies
+      // on the zero-copy path, which needs an empty queue.
       this.pause();
       return false;
     }
@@ -271,7 +278,7 @@ export class Connection {
     if (!this.paused || this.closed) return;
     if (this.inflightBytes > this.limits.maxInflightBytes / 2) return;
     if (this.inflightRequests >= this.limits.maxInflightRequests) return;
-    if (this.socket.writableNeedDrain) return;
+    if (this.socket.writableLength > 0) return; // a write callback or 'drain' comes back
     this.paused = false;
     if (this.ending) {
       if (this.inflightRequests === 0) this.socket.destroySoon();
@@ -408,7 +415,7 @@ export class Connection {
     try {
       // Node's queue is empty, so writing to the fd directly keeps the byte order.
       const h = sendMore(this.sockFd, header);
-      if (h < header.length) sock.write(header.subarray(h));
+      if (h < header.length) sock.write(header.subarray(h), this.flushed);
       // Only if the header really left: else the data must queue behind it in Node.
       else sent = sendfile(this.sockFd, range.fd, range.offset, req.length);
       if (sent === req.length) readPaths.zeroCopy++;
@@ -423,7 +430,10 @@ export class Connection {
           got += n;
         }
         rest.fill(0, got);
-        sock.write(rest, () => this.pool.release(rest));
+        sock.write(rest, () => {
+          this.pool.release(rest);
+          this.flushed();
+        });
       }
     } catch (err) {
       // The header is out and the data cannot follow: the stream is out of sync.
@@ -444,8 +454,12 @@ export class Connection {
       sock.cork();
       sock.write(T.encodeSimpleReply(0, req.cookie));
       for (const p of pieces) {
-        if ("data" in p) sock.write(p.data, () => pool.release(p.data));
-        else sock.write(Buffer.alloc(p.hole));
+        if ("data" in p)
+          sock.write(p.data, () => {
+            pool.release(p.data);
+            this.flushed();
+          });
+        else sock.write(Buffer.alloc(p.hole), this.flushed);
       }
       sock.uncork();
       return;
@@ -458,8 +472,11 @@ export class Connection {
       const flags = i === pieces.length - 1 ? C.NBD_REPLY_FLAG_DONE : 0;
       if ("data" in p) {
         sock.write(T.encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length));
-        sock.write(p.data, () => pool.release(p.data));
-      } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole));
+        sock.write(p.data, () => {
+          pool.release(p.data);
+          this.flushed();
+        });
+      } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole), this.flushed);
     }
     sock.uncork();
   }
@@ -486,6 +503,7 @@ export class Connection {
         else if (!this.closed)
           this.socket.write(
             T.encodeBlockStatusChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, this.session!.metaContext, out),
+            this.flushed,
           );
         this.untrack(0);
       },
@@ -510,10 +528,13 @@ export class Connection {
     if (this.closed) return;
     const s = this.session!;
     const chunked = s.structured && (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_BLOCK_STATUS);
-    if (error === 0) this.socket.write(T.encodeSimpleReply(0, req.cookie));
+    if (error === 0) this.socket.write(T.encodeSimpleReply(0, req.cookie), this.flushed);
     else if (chunked)
-      this.socket.write(T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message));
-    else this.socket.write(T.encodeSimpleReply(error, req.cookie));
+      this.socket.write(
+        T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message),
+        this.flushed,
+      );
+    else this.socket.write(T.encodeSimpleReply(error, req.cookie), this.flushed);
   }
 }
 
