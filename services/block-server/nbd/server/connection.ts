@@ -436,8 +436,10 @@ export class Connection {
         });
       }
     } catch (err) {
-      // The header is out and the data cannot follow: the stream is out of sync.
-      this.log.error("zero-copy read failed after its header was sent", { err });
+      // The client is gone, or the header is out and the data cannot follow: hang up.
+      const gone = ["EPIPE", "ECONNRESET"].includes((err as { code?: string }).code ?? "");
+      if (gone) this.log.debug("client went away during a read reply", { err });
+      else this.log.error("zero-copy read failed after its header was sent", { err });
       sock.destroy();
     }
     return true;
