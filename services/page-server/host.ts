@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import { ChannelServer } from "./channel/inbound.js";
 import { ChannelOut } from "./channel/outbound.js";
+import { newCounters, type RelayCounters } from "./channel/relay.js";
 import { chooseMode, measureDirtyRate } from "./migration/auto.js";
 import {
   followMigration,
@@ -38,8 +39,8 @@ export interface MigrationRecord {
   role: "source" | "destination";
   phase: Phase;
   progress?: MigrationProgress;
-  /** Bytes the page-server channel carried (source side: to the destination, and back). */
-  channelBytes: { forward: number; backward: number };
+  /** Source side: bytes the page-server channel carried, as QEMU sent them and on the wire. */
+  channelBytes: RelayCounters;
   /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
   recoveries: number;
   /** Source: the mode used (what "auto" chose, and why). */
@@ -57,6 +58,8 @@ export interface StartMigrationOptions {
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
+  /** Deflate the channel (worth it on a slow link). */
+  compress?: boolean;
 }
 
 export interface PageHostOptions {
@@ -80,6 +83,7 @@ interface SavedMigration {
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
+  compress?: boolean;
   /** Set once it ended. */
   phase?: "completed" | "failed";
 }
@@ -211,7 +215,7 @@ export class PageHost {
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
-    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0);
+    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, o.compress);
     try {
       await out.open();
     } catch (err) {
@@ -243,16 +247,24 @@ export class PageHost {
       hybridRounds: plan.hybridRounds,
       hybridSeconds: o.hybridSeconds,
       maxBandwidth: o.maxBandwidth,
+      compress: o.compress,
     };
     saveMigration(vm, saved);
     this.runOutgoing(vm, rec, saved, out);
     return rec;
   }
 
-  private channelOut(vmId: string, migrationId: string, peer: string, attempt: number): ChannelOut {
+  private channelOut(
+    vmId: string,
+    migrationId: string,
+    peer: string,
+    attempt: number,
+    compress?: boolean,
+  ): ChannelOut {
     return new ChannelOut({
       migrationId,
       peer,
+      compress,
       socketPath: join(
         this.opts.runRoot,
         vmId,
@@ -271,20 +283,22 @@ export class PageHost {
   private runOutgoing(vm: Vm, rec: MigrationRecord, saved: SavedMigration, first?: ChannelOut): void {
     let out = first;
     let attempt = 0;
-    const carried = { forward: 0, backward: 0 }; // by channels already closed
+    let carried = newCounters(); // by channels already closed
     const countBytes = () => {
+      const now = out?.counters ?? newCounters();
       rec.channelBytes = {
-        forward: carried.forward + (out?.counters.forward ?? 0),
-        backward: carried.backward + (out?.counters.backward ?? 0),
+        forward: carried.forward + now.forward,
+        backward: carried.backward + now.backward,
+        wireForward: carried.wireForward + now.wireForward,
+        wireBackward: carried.wireBackward + now.wireBackward,
       };
     };
     // A broken post-copy stream is re-opened on a fresh channel; the destination recovers.
     const recover = async () => {
       countBytes();
-      carried.forward = rec.channelBytes.forward;
-      carried.backward = rec.channelBytes.backward;
+      carried = { ...rec.channelBytes };
       await out?.close();
-      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt);
+      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, saved.compress);
       await out.open();
       rec.recoveries++;
       this.log.info("post-copy recovery: channel re-opened", { migration: rec.id, attempt });
@@ -365,7 +379,7 @@ export class PageHost {
       vmId,
       role,
       phase: "setup",
-      channelBytes: { forward: 0, backward: 0 },
+      channelBytes: newCounters(),
       recoveries: 0,
       events: new EventEmitter(),
     };

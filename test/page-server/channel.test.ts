@@ -34,8 +34,14 @@ test.after(() => dir.cleanup());
 test("hello and reply round-trip, byte by byte, with trailing stream bytes left alone", () => {
   const wire = Buffer.concat([encodeHello("mig-42"), Buffer.from("QEVM")]);
   for (let i = 0; i < 14; i++) assert.is(decodeHello(wire.subarray(0, i)), null, `prefix ${i}`);
-  assert.equal(decodeHello(wire), { migrationId: "mig-42", recover: false, used: 14 });
-  assert.equal(decodeHello(encodeHello("m", true)), { migrationId: "m", recover: true, used: 9 });
+  assert.equal(decodeHello(wire), { migrationId: "mig-42", recover: false, compress: false, used: 14 });
+  assert.equal(decodeHello(encodeHello("m", { recover: true })), {
+    migrationId: "m",
+    recover: true,
+    compress: false,
+    used: 9,
+  });
+  assert.equal(decodeHello(encodeHello("m", { compress: true }))?.compress, true);
   const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
   assert.is(decodeReply(r.subarray(0, 5)), null);
   assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
@@ -66,7 +72,7 @@ test("the server refuses an unknown migration and garbage", async () => {
   server.expect("no-recovery", join(dir.path, "absent.sock"));
   for (const [hello, status] of [
     [encodeHello("nope"), ReplyStatus.UnknownMigration],
-    [encodeHello("no-recovery", true), ReplyStatus.RecoverFailed],
+    [encodeHello("no-recovery", { recover: true }), ReplyStatus.RecoverFailed],
     [Buffer.from("hello there\n"), ReplyStatus.BadHello],
   ] as const) {
     const c = connect(port, host);
@@ -80,11 +86,15 @@ test("the server refuses an unknown migration and garbage", async () => {
   }
 });
 
-for (const preempt of [false, true]) {
+for (const [preempt, compress] of [
+  [false, false],
+  [true, false],
+  [false, true],
+]) {
   migTest(
-    `post-copy${preempt ? " with preempt" : ""} through the channel: heartbeat unbroken, page requests came back`,
+    `post-copy${preempt ? " with preempt" : ""}${compress ? " compressed" : ""} through the channel: heartbeat unbroken`,
     async () => {
-      const tag = preempt ? "pe" : "ch";
+      const tag = preempt ? "pe" : compress ? "cz" : "ch";
       const { src, dst } = await bootPair(dir.path, tag, { memMib: 48, rateMib: 16, verifyMib: 48 }, vms);
       const server = new ChannelServer();
       const addr = await server.listen();
@@ -96,6 +106,7 @@ for (const preempt of [false, true]) {
         migrationId: "m1",
         peer: addr,
         socketPath: join(dir.path, `${tag}-out.sock`),
+        compress,
       });
       await out.open();
       closers.push(() => out.close());
@@ -112,8 +123,13 @@ for (const preempt of [false, true]) {
       assert.ok(out.counters.forward >= r.final.bytesTransferred, "channel carried less than QEMU sent");
       assert.ok(out.counters.backward > 0, "no return-path bytes (post-copy page requests)");
       assert.is(target.counters.forward, out.counters.forward);
+      assert.is(target.counters.wireForward, out.counters.wireForward);
+      const ratio = out.counters.wireForward / out.counters.forward;
+      if (compress) assert.ok(ratio < 0.8, `compression saved little: ratio ${ratio.toFixed(2)}`);
+      else assert.is(out.counters.wireForward, out.counters.forward);
       console.log(
-        `channel post-copy${preempt ? "+preempt" : ""}: wall ${r.wallMs} ms, ${out.counters.forward} B out, ` +
+        `channel post-copy${preempt ? "+preempt" : ""}${compress ? "+compress" : ""}: wall ${r.wallMs} ms, ` +
+          `${out.counters.forward} B out (${out.counters.wireForward} on the wire), ` +
           `${out.counters.backward} B back, fault requests ${r.final.postcopyRequests}, ` +
           `max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms`,
       );

@@ -1,7 +1,8 @@
 // The migration channel's opening exchange, first bytes of each TCP connection between
 // page-servers. Pure functions over bytes.
 //
-//   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy), u16 id length, id
+//   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy; bit 1: deflate the
+//          stream after the reply), u16 id length, id
 //   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
 //          message (UTF-8)
 // Everything after the hello/reply is QEMU's own migration stream, relayed unchanged.
@@ -25,21 +26,26 @@ export class ChannelProtocolError extends Error {
 }
 
 const FLAG_RECOVER = 1;
+const FLAG_COMPRESS = 2;
 
 export interface Hello {
   migrationId: string;
   /** Re-open a broken post-copy stream (QEMU postcopy recovery) instead of starting one. */
   recover: boolean;
+  compress: boolean;
 }
 
-export function encodeHello(migrationId: string, recover = false): Buffer {
+export function encodeHello(
+  migrationId: string,
+  flags: { recover?: boolean; compress?: boolean } = {},
+): Buffer {
   const id = Buffer.from(migrationId, "utf8");
   if (id.length === 0 || id.length > MAX_ID)
     throw new ChannelProtocolError(`migration id must be 1-${MAX_ID} bytes`);
   const b = Buffer.alloc(8 + id.length);
   HELLO_MAGIC.copy(b, 0);
   b[4] = HELLO_VERSION;
-  b[5] = recover ? FLAG_RECOVER : 0;
+  b[5] = (flags.recover ? FLAG_RECOVER : 0) | (flags.compress ? FLAG_COMPRESS : 0);
   b.writeUInt16BE(id.length, 6);
   id.copy(b, 8);
   return b;
@@ -53,11 +59,17 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
   if (buf.length < 5) return null;
   if (buf[4] !== HELLO_VERSION) throw new ChannelProtocolError(`unsupported channel version ${buf[4]}`);
   if (buf.length < 8) return null;
-  if (buf[5] & ~FLAG_RECOVER) throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
+  if (buf[5] & ~(FLAG_RECOVER | FLAG_COMPRESS))
+    throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
   const n = buf.readUInt16BE(6);
   if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
   if (buf.length < 8 + n) return null;
-  return { migrationId: buf.toString("utf8", 8, 8 + n), recover: (buf[5] & FLAG_RECOVER) !== 0, used: 8 + n };
+  return {
+    migrationId: buf.toString("utf8", 8, 8 + n),
+    recover: (buf[5] & FLAG_RECOVER) !== 0,
+    compress: (buf[5] & FLAG_COMPRESS) !== 0,
+    used: 8 + n,
+  };
 }
 
 export function encodeReply(status: ReplyStatus, message = ""): Buffer {

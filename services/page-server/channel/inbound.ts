@@ -5,7 +5,7 @@
 import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
-import { type RelayCounters, readPreamble, relay } from "./relay.js";
+import { newCounters, type RelayCounters, readPreamble, relay } from "./relay.js";
 
 export interface IncomingTarget {
   /** QEMU's `migrate-incoming unix:PATH` socket (after a recovery: its `migrate-recover` one). */
@@ -51,7 +51,7 @@ export class ChannelServer {
       qemuSocket,
       recover,
       recoveries: 0,
-      counters: { forward: 0, backward: 0 },
+      counters: newCounters(),
       connections: 0,
     };
     this.targets.set(migrationId, t);
@@ -75,8 +75,9 @@ export class ChannelServer {
     peer.on("error", () => {});
     let id: string;
     let recover: boolean;
+    let compress: boolean;
     try {
-      ({ migrationId: id, recover } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
+      ({ migrationId: id, recover, compress } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
     } catch (err) {
       this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
       peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
@@ -115,8 +116,12 @@ export class ChannelServer {
       target.connections++;
       peer.write(encodeReply(ReplyStatus.Ok));
       this.log.info("channel: relaying", { migration: id, connection: target.connections });
-      relay(peer, qemu, target.counters, (err) => {
-        if (err) this.log.warn("channel: relay ended with an error", { migration: id, err });
+      relay(qemu, peer, target.counters, {
+        side: "destination",
+        compress,
+        onEnd: (err) => {
+          if (err) this.log.warn("channel: relay ended with an error", { migration: id, err });
+        },
       });
       peer.resume();
     });

@@ -5,7 +5,7 @@ import { unlinkSync } from "node:fs";
 import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeReply, encodeHello, ReplyStatus } from "./hello.js";
-import { type RelayCounters, readPreamble, relay } from "./relay.js";
+import { newCounters, type RelayCounters, readPreamble, relay } from "./relay.js";
 
 export interface OutboundOptions {
   migrationId: string;
@@ -15,11 +15,13 @@ export interface OutboundOptions {
   socketPath: string;
   /** Re-open a paused post-copy: the first connection asks the destination to recover. */
   recover?: boolean;
+  /** Deflate the stream on the wire (worth it on a slow link, not on loopback). */
+  compress?: boolean;
   log?: Logger;
 }
 
 export class ChannelOut {
-  readonly counters: RelayCounters = { forward: 0, backward: 0 };
+  readonly counters: RelayCounters = newCounters();
   connections = 0;
   /** The last failure, for the migration's error report. */
   lastError: string | undefined;
@@ -83,7 +85,7 @@ export class ChannelOut {
         peer.once("connect", resolve);
         peer.once("error", reject);
       });
-      peer.write(encodeHello(this.opts.migrationId, recover));
+      peer.write(encodeHello(this.opts.migrationId, { recover, compress: this.opts.compress }));
       const reply = await readPreamble(peer, decodeReply, 10_000);
       if (reply.status !== ReplyStatus.Ok)
         throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
@@ -113,11 +115,15 @@ export class ChannelOut {
     }
     this.connections++;
     this.log.info("channel: relaying", { connection: this.connections });
-    relay(qemu, peer, this.counters, (err) => {
-      if (err) {
-        this.lastError = err.message;
-        this.log.warn("channel: relay ended with an error", { err });
-      }
+    relay(qemu, peer, this.counters, {
+      side: "source",
+      compress: this.opts.compress,
+      onEnd: (err) => {
+        if (err) {
+          this.lastError = err.message;
+          this.log.warn("channel: relay ended with an error", { err });
+        }
+      },
     });
     qemu.resume();
     peer.resume();

@@ -1,41 +1,69 @@
-// Joins two sockets both ways (QEMU's migration stream is duplex: post-copy page requests
-// come back on it), counting bytes, with back-pressure, and tears both down together.
+// Joins QEMU's socket and the wire (TCP to the peer page-server) both ways — QEMU's
+// migration stream is duplex: post-copy page requests come back on it — with back-pressure,
+// optional compression, byte counts, and both sides torn down together.
 import type { Socket } from "node:net";
+import { constants, createDeflateRaw, createInflateRaw } from "node:zlib";
 
+/** Bytes source → destination ("forward") and back, as QEMU sees them and on the wire. */
 export interface RelayCounters {
-  /** Bytes from the first socket to the second, and back. */
   forward: number;
   backward: number;
+  wireForward: number;
+  wireBackward: number;
 }
 
-export function relay(a: Socket, b: Socket, counters: RelayCounters, onEnd?: (err?: Error) => void): void {
-  a.setNoDelay(true);
-  b.setNoDelay?.(true);
-  a.on("data", (d: Buffer) => {
-    counters.forward += d.length;
-  });
-  b.on("data", (d: Buffer) => {
-    counters.backward += d.length;
-  });
-  a.pipe(b);
-  b.pipe(a);
+export function newCounters(): RelayCounters {
+  return { forward: 0, backward: 0, wireForward: 0, wireBackward: 0 };
+}
+
+export interface RelayOptions {
+  /** Which end of the migration this page-server is (says which way is forward). */
+  side: "source" | "destination";
+  /** Deflate the wire (level 1, flushed per chunk so a page request is never held back). */
+  compress?: boolean;
+  onEnd?: (err?: Error) => void;
+}
+
+export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts: RelayOptions): void {
+  wire.setNoDelay(true);
+  const out = opts.side === "source";
+  const count = (s: NodeJS.ReadableStream, key: keyof RelayCounters) =>
+    s.on("data", (d: Buffer) => {
+      counters[key] += d.length;
+    });
+  count(qemu, out ? "forward" : "backward");
+  count(wire, out ? "wireBackward" : "wireForward");
+  const streams: NodeJS.EventEmitter[] = [qemu, wire];
+  if (opts.compress) {
+    const deflate = createDeflateRaw({ level: 1, flush: constants.Z_SYNC_FLUSH });
+    const inflate = createInflateRaw();
+    count(deflate, out ? "wireForward" : "wireBackward");
+    count(inflate, out ? "backward" : "forward");
+    qemu.pipe(deflate).pipe(wire);
+    wire.pipe(inflate).pipe(qemu);
+    streams.push(deflate, inflate);
+  } else {
+    count(qemu, out ? "wireForward" : "wireBackward");
+    count(wire, out ? "backward" : "forward");
+    qemu.pipe(wire);
+    wire.pipe(qemu);
+  }
   // An orderly end flows through pipe() (end() flushes what is buffered); only an error
-  // tears both sides down at once.
+  // tears everything down at once.
   let failed: Error | undefined;
   const fail = (err: Error) => {
     if (failed) return;
     failed = err;
-    a.destroy();
-    b.destroy();
+    qemu.destroy();
+    wire.destroy();
   };
-  a.on("error", fail);
-  b.on("error", fail);
+  for (const s of streams) s.on("error", fail);
   let closed = 0;
   const onClose = () => {
-    if (++closed === 2) onEnd?.(failed);
+    if (++closed === 2) opts.onEnd?.(failed);
   };
-  a.once("close", onClose);
-  b.once("close", onClose);
+  qemu.once("close", onClose);
+  wire.once("close", onClose);
 }
 
 /** Reads from `s` until `parse` returns a value; bytes after it are pushed back (unshift). */

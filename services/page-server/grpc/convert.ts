@@ -102,7 +102,8 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
   return {
     migrationId: r.id,
     phase: phases[r.phase],
-    bytesSent: r.role === "source" ? Math.max(r.channelBytes.forward, p?.bytesTransferred ?? 0) : 0,
+    // On the wire when the page-server channel carried it (compressed, if asked), else QEMU's count.
+    bytesSent: r.role === "source" ? r.channelBytes.wireForward || (p?.bytesTransferred ?? 0) : 0,
     bytesRemaining: p?.bytesRemaining ?? 0,
     pagesRequestedOnFault: p?.postcopyRequests ?? 0,
     blocktimeMs: p?.postcopyBlocktimeMs ?? 0,

@@ -62,6 +62,7 @@ export function pageService(host: PageHost): ServiceRegistration {
         precopyRounds: number;
         precopySeconds: number;
         maxBandwidthBytesPerSecond: number;
+        compress: boolean;
       }) => {
         const rec = await host.startMigration({
           vmId: req.vmId,
@@ -71,6 +72,7 @@ export function pageService(host: PageHost): ServiceRegistration {
           hybridRounds: req.precopyRounds,
           hybridSeconds: req.precopySeconds,
           maxBandwidth: req.maxBandwidthBytesPerSecond,
+          compress: req.compress,
         });
         outgoing.add(req.vmId);
         const done = (r: MigrationRecord) => {
