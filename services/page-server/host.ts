@@ -327,7 +327,8 @@ export class PageHost {
       })
       .catch((err: unknown) => {
         rec.error = out?.lastError ? `${(err as Error).message} (${out.lastError})` : (err as Error).message;
-        this.update(rec, (err as MigrationError).progress, "failed");
+        const progress = (err as MigrationError).progress;
+        this.update(rec, progress, progress?.status === "cancelled" ? "cancelled" : "failed");
         saveMigration(vm, { ...saved, phase: "failed" });
       })
       .finally(() => out?.close());

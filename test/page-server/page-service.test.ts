@@ -170,6 +170,65 @@ migTest(
   },
 );
 
+migTest(
+  "abort during pre-copy: the VM keeps running at the source, the destination reports failure",
+  async () => {
+    const guest = await ensureGuest();
+    const a = await pageServer("abort-a");
+    const b = await pageServer("abort-b");
+    const spec = VmSpec.fromPartial({
+      vmId: "vm2",
+      vcpus: 1,
+      memoryMib: 128,
+      kernelPath: guest.kernel,
+      initrdPath: guest.initrd,
+      kernelCmdline: guestCmdline({ memMib: 16, rateMib: 2, verifyMib: 16 }),
+    });
+    await call(a.client, "defineVm", { spec });
+    const started = await call<{ vm: { serialLogPath: string } }>(a.client, "startVm", { vmId: "vm2" });
+    const srcLog = started.vm.serialLogPath;
+    await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
+    const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
+      spec,
+      migrationId: "mig-abort",
+    });
+    await call(
+      a.client,
+      "startMigration",
+      StartMigrationRequest.fromPartial({
+        vmId: "vm2",
+        migrationId: "mig-abort",
+        channelAddress,
+        mode: MigrationMode.MIGRATION_MODE_PRECOPY,
+        maxBandwidthBytesPerSecond: 2 << 20, // long enough to abort mid-way
+      }),
+    );
+    const inspect = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(inspect.vm.state, VmState.VM_STATE_MIGRATING);
+    await until("pre-copy under way", () =>
+      a.host.migration("mig-abort").phase === "precopy" ? true : undefined,
+    );
+    await call(a.client, "abortMigration", { migrationId: "mig-abort" });
+    const updates: WatchMigrationResponse[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const s = a.client.watchMigration({ migrationId: "mig-abort" });
+      s.on("data", (m: WatchMigrationResponse) => updates.push(m));
+      s.on("error", reject);
+      s.on("end", () => resolve());
+    });
+    assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_CANCELLED);
+    const src = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(src.vm.state, VmState.VM_STATE_RUNNING);
+    const at = heartbeats([srcLog]).at(-1)!.counter;
+    await until("heartbeats after the abort", () => heartbeats([srcLog]).find((h) => h.counter >= at + 3));
+    const dst = await until("the destination to give up", () => {
+      const r = b.host.migration("mig-abort");
+      return r.phase === "failed" ? r : undefined;
+    });
+    assert.ok((dst.error ?? "").length > 0);
+  },
+);
+
 migTest("errors map to gRPC statuses", async () => {
   const a = await pageServer("host-err");
   const expectCode = async (p: Promise<unknown>, code: status, re: RegExp) => {
