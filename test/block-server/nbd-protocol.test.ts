@@ -22,8 +22,18 @@ async function client(): Promise<RawClient> {
   return c;
 }
 
-/** A fresh client negotiates and reads back known data: the server is still serving. */
+let bystander: RawClient;
+let bystanderCookie = 1000n;
+
+/**
+ * The server is still serving: a client connected all along still reads known data, and a
+ * fresh client can negotiate and read.
+ */
 async function healthy(): Promise<void> {
+  const cookie = bystanderCookie++;
+  bystander.request(P.NBD_CMD_READ, MiB + 8192, 4096, cookie);
+  assert.equal(await bystander.simpleReply(), { error: 0, cookie });
+  assert.ok((await bystander.read(4096)).equals(pattern(MiB + 8192, 4096)));
   const c = await client();
   const { size } = await c.go("disk");
   assert.is(size, SIZE);
@@ -48,6 +58,8 @@ test.before(async () => {
     ],
     { limits: { maxInflightBytes: 8 * MiB, handshakeTimeoutMs: 1000 } },
   );
+  bystander = await client();
+  await bystander.go("disk");
 });
 
 test.after(async () => {
