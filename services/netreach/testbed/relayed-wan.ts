@@ -38,7 +38,10 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
   const waiting = new Map<number, (r: { ok: boolean; error?: string }) => void>();
 
   const start = async () => {
-    await createNetns(opts.netns, { sysctls: { "net.ipv6.conf.default.accept_dad": "0" } });
+    // No DAD: the relay binds the underlay addresses right after they are added.
+    await createNetns(opts.netns, {
+      sysctls: { "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0" },
+    });
     child = spawnIn(opts.netns, process.execPath, ["--import", "tsx", relayMain], {
       cwd: repoRoot,
       stdio: ["pipe", "pipe", "inherit"],
