@@ -404,6 +404,29 @@ test("write, FUA write, WRITE_ZEROES (NO_HOLE, FAST_ZERO), TRIM, CACHE, FLUSH th
   assert.is((await c.closed()).length, 0);
 });
 
+test("DISC after pipelined requests: every request is answered, then the server closes", async () => {
+  const c = await client();
+  await c.go("disk");
+  for (let i = 0; i < 8; i++) c.request(P.NBD_CMD_READ, MiB + i * 4096, 4096, BigInt(i));
+  // Writes and a flush run asynchronously: several are still running when DISC arrives.
+  for (let i = 0; i < 3; i++)
+    c.request(P.NBD_CMD_WRITE, 14 * MiB + i * 4096, 4096, 50n + BigInt(i), 0, Buffer.alloc(4096, 0x77));
+  c.request(P.NBD_CMD_FLUSH, 0, 0, 100n);
+  c.request(P.NBD_CMD_DISC, 0, 0, 101n);
+  const cookies: bigint[] = [];
+  for (let i = 0; i < 12; i++) {
+    const r = await c.simpleReply();
+    assert.is(r.error, 0);
+    cookies.push(r.cookie);
+    if (r.cookie < 50n) assert.ok((await c.read(4096)).equals(pattern(MiB + Number(r.cookie) * 4096, 4096)));
+  }
+  assert.equal(
+    cookies.sort((a, b) => Number(a - b)),
+    [0n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 50n, 51n, 52n, 100n],
+  );
+  assert.is((await c.closed()).length, 0, "nothing after the last reply, then close");
+});
+
 test("pipelined requests are all answered, each with its own data", async () => {
   const c = await client();
   await c.go("disk");

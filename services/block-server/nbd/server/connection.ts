@@ -54,6 +54,8 @@ export class Connection {
   private inflightRequests = 0;
   private paused = false;
   private ending = false;
+  /** destroySoon() was called. */
+  private finishing = false;
   private closed = false;
   /** The socket's file descriptor for sendfile(2); -1 where Node does not expose one. */
   private readonly sockFd: number;
@@ -113,6 +115,7 @@ export class Connection {
     this.log.info("closing connection", { reason });
     this.queue.clear();
     this.socket.pause();
+    this.finishing = true;
     this.socket.destroySoon();
   }
 
@@ -275,15 +278,20 @@ export class Connection {
   }
 
   private maybeResume(): void {
-    if (!this.paused || this.closed) return;
+    if (this.closed) return;
+    if (this.ending) {
+      // After DISC: close once the last running request has replied (queued replies still go).
+      if (this.inflightRequests === 0 && !this.finishing) {
+        this.finishing = true;
+        this.socket.destroySoon();
+      }
+      return;
+    }
+    if (!this.paused) return;
     if (this.inflightBytes > this.limits.maxInflightBytes / 2) return;
     if (this.inflightRequests >= this.limits.maxInflightRequests) return;
     if (this.socket.writableLength > 0) return; // a write callback or 'drain' comes back
     this.paused = false;
-    if (this.ending) {
-      if (this.inflightRequests === 0) this.socket.destroySoon();
-      return;
-    }
     this.socket.resume();
     this.pump();
   }
@@ -291,10 +299,10 @@ export class Connection {
   /** NBD_CMD_DISC: stop reading, finish what is running, then close. */
   private disconnect(): void {
     this.ending = true;
+    this.paused = true;
     this.queue.clear();
     this.socket.pause();
-    if (this.inflightRequests === 0) this.socket.destroySoon();
-    else this.paused = true; // maybeResume() closes once the last reply is out
+    this.maybeResume();
   }
 
   private dispatch(e: Export, req: T.Request): void {
