@@ -13,10 +13,9 @@ const reflectionProto = require
 type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 function ctor(protoFile: string, path: string[]): grpc.ServiceClientConstructor {
-  const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { keepCase: true, enums: String })) as Record<
-    string,
-    unknown
-  >;
+  const pkg = grpc.loadPackageDefinition(
+    protoLoader.loadSync(protoFile, { keepCase: true, enums: String }),
+  ) as Record<string, unknown>;
   return path.reduce<unknown>(
     (o, k) => (o as Record<string, unknown>)[k],
     pkg,
@@ -37,50 +36,40 @@ export async function healthCheck(address: string, service = ""): Promise<string
   }
 }
 
-/** Asks server reflection for the list of services, as `grpcurl ADDR list` does. */
-export async function reflectionListServices(address: string): Promise<string[]> {
+interface ReflectionResponse {
+  list_services_response?: { service: { name: string }[] };
+  file_descriptor_response?: { file_descriptor_proto: Buffer[] };
+  error_response?: { error_message: string };
+}
+
+/** One request/response exchange on the reflection stream, as grpcurl does it. */
+async function reflect(address: string, request: Record<string, string>): Promise<ReflectionResponse> {
   const Reflection = ctor(reflectionProto, ["grpc", "reflection", "v1", "ServerReflection"]);
   const c = new Reflection(address, grpc.credentials.createInsecure()) as unknown as AnyClient;
   try {
     return await new Promise((resolve, reject) => {
-      const call = c.ServerReflectionInfo() as grpc.ClientDuplexStream<
-        unknown,
-        { list_services_response?: { service: { name: string }[] } }
-      >;
+      const call = c.ServerReflectionInfo() as grpc.ClientDuplexStream<unknown, ReflectionResponse>;
       call.on("data", (res) => {
-        resolve((res.list_services_response?.service ?? []).map((s: { name: string }) => s.name).sort());
         call.end();
+        if (res.error_response) reject(new Error(res.error_response.error_message));
+        else resolve(res);
       });
       call.on("error", reject);
-      call.write({ list_services: "" });
+      call.write(request);
     });
   } finally {
     c.close();
   }
 }
 
-/** Asks reflection for the file defining a symbol; returns the serialized descriptors' count. */
+/** The services a server lists, as `grpcurl ADDR list` shows them. */
+export async function reflectionListServices(address: string): Promise<string[]> {
+  const res = await reflect(address, { list_services: "" });
+  return (res.list_services_response?.service ?? []).map((s) => s.name).sort();
+}
+
+/** How many file descriptors reflection returns for the file defining a symbol. */
 export async function reflectionFileContaining(address: string, symbol: string): Promise<number> {
-  const Reflection = ctor(reflectionProto, ["grpc", "reflection", "v1", "ServerReflection"]);
-  const c = new Reflection(address, grpc.credentials.createInsecure()) as unknown as AnyClient;
-  try {
-    return await new Promise((resolve, reject) => {
-      const call = c.ServerReflectionInfo() as grpc.ClientDuplexStream<
-        unknown,
-        {
-          file_descriptor_response?: { file_descriptor_proto: Buffer[] };
-          error_response?: { error_message: string };
-        }
-      >;
-      call.on("data", (res) => {
-        call.end();
-        if (res.error_response) reject(new Error(res.error_response.error_message));
-        else resolve(res.file_descriptor_response?.file_descriptor_proto.length ?? 0);
-      });
-      call.on("error", reject);
-      call.write({ file_containing_symbol: symbol });
-    });
-  } finally {
-    c.close();
-  }
+  const res = await reflect(address, { file_containing_symbol: symbol });
+  return res.file_descriptor_response?.file_descriptor_proto.length ?? 0;
 }

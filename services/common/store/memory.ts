@@ -1,7 +1,7 @@
 // Embedded store: a Map with lazy expiry and an in-process event bus. Same semantics as
 // the Redis store for everything one process can observe.
 import { EventEmitter } from "node:events";
-import { type SetOptions, type Store, StoreError, type Unsubscribe } from "./store.js";
+import { checkTtl, type SetOptions, type Store, StoreError, type Unsubscribe } from "./store.js";
 
 interface Entry {
   value: string;
@@ -33,8 +33,7 @@ export class MemoryStore implements Store {
   }
 
   private put(key: string, value: string, opts?: SetOptions): void {
-    if (opts?.ttlMs !== undefined && !(opts.ttlMs > 0))
-      throw new StoreError(`ttlMs must be > 0, got ${opts.ttlMs}`);
+    checkTtl(opts);
     this.data.set(key, { value, expiresAt: opts?.ttlMs ? Date.now() + opts.ttlMs : undefined });
   }
 

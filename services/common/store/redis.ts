@@ -1,7 +1,7 @@
 // Redis store (node-redis). Conditional updates are Lua scripts so they are atomic on the
 // server; keys live under a prefix so several meshes (or test runs) can share one Redis.
 import { createClient, type RedisClientType } from "redis";
-import { type SetOptions, type Store, StoreError, type Unsubscribe } from "./store.js";
+import { checkTtl, type SetOptions, type Store, StoreError, type Unsubscribe } from "./store.js";
 
 const CAS = `
 local cur = redis.call('GET', KEYS[1])
@@ -79,8 +79,7 @@ export class RedisStore implements Store {
   }
 
   async set(key: string, value: string, opts?: SetOptions): Promise<void> {
-    if (opts?.ttlMs !== undefined && !(opts.ttlMs > 0))
-      throw new StoreError(`ttlMs must be > 0, got ${opts.ttlMs}`);
+    checkTtl(opts);
     await this.run("SET", () =>
       this.client.set(
         this.k(key),
@@ -100,8 +99,7 @@ export class RedisStore implements Store {
     value: string,
     opts?: SetOptions,
   ): Promise<boolean> {
-    if (opts?.ttlMs !== undefined && !(opts.ttlMs > 0))
-      throw new StoreError(`ttlMs must be > 0, got ${opts.ttlMs}`);
+    checkTtl(opts);
     const r = await this.run("CAS", () =>
       this.client.eval(CAS, {
         keys: [this.k(key)],

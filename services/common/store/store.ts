@@ -38,3 +38,9 @@ export class StoreError extends Error {
     this.name = "StoreError";
   }
 }
+
+/** Both stores refuse the same bad TTLs with the same message. */
+export function checkTtl(opts?: SetOptions): void {
+  if (opts?.ttlMs !== undefined && !(opts.ttlMs > 0))
+    throw new StoreError(`ttlMs must be > 0, got ${opts.ttlMs}`);
+}
