@@ -1,0 +1,273 @@
+// `npm run bench -- migration [--quick] [--runs N] [--paths loopback,wan] [--modes precopy,postcopy,hybrid]
+//   [--wan-delay-ms 25] [--wan-mbit 450]`: one guest and workload, migrated QEMU-to-QEMU directly
+// ("qemu-direct", the reference) and through two page-servers ("vmhop": raw TCP channel), in
+// pre-copy, pure post-copy and hybrid (one pre-copy round, then post-copy), on loopback and on
+// an emulated WAN (the project's delay/rate relay between the two ends). The guest's largest
+// heartbeat gap is measured on the host: QEMU's "downtime" hides post-copy fault stalls.
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildGuest } from "../deploy/guest/build/build.js";
+import { guestArtefacts, guestCmdline } from "../deploy/guest/build/paths.js";
+import { startRelay } from "../deploy/testbed/relay.js";
+import { PageHost } from "../services/page-server/host.js";
+import {
+  type MigrationMode,
+  type MigrationResult,
+  migrate,
+  prepareIncoming,
+} from "../services/page-server/migration/driver.js";
+import { isFinalPhase } from "../services/page-server/migration/phase.js";
+import type { MigrationProgress } from "../services/page-server/migration/status.js";
+import type { VmSpec } from "../services/page-server/vm/spec.js";
+import { Vm } from "../services/page-server/vm/vm.js";
+import {
+  type BenchCase,
+  flagValue,
+  hasFlag,
+  type Metrics,
+  printTable,
+  summarise,
+  writeResults,
+} from "./lib/report.js";
+
+type Subject = "qemu-direct" | "vmhop";
+type PathKind = "loopback" | "wan";
+
+interface Setup {
+  memoryMib: number;
+  workMib: number;
+  rateMib: number;
+  timeoutMs: number;
+  wanDelayMs: number;
+  wanMbit: number;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const a = srv.address();
+      srv.close(() => resolve(typeof a === "object" && a ? a.port : 0));
+    });
+  });
+}
+
+function spec(name: string, s: Setup): VmSpec {
+  const g = guestArtefacts();
+  return {
+    name,
+    vcpus: 1,
+    memoryMib: s.memoryMib,
+    kernel: g.kernel,
+    initrd: g.initrd,
+    cmdline: guestCmdline({ memMib: s.workMib, rateMib: s.rateMib, verifyMib: 32 }),
+  };
+}
+
+/** A WAN between `target` and whoever connects to the returned address, or the target itself. */
+async function pathTo(target: string, path: PathKind, s: Setup, closers: (() => Promise<void>)[]) {
+  if (path === "loopback") return target;
+  const relay = await startRelay({ target, delayMs: s.wanDelayMs, rateBitsPerSecond: s.wanMbit * 1e6 });
+  closers.push(() => relay.close());
+  return relay.address;
+}
+
+function metrics(
+  r: MigrationResult | undefined,
+  last: MigrationProgress | undefined,
+  wallMs: number,
+  gapMs: number,
+  verifyErrors: number,
+  wireBytes?: number,
+): Metrics {
+  const p = r?.final ?? last;
+  const total = r ? r.wallMs : wallMs;
+  // QEMU 7.2 sometimes reports a post-copy downtime larger than the whole migration: drop it.
+  const downtime = p?.downtimeMs !== undefined && p.downtimeMs <= total ? p.downtimeMs : null;
+  return {
+    total_ms: total,
+    bytes_total: p?.bytesTransferred ?? 0,
+    bytes_before_resume: (p?.precopyBytes ?? 0) + (p?.downtimeBytes ?? 0),
+    downtime_ms: downtime,
+    max_guest_gap_ms: gapMs,
+    converged: r !== undefined,
+    verify_errors: verifyErrors,
+    wire_bytes: wireBytes ?? null,
+  };
+}
+
+/** Boots the source, waits for a verification pass, and resets the gap measurement. */
+async function bootSource(vm: Vm): Promise<void> {
+  await vm.serial.waitForHeartbeat((h) => h.passes >= 1, 120_000);
+  vm.serial.tracker.resetGap();
+  vm.serial.tracker.stats.maxGapMs = 0;
+}
+
+/** After the switch, a few seconds of destination heartbeats so a late stall shows in the gap. */
+async function settle(dst: Vm): Promise<{ gapMs: number; errors: number }> {
+  const at = dst.serial.tracker.stats.last?.counter ?? 0;
+  await dst.serial.waitForHeartbeat((h) => h.counter >= at + 20, 60_000).catch(() => undefined);
+  const st = dst.serial.tracker.stats;
+  return { gapMs: st.maxGapMs, errors: (st.last?.memErrors ?? 0) + st.errorLines };
+}
+
+async function runDirect(mode: MigrationMode, path: PathKind, s: Setup, dir: string): Promise<Metrics> {
+  const closers: (() => Promise<void>)[] = [];
+  const src = new Vm(spec("bench-src", s), { runDir: join(dir, "src") });
+  const dst = new Vm(spec("bench-dst", s), { runDir: join(dir, "dst") });
+  try {
+    await src.start();
+    await bootSource(src);
+    await dst.start({ incoming: true });
+    dst.serial.continueFrom(src.serial);
+    const port = await freePort();
+    await prepareIncoming(dst, `tcp:127.0.0.1:${port}`, { mode });
+    const via = await pathTo(`127.0.0.1:${port}`, path, s, closers);
+    let last: MigrationProgress | undefined;
+    const t0 = Date.now();
+    const r = await migrate(src, `tcp:${via}`, {
+      mode,
+      hybridRounds: 1,
+      timeoutMs: s.timeoutMs,
+      onProgress: (p) => {
+        last = p;
+      },
+    }).catch(() => undefined);
+    const wall = Date.now() - t0;
+    const { gapMs, errors } = r ? await settle(dst) : { gapMs: src.serial.tracker.stats.maxGapMs, errors: 0 };
+    return metrics(r, last, wall, gapMs, errors);
+  } finally {
+    await src.kill();
+    await dst.kill();
+    for (const c of closers) await c();
+  }
+}
+
+async function runVmhop(
+  mode: MigrationMode,
+  path: PathKind,
+  s: Setup,
+  dir: string,
+  n: number,
+): Promise<Metrics> {
+  const closers: (() => Promise<void>)[] = [];
+  const a = new PageHost({ runRoot: join(dir, "a") });
+  const b = new PageHost({ runRoot: join(dir, "b") });
+  try {
+    for (const h of [a, b]) await h.open();
+    closers.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    const vmSpec = spec("bench-vm", s);
+    a.define(vmSpec);
+    const src = await a.start(vmSpec.name);
+    await bootSource(src);
+    const id = `bench-${n}`;
+    const channel = await b.prepareIncoming(vmSpec, id);
+    const dst = b.get(vmSpec.name);
+    dst.serial.continueFrom(src.serial);
+    const via = await pathTo(channel, path, s, closers);
+    const t0 = Date.now();
+    const rec = await a.startMigration({
+      vmId: vmSpec.name,
+      migrationId: id,
+      channelAddress: via,
+      mode,
+      hybridRounds: 1,
+    });
+    const deadline = t0 + s.timeoutMs;
+    while (!isFinalPhase(rec.phase) && Date.now() < deadline) await sleep(50);
+    const wall = Date.now() - t0;
+    if (rec.phase !== "completed") {
+      if (!isFinalPhase(rec.phase)) await a.abortMigration(id).catch(() => undefined);
+      return metrics(
+        undefined,
+        rec.progress,
+        wall,
+        src.serial.tracker.stats.maxGapMs,
+        0,
+        rec.channelBytes.wireForward,
+      );
+    }
+    const { gapMs, errors } = await settle(dst);
+    const r: MigrationResult = { final: rec.progress!, wallMs: wall, recoveries: rec.recoveries };
+    return metrics(
+      r,
+      rec.progress,
+      wall,
+      gapMs,
+      errors,
+      rec.channelBytes.wireForward + rec.channelBytes.wireBackward,
+    );
+  } finally {
+    for (const c of closers.reverse()) await c().catch(() => undefined);
+  }
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = hasFlag(args, "--quick");
+  const runs = Number(flagValue(args, "--runs") ?? (quick ? 1 : 3));
+  const paths = (flagValue(args, "--paths") ?? "loopback,wan").split(",") as PathKind[];
+  const modes = (flagValue(args, "--modes") ?? "precopy,postcopy,hybrid").split(",") as MigrationMode[];
+  const s: Setup = {
+    memoryMib: quick ? 160 : 512,
+    workMib: quick ? 48 : 256,
+    rateMib: quick ? 64 : 400,
+    timeoutMs: quick ? 20_000 : 40_000,
+    wanDelayMs: Number(flagValue(args, "--wan-delay-ms") ?? 25),
+    wanMbit: Number(flagValue(args, "--wan-mbit") ?? 450),
+  };
+  if (!Number.isInteger(runs) || runs < 1) throw new Error("--runs must be a positive integer");
+  if (paths.some((p) => p !== "loopback" && p !== "wan")) throw new Error("--paths takes loopback,wan");
+  if (modes.some((m) => !["precopy", "postcopy", "hybrid"].includes(m)))
+    throw new Error("--modes takes precopy,postcopy,hybrid");
+  await buildGuest({ progress: () => {} });
+
+  const cases: BenchCase[] = [];
+  const rows: Record<string, string | number>[] = [];
+  let n = 0;
+  for (const path of paths)
+    for (const mode of modes)
+      for (const subject of ["qemu-direct", "vmhop"] as Subject[]) {
+        const runsOut: Metrics[] = [];
+        for (let i = 0; i < runs; i++) {
+          const dir = mkdtempSync(join(tmpdir(), "vmhop-bench-mig-"));
+          try {
+            runsOut.push(
+              subject === "vmhop"
+                ? await runVmhop(mode, path, s, dir, n++)
+                : await runDirect(mode, path, s, dir),
+            );
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+        }
+        const c = summarise(`${mode}/${path}`, subject, runsOut);
+        cases.push(c);
+        const m = c.metrics;
+        rows.push({
+          case: c.case,
+          subject,
+          total_ms: Number(m.total_ms),
+          MB: (Number(m.bytes_total) / 1e6).toFixed(1),
+          before_resume_KB: (Number(m.bytes_before_resume) / 1e3).toFixed(1),
+          downtime_ms: m.downtime_ms === null ? "-" : Number(m.downtime_ms),
+          max_gap_ms: Number(m.max_guest_gap_ms),
+          converged: String(m.converged),
+          verify_errors: Number(m.verify_errors),
+        });
+        console.log(`${c.case} ${subject}: done`);
+      }
+  printTable(rows);
+  const file = writeResults("migration", cases, {
+    setup: s,
+    note: "verify_errors > 0 after pre-copy on TCG is Debian QEMU 7.2's known dirty-sync bug (FIELD-NOTES)",
+  });
+  console.log(`results: ${file}`);
+}
