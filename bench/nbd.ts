@@ -1,0 +1,155 @@
+// `npm run bench -- nbd [--quick] [--size-mib 256] [--runs 3] [--qemu-img]`: sequential read
+// throughput of a whole image with `nbdcopy URI null:` (optionally `qemu-img convert` to a
+// null target too) for vmhop's block-server in target, proxy (cold, warm) and two-hop
+// cascade mode, against nbdkit and qemu-nbd serving the same file in the same run.
+import { execFile } from "node:child_process";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { promisify } from "node:util";
+import { tempDir } from "../test/helpers/env.js";
+import { makeImage } from "./lib/image.js";
+import {
+  type NbdServer,
+  nbdkitCow,
+  nbdkitFile,
+  qemuNbd,
+  vmhopProxy,
+  vmhopTarget,
+} from "./lib/nbd-servers.js";
+import {
+  type BenchCase,
+  flagValue,
+  hasFlag,
+  type Metrics,
+  printTable,
+  summarise,
+  writeResults,
+} from "./lib/report.js";
+
+const run = promisify(execFile);
+
+type Client = "nbdcopy" | "qemu-img";
+
+async function readAll(client: Client, uri: string, size: number): Promise<number> {
+  const t0 = performance.now();
+  if (client === "nbdcopy") await run("nbdcopy", [uri, "null:"], { timeout: 600_000 });
+  else
+    await run(
+      "qemu-img",
+      ["convert", "-n", "-f", "raw", uri, "--target-image-opts", `driver=null-co,size=${size}`],
+      { timeout: 600_000 },
+    );
+  return size / (1 << 20) / ((performance.now() - t0) / 1000);
+}
+
+/** One way to serve the image: `start` brings up the servers, `read` URI is what the client reads. */
+interface Setup {
+  case: string;
+  subject: string;
+  /** Warm cases read once before timing, through the same servers. */
+  warm?: boolean;
+  start(tmp: string): Promise<{ uri: string; servers: NbdServer[] }>;
+}
+
+function setups(image: string, origin: () => string): Setup[] {
+  const proxyChain = (hops: number) => async (tmp: string) => {
+    const servers: NbdServer[] = [];
+    let up = origin();
+    for (let i = 0; i < hops; i++) {
+      const cache = join(tmp, `cache-${i}-${Math.random().toString(36).slice(2)}`);
+      const s = await vmhopProxy(up, cache);
+      servers.push(s);
+      up = s.uri;
+    }
+    return { uri: up, servers };
+  };
+  const cowChain = (hops: number) => async () => {
+    const servers: NbdServer[] = [];
+    let up = origin();
+    for (let i = 0; i < hops; i++) {
+      const s = await nbdkitCow(up);
+      servers.push(s);
+      up = s.uri;
+    }
+    return { uri: up, servers };
+  };
+  const one = (start: () => Promise<NbdServer>) => async () => {
+    const s = await start();
+    return { uri: s.uri, servers: [s] };
+  };
+  return [
+    { case: "target", subject: "vmhop", start: one(() => vmhopTarget(image)) },
+    { case: "target", subject: "nbdkit", start: one(() => nbdkitFile(image)) },
+    { case: "target", subject: "qemu-nbd", start: one(() => qemuNbd(image)) },
+    { case: "proxy-cold", subject: "vmhop", start: proxyChain(1) },
+    { case: "proxy-cold", subject: "nbdkit", start: cowChain(1) },
+    { case: "proxy-warm", subject: "vmhop", warm: true, start: proxyChain(1) },
+    { case: "proxy-warm", subject: "nbdkit", warm: true, start: cowChain(1) },
+    { case: "cascade-cold", subject: "vmhop", start: proxyChain(2) },
+    { case: "cascade-cold", subject: "nbdkit", start: cowChain(2) },
+  ];
+}
+
+export async function main(args: string[]): Promise<void> {
+  const quick = hasFlag(args, "--quick");
+  const sizeMib = Number(flagValue(args, "--size-mib") ?? (quick ? 64 : 256));
+  const runs = Number(flagValue(args, "--runs") ?? 3);
+  if (!(sizeMib >= 1) || !(runs >= 1)) throw new Error("--size-mib and --runs must be positive numbers");
+  const clients: Client[] = hasFlag(args, "--qemu-img") ? ["nbdcopy", "qemu-img"] : ["nbdcopy"];
+  const size = sizeMib << 20;
+  const tmp = tempDir("vmhop-bench-nbd-");
+  const image = join(tmp.path, "disk.raw");
+  makeImage(image, size);
+  // Proxies read from an nbdkit file server (the same upstream for vmhop and the reference).
+  const origin = await nbdkitFile(image);
+  const cases: BenchCase[] = [];
+  try {
+    for (const client of clients) {
+      for (const s of setups(image, () => origin.uri)) {
+        const perRun: Metrics[] = [];
+        for (let i = 0; i < runs; i++) {
+          const { uri, servers } = await s.start(tmp.path);
+          try {
+            if (s.warm) await readAll(client, uri, size);
+            perRun.push({ mib_per_s: await readAll(client, uri, size) });
+          } finally {
+            for (const srv of servers.reverse()) await srv.close();
+          }
+        }
+        const c = summarise(s.case, s.subject, perRun);
+        if (client !== "nbdcopy") c.case = `${s.case}/${client}`;
+        cases.push(c);
+        console.error(`${c.case} ${c.subject}: ${(c.metrics.mib_per_s as number).toFixed(0)} MiB/s`);
+      }
+    }
+  } finally {
+    await origin.close();
+    rmSync(tmp.path, { recursive: true, force: true });
+  }
+  const get = (cs: string, subject: string) =>
+    cases.find((c) => c.case === cs && c.subject === subject)?.metrics.mib_per_s as number | undefined;
+  const rows = cases.map((c) => {
+    const ref = get(c.case, "nbdkit");
+    return {
+      case: c.case,
+      subject: c.subject,
+      "MiB/s": c.metrics.mib_per_s as number,
+      min: c.min?.mib_per_s as number,
+      max: c.max?.mib_per_s as number,
+      "vs nbdkit":
+        c.subject === "vmhop" && ref ? `${((c.metrics.mib_per_s as number) / ref).toFixed(2)}x` : "",
+    };
+  });
+  printTable(rows);
+  const nbdkitTarget = get("target", "nbdkit") ?? Number.NaN;
+  const goals = {
+    target_vs_nbdkit: (get("target", "vmhop") ?? Number.NaN) / nbdkitTarget,
+    proxy_cold_vs_nbdkit_target: (get("proxy-cold", "vmhop") ?? Number.NaN) / nbdkitTarget,
+  };
+  console.log(
+    `goals: target ${goals.target_vs_nbdkit.toFixed(2)}x nbdkit (want >= 1), proxy cold ${goals.proxy_cold_vs_nbdkit_target.toFixed(2)}x nbdkit target (want >= 0.5)`,
+  );
+  const file = writeResults("nbd", cases, { size_mib: sizeMib, runs, clients, goals });
+  console.log(`wrote ${file}`);
+}
