@@ -122,4 +122,32 @@ test("a policy that moves a VM to a host without room is an error, not a silent 
   assert.throws(() => simulateDay(synthetic(4, 1), evil, { hosts: 4 }), /without room/);
 });
 
+test("one migration by hand: energy, SLATAH and PDM follow CloudSim's accounting", () => {
+  // one 2500-MIPS / 870-MB VM at a constant 40 % (1000 MIPS) starts on host 1 (G5; a G4 core
+  // is too small for it) and is moved to host 3 at the first round (300.1 s)
+  const day: DayTraces = { day: "d", vms: [{ name: "a", samples: constant(0.4) }] };
+  const mover: Policy = {
+    name: "mover",
+    initialHost: firstFitHost,
+    plan: (c, ctx) => (ctx.now < 400 ? [{ vm: c.vms[0], to: c.hosts[3] }] : []),
+  };
+  const m = simulateDay(day, mover, { hosts: 4 });
+  const d = 870 / (1_000_000 / 16_000); // 13.92 s at half of 1 Gbit/s
+  const t0 = 300.1;
+  const end = 86_100.1;
+  const P = (mips: number) => HP_PROLIANT_G5.power(mips / 5320);
+  const last = 2500 * utilizationAt(constant(0.4), end, 300);
+  const joules =
+    P(1000) * d + // source until the copy completes
+    P(100) * d + // destination reserves 10 % meanwhile
+    P(1000) * (end - 300 - (t0 + d)) + // destination afterwards
+    ((P(1000) + P(last)) / 2) * 300; // last span leans towards the zero after the day
+  assert.equal(m.migrations, 1);
+  assert.ok(Math.abs(m.energy_kwh - joules / 3.6e6) < 1e-9, `${m.energy_kwh} vs ${joules / 3.6e6}`);
+  // the destination counts as violating while the VM copies (100 of 1000 MIPS given)
+  assert.ok(Math.abs(m.slatah - d / (d + (end - t0))) < 1e-12, `${m.slatah}`);
+  // the VM is short 10 % (100 MIPS) for d seconds, out of 1000 MIPS over 85,800 s
+  assert.ok(Math.abs(m.pdm - (100 * d) / (1000 * (end - t0))) < 1e-12, `${m.pdm}`);
+});
+
 test.run();
