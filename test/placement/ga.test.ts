@@ -3,53 +3,15 @@ import * as assert from "node:assert/strict";
 import { test } from "uvu";
 import { GaPolicy } from "../../services/placement/policies/ga.js";
 import type { PlanContext } from "../../services/placement/policies/policy.js";
-import { Cluster, type Host, type Vm } from "../../services/placement/sim/cluster.js";
+import type { Cluster } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
-import { hostTypeOf } from "../../services/placement/sim/setup.js";
-
-function host(id: number): Host {
-  const t = hostTypeOf(id);
-  return {
-    id,
-    peMips: t.mipsPerCore,
-    totalMips: t.cores * t.mipsPerCore,
-    ramMb: t.ramMb,
-    bwKbps: t.bwKbps,
-    power: t.power,
-    vms: [],
-    ramUsed: 0,
-    bwUsed: 0,
-    utilMips: 0,
-    inbound: new Set(),
-  };
-}
-
-function vm(id: number, mips: number, req: number): Vm {
-  return {
-    id,
-    name: `vm${id}`,
-    mips,
-    ramMb: 870,
-    bwKbps: 100_000,
-    host: -1,
-    dest: -1,
-    req,
-    history: Array(12).fill(req / mips),
-    alive: true,
-    started: true,
-  };
-}
+import { cluster as fixture, vm } from "./cluster-fixture.js";
 
 function cluster(nHosts: number, layout: [number, number, number][]): Cluster {
-  const hs = [...Array(nHosts).keys()].map(host);
-  const vms = layout.map(([mips, req], i) => vm(i, mips, req));
-  const c = new Cluster(hs, vms);
-  layout.forEach(([, , h], i) => {
-    c.place(hs[h], vms[i]);
-    vms[i].host = h;
-  });
-  for (const h of hs) h.utilMips = h.vms.reduce((s, v) => s + c.allocated(h, v), 0);
-  return c;
+  return fixture(
+    nHosts,
+    layout.map(([mips, req, h], i) => [vm(i, mips, req, 870, Array(12).fill(req / mips)), h]),
+  );
 }
 
 const ctx: PlanContext = { now: 3600.1, cost: CLOUDSIM_COST, interval: 300 };

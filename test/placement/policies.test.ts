@@ -8,57 +8,9 @@ import type { PlanContext } from "../../services/placement/policies/policy.js";
 import { seededRng } from "../../services/placement/policies/random.js";
 import { listPolicies, makePolicy } from "../../services/placement/policies/registry.js";
 import { MC, MMT, MU, RS, type VmSelector } from "../../services/placement/policies/selection.js";
-import { Cluster, type Host, type Vm } from "../../services/placement/sim/cluster.js";
+import { Cluster, type Vm } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
-import { hostTypeOf } from "../../services/placement/sim/setup.js";
-
-function host(id: number): Host {
-  const t = hostTypeOf(id);
-  return {
-    id,
-    peMips: t.mipsPerCore,
-    totalMips: t.cores * t.mipsPerCore,
-    ramMb: t.ramMb,
-    bwKbps: t.bwKbps,
-    power: t.power,
-    vms: [],
-    ramUsed: 0,
-    bwUsed: 0,
-    utilMips: 0,
-    inbound: new Set(),
-  };
-}
-
-function vm(id: number, mips: number, req: number, ramMb = 870, history: number[] = []): Vm {
-  return {
-    id,
-    name: `vm${id}`,
-    mips,
-    ramMb,
-    bwKbps: 100_000,
-    host: -1,
-    dest: -1,
-    req,
-    history,
-    alive: true,
-    started: true,
-  };
-}
-
-/** Puts VMs on hosts and sets each host's last-update utilisation as the simulator would. */
-function cluster(nHosts: number, layout: [Vm, number][]): Cluster {
-  const hs = [...Array(nHosts).keys()].map(host);
-  const c = new Cluster(
-    hs,
-    layout.map(([v]) => v),
-  );
-  for (const [v, h] of layout) {
-    c.place(hs[h], v);
-    v.host = h;
-  }
-  for (const h of hs) h.utilMips = h.vms.reduce((s, v) => s + c.allocated(h, v), 0);
-  return c;
-}
+import { cluster, host, vm } from "./cluster-fixture.js";
 
 const ctx: PlanContext = { now: 300.1, cost: CLOUDSIM_COST, interval: 300 };
 const policy = (thrV: number, sel: VmSelector = MMT) =>

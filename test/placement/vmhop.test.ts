@@ -3,58 +3,15 @@ import * as assert from "node:assert/strict";
 import { test } from "uvu";
 import type { PlanContext } from "../../services/placement/policies/policy.js";
 import { FILL_BY_COST_MODEL, VmhopPolicy } from "../../services/placement/policies/vmhop.js";
-import { Cluster, type Host, type Vm } from "../../services/placement/sim/cluster.js";
+import type { Cluster, Vm } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST, POSTCOPY_COST } from "../../services/placement/sim/cost-model.js";
-import { hostTypeOf } from "../../services/placement/sim/setup.js";
-
-function host(id: number): Host {
-  const t = hostTypeOf(id);
-  return {
-    id,
-    peMips: t.mipsPerCore,
-    totalMips: t.cores * t.mipsPerCore,
-    ramMb: t.ramMb,
-    bwKbps: t.bwKbps,
-    power: t.power,
-    vms: [],
-    ramUsed: 0,
-    bwUsed: 0,
-    utilMips: 0,
-    inbound: new Set(),
-  };
-}
+import { vm as baseVm, cluster } from "./cluster-fixture.js";
 
 /** A VM with a flat history at its current demand, so the forecast equals the demand. */
-function vm(id: number, mips: number, req: number, ramMb = 870): Vm {
-  const u = req / mips;
-  return {
-    id,
-    name: `vm${id}`,
-    mips,
-    ramMb,
-    bwKbps: 100_000,
-    host: -1,
-    dest: -1,
-    req,
-    history: Array(12).fill(u),
-    alive: true,
-    started: true,
-  };
-}
+const vm = (id: number, mips: number, req: number, ramMb = 870): Vm =>
+  baseVm(id, mips, req, ramMb, Array(12).fill(req / mips));
 
-function cluster(nHosts: number, layout: [Vm, number][]): Cluster {
-  const hs = [...Array(nHosts).keys()].map(host);
-  const c = new Cluster(
-    hs,
-    layout.map(([v]) => v),
-  );
-  for (const [v, h] of layout) {
-    c.place(hs[h], v);
-    v.host = h;
-  }
-  for (const h of hs) h.utilMips = h.vms.reduce((s, v) => s + c.allocated(h, v), 0);
-  return c;
-}
+/** A VM with a flat history at its current demand, so the forecast equals the demand. */
 
 const ctx: PlanContext = { now: 3600.1, cost: CLOUDSIM_COST, interval: 300 };
 const plan = (c: Cluster, opts: Partial<ConstructorParameters<typeof VmhopPolicy>[0]> = {}) =>

@@ -1,5 +1,6 @@
 // The CloudSim PlanetLab data-centre (../shared/data/planetlab/README.md): host and VM types.
 import { HP_PROLIANT_G4, HP_PROLIANT_G5, type PowerModel } from "../power/spec-power.js";
+import type { Host } from "./cluster.js";
 
 export interface HostType {
   name: string;
@@ -41,4 +42,21 @@ export function hostTypeOf(i: number): HostType {
 /** VM i of n has type floor(i / ceil(n / 4)). */
 export function vmTypeOf(i: number, n: number): VmType {
   return VM_TYPES[Math.floor(i / Math.ceil(n / VM_TYPES.length))];
+}
+
+/** An empty, switched-off host of type t. */
+export function newHost(id: number, t: HostType): Host {
+  return {
+    id,
+    peMips: t.mipsPerCore,
+    totalMips: t.cores * t.mipsPerCore,
+    ramMb: t.ramMb,
+    bwKbps: t.bwKbps,
+    power: t.power,
+    vms: [],
+    ramUsed: 0,
+    bwUsed: 0,
+    utilMips: 0,
+    inbound: new Set(),
+  };
 }

@@ -18,7 +18,7 @@ import {
   type Vm,
 } from "./cluster.js";
 import { CLOUDSIM_COST, type CostModel } from "./cost-model.js";
-import { DAY_S, DEFAULT_HOSTS, hostTypeOf, INTERVAL_S, vmTypeOf } from "./setup.js";
+import { DAY_S, DEFAULT_HOSTS, hostTypeOf, INTERVAL_S, newHost, vmTypeOf } from "./setup.js";
 import { utilizationAt } from "./trace-demand.js";
 
 export interface SimOptions {
@@ -36,23 +36,7 @@ interface Pending {
 }
 
 export function buildCluster(day: DayTraces, hosts = DEFAULT_HOSTS): Cluster {
-  const hs: Host[] = [];
-  for (let i = 0; i < hosts; i++) {
-    const t = hostTypeOf(i);
-    hs.push({
-      id: i,
-      peMips: t.mipsPerCore,
-      totalMips: t.cores * t.mipsPerCore,
-      ramMb: t.ramMb,
-      bwKbps: t.bwKbps,
-      power: t.power,
-      vms: [],
-      ramUsed: 0,
-      bwUsed: 0,
-      utilMips: 0,
-      inbound: new Set(),
-    });
-  }
+  const hs: Host[] = [...Array(hosts).keys()].map((i) => newHost(i, hostTypeOf(i)));
   const n = day.vms.length;
   const vms: Vm[] = day.vms.map((tr, i) => {
     const t = vmTypeOf(i, n);

@@ -4,7 +4,7 @@ import type { Move } from "../policies/policy.js";
 import { makePolicy } from "../policies/registry.js";
 import { Cluster, HISTORY_LENGTH, type Host, type Vm } from "./cluster.js";
 import { costModelByName } from "./cost-model.js";
-import { HOST_TYPES, INTERVAL_S } from "./setup.js";
+import { HOST_TYPES, INTERVAL_S, newHost } from "./setup.js";
 
 export interface HostSnapshot {
   id: number;
@@ -45,19 +45,7 @@ export function clusterFromSnapshot(s: ClusterSnapshot): Cluster {
     const t = HOST_TYPES[h.type];
     if (!t) throw new Error(`host ${h.id}: unknown type ${h.type}`);
     if (h.id !== i) throw new Error(`host ids must be 0..n-1 in order (got ${h.id} at ${i})`);
-    const host: Host = {
-      id: h.id,
-      peMips: t.mipsPerCore,
-      totalMips: t.cores * t.mipsPerCore,
-      ramMb: t.ramMb,
-      bwKbps: t.bwKbps,
-      power: t.power,
-      vms: [],
-      ramUsed: 0,
-      bwUsed: 0,
-      utilMips: 0,
-      inbound: new Set(),
-    };
+    const host = newHost(h.id, t);
     byId.set(h.id, host);
     return host;
   });
