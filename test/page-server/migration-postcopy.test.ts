@@ -1,6 +1,12 @@
 // Pure post-copy between two QEMUs on loopback, driven by QMP: the guest's heartbeat counter
 // continues unbroken on the destination, its memory verification passes there, and the
 // source QEMU ends.
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { truncateSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
@@ -16,8 +22,30 @@ const migTest = gate(
 const dir = tempDir("vmhop-mig-");
 const vms: Vm[] = [];
 
+let nbd: ChildProcess | undefined;
+
+async function waitListening(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("connect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
 test.after(async () => {
   for (const vm of vms) await vm.kill();
+  if (nbd && nbd.exitCode === null) {
+    nbd.kill("SIGKILL");
+    await once(nbd, "exit");
+  }
   dir.cleanup();
 });
 
@@ -53,6 +81,44 @@ migTest("pure post-copy: heartbeat continues unbroken on the destination, source
   await src.stop();
   assert.is(src.state, "stopped");
   assert.throws(() => process.kill(src.pid!, 0), /ESRCH/);
+});
+
+migTest("post-copy with a shared NBD disk: the workload's disk checks pass at the destination", async () => {
+  const image = join(dir.path, "disk.raw");
+  writeFileSync(image, Buffer.alloc(0));
+  truncateSync(image, 16 << 20);
+  const port = await freePort();
+  // --shared: source and destination QEMU both hold the export during the migration.
+  nbd = spawn(
+    "qemu-nbd",
+    ["-f", "raw", "-b", "127.0.0.1", "-p", String(port), "-x", "d", "-t", "--shared=4", image],
+    {
+      stdio: "ignore",
+    },
+  );
+  await waitListening(port);
+  const disk = { nbd: `nbd://127.0.0.1:${port}/d` };
+  const { src, dst } = await bootPair(
+    dir.path,
+    "disk",
+    { memMib: 24, rateMib: 8, verifyMib: 24, disk: "/dev/vda", diskMib: 4 },
+    vms,
+    { disk },
+  );
+  await src.serial.waitForHeartbeat((h) => h.diskOk >= 3, 30_000);
+  const uri = `tcp:127.0.0.1:${await freePort()}`;
+  await prepareIncoming(dst, uri, { mode: "postcopy" });
+  const before = src.serial.tracker.stats.last!;
+  const r = await migrate(src, uri, { mode: "postcopy" });
+  assert.is(r.final.status, "completed");
+  const hb = await dst.serial.waitForHeartbeat(
+    (h) => h.diskOk >= before.diskOk + 10 && h.passes >= before.passes + 1,
+    60_000,
+  );
+  assert.is(hb.diskErrors, 0, "disk verification failed after migration");
+  assert.is(hb.memErrors, 0);
+  assert.is(dst.serial.tracker.stats.counterBreaks, 0);
+  await src.stop();
 });
 
 test.run();

@@ -16,6 +16,7 @@ export async function bootPair(
   tag: string,
   workload: WorkloadParams,
   track: Vm[],
+  extra: Partial<VmSpec> = {},
 ): Promise<Pair> {
   const guest = await ensureGuest();
   const spec = (name: string): VmSpec => ({
@@ -25,6 +26,7 @@ export async function bootPair(
     kernel: guest.kernel,
     initrd: guest.initrd,
     cmdline: guestCmdline(workload),
+    ...extra,
   });
   const src = new Vm(spec(`${tag}-src`), { runDir: join(dir, `${tag}-src`) });
   track.push(src);
