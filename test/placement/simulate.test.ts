@@ -4,7 +4,7 @@ import { firstFitHost } from "../../services/placement/policies/first-fit.js";
 import type { Policy } from "../../services/placement/policies/policy.js";
 import { seededRng } from "../../services/placement/policies/random.js";
 import { makePolicy } from "../../services/placement/policies/registry.js";
-import { HP_PROLIANT_G5 } from "../../services/placement/power/spec-power.js";
+import { HP_PROLIANT_G4, HP_PROLIANT_G5 } from "../../services/placement/power/spec-power.js";
 import { CLOUDSIM_COST, POSTCOPY_COST } from "../../services/placement/sim/cost-model.js";
 import { simulateDay } from "../../services/placement/sim/simulate.js";
 import { utilizationAt } from "../../services/placement/sim/trace-demand.js";
@@ -148,6 +148,23 @@ test("one migration by hand: energy, SLATAH and PDM follow CloudSim's accounting
   assert.ok(Math.abs(m.slatah - d / (d + (end - t0))) < 1e-12, `${m.slatah}`);
   // the VM is short 10 % (100 MIPS) for d seconds, out of 1000 MIPS over 85,800 s
   assert.ok(Math.abs(m.pdm - (100 * d) / (1000 * (end - t0))) < 1e-12, `${m.pdm}`);
+});
+
+test("a VM no host can start is left out, as in CloudSim, and the day still runs", () => {
+  // one G4 host: a 2500-MIPS VM does not fit its 1860-MIPS cores; the 500-MIPS one does
+  const day: DayTraces = {
+    day: "d",
+    vms: [
+      { name: "big", samples: constant(0.5) },
+      { name: "b", samples: constant(0.5) },
+      { name: "c", samples: constant(0.5) },
+      { name: "small", samples: constant(0.5) },
+    ],
+  };
+  const m = simulateDay(day, makePolicy("dvfs", { cost: CLOUDSIM_COST }), { hosts: 1 });
+  // types by position: 2500, 2000, 1000, 500 MIPS; 1000 and 500 fit (RAM 1740 + 613 ≤ 4096)
+  const watts = HP_PROLIANT_G4.power((500 + 250) / 3720);
+  assert.ok(Math.abs(m.energy_kwh - (watts * 85_800) / 3.6e6) < 1e-4, `${m.energy_kwh}`);
 });
 
 test.run();

@@ -4,6 +4,7 @@
 // dropped to zero end (CloudSim's getCompletedVms), then the policy plans. A migration lists
 // the VM on both hosts until it completes; each completion is an update instant too.
 import { performance } from "node:perf_hooks";
+import { createLogger } from "../../common/log.js";
 import { HostLog, VmLog } from "../metrics/history.js";
 import { type DayMetrics, p99, summarise } from "../metrics/summary.js";
 import type { Policy } from "../policies/policy.js";
@@ -25,6 +26,8 @@ export interface SimOptions {
   hosts?: number;
   cost?: CostModel;
 }
+
+const log = createLogger({ svc: "placement", part: "simulator" });
 
 /** Time the broker's workload reaches the data centre (CloudSim's minimum event gap). */
 const START_S = 0.1;
@@ -66,11 +69,23 @@ export function simulateDay(day: DayTraces, policy: Policy, opts: SimOptions = {
   const histTime = new Float64Array(c.vms.length);
   const refreshed = new Float64Array(c.vms.length).fill(-1);
 
+  // As in CloudSim, a VM no host can start is left out of the day (and said so), not fatal.
+  const notStarted: string[] = [];
   for (const vm of c.vms) {
     const h = policy.initialHost(c, vm);
-    if (!h || !c.place(h, vm)) throw new Error(`day ${day.day}: no host can start VM ${vm.id} (${vm.name})`);
-    vm.host = h.id;
+    if (h && c.place(h, vm)) vm.host = h.id;
+    else {
+      vm.alive = false;
+      notStarted.push(vm.name);
+    }
   }
+  if (notStarted.length)
+    log.warn("VMs not started: no host fits them", {
+      day: day.day,
+      policy: policy.name,
+      count: notStarted.length,
+      first: notStarted.slice(0, 5),
+    });
   c.startAll();
 
   const refresh = (vm: Vm, t: number) => {
