@@ -31,7 +31,6 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
   private constructor(
     readonly cache: BindingCache,
     private readonly dp: AnchorDataplane,
-    private readonly opts: AnchorOptions,
     private readonly log: Logger,
   ) {
     super();
@@ -40,7 +39,7 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
   static async start(opts: AnchorOptions): Promise<Anchor> {
     const log = (opts.log ?? silentLogger).child({ component: "anchor" });
     const dp = await AnchorDataplane.open(opts.dataplane);
-    const a = new Anchor(new BindingCache(opts.kv), dp, opts, log);
+    const a = new Anchor(new BindingCache(opts.kv), dp, log);
     const restored = await a.restore();
     log.info("anchor started", { restored });
     a.timer = setInterval(

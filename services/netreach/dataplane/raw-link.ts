@@ -31,13 +31,11 @@ export class RawLink {
     try {
       if (netns && setns(there, CLONE_NEWNET) !== 0)
         throw new Error(`setns into ${netns} failed (errno ${koffi.errno()})`);
-      try {
-        this.ifindex = ifNameToIndex(dev) as number;
-        this.fd = this.ifindex ? (socket(AF_PACKET, SOCK_RAW, 0) as number) : -1;
-      } finally {
-        if (netns && setns(here, CLONE_NEWNET) !== 0)
-          throw new Error(`setns back failed (errno ${koffi.errno()})`);
-      }
+      // Plain libc calls (they return errors, never throw), then straight back home.
+      this.ifindex = ifNameToIndex(dev) as number;
+      this.fd = this.ifindex ? (socket(AF_PACKET, SOCK_RAW, 0) as number) : -1;
+      if (netns && setns(here, CLONE_NEWNET) !== 0)
+        throw new Error(`setns back failed (errno ${koffi.errno()}): this thread is in the wrong namespace`);
     } finally {
       if (netns) {
         closeSync(here);

@@ -3,15 +3,7 @@
 //   {"id":1,"listen":"[fd01::2]:20001","peerA":"[fd01::1]:20001","target":"…","targetSideListen":"…","delayMs":15}
 //   → {"id":1,"ok":true}  or  {"id":1,"ok":false,"error":"…"}
 import { createInterface } from "node:readline";
-
-// Loaded by a computed name until deploy/testbed/relay-udp.ts is committed, so a checkout
-// without it still typechecks (this process then reports the missing module per request).
-interface UdpRelay {
-  close(): Promise<void>;
-}
-const relayModule = "../../../deploy/testbed/relay-udp.js";
-const loadRelay = async () =>
-  (await import(relayModule)) as { startUdpRelay(o: Record<string, unknown>): Promise<UdpRelay> };
+import { startUdpRelay, type UdpRelay } from "../../../deploy/testbed/relay-udp.js";
 
 const relays: UdpRelay[] = [];
 const rl = createInterface({ input: process.stdin });
@@ -28,7 +20,6 @@ rl.on("line", async (line) => {
       rateBitsPerSecond?: number;
     };
     id = req.id;
-    const { startUdpRelay } = await loadRelay();
     relays.push(
       await startUdpRelay({
         listen: req.listen,
