@@ -97,6 +97,9 @@ export async function main(args: string[]): Promise<void> {
         "min..max": `${Number(c.min?.gap_ms).toFixed(1)}..${Number(c.max?.gap_ms).toFixed(1)}`,
         lost: c.metrics.lost as number,
         over_floor_ms: gap - f,
+        // Issue 5's goal: within one one-way delay plus 10 ms of the floor.
+        goal:
+          c.subject === "vmhop" ? (gap - f <= (c.metrics.one_way_ms as number) + 10 ? "met" : "missed") : "",
         rtt_ms: c.metrics.rtt_ms as number,
       };
     }),
