@@ -1,0 +1,55 @@
+// The benchmark helpers in bench/lib that start NBD servers and build images.
+import { execFileSync } from "node:child_process";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { makeImage } from "../../bench/lib/image.js";
+import { nbdkitFile, startServer } from "../../bench/lib/nbd-servers.js";
+import { freePort, gate, tempDir } from "../helpers/env.js";
+
+test("makeImage: the requested size, part data, part zeros", () => {
+  const dir = tempDir("vmhop-testbed-");
+  try {
+    const path = join(dir.path, "img.raw");
+    makeImage(path, 16 << 20);
+    assert.is(statSync(path).size, 16 << 20);
+    const img = readFileSync(path);
+    let zeroExtents = 0;
+    for (let off = 0; off < img.length; off += 1 << 20) {
+      if (img.subarray(off, off + (1 << 20)).every((b) => b === 0)) zeroExtents++;
+    }
+    assert.ok(zeroExtents > 0 && zeroExtents < 16, `zero extents ${zeroExtents}`);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+gate(
+  test,
+  ["nbdkit", "nbdinfo"],
+  "NBD server helpers",
+)("servers are ready when they answer a handshake; a dead one is reported", async () => {
+  const dir = tempDir("vmhop-testbed-");
+  try {
+    const path = join(dir.path, "img.raw");
+    makeImage(path, 4 << 20);
+    const s = await nbdkitFile(path);
+    try {
+      assert.is(execFileSync("nbdinfo", ["--size", s.uri], { encoding: "utf8" }).trim(), String(4 << 20));
+    } finally {
+      await s.close();
+    }
+    const port = await freePort();
+    try {
+      await startServer("nbdkit", ["-f", "-p", String(port), "no-such-plugin"], port, "disk0");
+      assert.unreachable("a server that cannot start was reported ready");
+    } catch (err) {
+      assert.match((err as Error).message, /exited with 1 before nbd:\/\/127\.0\.0\.1:\d+\/disk0 was ready/);
+    }
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test.run();
