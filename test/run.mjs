@@ -66,7 +66,7 @@ for (const f of files) {
   const skip = num("Skipped");
   const bad = Math.max(0, total - ok - skip);
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
-  if (r.status !== 0 || total === 0) {
+  if (r.status !== 0 || (total === 0 && skip === 0)) {
     // A crash or timeout counts as one failure beyond any failed tests it reported.
     const extra = bad === 0 ? 1 : 0;
     passed += ok;

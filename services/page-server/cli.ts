@@ -1,9 +1,8 @@
 // `vmhop page serve`: the page-server of this host (gRPC PageService + migration channel).
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { CliError } from "../cli/errors.js";
-import { envName, helpText, type OptionSpecs } from "../common/config.js";
+import { helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import { onShutdown } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
@@ -32,34 +31,10 @@ const options = {
     default: false,
     describe: "use QEMU's postcopy-preempt lane (set alike on all hosts)",
   },
+  help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
 const usage = "usage: vmhop page serve [options]";
-
-// Flags, then VMHOP_* environment, then defaults. (common/config.ts's parseConfig would do
-// this, but it hands `short: undefined` / `multiple: undefined` to util.parseArgs, which
-// Node 20 rejects; reported to the lead. Switch back once it is fixed.)
-function parseOptions(argv: string[]) {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      listen: { type: "string" },
-      "channel-listen": { type: "string" },
-      "run-dir": { type: "string" },
-      preempt: { type: "boolean" },
-    },
-  });
-  const env = (k: keyof typeof options) => process.env[envName(k)];
-  const str = (k: "listen" | "channel-listen" | "run-dir") => values[k] ?? env(k) ?? options[k].default;
-  return {
-    listen: str("listen"),
-    "channel-listen": str("channel-listen"),
-    "run-dir": str("run-dir"),
-    preempt:
-      values.preempt ?? (env("preempt") !== undefined ? /^(1|true|yes)$/i.test(env("preempt")!) : false),
-  };
-}
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -71,7 +46,17 @@ export async function run(argv: string[]): Promise<number> {
   let cfg: { listen: string; "channel-listen": string; "run-dir": string; preempt: boolean };
   let channel: [string, number];
   try {
-    cfg = parseOptions(rest);
+    const o = parseConfig(options, rest);
+    if (o.help) {
+      console.log(helpText(usage, options));
+      return 0;
+    }
+    cfg = {
+      listen: o.listen!,
+      "channel-listen": o["channel-listen"]!,
+      "run-dir": o["run-dir"]!,
+      preempt: o.preempt ?? false,
+    };
     channel = splitHostPort(cfg["channel-listen"]);
   } catch (err) {
     throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);

@@ -30,12 +30,26 @@ export function missing(reqs: string[]): string | null {
   return reason;
 }
 
-/** Picks `test` or `test.skip` for a suite, printing why it skips. */
-export function gate<T extends { skip: unknown }>(t: T, reqs: string[], what: string): T {
+/**
+ * The suite itself when every requirement is met; otherwise a stand-in that registers each
+ * test as skipped and ignores hooks (so a suite's before() never starts what is missing),
+ * printing why once.
+ */
+export function gate<T extends { skip: unknown; run: () => void }>(t: T, reqs: string[], what: string): T {
   const reason = missing(reqs);
   if (reason === null) return t;
   console.log(`SKIP ${what}: ${reason}`);
-  return (t as unknown as { skip: T }).skip;
+  const skip = t.skip as (name: string, fn?: unknown) => void;
+  const noop = () => {};
+  const hook = Object.assign(() => {}, { each: noop });
+  const standIn = Object.assign((name: string, fn?: unknown) => skip(name, fn), {
+    skip,
+    only: skip,
+    before: hook,
+    after: hook,
+    run: () => t.run(),
+  });
+  return standIn as unknown as T;
 }
 
 export async function freePort(): Promise<number> {
