@@ -6,6 +6,7 @@
 //   nbdkit  - nbdkit's cow filter over its nbd plugin, through the same relay;
 //   direct  - the client itself reading across the relay: the physical floor, one RTT.
 // The upstream is nbdkit serving a file; the timing client is vmhop's own NBD client.
+// Then (unless --no-copy) a whole cold `nbdcopy … null:` through each, against the link rate.
 
 import { once } from "node:events";
 import { rmSync } from "node:fs";
@@ -16,6 +17,7 @@ import { startRelay } from "../deploy/testbed/relay.js";
 import { NbdClient } from "../services/block-server/nbd/client/client.js";
 import { tempDir } from "../test/helpers/env.js";
 import { makeImage } from "./lib/image.js";
+import { readAll } from "./lib/nbd-clients.js";
 import { type NbdServer, nbdkitCow, nbdkitFile, vmhopProxy } from "./lib/nbd-servers.js";
 import {
   type BenchCase,
@@ -108,11 +110,15 @@ export async function main(args: string[]): Promise<void> {
   const relay = await startRelay({ target: `127.0.0.1:${origin.port}`, delayMs, rateBitsPerSecond: rate });
   const overWan = `nbd://${relay.address}/disk0`;
   const subjects: { subject: string; start: (run: number) => Promise<NbdServer | undefined> }[] = [
-    { subject: "vmhop", start: (run) => vmhopProxy(overWan, join(tmp.path, `cache-${run}`)) },
+    {
+      subject: "vmhop",
+      start: (run) => vmhopProxy(overWan, join(tmp.path, `cache-${run}-${Math.random()}`)),
+    },
     { subject: "nbdkit", start: () => nbdkitCow(overWan) },
     { subject: "direct", start: async () => undefined },
   ];
   const cases: BenchCase[] = [];
+  const copies: BenchCase[] = [];
   try {
     const rttMeasured = await measureRtt(delayMs, rate);
     for (const sub of subjects) {
@@ -139,6 +145,29 @@ export async function main(args: string[]): Promise<void> {
         `${sub.subject}: p50 ${(c.metrics.p50_ms as number).toFixed(2)} ms, p99 ${(c.metrics.p99_ms as number).toFixed(2)} ms`,
       );
     }
+    // A whole cold copy across the same path: how close each gets to the link's rate.
+    if (!hasFlag(args, "--no-copy")) {
+      for (const sub of subjects) {
+        const perRun: Metrics[] = [];
+        for (let run = 0; run < runs; run++) {
+          const server = await sub.start(run);
+          try {
+            // Holes are skipped (block status), so image MiB/s can beat the link; wire MiB/s cannot.
+            const wire0 = relay.stats.bytesToClient;
+            const mibPerS = await readAll("nbdcopy", server?.uri ?? overWan, sizeMib << 20);
+            const seconds = sizeMib / mibPerS;
+            perRun.push({
+              mib_per_s: mibPerS,
+              wire_mib_per_s: (relay.stats.bytesToClient - wire0) / (1 << 20) / seconds,
+              link_mib_per_s: rate > 0 ? rate / 8 / (1 << 20) : null,
+            });
+          } finally {
+            await server?.close();
+          }
+        }
+        copies.push(summarise(`copy-cold/delay-${delayMs}ms`, sub.subject, perRun));
+      }
+    }
   } finally {
     await relay.close();
     await origin.close();
@@ -156,7 +185,19 @@ export async function main(args: string[]): Promise<void> {
       "p50 vs direct": `${((c.metrics.p50_ms as number) / floor).toFixed(2)}x`,
     })),
   );
-  const file = writeResults("nbd-wan", cases, {
+  if (copies.length > 0)
+    printTable(
+      copies.map((c) => ({
+        case: c.case,
+        subject: c.subject,
+        "image MiB/s": c.metrics.mib_per_s as number,
+        min: c.min?.mib_per_s as number,
+        max: c.max?.mib_per_s as number,
+        "wire MiB/s": c.metrics.wire_mib_per_s as number,
+        "link MiB/s": (c.metrics.link_mib_per_s as number | null) ?? "unlimited",
+      })),
+    );
+  const file = writeResults("nbd-wan", [...cases, ...copies], {
     delay_ms: delayMs,
     rate_mbit: rateMbit,
     reads,

@@ -2,13 +2,11 @@
 // throughput of a whole image with `nbdcopy URI null:` (optionally `qemu-img convert` to a
 // null target too) for vmhop's block-server in target, proxy (cold, warm) and two-hop
 // cascade mode, against nbdkit and qemu-nbd serving the same file in the same run.
-import { execFile } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
-import { performance } from "node:perf_hooks";
-import { promisify } from "node:util";
 import { tempDir } from "../test/helpers/env.js";
 import { makeImage } from "./lib/image.js";
+import { type Client, readAll } from "./lib/nbd-clients.js";
 import {
   type NbdServer,
   nbdkitCow,
@@ -26,22 +24,6 @@ import {
   summarise,
   writeResults,
 } from "./lib/report.js";
-
-const run = promisify(execFile);
-
-type Client = "nbdcopy" | "qemu-img";
-
-async function readAll(client: Client, uri: string, size: number): Promise<number> {
-  const t0 = performance.now();
-  if (client === "nbdcopy") await run("nbdcopy", [uri, "null:"], { timeout: 600_000 });
-  else
-    await run(
-      "qemu-img",
-      ["convert", "-n", "-f", "raw", uri, "--target-image-opts", `driver=null-co,size=${size}`],
-      { timeout: 600_000 },
-    );
-  return size / (1 << 20) / ((performance.now() - t0) / 1000);
-}
 
 /** One way to serve the image: `start` brings up the servers, `read` URI is what the client reads. */
 interface Setup {
