@@ -25,6 +25,43 @@ export const protobufPackage = "vmhop.v1";
 
 export const protobufFileName = "vmhop/v1/placement.proto";
 
+export enum PlanState {
+  PLAN_STATE_UNSPECIFIED = 0,
+  /** PLAN_STATE_PROPOSED - Computed and stored; nothing asked to run it. */
+  PLAN_STATE_PROPOSED = 1,
+  /** PLAN_STATE_ACCEPTED - Accepted by ApplyPlan and published for the control-plane to execute. */
+  PLAN_STATE_ACCEPTED = 2,
+}
+
+export function planStateFromJSON(object: any): PlanState {
+  switch (object) {
+    case 0:
+    case "PLAN_STATE_UNSPECIFIED":
+      return PlanState.PLAN_STATE_UNSPECIFIED;
+    case 1:
+    case "PLAN_STATE_PROPOSED":
+      return PlanState.PLAN_STATE_PROPOSED;
+    case 2:
+    case "PLAN_STATE_ACCEPTED":
+      return PlanState.PLAN_STATE_ACCEPTED;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum PlanState");
+  }
+}
+
+export function planStateToJSON(object: PlanState): string {
+  switch (object) {
+    case PlanState.PLAN_STATE_UNSPECIFIED:
+      return "PLAN_STATE_UNSPECIFIED";
+    case PlanState.PLAN_STATE_PROPOSED:
+      return "PLAN_STATE_PROPOSED";
+    case PlanState.PLAN_STATE_ACCEPTED:
+      return "PLAN_STATE_ACCEPTED";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum PlanState");
+  }
+}
+
 export interface Policy {
   name: string;
   description: string;
@@ -35,37 +72,45 @@ export interface ListPoliciesRequest {
 
 export interface ListPoliciesResponse {
   policies: Policy[];
+  defaultPolicy: string;
 }
 
 export interface HostLoad {
   hostId: string;
-  /** Capacity in MIPS and MiB, as the simulator models hosts. */
+  /** Capacity in MIPS and MiB; 0 = the model's. When given it must match the model. */
   cpuCapacityMips: number;
   memoryMib: number;
-  /** 0..1 of capacity. */
+  /** 0..1 of capacity (informational: planning sums the VMs' demand). */
   cpuUtilization: number;
   asleep: boolean;
+  /** Power and capacity model: "G4" (HP ProLiant ML110 G4) or "G5" (ML110 G5). */
   model: string;
 }
 
 export interface VmLoad {
   vmId: string;
   hostId: string;
+  /** MIPS the VM is sized for. */
   cpuRequestedMips: number;
   memoryMib: number;
-  /** 0..1 of the requested MIPS. */
+  /** 0..1 of cpu_requested_mips, now. */
   cpuUtilization: number;
   /** Memory dirtied per second (MiB/s): a post-copy migration's cost depends on it. */
   dirtyRateMibPerS: number;
+  /** Set while the VM is migrating to this host. */
+  migratingToHostId: string;
 }
 
 export interface ReportLoadRequest {
   hosts: HostLoad[];
   vms: VmLoad[];
+  /** Sample time; 0 = now. */
   timeUnixMs: number;
 }
 
 export interface ReportLoadResponse {
+  hostsRecorded: number;
+  vmsRecorded: number;
 }
 
 export interface Move {
@@ -73,6 +118,8 @@ export interface Move {
   fromHostId: string;
   toHostId: string;
   reason: string;
+  /** Seconds the VM is degraded while it moves, under the plan's cost model. */
+  predictedMigrationS: number;
 }
 
 export interface Plan {
@@ -81,14 +128,25 @@ export interface Plan {
   moves: Move[];
   hostsToSleep: string[];
   hostsToWake: string[];
+  /** Data-centre power (SPECpower models) with the demand now, before and after the plan. */
   predictedPowerWattsBefore: number;
   predictedPowerWattsAfter: number;
   computeMs: number;
+  state: PlanState;
+  costModel: string;
+  createdUnixMs: number;
+  /** Hosts whose demand exceeds capacity before and after the plan. */
+  overloadedHostsBefore: number;
+  overloadedHostsAfter: number;
+  /** Load records left out (e.g. a VM on a host that has not reported). */
+  warnings: string[];
 }
 
 export interface ComputePlanRequest {
   /** Empty: the service's configured policy (default "vmhop"). */
   policy: string;
+  /** "cloudsim" or "postcopy"; empty: the service's configured one. */
+  costModel: string;
 }
 
 export interface ComputePlanResponse {
@@ -100,6 +158,10 @@ export interface ApplyPlanRequest {
 }
 
 export interface ApplyPlanResponse {
+  plan:
+    | Plan
+    | undefined;
+  /** Migrations started for the plan: empty until a control-plane consumes accepted plans. */
   migrationIds: string[];
 }
 
@@ -248,13 +310,16 @@ export const ListPoliciesRequest: MessageFns<ListPoliciesRequest> = {
 };
 
 function createBaseListPoliciesResponse(): ListPoliciesResponse {
-  return { policies: [] };
+  return { policies: [], defaultPolicy: "" };
 }
 
 export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
   encode(message: ListPoliciesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.policies) {
       Policy.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.defaultPolicy !== "") {
+      writer.uint32(18).string(message.defaultPolicy);
     }
     return writer;
   },
@@ -280,6 +345,14 @@ export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
             message.policies.push(Policy.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.defaultPolicy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -295,6 +368,11 @@ export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
   fromJSON(object: any): ListPoliciesResponse {
     return {
       policies: globalThis.Array.isArray(object?.policies) ? object.policies.map((e: any) => Policy.fromJSON(e)) : [],
+      defaultPolicy: isSet(object.defaultPolicy)
+        ? globalThis.String(object.defaultPolicy)
+        : isSet(object.default_policy)
+        ? globalThis.String(object.default_policy)
+        : "",
     };
   },
 
@@ -302,6 +380,9 @@ export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
     const obj: any = {};
     if (message.policies?.length) {
       obj.policies = message.policies.map((e) => Policy.toJSON(e));
+    }
+    if (message.defaultPolicy !== "") {
+      obj.defaultPolicy = message.defaultPolicy;
     }
     return obj;
   },
@@ -312,6 +393,7 @@ export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListPoliciesResponse>, I>>(object: I): ListPoliciesResponse {
     const message = createBaseListPoliciesResponse();
     message.policies = object.policies?.map((e) => Policy.fromPartial(e)) || [];
+    message.defaultPolicy = object.defaultPolicy ?? "";
     return message;
   },
 };
@@ -482,7 +564,15 @@ export const HostLoad: MessageFns<HostLoad> = {
 };
 
 function createBaseVmLoad(): VmLoad {
-  return { vmId: "", hostId: "", cpuRequestedMips: 0, memoryMib: 0, cpuUtilization: 0, dirtyRateMibPerS: 0 };
+  return {
+    vmId: "",
+    hostId: "",
+    cpuRequestedMips: 0,
+    memoryMib: 0,
+    cpuUtilization: 0,
+    dirtyRateMibPerS: 0,
+    migratingToHostId: "",
+  };
 }
 
 export const VmLoad: MessageFns<VmLoad> = {
@@ -504,6 +594,9 @@ export const VmLoad: MessageFns<VmLoad> = {
     }
     if (message.dirtyRateMibPerS !== 0) {
       writer.uint32(49).double(message.dirtyRateMibPerS);
+    }
+    if (message.migratingToHostId !== "") {
+      writer.uint32(58).string(message.migratingToHostId);
     }
     return writer;
   },
@@ -569,6 +662,14 @@ export const VmLoad: MessageFns<VmLoad> = {
             message.dirtyRateMibPerS = reader.double();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.migratingToHostId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -613,6 +714,11 @@ export const VmLoad: MessageFns<VmLoad> = {
         : isSet(object.dirty_rate_mib_per_s)
         ? globalThis.Number(object.dirty_rate_mib_per_s)
         : 0,
+      migratingToHostId: isSet(object.migratingToHostId)
+        ? globalThis.String(object.migratingToHostId)
+        : isSet(object.migrating_to_host_id)
+        ? globalThis.String(object.migrating_to_host_id)
+        : "",
     };
   },
 
@@ -636,6 +742,9 @@ export const VmLoad: MessageFns<VmLoad> = {
     if (message.dirtyRateMibPerS !== 0) {
       obj.dirtyRateMibPerS = floatToJson(message.dirtyRateMibPerS);
     }
+    if (message.migratingToHostId !== "") {
+      obj.migratingToHostId = message.migratingToHostId;
+    }
     return obj;
   },
 
@@ -650,6 +759,7 @@ export const VmLoad: MessageFns<VmLoad> = {
     message.memoryMib = object.memoryMib ?? 0;
     message.cpuUtilization = object.cpuUtilization ?? 0;
     message.dirtyRateMibPerS = object.dirtyRateMibPerS ?? 0;
+    message.migratingToHostId = object.migratingToHostId ?? "";
     return message;
   },
 };
@@ -760,11 +870,17 @@ export const ReportLoadRequest: MessageFns<ReportLoadRequest> = {
 };
 
 function createBaseReportLoadResponse(): ReportLoadResponse {
-  return {};
+  return { hostsRecorded: 0, vmsRecorded: 0 };
 }
 
 export const ReportLoadResponse: MessageFns<ReportLoadResponse> = {
-  encode(_: ReportLoadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ReportLoadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostsRecorded !== 0) {
+      writer.uint32(8).uint32(message.hostsRecorded);
+    }
+    if (message.vmsRecorded !== 0) {
+      writer.uint32(16).uint32(message.vmsRecorded);
+    }
     return writer;
   },
 
@@ -781,6 +897,22 @@ export const ReportLoadResponse: MessageFns<ReportLoadResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.hostsRecorded = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.vmsRecorded = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -793,26 +925,45 @@ export const ReportLoadResponse: MessageFns<ReportLoadResponse> = {
     }
   },
 
-  fromJSON(_: any): ReportLoadResponse {
-    return {};
+  fromJSON(object: any): ReportLoadResponse {
+    return {
+      hostsRecorded: isSet(object.hostsRecorded)
+        ? globalThis.Number(object.hostsRecorded)
+        : isSet(object.hosts_recorded)
+        ? globalThis.Number(object.hosts_recorded)
+        : 0,
+      vmsRecorded: isSet(object.vmsRecorded)
+        ? globalThis.Number(object.vmsRecorded)
+        : isSet(object.vms_recorded)
+        ? globalThis.Number(object.vms_recorded)
+        : 0,
+    };
   },
 
-  toJSON(_: ReportLoadResponse): unknown {
+  toJSON(message: ReportLoadResponse): unknown {
     const obj: any = {};
+    if (message.hostsRecorded !== 0) {
+      obj.hostsRecorded = Math.round(message.hostsRecorded);
+    }
+    if (message.vmsRecorded !== 0) {
+      obj.vmsRecorded = Math.round(message.vmsRecorded);
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<ReportLoadResponse>, I>>(base?: I): ReportLoadResponse {
     return ReportLoadResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<ReportLoadResponse>, I>>(_: I): ReportLoadResponse {
+  fromPartial<I extends Exact<DeepPartial<ReportLoadResponse>, I>>(object: I): ReportLoadResponse {
     const message = createBaseReportLoadResponse();
+    message.hostsRecorded = object.hostsRecorded ?? 0;
+    message.vmsRecorded = object.vmsRecorded ?? 0;
     return message;
   },
 };
 
 function createBaseMove(): Move {
-  return { vmId: "", fromHostId: "", toHostId: "", reason: "" };
+  return { vmId: "", fromHostId: "", toHostId: "", reason: "", predictedMigrationS: 0 };
 }
 
 export const Move: MessageFns<Move> = {
@@ -828,6 +979,9 @@ export const Move: MessageFns<Move> = {
     }
     if (message.reason !== "") {
       writer.uint32(34).string(message.reason);
+    }
+    if (message.predictedMigrationS !== 0) {
+      writer.uint32(41).double(message.predictedMigrationS);
     }
     return writer;
   },
@@ -877,6 +1031,14 @@ export const Move: MessageFns<Move> = {
             message.reason = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.predictedMigrationS = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -907,6 +1069,11 @@ export const Move: MessageFns<Move> = {
         ? globalThis.String(object.to_host_id)
         : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      predictedMigrationS: isSet(object.predictedMigrationS)
+        ? globalThis.Number(object.predictedMigrationS)
+        : isSet(object.predicted_migration_s)
+        ? globalThis.Number(object.predicted_migration_s)
+        : 0,
     };
   },
 
@@ -924,6 +1091,9 @@ export const Move: MessageFns<Move> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.predictedMigrationS !== 0) {
+      obj.predictedMigrationS = floatToJson(message.predictedMigrationS);
+    }
     return obj;
   },
 
@@ -936,6 +1106,7 @@ export const Move: MessageFns<Move> = {
     message.fromHostId = object.fromHostId ?? "";
     message.toHostId = object.toHostId ?? "";
     message.reason = object.reason ?? "";
+    message.predictedMigrationS = object.predictedMigrationS ?? 0;
     return message;
   },
 };
@@ -950,6 +1121,12 @@ function createBasePlan(): Plan {
     predictedPowerWattsBefore: 0,
     predictedPowerWattsAfter: 0,
     computeMs: 0,
+    state: 0,
+    costModel: "",
+    createdUnixMs: 0,
+    overloadedHostsBefore: 0,
+    overloadedHostsAfter: 0,
+    warnings: [],
   };
 }
 
@@ -978,6 +1155,24 @@ export const Plan: MessageFns<Plan> = {
     }
     if (message.computeMs !== 0) {
       writer.uint32(65).double(message.computeMs);
+    }
+    if (message.state !== 0) {
+      writer.uint32(72).int32(message.state);
+    }
+    if (message.costModel !== "") {
+      writer.uint32(82).string(message.costModel);
+    }
+    if (message.createdUnixMs !== 0) {
+      writer.uint32(88).int64(message.createdUnixMs);
+    }
+    if (message.overloadedHostsBefore !== 0) {
+      writer.uint32(96).uint32(message.overloadedHostsBefore);
+    }
+    if (message.overloadedHostsAfter !== 0) {
+      writer.uint32(104).uint32(message.overloadedHostsAfter);
+    }
+    for (const v of message.warnings) {
+      writer.uint32(114).string(v!);
     }
     return writer;
   },
@@ -1059,6 +1254,54 @@ export const Plan: MessageFns<Plan> = {
             message.computeMs = reader.double();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.costModel = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.createdUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.overloadedHostsBefore = reader.uint32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.overloadedHostsAfter = reader.uint32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.warnings.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1105,6 +1348,30 @@ export const Plan: MessageFns<Plan> = {
         : isSet(object.compute_ms)
         ? globalThis.Number(object.compute_ms)
         : 0,
+      state: isSet(object.state) ? planStateFromJSON(object.state) : 0,
+      costModel: isSet(object.costModel)
+        ? globalThis.String(object.costModel)
+        : isSet(object.cost_model)
+        ? globalThis.String(object.cost_model)
+        : "",
+      createdUnixMs: isSet(object.createdUnixMs)
+        ? globalThis.Number(object.createdUnixMs)
+        : isSet(object.created_unix_ms)
+        ? globalThis.Number(object.created_unix_ms)
+        : 0,
+      overloadedHostsBefore: isSet(object.overloadedHostsBefore)
+        ? globalThis.Number(object.overloadedHostsBefore)
+        : isSet(object.overloaded_hosts_before)
+        ? globalThis.Number(object.overloaded_hosts_before)
+        : 0,
+      overloadedHostsAfter: isSet(object.overloadedHostsAfter)
+        ? globalThis.Number(object.overloadedHostsAfter)
+        : isSet(object.overloaded_hosts_after)
+        ? globalThis.Number(object.overloaded_hosts_after)
+        : 0,
+      warnings: globalThis.Array.isArray(object?.warnings)
+        ? object.warnings.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1134,6 +1401,24 @@ export const Plan: MessageFns<Plan> = {
     if (message.computeMs !== 0) {
       obj.computeMs = floatToJson(message.computeMs);
     }
+    if (message.state !== 0) {
+      obj.state = planStateToJSON(message.state);
+    }
+    if (message.costModel !== "") {
+      obj.costModel = message.costModel;
+    }
+    if (message.createdUnixMs !== 0) {
+      obj.createdUnixMs = Math.round(message.createdUnixMs);
+    }
+    if (message.overloadedHostsBefore !== 0) {
+      obj.overloadedHostsBefore = Math.round(message.overloadedHostsBefore);
+    }
+    if (message.overloadedHostsAfter !== 0) {
+      obj.overloadedHostsAfter = Math.round(message.overloadedHostsAfter);
+    }
+    if (message.warnings?.length) {
+      obj.warnings = message.warnings;
+    }
     return obj;
   },
 
@@ -1150,18 +1435,27 @@ export const Plan: MessageFns<Plan> = {
     message.predictedPowerWattsBefore = object.predictedPowerWattsBefore ?? 0;
     message.predictedPowerWattsAfter = object.predictedPowerWattsAfter ?? 0;
     message.computeMs = object.computeMs ?? 0;
+    message.state = object.state ?? 0;
+    message.costModel = object.costModel ?? "";
+    message.createdUnixMs = object.createdUnixMs ?? 0;
+    message.overloadedHostsBefore = object.overloadedHostsBefore ?? 0;
+    message.overloadedHostsAfter = object.overloadedHostsAfter ?? 0;
+    message.warnings = object.warnings?.map((e) => e) || [];
     return message;
   },
 };
 
 function createBaseComputePlanRequest(): ComputePlanRequest {
-  return { policy: "" };
+  return { policy: "", costModel: "" };
 }
 
 export const ComputePlanRequest: MessageFns<ComputePlanRequest> = {
   encode(message: ComputePlanRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.policy !== "") {
       writer.uint32(10).string(message.policy);
+    }
+    if (message.costModel !== "") {
+      writer.uint32(18).string(message.costModel);
     }
     return writer;
   },
@@ -1187,6 +1481,14 @@ export const ComputePlanRequest: MessageFns<ComputePlanRequest> = {
             message.policy = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.costModel = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1200,13 +1502,23 @@ export const ComputePlanRequest: MessageFns<ComputePlanRequest> = {
   },
 
   fromJSON(object: any): ComputePlanRequest {
-    return { policy: isSet(object.policy) ? globalThis.String(object.policy) : "" };
+    return {
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
+      costModel: isSet(object.costModel)
+        ? globalThis.String(object.costModel)
+        : isSet(object.cost_model)
+        ? globalThis.String(object.cost_model)
+        : "",
+    };
   },
 
   toJSON(message: ComputePlanRequest): unknown {
     const obj: any = {};
     if (message.policy !== "") {
       obj.policy = message.policy;
+    }
+    if (message.costModel !== "") {
+      obj.costModel = message.costModel;
     }
     return obj;
   },
@@ -1217,6 +1529,7 @@ export const ComputePlanRequest: MessageFns<ComputePlanRequest> = {
   fromPartial<I extends Exact<DeepPartial<ComputePlanRequest>, I>>(object: I): ComputePlanRequest {
     const message = createBaseComputePlanRequest();
     message.policy = object.policy ?? "";
+    message.costModel = object.costModel ?? "";
     return message;
   },
 };
@@ -1362,13 +1675,16 @@ export const ApplyPlanRequest: MessageFns<ApplyPlanRequest> = {
 };
 
 function createBaseApplyPlanResponse(): ApplyPlanResponse {
-  return { migrationIds: [] };
+  return { plan: undefined, migrationIds: [] };
 }
 
 export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
   encode(message: ApplyPlanResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.plan !== undefined) {
+      Plan.encode(message.plan, writer.uint32(10).fork()).join();
+    }
     for (const v of message.migrationIds) {
-      writer.uint32(10).string(v!);
+      writer.uint32(18).string(v!);
     }
     return writer;
   },
@@ -1391,6 +1707,14 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
               break;
             }
 
+            message.plan = Plan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
             message.migrationIds.push(reader.string());
             continue;
           }
@@ -1408,6 +1732,7 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
 
   fromJSON(object: any): ApplyPlanResponse {
     return {
+      plan: isSet(object.plan) ? Plan.fromJSON(object.plan) : undefined,
       migrationIds: globalThis.Array.isArray(object?.migrationIds)
         ? object.migrationIds.map((e: any) => globalThis.String(e))
         : globalThis.Array.isArray(object?.migration_ids)
@@ -1418,6 +1743,9 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
 
   toJSON(message: ApplyPlanResponse): unknown {
     const obj: any = {};
+    if (message.plan !== undefined) {
+      obj.plan = Plan.toJSON(message.plan);
+    }
     if (message.migrationIds?.length) {
       obj.migrationIds = message.migrationIds;
     }
@@ -1429,6 +1757,7 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<ApplyPlanResponse>, I>>(object: I): ApplyPlanResponse {
     const message = createBaseApplyPlanResponse();
+    message.plan = (object.plan !== undefined && object.plan !== null) ? Plan.fromPartial(object.plan) : undefined;
     message.migrationIds = object.migrationIds?.map((e) => e) || [];
     return message;
   },
@@ -1555,7 +1884,10 @@ export const WatchDecisionsResponse: MessageFns<WatchDecisionsResponse> = {
 
 /**
  * PlacementService computes consolidation plans (which VM goes where, which hosts can
- * sleep) with the same policy code the trace-driven simulator scores. (First draft.)
+ * sleep or must wake) with the same policy code the trace-driven simulator scores. Load
+ * comes from ReportLoad or from host agents writing the same records to the Store (key
+ * layout: services/placement/README.md). There is no control-plane yet: ApplyPlan records
+ * the plan as accepted and publishes it for the control-plane to execute.
  */
 export type PlacementServiceService = typeof PlacementServiceService;
 export const PlacementServiceService = {
@@ -1569,7 +1901,7 @@ export const PlacementServiceService = {
       Buffer.from(ListPoliciesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListPoliciesResponse => ListPoliciesResponse.decode(value),
   },
-  /** Reports host and VM load; host agents may instead write samples to Redis. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
   reportLoad: {
     path: "/vmhop.v1.PlacementService/ReportLoad" as const,
     requestStream: false as const,
@@ -1579,6 +1911,7 @@ export const PlacementServiceService = {
     responseSerialize: (value: ReportLoadResponse): Buffer => Buffer.from(ReportLoadResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportLoadResponse => ReportLoadResponse.decode(value),
   },
+  /** Plans from the load in the Store; the plan is stored and published, not applied. */
   computePlan: {
     path: "/vmhop.v1.PlacementService/ComputePlan" as const,
     requestStream: false as const,
@@ -1588,7 +1921,7 @@ export const PlacementServiceService = {
     responseSerialize: (value: ComputePlanResponse): Buffer => Buffer.from(ComputePlanResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ComputePlanResponse => ComputePlanResponse.decode(value),
   },
-  /** Applies a plan through the control-plane (migrations, then host sleeps). */
+  /** Marks a stored plan accepted and publishes it for the control-plane. */
   applyPlan: {
     path: "/vmhop.v1.PlacementService/ApplyPlan" as const,
     requestStream: false as const,
@@ -1598,6 +1931,7 @@ export const PlacementServiceService = {
     responseSerialize: (value: ApplyPlanResponse): Buffer => Buffer.from(ApplyPlanResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ApplyPlanResponse => ApplyPlanResponse.decode(value),
   },
+  /** Streams plans as they are computed and accepted. */
   watchDecisions: {
     path: "/vmhop.v1.PlacementService/WatchDecisions" as const,
     requestStream: false as const,
@@ -1613,11 +1947,13 @@ export const PlacementServiceService = {
 
 export interface PlacementServiceServer extends UntypedServiceImplementation {
   listPolicies: handleUnaryCall<ListPoliciesRequest, ListPoliciesResponse>;
-  /** Reports host and VM load; host agents may instead write samples to Redis. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
   reportLoad: handleUnaryCall<ReportLoadRequest, ReportLoadResponse>;
+  /** Plans from the load in the Store; the plan is stored and published, not applied. */
   computePlan: handleUnaryCall<ComputePlanRequest, ComputePlanResponse>;
-  /** Applies a plan through the control-plane (migrations, then host sleeps). */
+  /** Marks a stored plan accepted and publishes it for the control-plane. */
   applyPlan: handleUnaryCall<ApplyPlanRequest, ApplyPlanResponse>;
+  /** Streams plans as they are computed and accepted. */
   watchDecisions: handleServerStreamingCall<WatchDecisionsRequest, WatchDecisionsResponse>;
 }
 
@@ -1637,7 +1973,7 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListPoliciesResponse) => void,
   ): ClientUnaryCall;
-  /** Reports host and VM load; host agents may instead write samples to Redis. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
   reportLoad(
     request: ReportLoadRequest,
     callback: (error: ServiceError | null, response: ReportLoadResponse) => void,
@@ -1653,6 +1989,7 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportLoadResponse) => void,
   ): ClientUnaryCall;
+  /** Plans from the load in the Store; the plan is stored and published, not applied. */
   computePlan(
     request: ComputePlanRequest,
     callback: (error: ServiceError | null, response: ComputePlanResponse) => void,
@@ -1668,7 +2005,7 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ComputePlanResponse) => void,
   ): ClientUnaryCall;
-  /** Applies a plan through the control-plane (migrations, then host sleeps). */
+  /** Marks a stored plan accepted and publishes it for the control-plane. */
   applyPlan(
     request: ApplyPlanRequest,
     callback: (error: ServiceError | null, response: ApplyPlanResponse) => void,
@@ -1684,6 +2021,7 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ApplyPlanResponse) => void,
   ): ClientUnaryCall;
+  /** Streams plans as they are computed and accepted. */
   watchDecisions(
     request: WatchDecisionsRequest,
     options?: Partial<CallOptions>,
