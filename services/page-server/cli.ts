@@ -29,7 +29,7 @@ const options = {
   preempt: {
     type: "boolean",
     default: false,
-    describe: "use QEMU's postcopy-preempt lane (set alike on all hosts)",
+    describe: "default for migrations whose request does not ask for QEMU's postcopy-preempt lane",
   },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;

@@ -43,6 +43,8 @@ export interface MigrationRecord {
   channelBytes: RelayCounters;
   /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
   recoveries: number;
+  /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
+  connections: number;
   /** Source: the mode used (what "auto" chose, and why). */
   mode?: MigrationMode;
   modeReason?: string;
@@ -60,6 +62,15 @@ export interface StartMigrationOptions {
   maxBandwidth?: number;
   /** Deflate the channel (worth it on a slow link). */
   compress?: boolean;
+  /** QEMU's postcopy-preempt lane (default: the host's `preempt`); must match the destination's. */
+  preempt?: boolean;
+}
+
+export interface IncomingOptions {
+  /** The mode the source will use; "auto" (the default) readies the destination for any. */
+  mode?: MigrationMode | "auto";
+  /** QEMU's postcopy-preempt lane (default: the host's `preempt`); must match the source's. */
+  preempt?: boolean;
 }
 
 export interface PageHostOptions {
@@ -67,7 +78,7 @@ export interface PageHostOptions {
   /** host (and port, 0 = any) the migration channel listens on. */
   channelHost?: string;
   channelPort?: number;
-  /** Use QEMU's postcopy-preempt lane; must match on both hosts. */
+  /** Default for migrations that do not say: QEMU's postcopy-preempt lane. */
   preempt?: boolean;
   /** Link bandwidth assumed by mode "auto" when a migration sets no cap (bytes/s; default 1 Gbit/s). */
   linkBandwidth?: number;
@@ -84,6 +95,7 @@ interface SavedMigration {
   hybridSeconds?: number;
   maxBandwidth?: number;
   compress?: boolean;
+  preempt?: boolean;
   /** Set once it ended. */
   phase?: "completed" | "failed";
 }
@@ -179,7 +191,7 @@ export class PageHost {
   }
 
   /** Destination: starts QEMU waiting for the stream; returns the channel address for the source. */
-  async prepareIncoming(spec: VmSpec, migrationId: string): Promise<string> {
+  async prepareIncoming(spec: VmSpec, migrationId: string, o: IncomingOptions = {}): Promise<string> {
     if (this.migrations.has(migrationId))
       throw new HostError("exists", `migration ${migrationId} already known here`);
     const vm = this.define(spec);
@@ -187,9 +199,10 @@ export class PageHost {
     await vm.start({ incoming: true });
     const sock = this.expectIncoming(vm, rec);
     saveMigration(vm, { id: migrationId, role: "destination" });
-    // postcopy-ram on the destination is harmless for a pre-copy stream, so it is always on:
-    // the source alone decides the mode.
-    await prepareIncoming(vm, `unix:${sock}`, { mode: "postcopy", preempt: this.opts.preempt });
+    // postcopy-ram on the destination is harmless for a pre-copy stream, so any mode but an
+    // announced pre-copy gets it: with "auto" the source decides later.
+    const mode = o.mode === undefined || o.mode === "auto" ? "postcopy" : o.mode;
+    await prepareIncoming(vm, `unix:${sock}`, { mode, preempt: o.preempt ?? this.opts.preempt });
     this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
     return this.channelAddress;
   }
@@ -248,6 +261,7 @@ export class PageHost {
       hybridSeconds: o.hybridSeconds,
       maxBandwidth: o.maxBandwidth,
       compress: o.compress,
+      preempt: o.preempt ?? this.opts.preempt,
     };
     saveMigration(vm, saved);
     this.runOutgoing(vm, rec, saved, out);
@@ -284,8 +298,10 @@ export class PageHost {
     let out = first;
     let attempt = 0;
     let carried = newCounters(); // by channels already closed
+    let carriedConnections = 0;
     const countBytes = () => {
       const now = out?.counters ?? newCounters();
+      rec.connections = carriedConnections + (out?.connections ?? 0);
       rec.channelBytes = {
         forward: carried.forward + now.forward,
         backward: carried.backward + now.backward,
@@ -297,6 +313,7 @@ export class PageHost {
     const recover = async () => {
       countBytes();
       carried = { ...rec.channelBytes };
+      carriedConnections = rec.connections;
       await out?.close();
       out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, saved.compress);
       await out.open();
@@ -306,7 +323,7 @@ export class PageHost {
     };
     const opts: MigrationOptions = {
       mode: saved.mode!,
-      preempt: this.opts.preempt,
+      preempt: saved.preempt ?? this.opts.preempt,
       maxBandwidth: saved.maxBandwidth || undefined,
       hybridRounds: saved.hybridRounds || undefined,
       hybridSeconds: saved.hybridSeconds || undefined,
@@ -382,6 +399,7 @@ export class PageHost {
       phase: "setup",
       channelBytes: newCounters(),
       recoveries: 0,
+      connections: 0,
       events: new EventEmitter(),
     };
     this.migrations.set(id, rec);
@@ -397,7 +415,11 @@ export class PageHost {
 
   /** The destination's own view (blocktime, its phase) until the migration ends or QEMU does. */
   private async followDestination(vm: Vm, rec: MigrationRecord): Promise<void> {
+    const countConnections = () => {
+      rec.connections = this.channel.target(rec.id)?.connections ?? rec.connections;
+    };
     while (!isFinalPhase(rec.phase)) {
+      countConnections();
       if (!isLive(vm.state)) {
         rec.error = `destination QEMU ended: ${vm.endReason}`;
         this.update(rec, undefined, "failed");
@@ -414,6 +436,7 @@ export class PageHost {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
+    countConnections();
     this.channel.forget(rec.id);
     if (rec.phase === "completed" || rec.phase === "failed")
       saveMigration(vm, { id: rec.id, role: rec.role, phase: rec.phase });

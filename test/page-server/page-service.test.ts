@@ -21,6 +21,7 @@ import { silentLogger } from "../../services/common/log.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
 import { splitLines } from "../../services/page-server/lines.js";
+import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { ensureGuest } from "./guest.js";
@@ -38,6 +39,18 @@ interface Server {
   host: PageHost;
   grpc: RunningGrpcServer;
   client: PageServiceClient;
+}
+
+/** The destination QEMU's post-copy capabilities, as PrepareIncoming set them. */
+async function capabilities(host: PageHost, vmId: string): Promise<Record<string, boolean>> {
+  const caps = (await host.get(vmId).qmp.execute("query-migrate-capabilities")) as {
+    capability: string;
+    state: boolean;
+  }[];
+  const want = ["postcopy-ram", "postcopy-preempt"];
+  return Object.fromEntries(
+    caps.filter((c) => want.includes(c.capability)).map((c) => [c.capability, c.state]),
+  );
 }
 
 async function pageServer(name: string): Promise<Server> {
@@ -110,8 +123,11 @@ migTest(
     const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
       spec,
       migrationId: "mig-1",
+      mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+      preempt: true, // neither host was started with --preempt: the request alone sets it
     });
     assert.match(channelAddress, /^127\.0\.0\.1:\d+$/);
+    assert.equal(await capabilities(b.host, "vm1"), { "postcopy-ram": true, "postcopy-preempt": true });
     const dstView = await call<{ vm: { state: VmState; serialLogPath: string } }>(b.client, "inspectVm", {
       vmId: "vm1",
     });
@@ -126,6 +142,7 @@ migTest(
         migrationId: "mig-1",
         channelAddress,
         mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+        preempt: true,
       }),
     );
     const updates: WatchMigrationResponse[] = [];
@@ -137,6 +154,12 @@ migTest(
     });
     const last = updates.at(-1)!;
     assert.is(last.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED, last.error);
+    // The urgent lane is QEMU's second connection, carried on its own channel connection.
+    assert.is(a.host.migration("mig-1").connections, 2);
+    await until("the destination's view to end", () =>
+      isFinalPhase(b.host.migration("mig-1").phase) ? true : undefined,
+    );
+    assert.is(b.host.migration("mig-1").connections, 2);
     assert.ok(updates.some((u) => u.phase === MigrationPhase.MIGRATION_PHASE_POSTCOPY));
     assert.ok(last.bytesSent > 0);
 
@@ -191,7 +214,9 @@ migTest(
     const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
       spec,
       migrationId: "mig-abort",
+      mode: MigrationMode.MIGRATION_MODE_PRECOPY,
     });
+    assert.equal(await capabilities(b.host, "vm2"), { "postcopy-ram": false, "postcopy-preempt": false });
     await call(
       a.client,
       "startMigration",

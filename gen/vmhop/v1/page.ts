@@ -288,6 +288,10 @@ export interface ListHostVmsResponse {
 export interface PrepareIncomingRequest {
   spec: VmSpec | undefined;
   migrationId: string;
+  /** The mode the source will use (AUTO or UNSPECIFIED: ready for any, post-copy included). */
+  mode: MigrationMode;
+  /** QEMU's postcopy-preempt lane for urgent pages; must match StartMigrationRequest.preempt. */
+  preempt: boolean;
 }
 
 export interface PrepareIncomingResponse {
@@ -305,6 +309,8 @@ export interface StartMigrationRequest {
   precopySeconds: number;
   maxBandwidthBytesPerSecond: number;
   compress: boolean;
+  /** QEMU's postcopy-preempt lane; must match PrepareIncomingRequest.preempt. */
+  preempt: boolean;
 }
 
 export interface StartMigrationResponse {
@@ -1687,7 +1693,7 @@ export const ListHostVmsResponse: MessageFns<ListHostVmsResponse> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { spec: undefined, migrationId: "" };
+  return { spec: undefined, migrationId: "", mode: 0, preempt: false };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -1697,6 +1703,12 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.migrationId !== "") {
       writer.uint32(18).string(message.migrationId);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(24).int32(message.mode);
+    }
+    if (message.preempt !== false) {
+      writer.uint32(32).bool(message.preempt);
     }
     return writer;
   },
@@ -1730,6 +1742,22 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.migrationId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.preempt = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1750,6 +1778,8 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         : isSet(object.migration_id)
         ? globalThis.String(object.migration_id)
         : "",
+      mode: isSet(object.mode) ? migrationModeFromJSON(object.mode) : 0,
+      preempt: isSet(object.preempt) ? globalThis.Boolean(object.preempt) : false,
     };
   },
 
@@ -1761,6 +1791,12 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.migrationId !== "") {
       obj.migrationId = message.migrationId;
     }
+    if (message.mode !== 0) {
+      obj.mode = migrationModeToJSON(message.mode);
+    }
+    if (message.preempt !== false) {
+      obj.preempt = message.preempt;
+    }
     return obj;
   },
 
@@ -1771,6 +1807,8 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     const message = createBasePrepareIncomingRequest();
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.migrationId = object.migrationId ?? "";
+    message.mode = object.mode ?? 0;
+    message.preempt = object.preempt ?? false;
     return message;
   },
 };
@@ -1858,6 +1896,7 @@ function createBaseStartMigrationRequest(): StartMigrationRequest {
     precopySeconds: 0,
     maxBandwidthBytesPerSecond: 0,
     compress: false,
+    preempt: false,
   };
 }
 
@@ -1886,6 +1925,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     }
     if (message.compress !== false) {
       writer.uint32(64).bool(message.compress);
+    }
+    if (message.preempt !== false) {
+      writer.uint32(72).bool(message.preempt);
     }
     return writer;
   },
@@ -1967,6 +2009,14 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
             message.compress = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.preempt = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2013,6 +2063,7 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
         ? globalThis.Number(object.max_bandwidth_bytes_per_second)
         : 0,
       compress: isSet(object.compress) ? globalThis.Boolean(object.compress) : false,
+      preempt: isSet(object.preempt) ? globalThis.Boolean(object.preempt) : false,
     };
   },
 
@@ -2042,6 +2093,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     if (message.compress !== false) {
       obj.compress = message.compress;
     }
+    if (message.preempt !== false) {
+      obj.preempt = message.preempt;
+    }
     return obj;
   },
 
@@ -2058,6 +2112,7 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     message.precopySeconds = object.precopySeconds ?? 0;
     message.maxBandwidthBytesPerSecond = object.maxBandwidthBytesPerSecond ?? 0;
     message.compress = object.compress ?? false;
+    message.preempt = object.preempt ?? false;
     return message;
   },
 };

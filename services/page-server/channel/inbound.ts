@@ -58,6 +58,10 @@ export class ChannelServer {
     return t;
   }
 
+  target(migrationId: string): IncomingTarget | undefined {
+    return this.targets.get(migrationId);
+  }
+
   forget(migrationId: string): void {
     this.targets.delete(migrationId);
   }

@@ -49,8 +49,17 @@ export function pageService(host: PageHost): ServiceRegistration {
       vms: host.list().map((vm) => vmToProto(vm, outgoing.has(vm.spec.name))),
     })),
     prepareIncoming: wrap(
-      async (req: { spec?: Parameters<typeof specFromProto>[0]; migrationId: string }) => ({
-        channelAddress: await host.prepareIncoming(specFromProto(req.spec), req.migrationId),
+      async (req: {
+        spec?: Parameters<typeof specFromProto>[0];
+        migrationId: string;
+        mode: number;
+        preempt: boolean;
+      }) => ({
+        channelAddress: await host.prepareIncoming(specFromProto(req.spec), req.migrationId, {
+          mode: req.mode ? modeFromProto(req.mode) : "auto",
+          // proto3 cannot tell false from unset: false leaves the host's --preempt default.
+          preempt: req.preempt || undefined,
+        }),
       }),
     ),
     startMigration: wrap(
@@ -63,6 +72,7 @@ export function pageService(host: PageHost): ServiceRegistration {
         precopySeconds: number;
         maxBandwidthBytesPerSecond: number;
         compress: boolean;
+        preempt: boolean;
       }) => {
         const rec = await host.startMigration({
           vmId: req.vmId,
@@ -73,6 +83,7 @@ export function pageService(host: PageHost): ServiceRegistration {
           hybridSeconds: req.precopySeconds,
           maxBandwidth: req.maxBandwidthBytesPerSecond,
           compress: req.compress,
+          preempt: req.preempt || undefined,
         });
         outgoing.add(req.vmId);
         const done = (r: MigrationRecord) => {
