@@ -1,8 +1,10 @@
 // `vmhop placement simulate|policies`: offline scoring of placement policies on traces.
 import { parseArgs } from "node:util";
 import { CliError } from "../cli/errors.js";
+import { ConfigError, parseConfig } from "../common/config.js";
 import type { DayMetrics } from "./metrics/summary.js";
 import { DEFAULT_POLICY, listPolicies } from "./policies/registry.js";
+import { serve, serveSpecs } from "./service/serve.js";
 import { type RunResult, runDays } from "./sim/run-days.js";
 import { TraceError } from "./traces/trace.js";
 
@@ -13,7 +15,10 @@ commands:
            [--seed N] [--hosts N] [--json]
            replay a day of traces per day (DIR/<day>.tsv or DIR/<day>/ one file per VM)
            and print energy, SLATAH, PDM, SLAV, ESV and migrations per day and their mean
-  policies [--json]   list policy names (default policy: ${DEFAULT_POLICY})`;
+  policies [--json]   list policy names (default policy: ${DEFAULT_POLICY})
+  serve [--grpc 127.0.0.1:7404] [--store redis://HOST:PORT] [--policy NAME]
+        [--cost-model cloudsim|postcopy] [--plan-interval-s N [--auto-apply]]
+           the gRPC PlacementService (vmhop placement serve --help for every option)`;
 
 /** `simulate --json`: {days: [{day, …metrics}], mean: {…metrics}}, fractions not percent. */
 export type JsonMetric = "energy_kwh" | "slatah" | "pdm" | "slav" | "esv" | "migrations" | "plan_ms_p99";
@@ -141,5 +146,13 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (cmd === "simulate") return simulate(rest);
   if (cmd === "policies") return policies(rest);
+  if (cmd === "serve") {
+    try {
+      return await serve(parseConfig(serveSpecs, rest));
+    } catch (err) {
+      if (err instanceof ConfigError) throw new CliError(`${err.message}\n${USAGE}`);
+      throw err;
+    }
+  }
   throw new CliError(`unknown placement command ${JSON.stringify(cmd)}\n${USAGE}`);
 }

@@ -33,9 +33,31 @@ test("plan from a snapshot: moves by the caller's ids, and the hosts that can sl
     ],
   };
   const p = planFromSnapshot(s, "vmhop");
-  assert.deepEqual(p.moves, [{ vm: 200, from: 3, to: 1 }]);
+  assert.deepEqual(p.moves, [{ vm: 200, from: 3, to: 1, migrationS: 613 / 62.5 }]);
   assert.deepEqual(p.sleep, [3]);
-  assert.deepEqual(planFromSnapshot(s, "dvfs"), { moves: [], sleep: [] });
+  assert.deepEqual(p.wake, []);
+  assert.deepEqual(planFromSnapshot(s, "dvfs"), { moves: [], sleep: [], wake: [] });
+});
+
+test("reported host state: an awake empty host sleeps, an asleep host that receives VMs wakes", () => {
+  const s: ClusterSnapshot = {
+    hosts: [
+      { id: 0, type: 0, asleep: false },
+      { id: 1, type: 1, asleep: true },
+    ],
+    vms: [],
+  };
+  assert.deepEqual(planFromSnapshot(s, "vmhop"), { moves: [], sleep: [0], wake: [] });
+  // An overloaded G4 (3720 MIPS) sheds a VM onto the sleeping G5, which wakes.
+  s.vms = [
+    { id: 1, mips: 2500, ramMb: 870, host: 0, reqMips: 2500, history: Array(12).fill(1) },
+    { id: 2, mips: 2500, ramMb: 870, host: 0, reqMips: 2500, history: Array(12).fill(1) },
+  ];
+  const p = planFromSnapshot(s, "vmhop");
+  assert.equal(p.moves.length, 1);
+  assert.equal(p.moves[0].to, 1);
+  assert.deepEqual(p.wake, [1]);
+  assert.deepEqual(p.sleep, []);
 });
 
 test("bad snapshots are refused clearly", () => {

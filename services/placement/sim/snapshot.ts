@@ -10,6 +10,8 @@ export interface HostSnapshot {
   id: number;
   /** Index into HOST_TYPES (0 = HP ProLiant G4, 1 = G5). */
   type: number;
+  /** Reported state; absent: a host is on exactly when it runs VMs (the simulator's view). */
+  asleep?: boolean;
 }
 
 export interface VmSnapshot {
@@ -34,9 +36,12 @@ export interface ClusterSnapshot {
 }
 
 export interface PlanResult {
-  moves: { vm: number; from: number; to: number }[];
-  /** Hosts that run VMs now and none once the moves complete: they can sleep. */
+  /** migrationS: seconds the VM is degraded while it moves, under the cost model. */
+  moves: { vm: number; from: number; to: number; migrationS: number }[];
+  /** Hosts on now (running VMs, or reported awake) with no VMs once the moves complete. */
   sleep: number[];
+  /** Hosts off now that receive VMs. */
+  wake: number[];
 }
 
 export function clusterFromSnapshot(s: ClusterSnapshot): Cluster {
@@ -99,9 +104,15 @@ export function planFromSnapshot(
   for (const vm of c.vms) finalHost.set(vm, vm.dest >= 0 ? vm.dest : vm.host);
   for (const m of moves) finalHost.set(m.vm, m.to.id);
   for (const [, h] of finalHost) remaining.set(h, (remaining.get(h) ?? 0) + 1);
-  const sleep = c.hosts.filter((h) => h.vms.length > 0 && remaining.get(h.id) === 0).map((h) => h.id);
+  const onNow = (h: Host) => h.vms.length > 0 || s.hosts[h.id].asleep === false;
   return {
-    moves: moves.map((m) => ({ vm: s.vms[m.vm.id].id, from: s.vms[m.vm.id].host, to: m.to.id })),
-    sleep,
+    moves: moves.map((m) => ({
+      vm: s.vms[m.vm.id].id,
+      from: s.vms[m.vm.id].host,
+      to: m.to.id,
+      migrationS: cost.durationS(m.vm, m.to),
+    })),
+    sleep: c.hosts.filter((h) => onNow(h) && remaining.get(h.id) === 0).map((h) => h.id),
+    wake: c.hosts.filter((h) => !onNow(h) && (remaining.get(h.id) ?? 0) > 0).map((h) => h.id),
   };
 }

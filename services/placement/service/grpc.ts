@@ -1,0 +1,142 @@
+// PlacementService: the gRPC face of load records and plans. Validation lives in load.ts
+// and plans.ts; this layer maps their errors to status codes and streams decisions.
+import * as grpc from "@grpc/grpc-js";
+import {
+  type PlacementServiceServer,
+  PlacementServiceService,
+  type Plan,
+  PlanState,
+  type WatchDecisionsRequest,
+  type WatchDecisionsResponse,
+} from "../../../gen/vmhop/v1/placement.js";
+import { type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import type { Logger } from "../../common/log.js";
+import { type Store, StoreError } from "../../common/store/index.js";
+import { DEFAULT_POLICY, listPolicies } from "../policies/registry.js";
+import { KEYS } from "./keys.js";
+import { LoadError, recordLoad } from "./load.js";
+import { acceptPlan, computePlan, PlanError, type PlanRecord } from "./plans.js";
+
+export interface PlacementConfig {
+  policy: string;
+  costModel: string;
+  seed?: number;
+  loadTtlMs: number;
+  planTtlMs: number;
+}
+
+const planCodes: Record<PlanError["kind"], grpc.status> = {
+  invalid: grpc.status.INVALID_ARGUMENT,
+  "not-found": grpc.status.NOT_FOUND,
+  precondition: grpc.status.FAILED_PRECONDITION,
+};
+
+async function mapped<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const code =
+      err instanceof LoadError
+        ? grpc.status.INVALID_ARGUMENT
+        : err instanceof PlanError
+          ? planCodes[err.kind]
+          : err instanceof StoreError
+            ? grpc.status.UNAVAILABLE
+            : undefined;
+    throw code === undefined ? err : Object.assign(err as Error, { grpcCode: code });
+  }
+}
+
+export function planToPb(p: PlanRecord): Plan {
+  return {
+    planId: p.plan_id,
+    policy: p.policy,
+    moves: p.moves.map((m) => ({
+      vmId: m.vm_id,
+      fromHostId: m.from_host_id,
+      toHostId: m.to_host_id,
+      reason: m.reason,
+      predictedMigrationS: m.migration_s,
+    })),
+    hostsToSleep: p.hosts_to_sleep,
+    hostsToWake: p.hosts_to_wake,
+    predictedPowerWattsBefore: p.power_watts_before,
+    predictedPowerWattsAfter: p.power_watts_after,
+    computeMs: p.compute_ms,
+    state: p.state === "accepted" ? PlanState.PLAN_STATE_ACCEPTED : PlanState.PLAN_STATE_PROPOSED,
+    costModel: p.cost_model,
+    createdUnixMs: p.created_unix_ms,
+    overloadedHostsBefore: p.overloaded_hosts_before,
+    overloadedHostsAfter: p.overloaded_hosts_after,
+    warnings: p.warnings,
+  };
+}
+
+export function placementService(store: Store, cfg: PlacementConfig, log: Logger): ServiceRegistration {
+  const plan = (policy: string, costModel: string) =>
+    computePlan(store, {
+      policy: policy || cfg.policy,
+      costModel: costModel || cfg.costModel,
+      seed: cfg.seed,
+      ttlMs: cfg.planTtlMs,
+    });
+  const impl: PlacementServiceServer = {
+    listPolicies: unary(async () => ({
+      policies: listPolicies().map((p) => ({ name: p.name, description: p.describe })),
+      defaultPolicy: cfg.policy || DEFAULT_POLICY,
+    })),
+    reportLoad: unary((req) =>
+      mapped(async () => {
+        await recordLoad(store, req, { ttlMs: cfg.loadTtlMs });
+        return { hostsRecorded: req.hosts.length, vmsRecorded: req.vms.length };
+      }),
+    ),
+    computePlan: unary((req) =>
+      mapped(async () => {
+        const p = await plan(req.policy, req.costModel);
+        log.info("plan computed", { plan: p.plan_id, moves: p.moves.length, ms: p.compute_ms });
+        return { plan: planToPb(p) };
+      }),
+    ),
+    applyPlan: unary((req) =>
+      mapped(async () => {
+        const p = await acceptPlan(store, req.planId);
+        log.info("plan accepted", { plan: p.plan_id });
+        // No control-plane runs migrations yet: the plan is accepted and published, nothing started.
+        return { plan: planToPb(p), migrationIds: [] };
+      }),
+    ),
+    watchDecisions: (call: grpc.ServerWritableStream<WatchDecisionsRequest, WatchDecisionsResponse>) => {
+      let unsubscribe: (() => Promise<void>) | undefined;
+      let done = false;
+      const end = () => {
+        done = true;
+        unsubscribe?.().catch(() => {});
+      };
+      call.on("cancelled", end);
+      call.on("close", end);
+      store
+        .subscribe(KEYS.decisions, (msg) => {
+          try {
+            call.write({ plan: planToPb(JSON.parse(msg) as PlanRecord) });
+          } catch (err) {
+            log.warn("bad decision message", { err });
+          }
+        })
+        .then(
+          (u) => {
+            unsubscribe = u;
+            if (done) end();
+            // Metadata tells the client the subscription is in place before any decision.
+            else call.sendMetadata(new grpc.Metadata());
+          },
+          (err) => call.destroy(Object.assign(err as Error, { code: grpc.status.UNAVAILABLE })),
+        );
+    },
+  };
+  return {
+    name: "vmhop.v1.PlacementService",
+    definition: PlacementServiceService,
+    implementation: impl as unknown as grpc.UntypedServiceImplementation,
+  };
+}

@@ -1,0 +1,32 @@
+// The periodic planning loop: compute a plan every interval (and accept it with autoApply),
+// one round at a time; a failed round is logged and the next one runs as scheduled.
+import type { Logger } from "../../common/log.js";
+import type { Store } from "../../common/store/index.js";
+import { acceptPlan, computePlan, type PlanOptions } from "./plans.js";
+
+export function startPlanningLoop(
+  store: Store,
+  opts: PlanOptions & { intervalMs: number; autoApply: boolean },
+  log: Logger,
+): { stop(): Promise<void> } {
+  let running: Promise<void> = Promise.resolve();
+  const round = async () => {
+    try {
+      const p = await computePlan(store, opts);
+      if (opts.autoApply && (p.moves.length > 0 || p.hosts_to_sleep.length > 0))
+        await acceptPlan(store, p.plan_id);
+      log.info("planning round", { plan: p.plan_id, moves: p.moves.length, applied: opts.autoApply });
+    } catch (err) {
+      log.warn("planning round failed", { err });
+    }
+  };
+  const timer = setInterval(() => {
+    running = running.then(round);
+  }, opts.intervalMs);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}

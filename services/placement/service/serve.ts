@@ -1,0 +1,103 @@
+// `vmhop placement serve`: the PlacementService over gRPC, load and plans in the Store.
+import { CliError } from "../../cli/errors.js";
+import { type Config, helpText, type OptionSpecs } from "../../common/config.js";
+import { startGrpcServer } from "../../common/grpc/server.js";
+import { onShutdown } from "../../common/lifecycle.js";
+import { createLogger } from "../../common/log.js";
+import { openStore } from "../../common/store/index.js";
+import { DEFAULT_POLICY, makePolicy } from "../policies/registry.js";
+import { costModelByName } from "../sim/cost-model.js";
+import { placementService } from "./grpc.js";
+import { startPlanningLoop } from "./loop.js";
+
+export const DEFAULT_PLACEMENT_GRPC = "127.0.0.1:7404";
+
+export const serveSpecs = {
+  grpc: { type: "string", default: DEFAULT_PLACEMENT_GRPC, describe: "gRPC listen address HOST:PORT" },
+  store: { type: "string", describe: "redis://HOST:PORT for shared durable state (default: embedded)" },
+  policy: { type: "string", default: DEFAULT_POLICY, describe: "policy when a request names none" },
+  "cost-model": {
+    type: "string",
+    default: "cloudsim",
+    describe: "migration cost model: cloudsim | postcopy",
+  },
+  seed: { type: "number", default: 42, describe: "seed for randomised policies" },
+  "load-ttl-s": { type: "number", default: 900, describe: "load records expire after this many seconds" },
+  "plan-ttl-s": { type: "number", default: 600, describe: "unaccepted plans expire after this many seconds" },
+  "plan-interval-s": {
+    type: "number",
+    default: 0,
+    describe: "compute a plan every N seconds (0 = only on request)",
+  },
+  "auto-apply": {
+    type: "boolean",
+    default: false,
+    describe: "accept each periodic plan that changes anything",
+  },
+  help: { type: "boolean", short: "h", describe: "show this help" },
+} satisfies OptionSpecs;
+
+function positive(v: number | undefined, flag: string, allowZero = false): number {
+  if (v === undefined || !(allowZero ? v >= 0 : v > 0))
+    throw new CliError(`--${flag} must be ${allowZero ? ">= 0" : "> 0"}, got ${v}`);
+  return v;
+}
+
+export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
+  if (o.help) {
+    console.log(helpText("usage: vmhop placement serve [options]", serveSpecs));
+    return 0;
+  }
+  // Refuse a bad policy or cost model at start, not at the first plan.
+  try {
+    makePolicy(o.policy!, { cost: costModelByName(o["cost-model"]!) });
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  const cfg = {
+    policy: o.policy!,
+    costModel: o["cost-model"]!,
+    seed: o.seed,
+    loadTtlMs: positive(o["load-ttl-s"], "load-ttl-s") * 1000,
+    planTtlMs: positive(o["plan-ttl-s"], "plan-ttl-s") * 1000,
+  };
+  const interval = positive(o["plan-interval-s"], "plan-interval-s", true);
+  const log = createLogger({ svc: "placement" });
+  const closers: { name: string; close: () => Promise<void> }[] = [];
+  const stop = onShutdown(log, closers);
+  try {
+    const store = await openStore(o.store);
+    closers.push({ name: "store", close: () => store.close() });
+    const g = await startGrpcServer({
+      serviceName: "placement",
+      listen: o.grpc!,
+      services: [placementService(store, cfg, log)],
+      log,
+    });
+    closers.push({ name: "grpc", close: () => g.shutdown() });
+    if (interval > 0) {
+      const loop = startPlanningLoop(
+        store,
+        { ...cfg, ttlMs: cfg.planTtlMs, intervalMs: interval * 1000, autoApply: o["auto-apply"]! },
+        log,
+      );
+      closers.push({ name: "planning loop", close: () => loop.stop() });
+    }
+    // One machine-readable ready line on stdout: scripts wait for it.
+    console.log(
+      JSON.stringify({
+        ready: true,
+        grpc: g.address,
+        store: store.kind,
+        policy: cfg.policy,
+        cost_model: cfg.costModel,
+      }),
+    );
+  } catch (err) {
+    await stop();
+    if (err instanceof CliError) throw err;
+    throw new CliError((err as Error).message, 1);
+  }
+  await new Promise(() => {}); // serve until a signal
+  return 0;
+}

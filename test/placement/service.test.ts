@@ -1,0 +1,274 @@
+// PlacementService over real gRPC, run as `vmhop placement serve` against a real Redis:
+// health/reflection, load → plan on a scenario with a known best answer, bad input, the
+// accept/publish path, and plans and load durable across a service and a Redis restart.
+import * as assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import * as grpc from "@grpc/grpc-js";
+import { suite } from "uvu";
+import {
+  type ApplyPlanResponse,
+  type ComputePlanResponse,
+  type ListPoliciesResponse,
+  PlacementServiceClient,
+  type Plan,
+  PlanState,
+  type ReportLoadRequest,
+  type WatchDecisionsResponse,
+} from "../../gen/vmhop/v1/placement.js";
+import { gate } from "../helpers/env.js";
+import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
+import { type RedisHandle, startRedis } from "../helpers/redis.js";
+
+const test = gate(suite("placement service"), ["redis-server"], "placement service on real Redis");
+
+interface Served {
+  proc: ChildProcess;
+  address: string;
+  client: PlacementServiceClient;
+  stderr: string[];
+}
+
+let redis: RedisHandle;
+let svc: Served;
+
+async function startService(extra: string[] = []): Promise<Served> {
+  const proc = spawn(
+    process.execPath,
+    ["bin/vmhop.js", "placement", "serve", "--grpc", "127.0.0.1:0", "--store", redis.url, ...extra],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const stderr: string[] = [];
+  createInterface({ input: proc.stderr! }).on("line", (l) => stderr.push(l));
+  const ready = await new Promise<{ grpc: string; store: string }>((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).once("line", (l) => resolve(JSON.parse(l)));
+    proc.once("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr.join("\n")}`)));
+  });
+  assert.equal(ready.store, "redis");
+  return {
+    proc,
+    address: ready.grpc,
+    client: new PlacementServiceClient(ready.grpc, grpc.credentials.createInsecure()),
+    stderr,
+  };
+}
+
+async function stopService(s: Served): Promise<number | null> {
+  s.client.close();
+  if (s.proc.exitCode !== null) return s.proc.exitCode;
+  return new Promise((resolve) => {
+    s.proc.once("exit", (code) => resolve(code));
+    s.proc.kill("SIGTERM");
+  });
+}
+
+type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
+function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
+}
+const c = () => svc.client;
+const report = (req: Partial<ReportLoadRequest>) =>
+  call(c().reportLoad.bind(c()), { hosts: [], vms: [], timeUnixMs: 0, ...req });
+const computePlan = async (policy = "", costModel = ""): Promise<Plan> =>
+  ((await call(c().computePlan.bind(c()), { policy, costModel })) as ComputePlanResponse).plan!;
+const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c().applyPlan.bind(c()), { planId });
+const listPolicies = (): Promise<ListPoliciesResponse> => call(c().listPolicies.bind(c()), {});
+
+async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
+  await assert.rejects(p, (err: grpc.ServiceError) => {
+    assert.equal(err.code, code, err.details);
+    assert.match(err.details, message);
+    return true;
+  });
+}
+
+// Known best answer: h1 (G5, 5320 MIPS) runs a VM at 2000 MIPS, h3 (G5) one at 200 MIPS.
+// Moving the small VM onto h1 lets h3 sleep and overloads nothing; h0 and h2 (G4) stay asleep.
+const HOSTS = [
+  { hostId: "h0", model: "G4", asleep: true },
+  { hostId: "h1", model: "G5", asleep: false },
+  { hostId: "h2", model: "G4", asleep: true },
+  { hostId: "h3", model: "G5", asleep: false },
+].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
+const VMS = [
+  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
+  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
+].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+
+test.before(async () => {
+  redis = await startRedis();
+  svc = await startService();
+});
+
+test.after(async () => {
+  if (svc) await stopService(svc);
+  await redis?.stop();
+});
+
+test("serves health and reflection; lists the policies", async () => {
+  assert.equal(await healthCheck(svc.address), "SERVING");
+  assert.equal(await healthCheck(svc.address, "vmhop.v1.PlacementService"), "SERVING");
+  assert.deepEqual(await reflectionListServices(svc.address), [
+    "grpc.health.v1.Health",
+    "vmhop.v1.PlacementService",
+  ]);
+  const r = await listPolicies();
+  assert.equal(r.defaultPolicy, "vmhop");
+  const names = r.policies.map((p) => p.name);
+  for (const n of ["vmhop", "dvfs", "ga", "IQR-MMT-1.5", "LR-MMT-1.2"]) assert.ok(names.includes(n), n);
+});
+
+test("bad input is refused with INVALID_ARGUMENT naming the field, and nothing is recorded", async () => {
+  const bad = (vms: object[], hosts: object[] = HOSTS) =>
+    report({ hosts: hosts as never, vms: vms as never });
+  await rejects(
+    bad([{ ...VMS[0], cpuUtilization: 1.5 }]),
+    grpc.status.INVALID_ARGUMENT,
+    /^vms\[0\]\.cpu_utilization/,
+  );
+  await rejects(bad([VMS[0], { ...VMS[1], vmId: "" }]), grpc.status.INVALID_ARGUMENT, /^vms\[1\]\.vm_id/);
+  await rejects(
+    bad([VMS[0], { ...VMS[0] }]),
+    grpc.status.INVALID_ARGUMENT,
+    /vms\[1\]\.vm_id "big" is reported twice/,
+  );
+  await rejects(
+    bad([], [{ ...HOSTS[0], model: "G9" }]),
+    grpc.status.INVALID_ARGUMENT,
+    /^hosts\[0\]\.model must be one of G4, G5/,
+  );
+  await rejects(
+    bad([], [{ ...HOSTS[1], cpuCapacityMips: 9999 }]),
+    grpc.status.INVALID_ARGUMENT,
+    /^hosts\[0\]\.cpu_capacity_mips must be 0 or 5320/,
+  );
+  await rejects(report({}), grpc.status.INVALID_ARGUMENT, /nothing to report/);
+  await rejects(computePlan("no-such-policy"), grpc.status.INVALID_ARGUMENT, /^policy: unknown policy/);
+  await rejects(computePlan("", "precopy"), grpc.status.INVALID_ARGUMENT, /^cost_model must be/);
+  await rejects(applyPlan(""), grpc.status.INVALID_ARGUMENT, /plan_id is required/);
+  await rejects(applyPlan("p-999"), grpc.status.NOT_FOUND, /plan p-999 not found/);
+  // The refused reports left no load behind: an empty plan.
+  const p = await computePlan();
+  assert.equal(p.moves.length, 0);
+  assert.equal(p.predictedPowerWattsBefore, 0);
+});
+
+let planId = "";
+
+test("load reported over an hour gives the known best plan, with its predicted effect", async () => {
+  for (let i = 0; i < 12; i++) {
+    const r = await report({ hosts: HOSTS, vms: VMS });
+    assert.deepEqual(r, { hostsRecorded: 4, vmsRecorded: 2 });
+  }
+  const p = await computePlan();
+  assert.equal(p.policy, "vmhop");
+  assert.equal(p.state, PlanState.PLAN_STATE_PROPOSED);
+  assert.deepEqual(
+    p.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId, m.reason]),
+    [["small", "h3", "h1", "consolidate"]],
+  );
+  // CloudSim cost: 613 MB at half of 1 Gbit/s (62.5 MB/s).
+  assert.ok(
+    Math.abs(p.moves[0].predictedMigrationS - 613 / 62.5) < 1e-9,
+    String(p.moves[0].predictedMigrationS),
+  );
+  assert.deepEqual(p.hostsToSleep, ["h3"]);
+  assert.deepEqual(p.hostsToWake, []);
+  // G5 at 2000/5320 and at 200/5320 before; at 2200/5320 after (SPECpower, linear).
+  const g5 = (u: number) => {
+    const t = [93.7, 97, 101, 105, 110, 116, 121, 125, 129, 133, 135];
+    const i = Math.floor(u * 10);
+    return t[i] + (t[i + 1] - t[i]) * (u * 10 - i);
+  };
+  assert.ok(Math.abs(p.predictedPowerWattsBefore - (g5(2000 / 5320) + g5(200 / 5320))) < 1e-9);
+  assert.ok(Math.abs(p.predictedPowerWattsAfter - g5(2200 / 5320)) < 1e-9);
+  assert.equal(p.overloadedHostsAfter, 0);
+  assert.deepEqual(p.warnings, []);
+  // The post-copy cost model plans the same move with a shorter predicted migration.
+  const q = await computePlan("", "postcopy");
+  assert.equal(q.costModel, "postcopy");
+  assert.deepEqual(
+    q.moves.map((m) => m.vmId),
+    ["small"],
+  );
+  assert.ok(q.moves[0].predictedMigrationS < p.moves[0].predictedMigrationS);
+  planId = p.planId;
+});
+
+test("a VM on a host that never reported is left out with a warning", async () => {
+  await report({ vms: [{ ...VMS[1], vmId: "orphan", hostId: "h9" }] });
+  const p = await computePlan("dvfs");
+  assert.deepEqual(p.moves, []);
+  assert.deepEqual(p.warnings, ["VM orphan: host h9 has not reported, VM left out"]);
+});
+
+test("ApplyPlan accepts and publishes (no control-plane: no migrations); stale plans are refused", async () => {
+  const seen: Plan[] = [];
+  const stream = c().watchDecisions({});
+  stream.on("data", (r: WatchDecisionsResponse) => seen.push(r.plan!));
+  stream.on("error", () => {});
+  await new Promise((resolve) => stream.once("metadata", resolve));
+  const older = planId;
+  const newer = await computePlan();
+  const r = await applyPlan(newer.planId);
+  assert.equal(r.plan?.state, PlanState.PLAN_STATE_ACCEPTED);
+  assert.deepEqual(r.migrationIds, []);
+  // Idempotent: accepting again answers the same.
+  assert.equal((await applyPlan(newer.planId)).plan?.state, PlanState.PLAN_STATE_ACCEPTED);
+  await rejects(applyPlan(older), grpc.status.FAILED_PRECONDITION, /older than the accepted plan/);
+  for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((res) => setTimeout(res, 20));
+  stream.cancel();
+  assert.deepEqual(
+    seen.slice(0, 2).map((p) => [p.planId, p.state]),
+    [
+      [newer.planId, PlanState.PLAN_STATE_PROPOSED],
+      [newer.planId, PlanState.PLAN_STATE_ACCEPTED],
+    ],
+  );
+  planId = newer.planId;
+});
+
+test("plans and load survive a service restart and a Redis restart", async () => {
+  assert.equal(await stopService(svc), 0, "graceful shutdown exits 0");
+  await redis.restart();
+  svc = await startService();
+  const r = await applyPlan(planId);
+  assert.equal(r.plan?.state, PlanState.PLAN_STATE_ACCEPTED);
+  assert.deepEqual(
+    r.plan?.moves.map((m) => m.vmId),
+    ["small"],
+  );
+  // Load is still there (no new report) and plan ids keep counting.
+  const p = await computePlan();
+  assert.deepEqual(
+    p.moves.map((m) => m.vmId),
+    ["small"],
+  );
+  assert.ok(Number(p.planId.slice(2)) > Number(planId.slice(2)), `${p.planId} after ${planId}`);
+});
+
+test("serve refuses a bad policy and bad options with a clear message", async () => {
+  for (const [args, msg] of [
+    [["--policy", "nope"], /unknown policy "nope"/],
+    [["--cost-model", "x"], /unknown cost model "x"/],
+    [["--plan-interval-s=-1"], /--plan-interval-s must be >= 0/],
+    [["--bogus"], /Unknown option '--bogus'/],
+  ] as const) {
+    const proc = spawn(
+      process.execPath,
+      ["bin/vmhop.js", "placement", "serve", "--grpc", "127.0.0.1:0", ...args],
+      {
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
+    let err = "";
+    proc.stderr!.on("data", (d) => {
+      err += d;
+    });
+    const code = await new Promise((resolve) => proc.once("exit", resolve));
+    assert.notEqual(code, 0);
+    assert.match(err, msg);
+  }
+});
+
+test.run();
