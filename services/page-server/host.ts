@@ -45,6 +45,8 @@ export interface MigrationRecord {
   recoveries: number;
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
+  /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */
+  wallMs?: number;
   /** Source: the mode used (what "auto" chose, and why). */
   mode?: MigrationMode;
   modeReason?: string;
@@ -336,6 +338,7 @@ export class PageHost {
     (first ? migrate(vm, first.qemuUri, opts) : followMigration(vm, opts))
       .then(async (r) => {
         countBytes();
+        rec.wallMs = r.wallMs;
         this.update(rec, r.final);
         saveMigration(vm, { ...saved, phase: "completed" });
         // The VM lives at the destination now: this host forgets it, and its QEMU ends.

@@ -2,10 +2,17 @@
 // connection names its migration in a hello; it is then joined to the destination QEMU's
 // incoming unix socket. Several connections per migration are fine (postcopy-preempt opens
 // a second one for urgent pages, which so never queues behind the bulk stream).
-import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
-import { newCounters, type RelayCounters, readPreamble, relay } from "./relay.js";
+import {
+  connectSocket,
+  newCounters,
+  type RelayCounters,
+  readPreamble,
+  relay,
+  SOCKET_HIGH_WATER_MARK,
+} from "./relay.js";
 
 export interface IncomingTarget {
   /** QEMU's `migrate-incoming unix:PATH` socket (after a recovery: its `migrate-recover` one). */
@@ -31,7 +38,7 @@ export class ChannelServer {
 
   /** Listens; returns host:port for the source page-server. */
   async listen(port = 0, host = "127.0.0.1"): Promise<string> {
-    const server = createServer((s) => this.onConnection(s));
+    const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onConnection(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -105,7 +112,7 @@ export class ChannelServer {
         return;
       }
     }
-    const qemu = netConnect(target.qemuSocket);
+    const qemu = connectSocket({ path: target.qemuSocket });
     this.sockets.add(qemu);
     qemu.once("close", () => this.sockets.delete(qemu));
     let connected = false;

@@ -2,10 +2,17 @@
 // unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
 // destination page-server, after a hello naming the migration.
 import { unlinkSync } from "node:fs";
-import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeReply, encodeHello, ReplyStatus } from "./hello.js";
-import { newCounters, type RelayCounters, readPreamble, relay } from "./relay.js";
+import {
+  connectSocket,
+  newCounters,
+  type RelayCounters,
+  readPreamble,
+  relay,
+  SOCKET_HIGH_WATER_MARK,
+} from "./relay.js";
 
 export interface OutboundOptions {
   migrationId: string;
@@ -51,7 +58,7 @@ export class ChannelOut {
       // not there: fine
     }
     this.spare = await this.dial(this.opts.recover);
-    const server = createServer((s) => this.onQemu(s));
+    const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -78,7 +85,7 @@ export class ChannelOut {
   /** A TCP connection to the destination, accepted for this migration. */
   private async dial(recover = false): Promise<Socket> {
     const [host, port] = splitHostPort(this.opts.peer);
-    const peer = netConnect({ host, port });
+    const peer = connectSocket({ host, port, noDelay: true });
     this.track(peer);
     try {
       await new Promise<void>((resolve, reject) => {
