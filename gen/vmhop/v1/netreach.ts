@@ -66,18 +66,126 @@ export function bindingStateToJSON(object: BindingState): string {
   }
 }
 
+/** Why a binding change was or was not made (as a PMIPv6 Proxy Binding Ack status). */
+export enum BindingStatus {
+  BINDING_STATUS_UNSPECIFIED = 0,
+  BINDING_STATUS_ACCEPTED = 1,
+  /** BINDING_STATUS_STALE_GENERATION - The generation is not newer than the stored one. */
+  BINDING_STATUS_STALE_GENERATION = 2,
+  BINDING_STATUS_NOT_REGISTERED = 3,
+  /** BINDING_STATUS_WRONG_STATE - The binding's state does not allow the change (e.g. refreshing an expired binding). */
+  BINDING_STATUS_WRONG_STATE = 4,
+  /** BINDING_STATUS_NOT_CURRENT - A refresh named a generation other than the current one. */
+  BINDING_STATUS_NOT_CURRENT = 5,
+}
+
+export function bindingStatusFromJSON(object: any): BindingStatus {
+  switch (object) {
+    case 0:
+    case "BINDING_STATUS_UNSPECIFIED":
+      return BindingStatus.BINDING_STATUS_UNSPECIFIED;
+    case 1:
+    case "BINDING_STATUS_ACCEPTED":
+      return BindingStatus.BINDING_STATUS_ACCEPTED;
+    case 2:
+    case "BINDING_STATUS_STALE_GENERATION":
+      return BindingStatus.BINDING_STATUS_STALE_GENERATION;
+    case 3:
+    case "BINDING_STATUS_NOT_REGISTERED":
+      return BindingStatus.BINDING_STATUS_NOT_REGISTERED;
+    case 4:
+    case "BINDING_STATUS_WRONG_STATE":
+      return BindingStatus.BINDING_STATUS_WRONG_STATE;
+    case 5:
+    case "BINDING_STATUS_NOT_CURRENT":
+      return BindingStatus.BINDING_STATUS_NOT_CURRENT;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum BindingStatus");
+  }
+}
+
+export function bindingStatusToJSON(object: BindingStatus): string {
+  switch (object) {
+    case BindingStatus.BINDING_STATUS_UNSPECIFIED:
+      return "BINDING_STATUS_UNSPECIFIED";
+    case BindingStatus.BINDING_STATUS_ACCEPTED:
+      return "BINDING_STATUS_ACCEPTED";
+    case BindingStatus.BINDING_STATUS_STALE_GENERATION:
+      return "BINDING_STATUS_STALE_GENERATION";
+    case BindingStatus.BINDING_STATUS_NOT_REGISTERED:
+      return "BINDING_STATUS_NOT_REGISTERED";
+    case BindingStatus.BINDING_STATUS_WRONG_STATE:
+      return "BINDING_STATUS_WRONG_STATE";
+    case BindingStatus.BINDING_STATUS_NOT_CURRENT:
+      return "BINDING_STATUS_NOT_CURRENT";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum BindingStatus");
+  }
+}
+
+export enum HandoverMode {
+  HANDOVER_MODE_UNSPECIFIED = 0,
+  /** HANDOVER_MODE_BBM - Break-before-make: the destination is prepared only once the VM runs there. */
+  HANDOVER_MODE_BBM = 1,
+  /** HANDOVER_MODE_MBB - Make-before-break: prepared before switch-over. */
+  HANDOVER_MODE_MBB = 2,
+  /** HANDOVER_MODE_MBB_FP - Make-before-break plus a forwarding pointer at the old site (the default). */
+  HANDOVER_MODE_MBB_FP = 3,
+}
+
+export function handoverModeFromJSON(object: any): HandoverMode {
+  switch (object) {
+    case 0:
+    case "HANDOVER_MODE_UNSPECIFIED":
+      return HandoverMode.HANDOVER_MODE_UNSPECIFIED;
+    case 1:
+    case "HANDOVER_MODE_BBM":
+      return HandoverMode.HANDOVER_MODE_BBM;
+    case 2:
+    case "HANDOVER_MODE_MBB":
+      return HandoverMode.HANDOVER_MODE_MBB;
+    case 3:
+    case "HANDOVER_MODE_MBB_FP":
+      return HandoverMode.HANDOVER_MODE_MBB_FP;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum HandoverMode");
+  }
+}
+
+export function handoverModeToJSON(object: HandoverMode): string {
+  switch (object) {
+    case HandoverMode.HANDOVER_MODE_UNSPECIFIED:
+      return "HANDOVER_MODE_UNSPECIFIED";
+    case HandoverMode.HANDOVER_MODE_BBM:
+      return "HANDOVER_MODE_BBM";
+    case HandoverMode.HANDOVER_MODE_MBB:
+      return "HANDOVER_MODE_MBB";
+    case HandoverMode.HANDOVER_MODE_MBB_FP:
+      return "HANDOVER_MODE_MBB_FP";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum HandoverMode");
+  }
+}
+
+/** A site's SRv6 decapsulation SIDs: End.DT6 for IPv6 home addresses, End.DX4 for IPv4. */
+export interface TunnelEndpoint {
+  sid6: string;
+  sid4: string;
+}
+
 export interface Binding {
   vmId: string;
   mac: string;
   homeIpv6: string[];
   homeIpv4: string[];
   site: string;
-  /** SRv6 SID (or tunnel endpoint) of the current site. */
-  tunnelEndpoint: string;
+  endpoint: TunnelEndpoint | undefined;
   generation: number;
   lifetimeSeconds: number;
   expiresUnixMs: number;
   state: BindingState;
+  /** While moving: the site being prepared. */
+  movingTo: string;
 }
 
 export interface RegisterVmRequest {
@@ -86,6 +194,8 @@ export interface RegisterVmRequest {
 
 export interface RegisterVmResponse {
   binding: Binding | undefined;
+  status: BindingStatus;
+  reason: string;
 }
 
 export interface DeregisterVmRequest {
@@ -93,6 +203,8 @@ export interface DeregisterVmRequest {
 }
 
 export interface DeregisterVmResponse {
+  /** The removed binding; absent when there was none. */
+  binding: Binding | undefined;
 }
 
 export interface PrepareAttachRequest {
@@ -101,20 +213,43 @@ export interface PrepareAttachRequest {
 }
 
 export interface PrepareAttachResponse {
-  tunnelEndpoint: string;
+  binding: Binding | undefined;
+  status: BindingStatus;
+  reason: string;
 }
 
 export interface UpdateBindingRequest {
   vmId: string;
   site: string;
-  tunnelEndpoint: string;
+  endpoint: TunnelEndpoint | undefined;
   generation: number;
+  /** 0: keep the current lifetime. */
   lifetimeSeconds: number;
+  /**
+   * When the VM started running at the site (epoch ms, the site's clock); 0 if unknown.
+   * The anchor measures the handover gap from it.
+   */
+  attachedUnixMs: number;
 }
 
 export interface UpdateBindingResponse {
+  /** The binding after the update (or as it stays when refused). */
   binding: Binding | undefined;
   accepted: boolean;
+  reason: string;
+  status: BindingStatus;
+}
+
+export interface RefreshBindingRequest {
+  vmId: string;
+  generation: number;
+  /** 0: keep the current lifetime. */
+  lifetimeSeconds: number;
+}
+
+export interface RefreshBindingResponse {
+  binding: Binding | undefined;
+  status: BindingStatus;
   reason: string;
 }
 
@@ -126,6 +261,8 @@ export interface ListBindingsResponse {
 }
 
 export interface WatchHandoversRequest {
+  /** Only this VM's handovers; empty: all. */
+  vmId: string;
 }
 
 export interface WatchHandoversResponse {
@@ -133,9 +270,204 @@ export interface WatchHandoversResponse {
   fromSite: string;
   toSite: string;
   generation: number;
+  /**
+   * Measured gap: from the VM running at the new site (attached_unix_ms of the update) until
+   * the anchor's route points there; -1 when the site did not say when the VM attached.
+   */
   gapMs: number;
+  /** When the anchor's route pointed at the new site (epoch ms). */
   timeUnixMs: number;
+  /** How long the anchor took from receiving the update to its kernel route (ms). */
+  installMs: number;
 }
+
+export interface Site {
+  site: string;
+  endpoint:
+    | TunnelEndpoint
+    | undefined;
+  /** gRPC address of the site agent's NetReachSiteService. */
+  controlAddress: string;
+}
+
+export interface RegisterSiteRequest {
+  site: Site | undefined;
+}
+
+export interface RegisterSiteResponse {
+}
+
+export interface ListSitesRequest {
+}
+
+export interface ListSitesResponse {
+  sites: Site[];
+}
+
+export interface PrepareNetworkRequest {
+  vmId: string;
+  toSite: string;
+  /** The VM's port (tap) at the destination; empty: configured at switch-over. */
+  port: string;
+  mode: HandoverMode;
+}
+
+export interface PrepareNetworkResponse {
+  binding: Binding | undefined;
+}
+
+export interface SwitchOverRequest {
+  vmId: string;
+  fromSite: string;
+  toSite: string;
+  port: string;
+  mode: HandoverMode;
+  /** Issued by the control-plane; must be newer than the binding's. */
+  generation: number;
+}
+
+export interface SwitchOverResponse {
+  ack: UpdateBindingResponse | undefined;
+}
+
+export interface CleanupNetworkRequest {
+  vmId: string;
+  /** The site the VM left. */
+  fromSite: string;
+}
+
+export interface CleanupNetworkResponse {
+}
+
+/** The addresses a site agent needs for a VM. */
+export interface VmNet {
+  vmId: string;
+  homeIpv6: string[];
+  homeIpv4: string[];
+}
+
+export interface PrepareVmRequest {
+  vm: VmNet | undefined;
+  port: string;
+}
+
+export interface PrepareVmResponse {
+}
+
+export interface AttachVmRequest {
+  vm: VmNet | undefined;
+  port: string;
+  generation: number;
+  lifetimeSeconds: number;
+}
+
+export interface AttachVmResponse {
+  ack: UpdateBindingResponse | undefined;
+}
+
+export interface LeaveVmRequest {
+  vm:
+    | VmNet
+    | undefined;
+  /** Where packets still arriving for the VM go; absent: dropped. */
+  forwardToSite: string;
+  forwardTo: TunnelEndpoint | undefined;
+}
+
+export interface LeaveVmResponse {
+}
+
+export interface CleanupVmRequest {
+  vm: VmNet | undefined;
+}
+
+export interface CleanupVmResponse {
+}
+
+function createBaseTunnelEndpoint(): TunnelEndpoint {
+  return { sid6: "", sid4: "" };
+}
+
+export const TunnelEndpoint: MessageFns<TunnelEndpoint> = {
+  encode(message: TunnelEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sid6 !== "") {
+      writer.uint32(10).string(message.sid6);
+    }
+    if (message.sid4 !== "") {
+      writer.uint32(18).string(message.sid4);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TunnelEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTunnelEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sid6 = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sid4 = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TunnelEndpoint {
+    return {
+      sid6: isSet(object.sid6) ? globalThis.String(object.sid6) : "",
+      sid4: isSet(object.sid4) ? globalThis.String(object.sid4) : "",
+    };
+  },
+
+  toJSON(message: TunnelEndpoint): unknown {
+    const obj: any = {};
+    if (message.sid6 !== "") {
+      obj.sid6 = message.sid6;
+    }
+    if (message.sid4 !== "") {
+      obj.sid4 = message.sid4;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TunnelEndpoint>, I>>(base?: I): TunnelEndpoint {
+    return TunnelEndpoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TunnelEndpoint>, I>>(object: I): TunnelEndpoint {
+    const message = createBaseTunnelEndpoint();
+    message.sid6 = object.sid6 ?? "";
+    message.sid4 = object.sid4 ?? "";
+    return message;
+  },
+};
 
 function createBaseBinding(): Binding {
   return {
@@ -144,11 +476,12 @@ function createBaseBinding(): Binding {
     homeIpv6: [],
     homeIpv4: [],
     site: "",
-    tunnelEndpoint: "",
+    endpoint: undefined,
     generation: 0,
     lifetimeSeconds: 0,
     expiresUnixMs: 0,
     state: 0,
+    movingTo: "",
   };
 }
 
@@ -169,8 +502,8 @@ export const Binding: MessageFns<Binding> = {
     if (message.site !== "") {
       writer.uint32(42).string(message.site);
     }
-    if (message.tunnelEndpoint !== "") {
-      writer.uint32(50).string(message.tunnelEndpoint);
+    if (message.endpoint !== undefined) {
+      TunnelEndpoint.encode(message.endpoint, writer.uint32(90).fork()).join();
     }
     if (message.generation !== 0) {
       writer.uint32(56).uint64(message.generation);
@@ -183,6 +516,9 @@ export const Binding: MessageFns<Binding> = {
     }
     if (message.state !== 0) {
       writer.uint32(80).int32(message.state);
+    }
+    if (message.movingTo !== "") {
+      writer.uint32(98).string(message.movingTo);
     }
     return writer;
   },
@@ -240,12 +576,12 @@ export const Binding: MessageFns<Binding> = {
             message.site = reader.string();
             continue;
           }
-          case 6: {
-            if (tag !== 50) {
+          case 11: {
+            if (tag !== 90) {
               break;
             }
 
-            message.tunnelEndpoint = reader.string();
+            message.endpoint = TunnelEndpoint.decode(reader, reader.uint32());
             continue;
           }
           case 7: {
@@ -280,6 +616,14 @@ export const Binding: MessageFns<Binding> = {
             message.state = reader.int32() as any;
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.movingTo = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -311,11 +655,7 @@ export const Binding: MessageFns<Binding> = {
         ? object.home_ipv4.map((e: any) => globalThis.String(e))
         : [],
       site: isSet(object.site) ? globalThis.String(object.site) : "",
-      tunnelEndpoint: isSet(object.tunnelEndpoint)
-        ? globalThis.String(object.tunnelEndpoint)
-        : isSet(object.tunnel_endpoint)
-        ? globalThis.String(object.tunnel_endpoint)
-        : "",
+      endpoint: isSet(object.endpoint) ? TunnelEndpoint.fromJSON(object.endpoint) : undefined,
       generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
       lifetimeSeconds: isSet(object.lifetimeSeconds)
         ? globalThis.Number(object.lifetimeSeconds)
@@ -328,6 +668,11 @@ export const Binding: MessageFns<Binding> = {
         ? globalThis.Number(object.expires_unix_ms)
         : 0,
       state: isSet(object.state) ? bindingStateFromJSON(object.state) : 0,
+      movingTo: isSet(object.movingTo)
+        ? globalThis.String(object.movingTo)
+        : isSet(object.moving_to)
+        ? globalThis.String(object.moving_to)
+        : "",
     };
   },
 
@@ -348,8 +693,8 @@ export const Binding: MessageFns<Binding> = {
     if (message.site !== "") {
       obj.site = message.site;
     }
-    if (message.tunnelEndpoint !== "") {
-      obj.tunnelEndpoint = message.tunnelEndpoint;
+    if (message.endpoint !== undefined) {
+      obj.endpoint = TunnelEndpoint.toJSON(message.endpoint);
     }
     if (message.generation !== 0) {
       obj.generation = Math.round(message.generation);
@@ -362,6 +707,9 @@ export const Binding: MessageFns<Binding> = {
     }
     if (message.state !== 0) {
       obj.state = bindingStateToJSON(message.state);
+    }
+    if (message.movingTo !== "") {
+      obj.movingTo = message.movingTo;
     }
     return obj;
   },
@@ -376,11 +724,14 @@ export const Binding: MessageFns<Binding> = {
     message.homeIpv6 = object.homeIpv6?.map((e) => e) || [];
     message.homeIpv4 = object.homeIpv4?.map((e) => e) || [];
     message.site = object.site ?? "";
-    message.tunnelEndpoint = object.tunnelEndpoint ?? "";
+    message.endpoint = (object.endpoint !== undefined && object.endpoint !== null)
+      ? TunnelEndpoint.fromPartial(object.endpoint)
+      : undefined;
     message.generation = object.generation ?? 0;
     message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
     message.expiresUnixMs = object.expiresUnixMs ?? 0;
     message.state = object.state ?? 0;
+    message.movingTo = object.movingTo ?? "";
     return message;
   },
 };
@@ -455,13 +806,19 @@ export const RegisterVmRequest: MessageFns<RegisterVmRequest> = {
 };
 
 function createBaseRegisterVmResponse(): RegisterVmResponse {
-  return { binding: undefined };
+  return { binding: undefined, status: 0, reason: "" };
 }
 
 export const RegisterVmResponse: MessageFns<RegisterVmResponse> = {
   encode(message: RegisterVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.binding !== undefined) {
       Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
     }
     return writer;
   },
@@ -487,6 +844,22 @@ export const RegisterVmResponse: MessageFns<RegisterVmResponse> = {
             message.binding = Binding.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -500,13 +873,23 @@ export const RegisterVmResponse: MessageFns<RegisterVmResponse> = {
   },
 
   fromJSON(object: any): RegisterVmResponse {
-    return { binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined };
+    return {
+      binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined,
+      status: isSet(object.status) ? bindingStatusFromJSON(object.status) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
   },
 
   toJSON(message: RegisterVmResponse): unknown {
     const obj: any = {};
     if (message.binding !== undefined) {
       obj.binding = Binding.toJSON(message.binding);
+    }
+    if (message.status !== 0) {
+      obj.status = bindingStatusToJSON(message.status);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
     }
     return obj;
   },
@@ -519,6 +902,8 @@ export const RegisterVmResponse: MessageFns<RegisterVmResponse> = {
     message.binding = (object.binding !== undefined && object.binding !== null)
       ? Binding.fromPartial(object.binding)
       : undefined;
+    message.status = object.status ?? 0;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -597,11 +982,14 @@ export const DeregisterVmRequest: MessageFns<DeregisterVmRequest> = {
 };
 
 function createBaseDeregisterVmResponse(): DeregisterVmResponse {
-  return {};
+  return { binding: undefined };
 }
 
 export const DeregisterVmResponse: MessageFns<DeregisterVmResponse> = {
-  encode(_: DeregisterVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: DeregisterVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.binding !== undefined) {
+      Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
     return writer;
   },
 
@@ -618,6 +1006,14 @@ export const DeregisterVmResponse: MessageFns<DeregisterVmResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.binding = Binding.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -630,20 +1026,26 @@ export const DeregisterVmResponse: MessageFns<DeregisterVmResponse> = {
     }
   },
 
-  fromJSON(_: any): DeregisterVmResponse {
-    return {};
+  fromJSON(object: any): DeregisterVmResponse {
+    return { binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined };
   },
 
-  toJSON(_: DeregisterVmResponse): unknown {
+  toJSON(message: DeregisterVmResponse): unknown {
     const obj: any = {};
+    if (message.binding !== undefined) {
+      obj.binding = Binding.toJSON(message.binding);
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<DeregisterVmResponse>, I>>(base?: I): DeregisterVmResponse {
     return DeregisterVmResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<DeregisterVmResponse>, I>>(_: I): DeregisterVmResponse {
+  fromPartial<I extends Exact<DeepPartial<DeregisterVmResponse>, I>>(object: I): DeregisterVmResponse {
     const message = createBaseDeregisterVmResponse();
+    message.binding = (object.binding !== undefined && object.binding !== null)
+      ? Binding.fromPartial(object.binding)
+      : undefined;
     return message;
   },
 };
@@ -738,13 +1140,19 @@ export const PrepareAttachRequest: MessageFns<PrepareAttachRequest> = {
 };
 
 function createBasePrepareAttachResponse(): PrepareAttachResponse {
-  return { tunnelEndpoint: "" };
+  return { binding: undefined, status: 0, reason: "" };
 }
 
 export const PrepareAttachResponse: MessageFns<PrepareAttachResponse> = {
   encode(message: PrepareAttachResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.tunnelEndpoint !== "") {
-      writer.uint32(10).string(message.tunnelEndpoint);
+    if (message.binding !== undefined) {
+      Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
     }
     return writer;
   },
@@ -767,7 +1175,23 @@ export const PrepareAttachResponse: MessageFns<PrepareAttachResponse> = {
               break;
             }
 
-            message.tunnelEndpoint = reader.string();
+            message.binding = Binding.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
             continue;
           }
         }
@@ -784,18 +1208,22 @@ export const PrepareAttachResponse: MessageFns<PrepareAttachResponse> = {
 
   fromJSON(object: any): PrepareAttachResponse {
     return {
-      tunnelEndpoint: isSet(object.tunnelEndpoint)
-        ? globalThis.String(object.tunnelEndpoint)
-        : isSet(object.tunnel_endpoint)
-        ? globalThis.String(object.tunnel_endpoint)
-        : "",
+      binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined,
+      status: isSet(object.status) ? bindingStatusFromJSON(object.status) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
     };
   },
 
   toJSON(message: PrepareAttachResponse): unknown {
     const obj: any = {};
-    if (message.tunnelEndpoint !== "") {
-      obj.tunnelEndpoint = message.tunnelEndpoint;
+    if (message.binding !== undefined) {
+      obj.binding = Binding.toJSON(message.binding);
+    }
+    if (message.status !== 0) {
+      obj.status = bindingStatusToJSON(message.status);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
     }
     return obj;
   },
@@ -805,13 +1233,17 @@ export const PrepareAttachResponse: MessageFns<PrepareAttachResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<PrepareAttachResponse>, I>>(object: I): PrepareAttachResponse {
     const message = createBasePrepareAttachResponse();
-    message.tunnelEndpoint = object.tunnelEndpoint ?? "";
+    message.binding = (object.binding !== undefined && object.binding !== null)
+      ? Binding.fromPartial(object.binding)
+      : undefined;
+    message.status = object.status ?? 0;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
 
 function createBaseUpdateBindingRequest(): UpdateBindingRequest {
-  return { vmId: "", site: "", tunnelEndpoint: "", generation: 0, lifetimeSeconds: 0 };
+  return { vmId: "", site: "", endpoint: undefined, generation: 0, lifetimeSeconds: 0, attachedUnixMs: 0 };
 }
 
 export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
@@ -822,14 +1254,17 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
     if (message.site !== "") {
       writer.uint32(18).string(message.site);
     }
-    if (message.tunnelEndpoint !== "") {
-      writer.uint32(26).string(message.tunnelEndpoint);
+    if (message.endpoint !== undefined) {
+      TunnelEndpoint.encode(message.endpoint, writer.uint32(50).fork()).join();
     }
     if (message.generation !== 0) {
       writer.uint32(32).uint64(message.generation);
     }
     if (message.lifetimeSeconds !== 0) {
       writer.uint32(40).uint32(message.lifetimeSeconds);
+    }
+    if (message.attachedUnixMs !== 0) {
+      writer.uint32(56).int64(message.attachedUnixMs);
     }
     return writer;
   },
@@ -863,12 +1298,12 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
             message.site = reader.string();
             continue;
           }
-          case 3: {
-            if (tag !== 26) {
+          case 6: {
+            if (tag !== 50) {
               break;
             }
 
-            message.tunnelEndpoint = reader.string();
+            message.endpoint = TunnelEndpoint.decode(reader, reader.uint32());
             continue;
           }
           case 4: {
@@ -885,6 +1320,14 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
             }
 
             message.lifetimeSeconds = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.attachedUnixMs = longToNumber(reader.int64());
             continue;
           }
         }
@@ -907,16 +1350,17 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
         ? globalThis.String(object.vm_id)
         : "",
       site: isSet(object.site) ? globalThis.String(object.site) : "",
-      tunnelEndpoint: isSet(object.tunnelEndpoint)
-        ? globalThis.String(object.tunnelEndpoint)
-        : isSet(object.tunnel_endpoint)
-        ? globalThis.String(object.tunnel_endpoint)
-        : "",
+      endpoint: isSet(object.endpoint) ? TunnelEndpoint.fromJSON(object.endpoint) : undefined,
       generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
       lifetimeSeconds: isSet(object.lifetimeSeconds)
         ? globalThis.Number(object.lifetimeSeconds)
         : isSet(object.lifetime_seconds)
         ? globalThis.Number(object.lifetime_seconds)
+        : 0,
+      attachedUnixMs: isSet(object.attachedUnixMs)
+        ? globalThis.Number(object.attachedUnixMs)
+        : isSet(object.attached_unix_ms)
+        ? globalThis.Number(object.attached_unix_ms)
         : 0,
     };
   },
@@ -929,14 +1373,17 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
     if (message.site !== "") {
       obj.site = message.site;
     }
-    if (message.tunnelEndpoint !== "") {
-      obj.tunnelEndpoint = message.tunnelEndpoint;
+    if (message.endpoint !== undefined) {
+      obj.endpoint = TunnelEndpoint.toJSON(message.endpoint);
     }
     if (message.generation !== 0) {
       obj.generation = Math.round(message.generation);
     }
     if (message.lifetimeSeconds !== 0) {
       obj.lifetimeSeconds = Math.round(message.lifetimeSeconds);
+    }
+    if (message.attachedUnixMs !== 0) {
+      obj.attachedUnixMs = Math.round(message.attachedUnixMs);
     }
     return obj;
   },
@@ -948,15 +1395,18 @@ export const UpdateBindingRequest: MessageFns<UpdateBindingRequest> = {
     const message = createBaseUpdateBindingRequest();
     message.vmId = object.vmId ?? "";
     message.site = object.site ?? "";
-    message.tunnelEndpoint = object.tunnelEndpoint ?? "";
+    message.endpoint = (object.endpoint !== undefined && object.endpoint !== null)
+      ? TunnelEndpoint.fromPartial(object.endpoint)
+      : undefined;
     message.generation = object.generation ?? 0;
     message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
+    message.attachedUnixMs = object.attachedUnixMs ?? 0;
     return message;
   },
 };
 
 function createBaseUpdateBindingResponse(): UpdateBindingResponse {
-  return { binding: undefined, accepted: false, reason: "" };
+  return { binding: undefined, accepted: false, reason: "", status: 0 };
 }
 
 export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
@@ -969,6 +1419,9 @@ export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
     }
     if (message.reason !== "") {
       writer.uint32(26).string(message.reason);
+    }
+    if (message.status !== 0) {
+      writer.uint32(32).int32(message.status);
     }
     return writer;
   },
@@ -1010,6 +1463,14 @@ export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
             message.reason = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1027,6 +1488,7 @@ export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
       binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined,
       accepted: isSet(object.accepted) ? globalThis.Boolean(object.accepted) : false,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      status: isSet(object.status) ? bindingStatusFromJSON(object.status) : 0,
     };
   },
 
@@ -1041,6 +1503,9 @@ export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.status !== 0) {
+      obj.status = bindingStatusToJSON(message.status);
+    }
     return obj;
   },
 
@@ -1053,6 +1518,219 @@ export const UpdateBindingResponse: MessageFns<UpdateBindingResponse> = {
       ? Binding.fromPartial(object.binding)
       : undefined;
     message.accepted = object.accepted ?? false;
+    message.reason = object.reason ?? "";
+    message.status = object.status ?? 0;
+    return message;
+  },
+};
+
+function createBaseRefreshBindingRequest(): RefreshBindingRequest {
+  return { vmId: "", generation: 0, lifetimeSeconds: 0 };
+}
+
+export const RefreshBindingRequest: MessageFns<RefreshBindingRequest> = {
+  encode(message: RefreshBindingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      writer.uint32(24).uint32(message.lifetimeSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RefreshBindingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRefreshBindingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lifetimeSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RefreshBindingRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      lifetimeSeconds: isSet(object.lifetimeSeconds)
+        ? globalThis.Number(object.lifetimeSeconds)
+        : isSet(object.lifetime_seconds)
+        ? globalThis.Number(object.lifetime_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: RefreshBindingRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      obj.lifetimeSeconds = Math.round(message.lifetimeSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RefreshBindingRequest>, I>>(base?: I): RefreshBindingRequest {
+    return RefreshBindingRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RefreshBindingRequest>, I>>(object: I): RefreshBindingRequest {
+    const message = createBaseRefreshBindingRequest();
+    message.vmId = object.vmId ?? "";
+    message.generation = object.generation ?? 0;
+    message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseRefreshBindingResponse(): RefreshBindingResponse {
+  return { binding: undefined, status: 0, reason: "" };
+}
+
+export const RefreshBindingResponse: MessageFns<RefreshBindingResponse> = {
+  encode(message: RefreshBindingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.binding !== undefined) {
+      Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RefreshBindingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRefreshBindingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.binding = Binding.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RefreshBindingResponse {
+    return {
+      binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined,
+      status: isSet(object.status) ? bindingStatusFromJSON(object.status) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RefreshBindingResponse): unknown {
+    const obj: any = {};
+    if (message.binding !== undefined) {
+      obj.binding = Binding.toJSON(message.binding);
+    }
+    if (message.status !== 0) {
+      obj.status = bindingStatusToJSON(message.status);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RefreshBindingResponse>, I>>(base?: I): RefreshBindingResponse {
+    return RefreshBindingResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RefreshBindingResponse>, I>>(object: I): RefreshBindingResponse {
+    const message = createBaseRefreshBindingResponse();
+    message.binding = (object.binding !== undefined && object.binding !== null)
+      ? Binding.fromPartial(object.binding)
+      : undefined;
+    message.status = object.status ?? 0;
     message.reason = object.reason ?? "";
     return message;
   },
@@ -1180,11 +1858,14 @@ export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
 };
 
 function createBaseWatchHandoversRequest(): WatchHandoversRequest {
-  return {};
+  return { vmId: "" };
 }
 
 export const WatchHandoversRequest: MessageFns<WatchHandoversRequest> = {
-  encode(_: WatchHandoversRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: WatchHandoversRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
     return writer;
   },
 
@@ -1201,6 +1882,14 @@ export const WatchHandoversRequest: MessageFns<WatchHandoversRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1213,26 +1902,36 @@ export const WatchHandoversRequest: MessageFns<WatchHandoversRequest> = {
     }
   },
 
-  fromJSON(_: any): WatchHandoversRequest {
-    return {};
+  fromJSON(object: any): WatchHandoversRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
   },
 
-  toJSON(_: WatchHandoversRequest): unknown {
+  toJSON(message: WatchHandoversRequest): unknown {
     const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<WatchHandoversRequest>, I>>(base?: I): WatchHandoversRequest {
     return WatchHandoversRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<WatchHandoversRequest>, I>>(_: I): WatchHandoversRequest {
+  fromPartial<I extends Exact<DeepPartial<WatchHandoversRequest>, I>>(object: I): WatchHandoversRequest {
     const message = createBaseWatchHandoversRequest();
+    message.vmId = object.vmId ?? "";
     return message;
   },
 };
 
 function createBaseWatchHandoversResponse(): WatchHandoversResponse {
-  return { vmId: "", fromSite: "", toSite: "", generation: 0, gapMs: 0, timeUnixMs: 0 };
+  return { vmId: "", fromSite: "", toSite: "", generation: 0, gapMs: 0, timeUnixMs: 0, installMs: 0 };
 }
 
 export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
@@ -1254,6 +1953,9 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
     }
     if (message.timeUnixMs !== 0) {
       writer.uint32(48).int64(message.timeUnixMs);
+    }
+    if (message.installMs !== 0) {
+      writer.uint32(57).double(message.installMs);
     }
     return writer;
   },
@@ -1319,6 +2021,14 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
             message.timeUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.installMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1359,6 +2069,11 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
         : isSet(object.time_unix_ms)
         ? globalThis.Number(object.time_unix_ms)
         : 0,
+      installMs: isSet(object.installMs)
+        ? globalThis.Number(object.installMs)
+        : isSet(object.install_ms)
+        ? globalThis.Number(object.install_ms)
+        : 0,
     };
   },
 
@@ -1382,6 +2097,9 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
     if (message.timeUnixMs !== 0) {
       obj.timeUnixMs = Math.round(message.timeUnixMs);
     }
+    if (message.installMs !== 0) {
+      obj.installMs = floatToJson(message.installMs);
+    }
     return obj;
   },
 
@@ -1396,14 +2114,1651 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
     message.generation = object.generation ?? 0;
     message.gapMs = object.gapMs ?? 0;
     message.timeUnixMs = object.timeUnixMs ?? 0;
+    message.installMs = object.installMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseSite(): Site {
+  return { site: "", endpoint: undefined, controlAddress: "" };
+}
+
+export const Site: MessageFns<Site> = {
+  encode(message: Site, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.site !== "") {
+      writer.uint32(10).string(message.site);
+    }
+    if (message.endpoint !== undefined) {
+      TunnelEndpoint.encode(message.endpoint, writer.uint32(18).fork()).join();
+    }
+    if (message.controlAddress !== "") {
+      writer.uint32(26).string(message.controlAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Site {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSite();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.site = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.endpoint = TunnelEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.controlAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Site {
+    return {
+      site: isSet(object.site) ? globalThis.String(object.site) : "",
+      endpoint: isSet(object.endpoint) ? TunnelEndpoint.fromJSON(object.endpoint) : undefined,
+      controlAddress: isSet(object.controlAddress)
+        ? globalThis.String(object.controlAddress)
+        : isSet(object.control_address)
+        ? globalThis.String(object.control_address)
+        : "",
+    };
+  },
+
+  toJSON(message: Site): unknown {
+    const obj: any = {};
+    if (message.site !== "") {
+      obj.site = message.site;
+    }
+    if (message.endpoint !== undefined) {
+      obj.endpoint = TunnelEndpoint.toJSON(message.endpoint);
+    }
+    if (message.controlAddress !== "") {
+      obj.controlAddress = message.controlAddress;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Site>, I>>(base?: I): Site {
+    return Site.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Site>, I>>(object: I): Site {
+    const message = createBaseSite();
+    message.site = object.site ?? "";
+    message.endpoint = (object.endpoint !== undefined && object.endpoint !== null)
+      ? TunnelEndpoint.fromPartial(object.endpoint)
+      : undefined;
+    message.controlAddress = object.controlAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseRegisterSiteRequest(): RegisterSiteRequest {
+  return { site: undefined };
+}
+
+export const RegisterSiteRequest: MessageFns<RegisterSiteRequest> = {
+  encode(message: RegisterSiteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.site !== undefined) {
+      Site.encode(message.site, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterSiteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterSiteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.site = Site.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterSiteRequest {
+    return { site: isSet(object.site) ? Site.fromJSON(object.site) : undefined };
+  },
+
+  toJSON(message: RegisterSiteRequest): unknown {
+    const obj: any = {};
+    if (message.site !== undefined) {
+      obj.site = Site.toJSON(message.site);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterSiteRequest>, I>>(base?: I): RegisterSiteRequest {
+    return RegisterSiteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterSiteRequest>, I>>(object: I): RegisterSiteRequest {
+    const message = createBaseRegisterSiteRequest();
+    message.site = (object.site !== undefined && object.site !== null) ? Site.fromPartial(object.site) : undefined;
+    return message;
+  },
+};
+
+function createBaseRegisterSiteResponse(): RegisterSiteResponse {
+  return {};
+}
+
+export const RegisterSiteResponse: MessageFns<RegisterSiteResponse> = {
+  encode(_: RegisterSiteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterSiteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterSiteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RegisterSiteResponse {
+    return {};
+  },
+
+  toJSON(_: RegisterSiteResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterSiteResponse>, I>>(base?: I): RegisterSiteResponse {
+    return RegisterSiteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterSiteResponse>, I>>(_: I): RegisterSiteResponse {
+    const message = createBaseRegisterSiteResponse();
+    return message;
+  },
+};
+
+function createBaseListSitesRequest(): ListSitesRequest {
+  return {};
+}
+
+export const ListSitesRequest: MessageFns<ListSitesRequest> = {
+  encode(_: ListSitesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSitesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSitesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListSitesRequest {
+    return {};
+  },
+
+  toJSON(_: ListSitesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSitesRequest>, I>>(base?: I): ListSitesRequest {
+    return ListSitesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSitesRequest>, I>>(_: I): ListSitesRequest {
+    const message = createBaseListSitesRequest();
+    return message;
+  },
+};
+
+function createBaseListSitesResponse(): ListSitesResponse {
+  return { sites: [] };
+}
+
+export const ListSitesResponse: MessageFns<ListSitesResponse> = {
+  encode(message: ListSitesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sites) {
+      Site.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSitesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSitesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sites.push(Site.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSitesResponse {
+    return { sites: globalThis.Array.isArray(object?.sites) ? object.sites.map((e: any) => Site.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ListSitesResponse): unknown {
+    const obj: any = {};
+    if (message.sites?.length) {
+      obj.sites = message.sites.map((e) => Site.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSitesResponse>, I>>(base?: I): ListSitesResponse {
+    return ListSitesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSitesResponse>, I>>(object: I): ListSitesResponse {
+    const message = createBaseListSitesResponse();
+    message.sites = object.sites?.map((e) => Site.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePrepareNetworkRequest(): PrepareNetworkRequest {
+  return { vmId: "", toSite: "", port: "", mode: 0 };
+}
+
+export const PrepareNetworkRequest: MessageFns<PrepareNetworkRequest> = {
+  encode(message: PrepareNetworkRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.toSite !== "") {
+      writer.uint32(18).string(message.toSite);
+    }
+    if (message.port !== "") {
+      writer.uint32(26).string(message.port);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(32).int32(message.mode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareNetworkRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareNetworkRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.toSite = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareNetworkRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      toSite: isSet(object.toSite)
+        ? globalThis.String(object.toSite)
+        : isSet(object.to_site)
+        ? globalThis.String(object.to_site)
+        : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      mode: isSet(object.mode) ? handoverModeFromJSON(object.mode) : 0,
+    };
+  },
+
+  toJSON(message: PrepareNetworkRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.toSite !== "") {
+      obj.toSite = message.toSite;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.mode !== 0) {
+      obj.mode = handoverModeToJSON(message.mode);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareNetworkRequest>, I>>(base?: I): PrepareNetworkRequest {
+    return PrepareNetworkRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareNetworkRequest>, I>>(object: I): PrepareNetworkRequest {
+    const message = createBasePrepareNetworkRequest();
+    message.vmId = object.vmId ?? "";
+    message.toSite = object.toSite ?? "";
+    message.port = object.port ?? "";
+    message.mode = object.mode ?? 0;
+    return message;
+  },
+};
+
+function createBasePrepareNetworkResponse(): PrepareNetworkResponse {
+  return { binding: undefined };
+}
+
+export const PrepareNetworkResponse: MessageFns<PrepareNetworkResponse> = {
+  encode(message: PrepareNetworkResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.binding !== undefined) {
+      Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareNetworkResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareNetworkResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.binding = Binding.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareNetworkResponse {
+    return { binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined };
+  },
+
+  toJSON(message: PrepareNetworkResponse): unknown {
+    const obj: any = {};
+    if (message.binding !== undefined) {
+      obj.binding = Binding.toJSON(message.binding);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareNetworkResponse>, I>>(base?: I): PrepareNetworkResponse {
+    return PrepareNetworkResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareNetworkResponse>, I>>(object: I): PrepareNetworkResponse {
+    const message = createBasePrepareNetworkResponse();
+    message.binding = (object.binding !== undefined && object.binding !== null)
+      ? Binding.fromPartial(object.binding)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSwitchOverRequest(): SwitchOverRequest {
+  return { vmId: "", fromSite: "", toSite: "", port: "", mode: 0, generation: 0 };
+}
+
+export const SwitchOverRequest: MessageFns<SwitchOverRequest> = {
+  encode(message: SwitchOverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.fromSite !== "") {
+      writer.uint32(18).string(message.fromSite);
+    }
+    if (message.toSite !== "") {
+      writer.uint32(26).string(message.toSite);
+    }
+    if (message.port !== "") {
+      writer.uint32(34).string(message.port);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(40).int32(message.mode);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(48).uint64(message.generation);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SwitchOverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSwitchOverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromSite = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toSite = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SwitchOverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      fromSite: isSet(object.fromSite)
+        ? globalThis.String(object.fromSite)
+        : isSet(object.from_site)
+        ? globalThis.String(object.from_site)
+        : "",
+      toSite: isSet(object.toSite)
+        ? globalThis.String(object.toSite)
+        : isSet(object.to_site)
+        ? globalThis.String(object.to_site)
+        : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      mode: isSet(object.mode) ? handoverModeFromJSON(object.mode) : 0,
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+    };
+  },
+
+  toJSON(message: SwitchOverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.fromSite !== "") {
+      obj.fromSite = message.fromSite;
+    }
+    if (message.toSite !== "") {
+      obj.toSite = message.toSite;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.mode !== 0) {
+      obj.mode = handoverModeToJSON(message.mode);
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SwitchOverRequest>, I>>(base?: I): SwitchOverRequest {
+    return SwitchOverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SwitchOverRequest>, I>>(object: I): SwitchOverRequest {
+    const message = createBaseSwitchOverRequest();
+    message.vmId = object.vmId ?? "";
+    message.fromSite = object.fromSite ?? "";
+    message.toSite = object.toSite ?? "";
+    message.port = object.port ?? "";
+    message.mode = object.mode ?? 0;
+    message.generation = object.generation ?? 0;
+    return message;
+  },
+};
+
+function createBaseSwitchOverResponse(): SwitchOverResponse {
+  return { ack: undefined };
+}
+
+export const SwitchOverResponse: MessageFns<SwitchOverResponse> = {
+  encode(message: SwitchOverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ack !== undefined) {
+      UpdateBindingResponse.encode(message.ack, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SwitchOverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSwitchOverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ack = UpdateBindingResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SwitchOverResponse {
+    return { ack: isSet(object.ack) ? UpdateBindingResponse.fromJSON(object.ack) : undefined };
+  },
+
+  toJSON(message: SwitchOverResponse): unknown {
+    const obj: any = {};
+    if (message.ack !== undefined) {
+      obj.ack = UpdateBindingResponse.toJSON(message.ack);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SwitchOverResponse>, I>>(base?: I): SwitchOverResponse {
+    return SwitchOverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SwitchOverResponse>, I>>(object: I): SwitchOverResponse {
+    const message = createBaseSwitchOverResponse();
+    message.ack = (object.ack !== undefined && object.ack !== null)
+      ? UpdateBindingResponse.fromPartial(object.ack)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCleanupNetworkRequest(): CleanupNetworkRequest {
+  return { vmId: "", fromSite: "" };
+}
+
+export const CleanupNetworkRequest: MessageFns<CleanupNetworkRequest> = {
+  encode(message: CleanupNetworkRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.fromSite !== "") {
+      writer.uint32(18).string(message.fromSite);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CleanupNetworkRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCleanupNetworkRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromSite = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CleanupNetworkRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      fromSite: isSet(object.fromSite)
+        ? globalThis.String(object.fromSite)
+        : isSet(object.from_site)
+        ? globalThis.String(object.from_site)
+        : "",
+    };
+  },
+
+  toJSON(message: CleanupNetworkRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.fromSite !== "") {
+      obj.fromSite = message.fromSite;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CleanupNetworkRequest>, I>>(base?: I): CleanupNetworkRequest {
+    return CleanupNetworkRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CleanupNetworkRequest>, I>>(object: I): CleanupNetworkRequest {
+    const message = createBaseCleanupNetworkRequest();
+    message.vmId = object.vmId ?? "";
+    message.fromSite = object.fromSite ?? "";
+    return message;
+  },
+};
+
+function createBaseCleanupNetworkResponse(): CleanupNetworkResponse {
+  return {};
+}
+
+export const CleanupNetworkResponse: MessageFns<CleanupNetworkResponse> = {
+  encode(_: CleanupNetworkResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CleanupNetworkResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCleanupNetworkResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CleanupNetworkResponse {
+    return {};
+  },
+
+  toJSON(_: CleanupNetworkResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CleanupNetworkResponse>, I>>(base?: I): CleanupNetworkResponse {
+    return CleanupNetworkResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CleanupNetworkResponse>, I>>(_: I): CleanupNetworkResponse {
+    const message = createBaseCleanupNetworkResponse();
+    return message;
+  },
+};
+
+function createBaseVmNet(): VmNet {
+  return { vmId: "", homeIpv6: [], homeIpv4: [] };
+}
+
+export const VmNet: MessageFns<VmNet> = {
+  encode(message: VmNet, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    for (const v of message.homeIpv6) {
+      writer.uint32(18).string(v!);
+    }
+    for (const v of message.homeIpv4) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VmNet {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVmNet();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.homeIpv6.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.homeIpv4.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VmNet {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      homeIpv6: globalThis.Array.isArray(object?.homeIpv6)
+        ? object.homeIpv6.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv6)
+        ? object.home_ipv6.map((e: any) => globalThis.String(e))
+        : [],
+      homeIpv4: globalThis.Array.isArray(object?.homeIpv4)
+        ? object.homeIpv4.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv4)
+        ? object.home_ipv4.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: VmNet): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.homeIpv6?.length) {
+      obj.homeIpv6 = message.homeIpv6;
+    }
+    if (message.homeIpv4?.length) {
+      obj.homeIpv4 = message.homeIpv4;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VmNet>, I>>(base?: I): VmNet {
+    return VmNet.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VmNet>, I>>(object: I): VmNet {
+    const message = createBaseVmNet();
+    message.vmId = object.vmId ?? "";
+    message.homeIpv6 = object.homeIpv6?.map((e) => e) || [];
+    message.homeIpv4 = object.homeIpv4?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePrepareVmRequest(): PrepareVmRequest {
+  return { vm: undefined, port: "" };
+}
+
+export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
+  encode(message: PrepareVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmNet.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmNet.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareVmRequest {
+    return {
+      vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined,
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+    };
+  },
+
+  toJSON(message: PrepareVmRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmNet.toJSON(message.vm);
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareVmRequest>, I>>(base?: I): PrepareVmRequest {
+    return PrepareVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareVmRequest>, I>>(object: I): PrepareVmRequest {
+    const message = createBasePrepareVmRequest();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
+    message.port = object.port ?? "";
+    return message;
+  },
+};
+
+function createBasePrepareVmResponse(): PrepareVmResponse {
+  return {};
+}
+
+export const PrepareVmResponse: MessageFns<PrepareVmResponse> = {
+  encode(_: PrepareVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PrepareVmResponse {
+    return {};
+  },
+
+  toJSON(_: PrepareVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareVmResponse>, I>>(base?: I): PrepareVmResponse {
+    return PrepareVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareVmResponse>, I>>(_: I): PrepareVmResponse {
+    const message = createBasePrepareVmResponse();
+    return message;
+  },
+};
+
+function createBaseAttachVmRequest(): AttachVmRequest {
+  return { vm: undefined, port: "", generation: 0, lifetimeSeconds: 0 };
+}
+
+export const AttachVmRequest: MessageFns<AttachVmRequest> = {
+  encode(message: AttachVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmNet.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      writer.uint32(32).uint32(message.lifetimeSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmNet.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.lifetimeSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVmRequest {
+    return {
+      vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined,
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      lifetimeSeconds: isSet(object.lifetimeSeconds)
+        ? globalThis.Number(object.lifetimeSeconds)
+        : isSet(object.lifetime_seconds)
+        ? globalThis.Number(object.lifetime_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: AttachVmRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmNet.toJSON(message.vm);
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      obj.lifetimeSeconds = Math.round(message.lifetimeSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVmRequest>, I>>(base?: I): AttachVmRequest {
+    return AttachVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVmRequest>, I>>(object: I): AttachVmRequest {
+    const message = createBaseAttachVmRequest();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
+    message.port = object.port ?? "";
+    message.generation = object.generation ?? 0;
+    message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseAttachVmResponse(): AttachVmResponse {
+  return { ack: undefined };
+}
+
+export const AttachVmResponse: MessageFns<AttachVmResponse> = {
+  encode(message: AttachVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ack !== undefined) {
+      UpdateBindingResponse.encode(message.ack, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ack = UpdateBindingResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachVmResponse {
+    return { ack: isSet(object.ack) ? UpdateBindingResponse.fromJSON(object.ack) : undefined };
+  },
+
+  toJSON(message: AttachVmResponse): unknown {
+    const obj: any = {};
+    if (message.ack !== undefined) {
+      obj.ack = UpdateBindingResponse.toJSON(message.ack);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachVmResponse>, I>>(base?: I): AttachVmResponse {
+    return AttachVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachVmResponse>, I>>(object: I): AttachVmResponse {
+    const message = createBaseAttachVmResponse();
+    message.ack = (object.ack !== undefined && object.ack !== null)
+      ? UpdateBindingResponse.fromPartial(object.ack)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLeaveVmRequest(): LeaveVmRequest {
+  return { vm: undefined, forwardToSite: "", forwardTo: undefined };
+}
+
+export const LeaveVmRequest: MessageFns<LeaveVmRequest> = {
+  encode(message: LeaveVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmNet.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.forwardToSite !== "") {
+      writer.uint32(18).string(message.forwardToSite);
+    }
+    if (message.forwardTo !== undefined) {
+      TunnelEndpoint.encode(message.forwardTo, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaveVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaveVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmNet.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.forwardToSite = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.forwardTo = TunnelEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaveVmRequest {
+    return {
+      vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined,
+      forwardToSite: isSet(object.forwardToSite)
+        ? globalThis.String(object.forwardToSite)
+        : isSet(object.forward_to_site)
+        ? globalThis.String(object.forward_to_site)
+        : "",
+      forwardTo: isSet(object.forwardTo)
+        ? TunnelEndpoint.fromJSON(object.forwardTo)
+        : isSet(object.forward_to)
+        ? TunnelEndpoint.fromJSON(object.forward_to)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LeaveVmRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmNet.toJSON(message.vm);
+    }
+    if (message.forwardToSite !== "") {
+      obj.forwardToSite = message.forwardToSite;
+    }
+    if (message.forwardTo !== undefined) {
+      obj.forwardTo = TunnelEndpoint.toJSON(message.forwardTo);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaveVmRequest>, I>>(base?: I): LeaveVmRequest {
+    return LeaveVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaveVmRequest>, I>>(object: I): LeaveVmRequest {
+    const message = createBaseLeaveVmRequest();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
+    message.forwardToSite = object.forwardToSite ?? "";
+    message.forwardTo = (object.forwardTo !== undefined && object.forwardTo !== null)
+      ? TunnelEndpoint.fromPartial(object.forwardTo)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLeaveVmResponse(): LeaveVmResponse {
+  return {};
+}
+
+export const LeaveVmResponse: MessageFns<LeaveVmResponse> = {
+  encode(_: LeaveVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaveVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaveVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): LeaveVmResponse {
+    return {};
+  },
+
+  toJSON(_: LeaveVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaveVmResponse>, I>>(base?: I): LeaveVmResponse {
+    return LeaveVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaveVmResponse>, I>>(_: I): LeaveVmResponse {
+    const message = createBaseLeaveVmResponse();
+    return message;
+  },
+};
+
+function createBaseCleanupVmRequest(): CleanupVmRequest {
+  return { vm: undefined };
+}
+
+export const CleanupVmRequest: MessageFns<CleanupVmRequest> = {
+  encode(message: CleanupVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmNet.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CleanupVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCleanupVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmNet.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CleanupVmRequest {
+    return { vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: CleanupVmRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmNet.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CleanupVmRequest>, I>>(base?: I): CleanupVmRequest {
+    return CleanupVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CleanupVmRequest>, I>>(object: I): CleanupVmRequest {
+    const message = createBaseCleanupVmRequest();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseCleanupVmResponse(): CleanupVmResponse {
+  return {};
+}
+
+export const CleanupVmResponse: MessageFns<CleanupVmResponse> = {
+  encode(_: CleanupVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CleanupVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCleanupVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CleanupVmResponse {
+    return {};
+  },
+
+  toJSON(_: CleanupVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CleanupVmResponse>, I>>(base?: I): CleanupVmResponse {
+    return CleanupVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CleanupVmResponse>, I>>(_: I): CleanupVmResponse {
+    const message = createBaseCleanupVmResponse();
     return message;
   },
 };
 
 /**
- * NetReachService keeps a migrated VM reachable at its home addresses (PMIPv6-style:
- * the guest is untouched). The anchor keeps the binding cache; site agents prepare the
- * destination and leave forwarding pointers. (First draft.)
+ * NetReachService is the anchor (home agent): it keeps the binding cache of VM home addresses
+ * (PMIPv6-style, the guest is untouched) and drives a migration's network phases through the
+ * site agents that registered with it.
  */
 export type NetReachServiceService = typeof NetReachServiceService;
 export const NetReachServiceService = {
@@ -1426,6 +3781,7 @@ export const NetReachServiceService = {
       Buffer.from(DeregisterVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeregisterVmResponse => DeregisterVmResponse.decode(value),
   },
+  /** Marks the VM as moving to a site (the data plane is unchanged until UpdateBinding). */
   prepareAttach: {
     path: "/vmhop.v1.NetReachService/PrepareAttach" as const,
     requestStream: false as const,
@@ -1436,7 +3792,10 @@ export const NetReachServiceService = {
       Buffer.from(PrepareAttachResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareAttachResponse => PrepareAttachResponse.decode(value),
   },
-  /** Re-points a VM's binding to a site; refused when the generation is not newer. */
+  /**
+   * Re-points a VM's binding to a site. The ack says whether it was accepted and, if not, why
+   * (a stale generation changes nothing).
+   */
   updateBinding: {
     path: "/vmhop.v1.NetReachService/UpdateBinding" as const,
     requestStream: false as const,
@@ -1446,6 +3805,18 @@ export const NetReachServiceService = {
     responseSerialize: (value: UpdateBindingResponse): Buffer =>
       Buffer.from(UpdateBindingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateBindingResponse => UpdateBindingResponse.decode(value),
+  },
+  /** Extends the lifetime of the current generation's binding. */
+  refreshBinding: {
+    path: "/vmhop.v1.NetReachService/RefreshBinding" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RefreshBindingRequest): Buffer =>
+      Buffer.from(RefreshBindingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RefreshBindingRequest => RefreshBindingRequest.decode(value),
+    responseSerialize: (value: RefreshBindingResponse): Buffer =>
+      Buffer.from(RefreshBindingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RefreshBindingResponse => RefreshBindingResponse.decode(value),
   },
   listBindings: {
     path: "/vmhop.v1.NetReachService/ListBindings" as const,
@@ -1468,16 +3839,81 @@ export const NetReachServiceService = {
       Buffer.from(WatchHandoversResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchHandoversResponse => WatchHandoversResponse.decode(value),
   },
+  /** A site agent announces its endpoint and control address. */
+  registerSite: {
+    path: "/vmhop.v1.NetReachService/RegisterSite" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RegisterSiteRequest): Buffer => Buffer.from(RegisterSiteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RegisterSiteRequest => RegisterSiteRequest.decode(value),
+    responseSerialize: (value: RegisterSiteResponse): Buffer =>
+      Buffer.from(RegisterSiteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RegisterSiteResponse => RegisterSiteResponse.decode(value),
+  },
+  listSites: {
+    path: "/vmhop.v1.NetReachService/ListSites" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSitesRequest): Buffer => Buffer.from(ListSitesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSitesRequest => ListSitesRequest.decode(value),
+    responseSerialize: (value: ListSitesResponse): Buffer => Buffer.from(ListSitesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSitesResponse => ListSitesResponse.decode(value),
+  },
+  /** The control-plane's migration phases. */
+  prepareNetwork: {
+    path: "/vmhop.v1.NetReachService/PrepareNetwork" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PrepareNetworkRequest): Buffer =>
+      Buffer.from(PrepareNetworkRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PrepareNetworkRequest => PrepareNetworkRequest.decode(value),
+    responseSerialize: (value: PrepareNetworkResponse): Buffer =>
+      Buffer.from(PrepareNetworkResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PrepareNetworkResponse => PrepareNetworkResponse.decode(value),
+  },
+  switchOver: {
+    path: "/vmhop.v1.NetReachService/SwitchOver" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SwitchOverRequest): Buffer => Buffer.from(SwitchOverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SwitchOverRequest => SwitchOverRequest.decode(value),
+    responseSerialize: (value: SwitchOverResponse): Buffer => Buffer.from(SwitchOverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SwitchOverResponse => SwitchOverResponse.decode(value),
+  },
+  cleanupNetwork: {
+    path: "/vmhop.v1.NetReachService/CleanupNetwork" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CleanupNetworkRequest): Buffer =>
+      Buffer.from(CleanupNetworkRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CleanupNetworkRequest => CleanupNetworkRequest.decode(value),
+    responseSerialize: (value: CleanupNetworkResponse): Buffer =>
+      Buffer.from(CleanupNetworkResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CleanupNetworkResponse => CleanupNetworkResponse.decode(value),
+  },
 } as const;
 
 export interface NetReachServiceServer extends UntypedServiceImplementation {
   registerVm: handleUnaryCall<RegisterVmRequest, RegisterVmResponse>;
   deregisterVm: handleUnaryCall<DeregisterVmRequest, DeregisterVmResponse>;
+  /** Marks the VM as moving to a site (the data plane is unchanged until UpdateBinding). */
   prepareAttach: handleUnaryCall<PrepareAttachRequest, PrepareAttachResponse>;
-  /** Re-points a VM's binding to a site; refused when the generation is not newer. */
+  /**
+   * Re-points a VM's binding to a site. The ack says whether it was accepted and, if not, why
+   * (a stale generation changes nothing).
+   */
   updateBinding: handleUnaryCall<UpdateBindingRequest, UpdateBindingResponse>;
+  /** Extends the lifetime of the current generation's binding. */
+  refreshBinding: handleUnaryCall<RefreshBindingRequest, RefreshBindingResponse>;
   listBindings: handleUnaryCall<ListBindingsRequest, ListBindingsResponse>;
   watchHandovers: handleServerStreamingCall<WatchHandoversRequest, WatchHandoversResponse>;
+  /** A site agent announces its endpoint and control address. */
+  registerSite: handleUnaryCall<RegisterSiteRequest, RegisterSiteResponse>;
+  listSites: handleUnaryCall<ListSitesRequest, ListSitesResponse>;
+  /** The control-plane's migration phases. */
+  prepareNetwork: handleUnaryCall<PrepareNetworkRequest, PrepareNetworkResponse>;
+  switchOver: handleUnaryCall<SwitchOverRequest, SwitchOverResponse>;
+  cleanupNetwork: handleUnaryCall<CleanupNetworkRequest, CleanupNetworkResponse>;
 }
 
 export interface NetReachServiceClient extends Client {
@@ -1511,6 +3947,7 @@ export interface NetReachServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeregisterVmResponse) => void,
   ): ClientUnaryCall;
+  /** Marks the VM as moving to a site (the data plane is unchanged until UpdateBinding). */
   prepareAttach(
     request: PrepareAttachRequest,
     callback: (error: ServiceError | null, response: PrepareAttachResponse) => void,
@@ -1526,7 +3963,10 @@ export interface NetReachServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareAttachResponse) => void,
   ): ClientUnaryCall;
-  /** Re-points a VM's binding to a site; refused when the generation is not newer. */
+  /**
+   * Re-points a VM's binding to a site. The ack says whether it was accepted and, if not, why
+   * (a stale generation changes nothing).
+   */
   updateBinding(
     request: UpdateBindingRequest,
     callback: (error: ServiceError | null, response: UpdateBindingResponse) => void,
@@ -1541,6 +3981,22 @@ export interface NetReachServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpdateBindingResponse) => void,
+  ): ClientUnaryCall;
+  /** Extends the lifetime of the current generation's binding. */
+  refreshBinding(
+    request: RefreshBindingRequest,
+    callback: (error: ServiceError | null, response: RefreshBindingResponse) => void,
+  ): ClientUnaryCall;
+  refreshBinding(
+    request: RefreshBindingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RefreshBindingResponse) => void,
+  ): ClientUnaryCall;
+  refreshBinding(
+    request: RefreshBindingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RefreshBindingResponse) => void,
   ): ClientUnaryCall;
   listBindings(
     request: ListBindingsRequest,
@@ -1566,6 +4022,83 @@ export interface NetReachServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchHandoversResponse>;
+  /** A site agent announces its endpoint and control address. */
+  registerSite(
+    request: RegisterSiteRequest,
+    callback: (error: ServiceError | null, response: RegisterSiteResponse) => void,
+  ): ClientUnaryCall;
+  registerSite(
+    request: RegisterSiteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RegisterSiteResponse) => void,
+  ): ClientUnaryCall;
+  registerSite(
+    request: RegisterSiteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RegisterSiteResponse) => void,
+  ): ClientUnaryCall;
+  listSites(
+    request: ListSitesRequest,
+    callback: (error: ServiceError | null, response: ListSitesResponse) => void,
+  ): ClientUnaryCall;
+  listSites(
+    request: ListSitesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSitesResponse) => void,
+  ): ClientUnaryCall;
+  listSites(
+    request: ListSitesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSitesResponse) => void,
+  ): ClientUnaryCall;
+  /** The control-plane's migration phases. */
+  prepareNetwork(
+    request: PrepareNetworkRequest,
+    callback: (error: ServiceError | null, response: PrepareNetworkResponse) => void,
+  ): ClientUnaryCall;
+  prepareNetwork(
+    request: PrepareNetworkRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PrepareNetworkResponse) => void,
+  ): ClientUnaryCall;
+  prepareNetwork(
+    request: PrepareNetworkRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PrepareNetworkResponse) => void,
+  ): ClientUnaryCall;
+  switchOver(
+    request: SwitchOverRequest,
+    callback: (error: ServiceError | null, response: SwitchOverResponse) => void,
+  ): ClientUnaryCall;
+  switchOver(
+    request: SwitchOverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SwitchOverResponse) => void,
+  ): ClientUnaryCall;
+  switchOver(
+    request: SwitchOverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SwitchOverResponse) => void,
+  ): ClientUnaryCall;
+  cleanupNetwork(
+    request: CleanupNetworkRequest,
+    callback: (error: ServiceError | null, response: CleanupNetworkResponse) => void,
+  ): ClientUnaryCall;
+  cleanupNetwork(
+    request: CleanupNetworkRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CleanupNetworkResponse) => void,
+  ): ClientUnaryCall;
+  cleanupNetwork(
+    request: CleanupNetworkRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CleanupNetworkResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NetReachServiceClient = makeGenericClientConstructor(
@@ -1574,6 +4107,138 @@ export const NetReachServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): NetReachServiceClient;
   service: typeof NetReachServiceService;
+  serviceName: string;
+};
+
+/**
+ * NetReachSiteService is a site agent: it makes its site a place where a VM's home addresses
+ * work. Called by the anchor during a migration's network phases.
+ */
+export type NetReachSiteServiceService = typeof NetReachSiteServiceService;
+export const NetReachSiteServiceService = {
+  prepareVm: {
+    path: "/vmhop.v1.NetReachSiteService/PrepareVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PrepareVmRequest): Buffer => Buffer.from(PrepareVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PrepareVmRequest => PrepareVmRequest.decode(value),
+    responseSerialize: (value: PrepareVmResponse): Buffer => Buffer.from(PrepareVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PrepareVmResponse => PrepareVmResponse.decode(value),
+  },
+  /** The VM runs here now: configures its port and sends the binding update to the anchor. */
+  attachVm: {
+    path: "/vmhop.v1.NetReachSiteService/AttachVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttachVmRequest): Buffer => Buffer.from(AttachVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachVmRequest => AttachVmRequest.decode(value),
+    responseSerialize: (value: AttachVmResponse): Buffer => Buffer.from(AttachVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachVmResponse => AttachVmResponse.decode(value),
+  },
+  /** The VM left: forwarding pointer to another site, or drop. */
+  leaveVm: {
+    path: "/vmhop.v1.NetReachSiteService/LeaveVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaveVmRequest): Buffer => Buffer.from(LeaveVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaveVmRequest => LeaveVmRequest.decode(value),
+    responseSerialize: (value: LeaveVmResponse): Buffer => Buffer.from(LeaveVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaveVmResponse => LeaveVmResponse.decode(value),
+  },
+  /** The binding settled: removes the forwarding pointer. */
+  cleanupVm: {
+    path: "/vmhop.v1.NetReachSiteService/CleanupVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CleanupVmRequest): Buffer => Buffer.from(CleanupVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CleanupVmRequest => CleanupVmRequest.decode(value),
+    responseSerialize: (value: CleanupVmResponse): Buffer => Buffer.from(CleanupVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CleanupVmResponse => CleanupVmResponse.decode(value),
+  },
+} as const;
+
+export interface NetReachSiteServiceServer extends UntypedServiceImplementation {
+  prepareVm: handleUnaryCall<PrepareVmRequest, PrepareVmResponse>;
+  /** The VM runs here now: configures its port and sends the binding update to the anchor. */
+  attachVm: handleUnaryCall<AttachVmRequest, AttachVmResponse>;
+  /** The VM left: forwarding pointer to another site, or drop. */
+  leaveVm: handleUnaryCall<LeaveVmRequest, LeaveVmResponse>;
+  /** The binding settled: removes the forwarding pointer. */
+  cleanupVm: handleUnaryCall<CleanupVmRequest, CleanupVmResponse>;
+}
+
+export interface NetReachSiteServiceClient extends Client {
+  prepareVm(
+    request: PrepareVmRequest,
+    callback: (error: ServiceError | null, response: PrepareVmResponse) => void,
+  ): ClientUnaryCall;
+  prepareVm(
+    request: PrepareVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PrepareVmResponse) => void,
+  ): ClientUnaryCall;
+  prepareVm(
+    request: PrepareVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PrepareVmResponse) => void,
+  ): ClientUnaryCall;
+  /** The VM runs here now: configures its port and sends the binding update to the anchor. */
+  attachVm(
+    request: AttachVmRequest,
+    callback: (error: ServiceError | null, response: AttachVmResponse) => void,
+  ): ClientUnaryCall;
+  attachVm(
+    request: AttachVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttachVmResponse) => void,
+  ): ClientUnaryCall;
+  attachVm(
+    request: AttachVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttachVmResponse) => void,
+  ): ClientUnaryCall;
+  /** The VM left: forwarding pointer to another site, or drop. */
+  leaveVm(
+    request: LeaveVmRequest,
+    callback: (error: ServiceError | null, response: LeaveVmResponse) => void,
+  ): ClientUnaryCall;
+  leaveVm(
+    request: LeaveVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaveVmResponse) => void,
+  ): ClientUnaryCall;
+  leaveVm(
+    request: LeaveVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaveVmResponse) => void,
+  ): ClientUnaryCall;
+  /** The binding settled: removes the forwarding pointer. */
+  cleanupVm(
+    request: CleanupVmRequest,
+    callback: (error: ServiceError | null, response: CleanupVmResponse) => void,
+  ): ClientUnaryCall;
+  cleanupVm(
+    request: CleanupVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CleanupVmResponse) => void,
+  ): ClientUnaryCall;
+  cleanupVm(
+    request: CleanupVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CleanupVmResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const NetReachSiteServiceClient = makeGenericClientConstructor(
+  NetReachSiteServiceService,
+  "vmhop.v1.NetReachSiteService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): NetReachSiteServiceClient;
+  service: typeof NetReachSiteServiceService;
   serviceName: string;
 };
 
