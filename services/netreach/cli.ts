@@ -2,6 +2,7 @@
 //   demo       build a namespace test bed, move a VM site to site under a continuous ping, print
 //              the gap and losses of each move (needs root)
 //   bindings   list the anchor's bindings from its store (Redis URL, or nothing for memory)
+//   anchor serve / site serve   the anchor and site agent services (serve.ts)
 import { parseArgs } from "node:util";
 import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
 import { CliError } from "../cli/errors.js";
@@ -9,12 +10,15 @@ import { BindingCache } from "./binding/cache.js";
 import { openBindingKv } from "./binding/kv.js";
 import type { HandoverMode } from "./migration-hooks.js";
 import { type PingRecord, summarisePings } from "./probe/analysis.js";
+import { serveAnchor, serveSite } from "./serve.js";
 import { NetreachBed, VM } from "./testbed/bed.js";
 import { startProbe } from "./testbed/probe-process.js";
 
 const USAGE = `usage: vmhop netreach <command> [options]
 
 commands:
+  anchor serve  the anchor (home agent): gRPC NetReachService   (vmhop netreach anchor serve --help)
+  site serve    a site agent: gRPC NetReachSiteService          (vmhop netreach site serve --help)
   demo      [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp] [--moves N=2]
             move a VM between sites of a namespace test bed under a 10 ms ping (root)
   bindings  [--store redis://HOST:PORT]   list the anchor's bindings as JSON lines`;
@@ -96,6 +100,10 @@ export async function run(argv: string[]): Promise<number> {
   try {
     if (cmd === "demo") return await demo(rest);
     if (cmd === "bindings") return await bindings(rest);
+    if ((cmd === "anchor" || cmd === "site") && rest[0] === "serve")
+      return await (cmd === "anchor" ? serveAnchor(rest.slice(1)) : serveSite(rest.slice(1)));
+    if (cmd === "anchor" || cmd === "site")
+      throw new CliError(`unknown netreach ${cmd} command '${rest[0] ?? ""}' (want: serve)\n\n${USAGE}`);
   } catch (err) {
     if (err instanceof TypeError && (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS"))
       throw new CliError(`${err.message}\n\n${USAGE}`);

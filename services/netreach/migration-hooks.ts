@@ -1,10 +1,12 @@
 // netreach's part in a migration, one method per control-plane phase. Plain calls on the anchor
-// and on site agents (in-process here; the gRPC NetReachService will carry the same calls).
+// and on site agents: in-process (SiteAgent) or remote (grpc/clients.ts RemoteSite), the way the
+// anchor's gRPC PrepareNetwork / SwitchOver / CleanupNetwork run them.
 //   prepare network  → before switch-over: anchor marks the move, destination site prepared
 //   switch-over      → the VM runs at the destination: binding update, old site forwards or drops
 //   cleanup          → the binding settled: the old site's forwarding pointer goes
 import type { Outcome } from "./binding/cache.js";
-import type { SiteAgent, VmNet } from "./site/agent.js";
+import type { SiteEndpoint } from "./binding/types.js";
+import type { VmNet } from "./site/agent.js";
 
 /**
  * bbm: break-before-make, the destination is prepared only once the VM runs there;
@@ -17,10 +19,19 @@ export interface AnchorControl {
   prepareAttach(vmId: string, site: string): Promise<Outcome>;
 }
 
+/** What the hooks need of a site agent (SiteAgent in-process, RemoteSite over gRPC). */
+export interface SiteControl {
+  readonly endpoint: SiteEndpoint;
+  prepare(vm: VmNet, port?: string): Promise<void>;
+  attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome>;
+  leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void>;
+  cleanup(vm: VmNet): Promise<void>;
+}
+
 export interface MigrationNet {
   vm: VmNet;
-  from: SiteAgent;
-  to: SiteAgent;
+  from: SiteControl;
+  to: SiteControl;
   /** The VM's port at the destination (a tap QEMU will use). */
   port: string;
   mode: HandoverMode;

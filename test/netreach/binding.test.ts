@@ -1,8 +1,8 @@
 // Binding cache: generation ordering, the state table, lifetime, and durability on real Redis.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { MemoryStore, RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
-import { MemoryKv, RedisKv } from "../../services/netreach/binding/kv.js";
 import { transitions } from "../../services/netreach/binding/state.js";
 import type { RegisterRequest } from "../../services/netreach/binding/types.js";
 import { gate } from "../helpers/env.js";
@@ -22,7 +22,7 @@ const reg: RegisterRequest = {
 };
 
 test("register then update with a newer generation re-points the binding", async () => {
-  const c = new BindingCache(new MemoryKv());
+  const c = new BindingCache(new MemoryStore());
   const r = await c.register(reg);
   assert.ok(r.accepted);
   assert.is(r.binding?.state, "active");
@@ -34,7 +34,7 @@ test("register then update with a newer generation re-points the binding", async
 });
 
 test("a stale or replayed update is refused and changes nothing", async () => {
-  const kv = new MemoryKv();
+  const kv = new MemoryStore();
   const c = new BindingCache(kv);
   await c.register(reg);
   await c.update({ vmId: "vm-1", generation: 5, ...s2 });
@@ -51,14 +51,14 @@ test("a stale or replayed update is refused and changes nothing", async () => {
 });
 
 test("update of an unknown vm is refused", async () => {
-  const c = new BindingCache(new MemoryKv());
+  const c = new BindingCache(new MemoryStore());
   const o = await c.update({ vmId: "ghost", generation: 1, ...s1 });
   assert.not.ok(o.accepted);
   if (!o.accepted) assert.match(o.reason, /not registered/);
 });
 
 test("bad input gets clear errors", async () => {
-  const c = new BindingCache(new MemoryKv());
+  const c = new BindingCache(new MemoryStore());
   await rejects(() => c.register({ ...reg, vmId: "bad id!" }), /invalid vm id/);
   await rejects(() => c.register({ ...reg, mac: "zz" }), /invalid MAC/);
   await rejects(() => c.register({ ...reg, homeIpv6: ["10.0.0.1"] }), /invalid IPv6 home address/);
@@ -71,7 +71,7 @@ test("bad input gets clear errors", async () => {
 
 test("state table: prepare, cancel, expiry and revival only by a newer update", async () => {
   let now = 1_000_000;
-  const c = new BindingCache(new MemoryKv(), { now: () => now });
+  const c = new BindingCache(new MemoryStore(), { now: () => now });
   await c.register(reg);
   const p = await c.prepare("vm-1", "s2");
   assert.is(p.binding?.state, "moving");
@@ -96,7 +96,7 @@ test("state table: prepare, cancel, expiry and revival only by a newer update", 
 });
 
 test("deregister removes the binding", async () => {
-  const c = new BindingCache(new MemoryKv());
+  const c = new BindingCache(new MemoryStore());
   await c.register(reg);
   assert.is((await c.deregister("vm-1"))?.vmId, "vm-1");
   assert.is(await c.get("vm-1"), null);
@@ -110,7 +110,7 @@ gate(
 )("bindings survive a Redis restart and concurrent updates keep the newest", async () => {
   const redis = await startRedis();
   try {
-    let kv = await RedisKv.connect(redis.url);
+    let kv = await RedisStore.connect(redis.url);
     let c = new BindingCache(kv);
     await c.register(reg);
     await c.register({ ...reg, vmId: "vm-2" });
@@ -120,7 +120,7 @@ gate(
     assert.is((await c.get("vm-1"))?.generation, 9);
     await kv.close();
     await redis.restart();
-    kv = await RedisKv.connect(redis.url);
+    kv = await RedisStore.connect(redis.url);
     c = new BindingCache(kv);
     const all = await c.list();
     assert.equal(

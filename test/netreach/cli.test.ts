@@ -1,8 +1,8 @@
 // `vmhop netreach …`: argument errors are clear; `bindings` lists what the anchor stored.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
-import { RedisKv } from "../../services/netreach/binding/kv.js";
 import { run } from "../../services/netreach/cli.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
@@ -13,7 +13,7 @@ test("bad arguments get clear errors", async () => {
   await rejects(() => run(["demo", "--mode", "zz"]), /--mode must be one of bbm, mbb, mbb-fp/);
   await rejects(() => run(["demo", "--sites", "1"]), /--sites must be an integer 2..9/);
   await rejects(() => run(["demo", "--bogus"]), /Unknown option '--bogus'/);
-  await rejects(() => run(["bindings", "--store", "http://x"]), /unsupported binding store URL/);
+  await rejects(() => run(["bindings", "--store", "http://x"]), /unsupported store URL/);
 });
 
 gate(
@@ -25,7 +25,7 @@ gate(
   const lines: string[] = [];
   const log = console.log;
   try {
-    const kv = await RedisKv.connect(redis.url);
+    const kv = await RedisStore.connect(redis.url);
     await new BindingCache(kv).register({
       vmId: "vm-9",
       mac: "52:54:00:00:00:09",

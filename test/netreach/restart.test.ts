@@ -2,7 +2,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
-import { RedisKv } from "../../services/netreach/binding/kv.js";
+import { RedisStore } from "../../services/common/store/index.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
@@ -17,7 +17,7 @@ let redis: RedisHandle;
 t.before(async () => {
   await destroyNetnsWithPrefix(PREFIX);
   redis = await startRedis();
-  bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, kv: await RedisKv.connect(redis.url) });
+  bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, kv: await RedisStore.connect(redis.url) });
   assert.ok((await bed.place(0)).accepted);
   assert.ok((await bed.move(1, "mbb-fp")).outcome.accepted);
   await bed.settle();
@@ -49,7 +49,7 @@ t("traffic keeps flowing while the anchor process restarts", async () => {
   await Promise.all([p6.ready, p4.ready]);
   await sleep(500);
   const old = bed.kv;
-  await bed.restartAnchor(await RedisKv.connect(redis.url));
+  await bed.restartAnchor(await RedisStore.connect(redis.url));
   await old.close();
   for (const p of [p6, p4]) {
     const s = summarisePings(await p.result);
@@ -70,7 +70,7 @@ t("after Redis and the anchor restart on a wiped kernel, the bindings come back"
   const lost = summarisePings(await pingFrom(VM.homeIpv6[0], 5).result);
   assert.is(lost.received, 0, "with the routes wiped the VM is unreachable");
   await redis.restart();
-  bed.kv = await RedisKv.connect(redis.url);
+  bed.kv = await RedisStore.connect(redis.url);
   await bed.startAnchor();
   const list = await bed.anchor.list();
   assert.equal(

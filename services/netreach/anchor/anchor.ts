@@ -13,7 +13,12 @@ export interface HandoverEvent {
   fromSite: string;
   toSite: string;
   generation: number;
+  /** When the anchor's route pointed at the new site (epoch ms). */
   timeUnixMs: number;
+  /** From the VM running at the new site (as the site reported) to the route; -1 if unknown. */
+  gapMs: number;
+  /** From receiving the update to the kernel route. */
+  installMs: number;
 }
 
 export interface AnchorOptions {
@@ -102,6 +107,7 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
 
   /** A binding update from a site: re-points the VM if the generation is newer. */
   updateBinding(req: UpdateRequest): Promise<Outcome> {
+    const receivedAt = performance.now();
     return this.serial(req.vmId, async () => {
       const o = await this.cache.update(req);
       if (!o.accepted) {
@@ -113,12 +119,15 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
         return o;
       }
       await this.dp.install(o.binding);
+      const installedAt = performance.timeOrigin + performance.now();
       const ev: HandoverEvent = {
         vmId: req.vmId,
         fromSite: o.previous?.site ?? "",
         toSite: req.site,
         generation: req.generation,
-        timeUnixMs: Date.now(),
+        timeUnixMs: Math.round(installedAt),
+        gapMs: req.attachedAtMs ? installedAt - req.attachedAtMs : -1,
+        installMs: performance.now() - receivedAt,
       };
       this.emit("handover", ev);
       return o;

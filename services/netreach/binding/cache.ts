@@ -16,11 +16,23 @@ import {
   type UpdateRequest,
 } from "./types.js";
 
+/** Why a change was refused (the ack's status, as a PMIPv6 Proxy Binding Ack code). */
+export type RefusedStatus = "stale-generation" | "not-registered" | "wrong-state" | "not-current";
+
 export type Outcome =
   | { accepted: true; binding: Binding; previous: Binding | null }
-  | { accepted: false; reason: string; binding: Binding | null };
+  | { accepted: false; status: RefusedStatus; reason: string; binding: Binding | null };
 
-type Step = { next: Binding } | { refuse: string };
+type Step = { next: Binding } | { refuse: string; status: RefusedStatus };
+
+const notRegistered = (vmId: string): Step => ({
+  refuse: `vm ${vmId} is not registered`,
+  status: "not-registered",
+});
+const stale = (g: number, have: number): Step => ({
+  refuse: `stale generation ${g} (have ${have})`,
+  status: "stale-generation",
+});
 
 export interface BindingCacheOptions {
   /** Key prefix in the store; default "netreach/binding/". */
@@ -61,7 +73,8 @@ export class BindingCache {
       const raw = await this.kv.get(key);
       const cur = raw === null ? null : (JSON.parse(raw) as Binding);
       const step = decide(cur);
-      if ("refuse" in step) return { accepted: false, reason: step.refuse, binding: cur };
+      if ("refuse" in step)
+        return { accepted: false, status: step.status, reason: step.refuse, binding: cur };
       if (await this.kv.compareAndSet(key, raw, JSON.stringify(step.next)))
         return { accepted: true, binding: step.next, previous: cur };
     }
@@ -70,15 +83,14 @@ export class BindingCache {
 
   private transition(cur: Binding, event: BindingEvent): Step | null {
     const state = nextState(cur.state, event);
-    return state ? null : { refuse: `${event} refused in state ${cur.state}` };
+    return state ? null : { refuse: `${event} refused in state ${cur.state}`, status: "wrong-state" };
   }
 
   /** First registration (or a re-registration with a newer generation). */
   register(req: RegisterRequest): Promise<Outcome> {
     checkRegister(req);
     return this.mutate(req.vmId, (cur) => {
-      if (cur && req.generation <= cur.generation)
-        return { refuse: `stale generation ${req.generation} (have ${cur.generation})` };
+      if (cur && req.generation <= cur.generation) return stale(req.generation, cur.generation);
       return {
         next: {
           vmId: req.vmId,
@@ -101,9 +113,8 @@ export class BindingCache {
   update(req: UpdateRequest): Promise<Outcome> {
     checkUpdate(req);
     return this.mutate(req.vmId, (cur) => {
-      if (!cur) return { refuse: `vm ${req.vmId} is not registered` };
-      if (req.generation <= cur.generation)
-        return { refuse: `stale generation ${req.generation} (have ${cur.generation})` };
+      if (!cur) return notRegistered(req.vmId);
+      if (req.generation <= cur.generation) return stale(req.generation, cur.generation);
       const refused = this.transition(cur, "update");
       if (refused) return refused;
       const lifetimeSeconds = req.lifetimeSeconds ?? cur.lifetimeSeconds;
@@ -127,7 +138,7 @@ export class BindingCache {
   prepare(vmId: string, site: string): Promise<Outcome> {
     checkVmId(vmId);
     return this.mutate(vmId, (cur) => {
-      if (!cur) return { refuse: `vm ${vmId} is not registered` };
+      if (!cur) return notRegistered(vmId);
       const refused = this.transition(cur, "prepare");
       if (refused) return refused;
       return { next: { ...cur, state: "moving", movingTo: site } };
@@ -138,7 +149,7 @@ export class BindingCache {
   cancel(vmId: string): Promise<Outcome> {
     checkVmId(vmId);
     return this.mutate(vmId, (cur) => {
-      if (!cur) return { refuse: `vm ${vmId} is not registered` };
+      if (!cur) return notRegistered(vmId);
       const refused = this.transition(cur, "cancel");
       if (refused) return refused;
       const { movingTo: _, ...rest } = cur;
@@ -152,9 +163,12 @@ export class BindingCache {
     checkGeneration(generation);
     if (lifetimeSeconds !== undefined) checkLifetime(lifetimeSeconds);
     return this.mutate(vmId, (cur) => {
-      if (!cur) return { refuse: `vm ${vmId} is not registered` };
+      if (!cur) return notRegistered(vmId);
       if (generation !== cur.generation)
-        return { refuse: `refresh for generation ${generation}, current is ${cur.generation}` };
+        return {
+          refuse: `refresh for generation ${generation}, current is ${cur.generation}`,
+          status: "not-current",
+        };
       const refused = this.transition(cur, "refresh");
       if (refused) return refused;
       const lt = lifetimeSeconds ?? cur.lifetimeSeconds;
@@ -168,7 +182,7 @@ export class BindingCache {
     for (const b of await this.list()) {
       if (b.state === "expired" || b.expiresAtMs > this.now()) continue;
       const o = await this.mutate(b.vmId, (cur) => {
-        if (!cur || cur.expiresAtMs > this.now()) return { refuse: "not due" };
+        if (!cur || cur.expiresAtMs > this.now()) return { refuse: "not due", status: "wrong-state" };
         const refused = this.transition(cur, "expire");
         if (refused) return refused;
         const { movingTo: _, ...rest } = cur;

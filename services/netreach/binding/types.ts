@@ -37,6 +37,8 @@ export interface UpdateRequest extends SiteEndpoint {
   vmId: string;
   generation: number;
   lifetimeSeconds?: number;
+  /** When the VM started running at the site (epoch ms): the anchor measures the gap from it. */
+  attachedAtMs?: number;
 }
 
 export class BindingError extends Error {

@@ -111,11 +111,13 @@ export class SiteAgent {
    * anchor's answer.
    */
   async attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
+    const attachedAtMs = performance.timeOrigin + performance.now();
     await this.attachPort(vm, port);
     const o = await this.anchor.updateBinding({
       vmId: vm.vmId,
       generation,
       lifetimeSeconds,
+      attachedAtMs,
       ...this.endpoint,
     });
     if (!o.accepted) this.log.warn("binding update refused", { vm: vm.vmId, reason: o.reason });

@@ -24,9 +24,10 @@ import {
   setSysctls,
 } from "../../../deploy/testbed/netns.js";
 import { type Logger, silentLogger } from "../../common/log.js";
+import { MemoryStore } from "../../common/store/index.js";
 import { Anchor } from "../anchor/anchor.js";
 import type { Outcome } from "../binding/cache.js";
-import { type BindingKv, MemoryKv } from "../binding/kv.js";
+import type { BindingKv } from "../binding/kv.js";
 import type { UpdateRequest } from "../binding/types.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
 import { type HandoverMode, MigrationHooks, type MigrationNet } from "../migration-hooks.js";
@@ -101,6 +102,11 @@ export interface BedOptions {
   signallingDelayMs?: number;
   kv?: BindingKv;
   log?: Logger;
+  /**
+   * false: build the namespaces only, for an anchor and site agents run as services
+   * (`vmhop netreach anchor|site serve`) and a VM moved with `plug()`. Default true.
+   */
+  agents?: boolean;
 }
 
 export class NetreachBed {
@@ -127,7 +133,7 @@ export class NetreachBed {
       patch: `${p}patch`,
       sites: Array.from({ length: n }, (_, i) => `${p}s${i + 1}`),
     };
-    this.kv = opts.kv ?? new MemoryKv();
+    this.kv = opts.kv ?? new MemoryStore();
     this.log = opts.log ?? silentLogger;
   }
 
@@ -221,6 +227,8 @@ export class NetreachBed {
     await ip(vm, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0");
     await ip(vm, "-4", "route", "add", "default", "via", HOME.gw4, "dev", "eth0");
 
+    this.patch = new IpBatch(this.ns.patch);
+    if (this.opts.agents === false) return;
     await this.startAnchor();
     const link = delayedAnchorLink(
       () => this.anchor,
@@ -246,7 +254,6 @@ export class NetreachBed {
         ),
       );
     }
-    this.patch = new IpBatch(this.ns.patch);
   }
 
   /** Starts (or restarts) the anchor on the bed's store; restores bindings into the kernel. */
@@ -270,6 +277,13 @@ export class NetreachBed {
   private async plugInto(i: number): Promise<void> {
     const out = this.at >= 0 ? [`link set dev p${this.at} nomaster`] : [];
     await this.patch!.apply([...out, `link set dev p${i} master br0`]);
+  }
+
+  /** Connects the VM to site i's port (for a bed driven from outside: `agents: false`). */
+  async plug(i: number): Promise<void> {
+    if (i < 0 || i >= this.ns.sites.length) throw new Error(`no site ${i + 1} in this bed`);
+    await this.plugInto(i);
+    this.at = i;
   }
 
   /** First placement: the port goes to site i, the anchor registers the VM there. */

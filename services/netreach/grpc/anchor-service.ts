@@ -1,0 +1,209 @@
+// gRPC NetReachService over an Anchor: bindings, handover events, the site directory, and the
+// control-plane's migration phases (run by MigrationHooks on remote site agents).
+import * as grpc from "@grpc/grpc-js";
+import {
+  type CleanupNetworkRequest,
+  NetReachServiceService,
+  type PrepareNetworkRequest,
+  type RegisterVmRequest,
+  type SwitchOverRequest,
+  type UpdateBindingRequest,
+  type WatchHandoversRequest,
+  type WatchHandoversResponse,
+} from "../../../gen/vmhop/v1/netreach.js";
+import { RpcError, type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import type { Anchor, HandoverEvent } from "../anchor/anchor.js";
+import type { SiteDirectory, SiteRecord } from "../anchor/sites.js";
+import type { Binding } from "../binding/types.js";
+import { checkGeneration, checkVmId } from "../binding/types.js";
+import { MigrationHooks, type MigrationNet } from "../migration-hooks.js";
+import { RemoteSite } from "./clients.js";
+import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf, toRpcError } from "./convert.js";
+
+function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
+  return unary<Req, Res>(async (req) => {
+    try {
+      return await fn(req);
+    } catch (err) {
+      throw toRpcError(err);
+    }
+  });
+}
+
+export interface AnchorService extends ServiceRegistration {
+  /** Closes the clients of site agents. */
+  close(): void;
+}
+
+export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorService {
+  const remotes = new Map<string, RemoteSite>();
+  const hooks = new MigrationHooks(anchor);
+
+  const site = async (name: string): Promise<RemoteSite> => {
+    const r: SiteRecord | null = await sites.get(name);
+    if (!r) throw new RpcError(grpc.status.NOT_FOUND, `site '${name}' has not registered with the anchor`);
+    const key = JSON.stringify(r);
+    let remote = remotes.get(key);
+    if (!remote) {
+      remote = new RemoteSite({ site: r.site, sid6: r.sid6, sid4: r.sid4 }, r.controlAddress);
+      remotes.set(key, remote);
+    }
+    return remote;
+  };
+
+  const binding = async (vmId: string): Promise<Binding> => {
+    checkVmId(vmId);
+    const b = await anchor.cache.get(vmId);
+    if (!b) throw new RpcError(grpc.status.NOT_FOUND, `vm ${vmId} is not registered`);
+    return b;
+  };
+
+  const migration = async (
+    b: Binding,
+    from: string,
+    to: string,
+    port: string,
+    mode: MigrationNet["mode"],
+  ): Promise<MigrationNet> => {
+    if (from === to)
+      throw new RpcError(grpc.status.INVALID_ARGUMENT, `vm ${b.vmId}: from and to are both ${to}`);
+    return {
+      vm: { vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 },
+      from: await site(from),
+      to: await site(to),
+      port,
+      mode,
+    };
+  };
+
+  const implementation = {
+    registerVm: wrap(async (req: RegisterVmRequest) => {
+      const b = req.binding;
+      if (!b) throw new RpcError(grpc.status.INVALID_ARGUMENT, "binding is required");
+      const o = await anchor.register({
+        vmId: b.vmId,
+        mac: b.mac,
+        homeIpv6: b.homeIpv6,
+        homeIpv4: b.homeIpv4,
+        ...endpointFromProto(b.site, b.endpoint),
+        generation: b.generation,
+        lifetimeSeconds: b.lifetimeSeconds,
+      });
+      const { binding: out, reason, status } = ackOf(o);
+      return { binding: out, reason, status };
+    }),
+    deregisterVm: wrap(async (req: { vmId: string }) => {
+      checkVmId(req.vmId);
+      const b = await anchor.deregister(req.vmId);
+      return { binding: b ? bindingToProto(b) : undefined };
+    }),
+    prepareAttach: wrap(async (req: { vmId: string; site: string }) => {
+      const o = await anchor.prepareAttach(req.vmId, req.site);
+      const { binding: out, reason, status } = ackOf(o);
+      return { binding: out, reason, status };
+    }),
+    updateBinding: wrap(async (req: UpdateBindingRequest) =>
+      ackOf(
+        await anchor.updateBinding({
+          vmId: req.vmId,
+          ...endpointFromProto(req.site, req.endpoint),
+          generation: req.generation,
+          lifetimeSeconds: req.lifetimeSeconds || undefined,
+          attachedAtMs: req.attachedUnixMs || undefined,
+        }),
+      ),
+    ),
+    refreshBinding: wrap(async (req: { vmId: string; generation: number; lifetimeSeconds: number }) => {
+      const o = await anchor.refresh(req.vmId, req.generation, req.lifetimeSeconds || undefined);
+      return {
+        binding: o.binding ? bindingToProto(o.binding) : undefined,
+        status: statusOf(o),
+        reason: o.accepted ? "" : o.reason,
+      };
+    }),
+    listBindings: wrap(async () => ({ bindings: (await anchor.list()).map(bindingToProto) })),
+    watchHandovers: (call: grpc.ServerWritableStream<WatchHandoversRequest, WatchHandoversResponse>) => {
+      const only = call.request.vmId;
+      const send = (e: HandoverEvent) => {
+        if (only && e.vmId !== only) return;
+        call.write({
+          vmId: e.vmId,
+          fromSite: e.fromSite,
+          toSite: e.toSite,
+          generation: e.generation,
+          gapMs: e.gapMs,
+          timeUnixMs: e.timeUnixMs,
+          installMs: e.installMs,
+        });
+      };
+      anchor.on("handover", send);
+      const stop = () => anchor.off("handover", send);
+      call.on("cancelled", stop);
+      call.on("close", stop);
+    },
+    registerSite: wrap(
+      async (req: {
+        site?: { site: string; endpoint?: { sid6: string; sid4: string }; controlAddress: string };
+      }) => {
+        const s = req.site;
+        if (!s) throw new RpcError(grpc.status.INVALID_ARGUMENT, "site is required");
+        await sites.put({ ...endpointFromProto(s.site, s.endpoint), controlAddress: s.controlAddress });
+        return {};
+      },
+    ),
+    listSites: wrap(async () => ({
+      sites: (await sites.list()).map((r) => ({
+        site: r.site,
+        endpoint: { sid6: r.sid6, sid4: r.sid4 },
+        controlAddress: r.controlAddress,
+      })),
+    })),
+    prepareNetwork: wrap(async (req: PrepareNetworkRequest) => {
+      const b = await binding(req.vmId);
+      const m = await migration(b, b.site, req.toSite, req.port, modeFromProto(req.mode));
+      try {
+        await hooks.prepareNetwork(m);
+      } catch (err) {
+        throw err instanceof Error && err.message.startsWith("cannot prepare")
+          ? new RpcError(grpc.status.FAILED_PRECONDITION, err.message)
+          : err;
+      }
+      return { binding: bindingToProto(await binding(req.vmId)) };
+    }),
+    switchOver: wrap(async (req: SwitchOverRequest) => {
+      checkGeneration(req.generation);
+      const b = await binding(req.vmId);
+      // A stale switch-over must not touch the sites either (the old one would stop forwarding).
+      if (req.generation <= b.generation)
+        return {
+          ack: ackOf({
+            accepted: false,
+            status: "stale-generation",
+            reason: `stale generation ${req.generation} (have ${b.generation})`,
+            binding: b,
+          }),
+        };
+      const m = await migration(b, req.fromSite || b.site, req.toSite, req.port, modeFromProto(req.mode));
+      if (!req.port)
+        throw new RpcError(
+          grpc.status.INVALID_ARGUMENT,
+          "port (the VM's tap at the destination) is required",
+        );
+      return { ack: ackOf(await hooks.switchOver(m, req.generation)) };
+    }),
+    cleanupNetwork: wrap(async (req: CleanupNetworkRequest) => {
+      const b = await binding(req.vmId);
+      await (await site(req.fromSite)).cleanup({ vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 });
+      return {};
+    }),
+  };
+  return {
+    name: "vmhop.v1.NetReachService",
+    definition: NetReachServiceService as unknown as grpc.ServiceDefinition,
+    implementation: implementation as unknown as grpc.UntypedServiceImplementation,
+    close() {
+      for (const r of remotes.values()) r.close();
+      remotes.clear();
+    },
+  };
+}
