@@ -4,6 +4,7 @@ import { EventEmitter } from "node:events";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
+import type { Compression } from "./channel/compress-policy.js";
 import { ChannelServer } from "./channel/inbound.js";
 import { ChannelOut } from "./channel/outbound.js";
 import { newCounters, type RelayCounters } from "./channel/relay.js";
@@ -43,6 +44,11 @@ export interface MigrationRecord {
   channelBytes: RelayCounters;
   /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
   recoveries: number;
+  /**
+   * Destination: stream bytes the channel had received when QEMU reported RESUME (an upper
+   * bound on what had to cross before the VM ran here: the event comes a moment later).
+   */
+  bytesBeforeResume?: number;
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
   /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */
@@ -62,8 +68,8 @@ export interface StartMigrationOptions {
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
-  /** Deflate the channel (worth it on a slow link). */
-  compress?: boolean;
+  /** Deflate the channel; default: the host's `compression`. */
+  compression?: Compression;
   /** QEMU's postcopy-preempt lane (default: the host's `preempt`); must match the destination's. */
   preempt?: boolean;
 }
@@ -82,6 +88,8 @@ export interface PageHostOptions {
   channelPort?: number;
   /** Default for migrations that do not say: QEMU's postcopy-preempt lane. */
   preempt?: boolean;
+  /** Default for migrations that do not say: channel compression (default "auto": only on a slow link). */
+  compression?: Compression;
   /** Link bandwidth assumed by mode "auto" when a migration sets no cap (bytes/s; default 1 Gbit/s). */
   linkBandwidth?: number;
   log?: Logger;
@@ -96,7 +104,7 @@ interface SavedMigration {
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
-  compress?: boolean;
+  compression?: Compression;
   preempt?: boolean;
   /** Set once it ended. */
   phase?: "completed" | "failed";
@@ -200,6 +208,11 @@ export class PageHost {
     const rec = this.record(migrationId, spec.name, "destination");
     await vm.start({ incoming: true });
     const sock = this.expectIncoming(vm, rec);
+    const counters = this.channel.target(migrationId)?.counters;
+    vm.qmp.on("event", (e) => {
+      if (e.event === "RESUME" && rec.bytesBeforeResume === undefined)
+        rec.bytesBeforeResume = counters?.forward;
+    });
     saveMigration(vm, { id: migrationId, role: "destination" });
     // postcopy-ram on the destination is harmless for a pre-copy stream, so any mode but an
     // announced pre-copy gets it: with "auto" the source decides later.
@@ -230,7 +243,8 @@ export class PageHost {
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
-    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, o.compress);
+    const compression = o.compression ?? this.opts.compression ?? "auto";
+    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, compression);
     try {
       await out.open();
     } catch (err) {
@@ -262,7 +276,7 @@ export class PageHost {
       hybridRounds: plan.hybridRounds,
       hybridSeconds: o.hybridSeconds,
       maxBandwidth: o.maxBandwidth,
-      compress: o.compress,
+      compression,
       preempt: o.preempt ?? this.opts.preempt,
     };
     saveMigration(vm, saved);
@@ -275,12 +289,12 @@ export class PageHost {
     migrationId: string,
     peer: string,
     attempt: number,
-    compress?: boolean,
+    compression?: Compression,
   ): ChannelOut {
     return new ChannelOut({
       migrationId,
       peer,
-      compress,
+      compression,
       socketPath: join(
         this.opts.runRoot,
         vmId,
@@ -317,7 +331,7 @@ export class PageHost {
       carried = { ...rec.channelBytes };
       carriedConnections = rec.connections;
       await out?.close();
-      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, saved.compress);
+      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, saved.compression);
       await out.open();
       rec.recoveries++;
       this.log.info("post-copy recovery: channel re-opened", { migration: rec.id, attempt });

@@ -106,7 +106,7 @@ for (const [preempt, compress] of [
         migrationId: "m1",
         peer: addr,
         socketPath: join(dir.path, `${tag}-out.sock`),
-        compress,
+        compression: compress ? "on" : "off",
       });
       await out.open();
       closers.push(() => out.close());

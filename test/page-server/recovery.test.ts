@@ -77,7 +77,7 @@ migTest(
       migrationId: "mig-r",
       channelAddress: link.address,
       mode: "postcopy",
-      maxBandwidth: 8 << 20,
+      maxBandwidth: 32 << 20, // ~5 s of background push: the break lands inside it
     });
     let broke = false;
     rec.events.on("update", (r) => {

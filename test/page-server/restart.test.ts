@@ -122,7 +122,7 @@ migTest("SIGKILL the source page-server after the switch-over; its restart compl
         migrationId: "mig-x",
         channelAddress: channel,
         mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-        maxBandwidthBytesPerSecond: 8 << 20, // post-copy still pushing when the page-server dies
+        maxBandwidthBytesPerSecond: 32 << 20, // post-copy still pushing (~5 s) when the page-server dies
       }),
       cb,
     ),

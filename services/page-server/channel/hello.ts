@@ -1,11 +1,11 @@
 // The migration channel's opening exchange, first bytes of each TCP connection between
 // page-servers. Pure functions over bytes.
 //
-//   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy; bit 1: deflate the
-//          stream after the reply), u16 id length, id
+//   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy; bit 1: after the
+//          reply the stream travels in frames, each plain or deflated: frame.ts), u16 id length, id
 //   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
 //          message (UTF-8)
-// Everything after the hello/reply is QEMU's own migration stream, relayed unchanged.
+// Everything after the hello/reply is QEMU's own migration stream, relayed unchanged (or framed).
 
 export const HELLO_MAGIC = Buffer.from("VMHC");
 export const HELLO_VERSION = 1;

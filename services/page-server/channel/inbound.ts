@@ -129,7 +129,7 @@ export class ChannelServer {
       this.log.info("channel: relaying", { migration: id, connection: target.connections });
       relay(qemu, peer, target.counters, {
         side: "destination",
-        compress,
+        compression: compress ? "on" : "off",
         onEnd: (err) => {
           if (err) this.log.warn("channel: relay ended with an error", { migration: id, err });
         },

@@ -4,6 +4,7 @@
 import { unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
+import type { Compression } from "./compress-policy.js";
 import { decodeReply, encodeHello, ReplyStatus } from "./hello.js";
 import {
   connectSocket,
@@ -22,8 +23,8 @@ export interface OutboundOptions {
   socketPath: string;
   /** Re-open a paused post-copy: the first connection asks the destination to recover. */
   recover?: boolean;
-  /** Deflate the stream on the wire (worth it on a slow link, not on loopback). */
-  compress?: boolean;
+  /** Deflate on the wire: "auto" only while the link is slow and the bottleneck. Default off. */
+  compression?: Compression;
   log?: Logger;
 }
 
@@ -92,7 +93,7 @@ export class ChannelOut {
         peer.once("connect", resolve);
         peer.once("error", reject);
       });
-      peer.write(encodeHello(this.opts.migrationId, { recover, compress: this.opts.compress }));
+      peer.write(encodeHello(this.opts.migrationId, { recover, compress: framed(this.opts.compression) }));
       const reply = await readPreamble(peer, decodeReply, 10_000);
       if (reply.status !== ReplyStatus.Ok)
         throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
@@ -124,7 +125,7 @@ export class ChannelOut {
     this.log.info("channel: relaying", { connection: this.connections });
     relay(qemu, peer, this.counters, {
       side: "source",
-      compress: this.opts.compress,
+      compression: this.opts.compression,
       onEnd: (err) => {
         if (err) {
           this.lastError = err.message;
@@ -136,6 +137,9 @@ export class ChannelOut {
     peer.resume();
   }
 }
+
+/** Whether the wire carries frames (anything but plain QEMU bytes). */
+const framed = (c?: Compression) => c === "on" || c === "auto";
 
 export class ChannelError extends Error {
   constructor(message: string) {

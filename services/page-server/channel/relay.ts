@@ -1,10 +1,11 @@
 // Joins QEMU's socket and the wire (TCP to the peer page-server) both ways — QEMU's
 // migration stream is duplex: post-copy page requests come back on it — with back-pressure,
-// optional compression, byte counts, and both sides torn down together.
+// optional compression (framed, compress-policy.ts), byte counts, and both sides torn down together.
 import { type NetConnectOpts, connect as netConnect, type Socket } from "node:net";
-import { constants, createDeflateRaw, createInflateRaw } from "node:zlib";
+import { type Compression, DrainMeter, shouldDeflate } from "./compress-policy.js";
+import { encodeFrame, FrameDecoder } from "./frame.js";
+import { ChannelProtocolError } from "./hello.js";
 
-/** Bytes source → destination ("forward") and back, as QEMU sees them and on the wire. */
 /**
  * Socket buffer size for every channel socket (both QEMU's and the wire). With the default
  * 16 KiB, pipe() pauses and resumes the reader several times per 64 KiB read; 1 MiB lets a
@@ -18,6 +19,7 @@ export function connectSocket(opts: NetConnectOpts): Socket {
   return netConnect(wide as NetConnectOpts);
 }
 
+/** Bytes source → destination ("forward") and back, as QEMU sees them and on the wire. */
 export interface RelayCounters {
   forward: number;
   backward: number;
@@ -32,38 +34,20 @@ export function newCounters(): RelayCounters {
 export interface RelayOptions {
   /** Which end of the migration this page-server is (says which way is forward). */
   side: "source" | "destination";
-  /** Deflate the wire (level 1, flushed per chunk so a page request is never held back). */
-  compress?: boolean;
+  /**
+   * "on"/"auto": the wire carries frames (hello compress flag) and the source deflates them
+   * always or while the link is slow and the bottleneck (compress-policy.ts); the page
+   * requests going back are always plain. "off" or unset: QEMU's bytes as they are.
+   */
+  compression?: Compression;
   onEnd?: (err?: Error) => void;
 }
 
 export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts: RelayOptions): void {
   wire.setNoDelay(true);
   const out = opts.side === "source";
-  const count = (s: NodeJS.ReadableStream, key: keyof RelayCounters) =>
-    s.on("data", (d: Buffer) => {
-      counters[key] += d.length;
-    });
-  count(qemu, out ? "forward" : "backward");
-  count(wire, out ? "wireBackward" : "wireForward");
-  const streams: NodeJS.EventEmitter[] = [qemu, wire];
-  if (opts.compress) {
-    const z = { highWaterMark: SOCKET_HIGH_WATER_MARK, chunkSize: 256 << 10 };
-    const deflate = createDeflateRaw({ ...z, level: 1, flush: constants.Z_SYNC_FLUSH });
-    const inflate = createInflateRaw(z);
-    count(deflate, out ? "wireForward" : "wireBackward");
-    count(inflate, out ? "backward" : "forward");
-    qemu.pipe(deflate).pipe(wire);
-    wire.pipe(inflate).pipe(qemu);
-    streams.push(deflate, inflate);
-  } else {
-    count(qemu, out ? "wireForward" : "wireBackward");
-    count(wire, out ? "backward" : "forward");
-    qemu.pipe(wire);
-    wire.pipe(qemu);
-  }
-  // An orderly end flows through pipe() (end() flushes what is buffered); only an error
-  // tears everything down at once.
+  // An orderly end flows through (end() flushes what is buffered); only an error tears
+  // everything down at once.
   let failed: Error | undefined;
   const fail = (err: Error) => {
     if (failed) return;
@@ -71,13 +55,74 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
     qemu.destroy();
     wire.destroy();
   };
-  for (const s of streams) s.on("error", fail);
+  qemu.on("error", fail);
+  wire.on("error", fail);
   let closed = 0;
   const onClose = () => {
     if (++closed === 2) opts.onEnd?.(failed);
   };
   qemu.once("close", onClose);
   wire.once("close", onClose);
+
+  const fromQemu: keyof RelayCounters = out ? "forward" : "backward";
+  const toQemu: keyof RelayCounters = out ? "backward" : "forward";
+  const toWire: keyof RelayCounters = out ? "wireForward" : "wireBackward";
+  const fromWire: keyof RelayCounters = out ? "wireBackward" : "wireForward";
+  if (!opts.compression || opts.compression === "off") {
+    // Plain: pipe() both ways, counting alongside.
+    qemu.on("data", (d: Buffer) => {
+      counters[fromQemu] += d.length;
+      counters[toWire] += d.length;
+    });
+    wire.on("data", (d: Buffer) => {
+      counters[fromWire] += d.length;
+      counters[toQemu] += d.length;
+    });
+    qemu.pipe(wire);
+    wire.pipe(qemu);
+    return;
+  }
+  const mode: Compression = out ? opts.compression : "off";
+  const meter = new DrainMeter();
+  qemu.on("data", (chunk: Buffer) => {
+    counters[fromQemu] += chunk.length;
+    meter.sample(wire.bytesWritten, wire.writableLength, performance.now());
+    const [head, payload] = encodeFrame(chunk, shouldDeflate(mode, meter));
+    counters[toWire] += head.length + payload.length;
+    wire.cork();
+    wire.write(head);
+    const room = wire.write(payload);
+    wire.uncork();
+    if (!room) holdUntilDrained(qemu, wire);
+  });
+  qemu.on("end", () => wire.end());
+  const decoder = new FrameDecoder();
+  wire.on("data", (d: Buffer) => {
+    counters[fromWire] += d.length;
+    let chunks: Buffer[];
+    try {
+      chunks = decoder.push(d);
+    } catch (err) {
+      return fail(err as Error);
+    }
+    let room = true;
+    for (const c of chunks) {
+      counters[toQemu] += c.length;
+      room = qemu.write(c);
+    }
+    if (!room) holdUntilDrained(wire, qemu);
+  });
+  wire.on("end", () => {
+    if (!decoder.atBoundary) return fail(new ChannelProtocolError("channel ended inside a frame"));
+    qemu.end();
+  });
+}
+
+/** Back-pressure: stops reading `from` until `to` has drained (once, however often asked). */
+function holdUntilDrained(from: Socket, to: Socket): void {
+  if (from.isPaused()) return;
+  from.pause();
+  to.once("drain", () => from.resume());
 }
 
 /** Reads from `s` until `parse` returns a value; bytes after it are pushed back (unshift). */

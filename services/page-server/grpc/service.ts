@@ -82,7 +82,8 @@ export function pageService(host: PageHost): ServiceRegistration {
           hybridRounds: req.precopyRounds,
           hybridSeconds: req.precopySeconds,
           maxBandwidth: req.maxBandwidthBytesPerSecond,
-          compress: req.compress,
+          // On forces deflate; unset leaves the host's default ("auto": only on a slow link).
+          compression: req.compress ? "on" : undefined,
           preempt: req.preempt || undefined,
         });
         outgoing.add(req.vmId);

@@ -1,0 +1,85 @@
+// The compressing channel's frame codec and its "deflate only on a slow, saturated link" rule.
+import { randomBytes } from "node:crypto";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import {
+  BACKLOG_BYTES,
+  DrainMeter,
+  SLOW_LINK_BYTES_PER_SEC,
+  shouldDeflate,
+} from "../../services/page-server/channel/compress-policy.js";
+import { encodeFrame, FrameDecoder, MAX_FRAME } from "../../services/page-server/channel/frame.js";
+import { ChannelProtocolError } from "../../services/page-server/channel/hello.js";
+
+/** Guest-like memory: zero pages, repeated text and random bytes. */
+function pages(): Buffer {
+  const b = Buffer.alloc(64 << 10);
+  b.write("heartbeat ".repeat(1600), 16 << 10);
+  for (let i = 48 << 10; i < b.length; i++) b[i] = (i * 2654435761) >>> 24;
+  return b;
+}
+
+const wire = (frames: [Buffer, Buffer][]) => Buffer.concat(frames.flat());
+
+test("frames round-trip plain and deflated, split at every byte", () => {
+  const a = pages();
+  const b = Buffer.from("page request");
+  const bytes = wire([encodeFrame(a, true), encodeFrame(b, false)]);
+  assert.ok(bytes.length < a.length / 2, `deflated frame is ${bytes.length} bytes`);
+  for (const cut of [0, 1, 4, 5, 100, bytes.length - 13, bytes.length - 1, bytes.length]) {
+    const d = new FrameDecoder();
+    const first = d.push(bytes.subarray(0, cut));
+    assert.is(d.atBoundary, cut === 0 || cut === bytes.length);
+    const second = d.push(bytes.subarray(cut));
+    assert.equal(Buffer.concat([...first, ...second]), Buffer.concat([a, b]), `cut at ${cut}`);
+    assert.ok(d.atBoundary);
+  }
+  // Byte by byte: plain payload bytes come out as they arrive.
+  const d = new FrameDecoder();
+  const plain = wire([encodeFrame(b, false)]);
+  const got = [...plain].flatMap((x) => d.push(Buffer.from([x])));
+  assert.is(got.length, b.length);
+  assert.equal(Buffer.concat(got), b);
+});
+
+test("a chunk deflate cannot shrink travels plain", () => {
+  const noise = randomBytes(4096);
+  const [head, payload] = encodeFrame(noise, true);
+  assert.is(head[0], 0, "kind plain");
+  assert.is(payload.length, noise.length);
+  assert.equal(new FrameDecoder().push(Buffer.concat([head, payload]))[0], noise);
+});
+
+test("bad frames are rejected clearly", () => {
+  const kind = Buffer.from([7, 0, 0, 0, 1, 0]);
+  assert.throws(
+    () => new FrameDecoder().push(kind),
+    (e: unknown) => e instanceof ChannelProtocolError,
+  );
+  const big = Buffer.alloc(5);
+  big.writeUInt32BE(MAX_FRAME + 1, 1);
+  assert.throws(() => new FrameDecoder().push(big), /too large/);
+  const corrupt = Buffer.from([1, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+  assert.throws(() => new FrameDecoder().push(corrupt), /corrupt deflated/);
+});
+
+test("auto deflates only while the link is backlogged and slow; on and off are fixed", () => {
+  // A fast link (loopback): the wire drains 2 GB/s even when backlogged.
+  const fast = new DrainMeter();
+  for (let t = 1; t <= 1000; t += 10) fast.sample(t * 2e6 + BACKLOG_BYTES, BACKLOG_BYTES, t);
+  assert.ok(fast.rate !== undefined && fast.rate > SLOW_LINK_BYTES_PER_SEC, `rate ${fast.rate}`);
+  assert.not.ok(shouldDeflate("auto", fast));
+  // A 450 Mbit/s WAN, saturated: ~56 MB/s drained with a standing backlog.
+  const slow = new DrainMeter();
+  for (let t = 1; t <= 1000; t += 10) slow.sample(t * 56e3 + 4 * BACKLOG_BYTES, 4 * BACKLOG_BYTES, t);
+  assert.ok(slow.rate !== undefined && Math.abs(slow.rate - 56e6) < 1e6, `rate ${slow.rate}`);
+  assert.ok(shouldDeflate("auto", slow));
+  // The same slow link without a backlog: QEMU, not the link, sets the pace.
+  slow.sample(2e9, 0, 1010);
+  assert.is(slow.rate, undefined);
+  assert.not.ok(shouldDeflate("auto", slow));
+  assert.ok(shouldDeflate("on", new DrainMeter()));
+  assert.not.ok(shouldDeflate("off", slow));
+});
+
+test.run();
