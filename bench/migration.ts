@@ -104,6 +104,8 @@ function metrics(
     downtime_ms: downtime,
     max_guest_gap_ms: gapMs,
     converged: r !== undefined,
+    // Dirty-sync rounds QEMU ran (pre-copy passes over memory before the switch or the end).
+    precopy_rounds: p?.dirtySyncCount ?? null,
     verify_errors: verifyErrors,
     wire_bytes: wireBytes ?? null,
     // vmhop only: stream bytes the destination page-server had relayed at QEMU's RESUME event
@@ -330,6 +332,7 @@ export async function main(args: string[]): Promise<void> {
             m.channel_before_resume === null ? "-" : (Number(m.channel_before_resume) / 1e3).toFixed(0),
           downtime_ms: m.downtime_ms === null ? "-" : Number(m.downtime_ms),
           max_gap_ms: Number(m.max_guest_gap_ms),
+          rounds: m.precopy_rounds === null ? "-" : Number(m.precopy_rounds),
           converged: String(m.converged),
           verify_errors: Number(m.verify_errors),
         });
