@@ -1,11 +1,13 @@
 // `vmhop placement simulate|policies`: offline scoring of placement policies on traces.
 import { parseArgs } from "node:util";
 import { CliError } from "../cli/errors.js";
-import { ConfigError, parseConfig } from "../common/config.js";
+import { ConfigError, type OptionSpecs, parseConfig } from "../common/config.js";
 import type { DayMetrics } from "./metrics/summary.js";
 import { DEFAULT_POLICY, listPolicies } from "./policies/registry.js";
+import { replayDay } from "./service/replay.js";
 import { serve, serveSpecs } from "./service/serve.js";
 import { type RunResult, runDays } from "./sim/run-days.js";
+import { loadDay } from "./traces/load.js";
 import { TraceError } from "./traces/trace.js";
 
 const USAGE = `usage: vmhop placement <command>
@@ -18,7 +20,10 @@ commands:
   policies [--json]   list policy names (default policy: ${DEFAULT_POLICY})
   serve [--grpc 127.0.0.1:7404] [--store redis://HOST:PORT] [--policy NAME]
         [--cost-model cloudsim|postcopy] [--plan-interval-s N [--auto-apply]]
-           the gRPC PlacementService (vmhop placement serve --help for every option)`;
+           the gRPC PlacementService (vmhop placement serve --help for every option)
+  replay --server HOST:PORT --traces DIR --day D [--rounds N] [--hosts N] [--policy NAME]
+           play a trace day into a running service as host agents would (moves carried
+           out at once), print ComputePlan p50/p99 as JSON`;
 
 /** `simulate --json`: {days: [{day, …metrics}], mean: {…metrics}}, fractions not percent. */
 export type JsonMetric = "energy_kwh" | "slatah" | "pdm" | "slav" | "esv" | "migrations" | "plan_ms_p99";
@@ -138,6 +143,42 @@ function policies(argv: string[]): number {
   return 0;
 }
 
+const replaySpecs = {
+  server: { type: "string", default: "127.0.0.1:7404", describe: "PlacementService address" },
+  traces: { type: "string", describe: "trace directory" },
+  day: { type: "string", describe: "day to play" },
+  rounds: { type: "number", describe: "rounds (default: every sample of the day)" },
+  hosts: { type: "number", default: 800, describe: "hosts" },
+  policy: { type: "string", default: "", describe: "policy (default: the service's)" },
+} satisfies OptionSpecs;
+
+async function replay(argv: string[]): Promise<number> {
+  const o = parseConfig(replaySpecs, argv);
+  if (!o.traces || !o.day) throw new CliError(`replay needs --traces DIR and --day D\n${USAGE}`);
+  const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
+  const pick = (xs: number[], q: number) => sorted(xs)[Math.max(0, Math.ceil(q * xs.length) - 1)] ?? 0;
+  let r: Awaited<ReturnType<typeof replayDay>>;
+  try {
+    r = await replayDay(o.server!, loadDay(o.traces, o.day), {
+      rounds: o.rounds,
+      hosts: o.hosts,
+      policy: o.policy,
+    });
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+  console.log(
+    JSON.stringify({
+      rounds: r.rounds,
+      moves: r.moves,
+      plan_ms_p50: pick(r.rpcMs, 0.5),
+      plan_ms_p99: pick(r.rpcMs, 0.99),
+      compute_ms_p99: pick(r.computeMs, 0.99),
+    }),
+  );
+  return 0;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
@@ -146,8 +187,9 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (cmd === "simulate") return simulate(rest);
   if (cmd === "policies") return policies(rest);
-  if (cmd === "serve") {
+  if (cmd === "serve" || cmd === "replay") {
     try {
+      if (cmd === "replay") return await replay(rest);
       return await serve(parseConfig(serveSpecs, rest));
     } catch (err) {
       if (err instanceof ConfigError) throw new CliError(`${err.message}\n${USAGE}`);

@@ -13,9 +13,10 @@ export function startPlanningLoop(
   const round = async () => {
     try {
       const p = await computePlan(store, opts);
-      if (opts.autoApply && (p.moves.length > 0 || p.hosts_to_sleep.length > 0))
-        await acceptPlan(store, p.plan_id);
-      log.info("planning round", { plan: p.plan_id, moves: p.moves.length, applied: opts.autoApply });
+      // An empty plan is not worth accepting: it would only supersede a useful one.
+      const apply = opts.autoApply && (p.moves.length > 0 || p.hosts_to_sleep.length > 0);
+      if (apply) await acceptPlan(store, p.plan_id);
+      log.info("planning round", { plan: p.plan_id, moves: p.moves.length, accepted: apply });
     } catch (err) {
       log.warn("planning round failed", { err });
     }
