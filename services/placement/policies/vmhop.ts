@@ -37,8 +37,9 @@ export interface VmhopOptions {
 export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 12, quantile: 0.8 };
 
 /**
- * Packing target by migration cost model: with post-copy a move degrades its VM for about a
- * second instead of RAM / bandwidth, so relieving an overload is cheap and hosts can run fuller.
+ * Packing target by migration cost model: post-copy's degraded phase is shorter (fitted: ~0.74×
+ * CloudSim's plus 0.2 s) and the VM runs at the destination from the switch-over, so hosts are
+ * run fuller. Measured trade-off (README): −6.5 % energy for 2× ESV vs packing to 0.8.
  */
 export const FILL_BY_COST_MODEL: Record<CostModel["name"], number> = { cloudsim: 0.8, postcopy: 0.9 };
 
