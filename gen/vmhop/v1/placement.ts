@@ -1901,7 +1901,7 @@ export const PlacementServiceService = {
       Buffer.from(ListPoliciesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListPoliciesResponse => ListPoliciesResponse.decode(value),
   },
-  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 30 utilisation samples. */
   reportLoad: {
     path: "/vmhop.v1.PlacementService/ReportLoad" as const,
     requestStream: false as const,
@@ -1947,7 +1947,7 @@ export const PlacementServiceService = {
 
 export interface PlacementServiceServer extends UntypedServiceImplementation {
   listPolicies: handleUnaryCall<ListPoliciesRequest, ListPoliciesResponse>;
-  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 30 utilisation samples. */
   reportLoad: handleUnaryCall<ReportLoadRequest, ReportLoadResponse>;
   /** Plans from the load in the Store; the plan is stored and published, not applied. */
   computePlan: handleUnaryCall<ComputePlanRequest, ComputePlanResponse>;
@@ -1973,7 +1973,7 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListPoliciesResponse) => void,
   ): ClientUnaryCall;
-  /** Records the latest load of hosts and VMs; each VM keeps its last 12 utilisation samples. */
+  /** Records the latest load of hosts and VMs; each VM keeps its last 30 utilisation samples. */
   reportLoad(
     request: ReportLoadRequest,
     callback: (error: ServiceError | null, response: ReportLoadResponse) => void,
