@@ -6,23 +6,14 @@ import {
   POSTCOPY_COST,
   POSTCOPY_TOUCHED_FRACTION,
 } from "../../services/placement/sim/cost-model.js";
-import { newHost } from "../../services/placement/sim/setup.js";
+import { HOST_TYPES, newHost } from "../../services/placement/sim/setup.js";
 import { host, vm } from "./cluster-fixture.js";
 
 const MiB = 2 ** 20 / 1e6; // MB per MiB
 
 test("post-copy model reproduces vmhop's measured WAN post-copy (160 MiB guest, 450 Mbit/s: 2.48 s, 108.4 MB)", () => {
   // A host whose half bandwidth is the 450 Mbit/s link: 900,000 kbit/s.
-  const wan = {
-    ...newHost(0, {
-      name: "wan",
-      cores: 2,
-      mipsPerCore: 1000,
-      ramMb: 4096,
-      bwKbps: 900_000,
-      power: host(0).power,
-    }),
-  };
+  const wan = newHost(0, { ...HOST_TYPES[0], name: "wan", bwKbps: 900_000 });
   const guest = vm(0, 1000, 100, 160 * MiB);
   const t = POSTCOPY_COST.durationS(guest, wan);
   assert.ok(Math.abs(t - 2.476) / 2.476 < 0.1, `predicted ${t.toFixed(2)} s`);
