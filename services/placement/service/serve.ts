@@ -13,7 +13,13 @@ import { startPlanningLoop } from "./loop.js";
 export const DEFAULT_PLACEMENT_GRPC = "127.0.0.1:7404";
 
 export const serveSpecs = {
-  grpc: { type: "string", default: DEFAULT_PLACEMENT_GRPC, describe: "gRPC listen address HOST:PORT" },
+  grpc: {
+    type: "string",
+    default: DEFAULT_PLACEMENT_GRPC,
+    describe: "gRPC listen address HOST:PORT",
+    // Not VMHOP_GRPC: other services on the same host read that one.
+    env: "VMHOP_PLACEMENT_GRPC",
+  },
   store: { type: "string", describe: "redis://HOST:PORT for shared durable state (default: embedded)" },
   policy: { type: "string", default: DEFAULT_POLICY, describe: "policy when a request names none" },
   "cost-model": {
