@@ -365,6 +365,8 @@ export class PageHost {
         this.update(rec, progress, progress?.status === "cancelled" ? "cancelled" : "failed");
         saveMigration(vm, { ...saved, phase: "failed" });
       })
+      // Recording the end can fail too (run folder gone at shutdown): never an unhandled rejection.
+      .catch((err: unknown) => this.log.warn("cannot record the migration's end", { migration: rec.id, err }))
       .finally(() => out?.close());
   }
 

@@ -8,7 +8,12 @@ import {
   SLOW_LINK_BYTES_PER_SEC,
   shouldDeflate,
 } from "../../services/page-server/channel/compress-policy.js";
-import { encodeFrame, FrameDecoder, MAX_FRAME } from "../../services/page-server/channel/frame.js";
+import {
+  FrameDecoder,
+  FrameEncoder,
+  MAX_FRAME,
+  PLAIN_RUN,
+} from "../../services/page-server/channel/frame.js";
 import { ChannelProtocolError } from "../../services/page-server/channel/hello.js";
 
 /** Guest-like memory: zero pages, repeated text and random bytes. */
@@ -19,34 +24,55 @@ function pages(): Buffer {
   return b;
 }
 
-const wire = (frames: [Buffer, Buffer][]) => Buffer.concat(frames.flat());
+const wire = (bufs: Buffer[][]) => Buffer.concat(bufs.flat());
 
-test("frames round-trip plain and deflated, split at every byte", () => {
+test("frames round-trip: deflated chunks, plain runs, split at every kind of boundary", () => {
   const a = pages();
   const b = Buffer.from("page request");
-  const bytes = wire([encodeFrame(a, true), encodeFrame(b, false)]);
-  assert.ok(bytes.length < a.length / 2, `deflated frame is ${bytes.length} bytes`);
+  const enc = new FrameEncoder();
+  // Deflated, then plain (opens a run), then a chunk meant for deflate fills the run first.
+  const bufs = [enc.encode(a, true), enc.encode(b, false), enc.encode(a, true)];
+  assert.is(bufs[2].length, 1, "an open plain run takes the next chunk as is");
+  const bytes = wire(bufs);
+  assert.ok(bytes.length < a.length * 1.6, `${bytes.length} bytes on the wire`);
+  const want = Buffer.concat([a, b, a]);
   for (const cut of [0, 1, 4, 5, 100, bytes.length - 13, bytes.length - 1, bytes.length]) {
     const d = new FrameDecoder();
     const first = d.push(bytes.subarray(0, cut));
-    assert.is(d.atBoundary, cut === 0 || cut === bytes.length);
     const second = d.push(bytes.subarray(cut));
-    assert.equal(Buffer.concat([...first, ...second]), Buffer.concat([a, b]), `cut at ${cut}`);
-    assert.ok(d.atBoundary);
+    assert.equal(Buffer.concat([...first, ...second]), want, `cut at ${cut}`);
+    assert.ok(d.canEnd, "the stream may end inside an open plain run");
   }
-  // Byte by byte: plain payload bytes come out as they arrive.
+  // Byte by byte: plain bytes come out as they arrive, without waiting for the run to fill.
   const d = new FrameDecoder();
-  const plain = wire([encodeFrame(b, false)]);
+  const plain = wire([new FrameEncoder().encode(b, false)]);
+  assert.is(plain.length, 5 + b.length);
   const got = [...plain].flatMap((x) => d.push(Buffer.from([x])));
   assert.is(got.length, b.length);
   assert.equal(Buffer.concat(got), b);
+  // Mid-header or mid-deflated-frame, it may not.
+  const z = wire([new FrameEncoder().encode(a, true)]);
+  const half = new FrameDecoder();
+  half.push(z.subarray(0, 3));
+  assert.not.ok(half.canEnd);
+  half.push(z.subarray(3, 20));
+  assert.not.ok(half.canEnd);
+});
+
+test("plain runs span chunks and reopen after PLAIN_RUN bytes", () => {
+  const enc = new FrameEncoder();
+  const chunk = Buffer.alloc(300 << 10, 1);
+  const bufs = [0, 1, 2, 3, 4].map(() => enc.encode(chunk, false));
+  const headers = bufs.flat().filter((x) => x.length === 5).length;
+  assert.is(headers, Math.ceil((5 * chunk.length) / PLAIN_RUN));
+  assert.equal(Buffer.concat(new FrameDecoder().push(wire(bufs))), Buffer.concat(bufs.map(() => chunk)));
 });
 
 test("a chunk deflate cannot shrink travels plain", () => {
   const noise = randomBytes(4096);
-  const [head, payload] = encodeFrame(noise, true);
+  const [head, payload] = new FrameEncoder().encode(noise, true);
   assert.is(head[0], 0, "kind plain");
-  assert.is(payload.length, noise.length);
+  assert.is(head.readUInt32BE(1), noise.length, "a frame of exactly the chunk, no run left open");
   assert.equal(new FrameDecoder().push(Buffer.concat([head, payload]))[0], noise);
 });
 

@@ -1,7 +1,8 @@
-// Framing of a compressing channel, pure functions over bytes. Each chunk QEMU wrote is sent
-// as one frame, either as is or raw-deflated on its own, so the sender can decide chunk by
-// chunk (compress only while the link is the bottleneck) and a frame never waits for a later
-// one to be decoded.
+// Framing of a compressing channel, pure over bytes. The sender decides chunk by chunk
+// (compress only while the link is the bottleneck): a chunk to compress becomes one deflated
+// frame; plain bytes go in runs, a header announcing PLAIN_RUN bytes and then QEMU's chunks
+// as they come, so an uncompressed stream costs one header per MiB and no copy. A plain run
+// is open-ended in time: nothing waits for it to fill.
 //
 //   frame: u8 kind (0 plain, 1 deflate-raw), u32 payload length, payload
 import { constants, deflateRawSync, inflateRawSync } from "node:zlib";
@@ -16,24 +17,48 @@ const HEAD = 5;
 /** Larger than any chunk a socket read yields; a bigger length means a corrupt stream. */
 export const MAX_FRAME = 16 << 20;
 
-/**
- * One frame for `chunk` as header and payload (written together with writev, so a plain
- * frame costs no copy), deflated when asked and when that is smaller.
- */
-export function encodeFrame(chunk: Buffer, deflate: boolean): [head: Buffer, payload: Buffer] {
-  let kind = FrameKind.Plain;
-  let payload = chunk;
-  if (deflate) {
-    const z = deflateRawSync(chunk, { level: 1, strategy: constants.Z_DEFAULT_STRATEGY });
-    if (z.length < chunk.length) {
-      kind = FrameKind.Deflate;
-      payload = z;
-    }
-  }
+/** Bytes a plain run announces: small enough that a switch to deflate is not held up long. */
+export const PLAIN_RUN = 1 << 20;
+
+function header(kind: FrameKind, length: number): Buffer {
   const head = Buffer.allocUnsafe(HEAD);
   head[0] = kind;
-  head.writeUInt32BE(payload.length, 1);
-  return [head, payload];
+  head.writeUInt32BE(length, 1);
+  return head;
+}
+
+/** The sending side: QEMU's chunks in, wire buffers out (to write in order, e.g. with writev). */
+export class FrameEncoder {
+  /** Bytes the open plain run still expects. */
+  private runLeft = 0;
+
+  encode(chunk: Buffer, deflate: boolean): Buffer[] {
+    const out: Buffer[] = [];
+    let rest = chunk;
+    // An open plain run is filled first: its length is already on the wire.
+    if (this.runLeft > 0) {
+      const n = Math.min(this.runLeft, rest.length);
+      out.push(rest.subarray(0, n));
+      this.runLeft -= n;
+      rest = rest.subarray(n);
+    }
+    if (rest.length === 0) return out;
+    if (deflate) {
+      const z = deflateRawSync(rest, { level: 1, strategy: constants.Z_DEFAULT_STRATEGY });
+      // Not smaller (random data): a plain frame of exactly this chunk, no run left open.
+      if (z.length < rest.length) out.push(header(FrameKind.Deflate, z.length), z);
+      else out.push(header(FrameKind.Plain, rest.length), rest);
+      return out;
+    }
+    while (rest.length > 0) {
+      this.runLeft = PLAIN_RUN;
+      const n = Math.min(PLAIN_RUN, rest.length);
+      out.push(header(FrameKind.Plain, PLAIN_RUN), rest.subarray(0, n));
+      this.runLeft -= n;
+      rest = rest.subarray(n);
+    }
+    return out;
+  }
 }
 
 /**
@@ -49,9 +74,9 @@ export class FrameDecoder {
   private left = -1;
   private parts: Buffer[] = [];
 
-  /** True between frames: the stream may end here. */
-  get atBoundary(): boolean {
-    return this.left === -1 && this.headHave === 0;
+  /** The stream may end here: between frames, or inside a plain run (it need not fill). */
+  get canEnd(): boolean {
+    return (this.left === -1 && this.headHave === 0) || (this.left > 0 && this.kind === FrameKind.Plain);
   }
 
   push(buf: Buffer): Buffer[] {

@@ -3,7 +3,7 @@
 // optional compression (framed, compress-policy.ts), byte counts, and both sides torn down together.
 import { type NetConnectOpts, connect as netConnect, type Socket } from "node:net";
 import { type Compression, DrainMeter, shouldDeflate } from "./compress-policy.js";
-import { encodeFrame, FrameDecoder } from "./frame.js";
+import { FrameDecoder, FrameEncoder } from "./frame.js";
 import { ChannelProtocolError } from "./hello.js";
 
 /**
@@ -84,15 +84,18 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
   }
   const mode: Compression = out ? opts.compression : "off";
   const meter = new DrainMeter();
+  const encoder = new FrameEncoder();
   qemu.on("data", (chunk: Buffer) => {
     counters[fromQemu] += chunk.length;
     meter.sample(wire.bytesWritten, wire.writableLength, performance.now());
-    const [head, payload] = encodeFrame(chunk, shouldDeflate(mode, meter));
-    counters[toWire] += head.length + payload.length;
-    wire.cork();
-    wire.write(head);
-    const room = wire.write(payload);
-    wire.uncork();
+    const bufs = encoder.encode(chunk, shouldDeflate(mode, meter));
+    let room = true;
+    if (bufs.length > 1) wire.cork();
+    for (const b of bufs) {
+      counters[toWire] += b.length;
+      room = wire.write(b);
+    }
+    if (bufs.length > 1) wire.uncork();
     if (!room) holdUntilDrained(qemu, wire);
   });
   qemu.on("end", () => wire.end());
@@ -113,7 +116,7 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
     if (!room) holdUntilDrained(wire, qemu);
   });
   wire.on("end", () => {
-    if (!decoder.atBoundary) return fail(new ChannelProtocolError("channel ended inside a frame"));
+    if (!decoder.canEnd) return fail(new ChannelProtocolError("channel ended inside a frame"));
     qemu.end();
   });
 }
