@@ -1,0 +1,154 @@
+// The real case: the test guest with a QEMU tap NIC at each site keeps its IPv6 and IPv4 home
+// addresses across a real post-copy migration, while the correspondent pings it throughout.
+// QEMU opens its tap in this namespace, then the tap moves into the site's namespace (a tap
+// keeps working across a namespace move), so QEMU itself needs no namespace.
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
+import { MigrationHooks, type MigrationNet } from "../../services/netreach/migration-hooks.js";
+import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { HOME, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
+import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
+import type { VmState } from "../../services/page-server/vm/states.js";
+import { Vm } from "../../services/page-server/vm/vm.js";
+import { freePort, gate, tempDir } from "../helpers/env.js";
+import { ensureGuest } from "../page-server/guest.js";
+
+const PREFIX = "nr-q-";
+const TAPS = ["nrq-src", "nrq-dst"];
+const t = gate(test, ["root", "ip", "qemu-system-x86_64", "gcc", "apt-get"], "guest migration with netreach");
+const dir = tempDir("vmhop-nrq-");
+const vms: Vm[] = [];
+let bed: NetreachBed;
+
+/** `ip` in this (the host's) namespace, where QEMU opens its taps. */
+const hostIp = (...args: string[]) => promisify(execFile)("ip", args);
+
+async function dropTaps(): Promise<void> {
+  for (const tap of TAPS) await hostIp("link", "del", tap).catch(() => undefined);
+}
+
+t.before(async () => {
+  await destroyNetnsWithPrefix(PREFIX);
+  await dropTaps();
+  bed = await NetreachBed.create({ prefix: PREFIX, sites: 2 });
+});
+
+t.after(async () => {
+  for (const vm of vms) await vm.kill().catch(() => undefined);
+  await bed?.destroy();
+  await dropTaps();
+  dir.cleanup();
+});
+
+/** Starts QEMU on a new tap, then moves the tap into the site's namespace. */
+async function qemuAt(site: number, name: string, incoming: boolean): Promise<Vm> {
+  const guest = await ensureGuest();
+  const tap = TAPS[site];
+  await hostIp("tuntap", "add", "dev", tap, "mode", "tap");
+  const vm = new Vm(
+    {
+      name,
+      vcpus: 1,
+      memoryMib: 160,
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      cmdline: guestCmdline(
+        { memMib: 32, rateMib: 8, verifyMib: 32 },
+        `vmhop.ip6=${VM.homeIpv6[0]} vmhop.ip4=${VM.homeIpv4[0]}/24 vmhop.gw4=${HOME.gw4}`,
+      ),
+      nic: { tap, mac: VM.mac },
+    },
+    { runDir: join(dir.path, name) },
+  );
+  vms.push(vm);
+  await vm.start(incoming ? { incoming: true } : undefined);
+  await hostIp("link", "set", "dev", tap, "netns", bed.ns.sites[site]);
+  return vm;
+}
+
+function ping(target: string, count: number) {
+  return startProbe<PingRecord[]>(bed.ns.cn, [
+    "ping",
+    "--to",
+    target,
+    "--count",
+    String(count),
+    "--interval-ms",
+    "10",
+  ]);
+}
+
+async function waitReachable(target: string): Promise<void> {
+  for (let i = 0; i < 60; i++) {
+    if (summarisePings(await ping(target, 5).result).received > 0) return;
+  }
+  throw new Error(`${target} never answered`);
+}
+
+t("the guest keeps its home addresses across a post-copy migration between sites", async () => {
+  const src = await qemuAt(0, "nrq-src", false);
+  const s1 = bed.sites[0];
+  await s1.attachPort(VM, TAPS[0]);
+  const reg = await bed.anchor.register({ ...VM, ...s1.endpoint, generation: 1, lifetimeSeconds: 300 });
+  assert.ok(reg.accepted);
+  await src.serial.waitForHeartbeat((h) => h.passes >= 1, 90_000);
+  for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) await waitReachable(a);
+
+  const dst = await qemuAt(1, "nrq-dst", true);
+  dst.serial.continueFrom(src.serial);
+  const m: MigrationNet = { vm: VM, from: s1, to: bed.sites[1], port: TAPS[1], mode: "mbb-fp" };
+  const hooks = new MigrationHooks(bed.anchor);
+  await hooks.prepareNetwork(m);
+
+  const probes = [ping(VM.homeIpv6[0], 800), ping(VM.homeIpv4[0], 800)];
+  await Promise.all(probes.map((p) => p.ready));
+  await new Promise((r) => setTimeout(r, 1000));
+  // Switch the network over the moment the guest runs at the destination.
+  const running = new Promise<void>((resolve) => {
+    const on = (to: VmState) => {
+      if (to !== "running") return;
+      dst.off("state", on);
+      resolve();
+    };
+    dst.on("state", on);
+  });
+  const uri = `tcp:127.0.0.1:${await freePort()}`;
+  await prepareIncoming(dst, uri, { mode: "postcopy" });
+  const migration = migrate(src, uri, { mode: "postcopy" });
+  await running;
+  const outcome = await hooks.switchOver(m, 2);
+  assert.ok(outcome.accepted, JSON.stringify(outcome));
+  const result = await migration;
+  assert.is(result.final.status, "completed");
+  const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
+  console.log(
+    `guest migration s1 -> s2: post-copy wall ${result.wallMs} ms; ` +
+      `IPv6 gap ${v6.gapMs.toFixed(0)} ms, lost ${v6.lost}/${v6.sent}; IPv4 gap ${v4.gapMs.toFixed(0)} ms, lost ${v4.lost}/${v4.sent}`,
+  );
+  // Bounded loss: the guest itself stalls while post-copy faults its pages in.
+  for (const [fam, s] of [
+    ["IPv6", v6],
+    ["IPv4", v4],
+  ] as const) {
+    assert.ok(s.received > s.sent / 2, `${fam}: ${JSON.stringify(s)}`);
+    assert.ok(s.lost <= 150, `${fam}: ${JSON.stringify(s)}`);
+  }
+  await hooks.cleanup(m);
+  await src.stop();
+  // Steady state at the destination: the same addresses answer, nothing lost.
+  for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {
+    const s = summarisePings(await ping(a, 30).result);
+    assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
+  }
+  assert.is((await bed.anchor.cache.get(VM.vmId))?.site, "s2");
+  const hb = await dst.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+  assert.is(hb.memErrors, 0);
+});
+
+t.run();
