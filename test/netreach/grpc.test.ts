@@ -253,7 +253,8 @@ t(
     assert.is(ack?.binding?.site, "s2");
     for (const [i, p] of probes.entries()) {
       const s = summarisePings(await p.result);
-      assert.ok(s.lost <= 5, `${i ? "IPv4" : "IPv6"}: ${JSON.stringify(s)}`);
+      // Bounded, with room for gRPC hops on a loaded 2-core machine (in-process moves lose <= 5).
+      assert.ok(s.lost <= 10, `${i ? "IPv4" : "IPv6"}: ${JSON.stringify(s)}`);
     }
     await rpc((cb) => client.cleanupNetwork({ vmId: VM.vmId, fromSite: "s1" }, cb));
     assert.not.match(await ip(bed.ns.sites[0], "-6", "route", "show", `${VM.homeIpv6[0]}/128`), /encap/);
@@ -263,6 +264,7 @@ t(
     assert.equal([e.fromSite, e.toSite, e.generation], ["s1", "s2", 2]);
     // The site reported when the VM attached, so the anchor measured a gap (not the -1 of unknown).
     assert.ok(e.gapMs >= 0, JSON.stringify(e));
+    console.log(`handover event: gap ${e.gapMs.toFixed(1)} ms, anchor install ${e.installMs.toFixed(1)} ms`);
     assert.ok(e.installMs >= 0 && e.installMs <= e.gapMs + 1, JSON.stringify(e));
   },
 );

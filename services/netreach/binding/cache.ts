@@ -29,7 +29,8 @@ const notRegistered = (vmId: string): Step => ({
   refuse: `vm ${vmId} is not registered`,
   status: "not-registered",
 });
-const stale = (g: number, have: number): Step => ({
+/** The refusal of a generation that is not newer than the binding's (`have`). */
+export const stale = (g: number, have: number): { refuse: string; status: RefusedStatus } => ({
   refuse: `stale generation ${g} (have ${have})`,
   status: "stale-generation",
 });

@@ -14,6 +14,7 @@ import {
 import { RpcError, type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { Anchor, HandoverEvent } from "../anchor/anchor.js";
 import type { SiteDirectory, SiteRecord } from "../anchor/sites.js";
+import { stale } from "../binding/cache.js";
 import type { Binding } from "../binding/types.js";
 import { checkGeneration, checkVmId } from "../binding/types.js";
 import { MigrationHooks, type MigrationNet } from "../migration-hooks.js";
@@ -174,15 +175,10 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       checkGeneration(req.generation);
       const b = await binding(req.vmId);
       // A stale switch-over must not touch the sites either (the old one would stop forwarding).
-      if (req.generation <= b.generation)
-        return {
-          ack: ackOf({
-            accepted: false,
-            status: "stale-generation",
-            reason: `stale generation ${req.generation} (have ${b.generation})`,
-            binding: b,
-          }),
-        };
+      if (req.generation <= b.generation) {
+        const { refuse, status } = stale(req.generation, b.generation);
+        return { ack: ackOf({ accepted: false, status, reason: refuse, binding: b }) };
+      }
       const m = await migration(b, req.fromSite || b.site, req.toSite, req.port, modeFromProto(req.mode));
       if (!req.port)
         throw new RpcError(
