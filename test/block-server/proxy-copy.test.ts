@@ -7,7 +7,10 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { TargetBackend } from "../../services/block-server/export/target.js";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
+import { NbdServer } from "../../services/block-server/nbd/server/server.js";
+import { silentLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { type ServedProxy, serveProxy } from "./fixtures/proxy-serve.js";
 import {
@@ -162,6 +165,24 @@ t("promote keeps a connected client reading and writing; upstream may then die",
   assert.ok((await c.read(0, 4096)).equals(w2));
   await c.disconnect();
   assert.is(sha256File(image), sha256File(image));
+});
+
+t("our own target server as the upstream: cold copy matches", async () => {
+  const { image } = await setup("qemu-nbd");
+  const server = new NbdServer({ log: silentLogger });
+  server.exports.add({ name: "disk", backend: new TargetBackend(image, { readOnly: true }) });
+  const addr = await server.listen({ host: "127.0.0.1", port: 0 });
+  cleanups.push(async () => {
+    await server.close();
+    await server.exports.clear();
+  });
+  const p = await proxy(
+    `nbd://127.0.0.1:${"port" in addr ? addr.port : 0}/disk`,
+    join(dir.path, "own.cache"),
+  );
+  const out = join(dir.path, "own.out");
+  await nbdcopy(p.url, out);
+  assert.is(sha256File(out), sha256File(image));
 });
 
 test.run();
