@@ -144,6 +144,7 @@ t("promote keeps a connected client reading and writing; upstream may then die",
       ops++;
     }
   })();
+  load.catch(() => {}); // awaited below; keeps a failed read from crashing the process early
   await p.proxy.whenCopied();
   let promotedEvent = false;
   p.proxy.once("promoted", () => {
