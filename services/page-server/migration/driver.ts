@@ -60,6 +60,7 @@ const stateOf = (vm: Vm): VmState => vm.state;
 // background push at ~300 KB/s.
 const UNLIMITED = 1e12;
 const RECOVER_SETTLE_MS = 2000;
+const PRESWITCH_BANDWIDTH = 1 << 20;
 
 function capabilities(c: MigrationCaps, destination: boolean) {
   const caps = [
@@ -89,7 +90,11 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   const qmp = src.qmp;
   const bw = opts.maxBandwidth ?? UNLIMITED;
   await qmp.execute("migrate-set-capabilities", { capabilities: capabilities(opts, false) });
-  const params: Record<string, unknown> = { "max-bandwidth": bw, "max-postcopy-bandwidth": bw };
+  // Pure post-copy: QEMU pre-copies at full speed until migrate-start-postcopy lands (MBs on
+  // a WAN), all of it ahead of the device state. A trickle until the switch keeps the bytes
+  // before resume small; from the switch on QEMU applies max-postcopy-bandwidth.
+  const precopyBw = opts.mode === "postcopy" ? Math.min(bw, PRESWITCH_BANDWIDTH) : bw;
+  const params: Record<string, unknown> = { "max-bandwidth": precopyBw, "max-postcopy-bandwidth": bw };
   if (opts.downtimeLimitMs !== undefined) params["downtime-limit"] = opts.downtimeLimitMs;
   await qmp.execute("migrate-set-parameters", params);
 
