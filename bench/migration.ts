@@ -214,12 +214,14 @@ async function runVmhop(
     // Same clock as the direct case (QEMU's `migrate` to the end seen), not this loop's.
     const wall = rec.wallMs ?? Date.now() - t0;
     if (rec.phase !== "completed") {
+      // QEMU's counters as they stood: after a cancel query-migrate reports none.
+      const progress = rec.progress;
       if (!isFinalPhase(rec.phase)) {
         await a.abortMigration(id).catch(() => undefined);
         // Let the page-server record the end before its run folder goes.
         for (let i = 0; i < 100 && !isFinalPhase(rec.phase); i++) await sleep(50);
       }
-      return metrics(undefined, rec.progress, wall, meter.stats.maxGapMs, 0, rec.channelBytes.wireForward);
+      return metrics(undefined, progress, wall, meter.stats.maxGapMs, 0, rec.channelBytes.wireForward);
     }
     const { gapMs, errors } = await settle(dst, meter);
     const r: MigrationResult = { final: rec.progress!, wallMs: wall, recoveries: rec.recoveries };
