@@ -3,7 +3,6 @@ import { randomBytes } from "node:crypto";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
-  BACKLOG_BYTES,
   DrainMeter,
   SLOW_LINK_BYTES_PER_SEC,
   shouldDeflate,
@@ -89,23 +88,32 @@ test("bad frames are rejected clearly", () => {
   assert.throws(() => new FrameDecoder().push(corrupt), /corrupt deflated/);
 });
 
-test("auto deflates only while the link is backlogged and slow; on and off are fixed", () => {
-  // A fast link (loopback): the wire drains 2 GB/s even when backlogged.
-  const fast = new DrainMeter();
-  for (let t = 1; t <= 1000; t += 10) fast.sample(t * 2e6 + BACKLOG_BYTES, BACKLOG_BYTES, t);
+test("auto deflates only while the link pushes back and drains slowly; on and off are fixed", () => {
+  const run = (bytesPerMs: number, pushBack: boolean) => {
+    const m = new DrainMeter();
+    for (let t = 0; t <= 1000; t += 10) {
+      if (pushBack) m.pushedBack();
+      m.sample(t * bytesPerMs + (1 << 20), 1 << 20, t);
+    }
+    return m;
+  };
+  // Loopback: the wire pushes back now and then, but drains 2 GB/s.
+  const fast = run(2e6, true);
   assert.ok(fast.rate !== undefined && fast.rate > SLOW_LINK_BYTES_PER_SEC, `rate ${fast.rate}`);
   assert.not.ok(shouldDeflate("auto", fast));
-  // A 450 Mbit/s WAN, saturated: ~56 MB/s drained with a standing backlog.
-  const slow = new DrainMeter();
-  for (let t = 1; t <= 1000; t += 10) slow.sample(t * 56e3 + 4 * BACKLOG_BYTES, 4 * BACKLOG_BYTES, t);
+  // A saturated 450 Mbit/s WAN: ~56 MB/s with push-back.
+  const slow = run(56e3, true);
   assert.ok(slow.rate !== undefined && Math.abs(slow.rate - 56e6) < 1e6, `rate ${slow.rate}`);
   assert.ok(shouldDeflate("auto", slow));
-  // The same slow link without a backlog: QEMU, not the link, sets the pace.
-  slow.sample(2e9, 0, 1010);
-  assert.is(slow.rate, undefined);
+  // The same slow link never pushing back: QEMU, not the link, sets the pace.
+  const idle = run(56e3, false);
+  assert.is(idle.rate, undefined);
+  assert.not.ok(shouldDeflate("auto", idle));
+  // A window without push-back clears the verdict.
+  slow.sample(1000 * 56e3 + (1 << 20) + 56e5, 1 << 20, 1100);
   assert.not.ok(shouldDeflate("auto", slow));
   assert.ok(shouldDeflate("on", new DrainMeter()));
-  assert.not.ok(shouldDeflate("off", slow));
+  assert.not.ok(shouldDeflate("off", fast));
 });
 
 test.run();

@@ -1,39 +1,46 @@
 // When a compressing channel deflates: always ("on"), or ("auto") only while the link is the
-// bottleneck and slow enough that deflate (level 1, ~200+ MB/s a core here) outruns it. On
+// bottleneck (the wire pushes back) and slow enough that deflate (level 1, ~200+ MB/s a core here) outruns it. On
 // loopback the wire drains faster than that, so auto sends plain frames and costs no CPU.
 export type Compression = "off" | "on" | "auto";
 
-/** Bytes queued towards the wire above which the link, not QEMU, sets the pace. */
-export const BACKLOG_BYTES = 256 << 10;
-/** Links draining slower than this (bytes/s, ~800 Mbit/s) are worth compressing for. */
-export const SLOW_LINK_BYTES_PER_SEC = 100e6;
 /** Rate measurement window. */
 export const WINDOW_MS = 100;
+/** Links draining slower than this (bytes/s, ~800 Mbit/s) are worth compressing for. */
+export const SLOW_LINK_BYTES_PER_SEC = 100e6;
 
 /**
- * Measures how fast the wire drains while it is backlogged: the link rate, when the link is
- * the bottleneck. Fed the socket's counters, time passed in, so it is pure.
+ * Measures how fast the wire drains in windows where it pushed back (a write found its
+ * buffer full): then the link, not QEMU, sets the pace, and the drain rate is the link's.
+ * Fed the socket's counters, time passed in, so it is pure. (Looking at the queue alone
+ * does not work: the sender resumes only once the queue is empty.)
  */
 export class DrainMeter {
-  /** Last measured drain rate while backlogged (bytes/s); undefined when not link-bound. */
+  /** Drain rate of the last window with push-back (bytes/s); undefined when not link-bound. */
   rate: number | undefined;
-  private windowStart = 0;
+  private windowStart: number | undefined;
   private drainedAtStart = 0;
-  private backloggedThroughout = true;
+  private pushBack = false;
+
+  /** The wire refused more (write returned false). */
+  pushedBack(): void {
+    this.pushBack = true;
+  }
 
   /** `written`: bytes handed to the socket so far; `queued`: of those, not yet in the kernel. */
   sample(written: number, queued: number, nowMs: number): void {
     const drained = written - queued;
-    if (queued < BACKLOG_BYTES) {
-      this.backloggedThroughout = false;
-      this.rate = undefined;
+    if (this.windowStart === undefined) {
+      this.windowStart = nowMs;
+      this.drainedAtStart = drained;
+      return;
     }
     if (nowMs - this.windowStart < WINDOW_MS) return;
-    if (this.backloggedThroughout && this.windowStart > 0)
-      this.rate = ((drained - this.drainedAtStart) * 1000) / (nowMs - this.windowStart);
+    this.rate = this.pushBack
+      ? ((drained - this.drainedAtStart) * 1000) / (nowMs - this.windowStart)
+      : undefined;
     this.windowStart = nowMs;
     this.drainedAtStart = drained;
-    this.backloggedThroughout = queued >= BACKLOG_BYTES;
+    this.pushBack = false;
   }
 }
 

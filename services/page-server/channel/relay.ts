@@ -96,7 +96,10 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
       room = wire.write(b);
     }
     if (bufs.length > 1) wire.uncork();
-    if (!room) holdUntilDrained(qemu, wire);
+    if (!room) {
+      meter.pushedBack();
+      holdUntilDrained(qemu, wire);
+    }
   });
   qemu.on("end", () => wire.end());
   const decoder = new FrameDecoder();
