@@ -12,6 +12,7 @@ const specs = {
   "block-grpc": { type: "string", default: "127.0.0.1:10810", describe: "block-server gRPC address" },
   "page-grpc": { type: "string", default: "127.0.0.1:7402", describe: "page-server gRPC address" },
   "page-channel": { type: "string", default: "127.0.0.1:7403", describe: "page-server migration channel" },
+  "placement-grpc": { type: "string", default: "127.0.0.1:7404", describe: "placement gRPC address" },
   "run-dir": { type: "string", default: "/tmp/vmhop", describe: "folder for VM sockets and logs" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -54,6 +55,7 @@ export async function run(argv: string[]): Promise<number> {
         `${o["run-dir"]}/page`,
       ],
     },
+    { name: "placement", args: ["placement", "serve", "--grpc", o["placement-grpc"]!] },
   ];
   let stopping = false;
   const stopAll = (sig: NodeJS.Signals = "SIGTERM") => {
@@ -79,7 +81,7 @@ export async function run(argv: string[]): Promise<number> {
   process.on("SIGINT", () => stopAll("SIGINT"));
   process.on("SIGTERM", () => stopAll("SIGTERM"));
   console.log(
-    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; Ctrl-C stops all`,
+    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; Ctrl-C stops all`,
   );
   const codes = await Promise.all(exits);
   return stopping && codes.every((c) => c === 0 || c === null) ? 0 : Math.max(...codes, 1);
