@@ -5,6 +5,7 @@
 // with NbdConnectionError and later calls fail at once: nothing hangs.
 import { EventEmitter } from "node:events";
 import * as net from "node:net";
+import { ByteQueue } from "../byte-queue.js";
 import {
   BASE_ALLOCATION,
   type Chunk,
@@ -52,7 +53,6 @@ import {
   SIMPLE_REPLY_SIZE,
   STRUCTURED_HEADER_SIZE,
 } from "../protocol/index.js";
-import { ByteQueue } from "./byte-queue.js";
 import { type NbdAddress, parseNbdUrl } from "./url.js";
 
 /** The server answered a request with an NBD error. */

@@ -1,4 +1,5 @@
 // Received bytes not yet parsed, as a list of chunks (no concatenation per 'data' event).
+// Shared by the server and the client: a message spanning chunks costs one copy at most.
 
 export class ByteQueue {
   private chunks: Buffer[] = [];
@@ -13,7 +14,9 @@ export class ByteQueue {
 
   /** A contiguous view of the first `n` bytes (n <= length); merges chunks only when needed. */
   peek(n: number): Buffer {
+    if (n > this.length) throw new RangeError(`peek ${n} > ${this.length} queued`);
     const first = this.chunks[0];
+    if (n === 0) return Buffer.alloc(0);
     if (first.length - this.head >= n) return first.subarray(this.head, this.head + n);
     const merged = Buffer.allocUnsafe(n);
     let at = 0;
@@ -39,6 +42,7 @@ export class ByteQueue {
 
   /** Drops `n` bytes (n <= length). */
   skip(n: number): void {
+    if (n > this.length) throw new RangeError(`skip ${n} > ${this.length} queued`);
     this.length -= n;
     while (n > 0) {
       const c = this.chunks[0];
@@ -53,17 +57,24 @@ export class ByteQueue {
     }
   }
 
-  /** Moves up to `n` bytes into `target` at `at`; returns how many moved. */
-  take(target: Buffer, at: number, n: number): number {
-    let moved = 0;
-    while (moved < n && this.chunks.length > 0) {
+  /** Consumes `n` bytes and returns them (a view when they sit in one chunk). */
+  take(n: number): Buffer {
+    const out = this.peek(n);
+    this.skip(n);
+    return out;
+  }
+
+  /** Consumes exactly `n` bytes straight into `dest` at `at` (no intermediate buffer). */
+  takeInto(dest: Buffer, at: number, n: number): void {
+    if (n > this.length) throw new RangeError(`take ${n} > ${this.length} queued`);
+    let done = 0;
+    while (done < n) {
       const c = this.chunks[0];
-      const k = Math.min(c.length - this.head, n - moved);
-      c.copy(target, at + moved, this.head, this.head + k);
-      moved += k;
+      const k = Math.min(c.length - this.head, n - done);
+      c.copy(dest, at + done, this.head, this.head + k);
+      done += k;
       this.skip(k);
     }
-    return moved;
   }
 
   /** Removes up to `n` bytes and returns them as views of the received chunks (no copy). */
