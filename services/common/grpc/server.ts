@@ -110,12 +110,18 @@ export class RpcError extends Error {
   }
 }
 
-/** Wraps an async handler `(request) => response` as a grpc-js unary handler. */
-export function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>) {
+/**
+ * Wraps an async handler `(request) => response` as a grpc-js unary handler. `mapError`
+ * turns a service's own errors into ones carrying a `grpcCode` (e.g. an RpcError).
+ */
+export function unary<Req, Res>(
+  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+  mapError: (err: unknown) => unknown = (err) => err,
+) {
   return (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
     fn(call.request, call).then(
       (res) => callback(null, res),
-      (err) => callback(toServiceError(err)),
+      (err) => callback(toServiceError(mapError(err))),
     );
   };
 }

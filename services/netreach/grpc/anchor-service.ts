@@ -22,13 +22,7 @@ import { RemoteSite } from "./clients.js";
 import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf, toRpcError } from "./convert.js";
 
 function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return unary<Req, Res>(async (req) => {
-    try {
-      return await fn(req);
-    } catch (err) {
-      throw toRpcError(err);
-    }
-  });
+  return unary<Req, Res>(fn, toRpcError);
 }
 
 export interface AnchorService extends ServiceRegistration {

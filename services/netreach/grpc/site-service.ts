@@ -15,13 +15,7 @@ import { ackOf, endpointFromProto, toRpcError, vmNetFromProto } from "./convert.
 const PORT = /^[A-Za-z0-9_.-]{1,15}$/;
 
 function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return unary<Req, Res>(async (req) => {
-    try {
-      return await fn(req);
-    } catch (err) {
-      throw toRpcError(err);
-    }
-  });
+  return unary<Req, Res>(fn, toRpcError);
 }
 
 function port(p: string, required: boolean): string | undefined {

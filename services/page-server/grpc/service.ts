@@ -11,13 +11,7 @@ import { isFinalPhase } from "../migration/phase.js";
 import { migrationToProto, modeFromProto, specFromProto, toRpcError, vmToProto } from "./convert.js";
 
 function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return unary<Req, Res>(async (req) => {
-    try {
-      return await fn(req);
-    } catch (err) {
-      throw toRpcError(err);
-    }
-  });
+  return unary<Req, Res>(fn, toRpcError);
 }
 
 export function pageService(host: PageHost): ServiceRegistration {
