@@ -6,6 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
+import { formatAddress, parseListenAddress } from "../listen-address.js";
 import type { Logger } from "../log.js";
 import { initTracing } from "../tracing.js";
 import { tracingInterceptor } from "./interceptors.js";
@@ -37,14 +38,6 @@ function reflectionPackage(): protoLoader.PackageDefinition {
   return { ...vmhop, ...health };
 }
 
-export function parseListenAddress(listen: string): string {
-  if (listen.startsWith("unix:")) return listen;
-  if (/^\d+$/.test(listen)) return `127.0.0.1:${listen}`;
-  if (!/^(\[[0-9a-fA-F:]+\]|[^:]+):\d+$/.test(listen))
-    throw new Error(`bad listen address '${listen}': expected HOST:PORT, PORT or unix:PATH`);
-  return listen;
-}
-
 export async function startGrpcServer(opts: {
   serviceName: string;
   listen: string;
@@ -68,7 +61,7 @@ export async function startGrpcServer(opts: {
     services: [...opts.services.map((s) => s.name), "grpc.health.v1.Health"],
   }).addToServer(server);
 
-  const target = parseListenAddress(opts.listen);
+  const target = formatAddress(parseListenAddress(opts.listen));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) =>
       err ? reject(err) : resolve(p),
