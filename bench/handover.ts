@@ -5,7 +5,7 @@
 // the floor of the test bed itself: the port unplugged and plugged back into the same site, with
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
-import { destroyNetnsWithPrefix } from "../deploy/testbed/netns.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
 import { type HandoverMode, NetreachBed, VM } from "../services/netreach/testbed/bed.js";
 import { startProbe } from "../services/netreach/testbed/probe-process.js";
@@ -19,7 +19,7 @@ import {
   writeResults,
 } from "./lib/report.js";
 
-const PREFIX = "nr-bh-";
+const BASE = "nr-bh-";
 const INTERVAL_MS = 10;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -61,9 +61,13 @@ export async function main(args: string[]): Promise<void> {
   const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp"];
   const out: BenchCase[] = [];
   for (const d of delays) {
-    await destroyNetnsWithPrefix(PREFIX);
+    await destroyStaleNetns(BASE);
     // 0 ms: plain veth; otherwise every router link is VXLAN through the delay relay.
-    const bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, wanDelayMs: d > 0 ? d : undefined });
+    const bed = await NetreachBed.create({
+      prefix: uniqueNetnsPrefix(BASE),
+      sites: 2,
+      wanDelayMs: d > 0 ? d : undefined,
+    });
     try {
       await bed.place(0);
       for (const c of cases) {

@@ -142,6 +142,38 @@ export async function destroyNetnsWithPrefix(prefix: string): Promise<void> {
   for (const n of await listNetns(prefix)) await destroyNetns(n);
 }
 
+/**
+ * A namespace-name prefix unique to this run: `${base}${pid}-${random}-`, so that two runs of the
+ * same test or benchmark never share a namespace. The pid lets `destroyStaleNetns` tell a crashed
+ * run's leftovers from a live run's namespaces. Still starts with `base`, so `.ci/run`'s cleanup
+ * (and `destroyNetnsWithPrefix(base)`) matches it.
+ */
+export function uniqueNetnsPrefix(base: string): string {
+  if (!/^[a-z0-9-]{3,12}$/.test(base)) throw new NetnsError(`invalid namespace prefix base '${base}'`);
+  return `${base}${process.pid}-${Math.random().toString(36).slice(2, 6)}-`;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Deletes namespaces named `${base}${pid}-…` (uniqueNetnsPrefix) whose process is gone: a
+ * crashed run's leftovers. Namespaces of runs still going are left alone.
+ */
+export async function destroyStaleNetns(base: string): Promise<void> {
+  if (base.length < 3) throw new NetnsError(`prefix '${base}' is too broad`);
+  for (const n of await listNetns(base)) {
+    const pid = /^(\d+)-/.exec(n.slice(base.length))?.[1];
+    if (pid !== undefined && !processAlive(Number(pid))) await destroyNetns(n);
+  }
+}
+
 export interface VethEnd {
   ns: string;
   name: string;

@@ -4,7 +4,7 @@
 //   bindings   list the anchor's bindings from its store (Redis URL, or nothing for memory)
 //   anchor serve / site serve   the anchor and site agent services (serve.ts)
 import { parseArgs } from "node:util";
-import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { CliError } from "../cli/errors.js";
 import { BindingCache } from "./binding/cache.js";
 import { openBindingKv } from "./binding/kv.js";
@@ -49,8 +49,8 @@ async function demo(argv: string[]): Promise<number> {
   const mode = (values.mode ?? "mbb-fp") as HandoverMode;
   if (!MODES.includes(mode)) throw new CliError(`--mode must be one of ${MODES.join(", ")}, got '${mode}'`);
   if (process.getuid?.() !== 0) throw new CliError("demo needs root (it creates network namespaces)");
-  const prefix = "nr-demo-";
-  await destroyNetnsWithPrefix(prefix);
+  await destroyStaleNetns("nr-demo-");
+  const prefix = uniqueNetnsPrefix("nr-demo-");
   const bed = await NetreachBed.create({ prefix, sites, wanDelayMs: delay > 0 ? delay : undefined });
   try {
     await bed.place(0);

@@ -25,6 +25,8 @@ export interface SiteControl {
   prepare(vm: VmNet, port?: string): Promise<void>;
   attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome>;
   leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void>;
+  /** Optional: the forwarding pointer staged before switch-over (SiteAgent.stageForwarding). */
+  stageForwarding?(vm: VmNet, to: SiteEndpoint): Promise<void>;
   cleanup(vm: VmNet): Promise<void>;
 }
 
@@ -44,7 +46,11 @@ export class MigrationHooks {
     if (m.mode === "bbm") return;
     const o = await this.anchor.prepareAttach(m.vm.vmId, m.to.endpoint.site);
     if (!o.accepted) throw new Error(`cannot prepare ${m.vm.vmId} at ${m.to.endpoint.site}: ${o.reason}`);
-    await m.to.prepare(m.vm, m.port);
+    // mbb-fp: the old site's pointer is staged now, so it works from the instant the VM leaves.
+    await Promise.all([
+      m.to.prepare(m.vm, m.port),
+      m.mode === "mbb-fp" ? m.from.stageForwarding?.(m.vm, m.to.endpoint) : undefined,
+    ]);
   }
 
   /** Call as soon as the VM runs at the destination; `generation` comes from the control-plane. */

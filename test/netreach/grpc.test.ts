@@ -4,7 +4,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import {
   BindingState,
   BindingStatus,
@@ -26,7 +26,8 @@ import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { type Served, serve } from "./serve-process.js";
 
-const PREFIX = "nr-g-";
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-g-");
 const t = gate(test, ["root", "ip", "redis-server"], "netreach services over gRPC");
 let bed: NetreachBed;
 let redis: RedisHandle;
@@ -129,7 +130,7 @@ async function startAnchor(listen = "127.0.0.1:0"): Promise<void> {
 }
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-g-");
   redis = await startRedis();
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, agents: false });
   await startAnchor();

@@ -8,7 +8,7 @@ import { promisify } from "node:util";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { MigrationHooks, type MigrationNet } from "../../services/netreach/migration-hooks.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { HOME, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
@@ -20,8 +20,10 @@ import type { VmState } from "../../services/page-server/vm/states.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { ensureGuest } from "../page-server/guest.js";
 
-const PREFIX = "nr-q-";
-const TAPS = ["nrq-src", "nrq-dst"];
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-q-");
+// Taps start in the host's namespace: unique per run too (interface names: at most 15 chars).
+const TAPS = ["s", "d"].map((end) => `nrq${process.pid.toString(36)}${end}`);
 const t = gate(test, ["root", "ip", "qemu-system-x86_64", "gcc", "apt-get"], "guest migration with netreach");
 const dir = tempDir("vmhop-nrq-");
 const hosts: PageHost[] = [];
@@ -35,7 +37,7 @@ async function dropTaps(): Promise<void> {
 }
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-q-");
   await dropTaps();
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 2 });
 });

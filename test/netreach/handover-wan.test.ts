@@ -3,20 +3,21 @@
 // without one, what is in flight to the old site for about one signalling delay is lost.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { type HandoverMode, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 
-const PREFIX = "nr-hw-";
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-hw-");
 const ONE_WAY_MS = 15;
 const t = gate(test, ["root", "ip"], "netreach handover over a delayed WAN");
 let bed: NetreachBed;
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-hw-");
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, wanDelayMs: ONE_WAY_MS });
   assert.ok((await bed.place(0)).accepted);
 });

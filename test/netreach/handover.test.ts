@@ -2,20 +2,21 @@
 // apart) and keeps a TCP connection to it. Real SRv6 routes in real namespaces.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { GATEWAY_MAC, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 
-const PREFIX = "nr-ho-";
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-ho-");
 const t = gate(test, ["root", "ip"], "netreach handover in namespaces");
 let bed: NetreachBed;
 let neighboursAfterRegistration = "";
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-ho-");
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 3 });
   // As if the VM had lived on the home link: the correspondent caches the VM's own MAC.
   for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])

@@ -2,18 +2,19 @@
 // the anchor withdraws its routes, and only a newer binding update brings it back.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 
-const PREFIX = "nr-lt-";
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-lt-");
 const t = gate(test, ["root", "ip"], "netreach binding lifetime");
 let bed: NetreachBed;
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-lt-");
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 2 });
   assert.ok((await bed.place(0, 2)).accepted);
 });

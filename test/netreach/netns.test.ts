@@ -6,20 +6,23 @@ import {
   createNetns,
   createVeth,
   destroyNetnsWithPrefix,
+  destroyStaleNetns,
   ip,
   listNetns,
   macOf,
   runIn,
   setRateLimit,
+  uniqueNetnsPrefix,
 } from "../../deploy/testbed/netns.js";
 import { IpBatch, idempotent } from "../../services/netreach/dataplane/ip-batch.js";
 import { gate } from "../helpers/env.js";
 import { rejects } from "./assert-rejects.js";
 
-const P = "nr-ns-";
+const BASE = "nr-ns-";
+const P = uniqueNetnsPrefix(BASE);
 const t = gate(test, ["root", "ip", "tc"], "namespace helpers");
 
-t.before(() => destroyNetnsWithPrefix(P));
+t.before(() => destroyStaleNetns(BASE));
 t.after(() => destroyNetnsWithPrefix(P));
 
 t("namespaces, veth, addresses, sysctls and tbf", async () => {
@@ -33,6 +36,21 @@ t("namespaces, veth, addresses, sysctls and tbf", async () => {
   await setRateLimit(`${P}a`, "x0", { rateBitsPerSecond: 10_000_000 });
   assert.match(await runIn(`${P}a`, "tc", ["qdisc", "show", "dev", "x0"]), /tbf .*rate 10Mbit/);
   assert.match(await ip(`${P}a`, "addr", "show", "dev", "x0"), /fd99::1\/64/);
+});
+
+t("unique prefixes; stale cleanup takes only namespaces of processes that are gone", async () => {
+  const other = uniqueNetnsPrefix(BASE);
+  assert.ok(other.startsWith(`${BASE}${process.pid}-`) && other !== P);
+  // pid_max is at most 2^22: this pid never runs.
+  const dead = `${BASE}99999999-zz-x`;
+  await createNetns(dead);
+  await createNetns(`${P}live`);
+  await destroyStaleNetns(BASE);
+  const left = await listNetns(BASE);
+  assert.ok(!left.includes(dead), "a dead run's namespace is removed");
+  assert.ok(left.includes(`${P}live`), "a live run's namespace stays");
+  await destroyNetnsWithPrefix(`${P}live`);
+  assert.throws(() => uniqueNetnsPrefix("Bad Base"), /invalid namespace prefix/);
 });
 
 t("bad input gets clear errors", async () => {

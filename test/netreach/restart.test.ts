@@ -1,7 +1,7 @@
 // The anchor restarts: bindings come back from Redis into the kernel and traffic keeps flowing.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { destroyNetnsWithPrefix, ip } from "../../deploy/testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { RedisStore } from "../../services/common/store/index.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
@@ -9,13 +9,14 @@ import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 
-const PREFIX = "nr-rs-";
+// Unique per run: two runs at once (or another helper's tests) never share a namespace.
+const PREFIX = uniqueNetnsPrefix("nr-rs-");
 const t = gate(test, ["root", "ip", "redis-server"], "netreach anchor restart");
 let bed: NetreachBed;
 let redis: RedisHandle;
 
 t.before(async () => {
-  await destroyNetnsWithPrefix(PREFIX);
+  await destroyStaleNetns("nr-rs-");
   redis = await startRedis();
   bed = await NetreachBed.create({ prefix: PREFIX, sites: 2, kv: await RedisStore.connect(redis.url) });
   assert.ok((await bed.place(0)).accepted);

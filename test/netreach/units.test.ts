@@ -9,7 +9,9 @@ import {
 } from "../../services/netreach/dataplane/announce-frames.js";
 import {
   anchorBindingCommands,
+  deleteHostRoutes,
   reverseTunnelRules,
+  STAGED_METRIC,
   tunnelRoutes,
   vmPortCommands,
 } from "../../services/netreach/dataplane/commands.js";
@@ -24,6 +26,18 @@ test("tunnel routes: one atomic replace per home address, family SID each", () =
   assert.equal(tunnelRoutes(vm, site, "w0"), [
     "route replace 2001:db8::100/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0",
     "route replace 10.0.0.100/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0",
+  ]);
+});
+
+test("staged forwarding pointer: its own metric, behind the port routes, deleted by metric", () => {
+  assert.ok(STAGED_METRIC > 1024, "IPv6 port routes default to metric 1024 and must win");
+  assert.equal(tunnelRoutes(vm, site, "w0", STAGED_METRIC), [
+    `route replace 2001:db8::100/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0 metric ${STAGED_METRIC}`,
+    `route replace 10.0.0.100/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0 metric ${STAGED_METRIC}`,
+  ]);
+  assert.equal(deleteHostRoutes(vm, STAGED_METRIC), [
+    `route del 2001:db8::100/128 metric ${STAGED_METRIC}`,
+    `route del 10.0.0.100/32 metric ${STAGED_METRIC}`,
   ]);
 });
 

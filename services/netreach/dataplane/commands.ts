@@ -10,16 +10,34 @@ export interface HomeAddresses {
   homeIpv4: string[];
 }
 
-/** Routes sending a VM's home addresses to a site's SIDs (atomic replace: no gap on re-point). */
-export function tunnelRoutes(vm: HomeAddresses, to: SiteEndpoint, dev: string): string[] {
+/**
+ * Metric of a forwarding pointer staged at the old site before switch-over: less preferred than
+ * the VM's port routes (IPv6 default 1024, IPv4 0), so it only carries traffic once the port
+ * has lost its link (`ignore_routes_with_linkdown`) or is gone.
+ */
+export const STAGED_METRIC = 4096;
+
+const metricOpt = (metric?: number) => (metric === undefined ? "" : ` metric ${metric}`);
+
+/**
+ * Routes sending a VM's home addresses to a site's SIDs (atomic replace: no gap on re-point).
+ * With `metric`, routes of that metric only (replace matches prefix and metric).
+ */
+export function tunnelRoutes(vm: HomeAddresses, to: SiteEndpoint, dev: string, metric?: number): string[] {
+  const m = metricOpt(metric);
   return [
-    ...vm.homeIpv6.map((a) => `route replace ${a}/128 ${ENCAP} ${to.sid6} dev ${dev}`),
-    ...vm.homeIpv4.map((a) => `route replace ${a}/32 ${ENCAP} ${to.sid4} dev ${dev}`),
+    ...vm.homeIpv6.map((a) => `route replace ${a}/128 ${ENCAP} ${to.sid6} dev ${dev}${m}`),
+    ...vm.homeIpv4.map((a) => `route replace ${a}/32 ${ENCAP} ${to.sid4} dev ${dev}${m}`),
   ];
 }
 
-export function deleteHostRoutes(vm: HomeAddresses): string[] {
-  return [...vm.homeIpv6.map((a) => `route del ${a}/128`), ...vm.homeIpv4.map((a) => `route del ${a}/32`)];
+/** Deletes the host routes of the home addresses (one per address; with `metric`, that one). */
+export function deleteHostRoutes(vm: HomeAddresses, metric?: number): string[] {
+  const m = metricOpt(metric);
+  return [
+    ...vm.homeIpv6.map((a) => `route del ${a}/128${m}`),
+    ...vm.homeIpv4.map((a) => `route del ${a}/32${m}`),
+  ];
 }
 
 /** The anchor answers ARP/NS for the home addresses on the home link. */

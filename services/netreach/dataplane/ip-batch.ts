@@ -49,7 +49,13 @@ export class IpBatch {
     this.proc.stderr?.on("data", (d: string) => this.onStderr(d));
     this.proc.stdin?.on("error", () => undefined);
     this.proc.on("error", (e) => this.fail(e));
-    this.proc.on("exit", (code, sig) => this.fail(new IpBatchError(`ip -batch exited (${code ?? sig})`)));
+    this.proc.on("exit", (code, sig) =>
+      this.fail(
+        new IpBatchError(
+          `ip -batch${netns ? ` in ${netns}` : ""} exited (${code ?? sig})${this.messages.length ? `: ${this.messages.join("; ")}` : ""}`,
+        ),
+      ),
+    );
   }
 
   private fail(e: Error): void {

@@ -13,6 +13,7 @@ import {
   type HomeLinkImitation,
   reverseTunnelRules,
   reverseTunnelTable,
+  STAGED_METRIC,
   tunnelRoutes,
   vmPortCommands,
 } from "../dataplane/commands.js";
@@ -53,6 +54,8 @@ export class SiteAgent {
   private readonly refreshers = new Map<string, NodeJS.Timeout>();
   /** VMs that left, with a forwarding pointer in place. */
   private readonly pointers = new Map<string, VmNet>();
+  /** VMs still here with a forwarding pointer staged for their departure. */
+  private readonly staged = new Set<string>();
 
   private constructor(
     readonly cfg: SiteConfig,
@@ -161,6 +164,19 @@ export class SiteAgent {
   }
 
   /**
+   * Before switch-over, while the VM still runs here: the forwarding pointer to `to` as a fallback
+   * route behind the VM's port routes. When the VM's port loses its link or goes away (the
+   * source tap closing), the kernel falls back to the pointer by itself: nothing waits for this
+   * agent to hear of the switch-over, so what arrives here meanwhile is forwarded, not dropped.
+   * A port that loses its link needs `ignore_routes_with_linkdown` on it (the test bed sets the
+   * namespace default). leave() makes the pointer the main route.
+   */
+  async stageForwarding(vm: VmNet, to: SiteEndpoint): Promise<void> {
+    await this.batch.apply(tunnelRoutes(vm, to, this.cfg.wanDev, STAGED_METRIC));
+    this.staged.add(vm.vmId);
+  }
+
+  /**
    * The VM left (its port is gone). With `forwardTo`, packets still arriving here for it are
    * re-encapsulated to the new site; without, they are dropped (break-before-make).
    */
@@ -172,6 +188,9 @@ export class SiteAgent {
     } else {
       await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });
     }
+    // The pointer is in the main routes now (or forwarding was not wanted): the staged one goes.
+    if (this.staged.delete(vm.vmId))
+      await this.batch.apply(deleteHostRoutes(vm, STAGED_METRIC), { tolerate: idempotent });
     await this.rules(vm, "del");
     this.prepared.delete(vm.vmId);
     this.ports.delete(vm.vmId);

@@ -153,8 +153,15 @@ export class NetreachBed {
   private async build(): Promise<void> {
     const { anchor, cn, vm, sites } = this.ns;
     for (const r of [anchor, ...sites]) await createNetns(r, { sysctls: routerSysctls });
-    // Sites answer ARP for the home subnet on the VM's port (the guest thinks peers are on-link).
-    for (const s of sites) await setSysctls(s, { "net.ipv4.conf.default.proxy_arp": "1" });
+    // Sites answer ARP for the home subnet on the VM's port (the guest thinks peers are on-link),
+    // and skip routes through a port that lost its link: a staged forwarding pointer then takes
+    // over in the kernel the moment the VM's port goes dark (SiteAgent.stageForwarding).
+    for (const s of sites)
+      await setSysctls(s, {
+        "net.ipv4.conf.default.proxy_arp": "1",
+        "net.ipv4.conf.default.ignore_routes_with_linkdown": "1",
+        "net.ipv6.conf.default.ignore_routes_with_linkdown": "1",
+      });
     for (const h of [cn, vm]) await createNetns(h, { sysctls: hostSysctls });
 
     // Home link.
@@ -220,8 +227,7 @@ export class NetreachBed {
     await ip(this.ns.patch, "link", "set", "br0", "up");
     await createVeth({ ns: vm, name: "eth0", mac: VM.mac }, { ns: this.ns.patch, name: "pvm" });
     await ip(this.ns.patch, "link", "set", "pvm", "master", "br0");
-    for (let i = 0; i < sites.length; i++)
-      await createVeth({ ns: sites[i], name: PORT }, { ns: this.ns.patch, name: `p${i}` });
+    for (let i = 0; i < sites.length; i++) await this.createPort(i);
     await addAddress(vm, "eth0", `${VM.homeIpv6[0]}/64`, { noPrefixRoute: true });
     await addAddress(vm, "eth0", `${VM.homeIpv4[0]}/24`);
     await ip(vm, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0");
@@ -273,15 +279,35 @@ export class NetreachBed {
     await this.startAnchor();
   }
 
-  /** Connects the VM to site i's port only (the switch-over itself: two netlink changes). */
+  /** Site i's port (`vport` there, `p<i>` on the patch panel): no link until a VM is due there. */
+  private async createPort(i: number): Promise<void> {
+    await createVeth({ ns: this.ns.sites[i], name: PORT }, { ns: this.ns.patch, name: `p${i}` });
+    await ip(this.ns.patch, "link", "set", `p${i}`, "down");
+  }
+
+  /** Site i's port gets its link, as a destination tap does once the incoming QEMU holds it. */
+  private async linkUp(i: number): Promise<void> {
+    await this.patch!.apply([`link set dev p${i} up`]);
+  }
+
+  /**
+   * Connects the VM to site i's port: the switch-over itself, one batch of netlink changes. The
+   * old port leaves the bridge and loses its link, as when the source's tap goes away: the
+   * kernel stops using routes through it, so a forwarding pointer staged there carries on
+   * without waiting for any agent.
+   */
   private async plugInto(i: number): Promise<void> {
-    const out = this.at >= 0 ? [`link set dev p${this.at} nomaster`] : [];
+    const out =
+      this.at >= 0 && this.at !== i
+        ? [`link set dev p${this.at} nomaster`, `link set dev p${this.at} down`]
+        : [];
     await this.patch!.apply([...out, `link set dev p${i} master br0`]);
   }
 
   /** Connects the VM to site i's port (for a bed driven from outside: `agents: false`). */
   async plug(i: number): Promise<void> {
     if (i < 0 || i >= this.ns.sites.length) throw new Error(`no site ${i + 1} in this bed`);
+    await this.linkUp(i);
     await this.plugInto(i);
     this.at = i;
   }
@@ -290,6 +316,7 @@ export class NetreachBed {
   async place(i: number, lifetimeSeconds = 300): Promise<Outcome> {
     const site = this.sites[i];
     await site.prepare(VM, PORT);
+    await this.linkUp(i);
     await this.plugInto(i);
     this.at = i;
     this.generation++;
@@ -314,6 +341,7 @@ export class NetreachBed {
     const generation = ++this.generation;
     const hooks = new MigrationHooks(this.anchor);
     await hooks.prepareNetwork(m);
+    await this.linkUp(to);
     const switchAtMs = performance.timeOrigin + performance.now();
     await this.plugInto(to);
     this.at = to;
