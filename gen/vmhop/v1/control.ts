@@ -37,6 +37,15 @@ export interface Host {
   asleep: boolean;
 }
 
+export interface SetHostAsleepRequest {
+  hostId: string;
+  asleep: boolean;
+}
+
+export interface SetHostAsleepResponse {
+  host: Host | undefined;
+}
+
 export interface RegisterHostRequest {
   host: Host | undefined;
 }
@@ -71,6 +80,8 @@ export interface ClusterVm {
   hostId: string;
   /** Set while a migration of this VM is under way. */
   migrationId: string;
+  /** Raised by each migration: only the holder of the current token may move the VM. */
+  fencingToken: number;
 }
 
 export interface GetVmResponse {
@@ -107,12 +118,19 @@ export interface Migration {
   sourceHostId: string;
   destinationHostId: string;
   mode: MigrationMode;
-  /** Current state of the control-plane's migration state machine. */
+  /**
+   * Current state of the control-plane's migration state machine: pending, preparing,
+   * migrating, switched, completing, done, failed, cancelled.
+   */
   state: string;
   fencingToken: number;
   error: string;
   createdUnixMs: number;
   updatedUnixMs: number;
+  requestId: string;
+  /** The page-servers' progress: bytes sent by the source, downtime at the switch. */
+  bytesSent: number;
+  downtimeMs: number;
 }
 
 export interface MigrateVmResponse {
@@ -349,6 +367,162 @@ export const Host: MessageFns<Host> = {
     message.cpus = object.cpus ?? 0;
     message.memoryMib = object.memoryMib ?? 0;
     message.asleep = object.asleep ?? false;
+    return message;
+  },
+};
+
+function createBaseSetHostAsleepRequest(): SetHostAsleepRequest {
+  return { hostId: "", asleep: false };
+}
+
+export const SetHostAsleepRequest: MessageFns<SetHostAsleepRequest> = {
+  encode(message: SetHostAsleepRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.asleep !== false) {
+      writer.uint32(16).bool(message.asleep);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetHostAsleepRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetHostAsleepRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.asleep = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetHostAsleepRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      asleep: isSet(object.asleep) ? globalThis.Boolean(object.asleep) : false,
+    };
+  },
+
+  toJSON(message: SetHostAsleepRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.asleep !== false) {
+      obj.asleep = message.asleep;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetHostAsleepRequest>, I>>(base?: I): SetHostAsleepRequest {
+    return SetHostAsleepRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetHostAsleepRequest>, I>>(object: I): SetHostAsleepRequest {
+    const message = createBaseSetHostAsleepRequest();
+    message.hostId = object.hostId ?? "";
+    message.asleep = object.asleep ?? false;
+    return message;
+  },
+};
+
+function createBaseSetHostAsleepResponse(): SetHostAsleepResponse {
+  return { host: undefined };
+}
+
+export const SetHostAsleepResponse: MessageFns<SetHostAsleepResponse> = {
+  encode(message: SetHostAsleepResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.host !== undefined) {
+      Host.encode(message.host, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetHostAsleepResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetHostAsleepResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.host = Host.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetHostAsleepResponse {
+    return { host: isSet(object.host) ? Host.fromJSON(object.host) : undefined };
+  },
+
+  toJSON(message: SetHostAsleepResponse): unknown {
+    const obj: any = {};
+    if (message.host !== undefined) {
+      obj.host = Host.toJSON(message.host);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetHostAsleepResponse>, I>>(base?: I): SetHostAsleepResponse {
+    return SetHostAsleepResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetHostAsleepResponse>, I>>(object: I): SetHostAsleepResponse {
+    const message = createBaseSetHostAsleepResponse();
+    message.host = (object.host !== undefined && object.host !== null) ? Host.fromPartial(object.host) : undefined;
     return message;
   },
 };
@@ -858,7 +1032,7 @@ export const GetVmRequest: MessageFns<GetVmRequest> = {
 };
 
 function createBaseClusterVm(): ClusterVm {
-  return { vm: undefined, hostId: "", migrationId: "" };
+  return { vm: undefined, hostId: "", migrationId: "", fencingToken: 0 };
 }
 
 export const ClusterVm: MessageFns<ClusterVm> = {
@@ -871,6 +1045,9 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     }
     if (message.migrationId !== "") {
       writer.uint32(26).string(message.migrationId);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(32).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -912,6 +1089,14 @@ export const ClusterVm: MessageFns<ClusterVm> = {
             message.migrationId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -937,6 +1122,11 @@ export const ClusterVm: MessageFns<ClusterVm> = {
         : isSet(object.migration_id)
         ? globalThis.String(object.migration_id)
         : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -951,6 +1141,9 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     if (message.migrationId !== "") {
       obj.migrationId = message.migrationId;
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -962,6 +1155,7 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     message.vm = (object.vm !== undefined && object.vm !== null) ? Vm.fromPartial(object.vm) : undefined;
     message.hostId = object.hostId ?? "";
     message.migrationId = object.migrationId ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -1456,6 +1650,9 @@ function createBaseMigration(): Migration {
     error: "",
     createdUnixMs: 0,
     updatedUnixMs: 0,
+    requestId: "",
+    bytesSent: 0,
+    downtimeMs: 0,
   };
 }
 
@@ -1490,6 +1687,15 @@ export const Migration: MessageFns<Migration> = {
     }
     if (message.updatedUnixMs !== 0) {
       writer.uint32(80).int64(message.updatedUnixMs);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(90).string(message.requestId);
+    }
+    if (message.bytesSent !== 0) {
+      writer.uint32(96).uint64(message.bytesSent);
+    }
+    if (message.downtimeMs !== 0) {
+      writer.uint32(104).uint64(message.downtimeMs);
     }
     return writer;
   },
@@ -1587,6 +1793,30 @@ export const Migration: MessageFns<Migration> = {
             message.updatedUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.bytesSent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.downtimeMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1639,6 +1869,21 @@ export const Migration: MessageFns<Migration> = {
         : isSet(object.updated_unix_ms)
         ? globalThis.Number(object.updated_unix_ms)
         : 0,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      bytesSent: isSet(object.bytesSent)
+        ? globalThis.Number(object.bytesSent)
+        : isSet(object.bytes_sent)
+        ? globalThis.Number(object.bytes_sent)
+        : 0,
+      downtimeMs: isSet(object.downtimeMs)
+        ? globalThis.Number(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? globalThis.Number(object.downtime_ms)
+        : 0,
     };
   },
 
@@ -1674,6 +1919,15 @@ export const Migration: MessageFns<Migration> = {
     if (message.updatedUnixMs !== 0) {
       obj.updatedUnixMs = Math.round(message.updatedUnixMs);
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.bytesSent !== 0) {
+      obj.bytesSent = Math.round(message.bytesSent);
+    }
+    if (message.downtimeMs !== 0) {
+      obj.downtimeMs = Math.round(message.downtimeMs);
+    }
     return obj;
   },
 
@@ -1692,6 +1946,9 @@ export const Migration: MessageFns<Migration> = {
     message.error = object.error ?? "";
     message.createdUnixMs = object.createdUnixMs ?? 0;
     message.updatedUnixMs = object.updatedUnixMs ?? 0;
+    message.requestId = object.requestId ?? "";
+    message.bytesSent = object.bytesSent ?? 0;
+    message.downtimeMs = object.downtimeMs ?? 0;
     return message;
   },
 };
@@ -2194,11 +2451,14 @@ export const WatchMigrationsResponse: MessageFns<WatchMigrationsResponse> = {
 };
 
 /**
- * ControlPlaneService is vmhop's public API: hosts, VMs and migrations, with the
- * migration state machine durable in Redis. (First draft.)
+ * ControlPlaneService is vmhop's public API: hosts, VMs and migrations. Hosts, VMs and the
+ * migration state machine are durable in the shared Store (Redis or embedded); migrations
+ * are carried out by driving the hosts' page-servers (PageService). Key layout and state
+ * table: services/control-plane/README.md.
  */
 export type ControlPlaneServiceService = typeof ControlPlaneServiceService;
 export const ControlPlaneServiceService = {
+  /** Adds a host or updates it (same host_id). */
   registerHost: {
     path: "/vmhop.v1.ControlPlaneService/RegisterHost" as const,
     requestStream: false as const,
@@ -2218,6 +2478,21 @@ export const ControlPlaneServiceService = {
     responseSerialize: (value: ListHostsResponse): Buffer => Buffer.from(ListHostsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListHostsResponse => ListHostsResponse.decode(value),
   },
+  /**
+   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
+   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   */
+  setHostAsleep: {
+    path: "/vmhop.v1.ControlPlaneService/SetHostAsleep" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetHostAsleepRequest): Buffer => Buffer.from(SetHostAsleepRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetHostAsleepRequest => SetHostAsleepRequest.decode(value),
+    responseSerialize: (value: SetHostAsleepResponse): Buffer =>
+      Buffer.from(SetHostAsleepResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetHostAsleepResponse => SetHostAsleepResponse.decode(value),
+  },
+  /** Defines and starts the VM on the host's page-server. */
   createVm: {
     path: "/vmhop.v1.ControlPlaneService/CreateVm" as const,
     requestStream: false as const,
@@ -2245,6 +2520,10 @@ export const ControlPlaneServiceService = {
     responseSerialize: (value: ListVmsResponse): Buffer => Buffer.from(ListVmsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListVmsResponse => ListVmsResponse.decode(value),
   },
+  /**
+   * Starts a migration (returns once it is recorded as pending; it runs in the background).
+   * One migration per VM at a time; request_id makes a retry return the same migration.
+   */
   migrateVm: {
     path: "/vmhop.v1.ControlPlaneService/MigrateVm" as const,
     requestStream: false as const,
@@ -2286,6 +2565,10 @@ export const ControlPlaneServiceService = {
       Buffer.from(CancelMigrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelMigrationResponse => CancelMigrationResponse.decode(value),
   },
+  /**
+   * Streams a migration's record (migration_id) or every migration's (empty) on each
+   * transition; with a migration_id the stream ends once that migration is final.
+   */
   watchMigrations: {
     path: "/vmhop.v1.ControlPlaneService/WatchMigrations" as const,
     requestStream: false as const,
@@ -2300,19 +2583,35 @@ export const ControlPlaneServiceService = {
 } as const;
 
 export interface ControlPlaneServiceServer extends UntypedServiceImplementation {
+  /** Adds a host or updates it (same host_id). */
   registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse>;
   listHosts: handleUnaryCall<ListHostsRequest, ListHostsResponse>;
+  /**
+   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
+   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   */
+  setHostAsleep: handleUnaryCall<SetHostAsleepRequest, SetHostAsleepResponse>;
+  /** Defines and starts the VM on the host's page-server. */
   createVm: handleUnaryCall<CreateVmRequest, CreateVmResponse>;
   getVm: handleUnaryCall<GetVmRequest, GetVmResponse>;
   listVms: handleUnaryCall<ListVmsRequest, ListVmsResponse>;
+  /**
+   * Starts a migration (returns once it is recorded as pending; it runs in the background).
+   * One migration per VM at a time; request_id makes a retry return the same migration.
+   */
   migrateVm: handleUnaryCall<MigrateVmRequest, MigrateVmResponse>;
   getMigration: handleUnaryCall<GetMigrationRequest, GetMigrationResponse>;
   listMigrations: handleUnaryCall<ListMigrationsRequest, ListMigrationsResponse>;
   cancelMigration: handleUnaryCall<CancelMigrationRequest, CancelMigrationResponse>;
+  /**
+   * Streams a migration's record (migration_id) or every migration's (empty) on each
+   * transition; with a migration_id the stream ends once that migration is final.
+   */
   watchMigrations: handleServerStreamingCall<WatchMigrationsRequest, WatchMigrationsResponse>;
 }
 
 export interface ControlPlaneServiceClient extends Client {
+  /** Adds a host or updates it (same host_id). */
   registerHost(
     request: RegisterHostRequest,
     callback: (error: ServiceError | null, response: RegisterHostResponse) => void,
@@ -2343,6 +2642,26 @@ export interface ControlPlaneServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
+   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   */
+  setHostAsleep(
+    request: SetHostAsleepRequest,
+    callback: (error: ServiceError | null, response: SetHostAsleepResponse) => void,
+  ): ClientUnaryCall;
+  setHostAsleep(
+    request: SetHostAsleepRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetHostAsleepResponse) => void,
+  ): ClientUnaryCall;
+  setHostAsleep(
+    request: SetHostAsleepRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetHostAsleepResponse) => void,
+  ): ClientUnaryCall;
+  /** Defines and starts the VM on the host's page-server. */
   createVm(
     request: CreateVmRequest,
     callback: (error: ServiceError | null, response: CreateVmResponse) => void,
@@ -2388,6 +2707,10 @@ export interface ControlPlaneServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListVmsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Starts a migration (returns once it is recorded as pending; it runs in the background).
+   * One migration per VM at a time; request_id makes a retry return the same migration.
+   */
   migrateVm(
     request: MigrateVmRequest,
     callback: (error: ServiceError | null, response: MigrateVmResponse) => void,
@@ -2448,6 +2771,10 @@ export interface ControlPlaneServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelMigrationResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Streams a migration's record (migration_id) or every migration's (empty) on each
+   * transition; with a migration_id the stream ends once that migration is final.
+   */
   watchMigrations(
     request: WatchMigrationsRequest,
     options?: Partial<CallOptions>,

@@ -29,8 +29,14 @@ export enum PlanState {
   PLAN_STATE_UNSPECIFIED = 0,
   /** PLAN_STATE_PROPOSED - Computed and stored; nothing asked to run it. */
   PLAN_STATE_PROPOSED = 1,
-  /** PLAN_STATE_ACCEPTED - Accepted by ApplyPlan and published for the control-plane to execute. */
+  /** PLAN_STATE_ACCEPTED - Accepted by ApplyPlan; with no control-plane configured nothing more happens. */
   PLAN_STATE_ACCEPTED = 2,
+  /** PLAN_STATE_APPLYING - Its migrations are running through the control-plane. */
+  PLAN_STATE_APPLYING = 3,
+  /** PLAN_STATE_APPLIED - Every move done and the hosts to sleep recorded asleep. */
+  PLAN_STATE_APPLIED = 4,
+  /** PLAN_STATE_FAILED - A move (or marking a host asleep) failed; see the moves' errors and warnings. */
+  PLAN_STATE_FAILED = 5,
 }
 
 export function planStateFromJSON(object: any): PlanState {
@@ -44,6 +50,15 @@ export function planStateFromJSON(object: any): PlanState {
     case 2:
     case "PLAN_STATE_ACCEPTED":
       return PlanState.PLAN_STATE_ACCEPTED;
+    case 3:
+    case "PLAN_STATE_APPLYING":
+      return PlanState.PLAN_STATE_APPLYING;
+    case 4:
+    case "PLAN_STATE_APPLIED":
+      return PlanState.PLAN_STATE_APPLIED;
+    case 5:
+    case "PLAN_STATE_FAILED":
+      return PlanState.PLAN_STATE_FAILED;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PlanState");
   }
@@ -57,6 +72,12 @@ export function planStateToJSON(object: PlanState): string {
       return "PLAN_STATE_PROPOSED";
     case PlanState.PLAN_STATE_ACCEPTED:
       return "PLAN_STATE_ACCEPTED";
+    case PlanState.PLAN_STATE_APPLYING:
+      return "PLAN_STATE_APPLYING";
+    case PlanState.PLAN_STATE_APPLIED:
+      return "PLAN_STATE_APPLIED";
+    case PlanState.PLAN_STATE_FAILED:
+      return "PLAN_STATE_FAILED";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PlanState");
   }
@@ -120,6 +141,13 @@ export interface Move {
   reason: string;
   /** Seconds the VM is degraded while it moves, under the plan's cost model. */
   predictedMigrationS: number;
+  /**
+   * While applied through a control-plane: the control-plane's migration and its state
+   * (pending … done, failed, cancelled); error when the move failed.
+   */
+  migrationId: string;
+  state: string;
+  error: string;
 }
 
 export interface Plan {
@@ -161,8 +189,18 @@ export interface ApplyPlanResponse {
   plan:
     | Plan
     | undefined;
-  /** Migrations started for the plan: empty until a control-plane consumes accepted plans. */
+  /** Migrations started for the plan (empty without a control-plane). */
   migrationIds: string[];
+  /** What ApplyPlan did, e.g. that no control-plane is configured so nothing was migrated. */
+  message: string;
+}
+
+export interface GetPlanRequest {
+  planId: string;
+}
+
+export interface GetPlanResponse {
+  plan: Plan | undefined;
 }
 
 export interface WatchDecisionsRequest {
@@ -963,7 +1001,16 @@ export const ReportLoadResponse: MessageFns<ReportLoadResponse> = {
 };
 
 function createBaseMove(): Move {
-  return { vmId: "", fromHostId: "", toHostId: "", reason: "", predictedMigrationS: 0 };
+  return {
+    vmId: "",
+    fromHostId: "",
+    toHostId: "",
+    reason: "",
+    predictedMigrationS: 0,
+    migrationId: "",
+    state: "",
+    error: "",
+  };
 }
 
 export const Move: MessageFns<Move> = {
@@ -982,6 +1029,15 @@ export const Move: MessageFns<Move> = {
     }
     if (message.predictedMigrationS !== 0) {
       writer.uint32(41).double(message.predictedMigrationS);
+    }
+    if (message.migrationId !== "") {
+      writer.uint32(50).string(message.migrationId);
+    }
+    if (message.state !== "") {
+      writer.uint32(58).string(message.state);
+    }
+    if (message.error !== "") {
+      writer.uint32(66).string(message.error);
     }
     return writer;
   },
@@ -1039,6 +1095,30 @@ export const Move: MessageFns<Move> = {
             message.predictedMigrationS = reader.double();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.migrationId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1074,6 +1154,13 @@ export const Move: MessageFns<Move> = {
         : isSet(object.predicted_migration_s)
         ? globalThis.Number(object.predicted_migration_s)
         : 0,
+      migrationId: isSet(object.migrationId)
+        ? globalThis.String(object.migrationId)
+        : isSet(object.migration_id)
+        ? globalThis.String(object.migration_id)
+        : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
     };
   },
 
@@ -1094,6 +1181,15 @@ export const Move: MessageFns<Move> = {
     if (message.predictedMigrationS !== 0) {
       obj.predictedMigrationS = floatToJson(message.predictedMigrationS);
     }
+    if (message.migrationId !== "") {
+      obj.migrationId = message.migrationId;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
     return obj;
   },
 
@@ -1107,6 +1203,9 @@ export const Move: MessageFns<Move> = {
     message.toHostId = object.toHostId ?? "";
     message.reason = object.reason ?? "";
     message.predictedMigrationS = object.predictedMigrationS ?? 0;
+    message.migrationId = object.migrationId ?? "";
+    message.state = object.state ?? "";
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -1675,7 +1774,7 @@ export const ApplyPlanRequest: MessageFns<ApplyPlanRequest> = {
 };
 
 function createBaseApplyPlanResponse(): ApplyPlanResponse {
-  return { plan: undefined, migrationIds: [] };
+  return { plan: undefined, migrationIds: [], message: "" };
 }
 
 export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
@@ -1685,6 +1784,9 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
     }
     for (const v of message.migrationIds) {
       writer.uint32(18).string(v!);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
     }
     return writer;
   },
@@ -1718,6 +1820,14 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
             message.migrationIds.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1738,6 +1848,7 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
         : globalThis.Array.isArray(object?.migration_ids)
         ? object.migration_ids.map((e: any) => globalThis.String(e))
         : [],
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
     };
   },
 
@@ -1749,6 +1860,9 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
     if (message.migrationIds?.length) {
       obj.migrationIds = message.migrationIds;
     }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
     return obj;
   },
 
@@ -1759,6 +1873,147 @@ export const ApplyPlanResponse: MessageFns<ApplyPlanResponse> = {
     const message = createBaseApplyPlanResponse();
     message.plan = (object.plan !== undefined && object.plan !== null) ? Plan.fromPartial(object.plan) : undefined;
     message.migrationIds = object.migrationIds?.map((e) => e) || [];
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseGetPlanRequest(): GetPlanRequest {
+  return { planId: "" };
+}
+
+export const GetPlanRequest: MessageFns<GetPlanRequest> = {
+  encode(message: GetPlanRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.planId !== "") {
+      writer.uint32(10).string(message.planId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPlanRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPlanRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.planId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPlanRequest {
+    return {
+      planId: isSet(object.planId)
+        ? globalThis.String(object.planId)
+        : isSet(object.plan_id)
+        ? globalThis.String(object.plan_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetPlanRequest): unknown {
+    const obj: any = {};
+    if (message.planId !== "") {
+      obj.planId = message.planId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetPlanRequest>, I>>(base?: I): GetPlanRequest {
+    return GetPlanRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetPlanRequest>, I>>(object: I): GetPlanRequest {
+    const message = createBaseGetPlanRequest();
+    message.planId = object.planId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetPlanResponse(): GetPlanResponse {
+  return { plan: undefined };
+}
+
+export const GetPlanResponse: MessageFns<GetPlanResponse> = {
+  encode(message: GetPlanResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.plan !== undefined) {
+      Plan.encode(message.plan, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetPlanResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetPlanResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.plan = Plan.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetPlanResponse {
+    return { plan: isSet(object.plan) ? Plan.fromJSON(object.plan) : undefined };
+  },
+
+  toJSON(message: GetPlanResponse): unknown {
+    const obj: any = {};
+    if (message.plan !== undefined) {
+      obj.plan = Plan.toJSON(message.plan);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetPlanResponse>, I>>(base?: I): GetPlanResponse {
+    return GetPlanResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetPlanResponse>, I>>(object: I): GetPlanResponse {
+    const message = createBaseGetPlanResponse();
+    message.plan = (object.plan !== undefined && object.plan !== null) ? Plan.fromPartial(object.plan) : undefined;
     return message;
   },
 };
@@ -1886,8 +2141,9 @@ export const WatchDecisionsResponse: MessageFns<WatchDecisionsResponse> = {
  * PlacementService computes consolidation plans (which VM goes where, which hosts can
  * sleep or must wake) with the same policy code the trace-driven simulator scores. Load
  * comes from ReportLoad or from host agents writing the same records to the Store (key
- * layout: services/placement/README.md). There is no control-plane yet: ApplyPlan records
- * the plan as accepted and publishes it for the control-plane to execute.
+ * layout: services/placement/README.md). Given a control-plane, ApplyPlan carries the plan
+ * out through it (MigrateVm per move, then SetHostAsleep); without one it only records and
+ * publishes the plan as accepted.
  */
 export type PlacementServiceService = typeof PlacementServiceService;
 export const PlacementServiceService = {
@@ -1921,7 +2177,10 @@ export const PlacementServiceService = {
     responseSerialize: (value: ComputePlanResponse): Buffer => Buffer.from(ComputePlanResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ComputePlanResponse => ComputePlanResponse.decode(value),
   },
-  /** Marks a stored plan accepted and publishes it for the control-plane. */
+  /**
+   * Accepts a stored plan; with a control-plane, starts its migrations (the plan then moves
+   * to applying, and applied or failed as they end). Returns once the moves are started.
+   */
   applyPlan: {
     path: "/vmhop.v1.PlacementService/ApplyPlan" as const,
     requestStream: false as const,
@@ -1930,6 +2189,16 @@ export const PlacementServiceService = {
     requestDeserialize: (value: Buffer): ApplyPlanRequest => ApplyPlanRequest.decode(value),
     responseSerialize: (value: ApplyPlanResponse): Buffer => Buffer.from(ApplyPlanResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ApplyPlanResponse => ApplyPlanResponse.decode(value),
+  },
+  /** A stored plan, with each move's progress. */
+  getPlan: {
+    path: "/vmhop.v1.PlacementService/GetPlan" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetPlanRequest): Buffer => Buffer.from(GetPlanRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetPlanRequest => GetPlanRequest.decode(value),
+    responseSerialize: (value: GetPlanResponse): Buffer => Buffer.from(GetPlanResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetPlanResponse => GetPlanResponse.decode(value),
   },
   /** Streams plans as they are computed and accepted. */
   watchDecisions: {
@@ -1951,8 +2220,13 @@ export interface PlacementServiceServer extends UntypedServiceImplementation {
   reportLoad: handleUnaryCall<ReportLoadRequest, ReportLoadResponse>;
   /** Plans from the load in the Store; the plan is stored and published, not applied. */
   computePlan: handleUnaryCall<ComputePlanRequest, ComputePlanResponse>;
-  /** Marks a stored plan accepted and publishes it for the control-plane. */
+  /**
+   * Accepts a stored plan; with a control-plane, starts its migrations (the plan then moves
+   * to applying, and applied or failed as they end). Returns once the moves are started.
+   */
   applyPlan: handleUnaryCall<ApplyPlanRequest, ApplyPlanResponse>;
+  /** A stored plan, with each move's progress. */
+  getPlan: handleUnaryCall<GetPlanRequest, GetPlanResponse>;
   /** Streams plans as they are computed and accepted. */
   watchDecisions: handleServerStreamingCall<WatchDecisionsRequest, WatchDecisionsResponse>;
 }
@@ -2005,7 +2279,10 @@ export interface PlacementServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ComputePlanResponse) => void,
   ): ClientUnaryCall;
-  /** Marks a stored plan accepted and publishes it for the control-plane. */
+  /**
+   * Accepts a stored plan; with a control-plane, starts its migrations (the plan then moves
+   * to applying, and applied or failed as they end). Returns once the moves are started.
+   */
   applyPlan(
     request: ApplyPlanRequest,
     callback: (error: ServiceError | null, response: ApplyPlanResponse) => void,
@@ -2020,6 +2297,22 @@ export interface PlacementServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ApplyPlanResponse) => void,
+  ): ClientUnaryCall;
+  /** A stored plan, with each move's progress. */
+  getPlan(
+    request: GetPlanRequest,
+    callback: (error: ServiceError | null, response: GetPlanResponse) => void,
+  ): ClientUnaryCall;
+  getPlan(
+    request: GetPlanRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetPlanResponse) => void,
+  ): ClientUnaryCall;
+  getPlan(
+    request: GetPlanRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetPlanResponse) => void,
   ): ClientUnaryCall;
   /** Streams plans as they are computed and accepted. */
   watchDecisions(
