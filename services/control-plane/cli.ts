@@ -1,5 +1,189 @@
-import { CliError } from "../cli/errors.js";
+// `vmhop control …`: serve the control-plane, or talk to a running one.
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CliError("this command is not implemented yet");
+import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
+import { CliError } from "../cli/errors.js";
+import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { ControlClient, DEFAULT_CONTROL_GRPC } from "./client.js";
+import { serve, serveSpecs } from "./serve.js";
+
+const USAGE = `usage: vmhop control <command>
+
+commands:
+  serve [--grpc 127.0.0.1:7405] [--store redis://HOST:PORT]
+           the gRPC ControlPlaneService (vmhop control serve --help for every option)
+  hosts                                  list registered hosts
+  register-host HOST_ID PAGE_ADDR [--site S]   add or update a host (its page-server gRPC address)
+  vms [--host HOST_ID]                   list VMs with their host and live state
+  migrate VM_ID DEST_HOST_ID [--mode postcopy|precopy|hybrid|auto] [--request-id ID] [--no-wait]
+           migrate a VM; waits until the migration is final unless --no-wait
+  migrations [VM_ID]                     list migrations, newest first
+  cancel MIGRATION_ID                    cancel a migration before its switch-over
+
+every command but serve takes --server HOST:PORT (default ${DEFAULT_CONTROL_GRPC}) and --json`;
+
+const clientSpecs = {
+  server: {
+    type: "string",
+    default: DEFAULT_CONTROL_GRPC,
+    describe: "control-plane gRPC address",
+    env: "VMHOP_CONTROL",
+  },
+  json: { type: "boolean", default: false, describe: "print JSON" },
+  site: { type: "string", default: "", describe: "register-host: the host's site" },
+  host: { type: "string", default: "", describe: "vms: only this host's VMs" },
+  mode: { type: "string", default: "postcopy", describe: "migrate: postcopy | precopy | hybrid | auto" },
+  "request-id": { type: "string", default: "", describe: "migrate: idempotency key" },
+  "no-wait": { type: "boolean", default: false, describe: "migrate: return once the migration is recorded" },
+  help: { type: "boolean", short: "h", describe: "show this help" },
+} satisfies OptionSpecs;
+
+const MODES: Record<string, MigrationMode> = {
+  postcopy: MigrationMode.MIGRATION_MODE_POSTCOPY,
+  precopy: MigrationMode.MIGRATION_MODE_PRECOPY,
+  hybrid: MigrationMode.MIGRATION_MODE_HYBRID,
+  auto: MigrationMode.MIGRATION_MODE_AUTO,
+};
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows
+    .map((r) =>
+      r
+        .map((v, i) => v.padEnd(w[i]))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
+}
+
+function args(n: number, got: string[], usage: string): string[] {
+  if (got.length !== n) throw new CliError(`usage: vmhop control ${usage}`);
+  return got;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
+    console.log(USAGE);
+    return cmd ? 0 : 2;
+  }
+  try {
+    if (cmd === "serve") return await serve(parseConfig(serveSpecs, rest));
+    const o = parseConfig(clientSpecs, rest);
+    if (o.help) {
+      console.log(helpText(USAGE, clientSpecs));
+      return 0;
+    }
+    const c = new ControlClient(o.server!);
+    try {
+      return await verb(c, cmd, o._, o);
+    } catch (err) {
+      if (err instanceof CliError) throw err;
+      const e = err as { details?: string; message: string };
+      throw new CliError(`control-plane ${o.server}: ${e.details || e.message}`, 1);
+    } finally {
+      c.close();
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) throw new CliError(`${err.message}\n\n${USAGE}`);
+    throw err;
+  }
+}
+
+async function verb(
+  c: ControlClient,
+  cmd: string,
+  pos: string[],
+  o: {
+    json?: boolean;
+    site?: string;
+    host?: string;
+    mode?: string;
+    "request-id"?: string;
+    "no-wait"?: boolean;
+  },
+): Promise<number> {
+  const out = (json: unknown, text: () => string) => console.log(o.json ? JSON.stringify(json) : text());
+  switch (cmd) {
+    case "hosts": {
+      const hosts = await c.listHosts();
+      out(hosts, () =>
+        table([
+          ["HOST", "SITE", "PAGE-SERVER", "ASLEEP"],
+          ...hosts.map((h) => [h.hostId, h.site, h.pageServerAddress, String(h.asleep)]),
+        ]),
+      );
+      return 0;
+    }
+    case "register-host": {
+      const [hostId, page] = args(2, pos, "register-host HOST_ID PAGE_ADDR [--site S]");
+      const h = await c.registerHost({
+        hostId,
+        site: o.site ?? "",
+        pageServerAddress: page,
+        blockServerAddress: "",
+        blockNbdAddress: "",
+        cpus: 0,
+        memoryMib: 0,
+        asleep: false,
+      });
+      out(h, () => `registered ${h.hostId} (page-server ${h.pageServerAddress})`);
+      return 0;
+    }
+    case "vms": {
+      const vms = await c.listVms(o.host);
+      out(vms, () =>
+        table([
+          ["VM", "HOST", "STATE", "MIGRATION", "FENCE"],
+          ...vms.map((v) => [
+            v.vm?.spec?.vmId ?? "",
+            v.hostId,
+            VmState[v.vm?.state ?? 0].replace("VM_STATE_", "").toLowerCase(),
+            v.migrationId,
+            String(v.fencingToken),
+          ]),
+        ]),
+      );
+      return 0;
+    }
+    case "migrate": {
+      const [vmId, dest] = args(
+        2,
+        pos,
+        "migrate VM_ID DEST_HOST_ID [--mode M] [--request-id ID] [--no-wait]",
+      );
+      const mode = MODES[o.mode ?? "postcopy"];
+      if (mode === undefined) throw new CliError(`--mode must be one of ${Object.keys(MODES).join(", ")}`);
+      let m = await c.migrateVm({ vmId, destinationHostId: dest, mode, requestId: o["request-id"] ?? "" });
+      if (!o["no-wait"]) {
+        m = await c.waitForMigration(m.migrationId, (u) => {
+          if (!o.json) console.error(`${u.migrationId} ${u.state}`);
+        });
+      }
+      out(
+        m,
+        () =>
+          `${m.migrationId} ${m.vmId} ${m.sourceHostId} → ${m.destinationHostId}: ${m.state}${m.error ? ` (${m.error})` : ""}`,
+      );
+      return m.state === "failed" || m.state === "cancelled" ? 1 : 0;
+    }
+    case "migrations": {
+      const ms = await c.listMigrations(pos[0] ?? "");
+      out(ms, () =>
+        table([
+          ["MIGRATION", "VM", "FROM", "TO", "STATE", "ERROR"],
+          ...ms.map((m) => [m.migrationId, m.vmId, m.sourceHostId, m.destinationHostId, m.state, m.error]),
+        ]),
+      );
+      return 0;
+    }
+    case "cancel": {
+      const [id] = args(1, pos, "cancel MIGRATION_ID");
+      const m = await c.cancelMigration(id);
+      out(m, () => `${m.migrationId}: ${m.state}`);
+      return 0;
+    }
+    default:
+      throw new CliError(`unknown control command '${cmd}'\n\n${USAGE}`);
+  }
 }

@@ -1,0 +1,117 @@
+// A ControlPlaneService client as promises: for the CLI verbs and the placement service.
+import * as grpc from "@grpc/grpc-js";
+import {
+  type ClusterVm,
+  ControlPlaneServiceClient,
+  type Host,
+  type MigrateVmRequest,
+  type Migration,
+  type WatchMigrationsResponse,
+} from "../../gen/vmhop/v1/control.js";
+import type { Vm, VmSpec } from "../../gen/vmhop/v1/page.js";
+import { isFinal, type MigrationState } from "./states.js";
+
+type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+
+export const DEFAULT_CONTROL_GRPC = "127.0.0.1:7405";
+
+export class ControlClient {
+  private readonly client: ControlPlaneServiceClient;
+
+  constructor(
+    readonly address: string,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.client = new ControlPlaneServiceClient(address, grpc.credentials.createInsecure(), {
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 2000,
+    });
+  }
+
+  private call<Res>(fn: (m: grpc.Metadata, o: grpc.CallOptions, cb: Callback<Res>) => unknown): Promise<Res> {
+    return new Promise((resolve, reject) =>
+      fn(new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (err, res) =>
+        err ? reject(err) : resolve(res),
+      ),
+    );
+  }
+
+  async registerHost(host: Host): Promise<Host> {
+    return (await this.call<{ host?: Host }>((m, o, cb) => this.client.registerHost({ host }, m, o, cb)))
+      .host!;
+  }
+
+  async listHosts(): Promise<Host[]> {
+    return (await this.call<{ hosts: Host[] }>((m, o, cb) => this.client.listHosts({}, m, o, cb))).hosts;
+  }
+
+  async setHostAsleep(hostId: string, asleep: boolean): Promise<Host> {
+    return (
+      await this.call<{ host?: Host }>((m, o, cb) => this.client.setHostAsleep({ hostId, asleep }, m, o, cb))
+    ).host!;
+  }
+
+  async createVm(spec: VmSpec, hostId: string): Promise<Vm> {
+    return (await this.call<{ vm?: Vm }>((m, o, cb) => this.client.createVm({ spec, hostId }, m, o, cb))).vm!;
+  }
+
+  async getVm(vmId: string): Promise<ClusterVm> {
+    return (await this.call<{ vm?: ClusterVm }>((m, o, cb) => this.client.getVm({ vmId }, m, o, cb))).vm!;
+  }
+
+  async listVms(hostId = ""): Promise<ClusterVm[]> {
+    return (await this.call<{ vms: ClusterVm[] }>((m, o, cb) => this.client.listVms({ hostId }, m, o, cb)))
+      .vms;
+  }
+
+  async migrateVm(req: MigrateVmRequest): Promise<Migration> {
+    return (await this.call<{ migration?: Migration }>((m, o, cb) => this.client.migrateVm(req, m, o, cb)))
+      .migration!;
+  }
+
+  async getMigration(migrationId: string): Promise<Migration> {
+    return (
+      await this.call<{ migration?: Migration }>((m, o, cb) =>
+        this.client.getMigration({ migrationId }, m, o, cb),
+      )
+    ).migration!;
+  }
+
+  async listMigrations(vmId = ""): Promise<Migration[]> {
+    return (
+      await this.call<{ migrations: Migration[] }>((m, o, cb) =>
+        this.client.listMigrations({ vmId }, m, o, cb),
+      )
+    ).migrations;
+  }
+
+  async cancelMigration(migrationId: string): Promise<Migration> {
+    return (
+      await this.call<{ migration?: Migration }>((m, o, cb) =>
+        this.client.cancelMigration({ migrationId }, m, o, cb),
+      )
+    ).migration!;
+  }
+
+  /** Follows one migration until it is final (done, failed or cancelled); onUpdate sees each record. */
+  waitForMigration(migrationId: string, onUpdate: (m: Migration) => void = () => {}): Promise<Migration> {
+    return new Promise((resolve, reject) => {
+      let last: Migration | undefined;
+      const stream = this.client.watchMigrations({ migrationId });
+      stream.on("data", (r: WatchMigrationsResponse) => {
+        last = r.migration!;
+        onUpdate(last);
+      });
+      stream.on("error", reject);
+      stream.on("end", () =>
+        last && isFinal(last.state as MigrationState)
+          ? resolve(last)
+          : reject(new Error(`control-plane ${this.address}: watch of ${migrationId} ended early`)),
+      );
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,337 @@
+// The control-plane without gRPC: host and VM registries and migrations, durable in the
+// Store, carried out by the hosts' page-servers. grpc.ts maps its ControlError to statuses.
+import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { type Logger, silentLogger } from "../common/log.js";
+import type { Store, Unsubscribe } from "../common/store/index.js";
+import { Executor } from "./executor.js";
+import { PageServerError, PageServers } from "./page-client.js";
+import {
+  ConflictError,
+  type HostRecord,
+  KEYS,
+  type MigrationRecord,
+  readJson,
+  scanJson,
+  transition,
+  update,
+  type VmRecord,
+} from "./records.js";
+import { isFinal, pastSwitch, TransitionError } from "./states.js";
+
+export class ControlError extends Error {
+  constructor(
+    readonly kind: "invalid" | "not-found" | "exists" | "precondition" | "unavailable",
+    message: string,
+  ) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+export interface MigrateRequest {
+  vmId: string;
+  destinationHostId: string;
+  mode?: MigrationMode;
+  requestId?: string;
+}
+
+/** A VM as the registry knows it, with the page-server's live view when it answers. */
+export interface ClusterVmView {
+  record: VmRecord;
+  vm: Vm;
+}
+
+const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+function checkId(what: string, id: string): void {
+  if (!ID.test(id))
+    throw new ControlError(
+      "invalid",
+      `${what} must be 1-63 letters, digits, '.', '_' or '-', got ${JSON.stringify(id)}`,
+    );
+}
+
+export class ControlPlane {
+  private readonly pages = new PageServers();
+  private readonly executor: Executor;
+
+  constructor(
+    readonly store: Store,
+    private readonly opts: { log?: Logger; reachMs?: number } = {},
+  ) {
+    this.executor = new Executor(store, this.pages, opts.log ?? silentLogger);
+  }
+
+  /** Resumes every migration a previous control-plane left unfinished. */
+  async open(): Promise<string[]> {
+    const open = (await this.listMigrations()).filter((m) => !isFinal(m.state));
+    for (const m of open) this.executor.drive(m.migration_id);
+    return open.map((m) => m.migration_id);
+  }
+
+  /** Stops driving migrations (they stay as recorded, for the next control-plane). */
+  close(): void {
+    this.executor.close();
+    this.pages.close();
+  }
+
+  /** Resolves when no migration driver runs. */
+  idle(): Promise<void> {
+    return this.executor.idle();
+  }
+
+  async registerHost(h: HostRecord): Promise<HostRecord> {
+    checkId("host_id", h.host_id);
+    if (!h.page_server_address) throw new ControlError("invalid", "page_server_address is required");
+    await this.store.set(KEYS.host(h.host_id), JSON.stringify(h));
+    return h;
+  }
+
+  async host(hostId: string): Promise<HostRecord> {
+    if (!hostId) throw new ControlError("invalid", "host_id is required");
+    const h = await readJson<HostRecord>(this.store, KEYS.host(hostId));
+    if (!h) throw new ControlError("not-found", `unknown host ${hostId}`);
+    return h.value;
+  }
+
+  listHosts(): Promise<HostRecord[]> {
+    return scanJson<HostRecord>(this.store, KEYS.hostPrefix);
+  }
+
+  /** Bookkeeping only (no power control): refused while VMs are on the host or moving to it. */
+  async setHostAsleep(hostId: string, asleep: boolean): Promise<HostRecord> {
+    await this.host(hostId);
+    if (asleep) {
+      const on = (await this.listVmRecords()).filter((v) => v.host_id === hostId).map((v) => v.vm_id);
+      const incoming = (await this.listMigrations())
+        .filter((m) => !isFinal(m.state) && m.destination_host_id === hostId)
+        .map((m) => m.vm_id);
+      if (on.length + incoming.length > 0)
+        throw new ControlError(
+          "precondition",
+          `host ${hostId} still has VMs (${[...on, ...incoming].join(", ")}): it cannot be recorded asleep`,
+        );
+    }
+    return update<HostRecord>(this.store, KEYS.host(hostId), (cur) => {
+      if (!cur) throw new ControlError("not-found", `unknown host ${hostId}`);
+      return { ...cur, asleep };
+    });
+  }
+
+  private async reachable(h: HostRecord) {
+    const ps = this.pages.get(h.page_server_address);
+    try {
+      await ps.reachable(this.opts.reachMs ?? 3000);
+    } catch (err) {
+      throw new ControlError("unavailable", `host ${h.host_id}: ${(err as Error).message}`);
+    }
+    return ps;
+  }
+
+  /** Defines and starts the VM on the host's page-server, then records it. */
+  async createVm(spec: VmSpec | undefined, hostId: string): Promise<ClusterVmView> {
+    if (!spec) throw new ControlError("invalid", "spec is required");
+    checkId("vm_id", spec.vmId);
+    const host = await this.host(hostId);
+    if (host.asleep) throw new ControlError("precondition", `host ${hostId} is asleep`);
+    const ps = await this.reachable(host);
+    const record: VmRecord = {
+      vm_id: spec.vmId,
+      spec: VmSpec.toJSON(spec) as Record<string, unknown>,
+      host_id: hostId,
+      // Held by "create" until QEMU runs, so no migration starts meanwhile.
+      migration_id: "create",
+      fencing_token: 0,
+    };
+    const raw = JSON.stringify(record);
+    if (!(await this.store.compareAndSet(KEYS.vm(spec.vmId), null, raw)))
+      throw new ControlError("exists", `VM ${spec.vmId} already exists`);
+    try {
+      await ps.define(spec);
+      const vm = await ps.start(spec.vmId);
+      const created = { ...record, migration_id: "" };
+      await this.store.set(KEYS.vm(spec.vmId), JSON.stringify(created));
+      return { record: created, vm };
+    } catch (err) {
+      await this.store.compareAndDelete(KEYS.vm(spec.vmId), raw);
+      if (err instanceof PageServerError)
+        throw new ControlError("unavailable", `creating VM ${spec.vmId} on ${hostId}: ${err.message}`);
+      throw err;
+    }
+  }
+
+  private async vmRecord(vmId: string): Promise<VmRecord> {
+    if (!vmId) throw new ControlError("invalid", "vm_id is required");
+    const v = await readJson<VmRecord>(this.store, KEYS.vm(vmId));
+    if (!v) throw new ControlError("not-found", `unknown VM ${vmId}`);
+    return v.value;
+  }
+
+  private listVmRecords(): Promise<VmRecord[]> {
+    return scanJson<VmRecord>(this.store, KEYS.vmPrefix);
+  }
+
+  /** The registry's record plus the page-server's view (state UNSPECIFIED, last_error set, when it does not answer). */
+  private async view(record: VmRecord): Promise<ClusterVmView> {
+    const spec = VmSpec.fromJSON(record.spec);
+    const offline = (why: string): Vm => ({
+      spec,
+      state: VmState.VM_STATE_UNSPECIFIED,
+      qemuPid: 0,
+      serialLogPath: "",
+      lastError: why,
+    });
+    const host = await readJson<HostRecord>(this.store, KEYS.host(record.host_id));
+    if (!host) return { record, vm: offline(`host ${record.host_id} is not registered`) };
+    try {
+      return { record, vm: await this.pages.get(host.value.page_server_address).inspect(record.vm_id) };
+    } catch (err) {
+      return { record, vm: offline((err as Error).message) };
+    }
+  }
+
+  async getVm(vmId: string): Promise<ClusterVmView> {
+    return this.view(await this.vmRecord(vmId));
+  }
+
+  async listVms(hostId = ""): Promise<ClusterVmView[]> {
+    const records = (await this.listVmRecords()).filter((v) => !hostId || v.host_id === hostId);
+    return Promise.all(records.map((r) => this.view(r)));
+  }
+
+  /**
+   * Records a migration as pending and starts it in the background. Checks first what can be
+   * checked now (VM, hosts, both page-servers reachable); `requestId` makes a retry idempotent.
+   */
+  async migrateVm(req: MigrateRequest): Promise<MigrationRecord> {
+    if (req.requestId) {
+      const prior = await this.byRequest(req);
+      if (prior) return prior;
+    }
+    const vm = await this.vmRecord(req.vmId);
+    const dst = await this.host(req.destinationHostId);
+    if (vm.host_id === dst.host_id)
+      throw new ControlError("invalid", `VM ${vm.vm_id} already runs on host ${dst.host_id}`);
+    if (dst.asleep) throw new ControlError("precondition", `destination host ${dst.host_id} is asleep`);
+    if (vm.migration_id) throw busy(vm);
+    const src = await this.host(vm.host_id);
+    await this.reachable(src);
+    await this.reachable(dst);
+    const mode = req.mode || MigrationMode.MIGRATION_MODE_POSTCOPY;
+    const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
+    if (req.requestId && !(await this.store.compareAndSet(KEYS.request(req.requestId), null, id))) {
+      const prior = await this.byRequest(req);
+      if (prior) return prior;
+    }
+    // The per-VM lock and the fence in one compare-and-set on the VM record.
+    let claimed: VmRecord;
+    try {
+      claimed = await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) => {
+        if (!cur) throw new ControlError("not-found", `unknown VM ${vm.vm_id}`);
+        if (cur.migration_id) throw busy(cur);
+        if (cur.host_id !== src.host_id)
+          throw new ControlError("precondition", `VM ${vm.vm_id} moved to ${cur.host_id} meanwhile`);
+        return { ...cur, migration_id: id, fencing_token: cur.fencing_token + 1 };
+      });
+    } catch (err) {
+      if (req.requestId) await this.store.compareAndDelete(KEYS.request(req.requestId), id);
+      throw err;
+    }
+    const now = Date.now();
+    const rec: MigrationRecord = {
+      migration_id: id,
+      request_id: req.requestId ?? "",
+      vm_id: vm.vm_id,
+      source_host_id: src.host_id,
+      destination_host_id: dst.host_id,
+      mode,
+      state: "pending",
+      fencing_token: claimed.fencing_token,
+      error: "",
+      bytes_sent: 0,
+      downtime_ms: 0,
+      created_unix_ms: now,
+      updated_unix_ms: now,
+    };
+    await this.store.set(KEYS.migration(id), JSON.stringify(rec));
+    await this.store.publish(KEYS.migrations, JSON.stringify(rec));
+    this.executor.drive(id);
+    return rec;
+  }
+
+  private async byRequest(req: MigrateRequest): Promise<MigrationRecord | undefined> {
+    const id = await this.store.get(KEYS.request(req.requestId!));
+    if (!id) return undefined;
+    const m = await this.getMigration(id);
+    if (m.vm_id !== req.vmId || m.destination_host_id !== req.destinationHostId)
+      throw new ControlError(
+        "invalid",
+        `request_id ${req.requestId} was used for migration ${id} of VM ${m.vm_id} to ${m.destination_host_id}`,
+      );
+    return m;
+  }
+
+  async getMigration(id: string): Promise<MigrationRecord> {
+    if (!id) throw new ControlError("invalid", "migration_id is required");
+    const m = await readJson<MigrationRecord>(this.store, KEYS.migration(id));
+    if (!m) throw new ControlError("not-found", `unknown migration ${id}`);
+    return m.value;
+  }
+
+  /** Newest first. */
+  async listMigrations(vmId = ""): Promise<MigrationRecord[]> {
+    const all = await scanJson<MigrationRecord>(this.store, KEYS.migrationPrefix);
+    return all.filter((m) => !vmId || m.vm_id === vmId).sort((a, b) => b.created_unix_ms - a.created_unix_ms);
+  }
+
+  /** Before the switch only: the source aborts, the VM keeps running there. */
+  async cancelMigration(id: string): Promise<MigrationRecord> {
+    const m = await this.getMigration(id);
+    if (isFinal(m.state)) return m;
+    if (pastSwitch(m.state))
+      throw new ControlError(
+        "precondition",
+        `migration ${id} is ${m.state}: past the switch-over, it cannot be cancelled`,
+      );
+    if (m.state === "migrating") {
+      const src = await this.host(m.source_host_id);
+      try {
+        await this.pages.get(src.page_server_address).abortMigration(id);
+      } catch (err) {
+        throw new ControlError(
+          "precondition",
+          `migration ${id} cannot be cancelled: ${(err as Error).message}`,
+        );
+      }
+    }
+    try {
+      return await transition(this.store, id, "cancel", { error: "cancelled on request" });
+    } catch (err) {
+      if (err instanceof TransitionError)
+        throw new ControlError(
+          "precondition",
+          `migration ${id} moved on to ${err.from}: it cannot be cancelled`,
+        );
+      throw err;
+    }
+  }
+
+  /** Calls onRecord for each migration transition (of `migrationId`, or all). */
+  watch(migrationId: string, onRecord: (m: MigrationRecord) => void): Promise<Unsubscribe> {
+    return this.store.subscribe(KEYS.migrations, (msg) => {
+      const m = JSON.parse(msg) as MigrationRecord;
+      if (!migrationId || m.migration_id === migrationId) onRecord(m);
+    });
+  }
+}
+
+function busy(vm: VmRecord): ControlError {
+  return new ControlError(
+    "precondition",
+    vm.migration_id === "create"
+      ? `VM ${vm.vm_id} is still being created`
+      : `VM ${vm.vm_id} is already migrating (${vm.migration_id}): one migration per VM at a time`,
+  );
+}
+
+export { ConflictError };

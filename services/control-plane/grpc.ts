@@ -1,0 +1,163 @@
+// gRPC ControlPlaneService over a ControlPlane: records to messages, errors to statuses.
+import * as grpc from "@grpc/grpc-js";
+import {
+  type ClusterVm,
+  type ControlPlaneServiceServer,
+  ControlPlaneServiceService,
+  type Host,
+  type Migration,
+  type WatchMigrationsRequest,
+  type WatchMigrationsResponse,
+} from "../../gen/vmhop/v1/control.js";
+import { RpcError, type ServiceRegistration, unary } from "../common/grpc/server.js";
+import type { Logger } from "../common/log.js";
+import { StoreError } from "../common/store/index.js";
+import { type ClusterVmView, ControlError, type ControlPlane } from "./control-plane.js";
+import type { HostRecord, MigrationRecord } from "./records.js";
+import { isFinal } from "./states.js";
+
+const codes: Record<ControlError["kind"], grpc.status> = {
+  invalid: grpc.status.INVALID_ARGUMENT,
+  "not-found": grpc.status.NOT_FOUND,
+  exists: grpc.status.ALREADY_EXISTS,
+  precondition: grpc.status.FAILED_PRECONDITION,
+  unavailable: grpc.status.UNAVAILABLE,
+};
+
+function toRpcError(err: unknown): unknown {
+  if (err instanceof ControlError) return new RpcError(codes[err.kind], err.message);
+  if (err instanceof StoreError) return new RpcError(grpc.status.UNAVAILABLE, err.message);
+  return err;
+}
+
+export function hostToPb(h: HostRecord): Host {
+  return {
+    hostId: h.host_id,
+    site: h.site,
+    pageServerAddress: h.page_server_address,
+    blockServerAddress: h.block_server_address,
+    blockNbdAddress: h.block_nbd_address,
+    cpus: h.cpus,
+    memoryMib: h.memory_mib,
+    asleep: h.asleep,
+  };
+}
+
+export function hostFromPb(h: Host | undefined): HostRecord {
+  if (!h) throw new ControlError("invalid", "host is required");
+  return {
+    host_id: h.hostId,
+    site: h.site,
+    page_server_address: h.pageServerAddress,
+    block_server_address: h.blockServerAddress,
+    block_nbd_address: h.blockNbdAddress,
+    cpus: h.cpus,
+    memory_mib: h.memoryMib,
+    asleep: h.asleep,
+  };
+}
+
+function vmToPb(v: ClusterVmView): ClusterVm {
+  return {
+    vm: v.vm,
+    hostId: v.record.host_id,
+    // "create" is the registry's own hold while a VM starts, not a migration.
+    migrationId: v.record.migration_id === "create" ? "" : v.record.migration_id,
+    fencingToken: v.record.fencing_token,
+  };
+}
+
+export function migrationToPb(m: MigrationRecord): Migration {
+  return {
+    migrationId: m.migration_id,
+    vmId: m.vm_id,
+    sourceHostId: m.source_host_id,
+    destinationHostId: m.destination_host_id,
+    mode: m.mode,
+    state: m.state,
+    fencingToken: m.fencing_token,
+    error: m.error,
+    createdUnixMs: m.created_unix_ms,
+    updatedUnixMs: m.updated_unix_ms,
+    requestId: m.request_id,
+    bytesSent: m.bytes_sent,
+    downtimeMs: m.downtime_ms,
+  };
+}
+
+export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegistration {
+  const u = <Req, Res>(fn: (req: Req) => Promise<Res>) => unary<Req, Res>(fn, toRpcError);
+  const impl: ControlPlaneServiceServer = {
+    registerHost: u(async (req) => {
+      const h = await cp.registerHost(hostFromPb(req.host));
+      log.info("host registered", { host: h.host_id, page: h.page_server_address });
+      return { host: hostToPb(h) };
+    }),
+    listHosts: u(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
+    setHostAsleep: u(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
+    createVm: u(async (req) => {
+      const v = await cp.createVm(req.spec, req.hostId);
+      log.info("VM created", { vm: v.record.vm_id, host: v.record.host_id });
+      return { vm: v.vm, hostId: v.record.host_id };
+    }),
+    getVm: u(async (req) => ({ vm: vmToPb(await cp.getVm(req.vmId)) })),
+    listVms: u(async (req) => ({ vms: (await cp.listVms(req.hostId)).map(vmToPb) })),
+    migrateVm: u(async (req) => {
+      const m = await cp.migrateVm({
+        vmId: req.vmId,
+        destinationHostId: req.destinationHostId,
+        mode: req.mode,
+        requestId: req.requestId,
+      });
+      return { migration: migrationToPb(m) };
+    }),
+    getMigration: u(async (req) => ({ migration: migrationToPb(await cp.getMigration(req.migrationId)) })),
+    listMigrations: u(async (req) => ({
+      migrations: (await cp.listMigrations(req.vmId)).map(migrationToPb),
+    })),
+    cancelMigration: u(async (req) => ({
+      migration: migrationToPb(await cp.cancelMigration(req.migrationId)),
+    })),
+    watchMigrations: (call: grpc.ServerWritableStream<WatchMigrationsRequest, WatchMigrationsResponse>) => {
+      const id = call.request.migrationId;
+      let unsubscribe: (() => Promise<void>) | undefined;
+      let done = false;
+      const end = () => {
+        if (done) return;
+        done = true;
+        unsubscribe?.().catch(() => {});
+      };
+      const send = (m: MigrationRecord) => {
+        if (done) return;
+        call.write({ migration: migrationToPb(m) });
+        if (id && isFinal(m.state)) {
+          end();
+          call.end();
+        }
+      };
+      call.on("cancelled", end);
+      call.on("close", end);
+      cp.watch(id, send).then(
+        async (u) => {
+          unsubscribe = u;
+          if (done) return end();
+          // Subscribed first, then the current record: no transition falls in between unseen.
+          if (id) {
+            try {
+              send(await cp.getMigration(id));
+            } catch (err) {
+              end();
+              call.destroy(Object.assign(new Error((err as Error).message), { code: grpc.status.NOT_FOUND }));
+            }
+          } else call.sendMetadata(new grpc.Metadata());
+        },
+        (err) => call.destroy(Object.assign(err as Error, { code: grpc.status.UNAVAILABLE })),
+      );
+    },
+  };
+  return {
+    name: "vmhop.v1.ControlPlaneService",
+    definition: ControlPlaneServiceService,
+    implementation: impl as unknown as grpc.UntypedServiceImplementation,
+  };
+}

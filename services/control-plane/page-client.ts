@@ -1,0 +1,202 @@
+// The control-plane's handle on one host's page-server (gRPC PageService), as promises.
+import * as grpc from "@grpc/grpc-js";
+import {
+  type MigrationMode,
+  PageServiceClient,
+  type Vm,
+  type VmSpec,
+  type WatchMigrationResponse,
+} from "../../gen/vmhop/v1/page.js";
+
+// Reconnect soon after a page-server restarts (grpc-js backs off up to 120 s by default).
+const CHANNEL = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 2000 };
+
+type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+
+export class PageServerError extends Error {
+  constructor(
+    readonly address: string,
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+    this.name = "PageServerError";
+  }
+}
+
+export class PageServer {
+  private readonly client: PageServiceClient;
+
+  constructor(
+    readonly address: string,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.client = new PageServiceClient(address, grpc.credentials.createInsecure(), CHANNEL);
+  }
+
+  private call<Res>(what: string, fn: (o: grpc.CallOptions, cb: Callback<Res>) => unknown): Promise<Res> {
+    return new Promise<Res>((resolve, reject) =>
+      fn({ deadline: Date.now() + this.timeoutMs }, (err, res) =>
+        err
+          ? reject(
+              new PageServerError(
+                this.address,
+                err.code,
+                `page-server ${this.address}: ${what}: ${err.details || err.message}`,
+              ),
+            )
+          : resolve(res),
+      ),
+    );
+  }
+
+  /** Resolves once the page-server answers (its channel is ready), or rejects after ms. */
+  reachable(ms: number): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client.waitForReady(Date.now() + ms, (err) =>
+        err
+          ? reject(
+              new PageServerError(
+                this.address,
+                grpc.status.UNAVAILABLE,
+                `page-server ${this.address} is unreachable: ${err.message}`,
+              ),
+            )
+          : resolve(),
+      ),
+    );
+  }
+
+  async define(spec: VmSpec): Promise<Vm> {
+    return (
+      await this.call<{ vm?: Vm }>("DefineVm", (o, cb) =>
+        this.client.defineVm({ spec }, new grpc.Metadata(), o, cb),
+      )
+    ).vm!;
+  }
+
+  async start(vmId: string): Promise<Vm> {
+    return (
+      await this.call<{ vm?: Vm }>("StartVm", (o, cb) =>
+        this.client.startVm({ vmId }, new grpc.Metadata(), o, cb),
+      )
+    ).vm!;
+  }
+
+  async stop(vmId: string, force: boolean): Promise<Vm> {
+    return (
+      await this.call<{ vm?: Vm }>("StopVm", (o, cb) =>
+        this.client.stopVm({ vmId, force }, new grpc.Metadata(), o, cb),
+      )
+    ).vm!;
+  }
+
+  async inspect(vmId: string): Promise<Vm> {
+    return (
+      await this.call<{ vm?: Vm }>("InspectVm", (o, cb) =>
+        this.client.inspectVm({ vmId }, new grpc.Metadata(), o, cb),
+      )
+    ).vm!;
+  }
+
+  async prepareIncoming(spec: VmSpec, migrationId: string, mode: MigrationMode): Promise<string> {
+    const res = await this.call<{ channelAddress: string }>("PrepareIncoming", (o, cb) =>
+      this.client.prepareIncoming({ spec, migrationId, mode, preempt: false }, new grpc.Metadata(), o, cb),
+    );
+    return res.channelAddress;
+  }
+
+  async startMigration(
+    vmId: string,
+    migrationId: string,
+    channelAddress: string,
+    mode: MigrationMode,
+  ): Promise<void> {
+    await this.call("StartMigration", (o, cb) =>
+      this.client.startMigration(
+        {
+          vmId,
+          migrationId,
+          channelAddress,
+          mode,
+          precopyRounds: 0,
+          precopySeconds: 0,
+          maxBandwidthBytesPerSecond: 0,
+          compress: false,
+          preempt: false,
+        },
+        new grpc.Metadata(),
+        o,
+        cb,
+      ),
+    );
+  }
+
+  async abortMigration(migrationId: string): Promise<void> {
+    await this.call("AbortMigration", (o, cb) =>
+      this.client.abortMigration({ migrationId }, new grpc.Metadata(), o, cb),
+    );
+  }
+
+  /**
+   * Follows a migration until its final phase: `onUpdate` for each message, resolving with the
+   * last one. Rejects with a PageServerError when the page-server does not know the migration
+   * (NOT_FOUND) or the stream breaks.
+   */
+  watchMigration(
+    migrationId: string,
+    onUpdate: (m: WatchMigrationResponse) => void,
+  ): Promise<WatchMigrationResponse> {
+    return new Promise((resolve, reject) => {
+      let last: WatchMigrationResponse | undefined;
+      const stream = this.client.watchMigration({ migrationId });
+      stream.on("data", (m: WatchMigrationResponse) => {
+        last = m;
+        onUpdate(m);
+      });
+      stream.on("error", (err: grpc.ServiceError) =>
+        reject(
+          new PageServerError(
+            this.address,
+            err.code,
+            `page-server ${this.address}: WatchMigration: ${err.details || err.message}`,
+          ),
+        ),
+      );
+      stream.on("end", () =>
+        last
+          ? resolve(last)
+          : reject(
+              new PageServerError(
+                this.address,
+                grpc.status.UNAVAILABLE,
+                `page-server ${this.address}: WatchMigration ended without news`,
+              ),
+            ),
+      );
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/** One client per page-server address, reused. */
+export class PageServers {
+  private readonly clients = new Map<string, PageServer>();
+
+  get(address: string): PageServer {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = new PageServer(address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}

@@ -1,0 +1,120 @@
+// The control-plane's durable records in the shared Store (layout in README.md) and the
+// compare-and-set updates that keep them consistent across racing requests and restarts.
+import type { Store } from "../common/store/index.js";
+import { type MigrationEvent, type MigrationState, next } from "./states.js";
+
+export const KEYS = {
+  host: (id: string) => `control:host:${id}`,
+  hostPrefix: "control:host:",
+  vm: (id: string) => `control:vm:${id}`,
+  vmPrefix: "control:vm:",
+  migration: (id: string) => `control:migration:${id}`,
+  migrationPrefix: "control:migration:",
+  /** request_id → migration_id (MigrateVm idempotency). */
+  request: (id: string) => `control:request:${id}`,
+  /** Counter behind migration ids m-1, m-2, …. */
+  migrationSeq: "control:migration-seq",
+  /** Pub/sub: one JSON MigrationRecord per transition. */
+  migrations: "control:migrations",
+} as const;
+
+export interface HostRecord {
+  host_id: string;
+  site: string;
+  page_server_address: string;
+  block_server_address: string;
+  block_nbd_address: string;
+  cpus: number;
+  memory_mib: number;
+  asleep: boolean;
+}
+
+/** The page-server VmSpec, as its JSON form (gen VmSpec.toJSON). */
+export type SpecJson = Record<string, unknown>;
+
+export interface VmRecord {
+  vm_id: string;
+  spec: SpecJson;
+  host_id: string;
+  /** Set while a migration holds the VM: the one-migration-per-VM lock. */
+  migration_id: string;
+  /** Raised when a migration claims the VM; the VM only moves for the claim holding it. */
+  fencing_token: number;
+}
+
+export interface MigrationRecord {
+  migration_id: string;
+  request_id: string;
+  vm_id: string;
+  source_host_id: string;
+  destination_host_id: string;
+  /** MigrationMode enum number of page.proto. */
+  mode: number;
+  state: MigrationState;
+  fencing_token: number;
+  error: string;
+  bytes_sent: number;
+  downtime_ms: number;
+  created_unix_ms: number;
+  updated_unix_ms: number;
+}
+
+export class ConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConflictError";
+  }
+}
+
+export async function readJson<T>(store: Store, key: string): Promise<{ value: T; raw: string } | null> {
+  const raw = await store.get(key);
+  return raw === null ? null : { value: JSON.parse(raw) as T, raw };
+}
+
+export async function scanJson<T>(store: Store, prefix: string): Promise<T[]> {
+  return (await store.scan(prefix)).map(([, v]) => JSON.parse(v) as T);
+}
+
+/**
+ * Read-modify-write with compare-and-set, retried while others write between: `fn` returns
+ * the new value, or throws to refuse. Returns the value written.
+ */
+export async function update<T>(store: Store, key: string, fn: (cur: T | null) => T): Promise<T> {
+  for (;;) {
+    const cur = await readJson<T>(store, key);
+    const value = fn(cur?.value ?? null);
+    if (await store.compareAndSet(key, cur?.raw ?? null, JSON.stringify(value))) return value;
+  }
+}
+
+/**
+ * One persisted transition of a migration's state machine (table in states.ts); `patch`
+ * fields land with it. Throws TransitionError when the record's state has no such edge (e.g.
+ * it was cancelled meanwhile), so a stale driver step never overwrites a newer state.
+ */
+export async function transition(
+  store: Store,
+  migrationId: string,
+  event: MigrationEvent,
+  patch: Partial<Pick<MigrationRecord, "error" | "bytes_sent" | "downtime_ms">> = {},
+): Promise<MigrationRecord> {
+  const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
+    if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
+    return { ...cur, ...patch, state: next(cur.state, event), updated_unix_ms: Date.now() };
+  });
+  await store.publish(KEYS.migrations, JSON.stringify(rec));
+  return rec;
+}
+
+/** Progress counters only (no state change). */
+export async function recordProgress(
+  store: Store,
+  migrationId: string,
+  patch: Pick<MigrationRecord, "bytes_sent" | "downtime_ms">,
+): Promise<void> {
+  const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
+    if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
+    return { ...cur, ...patch, updated_unix_ms: Date.now() };
+  });
+  await store.publish(KEYS.migrations, JSON.stringify(rec));
+}

@@ -1,0 +1,59 @@
+// `vmhop control serve`: the ControlPlaneService over gRPC, registries and migrations in the
+// Store. On start it resumes the migrations a previous control-plane left unfinished.
+import { CliError } from "../cli/errors.js";
+import { type Config, helpText, type OptionSpecs } from "../common/config.js";
+import { startGrpcServer } from "../common/grpc/server.js";
+import { onShutdown } from "../common/lifecycle.js";
+import { createLogger } from "../common/log.js";
+import { openStore } from "../common/store/index.js";
+import { DEFAULT_CONTROL_GRPC } from "./client.js";
+import { ControlPlane } from "./control-plane.js";
+import { controlPlaneService } from "./grpc.js";
+
+export const serveSpecs = {
+  grpc: {
+    type: "string",
+    default: DEFAULT_CONTROL_GRPC,
+    describe: "gRPC listen address HOST:PORT",
+    // Not VMHOP_GRPC: other services on the same host read that one.
+    env: "VMHOP_CONTROL_GRPC",
+  },
+  store: {
+    type: "string",
+    describe: "redis://HOST:PORT for durable state (default: embedded, lost when the process ends)",
+  },
+  help: { type: "boolean", short: "h", describe: "show this help" },
+} satisfies OptionSpecs;
+
+export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
+  if (o.help) {
+    console.log(helpText("usage: vmhop control serve [options]", serveSpecs));
+    return 0;
+  }
+  const log = createLogger({ svc: "control-plane" });
+  const closers: { name: string; close: () => Promise<void> }[] = [];
+  const stop = onShutdown(log, closers);
+  try {
+    const store = await openStore(o.store);
+    closers.push({ name: "store", close: () => store.close() });
+    const cp = new ControlPlane(store, { log });
+    // Closed before the store: running migrations stay as recorded, for the next start.
+    closers.push({ name: "control-plane (migrations resume on restart)", close: async () => cp.close() });
+    const g = await startGrpcServer({
+      serviceName: "control-plane",
+      listen: o.grpc!,
+      services: [controlPlaneService(cp, log)],
+      log,
+    });
+    closers.push({ name: "grpc", close: () => g.shutdown() });
+    const resumed = await cp.open();
+    // One machine-readable ready line on stdout: scripts wait for it.
+    console.log(JSON.stringify({ ready: true, grpc: g.address, store: store.kind, resumed }));
+  } catch (err) {
+    await stop();
+    if (err instanceof CliError) throw err;
+    throw new CliError((err as Error).message, 1);
+  }
+  await new Promise(() => {}); // serve until a signal
+  return 0;
+}
