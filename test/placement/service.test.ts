@@ -212,6 +212,9 @@ test("ApplyPlan accepts and publishes (no control-plane: no migrations); stale p
   const newer = await computePlan();
   const r = await applyPlan(newer.planId);
   assert.equal(r.plan?.state, PlanState.PLAN_STATE_ACCEPTED);
+  // No --control-plane: accepted and published only, and the response says so.
+  assert.deepEqual(r.migrationIds, []);
+  assert.match(r.message, /no control-plane configured.*nothing was migrated/);
   assert.deepEqual(r.migrationIds, []);
   // Idempotent: accepting again answers the same.
   assert.equal((await applyPlan(newer.planId)).plan?.state, PlanState.PLAN_STATE_ACCEPTED);

@@ -12,12 +12,16 @@ import {
 import { type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { Logger } from "../../common/log.js";
 import { type Store, StoreError } from "../../common/store/index.js";
+import type { ControlClient } from "../../control-plane/client.js";
 import { DEFAULT_POLICY, listPolicies } from "../policies/registry.js";
+import { applyPlan } from "./apply.js";
 import { KEYS } from "./keys.js";
 import { LoadError, recordLoad } from "./load.js";
-import { acceptPlan, computePlan, PlanError, type PlanRecord } from "./plans.js";
+import { computePlan, getPlan, PlanError, type PlanRecord } from "./plans.js";
 
 export interface PlacementConfig {
+  /** ControlPlaneService address; absent, ApplyPlan only accepts and publishes plans. */
+  controlPlane?: string;
   policy: string;
   costModel: string;
   seed?: number;
@@ -47,6 +51,14 @@ async function mapped<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+const PLAN_STATES: Record<PlanRecord["state"], PlanState> = {
+  proposed: PlanState.PLAN_STATE_PROPOSED,
+  accepted: PlanState.PLAN_STATE_ACCEPTED,
+  applying: PlanState.PLAN_STATE_APPLYING,
+  applied: PlanState.PLAN_STATE_APPLIED,
+  failed: PlanState.PLAN_STATE_FAILED,
+};
+
 export function planToPb(p: PlanRecord): Plan {
   return {
     planId: p.plan_id,
@@ -57,13 +69,16 @@ export function planToPb(p: PlanRecord): Plan {
       toHostId: m.to_host_id,
       reason: m.reason,
       predictedMigrationS: m.migration_s,
+      migrationId: m.migration_id ?? "",
+      state: m.state ?? "",
+      error: m.error ?? "",
     })),
     hostsToSleep: p.hosts_to_sleep,
     hostsToWake: p.hosts_to_wake,
     predictedPowerWattsBefore: p.power_watts_before,
     predictedPowerWattsAfter: p.power_watts_after,
     computeMs: p.compute_ms,
-    state: p.state === "accepted" ? PlanState.PLAN_STATE_ACCEPTED : PlanState.PLAN_STATE_PROPOSED,
+    state: PLAN_STATES[p.state],
     costModel: p.cost_model,
     createdUnixMs: p.created_unix_ms,
     overloadedHostsBefore: p.overloaded_hosts_before,
@@ -72,7 +87,12 @@ export function planToPb(p: PlanRecord): Plan {
   };
 }
 
-export function placementService(store: Store, cfg: PlacementConfig, log: Logger): ServiceRegistration {
+export function placementService(
+  store: Store,
+  cfg: PlacementConfig,
+  log: Logger,
+  controlPlane?: ControlClient,
+): ServiceRegistration {
   const plan = (policy: string, costModel: string) =>
     computePlan(store, {
       policy: policy || cfg.policy,
@@ -100,12 +120,12 @@ export function placementService(store: Store, cfg: PlacementConfig, log: Logger
     ),
     applyPlan: unary((req) =>
       mapped(async () => {
-        const p = await acceptPlan(store, req.planId);
-        log.info("plan accepted", { plan: p.plan_id });
-        // No control-plane runs migrations yet: the plan is accepted and published, nothing started.
-        return { plan: planToPb(p), migrationIds: [] };
+        const a = await applyPlan(store, req.planId, controlPlane, log);
+        log.info("plan accepted", { plan: a.plan.plan_id, state: a.plan.state, migrations: a.migrationIds });
+        return { plan: planToPb(a.plan), migrationIds: a.migrationIds, message: a.message };
       }),
     ),
+    getPlan: unary((req) => mapped(async () => ({ plan: planToPb(await getPlan(store, req.planId)) }))),
     watchDecisions: (call: grpc.ServerWritableStream<WatchDecisionsRequest, WatchDecisionsResponse>) => {
       let unsubscribe: (() => Promise<void>) | undefined;
       let done = false;

@@ -1,6 +1,6 @@
 // Plans: computed from the load in the Store with the simulator's policy code, stored, and
-// published. A plan moves through an explicit state table; the control-plane (not built
-// yet) is what will execute accepted plans.
+// published. A plan moves through an explicit state table; apply.ts carries accepted plans
+// out through the control-plane when one is configured.
 import type { Store } from "../../common/store/index.js";
 import { DEFAULT_POLICY } from "../policies/registry.js";
 import { predictEffect } from "../sim/effect.js";
@@ -8,13 +8,27 @@ import { planFromSnapshot } from "../sim/snapshot.js";
 import { KEYS } from "./keys.js";
 import { readSnapshot } from "./load.js";
 
-export type PlanState = "proposed" | "accepted";
+export type PlanState = "proposed" | "accepted" | "applying" | "applied" | "failed";
 
-/** Allowed transitions; accepting an accepted plan again is a no-op (ApplyPlan is idempotent). */
-const TRANSITIONS: Record<PlanState, readonly PlanState[]> = {
+/**
+ * Allowed transitions. Accepting a plan that is already past proposed is a no-op (ApplyPlan
+ * is idempotent); applying records each move's progress as applying → applying.
+ */
+export const TRANSITIONS: Record<PlanState, readonly PlanState[]> = {
   proposed: ["accepted"],
-  accepted: ["accepted"],
+  accepted: ["applying"],
+  applying: ["applying", "applied", "failed"],
+  applied: [],
+  failed: [],
 };
+
+/** A move's progress while applied through the control-plane (its migration's state). */
+export interface MoveProgress {
+  migration_id?: string;
+  /** The control-plane's migration state, or "failed" when MigrateVm itself was refused. */
+  state?: string;
+  error?: string;
+}
 
 /** `placement:plan:<plan_id>` and each message on the decisions channel. */
 export interface PlanRecord {
@@ -26,7 +40,13 @@ export interface PlanRecord {
   cost_model: string;
   created_unix_ms: number;
   compute_ms: number;
-  moves: { vm_id: string; from_host_id: string; to_host_id: string; reason: string; migration_s: number }[];
+  moves: ({
+    vm_id: string;
+    from_host_id: string;
+    to_host_id: string;
+    reason: string;
+    migration_s: number;
+  } & MoveProgress)[];
   hosts_to_sleep: string[];
   hosts_to_wake: string[];
   power_watts_before: number;
@@ -122,9 +142,7 @@ export async function getPlan(store: Store, planId: string): Promise<PlanRecord>
 export async function acceptPlan(store: Store, planId: string): Promise<PlanRecord> {
   for (;;) {
     const plan = await getPlan(store, planId);
-    if (!TRANSITIONS[plan.state].includes("accepted"))
-      throw new PlanError("precondition", `plan ${planId} is ${plan.state} and cannot be accepted`);
-    if (plan.state === "accepted") return plan;
+    if (plan.state !== "proposed") return plan;
     const latest = await store.get(KEYS.accepted);
     const latestSeq = latest ? Number(latest.replace(/^p-/, "")) : 0;
     if (latestSeq > plan.seq)

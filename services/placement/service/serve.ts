@@ -5,8 +5,10 @@ import { startGrpcServer } from "../../common/grpc/server.js";
 import { onShutdown } from "../../common/lifecycle.js";
 import { createLogger } from "../../common/log.js";
 import { openStore } from "../../common/store/index.js";
+import { ControlClient } from "../../control-plane/client.js";
 import { DEFAULT_POLICY, makePolicy } from "../policies/registry.js";
 import { costModelByName } from "../sim/cost-model.js";
+import { resumePlans } from "./apply.js";
 import { placementService } from "./grpc.js";
 import { startPlanningLoop } from "./loop.js";
 
@@ -21,6 +23,12 @@ export const serveSpecs = {
     env: "VMHOP_PLACEMENT_GRPC",
   },
   store: { type: "string", describe: "redis://HOST:PORT for shared durable state (default: embedded)" },
+  "control-plane": {
+    type: "string",
+    describe:
+      "ControlPlaneService HOST:PORT: ApplyPlan migrates through it (default: none, plans are only accepted)",
+    env: "VMHOP_CONTROL",
+  },
   policy: { type: "string", default: DEFAULT_POLICY, describe: "policy when a request names none" },
   "cost-model": {
     type: "string",
@@ -74,10 +82,12 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   try {
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
+    const cp = o["control-plane"] ? new ControlClient(o["control-plane"]) : undefined;
+    if (cp) closers.push({ name: "control-plane client", close: async () => cp.close() });
     const g = await startGrpcServer({
       serviceName: "placement",
       listen: o.grpc!,
-      services: [placementService(store, cfg, log)],
+      services: [placementService(store, cfg, log, cp)],
       log,
     });
     closers.push({ name: "grpc", close: () => g.shutdown() });
@@ -86,9 +96,11 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         store,
         { ...cfg, ttlMs: cfg.planTtlMs, intervalMs: interval * 1000, autoApply: o["auto-apply"]! },
         log,
+        cp,
       );
       closers.push({ name: "planning loop", close: () => loop.stop() });
     }
+    const resumed = cp ? await resumePlans(store, cp, log) : [];
     // One machine-readable ready line on stdout: scripts wait for it.
     console.log(
       JSON.stringify({
@@ -97,6 +109,8 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         store: store.kind,
         policy: cfg.policy,
         cost_model: cfg.costModel,
+        control_plane: cp?.address ?? null,
+        resumed,
       }),
     );
   } catch (err) {

@@ -1,0 +1,178 @@
+// Carries an accepted plan out through the control-plane: MigrateVm for each move (request_id
+// <plan>/<vm>, so a retried or resumed apply never starts a second migration), each move's
+// outcome recorded on the plan, then the hosts to sleep recorded asleep once their VMs have
+// left. The plan ends applied, or failed with the reasons on its moves and warnings.
+import type { Migration } from "../../../gen/vmhop/v1/control.js";
+import { MigrationMode } from "../../../gen/vmhop/v1/page.js";
+import type { Logger } from "../../common/log.js";
+import type { Store } from "../../common/store/index.js";
+import type { ControlClient } from "../../control-plane/client.js";
+import { update } from "../../control-plane/records.js";
+import { isFinal, type MigrationState } from "../../control-plane/states.js";
+import { KEYS } from "./keys.js";
+import {
+  acceptPlan,
+  getPlan,
+  type MoveProgress,
+  PlanError,
+  type PlanRecord,
+  type PlanState,
+  TRANSITIONS,
+} from "./plans.js";
+
+const errorText = (err: unknown) => (err as { details?: string }).details || (err as Error).message;
+
+/** One persisted change of a plan under the state table; published on the decisions channel. */
+async function changePlan(
+  store: Store,
+  planId: string,
+  to: PlanState,
+  fn: (p: PlanRecord) => Partial<PlanRecord> = () => ({}),
+  from?: PlanState,
+): Promise<PlanRecord> {
+  const p = await update<PlanRecord>(store, KEYS.plan(planId), (cur) => {
+    if (!cur) throw new PlanError("not-found", `plan ${planId} vanished`);
+    if ((from && cur.state !== from) || !TRANSITIONS[cur.state].includes(to))
+      throw new PlanError("precondition", `plan ${planId} is ${cur.state}, not ${to}`);
+    return { ...cur, ...fn(cur), state: to };
+  });
+  await store.publish(KEYS.decisions, JSON.stringify(p));
+  return p;
+}
+
+function setMove(vmId: string, progress: MoveProgress) {
+  return (p: PlanRecord) => ({
+    moves: p.moves.map((m) => (m.vm_id === vmId ? { ...m, ...progress } : m)),
+  });
+}
+
+/**
+ * accepted → applying: starts each move's migration and returns the plan with their ids.
+ * follow() then waits for them (it runs in the background of ApplyPlan).
+ */
+export async function startPlan(store: Store, plan: PlanRecord, cp: ControlClient): Promise<PlanRecord> {
+  // Only from accepted: of two racing ApplyPlans, one starts the moves.
+  let p = await changePlan(store, plan.plan_id, "applying", undefined, "accepted");
+  for (const move of plan.moves) {
+    let progress: MoveProgress;
+    try {
+      // A plan made from stale load must not move a VM from somewhere it no longer is.
+      const vm = await cp.getVm(move.vm_id);
+      if (vm.hostId !== move.from_host_id)
+        throw new Error(`VM ${move.vm_id} is on ${vm.hostId}, not ${move.from_host_id}: the plan is stale`);
+      const m = await cp.migrateVm({
+        vmId: move.vm_id,
+        destinationHostId: move.to_host_id,
+        mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+        requestId: `${plan.plan_id}/${move.vm_id}`,
+      });
+      progress = { migration_id: m.migrationId, state: m.state, error: m.error };
+    } catch (err) {
+      progress = { state: "failed", error: errorText(err) };
+    }
+    p = await changePlan(store, plan.plan_id, "applying", setMove(move.vm_id, progress));
+  }
+  return p;
+}
+
+/** Waits for the plan's migrations, records each outcome, then sleeps hosts; the plan's final state. */
+export async function followPlan(
+  store: Store,
+  planId: string,
+  cp: ControlClient,
+  log: Logger,
+): Promise<PlanRecord> {
+  const plan = await getPlan(store, planId);
+  await Promise.all(
+    plan.moves
+      .filter((m) => m.migration_id && !isFinal(m.state as MigrationState))
+      .map(async (move) => {
+        let progress: MoveProgress;
+        try {
+          const end: Migration = await cp.waitForMigration(move.migration_id!);
+          progress = { state: end.state, error: end.error };
+        } catch (err) {
+          progress = { state: "failed", error: `lost track of ${move.migration_id}: ${errorText(err)}` };
+        }
+        log.info("plan move ended", { plan: planId, vm: move.vm_id, state: progress.state });
+        await changePlan(store, planId, "applying", setMove(move.vm_id, progress));
+      }),
+  );
+  const moved = await getPlan(store, planId);
+  const allDone = moved.moves.every((m) => m.state === "done");
+  const warnings: string[] = [];
+  for (const host of moved.hosts_to_sleep) {
+    // The control-plane refuses a host that still has VMs: a host sleeps only once they left.
+    try {
+      await cp.setHostAsleep(host, true);
+    } catch (err) {
+      warnings.push(`host ${host} not recorded asleep: ${errorText(err)}`);
+    }
+  }
+  const ok = allDone && warnings.length === 0;
+  const end = await changePlan(store, planId, ok ? "applied" : "failed", (p) => ({
+    warnings: [...p.warnings, ...warnings],
+  }));
+  log.info("plan applied", { plan: planId, state: end.state });
+  return end;
+}
+
+export interface Applied {
+  plan: PlanRecord;
+  migrationIds: string[];
+  /** What happened, for the ApplyPlan response. */
+  message: string;
+  /** Settles when the plan is applied or failed (immediately without a control-plane). */
+  done: Promise<PlanRecord>;
+}
+
+/**
+ * ApplyPlan (and the planning loop's auto-apply): accepts the plan, then with a control-plane
+ * starts its moves and follows them in the background; without one, accepting is all.
+ */
+export async function applyPlan(
+  store: Store,
+  planId: string,
+  cp: ControlClient | undefined,
+  log: Logger,
+): Promise<Applied> {
+  const accepted = await acceptPlan(store, planId);
+  const ids = (p: PlanRecord) => p.moves.flatMap((m) => (m.migration_id ? [m.migration_id] : []));
+  if (!cp)
+    return {
+      plan: accepted,
+      migrationIds: [],
+      message:
+        "no control-plane configured (placement serve --control-plane): the plan is accepted and published, nothing was migrated",
+      done: Promise.resolve(accepted),
+    };
+  if (accepted.state !== "accepted")
+    return {
+      plan: accepted,
+      migrationIds: ids(accepted),
+      message: `plan ${planId} is already ${accepted.state}`,
+      done: Promise.resolve(accepted),
+    };
+  const started = await startPlan(store, accepted, cp);
+  const done = followPlan(store, planId, cp, log);
+  done.catch((err) => log.warn("following plan failed", { plan: planId, err }));
+  const failed = started.moves.filter((m) => m.state === "failed").length;
+  return {
+    plan: started,
+    migrationIds: ids(started),
+    message: `started ${started.moves.length - failed} of ${started.moves.length} migrations through the control-plane at ${cp.address}`,
+    done,
+  };
+}
+
+/** After a placement restart: follows the plans a previous run left applying. */
+export async function resumePlans(store: Store, cp: ControlClient, log: Logger): Promise<string[]> {
+  const applying = (await store.scan(KEYS.planPrefix))
+    .map(([, v]) => JSON.parse(v) as PlanRecord)
+    .filter((p) => p.state === "applying");
+  for (const p of applying)
+    followPlan(store, p.plan_id, cp, log).catch((err) =>
+      log.warn("following plan failed", { plan: p.plan_id, err }),
+    );
+  return applying.map((p) => p.plan_id);
+}
