@@ -79,6 +79,7 @@ export class Executor {
         return await this.fail(
           m,
           "the control-plane restarted while preparing the destination; nothing was sent and the VM stays at the source",
+          dst,
         );
       }
       if (state === "migrating" || state === "switched") await this.follow(m, src, dst);
@@ -169,18 +170,20 @@ export class Executor {
     await this.step(m.migration_id, "finish");
   }
 
+  /**
+   * → failed. The destination is cleaned up and the VM released first, so a client that sees
+   * "failed" can migrate the VM again at once.
+   */
   private async fail(m: MigrationRecord, error: string, dst?: PageServer): Promise<void> {
     if (this.closed) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
-    let rec: MigrationRecord;
+    await this.cleanUp(before, dst, pastSwitch(before.state));
     try {
-      rec = await this.step(m.migration_id, "fail", { error });
+      await this.step(m.migration_id, "fail", { error });
     } catch (err) {
       if (!(err instanceof TransitionError)) throw err;
-      rec = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))!.value;
     }
     this.log.warn("migration failed", { migration: m.migration_id, error });
-    await this.cleanUp(rec, dst, pastSwitch(before.state));
   }
 
   /**

@@ -1,0 +1,81 @@
+// Test fixtures: real page-servers (PageHost behind its gRPC server, as `vmhop page serve`
+// runs it) and a control-plane behind real gRPC, on free ports and unique folders.
+import { join } from "node:path";
+import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
+import { silentLogger } from "../../services/common/log.js";
+import type { Store } from "../../services/common/store/index.js";
+import { ControlClient } from "../../services/control-plane/client.js";
+import { ControlPlane } from "../../services/control-plane/control-plane.js";
+import { controlPlaneService } from "../../services/control-plane/grpc.js";
+import { pageService } from "../../services/page-server/grpc/service.js";
+import { PageHost } from "../../services/page-server/host.js";
+
+export interface PageServerHandle {
+  host: PageHost;
+  grpc: RunningGrpcServer;
+  address: string;
+  close(): Promise<void>;
+}
+
+export async function startPageServer(dir: string, name: string): Promise<PageServerHandle> {
+  const host = new PageHost({ runRoot: join(dir, name), log: silentLogger });
+  await host.open();
+  const grpc = await startGrpcServer({
+    serviceName: name,
+    listen: "127.0.0.1:0",
+    services: [pageService(host)],
+    log: silentLogger,
+  });
+  return {
+    host,
+    grpc,
+    address: grpc.address,
+    close: async () => {
+      await grpc.shutdown(1000);
+      await host.close();
+    },
+  };
+}
+
+export interface ControlPlaneHandle {
+  cp: ControlPlane;
+  client: ControlClient;
+  address: string;
+  /** Stops serving and driving; recorded migrations stay for the next control-plane. */
+  close(): Promise<void>;
+}
+
+export async function startControlPlane(store: Store): Promise<ControlPlaneHandle> {
+  const cp = new ControlPlane(store, { reachMs: 1500 });
+  const grpc = await startGrpcServer({
+    serviceName: "control-plane",
+    listen: "127.0.0.1:0",
+    services: [controlPlaneService(cp, silentLogger)],
+    log: silentLogger,
+  });
+  await cp.open();
+  const client = new ControlClient(grpc.address);
+  return {
+    cp,
+    client,
+    address: grpc.address,
+    close: async () => {
+      client.close();
+      cp.close();
+      await grpc.shutdown(1000);
+    },
+  };
+}
+
+export function host(hostId: string, pageServerAddress: string) {
+  return {
+    hostId,
+    site: "",
+    pageServerAddress,
+    blockServerAddress: "",
+    blockNbdAddress: "",
+    cpus: 2,
+    memoryMib: 4096,
+    asleep: false,
+  };
+}

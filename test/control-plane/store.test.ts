@@ -1,0 +1,252 @@
+// The control-plane's registries and migration records in both stores (embedded and a real
+// Redis, restarted), its refusals over real gRPC, and a restarted control-plane resuming or
+// failing the migrations it finds unfinished. Real page-servers (no VM needs QEMU here: VMs
+// are planted in the registry as CreateVm leaves them).
+import * as grpc from "@grpc/grpc-js";
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { MigrationMode } from "../../gen/vmhop/v1/page.js";
+import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
+import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
+import { freePort, gate, tempDir } from "../helpers/env.js";
+import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import {
+  type ControlPlaneHandle,
+  host,
+  type PageServerHandle,
+  startControlPlane,
+  startPageServer,
+} from "./fixtures.js";
+
+async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    assert.is(e.code, code, `${grpc.status[e.code]}: ${e.details}`);
+    assert.match(e.details, message);
+    return;
+  }
+  assert.unreachable(`expected ${grpc.status[code]}`);
+}
+
+const plantedVm = (vmId: string, hostId: string, migrationId = ""): VmRecord => ({
+  vm_id: vmId,
+  spec: { vmId, vcpus: 1, memoryMib: 64, kernelPath: "/nonexistent/vmlinux" },
+  host_id: hostId,
+  migration_id: migrationId,
+  fencing_token: migrationId ? 1 : 0,
+});
+
+const plantedMigration = (id: string, vmId: string, state: MigrationRecord["state"]): MigrationRecord => ({
+  migration_id: id,
+  request_id: "",
+  vm_id: vmId,
+  source_host_id: "a",
+  destination_host_id: "b",
+  mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+  state,
+  fencing_token: 1,
+  error: "",
+  bytes_sent: 0,
+  downtime_ms: 0,
+  created_unix_ms: Date.now(),
+  updated_unix_ms: Date.now(),
+});
+
+async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function storeSuite(kind: "memory" | "redis") {
+  const base = suite(`control-plane on the ${kind} store`);
+  const test = kind === "redis" ? gate(base, ["redis-server"], "control-plane on Redis") : base;
+  const dir = tempDir("vmhop-cp-store-");
+  let redis: RedisHandle | undefined;
+  let store: Store;
+  let a: PageServerHandle;
+  let b: PageServerHandle;
+  let cp: ControlPlaneHandle;
+  const openStore = async () =>
+    kind === "redis" ? RedisStore.connect(redis!.url, { prefix: `t${process.pid}:` }) : store;
+
+  test.before(async () => {
+    if (kind === "redis") redis = await startRedis();
+    store = kind === "redis" ? await openStore() : new MemoryStore();
+    a = await startPageServer(dir.path, `${kind}-a`);
+    b = await startPageServer(dir.path, `${kind}-b`);
+    cp = await startControlPlane(store);
+  });
+
+  test.after(async () => {
+    await cp?.close();
+    await a?.close();
+    await b?.close();
+    await store?.close();
+    await redis?.stop();
+    dir.cleanup();
+  });
+
+  test("hosts: registered, updated, asleep, and seen by a new control-plane on the store", async () => {
+    await cp.client.registerHost(host("a", a.address));
+    await cp.client.registerHost(host("b", b.address));
+    await cp.client.registerHost({ ...host("c", "127.0.0.1:1"), site: "old" });
+    await cp.client.registerHost({ ...host("c", "127.0.0.1:1"), site: "new" });
+    assert.equal((await cp.client.setHostAsleep("c", true)).asleep, true);
+    if (kind === "redis") {
+      // Durable: a Redis restart and a new connection keep them.
+      await cp.close();
+      await store.close();
+      await redis!.restart();
+      store = await openStore();
+    } else await cp.close();
+    cp = await startControlPlane(store);
+    const hosts = await cp.client.listHosts();
+    assert.equal(
+      hosts.map((h) => [h.hostId, h.site, h.pageServerAddress, h.asleep]),
+      [
+        ["a", "", a.address, false],
+        ["b", "", b.address, false],
+        ["c", "new", "127.0.0.1:1", true],
+      ],
+    );
+  });
+
+  test("bad input is refused with the status and what is wrong", async () => {
+    const c = cp.client;
+    await rejects(c.registerHost(host("bad id!", "x:1")), grpc.status.INVALID_ARGUMENT, /host_id must be/);
+    await rejects(
+      c.registerHost(host("d", "")),
+      grpc.status.INVALID_ARGUMENT,
+      /page_server_address is required/,
+    );
+    await rejects(c.setHostAsleep("nope", true), grpc.status.NOT_FOUND, /unknown host nope/);
+    const spec = {
+      vmId: "x",
+      vcpus: 1,
+      memoryMib: 64,
+      diskNbdUrl: "",
+      kernelPath: "/k",
+      initrdPath: "",
+      kernelCmdline: "",
+      nicTap: "",
+      nicMac: "",
+    };
+    await rejects(c.createVm(spec, "nope"), grpc.status.NOT_FOUND, /unknown host nope/);
+    await rejects(c.createVm(spec, "c"), grpc.status.FAILED_PRECONDITION, /host c is asleep/);
+    await rejects(c.getVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
+    await rejects(
+      c.migrateVm({ vmId: "ghost", destinationHostId: "b", mode: 0, requestId: "" }),
+      grpc.status.NOT_FOUND,
+      /unknown VM ghost/,
+    );
+    await rejects(c.getMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
+    await rejects(c.cancelMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
+  });
+
+  test("MigrateVm refuses the same host, an unknown or asleep host, an unreachable page-server", async () => {
+    await store.set(KEYS.vm("v1"), JSON.stringify(plantedVm("v1", "a")));
+    const c = cp.client;
+    const migrate = (dst: string, requestId = "") =>
+      c.migrateVm({ vmId: "v1", destinationHostId: dst, mode: 0, requestId });
+    await rejects(migrate("a"), grpc.status.INVALID_ARGUMENT, /VM v1 already runs on host a/);
+    await rejects(migrate("zz"), grpc.status.NOT_FOUND, /unknown host zz/);
+    await rejects(migrate("c"), grpc.status.FAILED_PRECONDITION, /destination host c is asleep/);
+    await c.registerHost(host("dead", `127.0.0.1:${await freePort()}`));
+    await rejects(
+      migrate("dead"),
+      grpc.status.UNAVAILABLE,
+      /host dead: page-server 127\.0\.0\.1:\d+ is unreachable/,
+    );
+    // Nothing was recorded and the VM is not held.
+    assert.equal(await c.listMigrations("v1"), []);
+    assert.is((await c.getVm("v1")).migrationId, "");
+    // A host keeps awake while a VM is on it.
+    await rejects(c.setHostAsleep("a", true), grpc.status.FAILED_PRECONDITION, /host a still has VMs \(v1\)/);
+  });
+
+  test("a destination that cannot prepare: the migration fails with its reason, the VM is released", async () => {
+    const c = cp.client;
+    const m = await c.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "r-1" });
+    assert.is(m.sourceHostId, "a");
+    assert.is(m.fencingToken, 1);
+    const end = await c.waitForMigration(m.migrationId);
+    assert.is(end.state, "failed");
+    assert.match(end.error, /page-server 127\.0\.0\.1:\d+: PrepareIncoming: /);
+    const vm = await c.getVm("v1");
+    assert.is(vm.hostId, "a");
+    assert.is(vm.migrationId, "");
+    assert.is(vm.fencingToken, 1, "the claim raised the fence even though the move failed");
+    // The same request_id answers the same migration; reused for another VM it is refused.
+    assert.is(
+      (await c.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "r-1" })).migrationId,
+      m.migrationId,
+    );
+    await store.set(KEYS.vm("v9"), JSON.stringify(plantedVm("v9", "a")));
+    await rejects(
+      c.migrateVm({ vmId: "v9", destinationHostId: "b", mode: 0, requestId: "r-1" }),
+      grpc.status.INVALID_ARGUMENT,
+      /request_id r-1 was used for migration m-\d+ of VM v1/,
+    );
+  });
+
+  test("one migration per VM: a VM held by a running migration is refused", async () => {
+    // As another control-plane's migration leaves it mid-way.
+    await store.set(KEYS.migration("m-900"), JSON.stringify(plantedMigration("m-900", "v1", "migrating")));
+    await store.set(KEYS.vm("v1"), JSON.stringify(plantedVm("v1", "a", "m-900")));
+    await rejects(
+      cp.client.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "" }),
+      grpc.status.FAILED_PRECONDITION,
+      /VM v1 is already migrating \(m-900\): one migration per VM at a time/,
+    );
+  });
+
+  test("a restarted control-plane resumes unfinished migrations, failing clearly what it cannot finish", async () => {
+    await store.set(KEYS.migration("m-901"), JSON.stringify(plantedMigration("m-901", "v2", "preparing")));
+    await store.set(KEYS.vm("v2"), JSON.stringify(plantedVm("v2", "a", "m-901")));
+    await cp.close();
+    if (kind === "redis") {
+      await store.close();
+      await redis!.restart();
+      store = await openStore();
+    }
+    cp = await startControlPlane(store);
+    const c = cp.client;
+    const end = async (id: string) =>
+      until(`${id} final`, async () => {
+        const m = await c.getMigration(id);
+        return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
+      });
+    // m-900 was migrating: the source page-server does not know it and the VM is not at the destination.
+    const m900 = await end("m-900");
+    assert.is(m900.state, "failed");
+    assert.match(m900.error, /WatchMigration: no migration m-900 on this host/);
+    // m-901 was preparing: its channel address is lost, so it fails without sending anything.
+    const m901 = await end("m-901");
+    assert.is(m901.state, "failed");
+    assert.match(
+      m901.error,
+      /restarted while preparing the destination; nothing was sent and the VM stays at the source/,
+    );
+    for (const v of ["v1", "v2"]) {
+      const vm = await c.getVm(v);
+      assert.equal([vm.hostId, vm.migrationId], ["a", ""], v);
+    }
+    const states = (await c.listMigrations()).map((m) => m.state);
+    assert.ok(
+      states.every((s) => s === "failed"),
+      states.join(),
+    );
+  });
+
+  return test;
+}
+
+storeSuite("memory").run();
+storeSuite("redis").run();
