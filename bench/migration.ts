@@ -1,5 +1,5 @@
 // `npm run bench -- migration [--quick] [--runs N] [--paths loopback,wan] [--modes precopy,postcopy,hybrid]
-//   [--wan-delay-ms 25] [--wan-mbit 450]`: one guest and workload, migrated QEMU-to-QEMU directly
+//   [--subjects qemu-direct,vmhop,...] [--wan-delay-ms 25] [--wan-mbit 450]`: one guest and workload, migrated QEMU-to-QEMU directly
 // ("qemu-direct", the reference) and through two page-servers ("vmhop": raw TCP channel), in
 // pre-copy, pure post-copy and hybrid (one pre-copy round, then post-copy), on loopback and on
 // an emulated WAN (the project's delay/rate relay between the two ends). The guest's largest
@@ -17,6 +17,7 @@ import {
   type MigrationResult,
   migrate,
   prepareIncoming,
+  queryMigration,
 } from "../services/page-server/migration/driver.js";
 import { isFinalPhase } from "../services/page-server/migration/phase.js";
 import type { MigrationProgress } from "../services/page-server/migration/status.js";
@@ -92,6 +93,7 @@ function metrics(
   verifyErrors: number,
   wireBytes?: number,
   channelBeforeResume?: number,
+  blocktimeMs?: number,
 ): Metrics {
   const p = r?.final ?? last;
   const total = r ? r.wallMs : wallMs;
@@ -111,6 +113,8 @@ function metrics(
     // vmhop only: stream bytes the destination page-server had relayed at QEMU's RESUME event
     // (includes device state; an upper bound, the event comes a moment after the resume).
     channel_before_resume: channelBeforeResume ?? null,
+    // The destination's postcopy-blocktime: total time its vCPU waited for missing pages.
+    blocktime_ms: blocktimeMs ?? null,
   };
 }
 
@@ -122,9 +126,14 @@ async function bootSource(vm: Vm): Promise<void> {
 /**
  * One heartbeat tracker fed by both consoles from now on: the guest's largest gap across the
  * migration, whichever host printed each line (the source stops before the destination runs).
+ * It starts from the source's last heartbeat: the migration often starts within one heartbeat
+ * period of the meter, and a meter that has seen no heartbeat before the switch cannot count
+ * the stall after it (this hid the WAN post-copy stall of qemu-direct).
  */
 function gapMeter(src: Vm, dst: Vm): HeartbeatTracker {
   const meter = new HeartbeatTracker();
+  const before = src.serial.tracker.stats;
+  meter.stats = { ...meter.stats, last: before.last, lastAtMs: before.lastAtMs };
   for (const c of [src.serial, dst.serial]) c.on("heartbeat", (hb, at) => meter.observe(hb, at));
   return meter;
 }
@@ -163,7 +172,8 @@ async function runDirect(mode: MigrationMode, path: PathKind, s: Setup, dir: str
     }).catch(() => undefined);
     const wall = Date.now() - t0;
     const { gapMs, errors } = r ? await settle(dst, meter) : { gapMs: meter.stats.maxGapMs, errors: 0 };
-    return metrics(r, last, wall, gapMs, errors);
+    const blocktime = r ? (await queryMigration(dst).catch(() => undefined))?.postcopyBlocktimeMs : undefined;
+    return metrics(r, last, wall, gapMs, errors, undefined, undefined, blocktime);
   } finally {
     await src.kill();
     await dst.kill();
@@ -233,6 +243,7 @@ async function runVmhop(
       errors,
       rec.channelBytes.wireForward + rec.channelBytes.wireBackward,
       b.migration(id).bytesBeforeResume,
+      b.migration(id).progress?.postcopyBlocktimeMs,
     );
   } finally {
     for (const c of closers.reverse()) await c().catch(() => undefined);
@@ -297,6 +308,7 @@ export async function main(args: string[]): Promise<void> {
   const runs = Number(flagValue(args, "--runs") ?? (quick ? 1 : 3));
   const paths = (flagValue(args, "--paths") ?? "loopback,wan").split(",") as PathKind[];
   const modes = (flagValue(args, "--modes") ?? "precopy,postcopy,hybrid").split(",") as MigrationMode[];
+  const subjects = (flagValue(args, "--subjects") ?? SUBJECTS.join(",")).split(",") as Subject[];
   const s: Setup = {
     // Sized for a shared 2-core machine (FIELD-NOTES measured 512 MiB / 256 MiB at 400 MiB/s).
     memoryMib: quick ? 160 : 256,
@@ -310,6 +322,7 @@ export async function main(args: string[]): Promise<void> {
   if (paths.some((p) => p !== "loopback" && p !== "wan")) throw new Error("--paths takes loopback,wan");
   if (modes.some((m) => !["precopy", "postcopy", "hybrid"].includes(m)))
     throw new Error("--modes takes precopy,postcopy,hybrid");
+  if (subjects.some((x) => !SUBJECTS.includes(x))) throw new Error(`--subjects takes ${SUBJECTS.join(",")}`);
   await buildGuest({ progress: () => {} });
 
   const cases: BenchCase[] = [];
@@ -317,7 +330,7 @@ export async function main(args: string[]): Promise<void> {
   let n = 0;
   for (const path of paths)
     for (const mode of modes)
-      for (const subject of SUBJECTS) {
+      for (const subject of subjects) {
         // The urgent lane and compression matter after a switch to post-copy only.
         if (mode === "precopy" && subject.includes("preempt")) continue;
         const runsOut: Metrics[] = [];
@@ -347,6 +360,7 @@ export async function main(args: string[]): Promise<void> {
             m.channel_before_resume === null ? "-" : (Number(m.channel_before_resume) / 1e3).toFixed(0),
           downtime_ms: m.downtime_ms === null ? "-" : Number(m.downtime_ms),
           max_gap_ms: Number(m.max_guest_gap_ms),
+          blocktime_ms: m.blocktime_ms === null ? "-" : Number(m.blocktime_ms),
           rounds: m.precopy_rounds === null ? "-" : Number(m.precopy_rounds),
           converged: String(m.converged),
           verify_errors: Number(m.verify_errors),
