@@ -1,0 +1,286 @@
+// End to end with real QEMU: two real page-servers, a control-plane and the placement
+// service on a real Redis. CreateVm starts the test guest on h3; a placement plan with one
+// move (h3 → h1) is applied through the control-plane; the guest runs on h1, its heartbeat
+// unbroken, the migration done and h3 recorded asleep. Then a control-plane stopped in the
+// middle of a migration is replaced by a new one that finishes it. Refusals with the real VM:
+// unreachable destination, the same host, a second migration while one runs.
+import { readFileSync, statSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import type { Migration } from "../../gen/vmhop/v1/control.js";
+import { type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import {
+  type ApplyPlanResponse,
+  type ComputePlanResponse,
+  type GetPlanResponse,
+  PlacementServiceClient,
+  type Plan,
+  PlanState,
+} from "../../gen/vmhop/v1/placement.js";
+import { startGrpcServer } from "../../services/common/grpc/server.js";
+import { silentLogger } from "../../services/common/log.js";
+import { RedisStore, type Store } from "../../services/common/store/index.js";
+import { ControlClient } from "../../services/control-plane/client.js";
+import { splitLines } from "../../services/page-server/lines.js";
+import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import { placementService } from "../../services/placement/service/grpc.js";
+import { freePort, gate, tempDir } from "../helpers/env.js";
+import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { ensureGuest } from "../page-server/guest.js";
+import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
+
+const e2e = gate(
+  test,
+  ["qemu-system-x86_64", "gcc", "apt-get", "root", "redis-server"],
+  "control-plane + placement migrate a real VM",
+);
+
+const dir = tempDir("vmhop-cp-e2e-");
+const closers: (() => Promise<void>)[] = [];
+let redis: RedisHandle;
+
+e2e.after(async () => {
+  for (const c of closers.reverse()) await c().catch((err) => console.error("close:", err));
+  await redis?.stop();
+  dir.cleanup();
+});
+
+async function redisStore(): Promise<Store> {
+  const s = await RedisStore.connect(redis.url, { prefix: "e2e:" });
+  closers.push(() => s.close());
+  return s;
+}
+
+async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    assert.is(e.code, code, `${grpc.status[e.code]}: ${e.details}`);
+    assert.match(e.details, message);
+    return;
+  }
+  assert.unreachable(`expected ${grpc.status[code]}`);
+}
+
+type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
+function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+/**
+ * A stretch of a serial log: QEMU appends to a VM's log on a host, so when the VM comes back
+ * to a host its log holds both stays, read as two segments.
+ */
+interface Segment {
+  path: string;
+  from: number;
+  to?: number;
+}
+
+/** Heartbeats from serial log segments read as one stream (a line cut by the switch-over rejoins). */
+function heartbeats(logs: Segment[]) {
+  const bytes = Buffer.concat(logs.map((s) => readFileSync(s.path).subarray(s.from, s.to)));
+  return splitLines(bytes)
+    .lines.map(parseHeartbeat)
+    .filter((h) => h !== null);
+}
+
+async function until<T>(
+  what: string,
+  fn: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 90_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function unbroken(logs: Segment[]): void {
+  const all = heartbeats(logs);
+  const breaks = all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1);
+  assert.equal(breaks, [], "heartbeat counter broke across a migration");
+  assert.ok(
+    all.every((h) => h.memErrors === 0),
+    "memory verification errors",
+  );
+}
+
+// The placement scenario of test/placement/service.test.ts: its best plan moves "small" from h3 to h1.
+const LOAD_HOSTS = [
+  { hostId: "h0", model: "G4", asleep: true },
+  { hostId: "h1", model: "G5", asleep: false },
+  { hostId: "h2", model: "G4", asleep: true },
+  { hostId: "h3", model: "G5", asleep: false },
+].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
+const LOAD_VMS = [
+  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
+  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
+].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+
+e2e("CreateVm, then a placement plan applied through the control-plane moves the running VM", async () => {
+  const guest = await ensureGuest();
+  redis = await startRedis();
+  const pageA = await startPageServer(dir.path, "page-a");
+  const pageB = await startPageServer(dir.path, "page-b");
+  closers.push(pageA.close, pageB.close);
+  let cp: ControlPlaneHandle = await startControlPlane(await redisStore());
+  closers.push(() => cp.close());
+  const c = () => cp.client;
+  await c().registerHost(host("h1", pageA.address));
+  await c().registerHost(host("h3", pageB.address));
+
+  const spec: VmSpec = {
+    vmId: "small",
+    vcpus: 1,
+    memoryMib: 160,
+    diskNbdUrl: "",
+    kernelPath: guest.kernel,
+    initrdPath: guest.initrd,
+    kernelCmdline: guestCmdline({ memMib: 48, rateMib: 16, verifyMib: 48 }),
+    nicTap: "",
+    nicMac: "",
+  };
+  const created = await c().createVm(spec, "h3");
+  assert.is(created.state, VmState.VM_STATE_RUNNING);
+  const logs: Segment[] = [{ path: created.serialLogPath, from: 0 }];
+  await until("a verification pass on h3", () => heartbeats(logs).find((h) => h.passes >= 1));
+  await rejects(c().createVm(spec, "h1"), grpc.status.ALREADY_EXISTS, /VM small already exists/);
+
+  // Refusals with the VM running: same host, unreachable destination; it keeps running on h3.
+  await rejects(
+    c().migrateVm({ vmId: "small", destinationHostId: "h3", mode: 0, requestId: "" }),
+    grpc.status.INVALID_ARGUMENT,
+    /already runs on host h3/,
+  );
+  await c().registerHost(host("h-dead", `127.0.0.1:${await freePort()}`));
+  await rejects(
+    c().migrateVm({ vmId: "small", destinationHostId: "h-dead", mode: 0, requestId: "" }),
+    grpc.status.UNAVAILABLE,
+    /host h-dead: page-server .* is unreachable/,
+  );
+  const still = await c().getVm("small");
+  assert.equal([still.hostId, still.vm?.state, still.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
+
+  // The placement service, given the control-plane.
+  const store = await redisStore();
+  const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
+  const cpForPlacement = new ControlClient(cp.address);
+  const placement = await startGrpcServer({
+    serviceName: "placement",
+    listen: "127.0.0.1:0",
+    services: [placementService(store, cfg, silentLogger, cpForPlacement)],
+    log: silentLogger,
+  });
+  const pc = new PlacementServiceClient(placement.address, grpc.credentials.createInsecure());
+  closers.push(async () => {
+    pc.close();
+    cpForPlacement.close();
+    await placement.shutdown(1000);
+  });
+  for (let i = 0; i < 12; i++)
+    await call(pc.reportLoad.bind(pc), { hosts: LOAD_HOSTS, vms: LOAD_VMS, timeUnixMs: 0 });
+  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
+    .plan!;
+  assert.equal(
+    plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
+    [["small", "h3", "h1"]],
+  );
+  assert.equal(plan.hostsToSleep, ["h3"]);
+
+  const passesBefore = Math.max(...heartbeats(logs).map((h) => h.passes));
+  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  assert.is(applied.plan?.state, PlanState.PLAN_STATE_APPLYING);
+  assert.is(applied.migrationIds.length, 1);
+  assert.match(applied.message, /started 1 of 1 migrations through the control-plane/);
+  const migrationId = applied.migrationIds[0];
+  // While it runs: the plan's own request_id answers the same migration, any other is refused.
+  const again = await c().migrateVm({
+    vmId: "small",
+    destinationHostId: "h1",
+    mode: 0,
+    requestId: `${plan.planId}/small`,
+  });
+  assert.is(again.migrationId, migrationId);
+  await rejects(
+    c().migrateVm({ vmId: "small", destinationHostId: "h1", mode: 0, requestId: "someone-else" }),
+    grpc.status.FAILED_PRECONDITION,
+    /VM small is already migrating/,
+  );
+
+  const final = await until("the plan to end", async () => {
+    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    return p.state === PlanState.PLAN_STATE_APPLYING ? undefined : p;
+  });
+  assert.is(final.state, PlanState.PLAN_STATE_APPLIED, JSON.stringify(final));
+  assert.equal(
+    final.moves.map((m: Plan["moves"][number]) => [m.vmId, m.migrationId, m.state, m.error]),
+    [["small", migrationId, "done", ""]],
+  );
+  const m = await c().getMigration(migrationId);
+  assert.equal([m.state, m.sourceHostId, m.destinationHostId, m.fencingToken], ["done", "h3", "h1", 1]);
+  assert.ok(m.bytesSent > 0);
+
+  // The VM runs on h1 only; h3's QEMU ended and h3 is recorded asleep.
+  const moved = await c().getVm("small");
+  assert.equal(
+    [moved.hostId, moved.vm?.state, moved.migrationId, moved.fencingToken],
+    ["h1", VmState.VM_STATE_RUNNING, "", 1],
+  );
+  assert.is(pageB.host.get("small").state, "stopped");
+  assert.equal(
+    (await c().listHosts()).filter((h) => h.asleep).map((h) => h.hostId),
+    ["h3"],
+  );
+  // h3's QEMU has ended: its log is complete.
+  logs[0].to = statSync(created.serialLogPath).size;
+  logs.push({ path: moved.vm!.serialLogPath, from: 0 });
+  await until("two verification passes on h1", () =>
+    heartbeats(logs).find((h) => h.passes >= passesBefore + 2),
+  );
+  unbroken(logs);
+
+  // A control-plane stopped mid-migration: a new one on the same store finishes it.
+  await c().setHostAsleep("h3", false);
+  const back = await c().migrateVm({ vmId: "small", destinationHostId: "h3", mode: 0, requestId: "back" });
+  const seen: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    cp.client
+      .waitForMigration(back.migrationId, (u: Migration) => {
+        seen.push(u.state);
+        if (u.state !== "pending" && u.state !== "preparing") resolve();
+      })
+      .then(() => resolve(), reject);
+  });
+  const old = cp;
+  await old.close();
+  const stoppedAt = (await (await redisStore()).get(`control:migration:${back.migrationId}`))!;
+  cp = await startControlPlane(await redisStore());
+  const end = await cp.client.waitForMigration(back.migrationId);
+  assert.is(end.state, "done", `${end.state}: ${end.error} (stopped at ${JSON.parse(stoppedAt).state})`);
+  assert.is(end.fencingToken, 2);
+  const home = await cp.client.getVm("small");
+  assert.equal([home.hostId, home.vm?.state, home.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
+  assert.is(pageA.host.get("small").state, "stopped");
+  logs[1].to = statSync(moved.vm!.serialLogPath).size;
+  assert.is(home.vm!.serialLogPath, created.serialLogPath, "h3 appends to the VM's first log");
+  logs.push({ path: home.vm!.serialLogPath, from: logs[0].to });
+  const passesNow = Math.max(...heartbeats(logs).map((h) => h.passes));
+  await until("a verification pass back on h3", () =>
+    heartbeats(logs).find((h) => h.passes >= passesNow + 1),
+  );
+  unbroken(logs);
+  console.log(
+    `e2e: plan ${plan.planId} moved small h3→h1 (${m.bytesSent} B sent); ` +
+      `control-plane stopped at ${JSON.parse(stoppedAt).state}, the next one finished ${back.migrationId}`,
+  );
+  await pageB.host.stop("small", true);
+});
+
+e2e.run();
