@@ -62,9 +62,22 @@ export class ControlPlane {
     this.executor = new Executor(store, this.pages, opts.log ?? silentLogger);
   }
 
-  /** Resumes every migration a previous control-plane left unfinished. */
+  /**
+   * Resumes every migration a previous control-plane left unfinished, and releases VMs still
+   * held by a migration that ended (e.g. cancelled while its driver was stopping).
+   */
   async open(): Promise<string[]> {
-    const open = (await this.listMigrations()).filter((m) => !isFinal(m.state));
+    const all = await this.listMigrations();
+    const ended = new Map(
+      all.filter((m) => m.state === "failed" || m.state === "cancelled").map((m) => [m.migration_id, m]),
+    );
+    for (const vm of await this.listVmRecords()) {
+      if (!ended.has(vm.migration_id)) continue;
+      await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) =>
+        cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
+      );
+    }
+    const open = all.filter((m) => !isFinal(m.state));
     for (const m of open) this.executor.drive(m.migration_id);
     return open.map((m) => m.migration_id);
   }
