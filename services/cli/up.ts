@@ -13,6 +13,7 @@ const specs = {
   "page-grpc": { type: "string", default: "127.0.0.1:7402", describe: "page-server gRPC address" },
   "page-channel": { type: "string", default: "127.0.0.1:7403", describe: "page-server migration channel" },
   "placement-grpc": { type: "string", default: "127.0.0.1:7404", describe: "placement gRPC address" },
+  "control-grpc": { type: "string", default: "127.0.0.1:7405", describe: "control-plane gRPC address" },
   "run-dir": { type: "string", default: "/tmp/vmhop", describe: "folder for VM sockets and logs" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -55,7 +56,12 @@ export async function run(argv: string[]): Promise<number> {
         `${o["run-dir"]}/page`,
       ],
     },
-    { name: "placement", args: ["placement", "serve", "--grpc", o["placement-grpc"]!] },
+    { name: "control-plane", args: ["control", "serve", "--grpc", o["control-grpc"]!] },
+    // ApplyPlan migrates through the control-plane (hosts: `vmhop control register-host`).
+    {
+      name: "placement",
+      args: ["placement", "serve", "--grpc", o["placement-grpc"]!, "--control-plane", o["control-grpc"]!],
+    },
   ];
   let stopping = false;
   const stopAll = (sig: NodeJS.Signals = "SIGTERM") => {
@@ -81,7 +87,7 @@ export async function run(argv: string[]): Promise<number> {
   process.on("SIGINT", () => stopAll("SIGINT"));
   process.on("SIGTERM", () => stopAll("SIGTERM"));
   console.log(
-    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; Ctrl-C stops all`,
+    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; control-plane grpc ${o["control-grpc"]}; Ctrl-C stops all`,
   );
   const codes = await Promise.all(exits);
   return stopping && codes.every((c) => c === 0 || c === null) ? 0 : Math.max(...codes, 1);
