@@ -1,7 +1,12 @@
 // `npm run bench -- handover [--quick] [--runs N] [--delays 0,5,15]`: the gap a correspondent
-// sees (largest silence between echo replies, 10 ms spacing) while the VM moves between two
-// sites, for break-before-make, make-before-break and make-before-break with a forwarding
-// pointer, IPv6 and IPv4 at once, against the one-way WAN delay. The reference ("replug") is
+// sees while the VM moves between two sites, for break-before-make, make-before-break and
+// make-before-break with a forwarding pointer, IPv6 and IPv4 at once, against the one-way WAN
+// delay. A continuous ping (10 ms spacing) measures it: `silence_ms` is the largest time between
+// two consecutive replies; `gap_ms` is that minus the send spacing, i.e. how much longer than
+// usual the correspondent waited (a silence always contains one spacing, so the raw silence of a
+// move whose packets are only delayed by a forwarding pointer's one-way detour is one-way + 10).
+// Issue 5's goal is on gap_ms: at most one one-way delay (the physical floor: the binding update
+// crossing the WAN, or the forwarding pointer's detour) plus 10 ms. The reference ("replug") is
 // the floor of the test bed itself: the port unplugged and plugged back into the same site, with
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
@@ -48,7 +53,13 @@ async function oneRun(bed: NetreachBed, c: Case, oneWayMs: number): Promise<Metr
   await bed.settle();
   return results.map((recs) => {
     const s = summarisePings(recs);
-    return { gap_ms: s.gapMs, lost: s.lost, one_way_ms: oneWayMs, rtt_ms: s.rttMedianMs };
+    return {
+      gap_ms: s.gapMs,
+      silence_ms: s.silenceMs,
+      lost: s.lost,
+      one_way_ms: oneWayMs,
+      rtt_ms: s.rttMedianMs,
+    };
   });
 }
 
@@ -99,11 +110,16 @@ export async function main(args: string[]): Promise<void> {
         subject: c.subject,
         gap_ms: gap,
         "min..max": `${Number(c.min?.gap_ms).toFixed(1)}..${Number(c.max?.gap_ms).toFixed(1)}`,
+        silence_ms: c.metrics.silence_ms as number,
         lost: c.metrics.lost as number,
         over_floor_ms: gap - f,
-        // Issue 5's goal: within one one-way delay plus 10 ms of the floor.
-        goal:
-          c.subject === "vmhop" ? (gap - f <= (c.metrics.one_way_ms as number) + 10 ? "met" : "missed") : "",
+        // Issue 5's goal, for make-before-break with a forwarding pointer: at most one one-way
+        // delay (the physical floor) plus 10 ms.
+        goal: c.case.startsWith("mbb-fp/")
+          ? gap <= (c.metrics.one_way_ms as number) + 10
+            ? "met"
+            : "missed"
+          : "",
         rtt_ms: c.metrics.rtt_ms as number,
       };
     }),

@@ -96,10 +96,17 @@ test("ping analysis: losses, longest loss run, largest gap", () => {
   assert.is(s.sent, 10);
   assert.is(s.lost, 2);
   assert.is(s.longestLossRun, 2);
-  assert.is(s.gapMs, 30);
+  // Two lost echoes 10 ms apart: 30 ms of silence, of which one spacing is the usual rhythm.
+  assert.is(s.silenceMs, 30);
+  assert.is(s.spacingMs, 10);
+  assert.is(s.gapMs, 20);
   assert.is(s.gapStartMs, 31);
   assert.is(s.rttMedianMs, 1);
   assert.is(summarisePings([]).gapMs, 0);
+  // Nothing lost, three echoes 15 ms late (a forwarding pointer's detour until the anchor
+  // re-points): the gap is that delay.
+  const delayed = recs.map((r) => ({ ...r, recvAtMs: r.sentAtMs + (r.seq >= 4 && r.seq <= 6 ? 16 : 1) }));
+  assert.is(summarisePings(delayed).gapMs, 15);
 });
 
 test("gratuitous ARP: broadcast request with sender = target = the address", () => {

@@ -169,7 +169,8 @@ export class SiteAgent {
    * source tap closing), the kernel falls back to the pointer by itself: nothing waits for this
    * agent to hear of the switch-over, so what arrives here meanwhile is forwarded, not dropped.
    * A port that loses its link needs `ignore_routes_with_linkdown` on it (the test bed sets the
-   * namespace default). leave() makes the pointer the main route.
+   * namespace default); the kernel applies a carrier change from a work queue, within about a
+   * millisecond on a quiet machine. leave() makes the pointer the main route.
    */
   async stageForwarding(vm: VmNet, to: SiteEndpoint): Promise<void> {
     await this.batch.apply(tunnelRoutes(vm, to, this.cfg.wanDev, STAGED_METRIC));

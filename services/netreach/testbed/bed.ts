@@ -315,8 +315,8 @@ export class NetreachBed {
   /** First placement: the port goes to site i, the anchor registers the VM there. */
   async place(i: number, lifetimeSeconds = 300): Promise<Outcome> {
     const site = this.sites[i];
-    await site.prepare(VM, PORT);
     await this.linkUp(i);
+    await site.prepare(VM, PORT);
     await this.plugInto(i);
     this.at = i;
     this.generation++;
@@ -340,8 +340,9 @@ export class NetreachBed {
     const m = { vm: VM, from: this.sites[this.at], to: this.sites[to], port: PORT, mode };
     const generation = ++this.generation;
     const hooks = new MigrationHooks(this.anchor);
-    await hooks.prepareNetwork(m);
+    // The destination tap has its link before the network is prepared (the incoming QEMU holds it).
     await this.linkUp(to);
+    await hooks.prepareNetwork(m);
     const switchAtMs = performance.timeOrigin + performance.now();
     await this.plugInto(to);
     this.at = to;

@@ -4,6 +4,8 @@ import { spawnIn } from "../../../deploy/testbed/netns.js";
 
 const repoRoot = new URL("../../../", import.meta.url).pathname;
 const probeMain = new URL("../probe/main.ts", import.meta.url).pathname;
+/** nice value for the test bed's instruments and emulated WAN (root may raise priority). */
+export const PRIORITY = process.getuid?.() === 0 ? "-10" : "0";
 
 export interface ProbeProcess<T> {
   /** Resolves once the probe is sending or listening. */
@@ -15,7 +17,16 @@ export interface ProbeProcess<T> {
 }
 
 export function startProbe<T>(ns: string, args: string[]): ProbeProcess<T> {
-  const proc = spawnIn(ns, process.execPath, ["--import", "tsx", probeMain, ...args], { cwd: repoRoot });
+  // Raised priority: the instrument's own scheduling on a loaded machine must not show up as
+  // silences (vmhop's own processes keep the default priority).
+  const proc = spawnIn(
+    ns,
+    "nice",
+    ["-n", PRIORITY, process.execPath, "--import", "tsx", probeMain, ...args],
+    {
+      cwd: repoRoot,
+    },
+  );
   let stdout = "";
   let stderr = "";
   let onReady: () => void = () => {};

@@ -13,6 +13,7 @@ import {
   spawnIn,
 } from "../../../deploy/testbed/netns.js";
 import type { WanEnd, WanLinker } from "./bed.js";
+import { PRIORITY } from "./probe-process.js";
 
 const repoRoot = new URL("../../../", import.meta.url).pathname;
 const relayMain = new URL("./wan-relay-main.ts", import.meta.url).pathname;
@@ -42,7 +43,8 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
     await createNetns(opts.netns, {
       sysctls: { "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0" },
     });
-    child = spawnIn(opts.netns, process.execPath, ["--import", "tsx", relayMain], {
+    // The emulated WAN runs at raised priority: a link's delay should not grow with CPU load.
+    child = spawnIn(opts.netns, "nice", ["-n", PRIORITY, process.execPath, "--import", "tsx", relayMain], {
       cwd: repoRoot,
       stdio: ["pipe", "pipe", "inherit"],
     });
