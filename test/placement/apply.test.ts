@@ -1,0 +1,129 @@
+// PlacementService.ApplyPlan through a real control-plane (gRPC, no QEMU): moves the
+// control-plane refuses (unknown VM, stale plan) and a host it does not know end the plan
+// FAILED with each reason recorded; the per-move outcome shows in GetPlan. The successful
+// path with a real VM is test/control-plane/e2e.test.ts.
+import * as grpc from "@grpc/grpc-js";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import {
+  type ApplyPlanResponse,
+  type ComputePlanResponse,
+  type GetPlanResponse,
+  PlacementServiceClient,
+  type Plan,
+  PlanState,
+} from "../../gen/vmhop/v1/placement.js";
+import { startGrpcServer } from "../../services/common/grpc/server.js";
+import { silentLogger } from "../../services/common/log.js";
+import { MemoryStore } from "../../services/common/store/index.js";
+import { ControlClient } from "../../services/control-plane/client.js";
+import { KEYS } from "../../services/control-plane/records.js";
+import { placementService } from "../../services/placement/service/grpc.js";
+import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
+import { tempDir } from "../helpers/env.js";
+
+type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
+function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+// The scenario of service.test.ts: the best plan moves "small" h3 → h1 and sleeps h3.
+const HOSTS = [
+  { hostId: "h1", model: "G5", asleep: false },
+  { hostId: "h3", model: "G5", asleep: false },
+].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
+const VMS = [
+  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
+  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
+].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+
+const dir = tempDir("vmhop-apply-");
+const closers: (() => Promise<void>)[] = [];
+test.after(async () => {
+  for (const c of closers.reverse()) await c();
+  dir.cleanup();
+});
+
+async function setUp() {
+  const cpStore = new MemoryStore();
+  const page = await startPageServer(dir.path, "apply-page");
+  const cp = await startControlPlane(cpStore);
+  const cpClient = new ControlClient(cp.address);
+  const store = new MemoryStore();
+  const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
+  const g = await startGrpcServer({
+    serviceName: "placement",
+    listen: "127.0.0.1:0",
+    services: [placementService(store, cfg, silentLogger, cpClient)],
+    log: silentLogger,
+  });
+  const pc = new PlacementServiceClient(g.address, grpc.credentials.createInsecure());
+  closers.push(async () => {
+    pc.close();
+    cpClient.close();
+    await g.shutdown(1000);
+    await cp.close();
+    await page.close();
+  });
+  for (let i = 0; i < 12; i++) await call(pc.reportLoad.bind(pc), { hosts: HOSTS, vms: VMS, timeUnixMs: 0 });
+  return { pc, cp, cpStore, page };
+}
+
+async function planAndApply(
+  pc: PlacementServiceClient,
+): Promise<{ applied: ApplyPlanResponse; final: Plan }> {
+  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
+    .plan!;
+  assert.equal(
+    plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
+    [["small", "h3", "h1"]],
+  );
+  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  for (;;) {
+    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    if (p.state !== PlanState.PLAN_STATE_APPLYING) return { applied, final: p };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test("refused moves and an unknown host to sleep: the plan ends FAILED with each reason", async () => {
+  const { pc, cp, cpStore, page } = await setUp();
+  // The control-plane knows h1 only, and no VM "small".
+  await cp.client.registerHost(host("h1", page.address));
+  const { applied, final } = await planAndApply(pc);
+  assert.equal(applied.migrationIds, []);
+  assert.match(applied.message, /started 0 of 1 migrations through the control-plane/);
+  assert.is(final.state, PlanState.PLAN_STATE_FAILED);
+  assert.equal(
+    final.moves.map((m) => [m.vmId, m.state, m.migrationId]),
+    [["small", "failed", ""]],
+  );
+  assert.match(final.moves[0].error, /unknown VM small/);
+  assert.equal(final.warnings, ["host h3 not recorded asleep: unknown host h3"]);
+
+  // A plan whose VM has since moved elsewhere is stale: its move fails, nothing migrates.
+  await cp.client.registerHost(host("h3", page.address));
+  await cp.client.registerHost(host("h7", page.address));
+  await cpStore.set(
+    KEYS.vm("small"),
+    JSON.stringify({
+      vm_id: "small",
+      spec: { vmId: "small" },
+      host_id: "h7",
+      migration_id: "",
+      fencing_token: 0,
+    }),
+  );
+  const stale = await planAndApply(pc);
+  assert.is(stale.final.state, PlanState.PLAN_STATE_FAILED);
+  assert.match(stale.final.moves[0].error, /VM small is on h7, not h3: the plan is stale/);
+  assert.equal(await cp.client.listMigrations(), []);
+  // h3 has no VM in the control-plane: recorded asleep even though the move failed.
+  assert.equal(stale.final.warnings, []);
+  assert.equal(
+    (await cp.client.listHosts()).filter((h) => h.asleep).map((h) => h.hostId),
+    ["h3"],
+  );
+});
+
+test.run();
