@@ -10,7 +10,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
-import { type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import {
   type ApplyPlanResponse,
   type ComputePlanResponse,
@@ -168,6 +168,28 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const still = await c().getVm("small");
   assert.equal([still.hostId, still.vm?.state, still.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
 
+  // Cancelled before its switch-over (pre-copy, cancelled at once): the VM stays on h3, h1's
+  // waiting QEMU is stopped, and the VM is free again.
+  const doomed = await c().migrateVm({
+    vmId: "small",
+    destinationHostId: "h1",
+    mode: MigrationMode.MIGRATION_MODE_PRECOPY,
+    requestId: "",
+  });
+  const cancelled = await c().cancelMigration(doomed.migrationId);
+  assert.equal([cancelled.state, cancelled.error], ["cancelled", "cancelled on request"]);
+  await until("the VM released", async () =>
+    (await c().getVm("small")).migrationId === "" ? true : undefined,
+  );
+  const stayed = await c().getVm("small");
+  assert.equal([stayed.hostId, stayed.vm?.state, stayed.fencingToken], ["h3", VmState.VM_STATE_RUNNING, 1]);
+  assert.not.ok(
+    pageA.host.list().some((v) => v.spec.name === "small" && v.state !== "stopped"),
+    "h1 still has a live QEMU for the cancelled migration",
+  );
+  // Cancelling a final migration answers it as it is.
+  assert.is((await c().cancelMigration(doomed.migrationId)).state, "cancelled");
+
   // The placement service, given the control-plane.
   const store = await redisStore();
   const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
@@ -224,14 +246,14 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     [["small", migrationId, "done", ""]],
   );
   const m = await c().getMigration(migrationId);
-  assert.equal([m.state, m.sourceHostId, m.destinationHostId, m.fencingToken], ["done", "h3", "h1", 1]);
+  assert.equal([m.state, m.sourceHostId, m.destinationHostId, m.fencingToken], ["done", "h3", "h1", 2]);
   assert.ok(m.bytesSent > 0);
 
   // The VM runs on h1 only; h3's QEMU ended and h3 is recorded asleep.
   const moved = await c().getVm("small");
   assert.equal(
     [moved.hostId, moved.vm?.state, moved.migrationId, moved.fencingToken],
-    ["h1", VmState.VM_STATE_RUNNING, "", 1],
+    ["h1", VmState.VM_STATE_RUNNING, "", 2],
   );
   assert.is(pageB.host.get("small").state, "stopped");
   assert.equal(
@@ -264,7 +286,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   cp = await startControlPlane(await redisStore());
   const end = await cp.client.waitForMigration(back.migrationId);
   assert.is(end.state, "done", `${end.state}: ${end.error} (stopped at ${JSON.parse(stoppedAt).state})`);
-  assert.is(end.fencingToken, 2);
+  assert.is(end.fencingToken, 3);
   const home = await cp.client.getVm("small");
   assert.equal([home.hostId, home.vm?.state, home.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
   assert.is(pageA.host.get("small").state, "stopped");
