@@ -2,6 +2,7 @@
 // <plan>/<vm>, so a retried or resumed apply never starts a second migration), each move's
 // outcome recorded on the plan, then the hosts to sleep recorded asleep once their VMs have
 // left. The plan ends applied, or failed with the reasons on its moves and warnings.
+import * as grpc from "@grpc/grpc-js";
 import type { Migration } from "../../../gen/vmhop/v1/control.js";
 import { MigrationMode } from "../../../gen/vmhop/v1/page.js";
 import type { Logger } from "../../common/log.js";
@@ -75,6 +76,22 @@ export async function startPlan(store: Store, plan: PlanRecord, cp: ControlClien
   return p;
 }
 
+/**
+ * A migration's final record. A control-plane restart breaks the watch but not the migration
+ * (the next control-plane resumes it): watch again for up to a minute before giving up.
+ */
+async function waitFinal(cp: ControlClient, migrationId: string): Promise<Migration> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      return await cp.waitForMigration(migrationId);
+    } catch (err) {
+      if (Date.now() > deadline || (err as { code?: number }).code === grpc.status.NOT_FOUND) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
 /** Waits for the plan's migrations, records each outcome, then sleeps hosts; the plan's final state. */
 export async function followPlan(
   store: Store,
@@ -89,7 +106,7 @@ export async function followPlan(
       .map(async (move) => {
         let progress: MoveProgress;
         try {
-          const end: Migration = await cp.waitForMigration(move.migration_id!);
+          const end = await waitFinal(cp, move.migration_id!);
           progress = { state: end.state, error: end.error };
         } catch (err) {
           progress = { state: "failed", error: `lost track of ${move.migration_id}: ${errorText(err)}` };
