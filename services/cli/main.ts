@@ -6,7 +6,7 @@ type CliModule = { run(argv: string[]): Promise<number> };
 
 const commands: Record<string, { describe: string; load: () => Promise<CliModule> }> = {
   up: {
-    describe: "run the vmhop services on this machine (block-server, page-server, placement)",
+    describe: "run the vmhop services on this machine (block-server, page-server, placement, control-plane)",
     load: () => import("./up.js"),
   },
   block: {
