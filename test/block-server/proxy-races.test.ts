@@ -87,6 +87,38 @@ t("a write racing a fetch of the same block wins, full or partial", async () => 
   assert.is(p.stats().bytesWrittenLocally, BS + 1000 + 2 * BS);
 });
 
+t("reads answered from fetched bytes: across fetches, next to local blocks, then a write wins", async () => {
+  const p = await open();
+  const slice = (b: number, n: number) => data.subarray(b * BS, (b + n) * BS);
+  // Blocks 52-53 are fetched together; a read of 53-54 a turn later joins that fetch for 53
+  // and fetches 54 itself: its reply is stitched from two fetch buffers.
+  const a = p.read(52 * BS + 7, 2 * BS - 7);
+  await new Promise((r) => setImmediate(r));
+  const b = p.read(53 * BS, 2 * BS);
+  assert.ok((await a).equals(data.subarray(52 * BS + 7, 54 * BS)));
+  assert.ok((await b).equals(slice(53, 2)));
+  // Half local, half missing: served once both are local.
+  await p.read(56 * BS, BS);
+  assert.ok((await p.read(56 * BS + 100, BS)).equals(data.subarray(56 * BS + 100, 57 * BS + 100)));
+  // A write issued the moment a read got its fetched bytes (the store may still be running)
+  // waits for the fetch and wins; a read of a block being written waits for the write.
+  const got = await p.read(60 * BS, BS);
+  assert.ok(got.equals(slice(60, 1)));
+  const w = randomBytes(BS);
+  const writing = p.write(60 * BS, w, false);
+  const during = p.read(60 * BS, BS);
+  await writing;
+  const seen = await during;
+  assert.ok(seen.equals(w) || seen.equals(slice(60, 1)));
+  assert.ok((await p.read(60 * BS, BS)).equals(w), "the fetch's store did not overwrite the write");
+  const w2 = randomBytes(BS);
+  const claimed = p.write(62 * BS, w2, false); // whole block: claimed, never fetched
+  assert.ok((await p.read(62 * BS, BS)).equals(w2), "a read of a block being written waits for it");
+  await claimed;
+  await p.flush();
+  assert.ok(p.bitmap.has(52) && p.bitmap.has(53) && p.bitmap.has(54) && p.bitmap.has(60));
+});
+
 t("TRIM and WRITE_ZEROES work locally and mark blocks local; CACHE fetches", async () => {
   const p = await open();
   await p.writeZeroes(5 * BS + 100, 3 * BS, { fua: false, noHole: false, fastZero: false });

@@ -1,17 +1,22 @@
 // Proxy mode (lazy relocation, after xNBD's proxy): serves a disk at once while its blocks
 // still live upstream. Local data sits in a sparse cache file (served through a
 // TargetBackend), a persisted bitmap says which blocks are local. Reads of missing blocks
-// fetch them (adjacent misses within one event-loop turn merge into one upstream request),
-// store them, then answer; writes stay local.
+// fetch them (adjacent misses within one event-loop turn merge into one upstream request)
+// and are answered from the fetched bytes as soon as they arrive, while the fetch stores
+// them; writes stay local.
 //
 // Races: every block being fetched or written while missing has an entry in `busy`. A
 // fetch only writes blocks it registered, and a write to a busy block waits for it first,
 // so a late fetch can never overwrite a newer write (xNBD sets its bit before fetching for
-// the same reason). Durability: FLUSH fdatasyncs the cache before the bitmap is written.
+// the same reason). A read answered from fetched bytes started before any such write
+// finished, and copies them the moment they arrive (a write waits for the fetch's store).
+// Durability: FLUSH fdatasyncs the cache before the bitmap is written; a bit is set only
+// once its block is stored.
 import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import { createLogger, type Logger } from "../../common/log.js";
 import {
+  type Alloc,
   type Backend,
   BackendError,
   type Capabilities,
@@ -19,6 +24,7 @@ import {
   type ReadPiece,
   type WriteZeroesOptions,
 } from "../export/backend.js";
+import { BufferPool } from "../export/buffer-pool.js";
 import { TargetBackend } from "../export/target.js";
 import { BackgroundCopier, type CopyState } from "./background-copy.js";
 import { BitmapFile, BitmapFileError } from "./bitmap-file.js";
@@ -98,7 +104,17 @@ interface Deferred {
   reject: (e: Error) => void;
 }
 
-function deferred(): Deferred {
+/** A busy block: settles once it is local (stored or written), or on failure. */
+interface Busy extends Deferred {
+  /** Being fetched (or queued to be); false while a local change holds it. */
+  fetching: boolean;
+  /** Once arrived: the block's bytes, a view of the fetch buffer valid while the block is busy. */
+  bytes?: Buffer;
+  /** Called synchronously when the bytes arrive, or with the fetch's error. */
+  onBytes?: ((bytes: Buffer | Error) => void)[];
+}
+
+function deferred(fetching: boolean): Busy {
   let resolve!: () => void;
   let reject!: (e: Error) => void;
   const promise = new Promise<void>((a, b) => {
@@ -106,7 +122,15 @@ function deferred(): Deferred {
     reject = b;
   });
   promise.catch(() => {}); // waiters use allSettled or their own fetch's promise
-  return { promise, resolve, reject };
+  return { promise, resolve, reject, fetching };
+}
+
+/** Hands a busy block's arrived bytes (or the fetch's error) to the reads waiting for them. */
+function land(d: Busy, bytes: Buffer | Error): void {
+  if (Buffer.isBuffer(bytes)) d.bytes = bytes;
+  const waiting = d.onBytes;
+  d.onBytes = undefined;
+  if (waiting) for (const w of waiting) w(bytes);
 }
 
 const ZERO_BLOCK_CACHE = new Map<number, Buffer>();
@@ -138,7 +162,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
   readonly bitmap: BlockBitmap;
   readonly identity: string;
   /** Blocks being fetched, or written while missing. */
-  private readonly busy = new Map<number, Deferred>();
+  private readonly busy = new Map<number, Busy>();
+  /** Fetch buffers (largest request each), recycled once their data is stored. */
+  private readonly fetchBuffers = new BufferPool(32 << 20);
   private demandQueue: number[] = [];
   private demandScheduled = false;
   private persistChain: Promise<void> = Promise.resolve();
@@ -254,11 +280,11 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   /** Fetches a run of registered-or-free blocks; registers them before its first await. */
   fetchRun(run: Run, source: "demand" | "background"): Promise<void> {
-    const ds: Deferred[] = [];
+    const ds: Busy[] = [];
     for (let b = run.first; b < run.first + run.count; b++) {
       let d = this.busy.get(b);
       if (!d) {
-        d = deferred();
+        d = deferred(true);
         this.busy.set(b, d);
       }
       ds.push(d);
@@ -266,28 +292,37 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return this.doFetch(run, source, ds);
   }
 
-  private async doFetch(run: Run, source: "demand" | "background", ds: Deferred[]): Promise<void> {
+  private async doFetch(run: Run, source: "demand" | "background", ds: Busy[]): Promise<void> {
     const { offset, length } = runBytes(run, this.blockSize, this.size);
+    const bs = this.blockSize;
     const t0 = performance.now();
+    const buf = this.fetchBuffers.alloc(this.maxRequestBlocks * bs);
     try {
-      const data = await this.upstream.read(offset, length);
+      const data = await this.upstream.read(offset, length, buf.subarray(0, length));
+      // Reads waiting for these blocks copy them now, before they are stored.
+      for (let i = 0; i < ds.length; i++) land(ds[i], data.subarray(i * bs, Math.min((i + 1) * bs, length)));
+      if (source === "demand") {
+        this.latency.record(performance.now() - t0);
+        this.counters.demand += length;
+      } else this.counters.background += length;
       await this.store(offset, data);
       this.bitmap.setRange(run.first, run.count);
-      if (source === "demand") {
-        this.counters.demand += length;
-        this.latency.record(performance.now() - t0);
-      } else this.counters.background += length;
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
+        ds[i].bytes = undefined;
         ds[i].resolve();
       }
+      this.fetchBuffers.release(buf);
     } catch (e) {
       const err =
         e instanceof BackendError ? e : new BackendError(`fetch failed: ${(e as Error).message}`, "EIO");
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
+        ds[i].bytes = undefined;
+        land(ds[i], err);
         ds[i].reject(err);
       }
+      this.fetchBuffers.release(buf); // a settled upstream read no longer writes into it
       throw err;
     }
   }
@@ -331,14 +366,18 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   /** Queues a block for the next demand batch (this event-loop turn's misses, merged). */
   private queueDemand(b: number): Promise<void> {
-    const d = deferred();
+    return this.queueDemandBlock(b).promise;
+  }
+
+  private queueDemandBlock(b: number): Busy {
+    const d = deferred(true);
     this.busy.set(b, d);
     this.demandQueue.push(b);
     if (!this.demandScheduled) {
       this.demandScheduled = true;
       setImmediate(() => this.issueDemand());
     }
-    return d.promise;
+    return d;
   }
 
   private issueDemand(): void {
@@ -357,9 +396,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
    * fetch needed, readers wait for us); partly covered missing blocks are fetched first when
    * `fetchPartial`, else left alone. Returns the claims; pass them to commit() or release().
    */
-  private async claim(offset: number, length: number, fetchPartial: boolean): Promise<Map<number, Deferred>> {
+  private async claim(offset: number, length: number, fetchPartial: boolean): Promise<Map<number, Busy>> {
     const { first, last } = blockSpan(offset, length, this.blockSize);
-    const mine = new Map<number, Deferred>();
+    const mine = new Map<number, Busy>();
     try {
       for (;;) {
         const others = new Set<Promise<void>>();
@@ -369,7 +408,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
           const d = this.busy.get(b);
           if (d) others.add(d.promise);
           else if (this.covers(b, offset, length)) {
-            const c = deferred();
+            const c = deferred(false);
             this.busy.set(b, c);
             mine.set(b, c);
           } else if (fetchPartial) partial.push(b);
@@ -383,7 +422,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     }
   }
 
-  private commit(claims: Map<number, Deferred>): void {
+  private commit(claims: Map<number, Busy>): void {
     for (const [b, d] of claims) {
       this.bitmap.set(b);
       this.busy.delete(b);
@@ -392,7 +431,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     if (claims.size > 0) this.copier.checkDone();
   }
 
-  private release(claims: Map<number, Deferred>, e: Error): void {
+  private release(claims: Map<number, Busy>, e: Error): void {
     for (const [b, d] of claims) {
       this.busy.delete(b);
       d.reject(e);
@@ -429,22 +468,85 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   // ---- Backend ----
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, alloc?: Alloc): Promise<Buffer> {
     this.check();
     if (!this.allLocal(offset, length)) {
+      const fetched = await this.readFetched(offset, length, alloc);
+      if (fetched) return fetched;
       const { first, last } = blockSpan(offset, length, this.blockSize);
       await this.ensureLocal(first, last);
     }
-    return this.local.read(offset, length);
+    return this.local.read(offset, length, alloc);
   }
 
-  async readSparse(offset: number, length: number): Promise<ReadPiece[]> {
+  async readSparse(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]> {
     this.check();
     if (!this.allLocal(offset, length)) {
+      const fetched = await this.readFetched(offset, length, alloc);
+      if (fetched) return [{ offset, data: fetched }];
       const { first, last } = blockSpan(offset, length, this.blockSize);
       await this.ensureLocal(first, last);
     }
-    return this.local.readSparse(offset, length);
+    return this.local.readSparse(offset, length, alloc);
+  }
+
+  /**
+   * A read whose blocks are all missing and none held by a local change: fetches them (or
+   * joins the fetches in flight) and copies each block's bytes into the reply the moment
+   * they arrive. Undefined when that does not apply or a fetch failed: the caller then
+   * waits until the blocks are local and reads the cache.
+   */
+  private readFetched(
+    offset: number,
+    length: number,
+    alloc: Alloc = Buffer.allocUnsafe,
+  ): Promise<Buffer | undefined> {
+    const bs = this.blockSize;
+    const { first, last } = blockSpan(offset, length, bs);
+    for (let b = first; b <= last; b++) {
+      if (this.bitmap.has(b)) return Promise.resolve(undefined);
+      const d = this.busy.get(b);
+      if (d && !d.fetching) return Promise.resolve(undefined);
+    }
+    const out = alloc(length);
+    const end = offset + length;
+    return new Promise((resolve, reject) => {
+      let left = last - first + 1;
+      let failed = false;
+      let ownError: Error | undefined;
+      for (let b = first; b <= last; b++) {
+        const blockStart = b * bs;
+        let mine = false;
+        const put = (bytes: Buffer | Error) => {
+          if (!Buffer.isBuffer(bytes)) {
+            // Our own fetch failing fails the read; someone else's just means "look again".
+            failed = true;
+            if (mine) ownError ??= bytes;
+          } else {
+            const from = Math.max(offset, blockStart);
+            bytes.copy(
+              out,
+              from - offset,
+              from - blockStart,
+              Math.min(end, blockStart + bytes.length) - blockStart,
+            );
+          }
+          if (--left > 0) return;
+          if (ownError) reject(ownError);
+          else resolve(failed ? undefined : out);
+        };
+        let d = this.busy.get(b);
+        if (!d) {
+          d = this.queueDemandBlock(b);
+          mine = true;
+        }
+        if (d.bytes) put(d.bytes);
+        else {
+          d.onBytes ??= [];
+          d.onBytes.push(put);
+        }
+      }
+    });
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {

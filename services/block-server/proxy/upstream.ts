@@ -132,15 +132,18 @@ export class Upstream extends EventEmitter {
     );
   }
 
-  /** Reads from upstream, retrying across reconnects for the retry window; else EIO. */
-  async read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Reads from upstream (into `into` when given, exactly `length` bytes), retrying across
+   * reconnects for the retry window; else EIO.
+   */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const deadline = performance.now() + (this.opts.retryWindowMs ?? 3000);
     for (;;) {
       if (this.closed) throw new BackendError("upstream is closed (proxy promoted or closed)", "EIO");
       const c = await this.current(deadline);
       if (!c) throw this.unavailable(`read at ${offset}+${length}`);
       try {
-        return await c.read(offset, length);
+        return await c.read(offset, length, into);
       } catch (e) {
         if (!(e instanceof NbdConnectionError)) {
           throw new BackendError(

@@ -131,10 +131,25 @@ const COMMAND_NAMES: Record<number, string> = {
   [NBD_CMD_BLOCK_STATUS]: "BLOCK_STATUS",
 };
 
-function dial(addr: NbdAddress): net.Socket {
+/** Receives into buffers `buffer()` picks; `callback` gets each read's byte count and buffer. */
+type OnRead = { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean };
+
+function dial(addr: NbdAddress, onread: OnRead): net.Socket {
   return addr.transport === "unix"
-    ? net.createConnection({ path: addr.path })
-    : net.createConnection({ host: addr.host, port: addr.port });
+    ? net.createConnection({ path: addr.path, onread })
+    : net.createConnection({ host: addr.host, port: addr.port, onread });
+}
+
+/** Where received bytes go before any parsing: reused for every read, so never kept. */
+const SCRATCH_SIZE = 256 * 1024;
+
+/** The rest of a READ's data, received straight into its result buffer. */
+interface Direct {
+  buf: Buffer;
+  at: number;
+  left: number;
+  /** Runs once the last byte is in. */
+  done: () => void;
 }
 
 /**
@@ -158,30 +173,79 @@ export class NbdClient extends EventEmitter {
   private waiter: (() => void) | undefined;
   private handshaking = true;
   private idleWaiters: (() => void)[] = [];
+  private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE);
+  private direct: Direct | undefined;
+  private readonly socket: net.Socket;
 
   private constructor(
-    private readonly socket: net.Socket,
     readonly address: NbdAddress,
     exportName: string,
   ) {
     super();
     this.exportName = exportName;
-    socket.setNoDelay(true);
-    socket.on("data", (b: Buffer) => {
-      this.q.push(b);
-      if (this.handshaking) this.wake();
-      else this.drain();
+    // The kernel copies a READ's data straight into its result (no chunk per read to collect).
+    const socket = dial(address, {
+      buffer: () => this.receiveBuffer(),
+      callback: (n, b) => {
+        this.received(n, b);
+        return true;
+      },
     });
+    this.socket = socket;
+    socket.setNoDelay(true);
     socket.on("error", (e) => this.fail(new NbdConnectionError(`NBD connection error: ${e.message}`)));
     socket.on("close", () => this.fail(new NbdConnectionError("NBD server closed the connection")));
+  }
+
+  private receiveBuffer(): Buffer {
+    const d = this.direct;
+    return d ? d.buf.subarray(d.at, d.at + d.left) : this.scratch;
+  }
+
+  private received(n: number, buf: Uint8Array): void {
+    if (buf.buffer !== this.scratch.buffer) {
+      const d = this.direct;
+      if (!d) return; // failed meanwhile
+      d.at += n;
+      d.left -= n;
+      if (d.left === 0) this.endDirect();
+      return;
+    }
+    this.q.push(this.scratch.subarray(0, n));
+    if (this.handshaking) this.wake();
+    else this.drain();
+    // The scratch is overwritten by the next read: keep a copy of what is left unparsed.
+    if (this.q.length > 0) {
+      const rest = this.q.take(this.q.length);
+      this.q.push(rest.buffer === this.scratch.buffer ? Buffer.from(rest) : rest);
+    }
+  }
+
+  /** Fills a READ buffer from the queue, then directly from the socket for the rest. */
+  private startDirect(buf: Buffer, at: number, len: number, done: () => void): void {
+    const now = Math.min(len, this.q.length);
+    this.q.takeInto(buf, at, now);
+    if (now === len) done();
+    else this.direct = { buf, at: at + now, left: len - now, done };
+  }
+
+  private endDirect(): void {
+    const d = this.direct!;
+    this.direct = undefined;
+    try {
+      d.done();
+    } catch (e) {
+      this.fail(new NbdConnectionError(`NBD protocol error from server: ${(e as Error).message}`));
+      return;
+    }
+    this.drain();
   }
 
   /** Connects to `nbd://…` / `nbd+unix://…` (or a parsed address) and completes the handshake. */
   static async connect(target: string | NbdAddress, opts: NbdClientOptions = {}): Promise<NbdClient> {
     const addr = typeof target === "string" ? parseNbdUrl(target) : target;
     const name = opts.exportName ?? addr.exportName;
-    const socket = dial(addr);
-    const c = new NbdClient(socket, addr, name);
+    const c = new NbdClient(addr, name);
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     const timer = setTimeout(
       () => c.fail(new NbdConnectionError(`NBD connect/handshake timed out after ${timeoutMs} ms`)),
@@ -353,10 +417,16 @@ export class NbdClient extends EventEmitter {
     });
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Reads [offset, offset+length). `into` (exactly `length` bytes) receives the data instead of
+   * a fresh buffer, e.g. one from a pool; the promise resolves with it.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (into && into.length !== length)
+      return Promise.reject(new RangeError(`read into ${into.length} bytes for a ${length}-byte READ`));
     // Structured replies fill it chunk by chunk; a reply that leaves a gap is rejected, so
     // uninitialised bytes never escape.
-    const buf = this.structured ? Buffer.allocUnsafe(length) : undefined;
+    const buf = into ?? Buffer.allocUnsafe(length);
     return this.request<Buffer>(NBD_CMD_READ, 0, offset, length, { buf, covered: 0 });
   }
 
@@ -416,6 +486,7 @@ export class NbdClient extends EventEmitter {
   private fail(err: Error): void {
     if (this.closedWith) return;
     this.closedWith = err;
+    this.direct = undefined;
     this.socket.destroy();
     const n = this.pending.size;
     const e = n > 0 ? new NbdConnectionError(`${err.message} with ${n} request(s) pending`) : err;
@@ -435,7 +506,7 @@ export class NbdClient extends EventEmitter {
   /** Parses every complete reply in the queue. */
   private drain(): void {
     try {
-      while (this.q.length >= 4 && !this.closedWith) if (!this.step()) break;
+      while (this.q.length >= 4 && !this.closedWith && !this.direct) if (!this.step()) break;
       if (this.pending.size === 0) this.wakeIdle();
     } catch (e) {
       this.fail(new NbdConnectionError(`NBD protocol error from server: ${(e as Error).message}`));
@@ -450,24 +521,41 @@ export class NbdClient extends EventEmitter {
     const p = this.pending.get(r.cookie);
     if (!p) throw new Error(`reply for unknown cookie ${r.cookie}`);
     if (r.kind === "simple") {
-      const dataLen = r.error === 0 && p.command === "READ" ? p.length : 0;
-      if (this.q.length < SIMPLE_REPLY_SIZE + dataLen) return false;
+      if (this.q.length < SIMPLE_REPLY_SIZE) return false;
       this.q.skip(SIMPLE_REPLY_SIZE);
+      if (r.error === 0 && p.command === "READ") {
+        // Settled (and dropped from the pending table) only once all its data is in.
+        this.startDirect(p.buf!, 0, p.length, () => {
+          this.pending.delete(r.cookie);
+          p.resolve(p.buf);
+        });
+        return true;
+      }
       this.pending.delete(r.cookie);
       if (r.error !== 0) p.reject(new NbdRequestError(p.command, r.error));
-      else if (p.command === "READ") p.resolve(this.q.take(dataLen));
       else p.resolve(undefined);
+      return true;
+    }
+    if (r.type === NBD_REPLY_TYPE_OFFSET_DATA && p.buf && r.length > 8) {
+      // Hot path: the data goes straight into the result, from the queue and then the socket.
+      if (this.q.length < STRUCTURED_HEADER_SIZE + 8) return false;
+      this.q.skip(STRUCTURED_HEADER_SIZE);
+      const offset = readU64(this.q.take(8), 0);
+      const len = r.length - 8;
+      const at = this.placeChunk(p, "data", offset, len);
+      this.startDirect(p.buf, at, len, () => this.chunkDone(r.cookie, r.flags, p));
       return true;
     }
     if (this.q.length < STRUCTURED_HEADER_SIZE + r.length) return false;
     this.q.skip(STRUCTURED_HEADER_SIZE);
-    if (r.type === NBD_REPLY_TYPE_OFFSET_DATA && p.buf && r.length > 8) {
-      // Hot path: copy the data straight from the socket chunks into the result.
-      const offset = readU64(this.q.take(8), 0);
-      const len = r.length - 8;
-      const at = this.placeChunk(p, "data", offset, len);
-      this.q.takeInto(p.buf, at, len);
-    } else this.applyChunk(p, decodeChunkPayload(r.type, this.q.take(r.length)));
+    this.applyChunk(p, decodeChunkPayload(r.type, this.q.take(r.length)));
+    this.chunkDone(r.cookie, r.flags, p);
+    return true;
+  }
+
+  /** After a structured chunk: the last one settles its request. */
+  private chunkDone(cookie: bigint, flags: number, p: Pending): void {
+    const r = { cookie, flags };
     if (r.flags & NBD_REPLY_FLAG_DONE) {
       this.pending.delete(r.cookie);
       if (p.error) p.reject(p.error);
@@ -479,7 +567,6 @@ export class NbdClient extends EventEmitter {
       else if (p.command === "BLOCK_STATUS") p.resolve(p.extents);
       else p.resolve(undefined);
     }
-    return true;
   }
 
   /** Where a data/hole chunk goes in the READ buffer; throws if it lies outside the request. */
