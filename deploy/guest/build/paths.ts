@@ -40,7 +40,9 @@ export interface WorkloadParams {
 }
 
 export function guestCmdline(w: WorkloadParams = {}, extra = ""): string {
-  const parts = ["console=ttyS0", "quiet", "panic=-1"];
+  // no_timer_check: on a busy host TCG can miss the kernel's early IO-APIC timer check, which
+  // then panics ("IO-APIC + timer doesn't work"); the usual setting for VMs.
+  const parts = ["console=ttyS0", "quiet", "panic=-1", "no_timer_check"];
   const add = (k: string, v: number | string | undefined) => {
     if (v !== undefined) parts.push(`vmhop.${k}=${v}`);
   };
