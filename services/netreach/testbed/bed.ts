@@ -292,16 +292,17 @@ export class NetreachBed {
 
   /**
    * Connects the VM to site i's port: the switch-over itself, one batch of netlink changes. The
-   * old port leaves the bridge and loses its link, as when the source's tap goes away: the
-   * kernel stops using routes through it, so a forwarding pointer staged there carries on
-   * without waiting for any agent.
+   * new port joins first (so that what a staged forwarding pointer sends there finds the VM
+   * even with no WAN delay); then the old port leaves the bridge and loses its link, as when
+   * the source's tap goes away: the kernel stops using routes through it, so a forwarding
+   * pointer staged there carries on without waiting for any agent.
    */
   private async plugInto(i: number): Promise<void> {
     const out =
       this.at >= 0 && this.at !== i
         ? [`link set dev p${this.at} nomaster`, `link set dev p${this.at} down`]
         : [];
-    await this.patch!.apply([...out, `link set dev p${i} master br0`]);
+    await this.patch!.apply([`link set dev p${i} master br0`, ...out]);
   }
 
   /** Connects the VM to site i's port (for a bed driven from outside: `agents: false`). */
