@@ -1,12 +1,13 @@
 // `npm run bench -- handover [--quick] [--runs N] [--delays 0,5,15]`: the gap a correspondent
-// sees while the VM moves between two sites, for break-before-make, make-before-break and
-// make-before-break with a forwarding pointer, IPv6 and IPv4 at once, against the one-way WAN
-// delay. A continuous ping (10 ms spacing) measures it: `silence_ms` is the largest time between
-// two consecutive replies; `gap_ms` is that minus the send spacing, i.e. how much longer than
-// usual the correspondent waited (a silence always contains one spacing, so the raw silence of a
-// move whose packets are only delayed by a forwarding pointer's one-way detour is one-way + 10).
-// Issue 5's goal is on gap_ms: at most one one-way delay (the physical floor: the binding update
-// crossing the WAN, or the forwarding pointer's detour) plus 10 ms. The reference ("replug") is
+// sees while the VM moves between two sites, for break-before-make, make-before-break,
+// make-before-break with a forwarding pointer and make-before-break with the anchor bicasting,
+// IPv6 and IPv4 at once, against the one-way WAN delay. A continuous ping (10 ms spacing)
+// measures it: `silence_ms` is the largest time between two consecutive replies; `gap_ms` is
+// that minus the send spacing, i.e. how much longer than usual the correspondent waited (a
+// silence always contains one spacing, so the raw silence of a move whose packets are only
+// delayed by a forwarding pointer's one-way detour is one-way + 10). Issue 5's goal, at most one
+// one-way delay plus 10 ms, is checked both ways: on gap_ms, and on the raw silence (the stricter
+// reading, as the issue's hand measurements were taken). The reference ("replug") is
 // the floor of the test bed itself: the port unplugged and plugged back into the same site, with
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
@@ -69,7 +70,7 @@ export async function main(args: string[]): Promise<void> {
   const delays = (flagValue(args, "--delays") ?? (quick ? "0,15" : "0,5,15,30")).split(",").map(Number);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
   if (delays.some((d) => !(d >= 0 && d <= 200))) throw new Error(`--delays must be ms in 0..200`);
-  const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp"];
+  const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp", "mbb-bicast"];
   const out: BenchCase[] = [];
   for (const d of delays) {
     await destroyStaleNetns(BASE);

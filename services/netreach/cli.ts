@@ -8,7 +8,7 @@ import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns
 import { CliError } from "../cli/errors.js";
 import { BindingCache } from "./binding/cache.js";
 import { openBindingKv } from "./binding/kv.js";
-import type { HandoverMode } from "./migration-hooks.js";
+import { HANDOVER_MODES, type HandoverMode } from "./migration-hooks.js";
 import { type PingRecord, summarisePings } from "./probe/analysis.js";
 import { serveAnchor, serveSite } from "./serve.js";
 import { NetreachBed, VM } from "./testbed/bed.js";
@@ -19,11 +19,9 @@ const USAGE = `usage: vmhop netreach <command> [options]
 commands:
   anchor serve  the anchor (home agent): gRPC NetReachService   (vmhop netreach anchor serve --help)
   site serve    a site agent: gRPC NetReachSiteService          (vmhop netreach site serve --help)
-  demo      [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp] [--moves N=2]
+  demo      [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp|mbb-bicast=mbb-bicast] [--moves N=2]
             move a VM between sites of a namespace test bed under a 10 ms ping (root)
   bindings  [--store redis://HOST:PORT]   list the anchor's bindings as JSON lines`;
-
-const MODES: HandoverMode[] = ["bbm", "mbb", "mbb-fp"];
 
 function int(v: string | undefined, name: string, dflt: number, min: number, max: number): number {
   if (v === undefined) return dflt;
@@ -46,8 +44,9 @@ async function demo(argv: string[]): Promise<number> {
   const sites = int(values.sites, "sites", 3, 2, 9);
   const delay = int(values.delay, "delay", 0, 0, 200);
   const moves = int(values.moves, "moves", 2, 1, 20);
-  const mode = (values.mode ?? "mbb-fp") as HandoverMode;
-  if (!MODES.includes(mode)) throw new CliError(`--mode must be one of ${MODES.join(", ")}, got '${mode}'`);
+  const mode = (values.mode ?? "mbb-bicast") as HandoverMode;
+  if (!HANDOVER_MODES.includes(mode))
+    throw new CliError(`--mode must be one of ${HANDOVER_MODES.join(", ")}, got '${mode}'`);
   if (process.getuid?.() !== 0) throw new CliError("demo needs root (it creates network namespaces)");
   await destroyStaleNetns("nr-demo-");
   const prefix = uniqueNetnsPrefix("nr-demo-");

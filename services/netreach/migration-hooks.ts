@@ -11,12 +11,16 @@ import type { VmNet } from "./site/agent.js";
 /**
  * bbm: break-before-make, the destination is prepared only once the VM runs there;
  * mbb: make-before-break, prepared before switch-over; mbb-fp: plus a forwarding pointer at the
- * old site for what is still in flight to it.
+ * old site for what is still in flight to it; mbb-bicast: the anchor sends every packet to both
+ * sites from preparation until the binding update, so nothing takes the old site's detour.
  */
-export type HandoverMode = "bbm" | "mbb" | "mbb-fp";
+export type HandoverMode = "bbm" | "mbb" | "mbb-fp" | "mbb-bicast";
+
+export const HANDOVER_MODES: readonly HandoverMode[] = ["bbm", "mbb", "mbb-fp", "mbb-bicast"];
 
 export interface AnchorControl {
   prepareAttach(vmId: string, site: string): Promise<Outcome>;
+  startBicast(vmId: string, to: SiteEndpoint): Promise<void>;
 }
 
 /** What the hooks need of a site agent (SiteAgent in-process, RemoteSite over gRPC). */
@@ -46,11 +50,14 @@ export class MigrationHooks {
     if (m.mode === "bbm") return;
     const o = await this.anchor.prepareAttach(m.vm.vmId, m.to.endpoint.site);
     if (!o.accepted) throw new Error(`cannot prepare ${m.vm.vmId} at ${m.to.endpoint.site}: ${o.reason}`);
+    const bicast = m.mode === "mbb-bicast";
     // mbb-fp: the old site's pointer is staged now, so it works from the instant the VM leaves.
     await Promise.all([
-      m.to.prepare(m.vm, m.port),
+      m.to.prepare(m.vm, m.port, { hold: bicast }),
       m.mode === "mbb-fp" ? m.from.stageForwarding?.(m.vm, m.to.endpoint) : undefined,
     ]);
+    // Only now: the destination holds (drops) the copies until the VM runs there.
+    if (bicast) await this.anchor.startBicast(m.vm.vmId, m.to.endpoint);
   }
 
   /** Call as soon as the VM runs at the destination; `generation` comes from the control-plane. */

@@ -10,6 +10,12 @@ import {
 import {
   anchorBindingCommands,
   deleteHostRoutes,
+  bicastElements,
+  bicastKeys,
+  bicastRoutes,
+  bicastTables,
+  deliverHomeAddresses,
+  holdHomeAddresses,
   reverseTunnelRules,
   STAGED_METRIC,
   tunnelRoutes,
@@ -56,12 +62,45 @@ test("reverse-tunnel rules are split by family (IPv6 needs a -6 batch)", () => {
 });
 
 test("the VM port imitates the home link gateway", () => {
-  const cmds = vmPortCommands(vm, "vport", { gatewayMac: "02:00:00:00:00:01", gatewayIpv4: "10.0.0.1" });
+  const cmds = vmPortCommands("vport", { gatewayMac: "02:00:00:00:00:01", gatewayIpv4: "10.0.0.1" });
   assert.ok(cmds.includes("link set dev vport address 02:00:00:00:00:01"));
   assert.ok(cmds.includes("addr replace fe80::1/64 dev vport"));
   assert.ok(cmds.includes("addr replace 10.0.0.1/32 dev vport"));
   assert.ok(cmds.includes("ntable change name arp_cache dev vport proxy_delay 0"));
-  assert.ok(cmds.includes("route replace 2001:db8::100/128 dev vport"));
+  assert.ok(!cmds.some((c) => c.includes(vm.homeIpv6[0])), "home addresses are delivered only at attach");
+});
+
+test("home addresses are held (blackholed) at preparation and delivered at attach", () => {
+  assert.equal(holdHomeAddresses(vm), [
+    "route replace blackhole 2001:db8::100/128",
+    "route replace blackhole 10.0.0.100/32",
+  ]);
+  assert.equal(deliverHomeAddresses(vm, "vport"), [
+    "route replace 2001:db8::100/128 dev vport",
+    "route replace 10.0.0.100/32 dev vport",
+  ]);
+});
+
+test("bicast: key addresses per slot, routes to the destination, map elements per family", () => {
+  assert.equal(bicastKeys(0), { key6: "fdff:bca::0", key4: "169.254.0.0" });
+  assert.equal(bicastKeys(0x1a2), { key6: "fdff:bca::1a2", key4: "169.254.1.162" });
+  assert.throws(() => bicastKeys(0x10000), /slot/);
+  assert.throws(() => bicastKeys(-1), /slot/);
+  assert.equal(bicastRoutes(3, { sid6: "fc00:2::d6", sid4: "fc00:2::d4" }, "w1"), [
+    "route replace fdff:bca::3/128 encap seg6 mode encap.red segs fc00:2::d6 dev w1",
+    "route replace 169.254.0.3/32 encap seg6 mode encap.red segs fc00:2::d4 dev w1",
+  ]);
+  assert.equal(bicastElements(vm, 3, "add"), [
+    "add element ip6 nr_bicast to { 2001:db8::100 : fdff:bca::3 }",
+    "add element ip nr_bicast to { 10.0.0.100 : 169.254.0.3 }",
+  ]);
+  assert.equal(bicastElements(vm, 3, "delete"), [
+    "delete element ip6 nr_bicast to { 2001:db8::100 }",
+    "delete element ip nr_bicast to { 10.0.0.100 }",
+  ]);
+  const tables = bicastTables();
+  assert.ok(tables.includes("add rule ip6 nr_bicast pre dup to ip6 daddr map @to"));
+  assert.ok(tables.includes("add rule ip nr_bicast pre dup to ip daddr map @to"));
 });
 
 test("echo codec round trip and refusal of other ICMP types", () => {

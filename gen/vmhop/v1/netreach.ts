@@ -129,8 +129,13 @@ export enum HandoverMode {
   HANDOVER_MODE_BBM = 1,
   /** HANDOVER_MODE_MBB - Make-before-break: prepared before switch-over. */
   HANDOVER_MODE_MBB = 2,
-  /** HANDOVER_MODE_MBB_FP - Make-before-break plus a forwarding pointer at the old site (the default). */
+  /** HANDOVER_MODE_MBB_FP - Make-before-break plus a forwarding pointer at the old site. */
   HANDOVER_MODE_MBB_FP = 3,
+  /**
+   * HANDOVER_MODE_MBB_BICAST - Make-before-break with the anchor bicasting to the destination from preparation until the
+   * binding update (the default): no packet takes a detour through the old site.
+   */
+  HANDOVER_MODE_MBB_BICAST = 4,
 }
 
 export function handoverModeFromJSON(object: any): HandoverMode {
@@ -147,6 +152,9 @@ export function handoverModeFromJSON(object: any): HandoverMode {
     case 3:
     case "HANDOVER_MODE_MBB_FP":
       return HandoverMode.HANDOVER_MODE_MBB_FP;
+    case 4:
+    case "HANDOVER_MODE_MBB_BICAST":
+      return HandoverMode.HANDOVER_MODE_MBB_BICAST;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum HandoverMode");
   }
@@ -162,6 +170,8 @@ export function handoverModeToJSON(object: HandoverMode): string {
       return "HANDOVER_MODE_MBB";
     case HandoverMode.HANDOVER_MODE_MBB_FP:
       return "HANDOVER_MODE_MBB_FP";
+    case HandoverMode.HANDOVER_MODE_MBB_BICAST:
+      return "HANDOVER_MODE_MBB_BICAST";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum HandoverMode");
   }

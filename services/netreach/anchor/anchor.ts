@@ -5,7 +5,7 @@ import { EventEmitter } from "node:events";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { BindingCache, type Outcome } from "../binding/cache.js";
 import type { BindingKv } from "../binding/kv.js";
-import type { Binding, RegisterRequest, UpdateRequest } from "../binding/types.js";
+import type { Binding, RegisterRequest, SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import { AnchorDataplane, type AnchorDataplaneConfig } from "../dataplane/anchor-dataplane.js";
 
 export interface HandoverEvent {
@@ -120,6 +120,8 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
       }
       await this.dp.install(o.binding);
       const installedAt = performance.timeOrigin + performance.now();
+      // The route reaches the new site now; the copies would only be duplicates.
+      await this.dp.stopBicast(o.binding);
       const ev: HandoverEvent = {
         vmId: req.vmId,
         fromSite: o.previous?.site ?? "",
@@ -136,6 +138,19 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
 
   prepareAttach(vmId: string, site: string): Promise<Outcome> {
     return this.serial(vmId, () => this.cache.prepare(vmId, site));
+  }
+
+  /**
+   * Make-before-break with bicasting: until its binding update arrives, packets for a VM that is
+   * moving (prepareAttach) also go to the destination, prepared to receive them.
+   */
+  startBicast(vmId: string, to: SiteEndpoint): Promise<void> {
+    return this.serial(vmId, async () => {
+      const b = await this.cache.get(vmId);
+      if (b?.state !== "moving" || b.movingTo !== to.site)
+        throw new Error(`cannot bicast ${vmId} to ${to.site}: it is not moving there`);
+      await this.dp.bicast(b, to);
+    });
   }
 
   refresh(vmId: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {

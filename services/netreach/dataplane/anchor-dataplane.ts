@@ -3,10 +3,19 @@
 
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import type { Binding } from "../binding/types.js";
+import type { Binding, SiteEndpoint } from "../binding/types.js";
 import { gratuitousArp, unsolicitedNa } from "./announce-frames.js";
-import { anchorBindingCommands, decapSids, deleteHostRoutes, deleteProxyNeighbours } from "./commands.js";
+import {
+  anchorBindingCommands,
+  bicastElements,
+  bicastRoutes,
+  bicastTables,
+  decapSids,
+  deleteHostRoutes,
+  deleteProxyNeighbours,
+} from "./commands.js";
 import { IpBatch, idempotent } from "./ip-batch.js";
+import { NftBatch } from "./nft-batch.js";
 import { RawLink } from "./raw-link.js";
 
 export interface AnchorDataplaneConfig {
@@ -48,18 +57,29 @@ async function readHomeLink(netns: string | undefined, dev: string): Promise<Hom
 
 export class AnchorDataplane {
   private raw?: RawLink;
+  /** Bicasting VMs and their key slots (see bicastKeys). */
+  private readonly bicasts = new Map<string, number>();
 
   private constructor(
     private readonly cfg: AnchorDataplaneConfig,
     private readonly batch: IpBatch,
+    private readonly nft: NftBatch,
     private readonly home: HomeLink,
   ) {}
 
   static async open(cfg: AnchorDataplaneConfig): Promise<AnchorDataplane> {
     const home = await readHomeLink(cfg.netns, cfg.homeDev);
     const batch = new IpBatch(cfg.netns);
-    await batch.apply([`sr tunsrc set ${cfg.tunnelSource}`, ...decapSids(cfg.sids, cfg.homeDev)]);
-    return new AnchorDataplane(cfg, batch, home);
+    const nft = new NftBatch(cfg.netns);
+    try {
+      await batch.apply([`sr tunsrc set ${cfg.tunnelSource}`, ...decapSids(cfg.sids, cfg.homeDev)]);
+      // Bicasts do not survive a restart: a move in progress falls back to plain make-before-break.
+      await nft.apply(bicastTables());
+    } catch (err) {
+      await Promise.all([batch.close(), nft.close()]);
+      throw err;
+    }
+    return new AnchorDataplane(cfg, batch, nft, home);
   }
 
   /**
@@ -78,14 +98,40 @@ export class AnchorDataplane {
   }
 
   /** Removes the binding's routes and proxy entries (absent ones are fine). */
-  remove(b: Binding): Promise<void> {
-    return this.batch.apply([...deleteHostRoutes(b), ...deleteProxyNeighbours(b, this.cfg.homeDev)], {
+  async remove(b: Binding): Promise<void> {
+    await this.stopBicast(b);
+    await this.batch.apply([...deleteHostRoutes(b), ...deleteProxyNeighbours(b, this.cfg.homeDev)], {
       tolerate: idempotent,
     });
   }
 
-  close(): Promise<void> {
+  /**
+   * Until stopBicast, every packet for the binding's home addresses also goes to `to` (the site
+   * a VM moves to), so it is there the moment the VM runs there. Replaces an earlier bicast.
+   */
+  async bicast(b: Binding, to: SiteEndpoint): Promise<void> {
+    await this.stopBicast(b);
+    const used = new Set(this.bicasts.values());
+    let slot = 0;
+    while (used.has(slot)) slot++;
+    this.bicasts.set(b.vmId, slot);
+    await this.batch.apply(bicastRoutes(slot, to, this.cfg.wanDev));
+    await this.nft.apply(bicastElements(b, slot, "add"));
+  }
+
+  async stopBicast(b: Binding): Promise<void> {
+    const slot = this.bicasts.get(b.vmId);
+    if (slot === undefined) return;
+    this.bicasts.delete(b.vmId);
+    await this.nft.apply(bicastElements(b, slot, "delete"), { tolerate: idempotent });
+  }
+
+  isBicasting(vmId: string): boolean {
+    return this.bicasts.has(vmId);
+  }
+
+  async close(): Promise<void> {
     this.raw?.close();
-    return this.batch.close();
+    await Promise.all([this.batch.close(), this.nft.close()]);
   }
 }

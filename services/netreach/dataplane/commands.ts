@@ -101,10 +101,9 @@ export interface HomeLinkImitation {
 
 /**
  * Configures a VM port that just arrived in the site's namespace so it looks like the home link:
- * the gateway's MAC, fe80::1 and IPv4 address, answers proxied ARP at once, and host routes to
- * the VM's home addresses (End.DT6/End.DX4 deliver through them).
+ * the gateway's MAC, fe80::1 and IPv4 address, answers proxied ARP at once.
  */
-export function vmPortCommands(vm: HomeAddresses, port: string, imitate: HomeLinkImitation): string[] {
+export function vmPortCommands(port: string, imitate: HomeLinkImitation): string[] {
   return [
     `link set dev ${port} address ${imitate.gatewayMac}`,
     `link set dev ${port} up`,
@@ -112,7 +111,70 @@ export function vmPortCommands(vm: HomeAddresses, port: string, imitate: HomeLin
     ...(imitate.gatewayIpv4 ? [`addr replace ${imitate.gatewayIpv4}/32 dev ${port}`] : []),
     // proxy_delay has no namespace default; ntable sets it per device over netlink.
     `ntable change name arp_cache dev ${port} proxy_delay 0`,
+  ];
+}
+
+/**
+ * Drops traffic for the home addresses here until the VM runs here (atomic replace, like every
+ * re-point): what arrives earlier (a bicast copy) must neither wait in a paused VM's tap nor
+ * start a neighbour resolution that fails and then holds the first real packets for a second.
+ */
+export function holdHomeAddresses(vm: HomeAddresses): string[] {
+  return [
+    ...vm.homeIpv6.map((a) => `route replace blackhole ${a}/128`),
+    ...vm.homeIpv4.map((a) => `route replace blackhole ${a}/32`),
+  ];
+}
+
+/** Delivers the home addresses on the VM's port (End.DT6/End.DX4 deliver through these routes). */
+export function deliverHomeAddresses(vm: HomeAddresses, port: string): string[] {
+  return [
     ...vm.homeIpv6.map((a) => `route replace ${a}/128 dev ${port}`),
     ...vm.homeIpv4.map((a) => `route replace ${a}/32 dev ${port}`),
   ];
+}
+
+/**
+ * Bicasting at the anchor (make-before-break without the detour through the old site): while a
+ * VM moves, nftables duplicates every packet for its home addresses (`dup to … map`) to a
+ * per-VM key address whose route encapsulates to the destination site. The key addresses are
+ * never on the wire (the copy keeps its own destination; the key only selects the route).
+ */
+export const BICAST_TABLE = "nr_bicast";
+
+/** Key addresses of bicast slot n (0..65535): fdff:bca::n and 169.254.x.y. */
+export function bicastKeys(slot: number): { key6: string; key4: string } {
+  if (!Number.isInteger(slot) || slot < 0 || slot > 0xffff) throw new RangeError(`bicast slot ${slot}`);
+  return { key6: `fdff:bca::${slot.toString(16)}`, key4: `169.254.${slot >> 8}.${slot & 0xff}` };
+}
+
+/** nft lines creating (afresh) the bicast tables, maps and rules for both families. */
+export function bicastTables(): string[] {
+  const fam = (f: "ip" | "ip6", type: string, proto: string) => [
+    `add table ${f} ${BICAST_TABLE}`,
+    `delete table ${f} ${BICAST_TABLE}`,
+    `add table ${f} ${BICAST_TABLE}`,
+    `add map ${f} ${BICAST_TABLE} to { type ${type} : ${type} ; }`,
+    // raw priority: before routing, so the original still takes the binding's route.
+    `add chain ${f} ${BICAST_TABLE} pre { type filter hook prerouting priority -300 ; }`,
+    `add rule ${f} ${BICAST_TABLE} pre dup to ${proto} daddr map @to`,
+  ];
+  return [...fam("ip6", "ipv6_addr", "ip6"), ...fam("ip", "ipv4_addr", "ip")];
+}
+
+/** ip lines: the slot's key routes, encapsulating to the destination site. */
+export function bicastRoutes(slot: number, to: { sid6: string; sid4: string }, dev: string): string[] {
+  const { key6, key4 } = bicastKeys(slot);
+  return [
+    `route replace ${key6}/128 ${ENCAP} ${to.sid6} dev ${dev}`,
+    `route replace ${key4}/32 ${ENCAP} ${to.sid4} dev ${dev}`,
+  ];
+}
+
+/** nft lines: duplicate the VM's home addresses to the slot's keys (add) or stop (delete). */
+export function bicastElements(vm: HomeAddresses, slot: number, op: "add" | "delete"): string[] {
+  const { key6, key4 } = bicastKeys(slot);
+  const el = (f: string, a: string, key: string) =>
+    `${op} element ${f} ${BICAST_TABLE} to { ${op === "add" ? `${a} : ${key}` : a} }`;
+  return [...vm.homeIpv6.map((a) => el("ip6", a, key6)), ...vm.homeIpv4.map((a) => el("ip", a, key4))];
 }

@@ -31,10 +31,11 @@ const REFUSED: Record<RefusedStatus, BindingStatus> = {
 const REFUSED_BACK = new Map(Object.entries(REFUSED).map(([k, v]) => [v, k as RefusedStatus]));
 
 const MODE: Partial<Record<PbMode, HandoverMode>> = {
-  [PbMode.HANDOVER_MODE_UNSPECIFIED]: "mbb-fp",
+  [PbMode.HANDOVER_MODE_UNSPECIFIED]: "mbb-bicast",
   [PbMode.HANDOVER_MODE_BBM]: "bbm",
   [PbMode.HANDOVER_MODE_MBB]: "mbb",
   [PbMode.HANDOVER_MODE_MBB_FP]: "mbb-fp",
+  [PbMode.HANDOVER_MODE_MBB_BICAST]: "mbb-bicast",
 };
 
 export function bindingToProto(b: Binding): PbBinding {
@@ -123,6 +124,7 @@ export function modeToProto(m: HandoverMode): PbMode {
     bbm: PbMode.HANDOVER_MODE_BBM,
     mbb: PbMode.HANDOVER_MODE_MBB,
     "mbb-fp": PbMode.HANDOVER_MODE_MBB_FP,
+    "mbb-bicast": PbMode.HANDOVER_MODE_MBB_BICAST,
   }[m];
 }
 

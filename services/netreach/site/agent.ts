@@ -9,8 +9,10 @@ import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import {
   decapSids,
   deleteHostRoutes,
+  deliverHomeAddresses,
   type HomeAddresses,
   type HomeLinkImitation,
+  holdHomeAddresses,
   reverseTunnelRules,
   reverseTunnelTable,
   STAGED_METRIC,
@@ -92,20 +94,22 @@ export class SiteAgent {
   }
 
   /**
-   * Before switch-over: the reverse tunnel for the VM's home addresses and, when the VM's port
-   * already exists here (as a destination tap does before the VM resumes), the port made to look
-   * like the home link. Idempotent.
+   * Before switch-over: the reverse tunnel for the VM's home addresses, their traffic held
+   * (dropped) until the VM runs here, and, when the VM's port already exists here (as a
+   * destination tap does before the VM resumes), the port made to look like the home link.
+   * Idempotent.
    */
   async prepare(vm: VmNet, port?: string): Promise<void> {
     await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
+    // A VM that comes back replaces the pointer it left here.
+    this.pointers.delete(vm.vmId);
+    await this.batch.apply(holdHomeAddresses(vm));
     if (port) await this.configurePort(vm, port);
   }
 
   private async configurePort(vm: VmNet, port: string): Promise<void> {
-    // A VM that comes back replaces the pointer it left here with its port routes.
-    this.pointers.delete(vm.vmId);
-    await this.batch.apply(vmPortCommands(vm, port, this.cfg.homeLink));
+    await this.batch.apply(vmPortCommands(port, this.cfg.homeLink));
     this.ports.set(vm.vmId, port);
   }
 
@@ -156,11 +160,16 @@ export class SiteAgent {
     this.refreshers.delete(vmId);
   }
 
-  /** Makes the port look like the home link without telling the anchor (first placement). */
+  /**
+   * Makes the port look like the home link and delivers the home addresses on it, without
+   * telling the anchor (first placement; attach() then tells it).
+   */
   async attachPort(vm: VmNet, port: string): Promise<void> {
     if (!this.prepared.has(vm.vmId)) await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
+    this.pointers.delete(vm.vmId);
     if (this.ports.get(vm.vmId) !== port) await this.configurePort(vm, port);
+    await this.batch.apply(deliverHomeAddresses(vm, port));
   }
 
   /**

@@ -332,10 +332,15 @@ export class NetreachBed {
   }
 
   /**
-   * Moves the VM from its site to site `to`. Returns the anchor's answer, and `switchAtMs`, the
-   * epoch ms of the switch-over (the port leaving the old site).
+   * Moves the VM from its site to site `to`: prepare, `leadMs` later (default: one round trip
+   * of the WAN plus 10 ms) switch over. Returns the anchor's answer, and `switchAtMs`, the epoch
+   * ms of the switch-over (the port leaving the old site).
    */
-  async move(to: number, mode: HandoverMode): Promise<{ outcome: Outcome; switchAtMs: number }> {
+  async move(
+    to: number,
+    mode: HandoverMode,
+    leadMs = 2 * (this.opts.wanDelayMs ?? 0) + 10,
+  ): Promise<{ outcome: Outcome; switchAtMs: number }> {
     if (this.at < 0) throw new Error("the VM has not been placed yet");
     if (to === this.at) throw new Error(`the VM is already at site ${to + 1}`);
     const m = { vm: VM, from: this.sites[this.at], to: this.sites[to], port: PORT, mode };
@@ -344,6 +349,8 @@ export class NetreachBed {
     // The destination tap has its link before the network is prepared (the incoming QEMU holds it).
     await this.linkUp(to);
     await hooks.prepareNetwork(m);
+    // A real migration runs between preparation and switch-over; here it takes `leadMs`.
+    if (leadMs > 0) await new Promise((r) => setTimeout(r, leadMs));
     const switchAtMs = performance.timeOrigin + performance.now();
     await this.plugInto(to);
     this.at = to;
