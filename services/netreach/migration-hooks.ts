@@ -6,7 +6,7 @@
 //   cleanup          → the binding settled: the old site's forwarding pointer goes
 import type { Outcome } from "./binding/cache.js";
 import type { SiteEndpoint } from "./binding/types.js";
-import type { VmNet } from "./site/agent.js";
+import type { PrepareOptions, VmNet } from "./site/agent.js";
 
 /**
  * bbm: break-before-make, the destination is prepared only once the VM runs there;
@@ -26,7 +26,7 @@ export interface AnchorControl {
 /** What the hooks need of a site agent (SiteAgent in-process, RemoteSite over gRPC). */
 export interface SiteControl {
   readonly endpoint: SiteEndpoint;
-  prepare(vm: VmNet, port?: string): Promise<void>;
+  prepare(vm: VmNet, port?: string, opts?: PrepareOptions): Promise<void>;
   attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome>;
   leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void>;
   /** Optional: the forwarding pointer staged before switch-over (SiteAgent.stageForwarding). */

@@ -185,7 +185,7 @@ t("sites register with the anchor; bad requests get precise errors", async () =>
 
 t("register over gRPC: the VM is reachable at its home addresses", async () => {
   const s1 = new NetReachSiteServiceClient(sites[0].ready.grpc, grpc.credentials.createInsecure());
-  await rpc((cb) => s1.prepareVm({ vm: vmNet, port: "vport" }, cb));
+  await rpc((cb) => s1.prepareVm({ vm: vmNet, port: "vport", hold: false }, cb));
   s1.close();
   await bed.plug(0);
   const r = await rpc<RegisterVmResponse>((cb) =>

@@ -359,6 +359,11 @@ export interface VmNet {
 export interface PrepareVmRequest {
   vm: VmNet | undefined;
   port: string;
+  /**
+   * Drop the home addresses' traffic here until AttachVm (the anchor bicasts meanwhile): copies
+   * must not queue in a paused VM's tap nor fail neighbour resolution before it runs.
+   */
+  hold: boolean;
 }
 
 export interface PrepareVmResponse {
@@ -3157,7 +3162,7 @@ export const VmNet: MessageFns<VmNet> = {
 };
 
 function createBasePrepareVmRequest(): PrepareVmRequest {
-  return { vm: undefined, port: "" };
+  return { vm: undefined, port: "", hold: false };
 }
 
 export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
@@ -3167,6 +3172,9 @@ export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
     }
     if (message.port !== "") {
       writer.uint32(18).string(message.port);
+    }
+    if (message.hold !== false) {
+      writer.uint32(24).bool(message.hold);
     }
     return writer;
   },
@@ -3200,6 +3208,14 @@ export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
             message.port = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hold = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3216,6 +3232,7 @@ export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
     return {
       vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined,
       port: isSet(object.port) ? globalThis.String(object.port) : "",
+      hold: isSet(object.hold) ? globalThis.Boolean(object.hold) : false,
     };
   },
 
@@ -3227,6 +3244,9 @@ export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
     if (message.port !== "") {
       obj.port = message.port;
     }
+    if (message.hold !== false) {
+      obj.hold = message.hold;
+    }
     return obj;
   },
 
@@ -3237,6 +3257,7 @@ export const PrepareVmRequest: MessageFns<PrepareVmRequest> = {
     const message = createBasePrepareVmRequest();
     message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
     message.port = object.port ?? "";
+    message.hold = object.hold ?? false;
     return message;
   },
 };

@@ -13,7 +13,7 @@ import {
 import type { Outcome } from "../binding/cache.js";
 import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import type { SiteControl } from "../migration-hooks.js";
-import type { AnchorLink, VmNet } from "../site/agent.js";
+import type { AnchorLink, PrepareOptions, VmNet } from "../site/agent.js";
 import { outcomeFromAck, vmNetToProto } from "./convert.js";
 
 // Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default).
@@ -88,8 +88,10 @@ export class RemoteSite implements SiteControl {
     this.client = new NetReachSiteServiceClient(address, grpc.credentials.createInsecure(), CHANNEL);
   }
 
-  async prepare(vm: VmNet, port?: string): Promise<void> {
-    await call((m, o, cb) => this.client.prepareVm({ vm: vmNetToProto(vm), port: port ?? "" }, m, o, cb));
+  async prepare(vm: VmNet, port?: string, opts: PrepareOptions = {}): Promise<void> {
+    await call((m, o, cb) =>
+      this.client.prepareVm({ vm: vmNetToProto(vm), port: port ?? "", hold: opts.hold ?? false }, m, o, cb),
+    );
   }
 
   async attach(vm: VmNet, port: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {

@@ -27,7 +27,7 @@ function port(p: string, required: boolean): string | undefined {
 export function siteService(agent: SiteAgent): ServiceRegistration {
   const implementation = {
     prepareVm: wrap(async (req: PrepareVmRequest) => {
-      await agent.prepare(vmNetFromProto(req.vm), port(req.port, false));
+      await agent.prepare(vmNetFromProto(req.vm), port(req.port, false), { hold: req.hold });
       return {};
     }),
     attachVm: wrap(async (req: AttachVmRequest) => {

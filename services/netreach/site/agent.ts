@@ -44,6 +44,14 @@ export interface VmNet extends HomeAddresses {
   vmId: string;
 }
 
+export interface PrepareOptions {
+  /**
+   * Drop the home addresses' traffic here until attach (the anchor bicasts meanwhile). Without,
+   * a port given to prepare delivers them at once.
+   */
+  hold?: boolean;
+}
+
 export class SiteAgent {
   private readonly table: number;
   private readonly pref: number;
@@ -94,22 +102,28 @@ export class SiteAgent {
   }
 
   /**
-   * Before switch-over: the reverse tunnel for the VM's home addresses, their traffic held
-   * (dropped) until the VM runs here, and, when the VM's port already exists here (as a
-   * destination tap does before the VM resumes), the port made to look like the home link.
-   * Idempotent.
+   * Before switch-over: the reverse tunnel for the VM's home addresses and, when the VM's port
+   * already exists here (as a destination tap does before the VM resumes), the port made to look
+   * like the home link, delivering the home addresses unless `hold`. Idempotent.
    */
-  async prepare(vm: VmNet, port?: string): Promise<void> {
+  async prepare(vm: VmNet, port?: string, opts: PrepareOptions = {}): Promise<void> {
     await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
-    // A VM that comes back replaces the pointer it left here.
-    this.pointers.delete(vm.vmId);
-    await this.batch.apply(holdHomeAddresses(vm));
-    if (port) await this.configurePort(vm, port);
+    if (opts.hold) {
+      // A VM that comes back replaces the pointer it left here.
+      this.pointers.delete(vm.vmId);
+      await this.batch.apply(holdHomeAddresses(vm));
+    }
+    if (port) await this.configurePort(vm, port, !opts.hold);
   }
 
-  private async configurePort(vm: VmNet, port: string): Promise<void> {
-    await this.batch.apply(vmPortCommands(port, this.cfg.homeLink));
+  private async configurePort(vm: VmNet, port: string, deliver: boolean): Promise<void> {
+    // A VM that comes back replaces the pointer it left here with its port routes.
+    if (deliver) this.pointers.delete(vm.vmId);
+    await this.batch.apply([
+      ...vmPortCommands(port, this.cfg.homeLink),
+      ...(deliver ? deliverHomeAddresses(vm, port) : []),
+    ]);
     this.ports.set(vm.vmId, port);
   }
 
@@ -168,8 +182,9 @@ export class SiteAgent {
     if (!this.prepared.has(vm.vmId)) await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
     this.pointers.delete(vm.vmId);
-    if (this.ports.get(vm.vmId) !== port) await this.configurePort(vm, port);
-    await this.batch.apply(deliverHomeAddresses(vm, port));
+    if (this.ports.get(vm.vmId) !== port) await this.configurePort(vm, port, true);
+    // Idempotent; ends a hold.
+    else await this.batch.apply(deliverHomeAddresses(vm, port));
   }
 
   /**

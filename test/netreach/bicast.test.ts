@@ -1,0 +1,139 @@
+// Make-before-break with bicasting: the anchor duplicates the VM's traffic to the destination
+// from preparation until the binding update (nft dup), so over a 15 ms one-way WAN the
+// correspondent loses nothing, also on a first visit to a site; the copies stop with the update.
+// Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { createNetns, destroyNetnsWithPrefix } from "../../deploy/testbed/netns.js";
+import { bicastTables } from "../../services/netreach/dataplane/commands.js";
+import { idempotent } from "../../services/netreach/dataplane/ip-batch.js";
+import { NftBatch, NftBatchError } from "../../services/netreach/dataplane/nft-batch.js";
+import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
+import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { gate } from "../helpers/env.js";
+
+const PREFIX = `nr-bc${process.pid % 10000}-`;
+const ONE_WAY_MS = 15;
+const t = gate(test, ["root", "ip", "nft"], "netreach bicast handover");
+const run = promisify(execFile);
+let bed: NetreachBed;
+
+t.before(async () => {
+  await destroyNetnsWithPrefix(PREFIX);
+  bed = await NetreachBed.create({ prefix: PREFIX, sites: 3, wanDelayMs: ONE_WAY_MS });
+  assert.ok((await bed.place(0)).accepted);
+});
+
+t.after(async () => {
+  await bed?.destroy();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The anchor's bicast map elements, both families. */
+async function bicastElements(): Promise<string[]> {
+  const out: string[] = [];
+  for (const fam of ["ip6", "ip"]) {
+    const { stdout } = await run("ip", [
+      "netns",
+      "exec",
+      bed.ns.anchor,
+      "nft",
+      "-j",
+      "list",
+      "map",
+      fam,
+      "nr_bicast",
+      "to",
+    ]);
+    const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
+      (x) => x.map,
+    )?.map;
+    for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
+  }
+  return out;
+}
+
+async function moveUnderPing(to: number) {
+  const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) =>
+    startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", addr, "--count", "150", "--interval-ms", "10"]),
+  );
+  await Promise.all(probes.map((p) => p.ready));
+  await sleep(400);
+  const m = await bed.move(to, "mbb-bicast");
+  assert.ok(m.outcome.accepted, m.outcome.accepted ? "" : m.outcome.reason);
+  const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
+  await bed.settle();
+  return { v6, v4 };
+}
+
+t("first visits to two sites and a return: no echo lost, the copies stop with the update", async () => {
+  for (const to of [1, 2, 0]) {
+    const { v6, v4 } = await moveUnderPing(to);
+    assert.is(v6.lost, 0, `IPv6 to site ${to + 1}: lost ${v6.lost}`);
+    assert.is(v4.lost, 0, `IPv4 to site ${to + 1}: lost ${v4.lost}`);
+    assert.equal(await bicastElements(), [], "no bicast left after the binding update");
+  }
+});
+
+t(
+  "a prepared move bicasts until it is refused or superseded; the anchor refuses a bicast elsewhere",
+  async () => {
+    const from = bed.at;
+    const to = from === 0 ? 1 : 0;
+    assert.ok((await bed.anchor.prepareAttach(VM.vmId, bed.sites[to].endpoint.site)).accepted);
+    await bed.sites[to].prepare(VM, "vport");
+    await bed.anchor.startBicast(VM.vmId, bed.sites[to].endpoint);
+    assert.is((await bicastElements()).length, 2, "one element per home address");
+    const other = bed.sites.find((_, i) => i !== from && i !== to)!;
+    try {
+      await bed.anchor.startBicast(VM.vmId, other.endpoint);
+      assert.unreachable("bicast to a site the VM does not move to");
+    } catch (err) {
+      assert.match((err as Error).message, /not moving there/);
+    }
+    // The VM stays: deregistering withdraws the bicast with the binding.
+    await bed.anchor.deregister(VM.vmId);
+    assert.equal(await bicastElements(), []);
+  },
+);
+
+t("nft batch: errors name the failing command, tolerated ones pass, the process stays usable", async () => {
+  const ns = `${PREFIX}nft`;
+  await createNetns(ns);
+  const nft = new NftBatch(ns);
+  try {
+    await nft.apply(bicastTables());
+    try {
+      await nft.apply([
+        "add element ip nr_bicast to { 10.9.9.9 : 169.254.0.1 }",
+        "add element ip nr_nope to { 10.9.9.9 : 1.1.1.1 }",
+      ]);
+      assert.unreachable("a missing table must fail");
+    } catch (err) {
+      assert.instance(err, NftBatchError);
+      assert.is((err as NftBatchError).failures.length, 1);
+      assert.match((err as NftBatchError).failures[0].command, /nr_nope/);
+    }
+    await nft.apply(
+      ["delete element ip nr_bicast to { 10.9.9.9 }", "delete element ip nr_bicast to { 10.9.9.9 }"],
+      {
+        tolerate: idempotent,
+      },
+    );
+    try {
+      await nft.apply(["bad\ncommand"]);
+      assert.unreachable("a command with a newline must be refused");
+    } catch (err) {
+      assert.instance(err, NftBatchError);
+    }
+    await nft.apply(["add element ip nr_bicast to { 10.9.9.8 : 169.254.0.2 }"]);
+  } finally {
+    await nft.close();
+  }
+});
+
+t.run();
