@@ -31,7 +31,8 @@ import {
   writeResults,
 } from "./lib/report.js";
 
-const DEFAULT_TRACES = new URL("../../shared/data/planetlab", import.meta.url).pathname;
+const DEFAULT_TRACES =
+  process.env.VMHOP_PLANETLAB ?? new URL("../../shared/data/planetlab", import.meta.url).pathname;
 const QUICK_POLICIES = ["vmhop", "dvfs", "THR-MMT-0.8", "IQR-MMT-1.5", "MAD-MMT-2.5", "LR-MMT-1.2"];
 /** The goal's references: the lowest-ESV and the most frugal CloudSim policies. */
 const BEST_ESV = "IQR-MMT-1.5";
