@@ -115,6 +115,8 @@ function metrics(
     channel_before_resume: channelBeforeResume ?? null,
     // The destination's postcopy-blocktime: total time its vCPU waited for missing pages.
     blocktime_ms: blocktimeMs ?? null,
+    // Pages the destination asked for on a fault (source's count): blocktime / this ≈ the wait per fault.
+    postcopy_requests: p?.postcopyRequests ?? null,
   };
 }
 
@@ -361,6 +363,7 @@ export async function main(args: string[]): Promise<void> {
           downtime_ms: m.downtime_ms === null ? "-" : Number(m.downtime_ms),
           max_gap_ms: Number(m.max_guest_gap_ms),
           blocktime_ms: m.blocktime_ms === null ? "-" : Number(m.blocktime_ms),
+          faults: m.postcopy_requests === null ? "-" : Number(m.postcopy_requests),
           rounds: m.precopy_rounds === null ? "-" : Number(m.precopy_rounds),
           converged: String(m.converged),
           verify_errors: Number(m.verify_errors),
