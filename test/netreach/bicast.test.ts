@@ -7,9 +7,9 @@ import { promisify } from "node:util";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
+import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
-import { idempotent } from "../../services/netreach/dataplane/ip-batch.js";
-import { NftBatch, NftBatchError } from "../../services/netreach/dataplane/nft-batch.js";
+import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
@@ -115,9 +115,9 @@ t("nft batch: errors name the failing command, tolerated ones pass, the process 
       ]);
       assert.unreachable("a missing table must fail");
     } catch (err) {
-      assert.instance(err, NftBatchError);
-      assert.is((err as NftBatchError).failures.length, 1);
-      assert.match((err as NftBatchError).failures[0].command, /nr_nope/);
+      assert.instance(err, BatchError);
+      assert.is((err as BatchError).failures.length, 1);
+      assert.match((err as BatchError).failures[0].command, /nr_nope/);
     }
     await nft.apply(
       ["delete element ip nr_bicast to { 10.9.9.9 }", "delete element ip nr_bicast to { 10.9.9.9 }"],
@@ -129,7 +129,7 @@ t("nft batch: errors name the failing command, tolerated ones pass, the process 
       await nft.apply(["bad\ncommand"]);
       assert.unreachable("a command with a newline must be refused");
     } catch (err) {
-      assert.instance(err, NftBatchError);
+      assert.instance(err, BatchError);
     }
     await nft.apply(["add element ip nr_bicast to { 10.9.9.8 : 169.254.0.2 }"]);
   } finally {

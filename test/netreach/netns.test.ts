@@ -14,7 +14,8 @@ import {
   setRateLimit,
   uniqueNetnsPrefix,
 } from "../../deploy/testbed/netns.js";
-import { IpBatch, idempotent } from "../../services/netreach/dataplane/ip-batch.js";
+import { idempotent } from "../../services/netreach/dataplane/batch-process.js";
+import { IpBatch } from "../../services/netreach/dataplane/ip-batch.js";
 import { gate } from "../helpers/env.js";
 import { rejects } from "./assert-rejects.js";
 
@@ -83,7 +84,7 @@ t("ip -batch: commands run in order, failures name their command, the process su
     await b.apply(["route del fd98::/64"], { tolerate: idempotent });
     await rejects(
       () => b.apply(["route add 10.1.0.0/24 dev x0\nroute del 10.9.0.0/24"]),
-      /invalid ip command/,
+      /ip -batch in .*: invalid command/,
     );
   } finally {
     await b.close();

@@ -5,6 +5,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import type { Binding, SiteEndpoint } from "../binding/types.js";
 import { gratuitousArp, unsolicitedNa } from "./announce-frames.js";
+import { idempotent } from "./batch-process.js";
 import {
   anchorBindingCommands,
   bicastElements,
@@ -14,7 +15,7 @@ import {
   deleteHostRoutes,
   deleteProxyNeighbours,
 } from "./commands.js";
-import { IpBatch, idempotent } from "./ip-batch.js";
+import { IpBatch } from "./ip-batch.js";
 import { NftBatch } from "./nft-batch.js";
 import { RawLink } from "./raw-link.js";
 

@@ -6,6 +6,7 @@
 import { type Logger, silentLogger } from "../../common/log.js";
 import type { Outcome } from "../binding/cache.js";
 import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
+import { idempotent } from "../dataplane/batch-process.js";
 import {
   decapSids,
   deleteHostRoutes,
@@ -19,7 +20,7 @@ import {
   tunnelRoutes,
   vmPortCommands,
 } from "../dataplane/commands.js";
-import { IpBatch, idempotent } from "../dataplane/ip-batch.js";
+import { IpBatch } from "../dataplane/ip-batch.js";
 
 /** What the site agent needs to reach the anchor: in-process here, gRPC in the mesh. */
 export interface AnchorLink {
