@@ -114,7 +114,7 @@ t(
     await moveTap(1);
     const dst = b.get("nrq-vm");
     dst.serial.continueFrom(src.serial);
-    const m: MigrationNet = { vm: VM, from: s1, to: bed.sites[1], port: TAPS[1], mode: "mbb-fp" };
+    const m: MigrationNet = { vm: VM, from: s1, to: bed.sites[1], port: TAPS[1], mode: "mbb-bicast" };
     const hooks = new MigrationHooks(bed.anchor);
     await hooks.prepareNetwork(m);
 
