@@ -9,11 +9,11 @@ import {
 } from "../../services/netreach/dataplane/announce-frames.js";
 import {
   anchorBindingCommands,
-  deleteHostRoutes,
   bicastElements,
   bicastKeys,
   bicastRoutes,
   bicastTables,
+  deleteHostRoutes,
   deliverHomeAddresses,
   holdHomeAddresses,
   reverseTunnelRules,
