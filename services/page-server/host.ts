@@ -5,18 +5,20 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFile
 import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Compression } from "./channel/compress-policy.js";
-import { ChannelServer } from "./channel/inbound.js";
+import { ChannelServer, type IncomingTarget } from "./channel/inbound.js";
 import { ChannelOut } from "./channel/outbound.js";
 import { newCounters, type RelayCounters } from "./channel/relay.js";
 import { chooseMode, measureDirtyRate } from "./migration/auto.js";
 import {
   followMigration,
+  handSocketToQemu,
+  listenIncoming,
   type MigrationError,
   type MigrationMode,
   type MigrationOptions,
   migrate,
-  prepareIncoming,
   recoverIncoming,
+  setIncomingCapabilities,
 } from "./migration/driver.js";
 import { isFinalPhase, type Phase, phaseOf } from "./migration/phase.js";
 import { type MigrationProgress, parseMigrationInfo } from "./migration/status.js";
@@ -49,6 +51,12 @@ export interface MigrationRecord {
    * bound on what had to cross before the VM ran here: the event comes a moment later).
    */
   bytesBeforeResume?: number;
+  /**
+   * How the stream crossed: "handoff" (the TCP connection given to QEMU on both ends, no
+   * relay, so channelBytes stay 0) or "relay" (through the page-servers). A post-copy
+   * recovery always relays.
+   */
+  channelPath?: "handoff" | "relay";
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
   /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */
@@ -90,6 +98,11 @@ export interface PageHostOptions {
   preempt?: boolean;
   /** Default for migrations that do not say: channel compression (default "auto": only on a slow link). */
   compression?: Compression;
+  /**
+   * Hand the channel's TCP connection to QEMU when the stream is plain (compression "off", no
+   * urgent lane), so no relay copies it. Default on.
+   */
+  handoff?: boolean;
   /** Link bandwidth assumed by mode "auto" when a migration sets no cap (bytes/s; default 1 Gbit/s). */
   linkBandwidth?: number;
   log?: Logger;
@@ -106,6 +119,8 @@ interface SavedMigration {
   maxBandwidth?: number;
   compression?: Compression;
   preempt?: boolean;
+  /** Destination: QEMU was told where to take the stream (migrate-incoming ran). */
+  listening?: boolean;
   /** Set once it ended. */
   phase?: "completed" | "failed";
 }
@@ -207,33 +222,53 @@ export class PageHost {
     const vm = this.define(spec);
     const rec = this.record(migrationId, spec.name, "destination");
     await vm.start({ incoming: true });
-    const sock = this.expectIncoming(vm, rec);
-    const counters = this.channel.target(migrationId)?.counters;
-    vm.qmp.on("event", (e) => {
-      if (e.event === "RESUME" && rec.bytesBeforeResume === undefined)
-        rec.bytesBeforeResume = counters?.forward;
-    });
-    saveMigration(vm, { id: migrationId, role: "destination" });
     // postcopy-ram on the destination is harmless for a pre-copy stream, so any mode but an
-    // announced pre-copy gets it: with "auto" the source decides later.
+    // announced pre-copy gets it: with "auto" the source decides later. migrate-incoming
+    // waits for the channel's hello: it says relay (a unix socket) or handoff (fd).
     const mode = o.mode === undefined || o.mode === "auto" ? "postcopy" : o.mode;
-    await prepareIncoming(vm, `unix:${sock}`, { mode, preempt: o.preempt ?? this.opts.preempt });
+    await setIncomingCapabilities(vm, { mode, preempt: o.preempt ?? this.opts.preempt });
+    saveMigration(vm, { id: migrationId, role: "destination" });
+    const target = this.expectIncoming(vm, rec, false);
+    vm.qmp.on("event", (e) => {
+      if (e.event === "RESUME" && rec.bytesBeforeResume === undefined && !target.handedOff)
+        rec.bytesBeforeResume = target.counters.forward;
+    });
     this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
     return this.channelAddress;
   }
 
-  /** Lets the channel relay `rec`'s stream into `vm`, and recover it into a new socket. */
-  private expectIncoming(vm: Vm, rec: MigrationRecord): string {
+  /**
+   * Lets the channel bring `rec`'s stream into `vm`: relayed into a unix socket, or handed
+   * over (QEMU takes the TCP connection); a recovery relays into a new socket.
+   */
+  private expectIncoming(vm: Vm, rec: MigrationRecord, listening: boolean): IncomingTarget {
     const dir = join(this.opts.runRoot, vm.spec.name);
     const sock = join(dir, `incoming-${rec.id}.sock`);
     let attempt = 0;
-    this.channel.expect(rec.id, sock, async () => {
-      const again = join(dir, `incoming-${rec.id}-r${++attempt}.sock`);
-      await recoverIncoming(vm, `unix:${again}`);
-      rec.recoveries = attempt;
-      return again;
+    // migrate-incoming runs once, for whichever path the first connection asks for.
+    let started: Promise<void> | undefined = listening ? Promise.resolve() : undefined;
+    const once = (uri: () => Promise<string>, path: "handoff" | "relay") =>
+      (started ??= (async () => {
+        await listenIncoming(vm, await uri());
+        rec.channelPath = path;
+        saveMigration(vm, { id: rec.id, role: "destination", listening: true });
+      })().catch((err) => {
+        started = undefined;
+        throw err;
+      }));
+    return this.channel.expect(rec.id, sock, {
+      listen: () => once(async () => `unix:${sock}`, "relay"),
+      handoff: async (peer) => {
+        if (started) throw new Error("QEMU already waits for this migration's stream elsewhere");
+        await once(() => handSocketToQemu(vm, `vmhop-${rec.id}`, peer), "handoff");
+      },
+      recover: async () => {
+        const again = join(dir, `incoming-${rec.id}-r${++attempt}.sock`);
+        await recoverIncoming(vm, `unix:${again}`);
+        rec.recoveries = attempt;
+        return again;
+      },
     });
-    return sock;
   }
 
   /** Source: opens the channel (failing here if the destination refuses), then migrates in the background. */
@@ -244,7 +279,9 @@ export class PageHost {
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
     const compression = o.compression ?? this.opts.compression ?? "auto";
-    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, compression);
+    const preempt = o.preempt ?? this.opts.preempt;
+    const handoff = this.opts.handoff !== false && !preempt && compression === "off";
+    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, compression, handoff);
     try {
       await out.open();
     } catch (err) {
@@ -265,9 +302,15 @@ export class PageHost {
       throw new HostError("unavailable", `auto mode: ${(err as Error).message}`);
     }
     const rec = this.record(o.migrationId, o.vmId, "source");
+    rec.channelPath = handoff ? "handoff" : "relay";
     rec.mode = plan.mode;
     rec.modeReason = plan.reason;
-    this.log.info("migration mode", { migration: o.migrationId, mode: plan.mode, reason: plan.reason });
+    this.log.info("migration mode", {
+      migration: o.migrationId,
+      mode: plan.mode,
+      reason: plan.reason,
+      channel: rec.channelPath,
+    });
     const saved: SavedMigration = {
       id: o.migrationId,
       role: "source",
@@ -277,7 +320,7 @@ export class PageHost {
       hybridSeconds: o.hybridSeconds,
       maxBandwidth: o.maxBandwidth,
       compression,
-      preempt: o.preempt ?? this.opts.preempt,
+      preempt,
     };
     saveMigration(vm, saved);
     this.runOutgoing(vm, rec, saved, out);
@@ -290,11 +333,13 @@ export class PageHost {
     peer: string,
     attempt: number,
     compression?: Compression,
+    handoff = false,
   ): ChannelOut {
     return new ChannelOut({
       migrationId,
       peer,
       compression,
+      handoff,
       socketPath: join(
         this.opts.runRoot,
         vmId,
@@ -349,7 +394,14 @@ export class PageHost {
         this.update(rec, p);
       },
     };
-    (first ? migrate(vm, first.qemuUri, opts) : followMigration(vm, opts))
+    const start = async () => {
+      if (!first) return followMigration(vm, opts);
+      if (!first.handoff) return migrate(vm, first.qemuUri, opts);
+      const sock = first.handoffSocket();
+      const uri = await handSocketToQemu(vm, `vmhop-${rec.id}`, sock).finally(() => sock.destroy());
+      return migrate(vm, uri, opts);
+    };
+    start()
       .then(async (r) => {
         countBytes();
         rec.wallMs = r.wallMs;
@@ -395,7 +447,7 @@ export class PageHost {
         rec.modeReason = "resumed after a page-server restart";
         this.runOutgoing(vm, rec, saved);
       } else {
-        this.expectIncoming(vm, rec);
+        this.expectIncoming(vm, rec, saved.listening ?? true);
         this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
       }
     }

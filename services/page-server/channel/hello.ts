@@ -2,7 +2,9 @@
 // page-servers. Pure functions over bytes.
 //
 //   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy; bit 1: after the
-//          reply the stream travels in frames, each plain or deflated: frame.ts), u16 id length, id
+//          reply the stream travels in frames, each plain or deflated: frame.ts; bit 2: handoff,
+//          after the reply both page-servers give this TCP connection to their QEMU), u16 id
+//          length, id
 //   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
 //          message (UTF-8)
 // Everything after the hello/reply is QEMU's own migration stream, relayed unchanged (or framed).
@@ -27,17 +29,21 @@ export class ChannelProtocolError extends Error {
 
 const FLAG_RECOVER = 1;
 const FLAG_COMPRESS = 2;
+const FLAG_HANDOFF = 4;
+const KNOWN_FLAGS = FLAG_RECOVER | FLAG_COMPRESS | FLAG_HANDOFF;
 
 export interface Hello {
   migrationId: string;
   /** Re-open a broken post-copy stream (QEMU postcopy recovery) instead of starting one. */
   recover: boolean;
   compress: boolean;
+  /** Both ends hand the connection to QEMU (`fd:` URIs): no relay in between. */
+  handoff: boolean;
 }
 
 export function encodeHello(
   migrationId: string,
-  flags: { recover?: boolean; compress?: boolean } = {},
+  flags: { recover?: boolean; compress?: boolean; handoff?: boolean } = {},
 ): Buffer {
   const id = Buffer.from(migrationId, "utf8");
   if (id.length === 0 || id.length > MAX_ID)
@@ -45,7 +51,10 @@ export function encodeHello(
   const b = Buffer.alloc(8 + id.length);
   HELLO_MAGIC.copy(b, 0);
   b[4] = HELLO_VERSION;
-  b[5] = (flags.recover ? FLAG_RECOVER : 0) | (flags.compress ? FLAG_COMPRESS : 0);
+  b[5] =
+    (flags.recover ? FLAG_RECOVER : 0) |
+    (flags.compress ? FLAG_COMPRESS : 0) |
+    (flags.handoff ? FLAG_HANDOFF : 0);
   b.writeUInt16BE(id.length, 6);
   id.copy(b, 8);
   return b;
@@ -59,8 +68,7 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
   if (buf.length < 5) return null;
   if (buf[4] !== HELLO_VERSION) throw new ChannelProtocolError(`unsupported channel version ${buf[4]}`);
   if (buf.length < 8) return null;
-  if (buf[5] & ~(FLAG_RECOVER | FLAG_COMPRESS))
-    throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
+  if (buf[5] & ~KNOWN_FLAGS) throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
   const n = buf.readUInt16BE(6);
   if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
   if (buf.length < 8 + n) return null;
@@ -68,6 +76,7 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
     migrationId: buf.toString("utf8", 8, 8 + n),
     recover: (buf[5] & FLAG_RECOVER) !== 0,
     compress: (buf[5] & FLAG_COMPRESS) !== 0,
+    handoff: (buf[5] & FLAG_HANDOFF) !== 0,
     used: 8 + n,
   };
 }

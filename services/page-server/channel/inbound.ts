@@ -1,7 +1,8 @@
 // Destination side of the migration channel: a TCP listener for peer page-servers. Each
 // connection names its migration in a hello; it is then joined to the destination QEMU's
 // incoming unix socket. Several connections per migration are fine (postcopy-preempt opens
-// a second one for urgent pages, which so never queues behind the bulk stream).
+// a second one for urgent pages, which so never queues behind the bulk stream). A handoff
+// connection is not relayed: the destination QEMU is given the socket itself.
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
@@ -19,6 +20,12 @@ export interface IncomingTarget {
   qemuSocket: string;
   /** Puts the paused destination QEMU into recovery; resolves with its new socket. */
   recover?: () => Promise<string>;
+  /** Makes QEMU listen on qemuSocket before the first relayed connection (once). */
+  listen?: () => Promise<void>;
+  /** Gives the connection itself to the destination QEMU (hello handoff flag). */
+  handoff?: (sock: Socket) => Promise<void>;
+  /** Whether the stream went to QEMU by handoff (no relay, so no byte counts). */
+  handedOff: boolean;
   recoveries: number;
   counters: RelayCounters;
   connections: number;
@@ -53,10 +60,15 @@ export class ChannelServer {
   }
 
   /** Accept connections for `migrationId`, relaying them to QEMU's incoming socket. */
-  expect(migrationId: string, qemuSocket: string, recover?: () => Promise<string>): IncomingTarget {
+  expect(
+    migrationId: string,
+    qemuSocket: string,
+    hooks: Pick<IncomingTarget, "recover" | "listen" | "handoff"> = {},
+  ): IncomingTarget {
     const t: IncomingTarget = {
       qemuSocket,
-      recover,
+      ...hooks,
+      handedOff: false,
       recoveries: 0,
       counters: newCounters(),
       connections: 0,
@@ -87,8 +99,14 @@ export class ChannelServer {
     let id: string;
     let recover: boolean;
     let compress: boolean;
+    let handoff: boolean;
     try {
-      ({ migrationId: id, recover, compress } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
+      ({
+        migrationId: id,
+        recover,
+        compress,
+        handoff,
+      } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
     } catch (err) {
       this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
       peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
@@ -111,6 +129,19 @@ export class ChannelServer {
         peer.end(encodeReply(ReplyStatus.RecoverFailed, (err as Error).message));
         return;
       }
+    }
+    if (handoff) return this.handOff(id, target, peer);
+    try {
+      if (!recover) await target.listen?.();
+    } catch (err) {
+      this.log.warn("channel: destination QEMU cannot listen", { migration: id, err });
+      peer.end(
+        encodeReply(
+          ReplyStatus.UnknownMigration,
+          `destination QEMU cannot listen: ${(err as Error).message}`,
+        ),
+      );
+      return;
     }
     const qemu = connectSocket({ path: target.qemuSocket });
     this.sockets.add(qemu);
@@ -136,5 +167,26 @@ export class ChannelServer {
       });
       peer.resume();
     });
+  }
+
+  /**
+   * QEMU takes the connection (getfd + migrate-incoming fd:), then the OK goes out on it:
+   * the source QEMU writes only after the reply, and the hello's reader stopped reading, so
+   * every stream byte reaches QEMU. Our own fd copy is then closed (destroy: no FIN).
+   */
+  private async handOff(id: string, target: IncomingTarget, peer: Socket): Promise<void> {
+    try {
+      if (!target.handoff) throw new Error("this migration cannot take a handed-off channel");
+      if (peer.readableLength > 0) throw new Error("stream bytes arrived before the reply");
+      await target.handoff(peer);
+    } catch (err) {
+      this.log.warn("channel: handoff refused", { migration: id, err });
+      peer.end(encodeReply(ReplyStatus.UnknownMigration, `handoff: ${(err as Error).message}`));
+      return;
+    }
+    target.handedOff = true;
+    target.connections++;
+    this.log.info("channel: handed to QEMU", { migration: id });
+    peer.write(encodeReply(ReplyStatus.Ok), () => peer.destroy());
   }
 }

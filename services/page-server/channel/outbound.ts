@@ -1,6 +1,7 @@
 // Source side of the migration channel: a unix socket for the source QEMU (`migrate
 // unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
-// destination page-server, after a hello naming the migration.
+// destination page-server, after a hello naming the migration. With `handoff` there is no
+// unix socket: the one TCP connection is handed to the source QEMU itself (handedOff()).
 import { unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
@@ -25,6 +26,12 @@ export interface OutboundOptions {
   recover?: boolean;
   /** Deflate on the wire: "auto" only while the link is slow and the bottleneck. Default off. */
   compression?: Compression;
+  /**
+   * Open one TCP connection that both page-servers give to their QEMU (`fd:` URIs): the
+   * stream then flows QEMU → kernel → QEMU, no relay. Plain streams only (no compression,
+   * no urgent lane: QEMU 7.2 opens that second connection itself).
+   */
+  handoff?: boolean;
   log?: Logger;
 }
 
@@ -40,6 +47,11 @@ export class ChannelOut {
 
   constructor(private readonly opts: OutboundOptions) {
     this.log = (opts.log ?? silentLogger).child({ part: "channel-out", migration: opts.migrationId });
+  }
+
+  /** Whether QEMU takes the connection itself (handoffSocket) rather than our unix socket. */
+  get handoff(): boolean {
+    return !!this.opts.handoff;
   }
 
   /** The URI to give QEMU's `migrate`. */
@@ -59,6 +71,7 @@ export class ChannelOut {
       // not there: fine
     }
     this.spare = await this.dial(this.opts.recover);
+    if (this.opts.handoff) return;
     const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -68,6 +81,19 @@ export class ChannelOut {
         resolve();
       });
     });
+  }
+
+  /**
+   * Handoff: the connection for QEMU (`getfd`). The caller destroys it once QEMU holds its
+   * copy; nothing here reads it any more.
+   */
+  handoffSocket(): Socket {
+    const s = this.spare;
+    if (!this.opts.handoff || !s || s.destroyed) throw new ChannelError("no channel to hand to QEMU");
+    if (s.readableLength > 0) throw new ChannelError("the destination sent stream bytes before QEMU started");
+    this.spare = undefined;
+    this.connections++;
+    return s;
   }
 
   async close(): Promise<void> {
@@ -93,7 +119,13 @@ export class ChannelOut {
         peer.once("connect", resolve);
         peer.once("error", reject);
       });
-      peer.write(encodeHello(this.opts.migrationId, { recover, compress: framed(this.opts.compression) }));
+      peer.write(
+        encodeHello(this.opts.migrationId, {
+          recover,
+          compress: framed(this.opts.compression),
+          handoff: this.opts.handoff,
+        }),
+      );
       const reply = await readPreamble(peer, decodeReply, 10_000);
       if (reply.status !== ReplyStatus.Ok)
         throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);

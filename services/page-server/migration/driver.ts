@@ -1,8 +1,10 @@
 // Drives a QEMU-to-QEMU migration over QMP: pre-copy, pure post-copy (switch at once) or
 // hybrid (some pre-copy, then post-copy). The caller starts the destination with
 // `incoming: true` and calls prepareIncoming before migrate.
+import type { Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { QmpError } from "../qmp/errors.js";
+import { socketFd } from "../qmp/pass-fd.js";
 import type { VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
 import { isFinal, type MigrationProgress, parseMigrationInfo } from "./status.js";
@@ -73,10 +75,31 @@ function capabilities(c: MigrationCaps, destination: boolean) {
 
 /** Destination side: capabilities, then listen on `uri` (e.g. tcp:127.0.0.1:PORT or unix:PATH). */
 export async function prepareIncoming(dst: Vm, uri: string, caps: MigrationCaps): Promise<void> {
+  await setIncomingCapabilities(dst, caps);
+  await listenIncoming(dst, uri);
+}
+
+/** Destination side, second half of prepareIncoming: QEMU waits for the stream on `uri`. */
+export async function listenIncoming(dst: Vm, uri: string): Promise<void> {
+  await dst.qmp.execute("migrate-incoming", { uri });
+}
+
+/** Destination side, first half of prepareIncoming: `migrate-incoming` may come later. */
+export async function setIncomingCapabilities(dst: Vm, caps: MigrationCaps): Promise<void> {
   if (dst.state !== "incoming")
     throw new MigrationError(`destination ${dst.spec.name} is ${dst.state}, not incoming`);
   await dst.qmp.execute("migrate-set-capabilities", { capabilities: capabilities(caps, true) });
-  await dst.qmp.execute("migrate-incoming", { uri });
+}
+
+/**
+ * Gives QEMU a connected socket (QMP `getfd`, the fd passed as SCM_RIGHTS) and returns the
+ * URI naming it (`fd:NAME`) for `migrate` or `migrate-incoming`. QEMU holds its own copy
+ * then: the caller destroys its socket (destroy closes only this process's fd; end() would
+ * send a FIN on QEMU's stream).
+ */
+export async function handSocketToQemu(vm: Vm, name: string, sock: Socket): Promise<string> {
+  await vm.qmp.execute("getfd", { fdname: name }, { fd: socketFd(sock) });
+  return `fd:${name}`;
 }
 
 export async function queryMigration(vm: Vm): Promise<MigrationProgress> {

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "../../common/log.js";
 import { decodeChunk, encodeCommand, type QmpEvent, type QmpGreeting, type QmpMessage } from "./codec.js";
 import { QmpClosedError, QmpConnectError, QmpError, QmpTimeoutError } from "./errors.js";
+import { sendWithFd } from "./pass-fd.js";
 
 export interface QmpConnectOptions {
   /** How long to keep retrying while QEMU has not created or opened the socket yet. */
@@ -95,7 +96,11 @@ export class QmpClient extends EventEmitter<Events> {
   execute<T = unknown>(
     command: string,
     args?: Record<string, unknown>,
-    opts: { timeoutMs?: number; oob?: boolean } = {},
+    opts: {
+      timeoutMs?: number;
+      oob?: boolean /** Passed with the command (SCM_RIGHTS), for `getfd`. */;
+      fd?: number;
+    } = {},
   ): Promise<T> {
     if (this.closeReason !== undefined) return Promise.reject(new QmpClosedError(command, this.closeReason));
     if (opts.oob && !this.oobEnabled)
@@ -111,7 +116,18 @@ export class QmpClient extends EventEmitter<Events> {
       }, timeoutMs);
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
       this.log.debug("qmp command", { command, id });
-      this.socket.write(encodeCommand(command, args, id, opts.oob));
+      const text = encodeCommand(command, args, id, opts.oob);
+      if (opts.fd === undefined) {
+        this.socket.write(text);
+        return;
+      }
+      try {
+        sendWithFd(this.socket, Buffer.from(text), opts.fd);
+      } catch (err) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(err as Error);
+      }
     });
   }
 
