@@ -1,5 +1,7 @@
 // The link between two page-servers breaks during post-copy and comes back: the paused
-// post-copy is recovered on a new channel and the VM survives, its heartbeat unbroken.
+// post-copy is recovered on a new channel and the VM survives, its heartbeat unbroken. Both
+// channel paths: relayed (compression "auto"), and handed to QEMU (compression "off"; the
+// recovery then relays).
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -42,80 +44,83 @@ function finished(rec: MigrationRecord): Promise<MigrationRecord> {
   });
 }
 
-migTest(
-  "link cut during post-copy, restored: post-copy recovers, VM survives at the destination",
-  async () => {
-    const guest = await ensureGuest();
-    const a = new PageHost({ runRoot: join(dir.path, "a") });
-    const b = new PageHost({ runRoot: join(dir.path, "b") });
-    for (const h of [a, b]) {
-      await h.open();
-      closers.push(() => h.close());
-    }
-    const link = new Link(b.channelListenAddress);
-    await link.open();
-    closers.push(() => link.close());
-
-    const spec = {
-      name: "vm1",
-      vcpus: 1,
-      memoryMib: 160,
-      kernel: guest.kernel,
-      initrd: guest.initrd,
-      cmdline: guestCmdline({ memMib: 64, rateMib: 16, verifyMib: 48 }),
-    };
-    a.define(spec);
-    const src = await a.start("vm1");
-    await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
-    await b.prepareIncoming(spec, "mig-r");
-    const dst = b.get("vm1");
-    const passesBefore = src.serial.tracker.stats.last!.passes;
-
-    // Capped so post-copy is still pushing pages when the link breaks.
-    const rec = await a.startMigration({
-      vmId: "vm1",
-      migrationId: "mig-r",
-      channelAddress: link.address,
-      mode: "postcopy",
-      maxBandwidth: 32 << 20, // ~5 s of background push: the break lands inside it
-    });
-    let broke = false;
-    rec.events.on("update", (r) => {
-      if (!broke && r.phase === "postcopy" && (r.progress?.postcopyBytes ?? 0) > 2 << 20) {
-        broke = true;
-        link.break();
-        setTimeout(() => link.restore(), 1500);
+for (const path of ["relay", "handoff"] as const)
+  migTest(
+    `link cut during post-copy, restored (${path}): post-copy recovers, VM survives at the destination`,
+    async () => {
+      const guest = await ensureGuest();
+      const a = new PageHost({ runRoot: join(dir.path, `${path}-a`) });
+      const b = new PageHost({ runRoot: join(dir.path, `${path}-b`) });
+      for (const h of [a, b]) {
+        await h.open();
+        closers.push(() => h.close());
       }
-    });
-    const end = await finished(rec);
-    assert.ok(broke, "the migration finished before the link could be broken");
-    assert.is(end.phase, "completed", end.error);
-    assert.ok(end.recoveries >= 1, "no recovery happened");
-    assert.ok(b.migration("mig-r").recoveries >= 1);
+      const link = new Link(b.channelListenAddress);
+      await link.open();
+      closers.push(() => link.close());
 
-    const logs = [src.paths.serialLog, dst.paths.serialLog];
-    const deadline = Date.now() + 60_000;
-    let after = heartbeats(logs).at(-1);
-    while ((after?.passes ?? 0) < passesBefore + 2 && Date.now() < deadline) {
-      await sleep(200);
-      after = heartbeats(logs).at(-1);
-    }
-    assert.ok((after?.passes ?? 0) >= passesBefore + 2, "no full verification pass at the destination");
-    assert.is(after!.memErrors, 0, "memory verification failed after recovery");
-    const all = heartbeats(logs);
-    assert.equal(
-      all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1),
-      [],
-      "heartbeat counter broke",
-    );
-    assert.is(dst.state, "running");
-    for (let i = 0; i < 50 && src.state !== "stopped"; i++) await sleep(100);
-    assert.is(src.state, "stopped");
-    console.log(
-      `recovery: ${end.recoveries} recovery, max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms, ` +
-        `${end.channelBytes.forward} B over the channel`,
-    );
-  },
-);
+      const spec = {
+        name: "vm1",
+        vcpus: 1,
+        memoryMib: 160,
+        kernel: guest.kernel,
+        initrd: guest.initrd,
+        cmdline: guestCmdline({ memMib: 64, rateMib: 16, verifyMib: 48 }),
+      };
+      a.define(spec);
+      const src = await a.start("vm1");
+      await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+      await b.prepareIncoming(spec, "mig-r");
+      const dst = b.get("vm1");
+      const passesBefore = src.serial.tracker.stats.last!.passes;
+
+      // Capped so post-copy is still pushing pages when the link breaks.
+      const rec = await a.startMigration({
+        vmId: "vm1",
+        migrationId: "mig-r",
+        channelAddress: link.address,
+        mode: "postcopy",
+        maxBandwidth: 32 << 20, // ~5 s of background push: the break lands inside it
+        compression: path === "handoff" ? "off" : "auto",
+      });
+      let broke = false;
+      rec.events.on("update", (r) => {
+        if (!broke && r.phase === "postcopy" && (r.progress?.postcopyBytes ?? 0) > 2 << 20) {
+          broke = true;
+          link.break();
+          setTimeout(() => link.restore(), 1500);
+        }
+      });
+      assert.is(rec.channelPath, path);
+      const end = await finished(rec);
+      assert.ok(broke, "the migration finished before the link could be broken");
+      assert.is(end.phase, "completed", end.error);
+      assert.ok(end.recoveries >= 1, "no recovery happened");
+      assert.ok(b.migration("mig-r").recoveries >= 1);
+
+      const logs = [src.paths.serialLog, dst.paths.serialLog];
+      const deadline = Date.now() + 60_000;
+      let after = heartbeats(logs).at(-1);
+      while ((after?.passes ?? 0) < passesBefore + 2 && Date.now() < deadline) {
+        await sleep(200);
+        after = heartbeats(logs).at(-1);
+      }
+      assert.ok((after?.passes ?? 0) >= passesBefore + 2, "no full verification pass at the destination");
+      assert.is(after!.memErrors, 0, "memory verification failed after recovery");
+      const all = heartbeats(logs);
+      assert.equal(
+        all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1),
+        [],
+        "heartbeat counter broke",
+      );
+      assert.is(dst.state, "running");
+      for (let i = 0; i < 50 && src.state !== "stopped"; i++) await sleep(100);
+      assert.is(src.state, "stopped");
+      console.log(
+        `recovery (${path}): ${end.recoveries} recovery, max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms, ` +
+          `${end.channelBytes.forward} B over the channel`,
+      );
+    },
+  );
 
 test.run();
