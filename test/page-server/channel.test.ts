@@ -34,14 +34,22 @@ test.after(() => dir.cleanup());
 test("hello and reply round-trip, byte by byte, with trailing stream bytes left alone", () => {
   const wire = Buffer.concat([encodeHello("mig-42"), Buffer.from("QEVM")]);
   for (let i = 0; i < 14; i++) assert.is(decodeHello(wire.subarray(0, i)), null, `prefix ${i}`);
-  assert.equal(decodeHello(wire), { migrationId: "mig-42", recover: false, compress: false, used: 14 });
+  assert.equal(decodeHello(wire), {
+    migrationId: "mig-42",
+    recover: false,
+    compress: false,
+    handoff: false,
+    used: 14,
+  });
   assert.equal(decodeHello(encodeHello("m", { recover: true })), {
     migrationId: "m",
     recover: true,
     compress: false,
+    handoff: false,
     used: 9,
   });
   assert.equal(decodeHello(encodeHello("m", { compress: true }))?.compress, true);
+  assert.equal(decodeHello(encodeHello("m", { handoff: true }))?.handoff, true);
   const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
   assert.is(decodeReply(r.subarray(0, 5)), null);
   assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
