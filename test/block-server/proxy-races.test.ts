@@ -119,6 +119,19 @@ t("reads answered from fetched bytes: across fetches, next to local blocks, then
   assert.ok(p.bitmap.has(52) && p.bitmap.has(53) && p.bitmap.has(54) && p.bitmap.has(60));
 });
 
+t("a sparse read lends the fetch buffer: it is not reused until the reply was sent", async () => {
+  const p = await open();
+  const [lent] = await p.readSparse!(4 * BS, 2 * BS);
+  assert.ok("data" in lent && lent.sent, "answered with a view of the fetch buffer");
+  if (!("data" in lent)) return;
+  // Many more fetches (and stores) meanwhile: none may land in the lent buffer.
+  await Promise.all([0, 8, 12, 16, 20, 24].map((b) => p.read(b * BS, 2 * BS)));
+  await p.flush();
+  assert.ok(lent.data.equals(data.subarray(4 * BS, 6 * BS)));
+  lent.sent?.();
+  assert.ok((await p.read(4 * BS, 2 * BS)).equals(data.subarray(4 * BS, 6 * BS)));
+});
+
 t("TRIM and WRITE_ZEROES work locally and mark blocks local; CACHE fetches", async () => {
   const p = await open();
   await p.writeZeroes(5 * BS + 100, 3 * BS, { fua: false, noHole: false, fastZero: false });

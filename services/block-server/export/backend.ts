@@ -45,8 +45,13 @@ export class BackendError extends Error {
 /** Allocates a buffer of exactly n bytes (uninitialised). */
 export type Alloc = (n: number) => Buffer;
 
-/** A piece of a sparse read: data, or a hole (reads as zeroes) the server sends as a hole chunk. */
-export type ReadPiece = { offset: number; data: Buffer } | { offset: number; hole: number };
+/**
+ * A piece of a sparse read: data, or a hole (reads as zeroes) the server sends as a hole chunk.
+ * `sent`, when given, is called once the server no longer needs `data` (sent or dropped), so a
+ * backend can lend a buffer it recycles.
+ */
+export type DataPiece = { offset: number; data: Buffer; sent?: () => void };
+export type ReadPiece = DataPiece | { offset: number; hole: number };
 
 export interface Backend {
   readonly size: number;

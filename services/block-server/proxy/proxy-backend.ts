@@ -20,6 +20,7 @@ import {
   type Backend,
   BackendError,
   type Capabilities,
+  type DataPiece,
   type Extent,
   type ReadPiece,
   type WriteZeroesOptions,
@@ -108,10 +109,18 @@ interface Deferred {
 interface Busy extends Deferred {
   /** Being fetched (or queued to be); false while a local change holds it. */
   fetching: boolean;
-  /** Once arrived: the block's bytes, a view of the fetch buffer valid while the block is busy. */
-  bytes?: Buffer;
+  /** Once arrived: the fetch holding the block's bytes (valid while the block is busy). */
+  landed?: Fetched;
   /** Called synchronously when the bytes arrive, or with the fetch's error. */
-  onBytes?: ((bytes: Buffer | Error) => void)[];
+  onLanded?: ((f: Fetched | Error) => void)[];
+}
+
+/** A fetch's buffer: recycled once stored and no reply refers to it any more. */
+interface Fetched {
+  buf: Buffer;
+  /** Disk offset of buf[0]. */
+  offset: number;
+  refs: number;
 }
 
 function deferred(fetching: boolean): Busy {
@@ -125,12 +134,12 @@ function deferred(fetching: boolean): Busy {
   return { promise, resolve, reject, fetching };
 }
 
-/** Hands a busy block's arrived bytes (or the fetch's error) to the reads waiting for them. */
-function land(d: Busy, bytes: Buffer | Error): void {
-  if (Buffer.isBuffer(bytes)) d.bytes = bytes;
-  const waiting = d.onBytes;
-  d.onBytes = undefined;
-  if (waiting) for (const w of waiting) w(bytes);
+/** Hands a busy block's arrived fetch (or the fetch's error) to the reads waiting for it. */
+function land(d: Busy, f: Fetched | Error): void {
+  if (!(f instanceof Error)) d.landed = f;
+  const waiting = d.onLanded;
+  d.onLanded = undefined;
+  if (waiting) for (const w of waiting) w(f);
 }
 
 const ZERO_BLOCK_CACHE = new Map<number, Buffer>();
@@ -296,11 +305,11 @@ export class ProxyBackend extends EventEmitter implements Backend {
     const { offset, length } = runBytes(run, this.blockSize, this.size);
     const bs = this.blockSize;
     const t0 = performance.now();
-    const buf = this.fetchBuffers.alloc(this.maxRequestBlocks * bs);
+    const f: Fetched = { buf: this.fetchBuffers.alloc(this.maxRequestBlocks * bs), offset, refs: 1 };
     try {
-      const data = await this.upstream.read(offset, length, buf.subarray(0, length));
-      // Reads waiting for these blocks copy them now, before they are stored.
-      for (let i = 0; i < ds.length; i++) land(ds[i], data.subarray(i * bs, Math.min((i + 1) * bs, length)));
+      const data = await this.upstream.read(offset, length, f.buf.subarray(0, length));
+      // Reads waiting for these blocks take their bytes now, before they are stored.
+      for (const d of ds) land(d, f);
       if (source === "demand") {
         this.latency.record(performance.now() - t0);
         this.counters.demand += length;
@@ -309,22 +318,26 @@ export class ProxyBackend extends EventEmitter implements Backend {
       this.bitmap.setRange(run.first, run.count);
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
-        ds[i].bytes = undefined;
+        ds[i].landed = undefined;
         ds[i].resolve();
       }
-      this.fetchBuffers.release(buf);
+      this.unref(f);
     } catch (e) {
       const err =
         e instanceof BackendError ? e : new BackendError(`fetch failed: ${(e as Error).message}`, "EIO");
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
-        ds[i].bytes = undefined;
+        ds[i].landed = undefined;
         land(ds[i], err);
         ds[i].reject(err);
       }
-      this.fetchBuffers.release(buf); // a settled upstream read no longer writes into it
+      this.unref(f); // a settled upstream read no longer writes into it
       throw err;
     }
+  }
+
+  private unref(f: Fetched): void {
+    if (--f.refs === 0) this.fetchBuffers.release(f.buf);
   }
 
   /** Writes fetched data to the cache; all-zero blocks become holes instead. */
@@ -468,11 +481,17 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   // ---- Backend ----
 
-  async read(offset: number, length: number, alloc?: Alloc): Promise<Buffer> {
+  async read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
     this.check();
     if (!this.allLocal(offset, length)) {
       const fetched = await this.readFetched(offset, length, alloc);
-      if (fetched) return fetched;
+      if (fetched) {
+        if (!fetched.sent) return fetched.data;
+        const out = alloc(length);
+        fetched.data.copy(out);
+        fetched.sent();
+        return out;
+      }
       const { first, last } = blockSpan(offset, length, this.blockSize);
       await this.ensureLocal(first, last);
     }
@@ -483,7 +502,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     this.check();
     if (!this.allLocal(offset, length)) {
       const fetched = await this.readFetched(offset, length, alloc);
-      if (fetched) return [{ offset, data: fetched }];
+      if (fetched) return [fetched];
       const { first, last } = blockSpan(offset, length, this.blockSize);
       await this.ensureLocal(first, last);
     }
@@ -492,15 +511,16 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   /**
    * A read whose blocks are all missing and none held by a local change: fetches them (or
-   * joins the fetches in flight) and copies each block's bytes into the reply the moment
-   * they arrive. Undefined when that does not apply or a fetch failed: the caller then
-   * waits until the blocks are local and reads the cache.
+   * joins the fetches in flight) and answers from the fetched bytes as soon as they arrive:
+   * a view of the fetch buffer when one fetch holds them all (it stays out of the pool until
+   * `sent`), else a copy. Undefined when that does not apply or someone else's fetch failed:
+   * the caller then waits until the blocks are local and reads the cache.
    */
   private readFetched(
     offset: number,
     length: number,
     alloc: Alloc = Buffer.allocUnsafe,
-  ): Promise<Buffer | undefined> {
+  ): Promise<DataPiece | undefined> {
     const bs = this.blockSize;
     const { first, last } = blockSpan(offset, length, bs);
     for (let b = first; b <= last; b++) {
@@ -508,42 +528,59 @@ export class ProxyBackend extends EventEmitter implements Backend {
       const d = this.busy.get(b);
       if (d && !d.fetching) return Promise.resolve(undefined);
     }
-    const out = alloc(length);
-    const end = offset + length;
     return new Promise((resolve, reject) => {
+      // Each arrived block holds a reference on its fetch buffer until the reply is built.
+      const got: Fetched[] = [];
       let left = last - first + 1;
       let failed = false;
       let ownError: Error | undefined;
+      const finish = () => {
+        if (ownError || failed) {
+          for (const f of got) if (f) this.unref(f); // blocks that failed left a gap
+          if (ownError) reject(ownError);
+          else resolve(undefined);
+          return;
+        }
+        const one = got[0];
+        if (got.every((f) => f === one)) {
+          for (let i = 1; i < got.length; i++) one.refs--; // never reaches 0: we keep one
+          const at = offset - one.offset;
+          resolve({ offset, data: one.buf.subarray(at, at + length), sent: () => this.unref(one) });
+          return;
+        }
+        const out = alloc(length);
+        for (let i = 0; i < got.length; i++) {
+          const f = got[i];
+          const from = Math.max(offset, (first + i) * bs);
+          const to = Math.min(offset + length, (first + i + 1) * bs);
+          f.buf.copy(out, from - offset, from - f.offset, to - f.offset);
+        }
+        for (const f of got) this.unref(f);
+        resolve({ offset, data: out });
+      };
       for (let b = first; b <= last; b++) {
-        const blockStart = b * bs;
         let mine = false;
-        const put = (bytes: Buffer | Error) => {
-          if (!Buffer.isBuffer(bytes)) {
+        const i = b - first;
+        const put = (f: Fetched | Error) => {
+          if (f instanceof Error) {
             // Our own fetch failing fails the read; someone else's just means "look again".
             failed = true;
-            if (mine) ownError ??= bytes;
+            if (mine) ownError ??= f;
           } else {
-            const from = Math.max(offset, blockStart);
-            bytes.copy(
-              out,
-              from - offset,
-              from - blockStart,
-              Math.min(end, blockStart + bytes.length) - blockStart,
-            );
+            f.refs++;
+            got[i] = f;
           }
-          if (--left > 0) return;
-          if (ownError) reject(ownError);
-          else resolve(failed ? undefined : out);
+          if (--left === 0) finish();
         };
         let d = this.busy.get(b);
         if (!d) {
           d = this.queueDemandBlock(b);
           mine = true;
         }
-        if (d.bytes) put(d.bytes);
+        if (d.landed) put(d.landed);
         else {
-          d.onBytes ??= [];
-          d.onBytes.push(put);
+          d.onLanded ??= [];
+          d.onLanded.push(put);
         }
       }
     });
@@ -728,6 +765,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.copier.stop();
+    // Reads may have been answered before their fetch was stored: let those stores finish
+    // so the final bitmap records them.
+    await Promise.allSettled([...this.busy.values()].map((d) => d.promise));
     try {
       await this.persist();
     } catch (e) {

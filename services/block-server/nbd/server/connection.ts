@@ -384,9 +384,10 @@ export class Connection {
         e.end(b);
         const pieces = Buffer.isBuffer(r) ? [{ offset: req.offset, data: r }] : r;
         // A backend answering the wrong amount would desynchronise the stream: refuse it.
-        if (coverage(pieces, req.offset) !== req.length)
+        if (coverage(pieces, req.offset) !== req.length) {
+          this.releasePieces(pieces);
           this.fail(e, req, new Error(`backend returned the wrong amount of data for ${req.length} bytes`));
-        else {
+        } else {
           e.stats.bytesRead += req.length;
           e.heat.record(req.offset, req.length);
           this.sendData(req, pieces);
@@ -453,10 +454,20 @@ export class Connection {
     return true;
   }
 
+  /** Hands read buffers back: to the pool, or to the backend that lent them. */
+  private releasePiece(p: ReadPiece): void {
+    if (!("data" in p)) return;
+    this.pool.release(p.data);
+    p.sent?.();
+  }
+
+  private releasePieces(pieces: ReadPiece[]): void {
+    for (const p of pieces) this.releasePiece(p);
+  }
+
   private sendData(req: T.Request, pieces: ReadPiece[]): void {
-    const pool = this.pool;
     if (this.closed) {
-      for (const p of pieces) if ("data" in p) pool.release(p.data);
+      this.releasePieces(pieces);
       return;
     }
     const sock = this.socket;
@@ -466,7 +477,7 @@ export class Connection {
       for (const p of pieces) {
         if ("data" in p)
           sock.write(p.data, () => {
-            pool.release(p.data);
+            this.releasePiece(p);
             this.flushed();
           });
         else sock.write(Buffer.alloc(p.hole), this.flushed);
@@ -474,8 +485,11 @@ export class Connection {
       sock.uncork();
       return;
     }
-    if (pieces.length > 1 && req.flags & C.NBD_CMD_FLAG_DF)
-      pieces = [{ offset: req.offset, data: flatten(pieces, req.length) }];
+    if (pieces.length > 1 && req.flags & C.NBD_CMD_FLAG_DF) {
+      const flat = flatten(pieces, req.length);
+      this.releasePieces(pieces);
+      pieces = [{ offset: req.offset, data: flat }];
+    }
     sock.cork();
     for (let i = 0; i < pieces.length; i++) {
       const p = pieces[i];
@@ -483,7 +497,7 @@ export class Connection {
       if ("data" in p) {
         sock.write(T.encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length));
         sock.write(p.data, () => {
-          pool.release(p.data);
+          this.releasePiece(p);
           this.flushed();
         });
       } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole), this.flushed);
