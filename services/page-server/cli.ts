@@ -6,6 +6,7 @@ import { helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import { onShutdown } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
+import type { Compression } from "./channel/compress-policy.js";
 import { splitHostPort } from "./channel/outbound.js";
 import { pageService } from "./grpc/service.js";
 import { PageHost } from "./host.js";
@@ -31,6 +32,13 @@ const options = {
     default: false,
     describe: "default for migrations whose request does not ask for QEMU's postcopy-preempt lane",
   },
+  compression: {
+    type: "string",
+    default: "auto",
+    describe:
+      "default channel compression: off, on, auto (only on a slow link). With off and no preempt lane " +
+      "the channel's TCP connection is handed to QEMU (no relay)",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -43,7 +51,13 @@ export async function run(argv: string[]): Promise<number> {
     return cmd ? 0 : 2;
   }
   if (cmd !== "serve") throw new CliError(`unknown page command '${cmd}'\n\n${helpText(usage, options)}`);
-  let cfg: { listen: string; "channel-listen": string; "run-dir": string; preempt: boolean };
+  let cfg: {
+    listen: string;
+    "channel-listen": string;
+    "run-dir": string;
+    preempt: boolean;
+    compression: Compression;
+  };
   let channel: [string, number];
   try {
     const o = parseConfig(options, rest);
@@ -56,7 +70,10 @@ export async function run(argv: string[]): Promise<number> {
       "channel-listen": o["channel-listen"]!,
       "run-dir": o["run-dir"]!,
       preempt: o.preempt ?? false,
+      compression: o.compression as Compression,
     };
+    if (!["off", "on", "auto"].includes(cfg.compression))
+      throw new Error(`--compression takes off, on or auto, not ${JSON.stringify(cfg.compression)}`);
     channel = splitHostPort(cfg["channel-listen"]);
   } catch (err) {
     throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);
@@ -67,6 +84,7 @@ export async function run(argv: string[]): Promise<number> {
     channelHost: channel[0],
     channelPort: channel[1],
     preempt: cfg.preempt,
+    compression: cfg.compression,
     log,
   });
   await host.open();

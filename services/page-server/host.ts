@@ -227,7 +227,7 @@ export class PageHost {
     // waits for the channel's hello: it says relay (a unix socket) or handoff (fd).
     const mode = o.mode === undefined || o.mode === "auto" ? "postcopy" : o.mode;
     await setIncomingCapabilities(vm, { mode, preempt: o.preempt ?? this.opts.preempt });
-    saveMigration(vm, { id: migrationId, role: "destination" });
+    saveMigration(vm, { id: migrationId, role: "destination", listening: false });
     const target = this.expectIncoming(vm, rec, false);
     vm.qmp.on("event", (e) => {
       if (e.event === "RESUME" && rec.bytesBeforeResume === undefined && !target.handedOff)
@@ -447,6 +447,7 @@ export class PageHost {
         rec.modeReason = "resumed after a page-server restart";
         this.runOutgoing(vm, rec, saved);
       } else {
+        // Records from before the handoff path have no flag: QEMU listened from the start then.
         this.expectIncoming(vm, rec, saved.listening ?? true);
         this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
       }
