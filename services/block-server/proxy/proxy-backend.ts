@@ -498,6 +498,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return this.local.read(offset, length, alloc);
   }
 
+  /** Local, cached ranges go out by sendfile like a target's (see Backend.cachedFileRange). */
+  cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
+    if (this.closed || !this.allLocal(offset, length)) return null;
+    return this.local.cachedFileRange(offset, length);
+  }
+
   async readSparse(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]> {
     this.check();
     if (!this.allLocal(offset, length)) {
