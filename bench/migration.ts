@@ -1,6 +1,7 @@
 // `npm run bench -- migration [--quick] [--runs N] [--paths loopback,wan] [--modes precopy,postcopy,hybrid]
 //   [--subjects qemu-direct,vmhop,...] [--wan-delay-ms 25] [--wan-mbit 450]`: one guest and workload, migrated QEMU-to-QEMU directly
-// ("qemu-direct", the reference) and through two page-servers ("vmhop": raw TCP channel), in
+// ("qemu-direct", the reference) and through two page-servers ("vmhop": the raw TCP channel
+// handed to both QEMUs; "vmhop-relay" and the preempt/zip subjects: relayed by them), in
 // pre-copy, pure post-copy and hybrid (one pre-copy round, then post-copy), on loopback and on
 // an emulated WAN (the project's delay/rate relay between the two ends). The guest's largest
 // heartbeat gap is measured on the host: QEMU's "downtime" hides post-copy fault stalls.
