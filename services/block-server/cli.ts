@@ -18,9 +18,10 @@ import {
   type WatchProgressResponse,
 } from "../../gen/vmhop/v1/block.js";
 import { CliError } from "../cli/errors.js";
+import { serveUntilSignal } from "../cli/serve-until-signal.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
-import { onShutdown } from "../common/lifecycle.js";
+import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
 import { BlockServer, type CreateExportSpec } from "./block-server.js";
 import { blockService, upstreamHotSource } from "./grpc/block-service.js";
@@ -141,9 +142,8 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   if (o.cache && !o.proxy) throw new CliError("--cache is for proxy mode: give --proxy too");
   const log = createLogger({ svc: "block-server" });
   const bs = new BlockServer({ log });
-  const closers = [{ name: "block-server", close: () => bs.close() }];
-  const stop = onShutdown(log, closers);
-  try {
+  const closers: Closer[] = [{ name: "block-server", close: () => bs.close() }];
+  return serveUntilSignal(log, closers, async () => {
     for (const l of o.listen ?? []) await bs.listen(l);
     let spec: CreateExportSpec | undefined;
     if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };
@@ -194,13 +194,7 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     console.log(
       JSON.stringify({ ready: true, nbd: bs.nbdAddresses(), grpc: grpcAddress ?? null, exports: bs.names() }),
     );
-  } catch (err) {
-    await stop();
-    if (err instanceof CliError) throw err;
-    throw new CliError((err as Error).message, 1);
-  }
-  await new Promise(() => {}); // serve until a signal
-  return 0;
+  });
 }
 
 function call<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {

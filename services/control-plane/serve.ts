@@ -1,9 +1,9 @@
 // `vmhop control serve`: the ControlPlaneService over gRPC, registries and migrations in the
 // Store. On start it resumes the migrations a previous control-plane left unfinished.
-import { CliError } from "../cli/errors.js";
+import { serveUntilSignal } from "../cli/serve-until-signal.js";
 import { type Config, helpText, type OptionSpecs } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
-import { onShutdown } from "../common/lifecycle.js";
+import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
 import { DEFAULT_CONTROL_GRPC } from "./client.js";
@@ -31,9 +31,8 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     return 0;
   }
   const log = createLogger({ svc: "control-plane" });
-  const closers: { name: string; close: () => Promise<void> }[] = [];
-  const stop = onShutdown(log, closers);
-  try {
+  const closers: Closer[] = [];
+  return serveUntilSignal(log, closers, async () => {
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, { log });
@@ -49,11 +48,5 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     const resumed = await cp.open();
     // One machine-readable ready line on stdout: scripts wait for it.
     console.log(JSON.stringify({ ready: true, grpc: g.address, store: store.kind, resumed }));
-  } catch (err) {
-    await stop();
-    if (err instanceof CliError) throw err;
-    throw new CliError((err as Error).message, 1);
-  }
-  await new Promise(() => {}); // serve until a signal
-  return 0;
+  });
 }

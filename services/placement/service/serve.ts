@@ -1,8 +1,9 @@
 // `vmhop placement serve`: the PlacementService over gRPC, load and plans in the Store.
 import { CliError } from "../../cli/errors.js";
+import { serveUntilSignal } from "../../cli/serve-until-signal.js";
 import { type Config, helpText, type OptionSpecs } from "../../common/config.js";
 import { startGrpcServer } from "../../common/grpc/server.js";
-import { onShutdown } from "../../common/lifecycle.js";
+import type { Closer } from "../../common/lifecycle.js";
 import { createLogger } from "../../common/log.js";
 import { openStore } from "../../common/store/index.js";
 import { ControlClient } from "../../control-plane/client.js";
@@ -77,9 +78,8 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   };
   const interval = positive(o["plan-interval-s"], "plan-interval-s", true);
   const log = createLogger({ svc: "placement" });
-  const closers: { name: string; close: () => Promise<void> }[] = [];
-  const stop = onShutdown(log, closers);
-  try {
+  const closers: Closer[] = [];
+  return serveUntilSignal(log, closers, async () => {
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = o["control-plane"] ? new ControlClient(o["control-plane"]) : undefined;
@@ -113,11 +113,5 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         resumed,
       }),
     );
-  } catch (err) {
-    await stop();
-    if (err instanceof CliError) throw err;
-    throw new CliError((err as Error).message, 1);
-  }
-  await new Promise(() => {}); // serve until a signal
-  return 0;
+  });
 }
