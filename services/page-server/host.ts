@@ -401,8 +401,10 @@ export class PageHost {
       const uri = await handSocketToQemu(vm, `vmhop-${rec.id}`, sock).finally(() => sock.destroy());
       return migrate(vm, uri, opts);
     };
+    let completed = false;
     start()
       .then(async (r) => {
+        completed = true;
         countBytes();
         rec.wallMs = r.wallMs;
         this.update(rec, r.final);
@@ -419,7 +421,9 @@ export class PageHost {
       })
       // Recording the end can fail too (run folder gone at shutdown): never an unhandled rejection.
       .catch((err: unknown) => this.log.warn("cannot record the migration's end", { migration: rec.id, err }))
-      .finally(() => out?.close());
+      // A completed stream may still be queued here: let it drain (destroying it truncated the
+      // destination's stream while the source reported success).
+      .finally(() => (completed ? out?.finish() : out?.close()));
   }
 
   /**

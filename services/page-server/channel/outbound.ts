@@ -96,6 +96,28 @@ export class ChannelOut {
     return s;
   }
 
+  /**
+   * After a completed migration: QEMU counts a byte as sent once our socket took it, so what is
+   * still queued here must reach the destination before the channel goes. The relays end on
+   * their own (QEMU's end flows through as end(), the destination closes once its QEMU has
+   * loaded everything); wait for that, at most `timeoutMs`, then close.
+   */
+  async finish(timeoutMs = 30_000): Promise<void> {
+    const open = [...this.sockets].filter((s) => s !== this.spare && !s.destroyed);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(
+        open.map((s) => new Promise<void>((r) => (s.destroyed ? r() : s.once("close", () => r())))),
+      ),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    await this.close();
+  }
+
+  /** Tears the channel down at once (failure, cancel, shutdown). */
   async close(): Promise<void> {
     this.spare?.destroy();
     for (const s of this.sockets) s.destroy();
