@@ -768,12 +768,20 @@ export class ProxyBackend extends EventEmitter implements Backend {
     };
   }
 
+  /**
+   * Resolves once every fetch now in flight is stored and its blocks marked local (a read is
+   * answered from the fetched bytes before that).
+   */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.busy.values()].map((d) => d.promise));
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     await this.copier.stop();
     // Reads may have been answered before their fetch was stored: let those stores finish
     // so the final bitmap records them.
-    await Promise.allSettled([...this.busy.values()].map((d) => d.promise));
+    await this.settled();
     try {
       await this.persist();
     } catch (e) {
