@@ -1,6 +1,7 @@
 // Make-before-break with bicasting: the anchor duplicates the VM's traffic to the destination
 // from preparation until the binding update (nft dup), so over a 15 ms one-way WAN the
-// correspondent loses nothing, also on a first visit to a site; the copies stop with the update.
+// correspondent loses nothing, also on a first visit to a site, a TCP connection stays up, and
+// the copies stop with the update.
 // Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -11,6 +12,7 @@ import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
 import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
@@ -77,6 +79,34 @@ t("first visits and a return: at most one echo lost, copies stop with the update
     assert.ok(v6.lost <= 1, `IPv6 to site ${to + 1}: lost ${v6.lost}`);
     assert.ok(v4.lost <= 1, `IPv4 to site ${to + 1}: lost ${v4.lost}`);
     assert.equal(await bicastElements(), [], "no bicast left after the binding update");
+  }
+});
+
+t("a TCP connection to the IPv6 home address survives a bicast move", async () => {
+  const server = startProbe<never>(bed.ns.vm, ["tcp-echo", "--port", "7009"]);
+  try {
+    await server.ready;
+    const client = startProbe<TcpProbeResult>(bed.ns.cn, [
+      "tcp-client",
+      "--to",
+      VM.homeIpv6[0],
+      "--port",
+      "7009",
+      "--count",
+      "100",
+      "--interval-ms",
+      "10",
+    ]);
+    await client.ready;
+    await sleep(300);
+    assert.ok((await bed.move(bed.at === 0 ? 1 : 0, "mbb-bicast")).outcome.accepted);
+    const r = await client.result;
+    await bed.settle();
+    assert.is(r.broken, false, JSON.stringify(r));
+    assert.is(r.echoed, 100);
+    assert.ok(r.inOrder);
+  } finally {
+    server.kill();
   }
 });
 
