@@ -1,6 +1,6 @@
 // Make-before-break with bicasting: the anchor duplicates the VM's traffic to the destination
 // from preparation until the binding update (nft dup), so over a 15 ms one-way WAN the
-// correspondent loses nothing, also on a first visit to a site, a TCP connection stays up, and
+// correspondent loses (almost) nothing, also on a first visit to a site, a TCP connection stays up, and
 // the copies stop with the update.
 // Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
 import { execFile } from "node:child_process";
