@@ -12,10 +12,11 @@ import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
 import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { rejects } from "./assert-rejects.js";
+import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 const PREFIX = uniqueNetnsPrefix("nr-bc-");
 const ONE_WAY_MS = 15;
@@ -83,31 +84,14 @@ t("first visits and a return: at most one echo lost, copies stop with the update
 });
 
 t("a TCP connection to the IPv6 home address survives a bicast move", async () => {
-  const server = startProbe<never>(bed.ns.vm, ["tcp-echo", "--port", "7009"]);
-  try {
-    await server.ready;
-    const client = startProbe<TcpProbeResult>(bed.ns.cn, [
-      "tcp-client",
-      "--to",
-      VM.homeIpv6[0],
-      "--port",
-      "7009",
-      "--count",
-      "100",
-      "--interval-ms",
-      "10",
-    ]);
-    await client.ready;
-    await sleep(300);
-    assert.ok((await bed.move(bed.at === 0 ? 1 : 0, "mbb-bicast")).outcome.accepted);
-    const r = await client.result;
-    await bed.settle();
-    assert.is(r.broken, false, JSON.stringify(r));
-    assert.is(r.echoed, 100);
-    assert.ok(r.inOrder);
-  } finally {
-    server.kill();
-  }
+  await assertTcpSurvivesMove(bed, {
+    to: VM.homeIpv6[0],
+    port: 7009,
+    count: 100,
+    leadMs: 300,
+    site: bed.at === 0 ? 1 : 0,
+    mode: "mbb-bicast",
+  });
 });
 
 t(
@@ -120,12 +104,7 @@ t(
     await bed.anchor.startBicast(VM.vmId, bed.sites[to].endpoint);
     assert.is((await bicastElements()).length, 2, "one element per home address");
     const other = bed.sites.find((_, i) => i !== from && i !== to)!;
-    try {
-      await bed.anchor.startBicast(VM.vmId, other.endpoint);
-      assert.unreachable("bicast to a site the VM does not move to");
-    } catch (err) {
-      assert.match((err as Error).message, /not moving there/);
-    }
+    await rejects(() => bed.anchor.startBicast(VM.vmId, other.endpoint), /not moving there/);
     // The VM stays: deregistering withdraws the bicast with the binding.
     await bed.anchor.deregister(VM.vmId);
     assert.equal(await bicastElements(), []);

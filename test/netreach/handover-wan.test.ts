@@ -5,10 +5,10 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { type HandoverMode, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
 const PREFIX = uniqueNetnsPrefix("nr-hw-");
@@ -70,30 +70,13 @@ t("without a forwarding pointer some echoes are lost, but a bounded number", asy
 });
 
 t("a TCP connection survives a move over the WAN", async () => {
-  const server = startProbe<never>(bed.ns.vm, ["tcp-echo", "--port", "7008"]);
-  try {
-    await server.ready;
-    const client = startProbe<TcpProbeResult>(bed.ns.cn, [
-      "tcp-client",
-      "--to",
-      VM.homeIpv4[0],
-      "--port",
-      "7008",
-      "--count",
-      "100",
-      "--interval-ms",
-      "10",
-    ]);
-    await client.ready;
-    await sleep(300);
-    assert.ok((await bed.move(bed.at === 0 ? 1 : 0, "mbb")).outcome.accepted);
-    const r = await client.result;
-    await bed.settle();
-    assert.is(r.broken, false, JSON.stringify(r));
-    assert.is(r.echoed, 100);
-    assert.ok(r.inOrder);
-  } finally {
-    server.kill();
-  }
+  await assertTcpSurvivesMove(bed, {
+    to: VM.homeIpv4[0],
+    port: 7008,
+    count: 100,
+    leadMs: 300,
+    site: bed.at === 0 ? 1 : 0,
+    mode: "mbb",
+  });
 });
 t.run();

@@ -4,10 +4,10 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { GATEWAY_MAC, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
 const PREFIX = uniqueNetnsPrefix("nr-ho-");
@@ -97,32 +97,14 @@ t("continuous ping loses at most a few echoes per move, IPv6 and IPv4", async ()
 });
 
 t("a TCP connection to the VM stays open across a move", async () => {
-  const server = startProbe<never>(bed.ns.vm, ["tcp-echo", "--port", "7007"]);
-  try {
-    await server.ready;
-    const client = startProbe<TcpProbeResult>(bed.ns.cn, [
-      "tcp-client",
-      "--to",
-      VM.homeIpv6[0],
-      "--port",
-      "7007",
-      "--count",
-      "150",
-      "--interval-ms",
-      "10",
-    ]);
-    await client.ready;
-    await sleep(500);
-    const m = await bed.move(0, "mbb-fp");
-    assert.ok(m.outcome.accepted);
-    const r = await client.result;
-    await bed.settle();
-    assert.is(r.broken, false, JSON.stringify(r));
-    assert.is(r.echoed, 150);
-    assert.ok(r.inOrder);
-  } finally {
-    server.kill();
-  }
+  await assertTcpSurvivesMove(bed, {
+    to: VM.homeIpv6[0],
+    port: 7007,
+    count: 150,
+    leadMs: 500,
+    site: 0,
+    mode: "mbb-fp",
+  });
 });
 
 t("a stale or replayed binding update is refused and changes nothing", async () => {
