@@ -127,10 +127,6 @@ export class AnchorDataplane {
     await this.nft.apply(bicastElements(b, slot, "delete"), { tolerate: idempotent });
   }
 
-  isBicasting(vmId: string): boolean {
-    return this.bicasts.has(vmId);
-  }
-
   async close(): Promise<void> {
     this.raw?.close();
     await Promise.all([this.batch.close(), this.nft.close()]);

@@ -110,17 +110,13 @@ export class SiteAgent {
   async prepare(vm: VmNet, port?: string, opts: PrepareOptions = {}): Promise<void> {
     await this.rules(vm, "add");
     this.prepared.add(vm.vmId);
-    if (opts.hold) {
-      // A VM that comes back replaces the pointer it left here.
-      this.pointers.delete(vm.vmId);
-      await this.batch.apply(holdHomeAddresses(vm));
-    }
+    // A VM that comes back replaces the pointer it left here with its own routes.
+    if (opts.hold || port) this.pointers.delete(vm.vmId);
+    if (opts.hold) await this.batch.apply(holdHomeAddresses(vm));
     if (port) await this.configurePort(vm, port, !opts.hold);
   }
 
   private async configurePort(vm: VmNet, port: string, deliver: boolean): Promise<void> {
-    // A VM that comes back replaces the pointer it left here with its port routes.
-    if (deliver) this.pointers.delete(vm.vmId);
     await this.batch.apply([
       ...vmPortCommands(port, this.cfg.homeLink),
       ...(deliver ? deliverHomeAddresses(vm, port) : []),
