@@ -2,9 +2,10 @@
 // the shared Store, kernel state restored at start) and a site agent (NetReachSiteService,
 // registered with the anchor). Each prints one JSON ready line on stdout and stops on a signal.
 import { CliError } from "../cli/errors.js";
+import { serveUntilSignal } from "../cli/serve-until-signal.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
-import { type Closer, onShutdown } from "../common/lifecycle.js";
+import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
 import { Anchor } from "./anchor/anchor.js";
@@ -79,8 +80,6 @@ function parse<S extends OptionSpecs>(specs: S, argv: string[], usage: string): 
   return o;
 }
 
-const forever = () => new Promise<number>(() => {});
-
 export async function serveAnchor(argv: string[]): Promise<number> {
   const o = parse(anchorSpecs, argv, anchorUsage);
   if (!o) return 0;
@@ -89,8 +88,7 @@ export async function serveAnchor(argv: string[]): Promise<number> {
     throw new CliError((err as Error).message);
   });
   const closers: Closer[] = [{ name: "store", close: () => store.close() }];
-  const stop = onShutdown(log, closers);
-  try {
+  return serveUntilSignal(log, closers, async () => {
     const anchor = await Anchor.start({
       kv: store,
       dataplane: {
@@ -115,11 +113,7 @@ export async function serveAnchor(argv: string[]): Promise<number> {
     closers.push({ name: "grpc", close: () => grpc.shutdown() });
     const bindings = (await anchor.list()).length;
     console.log(JSON.stringify({ ready: true, grpc: grpc.address, store: store.kind, bindings }));
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return forever();
+  });
 }
 
 export async function serveSite(argv: string[]): Promise<number> {
@@ -128,8 +122,7 @@ export async function serveSite(argv: string[]): Promise<number> {
   const log = createLogger({ svc: "netreach-site", site: o.site });
   const anchor = new RemoteAnchor(o.anchor!);
   const closers: Closer[] = [{ name: "anchor client", close: () => anchor.close() }];
-  const stop = onShutdown(log, closers);
-  try {
+  return serveUntilSignal(log, closers, async () => {
     const agent = await SiteAgent.start(
       {
         netns: o.netns,
@@ -159,9 +152,5 @@ export async function serveSite(argv: string[]): Promise<number> {
       controlAddress: control,
     });
     console.log(JSON.stringify({ ready: true, grpc: grpc.address, site: o.site, anchor: o.anchor }));
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return forever();
+  });
 }
