@@ -1,6 +1,8 @@
 // The control-plane's handle on one host's page-server (gRPC PageService), as promises.
 import * as grpc from "@grpc/grpc-js";
 import {
+  ChannelCompression,
+  ChannelPath,
   type MigrationMode,
   PageServiceClient,
   type Vm,
@@ -124,6 +126,9 @@ export class PageServer {
           maxBandwidthBytesPerSecond: 0,
           compress: false,
           preempt: false,
+          // The page-server's defaults: the path from the measured link.
+          channelPath: ChannelPath.CHANNEL_PATH_UNSPECIFIED,
+          compression: ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED,
         },
         new grpc.Metadata(),
         o,

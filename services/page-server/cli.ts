@@ -8,6 +8,12 @@ import { onShutdown } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
 import type { Compression } from "./channel/compress-policy.js";
 import { splitHostPort } from "./channel/outbound.js";
+import {
+  type ChannelPathChoice,
+  checkPathRequest,
+  parseChannelPath,
+  parseCompression,
+} from "./channel/path-policy.js";
 import { pageService } from "./grpc/service.js";
 import { PageHost } from "./host.js";
 
@@ -27,17 +33,24 @@ const options = {
     default: join(tmpdir(), "vmhop-page"),
     describe: "folder for QEMU sockets, serial logs and QEMU logs",
   },
+  "channel-path": {
+    type: "string",
+    default: "auto",
+    describe:
+      "default path of the migration stream: auto (measure the channel's round trip: below 2 ms hand the " +
+      "TCP connection to QEMU, else relay with the urgent lane and compression auto), handoff or relay",
+  },
   preempt: {
     type: "boolean",
-    default: false,
-    describe: "default for migrations whose request does not ask for QEMU's postcopy-preempt lane",
+    describe:
+      "default for migrations whose request does not say: QEMU's postcopy-preempt lane (needs the relay; " +
+      "false turns it off). Unset: on whenever the stream is relayed",
   },
   compression: {
     type: "string",
     default: "auto",
     describe:
-      "default channel compression: off, on, auto (only on a slow link). With off and no preempt lane " +
-      "the channel's TCP connection is handed to QEMU (no relay)",
+      "default compression of a relayed channel: off, on (needs the relay), auto (only on a slow link)",
   },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -55,7 +68,8 @@ export async function run(argv: string[]): Promise<number> {
     listen: string;
     "channel-listen": string;
     "run-dir": string;
-    preempt: boolean;
+    "channel-path": ChannelPathChoice;
+    preempt: boolean | undefined;
     compression: Compression;
   };
   let channel: [string, number];
@@ -69,11 +83,16 @@ export async function run(argv: string[]): Promise<number> {
       listen: o.listen!,
       "channel-listen": o["channel-listen"]!,
       "run-dir": o["run-dir"]!,
-      preempt: o.preempt ?? false,
-      compression: o.compression as Compression,
+      "channel-path": parseChannelPath(o["channel-path"]!),
+      preempt: o.preempt,
+      compression: parseCompression(o.compression!),
     };
-    if (!["off", "on", "auto"].includes(cfg.compression))
-      throw new Error(`--compression takes off, on or auto, not ${JSON.stringify(cfg.compression)}`);
+    checkPathRequest({
+      path: cfg["channel-path"],
+      compression: cfg.compression,
+      preempt: cfg.preempt,
+      postcopy: true,
+    });
     channel = splitHostPort(cfg["channel-listen"]);
   } catch (err) {
     throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);
@@ -83,6 +102,7 @@ export async function run(argv: string[]): Promise<number> {
     runRoot: cfg["run-dir"],
     channelHost: channel[0],
     channelPort: channel[1],
+    channelPath: cfg["channel-path"],
     preempt: cfg.preempt,
     compression: cfg.compression,
     log,

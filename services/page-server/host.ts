@@ -6,7 +6,14 @@ import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Compression } from "./channel/compress-policy.js";
 import { ChannelServer, type IncomingTarget } from "./channel/inbound.js";
-import { ChannelOut } from "./channel/outbound.js";
+import { ChannelOut, type OutboundOptions } from "./channel/outbound.js";
+import {
+  type ChannelPath,
+  type ChannelPathChoice,
+  checkPathRequest,
+  choosePath,
+  PathRequestError,
+} from "./channel/path-policy.js";
 import { newCounters, type RelayCounters } from "./channel/relay.js";
 import { chooseMode, measureDirtyRate } from "./migration/auto.js";
 import {
@@ -28,7 +35,7 @@ import { Vm } from "./vm/vm.js";
 
 export class HostError extends Error {
   constructor(
-    readonly kind: "not-found" | "exists" | "precondition" | "unavailable",
+    readonly kind: "not-found" | "exists" | "precondition" | "unavailable" | "invalid",
     message: string,
   ) {
     super(message);
@@ -56,7 +63,14 @@ export interface MigrationRecord {
    * relay, so channelBytes stay 0) or "relay" (through the page-servers). A post-copy
    * recovery always relays.
    */
-  channelPath?: "handoff" | "relay";
+  channelPath?: ChannelPath;
+  /** Source: the channel's round trip measured before the path was chosen (ms). */
+  channelRttMs?: number;
+  /** Source: why that path, e.g. "rtt 0.08 ms < 2 ms" or "requested; rtt 20.31 ms". */
+  channelReason?: string;
+  /** Source: the urgent lane (QEMU's postcopy-preempt) and compression the path runs with. */
+  preempt?: boolean;
+  compression?: Compression;
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
   /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */
@@ -76,16 +90,24 @@ export interface StartMigrationOptions {
   hybridRounds?: number;
   hybridSeconds?: number;
   maxBandwidth?: number;
-  /** Deflate the channel; default: the host's `compression`. */
+  /** Default: the host's `channelPath` ("auto": from the measured round trip, path-policy.ts). */
+  channelPath?: ChannelPathChoice;
+  /** Deflate the relayed channel; default: the host's `compression`. "on" needs the relay. */
   compression?: Compression;
-  /** QEMU's postcopy-preempt lane (default: the host's `preempt`); must match the destination's. */
+  /**
+   * QEMU's postcopy-preempt lane; default: the host's `preempt`, else on when relayed. The
+   * channel's hello tells the destination, which sets it before its QEMU listens.
+   */
   preempt?: boolean;
 }
 
 export interface IncomingOptions {
   /** The mode the source will use; "auto" (the default) readies the destination for any. */
   mode?: MigrationMode | "auto";
-  /** QEMU's postcopy-preempt lane (default: the host's `preempt`); must match the source's. */
+  /**
+   * Sets QEMU's postcopy-preempt lane now; the source's channel hello has the last word (the
+   * capability is set again from it before QEMU listens), so both ends always match.
+   */
   preempt?: boolean;
 }
 
@@ -94,15 +116,19 @@ export interface PageHostOptions {
   /** host (and port, 0 = any) the migration channel listens on. */
   channelHost?: string;
   channelPort?: number;
-  /** Default for migrations that do not say: QEMU's postcopy-preempt lane. */
+  /**
+   * Default for migrations that do not say: QEMU's postcopy-preempt lane (true needs the
+   * relay). Unset: on whenever the stream is relayed.
+   */
   preempt?: boolean;
-  /** Default for migrations that do not say: channel compression (default "auto": only on a slow link). */
+  /** Default for migrations that do not say: relay compression (default "auto": only on a slow link). */
   compression?: Compression;
   /**
-   * Hand the channel's TCP connection to QEMU when the stream is plain (compression "off", no
-   * urgent lane), so no relay copies it. Default on.
+   * Default for migrations that do not say: "auto" (the default) hands the channel's TCP
+   * connection to QEMU on a near link and relays on a far one (path-policy.ts), or always
+   * "handoff" / "relay".
    */
-  handoff?: boolean;
+  channelPath?: ChannelPathChoice;
   /** Link bandwidth assumed by mode "auto" when a migration sets no cap (bytes/s; default 1 Gbit/s). */
   linkBandwidth?: number;
   log?: Logger;
@@ -119,6 +145,8 @@ interface SavedMigration {
   maxBandwidth?: number;
   compression?: Compression;
   preempt?: boolean;
+  /** Source: the path chosen. */
+  channelPath?: ChannelPath;
   /** Destination: QEMU was told where to take the stream (migrate-incoming ran). */
   listening?: boolean;
   /** Set once it ended. */
@@ -227,8 +255,8 @@ export class PageHost {
     // waits for the channel's hello: it says relay (a unix socket) or handoff (fd).
     const mode = o.mode === undefined || o.mode === "auto" ? "postcopy" : o.mode;
     await setIncomingCapabilities(vm, { mode, preempt: o.preempt ?? this.opts.preempt });
-    saveMigration(vm, { id: migrationId, role: "destination", listening: false });
-    const target = this.expectIncoming(vm, rec, false);
+    saveMigration(vm, { id: migrationId, role: "destination", mode, listening: false });
+    const target = this.expectIncoming(vm, rec, mode, false);
     vm.qmp.on("event", (e) => {
       if (e.event === "RESUME" && rec.bytesBeforeResume === undefined && !target.handedOff)
         rec.bytesBeforeResume = target.counters.forward;
@@ -241,26 +269,34 @@ export class PageHost {
    * Lets the channel bring `rec`'s stream into `vm`: relayed into a unix socket, or handed
    * over (QEMU takes the TCP connection); a recovery relays into a new socket.
    */
-  private expectIncoming(vm: Vm, rec: MigrationRecord, listening: boolean): IncomingTarget {
+  private expectIncoming(
+    vm: Vm,
+    rec: MigrationRecord,
+    mode: MigrationMode,
+    listening: boolean,
+  ): IncomingTarget {
     const dir = join(this.opts.runRoot, vm.spec.name);
     const sock = join(dir, `incoming-${rec.id}.sock`);
     let attempt = 0;
     // migrate-incoming runs once, for whichever path the first connection asks for.
     let started: Promise<void> | undefined = listening ? Promise.resolve() : undefined;
-    const once = (uri: () => Promise<string>, path: "handoff" | "relay") =>
+    // The urgent lane as the source's hello says: QEMU takes capabilities until it listens.
+    const once = (uri: () => Promise<string>, path: ChannelPath, preempt: boolean) =>
       (started ??= (async () => {
+        await setIncomingCapabilities(vm, { mode, preempt });
         await listenIncoming(vm, await uri());
         rec.channelPath = path;
-        saveMigration(vm, { id: rec.id, role: "destination", listening: true });
+        rec.preempt = preempt && mode !== "precopy";
+        saveMigration(vm, { id: rec.id, role: "destination", mode, listening: true });
       })().catch((err) => {
         started = undefined;
         throw err;
       }));
     return this.channel.expect(rec.id, sock, {
-      listen: () => once(async () => `unix:${sock}`, "relay"),
+      listen: ({ preempt }) => once(async () => `unix:${sock}`, "relay", preempt),
       handoff: async (peer) => {
         if (started) throw new Error("QEMU already waits for this migration's stream elsewhere");
-        await once(() => handSocketToQemu(vm, `vmhop-${rec.id}`, peer), "handoff");
+        await once(() => handSocketToQemu(vm, `vmhop-${rec.id}`, peer), "handoff", false);
       },
       recover: async () => {
         const again = join(dir, `incoming-${rec.id}-r${++attempt}.sock`);
@@ -271,21 +307,27 @@ export class PageHost {
     });
   }
 
-  /** Source: opens the channel (failing here if the destination refuses), then migrates in the background. */
+  /**
+   * Source: picks the mode, opens the channel (measuring the link and choosing the path from
+   * it; failing here if the destination refuses), then migrates in the background.
+   */
   async startMigration(o: StartMigrationOptions): Promise<MigrationRecord> {
     const vm = this.get(o.vmId);
     if (vm.state !== "running" && vm.state !== "paused")
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
     if (this.migrations.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
-    const compression = o.compression ?? this.opts.compression ?? "auto";
-    const preempt = o.preempt ?? this.opts.preempt;
-    const handoff = this.opts.handoff !== false && !preempt && compression === "off";
-    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, compression, handoff);
+    const request = {
+      path: o.channelPath ?? this.opts.channelPath,
+      compression: o.compression ?? this.opts.compression,
+      preempt: o.preempt ?? this.opts.preempt,
+      postcopy: o.mode !== "precopy",
+    };
     try {
-      await out.open();
+      checkPathRequest(request);
     } catch (err) {
-      throw new HostError("unavailable", (err as Error).message);
+      if (err instanceof PathRequestError) throw new HostError("invalid", err.message);
+      throw err;
     }
     let plan: { mode: MigrationMode; hybridRounds?: number; reason: string };
     try {
@@ -298,19 +340,32 @@ export class PageHost {
             })
           : { mode: o.mode, hybridRounds: o.hybridRounds, reason: "requested" };
     } catch (err) {
-      await out.close();
       throw new HostError("unavailable", `auto mode: ${(err as Error).message}`);
     }
+    request.postcopy = plan.mode !== "precopy";
+    const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, {
+      choose: (rtt) => choosePath(request, rtt),
+    });
+    try {
+      await out.open();
+    } catch (err) {
+      throw new HostError("unavailable", (err as Error).message);
+    }
+    const chosen = out.plan!;
     const rec = this.record(o.migrationId, o.vmId, "source");
-    rec.channelPath = handoff ? "handoff" : "relay";
+    rec.channelPath = chosen.path;
+    rec.channelRttMs = out.rttMs;
+    rec.channelReason = chosen.reason;
+    rec.preempt = chosen.preempt;
+    rec.compression = chosen.compression;
     rec.mode = plan.mode;
     rec.modeReason = plan.reason;
-    this.log.info("migration mode", {
+    this.log.info(`channel: ${chosen.path} (${chosen.reason})`, {
       migration: o.migrationId,
-      mode: plan.mode,
-      reason: plan.reason,
-      channel: rec.channelPath,
+      preempt: chosen.preempt,
+      compression: chosen.compression,
     });
+    this.log.info("migration mode", { migration: o.migrationId, mode: plan.mode, reason: plan.reason });
     const saved: SavedMigration = {
       id: o.migrationId,
       role: "source",
@@ -319,8 +374,9 @@ export class PageHost {
       hybridRounds: plan.hybridRounds,
       hybridSeconds: o.hybridSeconds,
       maxBandwidth: o.maxBandwidth,
-      compression,
-      preempt,
+      compression: chosen.compression,
+      preempt: chosen.preempt,
+      channelPath: chosen.path,
     };
     saveMigration(vm, saved);
     this.runOutgoing(vm, rec, saved, out);
@@ -332,14 +388,12 @@ export class PageHost {
     migrationId: string,
     peer: string,
     attempt: number,
-    compression?: Compression,
-    handoff = false,
+    path: Pick<OutboundOptions, "choose" | "compression" | "preempt">,
   ): ChannelOut {
     return new ChannelOut({
       migrationId,
       peer,
-      compression,
-      handoff,
+      ...path,
       socketPath: join(
         this.opts.runRoot,
         vmId,
@@ -376,7 +430,11 @@ export class PageHost {
       carried = { ...rec.channelBytes };
       carriedConnections = rec.connections;
       await out?.close();
-      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, saved.compression);
+      // Always relayed (the destination runs migrate-recover on a unix socket), with the same settings.
+      out = this.channelOut(rec.vmId, rec.id, saved.channelAddress!, ++attempt, {
+        compression: saved.compression,
+        preempt: saved.preempt,
+      });
       await out.open();
       rec.recoveries++;
       this.log.info("post-copy recovery: channel re-opened", { migration: rec.id, attempt });
@@ -384,7 +442,7 @@ export class PageHost {
     };
     const opts: MigrationOptions = {
       mode: saved.mode!,
-      preempt: saved.preempt ?? this.opts.preempt,
+      preempt: saved.preempt ?? false,
       maxBandwidth: saved.maxBandwidth || undefined,
       hybridRounds: saved.hybridRounds || undefined,
       hybridSeconds: saved.hybridSeconds || undefined,
@@ -449,10 +507,13 @@ export class PageHost {
       if (saved.role === "source") {
         rec.mode = saved.mode;
         rec.modeReason = "resumed after a page-server restart";
+        rec.channelPath = saved.channelPath;
+        rec.preempt = saved.preempt;
+        rec.compression = saved.compression;
         this.runOutgoing(vm, rec, saved);
       } else {
         // Records from before the handoff path have no flag: QEMU listened from the start then.
-        this.expectIncoming(vm, rec, saved.listening ?? true);
+        this.expectIncoming(vm, rec, saved.mode ?? "postcopy", saved.listening ?? true);
         this.followDestination(vm, rec).catch((err) => this.log.warn("destination follow failed", { err }));
       }
     }

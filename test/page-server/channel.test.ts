@@ -8,8 +8,11 @@ import * as assert from "uvu/assert";
 import {
   ChannelProtocolError,
   decodeHello,
+  decodePing,
+  decodeProbeStep,
   decodeReply,
   encodeHello,
+  encodePing,
   encodeReply,
   ReplyStatus,
 } from "../../services/page-server/channel/hello.js";
@@ -39,6 +42,8 @@ test("hello and reply round-trip, byte by byte, with trailing stream bytes left 
     recover: false,
     compress: false,
     handoff: false,
+    probe: false,
+    preempt: false,
     used: 14,
   });
   assert.equal(decodeHello(encodeHello("m", { recover: true })), {
@@ -46,10 +51,14 @@ test("hello and reply round-trip, byte by byte, with trailing stream bytes left 
     recover: true,
     compress: false,
     handoff: false,
+    probe: false,
+    preempt: false,
     used: 9,
   });
   assert.equal(decodeHello(encodeHello("m", { compress: true }))?.compress, true);
   assert.equal(decodeHello(encodeHello("m", { handoff: true }))?.handoff, true);
+  assert.equal(decodeHello(encodeHello("m", { preempt: true }))?.preempt, true);
+  assert.equal(decodeHello(encodeHello("m", { probe: true }))?.probe, true);
   const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
   assert.is(decodeReply(r.subarray(0, 5)), null);
   assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
@@ -67,9 +76,81 @@ test("bad hellos are rejected clearly", () => {
   flags[5] = 0x80;
   assert.throws(() => decodeHello(flags), /unknown channel flags/);
   assert.throws(() => encodeHello(""), /1-256 bytes/);
+  assert.throws(
+    () => decodeHello(encodeHello("x", { probe: true, handoff: true })),
+    /probe hello carries no other/,
+  );
   assert.throws(() => decodeReply(Buffer.from([9, 0, 0])), /status 9/);
   assert.equal(splitHostPort("[::1]:7000"), ["::1", 7000]);
   assert.throws(() => splitHostPort("nohost"), /host:port/);
+});
+
+test("probe: pings and the real hello after it decode byte by byte", () => {
+  const ping = encodePing(7);
+  assert.is(ping.length, 8);
+  for (let i = 0; i < 8; i++) assert.is(decodeProbeStep(ping.subarray(0, i)), null, `prefix ${i}`);
+  assert.equal(decodeProbeStep(Buffer.concat([ping, Buffer.from("x")])), { kind: "ping", seq: 7, used: 8 });
+  assert.equal(decodePing(ping), { seq: 7, used: 8 });
+  const hello = encodeHello("m", { preempt: true });
+  assert.equal(decodeProbeStep(hello), {
+    kind: "hello",
+    migrationId: "m",
+    recover: false,
+    compress: false,
+    handoff: false,
+    probe: false,
+    preempt: true,
+    used: 9,
+  });
+  assert.throws(() => decodeProbeStep(encodeHello("m", { probe: true })), /second probe/);
+  assert.throws(() => decodeProbeStep(Buffer.from("GARBAGE!")), /not a vmhop channel hello/);
+  assert.throws(() => decodePing(Buffer.from("VMHC0000")), /expected a channel ping/);
+});
+
+test("the server echoes a probe's pings, then answers the real hello on the same connection", async () => {
+  const server = new ChannelServer();
+  const addr = await server.listen();
+  closers.push(() => server.close());
+  const [host, port] = splitHostPort(addr);
+  server.expect("probed", join(dir.path, "absent.sock"));
+  const c = connect(port, host);
+  const chunks: Buffer[] = [];
+  c.on("data", (d: Buffer) => chunks.push(d));
+  const pings = Buffer.concat([encodePing(1), encodePing(2)]);
+  // The real hello asks for a relay into QEMU's socket, which is absent: refused, clearly.
+  c.write(Buffer.concat([encodeHello("probed", { probe: true }), pings, encodeHello("probed")]));
+  await once(c, "close");
+  const got = Buffer.concat(chunks);
+  const ok = decodeReply(got);
+  assert.is(ok?.status, ReplyStatus.Ok);
+  assert.ok(got.subarray(ok!.used, ok!.used + 16).equals(pings), "pongs echo the pings");
+  const last = decodeReply(got.subarray(ok!.used + 16));
+  assert.is(last?.status, ReplyStatus.UnknownMigration);
+  assert.match(last?.message ?? "", /not listening/);
+
+  // A probe for an unknown migration is refused at once; a hello for another id after a probe is bad.
+  for (const [bytes, status, message] of [
+    [encodeHello("nope", { probe: true }), ReplyStatus.UnknownMigration, /no incoming migration nope/],
+    [
+      Buffer.concat([encodeHello("probed", { probe: true }), encodeHello("other")]),
+      ReplyStatus.BadHello,
+      /followed by a hello for other/,
+    ],
+  ] as const) {
+    const d = connect(port, host);
+    const got2: Buffer[] = [];
+    d.on("data", (b: Buffer) => got2.push(b));
+    d.write(bytes);
+    await once(d, "close");
+    let all = Buffer.concat(got2);
+    let reply = decodeReply(all);
+    if (reply?.status === ReplyStatus.Ok) {
+      all = all.subarray(reply.used);
+      reply = decodeReply(all);
+    }
+    assert.is(reply?.status, status);
+    assert.match(reply?.message ?? "", message);
+  }
 });
 
 test("the server refuses an unknown migration and garbage", async () => {

@@ -137,6 +137,103 @@ export function migrationModeToJSON(object: MigrationMode): string {
   }
 }
 
+/** How the migration stream crosses between the page-servers. */
+export enum ChannelPath {
+  /** CHANNEL_PATH_UNSPECIFIED - The source page-server's default (--channel-path; AUTO unless set). */
+  CHANNEL_PATH_UNSPECIFIED = 0,
+  /**
+   * CHANNEL_PATH_AUTO - From the channel's round trip measured before QEMU starts: HANDOFF on a near link
+   * (below 2 ms), else RELAY with the urgent lane and compression AUTO.
+   */
+  CHANNEL_PATH_AUTO = 1,
+  /**
+   * CHANNEL_PATH_HANDOFF - The TCP connection is given to both QEMUs: no copies in between, but no urgent lane
+   * and no compression (asking for either with HANDOFF is INVALID_ARGUMENT).
+   */
+  CHANNEL_PATH_HANDOFF = 2,
+  /** CHANNEL_PATH_RELAY - Through both page-servers: urgent lane, compression, byte counts. */
+  CHANNEL_PATH_RELAY = 3,
+}
+
+export function channelPathFromJSON(object: any): ChannelPath {
+  switch (object) {
+    case 0:
+    case "CHANNEL_PATH_UNSPECIFIED":
+      return ChannelPath.CHANNEL_PATH_UNSPECIFIED;
+    case 1:
+    case "CHANNEL_PATH_AUTO":
+      return ChannelPath.CHANNEL_PATH_AUTO;
+    case 2:
+    case "CHANNEL_PATH_HANDOFF":
+      return ChannelPath.CHANNEL_PATH_HANDOFF;
+    case 3:
+    case "CHANNEL_PATH_RELAY":
+      return ChannelPath.CHANNEL_PATH_RELAY;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ChannelPath");
+  }
+}
+
+export function channelPathToJSON(object: ChannelPath): string {
+  switch (object) {
+    case ChannelPath.CHANNEL_PATH_UNSPECIFIED:
+      return "CHANNEL_PATH_UNSPECIFIED";
+    case ChannelPath.CHANNEL_PATH_AUTO:
+      return "CHANNEL_PATH_AUTO";
+    case ChannelPath.CHANNEL_PATH_HANDOFF:
+      return "CHANNEL_PATH_HANDOFF";
+    case ChannelPath.CHANNEL_PATH_RELAY:
+      return "CHANNEL_PATH_RELAY";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ChannelPath");
+  }
+}
+
+/** Compression of a relayed channel. */
+export enum ChannelCompression {
+  /** CHANNEL_COMPRESSION_UNSPECIFIED - The source page-server's default (--compression; AUTO unless set). */
+  CHANNEL_COMPRESSION_UNSPECIFIED = 0,
+  CHANNEL_COMPRESSION_OFF = 1,
+  /** CHANNEL_COMPRESSION_ON - Always deflate (needs the relay). */
+  CHANNEL_COMPRESSION_ON = 2,
+  /** CHANNEL_COMPRESSION_AUTO - Deflate only while the link is slow and the bottleneck (plain on a near link). */
+  CHANNEL_COMPRESSION_AUTO = 3,
+}
+
+export function channelCompressionFromJSON(object: any): ChannelCompression {
+  switch (object) {
+    case 0:
+    case "CHANNEL_COMPRESSION_UNSPECIFIED":
+      return ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED;
+    case 1:
+    case "CHANNEL_COMPRESSION_OFF":
+      return ChannelCompression.CHANNEL_COMPRESSION_OFF;
+    case 2:
+    case "CHANNEL_COMPRESSION_ON":
+      return ChannelCompression.CHANNEL_COMPRESSION_ON;
+    case 3:
+    case "CHANNEL_COMPRESSION_AUTO":
+      return ChannelCompression.CHANNEL_COMPRESSION_AUTO;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ChannelCompression");
+  }
+}
+
+export function channelCompressionToJSON(object: ChannelCompression): string {
+  switch (object) {
+    case ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED:
+      return "CHANNEL_COMPRESSION_UNSPECIFIED";
+    case ChannelCompression.CHANNEL_COMPRESSION_OFF:
+      return "CHANNEL_COMPRESSION_OFF";
+    case ChannelCompression.CHANNEL_COMPRESSION_ON:
+      return "CHANNEL_COMPRESSION_ON";
+    case ChannelCompression.CHANNEL_COMPRESSION_AUTO:
+      return "CHANNEL_COMPRESSION_AUTO";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ChannelCompression");
+  }
+}
+
 export enum MigrationPhase {
   MIGRATION_PHASE_UNSPECIFIED = 0,
   MIGRATION_PHASE_SETUP = 1,
@@ -290,7 +387,11 @@ export interface PrepareIncomingRequest {
   migrationId: string;
   /** The mode the source will use (AUTO or UNSPECIFIED: ready for any, post-copy included). */
   mode: MigrationMode;
-  /** QEMU's postcopy-preempt lane for urgent pages; must match StartMigrationRequest.preempt. */
+  /**
+   * QEMU's postcopy-preempt lane for urgent pages, set now. Optional: the source's channel
+   * hello carries its choice and the destination sets the lane from it before QEMU listens,
+   * so both ends always match.
+   */
   preempt: boolean;
 }
 
@@ -308,9 +409,21 @@ export interface StartMigrationRequest {
   precopyRounds: number;
   precopySeconds: number;
   maxBandwidthBytesPerSecond: number;
+  /**
+   * Replaced by compression (which can also say off): true still means ON when compression
+   * is UNSPECIFIED; true with OFF or AUTO is INVALID_ARGUMENT.
+   *
+   * @deprecated
+   */
   compress: boolean;
-  /** QEMU's postcopy-preempt lane; must match PrepareIncomingRequest.preempt. */
+  /**
+   * true: QEMU's postcopy-preempt lane for urgent pages (needs the relay). false: the
+   * page-server's default (on whenever the stream is relayed). The channel's hello tells
+   * the destination.
+   */
   preempt: boolean;
+  channelPath: ChannelPath;
+  compression: ChannelCompression;
 }
 
 export interface StartMigrationResponse {
@@ -1897,6 +2010,8 @@ function createBaseStartMigrationRequest(): StartMigrationRequest {
     maxBandwidthBytesPerSecond: 0,
     compress: false,
     preempt: false,
+    channelPath: 0,
+    compression: 0,
   };
 }
 
@@ -1928,6 +2043,12 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     }
     if (message.preempt !== false) {
       writer.uint32(72).bool(message.preempt);
+    }
+    if (message.channelPath !== 0) {
+      writer.uint32(80).int32(message.channelPath);
+    }
+    if (message.compression !== 0) {
+      writer.uint32(88).int32(message.compression);
     }
     return writer;
   },
@@ -2017,6 +2138,22 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
             message.preempt = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.channelPath = reader.int32() as any;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.compression = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2064,6 +2201,12 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
         : 0,
       compress: isSet(object.compress) ? globalThis.Boolean(object.compress) : false,
       preempt: isSet(object.preempt) ? globalThis.Boolean(object.preempt) : false,
+      channelPath: isSet(object.channelPath)
+        ? channelPathFromJSON(object.channelPath)
+        : isSet(object.channel_path)
+        ? channelPathFromJSON(object.channel_path)
+        : 0,
+      compression: isSet(object.compression) ? channelCompressionFromJSON(object.compression) : 0,
     };
   },
 
@@ -2096,6 +2239,12 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     if (message.preempt !== false) {
       obj.preempt = message.preempt;
     }
+    if (message.channelPath !== 0) {
+      obj.channelPath = channelPathToJSON(message.channelPath);
+    }
+    if (message.compression !== 0) {
+      obj.compression = channelCompressionToJSON(message.compression);
+    }
     return obj;
   },
 
@@ -2113,6 +2262,8 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     message.maxBandwidthBytesPerSecond = object.maxBandwidthBytesPerSecond ?? 0;
     message.compress = object.compress ?? false;
     message.preempt = object.preempt ?? false;
+    message.channelPath = object.channelPath ?? 0;
+    message.compression = object.compression ?? 0;
     return message;
   },
 };

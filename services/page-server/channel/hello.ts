@@ -3,15 +3,21 @@
 //
 //   hello: "VMHC" u8 version=1, u8 flags (bit 0: recover a paused post-copy; bit 1: after the
 //          reply the stream travels in frames, each plain or deflated: frame.ts; bit 2: handoff,
-//          after the reply both page-servers give this TCP connection to their QEMU), u16 id
-//          length, id
+//          after the reply both page-servers give this TCP connection to their QEMU; bit 3:
+//          probe, see below; bit 4: preempt, QEMU's urgent lane: the destination sets it
+//          before its QEMU listens), u16 id length, id
 //   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
 //          message (UTF-8)
+//   probe: a hello with only the probe flag asks the destination to echo pings until the real
+//          hello follows on the same connection, so the source can time the link first and
+//          choose the path from it: ping = "VMHP" u32 sequence, echoed unchanged as the pong.
 // Everything after the hello/reply is QEMU's own migration stream, relayed unchanged (or framed).
 
 export const HELLO_MAGIC = Buffer.from("VMHC");
 export const HELLO_VERSION = 1;
 export const MAX_ID = 256;
+export const PING_MAGIC = Buffer.from("VMHP");
+export const PING_BYTES = 8;
 
 export enum ReplyStatus {
   Ok = 0,
@@ -30,7 +36,9 @@ export class ChannelProtocolError extends Error {
 const FLAG_RECOVER = 1;
 const FLAG_COMPRESS = 2;
 const FLAG_HANDOFF = 4;
-const KNOWN_FLAGS = FLAG_RECOVER | FLAG_COMPRESS | FLAG_HANDOFF;
+const FLAG_PROBE = 8;
+const FLAG_PREEMPT = 16;
+const KNOWN_FLAGS = FLAG_RECOVER | FLAG_COMPRESS | FLAG_HANDOFF | FLAG_PROBE | FLAG_PREEMPT;
 
 export interface Hello {
   migrationId: string;
@@ -39,12 +47,15 @@ export interface Hello {
   compress: boolean;
   /** Both ends hand the connection to QEMU (`fd:` URIs): no relay in between. */
   handoff: boolean;
+  /** Pings follow, then the real hello (the source measures the link before choosing the path). */
+  probe: boolean;
+  /** QEMU's postcopy-preempt lane: the destination sets the capability before QEMU listens. */
+  preempt: boolean;
 }
 
-export function encodeHello(
-  migrationId: string,
-  flags: { recover?: boolean; compress?: boolean; handoff?: boolean } = {},
-): Buffer {
+export type HelloFlags = Partial<Omit<Hello, "migrationId">>;
+
+export function encodeHello(migrationId: string, flags: HelloFlags = {}): Buffer {
   const id = Buffer.from(migrationId, "utf8");
   if (id.length === 0 || id.length > MAX_ID)
     throw new ChannelProtocolError(`migration id must be 1-${MAX_ID} bytes`);
@@ -54,7 +65,9 @@ export function encodeHello(
   b[5] =
     (flags.recover ? FLAG_RECOVER : 0) |
     (flags.compress ? FLAG_COMPRESS : 0) |
-    (flags.handoff ? FLAG_HANDOFF : 0);
+    (flags.handoff ? FLAG_HANDOFF : 0) |
+    (flags.probe ? FLAG_PROBE : 0) |
+    (flags.preempt ? FLAG_PREEMPT : 0);
   b.writeUInt16BE(id.length, 6);
   id.copy(b, 8);
   return b;
@@ -69,6 +82,8 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
   if (buf[4] !== HELLO_VERSION) throw new ChannelProtocolError(`unsupported channel version ${buf[4]}`);
   if (buf.length < 8) return null;
   if (buf[5] & ~KNOWN_FLAGS) throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
+  if (buf[5] & FLAG_PROBE && buf[5] !== FLAG_PROBE)
+    throw new ChannelProtocolError("a probe hello carries no other flag (the real hello follows)");
   const n = buf.readUInt16BE(6);
   if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
   if (buf.length < 8 + n) return null;
@@ -77,6 +92,8 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
     recover: (buf[5] & FLAG_RECOVER) !== 0,
     compress: (buf[5] & FLAG_COMPRESS) !== 0,
     handoff: (buf[5] & FLAG_HANDOFF) !== 0,
+    probe: (buf[5] & FLAG_PROBE) !== 0,
+    preempt: (buf[5] & FLAG_PREEMPT) !== 0,
     used: 8 + n,
   };
 }
@@ -97,4 +114,35 @@ export function decodeReply(buf: Buffer): { status: ReplyStatus; message: string
   if (buf.length < 3 + n) return null;
   if (!(buf[0] in ReplyStatus)) throw new ChannelProtocolError(`unknown channel reply status ${buf[0]}`);
   return { status: buf[0] as ReplyStatus, message: buf.toString("utf8", 3, 3 + n), used: 3 + n };
+}
+
+export function encodePing(seq: number): Buffer {
+  const b = Buffer.alloc(PING_BYTES);
+  PING_MAGIC.copy(b, 0);
+  b.writeUInt32BE(seq >>> 0, 4);
+  return b;
+}
+
+/** A ping (or the pong echoing it); null while incomplete. */
+export function decodePing(buf: Buffer): { seq: number; used: number } | null {
+  const head = Math.min(buf.length, 4);
+  if (!buf.subarray(0, head).equals(PING_MAGIC.subarray(0, head)))
+    throw new ChannelProtocolError("expected a channel ping");
+  if (buf.length < PING_BYTES) return null;
+  return { seq: buf.readUInt32BE(4), used: PING_BYTES };
+}
+
+/** After a probe hello: a ping, or the real hello (no probe flag of its own); null while incomplete. */
+export function decodeProbeStep(
+  buf: Buffer,
+): (({ kind: "ping"; seq: number } | ({ kind: "hello" } & Hello)) & { used: number }) | null {
+  const head = Math.min(buf.length, 4);
+  if (buf.subarray(0, head).equals(PING_MAGIC.subarray(0, head))) {
+    if (head < 4) return null;
+    const p = decodePing(buf);
+    return p && { kind: "ping", ...p };
+  }
+  const h = decodeHello(buf);
+  if (h?.probe) throw new ChannelProtocolError("a second probe hello");
+  return h && { kind: "hello", ...h };
 }

@@ -2,10 +2,20 @@
 // connection names its migration in a hello; it is then joined to the destination QEMU's
 // incoming unix socket. Several connections per migration are fine (postcopy-preempt opens
 // a second one for urgent pages, which so never queues behind the bulk stream). A handoff
-// connection is not relayed: the destination QEMU is given the socket itself.
+// connection is not relayed: the destination QEMU is given the socket itself. A probe hello
+// first gets its pings echoed (the source times the link to choose the path), then the real
+// hello follows on the same connection.
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
-import { decodeHello, encodeReply, ReplyStatus } from "./hello.js";
+import {
+  ChannelProtocolError,
+  decodeHello,
+  decodeProbeStep,
+  encodePing,
+  encodeReply,
+  type Hello,
+  ReplyStatus,
+} from "./hello.js";
 import {
   connectSocket,
   newCounters,
@@ -20,8 +30,11 @@ export interface IncomingTarget {
   qemuSocket: string;
   /** Puts the paused destination QEMU into recovery; resolves with its new socket. */
   recover?: () => Promise<string>;
-  /** Makes QEMU listen on qemuSocket before the first relayed connection (once). */
-  listen?: () => Promise<void>;
+  /**
+   * Makes QEMU listen on qemuSocket before the first relayed connection (once), with the
+   * urgent lane when the source's hello asks for it.
+   */
+  listen?: (o: { preempt: boolean }) => Promise<void>;
   /** Gives the connection itself to the destination QEMU (hello handoff flag). */
   handoff?: (sock: Socket) => Promise<void>;
   /** Whether the stream went to QEMU by handoff (no relay, so no byte counts). */
@@ -30,6 +43,9 @@ export interface IncomingTarget {
   counters: RelayCounters;
   connections: number;
 }
+
+/** A probe gets at most this many pings echoed before its real hello. */
+export const MAX_PROBE_PINGS = 16;
 
 export class ChannelServer {
   private server: Server | undefined;
@@ -96,28 +112,33 @@ export class ChannelServer {
     this.sockets.add(peer);
     peer.once("close", () => this.sockets.delete(peer));
     peer.on("error", () => {});
-    let id: string;
-    let recover: boolean;
-    let compress: boolean;
-    let handoff: boolean;
+    peer.setNoDelay(true); // pongs and replies go out at once
+    let hello: Hello;
     try {
-      ({
-        migrationId: id,
-        recover,
-        compress,
-        handoff,
-      } = await readPreamble(peer, decodeHello, this.helloTimeoutMs));
+      hello = await readPreamble(peer, decodeHello, this.helloTimeoutMs);
     } catch (err) {
       this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
       peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
       return;
     }
+    const id = hello.migrationId;
     const target = this.targets.get(id);
     if (!target) {
       this.log.warn("channel: unknown migration", { migration: id });
       peer.end(encodeReply(ReplyStatus.UnknownMigration, `no incoming migration ${id} on this host`));
       return;
     }
+    if (hello.probe) {
+      peer.write(encodeReply(ReplyStatus.Ok));
+      try {
+        hello = await this.echoPings(peer, id);
+      } catch (err) {
+        this.log.warn("channel: bad probe", { migration: id, err });
+        peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
+        return;
+      }
+    }
+    const { recover, compress, handoff, preempt } = hello;
     if (recover) {
       try {
         if (!target.recover) throw new Error("this migration cannot be recovered");
@@ -132,7 +153,7 @@ export class ChannelServer {
     }
     if (handoff) return this.handOff(id, target, peer);
     try {
-      if (!recover) await target.listen?.();
+      if (!recover) await target.listen?.({ preempt });
     } catch (err) {
       this.log.warn("channel: destination QEMU cannot listen", { migration: id, err });
       peer.end(
@@ -167,6 +188,21 @@ export class ChannelServer {
       });
       peer.resume();
     });
+  }
+
+  /** Echoes the probe's pings until the real hello comes; returns that hello. */
+  private async echoPings(peer: Socket, id: string): Promise<Hello> {
+    for (let pings = 0; ; pings++) {
+      const step = await readPreamble(peer, decodeProbeStep, this.helloTimeoutMs);
+      if (step.kind === "hello") {
+        if (step.migrationId !== id)
+          throw new ChannelProtocolError(`probe for ${id} followed by a hello for ${step.migrationId}`);
+        return step;
+      }
+      if (pings >= MAX_PROBE_PINGS)
+        throw new ChannelProtocolError(`more than ${MAX_PROBE_PINGS} probe pings`);
+      peer.write(encodePing(step.seq));
+    }
   }
 
   /**

@@ -1,12 +1,15 @@
 // Source side of the migration channel: a unix socket for the source QEMU (`migrate
 // unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
 // destination page-server, after a hello naming the migration. With `handoff` there is no
-// unix socket: the one TCP connection is handed to the source QEMU itself (handedOff()).
+// unix socket: the one TCP connection is handed to the source QEMU itself (handoffSocket()).
+// With `choose`, the first connection times a few pings first and the path is picked from
+// the measured round trip (path-policy.ts) before the real hello goes out on it.
 import { unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
 import type { Compression } from "./compress-policy.js";
-import { decodeReply, encodeHello, ReplyStatus } from "./hello.js";
+import { decodePing, decodeReply, encodeHello, encodePing, ReplyStatus } from "./hello.js";
+import type { ChannelPlan } from "./path-policy.js";
 import {
   connectSocket,
   newCounters,
@@ -32,26 +35,51 @@ export interface OutboundOptions {
    * no urgent lane: QEMU 7.2 opens that second connection itself).
    */
   handoff?: boolean;
+  /** QEMU's urgent lane (postcopy-preempt): the hello tells the destination to set it. */
+  preempt?: boolean;
+  /**
+   * Measure the link first (pings on the first connection) and let this pick the path; its
+   * plan replaces compression, handoff and preempt.
+   */
+  choose?: (rttMs: number) => ChannelPlan;
   log?: Logger;
 }
+
+/** Pings timed on the first connection; the smallest round trip counts (the first may carry set-up). */
+export const PROBE_PINGS = 3;
 
 export class ChannelOut {
   readonly counters: RelayCounters = newCounters();
   connections = 0;
   /** The last failure, for the migration's error report. */
   lastError: string | undefined;
+  /** The round trip measured before the path was chosen (ms), when `choose` was given. */
+  rttMs: number | undefined;
+  /** What `choose` decided. */
+  plan: ChannelPlan | undefined;
   private server: Server | undefined;
   private spare: Socket | undefined;
   private readonly sockets = new Set<Socket>();
   private readonly log: Logger;
 
-  constructor(private readonly opts: OutboundOptions) {
+  private readonly opts: OutboundOptions;
+
+  constructor(opts: OutboundOptions) {
+    this.opts = { ...opts }; // `choose` fills in the path's settings
     this.log = (opts.log ?? silentLogger).child({ part: "channel-out", migration: opts.migrationId });
   }
 
   /** Whether QEMU takes the connection itself (handoffSocket) rather than our unix socket. */
   get handoff(): boolean {
     return !!this.opts.handoff;
+  }
+
+  get compression(): Compression | undefined {
+    return this.opts.compression;
+  }
+
+  get preempt(): boolean {
+    return !!this.opts.preempt;
   }
 
   /** The URI to give QEMU's `migrate`. */
@@ -70,7 +98,7 @@ export class ChannelOut {
     } catch {
       // not there: fine
     }
-    this.spare = await this.dial(this.opts.recover);
+    this.spare = await this.dial(this.opts.recover, !this.opts.recover && !!this.opts.choose);
     if (this.opts.handoff) return;
     const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onQemu(s));
     this.server = server;
@@ -132,25 +160,35 @@ export class ChannelOut {
   }
 
   /** A TCP connection to the destination, accepted for this migration. */
-  private async dial(recover = false): Promise<Socket> {
+  private async dial(recover = false, probe = false): Promise<Socket> {
     const [host, port] = splitHostPort(this.opts.peer);
     const peer = connectSocket({ host, port, noDelay: true });
     this.track(peer);
+    const hello = async (flags: Parameters<typeof encodeHello>[1]) => {
+      peer.write(encodeHello(this.opts.migrationId, flags));
+      const reply = await readPreamble(peer, decodeReply, 10_000);
+      if (reply.status !== ReplyStatus.Ok)
+        throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
+    };
     try {
       await new Promise<void>((resolve, reject) => {
         peer.once("connect", resolve);
         peer.once("error", reject);
       });
-      peer.write(
-        encodeHello(this.opts.migrationId, {
-          recover,
-          compress: framed(this.opts.compression),
-          handoff: this.opts.handoff,
-        }),
-      );
-      const reply = await readPreamble(peer, decodeReply, 10_000);
-      if (reply.status !== ReplyStatus.Ok)
-        throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
+      if (probe && this.opts.choose) {
+        await hello({ probe: true });
+        this.rttMs = await measureRtt(peer);
+        this.plan = this.opts.choose(this.rttMs);
+        this.opts.handoff = this.plan.path === "handoff";
+        this.opts.compression = this.plan.compression;
+        this.opts.preempt = this.plan.preempt;
+      }
+      await hello({
+        recover,
+        compress: framed(this.opts.compression),
+        handoff: this.opts.handoff,
+        preempt: this.opts.preempt,
+      });
     } catch (err) {
       peer.destroy();
       this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
@@ -190,6 +228,19 @@ export class ChannelOut {
     qemu.resume();
     peer.resume();
   }
+}
+
+/** Smallest of PROBE_PINGS ping/pong round trips on `peer` (ms), one at a time. */
+async function measureRtt(peer: Socket): Promise<number> {
+  let best = Number.POSITIVE_INFINITY;
+  for (let seq = 1; seq <= PROBE_PINGS; seq++) {
+    const t0 = performance.now();
+    peer.write(encodePing(seq));
+    const pong = await readPreamble(peer, decodePing, 10_000);
+    if (pong.seq !== seq) throw new Error(`channel probe: pong ${pong.seq} for ping ${seq}`);
+    best = Math.min(best, performance.now() - t0);
+  }
+  return best;
 }
 
 /** Whether the wire carries frames (anything but plain QEMU bytes). */

@@ -131,7 +131,10 @@ function holdUntilDrained(from: Socket, to: Socket): void {
   to.once("drain", () => from.resume());
 }
 
-/** Reads from `s` until `parse` returns a value; bytes after it are pushed back (unshift). */
+/**
+ * Reads from `s` until `parse` returns a value; bytes after it are pushed back (unshift) and
+ * `s` is left paused (so nothing more is read until the caller relays or reads again).
+ */
 export function readPreamble<T>(
   s: Socket,
   parse: (b: Buffer) => (T & { used: number }) | null,
@@ -167,5 +170,6 @@ export function readPreamble<T>(
     s.on("data", onData);
     s.on("error", onErr);
     s.on("close", onClose);
+    s.resume(); // an earlier preamble read left it paused
   });
 }

@@ -1,6 +1,8 @@
 // Between the PageService messages and the page-server's own types. Pure.
 import { status } from "@grpc/grpc-js";
 import {
+  ChannelCompression,
+  ChannelPath,
   MigrationMode,
   MigrationPhase,
   type Vm as PbVm,
@@ -9,6 +11,8 @@ import {
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
 import { RpcError } from "../../common/grpc/server.js";
+import type { Compression } from "../channel/compress-policy.js";
+import type { ChannelPathChoice } from "../channel/path-policy.js";
 import { HostError, type MigrationRecord } from "../host.js";
 import type { MigrationMode as Mode } from "../migration/driver.js";
 import { MigrationError } from "../migration/driver.js";
@@ -86,6 +90,42 @@ export function modeFromProto(m: MigrationMode): Mode | "auto" {
   }
 }
 
+/** UNSPECIFIED → undefined: the page-server's default. */
+export function channelPathFromProto(p: ChannelPath): ChannelPathChoice | undefined {
+  switch (p) {
+    case ChannelPath.CHANNEL_PATH_UNSPECIFIED:
+      return undefined;
+    case ChannelPath.CHANNEL_PATH_AUTO:
+      return "auto";
+    case ChannelPath.CHANNEL_PATH_HANDOFF:
+      return "handoff";
+    case ChannelPath.CHANNEL_PATH_RELAY:
+      return "relay";
+    default:
+      throw new RpcError(status.INVALID_ARGUMENT, `channel_path ${p} is not one of AUTO, HANDOFF, RELAY`);
+  }
+}
+
+/** The compression enum, with the deprecated `compress` bool (true = ON when the enum is unset). */
+export function compressionFromProto(c: ChannelCompression, compress: boolean): Compression | undefined {
+  const byEnum: Record<number, Compression | undefined> = {
+    [ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED]: undefined,
+    [ChannelCompression.CHANNEL_COMPRESSION_OFF]: "off",
+    [ChannelCompression.CHANNEL_COMPRESSION_ON]: "on",
+    [ChannelCompression.CHANNEL_COMPRESSION_AUTO]: "auto",
+  };
+  if (!(c in byEnum))
+    throw new RpcError(status.INVALID_ARGUMENT, `compression ${c} is not one of OFF, ON, AUTO`);
+  const v = byEnum[c];
+  if (!compress) return v;
+  if (v !== undefined && v !== "on")
+    throw new RpcError(
+      status.INVALID_ARGUMENT,
+      `compress (deprecated) = true contradicts compression ${ChannelCompression[c]}`,
+    );
+  return "on";
+}
+
 const phases: Record<Phase, MigrationPhase> = {
   setup: MigrationPhase.MIGRATION_PHASE_SETUP,
   precopy: MigrationPhase.MIGRATION_PHASE_PRECOPY,
@@ -121,6 +161,7 @@ export function toRpcError(err: unknown): unknown {
       exists: status.ALREADY_EXISTS,
       precondition: status.FAILED_PRECONDITION,
       unavailable: status.UNAVAILABLE,
+      invalid: status.INVALID_ARGUMENT,
     }[err.kind];
     return new RpcError(code, err.message);
   }

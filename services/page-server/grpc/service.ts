@@ -8,7 +8,15 @@ import {
 import { type ServiceRegistration, toServiceError, unary } from "../../common/grpc/server.js";
 import type { MigrationRecord, PageHost } from "../host.js";
 import { isFinalPhase } from "../migration/phase.js";
-import { migrationToProto, modeFromProto, specFromProto, toRpcError, vmToProto } from "./convert.js";
+import {
+  channelPathFromProto,
+  compressionFromProto,
+  migrationToProto,
+  modeFromProto,
+  specFromProto,
+  toRpcError,
+  vmToProto,
+} from "./convert.js";
 
 function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
   return unary<Req, Res>(fn, toRpcError);
@@ -51,7 +59,7 @@ export function pageService(host: PageHost): ServiceRegistration {
       }) => ({
         channelAddress: await host.prepareIncoming(specFromProto(req.spec), req.migrationId, {
           mode: req.mode ? modeFromProto(req.mode) : "auto",
-          // proto3 cannot tell false from unset: false leaves the host's --preempt default.
+          // proto3 cannot tell false from unset: false leaves it to the source's hello.
           preempt: req.preempt || undefined,
         }),
       }),
@@ -67,6 +75,8 @@ export function pageService(host: PageHost): ServiceRegistration {
         maxBandwidthBytesPerSecond: number;
         compress: boolean;
         preempt: boolean;
+        channelPath: number;
+        compression: number;
       }) => {
         const rec = await host.startMigration({
           vmId: req.vmId,
@@ -76,8 +86,9 @@ export function pageService(host: PageHost): ServiceRegistration {
           hybridRounds: req.precopyRounds,
           hybridSeconds: req.precopySeconds,
           maxBandwidth: req.maxBandwidthBytesPerSecond,
-          // On forces deflate; unset leaves the host's default ("auto": only on a slow link).
-          compression: req.compress ? "on" : undefined,
+          // Unset leaves the host's defaults (path "auto": from the measured link).
+          channelPath: channelPathFromProto(req.channelPath),
+          compression: compressionFromProto(req.compression, req.compress),
           preempt: req.preempt || undefined,
         });
         outgoing.add(req.vmId);
