@@ -77,6 +77,12 @@ export interface Backend {
    * valid while the request is in flight (Export.begin/end).
    */
   cachedFileRange?(offset: number, length: number): { fd: number; offset: number } | null;
+  /**
+   * Optional: brings [offset, offset+length) into local storage before a READ (a proxy
+   * fetches its missing blocks), so the reply can then go out like any local data, by
+   * sendfile. Undefined when it already is local.
+   */
+  makeLocal?(offset: number, length: number): Promise<void> | undefined;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /**
    * Optional: a write given as consecutive pieces (the received network chunks), saving the

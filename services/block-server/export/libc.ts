@@ -1,5 +1,6 @@
-// The few libc calls Node's fs lacks, through koffi: sparse-file seeking, hole punching,
-// read-ahead hints. Loaded lazily so importing this module never fails on its own.
+// The few libc calls Node's fs and net lack, through koffi: sparse-file seeking, hole
+// punching, read-ahead hints, sendfile, and the splice/poll primitives of the proxy's fetch
+// worker. Loaded lazily (per thread) so importing this module never fails on its own.
 import koffi from "koffi";
 
 export const SEEK_DATA = 3;
@@ -27,6 +28,23 @@ interface Libc {
   lseek: (fd: number, offset: number, whence: number) => number;
   fallocate: (fd: number, mode: number, offset: number, length: number) => number;
   posix_fadvise: (fd: number, offset: number, length: number, advice: number) => number;
+  recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
+  write: (fd: number, buf: Buffer, len: number) => number;
+  read: (fd: number, buf: Buffer, len: number) => number;
+  splice: (
+    fdIn: number,
+    offIn: Buffer | null,
+    fdOut: number,
+    offOut: Buffer | null,
+    len: number,
+    flags: number,
+  ) => number;
+  pipe2: (fds: Buffer, flags: number) => number;
+  fcntl: (fd: number, cmd: number, arg: number) => number;
+  poll: (fds: Buffer, nfds: number, timeout: number) => number;
+  dup: (fd: number) => number;
+  close: (fd: number) => number;
+  eventfd: (initval: number, flags: number) => number;
 }
 
 let libc: Libc | undefined;
@@ -53,6 +71,19 @@ function load(): Libc {
     posix_fadvise: lib.func(
       "int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)",
     ) as Libc["posix_fadvise"],
+    recv: lib.func("int64_t recv(int fd, void *buf, size_t len, int flags)") as Libc["recv"],
+    write: lib.func("int64_t write(int fd, const void *buf, size_t len)") as Libc["write"],
+    read: lib.func("int64_t read(int fd, void *buf, size_t len)") as Libc["read"],
+    splice: lib.func(
+      "int64_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)",
+    ) as Libc["splice"],
+    pipe2: lib.func("int pipe2(void *fds, int flags)") as Libc["pipe2"],
+    // Variadic in C; the int-argument form is plain register moves (see syscall above).
+    fcntl: lib.func("int fcntl(int fd, int cmd, int arg)") as Libc["fcntl"],
+    poll: lib.func("int poll(void *fds, unsigned long nfds, int timeout)") as Libc["poll"],
+    dup: lib.func("int dup(int fd)") as Libc["dup"],
+    close: lib.func("int close(int fd)") as Libc["close"],
+    eventfd: lib.func("int eventfd(unsigned int initval, int flags)") as Libc["eventfd"],
   };
   return libc;
 }
@@ -172,4 +203,125 @@ export function sendfile(sockFd: number, fileFd: number, offset: number, count: 
 /** Read-ahead hint; failures are ignored (it is advisory). */
 export function adviseWillNeed(fd: number, offset: number, length: number): void {
   load().posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+}
+
+// ---- descriptors, pipes and splice (the proxy's fetch worker) ----
+
+const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
+const F_SETPIPE_SZ = 1031;
+const EINTR = 4;
+
+/** dup(2): a second descriptor for the same open socket or file. */
+export function dup(fd: number): number {
+  const r = load().dup(fd);
+  if (r < 0) throw new SysError("dup", koffi.errno());
+  return r;
+}
+
+/** close(2); errors are ignored (the descriptor is gone either way). */
+export function closeFd(fd: number): void {
+  load().close(fd);
+}
+
+/** A non-blocking eventfd: a counter one thread bumps (wake) to end another's poll. */
+export function eventFd(): number {
+  const r = load().eventfd(0, O_NONBLOCK | O_CLOEXEC);
+  if (r < 0) throw new SysError("eventfd", koffi.errno());
+  return r;
+}
+
+const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+const drainBuf = Buffer.alloc(8);
+
+export function wakeEventFd(fd: number): void {
+  load().write(fd, one, 8);
+}
+
+/** Resets an eventfd's counter (non-blocking). */
+export function drainEventFd(fd: number): void {
+  load().read(fd, drainBuf, 8);
+}
+
+/** A pipe (blocking, close-on-exec), enlarged to `size` bytes where the system allows. */
+export function pipe(size: number): { read: number; write: number; size: number } {
+  const fds = Buffer.alloc(8);
+  if (load().pipe2(fds, O_CLOEXEC) !== 0) throw new SysError("pipe2", koffi.errno());
+  const p = { read: fds.readInt32LE(0), write: fds.readInt32LE(4), size: 65536 };
+  const got = load().fcntl(p.write, F_SETPIPE_SZ, size);
+  if (got > 0) p.size = got; // else the 64 KiB default (pipe-max-size caps unprivileged users)
+  return p;
+}
+
+export const SPLICE_F_MOVE = 1;
+export const SPLICE_F_NONBLOCK = 2;
+
+/**
+ * splice(2) from or to a pipe. `fileOffset` (when given) is the file position to use, and
+ * is advanced by the bytes moved. Returns bytes moved, or -1 for EAGAIN (nothing ready on a
+ * non-blocking end). EINTR is retried.
+ */
+export function splice(
+  fdIn: number,
+  fdOut: number,
+  len: number,
+  flags: number,
+  fileOffset?: { in?: Buffer; out?: Buffer },
+): number {
+  for (;;) {
+    const r = load().splice(fdIn, fileOffset?.in ?? null, fdOut, fileOffset?.out ?? null, len, flags);
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e === EAGAIN) return -1;
+    if (e !== EINTR) throw new SysError("splice", e);
+  }
+}
+
+/** recv(2) without blocking: bytes received, 0 at end of stream, -1 when nothing is ready. */
+export function recvNow(fd: number, buf: Buffer): number {
+  for (;;) {
+    const r = load().recv(fd, buf, buf.length, MSG_DONTWAIT);
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e === EAGAIN) return -1;
+    if (e !== EINTR) throw new SysError("recv", e);
+  }
+}
+
+/** send(2) without blocking: bytes sent, 0 when the socket buffer is full. */
+export function sendNow(fd: number, buf: Buffer): number {
+  for (;;) {
+    const r = load().send(fd, buf, buf.length, MSG_DONTWAIT);
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e === EAGAIN) return 0;
+    if (e !== EINTR) throw new SysError("send", e);
+  }
+}
+
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+const POLLERR_HUP = 0x8 | 0x10;
+
+/**
+ * poll(2) on a few descriptors, blocking the calling thread (a worker's) until one is ready
+ * or `timeoutMs` passes (-1: no limit). Returns each descriptor's ready events, in order;
+ * errors and hang-ups count as ready (the next call on it reports them).
+ */
+export function pollFds(fds: { fd: number; events: number }[], timeoutMs: number): number[] {
+  const b = Buffer.alloc(8 * fds.length);
+  fds.forEach((f, i) => {
+    b.writeInt32LE(f.fd, i * 8);
+    b.writeInt16LE(f.events, i * 8 + 4);
+  });
+  for (;;) {
+    const r = load().poll(b, fds.length, timeoutMs);
+    if (r >= 0) break;
+    const e = koffi.errno();
+    if (e !== EINTR) throw new SysError("poll", e);
+  }
+  return fds.map((f, i) => {
+    const rev = b.readInt16LE(i * 8 + 6);
+    return rev & POLLERR_HUP ? rev | f.events : rev;
+  });
 }

@@ -1,17 +1,17 @@
 // Proxy mode (lazy relocation, after xNBD's proxy): serves a disk at once while its blocks
 // still live upstream. Local data sits in a sparse cache file (served through a
 // TargetBackend), a persisted bitmap says which blocks are local. Reads of missing blocks
-// fetch them (adjacent misses within one event-loop turn merge into one upstream request)
-// and are answered from the fetched bytes as soon as they arrive, while the fetch stores
-// them; writes stay local.
+// fetch them (adjacent misses within one event-loop turn merge into one upstream request),
+// which a worker splices from the upstream socket straight into the cache file; then they
+// are answered from the cache like any local block (by sendfile where the connection can).
+// Blocks the upstream reports as zeroes are never fetched: they become local holes.
+// Writes stay local.
 //
 // Races: every block being fetched or written while missing has an entry in `busy`. A
 // fetch only writes blocks it registered, and a write to a busy block waits for it first,
 // so a late fetch can never overwrite a newer write (xNBD sets its bit before fetching for
-// the same reason). A read answered from fetched bytes started before any such write
-// finished, and copies them the moment they arrive (a write waits for the fetch's store).
-// Durability: FLUSH fdatasyncs the cache before the bitmap is written; a bit is set only
-// once its block is stored.
+// the same reason). Durability: FLUSH fdatasyncs the cache before the bitmap is written; a
+// bit is set only once its block is stored.
 import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import { createLogger, type Logger } from "../../common/log.js";
@@ -20,12 +20,10 @@ import {
   type Backend,
   BackendError,
   type Capabilities,
-  type DataPiece,
   type Extent,
   type ReadPiece,
   type WriteZeroesOptions,
 } from "../export/backend.js";
-import { BufferPool } from "../export/buffer-pool.js";
 import { TargetBackend } from "../export/target.js";
 import { BackgroundCopier, type CopyState } from "./background-copy.js";
 import { BitmapFile, BitmapFileError } from "./bitmap-file.js";
@@ -34,6 +32,7 @@ import { CopyOrder, type HotSource } from "./copy-order.js";
 import { blockSpan, mergeRuns, type Run, runBytes } from "./fetch-plan.js";
 import { LatencyRecorder, type LatencySummary } from "./latency.js";
 import { fingerprint, Upstream } from "./upstream.js";
+import { ZeroMap } from "./zero-map.js";
 
 export const DEFAULT_BLOCK_SIZE = 64 * 1024;
 export const DEFAULT_MAX_REQUEST = 2 * 1024 * 1024;
@@ -109,18 +108,6 @@ interface Deferred {
 interface Busy extends Deferred {
   /** Being fetched (or queued to be); false while a local change holds it. */
   fetching: boolean;
-  /** Once arrived: the fetch holding the block's bytes (valid while the block is busy). */
-  landed?: Fetched;
-  /** Called synchronously when the bytes arrive, or with the fetch's error. */
-  onLanded?: ((f: Fetched | Error) => void)[];
-}
-
-/** A fetch's buffer: recycled once stored and no reply refers to it any more. */
-interface Fetched {
-  buf: Buffer;
-  /** Disk offset of buf[0]. */
-  offset: number;
-  refs: number;
 }
 
 function deferred(fetching: boolean): Busy {
@@ -132,24 +119,6 @@ function deferred(fetching: boolean): Busy {
   });
   promise.catch(() => {}); // waiters use allSettled or their own fetch's promise
   return { promise, resolve, reject, fetching };
-}
-
-/** Hands a busy block's arrived fetch (or the fetch's error) to the reads waiting for it. */
-function land(d: Busy, f: Fetched | Error): void {
-  if (!(f instanceof Error)) d.landed = f;
-  const waiting = d.onLanded;
-  d.onLanded = undefined;
-  if (waiting) for (const w of waiting) w(f);
-}
-
-const ZERO_BLOCK_CACHE = new Map<number, Buffer>();
-function zeroes(n: number): Buffer {
-  let z = ZERO_BLOCK_CACHE.get(n);
-  if (!z) {
-    z = Buffer.alloc(n);
-    ZERO_BLOCK_CACHE.set(n, z);
-  }
-  return z;
 }
 
 export class ProxyBackend extends EventEmitter implements Backend {
@@ -172,12 +141,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
   readonly identity: string;
   /** Blocks being fetched, or written while missing. */
   private readonly busy = new Map<number, Busy>();
-  /** Fetch buffers (largest request each), recycled once their data is stored. */
-  private readonly fetchBuffers = new BufferPool(32 << 20);
   private demandQueue: number[] = [];
   private demandScheduled = false;
   private persistChain: Promise<void> = Promise.resolve();
   private readonly latency = new LatencyRecorder();
+  private readonly zeroMap: ZeroMap;
+  private learning: Promise<void> = Promise.resolve();
   private readonly copier: BackgroundCopier;
   private readonly order: CopyOrder;
   private counters = { demand: 0, background: 0, written: 0 };
@@ -202,6 +171,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       Math.floor((opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST) / this.blockSize),
     );
     this.blockSizes = local.blockSizes;
+    this.zeroMap = new ZeroMap(this.size, this.blockSize);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
     this.copier = new BackgroundCopier(this, this.order, {
       concurrency: opts.copyConcurrency,
@@ -237,6 +207,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       retryWindowMs: opts.retryWindowMs,
     });
     let bm: BitmapFile | undefined;
+    let local: TargetBackend | undefined;
     try {
       const size = upstream.size;
       const identity = opts.identity ?? (await fingerprint((o, l) => upstream.read(o, l), size, blockSize));
@@ -260,15 +231,31 @@ export class ProxyBackend extends EventEmitter implements Backend {
         fs.truncateSync(opts.cachePath, size);
         bm = await BitmapFile.create(bitmapPath, { size, blockSize, identity });
       }
-      const local = new TargetBackend(opts.cachePath);
+      local = new TargetBackend(opts.cachePath);
+      await upstream.startFileFetch(opts.cachePath);
       const p = new ProxyBackend(opts.cachePath, bm, local, upstream, opts, log);
+      await p.learnZeroes();
       if (opts.copyOnOpen) p.startCopy();
       return p;
     } catch (e) {
+      await local?.close();
       await bm?.close();
       await upstream.close();
       throw e;
     }
+  }
+
+  /**
+   * Learns which blocks the upstream holds as zeroes: the first reply now (one round trip,
+   * which covers a whole simple image), the rest in the background.
+   */
+  private async learnZeroes(): Promise<void> {
+    const status = (o: number, l: number) => this.upstream.blockStatus(o, l);
+    const stop = () => this.closed;
+    await this.zeroMap.learn(status, stop, 1);
+    this.learning = this.zeroMap.learn(status, stop).catch((e: Error) => {
+      this.log.warn("learning the upstream's zero blocks stopped", { err: e.message });
+    });
   }
 
   // ---- block bookkeeping ----
@@ -303,61 +290,54 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   private async doFetch(run: Run, source: "demand" | "background", ds: Busy[]): Promise<void> {
     const { offset, length } = runBytes(run, this.blockSize, this.size);
-    const bs = this.blockSize;
     const t0 = performance.now();
-    const f: Fetched = { buf: this.fetchBuffers.alloc(this.maxRequestBlocks * bs), offset, refs: 1 };
     try {
-      const data = await this.upstream.read(offset, length, f.buf.subarray(0, length));
-      // Reads waiting for these blocks take their bytes now, before they are stored.
-      for (const d of ds) land(d, f);
+      let fetched = 0;
+      await Promise.all(
+        this.splitZero(run).map((r) => {
+          const bytes = runBytes(r, this.blockSize, this.size);
+          if (r.zero)
+            return this.local.writeZeroes(bytes.offset, bytes.length, {
+              fua: false,
+              noHole: false,
+              fastZero: false,
+            });
+          fetched += bytes.length;
+          return this.upstream.readToFile(bytes.offset, bytes.length);
+        }),
+      );
       if (source === "demand") {
         this.latency.record(performance.now() - t0);
-        this.counters.demand += length;
-      } else this.counters.background += length;
-      await this.store(offset, data);
+        this.counters.demand += fetched;
+      } else this.counters.background += fetched;
       this.bitmap.setRange(run.first, run.count);
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
-        ds[i].landed = undefined;
         ds[i].resolve();
       }
-      this.unref(f);
     } catch (e) {
       const err =
-        e instanceof BackendError ? e : new BackendError(`fetch failed: ${(e as Error).message}`, "EIO");
+        e instanceof BackendError
+          ? e
+          : new BackendError(`fetch at ${offset}+${length} failed: ${(e as Error).message}`, "EIO");
       for (let i = 0; i < ds.length; i++) {
         this.busy.delete(run.first + i);
-        ds[i].landed = undefined;
-        land(ds[i], err);
         ds[i].reject(err);
       }
-      this.unref(f); // a settled upstream read no longer writes into it
       throw err;
     }
   }
 
-  private unref(f: Fetched): void {
-    if (--f.refs === 0) this.fetchBuffers.release(f.buf);
-  }
-
-  /** Writes fetched data to the cache; all-zero blocks become holes instead. */
-  private async store(offset: number, data: Buffer): Promise<void> {
-    const bs = this.blockSize;
-    const writes: Promise<void>[] = [];
-    let at = 0;
-    while (at < data.length) {
-      const zero = isZero(data, at, bs);
-      let end = Math.min(at + bs, data.length);
-      while (end < data.length && isZero(data, end, bs) === zero) end = Math.min(end + bs, data.length);
-      const piece = data.subarray(at, end);
-      writes.push(
-        zero
-          ? this.local.writeZeroes(offset + at, piece.length, { fua: false, noHole: false, fastZero: false })
-          : this.local.write(offset + at, piece, false),
-      );
-      at = end;
+  /** A run cut where the upstream's known-zero blocks start and stop. */
+  private splitZero(run: Run): (Run & { zero: boolean })[] {
+    const out: (Run & { zero: boolean })[] = [];
+    for (let b = run.first; b < run.first + run.count; b++) {
+      const zero = this.zeroMap.has(b);
+      const last = out[out.length - 1];
+      if (last && last.zero === zero) last.count++;
+      else out.push({ first: b, count: 1, zero });
     }
-    await Promise.all(writes);
+    return out;
   }
 
   /** Makes [first, last] local: waits on fetches in flight, merges the rest into fetches. */
@@ -482,20 +462,13 @@ export class ProxyBackend extends EventEmitter implements Backend {
   // ---- Backend ----
 
   async read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
-    this.check();
-    if (!this.allLocal(offset, length)) {
-      const fetched = await this.readFetched(offset, length, alloc);
-      if (fetched) {
-        if (!fetched.sent) return fetched.data;
-        const out = alloc(length);
-        fetched.data.copy(out);
-        fetched.sent();
-        return out;
-      }
-      const { first, last } = blockSpan(offset, length, this.blockSize);
-      await this.ensureLocal(first, last);
-    }
+    await this.makeLocal(offset, length);
     return this.local.read(offset, length, alloc);
+  }
+
+  async readSparse(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]> {
+    await this.makeLocal(offset, length);
+    return this.local.readSparse(offset, length, alloc);
   }
 
   /** Local, cached ranges go out by sendfile like a target's (see Backend.cachedFileRange). */
@@ -504,92 +477,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return this.local.cachedFileRange(offset, length);
   }
 
-  async readSparse(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]> {
+  /** Fetches what [offset, offset+length) misses; undefined when it is all local already. */
+  makeLocal(offset: number, length: number): Promise<void> | undefined {
     this.check();
-    if (!this.allLocal(offset, length)) {
-      const fetched = await this.readFetched(offset, length, alloc);
-      if (fetched) return [fetched];
-      const { first, last } = blockSpan(offset, length, this.blockSize);
-      await this.ensureLocal(first, last);
-    }
-    return this.local.readSparse(offset, length, alloc);
-  }
-
-  /**
-   * A read whose blocks are all missing and none held by a local change: fetches them (or
-   * joins the fetches in flight) and answers from the fetched bytes as soon as they arrive:
-   * a view of the fetch buffer when one fetch holds them all (it stays out of the pool until
-   * `sent`), else a copy. Undefined when that does not apply or someone else's fetch failed:
-   * the caller then waits until the blocks are local and reads the cache.
-   */
-  private readFetched(
-    offset: number,
-    length: number,
-    alloc: Alloc = Buffer.allocUnsafe,
-  ): Promise<DataPiece | undefined> {
-    const bs = this.blockSize;
-    const { first, last } = blockSpan(offset, length, bs);
-    for (let b = first; b <= last; b++) {
-      if (this.bitmap.has(b)) return Promise.resolve(undefined);
-      const d = this.busy.get(b);
-      if (d && !d.fetching) return Promise.resolve(undefined);
-    }
-    return new Promise((resolve, reject) => {
-      // Each arrived block holds a reference on its fetch buffer until the reply is built.
-      const got: Fetched[] = [];
-      let left = last - first + 1;
-      let failed = false;
-      let ownError: Error | undefined;
-      const finish = () => {
-        if (ownError || failed) {
-          for (const f of got) if (f) this.unref(f); // blocks that failed left a gap
-          if (ownError) reject(ownError);
-          else resolve(undefined);
-          return;
-        }
-        const one = got[0];
-        if (got.every((f) => f === one)) {
-          for (let i = 1; i < got.length; i++) one.refs--; // never reaches 0: we keep one
-          const at = offset - one.offset;
-          resolve({ offset, data: one.buf.subarray(at, at + length), sent: () => this.unref(one) });
-          return;
-        }
-        const out = alloc(length);
-        for (let i = 0; i < got.length; i++) {
-          const f = got[i];
-          const from = Math.max(offset, (first + i) * bs);
-          const to = Math.min(offset + length, (first + i + 1) * bs);
-          f.buf.copy(out, from - offset, from - f.offset, to - f.offset);
-        }
-        for (const f of got) this.unref(f);
-        resolve({ offset, data: out });
-      };
-      for (let b = first; b <= last; b++) {
-        let mine = false;
-        const i = b - first;
-        const put = (f: Fetched | Error) => {
-          if (f instanceof Error) {
-            // Our own fetch failing fails the read; someone else's just means "look again".
-            failed = true;
-            if (mine) ownError ??= f;
-          } else {
-            f.refs++;
-            got[i] = f;
-          }
-          if (--left === 0) finish();
-        };
-        let d = this.busy.get(b);
-        if (!d) {
-          d = this.queueDemandBlock(b);
-          mine = true;
-        }
-        if (d.landed) put(d.landed);
-        else {
-          d.onLanded ??= [];
-          d.onLanded.push(put);
-        }
-      }
-    });
+    if (this.allLocal(offset, length)) return undefined;
+    const { first, last } = blockSpan(offset, length, this.blockSize);
+    return this.ensureLocal(first, last);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -788,15 +681,11 @@ export class ProxyBackend extends EventEmitter implements Backend {
       this.log.warn("final persist failed", { err: (e as Error).message });
     }
     this.closed = true;
+    await this.learning;
     await this.upstream.close();
     await this.bm.close();
     await this.local.close();
   }
-}
-
-function isZero(data: Buffer, at: number, len: number): boolean {
-  const n = Math.min(len, data.length - at);
-  return data.subarray(at, at + n).equals(zeroes(n));
 }
 
 function mergeExtents(ext: Extent[]): Extent[] {

@@ -1,7 +1,9 @@
-// The proxy's upstream: one NBD connection that comes back by itself. When it drops, it
-// reconnects with exponential backoff (emitting "lost" and "restored"); reads retry across
-// a reconnect for a bounded time and then fail with EIO, so a client never hangs on a dead
-// upstream. switchTo() re-points it at another replica of the same disk.
+// The proxy's upstream: a link that comes back by itself. The link is one NBD connection for
+// small reads and block status, plus (once startFileFetch() named the cache) a second one
+// whose READ data a worker splices straight into the cache file (file-fetcher.ts). When
+// either drops, both reconnect with exponential backoff (emitting "lost" and "restored");
+// reads retry across a reconnect for a bounded time and then fail with EIO, so a client
+// never hangs on a dead upstream. switchTo() re-points it at another replica of the disk.
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Logger } from "../../common/log.js";
@@ -13,6 +15,13 @@ import {
   NbdConnectionError,
 } from "../nbd/client/client.js";
 import { formatNbdUrl, parseNbdUrl } from "../nbd/client/url.js";
+import { FileFetcher } from "./file-fetcher.js";
+
+/** The connections in use: replaced as a whole on reconnect or re-point. */
+interface Link {
+  client: NbdClient;
+  fetcher?: FileFetcher;
+}
 
 export interface UpstreamOptions {
   log: Logger;
@@ -25,7 +34,8 @@ export interface UpstreamOptions {
 }
 
 export class Upstream extends EventEmitter {
-  private client: NbdClient | undefined;
+  private link: Link | undefined;
+  private cachePath: string | undefined;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private backoff: number;
@@ -47,8 +57,40 @@ export class Upstream extends EventEmitter {
     const canonical = formatNbdUrl(parseNbdUrl(url));
     const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...opts.client });
     const u = new Upstream(canonical, client.size, opts);
-    u.attach(client);
+    u.attach({ client });
     return u;
+  }
+
+  /** From now on, fetches go straight into `cachePath` (readToFile) over a second connection. */
+  async startFileFetch(cachePath: string): Promise<void> {
+    this.cachePath = cachePath;
+    const link = this.link;
+    if (!link || link.fetcher) return;
+    const fetcher = await this.openFetcher(this._url);
+    if (this.link !== link) return fetcher.destroy(); // lost meanwhile: the reconnect opens one
+    link.fetcher = fetcher;
+    this.watch(link, fetcher);
+  }
+
+  private openFetcher(url: string): Promise<FileFetcher> {
+    return FileFetcher.open(url, this.cachePath!, { connectTimeoutMs: 5000, ...this.opts.client });
+  }
+
+  /** Opens a full link to `url` (both connections when fetching to the cache). */
+  private async connectLink(url: string): Promise<Link> {
+    const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...this.opts.client });
+    if (this.cachePath === undefined) return { client };
+    try {
+      return { client, fetcher: await this.openFetcher(url) };
+    } catch (e) {
+      client.destroy();
+      throw e;
+    }
+  }
+
+  private static destroyLink(l: Link): void {
+    l.client.destroy();
+    l.fetcher?.destroy();
   }
 
   get url(): string {
@@ -56,19 +98,26 @@ export class Upstream extends EventEmitter {
   }
 
   get connected(): boolean {
-    return this.client !== undefined;
+    return this.link !== undefined;
   }
 
   /** True when the upstream can answer base:allocation block status. */
   get hasBlockStatus(): boolean {
-    return this.client?.metaContextId !== undefined;
+    return this.link?.client.metaContextId !== undefined;
   }
 
-  private attach(client: NbdClient): void {
-    this.client = client;
-    client.once("close", (err: Error) => {
-      if (this.client !== client) return;
-      this.client = undefined;
+  private attach(link: Link): void {
+    this.link = link;
+    this.watch(link, link.client);
+    if (link.fetcher) this.watch(link, link.fetcher);
+  }
+
+  /** Either connection closing loses the whole link. */
+  private watch(link: Link, conn: EventEmitter): void {
+    conn.once("close", (err: Error) => {
+      if (this.link !== link) return;
+      this.link = undefined;
+      Upstream.destroyLink(link);
       if (this.closed) return;
       this.lastError = err.message;
       this.opts.log.warn("upstream lost", { url: this._url, err: err.message });
@@ -89,15 +138,15 @@ export class Upstream extends EventEmitter {
 
   private async reconnect(): Promise<void> {
     try {
-      const c = await NbdClient.connect(this._url, { connectTimeoutMs: 5000, ...this.opts.client });
-      if (c.size !== this.size) {
-        c.destroy();
-        throw new Error(`upstream size is now ${c.size}, expected ${this.size}`);
+      const l = await this.connectLink(this._url);
+      if (l.client.size !== this.size) {
+        Upstream.destroyLink(l);
+        throw new Error(`upstream size is now ${l.client.size}, expected ${this.size}`);
       }
-      if (this.closed) return c.destroy();
+      if (this.closed) return Upstream.destroyLink(l);
       this.backoff = this.opts.backoffMinMs ?? 100;
       this.reconnects++;
-      this.attach(c);
+      this.attach(l);
       this.opts.log.info("upstream restored", { url: this._url });
       this.emit("restored");
       for (const w of this.waiters) w();
@@ -108,9 +157,9 @@ export class Upstream extends EventEmitter {
     }
   }
 
-  /** The connection, waiting for a reconnect until `deadline` (performance.now() ms). */
-  private async current(deadline: number): Promise<NbdClient | undefined> {
-    while (!this.client && !this.closed) {
+  /** The link, waiting for a reconnect until `deadline` (performance.now() ms). */
+  private async current(deadline: number): Promise<Link | undefined> {
+    while (!this.link && !this.closed) {
       const left = deadline - performance.now();
       if (left <= 0) return undefined;
       await new Promise<void>((resolve) => {
@@ -122,7 +171,7 @@ export class Upstream extends EventEmitter {
         this.waiters.add(done);
       });
     }
-    return this.client;
+    return this.link;
   }
 
   private unavailable(what: string): BackendError {
@@ -136,30 +185,46 @@ export class Upstream extends EventEmitter {
    * Reads from upstream (into `into` when given, exactly `length` bytes), retrying across
    * reconnects for the retry window; else EIO.
    */
-  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.retrying(`read at ${offset}+${length}`, (l) => l.client.read(offset, length, into));
+  }
+
+  /**
+   * Copies [offset, offset+length) into the same place of the cache file named by
+   * startFileFetch(), the data never passing through this thread; retries like read().
+   */
+  readToFile(offset: number, length: number): Promise<void> {
+    if (this.cachePath === undefined) throw new Error("readToFile before startFileFetch");
+    return this.retrying(`read at ${offset}+${length}`, (l) => {
+      // A link without its fetcher is one whose startFileFetch() raced a loss: reconnect.
+      if (!l.fetcher) throw new NbdConnectionError("upstream data connection not open yet");
+      return l.fetcher.read(offset, length);
+    });
+  }
+
+  /** Runs `op` on the current link, again on the next one after a connection loss, until the retry window ends. */
+  private async retrying<T>(what: string, op: (l: Link) => Promise<T>): Promise<T> {
     const deadline = performance.now() + (this.opts.retryWindowMs ?? 3000);
     for (;;) {
       if (this.closed) throw new BackendError("upstream is closed (proxy promoted or closed)", "EIO");
-      const c = await this.current(deadline);
-      if (!c) throw this.unavailable(`read at ${offset}+${length}`);
+      const l = await this.current(deadline);
+      if (!l) throw this.unavailable(what);
       try {
-        return await c.read(offset, length, into);
+        return await op(l);
       } catch (e) {
-        if (!(e instanceof NbdConnectionError)) {
-          throw new BackendError(
-            `upstream read at ${offset}+${length} failed: ${(e as Error).message}`,
-            "EIO",
-          );
-        }
+        if (e instanceof BackendError) throw e;
+        if (!(e instanceof NbdConnectionError))
+          throw new BackendError(`upstream ${what} failed: ${(e as Error).message}`, "EIO");
         this.lastError = e.message;
-        if (performance.now() >= deadline) throw this.unavailable(`read at ${offset}+${length}`);
+        if (performance.now() >= deadline) throw this.unavailable(what);
+        if (this.link === l && !l.fetcher) await new Promise((r) => setTimeout(r, 10));
       }
     }
   }
 
   /** Upstream block status, or undefined when it is not available right now. */
   async blockStatus(offset: number, length: number): Promise<BlockStatusExtent[] | undefined> {
-    const c = this.client;
+    const c = this.link?.client;
     if (!c || c.metaContextId === undefined) return undefined;
     try {
       return await c.blockStatus(offset, length);
@@ -174,28 +239,31 @@ export class Upstream extends EventEmitter {
    */
   async switchTo(url: string, verify?: (c: NbdClient) => Promise<void>): Promise<void> {
     const canonical = formatNbdUrl(parseNbdUrl(url));
-    const c = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...this.opts.client });
+    const l = await this.connectLink(url);
     try {
-      if (c.size !== this.size)
+      if (l.client.size !== this.size)
         throw new Error(
-          `refusing upstream ${canonical}: its size ${c.size} differs from the disk's ${this.size}`,
+          `refusing upstream ${canonical}: its size ${l.client.size} differs from the disk's ${this.size}`,
         );
-      await verify?.(c);
+      await verify?.(l.client);
     } catch (e) {
-      c.destroy();
+      Upstream.destroyLink(l);
       throw e;
     }
-    const old = this.client;
+    const old = this.link;
     this._url = canonical;
     clearTimeout(this.timer);
     this.timer = undefined;
     this.backoff = this.opts.backoffMinMs ?? 100;
-    this.attach(c);
+    this.attach(l);
     for (const w of this.waiters) w();
     this.waiters.clear();
     this.emit("restored");
-    // Requests already sent on the old connection finish there.
-    if (old) void old.disconnect().catch(() => {});
+    // Requests already sent on the old connections finish there.
+    if (old) {
+      void old.client.disconnect().catch(() => {});
+      void old.fetcher?.close();
+    }
   }
 
   async close(): Promise<void> {
@@ -203,9 +271,9 @@ export class Upstream extends EventEmitter {
     clearTimeout(this.timer);
     for (const w of this.waiters) w();
     this.waiters.clear();
-    const c = this.client;
-    this.client = undefined;
-    if (c) await c.disconnect().catch(() => c.destroy());
+    const l = this.link;
+    this.link = undefined;
+    if (l) await Promise.all([l.client.disconnect().catch(() => l.client.destroy()), l.fetcher?.close()]);
   }
 }
 

@@ -5,6 +5,7 @@
 // with NbdConnectionError and later calls fail at once: nothing hangs.
 import { EventEmitter } from "node:events";
 import * as net from "node:net";
+import { dup } from "../../export/libc.js";
 import { ByteQueue } from "../byte-queue.js";
 import {
   BASE_ALLOCATION,
@@ -475,6 +476,22 @@ export class NbdClient extends EventEmitter {
     if (this.closedWith) return;
     this.socket.end(encodeRequest({ flags: 0, type: NBD_CMD_DISC, cookie: 0n, offset: 0, length: 0 }));
     await new Promise<void>((r) => (this.closedWith ? r() : this.once("close", () => r())));
+  }
+
+  /**
+   * Hands the connection over, between requests: returns a duplicate of its socket
+   * descriptor (the caller's to close) and closes this client's own without a DISC, so the
+   * server sees the same connection carry on. The client is unusable afterwards.
+   */
+  detachFd(): number {
+    if (this.closedWith) throw this.closedWith;
+    if (this.pending.size > 0 || this.q.length > 0 || this.direct)
+      throw new Error("cannot hand over an NBD connection with requests in flight");
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (fd === undefined || fd < 0) throw new Error("this NBD connection has no descriptor to hand over");
+    const copy = dup(fd);
+    this.fail(new NbdConnectionError("NBD connection handed over"));
+    return copy;
   }
 
   /** Drops the connection at once; pending requests fail. */

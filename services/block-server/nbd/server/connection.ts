@@ -365,6 +365,36 @@ export class Connection {
   private read(e: Export, req: T.Request): void {
     const b = e.begin();
     e.stats.requests++;
+    // A proxy first brings missing blocks into its cache; then the reply is an ordinary
+    // local read (by sendfile when it can be).
+    let ready: Promise<void> | undefined;
+    try {
+      ready = b.makeLocal?.(req.offset, req.length);
+    } catch (err) {
+      e.end(b);
+      this.fail(e, req, err);
+      return;
+    }
+    if (!ready) {
+      this.readLocal(e, b, req);
+      return;
+    }
+    this.track(0);
+    ready.then(
+      () => {
+        this.untrack(0);
+        this.readLocal(e, b, req);
+      },
+      (err) => {
+        this.untrack(0);
+        e.end(b);
+        this.fail(e, req, err);
+      },
+    );
+  }
+
+  /** READ of data the backend holds locally; `b` is the export's begun backend. */
+  private readLocal(e: Export, b: Backend, req: T.Request): void {
     if (this.sockFd >= 0 && b.cachedFileRange && this.trySendfile(b, req)) {
       e.end(b);
       e.stats.bytesRead += req.length;
