@@ -1,0 +1,52 @@
+// Test helper: a migration's end, and the guest's heartbeat continuing across it (counter
+// unbroken over both serial logs, memory verified at the destination, the source QEMU gone).
+import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import * as assert from "uvu/assert";
+import type { MigrationRecord } from "../../services/page-server/host.js";
+import { splitLines } from "../../services/page-server/lines.js";
+import { isFinalPhase } from "../../services/page-server/migration/phase.js";
+import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import type { Vm } from "../../services/page-server/vm/vm.js";
+
+/** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
+export function heartbeats(logs: string[]) {
+  return splitLines(Buffer.concat(logs.map((p) => readFileSync(p))))
+    .lines.map(parseHeartbeat)
+    .filter((h) => h !== null);
+}
+
+export function finished(rec: MigrationRecord): Promise<MigrationRecord> {
+  return new Promise((resolve) => {
+    if (isFinalPhase(rec.phase)) return resolve(rec);
+    const on = (r: MigrationRecord) => {
+      if (isFinalPhase(r.phase)) {
+        rec.events.off("update", on);
+        resolve(r);
+      }
+    };
+    rec.events.on("update", on);
+  });
+}
+
+/** Two more verification passes than `passesBefore` at the destination, no counter break, source stopped. */
+export async function assertGuestContinued(src: Vm, dst: Vm, passesBefore: number): Promise<void> {
+  const logs = [src.paths.serialLog, dst.paths.serialLog];
+  const deadline = Date.now() + 60_000;
+  let after = heartbeats(logs).at(-1);
+  while ((after?.passes ?? 0) < passesBefore + 2 && Date.now() < deadline) {
+    await sleep(200);
+    after = heartbeats(logs).at(-1);
+  }
+  assert.ok((after?.passes ?? 0) >= passesBefore + 2, "no full verification pass at the destination");
+  assert.is(after!.memErrors, 0, "memory verification failed after the migration");
+  const all = heartbeats(logs);
+  assert.equal(
+    all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1),
+    [],
+    "heartbeat counter broke",
+  );
+  assert.is(dst.state, "running");
+  for (let i = 0; i < 50 && src.state !== "stopped"; i++) await sleep(100);
+  assert.is(src.state, "stopped");
+}
