@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import {
+  type ChannelPath,
   MigrationMode,
   MigrationPhase,
   PageServiceClient,
@@ -294,6 +295,21 @@ migTest("errors map to gRPC statuses", async () => {
     ),
     status.FAILED_PRECONDITION,
     /cannot migrate/,
+  );
+  await expectCode(
+    call(
+      a.client,
+      "startMigration",
+      StartMigrationRequest.fromPartial({
+        vmId: "v2",
+        migrationId: "m",
+        channelAddress: "127.0.0.1:1",
+        mode: 2,
+        channelPath: 9 as ChannelPath,
+      }),
+    ),
+    status.INVALID_ARGUMENT,
+    /channel_path 9 is not one of AUTO, HANDOFF, RELAY/,
   );
   await expectCode(
     new Promise<void>((resolve, reject) => {

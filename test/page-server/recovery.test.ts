@@ -1,7 +1,7 @@
 // The link between two page-servers breaks during post-copy and comes back: the paused
 // post-copy is recovered on a new channel and the VM survives, its heartbeat unbroken. Both
-// channel paths: relayed (compression "auto"), and handed to QEMU (compression "off"; the
-// recovery then relays).
+// channel paths, forced: relayed (compression "auto", urgent lane), and handed to QEMU
+// (compression "off"; the recovery then relays).
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -81,6 +81,7 @@ for (const path of ["relay", "handoff"] as const)
         channelAddress: link.address,
         mode: "postcopy",
         maxBandwidth: 32 << 20, // ~5 s of background push: the break lands inside it
+        channelPath: path, // loopback would hand off by default
         compression: path === "handoff" ? "off" : "auto",
       });
       let broke = false;

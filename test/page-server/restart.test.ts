@@ -11,6 +11,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import {
+  ChannelPath,
   DefineVmRequest,
   MigrationMode,
   MigrationPhase,
@@ -122,6 +123,8 @@ migTest("SIGKILL the source page-server after the switch-over; its restart compl
         migrationId: "mig-x",
         channelAddress: channel,
         mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+        // Relayed, so the stream dies with the page-server (loopback would hand it to QEMU).
+        channelPath: ChannelPath.CHANNEL_PATH_RELAY,
         maxBandwidthBytesPerSecond: 32 << 20, // post-copy still pushing (~5 s) when the page-server dies
       }),
       cb,
