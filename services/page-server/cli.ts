@@ -44,7 +44,7 @@ const options = {
     type: "boolean",
     describe:
       "default for migrations whose request does not say: QEMU's postcopy-preempt lane (needs the relay; " +
-      "false turns it off). Unset: on whenever the stream is relayed",
+      "VMHOP_PREEMPT=false turns it off). Unset: on whenever the stream is relayed",
   },
   compression: {
     type: "string",
