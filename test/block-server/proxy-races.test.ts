@@ -87,11 +87,11 @@ t("a write racing a fetch of the same block wins, full or partial", async () => 
   assert.is(p.stats().bytesWrittenLocally, BS + 1000 + 2 * BS);
 });
 
-t("reads answered from fetched bytes: across fetches, next to local blocks, then a write wins", async () => {
+t("reads across fetches, next to local blocks, then a write wins", async () => {
   const p = await open();
   const slice = (b: number, n: number) => data.subarray(b * BS, (b + n) * BS);
   // Blocks 52-53 are fetched together; a read of 53-54 a turn later joins that fetch for 53
-  // and fetches 54 itself: its reply is stitched from two fetch buffers.
+  // and fetches 54 itself: it is answered once both fetches are stored.
   const a = p.read(52 * BS + 7, 2 * BS - 7);
   await new Promise((r) => setImmediate(r));
   const b = p.read(53 * BS, 2 * BS);
@@ -100,8 +100,8 @@ t("reads answered from fetched bytes: across fetches, next to local blocks, then
   // Half local, half missing: served once both are local.
   await p.read(56 * BS, BS);
   assert.ok((await p.read(56 * BS + 100, BS)).equals(data.subarray(56 * BS + 100, 57 * BS + 100)));
-  // A write issued the moment a read got its fetched bytes (the store may still be running)
-  // waits for the fetch and wins; a read of a block being written waits for the write.
+  // A write right after a read of a just-fetched block wins, and a read issued with it sees
+  // the old or the new block, never a mix; a read of a block being written waits for it.
   const got = await p.read(60 * BS, BS);
   assert.ok(got.equals(slice(60, 1)));
   const w = randomBytes(BS);

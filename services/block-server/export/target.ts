@@ -146,11 +146,12 @@ export class TargetBackend implements Backend {
     return preadFull(this.check(), alloc(length), offset);
   }
 
-  cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
+  /** `noHoles`: the caller knows the range holds no hole (skips asking the file system). */
+  cachedFileRange(offset: number, length: number, noHoles = false): { fd: number; offset: number } | null {
     if (this.closed) return null;
     if (!isCached(this.fd, offset, length)) return null;
     // A hole inside should go out as a hole chunk: take the normal path then.
-    if ((seek(this.fd, offset, SEEK_HOLE) ?? this.size) < offset + length) return null;
+    if (!noHoles && (seek(this.fd, offset, SEEK_HOLE) ?? this.size) < offset + length) return null;
     return { fd: this.fd, offset };
   }
 

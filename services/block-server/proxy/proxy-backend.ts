@@ -146,6 +146,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private persistChain: Promise<void> = Promise.resolve();
   private readonly latency = new LatencyRecorder();
   private readonly zeroMap: ZeroMap;
+  /**
+   * Blocks this process fetched as data and nothing has changed since (1 per block): they
+   * hold no hole, so a read of them may go out by sendfile without asking the file system
+   * (SEEK_HOLE takes the inode lock the fetch worker's writes hold).
+   */
+  private readonly fetchedData: Uint8Array;
   private learning: Promise<void> = Promise.resolve();
   private readonly copier: BackgroundCopier;
   private readonly order: CopyOrder;
@@ -172,6 +178,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     );
     this.blockSizes = local.blockSizes;
     this.zeroMap = new ZeroMap(this.size, this.blockSize);
+    this.fetchedData = new Uint8Array(this.bitmap.blocks);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
     this.copier = new BackgroundCopier(this, this.order, {
       concurrency: opts.copyConcurrency,
@@ -303,7 +310,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
               fastZero: false,
             });
           fetched += bytes.length;
-          return this.upstream.readToFile(bytes.offset, bytes.length);
+          return this.upstream.readToFile(bytes.offset, bytes.length).then(() => {
+            this.fetchedData.fill(1, r.first, r.first + r.count);
+          });
         }),
       );
       if (source === "demand") {
@@ -439,6 +448,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
   ): Promise<void> {
     this.check();
     const claims = await this.claim(offset, length, fetchPartial);
+    const { first, last } = blockSpan(offset, length, this.blockSize);
+    this.fetchedData.fill(0, first, last + 1);
     try {
       await op();
     } catch (e) {
@@ -461,20 +472,27 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   // ---- Backend ----
 
+  // A local read starts at once (no await first): one issued before a write copies what was
+  // there before that write reaches the file.
   async read(offset: number, length: number, alloc: Alloc = Buffer.allocUnsafe): Promise<Buffer> {
-    await this.makeLocal(offset, length);
+    const fetching = this.makeLocal(offset, length);
+    if (fetching) await fetching;
     return this.local.read(offset, length, alloc);
   }
 
   async readSparse(offset: number, length: number, alloc?: Alloc): Promise<ReadPiece[]> {
-    await this.makeLocal(offset, length);
+    const fetching = this.makeLocal(offset, length);
+    if (fetching) await fetching;
     return this.local.readSparse(offset, length, alloc);
   }
 
   /** Local, cached ranges go out by sendfile like a target's (see Backend.cachedFileRange). */
   cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
     if (this.closed || !this.allLocal(offset, length)) return null;
-    return this.local.cachedFileRange(offset, length);
+    const { first, last } = blockSpan(offset, length, this.blockSize);
+    let data = true;
+    for (let b = first; b <= last && data; b++) data = this.fetchedData[b] === 1;
+    return this.local.cachedFileRange(offset, length, data);
   }
 
   /** Fetches what [offset, offset+length) misses; undefined when it is all local already. */
