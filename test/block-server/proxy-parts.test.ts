@@ -1,4 +1,4 @@
-// The proxy's pure parts: bitmap, fetch planning, token bucket, copy order, latency.
+// The proxy's pure parts: bitmap, fetch planning, token bucket, copy order, latency, zero map.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
@@ -11,6 +11,38 @@ import { CopyOrder } from "../../services/block-server/proxy/copy-order.js";
 import { blockSpan, mergeRuns, runBytes, runFrom } from "../../services/block-server/proxy/fetch-plan.js";
 import { LatencyRecorder } from "../../services/block-server/proxy/latency.js";
 import { type Clock, TokenBucket } from "../../services/block-server/proxy/token-bucket.js";
+import { ZeroMap } from "../../services/block-server/proxy/zero-map.js";
+
+test("zero map: only whole blocks inside zero extents, the short last block, learning stops on silence", async () => {
+  const ZERO = 2;
+  const HOLE = 1;
+  const m = new ZeroMap(10 * 1000 + 300, 1000); // 11 blocks, the last one 300 bytes
+  // data [0,1500), zero [1500,4000), data [4000,5000), zero to the end
+  const end = m.record(0, [
+    { length: 1500, flags: 0 },
+    { length: 2500, flags: ZERO | HOLE },
+    { length: 1000, flags: 0 },
+    { length: 99_999, flags: ZERO },
+  ]);
+  assert.is(end, 10_300, "extents past the end are clipped");
+  const zero = Array.from({ length: 11 }, (_, b) => m.has(b));
+  assert.equal(zero, [false, false, true, true, false, true, true, true, true, true, true]);
+  assert.is(m.zeroBlocks, 8);
+  // A hole without the zero flag says nothing about contents.
+  const h = new ZeroMap(4000, 1000);
+  h.record(0, [{ length: 4000, flags: HOLE }]);
+  assert.is(h.zeroBlocks, 0);
+  // Learning: one reply at a time, and an upstream that cannot say ends it without error.
+  const asked: number[] = [];
+  const l = new ZeroMap(4000, 1000);
+  await l.learn(async (o) => {
+    asked.push(o);
+    return o === 0 ? [{ length: 2000, flags: ZERO }] : undefined;
+  });
+  assert.equal(asked, [0, 2000]);
+  assert.is(l.learnedTo, 2000);
+  assert.ok(l.has(0) && l.has(1) && !l.has(2));
+});
 
 test("bitmap: set, count, nextMissing, dirty range, odd block counts", () => {
   const b = new BlockBitmap(21);
