@@ -7,7 +7,7 @@
 // Protocol with the main thread:
 //   in:  { op: "read", id, offset, length }   (fetch [offset, offset+length) to the same
 //        offset of the cache file)  |  { op: "close" }
-//   out: { id } done  |  { id, error }  (the server's NBD error, or the cache's write
+//   out: { ready } once set up  |  { id } done  |  { id, error }  (the server's NBD error, or the cache's write
 //        error: the stream stays in step)  |  { fatal }  (the connection is unusable; every
 //        read not yet answered fails with it, then the worker ends)
 import { closeSync, openSync } from "node:fs";
@@ -38,7 +38,7 @@ export interface FetchWorkerData {
 }
 
 export type FetchCommand = { op: "read"; id: number; offset: number; length: number } | { op: "close" };
-export type FetchResult = { id: number; error?: string } | { fatal: string };
+export type FetchResult = { ready: true } | { id: number; error?: string } | { fatal: string };
 
 const PIPE_SIZE = 1 << 20;
 
@@ -75,6 +75,7 @@ class FetchWorker {
       this.pipe = pipe(PIPE_SIZE);
       this.devNull = openSync("/dev/null", "w");
       this.cacheFd = openSync(this.d.cachePath, "r+");
+      this.post({ ready: true });
       for (;;) {
         this.takeCommands();
         if (this.closing) break;

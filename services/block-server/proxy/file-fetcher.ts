@@ -43,17 +43,26 @@ export class FileFetcher extends EventEmitter {
     const client = await NbdClient.connect(url, { ...opts, structuredReplies: false, blockStatus: false });
     const sockFd = client.detachFd();
     let wakeFd = -1;
+    let f: FileFetcher;
     try {
       wakeFd = eventFd();
       const { port1, port2 } = new MessageChannel();
       const data: FetchWorkerData = { sockFd, cachePath, wakeFd, port: port2 };
       const worker = startWorker(new URL("./fetch-worker.ts", import.meta.url), data, "vmhop-fetch", [port2]);
-      return new FileFetcher(worker, port1, wakeFd, client.size);
+      f = new FileFetcher(worker, port1, wakeFd, client.size);
     } catch (e) {
       closeFd(sockFd);
       if (wakeFd >= 0) closeFd(wakeFd);
       throw e;
     }
+    // From here the worker owns the socket and the fetcher the eventfd. The worker's start-up
+    // (loading its module, opening the cache) belongs to opening, not to the first reads, and
+    // a cache it cannot open fails here.
+    await new Promise<void>((resolve, reject) => {
+      f.once("ready", resolve);
+      f.once("close", reject);
+    });
+    return f;
   }
 
   get closed(): boolean {
@@ -84,6 +93,10 @@ export class FileFetcher extends EventEmitter {
   }
 
   private result(m: FetchResult): void {
+    if ("ready" in m) {
+      this.emit("ready");
+      return;
+    }
     if ("fatal" in m) {
       this.fail(new NbdConnectionError(`upstream data connection: ${m.fatal}`));
       return;
