@@ -27,6 +27,8 @@ export interface ConnectionLimits {
 }
 
 /** How READ replies went out, process-wide (for status and tuning). */
+const EMPTY = Buffer.alloc(0);
+
 export const readPaths = { zeroCopy: 0, zeroCopyPartial: 0, buffered: 0 };
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
@@ -395,11 +397,19 @@ export class Connection {
 
   /** READ of data the backend holds locally; `b` is the export's begun backend. */
   private readLocal(e: Export, b: Backend, req: T.Request): void {
-    if (this.sockFd >= 0 && b.cachedFileRange && this.trySendfile(b, req)) {
-      e.end(b);
-      e.stats.bytesRead += req.length;
-      e.heat.record(req.offset, req.length);
-      return;
+    if (this.sockFd >= 0 && b.cachedFileRange) {
+      // Replies queued in Node must leave first: rather than copy this one in behind them,
+      // wait until they have (then it can still go by sendfile).
+      if (this.socket.writableLength > 0 && !this.closed) {
+        this.afterQueue(e, b, req);
+        return;
+      }
+      if (this.trySendfile(b, req)) {
+        e.end(b);
+        e.stats.bytesRead += req.length;
+        e.heat.record(req.offset, req.length);
+        return;
+      }
     }
     this.track(req.length);
     readPaths.buffered++;
@@ -430,6 +440,25 @@ export class Connection {
         this.untrack(req.length);
       },
     );
+  }
+
+  /** READs waiting for Node's write queue to empty, to go out by sendfile then. */
+  private waiting: { e: Export; b: Backend; req: T.Request }[] = [];
+
+  private afterQueue(e: Export, b: Backend, req: T.Request): void {
+    this.track(0); // counts towards the in-flight limit like any request held here
+    this.waiting.push({ e, b, req });
+    if (this.waiting.length > 1) return; // the callback below is already on its way
+    // An empty write's callback runs once everything written before it has left.
+    this.socket.write(EMPTY, () => {
+      const ready = this.waiting;
+      this.waiting = [];
+      for (const w of ready) {
+        this.untrack(0);
+        if (this.closed || this.socket.destroyed) w.e.end(w.b);
+        else this.readLocal(w.e, w.b, w.req);
+      }
+    });
   }
 
   /**
