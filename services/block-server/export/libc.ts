@@ -45,6 +45,7 @@ interface Libc {
   dup: (fd: number) => number;
   close: (fd: number) => number;
   eventfd: (initval: number, flags: number) => number;
+  setsockopt: (fd: number, level: number, name: number, value: Buffer, len: number) => number;
 }
 
 let libc: Libc | undefined;
@@ -84,6 +85,9 @@ function load(): Libc {
     dup: lib.func("int dup(int fd)") as Libc["dup"],
     close: lib.func("int close(int fd)") as Libc["close"],
     eventfd: lib.func("int eventfd(unsigned int initval, int flags)") as Libc["eventfd"],
+    setsockopt: lib.func(
+      "int setsockopt(int fd, int level, int name, const void *value, unsigned int len)",
+    ) as Libc["setsockopt"],
   };
   return libc;
 }
@@ -324,4 +328,19 @@ export function pollFds(fds: { fd: number; events: number }[], timeoutMs: number
     const rev = b.readInt16LE(i * 8 + 6);
     return rev & POLLERR_HUP ? rev | f.events : rev;
   });
+}
+
+const SOL_SOCKET = 1;
+const SO_SNDBUF = 7;
+const SO_SNDBUFFORCE = 32;
+
+/**
+ * Sets a socket's send buffer: SO_SNDBUFFORCE where allowed (root), else SO_SNDBUF (capped
+ * by net.core.wmem_max). Best effort: failures leave the kernel's autotuning in place.
+ */
+export function setSendBuffer(fd: number, bytes: number): void {
+  const v = Buffer.alloc(4);
+  v.writeInt32LE(bytes);
+  if (load().setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, v, 4) !== 0)
+    load().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, v, 4);
 }
