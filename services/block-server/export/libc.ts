@@ -272,35 +272,33 @@ export function splice(
   flags: number,
   fileOffset?: { in?: Buffer; out?: Buffer },
 ): number {
+  return uninterrupted("splice", () =>
+    load().splice(fdIn, fileOffset?.in ?? null, fdOut, fileOffset?.out ?? null, len, flags),
+  );
+}
+
+/** Runs a libc call again while EINTR interrupts it: its result, -1 for EAGAIN, or throws. */
+function uninterrupted(name: string, call: () => number): number {
   for (;;) {
-    const r = load().splice(fdIn, fileOffset?.in ?? null, fdOut, fileOffset?.out ?? null, len, flags);
+    const r = call();
     if (r >= 0) return r;
     const e = koffi.errno();
     if (e === EAGAIN) return -1;
-    if (e !== EINTR) throw new SysError("splice", e);
+    if (e !== EINTR) throw new SysError(name, e);
   }
 }
 
 /** recv(2) without blocking: bytes received, 0 at end of stream, -1 when nothing is ready. */
 export function recvNow(fd: number, buf: Buffer): number {
-  for (;;) {
-    const r = load().recv(fd, buf, buf.length, MSG_DONTWAIT);
-    if (r >= 0) return r;
-    const e = koffi.errno();
-    if (e === EAGAIN) return -1;
-    if (e !== EINTR) throw new SysError("recv", e);
-  }
+  return uninterrupted("recv", () => load().recv(fd, buf, buf.length, MSG_DONTWAIT));
 }
 
 /** send(2) without blocking: bytes sent, 0 when the socket buffer is full. */
 export function sendNow(fd: number, buf: Buffer): number {
-  for (;;) {
-    const r = load().send(fd, buf, buf.length, MSG_DONTWAIT);
-    if (r >= 0) return r;
-    const e = koffi.errno();
-    if (e === EAGAIN) return 0;
-    if (e !== EINTR) throw new SysError("send", e);
-  }
+  return Math.max(
+    0,
+    uninterrupted("send", () => load().send(fd, buf, buf.length, MSG_DONTWAIT)),
+  );
 }
 
 export const POLLIN = 0x1;
