@@ -1,11 +1,13 @@
 // The upstream misbehaving: killed mid-read (EIO after a bounded retry, other clients and
-// local blocks unaffected, reconnect when it is back), and re-pointed at another replica.
-import { copyFileSync } from "node:fs";
+// local blocks unaffected, reconnect when it is back), taking one client at a time, and
+// re-pointed at another replica.
+import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
 import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
+import { createLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { serveProxy } from "./fixtures/proxy-serve.js";
 import { makeImage, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";
@@ -72,6 +74,34 @@ t(
       await p.stop();
       await up.stop();
       await restarted?.stop();
+    }
+  },
+);
+
+t(
+  "an upstream taking one client at a time (qemu-nbd's default): fetches go through that one connection",
+  async () => {
+    const image = join(dir.path, "one.img");
+    const data = makeImage(image, SIZE);
+    const up = await startQemuNbd(image, { shared: 1 });
+    const logged: string[] = [];
+    const log = createLogger({}, { level: "warn", sink: (line) => void logged.push(line) });
+    const p = await serveProxy({ upstreamUrl: up.url, cachePath: join(dir.path, "one.cache"), log });
+    try {
+      assert.ok(
+        logged.some((m) => /takes one connection/.test(m)),
+        "says why fetches take the slower path",
+      );
+      const c = await NbdClient.connect(p.url);
+      assert.ok((await c.read(3 << 20, 65536)).equals(data.subarray(3 << 20, (3 << 20) + 65536)));
+      p.proxy.startCopy();
+      await p.proxy.whenCopied();
+      assert.ok((await c.read(0, SIZE)).equals(data));
+      assert.ok(readFileSync(join(dir.path, "one.cache")).equals(data), "the cache holds the disk");
+      await c.disconnect();
+    } finally {
+      await p.stop();
+      await up.stop();
     }
   },
 );

@@ -239,7 +239,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
         bm = await BitmapFile.create(bitmapPath, { size, blockSize, identity });
       }
       local = new TargetBackend(opts.cachePath);
-      await upstream.startFileFetch(opts.cachePath);
+      const cache = local;
+      await upstream.startFileFetch(opts.cachePath, (o, data) => cache.write(o, data, false));
       const p = new ProxyBackend(opts.cachePath, bm, local, upstream, opts, log);
       await p.learnZeroes();
       if (opts.copyOnOpen) p.startCopy();

@@ -1,7 +1,9 @@
 // The proxy's upstream: a link that comes back by itself. The link is one NBD connection for
 // small reads and block status, plus (once startFileFetch() named the cache) a second one
-// whose READ data a worker splices straight into the cache file (file-fetcher.ts). When
-// either drops, both reconnect with exponential backoff (emitting "lost" and "restored");
+// whose READ data a worker splices straight into the cache file (file-fetcher.ts). A server
+// that takes one client at a time (qemu-nbd without --shared) gets no second connection:
+// fetches then go through the first and are stored with a copy. When either connection
+// drops, both reconnect with exponential backoff (emitting "lost" and "restored");
 // reads retry across a reconnect for a bounded time and then fail with EIO, so a client
 // never hangs on a dead upstream. switchTo() re-points it at another replica of the disk.
 import { createHash } from "node:crypto";
@@ -21,7 +23,16 @@ import { FileFetcher } from "./file-fetcher.js";
 interface Link {
   client: NbdClient;
   fetcher?: FileFetcher;
+  /** How long the client's handshake took (ms): bounds the wait for a second connection. */
+  handshakeMs: number;
 }
+
+/** Stores fetched bytes in the cache (the path taken without a data connection). */
+export type StoreFetched = (offset: number, data: Buffer) => Promise<void>;
+
+/** A second connection that has not finished its handshake after this long (or after 4×
+ * the first one's, on a slow link) is taken as refused: one connection per client. */
+const DATA_CONNECT_MIN_MS = 2000;
 
 export interface UpstreamOptions {
   log: Logger;
@@ -33,9 +44,19 @@ export interface UpstreamOptions {
   client?: NbdClientOptions;
 }
 
+/** The link's first connection, timing its handshake. */
+async function connectClient(url: string, opts: UpstreamOptions): Promise<Link> {
+  const t0 = performance.now();
+  const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...opts.client });
+  return { client, handshakeMs: performance.now() - t0 };
+}
+
 export class Upstream extends EventEmitter {
   private link: Link | undefined;
   private cachePath: string | undefined;
+  private store: StoreFetched | undefined;
+  /** The upstream took no second connection last time we asked (logged once per change). */
+  private single = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private backoff: number;
@@ -55,35 +76,63 @@ export class Upstream extends EventEmitter {
   /** Connects (once; throws if the upstream cannot be reached). */
   static async open(url: string, opts: UpstreamOptions): Promise<Upstream> {
     const canonical = formatNbdUrl(parseNbdUrl(url));
-    const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...opts.client });
-    const u = new Upstream(canonical, client.size, opts);
-    u.attach({ client });
+    const link = await connectClient(url, opts);
+    const u = new Upstream(canonical, link.client.size, opts);
+    u.attach(link);
     return u;
   }
 
-  /** From now on, fetches go straight into `cachePath` (readToFile) over a second connection. */
-  async startFileFetch(cachePath: string): Promise<void> {
+  /**
+   * From now on, fetches go into the cache file named `cachePath` (readToFile): straight, over
+   * a second connection, or, where the upstream takes only one, read here and handed to
+   * `store`.
+   */
+  async startFileFetch(cachePath: string, store: StoreFetched): Promise<void> {
     this.cachePath = cachePath;
+    this.store = store;
     const link = this.link;
     if (!link || link.fetcher) return;
-    const fetcher = await this.openFetcher(this._url);
+    const fetcher = await this.openFetcher(this._url, link);
+    if (!fetcher) return;
     if (this.link !== link) return fetcher.destroy(); // lost meanwhile: the reconnect opens one
     link.fetcher = fetcher;
     this.watch(link, fetcher);
   }
 
-  private openFetcher(url: string): Promise<FileFetcher> {
-    return FileFetcher.open(url, this.cachePath!, { connectTimeoutMs: 5000, ...this.opts.client });
+  /** The data connection, or undefined when the upstream will not take a second one. */
+  private async openFetcher(url: string, link: Link): Promise<FileFetcher | undefined> {
+    const timeout = Math.max(DATA_CONNECT_MIN_MS, 4 * link.handshakeMs);
+    try {
+      const f = await FileFetcher.open(url, this.cachePath!, {
+        ...this.opts.client,
+        connectTimeoutMs: timeout,
+      });
+      if (this.single)
+        this.opts.log.info("upstream took a second connection: fetching zero-copy again", { url });
+      this.single = false;
+      return f;
+    } catch (e) {
+      // A server it could reach a moment ago that does not answer a second connection.
+      if (!(e instanceof NbdConnectionError) || link.client.closed) throw e;
+      if (!this.single)
+        this.opts.log.warn("upstream takes one connection: fetching through it, with a copy per byte", {
+          url,
+          err: (e as Error).message,
+        });
+      this.single = true;
+      return undefined;
+    }
   }
 
-  /** Opens a full link to `url` (both connections when fetching to the cache). */
+  /** Opens a full link to `url` (both connections when fetching to the cache and the server allows). */
   private async connectLink(url: string): Promise<Link> {
-    const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...this.opts.client });
-    if (this.cachePath === undefined) return { client };
+    const link = await connectClient(url, this.opts);
+    if (this.cachePath === undefined) return link;
     try {
-      return { client, fetcher: await this.openFetcher(url) };
+      link.fetcher = await this.openFetcher(url, link);
+      return link;
     } catch (e) {
-      client.destroy();
+      link.client.destroy();
       throw e;
     }
   }
@@ -194,11 +243,11 @@ export class Upstream extends EventEmitter {
    * startFileFetch(), the data never passing through this thread; retries like read().
    */
   readToFile(offset: number, length: number): Promise<void> {
-    if (this.cachePath === undefined) throw new Error("readToFile before startFileFetch");
-    return this.retrying(`read at ${offset}+${length}`, (l) => {
-      // A link without its fetcher is one whose startFileFetch() raced a loss: reconnect.
-      if (!l.fetcher) throw new NbdConnectionError("upstream data connection not open yet");
-      return l.fetcher.read(offset, length);
+    const store = this.store;
+    if (!store) throw new Error("readToFile before startFileFetch");
+    return this.retrying(`read at ${offset}+${length}`, async (l) => {
+      if (l.fetcher) return l.fetcher.read(offset, length);
+      return store(offset, await l.client.read(offset, length));
     });
   }
 
@@ -217,7 +266,6 @@ export class Upstream extends EventEmitter {
           throw new BackendError(`upstream ${what} failed: ${(e as Error).message}`, "EIO");
         this.lastError = e.message;
         if (performance.now() >= deadline) throw this.unavailable(what);
-        if (this.link === l && !l.fetcher) await new Promise((r) => setTimeout(r, 10));
       }
     }
   }
