@@ -89,7 +89,7 @@ t(
     const p = await serveProxy({ upstreamUrl: up.url, cachePath: join(dir.path, "one.cache"), log });
     try {
       assert.ok(
-        logged.some((m) => /takes one connection/.test(m)),
+        logged.some((m) => /no second connection to the upstream/.test(m)),
         "says why fetches take the slower path",
       );
       const c = await NbdClient.connect(p.url);

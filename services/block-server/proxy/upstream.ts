@@ -115,10 +115,13 @@ export class Upstream extends EventEmitter {
       // A server it could reach a moment ago that does not answer a second connection.
       if (!(e instanceof NbdConnectionError) || link.client.closed) throw e;
       if (!this.single)
-        this.opts.log.warn("upstream takes one connection: fetching through it, with a copy per byte", {
-          url,
-          err: (e as Error).message,
-        });
+        this.opts.log.warn(
+          "no second connection to the upstream (it may take one client at a time): fetching through the first, with a copy per byte",
+          {
+            url,
+            err: (e as Error).message,
+          },
+        );
       this.single = true;
       return undefined;
     }
