@@ -63,6 +63,7 @@ export interface ExportStatus {
   copy: { running: boolean; rateBytesPerSec: number; inFlight: number; done: boolean; lastError: string };
   upstreamConnected: boolean;
   upstreamError: string;
+  upstreamZeroCopy: boolean;
 }
 
 export type ProgressKind =
@@ -285,6 +286,7 @@ export class BlockServer extends EventEmitter {
       },
       upstreamConnected: e.mode === "proxy" && (ps?.upstream.connected ?? false),
       upstreamError: e.mode === "proxy" ? (ps?.upstream.lastError ?? "") : "",
+      upstreamZeroCopy: e.mode === "proxy" && (ps?.upstream.zeroCopy ?? false),
     };
   }
 

@@ -218,7 +218,7 @@ export function formatStatus(s: ExportStatus): string {
   ];
   if (mode === "proxy")
     lines.push(
-      `  upstream  ${e.upstreamUrl} (${s.upstreamConnected ? "connected" : `down: ${s.upstreamError}`})`,
+      `  upstream  ${e.upstreamUrl} (${s.upstreamConnected ? (s.upstreamZeroCopy ? "connected, zero-copy fetch" : "connected, one connection: fetches copied") : `down: ${s.upstreamError}`})`,
     );
   lines.push(
     `  local     ${s.blocksLocal}/${s.blocksTotal} blocks (${pct}%)`,

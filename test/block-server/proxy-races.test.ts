@@ -58,6 +58,7 @@ t("concurrent reads of the same blocks share one fetch; adjacent misses merge", 
   assert.ok(got[2].equals(data.subarray(BS - 10, BS + 10)));
   const s = p.stats();
   assert.is(s.bytesFetchedOnDemand, 3 * BS, "blocks 0..2 fetched once");
+  assert.ok(s.upstream.zeroCopy, "fetched over the zero-copy data connection");
   assert.is(s.fetchLatency.count, 1, "in one upstream request");
   assert.ok(s.fetchLatency.p50Ms >= 150, "the upstream's delay is in the latency");
 });

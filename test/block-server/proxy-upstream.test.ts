@@ -92,6 +92,8 @@ t(
         logged.some((m) => /no second connection to the upstream/.test(m)),
         "says why fetches take the slower path",
       );
+      assert.is(p.proxy.stats().upstream.zeroCopy, false, "status shows the copying path");
+      assert.ok(p.proxy.stats().upstream.connected);
       const c = await NbdClient.connect(p.url);
       assert.ok((await c.read(3 << 20, 65536)).equals(data.subarray(3 << 20, (3 << 20) + 65536)));
       p.proxy.startCopy();

@@ -227,6 +227,11 @@ export interface ExportStatus {
   backgroundCopy: BackgroundCopy | undefined;
   upstreamConnected: boolean;
   upstreamError: string;
+  /**
+   * Fetches go from a second upstream connection straight into the cache (zero-copy); false
+   * while connected means the upstream took one connection only and fetches are copied.
+   */
+  upstreamZeroCopy: boolean;
 }
 
 export interface GetExportStatusResponse {
@@ -1649,6 +1654,7 @@ function createBaseExportStatus(): ExportStatus {
     backgroundCopy: undefined,
     upstreamConnected: false,
     upstreamError: "",
+    upstreamZeroCopy: false,
   };
 }
 
@@ -1686,6 +1692,9 @@ export const ExportStatus: MessageFns<ExportStatus> = {
     }
     if (message.upstreamError !== "") {
       writer.uint32(90).string(message.upstreamError);
+    }
+    if (message.upstreamZeroCopy !== false) {
+      writer.uint32(96).bool(message.upstreamZeroCopy);
     }
     return writer;
   },
@@ -1791,6 +1800,14 @@ export const ExportStatus: MessageFns<ExportStatus> = {
             message.upstreamError = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.upstreamZeroCopy = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1856,6 +1873,11 @@ export const ExportStatus: MessageFns<ExportStatus> = {
         : isSet(object.upstream_error)
         ? globalThis.String(object.upstream_error)
         : "",
+      upstreamZeroCopy: isSet(object.upstreamZeroCopy)
+        ? globalThis.Boolean(object.upstreamZeroCopy)
+        : isSet(object.upstream_zero_copy)
+        ? globalThis.Boolean(object.upstream_zero_copy)
+        : false,
     };
   },
 
@@ -1894,6 +1916,9 @@ export const ExportStatus: MessageFns<ExportStatus> = {
     if (message.upstreamError !== "") {
       obj.upstreamError = message.upstreamError;
     }
+    if (message.upstreamZeroCopy !== false) {
+      obj.upstreamZeroCopy = message.upstreamZeroCopy;
+    }
     return obj;
   },
 
@@ -1919,6 +1944,7 @@ export const ExportStatus: MessageFns<ExportStatus> = {
       : undefined;
     message.upstreamConnected = object.upstreamConnected ?? false;
     message.upstreamError = object.upstreamError ?? "";
+    message.upstreamZeroCopy = object.upstreamZeroCopy ?? false;
     return message;
   },
 };

@@ -45,6 +45,7 @@ export function statusToPb(s: ExportStatus): PbExportStatus {
     },
     upstreamConnected: s.upstreamConnected,
     upstreamError: s.upstreamError,
+    upstreamZeroCopy: s.upstreamZeroCopy,
   };
 }
 

@@ -83,7 +83,14 @@ export interface ProxyStats {
     concurrency: number;
     lastError: string | undefined;
   };
-  upstream: { url: string; connected: boolean; lastError: string | undefined; reconnects: number };
+  upstream: {
+    url: string;
+    connected: boolean;
+    /** Fetches go straight into the cache over a second connection. */
+    zeroCopy: boolean;
+    lastError: string | undefined;
+    reconnects: number;
+  };
   promoted: boolean;
 }
 
@@ -673,6 +680,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       upstream: {
         url: this.upstream.url,
         connected: this.upstream.connected,
+        zeroCopy: this.upstream.zeroCopy,
         lastError: this.upstream.lastError,
         reconnects: this.upstream.reconnects,
       },

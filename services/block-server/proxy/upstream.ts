@@ -153,6 +153,11 @@ export class Upstream extends EventEmitter {
     return this.link !== undefined;
   }
 
+  /** Fetches go straight into the cache over a second connection (see startFileFetch). */
+  get zeroCopy(): boolean {
+    return this.link?.fetcher !== undefined;
+  }
+
   /** True when the upstream can answer base:allocation block status. */
   get hasBlockStatus(): boolean {
     return this.link?.client.metaContextId !== undefined;
