@@ -132,9 +132,12 @@ class FetchWorker {
     return any;
   }
 
-  /** Moves whatever has arrived; true if it made progress. */
+  /**
+   * Moves whatever has arrived; true if it made progress. Also when nothing is asked for:
+   * the server hanging up (or sending what no one asked for) must end the worker, not leave
+   * it polling a dead socket.
+   */
   private receive(): boolean {
-    if (this.pending.size === 0 && !this.cur && this.headerGot === 0) return false;
     return this.cur ? this.moveData(this.cur) : this.readHeader();
   }
 
@@ -200,7 +203,7 @@ class FetchWorker {
 
   /** Sleeps until the socket can move something or the main thread wakes us. */
   private waitForWork(): void {
-    const sockEvents = (this.pending.size > 0 ? POLLIN : 0) | (this.outbox.length > 0 ? POLLOUT : 0);
+    const sockEvents = POLLIN | (this.outbox.length > 0 ? POLLOUT : 0);
     const [wake] = pollFds(
       [
         { fd: this.d.wakeFd, events: POLLIN },
