@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // The one test command: lint, typecheck, then every test file in its own process
 // (uvu loads every given file into one process; isolating files keeps ports, namespaces
-// and crashed children from leaking between suites). Ends with `N passed, N failed`.
-import { spawnSync } from "node:child_process";
+// and crashed children from leaking between suites: each file runs in a process group of
+// its own, killed whole once the file is done, so servers a crashed or timed-out file
+// started die with it). Ends with `N passed, N failed`.
+import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 
@@ -49,16 +51,45 @@ if (!noLint && filters.length === 0) {
 const files = findTests(join(root, "test")).filter(
   (f) => filters.length === 0 || filters.some((x) => relative(root, f).includes(x)),
 );
+/** Runs one test file in its own process group; kills the group when it ends or times out. */
+function runFile(f) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", f], {
+      cwd: root,
+      env: { ...process.env, FORCE_COLOR: "0" },
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (b) => (stdout += b));
+    child.stderr.on("data", (b) => (stderr += b));
+    const killGroup = (sig) => {
+      try {
+        process.kill(-child.pid, sig);
+      } catch {}
+    };
+    let timedOut = false;
+    const timer = setTimeout(
+      () => {
+        timedOut = true;
+        killGroup("SIGTERM");
+        setTimeout(() => killGroup("SIGKILL"), 5000).unref();
+      },
+      Number(process.env.VMHOP_TEST_FILE_TIMEOUT_MS ?? 600_000),
+    );
+    child.on("close", (status, signal) => {
+      clearTimeout(timer);
+      killGroup("SIGKILL"); // anything the file left running
+      resolve({ status, signal: signal ?? (timedOut ? "SIGTERM (timeout)" : null), stdout, stderr });
+    });
+  });
+}
+
 for (const f of files) {
   const name = relative(root, f);
   const t0 = Date.now();
-  const r = spawnSync(process.execPath, ["--import", "tsx", f], {
-    cwd: root,
-    encoding: "utf8",
-    env: { ...process.env, FORCE_COLOR: "0" },
-    timeout: Number(process.env.VMHOP_TEST_FILE_TIMEOUT_MS ?? 600_000),
-    maxBuffer: 64 << 20,
-  });
+  const r = await runFile(f);
   const out = (r.stdout ?? "") + (r.stderr ?? "");
   const num = (label) => Number(new RegExp(`${label}:\\s+(\\d+)`).exec(out)?.[1] ?? 0);
   const total = num("Total");

@@ -151,10 +151,12 @@ t(
     await f.read(0, 4096);
     const closed = new Promise<Error>((r) => f.once("close", r));
     await up.kill();
+    let timer: NodeJS.Timeout | undefined;
     const err = await Promise.race([
       closed,
-      new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000)),
+      new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 5000))),
     ]);
+    clearTimeout(timer);
     assert.ok(err, "close reported");
     assert.match(String(err?.message), /closed the connection/);
     assert.instance(await f.read(0, 1).catch((e) => e), NbdConnectionError);
