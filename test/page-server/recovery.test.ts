@@ -2,18 +2,14 @@
 // post-copy is recovered on a new channel and the VM survives, its heartbeat unbroken. Both
 // channel paths, forced: relayed (compression "auto", urgent lane), and handed to QEMU
 // (compression "off"; the recovery then relays).
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import { PageHost } from "../../services/page-server/host.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { ensureGuest } from "./guest.js";
+import { assertGuestContinued, finished } from "./guest-continues.js";
 import { Link } from "./link.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "post-copy recovery");
@@ -24,25 +20,6 @@ test.after(async () => {
   for (const c of closers.reverse()) await c();
   dir.cleanup();
 });
-
-function heartbeats(logs: string[]) {
-  return splitLines(Buffer.concat(logs.map((p) => readFileSync(p))))
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
-}
-
-function finished(rec: MigrationRecord): Promise<MigrationRecord> {
-  return new Promise((resolve) => {
-    if (isFinalPhase(rec.phase)) return resolve(rec);
-    const on = (r: MigrationRecord) => {
-      if (isFinalPhase(r.phase)) {
-        rec.events.off("update", on);
-        resolve(r);
-      }
-    };
-    rec.events.on("update", on);
-  });
-}
 
 for (const path of ["relay", "handoff"] as const)
   migTest(
@@ -99,24 +76,7 @@ for (const path of ["relay", "handoff"] as const)
       assert.ok(end.recoveries >= 1, "no recovery happened");
       assert.ok(b.migration("mig-r").recoveries >= 1);
 
-      const logs = [src.paths.serialLog, dst.paths.serialLog];
-      const deadline = Date.now() + 60_000;
-      let after = heartbeats(logs).at(-1);
-      while ((after?.passes ?? 0) < passesBefore + 2 && Date.now() < deadline) {
-        await sleep(200);
-        after = heartbeats(logs).at(-1);
-      }
-      assert.ok((after?.passes ?? 0) >= passesBefore + 2, "no full verification pass at the destination");
-      assert.is(after!.memErrors, 0, "memory verification failed after recovery");
-      const all = heartbeats(logs);
-      assert.equal(
-        all.filter((h, i) => i > 0 && h.counter !== all[i - 1].counter + 1),
-        [],
-        "heartbeat counter broke",
-      );
-      assert.is(dst.state, "running");
-      for (let i = 0; i < 50 && src.state !== "stopped"; i++) await sleep(100);
-      assert.is(src.state, "stopped");
+      await assertGuestContinued(src, dst, passesBefore);
       console.log(
         `recovery (${path}): ${end.recoveries} recovery, max heartbeat gap ${dst.serial.tracker.stats.maxGapMs} ms, ` +
           `${end.channelBytes.forward} B over the channel`,
