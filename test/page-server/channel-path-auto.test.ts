@@ -1,17 +1,10 @@
-// The channel path chosen from the measured link, with real QEMU: on loopback the defaults
-// hand the connection to QEMU; through the testbed WAN relay (10 ms each way) they relay with
-// the urgent lane (which the destination sets from the hello). Explicit paths win either
-// way; contradictory requests fail before anything starts. Pure post-copy, heartbeat unbroken.
-import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { startRelay } from "../../deploy/testbed/relay.js";
 import { NEAR_LINK_RTT_MS } from "../../services/page-server/channel/path-policy.js";
-import { HostError, PageHost, type StartMigrationOptions } from "../../services/page-server/host.js";
+import { HostError, type PageHost, type StartMigrationOptions } from "../../services/page-server/host.js";
 import { gate, tempDir } from "../helpers/env.js";
-import { ensureGuest } from "./guest.js";
-import { assertGuestContinued, finished } from "./guest-continues.js";
+import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 
 const migTest = gate(
   test,
@@ -45,24 +38,7 @@ async function migrate(
   request: Partial<StartMigrationOptions>,
   before?: (a: PageHost, vmId: string, channel: string) => Promise<void>,
 ) {
-  const guest = await ensureGuest();
-  const a = new PageHost({ runRoot: join(dir.path, `${tag}-a`) });
-  const b = new PageHost({ runRoot: join(dir.path, `${tag}-b`) });
-  for (const h of [a, b]) {
-    await h.open();
-    closers.push(() => h.close());
-  }
-  const spec = {
-    name: tag,
-    vcpus: 1,
-    memoryMib: 160,
-    kernel: guest.kernel,
-    initrd: guest.initrd,
-    cmdline: guestCmdline({ memMib: 48, rateMib: 16, verifyMib: 48 }),
-  };
-  a.define(spec);
-  const src = await a.start(spec.name);
-  await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+  const { a, b, spec, src } = await guestOnTwoHosts(dir.path, tag, closers);
   const id = `${tag}-1`;
   let channel = await b.prepareIncoming(spec, id, { mode: "postcopy" });
   if (link === "wan") {

@@ -1,13 +1,49 @@
-// Test helper: a migration's end, and the guest's heartbeat continuing across it (counter
-// unbroken over both serial logs, memory verified at the destination, the source QEMU gone).
+// Test helpers for migrations between two page-servers: the test guest running on the first
+// host, a migration's end, and the guest's heartbeat continuing across it (counter unbroken
+// over both serial logs, memory verified at the destination, the source QEMU gone).
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
-import type { MigrationRecord } from "../../services/page-server/host.js";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
+import { ensureGuest } from "./guest.js";
+
+/**
+ * Two page-servers under `root` (`${tag}-a`, `${tag}-b`, closed by `closers`) and the test
+ * guest running on the first with one memory verification pass done.
+ */
+export async function guestOnTwoHosts(
+  root: string,
+  tag: string,
+  closers: (() => Promise<void>)[],
+  opts: { name?: string; memoryMib?: number; workload?: Parameters<typeof guestCmdline>[0] } = {},
+): Promise<{ a: PageHost; b: PageHost; spec: VmSpec; src: Vm }> {
+  const guest = await ensureGuest();
+  const a = new PageHost({ runRoot: join(root, `${tag}-a`) });
+  const b = new PageHost({ runRoot: join(root, `${tag}-b`) });
+  for (const h of [a, b]) {
+    await h.open();
+    closers.push(() => h.close());
+  }
+  const spec: VmSpec = {
+    name: opts.name ?? tag,
+    vcpus: 1,
+    memoryMib: opts.memoryMib ?? 160,
+    kernel: guest.kernel,
+    initrd: guest.initrd,
+    cmdline: guestCmdline(opts.workload ?? { memMib: 48, rateMib: 16, verifyMib: 48 }),
+  };
+  a.define(spec);
+  const src = await a.start(spec.name);
+  await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+  return { a, b, spec, src };
+}
 
 /** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
 export function heartbeats(logs: string[]) {

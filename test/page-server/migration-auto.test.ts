@@ -1,13 +1,10 @@
-// Mode "auto": the choice rule (pure), and a light guest migrated by a PageHost in auto mode.
-import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
+import type { MigrationRecord } from "../../services/page-server/host.js";
 import { chooseMode, measureDirtyRate } from "../../services/page-server/migration/auto.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { gate, tempDir } from "../helpers/env.js";
-import { ensureGuest } from "./guest.js";
+import { guestOnTwoHosts } from "./guest-continues.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "auto mode migration");
 const dir = tempDir("vmhop-auto-");
@@ -42,24 +39,11 @@ test("chooseMode: pre-copy when it converges, hybrid in between, post-copy when 
 migTest(
   "auto on a light guest picks pre-copy and completes; the measured dirty rate is plausible",
   async () => {
-    const guest = await ensureGuest();
-    const a = new PageHost({ runRoot: join(dir.path, "a") });
-    const b = new PageHost({ runRoot: join(dir.path, "b") });
-    for (const h of [a, b]) {
-      await h.open();
-      closers.push(() => h.close());
-    }
-    const spec = {
+    const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "auto", closers, {
       name: "vm1",
-      vcpus: 1,
       memoryMib: 128,
-      kernel: guest.kernel,
-      initrd: guest.initrd,
-      cmdline: guestCmdline({ memMib: 24, rateMib: 2, verifyMib: 24 }),
-    };
-    a.define(spec);
-    const src = await a.start("vm1");
-    await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
+      workload: { memMib: 24, rateMib: 2, verifyMib: 24 },
+    });
     const rate = await measureDirtyRate(src);
     assert.ok(rate < 64 * MiB, `measured ${rate} B/s for a 2 MiB/s workload`);
 

@@ -1,15 +1,7 @@
-// The link between two page-servers breaks during post-copy and comes back: the paused
-// post-copy is recovered on a new channel and the VM survives, its heartbeat unbroken. Both
-// channel paths, forced: relayed (compression "auto", urgent lane), and handed to QEMU
-// (compression "off"; the recovery then relays).
-import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { PageHost } from "../../services/page-server/host.js";
 import { gate, tempDir } from "../helpers/env.js";
-import { ensureGuest } from "./guest.js";
-import { assertGuestContinued, finished } from "./guest-continues.js";
+import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 import { Link } from "./link.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "post-copy recovery");
@@ -25,28 +17,13 @@ for (const path of ["relay", "handoff"] as const)
   migTest(
     `link cut during post-copy, restored (${path}): post-copy recovers, VM survives at the destination`,
     async () => {
-      const guest = await ensureGuest();
-      const a = new PageHost({ runRoot: join(dir.path, `${path}-a`) });
-      const b = new PageHost({ runRoot: join(dir.path, `${path}-b`) });
-      for (const h of [a, b]) {
-        await h.open();
-        closers.push(() => h.close());
-      }
+      const { a, b, spec, src } = await guestOnTwoHosts(dir.path, path, closers, {
+        name: "vm1",
+        workload: { memMib: 64, rateMib: 16, verifyMib: 48 },
+      });
       const link = new Link(b.channelListenAddress);
       await link.open();
       closers.push(() => link.close());
-
-      const spec = {
-        name: "vm1",
-        vcpus: 1,
-        memoryMib: 160,
-        kernel: guest.kernel,
-        initrd: guest.initrd,
-        cmdline: guestCmdline({ memMib: 64, rateMib: 16, verifyMib: 48 }),
-      };
-      a.define(spec);
-      const src = await a.start("vm1");
-      await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
       await b.prepareIncoming(spec, "mig-r");
       const dst = b.get("vm1");
       const passesBefore = src.serial.tracker.stats.last!.passes;
