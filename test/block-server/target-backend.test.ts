@@ -123,4 +123,21 @@ test("write with FUA, flush, and use after close", async () => {
   assert.is(err.errno, "ESHUTDOWN");
 });
 
+test("zero-copy ranges: data once known needs no new look, but a punched hole is seen at once", async () => {
+  const p = image(2 * MiB, [[0, MiB]]);
+  const t = new TargetBackend(p);
+  await t.read(0, MiB); // into the page cache
+  const first = t.cachedFileRange(0, 64 << 10);
+  if (first === null) return; // no cachestat(2) here: the zero-copy path is never taken
+  assert.ok(t.cachedFileRange(512 << 10, 64 << 10), "later in the same extent");
+  assert.is(t.cachedFileRange(MiB - 4096, 8192), null, "runs into the hole after the data");
+  await t.trim(128 << 10, 64 << 10, false);
+  assert.is(t.cachedFileRange(128 << 10, 64 << 10), null, "the punched hole goes out as a hole");
+  assert.is(t.cachedFileRange(64 << 10, 128 << 10), null, "a range across it too");
+  assert.ok(t.cachedFileRange(0, 64 << 10), "data before it still by sendfile");
+  await t.writeZeroes(256 << 10, 64 << 10, { fua: false, noHole: false, fastZero: false });
+  assert.is(t.cachedFileRange(256 << 10, 64 << 10), null, "WRITE_ZEROES punched too");
+  await t.close();
+});
+
 test.run();

@@ -109,6 +109,11 @@ export class TargetBackend implements Backend {
   readonly blockSizes = { minimum: 1, preferred: 4096, maximum: MAX_REQUEST_LENGTH };
   private fd: number;
   private closed = false;
+  /**
+   * A range the last SEEK_HOLE showed to hold no hole, so sequential reads ask the file
+   * system once per extent rather than per request; forgotten whenever a hole is punched.
+   */
+  private knownData = { start: 0, end: 0 };
 
   /** Opens `path` (must exist; a raw image). Throws the fs error if it cannot. */
   constructor(
@@ -151,7 +156,12 @@ export class TargetBackend implements Backend {
     if (this.closed) return null;
     if (!isCached(this.fd, offset, length)) return null;
     // A hole inside should go out as a hole chunk: take the normal path then.
-    if (!noHoles && (seek(this.fd, offset, SEEK_HOLE) ?? this.size) < offset + length) return null;
+    const known = offset >= this.knownData.start && offset + length <= this.knownData.end;
+    if (!noHoles && !known) {
+      const hole = seek(this.fd, offset, SEEK_HOLE) ?? this.size;
+      if (hole < offset + length) return null;
+      this.knownData = { start: offset, end: hole };
+    }
     return { fd: this.fd, offset };
   }
 
@@ -205,6 +215,7 @@ export class TargetBackend implements Backend {
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     const fd = this.check();
+    this.knownData = { start: 0, end: 0 };
     try {
       fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
     } catch {
@@ -219,6 +230,7 @@ export class TargetBackend implements Backend {
       ? [FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]
       : [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE];
     let done = false;
+    this.knownData = { start: 0, end: 0 };
     for (const mode of modes) {
       try {
         fallocate(fd, mode, offset, length);
