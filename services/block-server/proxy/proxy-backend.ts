@@ -105,19 +105,14 @@ export type ProxyEvent =
   | "promoted"
   | "fetch-error";
 
-interface Deferred {
+/** A busy block: settles once it is local (stored or written), or on failure. */
+interface Busy {
   promise: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
 }
 
-/** A busy block: settles once it is local (stored or written), or on failure. */
-interface Busy extends Deferred {
-  /** Being fetched (or queued to be); false while a local change holds it. */
-  fetching: boolean;
-}
-
-function deferred(fetching: boolean): Busy {
+function deferred(): Busy {
   let resolve!: () => void;
   let reject!: (e: Error) => void;
   const promise = new Promise<void>((a, b) => {
@@ -125,7 +120,7 @@ function deferred(fetching: boolean): Busy {
     reject = b;
   });
   promise.catch(() => {}); // waiters use allSettled or their own fetch's promise
-  return { promise, resolve, reject, fetching };
+  return { promise, resolve, reject };
 }
 
 export class ProxyBackend extends EventEmitter implements Backend {
@@ -295,7 +290,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     for (let b = run.first; b < run.first + run.count; b++) {
       let d = this.busy.get(b);
       if (!d) {
-        d = deferred(true);
+        d = deferred();
         this.busy.set(b, d);
       }
       ds.push(d);
@@ -376,18 +371,14 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   /** Queues a block for the next demand batch (this event-loop turn's misses, merged). */
   private queueDemand(b: number): Promise<void> {
-    return this.queueDemandBlock(b).promise;
-  }
-
-  private queueDemandBlock(b: number): Busy {
-    const d = deferred(true);
+    const d = deferred();
     this.busy.set(b, d);
     this.demandQueue.push(b);
     if (!this.demandScheduled) {
       this.demandScheduled = true;
       setImmediate(() => this.issueDemand());
     }
-    return d;
+    return d.promise;
   }
 
   private issueDemand(): void {
@@ -418,7 +409,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
           const d = this.busy.get(b);
           if (d) others.add(d.promise);
           else if (this.covers(b, offset, length)) {
-            const c = deferred(false);
+            const c = deferred();
             this.busy.set(b, c);
             mine.set(b, c);
           } else if (fetchPartial) partial.push(b);
@@ -688,10 +679,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     };
   }
 
-  /**
-   * Resolves once every fetch now in flight is stored and its blocks marked local (a read is
-   * answered from the fetched bytes before that).
-   */
+  /** Resolves once every fetch and local change now in flight has settled (stored and marked, or failed). */
   async settled(): Promise<void> {
     await Promise.allSettled([...this.busy.values()].map((d) => d.promise));
   }
@@ -699,8 +687,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.copier.stop();
-    // Reads may have been answered before their fetch was stored: let those stores finish
-    // so the final bitmap records them.
+    // Fetches still in flight (a client's, the copy's last) finish first, so the final
+    // bitmap records what they stored.
     await this.settled();
     try {
       await this.persist();

@@ -238,17 +238,15 @@ export class Upstream extends EventEmitter {
     );
   }
 
-  /**
-   * Reads from upstream (into `into` when given, exactly `length` bytes), retrying across
-   * reconnects for the retry window; else EIO.
-   */
-  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.retrying(`read at ${offset}+${length}`, (l) => l.client.read(offset, length, into));
+  /** Reads exactly `length` bytes from upstream, retrying across reconnects for the retry window; else EIO. */
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.retrying(`read at ${offset}+${length}`, (l) => l.client.read(offset, length));
   }
 
   /**
    * Copies [offset, offset+length) into the same place of the cache file named by
-   * startFileFetch(), the data never passing through this thread; retries like read().
+   * startFileFetch(): spliced by the data connection's worker, or, without one, read here and
+   * handed to the store callback. Retries like read().
    */
   readToFile(offset: number, length: number): Promise<void> {
     const store = this.store;

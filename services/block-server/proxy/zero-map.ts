@@ -3,16 +3,12 @@
 // one block-status reply at a time, in the background; until a range is learned its blocks
 // are fetched as usual, so the map only ever saves work. Only whole blocks inside a zero
 // extent count (a block half zero must still be fetched).
+import type { Extent } from "../export/backend.js";
 import { NBD_STATE_ZERO } from "../nbd/protocol/constants.js";
 import { BlockBitmap } from "./block-bitmap.js";
 
-export interface StatusExtent {
-  length: number;
-  flags: number;
-}
-
 /** Block status of [offset, offset+length), or undefined when the upstream cannot say. */
-export type StatusSource = (offset: number, length: number) => Promise<StatusExtent[] | undefined>;
+export type StatusSource = (offset: number, length: number) => Promise<Extent[] | undefined>;
 
 /** Largest range asked about at once (servers may answer for less). */
 const ASK_BYTES = 1 << 30;
@@ -41,7 +37,7 @@ export class ZeroMap {
    * Records the extents of a reply for [offset, …): pure bookkeeping. Returns the end of
    * what they covered (the next offset to ask about).
    */
-  record(offset: number, extents: StatusExtent[]): number {
+  record(offset: number, extents: Extent[]): number {
     const bs = this.blockSize;
     let at = offset;
     for (const e of extents) {
