@@ -1,7 +1,14 @@
-// `npm run bench -- nbd [--quick] [--size-mib 256] [--runs 3] [--qemu-img]`: sequential read
-// throughput of a whole image with `nbdcopy URI null:` (optionally `qemu-img convert` to a
-// null target too) for vmhop's block-server in target, proxy (cold, warm) and two-hop
-// cascade mode, against nbdkit and qemu-nbd serving the same file in the same run.
+// `npm run bench -- nbd [--quick] [--size-mib 256] [--runs 3] [--qemu-img] [--fresh-process]`:
+// sequential read throughput of a whole image with `nbdcopy URI null:` (optionally
+// `qemu-img convert` to a null target too) for vmhop's block-server in target, proxy (cold,
+// warm) and two-hop cascade mode, against nbdkit and qemu-nbd serving the same file in the
+// same run.
+//
+// Runs are interleaved: round r runs every case and subject once, so the machine's drift over
+// the minutes of a benchmark falls on all of them alike. vmhop is measured as it is deployed,
+// a long-running block-server per host whose exports are created for each run over gRPC (one
+// server per cascade hop); nbdkit and qemu-nbd, which take their export on the command line,
+// start a process per run. `--fresh-process` starts a vmhop process per run as well.
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../test/helpers/env.js";
@@ -12,6 +19,8 @@ import {
   nbdkitCow,
   nbdkitFile,
   qemuNbd,
+  type VmhopDaemon,
+  vmhopDaemon,
   vmhopProxy,
   vmhopTarget,
 } from "./lib/nbd-servers.js";
@@ -34,13 +43,17 @@ interface Setup {
   start(tmp: string): Promise<{ uri: string; servers: NbdServer[] }>;
 }
 
-function setups(image: string, origin: () => string): Setup[] {
+/** Where vmhop's exports live: a running block-server per hop, or (null) a new process per run. */
+type Hosts = VmhopDaemon[] | null;
+
+function setups(image: string, origin: () => string, hosts: Hosts): Setup[] {
+  const unique = () => Math.random().toString(36).slice(2);
   const proxyChain = (hops: number) => async (tmp: string) => {
     const servers: NbdServer[] = [];
     let up = origin();
     for (let i = 0; i < hops; i++) {
-      const cache = join(tmp, `cache-${i}-${Math.random().toString(36).slice(2)}`);
-      const s = await vmhopProxy(up, cache);
+      const cache = join(tmp, `cache-${i}-${unique()}`);
+      const s = hosts ? await hosts[i].proxy(up, cache, `p${i}-${unique()}`) : await vmhopProxy(up, cache);
       servers.push(s);
       up = s.uri;
     }
@@ -61,7 +74,11 @@ function setups(image: string, origin: () => string): Setup[] {
     return { uri: s.uri, servers: [s] };
   };
   return [
-    { case: "target", subject: "vmhop", start: one(() => vmhopTarget(image)) },
+    {
+      case: "target",
+      subject: "vmhop",
+      start: one(() => (hosts ? hosts[0].target(image, `t-${unique()}`) : vmhopTarget(image))),
+    },
     { case: "target", subject: "nbdkit", start: one(() => nbdkitFile(image)) },
     { case: "target", subject: "qemu-nbd", start: one(() => qemuNbd(image)) },
     { case: "proxy-cold", subject: "vmhop", start: proxyChain(1) },
@@ -79,35 +96,41 @@ export async function main(args: string[]): Promise<void> {
   const runs = Number(flagValue(args, "--runs") ?? 3);
   if (!(sizeMib >= 1) || !(runs >= 1)) throw new Error("--size-mib and --runs must be positive numbers");
   const clients: Client[] = hasFlag(args, "--qemu-img") ? ["nbdcopy", "qemu-img"] : ["nbdcopy"];
+  const freshProcess = hasFlag(args, "--fresh-process");
   const size = sizeMib << 20;
   const tmp = tempDir("vmhop-bench-nbd-");
   const image = join(tmp.path, "disk.raw");
   makeImage(image, size);
   // Proxies read from an nbdkit file server (the same upstream for vmhop and the reference).
   const origin = await nbdkitFile(image);
+  const hosts: Hosts = freshProcess ? null : [await vmhopDaemon(), await vmhopDaemon()];
   const cases: BenchCase[] = [];
   try {
     for (const client of clients) {
-      for (const s of setups(image, () => origin.uri)) {
-        const perRun: Metrics[] = [];
-        for (let i = 0; i < runs; i++) {
+      const all = setups(image, () => origin.uri, hosts);
+      const perRun: Metrics[][] = all.map(() => []);
+      for (let i = 0; i < runs; i++) {
+        for (const [k, s] of all.entries()) {
           const { uri, servers } = await s.start(tmp.path);
           try {
             if (s.warm) await readAll(client, uri, size);
-            perRun.push({ mib_per_s: await readAll(client, uri, size) });
+            perRun[k].push({ mib_per_s: await readAll(client, uri, size) });
           } finally {
             for (const srv of servers.reverse()) await srv.close();
             // Drop the proxies' caches now: their dirty pages would be written back during later runs.
             for (const f of readdirSync(tmp.path)) if (f.startsWith("cache-")) rmSync(join(tmp.path, f));
           }
         }
-        const c = summarise(s.case, s.subject, perRun);
+        console.error(`round ${i + 1}/${runs} (${client}) done`);
+      }
+      for (const [k, s] of all.entries()) {
+        const c = summarise(s.case, s.subject, perRun[k]);
         if (client !== "nbdcopy") c.case = `${s.case}/${client}`;
         cases.push(c);
-        console.error(`${c.case} ${c.subject}: ${(c.metrics.mib_per_s as number).toFixed(0)} MiB/s`);
       }
     }
   } finally {
+    for (const h of hosts ?? []) await h.close();
     await origin.close();
     rmSync(tmp.path, { recursive: true, force: true });
   }
@@ -125,6 +148,9 @@ export async function main(args: string[]): Promise<void> {
         c.subject === "vmhop" && ref ? `${((c.metrics.mib_per_s as number) / ref).toFixed(2)}x` : "",
     };
   });
+  console.log(
+    `vmhop served from ${freshProcess ? "a new process per run" : "a running block-server, an export per run"}`,
+  );
   printTable(rows);
   const nbdkitTarget = get("target", "nbdkit") ?? Number.NaN;
   const goals = {
@@ -134,6 +160,7 @@ export async function main(args: string[]): Promise<void> {
   console.log(
     `goals: target ${goals.target_vs_nbdkit.toFixed(2)}x nbdkit (want >= 1), proxy cold ${goals.proxy_cold_vs_nbdkit_target.toFixed(2)}x nbdkit target (want >= 0.5)`,
   );
-  const file = writeResults("nbd", cases, { size_mib: sizeMib, runs, clients, goals });
+  const vmhopAs = freshProcess ? "a new process per run" : "a running block-server, an export per run";
+  const file = writeResults("nbd", cases, { size_mib: sizeMib, runs, clients, vmhop_as: vmhopAs, goals });
   console.log(`wrote ${file}`);
 }

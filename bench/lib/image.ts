@@ -1,7 +1,8 @@
 // A benchmark disk image with realistic content: random data in most 1 MiB extents, zeros
-// (holes) in the rest, deterministic for a given size; then read once into the page cache.
+// (holes) in the rest, deterministic for a given size; synced to disk, then read once into
+// the page cache.
 import { randomBytes } from "node:crypto";
-import { closeSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
 
 export function makeImage(path: string, sizeBytes: number, dataFraction = 0.6): void {
   const extent = 1 << 20;
@@ -17,6 +18,9 @@ export function makeImage(path: string, sizeBytes: number, dataFraction = 0.6): 
       chunk.writeUInt32LE(off / extent, 0);
       writeSync(fd, chunk, 0, Math.min(extent, sizeBytes - off), off);
     }
+    // On disk before anything is timed, like a real VM's disk: otherwise the kernel writes the
+    // image back (and ext4 allocates its extents) in the middle of whichever runs come first.
+    fsyncSync(fd);
   } finally {
     closeSync(fd);
   }

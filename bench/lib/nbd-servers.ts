@@ -2,7 +2,10 @@
 // each on a free port, ready when an NBD handshake succeeds (nbdinfo), never after a sleep.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { once } from "node:events";
+import { createInterface } from "node:readline";
 import { promisify } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
 import { freePort } from "../../test/helpers/env.js";
 
 const run = promisify(execFile);
@@ -32,6 +35,16 @@ export async function waitNbdReady(uri: string, child?: ChildProcess, timeoutMs 
   }
 }
 
+/** Asks a child to stop; SIGKILL if it has not exited after 5 s. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, "exit");
+  child.kill("SIGTERM");
+  const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
 /** Starts `cmd args` and waits until it serves `name` on `port`. */
 export async function startServer(
   cmd: string,
@@ -51,16 +64,79 @@ export async function startServer(
     child.kill("SIGKILL");
     throw new Error(`${cmd} ${args.join(" ")}: ${(err as Error).message}\n${stderr}`);
   }
+  return { uri, port, close: () => stopChild(child) };
+}
+
+/**
+ * A running vmhop block-server with no export of its own, used the way the control-plane
+ * uses one: an export is created over gRPC for each run and removed after it, while the
+ * process (and its warmed-up JIT) lives on, as a host's block-server does.
+ */
+export interface VmhopDaemon {
+  target(image: string, name: string): Promise<NbdServer>;
+  proxy(upstream: string, cache: string, name: string): Promise<NbdServer>;
+  close(): Promise<void>;
+}
+
+export async function vmhopDaemon(): Promise<VmhopDaemon> {
+  const port = await freePort();
+  const grpcPort = await freePort();
+  const args = [
+    vmhopBin,
+    "block",
+    "serve",
+    "--listen",
+    `127.0.0.1:${port}`,
+    "--grpc",
+    `127.0.0.1:${grpcPort}`,
+  ];
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr?.on("data", (b: Buffer) => {
+    stderr = (stderr + b.toString()).slice(-4000);
+  });
+  // `serve` prints one JSON line with "ready" once it listens.
+  const lines = createInterface({ input: child.stdout! });
+  const ready = new Promise<void>((resolve, reject) => {
+    lines.on("line", (l) => {
+      if (l.includes('"ready":true')) resolve();
+    });
+    child.once("exit", (code) => reject(new Error(`vmhop block serve exited with ${code}: ${stderr}`)));
+  });
+  const timeout = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  try {
+    await ready;
+  } finally {
+    clearTimeout(timeout);
+  }
+  child.stdout?.resume();
+  const client = new BlockServiceClient(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure());
+  const call = <T>(f: (cb: (err: grpc.ServiceError | null, res: T) => void) => void) =>
+    new Promise<T>((resolve, reject) => f((err, res) => (err ? reject(err) : resolve(res))));
+  const add = async (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) => {
+    await call((cb) => client.createExport({ name, source, readOnly: false, description: "" }, cb));
+    const uri = `nbd://127.0.0.1:${port}/${name}`;
+    await waitNbdReady(uri, child);
+    return { uri, port, close: () => call((cb) => client.removeExport({ name }, cb)).then(() => undefined) };
+  };
   return {
-    uri,
-    port,
+    target: (image, name) => add(name, { $case: "target", value: { imagePath: image } }),
+    proxy: (upstream, cache, name) =>
+      add(name, {
+        $case: "proxy",
+        value: {
+          upstreamUrl: upstream,
+          cachePath: cache,
+          blockSize: 0,
+          startBackgroundCopy: false,
+          rateLimitBytesPerSecond: 0,
+          upstreamControl: "",
+          autoPromote: false,
+        },
+      }),
     close: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, "exit");
-      child.kill("SIGTERM");
-      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(t);
+      client.close();
+      await stopChild(child);
     },
   };
 }

@@ -1,11 +1,11 @@
 // The benchmark helpers in bench/lib that start NBD servers and build images.
 import { execFileSync } from "node:child_process";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { makeImage } from "../../bench/lib/image.js";
-import { nbdkitFile, startServer } from "../../bench/lib/nbd-servers.js";
+import { nbdkitFile, startServer, vmhopDaemon } from "../../bench/lib/nbd-servers.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
 
 test("makeImage: the requested size, part data, part zeros", () => {
@@ -48,6 +48,41 @@ gate(
       assert.match((err as Error).message, /exited with 1 before nbd:\/\/127\.0\.0\.1:\d+\/disk0 was ready/);
     }
   } finally {
+    dir.cleanup();
+  }
+});
+
+gate(
+  test,
+  ["nbdkit", "nbdinfo", "nbdcopy"],
+  "NBD server helpers",
+)("a running vmhop block-server serves an export per run, over gRPC", async () => {
+  const dir = tempDir("vmhop-testbed-");
+  const host = await vmhopDaemon();
+  try {
+    const path = join(dir.path, "img.raw");
+    makeImage(path, 4 << 20);
+    const t = await host.target(path, "t1");
+    const copy = join(dir.path, "t1.raw");
+    execFileSync("nbdcopy", [t.uri, copy]);
+    assert.ok(readFileSync(copy).equals(readFileSync(path)), "target export serves the image");
+    await t.close();
+    assert.throws(() => execFileSync("nbdinfo", ["--size", t.uri], { stdio: "pipe" }), "removed export gone");
+
+    const origin = await nbdkitFile(path);
+    try {
+      const cache = join(dir.path, "cache-p1");
+      const p = await host.proxy(origin.uri, cache, "p1");
+      const copy2 = join(dir.path, "p1.raw");
+      execFileSync("nbdcopy", [p.uri, copy2]);
+      assert.ok(readFileSync(copy2).equals(readFileSync(path)), "proxy export serves the image");
+      await p.close();
+      assert.ok(existsSync(cache), "the cache file is the caller's to remove");
+    } finally {
+      await origin.close();
+    }
+  } finally {
+    await host.close();
     dir.cleanup();
   }
 });
