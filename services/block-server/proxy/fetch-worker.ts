@@ -34,6 +34,8 @@ export interface FetchWorkerData {
   /** Opened by the worker itself, so its descriptor lives exactly as long as the worker. */
   cachePath: string;
   wakeFd: number;
+  /** [0] is 1 while the worker sleeps (or is about to) in poll: only then is a wake needed. */
+  sleeping: Int32Array;
   port: MessagePort;
 }
 
@@ -99,23 +101,25 @@ class FetchWorker {
   }
 
   private takeCommands(): void {
-    for (let m = receiveMessageOnPort(this.d.port); m; m = receiveMessageOnPort(this.d.port)) {
-      const c = m.message as FetchCommand;
-      if (c.op === "close") {
-        this.closing = true;
-        return;
-      }
-      this.pending.set(c.id, { offset: c.offset, length: c.length });
-      this.outbox.push(
-        encodeRequest({
-          flags: 0,
-          type: NBD_CMD_READ,
-          cookie: BigInt(c.id),
-          offset: c.offset,
-          length: c.length,
-        }),
-      );
+    for (let m = receiveMessageOnPort(this.d.port); m && !this.closing; m = receiveMessageOnPort(this.d.port))
+      this.command(m.message as FetchCommand);
+  }
+
+  private command(c: FetchCommand): void {
+    if (c.op === "close") {
+      this.closing = true;
+      return;
     }
+    this.pending.set(c.id, { offset: c.offset, length: c.length });
+    this.outbox.push(
+      encodeRequest({
+        flags: 0,
+        type: NBD_CMD_READ,
+        cookie: BigInt(c.id),
+        offset: c.offset,
+        length: c.length,
+      }),
+    );
   }
 
   /** Sends queued requests as far as the socket takes them; true if anything went out. */
@@ -203,6 +207,20 @@ class FetchWorker {
 
   /** Sleeps until the socket can move something or the main thread wakes us. */
   private waitForWork(): void {
+    // Announce the sleep, then look once more: a command posted before the announcement is
+    // seen here, one posted after it comes with a wake (file-fetcher.ts checks the flag).
+    Atomics.store(this.d.sleeping, 0, 1);
+    const more = receiveMessageOnPort(this.d.port);
+    if (more) {
+      Atomics.store(this.d.sleeping, 0, 0);
+      this.command(more.message as FetchCommand);
+      return;
+    }
+    this.poll();
+    Atomics.store(this.d.sleeping, 0, 0);
+  }
+
+  private poll(): void {
     const sockEvents = POLLIN | (this.outbox.length > 0 ? POLLOUT : 0);
     const [wake] = pollFds(
       [

@@ -26,6 +26,7 @@ export class FileFetcher extends EventEmitter {
     private readonly worker: Worker,
     private readonly port: MessagePort,
     private readonly wakeFd: number,
+    private readonly sleeping: Int32Array,
     readonly size: number,
   ) {
     super();
@@ -47,9 +48,10 @@ export class FileFetcher extends EventEmitter {
     try {
       wakeFd = eventFd();
       const { port1, port2 } = new MessageChannel();
-      const data: FetchWorkerData = { sockFd, cachePath, wakeFd, port: port2 };
+      const sleeping = new Int32Array(new SharedArrayBuffer(4));
+      const data: FetchWorkerData = { sockFd, cachePath, wakeFd, sleeping, port: port2 };
       const worker = startWorker(new URL("./fetch-worker.ts", import.meta.url), data, "vmhop-fetch", [port2]);
-      f = new FileFetcher(worker, port1, wakeFd, client.size);
+      f = new FileFetcher(worker, port1, wakeFd, sleeping, client.size);
     } catch (e) {
       closeFd(sockFd);
       if (wakeFd >= 0) closeFd(wakeFd);
@@ -89,7 +91,9 @@ export class FileFetcher extends EventEmitter {
 
   private command(c: FetchCommand): void {
     this.port.postMessage(c);
-    wakeEventFd(this.wakeFd);
+    // A busy worker finds the command when it next looks; only a sleeping one needs the
+    // wake (a syscall, and on a VM an interrupt to another CPU, saved per fetch otherwise).
+    if (Atomics.load(this.sleeping, 0) === 1) wakeEventFd(this.wakeFd);
   }
 
   private result(m: FetchResult): void {
