@@ -4,11 +4,14 @@
 // warm) and two-hop cascade mode, against nbdkit and qemu-nbd serving the same file in the
 // same run.
 //
-// Runs are interleaved: round r runs every case and subject once, so the machine's drift over
-// the minutes of a benchmark falls on all of them alike. vmhop is measured as it is deployed,
-// a long-running block-server per host whose exports are created for each run over gRPC (one
-// server per cascade hop); nbdkit and qemu-nbd, which take their export on the command line,
-// start a process per run. `--fresh-process` starts a vmhop process per run as well.
+// Runs are interleaved: round r runs every case and subject once, in an order of its own, so
+// the machine's drift over the minutes of a benchmark falls on all of them alike. Servers run as they are deployed:
+// - target: every subject's server is started once, read once untimed, then timed in each
+//   round (a fresh process, C or JavaScript, is several percent slower on its first read);
+// - proxies: vmhop's are exports created for each run over gRPC on a long-running
+//   block-server (one per cascade hop), as the control-plane creates them; nbdkit's cow filter
+//   takes its upstream on the command line, so it starts a process per run.
+// `--fresh-process` starts every server as a new process per run instead.
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../test/helpers/env.js";
@@ -34,13 +37,47 @@ import {
   writeResults,
 } from "./lib/report.js";
 
-/** One way to serve the image: `start` brings up the servers, `read` URI is what the client reads. */
+/**
+ * One way to serve the image: `start` brings up the servers (closed after the run) and gives
+ * the URI the client reads; `warm` when the servers should be read once, untimed, first.
+ */
 interface Setup {
   case: string;
   subject: string;
   /** Warm cases read once before timing, through the same servers. */
   warm?: boolean;
-  start(tmp: string): Promise<{ uri: string; servers: NbdServer[] }>;
+  start(tmp: string): Promise<{ uri: string; servers: NbdServer[]; warm?: boolean }>;
+}
+
+/**
+ * 0..n-1 in an order of its own for each round (seeded: the same every time), so no subject
+ * always runs first in a round, just after the previous round's servers and caches went.
+ */
+function shuffled(n: number, round: number): number[] {
+  const order = [...Array(n).keys()];
+  let seed = 0x9e3779b9 ^ round;
+  for (let i = n - 1; i > 0; i--) {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    const j = seed % (i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order;
+}
+
+/** Servers that live for the whole benchmark (closed at its end). */
+const kept: NbdServer[] = [];
+
+/** A server started on first use and kept: read once untimed then, like any long-running server. */
+function keep(
+  start: () => Promise<NbdServer>,
+): () => Promise<{ uri: string; servers: NbdServer[]; warm: boolean }> {
+  let s: NbdServer | undefined;
+  return async () => {
+    const first = s === undefined;
+    s ??= await start();
+    if (first) kept.push(s);
+    return { uri: s.uri, servers: [], warm: first };
+  };
 }
 
 /** Where vmhop's exports live: a running block-server per hop, or (null) a new process per run. */
@@ -69,16 +106,16 @@ function setups(image: string, origin: () => string, hosts: Hosts): Setup[] {
     }
     return { uri: up, servers };
   };
-  const one = (start: () => Promise<NbdServer>) => async () => {
-    const s = await start();
-    return { uri: s.uri, servers: [s] };
-  };
+  // Target servers are long-running for every subject alike, unless --fresh-process.
+  const one = (start: () => Promise<NbdServer>) =>
+    hosts
+      ? keep(start)
+      : async () => {
+          const s = await start();
+          return { uri: s.uri, servers: [s] };
+        };
   return [
-    {
-      case: "target",
-      subject: "vmhop",
-      start: one(() => (hosts ? hosts[0].target(image, `t-${unique()}`) : vmhopTarget(image))),
-    },
+    { case: "target", subject: "vmhop", start: one(() => vmhopTarget(image)) },
     { case: "target", subject: "nbdkit", start: one(() => nbdkitFile(image)) },
     { case: "target", subject: "qemu-nbd", start: one(() => qemuNbd(image)) },
     { case: "proxy-cold", subject: "vmhop", start: proxyChain(1) },
@@ -110,10 +147,11 @@ export async function main(args: string[]): Promise<void> {
       const all = setups(image, () => origin.uri, hosts);
       const perRun: Metrics[][] = all.map(() => []);
       for (let i = 0; i < runs; i++) {
-        for (const [k, s] of all.entries()) {
-          const { uri, servers } = await s.start(tmp.path);
+        for (const k of shuffled(all.length, i)) {
+          const s = all[k];
+          const { uri, servers, warm } = await s.start(tmp.path);
           try {
-            if (s.warm) await readAll(client, uri, size);
+            if (s.warm || warm) await readAll(client, uri, size);
             perRun[k].push({ mib_per_s: await readAll(client, uri, size) });
           } finally {
             for (const srv of servers.reverse()) await srv.close();
@@ -130,6 +168,7 @@ export async function main(args: string[]): Promise<void> {
       }
     }
   } finally {
+    for (const k of kept.splice(0)) await k.close();
     for (const h of hosts ?? []) await h.close();
     await origin.close();
     rmSync(tmp.path, { recursive: true, force: true });
