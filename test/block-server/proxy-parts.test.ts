@@ -1,6 +1,7 @@
 // The proxy's pure parts: bitmap, fetch planning, token bucket, copy order, latency, zero map.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { BitSet } from "../../services/block-server/proxy/bit-set.js";
 import {
   BITMAP_HEADER_SIZE,
   decodeBitmapHeader,
@@ -65,6 +66,32 @@ test("bitmap: set, count, nextMissing, dirty range, odd block counts", () => {
   const loaded = new BlockBitmap(10, new Uint8Array([0xff, 0xff]));
   assert.is(loaded.local, 10);
   assert.throws(() => new BlockBitmap(10, new Uint8Array(3)), /bitmap of 3 bytes for 10 blocks/);
+});
+
+test("bit set: fill and allSet agree with bit-by-bit truth across byte edges", () => {
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % n;
+  };
+  for (const size of [1, 7, 8, 9, 63, 64, 100, 1000]) {
+    const s = new BitSet(size);
+    const truth = new Array<boolean>(size).fill(false);
+    for (let k = 0; k < 200; k++) {
+      const first = rnd(size);
+      const count = rnd(size - first) + 1;
+      const value = rnd(3) !== 0;
+      s.fill(value, first, count);
+      truth.fill(value, first, first + count);
+      const a = rnd(size);
+      const b = a + rnd(size - a);
+      assert.is(s.allSet(a, b), truth.slice(a, b + 1).every(Boolean), `size ${size} [${a}, ${b}]`);
+    }
+    for (let i = 0; i < size; i++) assert.is(s.has(i), truth[i], `size ${size} bit ${i}`);
+    // Bits past the end stay clear, so a persisted copy holds nothing it should not.
+    if (size % 8) assert.is(s.bytes[s.bytes.length - 1] >> (size % 8), 0);
+  }
+  assert.throws(() => new BitSet(9, new Uint8Array(1)), /1 bytes for 9 bits/);
 });
 
 test("bitmap header round-trips and rejects damage", () => {

@@ -1,9 +1,11 @@
 // Which blocks of the disk are local: one bit per block, set once (a block never becomes
 // missing again). Tracks the byte range changed since the last persist so saving it is
 // cheap, and counts set bits so progress is O(1).
+import { BitSet } from "./bit-set.js";
 
 export class BlockBitmap {
   readonly bits: Uint8Array;
+  private readonly set_: BitSet;
   private _local = 0;
   /** Byte range of `bits` changed since takeDirty(): [dirtyLo, dirtyHi). */
   private dirtyLo = Number.POSITIVE_INFINITY;
@@ -15,7 +17,8 @@ export class BlockBitmap {
   ) {
     const bytes = Math.ceil(blocks / 8);
     if (bits && bits.length !== bytes) throw new Error(`bitmap of ${bits.length} bytes for ${blocks} blocks`);
-    this.bits = bits ?? new Uint8Array(bytes);
+    this.set_ = new BitSet(blocks, bits);
+    this.bits = this.set_.bytes;
     // Bits past the last block are ignored: clear them so counting stays exact.
     if (blocks % 8 !== 0 && bytes > 0) this.bits[bytes - 1] &= (1 << (blocks % 8)) - 1;
     for (const b of this.bits) this._local += popcount8(b);
@@ -30,15 +33,18 @@ export class BlockBitmap {
   }
 
   has(block: number): boolean {
-    return (this.bits[block >> 3] & (1 << (block & 7))) !== 0;
+    return this.set_.has(block);
+  }
+
+  /** True when every block of [first, last] is local. */
+  hasAll(first: number, last: number): boolean {
+    return this.set_.allSet(first, last);
   }
 
   set(block: number): void {
-    const i = block >> 3;
-    const m = 1 << (block & 7);
-    if (this.bits[i] & m) return;
-    this.bits[i] |= m;
+    if (!this.set_.set(block)) return;
     this._local++;
+    const i = block >> 3;
     if (i < this.dirtyLo) this.dirtyLo = i;
     if (i + 1 > this.dirtyHi) this.dirtyHi = i + 1;
   }

@@ -26,6 +26,7 @@ import {
 } from "../export/backend.js";
 import { TargetBackend } from "../export/target.js";
 import { BackgroundCopier, type CopyState } from "./background-copy.js";
+import { BitSet } from "./bit-set.js";
 import { BitmapFile, BitmapFileError } from "./bitmap-file.js";
 import type { BlockBitmap } from "./block-bitmap.js";
 import { CopyOrder, type HotSource } from "./copy-order.js";
@@ -149,11 +150,11 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private readonly latency = new LatencyRecorder();
   private readonly zeroMap: ZeroMap;
   /**
-   * Blocks this process fetched as data and nothing has changed since (1 per block): they
-   * hold no hole, so a read of them may go out by sendfile without asking the file system
-   * (SEEK_HOLE takes the inode lock the fetch worker's writes hold).
+   * Blocks this process fetched as data and nothing has changed since: they hold no hole,
+   * so a read of them may go out by sendfile without asking the file system (SEEK_HOLE
+   * takes the inode lock the fetch worker's writes hold).
    */
-  private readonly fetchedData: Uint8Array;
+  private readonly fetchedData: BitSet;
   private learning: Promise<void> = Promise.resolve();
   private readonly copier: BackgroundCopier;
   private readonly order: CopyOrder;
@@ -180,7 +181,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     );
     this.blockSizes = local.blockSizes;
     this.zeroMap = new ZeroMap(this.size, this.blockSize);
-    this.fetchedData = new Uint8Array(this.bitmap.blocks);
+    this.fetchedData = new BitSet(this.bitmap.blocks);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
     this.copier = new BackgroundCopier(this, this.order, {
       concurrency: opts.copyConcurrency,
@@ -314,7 +315,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
             });
           fetched += bytes.length;
           return this.upstream.readToFile(bytes.offset, bytes.length).then(() => {
-            this.fetchedData.fill(1, r.first, r.first + r.count);
+            this.fetchedData.fill(true, r.first, r.count);
           });
         }),
       );
@@ -448,7 +449,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     this.check();
     const claims = await this.claim(offset, length, fetchPartial);
     const { first, last } = blockSpan(offset, length, this.blockSize);
-    this.fetchedData.fill(0, first, last + 1);
+    this.fetchedData.fill(false, first, last - first + 1);
     try {
       await op();
     } catch (e) {
@@ -465,8 +466,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private allLocal(offset: number, length: number): boolean {
     if (this.bitmap.complete) return true;
     const { first, last } = blockSpan(offset, length, this.blockSize);
-    for (let b = first; b <= last; b++) if (!this.bitmap.has(b)) return false;
-    return true;
+    return this.bitmap.hasAll(first, last);
   }
 
   // ---- Backend ----
@@ -489,9 +489,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
   cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
     if (this.closed || !this.allLocal(offset, length)) return null;
     const { first, last } = blockSpan(offset, length, this.blockSize);
-    let data = true;
-    for (let b = first; b <= last && data; b++) data = this.fetchedData[b] === 1;
-    return this.local.cachedFileRange(offset, length, data);
+    return this.local.cachedFileRange(offset, length, this.fetchedData.allSet(first, last));
   }
 
   /** Fetches what [offset, offset+length) misses; undefined when it is all local already. */
