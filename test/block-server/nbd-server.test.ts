@@ -3,6 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { NbdClient } from "../../services/block-server/nbd/client/client.js";
+import { isLoopback } from "../../services/block-server/nbd/server/socket-tuning.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { makeImage, pattern, run, runOk, startServer, type TestServer } from "./fixtures/nbd.js";
 
@@ -70,6 +72,23 @@ t("nbdinfo --list over a unix socket lists every export", async () => {
   const names = info.exports.map((e: { "export-name": string }) => e["export-name"]).sort();
   assert.equal(names, ["disk0", "disk1", "ro"]);
 });
+
+t(
+  "a client on this host is served with reno congestion control, not the system's pacing default",
+  async () => {
+    for (const a of ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"]) assert.ok(isLoopback(a), a);
+    for (const a of ["10.0.0.1", "128.0.0.1", "::2", "fe80::1", "::ffff:10.0.0.1", undefined, ""])
+      assert.not.ok(isLoopback(a), String(a));
+    const c = await NbdClient.connect(srv.uri("disk0"));
+    try {
+      // The server's end of the connection: its local port is the server's.
+      const ss = await run("ss", ["-tinH", "state", "established", `( sport = :${srv.port} )`]);
+      assert.match(ss.stdout, /\breno\b/, ss.stdout);
+    } finally {
+      await c.disconnect();
+    }
+  },
+);
 
 t("unknown export name is refused", async () => {
   const r = await run("nbdinfo", [srv.uri("nope")]);

@@ -328,6 +328,18 @@ export function pollFds(fds: { fd: number; events: number }[], timeoutMs: number
   });
 }
 
+const IPPROTO_TCP = 6;
+const TCP_CONGESTION = 13;
+
+/**
+ * Sets a TCP socket's congestion control by name (e.g. "reno", always permitted). Returns
+ * false, changing nothing, where refused: not a TCP socket, or an algorithm not allowed.
+ */
+export function setCongestionControl(fd: number, name: string): boolean {
+  const v = Buffer.from(name);
+  return load().setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, v, v.length) === 0;
+}
+
 const SOL_SOCKET = 1;
 const SO_SNDBUF = 7;
 const SO_SNDBUFFORCE = 32;

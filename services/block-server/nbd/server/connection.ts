@@ -7,7 +7,7 @@ import type { Logger } from "../../../common/log.js";
 import type { Backend, ReadPiece } from "../../export/backend.js";
 import type { BufferPool } from "../../export/buffer-pool.js";
 import type { Export } from "../../export/export.js";
-import { sendfile, sendMore, setSendBuffer } from "../../export/libc.js";
+import { sendfile, sendMore } from "../../export/libc.js";
 import { ByteQueue } from "../byte-queue.js";
 import * as C from "../protocol/constants.js";
 import { isNeed } from "../protocol/decoded.js";
@@ -16,6 +16,7 @@ import * as T from "../protocol/transmission.js";
 import { COMMANDS, type RequestContext, validate } from "./commands.js";
 import { maxPayload } from "./flags.js";
 import { type ExportLookup, Handshake, type Negotiated } from "./handshake.js";
+import { tuneReplySocket } from "./socket-tuning.js";
 
 export interface ConnectionLimits {
   /** Bytes of request payloads and read replies in flight before we stop reading. */
@@ -26,16 +27,9 @@ export interface ConnectionLimits {
   handshakeTimeoutMs: number;
 }
 
-/** How READ replies went out, process-wide (for status and tuning). */
 const EMPTY = Buffer.alloc(0);
 
-/**
- * Send buffer of a connection whose READs go out by sendfile: those queue page references,
- * not copies, and a buffer deep enough for a client's pipelined reads (nbdcopy keeps 16 MiB
- * asked for per connection) means fewer replies find it full and must be copied instead.
- */
-const SEND_BUFFER_BYTES = 8 << 20;
-
+/** How READ replies went out, process-wide (for status and tuning). */
 export const readPaths = { zeroCopy: 0, zeroCopyPartial: 0, buffered: 0 };
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
@@ -80,7 +74,7 @@ export class Connection {
     this.handshake = new Handshake(exports);
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     this.sockFd = typeof fd === "number" && fd >= 0 && process.env.VMHOP_NBD_SENDFILE !== "0" ? fd : -1;
-    if (this.sockFd >= 0) setSendBuffer(this.sockFd, SEND_BUFFER_BYTES);
+    if (this.sockFd >= 0) tuneReplySocket(this.sockFd, socket.remoteAddress);
     socket.setNoDelay?.(true);
     socket.on("data", (chunk: Buffer) => {
       this.queue.push(chunk);
