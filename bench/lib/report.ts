@@ -1,7 +1,7 @@
 // Shared benchmark bookkeeping (conventions in ../shared/design/BENCH.md): repeated runs,
 // median with min/max, a readable table, and bench/results/NAME.json.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 
@@ -59,6 +59,15 @@ function qemuVersion(): string | undefined {
   }
 }
 
+/** The system's default TCP congestion control: loopback figures depend on it (BBR paces). */
+function tcpCongestionControl(): string | undefined {
+  try {
+    return readFileSync("/proc/sys/net/ipv4/tcp_congestion_control", "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
 export function writeResults(name: string, cases: BenchCase[], extra: Record<string, unknown> = {}): string {
   const dir = join(new URL("..", import.meta.url).pathname, "results");
   mkdirSync(dir, { recursive: true });
@@ -66,7 +75,12 @@ export function writeResults(name: string, cases: BenchCase[], extra: Record<str
   const doc = {
     name,
     when: new Date().toISOString(),
-    host: { cores: cpus().length, node: process.version, qemu: qemuVersion() },
+    host: {
+      cores: cpus().length,
+      node: process.version,
+      qemu: qemuVersion(),
+      tcp_congestion_control: tcpCongestionControl(),
+    },
     cases,
     ...extra,
   };
