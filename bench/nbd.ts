@@ -5,7 +5,8 @@
 // same run.
 //
 // Runs are interleaved: round r runs every case and subject once, in an order of its own, so
-// the machine's drift over the minutes of a benchmark falls on all of them alike. Servers run as they are deployed:
+// the machine's drift over the minutes of a benchmark falls on all of them alike. Servers
+// run as they are deployed:
 // - target: every subject's server is started once, read once untimed, then timed in each
 //   round (a fresh process, C or JavaScript, is several percent slower on its first read);
 // - proxies: vmhop's are exports created for each run over gRPC on a long-running
@@ -187,9 +188,8 @@ export async function main(args: string[]): Promise<void> {
         c.subject === "vmhop" && ref ? `${((c.metrics.mib_per_s as number) / ref).toFixed(2)}x` : "",
     };
   });
-  console.log(
-    `vmhop served from ${freshProcess ? "a new process per run" : "a running block-server, an export per run"}`,
-  );
+  const vmhopAs = freshProcess ? "a new process per run" : "a running block-server, an export per run";
+  console.log(`vmhop served from ${vmhopAs}`);
   printTable(rows);
   const nbdkitTarget = get("target", "nbdkit") ?? Number.NaN;
   const goals = {
@@ -199,7 +199,6 @@ export async function main(args: string[]): Promise<void> {
   console.log(
     `goals: target ${goals.target_vs_nbdkit.toFixed(2)}x nbdkit (want >= 1), proxy cold ${goals.proxy_cold_vs_nbdkit_target.toFixed(2)}x nbdkit target (want >= 0.5)`,
   );
-  const vmhopAs = freshProcess ? "a new process per run" : "a running block-server, an export per run";
   const file = writeResults("nbd", cases, { size_mib: sizeMib, runs, clients, vmhop_as: vmhopAs, goals });
   console.log(`wrote ${file}`);
 }

@@ -44,7 +44,7 @@ export class BlockBitmap {
   set(block: number): void {
     if (!this.set_.set(block)) return;
     this._local++;
-    const i = block >> 3;
+    const i = block >>> 3;
     if (i < this.dirtyLo) this.dirtyLo = i;
     if (i + 1 > this.dirtyHi) this.dirtyHi = i + 1;
   }
@@ -57,7 +57,7 @@ export class BlockBitmap {
   nextMissing(from: number): number {
     let b = from;
     while (b < this.blocks) {
-      if ((b & 7) === 0 && this.bits[b >> 3] === 0xff) {
+      if ((b & 7) === 0 && this.bits[b >>> 3] === 0xff) {
         b += 8;
         continue;
       }
