@@ -1,4 +1,5 @@
-// `npm run bench -- nbd [--quick] [--size-mib 256] [--runs 3] [--qemu-img] [--fresh-process]`:
+// `npm run bench -- nbd [--quick] [--size-mib 256] [--runs 3] [--qemu-img] [--fresh-process]
+// [--cases target,proxy-cold,...]`:
 // sequential read throughput of a whole image with `nbdcopy URI null:` (optionally
 // `qemu-img convert` to a null target too) for vmhop's block-server in target, proxy (cold,
 // warm) and two-hop cascade mode, against nbdkit and qemu-nbd serving the same file in the
@@ -64,6 +65,8 @@ function shuffled(n: number, round: number): number[] {
   }
   return order;
 }
+
+const CASES = ["target", "proxy-cold", "proxy-warm", "cascade-cold"];
 
 /** Servers that live for the whole benchmark (closed at its end). */
 const kept: NbdServer[] = [];
@@ -135,6 +138,7 @@ export async function main(args: string[]): Promise<void> {
   if (!(sizeMib >= 1) || !(runs >= 1)) throw new Error("--size-mib and --runs must be positive numbers");
   const clients: Client[] = hasFlag(args, "--qemu-img") ? ["nbdcopy", "qemu-img"] : ["nbdcopy"];
   const freshProcess = hasFlag(args, "--fresh-process");
+  const only = flagValue(args, "--cases")?.split(",");
   const size = sizeMib << 20;
   const tmp = tempDir("vmhop-bench-nbd-");
   const image = join(tmp.path, "disk.raw");
@@ -145,7 +149,8 @@ export async function main(args: string[]): Promise<void> {
   const cases: BenchCase[] = [];
   try {
     for (const client of clients) {
-      const all = setups(image, () => origin.uri, hosts);
+      const all = setups(image, () => origin.uri, hosts).filter((s) => !only || only.includes(s.case));
+      if (all.length === 0) throw new Error(`--cases: none of ${only} is a case (${CASES.join(", ")})`);
       const perRun: Metrics[][] = all.map(() => []);
       for (let i = 0; i < runs; i++) {
         for (const k of shuffled(all.length, i)) {

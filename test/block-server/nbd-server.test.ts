@@ -1,10 +1,16 @@
 // The NBD server against real clients: nbdinfo, nbdcopy, qemu-img, qemu-io.
 import { readFileSync } from "node:fs";
+import * as net from "node:net";
 import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { notSentLowat } from "../../services/block-server/export/libc.js";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
-import { isLoopback } from "../../services/block-server/nbd/server/socket-tuning.js";
+import {
+  isLoopback,
+  LOOPBACK_NOTSENT_LOWAT,
+  tuneReplySocket,
+} from "../../services/block-server/nbd/server/socket-tuning.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { makeImage, pattern, run, runOk, startServer, type TestServer } from "./fixtures/nbd.js";
 
@@ -89,6 +95,26 @@ t(
     }
   },
 );
+
+test("a loopback client's socket holds at most LOOPBACK_NOTSENT_LOWAT unsent; a remote one keeps the default", async () => {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const accepted = new Promise<net.Socket>((r) => server.once("connection", r));
+  const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+  const sock = await accepted;
+  try {
+    const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd;
+    assert.is(notSentLowat(fd), 0, "a fresh socket has no unsent cap of its own");
+    tuneReplySocket(fd, "10.0.0.1");
+    assert.is(notSentLowat(fd), 0, "a remote client got the loopback cap");
+    tuneReplySocket(fd, sock.remoteAddress);
+    assert.is(notSentLowat(fd), LOOPBACK_NOTSENT_LOWAT);
+  } finally {
+    client.destroy();
+    sock.destroy();
+    server.close();
+  }
+});
 
 t("unknown export name is refused", async () => {
   const r = await run("nbdinfo", [srv.uri("nope")]);

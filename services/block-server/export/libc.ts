@@ -46,6 +46,7 @@ interface Libc {
   close: (fd: number) => number;
   eventfd: (initval: number, flags: number) => number;
   setsockopt: (fd: number, level: number, name: number, value: Buffer, len: number) => number;
+  getsockopt: (fd: number, level: number, name: number, value: Buffer, len: Buffer) => number;
 }
 
 let libc: Libc | undefined;
@@ -88,6 +89,9 @@ function load(): Libc {
     setsockopt: lib.func(
       "int setsockopt(int fd, int level, int name, const void *value, unsigned int len)",
     ) as Libc["setsockopt"],
+    getsockopt: lib.func(
+      "int getsockopt(int fd, int level, int name, void *value, void *len)",
+    ) as Libc["getsockopt"],
   };
   return libc;
 }
@@ -338,6 +342,28 @@ const TCP_CONGESTION = 13;
 export function setCongestionControl(fd: number, name: string): boolean {
   const v = Buffer.from(name);
   return load().setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, v, v.length) === 0;
+}
+
+const TCP_NOTSENT_LOWAT = 25;
+
+/**
+ * Caps the bytes a TCP socket holds queued but not yet sent (TCP_NOTSENT_LOWAT): a write
+ * beyond it is refused (EAGAIN) and the socket polls writable only once the unsent bytes
+ * fall below it. Returns false where refused.
+ */
+export function setNotSentLowat(fd: number, bytes: number): boolean {
+  const v = Buffer.alloc(4);
+  v.writeUInt32LE(bytes);
+  return load().setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, v, 4) === 0;
+}
+
+/** The socket's TCP_NOTSENT_LOWAT (0: unset, the system default applies); -1 if unreadable. */
+export function notSentLowat(fd: number): number {
+  const v = Buffer.alloc(4);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(4);
+  if (load().getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, v, len) !== 0) return -1;
+  return v.readUInt32LE(0);
 }
 
 const SOL_SOCKET = 1;
