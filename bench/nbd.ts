@@ -60,7 +60,8 @@ function shuffled(n: number, round: number): number[] {
   let seed = 0x9e3779b9 ^ round;
   for (let i = n - 1; i > 0; i--) {
     seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-    const j = seed % (i + 1);
+    // The high bits: an LCG's low bits repeat with short periods (the last subject kept its place).
+    const j = Math.floor((seed / 2 ** 32) * (i + 1));
     [order[i], order[j]] = [order[j], order[i]];
   }
   return order;
