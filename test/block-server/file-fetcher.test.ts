@@ -9,6 +9,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { BackendError } from "../../services/block-server/export/backend.js";
 import { NbdConnectionError } from "../../services/block-server/nbd/client/client.js";
+import { fetchThreads } from "../../services/block-server/proxy/fetch-thread-pool.js";
 import { FileFetcher } from "../../services/block-server/proxy/file-fetcher.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
@@ -189,5 +190,45 @@ t("the upstream vanishing mid-reply: pending reads fail, the rest of the cache i
     await up.stop();
   }
 });
+
+t(
+  "fetch threads outlive their connections: the next fetcher takes the idle one; late commands of the old one are ignored",
+  async () => {
+    const up = await startNbdkit("file", [image]);
+    try {
+      const c1 = freshCache();
+      const f1 = await FileFetcher.open(up.url, c1);
+      const idle = fetchThreads.idleCount;
+      await f1.read(0, 65536);
+      await f1.close();
+      assert.is(fetchThreads.idleCount, idle + 1, "the closed fetcher's thread is idle, not gone");
+      const c2 = freshCache();
+      const f2 = await FileFetcher.open(up.url, c2);
+      assert.is(fetchThreads.idleCount, idle, "the new fetcher took the idle thread");
+      f1.destroy(); // a stale close: must not end f2's session
+      await f2.read(1 << 20, 65536);
+      assert.ok(
+        readFileSync(c2)
+          .subarray(1 << 20, (1 << 20) + 65536)
+          .equals(data.subarray(1 << 20, (1 << 20) + 65536)),
+      );
+      assert.ok(
+        readFileSync(c2).subarray(0, 65536).equals(Buffer.alloc(65536)),
+        "f1's read did not land in f2's cache",
+      );
+      await f2.close();
+      // A cache the thread cannot open fails the open, and the thread is free again.
+      const before = fetchThreads.idleCount;
+      const err = await FileFetcher.open(up.url, join(dir.path, "no", "such", "cache")).catch((e) => e);
+      assert.instance(err, NbdConnectionError);
+      assert.match(String(err.message), /ENOENT/);
+      for (let i = 0; i < 50 && fetchThreads.idleCount !== before; i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.is(fetchThreads.idleCount, before, "the thread came back after the failed open");
+    } finally {
+      await up.stop();
+    }
+  },
+);
 
 t.run();

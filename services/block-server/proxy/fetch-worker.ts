@@ -1,15 +1,22 @@
-// The proxy's fetch worker: one upstream NBD connection (simple replies) in a worker thread
-// that moves each READ reply's data from the socket into the cache file with splice(2)
-// (socket → pipe → file), so fetched bytes never pass through JavaScript and cost one
-// kernel copy instead of three. It blocks in poll() on the socket and a wake eventfd; the
+// The proxy's fetch worker: a thread that serves one upstream NBD connection (simple replies)
+// at a time and moves each READ reply's data from the socket into the cache file with
+// splice(2) (socket → pipe → file), so fetched bytes never pass through JavaScript and cost
+// one kernel copy instead of three. It blocks in poll() on the socket and a wake eventfd; the
 // main thread (file-fetcher.ts) posts requests and gets one message per finished read.
 //
-// Protocol with the main thread:
-//   in:  { op: "read", id, offset, length }   (fetch [offset, offset+length) to the same
-//        offset of the cache file)  |  { op: "close" }
-//   out: { ready } once set up  |  { id } done  |  { id, error }  (the server's NBD error, or the cache's write
-//        error: the stream stays in step)  |  { fatal }  (the connection is unusable; every
-//        read not yet answered fails with it, then the worker ends)
+// Threads outlive their connections: between sessions a thread waits in fetch-thread-pool.ts
+// for the next one, so a new proxy export does not pay for a new isolate (module loading,
+// compiling the hot loop again) while its first reads are served.
+//
+// Protocol with the main thread; every message carries its session, and a command or
+// result of another session is stale and dropped:
+//   in:  { op: "attach", session, sockFd, cachePath }  (the worker owns sockFd from here)
+//        | { op: "read", session, id, offset, length }  (fetch [offset, offset+length) to
+//        the same offset of the cache file)  |  { op: "close", session }  |  { op: "exit" }
+//   out: { ready } once set up  |  { id } done  |  { id, error }  (the server's NBD error, or
+//        the cache's write error: the stream stays in step)  |  { fatal }  (the connection is
+//        unusable; every read not yet answered fails with it)  |  { detached }  (the session
+//        is over, its descriptors closed: the thread is free for another)
 import { closeSync, openSync } from "node:fs";
 import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import {
@@ -30,17 +37,29 @@ import { nbdErrorName } from "../nbd/protocol/errors.js";
 import { decodeSimpleReply, encodeRequest } from "../nbd/protocol/transmission.js";
 
 export interface FetchWorkerData {
-  sockFd: number;
-  /** Opened by the worker itself, so its descriptor lives exactly as long as the worker. */
-  cachePath: string;
   wakeFd: number;
   /** [0] is 1 while the worker sleeps (or is about to) in poll: only then is a wake needed. */
   sleeping: Int32Array;
   port: MessagePort;
 }
 
-export type FetchCommand = { op: "read"; id: number; offset: number; length: number } | { op: "close" };
-export type FetchResult = { ready: true } | { id: number; error?: string } | { fatal: string };
+export type FetchCommand =
+  | { op: "attach"; session: number; sockFd: number; cachePath: string }
+  | { op: "read"; session: number; id: number; offset: number; length: number }
+  | { op: "close"; session: number }
+  | { op: "exit" };
+export type FetchResult = { session: number } & (
+  | { ready: true }
+  | { id: number; error?: string }
+  | { fatal: string }
+  | { detached: true }
+);
+
+/**
+ * How long an idle thread sleeps at most before looking again: the process's exit can only
+ * stop a thread while it runs JavaScript, not inside poll().
+ */
+const IDLE_POLL_MS = 250;
 
 const PIPE_SIZE = 1 << 20;
 
@@ -59,7 +78,10 @@ interface Current {
   error?: string;
 }
 
-class FetchWorker {
+type Attach = Extract<FetchCommand, { op: "attach" }>;
+
+/** One upstream connection, from attach to detach. */
+class Session {
   private readonly pending = new Map<number, Pending>();
   private outbox: Buffer[] = [];
   private readonly header = Buffer.alloc(SIMPLE_REPLY_SIZE);
@@ -67,16 +89,24 @@ class FetchWorker {
   private cur: Current | undefined;
   private closing = false;
   private pipe = { read: -1, write: -1, size: 0 };
-  private devNull = -1;
   private cacheFd = -1;
+  private readonly sockFd: number;
+  private readonly session: number;
+  private readonly cachePath: string;
 
-  constructor(private readonly d: FetchWorkerData) {}
+  constructor(
+    private readonly d: FetchWorkerData,
+    a: Attach,
+    private readonly devNull: number,
+  ) {
+    ({ sockFd: this.sockFd, session: this.session, cachePath: this.cachePath } = a);
+  }
 
+  /** Serves the connection until closed or broken; always ends by closing it and detaching. */
   run(): void {
     try {
       this.pipe = pipe(PIPE_SIZE);
-      this.devNull = openSync("/dev/null", "w");
-      this.cacheFd = openSync(this.d.cachePath, "r+");
+      this.cacheFd = openSync(this.cachePath, "r+");
       this.post({ ready: true });
       for (;;) {
         this.takeCommands();
@@ -88,16 +118,16 @@ class FetchWorker {
     } catch (e) {
       this.post({ fatal: (e as Error).message });
     } finally {
-      for (const fd of [this.d.sockFd, this.pipe.read, this.pipe.write]) if (fd >= 0) closeFd(fd);
+      for (const fd of [this.sockFd, this.pipe.read, this.pipe.write]) if (fd >= 0) closeFd(fd);
       // Through fs, which tracks what a worker opened and would close it again at exit
       // (by then perhaps someone else's descriptor).
-      for (const fd of [this.devNull, this.cacheFd]) if (fd >= 0) closeSync(fd);
-      this.d.port.close();
+      if (this.cacheFd >= 0) closeSync(this.cacheFd);
+      this.post({ detached: true });
     }
   }
 
-  private post(m: FetchResult): void {
-    this.d.port.postMessage(m);
+  private post(m: DistributiveOmit<FetchResult, "session">): void {
+    this.d.port.postMessage({ ...m, session: this.session });
   }
 
   private takeCommands(): void {
@@ -106,6 +136,16 @@ class FetchWorker {
   }
 
   private command(c: FetchCommand): void {
+    if (c.op === "exit" || c.op === "attach") {
+      // Never sent to a thread in use: a bug in the pool. Hand back what came with it.
+      if (c.op === "attach") {
+        closeFd(c.sockFd);
+        this.d.port.postMessage({ session: c.session, fatal: "fetch thread is busy" });
+        this.d.port.postMessage({ session: c.session, detached: true });
+      }
+      return;
+    }
+    if (c.session !== this.session) return; // stale: from a session that is over
     if (c.op === "close") {
       this.closing = true;
       return;
@@ -127,7 +167,7 @@ class FetchWorker {
     let any = false;
     while (this.outbox.length > 0) {
       const b = this.outbox[0];
-      const n = sendNow(this.d.sockFd, b);
+      const n = sendNow(this.sockFd, b);
       if (n === 0) break;
       any = true;
       if (n < b.length) this.outbox[0] = b.subarray(n);
@@ -146,7 +186,7 @@ class FetchWorker {
   }
 
   private readHeader(): boolean {
-    const n = recvNow(this.d.sockFd, this.header.subarray(this.headerGot));
+    const n = recvNow(this.sockFd, this.header.subarray(this.headerGot));
     if (n < 0) return false;
     if (n === 0) throw new Error("upstream closed the connection");
     this.headerGot += n;
@@ -173,7 +213,7 @@ class FetchWorker {
 
   private moveData(c: Current): boolean {
     const want = Math.min(c.left, this.pipe.size);
-    const n = splice(this.d.sockFd, this.pipe.write, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    const n = splice(this.sockFd, this.pipe.write, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n < 0) return false;
     if (n === 0) throw new Error("upstream closed the connection in the middle of a reply");
     this.drainPipe(c, n);
@@ -207,30 +247,47 @@ class FetchWorker {
 
   /** Sleeps until the socket can move something or the main thread wakes us. */
   private waitForWork(): void {
-    // Announce the sleep, then look once more: a command posted before the announcement is
-    // seen here, one posted after it comes with a wake (file-fetcher.ts checks the flag).
-    Atomics.store(this.d.sleeping, 0, 1);
-    const more = receiveMessageOnPort(this.d.port);
-    if (more) {
-      Atomics.store(this.d.sleeping, 0, 0);
-      this.command(more.message as FetchCommand);
-      return;
-    }
-    this.poll();
-    Atomics.store(this.d.sleeping, 0, 0);
-  }
-
-  private poll(): void {
     const sockEvents = POLLIN | (this.outbox.length > 0 ? POLLOUT : 0);
-    const [wake] = pollFds(
-      [
-        { fd: this.d.wakeFd, events: POLLIN },
-        { fd: this.d.sockFd, events: sockEvents },
-      ],
-      -1,
-    );
-    if (wake) drainEventFd(this.d.wakeFd);
+    const c = sleep(this.d, [{ fd: this.sockFd, events: sockEvents }], -1);
+    if (c) this.command(c);
   }
 }
 
-new FetchWorker(workerData as FetchWorkerData).run();
+/**
+ * Sleeps in poll() until woken, `also` is ready or the timeout passes. Announces the sleep,
+ * then looks at the port once more: a command posted before the announcement is returned
+ * here instead, one posted after it comes with a wake (file-fetcher.ts checks the flag).
+ */
+function sleep(
+  d: FetchWorkerData,
+  also: { fd: number; events: number }[],
+  timeoutMs: number,
+): FetchCommand | undefined {
+  Atomics.store(d.sleeping, 0, 1);
+  const more = receiveMessageOnPort(d.port);
+  if (!more) {
+    const [wake] = pollFds([{ fd: d.wakeFd, events: POLLIN }, ...also], timeoutMs);
+    if (wake) drainEventFd(d.wakeFd);
+  }
+  Atomics.store(d.sleeping, 0, 0);
+  return more?.message as FetchCommand | undefined;
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** Between sessions: waits for the next attach (or exit); stale commands are dropped. */
+function serve(d: FetchWorkerData): void {
+  const devNull = openSync("/dev/null", "w");
+  try {
+    for (;;) {
+      const c =
+        (receiveMessageOnPort(d.port)?.message as FetchCommand | undefined) ?? sleep(d, [], IDLE_POLL_MS);
+      if (c?.op === "exit") break;
+      if (c?.op === "attach") new Session(d, c, devNull).run();
+    }
+  } finally {
+    closeSync(devNull);
+  }
+}
+
+serve(workerData as FetchWorkerData);
