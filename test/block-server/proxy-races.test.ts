@@ -175,6 +175,12 @@ t("block status: local holes and data from the cache, missing ranges from upstre
   assert.ok(missing[0].flags & NBD_STATE_ZERO, "upstream says the missing zero range reads as zeroes");
   const total = (await p.blockStatus(0, SIZE)).reduce((a, e) => a + e.length, 0);
   assert.ok(total > 0 && total <= SIZE);
+  // REQ_ONE: one extent, starting at the offset, the first one of the full answer or shorter.
+  const all = await p.blockStatus(0, SIZE);
+  const [first, ...rest] = await p.blockStatus(0, SIZE, 1);
+  assert.is(rest.length, 0);
+  assert.is(first.flags, all[0].flags);
+  assert.ok(first.length > 0 && first.length <= all[0].length);
 });
 
 t.run();

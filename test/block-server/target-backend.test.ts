@@ -82,6 +82,13 @@ test("blockStatus covers the range with data and hole extents", async () => {
     { length: 2 * MiB, flags: HOLE },
   ]);
   assert.equal(await t.blockStatus(MiB + 4096, 4096), [{ length: 4096, flags: 0 }]);
+  // A client's REQ_ONE: only the first extent is looked for, whole, whichever kind it is.
+  assert.equal(await t.blockStatus(0, 4 * MiB, 1), [{ length: MiB, flags: HOLE }]);
+  assert.equal(await t.blockStatus(MiB, 3 * MiB, 1), [{ length: MiB, flags: 0 }]);
+  assert.equal(await t.blockStatus(0, 4 * MiB, 2), [
+    { length: MiB, flags: HOLE },
+    { length: MiB, flags: 0 },
+  ]);
   await t.close();
 });
 

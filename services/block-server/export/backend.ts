@@ -94,7 +94,11 @@ export interface Backend {
   writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void>;
   /** Advisory: bring the range close (proxy: fetch it now). */
   cache(offset: number, length: number): Promise<void>;
-  /** Extents covering at least the first byte of [offset, offset+length). */
-  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Extents covering at least the first byte of [offset, offset+length). `maxExtents` says
+   * how many the caller will use (1 for a client's REQ_ONE): looking further is wasted work,
+   * and fewer (a shorter answer) is always allowed.
+   */
+  blockStatus(offset: number, length: number, maxExtents?: number): Promise<Extent[]>;
   close(): Promise<void>;
 }

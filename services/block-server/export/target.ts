@@ -252,17 +252,18 @@ export class TargetBackend implements Backend {
     adviseWillNeed(this.check(), offset, length);
   }
 
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+  async blockStatus(offset: number, length: number, maxExtents = MAX_EXTENTS): Promise<Extent[]> {
     const fd = this.check();
     const end = offset + length;
+    const max = Math.max(1, Math.min(maxExtents, MAX_EXTENTS));
     const extents: Extent[] = [];
     let pos = offset;
-    while (pos < end && extents.length < MAX_EXTENTS) {
+    while (pos < end && extents.length < max) {
       const data = Math.min(seek(fd, pos, SEEK_DATA) ?? this.size, end);
       if (data > pos) {
         extents.push({ length: data - pos, flags: NBD_STATE_HOLE | NBD_STATE_ZERO });
         pos = data;
-        if (pos >= end) break;
+        if (pos >= end || extents.length >= max) break;
       }
       const hole = Math.min(seek(fd, pos, SEEK_HOLE) ?? this.size, end);
       extents.push({ length: hole - pos, flags: 0 });

@@ -543,20 +543,21 @@ export class ProxyBackend extends EventEmitter implements Backend {
   }
 
   /** Local blocks from the cache (holes included); missing ones from upstream when it can say. */
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+  async blockStatus(offset: number, length: number, maxExtents = 1024): Promise<Extent[]> {
     this.check();
     const end = Math.min(this.size, offset + length);
     const bs = this.blockSize;
+    const max = Math.max(1, Math.min(maxExtents, 1024));
     const extents: Extent[] = [];
     let pos = offset;
     let askedUpstream = false;
-    while (pos < end && extents.length < 1024) {
+    while (pos < end && extents.length < max) {
       const b = Math.floor(pos / bs);
       const isLocal = this.bitmap.has(b);
       let runEnd = Math.min(end, (b + 1) * bs);
       while (runEnd < end && this.bitmap.has(Math.floor(runEnd / bs)) === isLocal)
         runEnd = Math.min(end, runEnd + bs);
-      if (isLocal) extents.push(...(await this.local.blockStatus(pos, runEnd - pos)));
+      if (isLocal) extents.push(...(await this.local.blockStatus(pos, runEnd - pos, max - extents.length)));
       else {
         if (askedUpstream) break; // one round trip per call; the client asks again
         askedUpstream = true;

@@ -570,7 +570,8 @@ export class Connection {
     this.track(0);
     const b = e.begin();
     e.stats.requests++;
-    attempt(() => b.blockStatus(req.offset, req.length)).then(
+    const one = (req.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
+    attempt(() => b.blockStatus(req.offset, req.length, one ? 1 : undefined)).then(
       (extents) => {
         e.end(b);
         // Clip to the request (and to one extent with REQ_ONE); drop empty extents.
