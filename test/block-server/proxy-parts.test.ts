@@ -43,6 +43,22 @@ test("zero map: only whole blocks inside zero extents, the short last block, lea
   assert.equal(asked, [0, 2000]);
   assert.is(l.learnedTo, 2000);
   assert.ok(l.has(0) && l.has(1) && !l.has(2));
+  // Answering block status from it: zero blocks as holes, the rest (half-zero blocks too) data,
+  // from any offset, at most `max` extents.
+  assert.equal(m.extents(0, 10_300), [
+    { length: 2000, flags: 0 },
+    { length: 2000, flags: ZERO | HOLE },
+    { length: 1000, flags: 0 },
+    { length: 5300, flags: ZERO | HOLE },
+  ]);
+  assert.equal(m.extents(2500, 4100), [
+    { length: 1500, flags: ZERO | HOLE },
+    { length: 100, flags: 0 },
+  ]);
+  assert.equal(m.extents(500, 10_300, 2), [
+    { length: 1500, flags: 0 },
+    { length: 2000, flags: ZERO | HOLE },
+  ]);
 });
 
 test("bitmap: set, count, nextMissing, dirty range, odd block counts", () => {

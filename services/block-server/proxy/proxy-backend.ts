@@ -558,7 +558,16 @@ export class ProxyBackend extends EventEmitter implements Backend {
       while (runEnd < end && this.bitmap.has(Math.floor(runEnd / bs)) === isLocal)
         runEnd = Math.min(end, runEnd + bs);
       if (isLocal) extents.push(...(await this.local.blockStatus(pos, runEnd - pos, max - extents.length)));
-      else {
+      else if (pos < this.zeroMap.learnedTo) {
+        // Learned at open: no round trip (qemu asks one extent at a time, over a WAN too).
+        const known = this.zeroMap.extents(
+          pos,
+          Math.min(runEnd, this.zeroMap.learnedTo),
+          max - extents.length,
+        );
+        extents.push(...known);
+        runEnd = known.reduce((at, x) => at + x.length, pos);
+      } else {
         if (askedUpstream) break; // one round trip per call; the client asks again
         askedUpstream = true;
         const up = await this.upstream.blockStatus(pos, runEnd - pos);

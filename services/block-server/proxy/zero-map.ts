@@ -4,7 +4,7 @@
 // are fetched as usual, so the map only ever saves work. Only whole blocks inside a zero
 // extent count (a block half zero must still be fetched).
 import type { Extent } from "../export/backend.js";
-import { NBD_STATE_ZERO } from "../nbd/protocol/constants.js";
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../nbd/protocol/constants.js";
 import { BlockBitmap } from "./block-bitmap.js";
 
 /** Block status of [offset, offset+length), or undefined when the upstream cannot say. */
@@ -53,6 +53,28 @@ export class ZeroMap {
       if (at >= this.size) break;
     }
     return at;
+  }
+
+  /**
+   * Block status of [offset, end) from what was learned (end <= learnedTo): blocks known to
+   * read as zeroes are a hole, the rest data. Answers a client's block status for blocks
+   * not yet local without a round trip upstream. At most `max` extents (the answer may
+   * then end before `end`).
+   */
+  extents(offset: number, end: number, max = Infinity): Extent[] {
+    const bs = this.blockSize;
+    const out: Extent[] = [];
+    for (let at = offset; at < end; ) {
+      const b = Math.floor(at / bs);
+      const flags = this.zero.has(b) ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0;
+      const next = Math.min(end, (b + 1) * bs);
+      const last = out[out.length - 1];
+      if (last && last.flags === flags) last.length += next - at;
+      else if (out.length < max) out.push({ length: next - at, flags });
+      else break;
+      at = next;
+    }
+    return out;
   }
 
   /**
