@@ -1,7 +1,11 @@
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readlinkSync } from "node:fs";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { closeFd } from "../../services/block-server/export/libc.js";
 import {
   NbdClient,
   NbdConnectionError,
@@ -176,5 +180,30 @@ real("peer vanishing mid-transfer rejects every pending request, nothing hangs",
   const later = await c.read(0, 1).catch((x) => x);
   assert.instance(later, NbdConnectionError);
 });
+
+real(
+  "a handed-over connection's descriptor is close-on-exec: processes spawned later do not hold it",
+  async () => {
+    const img = join(dir.path, "h.img");
+    makeImage(img, 1 << 20);
+    const srv = await startNbdkit("file", [img]);
+    let fd = -1;
+    try {
+      const c = await NbdClient.connect(srv.url);
+      fd = c.detachFd();
+      const socket = readlinkSync(`/proc/self/fd/${fd}`);
+      assert.match(socket, /^socket:\[\d+\]$/);
+      // A child lists what it inherited (an open copy would keep the connection up).
+      const { stdout } = await promisify(execFile)("sh", [
+        "-c",
+        'for f in /proc/$$/fd/*; do readlink "$f"; done; true',
+      ]);
+      assert.not.ok(stdout.split("\n").includes(socket), `the child inherited ${socket}:\n${stdout}`);
+    } finally {
+      if (fd >= 0) closeFd(fd);
+      await srv.kill();
+    }
+  },
+);
 
 test.run();

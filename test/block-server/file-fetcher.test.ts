@@ -1,6 +1,7 @@
 // The proxy's zero-copy fetch path on its own: a worker thread splicing upstream READ
 // replies into the cache file. Real nbdkit upstreams (TCP and unix socket); a relay in
 // between that corrupts or cuts the reply stream once transmission has started.
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, truncateSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
@@ -227,6 +228,39 @@ t(
       assert.is(fetchThreads.idleCount, before, "the thread came back after the failed open");
     } finally {
       await up.stop();
+    }
+  },
+);
+
+t(
+  "the process exits while a fetch thread serves a connection (it does not hang joining the thread)",
+  async () => {
+    const up = await startNbdkit("file", [image]);
+    const fixture = new URL("./fixtures/exit-while-fetching.ts", import.meta.url).pathname;
+    const child = spawn(process.execPath, ["--import", "tsx", fixture, up.url, freshCache()], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (b) => {
+      out += b;
+    });
+    child.stderr.on("data", (b) => {
+      out += b;
+    });
+    try {
+      // A hang (the old thread slept in poll() without a timeout) is caught by this bound.
+      const code = await new Promise<number | string>((resolve) => {
+        const timer = setTimeout(() => resolve("still running after 60 s"), 60_000);
+        child.on("exit", (c, sig) => {
+          clearTimeout(timer);
+          resolve(c ?? String(sig));
+        });
+      });
+      assert.match(out, /open/, out);
+      assert.is(code, 0, out);
+    } finally {
+      child.kill("SIGKILL");
+      await up.kill();
     }
   },
 );

@@ -42,7 +42,6 @@ interface Libc {
   pipe2: (fds: Buffer, flags: number) => number;
   fcntl: (fd: number, cmd: number, arg: number) => number;
   poll: (fds: Buffer, nfds: number, timeout: number) => number;
-  dup: (fd: number) => number;
   close: (fd: number) => number;
   eventfd: (initval: number, flags: number) => number;
   setsockopt: (fd: number, level: number, name: number, value: Buffer, len: number) => number;
@@ -83,7 +82,6 @@ function load(): Libc {
     // Variadic in C; the int-argument form is plain register moves (see syscall above).
     fcntl: lib.func("int fcntl(int fd, int cmd, int arg)") as Libc["fcntl"],
     poll: lib.func("int poll(void *fds, unsigned long nfds, int timeout)") as Libc["poll"],
-    dup: lib.func("int dup(int fd)") as Libc["dup"],
     close: lib.func("int close(int fd)") as Libc["close"],
     eventfd: lib.func("int eventfd(unsigned int initval, int flags)") as Libc["eventfd"],
     setsockopt: lib.func(
@@ -220,10 +218,16 @@ const O_CLOEXEC = 0o2000000;
 const F_SETPIPE_SZ = 1031;
 const EINTR = 4;
 
-/** dup(2): a second descriptor for the same open socket or file. */
+const F_DUPFD_CLOEXEC = 1030;
+
+/**
+ * A second descriptor for the same open socket or file, close-on-exec like Node's own: a
+ * plain dup(2) would leak it into every process spawned later (tsx's esbuild service held
+ * an upstream NBD connection open for a minute that way, and its server could not stop).
+ */
 export function dup(fd: number): number {
-  const r = load().dup(fd);
-  if (r < 0) throw new SysError("dup", koffi.errno());
+  const r = load().fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) throw new SysError("fcntl(F_DUPFD_CLOEXEC)", koffi.errno());
   return r;
 }
 

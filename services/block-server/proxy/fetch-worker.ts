@@ -56,10 +56,11 @@ export type FetchResult = { session: number } & (
 );
 
 /**
- * How long an idle thread sleeps at most before looking again: the process's exit can only
- * stop a thread while it runs JavaScript, not inside poll().
+ * The longest a thread sleeps in poll() before looking again, idle or serving. The process's
+ * exit stops a worker only while it runs JavaScript: a thread asleep with no timeout kept a
+ * block-server alive, signals and all, when it exited with a connection still open.
  */
-const IDLE_POLL_MS = 250;
+const POLL_MS = 250;
 
 const PIPE_SIZE = 1 << 20;
 
@@ -248,7 +249,7 @@ class Session {
   /** Sleeps until the socket can move something or the main thread wakes us. */
   private waitForWork(): void {
     const sockEvents = POLLIN | (this.outbox.length > 0 ? POLLOUT : 0);
-    const c = sleep(this.d, [{ fd: this.sockFd, events: sockEvents }], -1);
+    const c = sleep(this.d, [{ fd: this.sockFd, events: sockEvents }], POLL_MS);
     if (c) this.command(c);
   }
 }
@@ -280,8 +281,7 @@ function serve(d: FetchWorkerData): void {
   const devNull = openSync("/dev/null", "w");
   try {
     for (;;) {
-      const c =
-        (receiveMessageOnPort(d.port)?.message as FetchCommand | undefined) ?? sleep(d, [], IDLE_POLL_MS);
+      const c = (receiveMessageOnPort(d.port)?.message as FetchCommand | undefined) ?? sleep(d, [], POLL_MS);
       if (c?.op === "exit") break;
       if (c?.op === "attach") new Session(d, c, devNull).run();
     }
