@@ -21,9 +21,12 @@ import {
   tunnelRoutes,
   vmPortCommands,
 } from "../../services/netreach/dataplane/commands.js";
+import { RawLink } from "../../services/netreach/dataplane/raw-link.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { decodeEchoReply, encodeEchoRequest, expandIPv6 } from "../../services/netreach/probe/icmp-socket.js";
 import { checkPingOptions } from "../../services/netreach/probe/pinger.js";
+import { gate } from "../helpers/env.js";
+import { inheritedOf, openTargets } from "../helpers/fds.js";
 
 const vm = { homeIpv6: ["2001:db8::100"], homeIpv4: ["10.0.0.100"] };
 const site = { site: "s2", sid6: "fc00:2::d6", sid4: "fc00:2::d4" };
@@ -177,6 +180,20 @@ test("unsolicited NA: all-nodes, hop limit 255, Override, target option, valid c
 test("ping options are checked", () => {
   assert.throws(() => checkPingOptions({ target: "::1", count: 0, intervalMs: 10 }), /count/);
   assert.throws(() => checkPingOptions({ target: "::1", count: 5, intervalMs: 0 }), /interval/);
+});
+
+const asRoot = gate(test, ["root"], "packet sockets");
+
+asRoot("raw link sockets are close-on-exec: the ip -batch helper we spawn does not inherit one", async () => {
+  const before = openTargets();
+  const link = new RawLink("lo");
+  try {
+    const mine = [...openTargets()].filter((t) => !before.has(t) && t.startsWith("socket:"));
+    assert.is(mine.length, 1, "one new socket");
+    assert.equal(await inheritedOf(mine), []);
+  } finally {
+    link.close();
+  }
 });
 
 test.run();

@@ -15,6 +15,8 @@ const closeFd = libc.func("int close(int fd)");
 
 const AF_PACKET = 17;
 const SOCK_RAW = 3;
+/** Not inherited by the processes we spawn (the `ip -batch` helper lives as long as we do). */
+const SOCK_CLOEXEC = 0o2000000;
 const CLONE_NEWNET = 0x40000000;
 
 export class RawLink {
@@ -33,7 +35,7 @@ export class RawLink {
         throw new Error(`setns into ${netns} failed (errno ${koffi.errno()})`);
       // Plain libc calls (they return errors, never throw), then straight back home.
       this.ifindex = ifNameToIndex(dev) as number;
-      this.fd = this.ifindex ? (socket(AF_PACKET, SOCK_RAW, 0) as number) : -1;
+      this.fd = this.ifindex ? (socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0) as number) : -1;
       if (netns && setns(here, CLONE_NEWNET) !== 0)
         throw new Error(`setns back failed (errno ${koffi.errno()}): this thread is in the wrong namespace`);
     } finally {

@@ -17,6 +17,8 @@ const close = libc.func("int close(int fd)");
 const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_DGRAM = 2;
+/** Not inherited by the processes we spawn (`ip`, probes). */
+const SOCK_CLOEXEC = 0o2000000;
 const IPPROTO_ICMP = 1;
 const IPPROTO_ICMPV6 = 58;
 const MSG_DONTWAIT = 0x40;
@@ -87,7 +89,7 @@ export class IcmpEchoSocket {
     this.to = sockaddr(target);
     this.fd = socket(
       this.v6 ? AF_INET6 : AF_INET,
-      SOCK_DGRAM,
+      SOCK_DGRAM | SOCK_CLOEXEC,
       this.v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP,
     ) as number;
     if (this.fd < 0)
