@@ -5,6 +5,7 @@ import { gzipSync } from "node:zlib";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { buildGuest } from "../../deploy/guest/build/build.js";
+import { GuestBuildError, run } from "../../deploy/guest/build/run.js";
 import { extractVmlinux, locateKernelPayload } from "../../deploy/guest/build/vmlinux.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { ensureGuest } from "./guest.js";
@@ -69,6 +70,16 @@ buildTest("`vmhop guest build` with an unknown kernel package fails clearly, exi
   } finally {
     out.cleanup();
   }
+});
+
+test("a build tool that exits without reading its input fails with its status, not a broken pipe", async () => {
+  // 4 MiB does not fit the pipe: writing it breaks the pipe once the tool has gone.
+  const err = await run("sh", ["-c", "echo no thanks >&2; exit 3"], { input: Buffer.alloc(4 << 20) }).catch(
+    (e) => e,
+  );
+  assert.instance(err, GuestBuildError);
+  assert.match(String(err.message), /exited with 3/);
+  assert.match(String(err.message), /no thanks/);
 });
 
 test("`vmhop guest` with an unknown subcommand prints usage, exit 2", () => {

@@ -33,6 +33,9 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
       if (code === 0) resolve(Buffer.concat(out));
       else fail(signal ? `was killed by ${signal}` : `exited with ${code}`);
     });
+    // A tool that exits before reading all its input breaks the pipe: its exit status and
+    // stderr (reported on "close") say why, not an unhandled EPIPE.
+    child.stdin.on("error", () => {});
     child.stdin.end(opts.input ?? "");
   });
 }
