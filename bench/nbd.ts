@@ -68,8 +68,6 @@ function shuffled(n: number, round: number): number[] {
   return order;
 }
 
-const CASES = ["target", "proxy-cold", "proxy-warm", "cascade-cold"];
-
 /** Servers that live for the whole benchmark (closed at its end). */
 const kept: NbdServer[] = [];
 
@@ -141,6 +139,11 @@ export async function main(args: string[]): Promise<void> {
   const clients: Client[] = hasFlag(args, "--qemu-img") ? ["nbdcopy", "qemu-img"] : ["nbdcopy"];
   const freshProcess = hasFlag(args, "--fresh-process");
   const only = flagValue(args, "--cases")?.split(",");
+  // Checked before anything starts; the names are the setups' own (building them starts nothing).
+  const known = [...new Set(setups("", () => "", null).map((s) => s.case))];
+  const unknown = only?.filter((c) => !known.includes(c)) ?? [];
+  if (unknown.length > 0)
+    throw new Error(`--cases: unknown ${unknown.join(", ")} (cases: ${known.join(", ")})`);
   const size = sizeMib << 20;
   const tmp = tempDir("vmhop-bench-nbd-");
   const image = join(tmp.path, "disk.raw");
@@ -152,7 +155,6 @@ export async function main(args: string[]): Promise<void> {
   try {
     for (const client of clients) {
       const all = setups(image, () => origin.uri, hosts).filter((s) => !only || only.includes(s.case));
-      if (all.length === 0) throw new Error(`--cases: none of ${only} is a case (${CASES.join(", ")})`);
       const perRun: Metrics[][] = all.map(() => []);
       for (let i = 0; i < runs; i++) {
         for (const k of shuffled(all.length, i)) {
@@ -211,7 +213,7 @@ export async function main(args: string[]): Promise<void> {
     target_vs_nbdkit_per_round: paired(runsOf("target", "vmhop"), runsOf("target", "nbdkit")),
     proxy_cold_vs_nbdkit_target_per_round: paired(runsOf("proxy-cold", "vmhop"), runsOf("target", "nbdkit")),
   };
-  const x = (v: number) => `${v.toFixed(2)}x`;
+  const x = (v: number) => (Number.isNaN(v) ? "n/a (case not run)" : `${v.toFixed(2)}x`);
   console.log(
     `goals: target ${x(goals.target_vs_nbdkit)} nbdkit (want >= 1; per round ${x(goals.target_vs_nbdkit_per_round)}), ` +
       `proxy cold ${x(goals.proxy_cold_vs_nbdkit_target)} nbdkit target (want >= 0.5; per round ${x(goals.proxy_cold_vs_nbdkit_target_per_round)})`,
