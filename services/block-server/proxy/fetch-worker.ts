@@ -128,7 +128,7 @@ class Session {
   }
 
   private post(m: DistributiveOmit<FetchResult, "session">): void {
-    this.d.port.postMessage({ ...m, session: this.session });
+    postResult(this.d, this.session, m);
   }
 
   private takeCommands(): void {
@@ -141,8 +141,8 @@ class Session {
       // Never sent to a thread in use: a bug in the pool. Hand back what came with it.
       if (c.op === "attach") {
         closeFd(c.sockFd);
-        this.d.port.postMessage({ session: c.session, fatal: "fetch thread is busy" });
-        this.d.port.postMessage({ session: c.session, detached: true });
+        postResult(this.d, c.session, { fatal: "fetch thread is busy" });
+        postResult(this.d, c.session, { detached: true });
       }
       return;
     }
@@ -275,6 +275,10 @@ function sleep(
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+function postResult(d: FetchWorkerData, session: number, m: DistributiveOmit<FetchResult, "session">): void {
+  d.port.postMessage({ ...m, session });
+}
 
 /** Between sessions: waits for the next attach (or exit); stale commands are dropped. */
 function serve(d: FetchWorkerData): void {
