@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { readlinkSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { closeFd } from "../../services/block-server/export/libc.js";
 import {
@@ -13,6 +12,7 @@ import {
 import { formatNbdUrl, parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { inheritedOf } from "../helpers/fds.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";
 
 const dir = tempDir("vmhop-client-");

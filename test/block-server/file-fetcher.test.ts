@@ -6,13 +6,13 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, truncateSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { BackendError } from "../../services/block-server/export/backend.js";
 import { NbdConnectionError } from "../../services/block-server/nbd/client/client.js";
 import { fetchThreads } from "../../services/block-server/proxy/fetch-thread-pool.js";
 import { FileFetcher } from "../../services/block-server/proxy/file-fetcher.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
 
 const dir = tempDir("vmhop-fetcher-");

@@ -7,7 +7,6 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { suite } from "uvu";
 import {
   BlockServiceClient,
   ExportMode,
@@ -21,6 +20,7 @@ import { silentLogger } from "../../services/common/log.js";
 import { initTracing } from "../../services/common/tracing.js";
 import { gate, tempDir } from "../helpers/env.js";
 import { healthCheck, reflectionFileContaining, reflectionListServices } from "../helpers/grpc.js";
+import { suite } from "../helpers/uvu.js";
 
 // The NBD server runs in this process: clients must run asynchronously, never execFileSync.
 const run = promisify(execFile);

@@ -1,6 +1,6 @@
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
+import { test } from "../helpers/uvu.js";
 
 function value<T>(d: P.Decoded<T>): { value: T; consumed: number } {
   if ("need" in d) throw new Error(`unexpected need ${d.need}`);

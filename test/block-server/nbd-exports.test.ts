@@ -1,7 +1,6 @@
 // Export registry, runtime backend swaps, removal, stats, heat tracking, addresses, buffer pool.
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Alloc, Backend, WriteZeroesOptions } from "../../services/block-server/export/backend.js";
 import { BufferPool } from "../../services/block-server/export/buffer-pool.js";
@@ -10,6 +9,7 @@ import { TargetBackend } from "../../services/block-server/export/target.js";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { parseListenAddress } from "../../services/block-server/nbd/server/index.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer, type TestServer } from "./fixtures/nbd.js";
 
 const MiB = 1 << 20;

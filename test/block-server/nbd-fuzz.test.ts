@@ -2,7 +2,6 @@
 // machine (only `need`, a value, or ProtocolError may come out), then into a live server
 // (it stays up, leaks no connections, and serves a healthy client afterwards).
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Export } from "../../services/block-server/export/export.js";
 import { ExportRegistry } from "../../services/block-server/export/registry.js";
@@ -10,6 +9,7 @@ import { TargetBackend } from "../../services/block-server/export/target.js";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { Handshake } from "../../services/block-server/nbd/server/index.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer } from "./fixtures/nbd.js";
 
 /** Small seeded PRNG (mulberry32) so failures reproduce. */

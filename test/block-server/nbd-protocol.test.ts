@@ -2,10 +2,10 @@
 // replies, pipelining and backpressure. After every bad client, a healthy one still works.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer, type TestServer } from "./fixtures/nbd.js";
 
 const MiB = 1 << 20;

@@ -2,7 +2,6 @@
 import { readFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { notSentLowat } from "../../services/block-server/export/libc.js";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
@@ -12,6 +11,7 @@ import {
   tuneReplySocket,
 } from "../../services/block-server/nbd/server/socket-tuning.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, run, runOk, startServer, type TestServer } from "./fixtures/nbd.js";
 
 const MiB = 1 << 20;

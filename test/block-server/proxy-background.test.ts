@@ -1,11 +1,11 @@
 // Background copy: hot blocks first, rate limit changeable at runtime, stop/resume, never
 // fetching a block twice, events and stats.
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, startQemuNbd } from "./fixtures/proxy-servers.js";
 
 const dir = tempDir("vmhop-proxybg-");

@@ -5,13 +5,13 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { TargetBackend } from "../../services/block-server/export/target.js";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
 import { NbdServer } from "../../services/block-server/nbd/server/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { type ServedProxy, serveProxy } from "./fixtures/proxy-serve.js";
 import {
   makeImage,

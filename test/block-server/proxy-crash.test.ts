@@ -5,13 +5,13 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
 import { BITMAP_HEADER_SIZE } from "../../services/block-server/proxy/bitmap-file.js";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, startQemuNbd } from "./fixtures/proxy-servers.js";
 
 const dir = tempDir("vmhop-proxycrash-");

@@ -1,5 +1,4 @@
 // The proxy's pure parts: bitmap, fetch planning, token bucket, copy order, latency, zero map.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { BitSet } from "../../services/block-server/proxy/bit-set.js";
 import {
@@ -13,6 +12,7 @@ import { blockSpan, mergeRuns, runBytes, runFrom } from "../../services/block-se
 import { LatencyRecorder } from "../../services/block-server/proxy/latency.js";
 import { type Clock, TokenBucket } from "../../services/block-server/proxy/token-bucket.js";
 import { ZeroMap } from "../../services/block-server/proxy/zero-map.js";
+import { test } from "../helpers/uvu.js";
 
 test("zero map: only whole blocks inside zero extents, the short last block, learning stops on silence", async () => {
   const ZERO = 2;

@@ -3,12 +3,12 @@
 // re-pointed at another replica.
 import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
 import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
 import { createLogger } from "../../services/common/log.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { serveProxy } from "./fixtures/proxy-serve.js";
 import { makeImage, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";
 

@@ -1,11 +1,11 @@
 // TargetBackend on its own: sparse reads, block status, trim and zeroing semantics, errors.
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { TargetBackend } from "../../services/block-server/export/target.js";
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../../services/block-server/nbd/protocol/index.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { makeImage, pattern } from "./fixtures/nbd.js";
 
 const MiB = 1 << 20;

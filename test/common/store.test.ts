@@ -1,6 +1,5 @@
 // The same behaviour suite runs against the embedded store and a real redis-server.
 import * as assert from "node:assert/strict";
-import { suite } from "uvu";
 import {
   MemoryStore,
   openStore,
@@ -10,6 +9,7 @@ import {
 } from "../../services/common/store/index.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { suite } from "../helpers/uvu.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -3,10 +3,10 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
-import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { gate, tempDir } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { suite } from "../helpers/uvu.js";
 import { type PageServerHandle, startPageServer } from "./fixtures.js";
 
 const test = gate(suite("vmhop control"), ["redis-server"], "vmhop control on real Redis");

@@ -6,7 +6,6 @@
 // unreachable destination, the same host, a second migration while one runs.
 import { readFileSync, statSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
@@ -28,6 +27,7 @@ import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { placementService } from "../../services/placement/service/grpc.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
 

@@ -1,5 +1,4 @@
 // The migration state table: every edge, the final states, refused events.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   FINAL_STATES,
@@ -11,6 +10,7 @@ import {
   TRANSITIONS,
   TransitionError,
 } from "../../services/control-plane/states.js";
+import { test } from "../helpers/uvu.js";
 
 const EVENTS: MigrationEvent[] = ["prepare", "start", "switch", "complete", "finish", "fail", "cancel"];
 const STATES = Object.keys(TRANSITIONS) as MigrationState[];

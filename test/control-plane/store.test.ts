@@ -3,13 +3,13 @@
 // failing the migrations it finds unfinished. Real page-servers (no VM needs QEMU here: VMs
 // are planted in the registry as CreateVm leaves them).
 import * as grpc from "@grpc/grpc-js";
-import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { suite } from "../helpers/uvu.js";
 import {
   type ControlPlaneHandle,
   host,

@@ -2,8 +2,8 @@
 // the file itself) and every vmhop command it runs is one the CLI knows.
 import * as assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { suite } from "uvu";
 import { gate } from "../helpers/env.js";
+import { suite } from "../helpers/uvu.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 const test = gate(suite("docker-compose.yml"), ["docker-compose"], "compose validation");

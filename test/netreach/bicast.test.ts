@@ -5,7 +5,6 @@
 // Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
@@ -15,6 +14,7 @@ import { type PingRecord, summarisePings } from "../../services/netreach/probe/a
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 

@@ -1,5 +1,4 @@
 // Binding cache: generation ordering, the state table, lifetime, and durability on real Redis.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { MemoryStore, RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
@@ -7,6 +6,7 @@ import { transitions } from "../../services/netreach/binding/state.js";
 import type { RegisterRequest } from "../../services/netreach/binding/types.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";
 
 const s1 = { site: "s1", sid6: "fc00:1::d6", sid4: "fc00:1::d4" };

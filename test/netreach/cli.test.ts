@@ -1,11 +1,11 @@
 // `vmhop netreach …`: argument errors are clear; `bindings` lists what the anchor stored.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
 import { run } from "../../services/netreach/cli.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";
 
 test("bad arguments get clear errors", async () => {

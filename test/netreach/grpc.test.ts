@@ -2,7 +2,6 @@
 // driven over real gRPC in namespaces: register, move through the migration hooks under a
 // continuous ping, a stale update refused without a change, and an anchor process restart.
 import * as grpc from "@grpc/grpc-js";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import {
@@ -24,6 +23,7 @@ import { GATEWAY_MAC, HOME, NetreachBed, sidsOf, VM } from "../../services/netre
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
 import { type Served, serve } from "./serve-process.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.

@@ -5,7 +5,6 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
@@ -18,6 +17,7 @@ import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import type { VmState } from "../../services/page-server/vm/states.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.

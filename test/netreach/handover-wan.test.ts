@@ -1,13 +1,13 @@
 // Handover over a WAN with 15 ms one-way delay (router links as VXLAN through the project's
 // userspace delay relay): with a forwarding pointer the correspondent loses (almost) nothing;
 // without one, what is in flight to the old site for about one signalling delay is lost.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { type HandoverMode, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.

@@ -1,12 +1,12 @@
 // A VM moves site to site while a correspondent pings its home addresses (IPv6 and IPv4, 10 ms
 // apart) and keeps a TCP connection to it. Real SRv6 routes in real namespaces.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { GATEWAY_MAC, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.

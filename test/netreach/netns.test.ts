@@ -1,5 +1,4 @@
 // Namespace test-bed helpers and the persistent ip -batch process, on the real kernel.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   addAddress,
@@ -17,6 +16,7 @@ import {
 import { idempotent } from "../../services/netreach/dataplane/batch-process.js";
 import { IpBatch } from "../../services/netreach/dataplane/ip-batch.js";
 import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";
 
 const BASE = "nr-ns-";

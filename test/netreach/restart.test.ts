@@ -1,5 +1,4 @@
 // The anchor restarts: bindings come back from Redis into the kernel and traffic keeps flowing.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { RedisStore } from "../../services/common/store/index.js";
@@ -8,6 +7,7 @@ import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
 const PREFIX = uniqueNetnsPrefix("nr-rs-");

@@ -1,5 +1,4 @@
 // Pure parts of netreach: kernel command builders, echo codec, ping analysis.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Binding } from "../../services/netreach/binding/types.js";
 import {
@@ -27,6 +26,7 @@ import { decodeEchoReply, encodeEchoRequest, expandIPv6 } from "../../services/n
 import { checkPingOptions } from "../../services/netreach/probe/pinger.js";
 import { gate } from "../helpers/env.js";
 import { inheritedOf, openTargets } from "../helpers/fds.js";
+import { test } from "../helpers/uvu.js";
 
 const vm = { homeIpv6: ["2001:db8::100"], homeIpv4: ["10.0.0.100"] };
 const site = { site: "s2", sid6: "fc00:2::d6", sid4: "fc00:2::d4" };

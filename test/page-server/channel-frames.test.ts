@@ -1,6 +1,5 @@
 // The compressing channel's frame codec and its "deflate only on a slow, saturated link" rule.
 import { randomBytes } from "node:crypto";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   DrainMeter,
@@ -14,6 +13,7 @@ import {
   PLAIN_RUN,
 } from "../../services/page-server/channel/frame.js";
 import { ChannelProtocolError } from "../../services/page-server/channel/hello.js";
+import { test } from "../helpers/uvu.js";
 
 /** Guest-like memory: zero pages, repeated text and random bytes. */
 function pages(): Buffer {

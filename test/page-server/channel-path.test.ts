@@ -3,7 +3,6 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { ChannelCompression, ChannelPath } from "../../gen/vmhop/v1/page.js";
 import { RpcError } from "../../services/common/grpc/server.js";
@@ -16,6 +15,7 @@ import {
   parseCompression,
 } from "../../services/page-server/channel/path-policy.js";
 import { channelPathFromProto, compressionFromProto } from "../../services/page-server/grpc/convert.js";
+import { test } from "../helpers/uvu.js";
 
 const near = NEAR_LINK_RTT_MS / 20;
 const far = 20;

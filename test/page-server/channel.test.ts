@@ -3,7 +3,6 @@
 import { once } from "node:events";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   ChannelProtocolError,
@@ -21,6 +20,7 @@ import { ChannelError, ChannelOut, splitHostPort } from "../../services/page-ser
 import { migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "migration through the channel");

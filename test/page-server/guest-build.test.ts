@@ -2,12 +2,12 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { buildGuest } from "../../deploy/guest/build/build.js";
 import { GuestBuildError, run } from "../../deploy/guest/build/run.js";
 import { extractVmlinux, locateKernelPayload } from "../../deploy/guest/build/vmlinux.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 
 const buildTest = gate(test, ["apt-get", "dpkg", "gcc", "xz"], "build the test guest");

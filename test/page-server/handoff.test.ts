@@ -1,9 +1,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { MigrationMode } from "../../services/page-server/migration/driver.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 
 const migTest = gate(

@@ -1,9 +1,9 @@
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { MigrationRecord } from "../../services/page-server/host.js";
 import { chooseMode, measureDirtyRate } from "../../services/page-server/migration/auto.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { guestOnTwoHosts } from "./guest-continues.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "auto mode migration");

@@ -1,11 +1,11 @@
 // Pre-copy and hybrid migration with a light workload (Debian's QEMU 7.2 can corrupt a TCG
 // guest after several pre-copy rounds: the workload's verification would report it here),
 // and a destination killed during pre-copy: the VM keeps running at the source.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { MigrationError, migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "migration modes");

@@ -7,11 +7,11 @@ import { truncateSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
 
 const migTest = gate(

@@ -3,10 +3,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { join } from "node:path";
 import { credentials } from "@grpc/grpc-js";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { type ListHostVmsResponse, PageServiceClient } from "../../gen/vmhop/v1/page.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 const bin = join(root, "bin/vmhop.js");

@@ -1,7 +1,7 @@
 // The SCM_RIGHTS control message, byte by byte (Linux x86_64/arm64 layout).
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { encodeRightsCmsg } from "../../services/page-server/qmp/pass-fd.js";
+import { test } from "../helpers/uvu.js";
 
 test("one fd: 16-byte header, the fd, padded to 24 bytes (CMSG_SPACE)", () => {
   const b = encodeRightsCmsg([7]);

@@ -2,7 +2,6 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { QmpClient } from "../../services/page-server/qmp/client.js";
 import {
@@ -12,6 +11,7 @@ import {
   QmpTimeoutError,
 } from "../../services/page-server/qmp/errors.js";
 import { gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 const qemuTest = gate(test, ["qemu-system-x86_64"], "QMP against a real QEMU");
 const dir = tempDir("vmhop-qmp-");

@@ -1,4 +1,3 @@
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   decodeChunk,
@@ -7,6 +6,7 @@ import {
   QmpProtocolError,
   splitLines,
 } from "../../services/page-server/qmp/codec.js";
+import { test } from "../helpers/uvu.js";
 
 test("encodeCommand writes one JSON line with execute, arguments and id", () => {
   const b = encodeCommand("migrate", { uri: "tcp:1.2.3.4:5" }, "vmhop-7");

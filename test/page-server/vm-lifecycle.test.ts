@@ -7,12 +7,12 @@ import { truncateSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { IllegalTransitionError } from "../../services/page-server/vm/states.js";
 import { Vm } from "../../services/page-server/vm/vm.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 
 const vmTest = gate(test, ["qemu-system-x86_64", "qemu-nbd", "gcc", "apt-get"], "boot the test guest");

@@ -1,12 +1,12 @@
 // Pure parts of the VM layer: spec validation, accelerator choice, QEMU argv, state table,
 // heartbeat parsing and stats.
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { chooseAccel } from "../../services/page-server/vm/accel.js";
 import { HeartbeatTracker, parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { buildQemuArgs, optValue } from "../../services/page-server/vm/qemu-args.js";
 import { type VmSpec, VmSpecError, validateSpec } from "../../services/page-server/vm/spec.js";
 import { IllegalTransitionError, nextState, transitions } from "../../services/page-server/vm/states.js";
+import { test } from "../helpers/uvu.js";
 
 const spec: VmSpec = {
   name: "g1",

@@ -3,7 +3,6 @@
 // FAILED with each reason recorded; the per-move outcome shows in GetPlan. The successful
 // path with a real VM is test/control-plane/e2e.test.ts.
 import * as grpc from "@grpc/grpc-js";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import {
   type ApplyPlanResponse,
@@ -21,6 +20,7 @@ import { KEYS } from "../../services/control-plane/records.js";
 import { placementService } from "../../services/placement/service/grpc.js";
 import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
 function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {

@@ -2,9 +2,9 @@ import * as assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "uvu";
 import { CliError } from "../../services/cli/errors.js";
 import { run } from "../../services/placement/cli.js";
+import { test } from "../helpers/uvu.js";
 
 async function capture(argv: string[]): Promise<{ code: number; out: string }> {
   const lines: string[] = [];

@@ -1,11 +1,11 @@
 // The simulator against CloudSim's own figures (../shared/data/planetlab/README.md), one day.
 import * as assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { test } from "uvu";
 import { makePolicy } from "../../services/placement/policies/registry.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
 import { simulateDay } from "../../services/placement/sim/simulate.js";
 import { loadDay } from "../../services/placement/traces/load.js";
+import { test } from "../helpers/uvu.js";
 
 // The shared data sits beside the checkout; VMHOP_PLANETLAB points elsewhere (a clone in /tmp).
 const DATA =

@@ -1,5 +1,4 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import {
   CLOUDSIM_COST,
   costModelByName,
@@ -7,6 +6,7 @@ import {
   POSTCOPY_TOUCHED_FRACTION,
 } from "../../services/placement/sim/cost-model.js";
 import { HOST_TYPES, newHost } from "../../services/placement/sim/setup.js";
+import { test } from "../helpers/uvu.js";
 import { host, vm } from "./cluster-fixture.js";
 
 const MiB = 2 ** 20 / 1e6; // MB per MiB

@@ -1,10 +1,10 @@
 // GA packing: decisions on small clusters and determinism with a fixed seed.
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { GaPolicy } from "../../services/placement/policies/ga.js";
 import type { PlanContext } from "../../services/placement/policies/policy.js";
 import type { Cluster } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
+import { test } from "../helpers/uvu.js";
 import { cluster as fixture, vm } from "./cluster-fixture.js";
 
 function cluster(nHosts: number, layout: [number, number, number][]): Cluster {

@@ -1,7 +1,7 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { HostLog, VmLog } from "../../services/placement/metrics/history.js";
 import { meanMetrics, p99, summarise } from "../../services/placement/metrics/summary.js";
+import { test } from "../helpers/uvu.js";
 
 const close = (a: number, b: number) => assert.ok(Math.abs(a - b) < 1e-12, `${a} ≈ ${b}`);
 

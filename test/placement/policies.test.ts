@@ -1,6 +1,5 @@
 // Each policy's decisions on small hand-made clusters.
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { BeloglazovPolicy } from "../../services/placement/policies/beloglazov.js";
 import { iqrDetector, lrDetector, thr } from "../../services/placement/policies/detectors.js";
 import { DVFS } from "../../services/placement/policies/first-fit.js";
@@ -10,6 +9,7 @@ import { listPolicies, makePolicy } from "../../services/placement/policies/regi
 import { MC, MMT, MU, RS, type VmSelector } from "../../services/placement/policies/selection.js";
 import { Cluster, type Vm } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
+import { test } from "../helpers/uvu.js";
 import { cluster, host, vm } from "./cluster-fixture.js";
 
 const ctx: PlanContext = { now: 300.1, cost: CLOUDSIM_COST, interval: 300 };

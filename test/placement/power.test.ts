@@ -1,6 +1,6 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { HP_PROLIANT_G4, HP_PROLIANT_G5, specPowerModel } from "../../services/placement/power/spec-power.js";
+import { test } from "../helpers/uvu.js";
 
 const close = (a: number, b: number) => assert.ok(Math.abs(a - b) < 1e-9, `${a} ≈ ${b}`);
 

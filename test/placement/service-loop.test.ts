@@ -7,7 +7,6 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
-import { test } from "uvu";
 import {
   PlacementServiceClient,
   type Plan,
@@ -15,6 +14,7 @@ import {
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
 import { tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 test("the planning loop accepts plans on its own; replay drives a running service", async () => {
   const tmp = tempDir("vmhop-placement-loop-");

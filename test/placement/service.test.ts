@@ -5,7 +5,6 @@ import * as assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import * as grpc from "@grpc/grpc-js";
-import { suite } from "uvu";
 import {
   type ApplyPlanResponse,
   type ComputePlanResponse,
@@ -19,6 +18,7 @@ import {
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { suite } from "../helpers/uvu.js";
 
 const test = gate(suite("placement service"), ["redis-server"], "placement service on real Redis");
 

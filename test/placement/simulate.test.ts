@@ -1,5 +1,4 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { firstFitHost } from "../../services/placement/policies/first-fit.js";
 import type { Policy } from "../../services/placement/policies/policy.js";
 import { seededRng } from "../../services/placement/policies/random.js";
@@ -9,6 +8,7 @@ import { CLOUDSIM_COST, POSTCOPY_COST } from "../../services/placement/sim/cost-
 import { simulateDay } from "../../services/placement/sim/simulate.js";
 import { utilizationAt } from "../../services/placement/sim/trace-demand.js";
 import type { DayTraces } from "../../services/placement/traces/trace.js";
+import { test } from "../helpers/uvu.js";
 
 const constant = (u: number) => new Float64Array(288).fill(u);
 

@@ -1,10 +1,10 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import {
   type ClusterSnapshot,
   clusterFromSnapshot,
   planFromSnapshot,
 } from "../../services/placement/sim/snapshot.js";
+import { test } from "../helpers/uvu.js";
 
 const hosts = [0, 1, 0, 1].map((type, id) => ({ id, type }));
 

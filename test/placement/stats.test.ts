@@ -1,7 +1,7 @@
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import { iqr, linearFit, mad, median, rSquared } from "../../services/placement/policies/stats.js";
 import { countNonZeroBeginning } from "../../services/placement/sim/cluster.js";
+import { test } from "../helpers/uvu.js";
 
 const close = (a: number, b: number) => assert.ok(Math.abs(a - b) < 1e-9, `${a} ≈ ${b}`);
 

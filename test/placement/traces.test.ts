@@ -2,12 +2,12 @@ import * as assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "uvu";
 import { parseVmFile, readCloudSimDir } from "../../services/placement/traces/cloudsim-dir.js";
 import { listDays, loadDay } from "../../services/placement/traces/load.js";
 import { mixDays } from "../../services/placement/traces/mix.js";
 import { TraceError } from "../../services/placement/traces/trace.js";
 import { parseDayTsv } from "../../services/placement/traces/tsv.js";
+import { test } from "../helpers/uvu.js";
 
 const row = (name: string, n = 288, v = "10") => [name, ...Array(n).fill(v)].join("\t");
 

@@ -1,10 +1,10 @@
 // vmhop's policy decisions on small hand-made clusters.
 import * as assert from "node:assert/strict";
-import { test } from "uvu";
 import type { PlanContext } from "../../services/placement/policies/policy.js";
 import { FILL_BY_COST_MODEL, VmhopPolicy } from "../../services/placement/policies/vmhop.js";
 import type { Cluster, Vm } from "../../services/placement/sim/cluster.js";
 import { CLOUDSIM_COST, POSTCOPY_COST } from "../../services/placement/sim/cost-model.js";
+import { test } from "../helpers/uvu.js";
 import { vm as baseVm, cluster } from "./cluster-fixture.js";
 
 /** A VM with a flat history at its current demand, so the forecast equals the demand. */

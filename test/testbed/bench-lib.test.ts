@@ -2,11 +2,11 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { makeImage } from "../../bench/lib/image.js";
 import { nbdkitFile, startServer, vmhopDaemon } from "../../bench/lib/nbd-servers.js";
 import { freePort, gate, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 test("makeImage: the requested size, part data, part zeros", () => {
   const dir = tempDir("vmhop-testbed-");

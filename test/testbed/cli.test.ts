@@ -2,8 +2,8 @@ import { spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { connect, createServer } from "node:net";
 import { createInterface } from "node:readline";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { test } from "../helpers/uvu.js";
 
 const vmhop = new URL("../../bin/vmhop.js", import.meta.url).pathname;
 

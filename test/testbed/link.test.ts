@@ -1,9 +1,9 @@
 import { performance } from "node:perf_hooks";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { formatEndpoint, parseEndpoint } from "../../deploy/testbed/address.js";
 import { DelayQueue } from "../../deploy/testbed/delay-queue.js";
 import { Link } from "../../deploy/testbed/link.js";
+import { test } from "../helpers/uvu.js";
 
 test("link: serialisation at the rate, then the delay; a busy link queues later bytes", () => {
   const l = new Link({ delayMs: 10, rateBitsPerSecond: 8e6 }); // 1000 bytes per ms

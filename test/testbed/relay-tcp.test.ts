@@ -3,10 +3,10 @@ import { once } from "node:events";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { startRelay } from "../../deploy/testbed/relay.js";
 import { freePort, tempDir } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
 
 function sha(b: Buffer): string {
   return createHash("sha256").update(b).digest("hex");

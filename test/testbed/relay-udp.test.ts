@@ -1,9 +1,9 @@
 import { createSocket, type Socket } from "node:dgram";
 import { once } from "node:events";
 import { performance } from "node:perf_hooks";
-import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { startUdpRelay } from "../../deploy/testbed/relay.js";
+import { test } from "../helpers/uvu.js";
 
 async function udp(onMessage?: (s: Socket, m: Buffer, port: number, host: string) => void): Promise<Socket> {
   const s = createSocket("udp4");
