@@ -10,6 +10,8 @@ import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
 import { Anchor } from "./anchor/anchor.js";
 import { SiteDirectory } from "./anchor/sites.js";
+import { chooseDataplane, DataplaneError, isDataplaneChoice, probeKernel } from "./dataplane/probe.js";
+import type { DataplaneKind } from "./dataplane/tunnel.js";
 import { anchorService } from "./grpc/anchor-service.js";
 import { RemoteAnchor } from "./grpc/clients.js";
 import { siteService } from "./grpc/site-service.js";
@@ -17,9 +19,15 @@ import { SiteAgent } from "./site/agent.js";
 
 const common = {
   netns: { type: "string", describe: "network namespace holding the kernel state (default: this one)" },
-  "tunnel-source": { type: "string", describe: "source address of the outer IPv6 header (ip sr tunsrc)" },
-  sid6: { type: "string", describe: "this node's End.DT6 SID (IPv6 decapsulation)" },
-  sid4: { type: "string", describe: "this node's End.DX4 SID (IPv4 decapsulation)" },
+  dataplane: {
+    type: "string",
+    default: "auto",
+    describe:
+      "auto | srv6 | vxlan: how home traffic is tunnelled (auto: srv6 if the kernel has it, else vxlan)",
+  },
+  "tunnel-source": { type: "string", describe: "source address of the outer IPv6 header" },
+  sid6: { type: "string", describe: "this node's endpoint for IPv6 home traffic (srv6: its End.DT6 SID)" },
+  sid4: { type: "string", describe: "this node's endpoint for IPv4 home traffic (srv6: its End.DX4 SID)" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -31,7 +39,7 @@ export const anchorSpecs = {
   },
   store: { type: "string", describe: "redis://HOST:PORT for durable bindings (default: embedded store)" },
   "home-dev": { type: "string", describe: "home link device (proxy ARP/NDP)" },
-  "wan-dev": { type: "string", describe: "WAN device for the encapsulation routes" },
+  "wan-dev": { type: "string", describe: "WAN device for the encapsulation routes (srv6 only)" },
   ...common,
 } satisfies OptionSpecs;
 
@@ -47,18 +55,22 @@ export const siteSpecs = {
     describe: "the address the anchor calls this agent on (default: the bound one)",
   },
   site: { type: "string", describe: "this site's name" },
-  "wan-dev": { type: "string", describe: "WAN device for decapsulation SIDs and the reverse tunnel" },
-  "anchor-sid6": { type: "string", describe: "the anchor's End.DT6 SID (reverse tunnel, IPv6)" },
-  "anchor-sid4": { type: "string", describe: "the anchor's End.DX4 SID (reverse tunnel, IPv4)" },
+  "wan-dev": {
+    type: "string",
+    describe: "WAN device for decapsulation SIDs and the reverse tunnel (srv6 only)",
+  },
+  "anchor-sid6": { type: "string", describe: "the anchor's endpoint for IPv6 (reverse tunnel)" },
+  "anchor-sid4": { type: "string", describe: "the anchor's endpoint for IPv4 (reverse tunnel)" },
   "gateway-mac": { type: "string", describe: "the home gateway's MAC, imitated on VM ports" },
   "gateway-ipv4": { type: "string", describe: "the home gateway's IPv4 address, imitated on VM ports" },
   ...common,
 } satisfies OptionSpecs;
 
 const anchorUsage =
-  "usage: vmhop netreach anchor serve --home-dev DEV --wan-dev DEV --sid6 SID --sid4 SID --tunnel-source ADDR [options]";
+  "usage: vmhop netreach anchor serve --home-dev DEV --sid6 SID --sid4 SID --tunnel-source ADDR [--wan-dev DEV] [options]";
 const siteUsage =
-  "usage: vmhop netreach site serve --anchor HOST:PORT --site NAME --wan-dev DEV --sid6 SID --sid4 SID --tunnel-source ADDR --anchor-sid6 SID --anchor-sid4 SID --gateway-mac MAC [options]";
+  "usage: vmhop netreach site serve --anchor HOST:PORT --site NAME --sid6 SID --sid4 SID --tunnel-source ADDR --anchor-sid6 SID --anchor-sid4 SID --gateway-mac MAC [--wan-dev DEV] [options]";
+const OPTIONAL = ["help", "netns", "store", "advertise", "gateway-ipv4", "wan-dev"];
 
 function parse<S extends OptionSpecs>(specs: S, argv: string[], usage: string): Config<S> | null {
   let o: Config<S>;
@@ -72,18 +84,34 @@ function parse<S extends OptionSpecs>(specs: S, argv: string[], usage: string): 
     console.log(helpText(usage, specs));
     return null;
   }
-  const missing = Object.keys(specs).filter(
-    (k) => o[k] === undefined && !["help", "netns", "store", "advertise", "gateway-ipv4"].includes(k),
-  );
+  const missing = Object.keys(specs).filter((k) => o[k] === undefined && !OPTIONAL.includes(k));
   if (missing.length)
     throw new CliError(`missing ${missing.map((k) => `--${k}`).join(", ")}\n\n${helpText(usage, specs)}`);
   return o;
+}
+
+/**
+ * The data plane this node runs: what was asked for, if the kernel here can do it (probed at
+ * start). Refused in one line naming the missing kernel feature, never at the first binding.
+ */
+async function dataplaneOf(want: string, wanDev: string | undefined): Promise<DataplaneKind> {
+  if (!isDataplaneChoice(want)) throw new CliError(`--dataplane must be auto, srv6 or vxlan, got '${want}'`);
+  let kind: DataplaneKind;
+  try {
+    kind = chooseDataplane(want, await probeKernel());
+  } catch (err) {
+    if (err instanceof DataplaneError) throw new CliError(err.message);
+    throw err;
+  }
+  if (kind === "srv6" && !wanDev) throw new CliError("the srv6 data plane needs --wan-dev");
+  return kind;
 }
 
 export async function serveAnchor(argv: string[]): Promise<number> {
   const o = parse(anchorSpecs, argv, anchorUsage);
   if (!o) return 0;
   const log = createLogger({ svc: "netreach-anchor" });
+  const kind = await dataplaneOf(o.dataplane!, o["wan-dev"]);
   const store = await openStore(o.store).catch((err) => {
     throw new CliError((err as Error).message);
   });
@@ -93,8 +121,9 @@ export async function serveAnchor(argv: string[]): Promise<number> {
       kv: store,
       dataplane: {
         netns: o.netns,
+        kind,
         homeDev: o["home-dev"]!,
-        wanDev: o["wan-dev"]!,
+        wanDev: o["wan-dev"],
         sids: { sid6: o.sid6!, sid4: o.sid4! },
         tunnelSource: o["tunnel-source"]!,
       },
@@ -112,7 +141,9 @@ export async function serveAnchor(argv: string[]): Promise<number> {
     });
     closers.push({ name: "grpc", close: () => grpc.shutdown() });
     const bindings = (await anchor.list()).length;
-    console.log(JSON.stringify({ ready: true, grpc: grpc.address, store: store.kind, bindings }));
+    console.log(
+      JSON.stringify({ ready: true, grpc: grpc.address, store: store.kind, dataplane: kind, bindings }),
+    );
   });
 }
 
@@ -120,6 +151,7 @@ export async function serveSite(argv: string[]): Promise<number> {
   const o = parse(siteSpecs, argv, siteUsage);
   if (!o) return 0;
   const log = createLogger({ svc: "netreach-site", site: o.site });
+  const dataplane = await dataplaneOf(o.dataplane!, o["wan-dev"]);
   const anchor = new RemoteAnchor(o.anchor!);
   const closers: Closer[] = [{ name: "anchor client", close: () => anchor.close() }];
   return serveUntilSignal(log, closers, async () => {
@@ -129,7 +161,8 @@ export async function serveSite(argv: string[]): Promise<number> {
         site: o.site!,
         sid6: o.sid6!,
         sid4: o.sid4!,
-        wanDev: o["wan-dev"]!,
+        dataplane,
+        wanDev: o["wan-dev"],
         tunnelSource: o["tunnel-source"]!,
         anchorSids: { sid6: o["anchor-sid6"]!, sid4: o["anchor-sid4"]! },
         homeLink: { gatewayMac: o["gateway-mac"]!, gatewayIpv4: o["gateway-ipv4"] },
@@ -150,7 +183,11 @@ export async function serveSite(argv: string[]): Promise<number> {
       site: o.site!,
       endpoint: { sid6: o.sid6!, sid4: o.sid4! },
       controlAddress: control,
+      dataplane,
     });
-    console.log(JSON.stringify({ ready: true, grpc: grpc.address, site: o.site, anchor: o.anchor }));
+    log.info("site agent started", { dataplane });
+    console.log(
+      JSON.stringify({ ready: true, grpc: grpc.address, site: o.site, anchor: o.anchor, dataplane }),
+    );
   });
 }

@@ -20,7 +20,13 @@ import {
   tunnelRoutes,
   vmPortCommands,
 } from "../../services/netreach/dataplane/commands.js";
+import {
+  chooseDataplane,
+  DataplaneError,
+  explainProbeFailure,
+} from "../../services/netreach/dataplane/probe.js";
 import { RawLink } from "../../services/netreach/dataplane/raw-link.js";
+import { makeTunnel, setupTolerates } from "../../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { decodeEchoReply, encodeEchoRequest, expandIPv6 } from "../../services/netreach/probe/icmp-socket.js";
 import { checkPingOptions } from "../../services/netreach/probe/pinger.js";
@@ -30,17 +36,85 @@ import { test } from "../helpers/uvu.js";
 
 const vm = { homeIpv6: ["2001:db8::100"], homeIpv4: ["10.0.0.100"] };
 const site = { site: "s2", sid6: "fc00:2::d6", sid4: "fc00:2::d4" };
+const srv6 = makeTunnel("srv6", { tunnelSource: "fc00:1::a", wanDev: "w0", decapDev: "w0" });
+const vxlan = makeTunnel("vxlan", { tunnelSource: "fc00:1::a" });
 
 test("tunnel routes: one atomic replace per home address, family SID each", () => {
-  assert.equal(tunnelRoutes(vm, site, "w0"), [
+  assert.equal(tunnelRoutes(vm, site, srv6), [
     "route replace 2001:db8::100/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0",
     "route replace 10.0.0.100/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0",
   ]);
+  assert.equal(tunnelRoutes(vm, site, vxlan), [
+    "route replace 2001:db8::100/128 encap ip6 id 4242 src fc00:1::a dst fc00:2::d6 csum dev nrvx0",
+    "route replace 10.0.0.100/32 encap ip6 id 4242 src fc00:1::a dst fc00:2::d4 csum dev nrvx0",
+  ]);
+});
+
+test("data plane set-up: srv6 decapsulates with seg6local, vxlan with one external GPE device", () => {
+  assert.equal(srv6.setup(site), [
+    "sr tunsrc set fc00:1::a",
+    "route replace fc00:2::d6/128 encap seg6local action End.DT6 table main dev w0",
+    "route replace fc00:2::d4/128 encap seg6local action End.DX4 nh4 0.0.0.0 dev w0",
+  ]);
+  assert.equal(vxlan.setup(site), [
+    "link add nrvx0 type vxlan external gpe dstport 4790",
+    "link set dev nrvx0 up",
+    "addr replace fc00:2::d6/128 dev lo",
+    "addr replace fc00:2::d4/128 dev lo",
+  ]);
+  assert.equal(vxlan.setup({ sid6: "fc00:2::a", sid4: "fc00:2::a" }).length, 3, "one address when equal");
+  // A restarted node finds its device in place: kept (deleting it would cut live traffic).
+  assert.ok(setupTolerates(vxlan.setup(site)[0], "RTNETLINK answers: File exists"));
+  assert.not.ok(setupTolerates(vxlan.setup(site)[0], "RTNETLINK answers: Operation not supported"));
+  assert.not.ok(setupTolerates(vxlan.setup(site)[2], "RTNETLINK answers: File exists"));
+  assert.throws(() => makeTunnel("srv6", { tunnelSource: "fc00:1::a" }), /--wan-dev/);
+});
+
+test("data plane choice: asked-for if present, else one line naming the missing feature", () => {
+  const none = { srv6: null, vxlan: null };
+  const noSrv6 = {
+    srv6: "the kernel has no SRv6 lightweight tunnels (CONFIG_IPV6_SEG6_LWTUNNEL)",
+    vxlan: null,
+  };
+  assert.is(chooseDataplane("auto", none), "srv6");
+  assert.is(chooseDataplane("auto", noSrv6), "vxlan");
+  assert.is(chooseDataplane("vxlan", none), "vxlan");
+  assert.throws(
+    () => chooseDataplane("srv6", noSrv6),
+    (e: Error) =>
+      e instanceof DataplaneError &&
+      e.message === `data plane srv6 is not available here: ${noSrv6.srv6}` &&
+      !e.message.includes("\n"),
+  );
+  assert.throws(
+    () => chooseDataplane("auto", { srv6: "a", vxlan: "b" }),
+    /no netreach data plane works here: srv6: a; vxlan: b/,
+  );
+  assert.match(
+    explainProbeFailure(
+      "srv6",
+      "route add fc00:ffff::1/128 encap seg6 mode encap.red segs fc00:ffff::2 dev lo",
+      "Error: lwt encapsulation type not supported.",
+    ),
+    /CONFIG_IPV6_SEG6_LWTUNNEL/,
+  );
+  assert.match(
+    explainProbeFailure(
+      "vxlan",
+      "link add nrprobe0 type vxlan external gpe dstport 4790",
+      "Error: Unknown device type.",
+    ),
+    /CONFIG_VXLAN/,
+  );
+  assert.match(
+    explainProbeFailure("vxlan", "(unshare)", "unshare: unshare failed: Operation not permitted"),
+    /root/,
+  );
 });
 
 test("staged forwarding pointer: its own metric, behind the port routes, deleted by metric", () => {
   assert.ok(STAGED_METRIC > 1024, "IPv6 port routes default to metric 1024 and must win");
-  assert.equal(tunnelRoutes(vm, site, "w0", STAGED_METRIC), [
+  assert.equal(tunnelRoutes(vm, site, srv6, STAGED_METRIC), [
     `route replace 2001:db8::100/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0 metric ${STAGED_METRIC}`,
     `route replace 10.0.0.100/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0 metric ${STAGED_METRIC}`,
   ]);
@@ -52,7 +126,7 @@ test("staged forwarding pointer: its own metric, behind the port routes, deleted
 
 test("anchor binding: routes then proxy neighbours on the home link", () => {
   const b = { ...vm, ...site, vmId: "v", mac: "52:54:00:00:00:01" } as Binding;
-  const cmds = anchorBindingCommands(b, "home0", "w1");
+  const cmds = anchorBindingCommands(b, "home0", srv6);
   assert.is(cmds.length, 4);
   assert.is(cmds[2], "neigh replace proxy 2001:db8::100 dev home0");
   assert.is(cmds[3], "neigh replace proxy 10.0.0.100 dev home0");
@@ -89,9 +163,9 @@ test("bicast: key addresses per slot, routes to the destination, map elements pe
   assert.equal(bicastKeys(0x1a2), { key6: "fdff:bca::1a2", key4: "169.254.1.162" });
   assert.throws(() => bicastKeys(0x10000), /slot/);
   assert.throws(() => bicastKeys(-1), /slot/);
-  assert.equal(bicastRoutes(3, { sid6: "fc00:2::d6", sid4: "fc00:2::d4" }, "w1"), [
-    "route replace fdff:bca::3/128 encap seg6 mode encap.red segs fc00:2::d6 dev w1",
-    "route replace 169.254.0.3/32 encap seg6 mode encap.red segs fc00:2::d4 dev w1",
+  assert.equal(bicastRoutes(3, { sid6: "fc00:2::d6", sid4: "fc00:2::d4" }, srv6), [
+    "route replace fdff:bca::3/128 encap seg6 mode encap.red segs fc00:2::d6 dev w0",
+    "route replace 169.254.0.3/32 encap seg6 mode encap.red segs fc00:2::d4 dev w0",
   ]);
   assert.equal(bicastElements(vm, 3, "add"), [
     "add element ip6 nr_bicast to { 2001:db8::100 : fdff:bca::3 }",

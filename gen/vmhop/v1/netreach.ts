@@ -177,7 +177,11 @@ export function handoverModeToJSON(object: HandoverMode): string {
   }
 }
 
-/** A site's SRv6 decapsulation SIDs: End.DT6 for IPv6 home addresses, End.DX4 for IPv4. */
+/**
+ * Where a node receives tunnelled home traffic: the outer destination for IPv6 home addresses
+ * (sid6) and for IPv4 ones (sid4). With the srv6 data plane these are its End.DT6 / End.DX4
+ * SIDs; with vxlan, addresses of the node itself (they may be equal).
+ */
 export interface TunnelEndpoint {
   sid6: string;
   sid4: string;
@@ -268,6 +272,8 @@ export interface ListBindingsRequest {
 
 export interface ListBindingsResponse {
   bindings: Binding[];
+  /** The anchor's data plane, chosen at start from what its kernel offers: "srv6" or "vxlan". */
+  dataplane: string;
 }
 
 export interface WatchHandoversRequest {
@@ -298,6 +304,11 @@ export interface Site {
     | undefined;
   /** gRPC address of the site agent's NetReachSiteService. */
   controlAddress: string;
+  /**
+   * The site's data plane ("srv6" or "vxlan"); the anchor refuses a site whose data plane is not
+   * its own. Empty (an older agent): srv6.
+   */
+  dataplane: string;
 }
 
 export interface RegisterSiteRequest {
@@ -1804,13 +1815,16 @@ export const ListBindingsRequest: MessageFns<ListBindingsRequest> = {
 };
 
 function createBaseListBindingsResponse(): ListBindingsResponse {
-  return { bindings: [] };
+  return { bindings: [], dataplane: "" };
 }
 
 export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
   encode(message: ListBindingsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.bindings) {
       Binding.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.dataplane !== "") {
+      writer.uint32(18).string(message.dataplane);
     }
     return writer;
   },
@@ -1836,6 +1850,14 @@ export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
             message.bindings.push(Binding.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.dataplane = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1851,6 +1873,7 @@ export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
   fromJSON(object: any): ListBindingsResponse {
     return {
       bindings: globalThis.Array.isArray(object?.bindings) ? object.bindings.map((e: any) => Binding.fromJSON(e)) : [],
+      dataplane: isSet(object.dataplane) ? globalThis.String(object.dataplane) : "",
     };
   },
 
@@ -1858,6 +1881,9 @@ export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
     const obj: any = {};
     if (message.bindings?.length) {
       obj.bindings = message.bindings.map((e) => Binding.toJSON(e));
+    }
+    if (message.dataplane !== "") {
+      obj.dataplane = message.dataplane;
     }
     return obj;
   },
@@ -1868,6 +1894,7 @@ export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListBindingsResponse>, I>>(object: I): ListBindingsResponse {
     const message = createBaseListBindingsResponse();
     message.bindings = object.bindings?.map((e) => Binding.fromPartial(e)) || [];
+    message.dataplane = object.dataplane ?? "";
     return message;
   },
 };
@@ -2135,7 +2162,7 @@ export const WatchHandoversResponse: MessageFns<WatchHandoversResponse> = {
 };
 
 function createBaseSite(): Site {
-  return { site: "", endpoint: undefined, controlAddress: "" };
+  return { site: "", endpoint: undefined, controlAddress: "", dataplane: "" };
 }
 
 export const Site: MessageFns<Site> = {
@@ -2148,6 +2175,9 @@ export const Site: MessageFns<Site> = {
     }
     if (message.controlAddress !== "") {
       writer.uint32(26).string(message.controlAddress);
+    }
+    if (message.dataplane !== "") {
+      writer.uint32(34).string(message.dataplane);
     }
     return writer;
   },
@@ -2189,6 +2219,14 @@ export const Site: MessageFns<Site> = {
             message.controlAddress = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.dataplane = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2210,6 +2248,7 @@ export const Site: MessageFns<Site> = {
         : isSet(object.control_address)
         ? globalThis.String(object.control_address)
         : "",
+      dataplane: isSet(object.dataplane) ? globalThis.String(object.dataplane) : "",
     };
   },
 
@@ -2224,6 +2263,9 @@ export const Site: MessageFns<Site> = {
     if (message.controlAddress !== "") {
       obj.controlAddress = message.controlAddress;
     }
+    if (message.dataplane !== "") {
+      obj.dataplane = message.dataplane;
+    }
     return obj;
   },
 
@@ -2237,6 +2279,7 @@ export const Site: MessageFns<Site> = {
       ? TunnelEndpoint.fromPartial(object.endpoint)
       : undefined;
     message.controlAddress = object.controlAddress ?? "";
+    message.dataplane = object.dataplane ?? "";
     return message;
   },
 };

@@ -7,6 +7,7 @@ import { BindingCache, type Outcome } from "../binding/cache.js";
 import type { BindingKv } from "../binding/kv.js";
 import type { Binding, RegisterRequest, SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import { AnchorDataplane, type AnchorDataplaneConfig } from "../dataplane/anchor-dataplane.js";
+import type { DataplaneKind } from "../dataplane/tunnel.js";
 
 export interface HandoverEvent {
   vmId: string;
@@ -46,13 +47,18 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
     const dp = await AnchorDataplane.open(opts.dataplane);
     const a = new Anchor(new BindingCache(opts.kv), dp, log);
     const restored = await a.restore();
-    log.info("anchor started", { restored });
+    log.info("anchor started", { restored, dataplane: dp.kind });
     a.timer = setInterval(
       () => void a.expire().catch((e) => log.error("expiry failed", { err: e })),
       opts.expiryCheckMs ?? 1000,
     );
     a.timer.unref();
     return a;
+  }
+
+  /** The kernel data plane in use ("srv6" or "vxlan"). */
+  get dataplane(): DataplaneKind {
+    return this.dp.kind;
   }
 
   /** Runs fn after every earlier change of the same VM, so the kernel sees them in store order. */

@@ -3,9 +3,12 @@
 // drive migrations between sites registered before.
 import type { Store } from "../../common/store/index.js";
 import { BindingError, checkEndpoint, type SiteEndpoint } from "../binding/types.js";
+import type { DataplaneKind } from "../dataplane/tunnel.js";
 
 export interface SiteRecord extends SiteEndpoint {
   controlAddress: string;
+  /** Absent in records of agents older than the data plane choice: srv6. */
+  dataplane?: DataplaneKind;
 }
 
 export class SiteDirectory {

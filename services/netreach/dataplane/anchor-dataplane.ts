@@ -1,5 +1,6 @@
-// The anchor's kernel state: per binding, SRv6 encap routes for the home addresses and proxy
-// ARP/NDP entries on the home link; once, its own decapsulation SIDs for reverse-tunnelled traffic.
+// The anchor's kernel state: per binding, encap routes for the home addresses (SRv6 or VXLAN,
+// tunnel.ts) and proxy ARP/NDP entries on the home link; once, its own decapsulation endpoints
+// for reverse-tunnelled traffic.
 
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -11,24 +12,26 @@ import {
   bicastElements,
   bicastRoutes,
   bicastTables,
-  decapSids,
   deleteHostRoutes,
   deleteProxyNeighbours,
 } from "./commands.js";
 import { IpBatch } from "./ip-batch.js";
 import { NftBatch } from "./nft-batch.js";
 import { RawLink } from "./raw-link.js";
+import { type DataplaneKind, makeTunnel, setupTolerates, type Tunnel } from "./tunnel.js";
 
 export interface AnchorDataplaneConfig {
   /** Namespace holding the anchor's kernel state (absent: the current one). */
   netns?: string;
   /** Home link device: proxy ARP/NDP, and where decapsulated traffic is delivered. */
   homeDev: string;
-  /** WAN device for the encap routes. */
-  wanDev: string;
-  /** The anchor's own SIDs, where sites reverse-tunnel to. */
+  /** The data plane (chosen at start from what the kernel offers: probe.ts). */
+  kind: DataplaneKind;
+  /** WAN device named in the encap routes (srv6 only). */
+  wanDev?: string;
+  /** The anchor's own endpoint addresses (SRv6 SIDs), where sites reverse-tunnel to. */
   sids: { sid6: string; sid4: string };
-  /** Source address of the outer IPv6 header (`ip sr tunsrc`). */
+  /** Source address of the outer IPv6 header. */
   tunnelSource: string;
 }
 
@@ -66,21 +69,27 @@ export class AnchorDataplane {
     private readonly batch: IpBatch,
     private readonly nft: NftBatch,
     private readonly home: HomeLink,
+    private readonly tunnel: Tunnel,
   ) {}
 
+  get kind(): DataplaneKind {
+    return this.tunnel.kind;
+  }
+
   static async open(cfg: AnchorDataplaneConfig): Promise<AnchorDataplane> {
+    const tunnel = makeTunnel(cfg.kind, { ...cfg, decapDev: cfg.homeDev });
     const home = await readHomeLink(cfg.netns, cfg.homeDev);
     const batch = new IpBatch(cfg.netns);
     const nft = new NftBatch(cfg.netns);
     try {
-      await batch.apply([`sr tunsrc set ${cfg.tunnelSource}`, ...decapSids(cfg.sids, cfg.homeDev)]);
+      await batch.apply(tunnel.setup(cfg.sids), { tolerate: setupTolerates });
       // Bicasts do not survive a restart: a move in progress falls back to plain make-before-break.
       await nft.apply(bicastTables());
     } catch (err) {
       await Promise.all([batch.close(), nft.close()]);
       throw err;
     }
-    return new AnchorDataplane(cfg, batch, nft, home);
+    return new AnchorDataplane(cfg, batch, nft, home, tunnel);
   }
 
   /**
@@ -95,7 +104,7 @@ export class AnchorDataplane {
 
   /** Points the binding's home addresses at its site (idempotent; route replace is atomic). */
   install(b: Binding): Promise<void> {
-    return this.batch.apply(anchorBindingCommands(b, this.cfg.homeDev, this.cfg.wanDev));
+    return this.batch.apply(anchorBindingCommands(b, this.cfg.homeDev, this.tunnel));
   }
 
   /** Removes the binding's routes and proxy entries (absent ones are fine). */
@@ -116,7 +125,7 @@ export class AnchorDataplane {
     let slot = 0;
     while (used.has(slot)) slot++;
     this.bicasts.set(b.vmId, slot);
-    await this.batch.apply(bicastRoutes(slot, to, this.cfg.wanDev));
+    await this.batch.apply(bicastRoutes(slot, to, this.tunnel));
     await this.nft.apply(bicastElements(b, slot, "add"));
   }
 

@@ -1,9 +1,8 @@
 // The kernel state netreach programs, as `ip -batch` lines. Pure functions: the anchor and site
-// agents decide what to run, IpBatch runs it.
+// agents decide what to run, IpBatch runs it. How a route encapsulates is the data plane's
+// (`Tunnel`, tunnel.ts); everything else is the same for SRv6 and VXLAN.
 import type { Binding, SiteEndpoint } from "../binding/types.js";
-
-/** How the anchor reaches a site: SRv6 reduced encapsulation (IPv6-in-IPv6 on the wire, one SID). */
-const ENCAP = "encap seg6 mode encap.red segs";
+import type { Tunnel } from "./tunnel.js";
 
 export interface HomeAddresses {
   homeIpv6: string[];
@@ -23,11 +22,11 @@ const metricOpt = (metric?: number) => (metric === undefined ? "" : ` metric ${m
  * Routes sending a VM's home addresses to a site's SIDs (atomic replace: no gap on re-point).
  * With `metric`, routes of that metric only (replace matches prefix and metric).
  */
-export function tunnelRoutes(vm: HomeAddresses, to: SiteEndpoint, dev: string, metric?: number): string[] {
+export function tunnelRoutes(vm: HomeAddresses, to: SiteEndpoint, tunnel: Tunnel, metric?: number): string[] {
   const m = metricOpt(metric);
   return [
-    ...vm.homeIpv6.map((a) => `route replace ${a}/128 ${ENCAP} ${to.sid6} dev ${dev}${m}`),
-    ...vm.homeIpv4.map((a) => `route replace ${a}/32 ${ENCAP} ${to.sid4} dev ${dev}${m}`),
+    ...vm.homeIpv6.map((a) => `route replace ${a}/128 ${tunnel.encap(to.sid6)}${m}`),
+    ...vm.homeIpv4.map((a) => `route replace ${a}/32 ${tunnel.encap(to.sid4)}${m}`),
   ];
 }
 
@@ -55,31 +54,19 @@ export function deleteProxyNeighbours(vm: HomeAddresses, homeDev: string): strin
   ];
 }
 
-export function anchorBindingCommands(b: Binding, homeDev: string, wanDev: string): string[] {
-  return [...tunnelRoutes(b, b, wanDev), ...proxyNeighbours(b, homeDev)];
-}
-
-/**
- * A router's decapsulation SIDs: End.DT6 looks the inner IPv6 packet up in the main table;
- * End.DX4 with nexthop 0.0.0.0 forwards the inner IPv4 packet to its own destination (the
- * kernel has no VRF here, so End.DT4 is not available).
- */
-export function decapSids(sids: { sid6: string; sid4: string }, dev: string): string[] {
-  return [
-    `route replace ${sids.sid6}/128 encap seg6local action End.DT6 table main dev ${dev}`,
-    `route replace ${sids.sid4}/128 encap seg6local action End.DX4 nh4 0.0.0.0 dev ${dev}`,
-  ];
+export function anchorBindingCommands(b: Binding, homeDev: string, tunnel: Tunnel): string[] {
+  return [...tunnelRoutes(b, b, tunnel), ...proxyNeighbours(b, homeDev)];
 }
 
 /** A site's reverse tunnel: a table whose default routes encapsulate to the anchor's SIDs. */
 export function reverseTunnelTable(
   anchor: { sid6: string; sid4: string },
-  wanDev: string,
+  tunnel: Tunnel,
   table: number,
 ): string[] {
   return [
-    `route replace ::/0 ${ENCAP} ${anchor.sid6} dev ${wanDev} table ${table}`,
-    `route replace 0.0.0.0/0 ${ENCAP} ${anchor.sid4} dev ${wanDev} table ${table}`,
+    `route replace ::/0 ${tunnel.encap(anchor.sid6)} table ${table}`,
+    `route replace 0.0.0.0/0 ${tunnel.encap(anchor.sid4)} table ${table}`,
   ];
 }
 
@@ -163,11 +150,11 @@ export function bicastTables(): string[] {
 }
 
 /** ip lines: the slot's key routes, encapsulating to the destination site. */
-export function bicastRoutes(slot: number, to: { sid6: string; sid4: string }, dev: string): string[] {
+export function bicastRoutes(slot: number, to: { sid6: string; sid4: string }, tunnel: Tunnel): string[] {
   const { key6, key4 } = bicastKeys(slot);
   return [
-    `route replace ${key6}/128 ${ENCAP} ${to.sid6} dev ${dev}`,
-    `route replace ${key4}/32 ${ENCAP} ${to.sid4} dev ${dev}`,
+    `route replace ${key6}/128 ${tunnel.encap(to.sid6)}`,
+    `route replace ${key4}/32 ${tunnel.encap(to.sid4)}`,
   ];
 }
 

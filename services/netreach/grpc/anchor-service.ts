@@ -5,6 +5,7 @@ import {
   type CleanupNetworkRequest,
   NetReachServiceService,
   type PrepareNetworkRequest,
+  type RegisterSiteRequest,
   type RegisterVmRequest,
   type SwitchOverRequest,
   type UpdateBindingRequest,
@@ -17,6 +18,7 @@ import type { SiteDirectory, SiteRecord } from "../anchor/sites.js";
 import { stale } from "../binding/cache.js";
 import type { Binding } from "../binding/types.js";
 import { checkGeneration, checkVmId } from "../binding/types.js";
+import { isDataplaneKind } from "../dataplane/tunnel.js";
 import { MigrationHooks, type MigrationNet } from "../migration-hooks.js";
 import { RemoteSite } from "./clients.js";
 import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf, toRpcError } from "./convert.js";
@@ -116,7 +118,10 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
         reason: o.accepted ? "" : o.reason,
       };
     }),
-    listBindings: wrap(async () => ({ bindings: (await anchor.list()).map(bindingToProto) })),
+    listBindings: wrap(async () => ({
+      bindings: (await anchor.list()).map(bindingToProto),
+      dataplane: anchor.dataplane,
+    })),
     watchHandovers: (call: grpc.ServerWritableStream<WatchHandoversRequest, WatchHandoversResponse>) => {
       const only = call.request.vmId;
       const send = (e: HandoverEvent) => {
@@ -136,21 +141,32 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       call.on("cancelled", stop);
       call.on("close", stop);
     },
-    registerSite: wrap(
-      async (req: {
-        site?: { site: string; endpoint?: { sid6: string; sid4: string }; controlAddress: string };
-      }) => {
-        const s = req.site;
-        if (!s) throw new RpcError(grpc.status.INVALID_ARGUMENT, "site is required");
-        await sites.put({ ...endpointFromProto(s.site, s.endpoint), controlAddress: s.controlAddress });
-        return {};
-      },
-    ),
+    registerSite: wrap(async (req: RegisterSiteRequest) => {
+      const s = req.site;
+      if (!s) throw new RpcError(grpc.status.INVALID_ARGUMENT, "site is required");
+      const dataplane = s.dataplane || "srv6";
+      if (!isDataplaneKind(dataplane))
+        throw new RpcError(grpc.status.INVALID_ARGUMENT, `site ${s.site}: unknown data plane '${dataplane}'`);
+      // The anchor encapsulates to the site and the site back to it: both must speak one tunnel.
+      if (dataplane !== anchor.dataplane)
+        throw new RpcError(
+          grpc.status.FAILED_PRECONDITION,
+          `site ${s.site} uses the ${dataplane} data plane but the anchor uses ${anchor.dataplane}: ` +
+            `start every netreach node with --dataplane ${anchor.dataplane}`,
+        );
+      await sites.put({
+        ...endpointFromProto(s.site, s.endpoint),
+        controlAddress: s.controlAddress,
+        dataplane,
+      });
+      return {};
+    }),
     listSites: wrap(async () => ({
       sites: (await sites.list()).map((r) => ({
         site: r.site,
         endpoint: { sid6: r.sid6, sid4: r.sid4 },
         controlAddress: r.controlAddress,
+        dataplane: r.dataplane ?? "srv6",
       })),
     })),
     prepareNetwork: wrap(async (req: PrepareNetworkRequest) => {

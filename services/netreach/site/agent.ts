@@ -8,7 +8,6 @@ import type { Outcome } from "../binding/cache.js";
 import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import { idempotent } from "../dataplane/batch-process.js";
 import {
-  decapSids,
   deleteHostRoutes,
   deliverHomeAddresses,
   type HomeAddresses,
@@ -21,6 +20,7 @@ import {
   vmPortCommands,
 } from "../dataplane/commands.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
+import { type DataplaneKind, makeTunnel, setupTolerates, type Tunnel } from "../dataplane/tunnel.js";
 
 /** What the site agent needs to reach the anchor: in-process here, gRPC in the mesh. */
 export interface AnchorLink {
@@ -30,9 +30,12 @@ export interface AnchorLink {
 
 export interface SiteConfig extends SiteEndpoint {
   netns?: string;
-  wanDev: string;
+  /** The data plane (the anchor's; chosen at start from what the kernel offers: probe.ts). */
+  dataplane: DataplaneKind;
+  /** WAN device for the encap routes and decapsulation SIDs (srv6 only). */
+  wanDev?: string;
   tunnelSource: string;
-  /** Where reverse-tunnelled traffic goes: the anchor's SIDs. */
+  /** Where reverse-tunnelled traffic goes: the anchor's endpoint addresses (SIDs). */
   anchorSids: { sid6: string; sid4: string };
   homeLink: HomeLinkImitation;
   /** Routing table for the reverse tunnel, and the rule preference; defaults 100 / 100. */
@@ -73,6 +76,7 @@ export class SiteAgent {
     private readonly anchor: AnchorLink,
     private readonly batch: IpBatch,
     private readonly batch6: IpBatch,
+    private readonly tunnel: Tunnel,
   ) {
     this.table = cfg.reverseTable ?? 100;
     this.pref = cfg.rulePref ?? 100;
@@ -80,14 +84,22 @@ export class SiteAgent {
   }
 
   static async start(cfg: SiteConfig, anchor: AnchorLink): Promise<SiteAgent> {
+    const tunnel = makeTunnel(cfg.dataplane, { ...cfg, decapDev: cfg.wanDev });
     const batch = new IpBatch(cfg.netns);
-    const s = new SiteAgent(cfg, anchor, batch, new IpBatch(cfg.netns, ["-6"]));
-    await batch.apply([
-      `sr tunsrc set ${cfg.tunnelSource}`,
-      ...decapSids(cfg, cfg.wanDev),
-      ...reverseTunnelTable(cfg.anchorSids, cfg.wanDev, s.table),
-    ]);
+    const s = new SiteAgent(cfg, anchor, batch, new IpBatch(cfg.netns, ["-6"]), tunnel);
+    try {
+      await batch.apply([...tunnel.setup(cfg), ...reverseTunnelTable(cfg.anchorSids, tunnel, s.table)], {
+        tolerate: setupTolerates,
+      });
+    } catch (err) {
+      await s.close();
+      throw err;
+    }
     return s;
+  }
+
+  get dataplane(): DataplaneKind {
+    return this.tunnel.kind;
   }
 
   get endpoint(): SiteEndpoint {
@@ -194,7 +206,7 @@ export class SiteAgent {
    * millisecond on a quiet machine. leave() makes the pointer the main route.
    */
   async stageForwarding(vm: VmNet, to: SiteEndpoint): Promise<void> {
-    await this.batch.apply(tunnelRoutes(vm, to, this.cfg.wanDev, STAGED_METRIC));
+    await this.batch.apply(tunnelRoutes(vm, to, this.tunnel, STAGED_METRIC));
     this.staged.add(vm.vmId);
   }
 
@@ -205,7 +217,7 @@ export class SiteAgent {
   async leave(vm: VmNet, forwardTo?: SiteEndpoint): Promise<void> {
     this.stopRefresh(vm.vmId);
     if (forwardTo) {
-      await this.batch.apply(tunnelRoutes(vm, forwardTo, this.cfg.wanDev));
+      await this.batch.apply(tunnelRoutes(vm, forwardTo, this.tunnel));
       this.pointers.set(vm.vmId, vm);
     } else {
       await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });

@@ -5,7 +5,7 @@
 //                                   patch panel (bridge) ── vm
 //
 // The correspondent (cn) and the VM's home addresses share the home link subnet; the anchor
-// proxies ARP/NDP for them there and tunnels to the VM's current site with SRv6. The VM
+// proxies ARP/NDP for them there and tunnels to the VM's current site (SRv6 or VXLAN-GPE). The VM
 // namespace keeps its addresses, routes and link for the whole run. Every site has a port
 // (`vport`, like a destination tap prepared before switch-over); a bridge in the patch-panel
 // namespace connects the VM to exactly one of them, and re-patching it is the switch-over. WAN
@@ -30,6 +30,8 @@ import type { Outcome } from "../binding/cache.js";
 import type { BindingKv } from "../binding/kv.js";
 import type { UpdateRequest } from "../binding/types.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
+import { chooseDataplane, probeKernel } from "../dataplane/probe.js";
+import type { DataplaneKind } from "../dataplane/tunnel.js";
 import { type HandoverMode, MigrationHooks, type MigrationNet } from "../migration-hooks.js";
 import { type AnchorLink, SiteAgent, type VmNet } from "../site/agent.js";
 import { relayedWan } from "./relayed-wan.js";
@@ -102,6 +104,8 @@ export interface BedOptions {
   signallingDelayMs?: number;
   kv?: BindingKv;
   log?: Logger;
+  /** The data plane of the anchor and sites; default: SRv6 if the kernel has it, else VXLAN. */
+  dataplane?: DataplaneKind;
   /**
    * false: build the namespaces only, for an anchor and site agents run as services
    * (`vmhop netreach anchor|site serve`) and a VM moved with `plug()`. Default true.
@@ -117,6 +121,8 @@ export class NetreachBed {
   at = -1;
   generation = 0;
   kv: BindingKv;
+  /** Resolved in create(): what the anchor and sites program. */
+  dataplane: DataplaneKind = "vxlan";
   private readonly teardowns: Array<() => Promise<void>> = [];
   private patch?: IpBatch;
   private last?: MigrationNet;
@@ -141,6 +147,7 @@ export class NetreachBed {
     if (!/^nr-[a-z0-9-]{1,20}$/.test(opts.prefix))
       throw new Error(`bed prefix must look like 'nr-xyz-', got '${opts.prefix}'`);
     const bed = new NetreachBed(opts);
+    bed.dataplane = chooseDataplane(opts.dataplane ?? "auto", await probeKernel());
     try {
       await bed.build();
     } catch (err) {
@@ -251,6 +258,7 @@ export class NetreachBed {
             sid6: s.sid6,
             sid4: s.sid4,
             tunnelSource: s.tunsrc,
+            dataplane: this.dataplane,
             wanDev: "w0",
             anchorSids: sidsOf(0),
             homeLink: { gatewayMac: GATEWAY_MAC, gatewayIpv4: HOME.gw4 },
@@ -267,7 +275,14 @@ export class NetreachBed {
     const s = sidsOf(0);
     this.anchor = await Anchor.start({
       kv: this.kv,
-      dataplane: { netns: this.ns.anchor, homeDev: "home0", wanDev: "w1", sids: s, tunnelSource: s.tunsrc },
+      dataplane: {
+        kind: this.dataplane,
+        netns: this.ns.anchor,
+        homeDev: "home0",
+        wanDev: "w1",
+        sids: s,
+        tunnelSource: s.tunsrc,
+      },
       log: this.log,
     });
   }
