@@ -37,7 +37,7 @@ process.on("exit", (code) => {
 /** file:line of the test file that called into this module (first frame outside test/helpers). */
 function callSite(): string {
   for (const line of (new Error().stack ?? "").split("\n").slice(1)) {
-    const m = /(?:file:\/\/)?(\/[^():\s]+):(\d+):\d+\)?\s*$/.exec(line);
+    const m = /[\s(](?:file:\/\/)?(\/[^():\s]+):(\d+):\d+\)?\s*$/.exec(line);
     if (!m || m[1].includes("/node_modules/") || m[1].includes("/test/helpers/")) continue;
     return `${relative(process.cwd(), m[1])}:${m[2]}`;
   }
