@@ -114,9 +114,10 @@ function runFile(f) {
       output += b;
       const lineEnd = stdout.lastIndexOf("\n") + 1;
       if (lineEnd <= scanned) return;
-      const lines = stdout.slice(scanned, lineEnd);
+      // uvu's last two summary lines; a little text before `scanned` in case they were split.
+      const lines = stdout.slice(Math.max(0, scanned - 100), lineEnd);
       scanned = lineEnd;
-      if (/^\s*Duration:/m.test(lines)) {
+      if (/^\s*Skipped:\s+\d+\n\s*Duration:\s+[\d.]+m?s\n/m.test(lines)) {
         clearTimeout(lingerTimer);
         lingerTimer = setTimeout(() => end("linger"), lingerMs);
       }
