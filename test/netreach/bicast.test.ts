@@ -13,137 +13,135 @@ import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
-import { gate } from "../helpers/env.js";
-import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";
+import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
 const PREFIX = uniqueNetnsPrefix("nr-bc-");
 const ONE_WAY_MS = 15;
-const t = gate(test, ["root", "ip", "nft"], "netreach bicast handover");
-const run = promisify(execFile);
-let bed: NetreachBed;
+await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, dataplane) => {
+  const run = promisify(execFile);
+  let bed: NetreachBed;
 
-t.before(async () => {
-  await destroyStaleNetns("nr-bc-");
-  bed = await NetreachBed.create({ prefix: PREFIX, sites: 3, wanDelayMs: ONE_WAY_MS });
-  assert.ok((await bed.place(0)).accepted);
-});
+  t.before(async () => {
+    await destroyStaleNetns("nr-bc-");
+    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 3, wanDelayMs: ONE_WAY_MS });
+    assert.ok((await bed.place(0)).accepted);
+  });
 
-t.after(async () => {
-  await bed?.destroy();
-});
+  t.after(async () => {
+    await bed?.destroy();
+  });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The anchor's bicast map elements, both families. */
-async function bicastElements(): Promise<string[]> {
-  const out: string[] = [];
-  for (const fam of ["ip6", "ip"]) {
-    const { stdout } = await run("ip", [
-      "netns",
-      "exec",
-      bed.ns.anchor,
-      "nft",
-      "-j",
-      "list",
-      "map",
-      fam,
-      "nr_bicast",
-      "to",
-    ]);
-    const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
-      (x) => x.map,
-    )?.map;
-    for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
+  /** The anchor's bicast map elements, both families. */
+  async function bicastElements(): Promise<string[]> {
+    const out: string[] = [];
+    for (const fam of ["ip6", "ip"]) {
+      const { stdout } = await run("ip", [
+        "netns",
+        "exec",
+        bed.ns.anchor,
+        "nft",
+        "-j",
+        "list",
+        "map",
+        fam,
+        "nr_bicast",
+        "to",
+      ]);
+      const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
+        (x) => x.map,
+      )?.map;
+      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
+    }
+    return out;
   }
-  return out;
-}
 
-async function moveUnderPing(to: number) {
-  const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) =>
-    startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", addr, "--count", "150", "--interval-ms", "10"]),
+  async function moveUnderPing(to: number) {
+    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) =>
+      startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", addr, "--count", "150", "--interval-ms", "10"]),
+    );
+    await Promise.all(probes.map((p) => p.ready));
+    await sleep(400);
+    const m = await bed.move(to, "mbb-bicast");
+    assert.ok(m.outcome.accepted, m.outcome.accepted ? "" : m.outcome.reason);
+    const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
+    await bed.settle();
+    return { v6, v4 };
+  }
+
+  t("first visits and a return: at most one echo lost, copies stop with the update", async () => {
+    for (const to of [1, 2, 0]) {
+      const { v6, v4 } = await moveUnderPing(to);
+      // Nothing takes the old site's detour; one echo of slack for a loaded machine's relay.
+      assert.ok(v6.lost <= 1, `IPv6 to site ${to + 1}: lost ${v6.lost}`);
+      assert.ok(v4.lost <= 1, `IPv4 to site ${to + 1}: lost ${v4.lost}`);
+      assert.equal(await bicastElements(), [], "no bicast left after the binding update");
+    }
+  });
+
+  t("a TCP connection to the IPv6 home address survives a bicast move", async () => {
+    await assertTcpSurvivesMove(bed, {
+      to: VM.homeIpv6[0],
+      port: 7009,
+      count: 100,
+      leadMs: 300,
+      site: bed.at === 0 ? 1 : 0,
+      mode: "mbb-bicast",
+    });
+  });
+
+  t(
+    "a prepared move bicasts until it is refused or superseded; the anchor refuses a bicast elsewhere",
+    async () => {
+      const from = bed.at;
+      const to = from === 0 ? 1 : 0;
+      assert.ok((await bed.anchor.prepareAttach(VM.vmId, bed.sites[to].endpoint.site)).accepted);
+      await bed.sites[to].prepare(VM, "vport");
+      await bed.anchor.startBicast(VM.vmId, bed.sites[to].endpoint);
+      assert.is((await bicastElements()).length, 2, "one element per home address");
+      const other = bed.sites.find((_, i) => i !== from && i !== to)!;
+      await rejects(() => bed.anchor.startBicast(VM.vmId, other.endpoint), /not moving there/);
+      // The VM stays: deregistering withdraws the bicast with the binding.
+      await bed.anchor.deregister(VM.vmId);
+      assert.equal(await bicastElements(), []);
+    },
   );
-  await Promise.all(probes.map((p) => p.ready));
-  await sleep(400);
-  const m = await bed.move(to, "mbb-bicast");
-  assert.ok(m.outcome.accepted, m.outcome.accepted ? "" : m.outcome.reason);
-  const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
-  await bed.settle();
-  return { v6, v4 };
-}
 
-t("first visits and a return: at most one echo lost, copies stop with the update", async () => {
-  for (const to of [1, 2, 0]) {
-    const { v6, v4 } = await moveUnderPing(to);
-    // Nothing takes the old site's detour; one echo of slack for a loaded machine's relay.
-    assert.ok(v6.lost <= 1, `IPv6 to site ${to + 1}: lost ${v6.lost}`);
-    assert.ok(v4.lost <= 1, `IPv4 to site ${to + 1}: lost ${v4.lost}`);
-    assert.equal(await bicastElements(), [], "no bicast left after the binding update");
-  }
-});
-
-t("a TCP connection to the IPv6 home address survives a bicast move", async () => {
-  await assertTcpSurvivesMove(bed, {
-    to: VM.homeIpv6[0],
-    port: 7009,
-    count: 100,
-    leadMs: 300,
-    site: bed.at === 0 ? 1 : 0,
-    mode: "mbb-bicast",
+  t("nft batch: errors name the failing command, tolerated ones pass, the process stays usable", async () => {
+    const ns = `${PREFIX}nft`;
+    await createNetns(ns);
+    const nft = new NftBatch(ns);
+    try {
+      await nft.apply(bicastTables());
+      try {
+        await nft.apply([
+          "add element ip nr_bicast to { 10.9.9.9 : 169.254.0.1 }",
+          "add element ip nr_nope to { 10.9.9.9 : 1.1.1.1 }",
+        ]);
+        assert.unreachable("a missing table must fail");
+      } catch (err) {
+        assert.instance(err, BatchError);
+        assert.is((err as BatchError).failures.length, 1);
+        assert.match((err as BatchError).failures[0].command, /nr_nope/);
+      }
+      await nft.apply(
+        ["delete element ip nr_bicast to { 10.9.9.9 }", "delete element ip nr_bicast to { 10.9.9.9 }"],
+        {
+          tolerate: idempotent,
+        },
+      );
+      try {
+        await nft.apply(["bad\ncommand"]);
+        assert.unreachable("a command with a newline must be refused");
+      } catch (err) {
+        assert.instance(err, BatchError);
+      }
+      await nft.apply(["add element ip nr_bicast to { 10.9.9.8 : 169.254.0.2 }"]);
+    } finally {
+      await nft.close();
+    }
   });
 });
-
-t(
-  "a prepared move bicasts until it is refused or superseded; the anchor refuses a bicast elsewhere",
-  async () => {
-    const from = bed.at;
-    const to = from === 0 ? 1 : 0;
-    assert.ok((await bed.anchor.prepareAttach(VM.vmId, bed.sites[to].endpoint.site)).accepted);
-    await bed.sites[to].prepare(VM, "vport");
-    await bed.anchor.startBicast(VM.vmId, bed.sites[to].endpoint);
-    assert.is((await bicastElements()).length, 2, "one element per home address");
-    const other = bed.sites.find((_, i) => i !== from && i !== to)!;
-    await rejects(() => bed.anchor.startBicast(VM.vmId, other.endpoint), /not moving there/);
-    // The VM stays: deregistering withdraws the bicast with the binding.
-    await bed.anchor.deregister(VM.vmId);
-    assert.equal(await bicastElements(), []);
-  },
-);
-
-t("nft batch: errors name the failing command, tolerated ones pass, the process stays usable", async () => {
-  const ns = `${PREFIX}nft`;
-  await createNetns(ns);
-  const nft = new NftBatch(ns);
-  try {
-    await nft.apply(bicastTables());
-    try {
-      await nft.apply([
-        "add element ip nr_bicast to { 10.9.9.9 : 169.254.0.1 }",
-        "add element ip nr_nope to { 10.9.9.9 : 1.1.1.1 }",
-      ]);
-      assert.unreachable("a missing table must fail");
-    } catch (err) {
-      assert.instance(err, BatchError);
-      assert.is((err as BatchError).failures.length, 1);
-      assert.match((err as BatchError).failures[0].command, /nr_nope/);
-    }
-    await nft.apply(
-      ["delete element ip nr_bicast to { 10.9.9.9 }", "delete element ip nr_bicast to { 10.9.9.9 }"],
-      {
-        tolerate: idempotent,
-      },
-    );
-    try {
-      await nft.apply(["bad\ncommand"]);
-      assert.unreachable("a command with a newline must be refused");
-    } catch (err) {
-      assert.instance(err, BatchError);
-    }
-    await nft.apply(["add element ip nr_bicast to { 10.9.9.8 : 169.254.0.2 }"]);
-  } finally {
-    await nft.close();
-  }
-});
-
-t.run();

@@ -14,11 +14,26 @@ test("bad arguments get clear errors", async () => {
   await rejects(() => run(["demo", "--sites", "1"]), /--sites must be an integer 2..9/);
   await rejects(() => run(["demo", "--bogus"]), /Unknown option '--bogus'/);
   await rejects(() => run(["bindings", "--store", "http://x"]), /unsupported store URL/);
-  await rejects(
-    () => run(["anchor", "serve", "--home-dev", "h"]),
-    /missing --wan-dev, --tunnel-source, --sid6, --sid4/,
-  );
+  await rejects(() => run(["anchor", "serve", "--home-dev", "h"]), /missing --tunnel-source, --sid6, --sid4/);
   await rejects(() => run(["site", "serve", "--frob"]), /Unknown option '--frob'/);
+  await rejects(
+    () =>
+      run([
+        "anchor",
+        "serve",
+        "--dataplane",
+        "gre",
+        "--home-dev",
+        "h",
+        "--tunnel-source",
+        "fc00::a",
+        "--sid6",
+        "fc00::d6",
+        "--sid4",
+        "fc00::d4",
+      ]),
+    /--dataplane must be auto, srv6 or vxlan, got 'gre'/,
+  );
   await rejects(() => run(["anchor", "start"]), /unknown netreach anchor command 'start' \(want: serve\)/);
 });
 

@@ -5,54 +5,52 @@ import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/n
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
 import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
 import { startProbe } from "../../services/netreach/testbed/probe-process.js";
-import { gate } from "../helpers/env.js";
-import { test } from "../helpers/uvu.js";
+import { perDataplane } from "./dataplanes.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
 const PREFIX = uniqueNetnsPrefix("nr-lt-");
-const t = gate(test, ["root", "ip"], "netreach binding lifetime");
-let bed: NetreachBed;
+await perDataplane("netreach binding lifetime", ["root", "ip"], (t, dataplane) => {
+  let bed: NetreachBed;
 
-t.before(async () => {
-  await destroyStaleNetns("nr-lt-");
-  bed = await NetreachBed.create({ prefix: PREFIX, sites: 2 });
-  assert.ok((await bed.place(0, 2)).accepted);
+  t.before(async () => {
+    await destroyStaleNetns("nr-lt-");
+    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 2 });
+    assert.ok((await bed.place(0, 2)).accepted);
+  });
+
+  t.after(async () => {
+    await bed?.destroy();
+  });
+
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const ping = async (to: string) =>
+    summarisePings(
+      await startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", to, "--count", "5", "--interval-ms", "10"])
+        .result,
+    );
+
+  t("refreshes keep a 2 s binding alive past its lifetime", async () => {
+    const first = (await bed.anchor.cache.get(VM.vmId))!.expiresAtMs;
+    await sleep(3500);
+    const b = await bed.anchor.cache.get(VM.vmId);
+    assert.is(b?.state, "active");
+    assert.ok(b!.expiresAtMs > first, "the lifetime was extended");
+    assert.is((await ping(VM.homeIpv6[0])).lost, 0);
+  });
+
+  t("without refreshes it expires: routes withdrawn, traffic stops, a newer update revives it", async () => {
+    bed.sites[0].stopRefresh(VM.vmId);
+    await sleep(3500);
+    assert.is((await bed.anchor.cache.get(VM.vmId))?.state, "expired");
+    assert.is((await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`)).trim(), "");
+    assert.is((await ping(VM.homeIpv4[0])).received, 0);
+    assert.not.ok(
+      (await bed.anchor.refresh(VM.vmId, bed.generation)).accepted,
+      "an expired binding is not refreshed",
+    );
+    const o = await bed.sites[0].attach(VM, "vport", ++bed.generation, 30);
+    assert.ok(o.accepted);
+    assert.is(o.binding?.state, "active");
+    for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) assert.is((await ping(a)).lost, 0, a);
+  });
 });
-
-t.after(async () => {
-  await bed?.destroy();
-});
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const ping = async (to: string) =>
-  summarisePings(
-    await startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", to, "--count", "5", "--interval-ms", "10"])
-      .result,
-  );
-
-t("refreshes keep a 2 s binding alive past its lifetime", async () => {
-  const first = (await bed.anchor.cache.get(VM.vmId))!.expiresAtMs;
-  await sleep(3500);
-  const b = await bed.anchor.cache.get(VM.vmId);
-  assert.is(b?.state, "active");
-  assert.ok(b!.expiresAtMs > first, "the lifetime was extended");
-  assert.is((await ping(VM.homeIpv6[0])).lost, 0);
-});
-
-t("without refreshes it expires: routes withdrawn, traffic stops, a newer update revives it", async () => {
-  bed.sites[0].stopRefresh(VM.vmId);
-  await sleep(3500);
-  assert.is((await bed.anchor.cache.get(VM.vmId))?.state, "expired");
-  assert.is((await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`)).trim(), "");
-  assert.is((await ping(VM.homeIpv4[0])).received, 0);
-  assert.not.ok(
-    (await bed.anchor.refresh(VM.vmId, bed.generation)).accepted,
-    "an expired binding is not refreshed",
-  );
-  const o = await bed.sites[0].attach(VM, "vport", ++bed.generation, 30);
-  assert.ok(o.accepted);
-  assert.is(o.binding?.state, "active");
-  for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) assert.is((await ping(a)).lost, 0, a);
-});
-
-t.run();
