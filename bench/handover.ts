@@ -1,4 +1,5 @@
-// `npm run bench -- handover [--quick] [--runs N] [--delays 0,5,15]`: the gap a correspondent
+// `npm run bench -- handover [--quick] [--runs N] [--delays 0,5,15] [--dataplanes srv6,vxlan]`:
+// per data plane (default: every one this kernel offers), the gap a correspondent
 // sees while the VM moves between two sites, for break-before-make, make-before-break,
 // make-before-break with a forwarding pointer and make-before-break with the anchor bicasting,
 // IPv6 and IPv4 at once, against the one-way WAN delay. A continuous ping (10 ms spacing)
@@ -12,6 +13,8 @@
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../deploy/testbed/netns.js";
+import { chooseDataplane, probeKernel } from "../services/netreach/dataplane/probe.js";
+import { DATAPLANES, type DataplaneKind, isDataplaneKind } from "../services/netreach/dataplane/tunnel.js";
 import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
 import { type HandoverMode, NetreachBed, VM } from "../services/netreach/testbed/bed.js";
 import { startProbe } from "../services/netreach/testbed/probe-process.js";
@@ -73,33 +76,46 @@ export async function main(args: string[]): Promise<void> {
   const delays = (flagValue(args, "--delays") ?? (quick ? "0,15" : "0,5,15,30")).split(",").map(Number);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
   if (delays.some((d) => !(d >= 0 && d <= 200))) throw new Error(`--delays must be ms in 0..200`);
+  const support = await probeKernel();
+  const asked = flagValue(args, "--dataplanes")?.split(",");
+  if (asked?.some((k) => !isDataplaneKind(k))) throw new Error(`--dataplanes takes ${DATAPLANES.join(",")}`);
+  const dataplanes = (asked as DataplaneKind[] | undefined) ?? DATAPLANES.filter((k) => support[k] === null);
+  for (const k of dataplanes) chooseDataplane(k, support); // one line naming what is missing
+  if (dataplanes.length === 0) chooseDataplane("auto", support);
+  for (const k of DATAPLANES)
+    if (!dataplanes.includes(k) && support[k]) console.log(`data plane ${k} not measured: ${support[k]}`);
   const cases: Case[] = ["replug", "bbm", "mbb", "mbb-fp", "mbb-bicast"];
   const out: BenchCase[] = [];
-  for (const d of delays) {
-    await destroyStaleNetns(BASE);
-    // 0 ms: plain veth; otherwise every router link is VXLAN through the delay relay.
-    const bed = await NetreachBed.create({
-      prefix: uniqueNetnsPrefix(BASE),
-      sites: 2,
-      wanDelayMs: d > 0 ? d : undefined,
-    });
-    try {
-      await bed.place(0);
-      for (const c of cases) {
-        const v6: Metrics[] = [];
-        const v4: Metrics[] = [];
-        for (let r = 0; r < runs; r++) {
-          const [m6, m4] = await oneRun(bed, c, d);
-          v6.push(m6);
-          v4.push(m4);
+  for (const dataplane of dataplanes)
+    for (const d of delays) {
+      await destroyStaleNetns(BASE);
+      // 0 ms: plain veth; otherwise every router link is VXLAN through the delay relay.
+      const bed = await NetreachBed.create({
+        prefix: uniqueNetnsPrefix(BASE),
+        sites: 2,
+        wanDelayMs: d > 0 ? d : undefined,
+        dataplane,
+      });
+      try {
+        await bed.place(0);
+        for (const c of cases) {
+          const v6: Metrics[] = [];
+          const v4: Metrics[] = [];
+          for (let r = 0; r < runs; r++) {
+            const [m6, m4] = await oneRun(bed, c, d);
+            v6.push(m6);
+            v4.push(m4);
+          }
+          const subject = c === "replug" ? "replug-floor" : "vmhop";
+          out.push(
+            summarise(`${c}/ipv6/${d}ms/${dataplane}`, subject, v6),
+            summarise(`${c}/ipv4/${d}ms/${dataplane}`, subject, v4),
+          );
         }
-        const subject = c === "replug" ? "replug-floor" : "vmhop";
-        out.push(summarise(`${c}/ipv6/${d}ms`, subject, v6), summarise(`${c}/ipv4/${d}ms`, subject, v4));
+      } finally {
+        await bed.destroy();
       }
-    } finally {
-      await bed.destroy();
     }
-  }
   const floor = new Map(
     out
       .filter((c) => c.subject === "replug-floor")

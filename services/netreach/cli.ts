@@ -8,6 +8,8 @@ import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns
 import { CliError } from "../cli/errors.js";
 import { BindingCache } from "./binding/cache.js";
 import { openBindingKv } from "./binding/kv.js";
+import { chooseDataplane, DataplaneError, isDataplaneChoice, probeKernel } from "./dataplane/probe.js";
+import type { DataplaneKind } from "./dataplane/tunnel.js";
 import { HANDOVER_MODES, type HandoverMode } from "./migration-hooks.js";
 import { type PingRecord, summarisePings } from "./probe/analysis.js";
 import { serveAnchor, serveSite } from "./serve.js";
@@ -20,6 +22,7 @@ commands:
   anchor serve  the anchor (home agent): gRPC NetReachService   (vmhop netreach anchor serve --help)
   site serve    a site agent: gRPC NetReachSiteService          (vmhop netreach site serve --help)
   demo      [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp|mbb-bicast=mbb-bicast] [--moves N=2]
+            [--dataplane auto|srv6|vxlan=auto]
             move a VM between sites of a namespace test bed under a 10 ms ping (root)
   bindings  [--store redis://HOST:PORT]   list the anchor's bindings as JSON lines`;
 
@@ -39,6 +42,7 @@ async function demo(argv: string[]): Promise<number> {
       delay: { type: "string" },
       mode: { type: "string" },
       moves: { type: "string" },
+      dataplane: { type: "string" },
     },
   });
   const sites = int(values.sites, "sites", 3, 2, 9);
@@ -47,13 +51,29 @@ async function demo(argv: string[]): Promise<number> {
   const mode = (values.mode ?? "mbb-bicast") as HandoverMode;
   if (!HANDOVER_MODES.includes(mode))
     throw new CliError(`--mode must be one of ${HANDOVER_MODES.join(", ")}, got '${mode}'`);
+  const want = values.dataplane ?? "auto";
+  if (!isDataplaneChoice(want)) throw new CliError(`--dataplane must be auto, srv6 or vxlan, got '${want}'`);
   if (process.getuid?.() !== 0) throw new CliError("demo needs root (it creates network namespaces)");
+  let dataplane: DataplaneKind;
+  try {
+    dataplane = chooseDataplane(want, await probeKernel());
+  } catch (err) {
+    if (err instanceof DataplaneError) throw new CliError(err.message);
+    throw err;
+  }
   await destroyStaleNetns("nr-demo-");
   const prefix = uniqueNetnsPrefix("nr-demo-");
-  const bed = await NetreachBed.create({ prefix, sites, wanDelayMs: delay > 0 ? delay : undefined });
+  const bed = await NetreachBed.create({
+    prefix,
+    sites,
+    wanDelayMs: delay > 0 ? delay : undefined,
+    dataplane,
+  });
   try {
     await bed.place(0);
-    console.log(`VM ${VM.vmId} (${VM.homeIpv6[0]}, ${VM.homeIpv4[0]}) at s1; ${mode}, one-way ${delay} ms`);
+    console.log(
+      `VM ${VM.vmId} (${VM.homeIpv6[0]}, ${VM.homeIpv4[0]}) at s1; ${mode}, one-way ${delay} ms, data plane ${dataplane}`,
+    );
     for (let i = 0; i < moves; i++) {
       const to = (bed.at + 1) % sites;
       const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((a) =>

@@ -13,16 +13,14 @@ const PREFIX = uniqueNetnsPrefix("nr-rs-");
 await perDataplane("netreach anchor restart", ["root", "ip", "redis-server"], (t, dataplane) => {
   let bed: NetreachBed;
   let redis: RedisHandle;
+  /** The first store client: closed here even when the bed never came up (it would keep the process alive). */
+  let kv: RedisStore | undefined;
 
   t.before(async () => {
     await destroyStaleNetns("nr-rs-");
     redis = await startRedis();
-    bed = await NetreachBed.create({
-      dataplane,
-      prefix: PREFIX,
-      sites: 2,
-      kv: await RedisStore.connect(redis.url),
-    });
+    kv = await RedisStore.connect(redis.url);
+    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 2, kv });
     assert.ok((await bed.place(0)).accepted);
     assert.ok((await bed.move(1, "mbb-fp")).outcome.accepted);
     await bed.settle();
@@ -30,7 +28,8 @@ await perDataplane("netreach anchor restart", ["root", "ip", "redis-server"], (t
 
   t.after(async () => {
     await bed?.destroy();
-    await bed?.kv.close();
+    await bed?.kv.close().catch(() => undefined);
+    if (kv !== bed?.kv) await kv?.close().catch(() => undefined);
     await redis?.stop();
   });
 

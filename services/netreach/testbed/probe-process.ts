@@ -16,7 +16,12 @@ export interface ProbeProcess<T> {
   kill(): void;
 }
 
-export function startProbe<T>(ns: string, args: string[]): ProbeProcess<T> {
+/**
+ * Starts a probe in `ns`. Nothing waits on it unbounded: if it is not ready within 30 s, or has
+ * not finished within `limitMs` (default 2 min; servers are killed by their owner), it is
+ * killed and `ready`/`result` reject naming the probe and the limit.
+ */
+export function startProbe<T>(ns: string, args: string[], limitMs = 120_000): ProbeProcess<T> {
   // Raised priority: the instrument's own scheduling on a loaded machine must not show up as
   // silences (vmhop's own processes keep the default priority).
   const proc = spawnIn(
@@ -44,7 +49,7 @@ export function startProbe<T>(ns: string, args: string[]): ProbeProcess<T> {
   });
   const result = new Promise<T>((resolve, reject) => {
     proc.on("exit", (code, sig) => {
-      const err = new Error(`probe ${args[0]} in ${ns} exited ${code ?? sig}: ${stderr.trim()}`);
+      const err = new Error(overdue || `probe ${args[0]} in ${ns} exited ${code ?? sig}: ${stderr.trim()}`);
       onFail(err);
       if (code !== 0) return reject(err);
       try {
@@ -54,6 +59,22 @@ export function startProbe<T>(ns: string, args: string[]): ProbeProcess<T> {
       }
     });
   });
+  let overdue = "";
+  const timer = setTimeout(() => {
+    overdue = `probe ${args.join(" ")} in ${ns} did not finish within ${limitMs} ms`;
+    proc.kill("SIGKILL");
+  }, limitMs);
+  timer.unref();
+  const readyTimer = setTimeout(() => {
+    onFail(new Error(`probe ${args[0]} in ${ns} was not ready within 30000 ms: ${stderr.trim()}`));
+    proc.kill("SIGKILL");
+  }, 30_000);
+  readyTimer.unref();
+  ready.then(
+    () => clearTimeout(readyTimer),
+    () => clearTimeout(readyTimer),
+  );
+  proc.on("exit", () => clearTimeout(timer));
   result.catch(() => undefined);
   ready.catch(() => undefined);
   return {
