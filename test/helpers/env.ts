@@ -63,6 +63,19 @@ export function gateVariant<T extends { skip: unknown; run: () => void }>(
   return reason === null ? t : skipping(t, what, reason, true);
 }
 
+/**
+ * For tests of data that lives outside the repository (../shared beside the checkout): absent
+ * data is a counted, listed skip even under CI=1, since a clone elsewhere has no such neighbour.
+ * Only for that case: a missing tool or kernel feature is gate()'s or gateOn()'s, and fails CI.
+ */
+export function gateData<T extends { skip: unknown; run: () => void }>(
+  t: T,
+  reason: string | null,
+  what: string,
+): T {
+  return reason === null ? t : skipping(t, what, reason, true);
+}
+
 // What test/run.mjs reads: `SKIP what: reason` once, then one `  - skipped [what] NAME` line
 // (`  - skipped (variant) [what] NAME` for gateVariant) per test registered; it counts a file's
 // skips as legitimate only when uvu's Skipped equals the number of these lines.

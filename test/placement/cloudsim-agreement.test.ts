@@ -5,14 +5,18 @@ import { makePolicy } from "../../services/placement/policies/registry.js";
 import { CLOUDSIM_COST } from "../../services/placement/sim/cost-model.js";
 import { simulateDay } from "../../services/placement/sim/simulate.js";
 import { loadDay } from "../../services/placement/traces/load.js";
-import { gateOn } from "../helpers/env.js";
+import { gateData } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 
 // The shared data sits beside the checkout; VMHOP_PLANETLAB points elsewhere (a clone in /tmp).
 const DATA =
   process.env.VMHOP_PLANETLAB ?? new URL("../../../shared/data/planetlab", import.meta.url).pathname;
 const haveData = existsSync(`${DATA}/20110306.tsv`);
-const t = gateOn(test, haveData ? null : `no traces in ${DATA} (set VMHOP_PLANETLAB)`, "cloudsim agreement");
+const t = gateData(
+  test,
+  haveData ? null : `no traces in ${DATA} (set VMHOP_PLANETLAB)`,
+  "cloudsim agreement",
+);
 
 const within = (got: number, want: number, tol: number, what: string) =>
   assert.ok(Math.abs(got - want) <= tol * want, `${what}: ${got} vs CloudSim ${want} (±${tol * 100} %)`);
