@@ -12,12 +12,13 @@
 // the floor of the test bed itself: the port unplugged and plugged back into the same site, with
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
-import { destroyStaleNetns, uniqueNetnsPrefix } from "../deploy/testbed/netns.js";
+
 import { chooseDataplane, probeKernel } from "../services/netreach/dataplane/probe.js";
 import { DATAPLANES, type DataplaneKind, isDataplaneKind } from "../services/netreach/dataplane/tunnel.js";
 import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
-import { type HandoverMode, NetreachBed, VM } from "../services/netreach/testbed/bed.js";
-import { startProbe } from "../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../testbed/netns.js";
+import { type HandoverMode, NetreachBed, VM } from "../testbed/netreach/bed.js";
+import { startProbe } from "../testbed/netreach/probe-process.js";
 import {
   type BenchCase,
   flagValue,

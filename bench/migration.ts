@@ -6,13 +6,12 @@
 // pre-copy, pure post-copy and hybrid (one pre-copy round, then post-copy), on loopback and on
 // an emulated WAN (the project's delay/rate relay between the two ends). The guest's largest
 // heartbeat gap is measured on the host: QEMU's "downtime" hides post-copy fault stalls.
+
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildGuest } from "../deploy/guest/build/build.js";
 import { guestArtefacts, guestCmdline } from "../deploy/guest/build/paths.js";
-import { startRelay } from "../deploy/testbed/relay.js";
 import { PageHost, type StartMigrationOptions } from "../services/page-server/host.js";
 import {
   type MigrationMode,
@@ -26,6 +25,8 @@ import type { MigrationProgress } from "../services/page-server/migration/status
 import { HeartbeatTracker } from "../services/page-server/vm/heartbeat.js";
 import type { VmSpec } from "../services/page-server/vm/spec.js";
 import { Vm } from "../services/page-server/vm/vm.js";
+import { freePort } from "../testbed/ports.js";
+import { startRelay } from "../testbed/relay.js";
 import {
   type BenchCase,
   flagValue,
@@ -79,17 +80,6 @@ interface Setup {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const a = srv.address();
-      srv.close(() => resolve(typeof a === "object" && a ? a.port : 0));
-    });
-  });
-}
 
 function spec(name: string, s: Setup): VmSpec {
   const g = guestArtefacts();

@@ -16,7 +16,7 @@
 // `--fresh-process` starts every server as a new process per run instead.
 import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { tempDir } from "../test/helpers/env.js";
+import { tempDir } from "../testbed/temp-dir.js";
 import { makeImage } from "./lib/image.js";
 import { type Client, readAll } from "./lib/nbd-clients.js";
 import {

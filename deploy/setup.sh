@@ -17,7 +17,7 @@ fi
 echo "setup: npm ci"
 npm ci --no-audit --no-fund --loglevel=error
 
-if [ -f services/page-server/guest-cli.ts ] && grep -q "build" services/page-server/guest-cli.ts; then
+if [ -f deploy/guest/cli.ts ]; then
   echo "setup: building the test guest (deploy/guest/out)"
   node bin/vmhop.js guest build
 fi

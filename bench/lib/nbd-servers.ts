@@ -6,7 +6,7 @@ import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
-import { freePort } from "../../test/helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
 
 const run = promisify(execFile);
 const vmhopBin = new URL("../../bin/vmhop.js", import.meta.url).pathname;

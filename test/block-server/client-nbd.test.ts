@@ -10,7 +10,8 @@ import {
   NbdRequestError,
 } from "../../services/block-server/nbd/client/client.js";
 import { formatNbdUrl, parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { inheritedOf } from "../helpers/fds.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";

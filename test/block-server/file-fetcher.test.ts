@@ -11,7 +11,8 @@ import { BackendError } from "../../services/block-server/export/backend.js";
 import { NbdConnectionError } from "../../services/block-server/nbd/client/client.js";
 import { fetchThreads } from "../../services/block-server/proxy/fetch-thread-pool.js";
 import { FileFetcher } from "../../services/block-server/proxy/file-fetcher.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
 

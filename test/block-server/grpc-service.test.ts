@@ -18,7 +18,8 @@ import { blockService } from "../../services/block-server/grpc/block-service.js"
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { initTracing } from "../../services/common/tracing.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionFileContaining, reflectionListServices } from "../helpers/grpc.js";
 import { suite } from "../helpers/uvu.js";
 

@@ -8,7 +8,7 @@ import { HeatTracker } from "../../services/block-server/export/heat.js";
 import { TargetBackend } from "../../services/block-server/export/target.js";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { parseListenAddress } from "../../services/block-server/nbd/server/index.js";
-import { tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer, type TestServer } from "./fixtures/nbd.js";
 

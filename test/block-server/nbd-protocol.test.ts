@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
-import { tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer, type TestServer } from "./fixtures/nbd.js";
 

@@ -10,7 +10,8 @@ import {
   LOOPBACK_NOTSENT_LOWAT,
   tuneReplySocket,
 } from "../../services/block-server/nbd/server/socket-tuning.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, run, runOk, startServer, type TestServer } from "./fixtures/nbd.js";
 

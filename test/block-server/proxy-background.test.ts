@@ -4,7 +4,8 @@ import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, startQemuNbd } from "./fixtures/proxy-servers.js";
 

@@ -10,7 +10,8 @@ import { TargetBackend } from "../../services/block-server/export/target.js";
 import { NbdClient } from "../../services/block-server/nbd/client/client.js";
 import { NbdServer } from "../../services/block-server/nbd/server/server.js";
 import { silentLogger } from "../../services/common/log.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { type ServedProxy, serveProxy } from "./fixtures/proxy-serve.js";
 import {

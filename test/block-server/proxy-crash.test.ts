@@ -10,7 +10,8 @@ import { NbdClient } from "../../services/block-server/nbd/client/client.js";
 import { BITMAP_HEADER_SIZE } from "../../services/block-server/proxy/bitmap-file.js";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, startQemuNbd } from "./fixtures/proxy-servers.js";
 

@@ -7,7 +7,8 @@ import * as assert from "uvu/assert";
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../../services/block-server/nbd/protocol/index.js";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
 

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { TargetBackend } from "../../services/block-server/export/target.js";
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "../../services/block-server/nbd/protocol/index.js";
-import { tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern } from "./fixtures/nbd.js";
 

@@ -7,7 +7,9 @@ import * as assert from "uvu/assert";
 import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
-import { freePort, gate, tempDir } from "../helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
 import {

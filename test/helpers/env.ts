@@ -1,10 +1,6 @@
 // What the machine offers to a test, and how a test that lacks it says so.
 // In CI (CI=1) a missing tool or root is a failure, not a skip: CI installs everything.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 
 export function hasCommand(cmd: string): boolean {
   try {
@@ -101,22 +97,4 @@ function skipping<T extends { skip: unknown; run: () => void }>(
     run: () => t.run(),
   });
   return standIn as unknown as T;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-export function tempDir(prefix = "vmhop-test-"): { path: string; cleanup: () => void } {
-  const path = mkdtempSync(join(tmpdir(), prefix));
-  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }

@@ -2,7 +2,8 @@
 // restart keeps the data the way production Redis is configured for vmhop).
 import { type ChildProcess, spawn } from "node:child_process";
 import { createConnection } from "node:net";
-import { freePort, tempDir } from "./env.js";
+import { freePort } from "../../testbed/ports.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 
 export interface RedisHandle {
   url: string;

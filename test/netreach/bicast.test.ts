@@ -6,13 +6,13 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import * as assert from "uvu/assert";
-import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
 import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { rejects } from "./assert-rejects.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";

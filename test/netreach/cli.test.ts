@@ -3,6 +3,7 @@ import * as assert from "uvu/assert";
 import { RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
 import { run } from "../../services/netreach/cli.js";
+import { run as demo } from "../../testbed/netreach/demo.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
@@ -10,9 +11,10 @@ import { rejects } from "./assert-rejects.js";
 
 test("bad arguments get clear errors", async () => {
   await rejects(() => run(["nope"]), /unknown netreach command 'nope'/);
-  await rejects(() => run(["demo", "--mode", "zz"]), /--mode must be one of bbm, mbb, mbb-fp/);
-  await rejects(() => run(["demo", "--sites", "1"]), /--sites must be an integer 2..9/);
-  await rejects(() => run(["demo", "--bogus"]), /Unknown option '--bogus'/);
+  await rejects(() => demo(["--mode", "zz"]), /--mode must be one of bbm, mbb, mbb-fp/);
+  await rejects(() => demo(["--sites", "1"]), /--sites must be an integer 2..9/);
+  await rejects(() => demo(["--bogus"]), /Unknown option '--bogus'/);
+  await rejects(() => demo(["--dataplane", "gre"]), /--dataplane must be auto, srv6 or vxlan, got 'gre'/);
   await rejects(() => run(["bindings", "--store", "http://x"]), /unsupported store URL/);
   await rejects(() => run(["anchor", "serve", "--home-dev", "h"]), /missing --tunnel-source, --sid6, --sid4/);
   await rejects(() => run(["site", "serve", "--frob"]), /Unknown option '--frob'/);

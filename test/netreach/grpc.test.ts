@@ -3,7 +3,6 @@
 // continuous ping, a stale update refused without a change, and an anchor process restart.
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import {
   BindingState,
   BindingStatus,
@@ -21,8 +20,9 @@ import {
 import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { GATEWAY_MAC, HOME, NetreachBed, sidsOf, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { GATEWAY_MAC, HOME, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { type Served, serve } from "./serve-process.js";

@@ -2,10 +2,10 @@
 // userspace delay relay): with a forwarding pointer the correspondent loses (almost) nothing;
 // without one, what is in flight to the old site for about one signalling delay is lost.
 import * as assert from "uvu/assert";
-import { destroyStaleNetns, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { type HandoverMode, NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { type HandoverMode, NetreachBed, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 

@@ -1,10 +1,10 @@
 // A VM moves site to site while a correspondent pings its home addresses (IPv6 and IPv4, 10 ms
 // apart) and keeps a TCP connection to it. Real kernel routes (SRv6 or VXLAN-GPE) in real namespaces.
 import * as assert from "uvu/assert";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { GATEWAY_MAC, NetreachBed, sidsOf, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { GATEWAY_MAC, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 

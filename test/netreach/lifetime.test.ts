@@ -1,10 +1,10 @@
 // Binding lifetime: the site agent's refreshes keep a binding alive; without them it expires,
 // the anchor withdraws its routes, and only a newer binding update brings it back.
 import * as assert from "uvu/assert";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { NetreachBed, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { perDataplane } from "./dataplanes.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.

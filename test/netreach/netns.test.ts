@@ -1,5 +1,7 @@
 // Namespace test-bed helpers and the persistent ip -batch process, on the real kernel.
 import * as assert from "uvu/assert";
+import { idempotent } from "../../services/netreach/dataplane/batch-process.js";
+import { IpBatch } from "../../services/netreach/dataplane/ip-batch.js";
 import {
   addAddress,
   createNetns,
@@ -12,9 +14,7 @@ import {
   runIn,
   setRateLimit,
   uniqueNetnsPrefix,
-} from "../../deploy/testbed/netns.js";
-import { idempotent } from "../../services/netreach/dataplane/batch-process.js";
-import { IpBatch } from "../../services/netreach/dataplane/ip-batch.js";
+} from "../../testbed/netns.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { rejects } from "./assert-rejects.js";

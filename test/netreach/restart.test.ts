@@ -1,10 +1,10 @@
 // The anchor restarts: bindings come back from Redis into the kernel and traffic keeps flowing.
 import * as assert from "uvu/assert";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../deploy/testbed/netns.js";
 import { RedisStore } from "../../services/common/store/index.js";
 import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
-import { NetreachBed, sidsOf, VM } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 

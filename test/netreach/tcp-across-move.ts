@@ -2,8 +2,8 @@
 // moves: it must neither break nor lose or reorder anything.
 import * as assert from "uvu/assert";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
-import type { HandoverMode, NetreachBed } from "../../services/netreach/testbed/bed.js";
-import { startProbe } from "../../services/netreach/testbed/probe-process.js";
+import type { HandoverMode, NetreachBed } from "../../testbed/netreach/bed.js";
+import { startProbe } from "../../testbed/netreach/probe-process.js";
 
 export interface TcpMove {
   /** Home address to connect to. */

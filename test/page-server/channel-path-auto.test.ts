@@ -1,8 +1,9 @@
 import * as assert from "uvu/assert";
-import { startRelay } from "../../deploy/testbed/relay.js";
 import { NEAR_LINK_RTT_MS } from "../../services/page-server/channel/path-policy.js";
 import { HostError, type PageHost, type StartMigrationOptions } from "../../services/page-server/host.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { startRelay } from "../../testbed/relay.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 

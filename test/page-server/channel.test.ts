@@ -19,7 +19,8 @@ import { ChannelServer } from "../../services/page-server/channel/inbound.js";
 import { ChannelError, ChannelOut, splitHostPort } from "../../services/page-server/channel/outbound.js";
 import { migrate, prepareIncoming } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
 

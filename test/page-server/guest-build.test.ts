@@ -6,7 +6,8 @@ import * as assert from "uvu/assert";
 import { buildGuest } from "../../deploy/guest/build/build.js";
 import { GuestBuildError, run } from "../../deploy/guest/build/run.js";
 import { extractVmlinux, locateKernelPayload } from "../../deploy/guest/build/vmlinux.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 

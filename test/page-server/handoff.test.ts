@@ -2,7 +2,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import type { MigrationMode } from "../../services/page-server/migration/driver.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 

@@ -2,7 +2,8 @@ import * as assert from "uvu/assert";
 import type { MigrationRecord } from "../../services/page-server/host.js";
 import { chooseMode, measureDirtyRate } from "../../services/page-server/migration/auto.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { guestOnTwoHosts } from "./guest-continues.js";
 

@@ -10,7 +10,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
-import { freePort, gate, tempDir } from "../helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
 

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { type ListHostVmsResponse, PageServiceClient } from "../../gen/vmhop/v1/page.js";
-import { tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
 const root = new URL("../..", import.meta.url).pathname;

@@ -23,7 +23,8 @@ import { PageHost } from "../../services/page-server/host.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 

@@ -10,7 +10,8 @@ import {
   QmpError,
   QmpTimeoutError,
 } from "../../services/page-server/qmp/errors.js";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 
 const qemuTest = gate(test, ["qemu-system-x86_64"], "QMP against a real QEMU");

@@ -1,5 +1,6 @@
 import * as assert from "uvu/assert";
-import { gate, tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
 import { Link } from "./link.js";

@@ -11,7 +11,9 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { IllegalTransitionError } from "../../services/page-server/vm/states.js";
 import { Vm } from "../../services/page-server/vm/vm.js";
-import { freePort, gate, tempDir } from "../helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 

@@ -18,8 +18,8 @@ import { MemoryStore } from "../../services/common/store/index.js";
 import { ControlClient } from "../../services/control-plane/client.js";
 import { KEYS } from "../../services/control-plane/records.js";
 import { placementService } from "../../services/placement/service/grpc.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
-import { tempDir } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 
 type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;

@@ -13,7 +13,7 @@ import {
   PlanState,
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
-import { tempDir } from "../helpers/env.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
 test("the planning loop accepts plans on its own; replay drives a running service", async () => {

@@ -5,7 +5,9 @@ import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { makeImage } from "../../bench/lib/image.js";
 import { nbdkitFile, startServer, vmhopDaemon } from "../../bench/lib/nbd-servers.js";
-import { freePort, gate, tempDir } from "../helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 
 test("makeImage: the requested size, part data, part zeros", () => {

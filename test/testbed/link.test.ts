@@ -1,8 +1,8 @@
 import { performance } from "node:perf_hooks";
 import * as assert from "uvu/assert";
-import { formatEndpoint, parseEndpoint } from "../../deploy/testbed/address.js";
-import { DelayQueue } from "../../deploy/testbed/delay-queue.js";
-import { Link } from "../../deploy/testbed/link.js";
+import { formatEndpoint, parseEndpoint } from "../../testbed/address.js";
+import { DelayQueue } from "../../testbed/delay-queue.js";
+import { Link } from "../../testbed/link.js";
 import { test } from "../helpers/uvu.js";
 
 test("link: serialisation at the rate, then the delay; a busy link queues later bytes", () => {

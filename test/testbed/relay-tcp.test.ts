@@ -4,8 +4,9 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import * as assert from "uvu/assert";
-import { startRelay } from "../../deploy/testbed/relay.js";
-import { freePort, tempDir } from "../helpers/env.js";
+import { freePort } from "../../testbed/ports.js";
+import { startRelay } from "../../testbed/relay.js";
+import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
 function sha(b: Buffer): string {

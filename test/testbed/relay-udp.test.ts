@@ -2,7 +2,7 @@ import { createSocket, type Socket } from "node:dgram";
 import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import * as assert from "uvu/assert";
-import { startUdpRelay } from "../../deploy/testbed/relay.js";
+import { startUdpRelay } from "../../testbed/relay.js";
 import { test } from "../helpers/uvu.js";
 
 async function udp(onMessage?: (s: Socket, m: Buffer, port: number, host: string) => void): Promise<Socket> {

@@ -4,19 +4,11 @@
 // ::2 on the WAN side). Link L uses UDP port 20000+L on both ends.
 import type { ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
-import {
-  addAddress,
-  createNetns,
-  createVeth,
-  destroyNetns,
-  ip,
-  runIn,
-  spawnIn,
-} from "../../../deploy/testbed/netns.js";
+import { addAddress, createNetns, createVeth, destroyNetns, ip, runIn, spawnIn } from "../netns.js";
 import type { WanEnd, WanLinker } from "./bed.js";
 import { PRIORITY } from "./probe-process.js";
 
-const repoRoot = new URL("../../../", import.meta.url).pathname;
+const repoRoot = new URL("../../", import.meta.url).pathname;
 const relayMain = new URL("./wan-relay-main.ts", import.meta.url).pathname;
 
 export interface RelayedWanOptions {

@@ -1,9 +1,9 @@
 // `vmhop guest build [--out DIR] [--kernel-package PKG] [--force]`
 import { parseArgs } from "node:util";
-import { buildGuest } from "../../deploy/guest/build/build.js";
-import { defaultGuestOutDir } from "../../deploy/guest/build/paths.js";
-import { GuestBuildError } from "../../deploy/guest/build/run.js";
-import { CliError } from "../cli/errors.js";
+import { CliError } from "../../services/cli/errors.js";
+import { buildGuest } from "./build/build.js";
+import { defaultGuestOutDir } from "./build/paths.js";
+import { GuestBuildError } from "./build/run.js";
 
 const usage = `usage: vmhop guest build [--out DIR] [--kernel-package PKG] [--force]
 

@@ -3,7 +3,7 @@
 //   {"id":1,"listen":"[fd01::2]:20001","peerA":"[fd01::1]:20001","target":"…","targetSideListen":"…","delayMs":15}
 //   → {"id":1,"ok":true}  or  {"id":1,"ok":false,"error":"…"}
 import { createInterface } from "node:readline";
-import { startUdpRelay, type UdpRelay } from "../../../deploy/testbed/relay-udp.js";
+import { startUdpRelay, type UdpRelay } from "../relay-udp.js";
 
 const relays: UdpRelay[] = [];
 const rl = createInterface({ input: process.stdin });

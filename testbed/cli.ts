@@ -2,9 +2,9 @@
 // ready line on stdout (the bound address), then relays until SIGINT/SIGTERM.
 
 import { parseArgs } from "node:util";
-import { CliError } from "../../services/cli/errors.js";
-import { onShutdown } from "../../services/common/lifecycle.js";
-import { createLogger } from "../../services/common/log.js";
+import { CliError } from "../services/cli/errors.js";
+import { onShutdown } from "../services/common/lifecycle.js";
+import { createLogger } from "../services/common/log.js";
 import { startRelay } from "./relay-tcp.js";
 import { startUdpRelay } from "./relay-udp.js";
 

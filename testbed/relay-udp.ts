@@ -9,7 +9,7 @@ import { createSocket, type RemoteInfo, type Socket } from "node:dgram";
 import { lookup } from "node:dns/promises";
 import { isIPv6 } from "node:net";
 import { performance } from "node:perf_hooks";
-import { type Logger, silentLogger } from "../../services/common/log.js";
+import { type Logger, silentLogger } from "../services/common/log.js";
 import { formatEndpoint, parseEndpoint } from "./address.js";
 import { DelayQueue } from "./delay-queue.js";
 import { Link, type LinkParams } from "./link.js";

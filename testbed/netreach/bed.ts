@@ -11,6 +11,22 @@
 // namespace connects the VM to exactly one of them, and re-patching it is the switch-over. WAN
 // links are pluggable (`WanLinker`) so a delaying one can replace plain veth; the binding
 // update's one-way delay is applied by `delayedAnchorLink`.
+
+import { type Logger, silentLogger } from "../../services/common/log.js";
+import { MemoryStore } from "../../services/common/store/index.js";
+import { Anchor } from "../../services/netreach/anchor/anchor.js";
+import type { Outcome } from "../../services/netreach/binding/cache.js";
+import type { BindingKv } from "../../services/netreach/binding/kv.js";
+import type { UpdateRequest } from "../../services/netreach/binding/types.js";
+import { IpBatch } from "../../services/netreach/dataplane/ip-batch.js";
+import { chooseDataplane, probeKernel } from "../../services/netreach/dataplane/probe.js";
+import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
+import {
+  type HandoverMode,
+  MigrationHooks,
+  type MigrationNet,
+} from "../../services/netreach/migration-hooks.js";
+import { type AnchorLink, SiteAgent, type VmNet } from "../../services/netreach/site/agent.js";
 import {
   addAddress,
   createNetns,
@@ -22,18 +38,7 @@ import {
   macOf,
   routerSysctls,
   setSysctls,
-} from "../../../deploy/testbed/netns.js";
-import { type Logger, silentLogger } from "../../common/log.js";
-import { MemoryStore } from "../../common/store/index.js";
-import { Anchor } from "../anchor/anchor.js";
-import type { Outcome } from "../binding/cache.js";
-import type { BindingKv } from "../binding/kv.js";
-import type { UpdateRequest } from "../binding/types.js";
-import { IpBatch } from "../dataplane/ip-batch.js";
-import { chooseDataplane, probeKernel } from "../dataplane/probe.js";
-import type { DataplaneKind } from "../dataplane/tunnel.js";
-import { type HandoverMode, MigrationHooks, type MigrationNet } from "../migration-hooks.js";
-import { type AnchorLink, SiteAgent, type VmNet } from "../site/agent.js";
+} from "../netns.js";
 import { relayedWan } from "./relayed-wan.js";
 
 export const GATEWAY_MAC = "02:00:00:00:00:01";
@@ -88,7 +93,7 @@ export function delayedAnchorLink(anchor: () => Anchor, oneWayMs: number): Ancho
   };
 }
 
-export type { HandoverMode } from "../migration-hooks.js";
+export type { HandoverMode } from "../../services/netreach/migration-hooks.js";
 
 export interface BedOptions {
   /** Unique namespace prefix, e.g. "nr-t1-"; everything with it is deleted on destroy. */

@@ -1,9 +1,9 @@
 // Runs a probe (services/netreach/probe/main.ts) inside a namespace and collects its JSON result.
 import type { ChildProcess } from "node:child_process";
-import { spawnIn } from "../../../deploy/testbed/netns.js";
+import { spawnIn } from "../netns.js";
 
-const repoRoot = new URL("../../../", import.meta.url).pathname;
-const probeMain = new URL("../probe/main.ts", import.meta.url).pathname;
+const repoRoot = new URL("../../", import.meta.url).pathname;
+const probeMain = new URL("../../services/netreach/probe/main.ts", import.meta.url).pathname;
 /** nice value for the test bed's instruments and emulated WAN (root may raise priority). */
 export const PRIORITY = process.getuid?.() === 0 ? "-10" : "0";
 

@@ -6,7 +6,7 @@
 // TCP flow control pushes back on it, like a socket buffer.
 import { type AddressInfo, connect, createServer, type Server, type Socket } from "node:net";
 import { performance } from "node:perf_hooks";
-import { type Logger, silentLogger } from "../../services/common/log.js";
+import { type Logger, silentLogger } from "../services/common/log.js";
 import { type Endpoint, formatEndpoint, parseEndpoint } from "./address.js";
 import { DelayQueue } from "./delay-queue.js";
 import { Link, type LinkParams } from "./link.js";
