@@ -4,7 +4,7 @@ import {
   type ClusterVm,
   ControlPlaneServiceClient,
   type Host,
-  type MigrateVmRequest,
+  MigrateVmRequest,
   type Migration,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
@@ -64,8 +64,12 @@ export class ControlClient {
       .vms;
   }
 
-  async migrateVm(req: MigrateVmRequest): Promise<Migration> {
-    return (await this.call<{ migration?: Migration }>((m, o, cb) => this.client.migrateVm(req, m, o, cb)))
+  /** Unset fields take their defaults (mode and storage: the service's choice). */
+  async migrateVm(
+    req: Partial<MigrateVmRequest> & Pick<MigrateVmRequest, "vmId" | "destinationHostId">,
+  ): Promise<Migration> {
+    const full = MigrateVmRequest.fromPartial(req);
+    return (await this.call<{ migration?: Migration }>((m, o, cb) => this.client.migrateVm(full, m, o, cb)))
       .migration!;
   }
 

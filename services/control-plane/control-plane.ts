@@ -1,5 +1,7 @@
 // The control-plane without gRPC: host and VM registries and migrations, durable in the
 // Store, carried out by the hosts' page-servers. grpc.ts maps its ControlError to statuses.
+
+import { StorageMode } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
@@ -17,6 +19,7 @@ import {
   type VmRecord,
 } from "./records.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
+import { planStorage, type StoragePlan, StoragePlanError } from "./storage-plan.js";
 
 export class ControlError extends Error {
   constructor(
@@ -33,6 +36,7 @@ export interface MigrateRequest {
   destinationHostId: string;
   mode?: MigrationMode;
   requestId?: string;
+  storage?: StorageMode;
 }
 
 /** A VM as the registry knows it, with the page-server's live view when it answers. */
@@ -49,6 +53,11 @@ function checkId(what: string, id: string): void {
       "invalid",
       `${what} must be 1-63 letters, digits, '.', '_' or '-', got ${JSON.stringify(id)}`,
     );
+}
+
+/** The VM's disk URL as its spec says (empty: no disk). */
+export function diskUrlOf(vm: VmRecord): string {
+  return VmSpec.fromJSON(vm.spec).diskNbdUrl;
 }
 
 export class ControlPlane {
@@ -228,6 +237,13 @@ export class ControlPlane {
     if (dst.asleep) throw new ControlError("precondition", `destination host ${dst.host_id} is asleep`);
     if (vm.migration_id) throw busy(vm);
     const src = await this.host(vm.host_id);
+    let plan: StoragePlan;
+    try {
+      plan = planStorage(req.storage ?? StorageMode.STORAGE_MODE_UNSPECIFIED, diskUrlOf(vm), src, dst);
+    } catch (err) {
+      if (err instanceof StoragePlanError) throw new ControlError("precondition", err.message);
+      throw err;
+    }
     await this.reachable(src);
     await this.reachable(dst);
     const mode = req.mode || MigrationMode.MIGRATION_MODE_POSTCOPY;
@@ -265,6 +281,9 @@ export class ControlPlane {
       downtime_ms: 0,
       created_unix_ms: now,
       updated_unix_ms: now,
+      storage: plan.storage,
+      disk: plan.disk,
+      entered_unix_ms: { pending: now },
     };
     await this.store.set(KEYS.migration(id), JSON.stringify(rec));
     await this.store.publish(KEYS.migrations, JSON.stringify(rec));

@@ -1,16 +1,27 @@
 // Carries one migration through the state table (states.ts) by driving the two hosts'
-// page-servers, persisting each step first. A restarted control-plane calls drive() again
-// for every migration that is not final and resumes from the recorded state.
+// page-servers (memory) and block-servers (the disk, LAZY storage), persisting each step first.
+// A restarted control-plane calls drive() again for every migration that is not final and
+// resumes from the recorded state.
+//
+// The disk's invariant: the destination serves the source disk as it was at the switch-over
+// plus the VM's later writes. The destination's proxy export is opened before the switch but
+// nothing is copied then: its QEMU waits inactive (no I/O until it runs), and the background
+// copy starts only once the VM runs at the destination, when the source QEMU has stopped and
+// flushed. Every block is fetched after the source's last write.
 import { status } from "@grpc/grpc-js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
+import { type BlockServer, BlockServers } from "./block-client.js";
 import { type PageServer, PageServerError, type PageServers } from "./page-client.js";
+import { PeerError } from "./peer-call.js";
 import {
   ConflictError,
+  type DiskRecord,
   type HostRecord,
   KEYS,
   type MigrationRecord,
+  type ProgressPatch,
   readJson,
   recordProgress,
   transition,
@@ -18,17 +29,42 @@ import {
   type VmRecord,
 } from "./records.js";
 import { isFinal, type MigrationEvent, pastSwitch, TransitionError } from "./states.js";
+import { diskUrlAt } from "./storage-plan.js";
 
 const FAILED_PHASES = [MigrationPhase.MIGRATION_PHASE_FAILED, MigrationPhase.MIGRATION_PHASE_CANCELLED];
+
+export interface ExecutorOptions {
+  /**
+   * The background disk copy's rate cap while memory still moves (bytes/s; 0 = none), so the
+   * post-copy page stream keeps priority on the link; lifted once memory is complete.
+   */
+  diskCopyRateWhileMemory?: number;
+  /** How often a relocating disk's progress is read. */
+  diskPollMs?: number;
+}
+
+/** The two ends of a migration. */
+interface Ends {
+  src: PageServer;
+  dst: PageServer;
+  spec: VmSpec;
+  /** LAZY storage: the block-servers (absent: SHARED). */
+  srcBlock?: BlockServer;
+  dstBlock?: BlockServer;
+  dstHost: HostRecord;
+}
 
 export class Executor {
   private readonly running = new Map<string, Promise<void>>();
   private closed = false;
 
+  private readonly blocks = new BlockServers();
+
   constructor(
     private readonly store: Store,
     private readonly pages: PageServers,
     private readonly log: Logger,
+    private readonly opts: ExecutorOptions = {},
   ) {}
 
   /** Runs (or resumes) a migration in the background; one driver per migration. */
@@ -51,9 +87,10 @@ export class Executor {
    */
   close(): void {
     this.closed = true;
+    this.blocks.close();
   }
 
-  private async step(id: string, event: MigrationEvent, patch: Partial<MigrationRecord> = {}) {
+  private async step(id: string, event: MigrationEvent, patch: ProgressPatch & { error?: string } = {}) {
     if (this.closed) throw new ShutdownError();
     const rec = await transition(this.store, id, event, patch);
     this.log.info("migration", { migration: id, state: rec.state });
@@ -65,54 +102,81 @@ export class Executor {
     if (!m || isFinal(m.state)) return;
     const ctx = await this.context(m).catch((err) => err as Error);
     if (ctx instanceof Error) return this.fail(m, ctx.message);
-    const { src, dst, spec } = ctx;
     try {
       let state = m.state;
       if (state === "pending") {
         await this.step(id, "prepare");
-        const channel = await dst.prepareIncoming(spec, id, m.mode);
+        await this.prepare(m, ctx);
         await this.step(id, "start");
-        await src.startMigration(m.vm_id, id, channel, m.mode);
+        await ctx.src.startMigration(m.vm_id, id, ctx.channel!, m.mode);
         state = "migrating";
       } else if (state === "preparing") {
         // Whether PrepareIncoming was answered is unknown and its channel address lost.
         return await this.fail(
           m,
           "the control-plane restarted while preparing the destination; nothing was sent and the VM stays at the source",
-          dst,
+          ctx,
         );
       }
-      if (state === "migrating" || state === "switched") await this.follow(m, src, dst);
-      await this.finish(m, dst);
+      if (state === "migrating" || state === "switched") await this.follow(m, ctx);
+      if (state !== "relocating") await this.settle(m, ctx);
+      await this.relocate(m, ctx);
     } catch (err) {
       if (err instanceof ShutdownError) return;
       if (err instanceof TransitionError) {
         // Someone else moved the record on (a cancel): clean up after it.
         const cur = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
-        if (cur && (cur.state === "failed" || cur.state === "cancelled")) await this.cleanUp(cur, dst);
+        if (cur && (cur.state === "failed" || cur.state === "cancelled")) await this.cleanUp(cur, ctx);
         return;
       }
-      await this.fail(m, (err as Error).message, dst);
+      await this.fail(m, (err as Error).message, ctx);
     }
   }
 
-  private async context(m: MigrationRecord) {
+  private async context(m: MigrationRecord): Promise<Ends & { channel?: string }> {
     const host = async (hostId: string) => {
       const h = await readJson<HostRecord>(this.store, KEYS.host(hostId));
       if (!h) throw new Error(`host ${hostId} is no longer registered`);
-      return this.pages.get(h.value.page_server_address);
+      return h.value;
     };
     const vm = await readJson<VmRecord>(this.store, KEYS.vm(m.vm_id));
     if (!vm) throw new Error(`VM ${m.vm_id} is no longer registered`);
+    const [srcHost, dstHost] = [await host(m.source_host_id), await host(m.destination_host_id)];
+    const lazy = m.disk !== undefined;
     return {
-      src: await host(m.source_host_id),
-      dst: await host(m.destination_host_id),
+      src: this.pages.get(srcHost.page_server_address),
+      dst: this.pages.get(dstHost.page_server_address),
       spec: VmSpec.fromJSON(vm.value.spec),
+      srcBlock: lazy ? this.blocks.get(srcHost.block_server_address) : undefined,
+      dstBlock: lazy ? this.blocks.get(dstHost.block_server_address) : undefined,
+      dstHost,
     };
   }
 
+  /**
+   * preparing: the disk at the destination (LAZY: a proxy export of the source's, no copy yet),
+   * then the destination's QEMU waiting for the memory, its disk on that export.
+   */
+  private async prepare(m: MigrationRecord, ctx: Ends & { channel?: string }): Promise<void> {
+    if (m.disk && ctx.dstBlock && ctx.srcBlock)
+      await ctx.dstBlock.createProxy(m.disk.destination_export, m.disk.source_url, ctx.srcBlock.address);
+    const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
+    ctx.channel = await ctx.dst.prepareIncoming(spec, m.migration_id, m.mode);
+  }
+
+  private diskUrl(m: MigrationRecord, ctx: Ends): string {
+    return diskUrlAt(m.disk, ctx.dstHost, ctx.spec.diskNbdUrl);
+  }
+
+  /** The VM runs at the destination: its disk's background copy starts (capped while memory moves). */
+  private async startDiskCopy(m: MigrationRecord, ctx: Ends): Promise<void> {
+    if (!m.disk || !ctx.dstBlock) return;
+    await ctx.dstBlock.startCopy(m.disk.destination_export, this.opts.diskCopyRateWhileMemory ?? 0);
+  }
+
   /** Follows the source page-server's view until the migration ends; switched on post-copy. */
-  private async follow(m: MigrationRecord, src: PageServer, dst: PageServer): Promise<void> {
+  private async follow(m: MigrationRecord, ctx: Ends): Promise<void> {
+    const { src, dst } = ctx;
     let chain: Promise<unknown> = Promise.resolve();
     let switched = m.state === "switched";
     let lastBytes = -1;
@@ -122,7 +186,10 @@ export class Executor {
       const progress = { bytes_sent: u.bytesSent, downtime_ms: u.downtimeMs };
       const changed = u.bytesSent !== lastBytes;
       chain = chain.then(async () => {
-        if (switchNow) await this.step(m.migration_id, "switch", progress);
+        if (switchNow) {
+          await this.step(m.migration_id, "switch", progress);
+          await this.startDiskCopy(m, ctx);
+        }
         // Progress only when the byte count changed; a lost progress write is not fatal.
         else if (changed && !this.closed)
           await recordProgress(this.store, m.migration_id, progress).catch(() => {});
@@ -140,6 +207,7 @@ export class Executor {
         const at = await dst.inspect(m.vm_id).catch(() => undefined);
         if (at?.state === VmState.VM_STATE_RUNNING) {
           await this.step(m.migration_id, "complete");
+          await this.startDiskCopy(m, ctx);
           return;
         }
       }
@@ -153,20 +221,69 @@ export class Executor {
     if (last.phase !== MigrationPhase.MIGRATION_PHASE_COMPLETED)
       throw new Error(`page-server migration ended in ${MigrationPhase[last.phase]}`);
     await this.step(m.migration_id, "complete", { bytes_sent: last.bytesSent, downtime_ms: last.downtimeMs });
+    // Pre-copy has no switch before completion: the VM runs at the destination from now.
+    if (!switched) await this.startDiskCopy(m, ctx);
   }
 
-  /** completing → done: the VM registry names the destination, under the migration's fence. */
-  private async finish(m: MigrationRecord, dst: PageServer): Promise<void> {
-    const at = await dst.inspect(m.vm_id);
+  /**
+   * completing → relocating: the VM registry names the destination (and the disk URL it uses
+   * there), under the migration's fence, and lets the VM go: it may move on while its disk is
+   * still being pulled here.
+   */
+  private async settle(m: MigrationRecord, ctx: Ends): Promise<void> {
+    const at = await ctx.dst.inspect(m.vm_id);
     if (at.state !== VmState.VM_STATE_RUNNING)
       throw new Error(`the destination reports the VM ${VmState[at.state]} after the migration completed`);
+    const diskNbdUrl = this.diskUrl(m, ctx);
     await update<VmRecord>(this.store, KEYS.vm(m.vm_id), (vm) => {
       if (!vm || vm.migration_id !== m.migration_id || vm.fencing_token !== m.fencing_token)
         throw new ConflictError(
           `VM ${m.vm_id} is no longer held by migration ${m.migration_id} (fencing token ${m.fencing_token})`,
         );
-      return { ...vm, host_id: m.destination_host_id, migration_id: "" };
+      const spec = VmSpec.toJSON({ ...VmSpec.fromJSON(vm.spec), diskNbdUrl }) as VmRecord["spec"];
+      return { ...vm, host_id: m.destination_host_id, spec, migration_id: "" };
     });
+    await this.step(m.migration_id, "relocate");
+  }
+
+  /**
+   * relocating → done: LAZY storage pulls every block (the copy's cap lifted now that memory is
+   * complete), promotes the destination's export to a target and releases the source's.
+   */
+  private async relocate(m: MigrationRecord, ctx: Ends): Promise<void> {
+    const { disk } = m;
+    if (disk && ctx.dstBlock && ctx.srcBlock) {
+      const name = disk.destination_export;
+      await ctx.dstBlock.setRate(name, 0);
+      let last = "";
+      for (;;) {
+        if (this.closed) throw new ShutdownError();
+        const st = await ctx.dstBlock.status(name);
+        const now: DiskRecord = {
+          ...disk,
+          blocks_total: st.blocksTotal,
+          blocks_local: st.blocksLocal,
+          bytes_fetched_on_demand: st.bytesFetchedOnDemand,
+          bytes_fetched_background: st.bytesFetchedBackground,
+        };
+        const key = JSON.stringify(now);
+        if (key !== last) await recordProgress(this.store, m.migration_id, { disk: now }).catch(() => {});
+        last = key;
+        if (st.backgroundCopy?.lastError && !st.backgroundCopy.running)
+          throw new Error(`the disk's background copy stopped: ${st.backgroundCopy.lastError}`);
+        if (st.blocksTotal > 0 && st.blocksLocal >= st.blocksTotal) {
+          await ctx.dstBlock.promote(name);
+          // The source QEMU is gone (the page-server ended it when memory completed): nothing
+          // reads the source export any more.
+          await ctx.srcBlock.remove(name).catch((err) => {
+            if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
+          });
+          await this.step(m.migration_id, "finish", { disk: { ...now, promoted: true } });
+          return;
+        }
+        await sleep(this.opts.diskPollMs ?? 250);
+      }
+    }
     await this.step(m.migration_id, "finish");
   }
 
@@ -174,10 +291,10 @@ export class Executor {
    * → failed. The destination is cleaned up and the VM released first, so a client that sees
    * "failed" can migrate the VM again at once.
    */
-  private async fail(m: MigrationRecord, error: string, dst?: PageServer): Promise<void> {
+  private async fail(m: MigrationRecord, error: string, ctx?: Ends): Promise<void> {
     if (this.closed) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
-    await this.cleanUp(before, dst, pastSwitch(before.state));
+    await this.cleanUp(before, ctx, pastSwitch(before.state));
     try {
       await this.step(m.migration_id, "fail", { error });
     } catch (err) {
@@ -188,13 +305,18 @@ export class Executor {
 
   /**
    * After a failure or cancel before the switch: the destination's waiting QEMU is stopped
-   * (the VM runs only at the source) and the VM is released for another migration.
+   * (the VM runs only at the source, on its untouched disk) and the destination's proxy export
+   * removed; the VM is released for another migration.
    */
-  private async cleanUp(m: MigrationRecord, dst?: PageServer, switched = false): Promise<void> {
-    if (dst && !switched) {
-      const at = await dst.inspect(m.vm_id).catch(() => undefined);
+  private async cleanUp(m: MigrationRecord, ctx?: Ends, switched = false): Promise<void> {
+    if (ctx && !switched) {
+      const at = await ctx.dst.inspect(m.vm_id).catch(() => undefined);
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)
-        await dst.stop(m.vm_id, true).catch((err) => this.log.warn("destination clean-up", { err }));
+        await ctx.dst.stop(m.vm_id, true).catch((err) => this.log.warn("destination clean-up", { err }));
+      if (m.disk && ctx.dstBlock)
+        await ctx.dstBlock
+          .remove(m.disk.destination_export)
+          .catch((err) => this.log.warn("destination disk clean-up", { err }));
     }
     // After a broken switch the VM stays held: which host runs it needs a person to decide.
     if (switched) return;
@@ -206,6 +328,8 @@ export class Executor {
     });
   }
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 class ShutdownError extends Error {}
 class ReleasedError extends Error {}

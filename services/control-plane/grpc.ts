@@ -6,6 +6,7 @@ import {
   ControlPlaneServiceService,
   type Host,
   type Migration,
+  StorageMode,
   type WatchMigrationsRequest,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
@@ -82,6 +83,19 @@ export function migrationToPb(m: MigrationRecord): Migration {
     requestId: m.request_id,
     bytesSent: m.bytes_sent,
     downtimeMs: m.downtime_ms,
+    storage: m.storage ?? StorageMode.STORAGE_MODE_SHARED,
+    disk: m.disk
+      ? {
+          destinationExport: m.disk.destination_export,
+          sourceUrl: m.disk.source_url,
+          blocksTotal: m.disk.blocks_total,
+          blocksLocal: m.disk.blocks_local,
+          bytesFetchedOnDemand: m.disk.bytes_fetched_on_demand,
+          bytesFetchedBackground: m.disk.bytes_fetched_background,
+          promoted: m.disk.promoted,
+        }
+      : undefined,
+    enteredUnixMs: Object.fromEntries(Object.entries(m.entered_unix_ms ?? {})) as Record<string, number>,
   };
 }
 
@@ -108,6 +122,7 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
         destinationHostId: req.destinationHostId,
         mode: req.mode,
         requestId: req.requestId,
+        storage: req.storage,
       });
       return { migration: migrationToPb(m) };
     }),

@@ -10,21 +10,10 @@ import {
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
 
-// Reconnect soon after a page-server restarts (grpc-js backs off up to 120 s by default).
-const CHANNEL = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 2000 };
+import { type Callback, CHANNEL, callPeer, PeerError } from "./peer-call.js";
 
-type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
-
-export class PageServerError extends Error {
-  constructor(
-    readonly address: string,
-    readonly code: grpc.status,
-    message: string,
-  ) {
-    super(message);
-    this.name = "PageServerError";
-  }
-}
+/** A page-server's refusal or absence (the peer's gRPC status and its words). */
+export { PeerError as PageServerError };
 
 export class PageServer {
   private readonly client: PageServiceClient;
@@ -37,19 +26,7 @@ export class PageServer {
   }
 
   private call<Res>(what: string, fn: (o: grpc.CallOptions, cb: Callback<Res>) => unknown): Promise<Res> {
-    return new Promise<Res>((resolve, reject) =>
-      fn({ deadline: Date.now() + this.timeoutMs }, (err, res) =>
-        err
-          ? reject(
-              new PageServerError(
-                this.address,
-                err.code,
-                `page-server ${this.address}: ${what}: ${err.details || err.message}`,
-              ),
-            )
-          : resolve(res),
-      ),
-    );
+    return callPeer(`page-server ${this.address}`, this.address, what, this.timeoutMs, fn);
   }
 
   /** Resolves once the page-server answers (its channel is ready), or rejects after ms. */
@@ -58,7 +35,7 @@ export class PageServer {
       this.client.waitForReady(Date.now() + ms, (err) =>
         err
           ? reject(
-              new PageServerError(
+              new PeerError(
                 this.address,
                 grpc.status.UNAVAILABLE,
                 `page-server ${this.address} is unreachable: ${err.message}`,
@@ -161,7 +138,7 @@ export class PageServer {
       });
       stream.on("error", (err: grpc.ServiceError) =>
         reject(
-          new PageServerError(
+          new PeerError(
             this.address,
             err.code,
             `page-server ${this.address}: WatchMigration: ${err.details || err.message}`,
@@ -172,7 +149,7 @@ export class PageServer {
         last
           ? resolve(last)
           : reject(
-              new PageServerError(
+              new PeerError(
                 this.address,
                 grpc.status.UNAVAILABLE,
                 `page-server ${this.address}: WatchMigration ended without news`,

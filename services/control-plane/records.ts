@@ -57,6 +57,24 @@ export interface MigrationRecord {
   downtime_ms: number;
   created_unix_ms: number;
   updated_unix_ms: number;
+  /** StorageMode enum number of control.proto (LAZY or SHARED; absent in older records: SHARED). */
+  storage?: number;
+  /** LAZY storage: the disk's relocation. */
+  disk?: DiskRecord;
+  /** When each state was entered (epoch ms): the timeline. */
+  entered_unix_ms?: Partial<Record<MigrationState, number>>;
+}
+
+export interface DiskRecord {
+  /** The destination block-server's proxy export (the same name as the source's). */
+  destination_export: string;
+  /** The source export's NBD URL (the proxy's upstream). */
+  source_url: string;
+  blocks_total: number;
+  blocks_local: number;
+  bytes_fetched_on_demand: number;
+  bytes_fetched_background: number;
+  promoted: boolean;
 }
 
 export class ConflictError extends Error {
@@ -92,26 +110,32 @@ export async function update<T>(store: Store, key: string, fn: (cur: T | null) =
  * fields land with it. Throws TransitionError when the record's state has no such edge (e.g.
  * it was cancelled meanwhile), so a stale driver step never overwrites a newer state.
  */
+export type ProgressPatch = Partial<Pick<MigrationRecord, "bytes_sent" | "downtime_ms" | "disk">>;
+
 export async function transition(
   store: Store,
   migrationId: string,
   event: MigrationEvent,
-  patch: Partial<Pick<MigrationRecord, "error" | "bytes_sent" | "downtime_ms">> = {},
+  patch: ProgressPatch & Partial<Pick<MigrationRecord, "error">> = {},
 ): Promise<MigrationRecord> {
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
-    return { ...cur, ...patch, state: next(cur.state, event), updated_unix_ms: Date.now() };
+    const state = next(cur.state, event);
+    const now = Date.now();
+    return {
+      ...cur,
+      ...patch,
+      state,
+      updated_unix_ms: now,
+      entered_unix_ms: { ...cur.entered_unix_ms, [state]: now },
+    };
   });
   await store.publish(KEYS.migrations, JSON.stringify(rec));
   return rec;
 }
 
 /** Progress counters only (no state change). */
-export async function recordProgress(
-  store: Store,
-  migrationId: string,
-  patch: Pick<MigrationRecord, "bytes_sent" | "downtime_ms">,
-): Promise<void> {
+export async function recordProgress(store: Store, migrationId: string, patch: ProgressPatch): Promise<void> {
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
     return { ...cur, ...patch, updated_unix_ms: Date.now() };

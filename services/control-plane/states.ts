@@ -1,9 +1,16 @@
 // The migration state machine as a table. Pure: the executor persists each transition
 // (compare-and-set on the migration record) and a restarted control-plane resumes from it.
 //
-//   pending → preparing → migrating → switched → completing → done
+//   pending → preparing → migrating → switched → completing → relocating → done
 //   any state before switched → failed | cancelled (the VM keeps running at the source)
-//   switched → failed (the VM runs at the destination but its migration broke: reported, not hidden)
+//   switched, completing, relocating → failed (the VM runs at the destination but its
+//     migration broke — memory, the registry update or the disk's relocation: reported, not hidden)
+//
+// preparing: the destination's disk (a proxy export of the source's, LAZY storage) and its
+//   waiting QEMU; migrating: memory before the switch-over; switched: the VM runs at the
+//   destination (the background disk copy starts); completing: every page is there, the
+//   registry moves the VM; relocating: every block is pulled, the export promoted and the
+//   source's released.
 
 export type MigrationState =
   | "pending"
@@ -11,6 +18,7 @@ export type MigrationState =
   | "migrating"
   | "switched"
   | "completing"
+  | "relocating"
   | "done"
   | "failed"
   | "cancelled";
@@ -20,7 +28,8 @@ export type MigrationEvent =
   | "start" // source page-server asked to StartMigration
   | "switch" // the VM runs at the destination (post-copy began, or the migration completed)
   | "complete" // the page-servers report the migration completed
-  | "finish" // the VM registry names the destination as the VM's host
+  | "relocate" // the VM registry names the destination as the VM's host
+  | "finish" // the disk is local at the destination (or was shared): nothing is left at the source
   | "fail"
   | "cancel";
 
@@ -29,7 +38,8 @@ export const TRANSITIONS: Record<MigrationState, Partial<Record<MigrationEvent, 
   preparing: { start: "migrating", fail: "failed", cancel: "cancelled" },
   migrating: { switch: "switched", complete: "completing", fail: "failed", cancel: "cancelled" },
   switched: { complete: "completing", fail: "failed" },
-  completing: { finish: "done" },
+  completing: { relocate: "relocating", fail: "failed" },
+  relocating: { finish: "done", fail: "failed" },
   done: {},
   failed: {},
   cancelled: {},
@@ -43,7 +53,7 @@ export function isFinal(s: MigrationState): boolean {
 
 /** True once the VM may be running at the destination: cancelling is then refused. */
 export function pastSwitch(s: MigrationState): boolean {
-  return s === "switched" || s === "completing" || s === "done";
+  return s === "switched" || s === "completing" || s === "relocating" || s === "done";
 }
 
 export class TransitionError extends Error {

@@ -26,6 +26,52 @@ export const protobufPackage = "vmhop.v1";
 
 export const protobufFileName = "vmhop/v1/control.proto";
 
+/** Where the VM's disk goes in a migration. */
+export enum StorageMode {
+  /**
+   * STORAGE_MODE_UNSPECIFIED - The default: LAZY for a VM whose disk is an export of its host's block-server, SHARED for
+   * a VM without one.
+   */
+  STORAGE_MODE_UNSPECIFIED = 0,
+  /**
+   * STORAGE_MODE_LAZY - The destination block-server serves the disk at once as a proxy of the source's export:
+   * blocks not yet local are fetched on demand, a background copy pulls the rest after the
+   * switch-over, then the export is promoted and the source's released.
+   */
+  STORAGE_MODE_LAZY = 1,
+  /** STORAGE_MODE_SHARED - The disk stays where it is (shared storage): the destination opens the same NBD URL. */
+  STORAGE_MODE_SHARED = 2,
+}
+
+export function storageModeFromJSON(object: any): StorageMode {
+  switch (object) {
+    case 0:
+    case "STORAGE_MODE_UNSPECIFIED":
+      return StorageMode.STORAGE_MODE_UNSPECIFIED;
+    case 1:
+    case "STORAGE_MODE_LAZY":
+      return StorageMode.STORAGE_MODE_LAZY;
+    case 2:
+    case "STORAGE_MODE_SHARED":
+      return StorageMode.STORAGE_MODE_SHARED;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum StorageMode");
+  }
+}
+
+export function storageModeToJSON(object: StorageMode): string {
+  switch (object) {
+    case StorageMode.STORAGE_MODE_UNSPECIFIED:
+      return "STORAGE_MODE_UNSPECIFIED";
+    case StorageMode.STORAGE_MODE_LAZY:
+      return "STORAGE_MODE_LAZY";
+    case StorageMode.STORAGE_MODE_SHARED:
+      return "STORAGE_MODE_SHARED";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum StorageMode");
+  }
+}
+
 export interface Host {
   hostId: string;
   site: string;
@@ -110,6 +156,20 @@ export interface MigrateVmRequest {
   mode: MigrationMode;
   /** Idempotency key: a retried request with the same key returns the same migration. */
   requestId: string;
+  storage: StorageMode;
+}
+
+/** The disk's relocation (LAZY storage): blocks local at the destination and how they came. */
+export interface DiskProgress {
+  /** The destination's proxy export and the source export it reads from. */
+  destinationExport: string;
+  sourceUrl: string;
+  blocksTotal: number;
+  blocksLocal: number;
+  bytesFetchedOnDemand: number;
+  bytesFetchedBackground: number;
+  /** The destination export is a target now (every block local) and the source export is gone. */
+  promoted: boolean;
 }
 
 export interface Migration {
@@ -120,7 +180,7 @@ export interface Migration {
   mode: MigrationMode;
   /**
    * Current state of the control-plane's migration state machine: pending, preparing,
-   * migrating, switched, completing, done, failed, cancelled.
+   * migrating, switched, completing, relocating, done, failed, cancelled.
    */
   state: string;
   fencingToken: number;
@@ -131,6 +191,17 @@ export interface Migration {
   /** The page-servers' progress: bytes sent by the source, downtime at the switch. */
   bytesSent: number;
   downtimeMs: number;
+  storage: StorageMode;
+  disk:
+    | DiskProgress
+    | undefined;
+  /** When each state was entered (state name -> epoch ms): the migration's timeline. */
+  enteredUnixMs: { [key: string]: number };
+}
+
+export interface Migration_EnteredUnixMsEntry {
+  key: string;
+  value: number;
 }
 
 export interface MigrateVmResponse {
@@ -1510,7 +1581,7 @@ export const CancelMigrationResponse: MessageFns<CancelMigrationResponse> = {
 };
 
 function createBaseMigrateVmRequest(): MigrateVmRequest {
-  return { vmId: "", destinationHostId: "", mode: 0, requestId: "" };
+  return { vmId: "", destinationHostId: "", mode: 0, requestId: "", storage: 0 };
 }
 
 export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
@@ -1526,6 +1597,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     }
     if (message.requestId !== "") {
       writer.uint32(34).string(message.requestId);
+    }
+    if (message.storage !== 0) {
+      writer.uint32(40).int32(message.storage);
     }
     return writer;
   },
@@ -1575,6 +1649,14 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
             message.requestId = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.storage = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1605,6 +1687,7 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
         : isSet(object.request_id)
         ? globalThis.String(object.request_id)
         : "",
+      storage: isSet(object.storage) ? storageModeFromJSON(object.storage) : 0,
     };
   },
 
@@ -1622,6 +1705,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     if (message.requestId !== "") {
       obj.requestId = message.requestId;
     }
+    if (message.storage !== 0) {
+      obj.storage = storageModeToJSON(message.storage);
+    }
     return obj;
   },
 
@@ -1634,6 +1720,204 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     message.destinationHostId = object.destinationHostId ?? "";
     message.mode = object.mode ?? 0;
     message.requestId = object.requestId ?? "";
+    message.storage = object.storage ?? 0;
+    return message;
+  },
+};
+
+function createBaseDiskProgress(): DiskProgress {
+  return {
+    destinationExport: "",
+    sourceUrl: "",
+    blocksTotal: 0,
+    blocksLocal: 0,
+    bytesFetchedOnDemand: 0,
+    bytesFetchedBackground: 0,
+    promoted: false,
+  };
+}
+
+export const DiskProgress: MessageFns<DiskProgress> = {
+  encode(message: DiskProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.destinationExport !== "") {
+      writer.uint32(10).string(message.destinationExport);
+    }
+    if (message.sourceUrl !== "") {
+      writer.uint32(18).string(message.sourceUrl);
+    }
+    if (message.blocksTotal !== 0) {
+      writer.uint32(24).uint64(message.blocksTotal);
+    }
+    if (message.blocksLocal !== 0) {
+      writer.uint32(32).uint64(message.blocksLocal);
+    }
+    if (message.bytesFetchedOnDemand !== 0) {
+      writer.uint32(40).uint64(message.bytesFetchedOnDemand);
+    }
+    if (message.bytesFetchedBackground !== 0) {
+      writer.uint32(48).uint64(message.bytesFetchedBackground);
+    }
+    if (message.promoted !== false) {
+      writer.uint32(56).bool(message.promoted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.destinationExport = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceUrl = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.blocksTotal = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.blocksLocal = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesFetchedOnDemand = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesFetchedBackground = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.promoted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskProgress {
+    return {
+      destinationExport: isSet(object.destinationExport)
+        ? globalThis.String(object.destinationExport)
+        : isSet(object.destination_export)
+        ? globalThis.String(object.destination_export)
+        : "",
+      sourceUrl: isSet(object.sourceUrl)
+        ? globalThis.String(object.sourceUrl)
+        : isSet(object.source_url)
+        ? globalThis.String(object.source_url)
+        : "",
+      blocksTotal: isSet(object.blocksTotal)
+        ? globalThis.Number(object.blocksTotal)
+        : isSet(object.blocks_total)
+        ? globalThis.Number(object.blocks_total)
+        : 0,
+      blocksLocal: isSet(object.blocksLocal)
+        ? globalThis.Number(object.blocksLocal)
+        : isSet(object.blocks_local)
+        ? globalThis.Number(object.blocks_local)
+        : 0,
+      bytesFetchedOnDemand: isSet(object.bytesFetchedOnDemand)
+        ? globalThis.Number(object.bytesFetchedOnDemand)
+        : isSet(object.bytes_fetched_on_demand)
+        ? globalThis.Number(object.bytes_fetched_on_demand)
+        : 0,
+      bytesFetchedBackground: isSet(object.bytesFetchedBackground)
+        ? globalThis.Number(object.bytesFetchedBackground)
+        : isSet(object.bytes_fetched_background)
+        ? globalThis.Number(object.bytes_fetched_background)
+        : 0,
+      promoted: isSet(object.promoted) ? globalThis.Boolean(object.promoted) : false,
+    };
+  },
+
+  toJSON(message: DiskProgress): unknown {
+    const obj: any = {};
+    if (message.destinationExport !== "") {
+      obj.destinationExport = message.destinationExport;
+    }
+    if (message.sourceUrl !== "") {
+      obj.sourceUrl = message.sourceUrl;
+    }
+    if (message.blocksTotal !== 0) {
+      obj.blocksTotal = Math.round(message.blocksTotal);
+    }
+    if (message.blocksLocal !== 0) {
+      obj.blocksLocal = Math.round(message.blocksLocal);
+    }
+    if (message.bytesFetchedOnDemand !== 0) {
+      obj.bytesFetchedOnDemand = Math.round(message.bytesFetchedOnDemand);
+    }
+    if (message.bytesFetchedBackground !== 0) {
+      obj.bytesFetchedBackground = Math.round(message.bytesFetchedBackground);
+    }
+    if (message.promoted !== false) {
+      obj.promoted = message.promoted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DiskProgress>, I>>(base?: I): DiskProgress {
+    return DiskProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DiskProgress>, I>>(object: I): DiskProgress {
+    const message = createBaseDiskProgress();
+    message.destinationExport = object.destinationExport ?? "";
+    message.sourceUrl = object.sourceUrl ?? "";
+    message.blocksTotal = object.blocksTotal ?? 0;
+    message.blocksLocal = object.blocksLocal ?? 0;
+    message.bytesFetchedOnDemand = object.bytesFetchedOnDemand ?? 0;
+    message.bytesFetchedBackground = object.bytesFetchedBackground ?? 0;
+    message.promoted = object.promoted ?? false;
     return message;
   },
 };
@@ -1653,6 +1937,9 @@ function createBaseMigration(): Migration {
     requestId: "",
     bytesSent: 0,
     downtimeMs: 0,
+    storage: 0,
+    disk: undefined,
+    enteredUnixMs: {},
   };
 }
 
@@ -1697,6 +1984,15 @@ export const Migration: MessageFns<Migration> = {
     if (message.downtimeMs !== 0) {
       writer.uint32(104).uint64(message.downtimeMs);
     }
+    if (message.storage !== 0) {
+      writer.uint32(112).int32(message.storage);
+    }
+    if (message.disk !== undefined) {
+      DiskProgress.encode(message.disk, writer.uint32(122).fork()).join();
+    }
+    globalThis.Object.entries(message.enteredUnixMs).forEach(([key, value]: [string, number]) => {
+      Migration_EnteredUnixMsEntry.encode({ key: key as any, value }, writer.uint32(130).fork()).join();
+    });
     return writer;
   },
 
@@ -1817,6 +2113,33 @@ export const Migration: MessageFns<Migration> = {
             message.downtimeMs = longToNumber(reader.uint64());
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.storage = reader.int32() as any;
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.disk = DiskProgress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            const entry16 = Migration_EnteredUnixMsEntry.decode(reader, reader.uint32());
+            if (entry16.value !== undefined) {
+              message.enteredUnixMs[entry16.key] = entry16.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1884,6 +2207,35 @@ export const Migration: MessageFns<Migration> = {
         : isSet(object.downtime_ms)
         ? globalThis.Number(object.downtime_ms)
         : 0,
+      storage: isSet(object.storage) ? storageModeFromJSON(object.storage) : 0,
+      disk: isSet(object.disk) ? DiskProgress.fromJSON(object.disk) : undefined,
+      enteredUnixMs: isObject(object.enteredUnixMs)
+        ? (globalThis.Object.entries(object.enteredUnixMs) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.entered_unix_ms)
+        ? (globalThis.Object.entries(object.entered_unix_ms) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1928,6 +2280,21 @@ export const Migration: MessageFns<Migration> = {
     if (message.downtimeMs !== 0) {
       obj.downtimeMs = Math.round(message.downtimeMs);
     }
+    if (message.storage !== 0) {
+      obj.storage = storageModeToJSON(message.storage);
+    }
+    if (message.disk !== undefined) {
+      obj.disk = DiskProgress.toJSON(message.disk);
+    }
+    if (message.enteredUnixMs) {
+      const entries = globalThis.Object.entries(message.enteredUnixMs) as [string, number][];
+      if (entries.length > 0) {
+        obj.enteredUnixMs = {};
+        entries.forEach(([k, v]) => {
+          obj.enteredUnixMs[k] = Math.round(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -1949,6 +2316,104 @@ export const Migration: MessageFns<Migration> = {
     message.requestId = object.requestId ?? "";
     message.bytesSent = object.bytesSent ?? 0;
     message.downtimeMs = object.downtimeMs ?? 0;
+    message.storage = object.storage ?? 0;
+    message.disk = (object.disk !== undefined && object.disk !== null)
+      ? DiskProgress.fromPartial(object.disk)
+      : undefined;
+    message.enteredUnixMs = (globalThis.Object.entries(object.enteredUnixMs ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseMigration_EnteredUnixMsEntry(): Migration_EnteredUnixMsEntry {
+  return { key: "", value: 0 };
+}
+
+export const Migration_EnteredUnixMsEntry: MessageFns<Migration_EnteredUnixMsEntry> = {
+  encode(message: Migration_EnteredUnixMsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).int64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Migration_EnteredUnixMsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigration_EnteredUnixMsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Migration_EnteredUnixMsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: Migration_EnteredUnixMsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Migration_EnteredUnixMsEntry>, I>>(base?: I): Migration_EnteredUnixMsEntry {
+    return Migration_EnteredUnixMsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Migration_EnteredUnixMsEntry>, I>>(object: I): Migration_EnteredUnixMsEntry {
+    const message = createBaseMigration_EnteredUnixMsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
     return message;
   },
 };
@@ -2817,6 +3282,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

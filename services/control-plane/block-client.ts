@@ -1,0 +1,115 @@
+// The control-plane's handle on one host's block-server (gRPC BlockService), as promises: what a
+// migration needs to relocate a VM's disk lazily (a proxy export at the destination, its
+// background copy, promote, and the source export's release).
+import * as grpc from "@grpc/grpc-js";
+import { BlockServiceClient, type ExportStatus } from "../../gen/vmhop/v1/block.js";
+import { type Callback, CHANNEL, callPeer } from "./peer-call.js";
+
+export class BlockServer {
+  private readonly client: BlockServiceClient;
+
+  constructor(
+    readonly address: string,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.client = new BlockServiceClient(address, grpc.credentials.createInsecure(), CHANNEL);
+  }
+
+  private call<Res>(what: string, fn: (o: grpc.CallOptions, cb: Callback<Res>) => unknown): Promise<Res> {
+    return callPeer(`block-server ${this.address}`, this.address, what, this.timeoutMs, fn);
+  }
+
+  /**
+   * A proxy export `name` of `upstreamUrl` (the source's export), cache in the block-server's own
+   * place. No background copy: it starts after the switch-over (blocks copied earlier could be
+   * rewritten by the still-running source VM).
+   */
+  async createProxy(name: string, upstreamUrl: string, upstreamControl: string): Promise<void> {
+    await this.call("CreateExport", (o, cb) =>
+      this.client.createExport(
+        {
+          name,
+          source: {
+            $case: "proxy",
+            value: {
+              upstreamUrl,
+              cachePath: "",
+              blockSize: 0,
+              startBackgroundCopy: false,
+              rateLimitBytesPerSecond: 0,
+              upstreamControl,
+              autoPromote: false,
+            },
+          },
+          readOnly: false,
+          description: "",
+        },
+        new grpc.Metadata(),
+        o,
+        cb,
+      ),
+    );
+  }
+
+  async status(name: string): Promise<ExportStatus> {
+    return (
+      await this.call<{ status?: ExportStatus }>("GetExportStatus", (o, cb) =>
+        this.client.getExportStatus({ name }, new grpc.Metadata(), o, cb),
+      )
+    ).status!;
+  }
+
+  async startCopy(name: string, rateLimitBytesPerSecond: number): Promise<void> {
+    await this.call("StartBackgroundCopy", (o, cb) =>
+      this.client.startBackgroundCopy(
+        { name, rateLimitBytesPerSecond, parallelism: 0 },
+        new grpc.Metadata(),
+        o,
+        cb,
+      ),
+    );
+  }
+
+  /** The background copy's rate cap (bytes/s; 0 = none). */
+  async setRate(name: string, rateLimitBytesPerSecond: number): Promise<void> {
+    await this.call("SetRateLimit", (o, cb) =>
+      this.client.setRateLimit({ name, rateLimitBytesPerSecond }, new grpc.Metadata(), o, cb),
+    );
+  }
+
+  /** Proxy → target once every block is local (the block-server refuses before). */
+  async promote(name: string): Promise<void> {
+    await this.call("Promote", (o, cb) =>
+      this.client.promote({ name, wait: false }, new grpc.Metadata(), o, cb),
+    );
+  }
+
+  async remove(name: string): Promise<void> {
+    await this.call("RemoveExport", (o, cb) =>
+      this.client.removeExport({ name }, new grpc.Metadata(), o, cb),
+    );
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/** One client per block-server address, reused. */
+export class BlockServers {
+  private readonly clients = new Map<string, BlockServer>();
+
+  get(address: string): BlockServer {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = new BlockServer(address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}

@@ -1,0 +1,36 @@
+// One unary call to a peer service (page-server, block-server) as a promise with a deadline;
+// a failure becomes a PeerError naming the peer, the call and the peer's own words.
+import type * as grpc from "@grpc/grpc-js";
+
+export type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+
+// Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default).
+export const CHANNEL = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 2000 };
+
+export class PeerError extends Error {
+  constructor(
+    readonly address: string,
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+    this.name = "PeerError";
+  }
+}
+
+/** `peer` names it in messages ("page-server 10.0.0.1:7402"); `what` is the call's name. */
+export function callPeer<Res>(
+  peer: string,
+  address: string,
+  what: string,
+  timeoutMs: number,
+  fn: (o: grpc.CallOptions, cb: Callback<Res>) => unknown,
+): Promise<Res> {
+  return new Promise<Res>((resolve, reject) =>
+    fn({ deadline: Date.now() + timeoutMs }, (err, res) =>
+      err
+        ? reject(new PeerError(address, err.code, `${peer}: ${what}: ${err.details || err.message}`))
+        : resolve(res),
+    ),
+  );
+}
