@@ -15,10 +15,10 @@
 
 import { chooseDataplane, probeKernel } from "../services/netreach/dataplane/probe.js";
 import { DATAPLANES, type DataplaneKind, isDataplaneKind } from "../services/netreach/dataplane/tunnel.js";
-import { type PingRecord, summarisePings } from "../services/netreach/probe/analysis.js";
+import { summarisePings } from "../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../testbed/netns.js";
 import { type HandoverMode, NetreachBed, VM } from "../testbed/netreach/bed.js";
-import { startProbe } from "../testbed/netreach/probe-process.js";
+import { startPing } from "../testbed/netreach/probe-process.js";
 import {
   type BenchCase,
   flagValue,
@@ -38,17 +38,7 @@ type Case = HandoverMode | "replug";
 async function oneRun(bed: NetreachBed, c: Case, oneWayMs: number): Promise<Metrics[]> {
   const count = Math.ceil((1500 + 8 * oneWayMs) / INTERVAL_MS);
   const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) =>
-    startProbe<PingRecord[]>(bed.ns.cn, [
-      "ping",
-      "--to",
-      to,
-      "--count",
-      String(count),
-      "--interval-ms",
-      String(INTERVAL_MS),
-      "--wait-ms",
-      String(500 + 4 * oneWayMs),
-    ]),
+    startPing(bed.ns.cn, to, count, { intervalMs: INTERVAL_MS, waitMs: 500 + 4 * oneWayMs }),
   );
   await Promise.all(probes.map((p) => p.ready));
   await sleep(500 + 2 * oneWayMs);

@@ -3,7 +3,7 @@
 // background copy, promote, and the source export's release).
 import * as grpc from "@grpc/grpc-js";
 import { BlockServiceClient, type ExportStatus } from "../../gen/vmhop/v1/block.js";
-import { type Callback, CHANNEL, callPeer } from "./peer-call.js";
+import { type Callback, CHANNEL, ClientPool, callPeer } from "./peer-call.js";
 
 export class BlockServer {
   private readonly client: BlockServiceClient;
@@ -96,20 +96,8 @@ export class BlockServer {
 }
 
 /** One client per block-server address, reused. */
-export class BlockServers {
-  private readonly clients = new Map<string, BlockServer>();
-
-  get(address: string): BlockServer {
-    let c = this.clients.get(address);
-    if (!c) {
-      c = new BlockServer(address);
-      this.clients.set(address, c);
-    }
-    return c;
-  }
-
-  close(): void {
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
+export class BlockServers extends ClientPool<BlockServer> {
+  constructor() {
+    super((address) => new BlockServer(address));
   }
 }

@@ -10,7 +10,7 @@ import {
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
 
-import { type Callback, CHANNEL, callPeer, PeerError } from "./peer-call.js";
+import { type Callback, CHANNEL, ClientPool, callPeer, PeerError } from "./peer-call.js";
 
 /** A page-server's refusal or absence (the peer's gRPC status and its words). */
 export { PeerError as PageServerError };
@@ -165,20 +165,8 @@ export class PageServer {
 }
 
 /** One client per page-server address, reused. */
-export class PageServers {
-  private readonly clients = new Map<string, PageServer>();
-
-  get(address: string): PageServer {
-    let c = this.clients.get(address);
-    if (!c) {
-      c = new PageServer(address);
-      this.clients.set(address, c);
-    }
-    return c;
-  }
-
-  close(): void {
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
+export class PageServers extends ClientPool<PageServer> {
+  constructor() {
+    super((address) => new PageServer(address));
   }
 }

@@ -34,3 +34,24 @@ export function callPeer<Res>(
     ),
   );
 }
+
+/** One client per peer address, reused until close(). */
+export class ClientPool<C extends { close(): void }> {
+  private readonly clients = new Map<string, C>();
+
+  constructor(private readonly make: (address: string) => C) {}
+
+  get(address: string): C {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = this.make(address);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}

@@ -10,7 +10,7 @@ import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
 import { Anchor } from "./anchor/anchor.js";
 import { SiteDirectory } from "./anchor/sites.js";
-import { chooseDataplane, DataplaneError, isDataplaneChoice, probeKernel } from "./dataplane/probe.js";
+import { DataplaneError, resolveDataplane } from "./dataplane/probe.js";
 import type { DataplaneKind } from "./dataplane/tunnel.js";
 import { anchorService } from "./grpc/anchor-service.js";
 import { RemoteAnchor } from "./grpc/clients.js";
@@ -95,10 +95,9 @@ function parse<S extends OptionSpecs>(specs: S, argv: string[], usage: string): 
  * start). Refused in one line naming the missing kernel feature, never at the first binding.
  */
 async function dataplaneOf(want: string, wanDev: string | undefined): Promise<DataplaneKind> {
-  if (!isDataplaneChoice(want)) throw new CliError(`--dataplane must be auto, srv6 or vxlan, got '${want}'`);
   let kind: DataplaneKind;
   try {
-    kind = chooseDataplane(want, await probeKernel());
+    kind = await resolveDataplane(want);
   } catch (err) {
     if (err instanceof DataplaneError) throw new CliError(err.message);
     throw err;

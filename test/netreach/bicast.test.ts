@@ -9,10 +9,10 @@ import * as assert from "uvu/assert";
 import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
 import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { rejects } from "./assert-rejects.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
@@ -60,9 +60,7 @@ await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, datapl
   }
 
   async function moveUnderPing(to: number) {
-    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) =>
-      startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", addr, "--count", "150", "--interval-ms", "10"]),
-    );
+    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) => startPing(bed.ns.cn, addr, 150));
     await Promise.all(probes.map((p) => p.ready));
     await sleep(400);
     const m = await bed.move(to, "mbb-bicast");

@@ -19,10 +19,10 @@ import {
 } from "../../gen/vmhop/v1/netreach.js";
 import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { GATEWAY_MAC, HOME, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { type Served, serve } from "./serve-process.js";
@@ -113,17 +113,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     throw new Error("expected the call to fail");
   }
 
-  function ping(target: string, count: number) {
-    return startProbe<PingRecord[]>(bed.ns.cn, [
-      "ping",
-      "--to",
-      target,
-      "--count",
-      String(count),
-      "--interval-ms",
-      "10",
-    ]);
-  }
+  const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
 
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -8,14 +8,14 @@ import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { MigrationHooks, type MigrationNet } from "../../services/netreach/migration-hooks.js";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import type { VmState } from "../../services/page-server/vm/states.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { HOME, NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { perDataplane } from "./dataplanes.js";
@@ -74,17 +74,7 @@ await perDataplane(
     /** QEMU has opened its tap: the tap goes into the site's namespace (it keeps working there). */
     const moveTap = (site: number) => hostIp("link", "set", "dev", TAPS[site], "netns", bed.ns.sites[site]);
 
-    function ping(target: string, count: number) {
-      return startProbe<PingRecord[]>(bed.ns.cn, [
-        "ping",
-        "--to",
-        target,
-        "--count",
-        String(count),
-        "--interval-ms",
-        "10",
-      ]);
-    }
+    const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
 
     async function waitReachable(target: string): Promise<void> {
       for (let i = 0; i < 60; i++) {

@@ -2,10 +2,10 @@
 // userspace delay relay): with a forwarding pointer the correspondent loses (almost) nothing;
 // without one, what is in flight to the old site for about one signalling delay is lost.
 import * as assert from "uvu/assert";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { type HandoverMode, NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
@@ -28,9 +28,7 @@ await perDataplane("netreach handover over a delayed WAN", ["root", "ip"], (t, d
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   async function moveUnderPing(mode: HandoverMode) {
-    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) =>
-      startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", to, "--count", "150", "--interval-ms", "10"]),
-    );
+    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) => startPing(bed.ns.cn, to, 150));
     await Promise.all(probes.map((p) => p.ready));
     await sleep(500);
     const m = await bed.move(bed.at === 0 ? 1 : 0, mode);
@@ -41,17 +39,7 @@ await perDataplane("netreach handover over a delayed WAN", ["root", "ip"], (t, d
   }
 
   t("the WAN delays traffic as configured", async () => {
-    const s = summarisePings(
-      await startProbe<PingRecord[]>(bed.ns.cn, [
-        "ping",
-        "--to",
-        VM.homeIpv6[0],
-        "--count",
-        "10",
-        "--interval-ms",
-        "10",
-      ]).result,
-    );
+    const s = summarisePings(await startPing(bed.ns.cn, VM.homeIpv6[0], 10).result);
     assert.is(s.lost, 0);
     assert.ok(s.rttMedianMs! >= 2 * ONE_WAY_MS, `rtt ${s.rttMedianMs} ms`);
   });

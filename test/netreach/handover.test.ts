@@ -1,10 +1,10 @@
 // A VM moves site to site while a correspondent pings its home addresses (IPv6 and IPv4, 10 ms
 // apart) and keeps a TCP connection to it. Real kernel routes (SRv6 or VXLAN-GPE) in real namespaces.
 import * as assert from "uvu/assert";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { GATEWAY_MAC, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
@@ -31,19 +31,7 @@ await perDataplane("netreach handover in namespaces", ["root", "ip"], (t, datapl
 
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-  function pingFrom(target: string, count: number) {
-    return startProbe<PingRecord[]>(bed.ns.cn, [
-      "ping",
-      "--to",
-      target,
-      "--count",
-      String(count),
-      "--interval-ms",
-      "10",
-      "--wait-ms",
-      "500",
-    ]);
-  }
+  const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count, { waitMs: 500 });
 
   t("first registration announces the home addresses at the anchor's MAC (NA, gratuitous ARP)", () => {
     for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])

@@ -1,10 +1,10 @@
 // Binding lifetime: the site agent's refreshes keep a binding alive; without them it expires,
 // the anchor withdraws its routes, and only a newer binding update brings it back.
 import * as assert from "uvu/assert";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { perDataplane } from "./dataplanes.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
@@ -23,11 +23,7 @@ await perDataplane("netreach binding lifetime", ["root", "ip"], (t, dataplane) =
   });
 
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-  const ping = async (to: string) =>
-    summarisePings(
-      await startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", to, "--count", "5", "--interval-ms", "10"])
-        .result,
-    );
+  const ping = async (to: string) => summarisePings(await startPing(bed.ns.cn, to, 5).result);
 
   t("refreshes keep a 2 s binding alive past its lifetime", async () => {
     const first = (await bed.anchor.cache.get(VM.vmId))!.expiresAtMs;

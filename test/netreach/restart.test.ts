@@ -1,10 +1,10 @@
 // The anchor restarts: bindings come back from Redis into the kernel and traffic keeps flowing.
 import * as assert from "uvu/assert";
 import { RedisStore } from "../../services/common/store/index.js";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startProbe } from "../../testbed/netreach/probe-process.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 
@@ -35,17 +35,7 @@ await perDataplane("netreach anchor restart", ["root", "ip", "redis-server"], (t
 
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-  function pingFrom(target: string, count: number) {
-    return startProbe<PingRecord[]>(bed.ns.cn, [
-      "ping",
-      "--to",
-      target,
-      "--count",
-      String(count),
-      "--interval-ms",
-      "10",
-    ]);
-  }
+  const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count);
 
   t("traffic keeps flowing while the anchor process restarts", async () => {
     const p6 = pingFrom(VM.homeIpv6[0], 200);

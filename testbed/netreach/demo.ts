@@ -3,18 +3,13 @@
 // A test-bed tool (root): registered in cli/tools.ts, never part of the netreach service.
 import { parseArgs } from "node:util";
 import { CliError } from "../../services/cli/errors.js";
-import {
-  chooseDataplane,
-  DataplaneError,
-  isDataplaneChoice,
-  probeKernel,
-} from "../../services/netreach/dataplane/probe.js";
+import { DataplaneError, resolveDataplane } from "../../services/netreach/dataplane/probe.js";
 import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
 import { HANDOVER_MODES, type HandoverMode } from "../../services/netreach/migration-hooks.js";
-import { type PingRecord, summarisePings } from "../../services/netreach/probe/analysis.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../netns.js";
 import { NetreachBed, VM } from "./bed.js";
-import { startProbe } from "./probe-process.js";
+import { startPing } from "./probe-process.js";
 
 const USAGE = `usage: vmhop netreach demo [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp|mbb-bicast=mbb-bicast]
                            [--moves N=2] [--dataplane auto|srv6|vxlan=auto]
@@ -56,16 +51,15 @@ export async function run(argv: string[]): Promise<number> {
   const mode = (values.mode ?? "mbb-bicast") as HandoverMode;
   if (!HANDOVER_MODES.includes(mode))
     throw new CliError(`--mode must be one of ${HANDOVER_MODES.join(", ")}, got '${mode}'`);
-  const want = values.dataplane ?? "auto";
-  if (!isDataplaneChoice(want)) throw new CliError(`--dataplane must be auto, srv6 or vxlan, got '${want}'`);
   if (process.getuid?.() !== 0) throw new CliError("demo needs root (it creates network namespaces)");
   let dataplane: DataplaneKind;
   try {
-    dataplane = chooseDataplane(want, await probeKernel());
+    dataplane = await resolveDataplane(values.dataplane ?? "auto");
   } catch (err) {
     if (err instanceof DataplaneError) throw new CliError(err.message);
     throw err;
   }
+
   await destroyStaleNetns("nr-demo-");
   const prefix = uniqueNetnsPrefix("nr-demo-");
   const bed = await NetreachBed.create({
@@ -81,9 +75,7 @@ export async function run(argv: string[]): Promise<number> {
     );
     for (let i = 0; i < moves; i++) {
       const to = (bed.at + 1) % sites;
-      const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((a) =>
-        startProbe<PingRecord[]>(bed.ns.cn, ["ping", "--to", a, "--count", "150", "--interval-ms", "10"]),
-      );
+      const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((a) => startPing(bed.ns.cn, a, 150));
       await Promise.all(probes.map((p) => p.ready));
       await new Promise((r) => setTimeout(r, 500));
       const from = bed.at;

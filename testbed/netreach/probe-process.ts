@@ -1,5 +1,6 @@
 // Runs a probe (services/netreach/probe/main.ts) inside a namespace and collects its JSON result.
 import type { ChildProcess } from "node:child_process";
+import type { PingRecord } from "../../services/netreach/probe/analysis.js";
 import { spawnIn } from "../netns.js";
 
 const repoRoot = new URL("../../", import.meta.url).pathname;
@@ -85,4 +86,27 @@ export function startProbe<T>(ns: string, args: string[], limitMs = 120_000): Pr
       if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
     },
   };
+}
+
+/**
+ * A continuous ping from `ns` to `to`: `count` echoes `intervalMs` apart (default 10), waiting
+ * `waitMs` for the last replies (the probe's default when absent).
+ */
+export function startPing(
+  ns: string,
+  to: string,
+  count: number,
+  opts: { intervalMs?: number; waitMs?: number } = {},
+): ProbeProcess<PingRecord[]> {
+  const wait = opts.waitMs === undefined ? [] : ["--wait-ms", String(opts.waitMs)];
+  return startProbe<PingRecord[]>(ns, [
+    "ping",
+    "--to",
+    to,
+    "--count",
+    String(count),
+    "--interval-ms",
+    String(opts.intervalMs ?? 10),
+    ...wait,
+  ]);
 }

@@ -114,3 +114,13 @@ export function chooseDataplane(want: DataplaneChoice, support: KernelSupport): 
     `no netreach data plane works here: ${DATAPLANES.map((k) => `${k}: ${support[k]}`).join("; ")}`,
   );
 }
+
+/**
+ * A `--dataplane` value (auto, srv6, vxlan) resolved on this kernel: the data plane to run, or
+ * a DataplaneError in one line (an unknown value, or what the kernel is missing).
+ */
+export async function resolveDataplane(want: string): Promise<DataplaneKind> {
+  if (!isDataplaneChoice(want))
+    throw new DataplaneError(`--dataplane must be auto, srv6 or vxlan, got '${want}'`);
+  return chooseDataplane(want, await probeKernel());
+}
