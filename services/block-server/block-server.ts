@@ -1,12 +1,16 @@
 // The block-server process: NBD listeners in front of an export registry, and the control
 // operations the gRPC BlockService and the CLI expose (create/remove exports in target or
-// proxy mode, background copy, re-pointing, promote, status, progress events).
+// proxy mode, background copy, re-pointing, promote, status, progress events). Exports
+// created through createExport are recorded in an ExportTable when one is given, and
+// restore() serves them again after a restart.
 import { EventEmitter } from "node:events";
 import fs from "node:fs";
+import path from "node:path";
 import { createLogger, type Logger } from "../common/log.js";
 import { BlockServerError } from "./errors.js";
 import type { Export } from "./export/export.js";
 import { TargetBackend } from "./export/target.js";
+import type { ExportRecord, ExportTable } from "./export-table.js";
 import { parseNbdUrl } from "./nbd/client/url.js";
 import { NbdServer } from "./nbd/server/index.js";
 import { formatAddress, type ListenAddress } from "./nbd/server/server.js";
@@ -29,6 +33,11 @@ export interface ProxySpec {
   rateLimitBytesPerSecond?: number;
   /** Hot ranges of the upstream, e.g. its block-server's GetHotBlocks. */
   upstreamHot?: HotSource;
+  /**
+   * gRPC address of the upstream's block-server: recorded with the export, and made into
+   * the hot source (BlockServerOptions.hotSourceFor) when upstreamHot is not given.
+   */
+  upstreamControl?: string;
   autoPromote?: boolean;
 }
 
@@ -90,20 +99,134 @@ interface Entry {
   proxy?: ProxyBackend;
   /** Set while a promote is swapping backends, so a second promote waits for it. */
   promoting?: Promise<void>;
+  /** Its record in the export table; absent for exports that are not persisted. */
+  record?: ExportRecord;
+  /** Set once a removal started. */
+  removing?: Promise<void>;
+}
+
+/** A persisted export that could not be served again after a restart. */
+interface Unrestored {
+  record: ExportRecord;
+  error: string;
+  /** Retried with backoff (a proxy's upstream may come back); false: needs an operator. */
+  retrying: boolean;
+  attempts: number;
+  delayMs: number;
+  timer?: NodeJS.Timeout;
+}
+
+/** What an opened, not yet registered, export holds. */
+type Opened =
+  | { mode: "target"; path: string; backend: TargetBackend }
+  | { mode: "proxy"; path: string; proxy: ProxyBackend };
+
+export interface BlockServerOptions {
+  log?: Logger;
+  /** Where exports created with createExport are recorded; restore() serves them again. */
+  table?: ExportTable;
+  /** Builds a proxy's upstream hot-block source from its block-server's gRPC address. */
+  hotSourceFor?: (address: string, exportName: string) => HotSource;
+  /** Retry of a persisted proxy export whose upstream failed at restore (default 1 s doubling to 30 s). */
+  restoreRetryMs?: { min: number; max: number };
+}
+
+export interface RestoreResult {
+  restored: string[];
+  /** name -> why it is not served */
+  unavailable: Record<string, string>;
+  /** Persisted exports dropped because an export of the same name was given on the command line. */
+  replaced: string[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
+function specOf(r: ExportRecord): CreateExportSpec {
+  const s = r.source;
+  return {
+    name: r.name,
+    description: r.description,
+    readOnly: r.readOnly,
+    source:
+      s.mode === "target"
+        ? { mode: "target", imagePath: s.imagePath }
+        : {
+            mode: "proxy",
+            upstreamUrl: s.upstreamUrl,
+            cachePath: s.cachePath,
+            blockSize: s.blockSize,
+            startBackgroundCopy: s.copy,
+            rateLimitBytesPerSecond: s.rateLimitBytesPerSecond,
+            autoPromote: s.autoPromote,
+            upstreamControl: s.upstreamControl,
+          },
+  };
+}
+
+function recordOf(spec: CreateExportSpec, opened: Opened): ExportRecord {
+  const src = spec.source;
+  return {
+    name: spec.name,
+    description: spec.description ?? "",
+    readOnly: spec.readOnly ?? false,
+    source:
+      src.mode === "target"
+        ? { mode: "target", imagePath: path.resolve(src.imagePath) }
+        : {
+            mode: "proxy",
+            upstreamUrl: src.upstreamUrl,
+            cachePath: path.resolve(src.cachePath),
+            blockSize: opened.mode === "proxy" ? opened.proxy.blockSize : (src.blockSize ?? 0),
+            copy: src.startBackgroundCopy ?? false,
+            rateLimitBytesPerSecond: src.rateLimitBytesPerSecond ?? 0,
+            autoPromote: src.autoPromote ?? false,
+            upstreamControl: src.upstreamControl ?? "",
+          },
+  };
+}
+
+/** Why a persisted export cannot be opened at all: a file it needs is gone (undefined: none is). */
+function missingFile(r: ExportRecord): string | undefined {
+  const s = r.source;
+  if (s.mode === "target")
+    return fs.existsSync(s.imagePath) ? undefined : `its image ${s.imagePath} is missing`;
+  if (!fs.existsSync(s.cachePath))
+    return `its cache ${s.cachePath} is missing (it held the blocks already local and any writes made here)`;
+  // Opening a proxy without its bitmap would start the cache over, losing local writes.
+  if (!fs.existsSync(`${s.cachePath}.bitmap`))
+    return `its bitmap ${s.cachePath}.bitmap is missing: the cache is not started over, since it may hold writes made here`;
+  return undefined;
+}
+
+async function closeOpened(o: Opened): Promise<void> {
+  await (o.mode === "target" ? o.backend : o.proxy).close().catch(() => {});
+}
+
 export class BlockServer extends EventEmitter {
   readonly nbd: NbdServer;
   private readonly entries = new Map<string, Entry>();
+  /** Names being created: reserved so a second create of one fails at once. */
+  private readonly pending = new Set<string>();
+  private readonly unrestored = new Map<string, Unrestored>();
   private readonly log: Logger;
+  private readonly table?: ExportTable;
+  private readonly hotSourceFor?: (address: string, exportName: string) => HotSource;
+  private readonly retryMs: { min: number; max: number };
+  private closing = false;
 
-  constructor(opts: { log?: Logger } = {}) {
+  constructor(opts: BlockServerOptions = {}) {
     super();
     this.setMaxListeners(0);
     this.log = opts.log ?? createLogger({ svc: "block-server" });
     this.nbd = new NbdServer({ log: this.log.child({ part: "nbd" }) });
+    this.table = opts.table;
+    this.hotSourceFor = opts.hotSourceFor;
+    this.retryMs = opts.restoreRetryMs ?? { min: 1000, max: 30_000 };
+  }
+
+  /** Where exports are recorded, or undefined when they are not. */
+  get stateLocation(): string | undefined {
+    return this.table?.where;
   }
 
   listen(addr: string): Promise<ListenAddress> {
@@ -116,8 +239,38 @@ export class BlockServer extends EventEmitter {
 
   private entry(name: string): Entry {
     const e = this.entries.get(name);
-    if (!e) throw new BlockServerError("not-found", `no export named ${JSON.stringify(name)}`);
-    return e;
+    if (e) return e;
+    const u = this.unrestored.get(name);
+    if (u) throw new BlockServerError("unavailable", this.unrestoredMessage(name, u));
+    throw new BlockServerError("not-found", `no export named ${JSON.stringify(name)}`);
+  }
+
+  private unrestoredMessage(name: string, u: Unrestored): string {
+    return (
+      `export ${name} is persisted but not served: ${u.error}; ` +
+      (u.retrying
+        ? `retrying (${u.attempts} attempt(s) so far)`
+        : "remove it, or put the file back and restart the block-server")
+    );
+  }
+
+  /** Persisted exports not served (after a restart), with the reason. */
+  unavailable(): Record<string, string> {
+    return Object.fromEntries([...this.unrestored].map(([n, u]) => [n, this.unrestoredMessage(n, u)]));
+  }
+
+  /** Reserves a name for a create; throws if it is taken. */
+  private claim(name: string): void {
+    if (this.closing) throw new BlockServerError("unavailable", "the block-server is shutting down");
+    const u = this.unrestored.get(name);
+    if (u)
+      throw new BlockServerError(
+        "exists",
+        `export ${JSON.stringify(name)} already exists (${this.unrestoredMessage(name, u)})`,
+      );
+    if (this.entries.has(name) || this.pending.has(name))
+      throw new BlockServerError("exists", `export ${JSON.stringify(name)} already exists`);
+    this.pending.add(name);
   }
 
   private proxyOf(name: string, what: string): ProxyBackend {
@@ -130,42 +283,59 @@ export class BlockServer extends EventEmitter {
     return e.proxy;
   }
 
-  async createExport(spec: CreateExportSpec): Promise<ExportInfo> {
+  /**
+   * Opens an export and serves it. With a table it is recorded there before it is served
+   * (unless persist is false: an export given on the command line), so it comes back after
+   * a restart.
+   */
+  async createExport(spec: CreateExportSpec, opts: { persist?: boolean } = {}): Promise<ExportInfo> {
     if (!NAME_RE.test(spec.name))
       throw new BlockServerError(
         "invalid",
         `bad export name ${JSON.stringify(spec.name)}: 1-128 characters of letters, digits, '.', '_', ':', '-'`,
       );
-    if (this.entries.has(spec.name))
-      throw new BlockServerError("exists", `export ${JSON.stringify(spec.name)} already exists`);
+    this.claim(spec.name);
+    try {
+      const opened = await this.open(spec);
+      let record: ExportRecord | undefined;
+      if (this.table && (opts.persist ?? true)) {
+        record = recordOf(spec, opened);
+        try {
+          await this.table.put(record);
+        } catch (err) {
+          await closeOpened(opened);
+          throw new BlockServerError(
+            "unavailable",
+            `export ${spec.name} not created: cannot record it in ${this.table.where}: ${(err as Error).message}`,
+          );
+        }
+      }
+      await this.register(spec, opened, record);
+    } finally {
+      this.pending.delete(spec.name);
+    }
+    return this.info(spec.name);
+  }
+
+  /** Opens what an export serves, without serving it yet. */
+  private async open(spec: CreateExportSpec): Promise<Opened> {
     const src = spec.source;
     if (src.mode === "target") {
       if (!src.imagePath) throw new BlockServerError("invalid", "target export needs an image path");
       if (!fs.existsSync(src.imagePath))
         throw new BlockServerError("invalid", `image ${src.imagePath} does not exist`);
-      let backend: TargetBackend;
       try {
-        backend = new TargetBackend(src.imagePath, { readOnly: spec.readOnly });
+        return {
+          mode: "target",
+          path: src.imagePath,
+          backend: new TargetBackend(src.imagePath, { readOnly: spec.readOnly }),
+        };
       } catch (err) {
         throw new BlockServerError(
           "invalid",
           `cannot open image ${src.imagePath}: ${(err as Error).message}`,
         );
       }
-      const exp = this.nbd.exports.add({
-        name: spec.name,
-        description: spec.description,
-        readOnly: spec.readOnly,
-        backend,
-      });
-      this.entries.set(spec.name, { exp, mode: "target", path: src.imagePath });
-      this.log.info("export created", {
-        name: spec.name,
-        mode: "target",
-        image: src.imagePath,
-        size: backend.size,
-      });
-      return this.info(spec.name);
     }
     if (!src.cachePath) throw new BlockServerError("invalid", "proxy export needs a cache path");
     try {
@@ -173,43 +343,188 @@ export class BlockServer extends EventEmitter {
     } catch (err) {
       throw new BlockServerError("invalid", (err as Error).message);
     }
-    let proxy: ProxyBackend;
     try {
-      proxy = await ProxyBackend.open({
+      const proxy = await ProxyBackend.open({
         upstreamUrl: src.upstreamUrl,
         cachePath: src.cachePath,
         blockSize: src.blockSize || undefined,
         copyRateBytesPerSec: src.rateLimitBytesPerSecond,
         log: this.log,
       });
+      return { mode: "proxy", path: src.cachePath, proxy };
     } catch (err) {
       throw new BlockServerError(
         "unavailable",
         `cannot open proxy export ${spec.name}: ${(err as Error).message}`,
       );
     }
+  }
+
+  /** Serves an opened export under spec.name (reserved by the caller). */
+  private async register(spec: CreateExportSpec, opened: Opened, record?: ExportRecord): Promise<void> {
+    if (this.closing) {
+      await closeOpened(opened);
+      throw new BlockServerError("unavailable", "the block-server is shutting down");
+    }
+    const src = spec.source;
+    if (opened.mode === "target") {
+      const exp = this.nbd.exports.add({
+        name: spec.name,
+        description: spec.description,
+        readOnly: spec.readOnly,
+        backend: opened.backend,
+      });
+      this.entries.set(spec.name, { exp, mode: "target", path: opened.path, record });
+      this.log.info("export created", {
+        name: spec.name,
+        mode: "target",
+        image: opened.path,
+        size: opened.backend.size,
+        persisted: !!record,
+      });
+      return;
+    }
+    if (src.mode !== "proxy") throw new Error("unreachable: a proxy opened for a target spec");
+    const proxy = opened.proxy;
     const exp = this.nbd.exports.add({
       name: spec.name,
       description: spec.description,
       readOnly: spec.readOnly,
       backend: proxy,
     });
-    const entry: Entry = { exp, mode: "proxy", path: src.cachePath, proxy };
+    const entry: Entry = { exp, mode: "proxy", path: opened.path, proxy, record };
     this.entries.set(spec.name, entry);
     // Destination heat first (what this host's VM touches), then the source's.
     proxy.addHotSource(() => exp.heat.hottest(256));
     if (src.upstreamHot) proxy.addHotSource(src.upstreamHot);
+    else if (src.upstreamControl && this.hotSourceFor)
+      proxy.addHotSource(this.hotSourceFor(src.upstreamControl, parseNbdUrl(src.upstreamUrl).exportName));
     this.wireProxyEvents(spec.name, entry, proxy, src.autoPromote ?? false);
     this.log.info("export created", {
       name: spec.name,
       mode: "proxy",
       upstream: src.upstreamUrl,
-      cache: src.cachePath,
+      cache: opened.path,
       local: `${proxy.bitmap.local}/${proxy.bitmap.blocks}`,
+      persisted: !!record,
     });
     if (src.startBackgroundCopy) proxy.startCopy();
     if (src.autoPromote && proxy.bitmap.complete) await this.promote(spec.name);
-    return this.info(spec.name);
+  }
+
+  /**
+   * Serves again the exports recorded in the table (call once, before listening). A record
+   * whose name an export given on the command line already took is dropped (the command
+   * line wins). One that cannot be opened is reported (log, status, unavailable()) instead of
+   * failing the start: a missing file waits for an operator, a proxy whose upstream failed is
+   * retried with backoff.
+   */
+  async restore(): Promise<RestoreResult> {
+    const out: RestoreResult = { restored: [], unavailable: {}, replaced: [] };
+    if (!this.table) return out;
+    const records = await this.table.load();
+    await Promise.all(
+      records.map(async (rec) => {
+        if (this.entries.has(rec.name) || this.pending.has(rec.name)) {
+          const e = this.entries.get(rec.name);
+          this.log.warn(
+            "persisted export dropped: an export of the same name was given on the command line, and that one wins",
+            { name: rec.name, dropped: rec, serving: e ? { mode: e.mode, path: e.path } : undefined },
+          );
+          await this.table!.remove(rec.name);
+          out.replaced.push(rec.name);
+          return;
+        }
+        const missing = missingFile(rec);
+        if (missing) {
+          this.markUnrestored(rec, missing, false);
+          return;
+        }
+        const spec = specOf(rec);
+        this.claim(rec.name);
+        try {
+          await this.register(spec, await this.open(spec), rec);
+          out.restored.push(rec.name);
+          this.log.info("export restored", { name: rec.name, mode: rec.source.mode });
+        } catch (err) {
+          // A target that will not open is a file problem; a proxy may be waiting for its upstream.
+          this.markUnrestored(rec, (err as Error).message, rec.source.mode === "proxy");
+        } finally {
+          this.pending.delete(rec.name);
+        }
+      }),
+    );
+    out.unavailable = this.unavailable();
+    out.restored.sort();
+    return out;
+  }
+
+  private markUnrestored(record: ExportRecord, error: string, retrying: boolean): void {
+    const u: Unrestored = { record, error, retrying, attempts: 1, delayMs: this.retryMs.min };
+    this.unrestored.set(record.name, u);
+    this.log.error("persisted export not served", {
+      name: record.name,
+      error,
+      next: retrying ? `retrying in ${u.delayMs} ms` : "remove it, or put the file back and restart",
+    });
+    if (retrying) this.scheduleRetry(u);
+  }
+
+  private scheduleRetry(u: Unrestored): void {
+    u.timer = setTimeout(() => {
+      u.timer = undefined;
+      void this.retryRestore(u);
+    }, u.delayMs);
+    u.delayMs = Math.min(u.delayMs * 2, this.retryMs.max);
+  }
+
+  private async retryRestore(u: Unrestored): Promise<void> {
+    const name = u.record.name;
+    const current = () => !this.closing && this.unrestored.get(name) === u;
+    if (!current()) return;
+    const spec = specOf(u.record);
+    let opened: Opened;
+    try {
+      const missing = missingFile(u.record);
+      if (missing) throw new Error(missing);
+      opened = await this.open(spec);
+    } catch (err) {
+      if (!current()) return;
+      u.attempts++;
+      const error = (err as Error).message;
+      if (error !== u.error)
+        this.log.warn("persisted export still not served", { name, error, attempts: u.attempts });
+      u.error = error;
+      this.scheduleRetry(u);
+      return;
+    }
+    if (!current()) {
+      await closeOpened(opened); // removed (or shutting down) meanwhile
+      return;
+    }
+    this.unrestored.delete(name);
+    this.pending.add(name);
+    try {
+      await this.register(spec, opened, u.record);
+      this.log.info("export restored", { name, mode: u.record.source.mode, attempts: u.attempts + 1 });
+    } catch (err) {
+      this.log.error("persisted export not served", { name, error: (err as Error).message });
+    } finally {
+      this.pending.delete(name);
+    }
+  }
+
+  /** Changes an export's record (not awaited by callers that must stay synchronous). */
+  private updateRecord(name: string, e: Entry, change: (r: ExportRecord) => void): Promise<void> {
+    if (!e.record || !this.table || e.removing || this.entries.get(name) !== e) return Promise.resolve();
+    change(e.record);
+    return this.table.put(e.record).catch((err: Error) =>
+      this.log.error("cannot record a change of an export: after a restart it comes back as before", {
+        name,
+        record: e.record,
+        err: err.message,
+      }),
+    );
   }
 
   private wireProxyEvents(name: string, entry: Entry, proxy: ProxyBackend, autoPromote: boolean): void {
@@ -230,15 +545,52 @@ export class BlockServer extends EventEmitter {
     this.emit("progress", ev);
   }
 
+  /** Stops serving an export and drops its record: it stays removed after a restart. */
   async removeExport(name: string): Promise<void> {
+    const u = this.unrestored.get(name);
+    if (u) {
+      await this.dropRecord(name);
+      if (u.timer) clearTimeout(u.timer);
+      this.unrestored.delete(name);
+      this.emitProgress({ name, kind: "export-removed", message: "", time: Date.now() });
+      this.log.info("export removed", { name, wasServed: false });
+      return;
+    }
     const e = this.entry(name);
-    this.entries.delete(name);
+    if (e.removing) return e.removing;
+    e.removing = (async () => {
+      if (e.record) await this.dropRecord(name);
+      await this.drop(name, e);
+      this.emitProgress({ name, kind: "export-removed", message: "", time: Date.now() });
+      this.log.info("export removed", { name });
+    })();
+    try {
+      await e.removing;
+    } catch (err) {
+      e.removing = undefined;
+      throw err;
+    }
+  }
+
+  private async dropRecord(name: string): Promise<void> {
+    if (!this.table) return;
+    try {
+      await this.table.remove(name);
+    } catch (err) {
+      throw new BlockServerError(
+        "unavailable",
+        `export ${name} not removed: cannot update ${this.table.where}: ${(err as Error).message}`,
+      );
+    }
+  }
+
+  /** Stops serving an export (its record, if any, is kept). */
+  private async drop(name: string, e: Entry): Promise<void> {
+    if (this.entries.get(name) === e) this.entries.delete(name);
     await this.nbd.exports.remove(name);
     // The registry closed the export's current backend; a proxy that was swapped out by a
     // promote was closed then. Close the proxy if it is still the one serving.
     if (e.proxy && e.mode === "proxy") await e.proxy.close().catch(() => {});
-    this.emitProgress({ name, kind: "export-removed", message: "", time: Date.now() });
-    this.log.info("export removed", { name });
   }
 
   names(): string[] {
@@ -294,11 +646,19 @@ export class BlockServer extends EventEmitter {
     const p = this.proxyOf(name, "a background copy");
     if (opts.rateBytesPerSec) p.setRateLimit(opts.rateBytesPerSec);
     p.startCopy();
+    void this.updateRecord(name, this.entry(name), (r) => {
+      if (r.source.mode !== "proxy") return;
+      r.source.copy = true;
+      if (opts.rateBytesPerSec) r.source.rateLimitBytesPerSecond = opts.rateBytesPerSec;
+    });
     return this.status(name);
   }
 
   async stopCopy(name: string): Promise<ExportStatus> {
     await this.proxyOf(name, "stopping a background copy").stopCopy();
+    await this.updateRecord(name, this.entry(name), (r) => {
+      if (r.source.mode === "proxy") r.source.copy = false;
+    });
     return this.status(name);
   }
 
@@ -306,6 +666,9 @@ export class BlockServer extends EventEmitter {
     if (!(bytesPerSec >= 0))
       throw new BlockServerError("invalid", `rate limit must be >= 0, got ${bytesPerSec}`);
     this.proxyOf(name, "a rate limit").setRateLimit(bytesPerSec);
+    void this.updateRecord(name, this.entry(name), (r) => {
+      if (r.source.mode === "proxy") r.source.rateLimitBytesPerSecond = bytesPerSec;
+    });
     return this.status(name);
   }
 
@@ -321,6 +684,9 @@ export class BlockServer extends EventEmitter {
     } catch (err) {
       throw new BlockServerError("precondition", (err as Error).message);
     }
+    await this.updateRecord(name, this.entry(name), (r) => {
+      if (r.source.mode === "proxy") r.source.upstreamUrl = url;
+    });
     return this.status(name);
   }
 
@@ -356,6 +722,11 @@ export class BlockServer extends EventEmitter {
     } finally {
       e.promoting = undefined;
     }
+    // After a restart it is a target on the cache file: the upstream is no longer needed.
+    await this.updateRecord(name, e, (r) => {
+      if (r.source.mode === "proxy")
+        r.source = { mode: "target", imagePath: r.source.cachePath, promotedFrom: r.source.upstreamUrl };
+    });
     this.emitProgress({
       name,
       kind: "promoted",
@@ -372,8 +743,15 @@ export class BlockServer extends EventEmitter {
       .map((r) => ({ offset: r.offset, length: r.length }));
   }
 
+  /** Stops serving every export; the table keeps their records for the next start. */
   async close(): Promise<void> {
-    for (const name of [...this.entries.keys()]) await this.removeExport(name).catch(() => {});
+    this.closing = true;
+    for (const u of this.unrestored.values()) if (u.timer) clearTimeout(u.timer);
+    this.unrestored.clear();
+    for (const [name, e] of [...this.entries]) {
+      await this.drop(name, e).catch(() => {});
+      this.emitProgress({ name, kind: "export-removed", message: "block-server closing", time: Date.now() });
+    }
     await this.nbd.close();
   }
 }

@@ -22,8 +22,17 @@ import { serveUntilSignal } from "../cli/serve-until-signal.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
-import { createLogger } from "../common/log.js";
+import { parseListenAddress } from "../common/listen-address.js";
+import { createLogger, type Logger } from "../common/log.js";
+import { openStore } from "../common/store/index.js";
 import { BlockServer, type CreateExportSpec } from "./block-server.js";
+import {
+  defaultStateDir,
+  defaultStateKey,
+  type ExportTable,
+  FileExportTable,
+  StoreExportTable,
+} from "./export-table.js";
 import { blockService, upstreamHotSource } from "./grpc/block-service.js";
 
 export const DEFAULT_NBD_LISTEN = "127.0.0.1:10809";
@@ -63,6 +72,22 @@ const serveSpecs = {
   grpc: {
     type: "string",
     describe: `gRPC control address, or 'none' (default ${DEFAULT_GRPC}, another free port if taken)`,
+  },
+  "state-dir": {
+    type: "string",
+    describe:
+      "where exports created over gRPC are recorded so a restart serves them again (DIR/exports.json, " +
+      "DIR locked while serving), or 'none' (default: /var/lib/vmhop/block-server/LISTEN as root, else " +
+      "$XDG_STATE_HOME/vmhop/block-server/LISTEN, LISTEN the first --listen; none when its port is 0)",
+  },
+  store: {
+    type: "string",
+    describe: "redis://HOST:PORT: record the exports in the shared Store instead of --state-dir",
+  },
+  "state-key": {
+    type: "string",
+    describe:
+      "with --store: this block-server's key there (default HOSTNAME/LISTEN, LISTEN the first --listen)",
   },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -140,11 +165,19 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   if (o.target && o.proxy) throw new CliError("give either --target or --proxy, not both");
   if (o.proxy && !o.cache) throw new CliError("--proxy needs --cache FILE (the local copy of the disk)");
   if (o.cache && !o.proxy) throw new CliError("--cache is for proxy mode: give --proxy too");
+  if (o.store && o["state-dir"]) throw new CliError("give --store or --state-dir, not both");
+  if (o.store && !/^rediss?:\/\//.test(o.store))
+    throw new CliError(
+      `--store takes a redis:// URL (the embedded default is --state-dir), got '${o.store}'`,
+    );
+  if (o["state-key"] && !o.store) throw new CliError("--state-key is for --store");
   const log = createLogger({ svc: "block-server" });
-  const bs = new BlockServer({ log });
-  const closers: Closer[] = [{ name: "block-server", close: () => bs.close() }];
+  const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
-    for (const l of o.listen ?? []) await bs.listen(l);
+    const table = await openTable(o, log);
+    if (table) closers.push({ name: "export table", close: () => table.close() });
+    const bs = new BlockServer({ log, table, hotSourceFor: upstreamHotSource });
+    closers.push({ name: "block-server (exports stay recorded)", close: () => bs.close() });
     let spec: CreateExportSpec | undefined;
     if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };
     if (o.proxy)
@@ -163,7 +196,17 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
             : undefined,
         },
       };
-    if (spec) await bs.createExport({ ...spec, readOnly: o["read-only"], description: o.description });
+    // Given on the command line: not recorded (the command line brings it back), and it wins
+    // over a recorded export of the same name, which restore() drops.
+    if (spec)
+      await bs.createExport(
+        { ...spec, readOnly: o["read-only"], description: o.description },
+        { persist: false },
+      );
+    const restored = await bs.restore();
+    // Listen only now that every export asked for is open: a client that connects the moment
+    // the port accepts finds it.
+    for (const l of o.listen ?? []) await bs.listen(l);
 
     let grpcAddress: string | undefined;
     if (o.grpc !== "none") {
@@ -192,9 +235,43 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     }
     // One machine-readable ready line on stdout: scripts wait for it.
     console.log(
-      JSON.stringify({ ready: true, nbd: bs.nbdAddresses(), grpc: grpcAddress ?? null, exports: bs.names() }),
+      JSON.stringify({
+        ready: true,
+        nbd: bs.nbdAddresses(),
+        grpc: grpcAddress ?? null,
+        exports: bs.names(),
+        state: bs.stateLocation ?? null,
+        restored: restored.restored,
+        unavailable: restored.unavailable,
+      }),
     );
   });
+}
+
+/** The export table `serve` records gRPC-created exports in, or undefined for none. */
+async function openTable(o: Config<typeof serveSpecs>, log: Logger): Promise<ExportTable | undefined> {
+  const first = o.listen?.[0];
+  if (o.store) {
+    if (!first) throw new CliError("--store needs an NBD --listen address to name this block-server");
+    const store = await openStore(o.store);
+    return new StoreExportTable(store, o["state-key"] ?? defaultStateKey(first), o.store);
+  }
+  if (o["state-dir"] === "none") return undefined;
+  let dir = o["state-dir"];
+  if (!dir) {
+    const a = first ? parseListenAddress(first) : undefined;
+    if (!a || ("port" in a && a.port === 0)) {
+      log.warn(
+        "exports created over gRPC are not recorded: no fixed NBD address to name them by; give --state-dir",
+        {
+          listen: first ?? null,
+        },
+      );
+      return undefined;
+    }
+    dir = defaultStateDir(first!);
+  }
+  return FileExportTable.open(dir);
 }
 
 function call<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {

@@ -88,6 +88,7 @@ export function blockService(bs: BlockServer): ServiceRegistration {
               startBackgroundCopy: p.startBackgroundCopy,
               rateLimitBytesPerSecond: p.rateLimitBytesPerSecond,
               autoPromote: p.autoPromote,
+              upstreamControl: p.upstreamControl,
               upstreamHot: p.upstreamControl ? upstreamHotSource(p.upstreamControl, exportName) : undefined,
             },
           };
