@@ -2,8 +2,9 @@
 // open, and the exports created over gRPC come back after a kill -9 (target exports reopened,
 // proxies resuming from their bitmaps), removed ones stay removed, a missing file is reported
 // instead of failing the start, a recorded export yields to the command line's, a proxy whose
-// upstream is down at restart is served once it returns, a promoted proxy comes back as a
-// target, and the table can live in Redis.
+// upstream is down at restart (or is this server) is served once it returns, a promoted proxy
+// comes back as a target, a running copy resumes, the table can live in Redis, and a state
+// directory serves one block-server at a time.
 import { execFile } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -336,6 +337,24 @@ t("a proxy whose upstream is down at restart is reported, retried, and served on
   await b.stop();
 });
 
+t("a proxy of another export of the same block-server comes back once that one listens", async () => {
+  const image = join(dir.path, "self.raw");
+  const data = makeImage(image, 4 * MiB);
+  const s = await server(["--state-dir", join(dir.path, "self-state")]);
+  const a = s.start();
+  await within(a.ready, 30_000, "the ready line");
+  await createTarget(s.client, "t", image);
+  await createProxy(s.client, "p", s.url("t"), join(dir.path, "self.cache"));
+  await a.kill9();
+  const b = s.start();
+  const rb = await within(b.ready, 30_000, "the ready line");
+  assert.equal(rb.restored, ["t"]);
+  assert.match(rb.unavailable.p ?? "", /ECONNREFUSED.*retrying/);
+  await until("the proxy export to be served", () => status(s.client, "p").catch(() => undefined), 30_000);
+  assert.ok((await readAll(s.url("p"), "self-p")).equals(data));
+  await b.stop();
+});
+
 t("a promoted proxy comes back as a target on its cache, without its upstream", async () => {
   const image = join(dir.path, "pr-src.img");
   const data = makeImage(image, 4 * MiB);
@@ -357,6 +376,37 @@ t("a promoted proxy comes back as a target on its cache, without its upstream", 
   assert.equal(rb.restored, ["p"]);
   assert.is((await status(s.client, "p")).export?.mode, 1, "target mode");
   assert.ok((await readAll(s.url("p"), "pr-p")).equals(data));
+  await b.stop();
+});
+
+t("a background copy that was running resumes after kill -9, at its rate", async () => {
+  const image = join(dir.path, "bg-src.img");
+  const data = makeImage(image, 8 * MiB);
+  const up = upstream(await startQemuNbd(image));
+  const state = join(dir.path, "bg-state");
+  const s = await server(["--state-dir", state]);
+  const a = s.start();
+  await within(a.ready, 30_000, "the ready line");
+  await createProxy(s.client, "p", up.url, join(dir.path, "bg.cache"));
+  await rpc((cb) =>
+    s.client.startBackgroundCopy({ name: "p", rateLimitBytesPerSecond: MiB, parallelism: 0 }, cb),
+  );
+  // StartBackgroundCopy is recorded just after it answers.
+  await until(
+    "the table to record the running copy",
+    () => JSON.parse(readFileSync(join(state, "exports.json"), "utf8")).exports[0].source.copy === true,
+    10_000,
+  );
+  await a.kill9();
+  const b = s.start();
+  await within(b.ready, 30_000, "the ready line");
+  const st = await status(s.client, "p");
+  assert.ok(st.backgroundCopy?.running, "the copy runs again");
+  assert.is(st.backgroundCopy?.rateLimitBytesPerSecond, MiB, "at the rate it had");
+  await rpc((cb) => s.client.setRateLimit({ name: "p", rateLimitBytesPerSecond: 0 }, cb));
+  await until("the copy to finish", async () => (await status(s.client, "p")).backgroundCopy?.done, 30_000);
+  await up.stop();
+  assert.ok((await readAll(s.url("p"), "bg-p")).equals(data), "every byte local and right");
   await b.stop();
 });
 
