@@ -89,6 +89,9 @@ export async function vmhopDaemon(): Promise<VmhopDaemon> {
     `127.0.0.1:${port}`,
     "--grpc",
     `127.0.0.1:${grpcPort}`,
+    // A benchmark's exports are its own, for one run: nothing recorded for a restart.
+    "--state-dir",
+    "none",
   ];
   const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
@@ -155,6 +158,8 @@ export async function vmhopTarget(image: string, name = "disk0"): Promise<NbdSer
     `127.0.0.1:${port}`,
     "--grpc",
     "none",
+    "--state-dir",
+    "none",
   ];
   return startServer(process.execPath, args, port, name);
 }
@@ -162,7 +167,7 @@ export async function vmhopTarget(image: string, name = "disk0"): Promise<NbdSer
 export async function vmhopProxy(upstream: string, cache: string, name = "disk0"): Promise<NbdServer> {
   const port = await freePort();
   const args = [vmhopBin, "block", "serve", "--proxy", upstream, "--cache", cache, "--name", name];
-  args.push("--listen", `127.0.0.1:${port}`, "--grpc", "none");
+  args.push("--listen", `127.0.0.1:${port}`, "--grpc", "none", "--state-dir", "none");
   return startServer(process.execPath, args, port, name);
 }
 

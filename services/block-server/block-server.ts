@@ -129,6 +129,11 @@ export interface BlockServerOptions {
   hotSourceFor?: (address: string, exportName: string) => HotSource;
   /** Retry of a persisted proxy export whose upstream failed at restore (default 1 s doubling to 30 s). */
   restoreRetryMs?: { min: number; max: number };
+  /**
+   * Where a proxy export created without a cache path keeps it (DIR/NAME.cache): a caller such
+   * as the control-plane names only the upstream, not this host's file system.
+   */
+  cacheDir?: string;
 }
 
 export interface RestoreResult {
@@ -212,6 +217,7 @@ export class BlockServer extends EventEmitter {
   private readonly table?: ExportTable;
   private readonly hotSourceFor?: (address: string, exportName: string) => HotSource;
   private readonly retryMs: { min: number; max: number };
+  private readonly cacheDir?: string;
   private closing = false;
 
   constructor(opts: BlockServerOptions = {}) {
@@ -222,6 +228,20 @@ export class BlockServer extends EventEmitter {
     this.table = opts.table;
     this.hotSourceFor = opts.hotSourceFor;
     this.retryMs = opts.restoreRetryMs ?? { min: 1000, max: 30_000 };
+    this.cacheDir = opts.cacheDir;
+  }
+
+  /** A proxy spec without a cache path gets one in the cache directory (names are file-safe: NAME_RE). */
+  private withCachePath(spec: CreateExportSpec): CreateExportSpec {
+    const src = spec.source;
+    if (src.mode !== "proxy" || src.cachePath) return spec;
+    if (!this.cacheDir)
+      throw new BlockServerError(
+        "invalid",
+        "proxy export needs a cache path (or a block-server started with a cache directory, --cache-dir)",
+      );
+    fs.mkdirSync(this.cacheDir, { recursive: true });
+    return { ...spec, source: { ...src, cachePath: path.join(this.cacheDir, `${spec.name}.cache`) } };
   }
 
   /** Where exports are recorded, or undefined when they are not. */
@@ -288,12 +308,13 @@ export class BlockServer extends EventEmitter {
    * (unless persist is false: an export given on the command line), so it comes back after
    * a restart.
    */
-  async createExport(spec: CreateExportSpec, opts: { persist?: boolean } = {}): Promise<ExportInfo> {
-    if (!NAME_RE.test(spec.name))
+  async createExport(given: CreateExportSpec, opts: { persist?: boolean } = {}): Promise<ExportInfo> {
+    if (!NAME_RE.test(given.name))
       throw new BlockServerError(
         "invalid",
-        `bad export name ${JSON.stringify(spec.name)}: 1-128 characters of letters, digits, '.', '_', ':', '-'`,
+        `bad export name ${JSON.stringify(given.name)}: 1-128 characters of letters, digits, '.', '_', ':', '-'`,
       );
+    const spec = this.withCachePath(given);
     this.claim(spec.name);
     try {
       const opened = await this.open(spec);

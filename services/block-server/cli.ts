@@ -1,6 +1,7 @@
 // `vmhop block …`: run a block-server, or drive a running one over gRPC.
 //   serve     start NBD (+ gRPC control), optionally with one export, like xnbd-server
 //   list, status, create, remove, cache-all, stop-copy, rate, set-upstream, promote, watch
+import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import {
   BlockServiceClient,
@@ -83,6 +84,11 @@ const serveSpecs = {
   store: {
     type: "string",
     describe: "redis://HOST:PORT: record the exports in the shared Store instead of --state-dir",
+  },
+  "cache-dir": {
+    type: "string",
+    describe:
+      "where proxy exports created without a cache path keep it (DIR/NAME.cache; default: STATE_DIR/cache when exports are recorded in a state dir)",
   },
   "state-key": {
     type: "string",
@@ -176,7 +182,9 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   return serveUntilSignal(log, closers, async () => {
     const table = await openTable(o, log);
     if (table) closers.push({ name: "export table", close: () => table.close() });
-    const bs = new BlockServer({ log, table, hotSourceFor: upstreamHotSource });
+    const cacheDir =
+      o["cache-dir"] ?? (table instanceof FileExportTable ? path.join(table.dir, "cache") : undefined);
+    const bs = new BlockServer({ log, table, hotSourceFor: upstreamHotSource, cacheDir });
     closers.push({ name: "block-server (exports stay recorded)", close: () => bs.close() });
     let spec: CreateExportSpec | undefined;
     if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };

@@ -145,4 +145,35 @@ test("BlockServer: records what is created over the API, not what persist:false 
   assert.equal([...table.records.keys()], ["api"], "close() keeps records; remove drops them");
 });
 
+test("a proxy created without a cache path keeps it in the cache directory; without one it is refused", async () => {
+  const img = join(dir.path, "up.raw");
+  const data = makeImage(img, 1 << 20);
+  const origin = new BlockServer({ log: silentLogger });
+  await origin.createExport({ name: "up", source: { mode: "target", imagePath: img } });
+  const at = await origin.listen("127.0.0.1:0");
+  const url = `nbd://${"host" in at ? `${at.host}:${at.port}` : ""}/up`;
+  const caches = join(dir.path, "caches");
+  const bs = new BlockServer({ log: silentLogger, cacheDir: caches });
+  const bare = new BlockServer({ log: silentLogger });
+  try {
+    const info = await bs.createExport({
+      name: "vm1",
+      source: { mode: "proxy", upstreamUrl: url, cachePath: "" },
+    });
+    assert.is(info.path, join(caches, "vm1.cache"));
+    assert.ok(existsSync(join(caches, "vm1.cache")));
+    assert.ok(data.length > 0);
+    const err = await bare
+      .createExport({ name: "vm1", source: { mode: "proxy", upstreamUrl: url, cachePath: "" } })
+      .catch((e: BlockServerError) => e);
+    assert.match(
+      String(err),
+      /proxy export needs a cache path \(or a block-server started with a cache directory/,
+    );
+  } finally {
+    await Promise.all([bs.close(), bare.close()]);
+    await origin.close();
+  }
+});
+
 test.run();
