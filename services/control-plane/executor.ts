@@ -9,6 +9,7 @@
 // copy starts only once the VM runs at the destination, when the source QEMU has stopped and
 // flushed. Every block is fetched after the source's last write.
 import { status } from "@grpc/grpc-js";
+import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
@@ -304,6 +305,20 @@ export class Executor {
   }
 
   /**
+   * Removes the destination's export only if it is this migration's: a proxy of the source
+   * disk. An export of that name that was there before (the reason a create failed) is not ours.
+   */
+  private async removeOwnProxy(disk: DiskRecord, dst: BlockServer): Promise<void> {
+    const st = await dst.status(disk.destination_export).catch((err) => {
+      if (err instanceof PeerError && err.code === status.NOT_FOUND) return undefined;
+      throw err;
+    });
+    const e = st?.export;
+    if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) return;
+    await dst.remove(disk.destination_export);
+  }
+
+  /**
    * After a failure or cancel before the switch: the destination's waiting QEMU is stopped
    * (the VM runs only at the source, on its untouched disk) and the destination's proxy export
    * removed; the VM is released for another migration.
@@ -314,9 +329,9 @@ export class Executor {
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)
         await ctx.dst.stop(m.vm_id, true).catch((err) => this.log.warn("destination clean-up", { err }));
       if (m.disk && ctx.dstBlock)
-        await ctx.dstBlock
-          .remove(m.disk.destination_export)
-          .catch((err) => this.log.warn("destination disk clean-up", { err }));
+        await this.removeOwnProxy(m.disk, ctx.dstBlock).catch((err) =>
+          this.log.warn("destination disk clean-up", { err }),
+        );
     }
     // After a broken switch the VM stays held: which host runs it needs a person to decide.
     if (switched) return;
