@@ -5,7 +5,7 @@ import { StorageMode } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
-import { Executor } from "./executor.js";
+import { Executor, type ExecutorOptions } from "./executor.js";
 import { PageServerError, PageServers } from "./page-client.js";
 import {
   ConflictError,
@@ -66,9 +66,9 @@ export class ControlPlane {
 
   constructor(
     readonly store: Store,
-    private readonly opts: { log?: Logger; reachMs?: number } = {},
+    private readonly opts: { log?: Logger; reachMs?: number; executor?: ExecutorOptions } = {},
   ) {
-    this.executor = new Executor(store, this.pages, opts.log ?? silentLogger);
+    this.executor = new Executor(store, this.pages, opts.log ?? silentLogger, opts.executor);
   }
 
   /**

@@ -22,6 +22,12 @@ export const serveSpecs = {
     type: "string",
     describe: "redis://HOST:PORT for durable state (default: embedded, lost when the process ends)",
   },
+  "disk-copy-rate-mib": {
+    type: "number",
+    default: 50,
+    describe:
+      "LAZY storage: the disk's background copy cap in MiB/s while memory still moves (post-copy pages keep priority on the link; 0 = none); lifted once memory is complete",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -35,7 +41,10 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   return serveUntilSignal(log, closers, async () => {
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
-    const cp = new ControlPlane(store, { log });
+    const cp = new ControlPlane(store, {
+      log,
+      executor: { diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20 },
+    });
     // Closed before the store: running migrations stay as recorded, for the next start.
     closers.push({ name: "control-plane (migrations resume on restart)", close: async () => cp.close() });
     const g = await startGrpcServer({
