@@ -80,15 +80,37 @@ export class ControlPlane {
     const ended = new Map(
       all.filter((m) => m.state === "failed" || m.state === "cancelled").map((m) => [m.migration_id, m]),
     );
+    const known = new Set(all.map((m) => m.migration_id));
     for (const vm of await this.listVmRecords()) {
-      if (!ended.has(vm.migration_id)) continue;
-      await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) =>
-        cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
-      );
+      if (vm.migration_id === "create") await this.settleCreate(vm);
+      // Held by a migration that ended, or by one whose record was never written (a crash
+      // between the claim and the record): nothing drives it, so the VM is free again.
+      else if (vm.migration_id && (ended.has(vm.migration_id) || !known.has(vm.migration_id)))
+        await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) =>
+          cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
+        );
     }
     const open = all.filter((m) => !isFinal(m.state));
     for (const m of open) this.executor.drive(m.migration_id);
     return open.map((m) => m.migration_id);
+  }
+
+  /**
+   * A CreateVm that a crash interrupted: the VM is kept if it runs on its host, else its record
+   * goes (the create never finished; the caller saw an error or nothing and may retry).
+   */
+  private async settleCreate(vm: VmRecord): Promise<void> {
+    const host = await readJson<HostRecord>(this.store, KEYS.host(vm.host_id));
+    const at = host
+      ? await this.pages
+          .get(host.value.page_server_address)
+          .inspect(vm.vm_id)
+          .catch(() => undefined)
+      : undefined;
+    const raw = JSON.stringify(vm);
+    if (at?.state === VmState.VM_STATE_RUNNING)
+      await this.store.compareAndSet(KEYS.vm(vm.vm_id), raw, JSON.stringify({ ...vm, migration_id: "" }));
+    else await this.store.compareAndDelete(KEYS.vm(vm.vm_id), raw);
   }
 
   /** Stops driving migrations (they stay as recorded, for the next control-plane). */
@@ -251,6 +273,12 @@ export class ControlPlane {
     if (req.requestId && !(await this.store.compareAndSet(KEYS.request(req.requestId), null, id))) {
       const prior = await this.byRequest(req);
       if (prior) return prior;
+      // An orphaned claim was dropped: claim it now, or another retry won the race.
+      if (!(await this.store.compareAndSet(KEYS.request(req.requestId), null, id)))
+        throw new ControlError(
+          "unavailable",
+          `request_id ${req.requestId} is being started by another call: retry`,
+        );
     }
     // The per-VM lock and the fence in one compare-and-set on the VM record.
     let claimed: VmRecord;
@@ -291,10 +319,25 @@ export class ControlPlane {
     return rec;
   }
 
+  /**
+   * The migration a request_id started. The id is claimed just before the record is written: a
+   * concurrent retry waits for the record (bounded); a claim whose record never came (a crash
+   * in between) is dropped, so the retry starts the migration afresh.
+   */
   private async byRequest(req: MigrateRequest): Promise<MigrationRecord | undefined> {
-    const id = await this.store.get(KEYS.request(req.requestId!));
+    const key = KEYS.request(req.requestId!);
+    const id = await this.store.get(key);
     if (!id) return undefined;
-    const m = await this.getMigration(id);
+    let m: MigrationRecord | undefined;
+    for (const deadline = Date.now() + 5000; ; ) {
+      m = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
+      if (m || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!m) {
+      await this.store.compareAndDelete(key, id);
+      return undefined;
+    }
     if (m.vm_id !== req.vmId || m.destination_host_id !== req.destinationHostId)
       throw new ControlError(
         "invalid",

@@ -215,6 +215,12 @@ function storeSuite(kind: "memory" | "redis") {
     // A cancel recorded while its driver was stopping: the VM is still held.
     await store.set(KEYS.migration("m-902"), JSON.stringify(plantedMigration("m-902", "v3", "cancelled")));
     await store.set(KEYS.vm("v3"), JSON.stringify(plantedVm("v3", "a", "m-902")));
+    // A crash between claiming the VM and writing the migration record: held by a ghost.
+    await store.set(KEYS.vm("v4"), JSON.stringify(plantedVm("v4", "a", "m-999")));
+    // A crash during CreateVm: the "create" hold of a VM its page-server never started.
+    await store.set(KEYS.vm("v5"), JSON.stringify(plantedVm("v5", "a", "create")));
+    // A crash between claiming a request_id and writing its migration record.
+    await store.set(KEYS.request("r-orphan"), "m-998");
     await cp.close();
     if (kind === "redis") {
       await store.close();
@@ -239,10 +245,16 @@ function storeSuite(kind: "memory" | "redis") {
       m901.error,
       /restarted while preparing the destination; nothing was sent and the VM stays at the source/,
     );
-    for (const v of ["v1", "v2", "v3"]) {
+    for (const v of ["v1", "v2", "v3", "v4"]) {
       const vm = await c.getVm(v);
       assert.equal([vm.hostId, vm.migrationId], ["a", ""], v);
     }
+    await rejects(c.getVm("v5"), grpc.status.NOT_FOUND, /unknown VM v5/);
+    // The orphaned request_id starts a migration afresh instead of answering NOT_FOUND.
+    const fresh = await c.migrateVm({ vmId: "v4", destinationHostId: "b", mode: 0, requestId: "r-orphan" });
+    assert.is.not(fresh.migrationId, "m-998");
+    assert.is((await c.getMigration(fresh.migrationId)).requestId, "r-orphan");
+    await end(fresh.migrationId);
     const states = (await c.listMigrations()).map((m) => m.state);
     assert.equal(
       states.filter((s) => s !== "failed"),
