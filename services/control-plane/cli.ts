@@ -1,9 +1,11 @@
 // `vmhop control …`: serve the control-plane, or talk to a running one.
 
+import { StorageMode } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
 import { CliError } from "../cli/errors.js";
-import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { ControlClient, DEFAULT_CONTROL_GRPC } from "./client.js";
+import { formatProgress } from "./progress.js";
 import { serve, serveSpecs } from "./serve.js";
 
 const USAGE = `usage: vmhop control <command>
@@ -12,10 +14,13 @@ commands:
   serve [--grpc 127.0.0.1:7405] [--store redis://HOST:PORT]
            the gRPC ControlPlaneService (vmhop control serve --help for every option)
   hosts                                  list registered hosts
-  register-host HOST_ID PAGE_ADDR [--site S]   add or update a host (its page-server gRPC address)
+  register-host HOST_ID PAGE_ADDR [--site S] [--block-server ADDR --block-nbd ADDR]
+           add or update a host (its page-server's gRPC address; its block-server's gRPC and NBD ones)
   vms [--host HOST_ID]                   list VMs with their host and live state
-  migrate VM_ID DEST_HOST_ID [--mode postcopy|precopy|hybrid|auto] [--request-id ID] [--no-wait]
-           migrate a VM; waits until the migration is final unless --no-wait
+  migrate VM_ID DEST_HOST_ID [--mode postcopy|precopy|hybrid|auto] [--storage auto|lazy|shared]
+          [--request-id ID] [--no-wait]
+           migrate a VM (and its disk: lazy by default when it is on the source's block-server);
+           shows progress until the migration is final unless --no-wait
   migrations [VM_ID]                     list migrations, newest first
   cancel MIGRATION_ID                    cancel a migration before its switch-over
 
@@ -31,11 +36,32 @@ const clientSpecs = {
   json: { type: "boolean", default: false, describe: "print JSON" },
   site: { type: "string", default: "", describe: "register-host: the host's site" },
   host: { type: "string", default: "", describe: "vms: only this host's VMs" },
+  "block-server": {
+    type: "string",
+    default: "",
+    describe: "register-host: the host's block-server gRPC address",
+  },
+  "block-nbd": {
+    type: "string",
+    default: "",
+    describe: "register-host: the host's block-server NBD address",
+  },
   mode: { type: "string", default: "postcopy", describe: "migrate: postcopy | precopy | hybrid | auto" },
+  storage: {
+    type: "string",
+    default: "auto",
+    describe: "migrate: auto (lazy for a disk on the source's block-server, else shared) | lazy | shared",
+  },
   "request-id": { type: "string", default: "", describe: "migrate: idempotency key" },
   "no-wait": { type: "boolean", default: false, describe: "migrate: return once the migration is recorded" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
+
+const STORAGE: Record<string, StorageMode> = {
+  auto: StorageMode.STORAGE_MODE_UNSPECIFIED,
+  lazy: StorageMode.STORAGE_MODE_LAZY,
+  shared: StorageMode.STORAGE_MODE_SHARED,
+};
 
 const MODES: Record<string, MigrationMode> = {
   postcopy: MigrationMode.MIGRATION_MODE_POSTCOPY,
@@ -94,14 +120,7 @@ async function verb(
   c: ControlClient,
   cmd: string,
   pos: string[],
-  o: {
-    json?: boolean;
-    site?: string;
-    host?: string;
-    mode?: string;
-    "request-id"?: string;
-    "no-wait"?: boolean;
-  },
+  o: Config<typeof clientSpecs>,
 ): Promise<number> {
   const out = (json: unknown, text: () => string) => console.log(o.json ? JSON.stringify(json) : text());
   switch (cmd) {
@@ -121,8 +140,8 @@ async function verb(
         hostId,
         site: o.site ?? "",
         pageServerAddress: page,
-        blockServerAddress: "",
-        blockNbdAddress: "",
+        blockServerAddress: o["block-server"] ?? "",
+        blockNbdAddress: o["block-nbd"] ?? "",
         cpus: 0,
         memoryMib: 0,
         asleep: false,
@@ -154,11 +173,25 @@ async function verb(
       );
       const mode = MODES[o.mode ?? "postcopy"];
       if (mode === undefined) throw new CliError(`--mode must be one of ${Object.keys(MODES).join(", ")}`);
-      let m = await c.migrateVm({ vmId, destinationHostId: dest, mode, requestId: o["request-id"] ?? "" });
+      const storage = STORAGE[o.storage ?? "auto"];
+      if (storage === undefined)
+        throw new CliError(`--storage must be one of ${Object.keys(STORAGE).join(", ")}`);
+      let m = await c.migrateVm({
+        vmId,
+        destinationHostId: dest,
+        mode,
+        storage,
+        requestId: o["request-id"] ?? "",
+      });
       if (!o["no-wait"]) {
+        // On a terminal one line redrawn in place; otherwise a line per update (logs, pipes).
+        const tty = process.stderr.isTTY && !o.json;
         m = await c.waitForMigration(m.migrationId, (u) => {
-          if (!o.json) console.error(`${u.migrationId} ${u.state}`);
+          if (o.json) return;
+          if (tty) process.stderr.write(`\r\x1b[K${formatProgress(u)}`);
+          else console.error(formatProgress(u));
         });
+        if (tty) process.stderr.write("\n");
       }
       out(
         m,

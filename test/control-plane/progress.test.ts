@@ -1,0 +1,45 @@
+// The migrate command's progress line: state, memory, the disk's blocks and how they came.
+import * as assert from "uvu/assert";
+import { Migration } from "../../gen/vmhop/v1/control.js";
+import { formatProgress } from "../../services/control-plane/progress.js";
+import { test } from "../helpers/uvu.js";
+
+const base = Migration.fromPartial({
+  migrationId: "m-7",
+  vmId: "vm1",
+  sourceHostId: "a",
+  destinationHostId: "b",
+  state: "relocating",
+  createdUnixMs: 1_000,
+  enteredUnixMs: { pending: 1_000, relocating: 3_000 },
+});
+
+test("memory sent, disk blocks local with their sources, elapsed time", () => {
+  const m = {
+    ...base,
+    bytesSent: 64 << 20,
+    disk: {
+      destinationExport: "disk0",
+      sourceUrl: "nbd://a/disk0",
+      blocksTotal: 512,
+      blocksLocal: 128,
+      bytesFetchedOnDemand: 1 << 20,
+      bytesFetchedBackground: 7 << 20,
+      promoted: false,
+    },
+  };
+  assert.is(
+    formatProgress(m, 5_500),
+    "m-7 vm1 a → b: relocating; memory 64.0 MiB sent; disk 128/512 blocks local (25.0%), 1.0 MiB on demand, 7.0 MiB background; 4.5 s",
+  );
+});
+
+test("a failure says why; nothing about a disk that is not moving", () => {
+  const line = formatProgress(
+    { ...base, state: "failed", error: "block-server b: CreateExport: exists" },
+    2_000,
+  );
+  assert.is(line, "m-7 vm1 a → b: failed; 1.0 s; error: block-server b: CreateExport: exists");
+});
+
+test.run();
