@@ -189,29 +189,32 @@ t("block status: local holes and data from the cache, missing ranges from upstre
   assert.ok(first.length > 0 && first.length <= all[0].length);
 });
 
-t("block status of ranges learned from a read-only upstream needs no round trip: it answers with the upstream gone", async () => {
-  const image = join(dir.path, "z.img");
-  const own = Buffer.alloc(SIZE);
-  data.copy(own, 0, 0, 1 << 20); // data in [0, 1 MiB), zeroes (a hole) after
-  const fd = openSync(image, "w");
-  writeSync(fd, own, 0, 1 << 20, 0);
-  ftruncateSync(fd, SIZE);
-  closeSync(fd);
-  const upstream = await startNbdkit("file", [image], { extra: ["-r"] });
-  const p = await ProxyBackend.open({
-    upstreamUrl: upstream.url,
-    cachePath: join(dir.path, `c${n++}`),
-    log: silentLogger,
-    retryWindowMs: 200,
-  });
-  opened.push(p);
-  await p.settled(); // the zero map is learned at open (one reply covers this disk)
-  await upstream.kill(); // (a polite stop would wait for the proxy to hang up)
-  assert.equal(await p.blockStatus(0, SIZE), [
-    { length: 1 << 20, flags: 0 },
-    { length: SIZE - (1 << 20), flags: NBD_STATE_HOLE | NBD_STATE_ZERO },
-  ]);
-  assert.equal(await p.blockStatus(BS, SIZE - BS, 1), [{ length: (1 << 20) - BS, flags: 0 }]);
-});
+t(
+  "block status of ranges learned from a read-only upstream needs no round trip: it answers with the upstream gone",
+  async () => {
+    const image = join(dir.path, "z.img");
+    const own = Buffer.alloc(SIZE);
+    data.copy(own, 0, 0, 1 << 20); // data in [0, 1 MiB), zeroes (a hole) after
+    const fd = openSync(image, "w");
+    writeSync(fd, own, 0, 1 << 20, 0);
+    ftruncateSync(fd, SIZE);
+    closeSync(fd);
+    const upstream = await startNbdkit("file", [image], { extra: ["-r"] });
+    const p = await ProxyBackend.open({
+      upstreamUrl: upstream.url,
+      cachePath: join(dir.path, `c${n++}`),
+      log: silentLogger,
+      retryWindowMs: 200,
+    });
+    opened.push(p);
+    await p.settled(); // the zero map is learned at open (one reply covers this disk)
+    await upstream.kill(); // (a polite stop would wait for the proxy to hang up)
+    assert.equal(await p.blockStatus(0, SIZE), [
+      { length: 1 << 20, flags: 0 },
+      { length: SIZE - (1 << 20), flags: NBD_STATE_HOLE | NBD_STATE_ZERO },
+    ]);
+    assert.equal(await p.blockStatus(BS, SIZE - BS, 1), [{ length: (1 << 20) - BS, flags: 0 }]);
+  },
+);
 
 t.run();
