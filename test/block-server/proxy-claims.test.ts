@@ -20,8 +20,8 @@ const turn = () => new Promise((r) => setImmediate(r));
  * Watches a promise from its creation (so a rejection is never unhandled); `state()` says,
  * after letting settled callbacks run, whether it has settled and how.
  */
-function watch(p: Promise<unknown>): {
-  p: Promise<unknown>;
+function watch<T>(p: Promise<T>): {
+  p: Promise<T>;
   state(): Promise<"pending" | "resolved" | "rejected">;
 } {
   let s: "pending" | "resolved" | "rejected" = "pending";
