@@ -1,7 +1,6 @@
 // Crash safety: the proxy runs in a child process, is killed with SIGKILL in the middle of
 // a background copy, restarted on the same cache, and must finish with every byte right
 // (a flushed write included). Bitmaps for another disk, or damaged, are refused.
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -13,46 +12,14 @@ import { silentLogger } from "../../services/common/log.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
+import { killAll, startProxyChild as startChild } from "./fixtures/proxy-child.js";
 import { makeImage, startQemuNbd } from "./fixtures/proxy-servers.js";
 
 const dir = tempDir("vmhop-proxycrash-");
-const children = new Set<ChildProcess>();
 test.after(() => {
-  for (const c of children) c.kill("SIGKILL");
+  killAll();
   dir.cleanup();
 });
-
-const fixture = new URL("./fixtures/proxy-serve.ts", import.meta.url).pathname;
-
-/** Starts the proxy child; resolves with its URL and a promise of its DONE stats. */
-function startChild(
-  args: string[],
-): Promise<{ url: string; proc: ChildProcess; done: Promise<Record<string, unknown>> }> {
-  const proc = spawn(process.execPath, ["--import", "tsx", fixture, ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.add(proc);
-  proc.on("exit", () => children.delete(proc));
-  let out = "";
-  let err = "";
-  proc.stderr!.on("data", (b) => {
-    err += b;
-  });
-  let doneResolve!: (v: Record<string, unknown>) => void;
-  const done = new Promise<Record<string, unknown>>((r) => {
-    doneResolve = r;
-  });
-  return new Promise((resolve, reject) => {
-    proc.stdout!.on("data", (b) => {
-      out += b;
-      const ready = /READY (\S+)/.exec(out);
-      if (ready) resolve({ url: ready[1], proc, done });
-      const d = /DONE (.*)\n/.exec(out);
-      if (d) doneResolve(JSON.parse(d[1]));
-    });
-    proc.on("exit", (code) => reject(new Error(`proxy child exited (${code}): ${err}`)));
-  });
-}
 
 function bitsSet(path: string): number {
   const b = readFileSync(path).subarray(BITMAP_HEADER_SIZE);

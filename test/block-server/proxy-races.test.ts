@@ -16,6 +16,8 @@ const dir = tempDir("vmhop-proxyrace-");
 const SIZE = 4 << 20;
 const BS = 65536;
 let up: RunningServer;
+/** The same image, exported read-only: its zero blocks cannot change under the proxy. */
+let upRo: RunningServer;
 let data: Buffer;
 let n = 0;
 const t = gate(test, ["nbdkit"], "proxy races against a slow upstream");
@@ -31,16 +33,18 @@ t.before(async () => {
   ftruncateSync(fd, SIZE);
   closeSync(fd);
   up = await startNbdkit("file", [image, "rdelay=200ms"], { filters: ["delay"] });
+  upRo = await startNbdkit("file", [image, "rdelay=200ms"], { filters: ["delay"], extra: ["-r"] });
 });
 t.after(async () => {
   await up?.stop();
+  await upRo?.stop();
   dir.cleanup();
 });
 
 const opened: ProxyBackend[] = [];
-async function open(): Promise<ProxyBackend> {
+async function open(upstreamUrl = up.url): Promise<ProxyBackend> {
   const p = await ProxyBackend.open({
-    upstreamUrl: up.url,
+    upstreamUrl,
     cachePath: join(dir.path, `c${n++}`),
     log: silentLogger,
   });
@@ -134,8 +138,9 @@ t(
   },
 );
 
-t("blocks the upstream reports as zeroes are never fetched: they become local holes", async () => {
-  const p = await open();
+t("a read-only upstream's zero blocks are never fetched: they become local holes", async () => {
+  const p = await open(upRo.url);
+  assert.ok(p.stats().upstream.zeroesTrusted, "a read-only export's holes stay holes");
   const z = await p.read((2 << 20) + BS, 3 * BS);
   assert.ok(z.equals(Buffer.alloc(3 * BS)));
   assert.is(p.stats().bytesFetchedOnDemand, 0, "nothing crossed for the zero blocks");
@@ -184,29 +189,32 @@ t("block status: local holes and data from the cache, missing ranges from upstre
   assert.ok(first.length > 0 && first.length <= all[0].length);
 });
 
-t("block status of learned ranges needs no upstream: it answers with the upstream gone", async () => {
-  const image = join(dir.path, "z.img");
-  const own = Buffer.alloc(SIZE);
-  data.copy(own, 0, 0, 1 << 20); // data in [0, 1 MiB), zeroes (a hole) after
-  const fd = openSync(image, "w");
-  writeSync(fd, own, 0, 1 << 20, 0);
-  ftruncateSync(fd, SIZE);
-  closeSync(fd);
-  const upstream = await startNbdkit("file", [image]);
-  const p = await ProxyBackend.open({
-    upstreamUrl: upstream.url,
-    cachePath: join(dir.path, `c${n++}`),
-    log: silentLogger,
-    retryWindowMs: 200,
-  });
-  opened.push(p);
-  await p.settled(); // the zero map is learned at open (one reply covers this disk)
-  await upstream.kill(); // (a polite stop would wait for the proxy to hang up)
-  assert.equal(await p.blockStatus(0, SIZE), [
-    { length: 1 << 20, flags: 0 },
-    { length: SIZE - (1 << 20), flags: NBD_STATE_HOLE | NBD_STATE_ZERO },
-  ]);
-  assert.equal(await p.blockStatus(BS, SIZE - BS, 1), [{ length: (1 << 20) - BS, flags: 0 }]);
-});
+t(
+  "block status of ranges learned from a read-only upstream needs no round trip: it answers with the upstream gone",
+  async () => {
+    const image = join(dir.path, "z.img");
+    const own = Buffer.alloc(SIZE);
+    data.copy(own, 0, 0, 1 << 20); // data in [0, 1 MiB), zeroes (a hole) after
+    const fd = openSync(image, "w");
+    writeSync(fd, own, 0, 1 << 20, 0);
+    ftruncateSync(fd, SIZE);
+    closeSync(fd);
+    const upstream = await startNbdkit("file", [image], { extra: ["-r"] });
+    const p = await ProxyBackend.open({
+      upstreamUrl: upstream.url,
+      cachePath: join(dir.path, `c${n++}`),
+      log: silentLogger,
+      retryWindowMs: 200,
+    });
+    opened.push(p);
+    await p.settled(); // the zero map is learned at open (one reply covers this disk)
+    await upstream.kill(); // (a polite stop would wait for the proxy to hang up)
+    assert.equal(await p.blockStatus(0, SIZE), [
+      { length: 1 << 20, flags: 0 },
+      { length: SIZE - (1 << 20), flags: NBD_STATE_HOLE | NBD_STATE_ZERO },
+    ]);
+    assert.equal(await p.blockStatus(BS, SIZE - BS, 1), [{ length: (1 << 20) - BS, flags: 0 }]);
+  },
+);
 
 t.run();

@@ -48,6 +48,9 @@ export class BackgroundCopier extends EventEmitter {
   private idleWaiters: (() => void)[] = [];
   private lastPersist = performance.now();
   private retryTimer: NodeJS.Timeout | undefined;
+  /** A fetch failed: no new one until the backoff timer fires (an upstream that fails at
+   * once must not become a loop of failing fetches that never yields to the event loop). */
+  private backingOff = false;
   readonly bucket: TokenBucket;
   concurrency: number;
   lastError: string | undefined;
@@ -92,6 +95,7 @@ export class BackgroundCopier extends EventEmitter {
   async stop(): Promise<void> {
     if (this.to("stop")) this.emit("stopped");
     clearTimeout(this.retryTimer);
+    this.backingOff = false;
     while (this.active > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
   }
 
@@ -116,7 +120,10 @@ export class BackgroundCopier extends EventEmitter {
 
   private later(ms: number): void {
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => void this.pump(), ms);
+    this.retryTimer = setTimeout(() => {
+      this.backingOff = false;
+      void this.pump();
+    }, ms);
   }
 
   private async pump(): Promise<void> {
@@ -124,7 +131,7 @@ export class BackgroundCopier extends EventEmitter {
     this.pumping = true;
     try {
       const maxBytes = this.host.maxRequestBlocks * (this.host.runLength({ first: 0, count: 1 }) || 1);
-      while (this._state === "running" && this.active < this.concurrency) {
+      while (this._state === "running" && this.active < this.concurrency && !this.backingOff) {
         // Tokens first: a block picked must be fetched at once, or a reader would wait on the limiter.
         await this.bucket.take(maxBytes);
         if (this._state !== "running") {
@@ -172,7 +179,9 @@ export class BackgroundCopier extends EventEmitter {
         this.lastError = e.message;
       });
     }
-    if (failed) this.later(this.opts.errorBackoffMs ?? 500);
-    else void this.pump();
+    if (failed) {
+      this.backingOff = true;
+      this.later(this.opts.errorBackoffMs ?? 500);
+    } else void this.pump();
   }
 }

@@ -6,7 +6,11 @@
 // was saved only after the cache data it claims was made durable: still safe.
 import * as fsp from "node:fs/promises";
 import { readU64, writeU64 } from "../nbd/protocol/index.js";
+import { BitSet } from "./bit-set.js";
 import { BlockBitmap } from "./block-bitmap.js";
+import { mismatch } from "./identity.js";
+
+const LABELS = { size: "disk size", blockSize: "block size", identity: "upstream disk identity" } as const;
 
 export const BITMAP_MAGIC = "VMHOPBMP";
 export const BITMAP_VERSION = 1;
@@ -60,12 +64,22 @@ export function decodeBitmapHeader(b: Buffer, what: string): BitmapHeader {
 }
 
 export class BitmapFile {
+  /** Blocks whose bits are on disk (saved after their data was made durable). */
+  private readonly durable: BitSet;
+
   private constructor(
     readonly path: string,
     readonly header: BitmapHeader,
     private readonly fh: fsp.FileHandle,
     readonly bitmap: BlockBitmap,
-  ) {}
+  ) {
+    this.durable = new BitSet(bitmap.blocks, Uint8Array.from(bitmap.bits));
+  }
+
+  /** Block b's bit is durable: a crash of the machine (not only the process) keeps it local. */
+  isDurable(b: number): boolean {
+    return this.durable.has(b);
+  }
 
   /** Creates (or replaces) the file with every block missing, durably. */
   static async create(path: string, header: BitmapHeader): Promise<BitmapFile> {
@@ -90,17 +104,14 @@ export class BitmapFile {
       const head = Buffer.alloc(BITMAP_HEADER_SIZE);
       const { bytesRead } = await fh.read(head, 0, BITMAP_HEADER_SIZE, 0);
       const header = decodeBitmapHeader(head.subarray(0, bytesRead), path);
-      const check = (field: keyof BitmapHeader, label: string) => {
-        if (expect[field] !== undefined && expect[field] !== header[field])
-          throw new BitmapFileError(
-            path,
-            `${label} ${JSON.stringify(header[field])} does not match ${JSON.stringify(expect[field])}; ` +
-              "it belongs to another disk (remove it and the cache to start over)",
-          );
-      };
-      check("size", "disk size");
-      check("blockSize", "block size");
-      check("identity", "upstream disk identity");
+      // The same comparison a reconnect makes (identity.ts), here against the saved header.
+      const m = mismatch(expect, header);
+      if (m)
+        throw new BitmapFileError(
+          path,
+          `${LABELS[m.field]} ${JSON.stringify(m.got)} does not match ${JSON.stringify(m.want)}; ` +
+            "it belongs to another disk (remove it and the cache to start over)",
+        );
       const blocks = blockCount(header.size, header.blockSize);
       const want = BITMAP_HEADER_SIZE + Math.ceil(blocks / 8);
       if (st.size !== want)
@@ -141,6 +152,8 @@ export class BitmapFile {
       if (!d) return;
       await this.fh.write(d.bytes, 0, d.bytes.length, BITMAP_HEADER_SIZE + d.byteOffset);
       await this.fh.datasync();
+      const bytes = this.durable.bytes;
+      for (let i = 0; i < d.bytes.length; i++) bytes[d.byteOffset + i] |= d.bytes[i];
     } catch (e) {
       if (d) this.bitmap.markDirty(d.byteOffset, d.bytes.length);
       throw e;

@@ -4,14 +4,25 @@
 // fetch them (adjacent misses within one event-loop turn merge into one upstream request),
 // which a worker splices from the upstream socket straight into the cache file; then they
 // are answered from the cache like any local block (by sendfile where the connection can).
-// Blocks the upstream reports as zeroes are never fetched: they become local holes.
 // Writes stay local.
 //
-// Races: every block being fetched or written while missing has an entry in `busy`. A
-// fetch only writes blocks it registered, and a write to a busy block waits for it first,
-// so a late fetch can never overwrite a newer write (xNBD sets its bit before fetching for
-// the same reason). Durability: FLUSH fdatasyncs the cache before the bitmap is written; a
-// bit is set only once its block is stored.
+// Zeroes: the upstream's block status (zero-map.ts, learned from open on) says which blocks
+// read as zeroes. While the upstream cannot have changed since (every link so far went to an
+// export flagged read-only), those blocks are never fetched: they become local holes, and
+// block status of missing blocks is answered without a round trip. A writable upstream may
+// fill a hole at any time, so then the map is only a hint: such blocks are read over the
+// first connection with structured replies (a hole costs a chunk header on the wire) and
+// stored as holes or data as they are now, and block status of missing blocks asks upstream
+// (one request per call, one extent for REQ_ONE).
+//
+// Races: the block claims (block-claims.ts) say which blocks are being fetched or changed
+// while missing. A fetch only stores blocks it claimed, and a write to a claimed block waits
+// for it first, so a late fetch can never overwrite a newer write (xNBD sets its bit before
+// fetching for the same reason). Once close() begins no new claim, and so no fetch, starts.
+// Durability: FLUSH fdatasyncs the cache before the bitmap is written; a bit is set only
+// once its block is stored. A change to a block whose bit is not yet durable is recorded in
+// the write journal (write-journal.ts) before it is acknowledged, so a crash of the process
+// keeps it as a target export would.
 import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import { createLogger, type Logger } from "../../common/log.js";
@@ -29,10 +40,13 @@ import { BackgroundCopier, type CopyState } from "./background-copy.js";
 import { BitSet } from "./bit-set.js";
 import { BitmapFile, BitmapFileError } from "./bitmap-file.js";
 import type { BlockBitmap } from "./block-bitmap.js";
+import { BlockClaims, type Claim } from "./block-claims.js";
 import { CopyOrder, type HotSource } from "./copy-order.js";
 import { blockSpan, mergeRuns, type Run, runBytes } from "./fetch-plan.js";
+import { checkUpstream, fingerprint } from "./identity.js";
 import { LatencyRecorder, type LatencySummary } from "./latency.js";
-import { fingerprint, Upstream } from "./upstream.js";
+import { Upstream } from "./upstream.js";
+import { currentBootId, WriteJournal } from "./write-journal.js";
 import { ZeroMap } from "./zero-map.js";
 
 export const DEFAULT_BLOCK_SIZE = 64 * 1024;
@@ -91,37 +105,43 @@ export interface ProxyStats {
     zeroCopy: boolean;
     lastError: string | undefined;
     reconnects: number;
+    /** Why the upstream is refused (it serves another disk now), while it is. */
+    refused: string | undefined;
+    /** Its zero blocks are trusted without asking again (a read-only upstream). */
+    zeroesTrusted: boolean;
   };
   promoted: boolean;
 }
 
 /** Events: "copy-started", "copy-stopped", "copy-done", "upstream-lost" (Error),
- * "upstream-restored", "promoted", "fetch-error" (Error). */
+ * "upstream-restored", "upstream-refused" (Error: it serves another disk), "promoted",
+ * "fetch-error" (Error). */
 export type ProxyEvent =
   | "copy-started"
   | "copy-stopped"
   | "copy-done"
   | "upstream-lost"
   | "upstream-restored"
+  | "upstream-refused"
   | "promoted"
   | "fetch-error";
 
-/** A busy block: settles once it is local (stored or written), or on failure. */
-interface Busy {
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (e: Error) => void;
+/** Why promote() or whenCopied() did not succeed. */
+export class PromoteError extends Error {
+  constructor(
+    message: string,
+    /** incomplete: blocks are missing (and no wait); in-progress / promoted: another promote
+     * owns the swap; stopped: the copy stopped while waiting; closed: the proxy closed. */
+    readonly reason: "incomplete" | "in-progress" | "promoted" | "stopped" | "closed",
+  ) {
+    super(message);
+    this.name = "PromoteError";
+  }
 }
 
-function deferred(): Busy {
-  let resolve!: () => void;
-  let reject!: (e: Error) => void;
-  const promise = new Promise<void>((a, b) => {
-    resolve = a;
-    reject = b;
-  });
-  promise.catch(() => {}); // waiters use allSettled or their own fetch's promise
-  return { promise, resolve, reject };
+interface Waiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
 }
 
 export class ProxyBackend extends EventEmitter implements Backend {
@@ -142,9 +162,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
   readonly blockSizes: { minimum: number; preferred: number; maximum: number };
   readonly bitmap: BlockBitmap;
   readonly identity: string;
-  /** Blocks being fetched, or written while missing. */
-  private readonly busy = new Map<number, Busy>();
-  private demandQueue: number[] = [];
+  /** Blocks being fetched, or changed while missing. */
+  private readonly claims: BlockClaims;
+  private demandQueue: Claim[] = [];
   private demandScheduled = false;
   private persistChain: Promise<void> = Promise.resolve();
   private readonly latency = new LatencyRecorder();
@@ -160,13 +180,18 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private readonly order: CopyOrder;
   private counters = { demand: 0, background: 0, written: 0 };
   private _promoted = false;
-  private closed = false;
+  /** The one promote allowed: set by its call, before any await. */
+  private promotion: Promise<TargetBackend> | undefined;
+  /** whenCopied() callers, settled when the copy finishes, stops or the proxy closes. */
+  private copyWaiters: Waiter[] = [];
+  private closing: Promise<void> | undefined;
 
   private constructor(
     readonly cachePath: string,
     private readonly bm: BitmapFile,
     private readonly local: TargetBackend,
     private readonly upstream: Upstream,
+    private readonly journal: WriteJournal | undefined,
     opts: ProxyOptions,
     private readonly log: Logger,
   ) {
@@ -180,6 +205,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       Math.floor((opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST) / this.blockSize),
     );
     this.blockSizes = local.blockSizes;
+    this.claims = new BlockClaims(this.bitmap);
     this.zeroMap = new ZeroMap(this.size, this.blockSize);
     this.fetchedData = new BitSet(this.bitmap.blocks);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
@@ -189,14 +215,22 @@ export class ProxyBackend extends EventEmitter implements Backend {
       persistIntervalMs: opts.persistIntervalMs,
     });
     this.copier.on("started", () => this.emit("copy-started"));
-    this.copier.on("stopped", () => this.emit("copy-stopped"));
+    this.copier.on("stopped", () => {
+      this.settleCopyWaiters();
+      this.emit("copy-stopped");
+    });
     this.copier.on("done", () => {
       this.log.info("background copy done", { blocks: this.bitmap.blocks });
+      this.settleCopyWaiters();
       this.emit("copy-done");
     });
     this.copier.on("error-fetch", (e: Error) => this.emit("fetch-error", e));
+    // Every later link (reconnect, re-point) must serve this disk, as a restart must.
+    const disk = { size: this.size, blockSize: this.blockSize, identity: this.identity };
+    upstream.verify = (url, c) => checkUpstream(url, { size: c.size, read: (o, l) => c.read(o, l) }, disk);
     upstream.on("lost", (e: Error) => this.emit("upstream-lost", e));
     upstream.on("restored", () => this.emit("upstream-restored"));
+    upstream.on("refused", (e: Error) => this.emit("upstream-refused", e));
   }
 
   /**
@@ -218,6 +252,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     });
     let bm: BitmapFile | undefined;
     let local: TargetBackend | undefined;
+    let journal: WriteJournal | undefined;
     try {
       const size = upstream.size;
       const identity = opts.identity ?? (await fingerprint((o, l) => upstream.read(o, l), size, blockSize));
@@ -243,12 +278,14 @@ export class ProxyBackend extends EventEmitter implements Backend {
       }
       local = new TargetBackend(opts.cachePath);
       const cache = local;
+      journal = await openJournal(`${bitmapPath}.journal`, bm, cache, existing !== undefined, log);
       await upstream.startFileFetch(opts.cachePath, (o, data) => cache.write(o, data, false));
-      const p = new ProxyBackend(opts.cachePath, bm, local, upstream, opts, log);
+      const p = new ProxyBackend(opts.cachePath, bm, local, upstream, journal, opts, log);
       await p.learnZeroes();
       if (opts.copyOnOpen) p.startCopy();
       return p;
     } catch (e) {
+      await journal?.close();
       await local?.close();
       await bm?.close();
       await upstream.close();
@@ -262,7 +299,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
    */
   private async learnZeroes(): Promise<void> {
     const status = (o: number, l: number) => this.upstream.blockStatus(o, l);
-    const stop = () => this.closed;
+    const stop = () => this.claims.closed;
     await this.zeroMap.learn(status, stop, 1);
     this.learning = this.zeroMap.learn(status, stop).catch((e: Error) => {
       this.log.warn("learning the upstream's zero blocks stopped", { err: e.message });
@@ -272,7 +309,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
   // ---- block bookkeeping ----
 
   isBusy(block: number): boolean {
-    return this.busy.has(block);
+    return this.claims.isBusy(block);
   }
 
   runLength(run: Run): number {
@@ -285,35 +322,42 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return start >= offset && Math.min(start + this.blockSize, this.size) <= offset + length;
   }
 
-  /** Fetches a run of registered-or-free blocks; registers them before its first await. */
-  fetchRun(run: Run, source: "demand" | "background"): Promise<void> {
-    const ds: Busy[] = [];
-    for (let b = run.first; b < run.first + run.count; b++) {
-      let d = this.busy.get(b);
-      if (!d) {
-        d = deferred();
-        this.busy.set(b, d);
-      }
-      ds.push(d);
-    }
-    return this.doFetch(run, source, ds);
+  /**
+   * The upstream's zero blocks hold now as when they were learned: every link so far went to
+   * a read-only export. Otherwise a hole then may hold data now.
+   */
+  private get zeroesTrusted(): boolean {
+    return !this.upstream.mayChange;
   }
 
-  private async doFetch(run: Run, source: "demand" | "background", ds: Busy[]): Promise<void> {
+  /** Fetches a run of free blocks (the background copy's); claims them before returning. */
+  fetchRun(run: Run, source: "demand" | "background"): Promise<void> {
+    let claims: Claim[];
+    try {
+      claims = this.claims.claimRun(run.first, run.count);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.doFetch(run, source, claims);
+  }
+
+  private async doFetch(run: Run, source: "demand" | "background", claims: Claim[]): Promise<void> {
     const { offset, length } = runBytes(run, this.blockSize, this.size);
     const t0 = performance.now();
     try {
       let fetched = 0;
+      const trusted = this.zeroesTrusted;
       await Promise.all(
         this.splitZero(run).map((r) => {
           const bytes = runBytes(r, this.blockSize, this.size);
-          if (r.zero)
+          if (r.zero && trusted)
             return this.local.writeZeroes(bytes.offset, bytes.length, {
               fua: false,
               noHole: false,
               fastZero: false,
             });
           fetched += bytes.length;
+          if (r.zero) return this.fetchChecked(r, bytes.offset, bytes.length);
           return this.upstream.readToFile(bytes.offset, bytes.length).then(() => {
             this.fetchedData.fill(true, r.first, r.count);
           });
@@ -323,22 +367,43 @@ export class ProxyBackend extends EventEmitter implements Backend {
         this.latency.record(performance.now() - t0);
         this.counters.demand += fetched;
       } else this.counters.background += fetched;
-      this.bitmap.setRange(run.first, run.count);
-      for (let i = 0; i < ds.length; i++) {
-        this.busy.delete(run.first + i);
-        ds[i].resolve();
-      }
+      this.claims.stored(claims);
     } catch (e) {
       const err =
         e instanceof BackendError
           ? e
           : new BackendError(`fetch at ${offset}+${length} failed: ${(e as Error).message}`, "EIO");
-      for (let i = 0; i < ds.length; i++) {
-        this.busy.delete(run.first + i);
-        ds[i].reject(err);
-      }
+      this.claims.failed(claims, err);
       throw err;
     }
+  }
+
+  /**
+   * Blocks the upstream once reported as zeroes, from an upstream that may have changed
+   * since: read as they are now over the structured connection (holes cost a chunk header),
+   * stored as holes where they still read as zeroes and as data elsewhere.
+   */
+  private async fetchChecked(r: Run, offset: number, length: number): Promise<void> {
+    const data = await this.upstream.read(offset, length);
+    const bs = this.blockSize;
+    const stores: Promise<void>[] = [];
+    let at = 0;
+    while (at < length) {
+      const zero = isZero(data, at, Math.min(length, at + bs));
+      let end = Math.min(length, at + bs);
+      while (end < length && isZero(data, end, Math.min(length, end + bs)) === zero)
+        end = Math.min(length, end + bs);
+      if (zero)
+        stores.push(
+          this.local.writeZeroes(offset + at, end - at, { fua: false, noHole: false, fastZero: false }),
+        );
+      else {
+        stores.push(this.local.write(offset + at, data.subarray(at, end), false));
+        this.fetchedData.fill(true, r.first + at / bs, Math.ceil((end - at) / bs));
+      }
+      at = end;
+    }
+    await Promise.all(stores);
   }
 
   /** A run cut where the upstream's known-zero blocks start and stop. */
@@ -353,93 +418,49 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return out;
   }
 
-  /** Makes [first, last] local: waits on fetches in flight, merges the rest into fetches. */
-  private async ensureLocal(first: number, last: number): Promise<void> {
-    for (;;) {
-      const others = new Set<Promise<void>>();
-      const mine: Promise<void>[] = [];
-      for (let b = first; b <= last; b++) {
-        if (this.bitmap.has(b)) continue;
-        const d = this.busy.get(b);
-        if (d) others.add(d.promise);
-        else mine.push(this.queueDemand(b));
-      }
-      if (mine.length === 0 && others.size === 0) return;
-      // Our own fetches fail the request; someone else's failure just means "look again".
-      await Promise.all([Promise.all(mine), Promise.allSettled(others)]);
-    }
-  }
-
-  /** Queues a block for the next demand batch (this event-loop turn's misses, merged). */
-  private queueDemand(b: number): Promise<void> {
-    const d = deferred();
-    this.busy.set(b, d);
-    this.demandQueue.push(b);
+  /** Queues a claimed block for the next demand batch (this event-loop turn's misses, merged). */
+  private readonly queueDemand = (c: Claim): void => {
+    this.demandQueue.push(c);
     if (!this.demandScheduled) {
       this.demandScheduled = true;
       setImmediate(() => this.issueDemand());
     }
-    return d.promise;
-  }
+  };
 
   private issueDemand(): void {
     this.demandScheduled = false;
-    const blocks = this.demandQueue.sort((a, b) => a - b);
+    const queued = new Map(this.demandQueue.map((c) => [c.block, c]));
     this.demandQueue = [];
-    for (const run of mergeRuns(blocks, this.maxRequestBlocks))
-      this.fetchRun(run, "demand").catch((e: Error) => {
+    const blocks = [...queued.keys()].sort((a, b) => a - b);
+    for (const run of mergeRuns(blocks, this.maxRequestBlocks)) {
+      let claims: Claim[];
+      try {
+        claims = this.claims.claimRun(run.first, run.count); // takes on the queued claims
+      } catch (e) {
+        // Closed meanwhile: the queued claims fail, their readers with them.
+        const mine: Claim[] = [];
+        for (let b = run.first; b < run.first + run.count; b++) mine.push(queued.get(b)!);
+        this.claims.failed(mine, e as Error);
+        continue;
+      }
+      this.doFetch(run, "demand", claims).catch((e: Error) => {
         this.log.warn("on-demand fetch failed", { first: run.first, count: run.count, err: e.message });
         this.emit("fetch-error", e);
       });
+    }
+  }
+
+  /** Makes blocks [first, last] local: waits on claims held, fetches the rest (merged). */
+  private ensureLocal(first: number, last: number): Promise<void> {
+    return this.claims.ensureLocal(first, last, this.queueDemand);
   }
 
   /**
-   * Before changing [offset, offset+length) locally: blocks fully covered are claimed (no
-   * fetch needed, readers wait for us); partly covered missing blocks are fetched first when
-   * `fetchPartial`, else left alone. Returns the claims; pass them to commit() or release().
+   * Changes [offset, offset+length) locally with `op`: blocks it covers entirely are claimed
+   * (never fetched, readers wait), partly covered missing blocks are fetched first when
+   * `fetchPartial`. The change is journaled (blocks whose bit is not yet durable) before
+   * its claims are stored and it is acknowledged.
    */
-  private async claim(offset: number, length: number, fetchPartial: boolean): Promise<Map<number, Busy>> {
-    const { first, last } = blockSpan(offset, length, this.blockSize);
-    const mine = new Map<number, Busy>();
-    try {
-      for (;;) {
-        const others = new Set<Promise<void>>();
-        const partial: number[] = [];
-        for (let b = first; b <= last; b++) {
-          if (this.bitmap.has(b) || mine.has(b)) continue;
-          const d = this.busy.get(b);
-          if (d) others.add(d.promise);
-          else if (this.covers(b, offset, length)) {
-            const c = deferred();
-            this.busy.set(b, c);
-            mine.set(b, c);
-          } else if (fetchPartial) partial.push(b);
-        }
-        if (partial.length === 0 && others.size === 0) return mine;
-        await Promise.all([Promise.all(partial.map((b) => this.queueDemand(b))), Promise.allSettled(others)]);
-      }
-    } catch (e) {
-      this.release(mine, e as Error);
-      throw e;
-    }
-  }
-
-  private commit(claims: Map<number, Busy>): void {
-    for (const [b, d] of claims) {
-      this.bitmap.set(b);
-      this.busy.delete(b);
-      d.resolve();
-    }
-    if (claims.size > 0) this.copier.checkDone();
-  }
-
-  private release(claims: Map<number, Busy>, e: Error): void {
-    for (const [b, d] of claims) {
-      this.busy.delete(b);
-      d.reject(e);
-    }
-  }
-
   private async locally(
     offset: number,
     length: number,
@@ -447,20 +468,35 @@ export class ProxyBackend extends EventEmitter implements Backend {
     op: () => Promise<void>,
   ): Promise<void> {
     this.check();
-    const claims = await this.claim(offset, length, fetchPartial);
     const { first, last } = blockSpan(offset, length, this.blockSize);
+    const claims = await this.claims.claimChange(
+      first,
+      last,
+      (b) => this.covers(b, offset, length),
+      fetchPartial,
+      this.queueDemand,
+    );
     this.fetchedData.fill(false, first, last - first + 1);
     try {
       await op();
+      const mine = new Set(claims.map((c) => c.block));
+      // Only blocks this change made or found local: a partly covered block left missing
+      // (fetchPartial false) was not changed.
+      await this.journal?.add(
+        first,
+        last,
+        (b) => this.bm.isDurable(b) || (!this.bitmap.has(b) && !mine.has(b)),
+      );
     } catch (e) {
-      this.release(claims, e as Error);
+      this.claims.failed(claims, e as Error);
       throw e;
     }
-    this.commit(claims);
+    this.claims.stored(claims);
+    if (claims.length > 0) this.copier.checkDone();
   }
 
   private check(): void {
-    if (this.closed) throw new BackendError("proxy backend is closed", "ESHUTDOWN");
+    if (this.claims.closed) throw new BackendError("proxy backend is closed", "ESHUTDOWN");
   }
 
   private allLocal(offset: number, length: number): boolean {
@@ -487,7 +523,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   /** Local, cached ranges go out by sendfile like a target's (see Backend.cachedFileRange). */
   cachedFileRange(offset: number, length: number): { fd: number; offset: number } | null {
-    if (this.closed || !this.allLocal(offset, length)) return null;
+    if (this.claims.closed || !this.allLocal(offset, length)) return null;
     const { first, last } = blockSpan(offset, length, this.blockSize);
     return this.local.cachedFileRange(offset, length, this.fetchedData.allSet(first, last));
   }
@@ -551,6 +587,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     const extents: Extent[] = [];
     let pos = offset;
     let askedUpstream = false;
+    const trusted = this.zeroesTrusted;
     while (pos < end && extents.length < max) {
       const b = Math.floor(pos / bs);
       const isLocal = this.bitmap.has(b);
@@ -558,8 +595,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
       while (runEnd < end && this.bitmap.has(Math.floor(runEnd / bs)) === isLocal)
         runEnd = Math.min(end, runEnd + bs);
       if (isLocal) extents.push(...(await this.local.blockStatus(pos, runEnd - pos, max - extents.length)));
-      else if (pos < this.zeroMap.learnedTo) {
-        // Learned at open: no round trip (qemu asks one extent at a time, over a WAN too).
+      else if (trusted && pos < this.zeroMap.learnedTo) {
+        // Learned from a read-only upstream: no round trip (qemu asks one extent at a time,
+        // over a WAN too).
         const known = this.zeroMap.extents(
           pos,
           Math.min(runEnd, this.zeroMap.learnedTo),
@@ -570,7 +608,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       } else {
         if (askedUpstream) break; // one round trip per call; the client asks again
         askedUpstream = true;
-        const up = await this.upstream.blockStatus(pos, runEnd - pos);
+        const up = await this.upstream.blockStatus(pos, runEnd - pos, { reqOne: max - extents.length === 1 });
         if (up && up.length > 0) {
           let at = pos;
           for (const e of up) {
@@ -607,27 +645,46 @@ export class ProxyBackend extends EventEmitter implements Backend {
     this.order.addSource(src);
   }
 
-  /** Waits until every block is local and a running copy has finished (and persisted). */
+  /**
+   * Resolves once every block is local and a running copy has finished (and persisted).
+   * Rejects (PromoteError) when no copy is running and blocks are missing, when the copy
+   * stops first, or when the proxy closes (e.g. its export was removed).
+   */
   whenCopied(): Promise<void> {
     const s = this.copier.state;
     if (s === "done" || (this.bitmap.complete && s !== "running")) return Promise.resolve();
-    return new Promise((r) => this.once("copy-done", () => r()));
+    if (this.claims.closed) return Promise.reject(this.copyEnded("closed"));
+    if (s !== "running") return Promise.reject(this.copyEnded("stopped"));
+    return new Promise((resolve, reject) => this.copyWaiters.push({ resolve, reject }));
+  }
+
+  private copyEnded(why: "stopped" | "closed"): PromoteError {
+    const missing = `${this.bitmap.blocks - this.bitmap.local} of ${this.bitmap.blocks} blocks are not local`;
+    return why === "closed"
+      ? new PromoteError(`proxy closed (export removed?) while ${missing}`, "closed")
+      : new PromoteError(`background copy is not running while ${missing}: start it`, "stopped");
+  }
+
+  /** The copy finished or stopped (or the proxy closes): whenCopied() callers learn which. */
+  private settleCopyWaiters(): void {
+    const ws = this.copyWaiters;
+    if (ws.length === 0) return;
+    this.copyWaiters = [];
+    const s = this.copier.state;
+    if (s === "done" || (this.bitmap.complete && s !== "running")) for (const w of ws) w.resolve();
+    else {
+      const e = this.copyEnded(this.claims.closed ? "closed" : "stopped");
+      for (const w of ws) w.reject(e);
+    }
   }
 
   /**
    * Re-points the upstream at another replica of the same disk. Refused if the size (or,
-   * with a content identity, the fingerprint) differs.
+   * with a content identity, the fingerprint) differs: the check of a reconnect and a restart.
    */
   async setUpstream(url: string): Promise<void> {
     this.check();
-    await this.upstream.switchTo(url, async (c) => {
-      if (!this.identity.startsWith("sha256:")) return;
-      const fp = await fingerprint((o, l) => c.read(o, l), this.size, this.blockSize);
-      if (fp !== this.identity)
-        throw new Error(
-          `refusing upstream ${url}: it holds a different disk (fingerprint ${fp}, expected ${this.identity})`,
-        );
-    });
+    await this.upstream.switchTo(url);
     this.log.info("upstream re-pointed", { url: this.upstream.url });
   }
 
@@ -636,17 +693,45 @@ export class ProxyBackend extends EventEmitter implements Backend {
   }
 
   /**
-   * When every block is local: stops the copy, makes everything durable, drops the upstream
-   * and returns a target backend on the cache file, for Export.setBackend(). This proxy keeps
-   * answering requests already running on it (all local); close it once the export let go.
+   * When every block is local (with `wait`: starts the copy and waits for it): stops the
+   * copy, makes everything durable, drops the upstream and returns a target backend on the
+   * cache file, for Export.setBackend(). Only one call promotes: another while it runs or
+   * after it is refused (PromoteError "in-progress" / "promoted"), so a second target is
+   * never made. This proxy keeps answering requests already running on it (all local);
+   * close it once the export let go.
    */
-  async promote(): Promise<TargetBackend> {
-    this.check();
-    if (!this.bitmap.complete)
-      throw new Error(
-        `cannot promote: ${this.bitmap.blocks - this.bitmap.local} of ${this.bitmap.blocks} blocks are not local yet`,
+  promote(opts: { wait?: boolean } = {}): Promise<TargetBackend> {
+    if (this._promoted) return Promise.reject(new PromoteError("already promoted", "promoted"));
+    if (this.promotion)
+      return Promise.reject(new PromoteError("a promote of this proxy is already under way", "in-progress"));
+    try {
+      this.check();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (!this.bitmap.complete && !opts.wait)
+      return Promise.reject(
+        new PromoteError(
+          `cannot promote: ${this.bitmap.blocks - this.bitmap.local} of ${this.bitmap.blocks} blocks are not local yet`,
+          "incomplete",
+        ),
       );
+    const p = this.doPromote();
+    this.promotion = p;
+    // One that failed (the copy stopped, the proxy closed) may be tried again.
+    p.catch(() => {
+      if (this.promotion === p) this.promotion = undefined;
+    });
+    return p;
+  }
+
+  private async doPromote(): Promise<TargetBackend> {
+    if (!this.bitmap.complete) {
+      this.startCopy();
+      await this.whenCopied();
+    }
     await this.copier.stop();
+    this.check();
     await this.persist();
     const target = new TargetBackend(this.cachePath);
     this._promoted = true;
@@ -682,33 +767,97 @@ export class ProxyBackend extends EventEmitter implements Backend {
         zeroCopy: this.upstream.zeroCopy,
         lastError: this.upstream.lastError,
         reconnects: this.upstream.reconnects,
+        refused: this.upstream.refused,
+        zeroesTrusted: this.zeroesTrusted,
       },
       promoted: this._promoted,
     };
   }
 
   /** Resolves once every fetch and local change now in flight has settled (stored and marked, or failed). */
-  async settled(): Promise<void> {
-    await Promise.allSettled([...this.busy.values()].map((d) => d.promise));
+  settled(): Promise<void> {
+    return this.claims.settled();
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /**
+   * Refuses new requests and claims at once (no fetch starts from here: ESHUTDOWN), stops
+   * the copy (whenCopied() callers are told), lets fetches and changes in flight finish,
+   * persists, then closes the upstream and files.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.claims.close();
+    this.settleCopyWaiters();
     await this.copier.stop();
     // Fetches still in flight (a client's, the copy's last) finish first, so the final
     // bitmap records what they stored.
-    await this.settled();
+    await this.claims.settled();
     try {
       await this.persist();
     } catch (e) {
       this.log.warn("final persist failed", { err: (e as Error).message });
     }
-    this.closed = true;
     await this.learning;
     await this.upstream.close();
+    await this.journal?.close();
     await this.bm.close();
     await this.local.close();
   }
+}
+
+/** Zero bytes to compare against (grown to the largest block asked about). */
+let zeroes = Buffer.alloc(0);
+
+/** True when data[from, to) is all zero bytes (a native compare: a disk may be mostly holes). */
+function isZero(data: Buffer, from: number, to: number): boolean {
+  const n = to - from;
+  if (zeroes.length < n) zeroes = Buffer.alloc(n);
+  return data.subarray(from, to).equals(zeroes.subarray(0, n));
+}
+
+/**
+ * The write journal for this cache: what one left by a crash in this boot is taken back
+ * first (its blocks become local and durable), then a fresh one starts. None where the
+ * system has no boot id.
+ */
+async function openJournal(
+  path: string,
+  bm: BitmapFile,
+  cache: TargetBackend,
+  resumed: boolean,
+  log: Logger,
+): Promise<WriteJournal | undefined> {
+  const bootId = currentBootId();
+  if (!bootId) {
+    log.warn("no boot id on this system: unflushed writes are not kept across a crash of the process");
+    return undefined;
+  }
+  if (resumed) {
+    const r = await WriteJournal.recover(path, bm.header, bootId);
+    if (r.kind === "blocks") {
+      let n = 0;
+      for (let b = 0; b < bm.bitmap.blocks; b++)
+        if (r.bits.has(b) && !bm.bitmap.has(b)) {
+          bm.bitmap.set(b);
+          n++;
+        }
+      if (n > 0) {
+        // Durable before the journal that names them is emptied.
+        await bm.persist(() => cache.flush());
+        log.info("kept writes acknowledged before a crash (same boot, not yet flushed)", { blocks: n });
+      }
+    } else if (r.kind === "other-boot" && r.blocks > 0)
+      log.warn(
+        "write journal from an earlier boot ignored: blocks written but never flushed before the machine restarted read as the upstream's data again (an NBD server may lose unflushed writes; flushed ones are kept)",
+        { blocks: r.blocks },
+      );
+    else if (r.kind === "unusable") log.warn("write journal ignored", { path, why: r.why });
+  }
+  return WriteJournal.create(path, bm.header, bootId);
 }
 
 function mergeExtents(ext: Extent[]): Extent[] {

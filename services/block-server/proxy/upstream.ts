@@ -6,7 +6,11 @@
 // drops, both reconnect with exponential backoff (emitting "lost" and "restored");
 // reads retry across a reconnect for a bounded time and then fail with EIO, so a client
 // never hangs on a dead upstream. switchTo() re-points it at another replica of the disk.
-import { createHash } from "node:crypto";
+// Every new link (reconnect or re-point) is checked before it serves anything, with both its
+// connections open: the same size and, through the proxy's `verify`, the same disk
+// (identity.ts). One that fails is refused ("refused", logged once per reason) and the
+// reconnect goes on trying; meanwhile reads fail at once with EIO, so a client never gets
+// another disk's data.
 import { EventEmitter } from "node:events";
 import type { Logger } from "../../common/log.js";
 import { BackendError } from "../export/backend.js";
@@ -18,6 +22,7 @@ import {
 } from "../nbd/client/client.js";
 import { formatNbdUrl, parseNbdUrl } from "../nbd/client/url.js";
 import { FileFetcher } from "./file-fetcher.js";
+import { UpstreamIdentityError } from "./identity.js";
 
 /** The connections in use: replaced as a whole on reconnect or re-point. */
 interface Link {
@@ -33,6 +38,9 @@ export type StoreFetched = (offset: number, data: Buffer) => Promise<void>;
 /** A second connection that has not finished its handshake after this long (or after 4×
  * the first one's, on a slow link) is taken as refused: one connection per client. */
 const DATA_CONNECT_MIN_MS = 2000;
+
+/** Checks that a new connection serves the proxy's disk; throws UpstreamIdentityError if not. */
+export type VerifyUpstream = (url: string, c: NbdClient) => Promise<void>;
 
 export interface UpstreamOptions {
   log: Logger;
@@ -63,6 +71,12 @@ export class Upstream extends EventEmitter {
   private waiters = new Set<() => void>();
   lastError: string | undefined;
   reconnects = 0;
+  /** Checks every link after the first (set by the proxy once it knows its disk). */
+  verify: VerifyUpstream | undefined;
+  /** Why the upstream last refused to be taken back (another disk), until a link is accepted. */
+  private refusal: string | undefined;
+  /** A link to a writable export was seen: the upstream's data may change under us. */
+  private writableSeen = false;
 
   private constructor(
     private _url: string,
@@ -163,7 +177,23 @@ export class Upstream extends EventEmitter {
     return this.link?.client.metaContextId !== undefined;
   }
 
+  /**
+   * False only while every link so far went to an export flagged read-only
+   * (NBD_FLAG_READ_ONLY): what it reported then still holds. Stays true once a writable one
+   * was seen.
+   */
+  get mayChange(): boolean {
+    return this.writableSeen;
+  }
+
+  /** The upstream now serves another disk: set until a link is accepted again. */
+  get refused(): string | undefined {
+    return this.refusal;
+  }
+
   private attach(link: Link): void {
+    if (!link.client.readOnly) this.writableSeen = true;
+    this.refusal = undefined;
     this.link = link;
     this.watch(link, link.client);
     if (link.fetcher) this.watch(link, link.fetcher);
@@ -193,13 +223,32 @@ export class Upstream extends EventEmitter {
     }, wait);
   }
 
+  /** The check every link after the first passes before it serves anything (identity.ts). */
+  private async check(url: string, l: Link): Promise<void> {
+    if (l.client.size !== this.size)
+      throw new UpstreamIdentityError(
+        `refusing upstream ${url}: its size ${l.client.size} differs from the disk's ${this.size}`,
+      );
+    await this.verify?.(url, l.client);
+  }
+
+  private refuse(e: UpstreamIdentityError): void {
+    if (this.refusal !== e.message) {
+      this.opts.log.error(
+        "upstream refused: it serves another disk; reads of blocks not yet local fail with EIO until it serves this disk again or the proxy is re-pointed",
+        { url: this._url, err: e.message },
+      );
+      this.emit("refused", e);
+    }
+    this.refusal = e.message;
+  }
+
   private async reconnect(): Promise<void> {
+    let l: Link | undefined;
     try {
-      const l = await this.connectLink(this._url);
-      if (l.client.size !== this.size) {
-        Upstream.destroyLink(l);
-        throw new Error(`upstream size is now ${l.client.size}, expected ${this.size}`);
-      }
+      l = await this.connectLink(this._url);
+      // With both connections open: a server replaced meanwhile closed the first one.
+      await this.check(this._url, l);
       if (this.closed) return Upstream.destroyLink(l);
       this.backoff = this.opts.backoffMinMs ?? 100;
       this.reconnects++;
@@ -209,7 +258,9 @@ export class Upstream extends EventEmitter {
       for (const w of this.waiters) w();
       this.waiters.clear();
     } catch (e) {
+      if (l) Upstream.destroyLink(l);
       this.lastError = (e as Error).message;
+      if (e instanceof UpstreamIdentityError) this.refuse(e);
       this.scheduleReconnect();
     }
   }
@@ -217,6 +268,7 @@ export class Upstream extends EventEmitter {
   /** The link, waiting for a reconnect until `deadline` (performance.now() ms). */
   private async current(deadline: number): Promise<Link | undefined> {
     while (!this.link && !this.closed) {
+      if (this.refusal !== undefined) return undefined; // another disk: no point waiting
       const left = deadline - performance.now();
       if (left <= 0) return undefined;
       await new Promise<void>((resolve) => {
@@ -276,30 +328,30 @@ export class Upstream extends EventEmitter {
     }
   }
 
-  /** Upstream block status, or undefined when it is not available right now. */
-  async blockStatus(offset: number, length: number): Promise<BlockStatusExtent[] | undefined> {
+  /**
+   * Upstream block status (one extent with `reqOne`), or undefined when it is not available
+   * right now.
+   */
+  async blockStatus(
+    offset: number,
+    length: number,
+    opts: { reqOne?: boolean } = {},
+  ): Promise<BlockStatusExtent[] | undefined> {
     const c = this.link?.client;
     if (!c || c.metaContextId === undefined) return undefined;
     try {
-      return await c.blockStatus(offset, length);
+      return await c.blockStatus(offset, length, opts);
     } catch {
       return undefined;
     }
   }
 
-  /**
-   * Re-points at another server. `verify` may inspect the new connection (e.g. compare a
-   * fingerprint) and throw to refuse it; the size must match.
-   */
-  async switchTo(url: string, verify?: (c: NbdClient) => Promise<void>): Promise<void> {
+  /** Re-points at another server, refused (as a reconnect would be) unless it serves the same disk. */
+  async switchTo(url: string): Promise<void> {
     const canonical = formatNbdUrl(parseNbdUrl(url));
     const l = await this.connectLink(url);
     try {
-      if (l.client.size !== this.size)
-        throw new Error(
-          `refusing upstream ${canonical}: its size ${l.client.size} differs from the disk's ${this.size}`,
-        );
-      await verify?.(l.client);
+      await this.check(canonical, l);
     } catch (e) {
       Upstream.destroyLink(l);
       throw e;
@@ -329,22 +381,4 @@ export class Upstream extends EventEmitter {
     this.link = undefined;
     if (l) await Promise.all([l.client.disconnect().catch(() => l.client.destroy()), l.fetcher?.close()]);
   }
-}
-
-/**
- * Identifies an upstream disk by content: SHA-256 over its size and its first and last
- * blocks. A restart or re-point against a different disk then fails instead of mixing disks.
- */
-export async function fingerprint(
-  read: (o: number, l: number) => Promise<Buffer>,
-  size: number,
-  blockSize: number,
-): Promise<string> {
-  const h = createHash("sha256");
-  h.update(String(size));
-  const first = Math.min(blockSize, size);
-  if (first > 0) h.update(await read(0, first));
-  const lastAt = Math.max(0, size - blockSize);
-  if (lastAt > 0) h.update(await read(lastAt, size - lastAt));
-  return `sha256:${h.digest("hex").slice(0, 32)}`;
 }

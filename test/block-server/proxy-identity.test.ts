@@ -1,0 +1,130 @@
+// Another disk at the upstream's address (issue 13, item 3): the upstream restarts on the
+// same port serving a different image of the same size. The proxy must refuse it on
+// reconnect as a proxy restart would (same identity check), say so in its log, and fail reads
+// that need the upstream with EIO: never serve the other disk's data, never a mix. When the
+// right disk comes back it is taken again.
+import { join } from "node:path";
+import * as assert from "uvu/assert";
+import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
+import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
+import { createLogger } from "../../services/common/log.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
+import { until, within } from "../helpers/wait.js";
+import { run } from "./fixtures/nbd.js";
+import { serveProxy } from "./fixtures/proxy-serve.js";
+import { makeImage, type RunningServer, startNbdkit } from "./fixtures/proxy-servers.js";
+
+const dir = tempDir("vmhop-proxyid-");
+test.after(() => dir.cleanup());
+const SIZE = 8 << 20;
+const BS = 65536;
+const t = gate(test, ["nbdkit", "qemu-io"], "a proxy whose upstream is replaced by another disk");
+
+t(
+  "an upstream restarted with another disk of the same size is refused on reconnect: EIO, never its data",
+  async () => {
+    const a = join(dir.path, "a.img");
+    const dataA = makeImage(a, SIZE);
+    const b = join(dir.path, "b.img");
+    const dataB = makeImage(b, SIZE); // same size, other content
+    const servers: RunningServer[] = [];
+    const start = async (image: string, port?: number) => {
+      const s = await startNbdkit("file", [image], port ? { port } : {});
+      servers.push(s);
+      return s;
+    };
+    const upA = await start(a);
+    const addr = parseNbdUrl(upA.url);
+    const port = addr.transport === "tcp" ? addr.port : 0;
+    const logged: string[] = [];
+    const log = createLogger(
+      {},
+      {
+        level: "debug",
+        sink: (line) => {
+          logged.push(line);
+          process.stderr.write(line + "\n");
+        },
+      },
+    );
+    const p = await serveProxy({
+      upstreamUrl: upA.url,
+      cachePath: join(dir.path, "a.cache"),
+      retryWindowMs: 300,
+      backoffMinMs: 20,
+      backoffMaxMs: 100,
+      log,
+    });
+    const events: string[] = [];
+    for (const ev of ["upstream-lost", "upstream-refused", "upstream-restored"])
+      p.proxy.on(ev, () => events.push(ev));
+    try {
+      const c = await NbdClient.connect(p.url);
+      assert.ok((await c.read(0, 2 * BS)).equals(dataA.subarray(0, 2 * BS)), "two blocks of A made local");
+
+      await upA.kill();
+      const upB = await start(b, port);
+      // Once the proxy has tried the new server (taken it or refused it)…
+      await until(
+        "the proxy to try the server now at the address",
+        () => p.proxy.stats().upstream.connected || p.proxy.stats().upstream.refused,
+        10_000,
+      );
+      // Reads that need the upstream fail with EIO; none returns B's bytes (or a mix).
+      for (const off of [4 << 20, SIZE - BS, 3 * BS]) {
+        const got = await c.read(off, BS).then(
+          (buf) => buf,
+          (e) => e,
+        );
+        if (Buffer.isBuffer(got))
+          assert.unreachable(
+            `read at ${off} served ${got.equals(dataB.subarray(off, off + BS)) ? "the other disk's data" : "data"} instead of failing`,
+          );
+        assert.instance(got, NbdRequestError, `read at ${off} must fail`);
+        assert.is((got as NbdRequestError).errno, "EIO");
+      }
+      const q = await run("qemu-io", ["-f", "raw", "-r", "-c", `read 4M 64k`, p.url]);
+      assert.match(q.stdout + q.stderr, /Input\/output error/, "qemu-io gets EIO too");
+      // A read spanning local and missing blocks fails whole: no mix of A and nothing.
+      assert.instance(await c.read(BS, 2 * BS).catch((e) => e), NbdRequestError);
+      // …it refused it, and says why.
+      const refused = String(p.proxy.stats().upstream.refused);
+      assert.match(
+        refused,
+        /refusing upstream .*: it holds a different disk \(fingerprint sha256:\w+, expected sha256:\w+\)/,
+      );
+      assert.ok(events.includes("upstream-refused"), "an event says so");
+      assert.ok(
+        logged.some((l) => /upstream refused: it serves another disk/.test(l) && /"level":"error"/.test(l)),
+        "an error in the log says so",
+      );
+      assert.not.ok(p.proxy.stats().upstream.connected);
+
+      // Local blocks are A's and still served.
+      assert.ok((await c.read(0, 2 * BS)).equals(dataA.subarray(0, 2 * BS)));
+      // The background copy takes nothing from B either.
+      p.proxy.startCopy();
+      await new Promise((r) => setTimeout(r, 300));
+      await p.proxy.stopCopy();
+      assert.is(p.proxy.stats().blocksLocal, 2, "nothing copied from the other disk");
+
+      // The right disk comes back at the address: taken again, reads are A's.
+      await upB.kill();
+      await start(a, port);
+      await until("the proxy to take disk A back", () => p.proxy.stats().upstream.connected, 10_000);
+      assert.is(p.proxy.stats().upstream.refused, undefined);
+      assert.ok(events.includes("upstream-restored"));
+      const all = await within(c.read(0, SIZE), 10_000, "a whole read of disk A");
+      assert.ok(all.equals(dataA), "every byte is A's");
+      assert.not.ok(all.subarray(4 << 20, (4 << 20) + BS).equals(dataB.subarray(4 << 20, (4 << 20) + BS)));
+      await c.disconnect();
+    } finally {
+      await p.stop();
+      for (const s of servers) await s.stop();
+    }
+  },
+);
+
+test.run();
