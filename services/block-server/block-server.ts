@@ -15,7 +15,7 @@ import { parseNbdUrl } from "./nbd/client/url.js";
 import { NbdServer } from "./nbd/server/index.js";
 import { formatAddress, type ListenAddress } from "./nbd/server/server.js";
 import type { HotSource } from "./proxy/copy-order.js";
-import { ProxyBackend, type ProxyStats } from "./proxy/proxy-backend.js";
+import { PromoteError, ProxyBackend, type ProxyStats } from "./proxy/proxy-backend.js";
 
 export type ExportMode = "target" | "proxy";
 
@@ -730,7 +730,19 @@ export class BlockServer extends EventEmitter {
           `cannot promote ${name}: ${p.bitmap.blocks - p.bitmap.local} of ${p.bitmap.blocks} blocks are not local yet (start the background copy, or promote with wait)`,
         );
       p.startCopy();
-      await p.whenCopied();
+      await p.whenCopied().catch((err) => {
+        // The copy stopped or the export went while waiting: a refusal, not an internal error.
+        if (err instanceof PromoteError)
+          throw new BlockServerError("precondition", `cannot promote ${name}: ${err.message}`);
+        throw err;
+      });
+      // Another caller may have promoted (or begun to) while this one waited (TypeScript's
+      // narrowing from before the await does not know that).
+      if ((e.mode as Entry["mode"]) === "target") return this.status(name);
+      if (e.promoting) {
+        await e.promoting;
+        return this.status(name);
+      }
     }
     e.promoting = (async () => {
       const target = await p.promote();
