@@ -5,7 +5,6 @@
 // with NbdConnectionError and later calls fail at once: nothing hangs.
 import { EventEmitter } from "node:events";
 import * as net from "node:net";
-import { dup } from "../../export/libc.js";
 import { ByteQueue } from "../byte-queue.js";
 import {
   BASE_ALLOCATION,
@@ -54,6 +53,7 @@ import {
   SIMPLE_REPLY_SIZE,
   STRUCTURED_HEADER_SIZE,
 } from "../protocol/index.js";
+import { dupSocketFd } from "../socket-fd.js";
 import { type NbdAddress, parseNbdUrl } from "./url.js";
 
 /** The server answered a request with an NBD error. */
@@ -487,9 +487,7 @@ export class NbdClient extends EventEmitter {
     if (this.closedWith) throw this.closedWith;
     if (this.pending.size > 0 || this.q.length > 0 || this.direct)
       throw new Error("cannot hand over an NBD connection with requests in flight");
-    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (fd === undefined || fd < 0) throw new Error("this NBD connection has no descriptor to hand over");
-    const copy = dup(fd);
+    const copy = dupSocketFd(this.socket);
     this.fail(new NbdConnectionError("NBD connection handed over"));
     return copy;
   }

@@ -1,141 +1,231 @@
-// One client connection: runs the handshake state machine, then the transmission phase.
-// Requests are served concurrently and answered as they finish (out of order). Reading
-// stops while too much is in flight or the client is not reading replies (backpressure).
-import { readSync } from "node:fs";
+// One client connection: its socket and its lifecycle. The state table (lifecycle.ts) says
+// what each state allows, and every path that reads, starts work or replies asks it first:
+// once the socket is gone nothing is sent (by write or sendfile) and no backend work starts.
+// Memory is bounded per connection: each request is charged when admitted and reading stops
+// at the limits. Requests are parsed and run by dispatch.ts, READ replies sent by read-reply.ts.
 import type { Socket } from "node:net";
 import type { Logger } from "../../../common/log.js";
-import type { Backend, ReadPiece } from "../../export/backend.js";
 import type { BufferPool } from "../../export/buffer-pool.js";
 import type { Export } from "../../export/export.js";
-import { sendfile, sendMore } from "../../export/libc.js";
+import { closeFd } from "../../export/libc.js";
 import { ByteQueue } from "../byte-queue.js";
-import * as C from "../protocol/constants.js";
-import { isNeed } from "../protocol/decoded.js";
-import { NBD_EINVAL, nbdErrnoOf, ProtocolError } from "../protocol/errors.js";
-import * as T from "../protocol/transmission.js";
-import { COMMANDS, type RequestContext, validate } from "./commands.js";
-import { maxPayload } from "./flags.js";
+import { ProtocolError } from "../protocol/errors.js";
+import { dupSocketFd } from "../socket-fd.js";
+import { Dispatcher } from "./dispatch.js";
 import { type ExportLookup, Handshake, type Negotiated } from "./handshake.js";
+import { type Charge, Inflight, Lifecycle } from "./lifecycle.js";
 import { tuneReplySocket } from "./socket-tuning.js";
 
 export interface ConnectionLimits {
-  /** Bytes of request payloads and read replies in flight before we stop reading. */
+  /** Bytes of admitted requests (READ lengths, WRITE payloads) before we stop reading. */
   maxInflightBytes: number;
-  /** Requests in flight before we stop reading. */
+  /** Requests admitted and not yet answered before we stop reading. */
   maxInflightRequests: number;
-  /** A client must finish the handshake within this time (it holds a connection slot). */
+  /** The whole handshake must end within this time, counted from the accept. */
   handshakeTimeoutMs: number;
+  /** After DISC (or the client's EOF), the last replies must be read within this time. */
+  closeTimeoutMs: number;
 }
-
-const EMPTY = Buffer.alloc(0);
-
-/** How READ replies went out, process-wide (for status and tuning). */
-export const readPaths = { zeroCopy: 0, zeroCopyPartial: 0, buffered: 0 };
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInflightBytes: 64 << 20,
   maxInflightRequests: 256,
   handshakeTimeoutMs: 30_000,
+  closeTimeoutMs: 30_000,
 };
 
-/** A WRITE whose payload is still arriving; `discard` ones are consumed and refused. */
-interface PendingPayload {
-  req: T.Request;
-  /** Received pieces (views of the network chunks), or null when discarding. */
-  parts: Buffer[] | null;
-  got: number;
-  error?: { error: number; message: string };
+const EMPTY = Buffer.alloc(0);
+
+/** What dispatch.ts and read-reply.ts use of their connection. */
+export interface Link {
+  readonly log: Logger;
+  readonly pool: BufferPool;
+  /** Replies may still be sent; false once the socket is gone (checked on every reply). */
+  isLive(): boolean;
+  /** Replies queued (in Node, or held behind a READ's data): a sendfile must wait for them. */
+  readonly queued: number;
+  /** A descriptor for sendfile that cannot be reused under us; -1 once closed. */
+  readonly fd: number;
+  /** Queues a reply in order; `done` runs once it left or was dropped (connection closed). */
+  write(b: Buffer, done?: () => void): void;
+  cork(): void;
+  uncork(): void;
+  /** Runs `f` once every reply queued before has left, or at once when the connection is closed. */
+  whenFlushed(f: () => void): void;
+  /**
+   * Replies written from now on wait until the returned function is called with what goes
+   * first (a READ's data, read in the background, that must follow its header at once).
+   */
+  hold(): (first: Buffer | null, done?: () => void) => void;
+  /** A request starts: it holds `bytes` until settled. */
+  admit(bytes: number): Charge;
+  /** The request's reply has left or was dropped. */
+  settle(c: Charge): void;
+  /** The stream cannot continue (e.g. a header went out without its data): hang up at once. */
+  fatal(reason: string, err?: unknown): void;
 }
 
-export class Connection {
+export class Connection implements Link {
+  private readonly life = new Lifecycle();
+  private readonly inflight: Inflight;
   private readonly queue = new ByteQueue();
   private readonly handshake: Handshake;
-  private session: (Negotiated & { ctx: RequestContext }) | null = null;
+  private dispatcher: Dispatcher | null = null;
   private detach: (() => void) | null = null;
-  private payload: PendingPayload | null = null;
-  private inflightBytes = 0;
-  private inflightRequests = 0;
+  /** Handshake deadline, then (draining) the deadline for the last replies. */
+  private timer: NodeJS.Timeout | undefined;
   private paused = false;
-  private ending = false;
+  /** The client ended its side: serve what it sent, then drain. */
+  private eof = false;
   /** destroySoon() was called. */
   private finishing = false;
-  private closed = false;
-  /** The socket's file descriptor for sendfile(2); -1 where Node does not expose one. */
-  private readonly sockFd: number;
+  private dupFd = -1;
+  /** Replies waiting behind a held one (see hold()). */
+  private held: { b: Buffer; done?: () => void }[] | null = null;
+  private heldBytes = 0;
 
   constructor(
     private readonly socket: Socket,
     exports: ExportLookup,
-    private readonly log: Logger,
+    readonly log: Logger,
     private readonly limits: ConnectionLimits,
-    private readonly pool: BufferPool,
+    readonly pool: BufferPool,
     private readonly onClose: () => void,
   ) {
+    // First, so a Node that no longer exposes descriptors fails here, before anything is set
+    // up (the server logs it and drops the client).
+    this.dupFd = dupSocketFd(socket);
     this.handshake = new Handshake(exports);
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    this.sockFd = typeof fd === "number" && fd >= 0 && process.env.VMHOP_NBD_SENDFILE !== "0" ? fd : -1;
-    if (this.sockFd >= 0) tuneReplySocket(this.sockFd, socket.remoteAddress);
-    socket.setNoDelay?.(true);
+    this.inflight = new Inflight({
+      maxBytes: limits.maxInflightBytes,
+      maxRequests: limits.maxInflightRequests,
+    });
     socket.on("data", (chunk: Buffer) => {
+      if (!this.life.allows.read) return;
       this.queue.push(chunk);
       this.pump();
     });
+    socket.on("end", () => {
+      this.eof = true;
+      this.pump();
+    });
     socket.on("drain", () => this.maybeResume());
-    socket.on("error", (err) => this.log.debug("socket error", { err }));
-    socket.on("close", () => this.cleanup());
-    socket.setTimeout(limits.handshakeTimeoutMs, () => this.hangup("handshake timed out"));
-    socket.write(this.handshake.greeting());
+    socket.on("error", (err) => {
+      this.log.debug("socket error", { err });
+      this.gone("socket error");
+    });
+    socket.on("close", () => this.gone("socket closed"));
+    tuneReplySocket(this.dupFd, socket.remoteAddress);
+    socket.setNoDelay?.(true);
+    this.timer = setTimeout(
+      () => this.refuse(`handshake not finished within ${limits.handshakeTimeoutMs} ms`),
+      limits.handshakeTimeoutMs,
+    );
+    this.life.go("greet");
+    this.write(this.handshake.greeting());
   }
-
-  /** Write callback: once Node's queue empties, a paused connection may take requests again. */
-  private readonly flushed = (): void => {
-    if (this.paused) this.maybeResume();
-  };
 
   /** Hangs up at once (export removed, server closing). */
   close(reason: string): void {
-    if (this.closed) return;
+    if (this.life.state === "closed") return;
     this.log.info("disconnecting client", { reason });
-    this.socket.destroy();
+    this.gone(reason);
   }
 
   get exportName(): string | undefined {
-    return this.session?.export.name;
+    return this.dispatcher?.exportName;
   }
 
-  private cleanup(): void {
-    if (this.closed) return;
-    this.closed = true;
+  get state(): string {
+    return this.life.state;
+  }
+
+  // ---- lifecycle ----
+
+  isLive(): boolean {
+    // Node may have destroyed the socket (and closed its descriptor) before its 'error' or
+    // 'close' event reaches us: work finishing meanwhile must see the connection as gone.
+    if (this.socket.destroyed && this.life.state !== "closed") this.gone("socket destroyed");
+    return this.life.allows.reply;
+  }
+
+  /** The client is cut off for a reason worth a log line (a refusal, not a normal end). */
+  private refuse(reason: string): void {
+    if (this.life.state === "closed") return;
+    this.log.warn("closing connection", { reason, state: this.life.state });
+    this.gone(reason);
+  }
+
+  /** The connection is over: drop what is queued, release the descriptor, destroy the socket. */
+  private gone(reason: string): void {
+    if (this.life.state === "closed") return;
+    this.life.go("gone");
+    clearTimeout(this.timer);
     this.queue.clear();
-    this.payload = null;
+    if (this.dupFd >= 0) closeFd(this.dupFd);
+    this.dupFd = -1;
+    const held = this.held;
+    this.held = null;
+    this.heldBytes = 0;
+    for (const h of held ?? []) h.done?.();
     this.detach?.();
+    this.detach = null;
+    if (!this.socket.destroyed) this.socket.destroy();
+    this.log.debug("client gone", { reason, requestsDropped: this.inflight.requests });
     this.onClose();
   }
 
-  /** Ends the connection after what is already queued for sending. */
-  private hangup(reason: string): void {
-    if (this.ending) return;
-    this.ending = true;
+  /** Stop reading; requests already running finish and reply, then the socket ends. */
+  private drain(reason: string): void {
+    if (!this.life.can("drain")) return;
+    this.life.go("drain");
     this.log.info("closing connection", { reason });
     this.queue.clear();
-    this.socket.pause();
-    this.finishing = true;
-    this.socket.destroySoon();
+    this.pause();
+    this.dispatcher?.abandonPayload(); // a WRITE cut short by EOF will not be run
+    this.finishIfIdle();
   }
+
+  private finishIfIdle(): void {
+    if (this.life.state !== "draining" || this.finishing || this.inflight.requests > 0) return;
+    this.finishing = true;
+    // The handshake deadline, if still running, goes on bounding this too.
+    if (this.dispatcher)
+      this.timer = setTimeout(
+        () => this.refuse(`last replies not read within ${this.limits.closeTimeoutMs} ms`),
+        this.limits.closeTimeoutMs,
+      );
+    this.socket.destroySoon(); // ends once queued replies have left, then 'close'
+  }
+
+  // ---- reading ----
 
   private pump(): void {
     try {
-      while (!this.ending && !this.closed && !this.paused) {
-        if (this.handshake.state !== "transmission") {
-          if (!this.handshakeStep()) return;
-        } else if (!this.transmissionStep()) return;
+      while (this.isLive() && this.life.allows.read && !this.paused) {
+        if (this.life.state === "handshake") {
+          if (!this.handshakeStep()) break;
+          continue;
+        }
+        const d = this.dispatcher!;
+        // Between requests (a WRITE's payload is part of its admitted request): stop while
+        // the budget is spent or replies wait in Node (a client not reading; READ replies
+        // also need an empty queue to go out by sendfile).
+        if (!d.midPayload && (this.inflight.full || this.queued > 0)) {
+          this.pause();
+          return;
+        }
+        const r = d.step(this.queue);
+        if (r === "disc") {
+          this.drain("client sent DISC");
+          return;
+        }
+        if (r === "need") break;
       }
+      if (this.eof && this.life.allows.read && !this.paused) this.drain("client closed its side");
     } catch (err) {
-      if (err instanceof ProtocolError) this.hangup(`protocol error: ${err.message}`);
-      else {
-        this.log.error("connection failed", { err });
-        this.socket.destroy();
-      }
+      if (err instanceof ProtocolError) this.drain(`protocol error: ${err.message}`);
+      else this.fatal("connection failed", err);
     }
   }
 
@@ -144,9 +234,9 @@ export class Connection {
     const r = this.handshake.step(this.queue.peek(this.queue.length));
     if ("need" in r) return false;
     this.queue.skip(r.consumed);
-    for (const b of r.out) this.socket.write(b, this.flushed);
+    for (const b of r.out) this.write(b);
     if (r.hangup) {
-      this.hangup(r.hangup);
+      this.drain(r.hangup);
       return false;
     }
     if (r.done) this.enter(r.done);
@@ -154,125 +244,17 @@ export class Connection {
   }
 
   private enter(n: Negotiated): void {
-    const e = n.export;
+    const e: Export = n.export;
     if (e.isRemoved) {
-      this.hangup("export removed during handshake");
+      this.drain("export removed during handshake");
       return;
     }
-    this.socket.setTimeout(0); // idle clients are fine once connected
+    clearTimeout(this.timer); // idle clients are fine once connected
+    this.timer = undefined;
     this.detach = e.attach(this);
-    this.session = {
-      ...n,
-      ctx: {
-        size: e.size,
-        readOnly: e.readOnly,
-        maxPayload: maxPayload(e),
-        structured: n.structured,
-        metaContext: n.metaContext,
-        transmissionFlags: n.transmissionFlags,
-      },
-    };
+    this.dispatcher = new Dispatcher(this, n);
+    this.life.go("negotiated");
     this.log.debug("transmission", { export: e.name, structured: n.structured, meta: n.metaContext });
-  }
-
-  /** Parses one request (or part of a payload); false when more bytes are needed. */
-  private transmissionStep(): boolean {
-    const s = this.session!;
-    if (this.payload) return this.payloadStep(s.export);
-    if (this.queue.length < C.REQUEST_SIZE) return false;
-    if (this.socket.writableLength > 0) {
-      // Replies are waiting in Node (the socket buffer is full): take no new requests until
-      // they are out. This bounds memory when a client does not read, and keeps READ replies
-      // on the zero-copy path, which needs an empty queue.
-      this.pause();
-      return false;
-    }
-    const d = T.decodeRequest(this.queue.peek(C.REQUEST_SIZE));
-    if (isNeed(d)) return false;
-    this.queue.skip(C.REQUEST_SIZE);
-    const req = d.value;
-    if (req.type === C.NBD_CMD_DISC) {
-      this.disconnect();
-      return false;
-    }
-    const invalid = validate(req, s.ctx);
-    if (COMMANDS[req.type]?.payload) {
-      // The payload follows whatever we think of the request; consume it to stay in sync.
-      // Oversized or refused payloads are discarded as they arrive, never buffered.
-      const keep = invalid === null;
-      this.payload = {
-        req,
-        parts: keep ? [] : null,
-        got: 0,
-        error: invalid ?? undefined,
-      };
-      if (keep) this.track(req.length);
-      return true;
-    }
-    if (invalid) {
-      this.reply(req, invalid.error, invalid.message);
-      s.export.stats.errors++;
-      return true;
-    }
-    this.dispatch(s.export, req);
-    return true;
-  }
-
-  private payloadStep(e: Export): boolean {
-    const p = this.payload!;
-    const want = p.req.length - p.got;
-    if (p.parts) {
-      const got = this.queue.takeChunks(want);
-      for (const c of got) {
-        p.parts.push(c);
-        p.got += c.length;
-      }
-    } else {
-      const n = Math.min(want, this.queue.length);
-      this.queue.skip(n);
-      p.got += n;
-    }
-    if (p.got < p.req.length) return false;
-    this.payload = null;
-    if (p.error) {
-      e.stats.errors++;
-      this.reply(p.req, p.error.error, p.error.message);
-      return true;
-    }
-    const { req } = p;
-    const parts = p.parts!;
-    const fua = (req.flags & C.NBD_CMD_FLAG_FUA) !== 0;
-    this.run(
-      e,
-      req,
-      (b) => {
-        if (parts.length === 1) return b.write(req.offset, parts[0], fua);
-        if (b.writev) return b.writev(req.offset, parts, fua);
-        // One contiguous buffer for backends without writev; recycled afterwards.
-        const data = this.pool.alloc(req.length);
-        let at = 0;
-        for (const c of parts) at += c.copy(data, at);
-        return b.write(req.offset, data, fua).finally(() => this.pool.release(data));
-      },
-      req.length,
-    );
-    return true;
-  }
-
-  private track(bytes: number): void {
-    this.inflightBytes += bytes;
-    this.inflightRequests++;
-    if (
-      this.inflightBytes > this.limits.maxInflightBytes ||
-      this.inflightRequests >= this.limits.maxInflightRequests
-    )
-      this.pause();
-  }
-
-  private untrack(bytes: number): void {
-    this.inflightBytes -= bytes;
-    this.inflightRequests--;
-    this.maybeResume();
   }
 
   private pause(): void {
@@ -282,370 +264,94 @@ export class Connection {
   }
 
   private maybeResume(): void {
-    if (this.closed) return;
-    if (this.ending) {
-      // After DISC: close once the last running request has replied (queued replies still go).
-      if (this.inflightRequests === 0 && !this.finishing) {
-        this.finishing = true;
-        this.socket.destroySoon();
-      }
-      return;
-    }
-    if (!this.paused) return;
-    if (this.inflightBytes > this.limits.maxInflightBytes / 2) return;
-    if (this.inflightRequests >= this.limits.maxInflightRequests) return;
-    if (this.socket.writableLength > 0) return; // a write callback or 'drain' comes back
+    if (!this.paused || !this.isLive() || !this.life.allows.read) return;
+    if (!this.inflight.roomToResume || this.queued > 0) return; // settle() or a write callback comes back
     this.paused = false;
     this.socket.resume();
     this.pump();
   }
 
-  /** NBD_CMD_DISC: stop reading, finish what is running, then close. */
-  private disconnect(): void {
-    this.ending = true;
-    this.paused = true;
-    this.queue.clear();
-    this.socket.pause();
-    this.maybeResume();
+  // ---- Link: accounting ----
+
+  admit(bytes: number): Charge {
+    return this.inflight.admit(bytes);
   }
 
-  private dispatch(e: Export, req: T.Request): void {
-    const fua = (req.flags & C.NBD_CMD_FLAG_FUA) !== 0;
-    switch (req.type) {
-      case C.NBD_CMD_READ:
-        this.read(e, req);
-        return;
-      case C.NBD_CMD_FLUSH:
-        this.run(e, req, (b) => b.flush(), 0);
-        return;
-      case C.NBD_CMD_TRIM:
-        this.run(e, req, (b) => b.trim(req.offset, req.length, fua), 0);
-        return;
-      case C.NBD_CMD_CACHE:
-        this.run(e, req, (b) => b.cache(req.offset, req.length), 0);
-        return;
-      case C.NBD_CMD_WRITE_ZEROES:
-        this.run(
-          e,
-          req,
-          (b) =>
-            b.writeZeroes(req.offset, req.length, {
-              fua,
-              noHole: (req.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
-              fastZero: (req.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
-            }),
-          0,
-        );
-        return;
-      case C.NBD_CMD_BLOCK_STATUS:
-        this.blockStatus(e, req);
-        return;
-    }
+  settle(c: Charge): void {
+    if (!this.inflight.settle(c)) return;
+    if (this.life.state === "draining") this.finishIfIdle();
+    else this.maybeResume();
   }
 
-  /** Runs a command with no data in its reply; `bytes` is what is held in memory meanwhile. */
-  private run(e: Export, req: T.Request, op: (b: Backend) => Promise<void>, bytes: number): void {
-    if (bytes === 0) this.track(0);
-    const b = e.begin();
-    e.stats.requests++;
-    attempt(() => op(b)).then(
-      () => {
-        e.end(b);
-        if (req.type === C.NBD_CMD_WRITE) {
-          e.stats.bytesWritten += req.length;
-          e.heat.record(req.offset, req.length);
-        } else if (req.type === C.NBD_CMD_WRITE_ZEROES) e.heat.record(req.offset, req.length);
-        this.reply(req, 0);
-        this.untrack(bytes);
-      },
-      (err) => {
-        e.end(b);
-        this.fail(e, req, err);
-        this.untrack(bytes);
-      },
-    );
+  // ---- Link: replies ----
+
+  get fd(): number {
+    return this.isLive() ? this.dupFd : -1;
   }
 
-  private read(e: Export, req: T.Request): void {
-    const b = e.begin();
-    e.stats.requests++;
-    // A proxy first brings missing blocks into its cache; then the reply is an ordinary
-    // local read (by sendfile when it can be).
-    let ready: Promise<void> | undefined;
-    try {
-      ready = b.makeLocal?.(req.offset, req.length);
-    } catch (err) {
-      e.end(b);
-      this.fail(e, req, err);
+  get queued(): number {
+    return this.socket.writableLength + this.heldBytes + (this.held ? 1 : 0);
+  }
+
+  /** Write callback: once Node's queue empties, a paused connection may take requests again. */
+  private readonly flushed = (): void => {
+    if (this.paused) this.maybeResume();
+  };
+
+  write(b: Buffer, done?: () => void): void {
+    if (!this.isLive()) {
+      done?.();
       return;
     }
-    if (!ready) {
-      this.readLocal(e, b, req);
+    if (this.held) {
+      this.held.push({ b, done });
+      this.heldBytes += b.length;
       return;
     }
-    this.track(0);
-    ready.then(
-      () => {
-        this.untrack(0);
-        this.readLocal(e, b, req);
-      },
-      (err) => {
-        this.untrack(0);
-        e.end(b);
-        this.fail(e, req, err);
-      },
-    );
-  }
-
-  /** READ of data the backend holds locally; `b` is the export's begun backend. */
-  private readLocal(e: Export, b: Backend, req: T.Request): void {
-    if (this.sockFd >= 0 && b.cachedFileRange) {
-      // Replies queued in Node must leave first: rather than copy this one in behind them,
-      // wait until they have (then it can still go by sendfile).
-      if (this.socket.writableLength > 0 && !this.closed) {
-        this.afterQueue(e, b, req);
-        return;
-      }
-      if (this.trySendfile(b, req)) {
-        e.end(b);
-        e.stats.bytesRead += req.length;
-        e.heat.record(req.offset, req.length);
-        return;
-      }
-    }
-    this.track(req.length);
-    readPaths.buffered++;
-    const s = this.session!;
-    const sparse = s.structured && b.readSparse !== undefined;
-    const alloc = this.pool.alloc;
-    const p = attempt<ReadPiece[] | Buffer>(() =>
-      sparse ? b.readSparse!(req.offset, req.length, alloc) : b.read(req.offset, req.length, alloc),
-    );
-    p.then(
-      (r) => {
-        e.end(b);
-        const pieces = Buffer.isBuffer(r) ? [{ offset: req.offset, data: r }] : r;
-        // A backend answering the wrong amount would desynchronise the stream: refuse it.
-        if (coverage(pieces, req.offset) !== req.length) {
-          this.releasePieces(pieces);
-          this.fail(e, req, new Error(`backend returned the wrong amount of data for ${req.length} bytes`));
-        } else {
-          e.stats.bytesRead += req.length;
-          e.heat.record(req.offset, req.length);
-          this.sendData(req, pieces);
-        }
-        this.untrack(req.length);
-      },
-      (err) => {
-        e.end(b);
-        this.fail(e, req, err);
-        this.untrack(req.length);
-      },
-    );
-  }
-
-  /** READs waiting for Node's write queue to empty, to go out by sendfile then. */
-  private waiting: { e: Export; b: Backend; req: T.Request }[] = [];
-
-  private afterQueue(e: Export, b: Backend, req: T.Request): void {
-    this.track(0); // counts towards the in-flight limit like any request held here
-    this.waiting.push({ e, b, req });
-    if (this.waiting.length > 1) return; // the callback below is already on its way
-    // An empty write's callback runs once everything written before it has left.
-    this.socket.write(EMPTY, () => {
-      const ready = this.waiting;
-      this.waiting = [];
-      for (const w of ready) {
-        this.untrack(0);
-        if (this.closed || this.socket.destroyed) w.e.end(w.b);
-        else this.readLocal(w.e, w.b, w.req);
-      }
-    });
-  }
-
-  /**
-   * Zero-copy READ reply straight from the page cache (no threadpool, no buffer). Returns
-   * false, having sent nothing, when it does not apply. Everything happens synchronously so
-   * no other reply can come between the header and the data.
-   */
-  private trySendfile(b: Backend, req: T.Request): boolean {
-    const sock = this.socket;
-    if (this.closed || sock.writableLength > 0) return false;
-    let range: { fd: number; offset: number } | null;
-    try {
-      range = b.cachedFileRange!(req.offset, req.length);
-    } catch {
-      return false;
-    }
-    if (!range) return false;
-    const header = this.session!.structured
-      ? T.encodeOffsetDataHeader(C.NBD_REPLY_FLAG_DONE, req.cookie, req.offset, req.length)
-      : T.encodeSimpleReply(0, req.cookie);
-    let sent = 0;
-    try {
-      // Node's queue is empty, so writing to the fd directly keeps the byte order.
-      const h = sendMore(this.sockFd, header);
-      if (h < header.length) sock.write(header.subarray(h), this.flushed);
-      // Only if the header really left: else the data must queue behind it in Node.
-      else sent = sendfile(this.sockFd, range.fd, range.offset, req.length);
-      if (sent === req.length) readPaths.zeroCopy++;
-      else readPaths.zeroCopyPartial++;
-      if (sent < req.length) {
-        // Socket buffer full: queue the rest in Node, read synchronously (it is cached).
-        const rest = this.pool.alloc(req.length - sent);
-        let got = 0;
-        while (got < rest.length) {
-          const n = readSync(range.fd, rest, got, rest.length - got, range.offset + sent + got);
-          if (n === 0) break;
-          got += n;
-        }
-        rest.fill(0, got);
-        sock.write(rest, () => {
-          this.pool.release(rest);
-          this.flushed();
-        });
-      }
-    } catch (err) {
-      // The client is gone, or the header is out and the data cannot follow: hang up.
-      const gone = ["EPIPE", "ECONNRESET"].includes((err as { code?: string }).code ?? "");
-      if (gone) this.log.debug("client went away during a read reply", { err });
-      else this.log.error("zero-copy read failed after its header was sent", { err });
-      sock.destroy();
-    }
-    return true;
-  }
-
-  /** Hands read buffers back: to the pool, or to the backend that lent them. */
-  private releasePiece(p: ReadPiece): void {
-    if (!("data" in p)) return;
-    this.pool.release(p.data);
-    p.sent?.();
-  }
-
-  private releasePieces(pieces: ReadPiece[]): void {
-    for (const p of pieces) this.releasePiece(p);
-  }
-
-  private sendData(req: T.Request, pieces: ReadPiece[]): void {
-    if (this.closed) {
-      this.releasePieces(pieces);
-      return;
-    }
-    const sock = this.socket;
-    if (!this.session!.structured) {
-      sock.cork();
-      sock.write(T.encodeSimpleReply(0, req.cookie));
-      for (const p of pieces) {
-        if ("data" in p)
-          sock.write(p.data, () => {
-            this.releasePiece(p);
+    this.socket.write(
+      b,
+      done
+        ? () => {
+            done();
             this.flushed();
-          });
-        else sock.write(Buffer.alloc(p.hole), this.flushed);
-      }
-      sock.uncork();
-      return;
-    }
-    if (pieces.length > 1 && req.flags & C.NBD_CMD_FLAG_DF) {
-      const flat = flatten(pieces, req.length);
-      this.releasePieces(pieces);
-      pieces = [{ offset: req.offset, data: flat }];
-    }
-    sock.cork();
-    for (let i = 0; i < pieces.length; i++) {
-      const p = pieces[i];
-      const flags = i === pieces.length - 1 ? C.NBD_REPLY_FLAG_DONE : 0;
-      if ("data" in p) {
-        sock.write(T.encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length));
-        sock.write(p.data, () => {
-          this.releasePiece(p);
-          this.flushed();
-        });
-      } else sock.write(T.encodeOffsetHoleChunk(flags, req.cookie, p.offset, p.hole), this.flushed);
-    }
-    sock.uncork();
-  }
-
-  private blockStatus(e: Export, req: T.Request): void {
-    this.track(0);
-    const b = e.begin();
-    e.stats.requests++;
-    const one = (req.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
-    attempt(() => b.blockStatus(req.offset, req.length, one ? 1 : undefined)).then(
-      (extents) => {
-        e.end(b);
-        // Clip to the request (and to one extent with REQ_ONE); drop empty extents.
-        const out: { length: number; flags: number }[] = [];
-        let left = req.length;
-        for (const x of extents) {
-          if (left <= 0) break;
-          if (x.length <= 0) continue;
-          const len = Math.min(x.length, left);
-          out.push({ length: len, flags: x.flags });
-          left -= len;
-          if (req.flags & C.NBD_CMD_FLAG_REQ_ONE) break;
-        }
-        if (out.length === 0) this.fail(e, req, new Error("backend returned no extents"));
-        else if (!this.closed)
-          this.socket.write(
-            T.encodeBlockStatusChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, this.session!.metaContext, out),
-            this.flushed,
-          );
-        this.untrack(0);
-      },
-      (err) => {
-        e.end(b);
-        this.fail(e, req, err);
-        this.untrack(0);
-      },
+          }
+        : this.flushed,
     );
   }
 
-  private fail(e: Export, req: T.Request, err: unknown): void {
-    e.stats.errors++;
-    const errno = nbdErrnoOf(err);
-    const message = err instanceof Error ? err.message : String(err);
-    this.log.debug("request failed", { cmd: COMMANDS[req.type]?.name, offset: req.offset, err });
-    this.reply(req, errno, message);
+  cork(): void {
+    if (this.isLive()) this.socket.cork();
   }
 
-  /** A reply without data: simple, or a structured error/none where structured replies are required. */
-  private reply(req: T.Request, error: number, message = ""): void {
-    if (this.closed) return;
-    const s = this.session!;
-    const chunked = s.structured && (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_BLOCK_STATUS);
-    if (error === 0) this.socket.write(T.encodeSimpleReply(0, req.cookie), this.flushed);
-    else if (chunked)
-      this.socket.write(
-        T.encodeErrorChunk(C.NBD_REPLY_FLAG_DONE, req.cookie, error || NBD_EINVAL, message),
-        this.flushed,
-      );
-    else this.socket.write(T.encodeSimpleReply(error, req.cookie), this.flushed);
+  uncork(): void {
+    if (!this.socket.destroyed) this.socket.uncork();
   }
-}
 
-/** Bytes covered by contiguous pieces starting at `offset`; -1 if they leave a gap or overlap. */
-function coverage(pieces: ReadPiece[], offset: number): number {
-  let at = offset;
-  for (const p of pieces) {
-    if (p.offset !== at) return -1;
-    at += "data" in p ? p.data.length : p.hole;
+  whenFlushed(f: () => void): void {
+    // An empty write's callback runs once everything written before it has left.
+    if (this.isLive()) this.write(EMPTY, f);
+    else f();
   }
-  return at - offset;
-}
 
-/** Runs a backend call; a synchronous throw becomes a rejection (an error reply, not a crash). */
-function attempt<T>(f: () => Promise<T>): Promise<T> {
-  try {
-    return f();
-  } catch (err) {
-    return Promise.reject(err);
+  hold(): (first: Buffer | null, done?: () => void) => void {
+    if (this.held) throw new Error("connection: replies are already held");
+    if (this.isLive()) this.held = [];
+    return (first, done) => {
+      const waiting = this.held ?? [];
+      this.held = null;
+      this.heldBytes = 0;
+      this.cork();
+      if (first) this.write(first, done);
+      else done?.();
+      for (const h of waiting) this.write(h.b, h.done);
+      this.uncork();
+      this.flushed();
+    };
   }
-}
 
-function flatten(pieces: ReadPiece[], length: number): Buffer {
-  const out = Buffer.alloc(length);
-  const base = pieces[0].offset;
-  for (const p of pieces) if ("data" in p) p.data.copy(out, p.offset - base);
-  return out;
+  fatal(reason: string, err?: unknown): void {
+    if (this.life.state === "closed") return;
+    this.log.error(reason, { err });
+    this.gone(reason);
+  }
 }

@@ -1,5 +1,5 @@
 // The NBD server: listeners, handshake state machine, transmission phase.
-export { type ConnectionLimits, DEFAULT_LIMITS, readPaths } from "./connection.js";
+export { type ConnectionLimits, DEFAULT_LIMITS } from "./connection.js";
 export {
   BASE_ALLOCATION_ID,
   type ExportLookup,
@@ -8,9 +8,11 @@ export {
   type Negotiated,
 } from "./handshake.js";
 export {
+  DEFAULT_MAX_CONNECTIONS,
   formatAddress,
   type ListenAddress,
   NbdServer,
   type NbdServerOptions,
   parseListenAddress,
+  type ServerLimits,
 } from "./server.js";
