@@ -12,7 +12,7 @@ import type { Export } from "./export/export.js";
 import { TargetBackend } from "./export/target.js";
 import type { ExportRecord, ExportTable } from "./export-table.js";
 import { parseNbdUrl } from "./nbd/client/url.js";
-import { NbdServer } from "./nbd/server/index.js";
+import { NbdServer, type ServerLimits } from "./nbd/server/index.js";
 import { formatAddress, type ListenAddress } from "./nbd/server/server.js";
 import type { HotSource } from "./proxy/copy-order.js";
 import { PromoteError, ProxyBackend, type ProxyStats } from "./proxy/proxy-backend.js";
@@ -123,6 +123,8 @@ type Opened =
 
 export interface BlockServerOptions {
   log?: Logger;
+  /** The NBD server's limits (connections, per-connection memory, handshake time). */
+  nbdLimits?: Partial<ServerLimits>;
   /** Where exports created with createExport are recorded; restore() serves them again. */
   table?: ExportTable;
   /** Builds a proxy's upstream hot-block source from its block-server's gRPC address. */
@@ -224,7 +226,7 @@ export class BlockServer extends EventEmitter {
     super();
     this.setMaxListeners(0);
     this.log = opts.log ?? createLogger({ svc: "block-server" });
-    this.nbd = new NbdServer({ log: this.log.child({ part: "nbd" }) });
+    this.nbd = new NbdServer({ log: this.log.child({ part: "nbd" }), limits: opts.nbdLimits });
     this.table = opts.table;
     this.hotSourceFor = opts.hotSourceFor;
     this.retryMs = opts.restoreRetryMs ?? { min: 1000, max: 30_000 };

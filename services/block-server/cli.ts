@@ -35,6 +35,7 @@ import {
   StoreExportTable,
 } from "./export-table.js";
 import { blockService, upstreamHotSource } from "./grpc/block-service.js";
+import { DEFAULT_MAX_CONNECTIONS } from "./nbd/server/index.js";
 
 export const DEFAULT_NBD_LISTEN = "127.0.0.1:10809";
 export const DEFAULT_GRPC = "127.0.0.1:10810";
@@ -94,6 +95,11 @@ const serveSpecs = {
     type: "string",
     describe:
       "with --store: this block-server's key there (default HOSTNAME/LISTEN, LISTEN the first --listen)",
+  },
+  "max-connections": {
+    type: "number",
+    default: DEFAULT_MAX_CONNECTIONS,
+    describe: "NBD clients served at once; more are refused (with a log line)",
   },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -178,13 +184,22 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     );
   if (o["state-key"] && !o.store) throw new CliError("--state-key is for --store");
   const log = createLogger({ svc: "block-server" });
+  const maxConnections = o["max-connections"]!;
+  if (!Number.isInteger(maxConnections) || maxConnections < 1)
+    throw new CliError(`--max-connections must be a whole number of at least 1, not ${maxConnections}`);
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
     const table = await openTable(o, log);
     if (table) closers.push({ name: "export table", close: () => table.close() });
     const cacheDir =
       o["cache-dir"] ?? (table instanceof FileExportTable ? path.join(table.dir, "cache") : undefined);
-    const bs = new BlockServer({ log, table, hotSourceFor: upstreamHotSource, cacheDir });
+    const bs = new BlockServer({
+      log,
+      table,
+      hotSourceFor: upstreamHotSource,
+      cacheDir,
+      nbdLimits: { maxConnections },
+    });
     closers.push({ name: "block-server (exports stay recorded)", close: () => bs.close() });
     let spec: CreateExportSpec | undefined;
     if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };
