@@ -36,6 +36,9 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
 
 const EMPTY = Buffer.alloc(0);
 
+/** Errors that mean the client went away, not that something is wrong here. */
+const CLIENT_GONE = new Set(["EPIPE", "ECONNRESET", "ENOTCONN"]);
+
 /** What dispatch.ts and read-reply.ts use of their connection. */
 export interface Link {
   readonly log: Logger;
@@ -61,7 +64,10 @@ export interface Link {
   admit(bytes: number): Charge;
   /** The request's reply has left or was dropped. */
   settle(c: Charge): void;
-  /** The stream cannot continue (e.g. a header went out without its data): hang up at once. */
+  /**
+   * The stream cannot continue (e.g. a header went out without its data): hang up at once,
+   * with an error line unless `err` says the client went away.
+   */
   fatal(reason: string, err?: unknown): void;
 }
 
@@ -351,7 +357,9 @@ export class Connection implements Link {
 
   fatal(reason: string, err?: unknown): void {
     if (this.life.state === "closed") return;
-    this.log.error(reason, { err });
+    // A client hanging up mid-reply is its own business; anything else is ours.
+    if (CLIENT_GONE.has((err as { code?: string } | undefined)?.code ?? "")) this.log.debug(reason, { err });
+    else this.log.error(reason, { err });
     this.gone(reason);
   }
 }

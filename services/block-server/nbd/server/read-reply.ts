@@ -152,9 +152,7 @@ export class ReadReplies {
       else sent = sendfile(fd, range.fd, range.offset, req.length);
     } catch (err) {
       // The client is gone, or the header is out and the data cannot follow: hang up.
-      const gone = ["EPIPE", "ECONNRESET", "ENOTCONN"].includes((err as { code?: string }).code ?? "");
-      if (gone) this.link.fatal("client went away during a read reply");
-      else this.link.fatal("zero-copy read failed after its header was sent", err);
+      this.link.fatal("zero-copy read failed after its header was sent", err);
       this.drop(e, b, charge);
       return true;
     }
