@@ -10,6 +10,7 @@ import {
   LOOPBACK_NOTSENT_LOWAT,
   tuneReplySocket,
 } from "../../services/block-server/nbd/server/socket-tuning.js";
+import { socketFd } from "../../services/block-server/nbd/socket-fd.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
@@ -104,7 +105,7 @@ test("a loopback client's socket holds at most LOOPBACK_NOTSENT_LOWAT unsent; a 
   const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
   const sock = await accepted;
   try {
-    const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd;
+    const fd = socketFd(sock);
     assert.is(notSentLowat(fd), 0, "a fresh socket has no unsent cap of its own");
     tuneReplySocket(fd, "10.0.0.1");
     assert.is(notSentLowat(fd), 0, "a remote client got the loopback cap");
