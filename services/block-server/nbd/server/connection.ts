@@ -181,11 +181,15 @@ export class Connection implements Link {
     this.onClose();
   }
 
-  /** Stop reading; requests already running finish and reply, then the socket ends. */
-  private drain(reason: string): void {
+  /**
+   * Stop reading; requests already running finish and reply, then the socket ends. `normal`
+   * for a client that said goodbye (DISC, EOF): a debug line, not an info one.
+   */
+  private drain(reason: string, normal = false): void {
     if (!this.life.can("drain")) return;
     this.life.go("drain");
-    this.log.info("closing connection", { reason });
+    if (normal) this.log.debug("closing connection", { reason });
+    else this.log.info("closing connection", { reason });
     this.queue.clear();
     this.pause();
     this.dispatcher?.abandonPayload(); // a WRITE cut short by EOF will not be run
@@ -223,12 +227,12 @@ export class Connection implements Link {
         }
         const r = d.step(this.queue);
         if (r === "disc") {
-          this.drain("client sent DISC");
+          this.drain("client sent DISC", true);
           return;
         }
         if (r === "need") break;
       }
-      if (this.eof && this.life.allows.read && !this.paused) this.drain("client closed its side");
+      if (this.eof && this.life.allows.read && !this.paused) this.drain("client closed its side", true);
     } catch (err) {
       if (err instanceof ProtocolError) this.drain(`protocol error: ${err.message}`);
       else this.fatal("connection failed", err);
