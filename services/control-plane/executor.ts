@@ -30,7 +30,7 @@ import {
   type VmRecord,
 } from "./records.js";
 import { isFinal, type MigrationEvent, pastSwitch, TransitionError } from "./states.js";
-import { diskUrlAt } from "./storage-plan.js";
+import { diskUrlAt, parseNbdUrl } from "./storage-plan.js";
 
 const FAILED_PHASES = [MigrationPhase.MIGRATION_PHASE_FAILED, MigrationPhase.MIGRATION_PHASE_CANCELLED];
 
@@ -40,6 +40,8 @@ export interface ExecutorOptions {
    * post-copy page stream keeps priority on the link; lifted once memory is complete.
    */
   diskCopyRateWhileMemory?: number;
+  /** The cap once memory is complete (bytes/s; default 0 = none). */
+  diskCopyRateAfterMemory?: number;
   /** How often a relocating disk's progress is read. */
   diskPollMs?: number;
 }
@@ -250,16 +252,35 @@ export class Executor {
   /**
    * relocating → done: LAZY storage pulls every block (the copy's cap lifted now that memory is
    * complete), promotes the destination's export to a target and releases the source's.
+   *
+   * The VM may move on before its disk is all here (A→B, then B→C while B still copies): C's
+   * proxy reads through B's export, and that next migration removes B's export only once C
+   * holds every block. B's export gone and the VM elsewhere therefore means the disk needs
+   * nothing here or at the source any more: the source export is released and this ends.
    */
   private async relocate(m: MigrationRecord, ctx: Ends): Promise<void> {
     const { disk } = m;
     if (disk && ctx.dstBlock && ctx.srcBlock) {
       const name = disk.destination_export;
-      await ctx.dstBlock.setRate(name, 0);
+      await ctx.dstBlock.setRate(name, this.opts.diskCopyRateAfterMemory ?? 0).catch((err) => {
+        if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
+      });
       let last = "";
       for (;;) {
         if (this.closed) throw new ShutdownError();
-        const st = await ctx.dstBlock.status(name);
+        const st = await ctx.dstBlock.status(name).catch(async (err) => {
+          if (err instanceof PeerError && err.code === status.NOT_FOUND && (await this.movedOn(m)))
+            return null;
+          throw err;
+        });
+        if (st === null) {
+          await this.releaseSource(disk, ctx.srcBlock);
+          this.log.info("the VM moved on before its disk was all here; the next migration took it", {
+            migration: m.migration_id,
+          });
+          await this.step(m.migration_id, "finish");
+          return;
+        }
         const now: DiskRecord = {
           ...disk,
           blocks_total: st.blocksTotal,
@@ -274,11 +295,7 @@ export class Executor {
           throw new Error(`the disk's background copy stopped: ${st.backgroundCopy.lastError}`);
         if (st.blocksTotal > 0 && st.blocksLocal >= st.blocksTotal) {
           await ctx.dstBlock.promote(name);
-          // The source QEMU is gone (the page-server ended it when memory completed): nothing
-          // reads the source export any more.
-          await ctx.srcBlock.remove(name).catch((err) => {
-            if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
-          });
+          await this.releaseSource(disk, ctx.srcBlock);
           await this.step(m.migration_id, "finish", { disk: { ...now, promoted: true } });
           return;
         }
@@ -286,6 +303,23 @@ export class Executor {
       }
     }
     await this.step(m.migration_id, "finish");
+  }
+
+  /**
+   * The source QEMU is gone (the page-server ended it when memory completed) and the disk is
+   * whole elsewhere: nothing reads the source export any more.
+   */
+  private async releaseSource(disk: DiskRecord, src: BlockServer): Promise<void> {
+    const name = parseNbdUrl(disk.source_url)?.name ?? disk.destination_export;
+    await src.remove(name).catch((err) => {
+      if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
+    });
+  }
+
+  /** The VM record names another host than this migration's destination: it moved on. */
+  private async movedOn(m: MigrationRecord): Promise<boolean> {
+    const vm = await readJson<VmRecord>(this.store, KEYS.vm(m.vm_id));
+    return vm !== null && vm.value.host_id !== m.destination_host_id;
   }
 
   /**

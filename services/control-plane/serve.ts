@@ -28,6 +28,11 @@ export const serveSpecs = {
     describe:
       "LAZY storage: the disk's background copy cap in MiB/s while memory still moves (post-copy pages keep priority on the link; 0 = none); lifted once memory is complete",
   },
+  "disk-copy-rate-mib-after": {
+    type: "number",
+    default: 0,
+    describe: "LAZY storage: the disk's background copy cap in MiB/s once memory is complete (0 = none)",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -43,7 +48,10 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, {
       log,
-      executor: { diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20 },
+      executor: {
+        diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20,
+        diskCopyRateAfterMemory: (o["disk-copy-rate-mib-after"] ?? 0) * 2 ** 20,
+      },
     });
     // Closed before the store: running migrations stay as recorded, for the next start.
     closers.push({ name: "control-plane (migrations resume on restart)", close: async () => cp.close() });

@@ -6,6 +6,7 @@ import { silentLogger } from "../../services/common/log.js";
 import type { Store } from "../../services/common/store/index.js";
 import { ControlClient } from "../../services/control-plane/client.js";
 import { ControlPlane } from "../../services/control-plane/control-plane.js";
+import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
@@ -45,8 +46,11 @@ export interface ControlPlaneHandle {
   close(): Promise<void>;
 }
 
-export async function startControlPlane(store: Store): Promise<ControlPlaneHandle> {
-  const cp = new ControlPlane(store, { reachMs: 1500 });
+export async function startControlPlane(
+  store: Store,
+  executor?: ExecutorOptions,
+): Promise<ControlPlaneHandle> {
+  const cp = new ControlPlane(store, { reachMs: 1500, executor });
   const grpc = await startGrpcServer({
     serviceName: "control-plane",
     listen: "127.0.0.1:0",

@@ -74,8 +74,10 @@ async function exportsOf(address: string): Promise<ListExportsResponse> {
 }
 
 let cp: ControlPlaneHandle;
+let store: MemoryStore;
 let a: { grpc: string; nbd: string };
 let b: { grpc: string; nbd: string };
+let c: { grpc: string; nbd: string };
 let spec: VmSpec;
 const image = join(dir.path, "disk0.raw");
 
@@ -84,11 +86,19 @@ t.before(async () => {
   writeFileSync(image, Buffer.alloc(DISK_MIB << 20));
   a = await blockServer("a", ["--target", image, "--name", "disk0"]);
   b = await blockServer("b", []);
+  c = await blockServer("c", []);
   const pageA = await startPageServer(dir.path, "page-a");
   const pageB = await startPageServer(dir.path, "page-b");
-  closers.push(pageA.close, pageB.close);
-  cp = await startControlPlane(new MemoryStore());
+  const pageC = await startPageServer(dir.path, "page-c");
+  closers.push(pageA.close, pageB.close, pageC.close);
+  store = new MemoryStore();
+  cp = await startControlPlane(store);
   closers.push(() => cp.close());
+  await cp.client.registerHost({
+    ...host("c", pageC.address),
+    blockServerAddress: c.grpc,
+    blockNbdAddress: c.nbd,
+  });
   await cp.client.registerHost({
     ...host("a", pageA.address),
     blockServerAddress: a.grpc,
@@ -221,6 +231,67 @@ t(
       assert.is(h.memErrors, 0, `memory errors in ${JSON.stringify(h)}`);
     }
     assert.is(sum(), frozen, "the source image changed after the migration");
+  },
+);
+
+t(
+  "the VM moves on (B→C, then C→A) while C still copies its disk: C's export is A's upstream, every export ends where the VM is",
+  async () => {
+    // A slow copy after memory keeps C's disk incomplete while the VM moves on.
+    await cp.close();
+    cp = await startControlPlane(store, {
+      diskCopyRateWhileMemory: 2 << 20,
+      diskCopyRateAfterMemory: 2 << 20,
+      diskPollMs: 100,
+    });
+    const log0 = (await cp.client.getVm("vm1")).vm!.serialLogPath;
+    const m1 = await cp.client.migrateVm({ vmId: "vm1", destinationHostId: "c" });
+    const copying = await until(
+      "B→C relocating with C's disk incomplete",
+      async () => {
+        const m = await cp.client.getMigration(m1.migrationId);
+        if (m.state === "done" || m.state === "failed") return m;
+        return m.state === "relocating" && m.disk && m.disk.blocksTotal > 0 ? m : undefined;
+      },
+      120_000,
+      100,
+    );
+    assert.is(copying.state, "relocating", `${copying.state}: ${copying.error}`);
+    assert.ok(copying.disk!.blocksLocal < copying.disk!.blocksTotal, JSON.stringify(copying.disk));
+    // C's own copy all but stops: A's, reading through C, finishes first (C fetches what A asks
+    // from B on demand), so the B→C migration sees its export taken away by the next move.
+    const cc = new BlockServiceClient(c.grpc, grpc.credentials.createInsecure());
+    await call(cc.setRateLimit.bind(cc), { name: "disk0", rateLimitBytesPerSecond: 64 << 10 });
+    cc.close();
+    const m2 = await cp.client.migrateVm({ vmId: "vm1", destinationHostId: "a" });
+    assert.is(m2.disk?.sourceUrl, `nbd://${c.nbd}/disk0`, "C's export, still a proxy, is the upstream");
+    const [e1, e2] = [await waitFinal(m1.migrationId), await waitFinal(m2.migrationId)];
+    assert.is(e2.state, "done", e2.error);
+    assert.is(e1.state, "done", e1.error);
+    // Either C completed first (A's copy through C makes C's blocks local too) and B→C promoted
+    // there, or the C→A move took the disk on and removed C's export first: both end "done".
+    const vm = await cp.client.getVm("vm1");
+    assert.is(vm.hostId, "a");
+    assert.is(vm.vm?.spec?.diskNbdUrl, `nbd://${a.nbd}/disk0`);
+    const names = async (x: { grpc: string }) => (await exportsOf(x.grpc)).exports.map((e) => e.name);
+    assert.equal(await names(b), [], "B's export released");
+    assert.equal(await names(c), [], "C's export released");
+    const atA = (await exportsOf(a.grpc)).exports.find((e) => e.name === "disk0");
+    assert.is(atA?.mode, ExportMode.EXPORT_MODE_TARGET, "promoted at A");
+    const logA = vm.vm!.serialLogPath;
+    const seen = heartbeats(log0).at(-1)!;
+    const after = await until(
+      "disk passes at A after two moves",
+      () => {
+        const hb = heartbeats(logA).filter((h) => h.counter > seen.counter);
+        return hb.length > 0 && hb.at(-1)!.diskOk > seen.diskOk + 20 ? hb : undefined;
+      },
+      120_000,
+    );
+    for (const h of after) {
+      assert.is(h.diskErrors, 0, `disk errors in ${JSON.stringify(h)}`);
+      assert.is(h.memErrors, 0, `memory errors in ${JSON.stringify(h)}`);
+    }
   },
 );
 
