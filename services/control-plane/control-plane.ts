@@ -6,7 +6,8 @@ import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
-import { PageServerError, PageServers } from "./page-client.js";
+import { PageServers } from "./page-client.js";
+import { PeerError } from "./peer-call.js";
 import {
   ConflictError,
   type HostRecord,
@@ -198,7 +199,7 @@ export class ControlPlane {
       return { record: created, vm };
     } catch (err) {
       await this.store.compareAndDelete(KEYS.vm(spec.vmId), raw);
-      if (err instanceof PageServerError)
+      if (err instanceof PeerError)
         throw new ControlError("unavailable", `creating VM ${spec.vmId} on ${hostId}: ${err.message}`);
       throw err;
     }

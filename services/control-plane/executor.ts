@@ -1,21 +1,10 @@
-// Carries one migration through the state table (states.ts) by driving the two hosts'
-// page-servers (memory) and block-servers (the disk, LAZY storage), persisting each step first.
-// A restarted control-plane calls drive() again for every migration that is not final and
-// resumes from the recorded state.
-//
-// The disk's invariant: the destination serves the source disk as it was at the switch-over
-// plus the VM's later writes. The destination's proxy export is opened before the switch but
-// nothing is copied then: its QEMU waits inactive (no I/O until it runs), and the background
-// copy starts only once the VM runs at the destination, when the source QEMU has stopped and
-// flushed. Every block is fetched after the source's last write.
-import { status } from "@grpc/grpc-js";
 import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import { type BlockServer, BlockServers } from "./block-client.js";
-import { type PageServer, PageServerError, type PageServers } from "./page-client.js";
-import { PeerError } from "./peer-call.js";
+import type { PageServer, PageServers } from "./page-client.js";
+import { isNotFound } from "./peer-call.js";
 import {
   ConflictError,
   type DiskRecord,
@@ -109,9 +98,9 @@ export class Executor {
       let state = m.state;
       if (state === "pending") {
         await this.step(id, "prepare");
-        await this.prepare(m, ctx);
+        const channel = await this.prepare(m, ctx);
         await this.step(id, "start");
-        await ctx.src.startMigration(m.vm_id, id, ctx.channel!, m.mode);
+        await ctx.src.startMigration(m.vm_id, id, channel, m.mode);
         state = "migrating";
       } else if (state === "preparing") {
         // Whether PrepareIncoming was answered is unknown and its channel address lost.
@@ -136,7 +125,7 @@ export class Executor {
     }
   }
 
-  private async context(m: MigrationRecord): Promise<Ends & { channel?: string }> {
+  private async context(m: MigrationRecord): Promise<Ends> {
     const host = async (hostId: string) => {
       const h = await readJson<HostRecord>(this.store, KEYS.host(hostId));
       if (!h) throw new Error(`host ${hostId} is no longer registered`);
@@ -158,13 +147,14 @@ export class Executor {
 
   /**
    * preparing: the disk at the destination (LAZY: a proxy export of the source's, no copy yet),
-   * then the destination's QEMU waiting for the memory, its disk on that export.
+   * then the destination's QEMU waiting for the memory, its disk on that export. Returns the
+   * migration channel's address there.
    */
-  private async prepare(m: MigrationRecord, ctx: Ends & { channel?: string }): Promise<void> {
+  private async prepare(m: MigrationRecord, ctx: Ends): Promise<string> {
     if (m.disk && ctx.dstBlock && ctx.srcBlock)
       await ctx.dstBlock.createProxy(m.disk.destination_export, m.disk.source_url, ctx.srcBlock.address);
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
-    ctx.channel = await ctx.dst.prepareIncoming(spec, m.migration_id, m.mode);
+    return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode);
   }
 
   private diskUrl(m: MigrationRecord, ctx: Ends): string {
@@ -206,7 +196,7 @@ export class Executor {
     } catch (err) {
       await chain;
       // The source no longer knows it (it restarted): the destination tells where the VM runs.
-      if (err instanceof PageServerError && err.code === status.NOT_FOUND) {
+      if (isNotFound(err)) {
         const at = await dst.inspect(m.vm_id).catch(() => undefined);
         if (at?.state === VmState.VM_STATE_RUNNING) {
           await this.step(m.migration_id, "complete");
@@ -262,15 +252,22 @@ export class Executor {
     const { disk } = m;
     if (disk && ctx.dstBlock && ctx.srcBlock) {
       const name = disk.destination_export;
-      await ctx.dstBlock.setRate(name, this.opts.diskCopyRateAfterMemory ?? 0).catch((err) => {
-        if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
+      // The copy runs at its after-memory rate; started here too, since a control-plane that
+      // stopped between the switch-over and starting it left none (a promoted export, after a
+      // restart between promote and finish, needs nothing).
+      const first = await ctx.dstBlock.status(name).catch((err) => {
+        if (isNotFound(err)) return undefined;
+        throw err;
       });
+      if (first?.export?.mode === ExportMode.EXPORT_MODE_PROXY) {
+        await ctx.dstBlock.setRate(name, this.opts.diskCopyRateAfterMemory ?? 0);
+        await ctx.dstBlock.startCopy(name, 0);
+      }
       let last = "";
       for (;;) {
         if (this.closed) throw new ShutdownError();
         const st = await ctx.dstBlock.status(name).catch(async (err) => {
-          if (err instanceof PeerError && err.code === status.NOT_FOUND && (await this.movedOn(m)))
-            return null;
+          if (isNotFound(err) && (await this.movedOn(m))) return null;
           throw err;
         });
         if (st === null) {
@@ -312,7 +309,7 @@ export class Executor {
   private async releaseSource(disk: DiskRecord, src: BlockServer): Promise<void> {
     const name = parseNbdUrl(disk.source_url)?.name ?? disk.destination_export;
     await src.remove(name).catch((err) => {
-      if (!(err instanceof PeerError && err.code === status.NOT_FOUND)) throw err;
+      if (!isNotFound(err)) throw err;
     });
   }
 
@@ -344,7 +341,7 @@ export class Executor {
    */
   private async removeOwnProxy(disk: DiskRecord, dst: BlockServer): Promise<void> {
     const st = await dst.status(disk.destination_export).catch((err) => {
-      if (err instanceof PeerError && err.code === status.NOT_FOUND) return undefined;
+      if (isNotFound(err)) return undefined;
       throw err;
     });
     const e = st?.export;

@@ -12,9 +12,6 @@ import {
 
 import { type Callback, CHANNEL, ClientPool, callPeer, PeerError } from "./peer-call.js";
 
-/** A page-server's refusal or absence (the peer's gRPC status and its words). */
-export { PeerError as PageServerError };
-
 export class PageServer {
   private readonly client: PageServiceClient;
 
@@ -122,7 +119,7 @@ export class PageServer {
 
   /**
    * Follows a migration until its final phase: `onUpdate` for each message, resolving with the
-   * last one. Rejects with a PageServerError when the page-server does not know the migration
+   * last one. Rejects with a PeerError when the page-server does not know the migration
    * (NOT_FOUND) or the stream breaks.
    */
   watchMigration(

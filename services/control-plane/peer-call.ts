@@ -1,6 +1,7 @@
 // One unary call to a peer service (page-server, block-server) as a promise with a deadline;
 // a failure becomes a PeerError naming the peer, the call and the peer's own words.
 import type * as grpc from "@grpc/grpc-js";
+import { status as grpcStatus } from "@grpc/grpc-js";
 
 export type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
@@ -16,6 +17,11 @@ export class PeerError extends Error {
     super(message);
     this.name = "PeerError";
   }
+}
+
+/** The peer answered NOT_FOUND (the migration, VM or export it was asked about is not there). */
+export function isNotFound(err: unknown): boolean {
+  return err instanceof PeerError && err.code === grpcStatus.NOT_FOUND;
 }
 
 /** `peer` names it in messages ("page-server 10.0.0.1:7402"); `what` is the call's name. */
