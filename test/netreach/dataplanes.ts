@@ -2,7 +2,7 @@
 // its own. A data plane this kernel lacks is skipped with the missing feature as the reason,
 // counted and listed, as long as another data plane runs the same scenario here; when none can,
 // the suite fails under CI=1 like any missing requirement.
-import { chooseDataplane, type KernelSupport, probeKernel } from "../../services/netreach/dataplane/probe.js";
+import { type KernelSupport, probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES, type DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
 import { gate, gateOn, gateVariant, missing } from "../helpers/env.js";
 import { suite } from "../helpers/uvu.js";
@@ -29,11 +29,6 @@ export async function perDataplane(
     scenario(t, dataplane);
     t.run();
   }
-}
-
-/** The data plane `auto` picks on this kernel (what service processes started without a choice run). */
-export async function defaultDataplane(): Promise<DataplaneKind> {
-  return chooseDataplane("auto", await probeKernel());
 }
 
 /** What `ip route show` prints for a route that encapsulates to endpoint `sid`. */
