@@ -51,6 +51,17 @@ export function runIn(ns: string, cmd: string, args: string[] = []): Promise<str
   return run("ip", ["netns", "exec", ns, cmd, ...args]);
 }
 
+/** The pids of the processes running in a namespace (none if it does not exist). */
+export async function netnsPids(ns: string): Promise<number[]> {
+  checkNetnsName(ns);
+  const out = await run("ip", ["netns", "pids", ns]).catch(() => "");
+  return out
+    .split(/\s+/)
+    .filter(Boolean)
+    .map(Number)
+    .filter((p) => Number.isInteger(p) && p > 0);
+}
+
 /** Starts a long-running command inside a namespace; the caller owns (and must end) it. */
 export function spawnIn(ns: string, cmd: string, args: string[] = [], opts: SpawnOptions = {}): ChildProcess {
   checkNetnsName(ns);

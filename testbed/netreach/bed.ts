@@ -105,6 +105,8 @@ export interface BedOptions {
    * relayed-wan.ts), and binding updates are delayed as much. Ignored when `wan` is given.
    */
   wanDelayMs?: number;
+  /** With wanDelayMs: each WAN link's rate in each direction (bits/s; default unlimited). */
+  wanRateBitsPerSecond?: number;
   /** One-way delay applied to binding updates; default wanDelayMs (or 0). */
   signallingDelayMs?: number;
   kv?: BindingKv;
@@ -188,7 +190,11 @@ export class NetreachBed {
     const routers = [anchor, ...sites];
     let wan = this.opts.wan ?? vethWan;
     if (!this.opts.wan && this.opts.wanDelayMs !== undefined) {
-      const relayed = relayedWan({ netns: `${this.opts.prefix}wan`, delayMs: this.opts.wanDelayMs });
+      const relayed = relayedWan({
+        netns: `${this.opts.prefix}wan`,
+        delayMs: this.opts.wanDelayMs,
+        rateBitsPerSecond: this.opts.wanRateBitsPerSecond,
+      });
       this.teardowns.push(relayed.close);
       wan = relayed.linker;
     }

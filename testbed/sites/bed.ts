@@ -1,0 +1,282 @@
+// A whole-VM test bed: datacenter sites as network namespaces joined by the emulated WAN, every
+// vmhop service running as the process an operator would run, and a control-plane over them.
+//
+//   cn ── home link ── anchor ══ WAN (userspace relay: delay, rate) ══ s1 … sN
+//                                                                      │
+//         in each site namespace: block-server (NBD on [fc00:k::b]:10809), page-server (migration
+//         channel on [fc00:k::b]), and the QEMU it runs (the VM's tap is created in the site)
+//
+//   root namespace: the anchor and the site agents (they program their namespaces through
+//   --netns), the control-plane; control traffic runs on loopback and unix sockets, while the
+//   bulk bytes (the NBD upstream of a relocating disk, QEMU's migration stream) cross the WAN.
+//
+// Host k is `h<k>` at site `s<k>`. A bed without address mobility (`netreach: false`) has no
+// anchor nor site agents, and the control-plane runs without --netreach.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { ControlClient } from "../../services/control-plane/client.js";
+import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
+import { addAddress, netnsPids } from "../netns.js";
+import { GATEWAY_MAC, HOME, NetreachBed, sidsOf } from "../netreach/bed.js";
+import { type ServiceProcess, startService } from "../service-process.js";
+
+export { HOME } from "../netreach/bed.js";
+
+/** Where site k's services listen for the other sites (on its loopback, routed over the WAN). */
+export function serviceAddressOf(k: number): string {
+  return `fc00:${k}::b`;
+}
+
+export const NBD_PORT = 10809;
+
+export interface SitesBedOptions {
+  /** Namespace prefix (`nr-…-`, see uniqueNetnsPrefix); everything with it is removed at the end. */
+  prefix: string;
+  /** Folder for sockets, state, logs and disks (the caller removes it). */
+  dir: string;
+  sites?: number;
+  /** One-way WAN delay (default 25 ms). */
+  wanDelayMs?: number;
+  /** Each WAN link's rate per direction (default 450 Mbit/s). */
+  wanRateBitsPerSecond?: number;
+  dataplane?: DataplaneKind;
+  /** Address mobility: the anchor and site agents (default true). */
+  netreach?: boolean;
+  /** The control-plane's store URL (default: its embedded store). */
+  store?: string;
+  /** Extra `vmhop control serve` arguments. */
+  controlArgs?: string[];
+  /** Progress lines ("s1 block-server ready"). */
+  say?: (line: string) => void;
+}
+
+export interface SiteServices {
+  /** 1-based. */
+  k: number;
+  site: string;
+  hostId: string;
+  ns: string;
+  block: ServiceProcess;
+  page: ServiceProcess;
+  agent?: ServiceProcess;
+  /** gRPC addresses (unix sockets) and the NBD address the other sites reach. */
+  pageAddress: string;
+  blockAddress: string;
+  nbdAddress: string;
+}
+
+export class SitesBed {
+  net!: NetreachBed;
+  readonly sites: SiteServices[] = [];
+  anchor?: ServiceProcess;
+  control!: ServiceProcess;
+  client!: ControlClient;
+  private readonly services: ServiceProcess[] = [];
+
+  private constructor(readonly opts: SitesBedOptions) {}
+
+  /** Builds the namespaces and starts every service; on any failure, tears down what it started. */
+  static async start(opts: SitesBedOptions): Promise<SitesBed> {
+    const bed = new SitesBed(opts);
+    try {
+      await bed.build();
+    } catch (err) {
+      await bed.stop();
+      throw err;
+    }
+    return bed;
+  }
+
+  get controlAddress(): string {
+    return this.control.ready.grpc as string;
+  }
+
+  get anchorAddress(): string | undefined {
+    return this.anchor?.ready.grpc as string | undefined;
+  }
+
+  /** The correspondent's namespace (on the home link). */
+  get cn(): string {
+    return this.net.ns.cn;
+  }
+
+  private say(line: string): void {
+    this.opts.say?.(line);
+  }
+
+  private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
+    const s = await startService(o);
+    this.services.push(s);
+    this.say(`${o.name} ready`);
+    return s;
+  }
+
+  private async build(): Promise<void> {
+    const o = this.opts;
+    const n = o.sites ?? 2;
+    const delay = o.wanDelayMs ?? 25;
+    this.net = await NetreachBed.create({
+      prefix: o.prefix,
+      sites: n,
+      wanDelayMs: delay,
+      wanRateBitsPerSecond: o.wanRateBitsPerSecond ?? 450e6,
+      dataplane: o.dataplane,
+      agents: false,
+    });
+    this.say(
+      `${n} sites as namespaces ${o.prefix}s1…s${n}; WAN ${delay} ms one way, ` +
+        `${((o.wanRateBitsPerSecond ?? 450e6) / 1e6).toFixed(0)} Mbit/s; data plane ${this.net.dataplane}`,
+    );
+    const netreach = o.netreach !== false;
+    if (netreach) await this.startAnchor();
+    for (let k = 1; k <= n; k++) this.sites.push(await this.startSite(k, netreach));
+    const cpArgs = ["control", "serve", "--grpc", "127.0.0.1:0"];
+    if (netreach) cpArgs.push("--netreach", this.anchorAddress!);
+    if (o.store) cpArgs.push("--store", o.store);
+    this.control = await this.run({ name: "control-plane", args: [...cpArgs, ...(o.controlArgs ?? [])] });
+    this.client = new ControlClient(this.controlAddress);
+    for (const s of this.sites)
+      await this.client.registerHost({
+        hostId: s.hostId,
+        site: s.site,
+        pageServerAddress: s.pageAddress,
+        blockServerAddress: s.blockAddress,
+        blockNbdAddress: s.nbdAddress,
+        cpus: 2,
+        memoryMib: 4096,
+        asleep: false,
+      });
+  }
+
+  private async startAnchor(): Promise<void> {
+    const s = sidsOf(0);
+    this.anchor = await this.run({
+      name: "netreach anchor",
+      args: [
+        "netreach",
+        "anchor",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--netns",
+        this.net.ns.anchor,
+        "--dataplane",
+        this.net.dataplane,
+        "--home-dev",
+        "home0",
+        "--wan-dev",
+        "w1",
+        "--sid6",
+        s.sid6,
+        "--sid4",
+        s.sid4,
+        "--tunnel-source",
+        s.tunsrc,
+      ],
+    });
+  }
+
+  private async startSite(k: number, netreach: boolean): Promise<SiteServices> {
+    const ns = this.net.ns.sites[k - 1];
+    const site = `s${k}`;
+    const dir = join(this.opts.dir, site);
+    mkdirSync(dir, { recursive: true });
+    const svc = serviceAddressOf(k);
+    await addAddress(ns, "lo", `${svc}/128`);
+    // The page-server's QEMU opens its disk on this site's NBD address and creates its tap here.
+    const nbdAddress = `[${svc}]:${NBD_PORT}`;
+    const blockAddress = `unix:${join(dir, "block.sock")}`;
+    const pageAddress = `unix:${join(dir, "page.sock")}`;
+    const block = await this.run({
+      name: `${site} block-server`,
+      netns: ns,
+      args: [
+        "block",
+        "serve",
+        "--listen",
+        nbdAddress,
+        "--grpc",
+        blockAddress,
+        "--state-dir",
+        join(dir, "block"),
+      ],
+    });
+    const page = await this.run({
+      name: `${site} page-server`,
+      netns: ns,
+      args: [
+        "page",
+        "serve",
+        "--listen",
+        pageAddress,
+        "--channel-listen",
+        `[${svc}]:0`,
+        "--run-dir",
+        join(dir, "page"),
+      ],
+    });
+    let agent: ServiceProcess | undefined;
+    if (netreach) {
+      const s = sidsOf(k);
+      const a = sidsOf(0);
+      agent = await this.run({
+        name: `${site} netreach agent`,
+        args: [
+          "netreach",
+          "site",
+          "serve",
+          "--listen",
+          "127.0.0.1:0",
+          "--anchor",
+          this.anchorAddress!,
+          "--site",
+          site,
+          "--netns",
+          ns,
+          "--dataplane",
+          this.net.dataplane,
+          "--wan-dev",
+          "w0",
+          "--sid6",
+          s.sid6,
+          "--sid4",
+          s.sid4,
+          "--tunnel-source",
+          s.tunsrc,
+          "--anchor-sid6",
+          a.sid6,
+          "--anchor-sid4",
+          a.sid4,
+          "--gateway-mac",
+          GATEWAY_MAC,
+          "--gateway-ipv4",
+          HOME.gw4,
+        ],
+      });
+    }
+    return { k, site, hostId: `h${k}`, ns, block, page, agent, pageAddress, blockAddress, nbdAddress };
+  }
+
+  /**
+   * Stops every service (control-plane first, so nothing drives a migration into a half-gone
+   * bed), ends whatever still runs in the site namespaces (page-servers leave their QEMUs
+   * running by design), and removes the namespaces.
+   */
+  async stop(): Promise<void> {
+    this.client?.close();
+    for (const s of [...this.services].reverse()) await s.stop().catch(() => undefined);
+    for (const ns of this.net?.ns.sites ?? []) await killAllIn(ns);
+    await this.net?.destroy();
+  }
+}
+
+/** SIGKILLs every process in a namespace (QEMUs a page-server left behind). */
+async function killAllIn(ns: string): Promise<void> {
+  for (const pid of await netnsPids(ns)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone already
+    }
+  }
+}
