@@ -12,12 +12,14 @@ for m in $(cat /etc/vmhop-modules); do
 done
 echo "vmhop-init: modules loaded"
 # Optional NIC set-up from the kernel command line (absent: the NIC stays down, as before):
-# vmhop.ip6=ADDR (a /128, everything via fe80::1), vmhop.ip4=ADDR/LEN, vmhop.gw4=ADDR.
+# vmhop.ip6=ADDR (a /128, everything via fe80::1), vmhop.ip4=ADDR/LEN, vmhop.gw4=ADDR;
+# vmhop.echo=PORT adds a TCP echo server (a correspondent's stream that must survive a move).
 for kv in $(cat /proc/cmdline); do
   case "$kv" in
     vmhop.ip6=*) ip6=${kv#*=} ;;
     vmhop.ip4=*) ip4=${kv#*=} ;;
     vmhop.gw4=*) gw4=${kv#*=} ;;
+    vmhop.echo=*) echo_port=${kv#*=} ;;
   esac
 done
 if [ -n "$ip6$ip4" ]; then
@@ -28,6 +30,10 @@ if [ -n "$ip6$ip4" ]; then
   [ -n "$ip4" ] && ip addr add "$ip4" dev eth0
   [ -n "$gw4" ] && ip route add default via "$gw4" dev eth0
   echo "vmhop-init: eth0 configured"
+  if [ -n "$echo_port" ]; then
+    nc -ll -p "$echo_port" -e /bin/cat &
+    echo "vmhop-init: echo server on port $echo_port"
+  fi
 fi
 if grep -q 'vmhop.shell=1' /proc/cmdline; then
   exec sh
