@@ -3,6 +3,10 @@
 import type { CommandTable } from "../services/cli/dispatch.js";
 
 export const toolCommands: CommandTable = {
+  demo: {
+    describe: "the main job: a whole VM (disk, memory, address) moves between two sites over a WAN (root)",
+    load: () => import("../testbed/sites/demo.js"),
+  },
   guest: {
     describe: "build the test guest (kernel, initramfs, workload)",
     load: () => import("../deploy/guest/cli.js"),

@@ -175,13 +175,27 @@ function processAlive(pid: number): boolean {
 
 /**
  * Deletes namespaces named `${base}${pid}-…` (uniqueNetnsPrefix) whose process is gone: a
- * crashed run's leftovers. Namespaces of runs still going are left alone.
+ * crashed run's leftovers, with whatever still runs inside them (a QEMU, a service). Namespaces
+ * of runs still going are left alone.
  */
 export async function destroyStaleNetns(base: string): Promise<void> {
   if (base.length < 3) throw new NetnsError(`prefix '${base}' is too broad`);
   for (const n of await listNetns(base)) {
     const pid = /^(\d+)-/.exec(n.slice(base.length))?.[1];
-    if (pid !== undefined && !processAlive(Number(pid))) await destroyNetns(n);
+    if (pid === undefined || processAlive(Number(pid))) continue;
+    await killNetnsProcesses(n);
+    await destroyNetns(n);
+  }
+}
+
+/** SIGKILLs every process in a namespace (none if it does not exist). */
+export async function killNetnsProcesses(ns: string): Promise<void> {
+  for (const pid of await netnsPids(ns)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone already
+    }
   }
 }
 

@@ -16,7 +16,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ControlClient } from "../../services/control-plane/client.js";
 import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
-import { addAddress, netnsPids } from "../netns.js";
+import { addAddress, killNetnsProcesses } from "../netns.js";
 import { GATEWAY_MAC, HOME, NetreachBed, sidsOf } from "../netreach/bed.js";
 import { type ServiceProcess, startService } from "../service-process.js";
 
@@ -262,21 +262,17 @@ export class SitesBed {
    * bed), ends whatever still runs in the site namespaces (page-servers leave their QEMUs
    * running by design), and removes the namespaces.
    */
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    this.stopping ??= this.teardown();
+    return this.stopping;
+  }
+
+  private stopping?: Promise<void>;
+
+  private async teardown(): Promise<void> {
     this.client?.close();
     for (const s of [...this.services].reverse()) await s.stop().catch(() => undefined);
-    for (const ns of this.net?.ns.sites ?? []) await killAllIn(ns);
+    for (const ns of this.net?.ns.sites ?? []) await killNetnsProcesses(ns);
     await this.net?.destroy();
-  }
-}
-
-/** SIGKILLs every process in a namespace (QEMUs a page-server left behind). */
-async function killAllIn(ns: string): Promise<void> {
-  for (const pid of await netnsPids(ns)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // gone already
-    }
   }
 }

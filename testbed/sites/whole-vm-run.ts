@@ -119,7 +119,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise<WholeVmResult> {
   const say = o.say ?? (() => {});
-  const [a, b] = bed.sites;
+  const [a] = bed.sites;
   const guest = guestArtefacts();
   const diskMib = o.diskMib ?? 256;
 
