@@ -21,7 +21,7 @@ import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { GATEWAY_MAC, HOME, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
+import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
@@ -38,66 +38,8 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
 
   const vmNet = { vmId: VM.vmId, homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 };
 
-  function anchorArgs(listen: string): string[] {
-    const s = sidsOf(0);
-    return [
-      "anchor",
-      "serve",
-      "--listen",
-      listen,
-      "--store",
-      redis.url,
-      "--netns",
-      bed.ns.anchor,
-      "--dataplane",
-      dataplane,
-      "--home-dev",
-      "home0",
-      "--wan-dev",
-      "w1",
-      "--sid6",
-      s.sid6,
-      "--sid4",
-      s.sid4,
-      "--tunnel-source",
-      s.tunsrc,
-    ];
-  }
-
-  function siteArgs(k: number): string[] {
-    const s = sidsOf(k);
-    const a = sidsOf(0);
-    return [
-      "site",
-      "serve",
-      "--listen",
-      "127.0.0.1:0",
-      "--anchor",
-      anchor.ready.grpc,
-      "--site",
-      `s${k}`,
-      "--netns",
-      bed.ns.sites[k - 1],
-      "--dataplane",
-      dataplane,
-      "--wan-dev",
-      "w0",
-      "--sid6",
-      s.sid6,
-      "--sid4",
-      s.sid4,
-      "--tunnel-source",
-      s.tunsrc,
-      "--anchor-sid6",
-      a.sid6,
-      "--anchor-sid4",
-      a.sid4,
-      "--gateway-mac",
-      GATEWAY_MAC,
-      "--gateway-ipv4",
-      HOME.gw4,
-    ];
-  }
+  const anchorArgs = (listen: string) => bed.anchorServeArgs(listen, ["--store", redis.url]);
+  const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.ready.grpc);
 
   type Cb<R> = (err: grpc.ServiceError | null, res: R) => void;
   function rpc<R>(fn: (cb: Cb<R>) => unknown): Promise<R> {

@@ -281,6 +281,71 @@ export class NetreachBed {
     }
   }
 
+  /**
+   * `vmhop netreach anchor serve` arguments (after "netreach") for an anchor service that drives
+   * this bed's anchor namespace (a bed built with `agents: false`).
+   */
+  anchorServeArgs(listen: string, extra: string[] = []): string[] {
+    const s = sidsOf(0);
+    return [
+      "anchor",
+      "serve",
+      "--listen",
+      listen,
+      "--netns",
+      this.ns.anchor,
+      "--dataplane",
+      this.dataplane,
+      "--home-dev",
+      "home0",
+      "--wan-dev",
+      "w1",
+      "--sid6",
+      s.sid6,
+      "--sid4",
+      s.sid4,
+      "--tunnel-source",
+      s.tunsrc,
+      ...extra,
+    ];
+  }
+
+  /** `vmhop netreach site serve` arguments (after "netreach") for site k (1-based) of this bed. */
+  siteServeArgs(k: number, anchorAddress: string, listen = "127.0.0.1:0"): string[] {
+    const s = sidsOf(k);
+    const a = sidsOf(0);
+    return [
+      "site",
+      "serve",
+      "--listen",
+      listen,
+      "--anchor",
+      anchorAddress,
+      "--site",
+      `s${k}`,
+      "--netns",
+      this.ns.sites[k - 1],
+      "--dataplane",
+      this.dataplane,
+      "--wan-dev",
+      "w0",
+      "--sid6",
+      s.sid6,
+      "--sid4",
+      s.sid4,
+      "--tunnel-source",
+      s.tunsrc,
+      "--anchor-sid6",
+      a.sid6,
+      "--anchor-sid4",
+      a.sid4,
+      "--gateway-mac",
+      GATEWAY_MAC,
+      "--gateway-ipv4",
+      HOME.gw4,
+    ];
+  }
+
   /** Starts (or restarts) the anchor on the bed's store; restores bindings into the kernel. */
   async startAnchor(): Promise<void> {
     const s = sidsOf(0);

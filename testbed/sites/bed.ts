@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { ControlClient } from "../../services/control-plane/client.js";
 import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
 import { addAddress, killNetnsProcesses } from "../netns.js";
-import { GATEWAY_MAC, HOME, NetreachBed, sidsOf } from "../netreach/bed.js";
+import { NetreachBed } from "../netreach/bed.js";
 import { type ServiceProcess, startService } from "../service-process.js";
 
 export { HOME } from "../netreach/bed.js";
@@ -149,30 +149,9 @@ export class SitesBed {
   }
 
   private async startAnchor(): Promise<void> {
-    const s = sidsOf(0);
     this.anchor = await this.run({
       name: "netreach anchor",
-      args: [
-        "netreach",
-        "anchor",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--netns",
-        this.net.ns.anchor,
-        "--dataplane",
-        this.net.dataplane,
-        "--home-dev",
-        "home0",
-        "--wan-dev",
-        "w1",
-        "--sid6",
-        s.sid6,
-        "--sid4",
-        s.sid4,
-        "--tunnel-source",
-        s.tunsrc,
-      ],
+      args: ["netreach", ...this.net.anchorServeArgs("127.0.0.1:0")],
     });
   }
 
@@ -215,45 +194,12 @@ export class SitesBed {
         join(dir, "page"),
       ],
     });
-    let agent: ServiceProcess | undefined;
-    if (netreach) {
-      const s = sidsOf(k);
-      const a = sidsOf(0);
-      agent = await this.run({
-        name: `${site} netreach agent`,
-        args: [
-          "netreach",
-          "site",
-          "serve",
-          "--listen",
-          "127.0.0.1:0",
-          "--anchor",
-          this.anchorAddress!,
-          "--site",
-          site,
-          "--netns",
-          ns,
-          "--dataplane",
-          this.net.dataplane,
-          "--wan-dev",
-          "w0",
-          "--sid6",
-          s.sid6,
-          "--sid4",
-          s.sid4,
-          "--tunnel-source",
-          s.tunsrc,
-          "--anchor-sid6",
-          a.sid6,
-          "--anchor-sid4",
-          a.sid4,
-          "--gateway-mac",
-          GATEWAY_MAC,
-          "--gateway-ipv4",
-          HOME.gw4,
-        ],
-      });
-    }
+    const agent = netreach
+      ? await this.run({
+          name: `${site} netreach agent`,
+          args: ["netreach", ...this.net.siteServeArgs(k, this.anchorAddress!)],
+        })
+      : undefined;
     return { k, site, hostId: `h${k}`, ns, block, page, agent, pageAddress, blockAddress, nbdAddress };
   }
 
