@@ -281,38 +281,32 @@ export class NetreachBed {
     }
   }
 
+  /** What the anchor's and a site agent's serve arguments share: node k's namespace and SIDs. */
+  private nodeArgs(k: number, netns: string, wanDev: string): string[] {
+    const s = sidsOf(k);
+    const flags = { netns, dataplane: this.dataplane, "wan-dev": wanDev, sid6: s.sid6, sid4: s.sid4 };
+    return [...Object.entries(flags).flatMap(([f, v]) => [`--${f}`, v]), "--tunnel-source", s.tunsrc];
+  }
+
   /**
    * `vmhop netreach anchor serve` arguments (after "netreach") for an anchor service that drives
    * this bed's anchor namespace (a bed built with `agents: false`).
    */
   anchorServeArgs(listen: string, extra: string[] = []): string[] {
-    const s = sidsOf(0);
     return [
       "anchor",
       "serve",
       "--listen",
       listen,
-      "--netns",
-      this.ns.anchor,
-      "--dataplane",
-      this.dataplane,
+      ...this.nodeArgs(0, this.ns.anchor, "w1"),
       "--home-dev",
       "home0",
-      "--wan-dev",
-      "w1",
-      "--sid6",
-      s.sid6,
-      "--sid4",
-      s.sid4,
-      "--tunnel-source",
-      s.tunsrc,
       ...extra,
     ];
   }
 
   /** `vmhop netreach site serve` arguments (after "netreach") for site k (1-based) of this bed. */
   siteServeArgs(k: number, anchorAddress: string, listen = "127.0.0.1:0"): string[] {
-    const s = sidsOf(k);
     const a = sidsOf(0);
     return [
       "site",
@@ -323,18 +317,7 @@ export class NetreachBed {
       anchorAddress,
       "--site",
       `s${k}`,
-      "--netns",
-      this.ns.sites[k - 1],
-      "--dataplane",
-      this.dataplane,
-      "--wan-dev",
-      "w0",
-      "--sid6",
-      s.sid6,
-      "--sid4",
-      s.sid4,
-      "--tunnel-source",
-      s.tunsrc,
+      ...this.nodeArgs(k, this.ns.sites[k - 1], "w0"),
       "--anchor-sid6",
       a.sid6,
       "--anchor-sid4",
