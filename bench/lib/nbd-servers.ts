@@ -117,10 +117,16 @@ export async function vmhopDaemon(): Promise<VmhopDaemon> {
   const call = <T>(f: (cb: (err: grpc.ServiceError | null, res: T) => void) => void) =>
     new Promise<T>((resolve, reject) => f((err, res) => (err ? reject(err) : resolve(res))));
   const add = async (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) => {
-    await call((cb) => client.createExport({ name, source, readOnly: false, description: "" }, cb));
+    await call((cb) =>
+      client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
+    );
     const uri = `nbd://127.0.0.1:${port}/${name}`;
     await waitNbdReady(uri, child);
-    return { uri, port, close: () => call((cb) => client.removeExport({ name }, cb)).then(() => undefined) };
+    return {
+      uri,
+      port,
+      close: () => call((cb) => client.removeExport({ name, fencingToken: 0 }, cb)).then(() => undefined),
+    };
   };
   return {
     target: (image, name) => add(name, { $case: "target", value: { imagePath: image } }),

@@ -46,6 +46,8 @@ export interface CreateExportSpec {
   description?: string;
   readOnly?: boolean;
   source: TargetSpec | ProxySpec;
+  /** The creator's fencing token (see fence()); absent or 0: unfenced. */
+  fencingToken?: number;
 }
 
 export interface ExportInfo {
@@ -103,6 +105,8 @@ interface Entry {
   record?: ExportRecord;
   /** Set once a removal started. */
   removing?: Promise<void>;
+  /** The highest fencing token a call on it carried (0: none); kept in its record too. */
+  fence: number;
 }
 
 /** A persisted export that could not be served again after a restart. */
@@ -154,6 +158,7 @@ function specOf(r: ExportRecord): CreateExportSpec {
     name: r.name,
     description: r.description,
     readOnly: r.readOnly,
+    fencingToken: r.fencingToken,
     source:
       s.mode === "target"
         ? { mode: "target", imagePath: s.imagePath }
@@ -176,6 +181,7 @@ function recordOf(spec: CreateExportSpec, opened: Opened): ExportRecord {
     name: spec.name,
     description: spec.description ?? "",
     readOnly: spec.readOnly ?? false,
+    ...(spec.fencingToken ? { fencingToken: spec.fencingToken } : {}),
     source:
       src.mode === "target"
         ? { mode: "target", imagePath: path.resolve(src.imagePath) }
@@ -306,6 +312,42 @@ export class BlockServer extends EventEmitter {
   }
 
   /**
+   * Admits a call carrying fencing token `token` on export `name` (call it before acting). A
+   * token lower than the highest the export has seen is refused, so a newer migration that took
+   * the export over is not undone by an older one; a higher one is remembered, recorded with the
+   * export before this resolves (a restart keeps it). 0 is an unfenced caller (CLI, tests):
+   * always admitted, and it changes nothing. The check and the raise happen at once, before any
+   * await, so of two concurrent calls the lower one is refused once the higher one got in. An
+   * export that is not there is left to the call itself to report.
+   */
+  async fence(name: string, token: number): Promise<void> {
+    if (!token) return;
+    const e = this.entries.get(name);
+    const u = e ? undefined : this.unrestored.get(name);
+    if (!e && !u) return;
+    const seen = e ? e.fence : (u!.record.fencingToken ?? 0);
+    if (token < seen)
+      throw new BlockServerError(
+        "precondition",
+        `stale fencing token ${token} for export ${name} (seen ${seen})`,
+      );
+    if (token === seen) return;
+    const record = e ? e.record : u!.record;
+    if (e) e.fence = token;
+    // Not recorded (the command line's export): kept in memory. Being removed: its record goes.
+    if (!record || !this.table || e?.removing) return;
+    record.fencingToken = token;
+    try {
+      await this.table.put(record);
+    } catch (err) {
+      throw new BlockServerError(
+        "unavailable",
+        `cannot record fencing token ${token} of export ${name} in ${this.table.where}: ${(err as Error).message}`,
+      );
+    }
+  }
+
+  /**
    * Opens an export and serves it. With a table it is recorded there before it is served
    * (unless persist is false: an export given on the command line), so it comes back after
    * a restart.
@@ -397,7 +439,13 @@ export class BlockServer extends EventEmitter {
         readOnly: spec.readOnly,
         backend: opened.backend,
       });
-      this.entries.set(spec.name, { exp, mode: "target", path: opened.path, record });
+      this.entries.set(spec.name, {
+        exp,
+        mode: "target",
+        path: opened.path,
+        record,
+        fence: spec.fencingToken ?? 0,
+      });
       this.log.info("export created", {
         name: spec.name,
         mode: "target",
@@ -415,7 +463,14 @@ export class BlockServer extends EventEmitter {
       readOnly: spec.readOnly,
       backend: proxy,
     });
-    const entry: Entry = { exp, mode: "proxy", path: opened.path, proxy, record };
+    const entry: Entry = {
+      exp,
+      mode: "proxy",
+      path: opened.path,
+      proxy,
+      record,
+      fence: spec.fencingToken ?? 0,
+    };
     this.entries.set(spec.name, entry);
     // Destination heat first (what this host's VM touches), then the source's.
     proxy.addHotSource(() => exp.heat.hottest(256));

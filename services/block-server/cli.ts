@@ -424,6 +424,7 @@ async function clientCommand(
             source,
             readOnly: o["read-only"] ?? false,
             description: "",
+            fencingToken: 0,
           },
           cb,
         ),
@@ -432,7 +433,9 @@ async function clientCommand(
       return 0;
     }
     case "remove":
-      await call<RemoveExportResponse>((cb) => client.removeExport({ name: need(name, "remove") }, cb));
+      await call<RemoveExportResponse>((cb) =>
+        client.removeExport({ name: need(name, "remove"), fencingToken: 0 }, cb),
+      );
       return 0;
     case "cache-all": {
       need(name, "cache-all");
@@ -442,6 +445,7 @@ async function clientCommand(
             name,
             rateLimitBytesPerSecond: rate,
             parallelism: 0,
+            fencingToken: 0,
           },
           cb,
         ),
@@ -464,7 +468,7 @@ async function clientCommand(
       show(
         (
           await call<StopBackgroundCopyResponse>((cb) =>
-            client.stopBackgroundCopy({ name: need(name, "stop-copy") }, cb),
+            client.stopBackgroundCopy({ name: need(name, "stop-copy"), fencingToken: 0 }, cb),
           )
         ).status,
       );
@@ -478,6 +482,7 @@ async function clientCommand(
               {
                 name: need(name, "rate"),
                 rateLimitBytesPerSecond: rate,
+                fencingToken: 0,
               },
               cb,
             ),
@@ -490,7 +495,7 @@ async function clientCommand(
       show(
         (
           await call<SetUpstreamResponse>((cb) =>
-            client.setUpstream({ name: need(name, "set-upstream"), upstreamUrl: arg }, cb),
+            client.setUpstream({ name: need(name, "set-upstream"), upstreamUrl: arg, fencingToken: 0 }, cb),
           )
         ).status,
       );
@@ -499,7 +504,7 @@ async function clientCommand(
       show(
         (
           await call<PromoteResponse>((cb) =>
-            client.promote({ name: need(name, "promote"), wait: o.wait ?? false }, cb),
+            client.promote({ name: need(name, "promote"), wait: o.wait ?? false, fencingToken: 0 }, cb),
           )
         ).status,
       );

@@ -14,6 +14,8 @@ export interface ExportRecord {
   description: string;
   readOnly: boolean;
   source: TargetRecord | ProxyRecord;
+  /** The highest fencing token a call on this export carried (absent: none, 0). */
+  fencingToken?: number;
 }
 
 export interface TargetRecord {
@@ -67,6 +69,11 @@ function checkRecord(r: unknown, where: string): ExportRecord {
   if (s.mode === "target" && typeof s.imagePath !== "string") throw bad("target without imagePath");
   if (s.mode === "proxy" && (typeof s.upstreamUrl !== "string" || typeof s.cachePath !== "string"))
     throw bad("proxy without upstreamUrl or cachePath");
+  if (
+    x.fencingToken !== undefined &&
+    !(Number.isSafeInteger(x.fencingToken) && (x.fencingToken as number) >= 0)
+  )
+    throw bad("fencingToken is not a non-negative integer");
   return x as unknown as ExportRecord;
 }
 

@@ -1,9 +1,24 @@
 // The control-plane's handle on one host's block-server (gRPC BlockService), as promises: what a
 // migration needs to relocate a VM's disk lazily (a proxy export at the destination, its
-// background copy, promote, and the source export's release).
+// background copy, promote, and the source export's release). Every call that changes an export
+// carries the migration's fencing token: the block-server refuses one older than the newest it
+// has seen on that export (isStaleFence), so a migration the VM has moved on from cannot undo
+// what the next one did.
 import * as grpc from "@grpc/grpc-js";
 import { BlockServiceClient, type ExportStatus } from "../../gen/vmhop/v1/block.js";
-import { type Callback, CHANNEL, ClientPool, callPeer } from "./peer-call.js";
+import { type Callback, CHANNEL, ClientPool, callPeer, PeerError } from "./peer-call.js";
+
+/**
+ * The block-server refused a call because a newer migration (a higher fencing token) has acted
+ * on that export since: it is no longer this migration's.
+ */
+export function isStaleFence(err: unknown): boolean {
+  return (
+    err instanceof PeerError &&
+    err.code === grpc.status.FAILED_PRECONDITION &&
+    err.message.includes("stale fencing token")
+  );
+}
 
 export class BlockServer {
   private readonly client: BlockServiceClient;
@@ -24,7 +39,12 @@ export class BlockServer {
    * place. No background copy: it starts after the switch-over (blocks copied earlier could be
    * rewritten by the still-running source VM).
    */
-  async createProxy(name: string, upstreamUrl: string, upstreamControl: string): Promise<void> {
+  async createProxy(
+    name: string,
+    upstreamUrl: string,
+    upstreamControl: string,
+    fencingToken: number,
+  ): Promise<void> {
     await this.call("CreateExport", (o, cb) =>
       this.client.createExport(
         {
@@ -43,6 +63,7 @@ export class BlockServer {
           },
           readOnly: false,
           description: "",
+          fencingToken,
         },
         new grpc.Metadata(),
         o,
@@ -59,10 +80,10 @@ export class BlockServer {
     ).status!;
   }
 
-  async startCopy(name: string, rateLimitBytesPerSecond: number): Promise<void> {
+  async startCopy(name: string, rateLimitBytesPerSecond: number, fencingToken: number): Promise<void> {
     await this.call("StartBackgroundCopy", (o, cb) =>
       this.client.startBackgroundCopy(
-        { name, rateLimitBytesPerSecond, parallelism: 0 },
+        { name, rateLimitBytesPerSecond, parallelism: 0, fencingToken },
         new grpc.Metadata(),
         o,
         cb,
@@ -71,22 +92,22 @@ export class BlockServer {
   }
 
   /** The background copy's rate cap (bytes/s; 0 = none). */
-  async setRate(name: string, rateLimitBytesPerSecond: number): Promise<void> {
+  async setRate(name: string, rateLimitBytesPerSecond: number, fencingToken: number): Promise<void> {
     await this.call("SetRateLimit", (o, cb) =>
-      this.client.setRateLimit({ name, rateLimitBytesPerSecond }, new grpc.Metadata(), o, cb),
+      this.client.setRateLimit({ name, rateLimitBytesPerSecond, fencingToken }, new grpc.Metadata(), o, cb),
     );
   }
 
   /** Proxy → target once every block is local (the block-server refuses before). */
-  async promote(name: string): Promise<void> {
+  async promote(name: string, fencingToken: number): Promise<void> {
     await this.call("Promote", (o, cb) =>
-      this.client.promote({ name, wait: false }, new grpc.Metadata(), o, cb),
+      this.client.promote({ name, wait: false, fencingToken }, new grpc.Metadata(), o, cb),
     );
   }
 
-  async remove(name: string): Promise<void> {
+  async remove(name: string, fencingToken: number): Promise<void> {
     await this.call("RemoveExport", (o, cb) =>
-      this.client.removeExport({ name }, new grpc.Metadata(), o, cb),
+      this.client.removeExport({ name, fencingToken }, new grpc.Metadata(), o, cb),
     );
   }
 

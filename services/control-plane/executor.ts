@@ -2,7 +2,7 @@ import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
-import { type BlockServer, BlockServers } from "./block-client.js";
+import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import type { PageServer, PageServers } from "./page-client.js";
 import { isNotFound } from "./peer-call.js";
 import {
@@ -152,7 +152,12 @@ export class Executor {
    */
   private async prepare(m: MigrationRecord, ctx: Ends): Promise<string> {
     if (m.disk && ctx.dstBlock && ctx.srcBlock)
-      await ctx.dstBlock.createProxy(m.disk.destination_export, m.disk.source_url, ctx.srcBlock.address);
+      await ctx.dstBlock.createProxy(
+        m.disk.destination_export,
+        m.disk.source_url,
+        ctx.srcBlock.address,
+        m.fencing_token,
+      );
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
     return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode);
   }
@@ -164,7 +169,11 @@ export class Executor {
   /** The VM runs at the destination: its disk's background copy starts (capped while memory moves). */
   private async startDiskCopy(m: MigrationRecord, ctx: Ends): Promise<void> {
     if (!m.disk || !ctx.dstBlock) return;
-    await ctx.dstBlock.startCopy(m.disk.destination_export, this.opts.diskCopyRateWhileMemory ?? 0);
+    await ctx.dstBlock.startCopy(
+      m.disk.destination_export,
+      this.opts.diskCopyRateWhileMemory ?? 0,
+      m.fencing_token,
+    );
   }
 
   /** Follows the source page-server's view until the migration ends; switched on post-copy. */
@@ -246,12 +255,15 @@ export class Executor {
    * The VM may move on before its disk is all here (A→B, then B→C while B still copies): C's
    * proxy reads through B's export, and that next migration removes B's export only once C
    * holds every block. B's export gone and the VM elsewhere therefore means the disk needs
-   * nothing here or at the source any more: the source export is released and this ends.
+   * nothing here or at the source any more: the source export is released and this ends. So
+   * does a call on the export refused for a stale fencing token: a later migration of the VM
+   * (a higher token) has acted on it since, so it is that one's now.
    */
   private async relocate(m: MigrationRecord, ctx: Ends): Promise<void> {
     const { disk } = m;
     if (disk && ctx.dstBlock && ctx.srcBlock) {
       const name = disk.destination_export;
+      const token = m.fencing_token;
       // The copy runs at its after-memory rate; started here too, since a control-plane that
       // stopped between the switch-over and starting it left none (a promoted export, after a
       // restart between promote and finish, needs nothing).
@@ -259,44 +271,44 @@ export class Executor {
         if (isNotFound(err)) return undefined;
         throw err;
       });
-      if (first?.export?.mode === ExportMode.EXPORT_MODE_PROXY) {
-        await ctx.dstBlock.setRate(name, this.opts.diskCopyRateAfterMemory ?? 0);
-        await ctx.dstBlock.startCopy(name, 0);
-      }
-      let last = "";
-      for (;;) {
-        if (this.closed) throw new ShutdownError();
-        const st = await ctx.dstBlock.status(name).catch(async (err) => {
-          if (isNotFound(err) && (await this.movedOn(m))) return null;
-          throw err;
+      try {
+        if (first?.export?.mode === ExportMode.EXPORT_MODE_PROXY) {
+          await ctx.dstBlock.setRate(name, this.opts.diskCopyRateAfterMemory ?? 0, token);
+          await ctx.dstBlock.startCopy(name, 0, token);
+        }
+        let last = "";
+        for (;;) {
+          if (this.closed) throw new ShutdownError();
+          const st = await ctx.dstBlock.status(name);
+          const now: DiskRecord = {
+            ...disk,
+            blocks_total: st.blocksTotal,
+            blocks_local: st.blocksLocal,
+            bytes_fetched_on_demand: st.bytesFetchedOnDemand,
+            bytes_fetched_background: st.bytesFetchedBackground,
+          };
+          const key = JSON.stringify(now);
+          if (key !== last) await recordProgress(this.store, m.migration_id, { disk: now }).catch(() => {});
+          last = key;
+          if (st.backgroundCopy?.lastError && !st.backgroundCopy.running)
+            throw new Error(`the disk's background copy stopped: ${st.backgroundCopy.lastError}`);
+          if (st.blocksTotal > 0 && st.blocksLocal >= st.blocksTotal) {
+            await ctx.dstBlock.promote(name, token);
+            await this.releaseSource(disk, ctx.srcBlock, token);
+            await this.step(m.migration_id, "finish", { disk: { ...now, promoted: true } });
+            return;
+          }
+          await sleep(this.opts.diskPollMs ?? 250);
+        }
+      } catch (err) {
+        if (!(isStaleFence(err) || (isNotFound(err) && (await this.movedOn(m))))) throw err;
+        await this.releaseSource(disk, ctx.srcBlock, token);
+        this.log.info("the VM moved on before its disk was all here; the next migration took it", {
+          migration: m.migration_id,
+          why: (err as Error).message,
         });
-        if (st === null) {
-          await this.releaseSource(disk, ctx.srcBlock);
-          this.log.info("the VM moved on before its disk was all here; the next migration took it", {
-            migration: m.migration_id,
-          });
-          await this.step(m.migration_id, "finish");
-          return;
-        }
-        const now: DiskRecord = {
-          ...disk,
-          blocks_total: st.blocksTotal,
-          blocks_local: st.blocksLocal,
-          bytes_fetched_on_demand: st.bytesFetchedOnDemand,
-          bytes_fetched_background: st.bytesFetchedBackground,
-        };
-        const key = JSON.stringify(now);
-        if (key !== last) await recordProgress(this.store, m.migration_id, { disk: now }).catch(() => {});
-        last = key;
-        if (st.backgroundCopy?.lastError && !st.backgroundCopy.running)
-          throw new Error(`the disk's background copy stopped: ${st.backgroundCopy.lastError}`);
-        if (st.blocksTotal > 0 && st.blocksLocal >= st.blocksTotal) {
-          await ctx.dstBlock.promote(name);
-          await this.releaseSource(disk, ctx.srcBlock);
-          await this.step(m.migration_id, "finish", { disk: { ...now, promoted: true } });
-          return;
-        }
-        await sleep(this.opts.diskPollMs ?? 250);
+        await this.step(m.migration_id, "finish");
+        return;
       }
     }
     await this.step(m.migration_id, "finish");
@@ -304,12 +316,13 @@ export class Executor {
 
   /**
    * The source QEMU is gone (the page-server ended it when memory completed) and the disk is
-   * whole elsewhere: nothing reads the source export any more.
+   * whole elsewhere: nothing reads the source export any more. Gone already, or refused for a
+   * stale token (a later migration of the VM made an export of that name there since): not ours.
    */
-  private async releaseSource(disk: DiskRecord, src: BlockServer): Promise<void> {
+  private async releaseSource(disk: DiskRecord, src: BlockServer, fencingToken: number): Promise<void> {
     const name = parseNbdUrl(disk.source_url)?.name ?? disk.destination_export;
-    await src.remove(name).catch((err) => {
-      if (!isNotFound(err)) throw err;
+    await src.remove(name, fencingToken).catch((err) => {
+      if (!isNotFound(err) && !isStaleFence(err)) throw err;
     });
   }
 
@@ -339,14 +352,14 @@ export class Executor {
    * Removes the destination's export only if it is this migration's: a proxy of the source
    * disk. An export of that name that was there before (the reason a create failed) is not ours.
    */
-  private async removeOwnProxy(disk: DiskRecord, dst: BlockServer): Promise<void> {
+  private async removeOwnProxy(disk: DiskRecord, dst: BlockServer, fencingToken: number): Promise<void> {
     const st = await dst.status(disk.destination_export).catch((err) => {
       if (isNotFound(err)) return undefined;
       throw err;
     });
     const e = st?.export;
     if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) return;
-    await dst.remove(disk.destination_export);
+    await dst.remove(disk.destination_export, fencingToken);
   }
 
   /**
@@ -360,7 +373,7 @@ export class Executor {
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)
         await ctx.dst.stop(m.vm_id, true).catch((err) => this.log.warn("destination clean-up", { err }));
       if (m.disk && ctx.dstBlock)
-        await this.removeOwnProxy(m.disk, ctx.dstBlock).catch((err) =>
+        await this.removeOwnProxy(m.disk, ctx.dstBlock, m.fencing_token).catch((err) =>
           this.log.warn("destination disk clean-up", { err }),
         );
     }

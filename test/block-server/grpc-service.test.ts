@@ -104,6 +104,7 @@ test("create a target export, read it with nbdcopy, list and status", async (ctx
         source: { $case: "target", value: { imagePath: ctx.image } },
         readOnly: false,
         description: "",
+        fencingToken: 0,
       },
       cb,
     ),
@@ -130,7 +131,9 @@ test("create a target export, read it with nbdcopy, list and status", async (ctx
 
 test("bad requests get precise status codes and change nothing", async (ctx) => {
   const create = (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) =>
-    rpc((cb) => ctx.client.createExport({ name, source, readOnly: false, description: "" }, cb));
+    rpc((cb) =>
+      ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
+    );
   await rejectsWith(
     create("src", { $case: "target", value: { imagePath: ctx.image } }),
     grpc.status.ALREADY_EXISTS,
@@ -185,13 +188,16 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     /no export named "nope"/,
   );
   await rejectsWith(
-    rpc((cb) => ctx.client.removeExport({ name: "" }, cb)),
+    rpc((cb) => ctx.client.removeExport({ name: "", fencingToken: 0 }, cb)),
     grpc.status.INVALID_ARGUMENT,
     /name is required/,
   );
   await rejectsWith(
     rpc((cb) =>
-      ctx.client.startBackgroundCopy({ name: "src", rateLimitBytesPerSecond: 0, parallelism: 0 }, cb),
+      ctx.client.startBackgroundCopy(
+        { name: "src", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 },
+        cb,
+      ),
     ),
     grpc.status.FAILED_PRECONDITION,
     /target mode/,
@@ -224,13 +230,14 @@ test("proxy export: on-demand read, background copy with progress events, promot
         },
         readOnly: false,
         description: "",
+        fencingToken: 0,
       },
       cb,
     ),
   );
   // Promote before the copy: refused, nothing changes.
   await rejectsWith(
-    rpc((cb) => ctx.client.promote({ name: "dst", wait: false }, cb)),
+    rpc((cb) => ctx.client.promote({ name: "dst", wait: false, fencingToken: 0 }, cb)),
     grpc.status.FAILED_PRECONDITION,
     /not local yet/,
   );
@@ -261,7 +268,10 @@ test("proxy export: on-demand read, background copy with progress events, promot
     stream.on("error", (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : reject(e)));
   });
   await rpc((cb) =>
-    ctx.client.startBackgroundCopy({ name: "dst", rateLimitBytesPerSecond: 0, parallelism: 0 }, cb),
+    ctx.client.startBackgroundCopy(
+      { name: "dst", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 },
+      cb,
+    ),
   );
   await done;
   stream.cancel();
@@ -272,12 +282,12 @@ test("proxy export: on-demand read, background copy with progress events, promot
   writeFileSync(join(ctx.dir.path, "pattern"), fill);
   await run("qemu-io", ["-f", "raw", "-c", "write -P 0xab 8M 4k", `nbd://${ctx.nbd}/dst`]);
   const p = await rpc<{ status?: { export?: { mode: number; upstreamUrl: string } } }>((cb) =>
-    ctx.client.promote({ name: "dst", wait: false }, cb),
+    ctx.client.promote({ name: "dst", wait: false, fencingToken: 0 }, cb),
   );
   assert.equal(p.status?.export?.mode, ExportMode.EXPORT_MODE_TARGET);
   assert.equal(p.status?.export?.upstreamUrl, "");
   // The source may go away now: the destination serves everything itself.
-  await rpc((cb) => ctx.client.removeExport({ name: "src" }, cb));
+  await rpc((cb) => ctx.client.removeExport({ name: "src", fencingToken: 0 }, cb));
   const out = join(ctx.dir.path, "dst-copy.raw");
   await run("nbdcopy", [`nbd://${ctx.nbd}/dst`, out]);
   const copy = readFileSync(out);

@@ -81,7 +81,13 @@ const status = async (c: BlockServiceClient, name: string): Promise<ExportStatus
 async function createTarget(c: BlockServiceClient, name: string, imagePath: string) {
   await rpc((cb) =>
     c.createExport(
-      { name, source: { $case: "target", value: { imagePath } }, readOnly: false, description: "" },
+      {
+        name,
+        source: { $case: "target", value: { imagePath } },
+        readOnly: false,
+        description: "",
+        fencingToken: 0,
+      },
       cb,
     ),
   );
@@ -106,6 +112,7 @@ async function createProxy(c: BlockServiceClient, name: string, upstreamUrl: str
         },
         readOnly: false,
         description: "",
+        fencingToken: 0,
       },
       cb,
     ),
@@ -240,7 +247,7 @@ t(
     await createTarget(s.client, "removed", imgs[2]);
     await createProxy(s.client, "nocache", up.url, join(dir.path, "m-nocache.cache"));
     await createProxy(s.client, "nobitmap", up.url, join(dir.path, "m-nobitmap.cache"));
-    await rpc((cb) => s.client.removeExport({ name: "removed" }, cb));
+    await rpc((cb) => s.client.removeExport({ name: "removed", fencingToken: 0 }, cb));
     await a.kill9();
     rmSync(imgs[1]);
     rmSync(join(dir.path, "m-nocache.cache"));
@@ -268,7 +275,7 @@ t(
     );
     assert.ok((await readAll(s.url("keep"), "keep")).equals(readFileSync(imgs[0])));
     // Removing one that is not served drops its record for good.
-    await rpc((cb) => s.client.removeExport({ name: "gone" }, cb));
+    await rpc((cb) => s.client.removeExport({ name: "gone", fencingToken: 0 }, cb));
     await b.kill9();
     const c = s.start();
     const rc = await within(c.ready, 30_000, "the ready line");
@@ -365,7 +372,7 @@ t("a promoted proxy comes back as a target on its cache, without its upstream", 
   const a = s.start();
   await within(a.ready, 30_000, "the ready line");
   await createProxy(s.client, "p", up.url, cache);
-  await rpc((cb) => s.client.promote({ name: "p", wait: true }, cb));
+  await rpc((cb) => s.client.promote({ name: "p", wait: true, fencingToken: 0 }, cb));
   await a.kill9();
   await up.stop();
   const table = JSON.parse(readFileSync(join(dir.path, "pr-state", "exports.json"), "utf8"));
@@ -389,7 +396,10 @@ t("a background copy that was running resumes after kill -9, at its rate", async
   await within(a.ready, 30_000, "the ready line");
   await createProxy(s.client, "p", up.url, join(dir.path, "bg.cache"));
   await rpc((cb) =>
-    s.client.startBackgroundCopy({ name: "p", rateLimitBytesPerSecond: MiB, parallelism: 0 }, cb),
+    s.client.startBackgroundCopy(
+      { name: "p", rateLimitBytesPerSecond: MiB, parallelism: 0, fencingToken: 0 },
+      cb,
+    ),
   );
   // StartBackgroundCopy is recorded just after it answers.
   await until(
@@ -403,7 +413,7 @@ t("a background copy that was running resumes after kill -9, at its rate", async
   const st = await status(s.client, "p");
   assert.ok(st.backgroundCopy?.running, "the copy runs again");
   assert.is(st.backgroundCopy?.rateLimitBytesPerSecond, MiB, "at the rate it had");
-  await rpc((cb) => s.client.setRateLimit({ name: "p", rateLimitBytesPerSecond: 0 }, cb));
+  await rpc((cb) => s.client.setRateLimit({ name: "p", rateLimitBytesPerSecond: 0, fencingToken: 0 }, cb));
   await until("the copy to finish", async () => (await status(s.client, "p")).backgroundCopy?.done, 30_000);
   await up.stop();
   assert.ok((await readAll(s.url("p"), "bg-p")).equals(data), "every byte local and right");
@@ -425,7 +435,7 @@ t("--store redis://: the table lives in Redis, and a restart serves it", async (
   const rb = await within(b.ready, 30_000, "the ready line");
   assert.equal(rb.restored, ["r0"]);
   assert.ok((await readAll(s.url("r0"), "rd-r0")).equals(data));
-  await rpc((cb) => s.client.removeExport({ name: "r0" }, cb));
+  await rpc((cb) => s.client.removeExport({ name: "r0", fencingToken: 0 }, cb));
   await b.stop();
   const c = s.start();
   assert.equal((await within(c.ready, 30_000, "the ready line")).exports, []);

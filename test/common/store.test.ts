@@ -10,6 +10,7 @@ import {
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
+import { until, within } from "../helpers/wait.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -51,6 +52,16 @@ function behaviour(name: string, open: () => Promise<Store>, reqs: string[] = []
     assert.equal(await store.compareAndSet("lease", null, "owner-4"), true, "expired lease can be taken");
   });
 
+  t("compareAndSet refuses a bad TTL before comparing", async ({ store }) => {
+    await store.set("cas-ttl", "cur");
+    // Whether or not the comparison would succeed, a bad TTL is an error, and nothing changes.
+    await assert.rejects(store.compareAndSet("cas-ttl", "other", "new", { ttlMs: 0 }), StoreError);
+    await assert.rejects(store.compareAndSet("cas-ttl", "cur", "new", { ttlMs: -5 }), StoreError);
+    await assert.rejects(store.compareAndSet("cas-absent", "x", "new", { ttlMs: 0 }), StoreError);
+    assert.equal(await store.get("cas-ttl"), "cur");
+    assert.equal(await store.get("cas-absent"), null);
+  });
+
   t("compareAndSet is atomic under concurrency", async ({ store }) => {
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) => store.compareAndSet("race", null, `w${i}`)),
@@ -71,6 +82,26 @@ function behaviour(name: string, open: () => Promise<Store>, reqs: string[] = []
     assert.equal(await store.incr("gen"), 2);
     await store.set("notnum", "abc");
     await assert.rejects(store.incr("notnum"), StoreError);
+  });
+
+  t("incr takes only what Redis takes as an integer", async ({ store }) => {
+    for (const bad of ["", " 1", "1 ", "1.5", "01", "-0", "1e3", "0x10", "+1"]) {
+      await store.set("n", bad);
+      await assert.rejects(store.incr("n"), StoreError, `incr of ${JSON.stringify(bad)}`);
+      assert.equal(await store.get("n"), bad, `${JSON.stringify(bad)} unchanged`);
+    }
+    await store.set("n", "-5");
+    assert.equal(await store.incr("n"), -4);
+    await store.set("n", "0");
+    assert.equal(await store.incr("n"), 1);
+  });
+
+  t("incr keeps the key's TTL", async ({ store }) => {
+    await store.set("ttl-gen", "5", { ttlMs: 120 });
+    assert.equal(await store.incr("ttl-gen"), 6);
+    assert.equal(await store.get("ttl-gen"), "6");
+    await until("the incremented key to expire", async () => (await store.get("ttl-gen")) === null, 5000);
+    assert.equal(await store.incr("ttl-gen"), 1, "counts from 1 again once expired");
   });
 
   t("scan by prefix is literal and sorted", async ({ store }) => {
@@ -134,6 +165,42 @@ d("data survives a redis-server restart", async () => {
     assert.deepEqual(JSON.parse((await b.get("migration/1")) ?? "null"), { state: "switching" });
     await b.close();
   } finally {
+    await h.stop();
+  }
+});
+d("a subscribe whose connection failed is tried again on the next subscribe", async () => {
+  const h = await startRedis();
+  const store = await RedisStore.connect(h.url, { connectTimeoutMs: 1000 });
+  try {
+    await h.halt();
+    await assert.rejects(
+      within(
+        store.subscribe("ch", () => {}),
+        10_000,
+        "subscribe with Redis down",
+      ),
+      (err: Error) => err instanceof StoreError && /cannot connect \(subscriber\) to Redis/.test(err.message),
+    );
+    await h.restart();
+    const got: string[] = [];
+    const unsub = await within(
+      store.subscribe("ch", (m) => got.push(m)),
+      10_000,
+      "subscribe once Redis is back",
+    );
+    await until(
+      "a message published after Redis came back",
+      async () => {
+        await store.publish("ch", "back");
+        return got.length > 0;
+      },
+      10_000,
+      200,
+    );
+    assert.equal(got[0], "back");
+    await unsub();
+  } finally {
+    await store.close();
     await h.stop();
   }
 });

@@ -153,6 +153,7 @@ t(
       source: { $case: "target", value: { imagePath: other } },
       readOnly: false,
       description: "",
+      fencingToken: 0,
     });
     const m = await cp.client.migrateVm({ vmId: "vm1", destinationHostId: "b" });
     assert.is(m.storage, StorageMode.STORAGE_MODE_LAZY);
@@ -163,7 +164,7 @@ t(
     assert.is(at.hostId, "a");
     assert.is(at.vm?.state, VmState.VM_STATE_RUNNING);
     assert.is(at.migrationId, "", "released for another migration");
-    await call(c.removeExport.bind(c), { name: "disk0" });
+    await call(c.removeExport.bind(c), { name: "disk0", fencingToken: 0 });
     c.close();
     assert.equal(
       (await exportsOf(b.grpc)).exports.map((e) => e.name),
@@ -261,7 +262,11 @@ t(
     // C's own copy all but stops: A's, reading through C, finishes first (C fetches what A asks
     // from B on demand), so the B→C migration sees its export taken away by the next move.
     const cc = new BlockServiceClient(c.grpc, grpc.credentials.createInsecure());
-    await call(cc.setRateLimit.bind(cc), { name: "disk0", rateLimitBytesPerSecond: 64 << 10 });
+    await call(cc.setRateLimit.bind(cc), {
+      name: "disk0",
+      rateLimitBytesPerSecond: 64 << 10,
+      fencingToken: 0,
+    });
     cc.close();
     const m2 = await cp.client.migrateVm({ vmId: "vm1", destinationHostId: "a" });
     assert.is(m2.disk?.sourceUrl, `nbd://${c.nbd}/disk0`, "C's export, still a proxy, is the upstream");

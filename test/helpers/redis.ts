@@ -9,7 +9,10 @@ export interface RedisHandle {
   url: string;
   port: number;
   dir: string;
+  /** Stops redis-server and removes its data. */
   stop(): Promise<void>;
+  /** Stops redis-server, keeping its data (restart() starts it again). */
+  halt(): Promise<void>;
   restart(): Promise<void>;
 }
 
@@ -71,6 +74,7 @@ export async function startRedis(): Promise<RedisHandle> {
       await stop();
       tmp.cleanup();
     },
+    halt: stop,
     restart: async () => {
       await stop();
       await launch();

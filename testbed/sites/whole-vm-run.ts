@@ -132,6 +132,7 @@ export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise
       source: { $case: "target", value: { imagePath: image } },
       readOnly: false,
       description: `disk of ${VM_ID}`,
+      fencingToken: 0,
     }),
   );
   const net = `vmhop.ip6=${VM.homeIpv6[0]} vmhop.ip4=${VM.homeIpv4[0]}/24 vmhop.gw4=10.77.0.1 vmhop.echo=${ECHO_PORT}`;

@@ -174,6 +174,8 @@ export interface CreateExportRequest {
   source: { $case: "target"; value: TargetSource } | { $case: "proxy"; value: ProxySource } | undefined;
   readOnly: boolean;
   description: string;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface CreateExportResponse {
@@ -182,6 +184,8 @@ export interface CreateExportResponse {
 
 export interface RemoveExportRequest {
   name: string;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface RemoveExportResponse {
@@ -244,6 +248,8 @@ export interface StartBackgroundCopyRequest {
   rateLimitBytesPerSecond: number;
   /** Requests in flight to the upstream; 0 = default (8). */
   parallelism: number;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface StartBackgroundCopyResponse {
@@ -252,6 +258,8 @@ export interface StartBackgroundCopyResponse {
 
 export interface StopBackgroundCopyRequest {
   name: string;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface StopBackgroundCopyResponse {
@@ -262,6 +270,8 @@ export interface SetRateLimitRequest {
   name: string;
   /** 0 = unlimited. */
   rateLimitBytesPerSecond: number;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface SetRateLimitResponse {
@@ -271,6 +281,8 @@ export interface SetRateLimitResponse {
 export interface SetUpstreamRequest {
   name: string;
   upstreamUrl: string;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface SetUpstreamResponse {
@@ -280,6 +292,8 @@ export interface SetUpstreamResponse {
 export interface PromoteRequest {
   name: string;
   wait: boolean;
+  /** The caller's fencing token (see BlockService); 0 = unfenced. */
+  fencingToken: number;
 }
 
 export interface PromoteResponse {
@@ -819,7 +833,7 @@ export const ProxySource: MessageFns<ProxySource> = {
 };
 
 function createBaseCreateExportRequest(): CreateExportRequest {
-  return { name: "", source: undefined, readOnly: false, description: "" };
+  return { name: "", source: undefined, readOnly: false, description: "", fencingToken: 0 };
 }
 
 export const CreateExportRequest: MessageFns<CreateExportRequest> = {
@@ -840,6 +854,9 @@ export const CreateExportRequest: MessageFns<CreateExportRequest> = {
     }
     if (message.description !== "") {
       writer.uint32(42).string(message.description);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(48).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -897,6 +914,14 @@ export const CreateExportRequest: MessageFns<CreateExportRequest> = {
             message.description = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -923,6 +948,11 @@ export const CreateExportRequest: MessageFns<CreateExportRequest> = {
         ? globalThis.Boolean(object.read_only)
         : false,
       description: isSet(object.description) ? globalThis.String(object.description) : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -941,6 +971,9 @@ export const CreateExportRequest: MessageFns<CreateExportRequest> = {
     }
     if (message.description !== "") {
       obj.description = message.description;
+    }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
     }
     return obj;
   },
@@ -967,6 +1000,7 @@ export const CreateExportRequest: MessageFns<CreateExportRequest> = {
     }
     message.readOnly = object.readOnly ?? false;
     message.description = object.description ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -1041,13 +1075,16 @@ export const CreateExportResponse: MessageFns<CreateExportResponse> = {
 };
 
 function createBaseRemoveExportRequest(): RemoveExportRequest {
-  return { name: "" };
+  return { name: "", fencingToken: 0 };
 }
 
 export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
   encode(message: RemoveExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(16).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -1073,6 +1110,14 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1086,13 +1131,23 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
   },
 
   fromJSON(object: any): RemoveExportRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
+    };
   },
 
   toJSON(message: RemoveExportRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
     }
     return obj;
   },
@@ -1103,6 +1158,7 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
   fromPartial<I extends Exact<DeepPartial<RemoveExportRequest>, I>>(object: I): RemoveExportRequest {
     const message = createBaseRemoveExportRequest();
     message.name = object.name ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2019,7 +2075,7 @@ export const GetExportStatusResponse: MessageFns<GetExportStatusResponse> = {
 };
 
 function createBaseStartBackgroundCopyRequest(): StartBackgroundCopyRequest {
-  return { name: "", rateLimitBytesPerSecond: 0, parallelism: 0 };
+  return { name: "", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 };
 }
 
 export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> = {
@@ -2032,6 +2088,9 @@ export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> 
     }
     if (message.parallelism !== 0) {
       writer.uint32(24).uint32(message.parallelism);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(32).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2073,6 +2132,14 @@ export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> 
             message.parallelism = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2094,6 +2161,11 @@ export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> 
         ? globalThis.Number(object.rate_limit_bytes_per_second)
         : 0,
       parallelism: isSet(object.parallelism) ? globalThis.Number(object.parallelism) : 0,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2108,6 +2180,9 @@ export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> 
     if (message.parallelism !== 0) {
       obj.parallelism = Math.round(message.parallelism);
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -2119,6 +2194,7 @@ export const StartBackgroundCopyRequest: MessageFns<StartBackgroundCopyRequest> 
     message.name = object.name ?? "";
     message.rateLimitBytesPerSecond = object.rateLimitBytesPerSecond ?? 0;
     message.parallelism = object.parallelism ?? 0;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2193,13 +2269,16 @@ export const StartBackgroundCopyResponse: MessageFns<StartBackgroundCopyResponse
 };
 
 function createBaseStopBackgroundCopyRequest(): StopBackgroundCopyRequest {
-  return { name: "" };
+  return { name: "", fencingToken: 0 };
 }
 
 export const StopBackgroundCopyRequest: MessageFns<StopBackgroundCopyRequest> = {
   encode(message: StopBackgroundCopyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(16).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2225,6 +2304,14 @@ export const StopBackgroundCopyRequest: MessageFns<StopBackgroundCopyRequest> = 
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2238,13 +2325,23 @@ export const StopBackgroundCopyRequest: MessageFns<StopBackgroundCopyRequest> = 
   },
 
   fromJSON(object: any): StopBackgroundCopyRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
+    };
   },
 
   toJSON(message: StopBackgroundCopyRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
     }
     return obj;
   },
@@ -2255,6 +2352,7 @@ export const StopBackgroundCopyRequest: MessageFns<StopBackgroundCopyRequest> = 
   fromPartial<I extends Exact<DeepPartial<StopBackgroundCopyRequest>, I>>(object: I): StopBackgroundCopyRequest {
     const message = createBaseStopBackgroundCopyRequest();
     message.name = object.name ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2329,7 +2427,7 @@ export const StopBackgroundCopyResponse: MessageFns<StopBackgroundCopyResponse> 
 };
 
 function createBaseSetRateLimitRequest(): SetRateLimitRequest {
-  return { name: "", rateLimitBytesPerSecond: 0 };
+  return { name: "", rateLimitBytesPerSecond: 0, fencingToken: 0 };
 }
 
 export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
@@ -2339,6 +2437,9 @@ export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
     }
     if (message.rateLimitBytesPerSecond !== 0) {
       writer.uint32(16).uint64(message.rateLimitBytesPerSecond);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(24).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2372,6 +2473,14 @@ export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
             message.rateLimitBytesPerSecond = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2392,6 +2501,11 @@ export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
         : isSet(object.rate_limit_bytes_per_second)
         ? globalThis.Number(object.rate_limit_bytes_per_second)
         : 0,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2403,6 +2517,9 @@ export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
     if (message.rateLimitBytesPerSecond !== 0) {
       obj.rateLimitBytesPerSecond = Math.round(message.rateLimitBytesPerSecond);
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -2413,6 +2530,7 @@ export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
     const message = createBaseSetRateLimitRequest();
     message.name = object.name ?? "";
     message.rateLimitBytesPerSecond = object.rateLimitBytesPerSecond ?? 0;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2487,7 +2605,7 @@ export const SetRateLimitResponse: MessageFns<SetRateLimitResponse> = {
 };
 
 function createBaseSetUpstreamRequest(): SetUpstreamRequest {
-  return { name: "", upstreamUrl: "" };
+  return { name: "", upstreamUrl: "", fencingToken: 0 };
 }
 
 export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
@@ -2497,6 +2615,9 @@ export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
     }
     if (message.upstreamUrl !== "") {
       writer.uint32(18).string(message.upstreamUrl);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(24).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2530,6 +2651,14 @@ export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
             message.upstreamUrl = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2550,6 +2679,11 @@ export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
         : isSet(object.upstream_url)
         ? globalThis.String(object.upstream_url)
         : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2561,6 +2695,9 @@ export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
     if (message.upstreamUrl !== "") {
       obj.upstreamUrl = message.upstreamUrl;
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -2571,6 +2708,7 @@ export const SetUpstreamRequest: MessageFns<SetUpstreamRequest> = {
     const message = createBaseSetUpstreamRequest();
     message.name = object.name ?? "";
     message.upstreamUrl = object.upstreamUrl ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2645,7 +2783,7 @@ export const SetUpstreamResponse: MessageFns<SetUpstreamResponse> = {
 };
 
 function createBasePromoteRequest(): PromoteRequest {
-  return { name: "", wait: false };
+  return { name: "", wait: false, fencingToken: 0 };
 }
 
 export const PromoteRequest: MessageFns<PromoteRequest> = {
@@ -2655,6 +2793,9 @@ export const PromoteRequest: MessageFns<PromoteRequest> = {
     }
     if (message.wait !== false) {
       writer.uint32(16).bool(message.wait);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(24).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2688,6 +2829,14 @@ export const PromoteRequest: MessageFns<PromoteRequest> = {
             message.wait = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2704,6 +2853,11 @@ export const PromoteRequest: MessageFns<PromoteRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2715,6 +2869,9 @@ export const PromoteRequest: MessageFns<PromoteRequest> = {
     if (message.wait !== false) {
       obj.wait = message.wait;
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -2725,6 +2882,7 @@ export const PromoteRequest: MessageFns<PromoteRequest> = {
     const message = createBasePromoteRequest();
     message.name = object.name ?? "";
     message.wait = object.wait ?? false;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -3338,6 +3496,14 @@ export const WatchProgressResponse: MessageFns<WatchProgressResponse> = {
  * BlockService controls one host's block-server: NBD exports of VM disks in target mode
  * (serving an image file) or proxy mode (lazy relocation from an upstream NBD server).
  * Disk bytes never travel over gRPC: they move as NBD.
+ *
+ * Fencing: the calls that change an export carry a fencing_token (a control-plane migration's,
+ * which grows with each migration of a VM). The block-server keeps, per export and recorded
+ * with it, the highest token seen; a call with a lower one is refused with FAILED_PRECONDITION
+ * ("stale fencing token N for export X (seen M)"), so a newer migration that took an export
+ * over is never undone by an older one. 0 = an unfenced caller (the CLI, tests, an operator):
+ * always accepted, and it changes nothing. Reads (status, list, hot blocks, progress) take none.
+ * A removed export's token goes with it: a later CreateExport of that name starts afresh.
  */
 export type BlockServiceService = typeof BlockServiceService;
 export const BlockServiceService = {

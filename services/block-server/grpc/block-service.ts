@@ -1,5 +1,6 @@
-// BlockService: the gRPC face of a BlockServer. Validation and errors come from the
-// BlockServer; this layer maps them to status codes and streams progress.
+// BlockService: the gRPC face of a BlockServer. Validation, errors and fencing come from the
+// BlockServer; this layer admits each changing call's fencing token before it acts, maps errors
+// to status codes and streams progress.
 import * as grpc from "@grpc/grpc-js";
 import {
   BlockServiceClient,
@@ -65,6 +66,7 @@ export function blockService(bs: BlockServer): ServiceRegistration {
             name: req.name,
             description: req.description,
             readOnly: req.readOnly,
+            fencingToken: req.fencingToken,
             source: { mode: "target", imagePath: src.value.imagePath },
           };
         } else if (src?.$case === "proxy") {
@@ -80,6 +82,7 @@ export function blockService(bs: BlockServer): ServiceRegistration {
             name: req.name,
             description: req.description,
             readOnly: req.readOnly,
+            fencingToken: req.fencingToken,
             source: {
               mode: "proxy",
               upstreamUrl: p.upstreamUrl,
@@ -100,7 +103,8 @@ export function blockService(bs: BlockServer): ServiceRegistration {
     ),
     removeExport: unary((req) =>
       mapped(async () => {
-        await bs.removeExport(requireName(req.name));
+        await bs.fence(requireName(req.name), req.fencingToken);
+        await bs.removeExport(req.name);
         return {};
       }),
     ),
@@ -112,30 +116,37 @@ export function blockService(bs: BlockServer): ServiceRegistration {
     ),
     getExportStatus: unary((req) => mapped(() => ({ status: statusToPb(bs.status(requireName(req.name))) }))),
     startBackgroundCopy: unary((req) =>
-      mapped(() => ({
-        status: statusToPb(
-          bs.startCopy(requireName(req.name), { rateBytesPerSec: req.rateLimitBytesPerSecond }),
-        ),
-      })),
+      mapped(async () => {
+        await bs.fence(requireName(req.name), req.fencingToken);
+        return {
+          status: statusToPb(bs.startCopy(req.name, { rateBytesPerSec: req.rateLimitBytesPerSecond })),
+        };
+      }),
     ),
     stopBackgroundCopy: unary((req) =>
-      mapped(async () => ({ status: statusToPb(await bs.stopCopy(requireName(req.name))) })),
+      mapped(async () => {
+        await bs.fence(requireName(req.name), req.fencingToken);
+        return { status: statusToPb(await bs.stopCopy(req.name)) };
+      }),
     ),
     setRateLimit: unary((req) =>
-      mapped(() => ({
-        status: statusToPb(bs.setRateLimit(requireName(req.name), req.rateLimitBytesPerSecond)),
-      })),
+      mapped(async () => {
+        await bs.fence(requireName(req.name), req.fencingToken);
+        return { status: statusToPb(bs.setRateLimit(req.name, req.rateLimitBytesPerSecond)) };
+      }),
     ),
     setUpstream: unary((req) =>
       mapped(async () => {
         if (!req.upstreamUrl) throw new BlockServerError("invalid", "upstream_url is required");
-        return { status: statusToPb(await bs.setUpstream(requireName(req.name), req.upstreamUrl)) };
+        await bs.fence(requireName(req.name), req.fencingToken);
+        return { status: statusToPb(await bs.setUpstream(req.name, req.upstreamUrl)) };
       }),
     ),
     promote: unary((req) =>
-      mapped(async () => ({
-        status: statusToPb(await bs.promote(requireName(req.name), { wait: req.wait })),
-      })),
+      mapped(async () => {
+        await bs.fence(requireName(req.name), req.fencingToken);
+        return { status: statusToPb(await bs.promote(req.name, { wait: req.wait })) };
+      }),
     ),
     getHotBlocks: unary((req) =>
       mapped(() => ({ ranges: bs.hotBlocks(requireName(req.name), req.limit || 4096) })),

@@ -3,6 +3,8 @@
 import { EventEmitter } from "node:events";
 import { checkTtl, type SetOptions, type Store, StoreError, type Unsubscribe } from "./store.js";
 
+const INTEGER = /^(0|-?[1-9][0-9]*)$/;
+
 interface Entry {
   value: string;
   expiresAt?: number;
@@ -58,6 +60,7 @@ export class MemoryStore implements Store {
     value: string,
     opts?: SetOptions,
   ): Promise<boolean> {
+    checkTtl(opts); // a bad TTL is refused whatever the comparison would give, as on Redis
     const cur = this.live(key)?.value ?? null;
     if (cur !== expected) return false;
     this.put(key, value, opts);
@@ -71,10 +74,13 @@ export class MemoryStore implements Store {
   }
 
   async incr(key: string): Promise<number> {
-    const cur = this.live(key)?.value ?? "0";
-    const n = Number(cur);
-    if (!Number.isSafeInteger(n)) throw new StoreError(`value of ${key} is not an integer`);
-    this.data.set(key, { value: String(n + 1) });
+    const e = this.live(key);
+    const cur = e?.value ?? "0";
+    // What Redis takes as an integer: decimal digits, an optional minus, no leading zero or space.
+    const n = INTEGER.test(cur) ? Number(cur) : Number.NaN;
+    if (!Number.isSafeInteger(n + 1)) throw new StoreError(`value of ${key} is not an integer`);
+    // Like Redis's INCR, the key keeps its TTL.
+    this.data.set(key, { value: String(n + 1), expiresAt: e?.expiresAt });
     return n + 1;
   }
 

@@ -26,40 +26,52 @@ function globEscape(s: string): string {
   return s.replace(/[*?[\]\\]/g, "\\$&");
 }
 
+/**
+ * A connected node-redis client. Once connected it reconnects with capped backoff (commands
+ * wait in the queue); before that it fails fast, so a wrong URL or a Redis that is down is
+ * reported instead of retried forever.
+ */
+async function connectClient(url: string, connectTimeoutMs: number, what = ""): Promise<RedisClientType> {
+  let connected = false;
+  const client = createClient({
+    url,
+    socket: {
+      connectTimeout: connectTimeoutMs,
+      reconnectStrategy: (retries: number, cause: Error) =>
+        connected ? Math.min(50 * 2 ** retries, 2000) : cause,
+    },
+  }) as RedisClientType;
+  // Errors surface on the commands; the event keeps node-redis from throwing globally.
+  client.on("error", () => {});
+  try {
+    await client.connect();
+    connected = true;
+  } catch (err) {
+    throw new StoreError(`cannot connect${what} to Redis at ${url}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  return client;
+}
+
 export class RedisStore implements Store {
   readonly kind = "redis" as const;
-  private subscriber?: RedisClientType;
+  /** The connection subscriptions use (Redis allows nothing else on it), made on first use. */
+  private subscriber?: Promise<RedisClientType>;
 
   private constructor(
     private readonly client: RedisClientType,
     private readonly url: string,
     private readonly prefix: string,
+    private readonly connectTimeoutMs: number,
   ) {}
 
   static async connect(
     url: string,
     opts: { prefix?: string; connectTimeoutMs?: number } = {},
   ): Promise<RedisStore> {
-    let connected = false;
-    const client = createClient({
-      url,
-      socket: {
-        connectTimeout: opts.connectTimeoutMs ?? 5000,
-        // Once connected, reconnect with capped backoff (commands wait in the queue);
-        // before that, fail fast so a wrong URL is reported instead of retried forever.
-        reconnectStrategy: (retries: number, cause: Error) =>
-          connected ? Math.min(50 * 2 ** retries, 2000) : cause,
-      },
-    }) as RedisClientType;
-    // Errors surface on the commands; the event keeps node-redis from throwing globally.
-    client.on("error", () => {});
-    try {
-      await client.connect();
-      connected = true;
-    } catch (err) {
-      throw new StoreError(`cannot connect to Redis at ${url}: ${(err as Error).message}`, { cause: err });
-    }
-    return new RedisStore(client, url, opts.prefix ?? "vmhop:");
+    const timeout = opts.connectTimeoutMs ?? 5000;
+    return new RedisStore(await connectClient(url, timeout), url, opts.prefix ?? "vmhop:", timeout);
   }
 
   private k(key: string): string {
@@ -151,12 +163,14 @@ export class RedisStore implements Store {
   }
 
   async subscribe(channel: string, onMessage: (message: string) => void): Promise<Unsubscribe> {
-    if (!this.subscriber) {
-      this.subscriber = this.client.duplicate() as RedisClientType;
-      this.subscriber.on("error", () => {});
-      await this.run("connect (subscriber)", () => this.subscriber!.connect());
-    }
-    const sub = this.subscriber;
+    // One connection for every subscription; a connect that failed is not kept, so the next
+    // subscribe tries again.
+    this.subscriber ??= connectClient(this.url, this.connectTimeoutMs, " (subscriber)");
+    const connecting = this.subscriber;
+    connecting.catch(() => {
+      if (this.subscriber === connecting) this.subscriber = undefined;
+    });
+    const sub = await connecting;
     const listener = (message: string) => onMessage(message);
     await this.run("SUBSCRIBE", () => sub.subscribe(this.k(channel), listener));
     return async () => {
@@ -165,7 +179,9 @@ export class RedisStore implements Store {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.subscriber?.close(), this.client.close()]);
+    const sub = this.subscriber;
+    this.subscriber = undefined;
+    await Promise.allSettled([sub?.then((c) => c.close()), this.client.close()]);
   }
 
   toString(): string {
