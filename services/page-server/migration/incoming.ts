@@ -86,7 +86,8 @@ export class Incoming {
     try {
       await setUp;
     } finally {
-      this.preparing.delete(migrationId);
+      // A retry after a failure may already have begun a set-up of its own under this id.
+      if (this.preparing.get(migrationId) === setUp) this.preparing.delete(migrationId);
     }
     return this.address;
   }
