@@ -258,18 +258,24 @@ export class Outgoing {
     start()
       .then(
         async (r) => {
-          completed(r);
-          await this.retire(vm, rec, saved);
-          // A completed stream may still be queued here: let it drain (destroying it truncated
-          // the destination's stream while the source reported success).
-          await out?.finish();
+          try {
+            completed(r);
+            await this.retire(vm, rec, saved);
+          } finally {
+            // A completed stream may still be queued here: let it drain (destroying it
+            // truncated the destination's stream while the source reported success).
+            await out?.finish();
+          }
         },
         async (err: unknown) => {
-          failed(err);
-          await out?.close();
+          try {
+            failed(err);
+          } finally {
+            await out?.close();
+          }
         },
       )
-      .catch((err: unknown) => log.warn("closing the migration channel failed", { migration: rec.id, err }));
+      .catch((err: unknown) => log.warn("ending the migration failed", { migration: rec.id, err }));
   }
 
   /** Saves the migration's end; that can fail too (run folder gone at shutdown): logged. */
