@@ -372,7 +372,7 @@ export class ControlPlane {
     if (m.state === "migrating") {
       const src = await this.host(m.source_host_id);
       try {
-        await this.pages.get(src.page_server_address).abortMigration(id);
+        await this.pages.get(src.page_server_address).abortMigration(id, m.fencing_token);
       } catch (err) {
         throw new ControlError(
           "precondition",

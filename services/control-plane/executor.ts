@@ -100,7 +100,7 @@ export class Executor {
         await this.step(id, "prepare");
         const channel = await this.prepare(m, ctx);
         await this.step(id, "start");
-        await ctx.src.startMigration(m.vm_id, id, channel, m.mode);
+        await ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token);
         state = "migrating";
       } else if (state === "preparing") {
         // Whether PrepareIncoming was answered is unknown and its channel address lost.
@@ -159,7 +159,7 @@ export class Executor {
         m.fencing_token,
       );
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
-    return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode);
+    return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
   }
 
   private diskUrl(m: MigrationRecord, ctx: Ends): string {
@@ -371,7 +371,9 @@ export class Executor {
     if (ctx && !switched) {
       const at = await ctx.dst.inspect(m.vm_id).catch(() => undefined);
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)
-        await ctx.dst.stop(m.vm_id, true).catch((err) => this.log.warn("destination clean-up", { err }));
+        await ctx.dst
+          .stop(m.vm_id, true, m.fencing_token)
+          .catch((err) => this.log.warn("destination clean-up", { err }));
       if (m.disk && ctx.dstBlock)
         await this.removeOwnProxy(m.disk, ctx.dstBlock, m.fencing_token).catch((err) =>
           this.log.warn("destination disk clean-up", { err }),

@@ -59,10 +59,11 @@ export class PageServer {
     ).vm!;
   }
 
-  async stop(vmId: string, force: boolean): Promise<Vm> {
+  /** `fencingToken`: the migration's, when its rollback stops the destination's QEMU; else 0. */
+  async stop(vmId: string, force: boolean, fencingToken: number): Promise<Vm> {
     return (
       await this.call<{ vm?: Vm }>("StopVm", (o, cb) =>
-        this.client.stopVm({ vmId, force }, new grpc.Metadata(), o, cb),
+        this.client.stopVm({ vmId, force, fencingToken }, new grpc.Metadata(), o, cb),
       )
     ).vm!;
   }
@@ -75,9 +76,23 @@ export class PageServer {
     ).vm!;
   }
 
-  async prepareIncoming(spec: VmSpec, migrationId: string, mode: MigrationMode): Promise<string> {
+  /**
+   * The migration calls carry its fencing token: a page-server that saw a newer one for the VM
+   * refuses them (FAILED_PRECONDITION), so a superseded driver cannot act.
+   */
+  async prepareIncoming(
+    spec: VmSpec,
+    migrationId: string,
+    mode: MigrationMode,
+    fencingToken: number,
+  ): Promise<string> {
     const res = await this.call<{ channelAddress: string }>("PrepareIncoming", (o, cb) =>
-      this.client.prepareIncoming({ spec, migrationId, mode, preempt: false }, new grpc.Metadata(), o, cb),
+      this.client.prepareIncoming(
+        { spec, migrationId, mode, preempt: false, fencingToken },
+        new grpc.Metadata(),
+        o,
+        cb,
+      ),
     );
     return res.channelAddress;
   }
@@ -87,6 +102,7 @@ export class PageServer {
     migrationId: string,
     channelAddress: string,
     mode: MigrationMode,
+    fencingToken: number,
   ): Promise<void> {
     await this.call("StartMigration", (o, cb) =>
       this.client.startMigration(
@@ -103,6 +119,7 @@ export class PageServer {
           // The page-server's defaults: the path from the measured link.
           channelPath: ChannelPath.CHANNEL_PATH_UNSPECIFIED,
           compression: ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED,
+          fencingToken,
         },
         new grpc.Metadata(),
         o,
@@ -111,9 +128,9 @@ export class PageServer {
     );
   }
 
-  async abortMigration(migrationId: string): Promise<void> {
+  async abortMigration(migrationId: string, fencingToken: number): Promise<void> {
     await this.call("AbortMigration", (o, cb) =>
-      this.client.abortMigration({ migrationId }, new grpc.Metadata(), o, cb),
+      this.client.abortMigration({ migrationId, fencingToken }, new grpc.Metadata(), o, cb),
     );
   }
 

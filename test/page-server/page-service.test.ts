@@ -7,11 +7,14 @@ import { credentials, status } from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import {
+  AbortMigrationRequest,
   type ChannelPath,
   MigrationMode,
   MigrationPhase,
   PageServiceClient,
+  PrepareIncomingRequest,
   StartMigrationRequest,
+  StopVmRequest,
   VmSpec,
   VmState,
   type WatchMigrationResponse,
@@ -41,6 +44,8 @@ interface Server {
   host: PageHost;
   grpc: RunningGrpcServer;
   client: PageServiceClient;
+  /** Once; keepVms leaves the QEMUs for the next page-server on the same run folder. */
+  close(o?: { keepVms?: boolean }): Promise<void>;
 }
 
 /** The destination QEMU's post-copy capabilities, as PrepareIncoming set them. */
@@ -65,12 +70,32 @@ async function pageServer(name: string): Promise<Server> {
     log: silentLogger,
   });
   const client = new PageServiceClient(grpc.address, credentials.createInsecure());
-  closers.push(async () => {
+  let closed = false;
+  const close = async (o: { keepVms?: boolean } = {}) => {
+    if (closed) return;
+    closed = true;
     client.close();
     await grpc.shutdown(1000);
-    await host.close();
-  });
-  return { host, grpc, client };
+    await host.close(o);
+  };
+  closers.push(() => close());
+  return { host, grpc, client, close };
+}
+
+/** The page-server process ends (its QEMUs keep running) and a new one starts on its run folder. */
+async function restart(s: Server, name: string): Promise<Server> {
+  await s.close({ keepVms: true });
+  return pageServer(name);
+}
+
+async function expectCode(p: Promise<unknown>, code: status, re: RegExp): Promise<void> {
+  try {
+    await p;
+    assert.unreachable("call succeeded");
+  } catch (err) {
+    assert.is((err as { code: number }).code, code, (err as Error).message);
+    assert.match((err as Error).message, re);
+  }
 }
 
 function call<Res>(c: PageServiceClient, method: keyof PageServiceClient, req: object): Promise<Res> {
@@ -122,12 +147,16 @@ migTest(
     const srcLog = started.vm.serialLogPath;
     await until("a verification pass at the source", () => heartbeats([srcLog]).find((h) => h.passes >= 1));
 
-    const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
-      spec,
-      migrationId: "mig-1",
-      mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-      preempt: true, // neither host was started with --preempt: the request alone sets it
-    });
+    const { channelAddress } = await call<{ channelAddress: string }>(
+      b.client,
+      "prepareIncoming",
+      PrepareIncomingRequest.fromPartial({
+        spec,
+        migrationId: "mig-1",
+        mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+        preempt: true, // neither host was started with --preempt: the request alone sets it
+      }),
+    );
     assert.match(channelAddress, /^127\.0\.0\.1:\d+$/);
     assert.equal(await capabilities(b.host, "vm1"), { "postcopy-ram": true, "postcopy-preempt": true });
     const dstView = await call<{ vm: { state: VmState; serialLogPath: string } }>(b.client, "inspectVm", {
@@ -213,11 +242,15 @@ migTest(
     const started = await call<{ vm: { serialLogPath: string } }>(a.client, "startVm", { vmId: "vm2" });
     const srcLog = started.vm.serialLogPath;
     await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
-    const { channelAddress } = await call<{ channelAddress: string }>(b.client, "prepareIncoming", {
-      spec,
-      migrationId: "mig-abort",
-      mode: MigrationMode.MIGRATION_MODE_PRECOPY,
-    });
+    const { channelAddress } = await call<{ channelAddress: string }>(
+      b.client,
+      "prepareIncoming",
+      PrepareIncomingRequest.fromPartial({
+        spec,
+        migrationId: "mig-abort",
+        mode: MigrationMode.MIGRATION_MODE_PRECOPY,
+      }),
+    );
     assert.equal(await capabilities(b.host, "vm2"), { "postcopy-ram": false, "postcopy-preempt": false });
     await call(
       a.client,
@@ -235,7 +268,7 @@ migTest(
     await until("pre-copy under way", () =>
       a.host.migration("mig-abort").phase === "precopy" ? true : undefined,
     );
-    await call(a.client, "abortMigration", { migrationId: "mig-abort" });
+    await call(a.client, "abortMigration", AbortMigrationRequest.fromPartial({ migrationId: "mig-abort" }));
     const updates: WatchMigrationResponse[] = [];
     await new Promise<void>((resolve, reject) => {
       const s = a.client.watchMigration({ migrationId: "mig-abort" });
@@ -256,17 +289,127 @@ migTest(
   },
 );
 
+/** The test guest's spec; an incoming QEMU never boots it, so any size does. */
+async function guestSpec(vmId: string): Promise<VmSpec> {
+  const guest = await ensureGuest();
+  return VmSpec.fromPartial({
+    vmId,
+    vcpus: 1,
+    memoryMib: 128,
+    kernelPath: guest.kernel,
+    initrdPath: guest.initrd,
+    kernelCmdline: guestCmdline({ memMib: 16, rateMib: 2, verifyMib: 16 }),
+  });
+}
+
+migTest(
+  "PrepareIncoming retried with the same id answers the same, also after a restart; another VM or spec is ALREADY_EXISTS",
+  async () => {
+    let b = await pageServer("idem-b");
+    const spec = await guestSpec("vm3");
+    const prepare = (s: Server, patch: Partial<PrepareIncomingRequest> = {}) =>
+      call<{ channelAddress: string }>(
+        s.client,
+        "prepareIncoming",
+        PrepareIncomingRequest.fromPartial({
+          spec,
+          migrationId: "mig-idem",
+          mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+          ...patch,
+        }),
+      );
+    // A retry while the first call still starts QEMU, then one after it.
+    const [first, meanwhile] = await Promise.all([prepare(b), prepare(b)]);
+    assert.is(first.channelAddress, b.host.channelListenAddress);
+    assert.is(meanwhile.channelAddress, first.channelAddress);
+    const pid = b.host.get("vm3").pid;
+    assert.ok(pid);
+    assert.is((await prepare(b)).channelAddress, first.channelAddress);
+    assert.is(b.host.list().length, 1);
+    assert.is(b.host.get("vm3").pid, pid, "a retry started another QEMU");
+
+    await expectCode(
+      prepare(b, { spec: { ...spec, memoryMib: 160 } }),
+      status.ALREADY_EXISTS,
+      /migration mig-idem is already prepared here for VM vm3 with another spec: memoryMib is 128 here, 160 in this request/,
+    );
+    await expectCode(
+      prepare(b, { spec: { ...spec, vmId: "vm4" } }),
+      status.ALREADY_EXISTS,
+      /migration mig-idem is already prepared here for VM vm3, not vm4/,
+    );
+    assert.is(b.host.get("vm3").state, "incoming");
+
+    // The record comes back from migration.json: the retry is answered by the new process.
+    b = await restart(b, "idem-b");
+    assert.is((await prepare(b)).channelAddress, b.host.channelListenAddress);
+    assert.is(b.host.get("vm3").pid, pid);
+    assert.is(b.host.get("vm3").state, "incoming");
+  },
+);
+
+migTest(
+  "fencing tokens: an older migration's calls are FAILED_PRECONDITION, also after a restart; 0 is unfenced",
+  async () => {
+    let b = await pageServer("fence-b");
+    const spec = await guestSpec("vm5");
+    const stale = (token: number, seen: number) =>
+      new RegExp(`stale fencing token ${token} for VM vm5 \\(seen ${seen}\\)`);
+    const prepare = (migrationId: string, fencingToken: number) =>
+      call(
+        b.client,
+        "prepareIncoming",
+        PrepareIncomingRequest.fromPartial({ spec, migrationId, fencingToken }),
+      );
+    const stop = (fencingToken: number) =>
+      call<{ vm: { state: VmState } }>(
+        b.client,
+        "stopVm",
+        StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }),
+      );
+    await prepare("mig-5", 5);
+    await expectCode(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
+    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    await expectCode(
+      call(
+        b.client,
+        "abortMigration",
+        AbortMigrationRequest.fromPartial({ migrationId: "mig-5", fencingToken: 4 }),
+      ),
+      status.FAILED_PRECONDITION,
+      stale(4, 5),
+    );
+    await expectCode(
+      call(
+        b.client,
+        "startMigration",
+        StartMigrationRequest.fromPartial({
+          vmId: "vm5",
+          migrationId: "mig-2",
+          channelAddress: "127.0.0.1:1",
+          mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+          fencingToken: 2,
+        }),
+      ),
+      status.FAILED_PRECONDITION,
+      stale(2, 5),
+    );
+    await prepare("mig-5", 5); // the migration holding the newest token retries: answered
+    assert.is(b.host.get("vm5").state, "incoming");
+
+    b = await restart(b, "fence-b");
+    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    assert.is(b.host.get("vm5").state, "incoming");
+    // A newer migration's rollback stops the waiting QEMU; from then on 5 is stale too.
+    const stopped = await stop(6);
+    assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm.state));
+    await expectCode(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
+    await stop(0); // unfenced (the CLI): accepted
+  },
+);
+
 migTest("errors map to gRPC statuses", async () => {
   const a = await pageServer("host-err");
-  const expectCode = async (p: Promise<unknown>, code: status, re: RegExp) => {
-    try {
-      await p;
-      assert.unreachable("call succeeded");
-    } catch (err) {
-      assert.is((err as { code: number }).code, code, (err as Error).message);
-      assert.match((err as Error).message, re);
-    }
-  };
   await expectCode(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
   await expectCode(
     call(a.client, "defineVm", {

@@ -4,7 +4,12 @@ import * as assert from "uvu/assert";
 import { chooseAccel } from "../../services/page-server/vm/accel.js";
 import { HeartbeatTracker, parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { buildQemuArgs, optValue } from "../../services/page-server/vm/qemu-args.js";
-import { type VmSpec, VmSpecError, validateSpec } from "../../services/page-server/vm/spec.js";
+import {
+  specDifference,
+  type VmSpec,
+  VmSpecError,
+  validateSpec,
+} from "../../services/page-server/vm/spec.js";
 import { IllegalTransitionError, nextState, transitions } from "../../services/page-server/vm/states.js";
 import { test } from "../helpers/uvu.js";
 
@@ -21,6 +26,28 @@ const paths = { qmpSocket: "/run/q.sock", serialSocket: "/run/s.sock", serialLog
 function after(args: string[], flag: string): string[] {
   return args.flatMap((a, i) => (a === flag ? [args[i + 1]] : []));
 }
+
+test("specDifference names the first field two specs differ in; unset equals empty", () => {
+  assert.is(specDifference(spec, { ...spec }), undefined);
+  // As a spec comes back from spec.json (undefined fields dropped) and from the proto ("" → undefined).
+  assert.is(
+    specDifference(JSON.parse(JSON.stringify({ ...spec, disk: undefined })), { ...spec, disk: undefined }),
+    undefined,
+  );
+  assert.is(
+    specDifference({ ...spec, nic: { tap: "t0" } }, { ...spec, nic: { tap: "t0", mac: undefined } }),
+    undefined,
+  );
+  assert.is(specDifference(spec, { ...spec, memoryMib: 128 }), "memoryMib is 256 here, 128 in this request");
+  assert.is(
+    specDifference(spec, { ...spec, initrd: undefined }),
+    'initrd is "/k/initrd" here, unset in this request',
+  );
+  assert.is(
+    specDifference({ ...spec, disk: { nbd: "nbd://a/x" } }, { ...spec, disk: { nbd: "nbd://b/x" } }),
+    'disk is {"nbd":"nbd://a/x"} here, {"nbd":"nbd://b/x"} in this request',
+  );
+});
 
 test("validateSpec accepts a good spec and names the bad field", () => {
   assert.equal(validateSpec(spec), spec);

@@ -345,6 +345,11 @@ export interface StartVmResponse {
 export interface StopVmRequest {
   vmId: string;
   force: boolean;
+  /**
+   * A migration's rollback stopping the destination's waiting QEMU passes the migration's
+   * token (see PrepareIncomingRequest.fencing_token); 0 otherwise.
+   */
+  fencingToken: number;
 }
 
 export interface StopVmResponse {
@@ -393,6 +398,12 @@ export interface PrepareIncomingRequest {
    * so both ends always match.
    */
   preempt: boolean;
+  /**
+   * The migration's fencing token (the control-plane raises it per migration of the VM). The
+   * page-server keeps the highest seen per VM (across restarts) and refuses an older one with
+   * FAILED_PRECONDITION; 0 = an unfenced caller (CLI, direct use): accepted, not kept.
+   */
+  fencingToken: number;
 }
 
 export interface PrepareIncomingResponse {
@@ -424,6 +435,8 @@ export interface StartMigrationRequest {
   preempt: boolean;
   channelPath: ChannelPath;
   compression: ChannelCompression;
+  /** As PrepareIncomingRequest.fencing_token. */
+  fencingToken: number;
 }
 
 export interface StartMigrationResponse {
@@ -432,6 +445,8 @@ export interface StartMigrationResponse {
 
 export interface AbortMigrationRequest {
   migrationId: string;
+  /** As PrepareIncomingRequest.fencing_token. */
+  fencingToken: number;
 }
 
 export interface AbortMigrationResponse {
@@ -1111,7 +1126,7 @@ export const StartVmResponse: MessageFns<StartVmResponse> = {
 };
 
 function createBaseStopVmRequest(): StopVmRequest {
-  return { vmId: "", force: false };
+  return { vmId: "", force: false, fencingToken: 0 };
 }
 
 export const StopVmRequest: MessageFns<StopVmRequest> = {
@@ -1121,6 +1136,9 @@ export const StopVmRequest: MessageFns<StopVmRequest> = {
     }
     if (message.force !== false) {
       writer.uint32(16).bool(message.force);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(24).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -1154,6 +1172,14 @@ export const StopVmRequest: MessageFns<StopVmRequest> = {
             message.force = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1174,6 +1200,11 @@ export const StopVmRequest: MessageFns<StopVmRequest> = {
         ? globalThis.String(object.vm_id)
         : "",
       force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -1185,6 +1216,9 @@ export const StopVmRequest: MessageFns<StopVmRequest> = {
     if (message.force !== false) {
       obj.force = message.force;
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -1195,6 +1229,7 @@ export const StopVmRequest: MessageFns<StopVmRequest> = {
     const message = createBaseStopVmRequest();
     message.vmId = object.vmId ?? "";
     message.force = object.force ?? false;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -1806,7 +1841,7 @@ export const ListHostVmsResponse: MessageFns<ListHostVmsResponse> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { spec: undefined, migrationId: "", mode: 0, preempt: false };
+  return { spec: undefined, migrationId: "", mode: 0, preempt: false, fencingToken: 0 };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -1822,6 +1857,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.preempt !== false) {
       writer.uint32(32).bool(message.preempt);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(40).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -1871,6 +1909,14 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.preempt = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1893,6 +1939,11 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         : "",
       mode: isSet(object.mode) ? migrationModeFromJSON(object.mode) : 0,
       preempt: isSet(object.preempt) ? globalThis.Boolean(object.preempt) : false,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -1910,6 +1961,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.preempt !== false) {
       obj.preempt = message.preempt;
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -1922,6 +1976,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     message.migrationId = object.migrationId ?? "";
     message.mode = object.mode ?? 0;
     message.preempt = object.preempt ?? false;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2012,6 +2067,7 @@ function createBaseStartMigrationRequest(): StartMigrationRequest {
     preempt: false,
     channelPath: 0,
     compression: 0,
+    fencingToken: 0,
   };
 }
 
@@ -2049,6 +2105,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     }
     if (message.compression !== 0) {
       writer.uint32(88).int32(message.compression);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(96).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2154,6 +2213,14 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
             message.compression = reader.int32() as any;
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2207,6 +2274,11 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
         ? channelPathFromJSON(object.channel_path)
         : 0,
       compression: isSet(object.compression) ? channelCompressionFromJSON(object.compression) : 0,
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2245,6 +2317,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     if (message.compression !== 0) {
       obj.compression = channelCompressionToJSON(message.compression);
     }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
+    }
     return obj;
   },
 
@@ -2264,6 +2339,7 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     message.preempt = object.preempt ?? false;
     message.channelPath = object.channelPath ?? 0;
     message.compression = object.compression ?? 0;
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2342,13 +2418,16 @@ export const StartMigrationResponse: MessageFns<StartMigrationResponse> = {
 };
 
 function createBaseAbortMigrationRequest(): AbortMigrationRequest {
-  return { migrationId: "" };
+  return { migrationId: "", fencingToken: 0 };
 }
 
 export const AbortMigrationRequest: MessageFns<AbortMigrationRequest> = {
   encode(message: AbortMigrationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.migrationId !== "") {
       writer.uint32(10).string(message.migrationId);
+    }
+    if (message.fencingToken !== 0) {
+      writer.uint32(16).uint64(message.fencingToken);
     }
     return writer;
   },
@@ -2374,6 +2453,14 @@ export const AbortMigrationRequest: MessageFns<AbortMigrationRequest> = {
             message.migrationId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fencingToken = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2393,6 +2480,11 @@ export const AbortMigrationRequest: MessageFns<AbortMigrationRequest> = {
         : isSet(object.migration_id)
         ? globalThis.String(object.migration_id)
         : "",
+      fencingToken: isSet(object.fencingToken)
+        ? globalThis.Number(object.fencingToken)
+        : isSet(object.fencing_token)
+        ? globalThis.Number(object.fencing_token)
+        : 0,
     };
   },
 
@@ -2400,6 +2492,9 @@ export const AbortMigrationRequest: MessageFns<AbortMigrationRequest> = {
     const obj: any = {};
     if (message.migrationId !== "") {
       obj.migrationId = message.migrationId;
+    }
+    if (message.fencingToken !== 0) {
+      obj.fencingToken = Math.round(message.fencingToken);
     }
     return obj;
   },
@@ -2410,6 +2505,7 @@ export const AbortMigrationRequest: MessageFns<AbortMigrationRequest> = {
   fromPartial<I extends Exact<DeepPartial<AbortMigrationRequest>, I>>(object: I): AbortMigrationRequest {
     const message = createBaseAbortMigrationRequest();
     message.migrationId = object.migrationId ?? "";
+    message.fencingToken = object.fencingToken ?? 0;
     return message;
   },
 };
@@ -2825,7 +2921,10 @@ export const PageServiceService = {
   },
   /**
    * Destination: start QEMU paused, waiting for an incoming migration; returns the
-   * channel endpoint the source page-server connects to.
+   * channel endpoint the source page-server connects to. Retried with the same migration id
+   * and the same VM spec it returns the same endpoint (once the first call's set-up is done);
+   * with another VM or spec it is ALREADY_EXISTS naming the difference. A call that failed
+   * leaves nothing behind, so a retry starts afresh.
    */
   prepareIncoming: {
     path: "/vmhop.v1.PageService/PrepareIncoming" as const,
@@ -2884,7 +2983,10 @@ export interface PageServiceServer extends UntypedServiceImplementation {
   listHostVms: handleUnaryCall<ListHostVmsRequest, ListHostVmsResponse>;
   /**
    * Destination: start QEMU paused, waiting for an incoming migration; returns the
-   * channel endpoint the source page-server connects to.
+   * channel endpoint the source page-server connects to. Retried with the same migration id
+   * and the same VM spec it returns the same endpoint (once the first call's set-up is done);
+   * with another VM or spec it is ALREADY_EXISTS naming the difference. A call that failed
+   * leaves nothing behind, so a retry starts afresh.
    */
   prepareIncoming: handleUnaryCall<PrepareIncomingRequest, PrepareIncomingResponse>;
   /** Source: migrate a running VM to a prepared destination. */
@@ -3001,7 +3103,10 @@ export interface PageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Destination: start QEMU paused, waiting for an incoming migration; returns the
-   * channel endpoint the source page-server connects to.
+   * channel endpoint the source page-server connects to. Retried with the same migration id
+   * and the same VM spec it returns the same endpoint (once the first call's set-up is done);
+   * with another VM or spec it is ALREADY_EXISTS naming the difference. A call that failed
+   * leaves nothing behind, so a retry starts afresh.
    */
   prepareIncoming(
     request: PrepareIncomingRequest,

@@ -13,10 +13,11 @@ import {
 import { RpcError } from "../../common/grpc/server.js";
 import type { Compression } from "../channel/compress-policy.js";
 import type { ChannelPathChoice } from "../channel/path-policy.js";
-import { HostError, type MigrationRecord } from "../host.js";
+import { HostError } from "../errors.js";
 import type { MigrationMode as Mode } from "../migration/driver.js";
 import { MigrationError } from "../migration/driver.js";
 import type { Phase } from "../migration/phase.js";
+import type { MigrationRecord } from "../migration/record.js";
 import { type VmSpec, VmSpecError } from "../vm/spec.js";
 import { IllegalTransitionError, type VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";

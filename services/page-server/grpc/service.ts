@@ -6,8 +6,9 @@ import {
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
 import { type ServiceRegistration, toServiceError, unary } from "../../common/grpc/server.js";
-import type { MigrationRecord, PageHost } from "../host.js";
+import type { PageHost } from "../host.js";
 import { isFinalPhase } from "../migration/phase.js";
+import type { MigrationRecord } from "../migration/record.js";
 import {
   channelPathFromProto,
   compressionFromProto,
@@ -34,8 +35,8 @@ export function pageService(host: PageHost): ServiceRegistration {
       await host.start(req.vmId);
       return view(req.vmId);
     }),
-    stopVm: wrap(async (req: { vmId: string; force: boolean }) => {
-      await host.stop(req.vmId, req.force);
+    stopVm: wrap(async (req: { vmId: string; force: boolean; fencingToken: number }) => {
+      await host.stop(req.vmId, req.force, req.fencingToken);
       return view(req.vmId);
     }),
     pauseVm: wrap(async (req: { vmId: string }) => {
@@ -56,11 +57,13 @@ export function pageService(host: PageHost): ServiceRegistration {
         migrationId: string;
         mode: number;
         preempt: boolean;
+        fencingToken: number;
       }) => ({
         channelAddress: await host.prepareIncoming(specFromProto(req.spec), req.migrationId, {
           mode: req.mode ? modeFromProto(req.mode) : "auto",
           // proto3 cannot tell false from unset: false leaves it to the source's hello.
           preempt: req.preempt || undefined,
+          fencingToken: req.fencingToken,
         }),
       }),
     ),
@@ -77,6 +80,7 @@ export function pageService(host: PageHost): ServiceRegistration {
         preempt: boolean;
         channelPath: number;
         compression: number;
+        fencingToken: number;
       }) => {
         const rec = await host.startMigration({
           vmId: req.vmId,
@@ -90,6 +94,7 @@ export function pageService(host: PageHost): ServiceRegistration {
           channelPath: channelPathFromProto(req.channelPath),
           compression: compressionFromProto(req.compression, req.compress),
           preempt: req.preempt || undefined,
+          fencingToken: req.fencingToken,
         });
         outgoing.add(req.vmId);
         const done = (r: MigrationRecord) => {
@@ -102,8 +107,8 @@ export function pageService(host: PageHost): ServiceRegistration {
         return { migrationId: rec.id };
       },
     ),
-    abortMigration: wrap(async (req: { migrationId: string }) => {
-      await host.abortMigration(req.migrationId);
+    abortMigration: wrap(async (req: { migrationId: string; fencingToken: number }) => {
+      await host.abortMigration(req.migrationId, req.fencingToken);
       return {};
     }),
     watchMigration: (call: grpc.ServerWritableStream<WatchMigrationRequest, WatchMigrationResponse>) => {

@@ -45,3 +45,23 @@ export function validateSpec(spec: VmSpec): VmSpec {
     bad(`accel ${spec.accel} must be auto, tcg or kvm`);
   return spec;
 }
+
+/**
+ * The first field two specs differ in, as "memoryMib is 160 here, 128 in this request" (a
+ * field left out and an empty one are equal); undefined when they describe the same VM.
+ */
+export function specDifference(here: VmSpec, asked: VmSpec): string | undefined {
+  const keys = [...new Set([...Object.keys(here), ...Object.keys(asked)])] as (keyof VmSpec)[];
+  for (const k of keys) {
+    const [a, b] = [canonical(here[k]), canonical(asked[k])];
+    if (a !== b) return `${k} is ${a} here, ${b} in this request`;
+  }
+  return undefined;
+}
+
+function canonical(v: unknown): string {
+  if (v === undefined || v === "") return "unset";
+  if (typeof v !== "object" || v === null) return JSON.stringify(v);
+  const set = Object.entries(v).filter(([, x]) => x !== undefined && x !== "");
+  return JSON.stringify(Object.fromEntries(set.sort(([x], [y]) => x.localeCompare(y))));
+}
