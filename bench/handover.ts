@@ -13,6 +13,7 @@
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { chooseDataplane, probeKernel } from "../services/netreach/dataplane/probe.js";
 import { DATAPLANES, type DataplaneKind, isDataplaneKind } from "../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../services/netreach/probe/analysis.js";
@@ -31,7 +32,6 @@ import {
 
 const BASE = "nr-bh-";
 const INTERVAL_MS = 10;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Case = HandoverMode | "replug";
 

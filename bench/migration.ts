@@ -10,6 +10,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { buildGuest } from "../deploy/guest/build/build.js";
 import { guestArtefacts, guestCmdline } from "../deploy/guest/build/paths.js";
 import { PageHost, type StartMigrationOptions } from "../services/page-server/host.js";
@@ -78,8 +79,6 @@ interface Setup {
   wanDelayMs: number;
   wanMbit: number;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function spec(name: string, s: Setup): VmSpec {
   const g = guestArtefacts();

@@ -1,5 +1,6 @@
 // The same behaviour suite runs against the embedded store and a real redis-server.
 import * as assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   MemoryStore,
   openStore,
@@ -11,8 +12,6 @@ import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function behaviour(name: string, open: () => Promise<Store>, reqs: string[] = []) {
   const s = suite<{ store: Store }>(`store: ${name}`, {} as { store: Store });

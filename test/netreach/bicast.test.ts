@@ -4,6 +4,7 @@
 // the copies stop with the update.
 // Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
 import { execFile } from "node:child_process";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
@@ -32,8 +33,6 @@ await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, datapl
   t.after(async () => {
     await bed?.destroy();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   /** The anchor's bicast map elements, both families. */
   async function bicastElements(): Promise<string[]> {

@@ -1,6 +1,8 @@
 // The anchor and two site agents as service processes (`vmhop netreach anchor|site serve`),
 // driven over real gRPC in namespaces: register, move through the migration hooks under a
 // continuous ping, a stale update refused without a change, and an anchor process restart.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import {
@@ -56,8 +58,6 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   }
 
   const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   /** Starts the anchor service; a restart listens where the site agents know it. */
   async function startAnchor(listen = "127.0.0.1:0"): Promise<void> {

@@ -1,6 +1,8 @@
 // Handover over a WAN with 15 ms one-way delay (router links as VXLAN through the project's
 // userspace delay relay): with a forwarding pointer the correspondent loses (almost) nothing;
 // without one, what is in flight to the old site for about one signalling delay is lost.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
@@ -24,8 +26,6 @@ await perDataplane("netreach handover over a delayed WAN", ["root", "ip"], (t, d
   t.after(async () => {
     await bed?.destroy();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   async function moveUnderPing(mode: HandoverMode) {
     const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) => startPing(bed.ns.cn, to, 150));

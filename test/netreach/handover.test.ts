@@ -1,5 +1,7 @@
 // A VM moves site to site while a correspondent pings its home addresses (IPv6 and IPv4, 10 ms
 // apart) and keeps a TCP connection to it. Real kernel routes (SRv6 or VXLAN-GPE) in real namespaces.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
@@ -28,8 +30,6 @@ await perDataplane("netreach handover in namespaces", ["root", "ip"], (t, datapl
   t.after(async () => {
     await bed?.destroy();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count, { waitMs: 500 });
 

@@ -1,5 +1,7 @@
 // Binding lifetime: the site agent's refreshes keep a binding alive; without them it expires,
 // the anchor withdraws its routes, and only a newer binding update brings it back.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
@@ -21,8 +23,6 @@ await perDataplane("netreach binding lifetime", ["root", "ip"], (t, dataplane) =
   t.after(async () => {
     await bed?.destroy();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const ping = async (to: string) => summarisePings(await startPing(bed.ns.cn, to, 5).result);
 
   t("refreshes keep a 2 s binding alive past its lifetime", async () => {

@@ -1,4 +1,6 @@
 // The anchor restarts: bindings come back from Redis into the kernel and traffic keeps flowing.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { RedisStore } from "../../services/common/store/index.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
@@ -32,8 +34,6 @@ await perDataplane("netreach anchor restart", ["root", "ip", "redis-server"], (t
     if (kv !== bed?.kv) await kv?.close().catch(() => undefined);
     await redis?.stop();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count);
 

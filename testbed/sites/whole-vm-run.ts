@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js";
 import {
@@ -115,7 +116,6 @@ function sha256(path: string): string {
 }
 
 const now = () => performance.timeOrigin + performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise<WholeVmResult> {
   const say = o.say ?? (() => {});
