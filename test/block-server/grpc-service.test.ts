@@ -19,6 +19,7 @@ import { type RunningGrpcServer, startGrpcServer } from "../../services/common/g
 import { silentLogger } from "../../services/common/log.js";
 import { initTracing } from "../../services/common/tracing.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionFileContaining, reflectionListServices } from "../helpers/grpc.js";
 import { suite } from "../helpers/uvu.js";
@@ -46,18 +47,6 @@ const test = gate(
 
 function rpc<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
   return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
-}
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, re: RegExp) {
-  await assert.rejects(p, (err: grpc.ServiceError) => {
-    assert.equal(
-      err.code,
-      code,
-      `expected ${grpc.status[code]}, got ${grpc.status[err.code]}: ${err.details}`,
-    );
-    assert.match(err.details, re);
-    return true;
-  });
 }
 
 test.before(async (ctx) => {
@@ -134,23 +123,23 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     rpc((cb) =>
       ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
     );
-  await rejectsWith(
+  await rejectsWithStatus(
     create("src", { $case: "target", value: { imagePath: ctx.image } }),
     grpc.status.ALREADY_EXISTS,
     /already exists/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     create("x", { $case: "target", value: { imagePath: "/nonexistent/disk" } }),
     grpc.status.INVALID_ARGUMENT,
     /does not exist/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     create("bad name!", { $case: "target", value: { imagePath: ctx.image } }),
     grpc.status.INVALID_ARGUMENT,
     /bad export name/,
   );
-  await rejectsWith(create("nosrc", undefined), grpc.status.INVALID_ARGUMENT, /source is required/);
-  await rejectsWith(
+  await rejectsWithStatus(create("nosrc", undefined), grpc.status.INVALID_ARGUMENT, /source is required/);
+  await rejectsWithStatus(
     create("p", {
       $case: "proxy",
       value: {
@@ -166,7 +155,7 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     grpc.status.INVALID_ARGUMENT,
     /bad NBD URL/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     create("p", {
       $case: "proxy",
       value: {
@@ -182,17 +171,17 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     grpc.status.UNAVAILABLE,
     /cannot open proxy export p/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     rpc((cb) => ctx.client.getExportStatus({ name: "nope" }, cb)),
     grpc.status.NOT_FOUND,
     /no export named "nope"/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     rpc((cb) => ctx.client.removeExport({ name: "", fencingToken: 0 }, cb)),
     grpc.status.INVALID_ARGUMENT,
     /name is required/,
   );
-  await rejectsWith(
+  await rejectsWithStatus(
     rpc((cb) =>
       ctx.client.startBackgroundCopy(
         { name: "src", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 },
@@ -236,7 +225,7 @@ test("proxy export: on-demand read, background copy with progress events, promot
     ),
   );
   // Promote before the copy: refused, nothing changes.
-  await rejectsWith(
+  await rejectsWithStatus(
     rpc((cb) => ctx.client.promote({ name: "dst", wait: false, fencingToken: 0 }, cb)),
     grpc.status.FAILED_PRECONDITION,
     /not local yet/,

@@ -15,6 +15,7 @@ import type { BlockServiceClient, ExportStatus } from "../../gen/vmhop/v1/block.
 import { BITMAP_HEADER_SIZE } from "../../services/block-server/proxy/bitmap-file.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
@@ -117,16 +118,6 @@ async function createProxy(c: BlockServiceClient, name: string, upstreamUrl: str
       cb,
     ),
   );
-}
-
-async function rejects(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: grpc.ServiceError) => e,
-  );
-  assert.ok(err, `expected ${grpc.status[code]}, got success`);
-  assert.is(grpc.status[err.code], grpc.status[code], err.details);
-  assert.match(err.details, re);
 }
 
 function upstream(s: RunningServer): RunningServer {
@@ -262,13 +253,13 @@ t(
     assert.match(rb.unavailable.nobitmap, /bitmap .*m-nobitmap\.cache\.bitmap is missing/);
     const logged = b.logs(/persisted export not served/).map((l) => l.name);
     assert.equal(logged.sort(), ["gone", "nobitmap", "nocache"], "each is a log line");
-    await rejects(
+    await rejectsWithStatus(
       status(s.client, "gone"),
       grpc.status.UNAVAILABLE,
       /persisted but not served: its image .* is missing/,
     );
-    await rejects(status(s.client, "removed"), grpc.status.NOT_FOUND, /no export named/);
-    await rejects(
+    await rejectsWithStatus(status(s.client, "removed"), grpc.status.NOT_FOUND, /no export named/);
+    await rejectsWithStatus(
       createTarget(s.client, "gone", imgs[0]),
       grpc.status.ALREADY_EXISTS,
       /already exists .*persisted but not served/,
@@ -333,7 +324,11 @@ t("a proxy whose upstream is down at restart is reported, retried, and served on
   const rb = await within(b.ready, 30_000, "the ready line with the upstream down");
   assert.equal(rb.exports, []);
   assert.match(rb.unavailable.p, /retrying/);
-  await rejects(status(s.client, "p"), grpc.status.UNAVAILABLE, /persisted but not served: .*retrying/);
+  await rejectsWithStatus(
+    status(s.client, "p"),
+    grpc.status.UNAVAILABLE,
+    /persisted but not served: .*retrying/,
+  );
   up = await startNbdkit("file", [image], { port });
   await until(
     "the proxy export to be served again",

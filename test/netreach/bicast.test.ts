@@ -14,7 +14,7 @@ import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
-import { rejects } from "./assert-rejects.js";
+import { rejects } from "../helpers/assert.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 

@@ -4,10 +4,10 @@ import { MemoryStore, RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
 import { transitions } from "../../services/netreach/binding/state.js";
 import type { RegisterRequest } from "../../services/netreach/binding/types.js";
+import { rejects } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
-import { rejects } from "./assert-rejects.js";
 
 const s1 = { site: "s1", sid6: "fc00:1::d6", sid4: "fc00:1::d4" };
 const s2 = { site: "s2", sid6: "fc00:2::d6", sid4: "fc00:2::d4" };

@@ -4,10 +4,10 @@ import { RedisStore } from "../../services/common/store/index.js";
 import { BindingCache } from "../../services/netreach/binding/cache.js";
 import { run } from "../../services/netreach/cli.js";
 import { run as demo } from "../../testbed/netreach/demo.js";
+import { rejects } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
-import { rejects } from "./assert-rejects.js";
 
 test("bad arguments get clear errors", async () => {
   await rejects(() => run(["nope"]), /unknown netreach command 'nope'/);

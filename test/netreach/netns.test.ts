@@ -15,9 +15,9 @@ import {
   setRateLimit,
   uniqueNetnsPrefix,
 } from "../../testbed/netns.js";
+import { rejects } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
-import { rejects } from "./assert-rejects.js";
 
 const BASE = "nr-ns-";
 const P = uniqueNetnsPrefix(BASE);

@@ -15,6 +15,7 @@ import {
   type ReportLoadRequest,
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
@@ -74,14 +75,6 @@ const computePlan = async (policy = "", costModel = ""): Promise<Plan> =>
 const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c().applyPlan.bind(c()), { planId });
 const listPolicies = (): Promise<ListPoliciesResponse> => call(c().listPolicies.bind(c()), {});
 
-async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
-  await assert.rejects(p, (err: grpc.ServiceError) => {
-    assert.equal(err.code, code, err.details);
-    assert.match(err.details, message);
-    return true;
-  });
-}
-
 // Known best answer: h1 (G5, 5320 MIPS) runs a VM at 2000 MIPS, h3 (G5) one at 200 MIPS.
 // Moving the small VM onto h1 lets h3 sleep and overloads nothing; h0 and h2 (G4) stay asleep.
 const HOSTS = [
@@ -121,32 +114,40 @@ test("serves health and reflection; lists the policies", async () => {
 test("bad input is refused with INVALID_ARGUMENT naming the field, and nothing is recorded", async () => {
   const bad = (vms: object[], hosts: object[] = HOSTS) =>
     report({ hosts: hosts as never, vms: vms as never });
-  await rejects(
+  await rejectsWithStatus(
     bad([{ ...VMS[0], cpuUtilization: 1.5 }]),
     grpc.status.INVALID_ARGUMENT,
     /^vms\[0\]\.cpu_utilization/,
   );
-  await rejects(bad([VMS[0], { ...VMS[1], vmId: "" }]), grpc.status.INVALID_ARGUMENT, /^vms\[1\]\.vm_id/);
-  await rejects(
+  await rejectsWithStatus(
+    bad([VMS[0], { ...VMS[1], vmId: "" }]),
+    grpc.status.INVALID_ARGUMENT,
+    /^vms\[1\]\.vm_id/,
+  );
+  await rejectsWithStatus(
     bad([VMS[0], { ...VMS[0] }]),
     grpc.status.INVALID_ARGUMENT,
     /vms\[1\]\.vm_id "big" is reported twice/,
   );
-  await rejects(
+  await rejectsWithStatus(
     bad([], [{ ...HOSTS[0], model: "G9" }]),
     grpc.status.INVALID_ARGUMENT,
     /^hosts\[0\]\.model must be one of G4, G5/,
   );
-  await rejects(
+  await rejectsWithStatus(
     bad([], [{ ...HOSTS[1], cpuCapacityMips: 9999 }]),
     grpc.status.INVALID_ARGUMENT,
     /^hosts\[0\]\.cpu_capacity_mips must be 0 or 5320/,
   );
-  await rejects(report({}), grpc.status.INVALID_ARGUMENT, /nothing to report/);
-  await rejects(computePlan("no-such-policy"), grpc.status.INVALID_ARGUMENT, /^policy: unknown policy/);
-  await rejects(computePlan("", "precopy"), grpc.status.INVALID_ARGUMENT, /^cost_model must be/);
-  await rejects(applyPlan(""), grpc.status.INVALID_ARGUMENT, /plan_id is required/);
-  await rejects(applyPlan("p-999"), grpc.status.NOT_FOUND, /plan p-999 not found/);
+  await rejectsWithStatus(report({}), grpc.status.INVALID_ARGUMENT, /nothing to report/);
+  await rejectsWithStatus(
+    computePlan("no-such-policy"),
+    grpc.status.INVALID_ARGUMENT,
+    /^policy: unknown policy/,
+  );
+  await rejectsWithStatus(computePlan("", "precopy"), grpc.status.INVALID_ARGUMENT, /^cost_model must be/);
+  await rejectsWithStatus(applyPlan(""), grpc.status.INVALID_ARGUMENT, /plan_id is required/);
+  await rejectsWithStatus(applyPlan("p-999"), grpc.status.NOT_FOUND, /plan p-999 not found/);
   // The refused reports left no load behind: an empty plan.
   const p = await computePlan();
   assert.equal(p.moves.length, 0);
@@ -218,7 +219,7 @@ test("ApplyPlan accepts and publishes (no control-plane: no migrations); stale p
   assert.deepEqual(r.migrationIds, []);
   // Idempotent: accepting again answers the same.
   assert.equal((await applyPlan(newer.planId)).plan?.state, PlanState.PLAN_STATE_ACCEPTED);
-  await rejects(applyPlan(older), grpc.status.FAILED_PRECONDITION, /older than the accepted plan/);
+  await rejectsWithStatus(applyPlan(older), grpc.status.FAILED_PRECONDITION, /older than the accepted plan/);
   for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((res) => setTimeout(res, 20));
   stream.cancel();
   assert.deepEqual(
