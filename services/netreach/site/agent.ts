@@ -156,6 +156,15 @@ export class SiteAgent {
   }
 
   /**
+   * First placement: the anchor registered the binding here with `generation` (no update to
+   * send); the port delivers the home addresses and the binding is kept alive. Idempotent.
+   */
+  async place(vm: VmNet, port: string, generation: number, lifetimeSeconds: number): Promise<void> {
+    await this.attachPort(vm, port);
+    this.keepAlive(vm.vmId, generation, lifetimeSeconds);
+  }
+
+  /**
    * Refreshes the binding (this generation) every third of its lifetime while the VM is here;
    * stops when the anchor refuses (a newer binding exists) or the VM leaves.
    */
@@ -230,8 +239,13 @@ export class SiteAgent {
     this.ports.delete(vm.vmId);
   }
 
-  /** After the binding settled: removes the forwarding pointer. */
+  /**
+   * After the binding settled: removes the forwarding pointer. A pointer staged for a move that
+   * did not happen (cancelled before switch-over) goes too.
+   */
   async cleanup(vm: VmNet): Promise<void> {
+    if (this.staged.delete(vm.vmId))
+      await this.batch.apply(deleteHostRoutes(vm, STAGED_METRIC), { tolerate: idempotent });
     if (!this.pointers.has(vm.vmId)) return;
     this.pointers.delete(vm.vmId);
     await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });
