@@ -14,7 +14,7 @@ import {
 import { test } from "../helpers/uvu.js";
 
 const walk = (from: NetworkState, events: NetworkEvent[]) =>
-  events.reduce<NetworkState[]>((seen, e) => [...seen, nextNetwork(seen[seen.length - 1], e)], [from]);
+  events.reduce<NetworkState[]>((seen, e) => seen.concat(nextNetwork(seen[seen.length - 1], e)), [from]);
 
 test("the happy path: pending → preparing → prepared → switching → switched → settled", () => {
   assert.equal(walk("pending", ["prepare", "prepared", "switch", "switched", "settled"]), [
