@@ -70,11 +70,13 @@ export class SiteAgent {
   private readonly pointers = new Map<string, VmNet>();
   /** VMs still here with a forwarding pointer staged for their departure. */
   private readonly staged = new Set<string>();
+  /** Port names `batch` has resolved since it started (see fresh()). */
+  private readonly portNames = new Set<string>();
 
   private constructor(
     readonly cfg: SiteConfig,
     private readonly anchor: AnchorLink,
-    private readonly batch: IpBatch,
+    private batch: IpBatch,
     private readonly batch6: IpBatch,
     private readonly tunnel: Tunnel,
   ) {
@@ -128,7 +130,26 @@ export class SiteAgent {
     if (port) await this.configurePort(vm, port, !opts.hold);
   }
 
+  /**
+   * `ip -batch` caches each device name's ifindex for its lifetime, so a port re-created under a
+   * name it resolved before (a VM's tap at a site it comes back to, or after a rolled-back move)
+   * would be addressed by the old, gone index ("No such device"; `ntable` even ends the
+   * process). Such a port gets a fresh process; the old one finishes what it was given.
+   */
+  private async fresh(port: string): Promise<void> {
+    if (!this.portNames.has(port)) {
+      this.portNames.add(port);
+      return;
+    }
+    const old = this.batch;
+    this.batch = new IpBatch(this.cfg.netns);
+    this.portNames.clear();
+    this.portNames.add(port);
+    await old.close();
+  }
+
   private async configurePort(vm: VmNet, port: string, deliver: boolean): Promise<void> {
+    await this.fresh(port);
     await this.batch.apply([
       ...vmPortCommands(port, this.cfg.homeLink),
       ...(deliver ? deliverHomeAddresses(vm, port) : []),
