@@ -3,8 +3,9 @@
 // control-plane with --netreach) runs the test guest at s1 with home addresses and its disk on
 // s1's block-server. One MigrateVm moves memory, disk and address to s2 while a correspondent on
 // the home link pings the home addresses; afterwards the VM answers there, bound at s2, and the
-// guest's own checks of memory and disk never failed. A destination that fails before the
-// switch-over rolls everything back: the VM runs at s1, its address answers there, bound there.
+// guest's own checks of memory and disk never failed. Moving back, a destination that fails
+// before the switch-over rolls everything back: the VM runs at s2, its address answers there,
+// bound there.
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -149,60 +150,6 @@ t("CreateVm with home addresses places the VM at its host's site: bound at s1, a
   for (const a of ADDRS) await answers(a);
 });
 
-t("the destination fails before the switch-over: the VM, its disk and its address stay at s1", async () => {
-  // Pre-copy leaves time between the prepared network and the switch-over for the failure.
-  const m = await bed.client.migrateVm({
-    vmId: VM.vmId,
-    destinationHostId: "h2",
-    mode: MigrationMode.MIGRATION_MODE_PRECOPY,
-  });
-  const prepared = await until(
-    "the network prepared at s2",
-    async () => {
-      const cur = await bed.client.getMigration(m.migrationId);
-      return cur.network?.state === "prepared" || ["done", "failed"].includes(cur.state) ? cur : undefined;
-    },
-    180_000,
-    50,
-  );
-  assert.is(prepared.network?.state, "prepared", JSON.stringify(prepared));
-  const moving = await binding();
-  assert.equal([moving?.site, moving?.movingTo], ["s1", "s2"]);
-  // The destination's QEMU dies: the memory stream breaks before the switch-over.
-  let killed = 0;
-  for (const pid of await netnsPids(bed.sites[1].ns)) {
-    const comm = (() => {
-      try {
-        return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-      } catch {
-        return "";
-      }
-    })();
-    if (comm.startsWith("qemu-system")) {
-      process.kill(pid, "SIGKILL");
-      killed++;
-    }
-  }
-  assert.is(killed, 1, "one incoming QEMU at s2");
-  const end = await waitFinal(m.migrationId);
-  assert.is(end.state, "failed", JSON.stringify(end));
-  assert.is(end.network?.state, "rolled_back", JSON.stringify(end.network));
-  assert.ok(end.network?.enteredUnixMs.rolled_back, "the rollback has its time");
-  const vm = await bed.client.getVm(VM.vmId);
-  assert.equal([vm.hostId, vm.vm?.state, vm.migrationId], ["h1", VmState.VM_STATE_RUNNING, ""]);
-  const b = await binding();
-  assert.equal(
-    [b?.site, b?.generation, b?.state, b?.movingTo],
-    ["s1", 1, BindingState.BINDING_STATE_ACTIVE, ""],
-    "still bound at s1, no longer moving",
-  );
-  for (const a of ADDRS) {
-    const s = summarisePings(await ping(a, 20).result);
-    assert.is(s.received, 20, `${a} at s1 after the rollback: ${JSON.stringify(s)}`);
-  }
-  assertGuestClean(vm.vm!.serialLogPath);
-});
-
 t("one MigrateVm moves memory, disk and address to s2 under a correspondent's ping", async () => {
   const before = (await bed.client.getVm(VM.vmId)).vm!;
   const handovers: WatchHandoversResponse[] = [];
@@ -283,5 +230,62 @@ t("one MigrateVm moves memory, disk and address to s2 under a correspondent's pi
   assertGuestClean(before.serialLogPath);
   assertGuestClean(logB);
 });
+
+t(
+  "back to s1, whose incoming QEMU dies before the switch-over: the VM, its disk and its address stay at s2",
+  async () => {
+    // Pre-copy leaves time between the prepared network and the switch-over for the failure.
+    const m = await bed.client.migrateVm({
+      vmId: VM.vmId,
+      destinationHostId: "h1",
+      mode: MigrationMode.MIGRATION_MODE_PRECOPY,
+    });
+    const prepared = await until(
+      "the network prepared at s1",
+      async () => {
+        const cur = await bed.client.getMigration(m.migrationId);
+        return cur.network?.state === "prepared" || ["done", "failed"].includes(cur.state) ? cur : undefined;
+      },
+      180_000,
+      50,
+    );
+    assert.is(prepared.network?.state, "prepared", JSON.stringify(prepared));
+    const moving = await binding();
+    assert.equal([moving?.site, moving?.movingTo], ["s2", "s1"]);
+    // The destination's QEMU dies: the memory stream breaks before the switch-over.
+    let killed = 0;
+    for (const pid of await netnsPids(bed.sites[0].ns)) {
+      const comm = (() => {
+        try {
+          return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+        } catch {
+          return "";
+        }
+      })();
+      if (comm.startsWith("qemu-system")) {
+        process.kill(pid, "SIGKILL");
+        killed++;
+      }
+    }
+    assert.is(killed, 1, "one incoming QEMU at s1 (the source QEMU there ended with the last migration)");
+    const end = await waitFinal(m.migrationId);
+    assert.is(end.state, "failed", JSON.stringify(end));
+    assert.is(end.network?.state, "rolled_back", JSON.stringify(end.network));
+    assert.ok(end.network?.enteredUnixMs.rolled_back, "the rollback has its time");
+    const vm = await bed.client.getVm(VM.vmId);
+    assert.equal([vm.hostId, vm.vm?.state, vm.migrationId], ["h2", VmState.VM_STATE_RUNNING, ""]);
+    const b = await binding();
+    assert.equal(
+      [b?.site, b?.generation, b?.state, b?.movingTo],
+      ["s2", end.fencingToken - 1, BindingState.BINDING_STATE_ACTIVE, ""],
+      "still bound at s2 with the last move's generation, no longer moving",
+    );
+    for (const a of ADDRS) {
+      const s = summarisePings(await ping(a, 20).result);
+      assert.is(s.received, 20, `${a} at s2 after the rollback: ${JSON.stringify(s)}`);
+    }
+    assertGuestClean(vm.vm!.serialLogPath);
+  },
+);
 
 t.run();
