@@ -110,6 +110,7 @@ t.before(async () => {
     source: { $case: "target", value: { imagePath: image } },
     readOnly: false,
     description: "",
+    fencingToken: 0,
   });
   blocks.close();
   spec = {
@@ -201,6 +202,7 @@ t("one MigrateVm moves memory, disk and address to s2 under a correspondent's pi
     );
     console.log(
       `${ADDRS[i]}: largest silence ${s.silenceMs.toFixed(0)} ms (gap ${s.gapMs.toFixed(0)} ms), ` +
+        `beginning ${((s.gapStartMs ?? 0) - switchedAt).toFixed(0)} ms from the recorded switch-over; ` +
         `lost ${s.lost}/${s.sent}; migration ${end.enteredUnixMs.done - end.enteredUnixMs.pending} ms`,
     );
   }
