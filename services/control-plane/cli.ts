@@ -1,6 +1,7 @@
 // `vmhop control …`: serve the control-plane, or talk to a running one.
 
 import { StorageMode } from "../../gen/vmhop/v1/control.js";
+import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
 import { CliError } from "../cli/errors.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
@@ -18,6 +19,7 @@ commands:
            add or update a host (its page-server's gRPC address; its block-server's gRPC and NBD ones)
   vms [--host HOST_ID]                   list VMs with their host and live state
   migrate VM_ID DEST_HOST_ID [--mode postcopy|precopy|hybrid|auto] [--storage auto|lazy|shared]
+          [--handover auto|bbm|mbb|mbb-fp|mbb-bicast]
           [--request-id ID] [--no-wait]
            migrate a VM (and its disk: lazy by default when it is on the source's block-server);
            shows progress until the migration is final unless --no-wait
@@ -52,10 +54,24 @@ const clientSpecs = {
     default: "auto",
     describe: "migrate: auto (lazy for a disk on the source's block-server, else shared) | lazy | shared",
   },
+  handover: {
+    type: "string",
+    default: "auto",
+    describe:
+      "migrate: how netreach moves the VM's address: auto (the anchor's default) | bbm | mbb | mbb-fp | mbb-bicast",
+  },
   "request-id": { type: "string", default: "", describe: "migrate: idempotency key" },
   "no-wait": { type: "boolean", default: false, describe: "migrate: return once the migration is recorded" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
+
+const HANDOVER: Record<string, HandoverMode> = {
+  auto: HandoverMode.HANDOVER_MODE_UNSPECIFIED,
+  bbm: HandoverMode.HANDOVER_MODE_BBM,
+  mbb: HandoverMode.HANDOVER_MODE_MBB,
+  "mbb-fp": HandoverMode.HANDOVER_MODE_MBB_FP,
+  "mbb-bicast": HandoverMode.HANDOVER_MODE_MBB_BICAST,
+};
 
 const STORAGE: Record<string, StorageMode> = {
   auto: StorageMode.STORAGE_MODE_UNSPECIFIED,
@@ -176,11 +192,15 @@ async function verb(
       const storage = STORAGE[o.storage ?? "auto"];
       if (storage === undefined)
         throw new CliError(`--storage must be one of ${Object.keys(STORAGE).join(", ")}`);
+      const handoverMode = HANDOVER[o.handover ?? "auto"];
+      if (handoverMode === undefined)
+        throw new CliError(`--handover must be one of ${Object.keys(HANDOVER).join(", ")}`);
       let m = await c.migrateVm({
         vmId,
         destinationHostId: dest,
         mode,
         storage,
+        handoverMode,
         requestId: o["request-id"] ?? "",
       });
       if (!o["no-wait"]) {

@@ -6,6 +6,7 @@ import {
   type Host,
   MigrateVmRequest,
   type Migration,
+  type VmNetwork,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
 import type { Vm, VmSpec } from "../../gen/vmhop/v1/page.js";
@@ -51,8 +52,11 @@ export class ControlClient {
     ).host!;
   }
 
-  async createVm(spec: VmSpec, hostId: string): Promise<Vm> {
-    return (await this.call<{ vm?: Vm }>((m, o, cb) => this.client.createVm({ spec, hostId }, m, o, cb))).vm!;
+  /** `network`: the VM's home addresses (netreach keeps them reachable wherever it runs). */
+  async createVm(spec: VmSpec, hostId: string, network?: VmNetwork): Promise<Vm> {
+    return (
+      await this.call<{ vm?: Vm }>((m, o, cb) => this.client.createVm({ spec, hostId, network }, m, o, cb))
+    ).vm!;
   }
 
   async getVm(vmId: string): Promise<ClusterVm> {

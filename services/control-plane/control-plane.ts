@@ -1,11 +1,16 @@
 // The control-plane without gRPC: host and VM registries and migrations, durable in the
 // Store, carried out by the hosts' page-servers. grpc.ts maps its ControlError to statuses.
 
+import { isIPv4, isIPv6 } from "node:net";
 import { StorageMode } from "../../gen/vmhop/v1/control.js";
+import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
+import { AddressMover } from "./address.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { NetreachAnchor } from "./netreach-client.js";
+import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
 import { PeerError } from "./peer-call.js";
 import {
@@ -38,6 +43,8 @@ export interface MigrateRequest {
   mode?: MigrationMode;
   requestId?: string;
   storage?: StorageMode;
+  /** netreach.proto HandoverMode (0: the anchor's default). */
+  handoverMode?: number;
 }
 
 /** A VM as the registry knows it, with the page-server's live view when it answers. */
@@ -61,15 +68,46 @@ export function diskUrlOf(vm: VmRecord): string {
   return VmSpec.fromJSON(vm.spec).diskNbdUrl;
 }
 
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/** The VM's home addresses, checked; a VM with some needs a tap and a MAC to be reached on. */
+function checkAddresses(spec: VmSpec, a: VmAddresses | undefined): VmAddresses | undefined {
+  if (!hasAddresses(a)) return undefined;
+  for (const x of a.home_ipv6)
+    if (!isIPv6(x)) throw new ControlError("invalid", `invalid IPv6 home address ${JSON.stringify(x)}`);
+  for (const x of a.home_ipv4)
+    if (!isIPv4(x)) throw new ControlError("invalid", `invalid IPv4 home address ${JSON.stringify(x)}`);
+  if (!spec.nicTap) throw new ControlError("invalid", "a VM with home addresses needs a tap (spec nic_tap)");
+  if (!MAC.test(spec.nicMac))
+    throw new ControlError(
+      "invalid",
+      `a VM with home addresses needs a lower-case MAC aa:bb:cc:dd:ee:ff (spec nic_mac), got ${JSON.stringify(spec.nicMac)}`,
+    );
+  return { home_ipv6: [...a.home_ipv6], home_ipv4: [...a.home_ipv4] };
+}
+
+export interface ControlPlaneOptions {
+  log?: Logger;
+  reachMs?: number;
+  executor?: ExecutorOptions;
+  /** The netreach anchor's gRPC address; absent: VMs keep no address across sites. */
+  netreach?: string;
+}
+
 export class ControlPlane {
   private readonly pages = new PageServers();
   private readonly executor: Executor;
+  private readonly anchor?: NetreachAnchor;
+  private readonly address: AddressMover;
 
   constructor(
     readonly store: Store,
-    private readonly opts: { log?: Logger; reachMs?: number; executor?: ExecutorOptions } = {},
+    private readonly opts: ControlPlaneOptions = {},
   ) {
-    this.executor = new Executor(store, this.pages, opts.log ?? silentLogger, opts.executor);
+    const log = opts.log ?? silentLogger;
+    this.anchor = opts.netreach ? new NetreachAnchor(opts.netreach) : undefined;
+    this.address = new AddressMover(store, this.anchor, log);
+    this.executor = new Executor(store, this.pages, log, this.address, opts.executor);
   }
 
   /**
@@ -91,6 +129,10 @@ export class ControlPlane {
           cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
         );
     }
+    // Ended before its switch-over with the destination's network still prepared (a cancel
+    // whose driver stopped before undoing it): undone now.
+    for (const m of ended.values())
+      if (needsRollback(m.network)) await this.address.rollBack(m.migration_id, m.error);
     const open = all.filter((m) => !isFinal(m.state));
     for (const m of open) this.executor.drive(m.migration_id);
     return open.map((m) => m.migration_id);
@@ -109,15 +151,21 @@ export class ControlPlane {
           .catch(() => undefined)
       : undefined;
     const raw = JSON.stringify(vm);
-    if (at?.state === VmState.VM_STATE_RUNNING)
+    if (at?.state === VmState.VM_STATE_RUNNING) {
+      // Placing again is harmless (same generation, same site): the crash may have come first.
+      if (host && hasAddresses(vm.network) && this.anchor)
+        await this.placeAddress(vm, host.value, async () => {}).catch((err) =>
+          this.opts.log?.warn("placing a VM whose creation was interrupted", { vm: vm.vm_id, err }),
+        );
       await this.store.compareAndSet(KEYS.vm(vm.vm_id), raw, JSON.stringify({ ...vm, migration_id: "" }));
-    else await this.store.compareAndDelete(KEYS.vm(vm.vm_id), raw);
+    } else await this.store.compareAndDelete(KEYS.vm(vm.vm_id), raw);
   }
 
   /** Stops driving migrations (they stay as recorded, for the next control-plane). */
   close(): void {
     this.executor.close();
     this.pages.close();
+    this.anchor?.close();
   }
 
   /** Resolves when no migration driver runs. */
@@ -174,11 +222,20 @@ export class ControlPlane {
   }
 
   /** Defines and starts the VM on the host's page-server, then records it. */
-  async createVm(spec: VmSpec | undefined, hostId: string): Promise<ClusterVmView> {
+  async createVm(spec: VmSpec | undefined, hostId: string, addresses?: VmAddresses): Promise<ClusterVmView> {
     if (!spec) throw new ControlError("invalid", "spec is required");
     checkId("vm_id", spec.vmId);
+    const network = checkAddresses(spec, addresses);
     const host = await this.host(hostId);
     if (host.asleep) throw new ControlError("precondition", `host ${hostId} is asleep`);
+    // Placed in netreach at its host's site once QEMU runs; the binding's generation is the
+    // VM's fencing token, so the creation takes token 1 (a migration's switch-over is newer).
+    const place = network && this.anchor;
+    if (place && !host.site)
+      throw new ControlError(
+        "precondition",
+        `host ${hostId} has no site: the VM's addresses cannot be placed`,
+      );
     const ps = await this.reachable(host);
     const record: VmRecord = {
       vm_id: spec.vmId,
@@ -186,7 +243,8 @@ export class ControlPlane {
       host_id: hostId,
       // Held by "create" until QEMU runs, so no migration starts meanwhile.
       migration_id: "create",
-      fencing_token: 0,
+      fencing_token: place ? 1 : 0,
+      ...(network ? { network } : {}),
     };
     const raw = JSON.stringify(record);
     if (!(await this.store.compareAndSet(KEYS.vm(spec.vmId), null, raw)))
@@ -194,6 +252,7 @@ export class ControlPlane {
     try {
       await ps.define(spec);
       const vm = await ps.start(spec.vmId);
+      if (place) await this.placeAddress(record, host, () => ps.stop(spec.vmId, true));
       const created = { ...record, migration_id: "" };
       await this.store.set(KEYS.vm(spec.vmId), JSON.stringify(created));
       return { record: created, vm };
@@ -202,6 +261,32 @@ export class ControlPlane {
       if (err instanceof PeerError)
         throw new ControlError("unavailable", `creating VM ${spec.vmId} on ${hostId}: ${err.message}`);
       throw err;
+    }
+  }
+
+  /** Registers the VM's binding at its host's site; on failure the VM is stopped (`undo`). */
+  private async placeAddress(vm: VmRecord, host: HostRecord, undo: () => Promise<unknown>): Promise<void> {
+    const spec = VmSpec.fromJSON(vm.spec);
+    const fail = async (why: string) => {
+      await undo().catch(() => {});
+      throw new ControlError(
+        "unavailable",
+        `placing VM ${vm.vm_id}'s addresses at site ${host.site}: ${why}`,
+      );
+    };
+    try {
+      const ack = await this.anchor!.place({
+        vmId: vm.vm_id,
+        mac: spec.nicMac,
+        ...vm.network!,
+        site: host.site,
+        port: spec.nicTap,
+        generation: vm.fencing_token,
+      });
+      if (!ack.accepted) await fail(ack.reason);
+    } catch (err) {
+      if (err instanceof ControlError) throw err;
+      await fail((err as Error).message);
     }
   }
 
@@ -270,6 +355,9 @@ export class ControlPlane {
     await this.reachable(src);
     await this.reachable(dst);
     const mode = req.mode || MigrationMode.MIGRATION_MODE_POSTCOPY;
+    const handoverMode = req.handoverMode ?? 0;
+    if (handoverMode < 0 || !HandoverMode[handoverMode])
+      throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);
     const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
     if (req.requestId && !(await this.store.compareAndSet(KEYS.request(req.requestId), null, id))) {
       const prior = await this.byRequest(req);
@@ -313,6 +401,18 @@ export class ControlPlane {
       storage: plan.storage,
       disk: plan.disk,
       entered_unix_ms: { pending: now },
+      network: planNetwork(
+        {
+          netreach: this.anchor !== undefined,
+          addresses: vm.network,
+          tap: VmSpec.fromJSON(vm.spec).nicTap,
+          fromSite: src.site,
+          toSite: dst.site,
+          mode: handoverMode,
+          generation: claimed.fencing_token,
+        },
+        now,
+      ),
     };
     await this.store.set(KEYS.migration(id), JSON.stringify(rec));
     await this.store.publish(KEYS.migrations, JSON.stringify(rec));

@@ -2,6 +2,7 @@ import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
+import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import type { PageServer, PageServers } from "./page-client.js";
 import { isNotFound } from "./peer-call.js";
@@ -56,6 +57,7 @@ export class Executor {
     private readonly store: Store,
     private readonly pages: PageServers,
     private readonly log: Logger,
+    private readonly address: AddressMover,
     private readonly opts: ExecutorOptions = {},
   ) {}
 
@@ -99,6 +101,8 @@ export class Executor {
       if (state === "pending") {
         await this.step(id, "prepare");
         const channel = await this.prepare(m, ctx);
+        // The waiting QEMU holds the VM's tap at the destination now.
+        await this.address.prepare(id);
         await this.step(id, "start");
         await ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token);
         state = "migrating";
@@ -112,6 +116,8 @@ export class Executor {
       }
       if (state === "migrating" || state === "switched") await this.follow(m, ctx);
       if (state !== "relocating") await this.settle(m, ctx);
+      // Before the disk's relocation, which may take long: the address needs nothing of it.
+      await this.address.settle(id);
       await this.relocate(m, ctx);
     } catch (err) {
       if (err instanceof ShutdownError) return;
@@ -189,8 +195,11 @@ export class Executor {
       const changed = u.bytesSent !== lastBytes;
       chain = chain.then(async () => {
         if (switchNow) {
-          await this.step(m.migration_id, "switch", progress);
-          await this.startDiskCopy(m, ctx);
+          // The address follows at once: its switch-over decides how long the VM is unreachable.
+          await Promise.all([
+            this.address.switchOver(m.migration_id),
+            this.step(m.migration_id, "switch", progress).then(() => this.startDiskCopy(m, ctx)),
+          ]);
         }
         // Progress only when the byte count changed; a lost progress write is not fatal.
         else if (changed && !this.closed)
@@ -209,7 +218,7 @@ export class Executor {
         const at = await dst.inspect(m.vm_id).catch(() => undefined);
         if (at?.state === VmState.VM_STATE_RUNNING) {
           await this.step(m.migration_id, "complete");
-          await this.startDiskCopy(m, ctx);
+          await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
           return;
         }
       }
@@ -224,7 +233,7 @@ export class Executor {
       throw new Error(`page-server migration ended in ${MigrationPhase[last.phase]}`);
     await this.step(m.migration_id, "complete", { bytes_sent: last.bytesSent, downtime_ms: last.downtimeMs });
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
-    if (!switched) await this.startDiskCopy(m, ctx);
+    if (!switched) await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
   }
 
   /**
@@ -339,7 +348,7 @@ export class Executor {
   private async fail(m: MigrationRecord, error: string, ctx?: Ends): Promise<void> {
     if (this.closed) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
-    await this.cleanUp(before, ctx, pastSwitch(before.state));
+    await this.cleanUp(before, ctx, pastSwitch(before.state), error);
     try {
       await this.step(m.migration_id, "fail", { error });
     } catch (err) {
@@ -364,10 +373,14 @@ export class Executor {
 
   /**
    * After a failure or cancel before the switch: the destination's waiting QEMU is stopped
-   * (the VM runs only at the source, on its untouched disk) and the destination's proxy export
-   * removed; the VM is released for another migration.
+   * (the VM runs only at the source, on its untouched disk and address), the destination's proxy
+   * export removed and its network preparation undone; the VM is released for another migration.
    */
-  private async cleanUp(m: MigrationRecord, ctx?: Ends, switched = false): Promise<void> {
+  private async cleanUp(m: MigrationRecord, ctx?: Ends, switched = false, why = m.error): Promise<void> {
+    if (!switched)
+      await this.address
+        .rollBack(m.migration_id, why || "the migration ended before its switch-over")
+        .catch((err) => this.log.warn("destination network clean-up", { err }));
     if (ctx && !switched) {
       const at = await ctx.dst.inspect(m.vm_id).catch(() => undefined);
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)

@@ -65,6 +65,9 @@ function vmToPb(v: ClusterVmView): ClusterVm {
     // "create" is the registry's own hold while a VM starts, not a migration.
     migrationId: v.record.migration_id === "create" ? "" : v.record.migration_id,
     fencingToken: v.record.fencing_token,
+    network: v.record.network
+      ? { homeIpv6: v.record.network.home_ipv6, homeIpv4: v.record.network.home_ipv4 }
+      : undefined,
   };
 }
 
@@ -96,6 +99,21 @@ export function migrationToPb(m: MigrationRecord): Migration {
         }
       : undefined,
     enteredUnixMs: Object.fromEntries(Object.entries(m.entered_unix_ms ?? {})) as Record<string, number>,
+    network: m.network
+      ? {
+          state: m.network.state,
+          reason: m.network.reason,
+          generation: m.network.generation,
+          handoverMode: m.network.mode,
+          fromSite: m.network.from_site,
+          toSite: m.network.to_site,
+          port: m.network.port,
+          enteredUnixMs: Object.fromEntries(Object.entries(m.network.entered_unix_ms)) as Record<
+            string,
+            number
+          >,
+        }
+      : undefined,
   };
 }
 
@@ -110,7 +128,11 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
     listHosts: u(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
     setHostAsleep: u(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
     createVm: u(async (req) => {
-      const v = await cp.createVm(req.spec, req.hostId);
+      const v = await cp.createVm(
+        req.spec,
+        req.hostId,
+        req.network && { home_ipv6: req.network.homeIpv6, home_ipv4: req.network.homeIpv4 },
+      );
       log.info("VM created", { vm: v.record.vm_id, host: v.record.host_id });
       return { vm: v.vm, hostId: v.record.host_id };
     }),
@@ -123,6 +145,7 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
         mode: req.mode,
         requestId: req.requestId,
         storage: req.storage,
+        handoverMode: req.handoverMode,
       });
       return { migration: migrationToPb(m) };
     }),

@@ -1,5 +1,5 @@
 // One line telling where a migration stands (pure): its state, memory sent, the disk's blocks
-// local and how they came, and how long it has run. The CLI prints it on each update.
+// local and how they came, the address's state, and how long it has run. The CLI prints it on each update.
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
@@ -16,6 +16,14 @@ export function formatProgress(m: Migration, nowMs = Date.now()): string {
         (d.promoted ? ", promoted" : ""),
     );
   }
+  const n = m.network;
+  if (n?.state)
+    parts.push(
+      n.state === "skipped"
+        ? `address not moved (${n.reason})`
+        : `address ${n.state}${n.fromSite ? ` ${n.fromSite} → ${n.toSite}` : ""}` +
+            (n.reason ? ` (${n.reason})` : ""),
+    );
   const started = m.enteredUnixMs.pending ?? m.createdUnixMs;
   if (started > 0) parts.push(`${((nowMs - started) / 1000).toFixed(1)} s`);
   if (m.error) parts.push(`error: ${m.error}`);

@@ -1,6 +1,7 @@
 // The control-plane's durable records in the shared Store (layout in README.md) and the
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
+import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
 import { type MigrationEvent, type MigrationState, next } from "./states.js";
 
 export const KEYS = {
@@ -40,6 +41,8 @@ export interface VmRecord {
   migration_id: string;
   /** Raised when a migration claims the VM; the VM only moves for the claim holding it. */
   fencing_token: number;
+  /** Its home addresses (absent: none); netreach keeps them reachable wherever it runs. */
+  network?: VmAddresses;
 }
 
 export interface MigrationRecord {
@@ -63,6 +66,8 @@ export interface MigrationRecord {
   disk?: DiskRecord;
   /** When each state was entered (epoch ms): the timeline. */
   entered_unix_ms?: Partial<Record<MigrationState, number>>;
+  /** The VM's address moving with it (absent in older records). */
+  network?: NetworkRecord;
 }
 
 export interface DiskRecord {
@@ -141,4 +146,33 @@ export async function recordProgress(store: Store, migrationId: string, patch: P
     return { ...cur, ...patch, updated_unix_ms: Date.now() };
   });
   await store.publish(KEYS.migrations, JSON.stringify(rec));
+}
+
+/**
+ * One persisted step of a migration's address part (table in network-states.ts), `reason` with
+ * it. Throws NetworkTransitionError when the recorded state has no such edge.
+ */
+export async function networkStep(
+  store: Store,
+  migrationId: string,
+  event: NetworkEvent,
+  reason?: string,
+): Promise<MigrationRecord> {
+  const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
+    if (!cur?.network) throw new ConflictError(`migration ${migrationId} has no network part`);
+    const state = nextNetwork(cur.network.state, event);
+    const now = Date.now();
+    return {
+      ...cur,
+      updated_unix_ms: now,
+      network: {
+        ...cur.network,
+        state,
+        ...(reason !== undefined ? { reason } : {}),
+        entered_unix_ms: { ...cur.network.entered_unix_ms, [state]: now },
+      },
+    };
+  });
+  await store.publish(KEYS.migrations, JSON.stringify(rec));
+  return rec;
 }

@@ -33,6 +33,11 @@ export const serveSpecs = {
     default: 0,
     describe: "LAZY storage: the disk's background copy cap in MiB/s once memory is complete (0 = none)",
   },
+  netreach: {
+    type: "string",
+    describe:
+      "the netreach anchor's gRPC address HOST:PORT: VMs with home addresses keep them across sites (absent: no address mobility)",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -48,6 +53,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, {
       log,
+      netreach: o.netreach || undefined,
       executor: {
         diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20,
         diskCopyRateAfterMemory: (o["disk-copy-rate-mib-after"] ?? 0) * 2 ** 20,
@@ -64,6 +70,14 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     closers.push({ name: "grpc", close: () => g.shutdown() });
     const resumed = await cp.open();
     // One machine-readable ready line on stdout: scripts wait for it.
-    console.log(JSON.stringify({ ready: true, grpc: g.address, store: store.kind, resumed }));
+    console.log(
+      JSON.stringify({
+        ready: true,
+        grpc: g.address,
+        store: store.kind,
+        netreach: o.netreach ?? "",
+        resumed,
+      }),
+    );
   });
 }

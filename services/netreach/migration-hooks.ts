@@ -4,6 +4,7 @@
 //   prepare network  → before switch-over: anchor marks the move, destination site prepared
 //   switch-over      → the VM runs at the destination: binding update, old site forwards or drops
 //   cleanup          → the binding settled: the old site's forwarding pointer goes
+//   cancel network   → rolled back before switch-over: what prepare network did is undone
 import type { Outcome } from "./binding/cache.js";
 import type { SiteEndpoint } from "./binding/types.js";
 import type { PrepareOptions, VmNet } from "./site/agent.js";
@@ -21,6 +22,7 @@ export const HANDOVER_MODES: readonly HandoverMode[] = ["bbm", "mbb", "mbb-fp", 
 export interface AnchorControl {
   prepareAttach(vmId: string, site: string): Promise<Outcome>;
   startBicast(vmId: string, to: SiteEndpoint): Promise<void>;
+  cancelMove(vmId: string, site: string): Promise<Outcome>;
 }
 
 /** What the hooks need of a site agent (SiteAgent in-process, RemoteSite over gRPC). */
@@ -67,6 +69,25 @@ export class MigrationHooks {
       m.from.leave(m.vm, m.mode === "mbb-fp" ? m.to.endpoint : undefined),
     ]);
     return outcome;
+  }
+
+  /**
+   * The move will not happen (rolled back before switch-over): the anchor stops bicasting and
+   * ends "moving", the destination forgets the VM (holds, port routes, reverse tunnel), the old
+   * site drops a staged forwarding pointer. The VM keeps its binding where it runs. Idempotent.
+   */
+  async cancelNetwork(m: Omit<MigrationNet, "port" | "mode">): Promise<Outcome> {
+    const o = await this.anchor.cancelMove(m.vm.vmId, m.to.endpoint.site);
+    if (!o.accepted) return o;
+    if (o.binding.site === m.to.endpoint.site)
+      return {
+        accepted: false,
+        status: "wrong-state",
+        reason: `vm ${m.vm.vmId} is bound at ${m.to.endpoint.site} already (generation ${o.binding.generation}): the switch-over happened`,
+        binding: o.binding,
+      };
+    await Promise.all([m.to.leave(m.vm), m.from.cleanup(m.vm)]);
+    return o;
   }
 
   async cleanup(m: MigrationNet): Promise<void> {

@@ -42,4 +42,29 @@ test("a failure says why; nothing about a disk that is not moving", () => {
   assert.is(line, "m-7 vm1 a → b: failed; 1.0 s; error: block-server b: CreateExport: exists");
 });
 
+test("the address part: moving, skipped with its reason, failed with its reason", () => {
+  const net = {
+    state: "switched",
+    reason: "",
+    generation: 2,
+    handoverMode: 0,
+    fromSite: "sa",
+    toSite: "sb",
+    port: "vmtap0",
+    enteredUnixMs: {},
+  };
+  assert.is(
+    formatProgress({ ...base, network: net }, 2_000),
+    "m-7 vm1 a → b: relocating; address switched sa → sb; 1.0 s",
+  );
+  assert.is(
+    formatProgress({ ...base, network: { ...net, state: "skipped", reason: "same site" } }, 2_000),
+    "m-7 vm1 a → b: relocating; address not moved (same site); 1.0 s",
+  );
+  assert.is(
+    formatProgress({ ...base, network: { ...net, state: "failed", reason: "SwitchOver: gone" } }, 2_000),
+    "m-7 vm1 a → b: relocating; address failed sa → sb (SwitchOver: gone); 1.0 s",
+  );
+});
+
 test.run();

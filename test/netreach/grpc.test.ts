@@ -8,11 +8,13 @@ import * as assert from "uvu/assert";
 import {
   BindingState,
   BindingStatus,
+  type CancelNetworkResponse,
   HandoverMode,
   type ListBindingsResponse,
   type ListSitesResponse,
   NetReachServiceClient,
   NetReachSiteServiceClient,
+  type PlaceVmResponse,
   type PrepareNetworkResponse,
   type RegisterVmResponse,
   type SwitchOverResponse,
@@ -22,7 +24,7 @@ import {
 import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, ip, run, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
@@ -64,6 +66,30 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     anchor = await serve(anchorArgs(listen));
     client?.close();
     client = new NetReachServiceClient(anchor.ready.grpc, grpc.credentials.createInsecure());
+  }
+
+  /** The anchor's bicast map elements, both families. */
+  async function bicasting(): Promise<string[]> {
+    const out: string[] = [];
+    for (const fam of ["ip6", "ip"]) {
+      const stdout = await run("ip", [
+        "netns",
+        "exec",
+        bed.ns.anchor,
+        "nft",
+        "-j",
+        "list",
+        "map",
+        fam,
+        "nr_bicast",
+        "to",
+      ]);
+      const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
+        (x) => x.map,
+      )?.map;
+      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
+    }
+    return out;
   }
 
   t.before(async () => {
@@ -338,6 +364,110 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
         const s = summarisePings(await ping(a, 20).result);
         assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
       }
+    },
+  );
+
+  t(
+    "CancelNetwork undoes a prepared bicast move: the VM stays bound and reachable where it was",
+    async () => {
+      const probes = [ping(VM.homeIpv6[0], 150), ping(VM.homeIpv4[0], 150)];
+      await Promise.all(probes.map((p) => p.ready));
+      const prep = await rpc<PrepareNetworkResponse>((cb) =>
+        client.prepareNetwork(
+          { vmId: VM.vmId, toSite: "s2", port: "vport", mode: HandoverMode.HANDOVER_MODE_MBB_BICAST },
+          cb,
+        ),
+      );
+      assert.is(prep.binding?.movingTo, "s2");
+      assert.match(await ip(bed.ns.sites[1], "-6", "route", "show", `${VM.homeIpv6[0]}/128`), /blackhole/);
+      assert.is((await bicasting()).length, 2, "bicasting both families to s2");
+      for (let i = 0; i < 2; i++) {
+        // Twice: a rollback repeated after a restart finds nothing left to undo.
+        const c = await rpc<CancelNetworkResponse>((cb) =>
+          client.cancelNetwork({ vmId: VM.vmId, toSite: "s2" }, cb),
+        );
+        assert.equal(
+          [c.binding?.site, c.binding?.state, c.binding?.movingTo, c.binding?.generation],
+          ["s1", BindingState.BINDING_STATE_ACTIVE, "", 3],
+        );
+      }
+      assert.equal(await bicasting(), [], "the bicast stopped");
+      for (const fam of ["-6", "-4"])
+        assert.is(
+          await ip(
+            bed.ns.sites[1],
+            fam,
+            "route",
+            "show",
+            fam === "-6" ? `${VM.homeIpv6[0]}/128` : `${VM.homeIpv4[0]}/32`,
+          ),
+          "",
+          "s2 forgot the VM",
+        );
+      for (const p of probes) assert.is(summarisePings(await p.result).lost, 0);
+      // The switch-over happened (the VM is bound at s1): nothing there to cancel.
+      const late = await rpcError(() =>
+        rpc((cb) => client.cancelNetwork({ vmId: VM.vmId, toSite: "s1" }, cb)),
+      );
+      assert.is(late.code, grpc.status.FAILED_PRECONDITION);
+      assert.match(late.details, /bound at s1 \(generation 3\): the switch-over happened/);
+    },
+  );
+
+  t(
+    "PlaceVm binds a VM at a site and the site keeps it alive; a retry is accepted, an older one refused",
+    async () => {
+      await rpc((cb) => client.deregisterVm({ vmId: VM.vmId }, cb));
+      const place = (generation: number) =>
+        rpc<PlaceVmResponse>((cb) =>
+          client.placeVm(
+            {
+              vmId: VM.vmId,
+              mac: VM.mac,
+              homeIpv6: VM.homeIpv6,
+              homeIpv4: VM.homeIpv4,
+              site: "s1",
+              port: "vport",
+              generation,
+              lifetimeSeconds: 3,
+            },
+            cb,
+          ),
+        );
+      const first = await place(4);
+      assert.is(first.ack?.status, BindingStatus.BINDING_STATUS_ACCEPTED, JSON.stringify(first.ack));
+      assert.equal([first.ack?.binding?.site, first.ack?.binding?.generation], ["s1", 4]);
+      for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
+        assert.is(summarisePings(await ping(a, 20).result).received, 20, a);
+      const retry = await place(4);
+      assert.is(retry.ack?.accepted, true, JSON.stringify(retry.ack));
+      const older = await place(3);
+      assert.is(older.ack?.status, BindingStatus.BINDING_STATUS_STALE_GENERATION);
+      // Twice the 3 s lifetime: only the site agent's refreshes keep the binding from expiring.
+      const expires = first.ack!.binding!.expiresUnixMs;
+      await sleep(6_000);
+      const { bindings } = await rpc<ListBindingsResponse>((cb) => client.listBindings({}, cb));
+      assert.is(bindings[0]?.state, BindingState.BINDING_STATE_ACTIVE, JSON.stringify(bindings));
+      assert.ok(bindings[0].expiresUnixMs > expires, "refreshed");
+      const unknown = await rpcError(() =>
+        rpc((cb) =>
+          client.placeVm(
+            {
+              vmId: "vm-2",
+              mac: VM.mac,
+              homeIpv6: [],
+              homeIpv4: ["10.77.0.9"],
+              site: "s9",
+              port: "vport",
+              generation: 1,
+              lifetimeSeconds: 0,
+            },
+            cb,
+          ),
+        ),
+      );
+      assert.is(unknown.code, grpc.status.NOT_FOUND);
+      assert.match(unknown.details, /site 's9' has not registered/);
     },
   );
 });

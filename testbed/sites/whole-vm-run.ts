@@ -158,6 +158,8 @@ export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise
       nicMac: VM.mac,
     },
     a.hostId,
+    // Placed at A's site by the control-plane (with --netreach); MigrateVm moves them along.
+    { homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 },
   );
   say(
     `${VM_ID} runs at ${a.site} (${VM.homeIpv6[0]}, ${VM.homeIpv4[0]}), disk ${diskMib} MiB on ${a.site}'s block-server`,

@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { HandoverMode, handoverModeFromJSON, handoverModeToJSON } from "./netreach.js";
 import { MigrationMode, migrationModeFromJSON, migrationModeToJSON, Vm, VmSpec } from "./page.js";
 
 export const protobufPackage = "vmhop.v1";
@@ -107,9 +108,23 @@ export interface ListHostsResponse {
   hosts: Host[];
 }
 
+/**
+ * A VM's home addresses: netreach keeps them reachable wherever the VM runs (its tap and MAC
+ * are the spec's nic_tap and nic_mac).
+ */
+export interface VmNetwork {
+  homeIpv6: string[];
+  homeIpv4: string[];
+}
+
 export interface CreateVmRequest {
   spec: VmSpec | undefined;
   hostId: string;
+  /**
+   * Optional; with addresses and netreach configured the VM is placed in netreach at its
+   * host's site.
+   */
+  network: VmNetwork | undefined;
 }
 
 export interface CreateVmResponse {
@@ -128,6 +143,7 @@ export interface ClusterVm {
   migrationId: string;
   /** Raised by each migration: only the holder of the current token may move the VM. */
   fencingToken: number;
+  network: VmNetwork | undefined;
 }
 
 export interface GetVmResponse {
@@ -157,6 +173,8 @@ export interface MigrateVmRequest {
   /** Idempotency key: a retried request with the same key returns the same migration. */
   requestId: string;
   storage: StorageMode;
+  /** How netreach moves the VM's address; unspecified: the anchor's default. */
+  handoverMode: HandoverMode;
 }
 
 /** The disk's relocation (LAZY storage): blocks local at the destination and how they came. */
@@ -170,6 +188,28 @@ export interface DiskProgress {
   bytesFetchedBackground: number;
   /** The destination export is a target now (every block local) and the source export is gone. */
   promoted: boolean;
+}
+
+/** The VM's address moving with it (netreach). */
+export interface NetworkProgress {
+  /** skipped, preparing, prepared, switching, switched, settled, rolled_back, failed. */
+  state: string;
+  /** Why it was skipped or failed. */
+  reason: string;
+  /** The binding generation of the switch-over (the migration's fencing token). */
+  generation: number;
+  handoverMode: HandoverMode;
+  fromSite: string;
+  toSite: string;
+  /** The VM's port (tap) at the destination. */
+  port: string;
+  /** When each state was entered (state name -> epoch ms). */
+  enteredUnixMs: { [key: string]: number };
+}
+
+export interface NetworkProgress_EnteredUnixMsEntry {
+  key: string;
+  value: number;
 }
 
 export interface Migration {
@@ -197,6 +237,7 @@ export interface Migration {
     | undefined;
   /** When each state was entered (state name -> epoch ms): the migration's timeline. */
   enteredUnixMs: { [key: string]: number };
+  network: NetworkProgress | undefined;
 }
 
 export interface Migration_EnteredUnixMsEntry {
@@ -851,8 +892,101 @@ export const ListHostsResponse: MessageFns<ListHostsResponse> = {
   },
 };
 
+function createBaseVmNetwork(): VmNetwork {
+  return { homeIpv6: [], homeIpv4: [] };
+}
+
+export const VmNetwork: MessageFns<VmNetwork> = {
+  encode(message: VmNetwork, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.homeIpv6) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.homeIpv4) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VmNetwork {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVmNetwork();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.homeIpv6.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.homeIpv4.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VmNetwork {
+    return {
+      homeIpv6: globalThis.Array.isArray(object?.homeIpv6)
+        ? object.homeIpv6.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv6)
+        ? object.home_ipv6.map((e: any) => globalThis.String(e))
+        : [],
+      homeIpv4: globalThis.Array.isArray(object?.homeIpv4)
+        ? object.homeIpv4.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv4)
+        ? object.home_ipv4.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: VmNetwork): unknown {
+    const obj: any = {};
+    if (message.homeIpv6?.length) {
+      obj.homeIpv6 = message.homeIpv6;
+    }
+    if (message.homeIpv4?.length) {
+      obj.homeIpv4 = message.homeIpv4;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VmNetwork>, I>>(base?: I): VmNetwork {
+    return VmNetwork.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VmNetwork>, I>>(object: I): VmNetwork {
+    const message = createBaseVmNetwork();
+    message.homeIpv6 = object.homeIpv6?.map((e) => e) || [];
+    message.homeIpv4 = object.homeIpv4?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseCreateVmRequest(): CreateVmRequest {
-  return { spec: undefined, hostId: "" };
+  return { spec: undefined, hostId: "", network: undefined };
 }
 
 export const CreateVmRequest: MessageFns<CreateVmRequest> = {
@@ -862,6 +996,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     }
     if (message.hostId !== "") {
       writer.uint32(18).string(message.hostId);
+    }
+    if (message.network !== undefined) {
+      VmNetwork.encode(message.network, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -895,6 +1032,14 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
             message.hostId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.network = VmNetwork.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -915,6 +1060,7 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
         : isSet(object.host_id)
         ? globalThis.String(object.host_id)
         : "",
+      network: isSet(object.network) ? VmNetwork.fromJSON(object.network) : undefined,
     };
   },
 
@@ -926,6 +1072,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     if (message.hostId !== "") {
       obj.hostId = message.hostId;
     }
+    if (message.network !== undefined) {
+      obj.network = VmNetwork.toJSON(message.network);
+    }
     return obj;
   },
 
@@ -936,6 +1085,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     const message = createBaseCreateVmRequest();
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.hostId = object.hostId ?? "";
+    message.network = (object.network !== undefined && object.network !== null)
+      ? VmNetwork.fromPartial(object.network)
+      : undefined;
     return message;
   },
 };
@@ -1103,7 +1255,7 @@ export const GetVmRequest: MessageFns<GetVmRequest> = {
 };
 
 function createBaseClusterVm(): ClusterVm {
-  return { vm: undefined, hostId: "", migrationId: "", fencingToken: 0 };
+  return { vm: undefined, hostId: "", migrationId: "", fencingToken: 0, network: undefined };
 }
 
 export const ClusterVm: MessageFns<ClusterVm> = {
@@ -1119,6 +1271,9 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     }
     if (message.fencingToken !== 0) {
       writer.uint32(32).uint64(message.fencingToken);
+    }
+    if (message.network !== undefined) {
+      VmNetwork.encode(message.network, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1168,6 +1323,14 @@ export const ClusterVm: MessageFns<ClusterVm> = {
             message.fencingToken = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.network = VmNetwork.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1198,6 +1361,7 @@ export const ClusterVm: MessageFns<ClusterVm> = {
         : isSet(object.fencing_token)
         ? globalThis.Number(object.fencing_token)
         : 0,
+      network: isSet(object.network) ? VmNetwork.fromJSON(object.network) : undefined,
     };
   },
 
@@ -1215,6 +1379,9 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     if (message.fencingToken !== 0) {
       obj.fencingToken = Math.round(message.fencingToken);
     }
+    if (message.network !== undefined) {
+      obj.network = VmNetwork.toJSON(message.network);
+    }
     return obj;
   },
 
@@ -1227,6 +1394,9 @@ export const ClusterVm: MessageFns<ClusterVm> = {
     message.hostId = object.hostId ?? "";
     message.migrationId = object.migrationId ?? "";
     message.fencingToken = object.fencingToken ?? 0;
+    message.network = (object.network !== undefined && object.network !== null)
+      ? VmNetwork.fromPartial(object.network)
+      : undefined;
     return message;
   },
 };
@@ -1581,7 +1751,7 @@ export const CancelMigrationResponse: MessageFns<CancelMigrationResponse> = {
 };
 
 function createBaseMigrateVmRequest(): MigrateVmRequest {
-  return { vmId: "", destinationHostId: "", mode: 0, requestId: "", storage: 0 };
+  return { vmId: "", destinationHostId: "", mode: 0, requestId: "", storage: 0, handoverMode: 0 };
 }
 
 export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
@@ -1600,6 +1770,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     }
     if (message.storage !== 0) {
       writer.uint32(40).int32(message.storage);
+    }
+    if (message.handoverMode !== 0) {
+      writer.uint32(48).int32(message.handoverMode);
     }
     return writer;
   },
@@ -1657,6 +1830,14 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
             message.storage = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.handoverMode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1688,6 +1869,11 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
         ? globalThis.String(object.request_id)
         : "",
       storage: isSet(object.storage) ? storageModeFromJSON(object.storage) : 0,
+      handoverMode: isSet(object.handoverMode)
+        ? handoverModeFromJSON(object.handoverMode)
+        : isSet(object.handover_mode)
+        ? handoverModeFromJSON(object.handover_mode)
+        : 0,
     };
   },
 
@@ -1708,6 +1894,9 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     if (message.storage !== 0) {
       obj.storage = storageModeToJSON(message.storage);
     }
+    if (message.handoverMode !== 0) {
+      obj.handoverMode = handoverModeToJSON(message.handoverMode);
+    }
     return obj;
   },
 
@@ -1721,6 +1910,7 @@ export const MigrateVmRequest: MessageFns<MigrateVmRequest> = {
     message.mode = object.mode ?? 0;
     message.requestId = object.requestId ?? "";
     message.storage = object.storage ?? 0;
+    message.handoverMode = object.handoverMode ?? 0;
     return message;
   },
 };
@@ -1922,6 +2112,340 @@ export const DiskProgress: MessageFns<DiskProgress> = {
   },
 };
 
+function createBaseNetworkProgress(): NetworkProgress {
+  return {
+    state: "",
+    reason: "",
+    generation: 0,
+    handoverMode: 0,
+    fromSite: "",
+    toSite: "",
+    port: "",
+    enteredUnixMs: {},
+  };
+}
+
+export const NetworkProgress: MessageFns<NetworkProgress> = {
+  encode(message: NetworkProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
+    }
+    if (message.handoverMode !== 0) {
+      writer.uint32(32).int32(message.handoverMode);
+    }
+    if (message.fromSite !== "") {
+      writer.uint32(42).string(message.fromSite);
+    }
+    if (message.toSite !== "") {
+      writer.uint32(50).string(message.toSite);
+    }
+    if (message.port !== "") {
+      writer.uint32(58).string(message.port);
+    }
+    globalThis.Object.entries(message.enteredUnixMs).forEach(([key, value]: [string, number]) => {
+      NetworkProgress_EnteredUnixMsEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NetworkProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNetworkProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.handoverMode = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.fromSite = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.toSite = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = NetworkProgress_EnteredUnixMsEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.enteredUnixMs[entry8.key] = entry8.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NetworkProgress {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      handoverMode: isSet(object.handoverMode)
+        ? handoverModeFromJSON(object.handoverMode)
+        : isSet(object.handover_mode)
+        ? handoverModeFromJSON(object.handover_mode)
+        : 0,
+      fromSite: isSet(object.fromSite)
+        ? globalThis.String(object.fromSite)
+        : isSet(object.from_site)
+        ? globalThis.String(object.from_site)
+        : "",
+      toSite: isSet(object.toSite)
+        ? globalThis.String(object.toSite)
+        : isSet(object.to_site)
+        ? globalThis.String(object.to_site)
+        : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      enteredUnixMs: isObject(object.enteredUnixMs)
+        ? (globalThis.Object.entries(object.enteredUnixMs) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.entered_unix_ms)
+        ? (globalThis.Object.entries(object.entered_unix_ms) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: NetworkProgress): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.handoverMode !== 0) {
+      obj.handoverMode = handoverModeToJSON(message.handoverMode);
+    }
+    if (message.fromSite !== "") {
+      obj.fromSite = message.fromSite;
+    }
+    if (message.toSite !== "") {
+      obj.toSite = message.toSite;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.enteredUnixMs) {
+      const entries = globalThis.Object.entries(message.enteredUnixMs) as [string, number][];
+      if (entries.length > 0) {
+        obj.enteredUnixMs = {};
+        entries.forEach(([k, v]) => {
+          obj.enteredUnixMs[k] = Math.round(v);
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NetworkProgress>, I>>(base?: I): NetworkProgress {
+    return NetworkProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NetworkProgress>, I>>(object: I): NetworkProgress {
+    const message = createBaseNetworkProgress();
+    message.state = object.state ?? "";
+    message.reason = object.reason ?? "";
+    message.generation = object.generation ?? 0;
+    message.handoverMode = object.handoverMode ?? 0;
+    message.fromSite = object.fromSite ?? "";
+    message.toSite = object.toSite ?? "";
+    message.port = object.port ?? "";
+    message.enteredUnixMs = (globalThis.Object.entries(object.enteredUnixMs ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseNetworkProgress_EnteredUnixMsEntry(): NetworkProgress_EnteredUnixMsEntry {
+  return { key: "", value: 0 };
+}
+
+export const NetworkProgress_EnteredUnixMsEntry: MessageFns<NetworkProgress_EnteredUnixMsEntry> = {
+  encode(message: NetworkProgress_EnteredUnixMsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).int64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NetworkProgress_EnteredUnixMsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNetworkProgress_EnteredUnixMsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NetworkProgress_EnteredUnixMsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: NetworkProgress_EnteredUnixMsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NetworkProgress_EnteredUnixMsEntry>, I>>(
+    base?: I,
+  ): NetworkProgress_EnteredUnixMsEntry {
+    return NetworkProgress_EnteredUnixMsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NetworkProgress_EnteredUnixMsEntry>, I>>(
+    object: I,
+  ): NetworkProgress_EnteredUnixMsEntry {
+    const message = createBaseNetworkProgress_EnteredUnixMsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
 function createBaseMigration(): Migration {
   return {
     migrationId: "",
@@ -1940,6 +2464,7 @@ function createBaseMigration(): Migration {
     storage: 0,
     disk: undefined,
     enteredUnixMs: {},
+    network: undefined,
   };
 }
 
@@ -1993,6 +2518,9 @@ export const Migration: MessageFns<Migration> = {
     globalThis.Object.entries(message.enteredUnixMs).forEach(([key, value]: [string, number]) => {
       Migration_EnteredUnixMsEntry.encode({ key: key as any, value }, writer.uint32(130).fork()).join();
     });
+    if (message.network !== undefined) {
+      NetworkProgress.encode(message.network, writer.uint32(138).fork()).join();
+    }
     return writer;
   },
 
@@ -2140,6 +2668,14 @@ export const Migration: MessageFns<Migration> = {
             }
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.network = NetworkProgress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2236,6 +2772,7 @@ export const Migration: MessageFns<Migration> = {
           {},
         )
         : {},
+      network: isSet(object.network) ? NetworkProgress.fromJSON(object.network) : undefined,
     };
   },
 
@@ -2295,6 +2832,9 @@ export const Migration: MessageFns<Migration> = {
         });
       }
     }
+    if (message.network !== undefined) {
+      obj.network = NetworkProgress.toJSON(message.network);
+    }
     return obj;
   },
 
@@ -2329,6 +2869,9 @@ export const Migration: MessageFns<Migration> = {
       },
       {},
     );
+    message.network = (object.network !== undefined && object.network !== null)
+      ? NetworkProgress.fromPartial(object.network)
+      : undefined;
     return message;
   },
 };

@@ -360,6 +360,39 @@ export interface CleanupNetworkRequest {
 export interface CleanupNetworkResponse {
 }
 
+export interface CancelNetworkRequest {
+  vmId: string;
+  /** The site the VM was being prepared at. */
+  toSite: string;
+}
+
+export interface CancelNetworkResponse {
+  binding: Binding | undefined;
+}
+
+export interface PlaceVmRequest {
+  vmId: string;
+  /** Lower-case aa:bb:cc:dd:ee:ff. */
+  mac: string;
+  homeIpv6: string[];
+  homeIpv4: string[];
+  /** A site that registered with the anchor. */
+  site: string;
+  /** The VM's port (tap) at the site. */
+  port: string;
+  /**
+   * Issued by the control-plane (the VM's fencing token); placing again with the same
+   * generation at the same site is accepted (a retry).
+   */
+  generation: number;
+  /** 0: 300 s. */
+  lifetimeSeconds: number;
+}
+
+export interface PlaceVmResponse {
+  ack: UpdateBindingResponse | undefined;
+}
+
 /** The addresses a site agent needs for a VM. */
 export interface VmNet {
   vmId: string;
@@ -408,6 +441,16 @@ export interface CleanupVmRequest {
 }
 
 export interface CleanupVmResponse {
+}
+
+export interface AdoptVmRequest {
+  vm: VmNet | undefined;
+  port: string;
+  generation: number;
+  lifetimeSeconds: number;
+}
+
+export interface AdoptVmResponse {
 }
 
 function createBaseTunnelEndpoint(): TunnelEndpoint {
@@ -3091,6 +3134,434 @@ export const CleanupNetworkResponse: MessageFns<CleanupNetworkResponse> = {
   },
 };
 
+function createBaseCancelNetworkRequest(): CancelNetworkRequest {
+  return { vmId: "", toSite: "" };
+}
+
+export const CancelNetworkRequest: MessageFns<CancelNetworkRequest> = {
+  encode(message: CancelNetworkRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.toSite !== "") {
+      writer.uint32(18).string(message.toSite);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelNetworkRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelNetworkRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.toSite = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelNetworkRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      toSite: isSet(object.toSite)
+        ? globalThis.String(object.toSite)
+        : isSet(object.to_site)
+        ? globalThis.String(object.to_site)
+        : "",
+    };
+  },
+
+  toJSON(message: CancelNetworkRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.toSite !== "") {
+      obj.toSite = message.toSite;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelNetworkRequest>, I>>(base?: I): CancelNetworkRequest {
+    return CancelNetworkRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelNetworkRequest>, I>>(object: I): CancelNetworkRequest {
+    const message = createBaseCancelNetworkRequest();
+    message.vmId = object.vmId ?? "";
+    message.toSite = object.toSite ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelNetworkResponse(): CancelNetworkResponse {
+  return { binding: undefined };
+}
+
+export const CancelNetworkResponse: MessageFns<CancelNetworkResponse> = {
+  encode(message: CancelNetworkResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.binding !== undefined) {
+      Binding.encode(message.binding, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelNetworkResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelNetworkResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.binding = Binding.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelNetworkResponse {
+    return { binding: isSet(object.binding) ? Binding.fromJSON(object.binding) : undefined };
+  },
+
+  toJSON(message: CancelNetworkResponse): unknown {
+    const obj: any = {};
+    if (message.binding !== undefined) {
+      obj.binding = Binding.toJSON(message.binding);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelNetworkResponse>, I>>(base?: I): CancelNetworkResponse {
+    return CancelNetworkResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelNetworkResponse>, I>>(object: I): CancelNetworkResponse {
+    const message = createBaseCancelNetworkResponse();
+    message.binding = (object.binding !== undefined && object.binding !== null)
+      ? Binding.fromPartial(object.binding)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePlaceVmRequest(): PlaceVmRequest {
+  return { vmId: "", mac: "", homeIpv6: [], homeIpv4: [], site: "", port: "", generation: 0, lifetimeSeconds: 0 };
+}
+
+export const PlaceVmRequest: MessageFns<PlaceVmRequest> = {
+  encode(message: PlaceVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.mac !== "") {
+      writer.uint32(18).string(message.mac);
+    }
+    for (const v of message.homeIpv6) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.homeIpv4) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.site !== "") {
+      writer.uint32(42).string(message.site);
+    }
+    if (message.port !== "") {
+      writer.uint32(50).string(message.port);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(56).uint64(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      writer.uint32(64).uint32(message.lifetimeSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlaceVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlaceVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.mac = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.homeIpv6.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.homeIpv4.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.site = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.lifetimeSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlaceVmRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      mac: isSet(object.mac) ? globalThis.String(object.mac) : "",
+      homeIpv6: globalThis.Array.isArray(object?.homeIpv6)
+        ? object.homeIpv6.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv6)
+        ? object.home_ipv6.map((e: any) => globalThis.String(e))
+        : [],
+      homeIpv4: globalThis.Array.isArray(object?.homeIpv4)
+        ? object.homeIpv4.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.home_ipv4)
+        ? object.home_ipv4.map((e: any) => globalThis.String(e))
+        : [],
+      site: isSet(object.site) ? globalThis.String(object.site) : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      lifetimeSeconds: isSet(object.lifetimeSeconds)
+        ? globalThis.Number(object.lifetimeSeconds)
+        : isSet(object.lifetime_seconds)
+        ? globalThis.Number(object.lifetime_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: PlaceVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.mac !== "") {
+      obj.mac = message.mac;
+    }
+    if (message.homeIpv6?.length) {
+      obj.homeIpv6 = message.homeIpv6;
+    }
+    if (message.homeIpv4?.length) {
+      obj.homeIpv4 = message.homeIpv4;
+    }
+    if (message.site !== "") {
+      obj.site = message.site;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      obj.lifetimeSeconds = Math.round(message.lifetimeSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlaceVmRequest>, I>>(base?: I): PlaceVmRequest {
+    return PlaceVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlaceVmRequest>, I>>(object: I): PlaceVmRequest {
+    const message = createBasePlaceVmRequest();
+    message.vmId = object.vmId ?? "";
+    message.mac = object.mac ?? "";
+    message.homeIpv6 = object.homeIpv6?.map((e) => e) || [];
+    message.homeIpv4 = object.homeIpv4?.map((e) => e) || [];
+    message.site = object.site ?? "";
+    message.port = object.port ?? "";
+    message.generation = object.generation ?? 0;
+    message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBasePlaceVmResponse(): PlaceVmResponse {
+  return { ack: undefined };
+}
+
+export const PlaceVmResponse: MessageFns<PlaceVmResponse> = {
+  encode(message: PlaceVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ack !== undefined) {
+      UpdateBindingResponse.encode(message.ack, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlaceVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlaceVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ack = UpdateBindingResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlaceVmResponse {
+    return { ack: isSet(object.ack) ? UpdateBindingResponse.fromJSON(object.ack) : undefined };
+  },
+
+  toJSON(message: PlaceVmResponse): unknown {
+    const obj: any = {};
+    if (message.ack !== undefined) {
+      obj.ack = UpdateBindingResponse.toJSON(message.ack);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlaceVmResponse>, I>>(base?: I): PlaceVmResponse {
+    return PlaceVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlaceVmResponse>, I>>(object: I): PlaceVmResponse {
+    const message = createBasePlaceVmResponse();
+    message.ack = (object.ack !== undefined && object.ack !== null)
+      ? UpdateBindingResponse.fromPartial(object.ack)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseVmNet(): VmNet {
   return { vmId: "", homeIpv6: [], homeIpv4: [] };
 }
@@ -3829,6 +4300,179 @@ export const CleanupVmResponse: MessageFns<CleanupVmResponse> = {
   },
 };
 
+function createBaseAdoptVmRequest(): AdoptVmRequest {
+  return { vm: undefined, port: "", generation: 0, lifetimeSeconds: 0 };
+}
+
+export const AdoptVmRequest: MessageFns<AdoptVmRequest> = {
+  encode(message: AdoptVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmNet.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    if (message.generation !== 0) {
+      writer.uint32(24).uint64(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      writer.uint32(32).uint32(message.lifetimeSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdoptVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdoptVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmNet.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.generation = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.lifetimeSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdoptVmRequest {
+    return {
+      vm: isSet(object.vm) ? VmNet.fromJSON(object.vm) : undefined,
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      lifetimeSeconds: isSet(object.lifetimeSeconds)
+        ? globalThis.Number(object.lifetimeSeconds)
+        : isSet(object.lifetime_seconds)
+        ? globalThis.Number(object.lifetime_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: AdoptVmRequest): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmNet.toJSON(message.vm);
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.generation !== 0) {
+      obj.generation = Math.round(message.generation);
+    }
+    if (message.lifetimeSeconds !== 0) {
+      obj.lifetimeSeconds = Math.round(message.lifetimeSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdoptVmRequest>, I>>(base?: I): AdoptVmRequest {
+    return AdoptVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdoptVmRequest>, I>>(object: I): AdoptVmRequest {
+    const message = createBaseAdoptVmRequest();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmNet.fromPartial(object.vm) : undefined;
+    message.port = object.port ?? "";
+    message.generation = object.generation ?? 0;
+    message.lifetimeSeconds = object.lifetimeSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseAdoptVmResponse(): AdoptVmResponse {
+  return {};
+}
+
+export const AdoptVmResponse: MessageFns<AdoptVmResponse> = {
+  encode(_: AdoptVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdoptVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdoptVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AdoptVmResponse {
+    return {};
+  },
+
+  toJSON(_: AdoptVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdoptVmResponse>, I>>(base?: I): AdoptVmResponse {
+    return AdoptVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdoptVmResponse>, I>>(_: I): AdoptVmResponse {
+    const message = createBaseAdoptVmResponse();
+    return message;
+  },
+};
+
 /**
  * NetReachService is the anchor (home agent): it keeps the binding cache of VM home addresses
  * (PMIPv6-style, the guest is untouched) and drives a migration's network phases through the
@@ -3965,6 +4609,34 @@ export const NetReachServiceService = {
       Buffer.from(CleanupNetworkResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CleanupNetworkResponse => CleanupNetworkResponse.decode(value),
   },
+  /**
+   * Undoes PrepareNetwork of a move that will not happen (a migration rolled back before its
+   * switch-over): the anchor stops bicasting and ends "moving", the destination site forgets
+   * the VM, the old site drops a staged forwarding pointer. The VM keeps its binding.
+   */
+  cancelNetwork: {
+    path: "/vmhop.v1.NetReachService/CancelNetwork" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelNetworkRequest): Buffer => Buffer.from(CancelNetworkRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelNetworkRequest => CancelNetworkRequest.decode(value),
+    responseSerialize: (value: CancelNetworkResponse): Buffer =>
+      Buffer.from(CancelNetworkResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CancelNetworkResponse => CancelNetworkResponse.decode(value),
+  },
+  /**
+   * First placement of a VM that runs at a site: registers its binding there and has the site
+   * agent deliver the home addresses on its port and keep the binding alive.
+   */
+  placeVm: {
+    path: "/vmhop.v1.NetReachService/PlaceVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PlaceVmRequest): Buffer => Buffer.from(PlaceVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PlaceVmRequest => PlaceVmRequest.decode(value),
+    responseSerialize: (value: PlaceVmResponse): Buffer => Buffer.from(PlaceVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PlaceVmResponse => PlaceVmResponse.decode(value),
+  },
 } as const;
 
 export interface NetReachServiceServer extends UntypedServiceImplementation {
@@ -3988,6 +4660,17 @@ export interface NetReachServiceServer extends UntypedServiceImplementation {
   prepareNetwork: handleUnaryCall<PrepareNetworkRequest, PrepareNetworkResponse>;
   switchOver: handleUnaryCall<SwitchOverRequest, SwitchOverResponse>;
   cleanupNetwork: handleUnaryCall<CleanupNetworkRequest, CleanupNetworkResponse>;
+  /**
+   * Undoes PrepareNetwork of a move that will not happen (a migration rolled back before its
+   * switch-over): the anchor stops bicasting and ends "moving", the destination site forgets
+   * the VM, the old site drops a staged forwarding pointer. The VM keeps its binding.
+   */
+  cancelNetwork: handleUnaryCall<CancelNetworkRequest, CancelNetworkResponse>;
+  /**
+   * First placement of a VM that runs at a site: registers its binding there and has the site
+   * agent deliver the home addresses on its port and keep the binding alive.
+   */
+  placeVm: handleUnaryCall<PlaceVmRequest, PlaceVmResponse>;
 }
 
 export interface NetReachServiceClient extends Client {
@@ -4173,6 +4856,45 @@ export interface NetReachServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CleanupNetworkResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Undoes PrepareNetwork of a move that will not happen (a migration rolled back before its
+   * switch-over): the anchor stops bicasting and ends "moving", the destination site forgets
+   * the VM, the old site drops a staged forwarding pointer. The VM keeps its binding.
+   */
+  cancelNetwork(
+    request: CancelNetworkRequest,
+    callback: (error: ServiceError | null, response: CancelNetworkResponse) => void,
+  ): ClientUnaryCall;
+  cancelNetwork(
+    request: CancelNetworkRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CancelNetworkResponse) => void,
+  ): ClientUnaryCall;
+  cancelNetwork(
+    request: CancelNetworkRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CancelNetworkResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * First placement of a VM that runs at a site: registers its binding there and has the site
+   * agent deliver the home addresses on its port and keep the binding alive.
+   */
+  placeVm(
+    request: PlaceVmRequest,
+    callback: (error: ServiceError | null, response: PlaceVmResponse) => void,
+  ): ClientUnaryCall;
+  placeVm(
+    request: PlaceVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PlaceVmResponse) => void,
+  ): ClientUnaryCall;
+  placeVm(
+    request: PlaceVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PlaceVmResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NetReachServiceClient = makeGenericClientConstructor(
@@ -4219,7 +4941,7 @@ export const NetReachSiteServiceService = {
     responseSerialize: (value: LeaveVmResponse): Buffer => Buffer.from(LeaveVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LeaveVmResponse => LeaveVmResponse.decode(value),
   },
-  /** The binding settled: removes the forwarding pointer. */
+  /** The binding settled: removes the forwarding pointer (in place, or staged and never used). */
   cleanupVm: {
     path: "/vmhop.v1.NetReachSiteService/CleanupVm" as const,
     requestStream: false as const,
@@ -4229,6 +4951,19 @@ export const NetReachSiteServiceService = {
     responseSerialize: (value: CleanupVmResponse): Buffer => Buffer.from(CleanupVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CleanupVmResponse => CleanupVmResponse.decode(value),
   },
+  /**
+   * First placement: the anchor registered the VM's binding here; configures the port,
+   * delivers the home addresses and refreshes the binding while the VM stays.
+   */
+  adoptVm: {
+    path: "/vmhop.v1.NetReachSiteService/AdoptVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AdoptVmRequest): Buffer => Buffer.from(AdoptVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AdoptVmRequest => AdoptVmRequest.decode(value),
+    responseSerialize: (value: AdoptVmResponse): Buffer => Buffer.from(AdoptVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AdoptVmResponse => AdoptVmResponse.decode(value),
+  },
 } as const;
 
 export interface NetReachSiteServiceServer extends UntypedServiceImplementation {
@@ -4237,8 +4972,13 @@ export interface NetReachSiteServiceServer extends UntypedServiceImplementation 
   attachVm: handleUnaryCall<AttachVmRequest, AttachVmResponse>;
   /** The VM left: forwarding pointer to another site, or drop. */
   leaveVm: handleUnaryCall<LeaveVmRequest, LeaveVmResponse>;
-  /** The binding settled: removes the forwarding pointer. */
+  /** The binding settled: removes the forwarding pointer (in place, or staged and never used). */
   cleanupVm: handleUnaryCall<CleanupVmRequest, CleanupVmResponse>;
+  /**
+   * First placement: the anchor registered the VM's binding here; configures the port,
+   * delivers the home addresses and refreshes the binding while the VM stays.
+   */
+  adoptVm: handleUnaryCall<AdoptVmRequest, AdoptVmResponse>;
 }
 
 export interface NetReachSiteServiceClient extends Client {
@@ -4289,7 +5029,7 @@ export interface NetReachSiteServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LeaveVmResponse) => void,
   ): ClientUnaryCall;
-  /** The binding settled: removes the forwarding pointer. */
+  /** The binding settled: removes the forwarding pointer (in place, or staged and never used). */
   cleanupVm(
     request: CleanupVmRequest,
     callback: (error: ServiceError | null, response: CleanupVmResponse) => void,
@@ -4304,6 +5044,25 @@ export interface NetReachSiteServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CleanupVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * First placement: the anchor registered the VM's binding here; configures the port,
+   * delivers the home addresses and refreshes the binding while the VM stays.
+   */
+  adoptVm(
+    request: AdoptVmRequest,
+    callback: (error: ServiceError | null, response: AdoptVmResponse) => void,
+  ): ClientUnaryCall;
+  adoptVm(
+    request: AdoptVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AdoptVmResponse) => void,
+  ): ClientUnaryCall;
+  adoptVm(
+    request: AdoptVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AdoptVmResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -159,6 +159,30 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
     });
   }
 
+  /**
+   * Ends a prepared move to `site` that will not happen: the binding is active where it was and
+   * the bicast stops. Idempotent: a binding not moving there is left as it is (accepted).
+   */
+  cancelMove(vmId: string, site: string): Promise<Outcome> {
+    return this.serial(vmId, async () => {
+      const b = await this.cache.get(vmId);
+      if (b?.state !== "moving" || b.movingTo !== site) {
+        if (b) await this.dp.stopBicast(b);
+        return b
+          ? { accepted: true, binding: b, previous: b }
+          : {
+              accepted: false,
+              status: "not-registered",
+              reason: `vm ${vmId} is not registered`,
+              binding: null,
+            };
+      }
+      const o = await this.cache.cancel(vmId);
+      if (o.accepted) await this.dp.stopBicast(o.binding);
+      return o;
+    });
+  }
+
   refresh(vmId: string, generation: number, lifetimeSeconds?: number): Promise<Outcome> {
     return this.serial(vmId, () => this.cache.refresh(vmId, generation, lifetimeSeconds));
   }

@@ -2,8 +2,10 @@
 // control-plane's migration phases (run by MigrationHooks on remote site agents).
 import * as grpc from "@grpc/grpc-js";
 import {
+  type CancelNetworkRequest,
   type CleanupNetworkRequest,
   NetReachServiceService,
+  type PlaceVmRequest,
   type PrepareNetworkRequest,
   type RegisterSiteRequest,
   type RegisterVmRequest,
@@ -15,13 +17,16 @@ import {
 import { RpcError, type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { Anchor, HandoverEvent } from "../anchor/anchor.js";
 import type { SiteDirectory, SiteRecord } from "../anchor/sites.js";
-import { stale } from "../binding/cache.js";
+import { type Outcome, stale } from "../binding/cache.js";
 import type { Binding } from "../binding/types.js";
 import { checkGeneration, checkVmId } from "../binding/types.js";
 import { isDataplaneKind } from "../dataplane/tunnel.js";
 import { MigrationHooks, type MigrationNet } from "../migration-hooks.js";
 import { RemoteSite } from "./clients.js";
 import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf, toRpcError } from "./convert.js";
+
+/** A placement's binding lifetime when the request names none. */
+const PLACE_LIFETIME_S = 300;
 
 function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
   return unary<Req, Res>(fn, toRpcError);
@@ -201,6 +206,44 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       const b = await binding(req.vmId);
       await (await site(req.fromSite)).cleanup({ vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 });
       return {};
+    }),
+    cancelNetwork: wrap(async (req: CancelNetworkRequest) => {
+      const b = await binding(req.vmId);
+      if (req.toSite === b.site)
+        throw new RpcError(
+          grpc.status.FAILED_PRECONDITION,
+          `vm ${b.vmId} is bound at ${b.site} (generation ${b.generation}): the switch-over happened`,
+        );
+      const vm = { vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 };
+      const o = await hooks.cancelNetwork({ vm, from: await site(b.site), to: await site(req.toSite) });
+      if (!o.accepted) throw new RpcError(grpc.status.FAILED_PRECONDITION, o.reason);
+      return { binding: bindingToProto(o.binding) };
+    }),
+    placeVm: wrap(async (req: PlaceVmRequest) => {
+      const at = await site(req.site);
+      if (!req.port)
+        throw new RpcError(grpc.status.INVALID_ARGUMENT, "port (the VM's tap at the site) is required");
+      let o: Outcome = await anchor.register({
+        vmId: req.vmId,
+        mac: req.mac,
+        homeIpv6: req.homeIpv6,
+        homeIpv4: req.homeIpv4,
+        ...at.endpoint,
+        generation: req.generation,
+        lifetimeSeconds: req.lifetimeSeconds || PLACE_LIFETIME_S,
+      });
+      // A retry of the same placement: the binding is already this one.
+      const b = o.binding;
+      if (!o.accepted && b && b.generation === req.generation && b.site === req.site)
+        o = { accepted: true, binding: b, previous: b };
+      if (!o.accepted) return { ack: ackOf(o) };
+      await at.place(
+        { vmId: req.vmId, homeIpv6: req.homeIpv6, homeIpv4: req.homeIpv4 },
+        req.port,
+        req.generation,
+        o.binding.lifetimeSeconds,
+      );
+      return { ack: ackOf(o) };
     }),
   };
   return {

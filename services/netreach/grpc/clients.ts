@@ -125,6 +125,12 @@ export class RemoteSite implements SiteControl {
     await call((m, o, cb) => this.client.cleanupVm({ vm: vmNetToProto(vm) }, m, o, cb));
   }
 
+  async place(vm: VmNet, port: string, generation: number, lifetimeSeconds: number): Promise<void> {
+    await call((m, o, cb) =>
+      this.client.adoptVm({ vm: vmNetToProto(vm), port, generation, lifetimeSeconds }, m, o, cb),
+    );
+  }
+
   close(): void {
     this.client.close();
   }

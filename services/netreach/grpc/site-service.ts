@@ -1,6 +1,7 @@
 // gRPC NetReachSiteService over a SiteAgent: what the anchor calls during a migration.
 import * as grpc from "@grpc/grpc-js";
 import {
+  type AdoptVmRequest,
   type AttachVmRequest,
   type LeaveVmRequest,
   NetReachSiteServiceService,
@@ -47,6 +48,11 @@ export function siteService(agent: SiteAgent): ServiceRegistration {
     }),
     cleanupVm: wrap(async (req: { vm?: PbVmNet }) => {
       await agent.cleanup(vmNetFromProto(req.vm));
+      return {};
+    }),
+    adoptVm: wrap(async (req: AdoptVmRequest) => {
+      checkGeneration(req.generation);
+      await agent.place(vmNetFromProto(req.vm), port(req.port, true)!, req.generation, req.lifetimeSeconds);
       return {};
     }),
   };

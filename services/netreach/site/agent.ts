@@ -70,11 +70,13 @@ export class SiteAgent {
   private readonly pointers = new Map<string, VmNet>();
   /** VMs still here with a forwarding pointer staged for their departure. */
   private readonly staged = new Set<string>();
+  /** Port names `batch` has resolved since it started (see fresh()). */
+  private readonly portNames = new Set<string>();
 
   private constructor(
     readonly cfg: SiteConfig,
     private readonly anchor: AnchorLink,
-    private readonly batch: IpBatch,
+    private batch: IpBatch,
     private readonly batch6: IpBatch,
     private readonly tunnel: Tunnel,
   ) {
@@ -128,7 +130,26 @@ export class SiteAgent {
     if (port) await this.configurePort(vm, port, !opts.hold);
   }
 
+  /**
+   * `ip -batch` caches each device name's ifindex for its lifetime, so a port re-created under a
+   * name it resolved before (a VM's tap at a site it comes back to, or after a rolled-back move)
+   * would be addressed by the old, gone index ("No such device"; `ntable` even ends the
+   * process). Such a port gets a fresh process; the old one finishes what it was given.
+   */
+  private async fresh(port: string): Promise<void> {
+    if (!this.portNames.has(port)) {
+      this.portNames.add(port);
+      return;
+    }
+    const old = this.batch;
+    this.batch = new IpBatch(this.cfg.netns);
+    this.portNames.clear();
+    this.portNames.add(port);
+    await old.close();
+  }
+
   private async configurePort(vm: VmNet, port: string, deliver: boolean): Promise<void> {
+    await this.fresh(port);
     await this.batch.apply([
       ...vmPortCommands(port, this.cfg.homeLink),
       ...(deliver ? deliverHomeAddresses(vm, port) : []),
@@ -153,6 +174,15 @@ export class SiteAgent {
     if (!o.accepted) this.log.warn("binding update refused", { vm: vm.vmId, reason: o.reason });
     else this.keepAlive(vm.vmId, generation, o.binding.lifetimeSeconds);
     return o;
+  }
+
+  /**
+   * First placement: the anchor registered the binding here with `generation` (no update to
+   * send); the port delivers the home addresses and the binding is kept alive. Idempotent.
+   */
+  async place(vm: VmNet, port: string, generation: number, lifetimeSeconds: number): Promise<void> {
+    await this.attachPort(vm, port);
+    this.keepAlive(vm.vmId, generation, lifetimeSeconds);
   }
 
   /**
@@ -230,8 +260,13 @@ export class SiteAgent {
     this.ports.delete(vm.vmId);
   }
 
-  /** After the binding settled: removes the forwarding pointer. */
+  /**
+   * After the binding settled: removes the forwarding pointer. A pointer staged for a move that
+   * did not happen (cancelled before switch-over) goes too.
+   */
   async cleanup(vm: VmNet): Promise<void> {
+    if (this.staged.delete(vm.vmId))
+      await this.batch.apply(deleteHostRoutes(vm, STAGED_METRIC), { tolerate: idempotent });
     if (!this.pointers.has(vm.vmId)) return;
     this.pointers.delete(vm.vmId);
     await this.batch.apply(deleteHostRoutes(vm), { tolerate: idempotent });

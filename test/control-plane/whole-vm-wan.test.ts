@@ -1,0 +1,293 @@
+// A whole VM crosses the emulated WAN with its address: the two-site namespace bed
+// (testbed/sites: block-server, page-server and netreach site agent per site, the anchor, and a
+// control-plane with --netreach) runs the test guest at s1 with home addresses and its disk on
+// s1's block-server. One MigrateVm moves memory, disk and address to s2 while a correspondent on
+// the home link pings the home addresses; afterwards the VM answers there, bound at s2, and the
+// guest's own checks of memory and disk never failed. Moving back, a destination that fails
+// before the switch-over rolls everything back: the VM runs at s2, its address answers there,
+// bound there.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as assert from "uvu/assert";
+import { guestCmdline } from "../../deploy/guest/build/paths.js";
+import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
+import type { Migration } from "../../gen/vmhop/v1/control.js";
+import {
+  type Binding,
+  BindingState,
+  type ListBindingsResponse,
+  NetReachServiceClient,
+  type WatchHandoversResponse,
+} from "../../gen/vmhop/v1/netreach.js";
+import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { summarisePings } from "../../services/netreach/probe/analysis.js";
+import { splitLines } from "../../services/page-server/lines.js";
+import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import { destroyStaleNetns, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { HOME, VM } from "../../testbed/netreach/bed.js";
+import { startPing } from "../../testbed/netreach/probe-process.js";
+import { SitesBed } from "../../testbed/sites/bed.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
+import { ensureGuest } from "../page-server/guest.js";
+
+const t = gate(
+  test,
+  ["qemu-system-x86_64", "gcc", "apt-get", "root", "ip", "nft"],
+  "whole-VM migration across the WAN with its address",
+);
+const PREFIX = uniqueNetnsPrefix("nr-wv-");
+const dir = tempDir("vmhop-whole-vm-wan-");
+const DISK_MIB = 32;
+const TAP = "vmtap0";
+const ADDRS = [VM.homeIpv6[0], VM.homeIpv4[0]];
+
+let bed: SitesBed;
+let anchor: NetReachServiceClient;
+let spec: VmSpec;
+
+type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
+const call = <Req, Res>(fn: Unary<Req, Res>, req: Req) =>
+  new Promise<Res>((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
+
+const heartbeats = (path: string) =>
+  splitLines(readFileSync(path))
+    .lines.map(parseHeartbeat)
+    .filter((h) => h !== null);
+
+const ping = (to: string, count: number) => startPing(bed.cn, to, count);
+
+async function binding(): Promise<Binding | undefined> {
+  const r = await call<object, ListBindingsResponse>(anchor.listBindings.bind(anchor), {});
+  return r.bindings.find((b) => b.vmId === VM.vmId);
+}
+
+async function answers(addr: string): Promise<void> {
+  await until(
+    `${addr} answering from the home link`,
+    async () => {
+      return summarisePings(await ping(addr, 5).result).received > 0 ? true : undefined;
+    },
+    120_000,
+    100,
+  );
+}
+
+async function waitFinal(id: string): Promise<Migration> {
+  return until(
+    `migration ${id} to end`,
+    async () => {
+      const m = await bed.client.getMigration(id);
+      return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
+    },
+    300_000,
+    200,
+  );
+}
+
+/** The guest's heartbeats so far carry no memory or disk error. */
+function assertGuestClean(log: string): void {
+  for (const h of heartbeats(log)) {
+    assert.is(h.memErrors, 0, `memory errors in ${JSON.stringify(h)}`);
+    assert.is(h.diskErrors, 0, `disk errors in ${JSON.stringify(h)}`);
+  }
+}
+
+t.before(async () => {
+  await destroyStaleNetns("nr-wv-");
+  const guest = await ensureGuest();
+  bed = await SitesBed.start({ prefix: PREFIX, dir: dir.path, sites: 2 });
+  anchor = new NetReachServiceClient(bed.anchorAddress!, grpc.credentials.createInsecure());
+  // The VM's disk: an export of s1's block-server.
+  const image = join(dir.path, "disk0.raw");
+  writeFileSync(image, Buffer.alloc(DISK_MIB << 20));
+  const blocks = new BlockServiceClient(bed.sites[0].blockAddress, grpc.credentials.createInsecure());
+  await call(blocks.createExport.bind(blocks), {
+    name: "disk0",
+    source: { $case: "target", value: { imagePath: image } },
+    readOnly: false,
+    description: "",
+    fencingToken: 0,
+  });
+  blocks.close();
+  spec = {
+    vmId: VM.vmId,
+    vcpus: 1,
+    memoryMib: 160,
+    diskNbdUrl: `nbd://${bed.sites[0].nbdAddress}/disk0`,
+    kernelPath: guest.kernel,
+    initrdPath: guest.initrd,
+    kernelCmdline: guestCmdline(
+      { memMib: 48, rateMib: 16, verifyMib: 48, disk: "/dev/vda", diskMib: 8 },
+      `vmhop.ip6=${VM.homeIpv6[0]} vmhop.ip4=${VM.homeIpv4[0]}/24 vmhop.gw4=${HOME.gw4}`,
+    ),
+    nicTap: TAP,
+    nicMac: VM.mac,
+  };
+});
+
+t.after(async () => {
+  anchor?.close();
+  await bed?.stop();
+  dir.cleanup();
+});
+
+t("CreateVm with home addresses places the VM at its host's site: bound at s1, answering", async () => {
+  const vm = await bed.client.createVm(spec, "h1", { homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 });
+  assert.is(vm.state, VmState.VM_STATE_RUNNING);
+  const rec = await bed.client.getVm(VM.vmId);
+  assert.equal(rec.network, { homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 });
+  assert.is(rec.fencingToken, 1, "the creation's token is the placement's generation");
+  const b = await binding();
+  assert.equal([b?.site, b?.generation, b?.state], ["s1", 1, BindingState.BINDING_STATE_ACTIVE]);
+  await until(
+    "the guest writing and verifying its disk",
+    () => heartbeats(vm.serialLogPath).find((h) => h.diskOk > 0),
+    180_000,
+  );
+  for (const a of ADDRS) await answers(a);
+});
+
+t("one MigrateVm moves memory, disk and address to s2 under a correspondent's ping", async () => {
+  const before = (await bed.client.getVm(VM.vmId)).vm!;
+  const handovers: WatchHandoversResponse[] = [];
+  const watch = anchor.watchHandovers({ vmId: VM.vmId });
+  watch.on("data", (e: WatchHandoversResponse) => handovers.push(e));
+  watch.on("error", () => undefined);
+  // 30 s of echoes 10 ms apart on both families, covering the switch-over.
+  const probes = ADDRS.map((a) => ping(a, 3000));
+  await Promise.all(probes.map((p) => p.ready));
+  const m = await bed.client.migrateVm({ vmId: VM.vmId, destinationHostId: "h2" });
+  assert.is(m.network?.state, "pending");
+  const end = await waitFinal(m.migrationId);
+  assert.is(end.state, "done", end.error);
+  const n = end.network!;
+  assert.is(n.state, "settled", JSON.stringify(n));
+  assert.equal([n.fromSite, n.toSite, n.port, n.generation], ["s1", "s2", TAP, end.fencingToken]);
+  const steps = ["pending", "preparing", "prepared", "switching", "switched", "settled"].map(
+    (s) => n.enteredUnixMs[s],
+  );
+  assert.ok(
+    steps.every((x) => x > 0),
+    JSON.stringify(n.enteredUnixMs),
+  );
+  assert.equal(
+    [...steps].sort((x, y) => x - y),
+    steps,
+    "the steps in order",
+  );
+  // The address followed at the post-copy switch, not at completion.
+  assert.ok(n.enteredUnixMs.switching <= end.enteredUnixMs.completing, JSON.stringify(end));
+  const b = await binding();
+  assert.equal(
+    [b?.site, b?.generation, b?.state],
+    ["s2", end.fencingToken, BindingState.BINDING_STATE_ACTIVE],
+  );
+  const vm = await bed.client.getVm(VM.vmId);
+  assert.equal([vm.hostId, vm.vm?.state], ["h2", VmState.VM_STATE_RUNNING]);
+
+  const switchedAt = n.enteredUnixMs.switched;
+  for (const [i, p] of probes.entries()) {
+    const records = await p.result;
+    const s = summarisePings(records);
+    const first = records[0].sentAtMs;
+    const last = records.at(-1)!.sentAtMs;
+    assert.ok(first < switchedAt && switchedAt < last, "the ping ran across the switch-over");
+    assert.ok(
+      records.some((r) => r.recvAtMs !== undefined && r.sentAtMs > switchedAt),
+      `${ADDRS[i]}: replies from s2 during the ping`,
+    );
+    console.log(
+      `${ADDRS[i]}: largest silence ${s.silenceMs.toFixed(0)} ms (gap ${s.gapMs.toFixed(0)} ms), ` +
+        `beginning ${((s.gapStartMs ?? 0) - switchedAt).toFixed(0)} ms from the recorded switch-over; ` +
+        `lost ${s.lost}/${s.sent}; migration ${end.enteredUnixMs.done - end.enteredUnixMs.pending} ms`,
+    );
+  }
+  watch.cancel();
+  const h = handovers.find((e) => e.toSite === "s2");
+  assert.ok(h, "the anchor re-pointed the VM to s2");
+  console.log(
+    `anchor: re-pointed ${h!.gapMs.toFixed(1)} ms after the VM attached at s2; ` +
+      `switch-over ${n.enteredUnixMs.switched - n.enteredUnixMs.switching} ms after it was recorded`,
+  );
+
+  for (const a of ADDRS) {
+    const s = summarisePings(await ping(a, 20).result);
+    assert.is(s.received, 20, `${a} at s2: ${JSON.stringify(s)}`);
+  }
+  // The guest runs on at s2 with its memory and disk intact.
+  const logB = vm.vm!.serialLogPath;
+  const lastA = heartbeats(before.serialLogPath).at(-1)!;
+  await until(
+    "disk passes at s2",
+    () => {
+      const hb = heartbeats(logB).filter((x) => x.counter > lastA.counter);
+      return hb.length > 0 && hb.at(-1)!.diskOk > lastA.diskOk + 10 ? true : undefined;
+    },
+    180_000,
+  );
+  assertGuestClean(before.serialLogPath);
+  assertGuestClean(logB);
+});
+
+t(
+  "back to s1, whose incoming QEMU dies before the switch-over: the VM, its disk and its address stay at s2",
+  async () => {
+    // Pre-copy leaves time between the prepared network and the switch-over for the failure.
+    const m = await bed.client.migrateVm({
+      vmId: VM.vmId,
+      destinationHostId: "h1",
+      mode: MigrationMode.MIGRATION_MODE_PRECOPY,
+    });
+    const prepared = await until(
+      "the network prepared at s1",
+      async () => {
+        const cur = await bed.client.getMigration(m.migrationId);
+        return cur.network?.state === "prepared" || ["done", "failed"].includes(cur.state) ? cur : undefined;
+      },
+      180_000,
+      50,
+    );
+    assert.is(prepared.network?.state, "prepared", JSON.stringify(prepared));
+    const moving = await binding();
+    assert.equal([moving?.site, moving?.movingTo], ["s2", "s1"]);
+    // The destination's QEMU dies: the memory stream breaks before the switch-over.
+    let killed = 0;
+    for (const pid of await netnsPids(bed.sites[0].ns)) {
+      const comm = (() => {
+        try {
+          return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+        } catch {
+          return "";
+        }
+      })();
+      if (comm.startsWith("qemu-system")) {
+        process.kill(pid, "SIGKILL");
+        killed++;
+      }
+    }
+    assert.is(killed, 1, "one incoming QEMU at s1 (the source QEMU there ended with the last migration)");
+    const end = await waitFinal(m.migrationId);
+    assert.is(end.state, "failed", JSON.stringify(end));
+    assert.is(end.network?.state, "rolled_back", JSON.stringify(end.network));
+    assert.ok(end.network?.enteredUnixMs.rolled_back, "the rollback has its time");
+    const vm = await bed.client.getVm(VM.vmId);
+    assert.equal([vm.hostId, vm.vm?.state, vm.migrationId], ["h2", VmState.VM_STATE_RUNNING, ""]);
+    const b = await binding();
+    assert.equal(
+      [b?.site, b?.generation, b?.state, b?.movingTo],
+      ["s2", end.fencingToken - 1, BindingState.BINDING_STATE_ACTIVE, ""],
+      "still bound at s2 with the last move's generation, no longer moving",
+    );
+    for (const a of ADDRS) {
+      const s = summarisePings(await ping(a, 20).result);
+      assert.is(s.received, 20, `${a} at s2 after the rollback: ${JSON.stringify(s)}`);
+    }
+    assertGuestClean(vm.vm!.serialLogPath);
+  },
+);
+
+t.run();
