@@ -252,7 +252,7 @@ export class ControlPlane {
     try {
       await ps.define(spec);
       const vm = await ps.start(spec.vmId);
-      if (place) await this.placeAddress(record, host, () => ps.stop(spec.vmId, true));
+      if (place) await this.placeAddress(record, host, () => ps.stop(spec.vmId, true, 0));
       const created = { ...record, migration_id: "" };
       await this.store.set(KEYS.vm(spec.vmId), JSON.stringify(created));
       return { record: created, vm };
