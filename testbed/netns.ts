@@ -240,6 +240,8 @@ export async function createVeth(a: VethEnd, b: VethEnd): Promise<void> {
 }
 
 export interface AddressOptions {
+  /** IPv6: usable at once, without duplicate address detection (bound right after it is added). */
+  noDad?: boolean;
   /** IPv6: no on-link prefix route (everything goes through the default router). */
   noPrefixRoute?: boolean;
 }
@@ -253,7 +255,8 @@ export async function addAddress(
 ): Promise<void> {
   if (!/^[0-9a-fA-F:.]+\/\d{1,3}$/.test(cidr))
     throw new NetnsError(`invalid address '${cidr}' (want ADDR/LEN)`);
-  await ip(ns, "addr", "add", cidr, "dev", dev, ...(opts.noPrefixRoute ? ["noprefixroute"] : []));
+  const flags = [...(opts.noPrefixRoute ? ["noprefixroute"] : []), ...(opts.noDad ? ["nodad"] : [])];
+  await ip(ns, "addr", "add", cidr, "dev", dev, ...flags);
 }
 
 export interface TbfOptions {

@@ -72,8 +72,8 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
     // so an inner checksum left to offload (a tunnel inside the link's VXLAN, a veth's TCP)
     // would cross unfinished and be dropped at the far end, as no real WAN would do to it.
     await runIn(ns, "ethtool", ["-K", "ul", "tx", "off"]);
-    await addAddress(ns, "ul", `fd01:0:0:${k}::1/64`);
-    await addAddress(opts.netns, `u${k}`, `fd01:0:0:${k}::2/64`);
+    await addAddress(ns, "ul", `fd01:0:0:${k}::1/64`, { noDad: true });
+    await addAddress(opts.netns, `u${k}`, `fd01:0:0:${k}::2/64`, { noDad: true });
     return k;
   };
 
