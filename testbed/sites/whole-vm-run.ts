@@ -303,6 +303,9 @@ async function migrate(
     if (lastA) timeline.push({ atMs: Math.round(lastA.atMs - t0), event: "last guest heartbeat at A" });
   }
   if (bBeat) timeline.push({ atMs: Math.round(bBeat - t0), event: "first guest heartbeat at B" });
+  const n = m.network?.enteredUnixMs ?? {};
+  for (const [state, text] of Object.entries(NETWORK_TEXT))
+    if (n[state]) timeline.push({ atMs: Math.round(n[state] - t0), event: text });
   if (pings?.ipv6.gapStartMs)
     timeline.push({
       atMs: Math.round(pings.ipv6.gapStartMs - t0),
@@ -326,7 +329,9 @@ async function migrate(
     disk_verified: carriedOn && diskErrors === 0 && disk.ok,
     address_verified: addressVerified,
     source_disk_unchanged: atSwitch !== undefined && sha256(image) === atSwitch,
-    ...(addressing ? {} : { address_skipped: "no netreach anchor in this bed" }),
+    ...(m.network?.state === "skipped" || !addressing
+      ? { address_skipped: m.network?.reason || "no netreach anchor in this bed" }
+      : {}),
     state: m.state,
     error: m.error,
     memory_bytes_sent: m.bytesSent,
@@ -343,6 +348,13 @@ async function migrate(
     timeline,
   };
 }
+
+const NETWORK_TEXT: Record<string, string> = {
+  prepared: "address prepared at B (the anchor sends to both sites)",
+  switched: "binding at B: the home addresses route to B",
+  settled: "address settled: A's state for the VM removed",
+  rolled_back: "address preparation undone",
+};
 
 const PHASE_TEXT: Record<string, string> = {
   preparing: "preparing B: proxy export of the disk, incoming QEMU",
