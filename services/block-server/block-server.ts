@@ -14,6 +14,7 @@ import type { ExportRecord, ExportTable } from "./export-table.js";
 import { parseNbdUrl } from "./nbd/client/url.js";
 import { NbdServer, type ServerLimits } from "./nbd/server/index.js";
 import { formatAddress, type ListenAddress } from "./nbd/server/server.js";
+import { BitmapFileError } from "./proxy/bitmap-file.js";
 import type { HotSource } from "./proxy/copy-order.js";
 import { PromoteError, ProxyBackend, type ProxyStats } from "./proxy/proxy-backend.js";
 
@@ -418,8 +419,10 @@ export class BlockServer extends EventEmitter {
       });
       return { mode: "proxy", path: src.cachePath, proxy };
     } catch (err) {
+      // A local copy that belongs to another disk needs an operator (or discardLocalCopy), not
+      // a retry; an upstream that does not answer may come back.
       throw new BlockServerError(
-        "unavailable",
+        err instanceof BitmapFileError ? "precondition" : "unavailable",
         `cannot open proxy export ${spec.name}: ${(err as Error).message}`,
       );
     }
@@ -623,8 +626,29 @@ export class BlockServer extends EventEmitter {
     this.emit("progress", ev);
   }
 
-  /** Stops serving an export and drops its record: it stays removed after a restart. */
-  async removeExport(name: string): Promise<void> {
+  /**
+   * Stops serving an export and drops its record: it stays removed after a restart. With
+   * `discardLocalCopy` (proxy exports only) its cache file, bitmap and journal are deleted too.
+   */
+  async removeExport(name: string, opts: { discardLocalCopy?: boolean } = {}): Promise<void> {
+    const u = this.unrestored.get(name);
+    const cache = u
+      ? u.record.source.mode === "proxy"
+        ? u.record.source.cachePath
+        : undefined
+      : this.entries.get(name)?.mode === "proxy"
+        ? this.entries.get(name)?.path
+        : undefined;
+    if (opts.discardLocalCopy && !cache && (u || this.entries.has(name)))
+      throw new BlockServerError(
+        "precondition",
+        `export ${name} is not a proxy: its image is not a local copy to discard`,
+      );
+    await this.removeServed(name);
+    if (opts.discardLocalCopy && cache) await discardLocalCopy(cache);
+  }
+
+  private async removeServed(name: string): Promise<void> {
     const u = this.unrestored.get(name);
     if (u) {
       await this.dropRecord(name);
@@ -844,4 +868,10 @@ export class BlockServer extends EventEmitter {
     }
     await this.nbd.close();
   }
+}
+
+/** Deletes a proxy's cache file with its bitmap and journal (what ProxyBackend.open keeps beside it). */
+async function discardLocalCopy(cache: string): Promise<void> {
+  for (const f of [cache, `${cache}.bitmap`, `${cache}.bitmap.journal`])
+    await fs.promises.rm(f, { force: true });
 }

@@ -434,7 +434,7 @@ async function clientCommand(
     }
     case "remove":
       await call<RemoveExportResponse>((cb) =>
-        client.removeExport({ name: need(name, "remove"), fencingToken: 0 }, cb),
+        client.removeExport({ name: need(name, "remove"), fencingToken: 0, discardLocalCopy: false }, cb),
       );
       return 0;
     case "cache-all": {

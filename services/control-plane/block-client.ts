@@ -105,9 +105,10 @@ export class BlockServer {
     );
   }
 
-  async remove(name: string, fencingToken: number): Promise<void> {
+  /** `discardLocalCopy`: a proxy's partial copy goes too (a destination after a rollback). */
+  async remove(name: string, fencingToken: number, discardLocalCopy = false): Promise<void> {
     await this.call("RemoveExport", (o, cb) =>
-      this.client.removeExport({ name, fencingToken }, new grpc.Metadata(), o, cb),
+      this.client.removeExport({ name, fencingToken, discardLocalCopy }, new grpc.Metadata(), o, cb),
     );
   }
 

@@ -368,7 +368,8 @@ export class Executor {
     });
     const e = st?.export;
     if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) return;
-    await dst.remove(disk.destination_export, fencingToken);
+    // Its partial copy goes with it: a later migration here starts a fresh proxy of the disk.
+    await dst.remove(disk.destination_export, fencingToken, true);
   }
 
   /**

@@ -113,7 +113,8 @@ const calls = (c: BlockServiceClient, name: string) => ({
   setUpstream: (upstreamUrl: string, fencingToken: number) =>
     rpc((cb) => c.setUpstream({ name, upstreamUrl, fencingToken }, cb)),
   promote: (fencingToken: number, wait = false) => rpc((cb) => c.promote({ name, wait, fencingToken }, cb)),
-  remove: (fencingToken: number) => rpc((cb) => c.removeExport({ name, fencingToken }, cb)),
+  remove: (fencingToken: number) =>
+    rpc((cb) => c.removeExport({ name, fencingToken, discardLocalCopy: false }, cb)),
   status: async () => (await rpc<{ status?: ExportStatus }>((cb) => c.getExportStatus({ name }, cb))).status!,
 });
 

@@ -2,13 +2,15 @@
 // control-plane drive it; real NBD clients (nbdcopy, qemu-io) read through the exports.
 import * as assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import {
   BlockServiceClient,
+  type CreateExportRequest,
   ExportMode,
   ProgressKind,
   type WatchProgressResponse,
@@ -177,7 +179,7 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     /no export named "nope"/,
   );
   await rejectsWithStatus(
-    rpc((cb) => ctx.client.removeExport({ name: "", fencingToken: 0 }, cb)),
+    rpc((cb) => ctx.client.removeExport({ name: "", fencingToken: 0, discardLocalCopy: false }, cb)),
     grpc.status.INVALID_ARGUMENT,
     /name is required/,
   );
@@ -276,7 +278,7 @@ test("proxy export: on-demand read, background copy with progress events, promot
   assert.equal(p.status?.export?.mode, ExportMode.EXPORT_MODE_TARGET);
   assert.equal(p.status?.export?.upstreamUrl, "");
   // The source may go away now: the destination serves everything itself.
-  await rpc((cb) => ctx.client.removeExport({ name: "src", fencingToken: 0 }, cb));
+  await rpc((cb) => ctx.client.removeExport({ name: "src", fencingToken: 0, discardLocalCopy: false }, cb));
   const out = join(ctx.dir.path, "dst-copy.raw");
   await run("nbdcopy", [`nbd://${ctx.nbd}/dst`, out]);
   const copy = readFileSync(out);
@@ -287,6 +289,55 @@ test("proxy export: on-demand read, background copy with progress events, promot
     src.subarray(8 << 20, (8 << 20) + 4096).equals(Buffer.alloc(4096)),
     "the source image is untouched",
   );
+});
+
+test("a proxy removed with discardLocalCopy leaves no copy: the same name proxies a changed upstream afresh", async (ctx) => {
+  const image = join(ctx.dir.path, "up.raw");
+  writeFileSync(image, randomBytes(4 << 20));
+  const create = (name: string, source: CreateExportRequest["source"]) =>
+    rpc((cb) =>
+      ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
+    );
+  const remove = (name: string, discardLocalCopy: boolean) =>
+    rpc((cb) => ctx.client.removeExport({ name, fencingToken: 0, discardLocalCopy }, cb));
+  const cache = join(ctx.dir.path, "p.cache");
+  const proxy = () =>
+    create("p", {
+      $case: "proxy",
+      value: {
+        upstreamUrl: `nbd://${ctx.nbd}/up`,
+        cachePath: cache,
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
+      },
+    });
+  const read = async () =>
+    (await run("qemu-io", ["-f", "raw", "-c", "read -v 0 16", `nbd://${ctx.nbd}/p`])).stdout;
+  const hex = (b: Buffer) => b.subarray(0, 16).toString("hex").replace(/(..)/g, "$1 ").trim();
+  await create("up", { $case: "target", value: { imagePath: image } });
+  await proxy();
+  assert.match(await read(), new RegExp(hex(readFileSync(image))));
+  // Discarded: the copy, its bitmap and journal go...
+  await remove("p", true);
+  for (const f of [cache, `${cache}.bitmap`, `${cache}.bitmap.journal`]) assert.ok(!existsSync(f), f);
+  // ...so once the upstream changed (a source disk the rolled-back VM kept writing), the same
+  // name proxies it afresh.
+  const changed = randomBytes(4 << 20);
+  writeFileSync(image, changed);
+  await proxy();
+  assert.match(await read(), new RegExp(hex(changed)));
+  // Without discarding, the kept copy no longer matches a changed upstream: refused.
+  await remove("p", false);
+  assert.ok(existsSync(`${cache}.bitmap`));
+  writeFileSync(image, randomBytes(4 << 20));
+  await rejectsWithStatus(proxy(), grpc.status.FAILED_PRECONDITION, /different disk|identity|fingerprint/);
+  // A target's image is never a copy to discard: refused, the export and its image stay.
+  await rejectsWithStatus(remove("up", true), grpc.status.FAILED_PRECONDITION, /not a proxy/);
+  assert.ok(existsSync(image));
+  await remove("up", false);
 });
 
 test("every RPC is traced", async () => {

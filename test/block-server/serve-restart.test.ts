@@ -238,7 +238,9 @@ t(
     await createTarget(s.client, "removed", imgs[2]);
     await createProxy(s.client, "nocache", up.url, join(dir.path, "m-nocache.cache"));
     await createProxy(s.client, "nobitmap", up.url, join(dir.path, "m-nobitmap.cache"));
-    await rpc((cb) => s.client.removeExport({ name: "removed", fencingToken: 0 }, cb));
+    await rpc((cb) =>
+      s.client.removeExport({ name: "removed", fencingToken: 0, discardLocalCopy: false }, cb),
+    );
     await a.kill9();
     rmSync(imgs[1]);
     rmSync(join(dir.path, "m-nocache.cache"));
@@ -266,7 +268,7 @@ t(
     );
     assert.ok((await readAll(s.url("keep"), "keep")).equals(readFileSync(imgs[0])));
     // Removing one that is not served drops its record for good.
-    await rpc((cb) => s.client.removeExport({ name: "gone", fencingToken: 0 }, cb));
+    await rpc((cb) => s.client.removeExport({ name: "gone", fencingToken: 0, discardLocalCopy: false }, cb));
     await b.kill9();
     const c = s.start();
     const rc = await within(c.ready, 30_000, "the ready line");
@@ -430,7 +432,7 @@ t("--store redis://: the table lives in Redis, and a restart serves it", async (
   const rb = await within(b.ready, 30_000, "the ready line");
   assert.equal(rb.restored, ["r0"]);
   assert.ok((await readAll(s.url("r0"), "rd-r0")).equals(data));
-  await rpc((cb) => s.client.removeExport({ name: "r0", fencingToken: 0 }, cb));
+  await rpc((cb) => s.client.removeExport({ name: "r0", fencingToken: 0, discardLocalCopy: false }, cb));
   await b.stop();
   const c = s.start();
   assert.equal((await within(c.ready, 30_000, "the ready line")).exports, []);

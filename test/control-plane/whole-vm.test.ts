@@ -164,7 +164,7 @@ t(
     assert.is(at.hostId, "a");
     assert.is(at.vm?.state, VmState.VM_STATE_RUNNING);
     assert.is(at.migrationId, "", "released for another migration");
-    await call(c.removeExport.bind(c), { name: "disk0", fencingToken: 0 });
+    await call(c.removeExport.bind(c), { name: "disk0", fencingToken: 0, discardLocalCopy: false });
     c.close();
     assert.equal(
       (await exportsOf(b.grpc)).exports.map((e) => e.name),

@@ -186,6 +186,12 @@ export interface RemoveExportRequest {
   name: string;
   /** The caller's fencing token (see BlockService); 0 = unfenced. */
   fencingToken: number;
+  /**
+   * Proxy exports only: also delete the local copy (the cache file, its bitmap and journal),
+   * e.g. a destination's partial copy that a rolled-back migration abandons; a later proxy of
+   * the same name then starts afresh. FAILED_PRECONDITION for a target export (its image stays).
+   */
+  discardLocalCopy: boolean;
 }
 
 export interface RemoveExportResponse {
@@ -1075,7 +1081,7 @@ export const CreateExportResponse: MessageFns<CreateExportResponse> = {
 };
 
 function createBaseRemoveExportRequest(): RemoveExportRequest {
-  return { name: "", fencingToken: 0 };
+  return { name: "", fencingToken: 0, discardLocalCopy: false };
 }
 
 export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
@@ -1085,6 +1091,9 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
     }
     if (message.fencingToken !== 0) {
       writer.uint32(16).uint64(message.fencingToken);
+    }
+    if (message.discardLocalCopy !== false) {
+      writer.uint32(24).bool(message.discardLocalCopy);
     }
     return writer;
   },
@@ -1118,6 +1127,14 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
             message.fencingToken = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.discardLocalCopy = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1138,6 +1155,11 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
         : isSet(object.fencing_token)
         ? globalThis.Number(object.fencing_token)
         : 0,
+      discardLocalCopy: isSet(object.discardLocalCopy)
+        ? globalThis.Boolean(object.discardLocalCopy)
+        : isSet(object.discard_local_copy)
+        ? globalThis.Boolean(object.discard_local_copy)
+        : false,
     };
   },
 
@@ -1149,6 +1171,9 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
     if (message.fencingToken !== 0) {
       obj.fencingToken = Math.round(message.fencingToken);
     }
+    if (message.discardLocalCopy !== false) {
+      obj.discardLocalCopy = message.discardLocalCopy;
+    }
     return obj;
   },
 
@@ -1159,6 +1184,7 @@ export const RemoveExportRequest: MessageFns<RemoveExportRequest> = {
     const message = createBaseRemoveExportRequest();
     message.name = object.name ?? "";
     message.fencingToken = object.fencingToken ?? 0;
+    message.discardLocalCopy = object.discardLocalCopy ?? false;
     return message;
   },
 };

@@ -104,7 +104,7 @@ export function blockService(bs: BlockServer): ServiceRegistration {
     removeExport: unary((req) =>
       mapped(async () => {
         await bs.fence(requireName(req.name), req.fencingToken);
-        await bs.removeExport(req.name);
+        await bs.removeExport(req.name, { discardLocalCopy: req.discardLocalCopy });
         return {};
       }),
     ),
