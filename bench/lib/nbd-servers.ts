@@ -125,7 +125,10 @@ export async function vmhopDaemon(): Promise<VmhopDaemon> {
     return {
       uri,
       port,
-      close: () => call((cb) => client.removeExport({ name, fencingToken: 0, discardLocalCopy: false }, cb)).then(() => undefined),
+      close: () =>
+        call((cb) => client.removeExport({ name, fencingToken: 0, discardLocalCopy: false }, cb)).then(
+          () => undefined,
+        ),
     };
   };
   return {

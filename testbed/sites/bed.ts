@@ -44,8 +44,9 @@ export interface SitesBedOptions {
   netreach?: boolean;
   /** The control-plane's store URL (default: its embedded store). */
   store?: string;
-  /** Extra `vmhop control serve` arguments. */
+  /** Extra `vmhop control serve` / `page serve` arguments. */
   controlArgs?: string[];
+  pageArgs?: string[];
   /** Progress lines ("s1 block-server ready"). */
   say?: (line: string) => void;
 }
@@ -192,6 +193,7 @@ export class SitesBed {
         `[${svc}]:0`,
         "--run-dir",
         join(dir, "page"),
+        ...(this.opts.pageArgs ?? []),
       ],
     });
     const agent = netreach

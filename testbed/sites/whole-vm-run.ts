@@ -350,7 +350,7 @@ async function migrate(
 }
 
 const NETWORK_TEXT: Record<string, string> = {
-  prepared: "address prepared at B (the anchor sends to both sites)",
+  prepared: "address prepared at B",
   switched: "binding at B: the home addresses route to B",
   settled: "address settled: A's state for the VM removed",
   rolled_back: "address preparation undone",
