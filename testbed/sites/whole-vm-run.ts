@@ -117,7 +117,29 @@ function sha256(path: string): string {
 
 const now = () => performance.timeOrigin + performance.now();
 
+/** The test guest running at a site, followed on its serial logs. */
+export interface TestVm {
+  vmId: string;
+  /** Its disk image at the first site (the source of the first migration). */
+  image: string;
+  serial: SerialFollower;
+}
+
 export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise<WholeVmResult> {
+  const vm = await startTestVm(bed, o);
+  try {
+    return await migrate(bed, o, { image: vm.image, serial: vm.serial, say: o.say ?? (() => {}) });
+  } finally {
+    vm.serial.stop();
+  }
+}
+
+/**
+ * Boots the test guest at the bed's first site: a disk of random bytes there (served by its
+ * block-server), home addresses placed by the control-plane, the workload writing and checking
+ * memory and disk, a TCP echo server; resolves once the guest verifies its disk.
+ */
+export async function startTestVm(bed: SitesBed, o: WholeVmOptions = {}): Promise<TestVm> {
   const say = o.say ?? (() => {});
   const [a] = bed.sites;
   const guest = guestArtefacts();
@@ -168,11 +190,17 @@ export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise
   serial.follow(vm.serialLogPath, true);
   try {
     await serial.waitFor("the guest writing and verifying its disk", (h) => h.diskOk > 0, 180_000);
-    say("guest workload running: memory dirtied and verified, disk pattern written and re-read");
-    return await migrate(bed, o, { image, serial, say });
-  } finally {
+  } catch (err) {
     serial.stop();
+    throw err;
   }
+  say("guest workload running: memory dirtied and verified, disk pattern written and re-read");
+  return { vmId: VM_ID, image, serial };
+}
+
+/** Where site k's page-server keeps the VM's serial log. */
+export function serialLogAt(bed: SitesBed, k: number, vmId = VM_ID): string {
+  return join(bed.opts.dir, bed.sites[k - 1].site, "page", vmId, "serial.log");
 }
 
 async function migrate(
@@ -223,7 +251,7 @@ async function migrate(
       atSwitch = sha256(image);
     }
     if (!bLog && m.state !== "pending" && m.state !== "preparing") {
-      bLog = join(bed.opts.dir, b.site, "page", VM_ID, "serial.log");
+      bLog = serialLogAt(bed, b.k);
       serial.follow(bLog, true);
     }
     if (["done", "failed", "cancelled"].includes(m.state)) break;
