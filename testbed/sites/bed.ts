@@ -130,7 +130,9 @@ export class SitesBed {
     );
     const netreach = o.netreach !== false;
     if (netreach) await this.startAnchor();
-    for (let k = 1; k <= n; k++) this.sites.push(await this.startSite(k, netreach));
+    // Every site at once: the services start in a few seconds each on a loaded machine.
+    const sites = await settleAll(Array.from({ length: n }, (_, i) => this.startSite(i + 1, netreach)));
+    this.sites.push(...sites);
     const cpArgs = ["control", "serve", "--grpc", "127.0.0.1:0"];
     if (netreach) cpArgs.push("--netreach", this.anchorAddress!);
     if (o.store) cpArgs.push("--store", o.store);
@@ -167,41 +169,43 @@ export class SitesBed {
     const nbdAddress = `[${svc}]:${NBD_PORT}`;
     const blockAddress = `unix:${join(dir, "block.sock")}`;
     const pageAddress = `unix:${join(dir, "page.sock")}`;
-    const block = await this.run({
-      name: `${site} block-server`,
-      netns: ns,
-      args: [
-        "block",
-        "serve",
-        "--listen",
-        nbdAddress,
-        "--grpc",
-        blockAddress,
-        "--state-dir",
-        join(dir, "block"),
-      ],
-    });
-    const page = await this.run({
-      name: `${site} page-server`,
-      netns: ns,
-      args: [
-        "page",
-        "serve",
-        "--listen",
-        pageAddress,
-        "--channel-listen",
-        `[${svc}]:0`,
-        "--run-dir",
-        join(dir, "page"),
-        ...(this.opts.pageArgs ?? []),
-      ],
-    });
-    const agent = netreach
-      ? await this.run({
-          name: `${site} netreach agent`,
-          args: ["netreach", ...this.net.siteServeArgs(k, this.anchorAddress!)],
-        })
-      : undefined;
+    const [block, page, agent] = await settleAll([
+      this.run({
+        name: `${site} block-server`,
+        netns: ns,
+        args: [
+          "block",
+          "serve",
+          "--listen",
+          nbdAddress,
+          "--grpc",
+          blockAddress,
+          "--state-dir",
+          join(dir, "block"),
+        ],
+      }),
+      this.run({
+        name: `${site} page-server`,
+        netns: ns,
+        args: [
+          "page",
+          "serve",
+          "--listen",
+          pageAddress,
+          "--channel-listen",
+          `[${svc}]:0`,
+          "--run-dir",
+          join(dir, "page"),
+          ...(this.opts.pageArgs ?? []),
+        ],
+      }),
+      netreach
+        ? this.run({
+            name: `${site} netreach agent`,
+            args: ["netreach", ...this.net.siteServeArgs(k, this.anchorAddress!)],
+          })
+        : Promise.resolve(undefined),
+    ]);
     return { k, site, hostId: `h${k}`, ns, block, page, agent, pageAddress, blockAddress, nbdAddress };
   }
 
@@ -223,4 +227,19 @@ export class SitesBed {
     for (const ns of this.net?.ns.sites ?? []) await killNetnsProcesses(ns);
     await this.net?.destroy();
   }
+}
+
+/**
+ * Promise.all that waits for every promise to settle before failing: a service still starting
+ * when another failed is then known (and stopped) before the bed is torn down.
+ */
+async function settleAll<T extends readonly unknown[]>(
+  ps: [...{ [K in keyof T]: Promise<T[K]> }],
+): Promise<T>;
+async function settleAll<T>(ps: Promise<T>[]): Promise<T[]>;
+async function settleAll(ps: Promise<unknown>[]): Promise<unknown[]> {
+  const r = await Promise.allSettled(ps);
+  const failed = r.find((x): x is PromiseRejectedResult => x.status === "rejected");
+  if (failed) throw failed.reason;
+  return r.map((x) => (x as PromiseFulfilledResult<unknown>).value);
 }
