@@ -43,7 +43,15 @@ export interface VmRecord {
   fencing_token: number;
   /** Its home addresses (absent: none); netreach keeps them reachable wherever it runs. */
   network?: VmAddresses;
+  /** The export (this name, on the block-server its disk URL names) CreateVm made: DeleteVm removes it. */
+  disk_export?: string;
+  /** While DeleteVm runs: the hosts whose page-servers it stops the VM on. */
+  deleting_on?: string[];
 }
+
+/** VmRecord.migration_id while CreateVm sets the VM up / DeleteVm tears it down: no migration may start. */
+export const HOLD_CREATE = "create";
+export const HOLD_DELETE = "delete";
 
 export interface MigrationRecord {
   migration_id: string;
