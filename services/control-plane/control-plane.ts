@@ -346,7 +346,7 @@ export class ControlPlane {
       mode,
       state: "pending",
       // The fence the claim below raises the VM's to (it refuses if another claim came first).
-      fencing_token: vm.fencing_token + 1,
+      fencing_token: Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1),
       error: "",
       bytes_sent: 0,
       downtime_ms: 0,
@@ -389,7 +389,7 @@ export class ControlPlane {
         if (cur.migration_id) throw busy(cur);
         if (cur.host_id !== src.host_id)
           throw new ControlError("precondition", `VM ${vm.vm_id} moved to ${cur.host_id} meanwhile`);
-        if (cur.fencing_token + 1 !== rec.fencing_token)
+        if (cur.fencing_token !== vm.fencing_token)
           throw new ControlError("precondition", `VM ${vm.vm_id} was claimed by another migration meanwhile`);
         return { ...cur, migration_id: id, fencing_token: rec.fencing_token };
       });

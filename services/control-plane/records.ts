@@ -15,6 +15,12 @@ export const KEYS = {
   request: (id: string) => `control:request:${id}`,
   /** Counter behind migration ids m-1, m-2, …. */
   migrationSeq: "control:migration-seq",
+  /**
+   * Counter behind fencing tokens: each claim's token is above every token issued before, for
+   * any VM, so a VM deleted and created again under its id never meets its old tokens (the
+   * page-servers and block-servers it visited keep the highest they saw).
+   */
+  fenceSeq: "control:fence-seq",
   /** Pub/sub: one JSON MigrationRecord per transition. */
   migrations: "control:migrations",
 } as const;

@@ -360,6 +360,15 @@ function storeSuite(kind: "memory" | "redis") {
     // A VM that is not on its page-server any more is deleted all the same.
     await c.deleteVm("v4");
     await rejects(c.getVm("v4"), grpc.status.NOT_FOUND, /unknown VM v4/);
+    // Created again under its id (fence 0, as CreateVm records it): its next migration's token
+    // is above every token the deleted one showed hosts, which keep the highest they saw.
+    await store.set(KEYS.vm("v4"), JSON.stringify(plantedVm("v4", "a")));
+    const reborn = await c.migrateVm({ vmId: "v4", destinationHostId: "b", mode: 0, requestId: "" });
+    assert.ok(
+      reborn.fencingToken > fresh.fencingToken,
+      `token ${reborn.fencingToken} after ${fresh.fencingToken}`,
+    );
+    await end(reborn.migrationId);
   });
 
   test("a restart while a host does not answer: completing asks again, holds wait for it, a VM past its switch stays held", async () => {
