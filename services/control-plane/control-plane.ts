@@ -231,7 +231,7 @@ export class ControlPlane {
     const ps = await this.reachable(host);
     // The binding's generation is the VM's fencing token, so a placed creation takes a token
     // (from the store-wide counter: a migration's switch-over is newer).
-    const fencing_token = place ? 1 : 0;
+    const fencing_token = place ? await this.store.incr(KEYS.fenceSeq) : 0;
     return this.vms.create(spec, host, ps, disk, { fencing_token, ...(network ? { network } : {}) });
   }
 
@@ -336,6 +336,8 @@ export class ControlPlane {
     if (handoverMode < 0 || !HandoverMode[handoverMode])
       throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);
     const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
+    // The fence the claim below raises the VM's to (it refuses if another claim came first).
+    const fencingToken = Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1);
     const now = Date.now();
     const rec: MigrationRecord = {
       migration_id: id,
@@ -345,8 +347,7 @@ export class ControlPlane {
       destination_host_id: dst.host_id,
       mode,
       state: "pending",
-      // The fence the claim below raises the VM's to (it refuses if another claim came first).
-      fencing_token: Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1),
+      fencing_token: fencingToken,
       error: "",
       bytes_sent: 0,
       downtime_ms: 0,
@@ -363,7 +364,7 @@ export class ControlPlane {
           fromSite: src.site,
           toSite: dst.site,
           mode: handoverMode,
-          generation: vm.fencing_token + 1,
+          generation: fencingToken,
         },
         now,
       ),

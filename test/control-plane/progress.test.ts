@@ -69,6 +69,8 @@ test("the address part: moving, skipped with its reason, failed with its reason"
   assert.is(
     formatProgress({ ...base, network: { ...net, state: "failed", reason: "SwitchOver: gone" } }, 2_000),
     "m-7 vm1 a → b: relocating; address failed sa → sb (SwitchOver: gone); 1.0 s",
+  );
+});
 
 const disk = (blocksLocal: number) => ({
   destinationExport: "disk0",

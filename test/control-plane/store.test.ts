@@ -179,12 +179,12 @@ function storeSuite(kind: "memory" | "redis") {
     await rejects(c.createVm(spec, "nope"), grpc.status.NOT_FOUND, /unknown host nope/);
     await rejects(c.createVm(spec, "c"), grpc.status.FAILED_PRECONDITION, /host c is asleep/);
     await rejects(
-      c.createVm(spec, "a", { source: { $case: "sizeBytes", value: 1 << 20 } }),
+      c.createVm(spec, "a", undefined, { source: { $case: "sizeBytes", value: 1 << 20 } }),
       grpc.status.FAILED_PRECONDITION,
       /host a has no block-server registered: a disk cannot be created there/,
     );
     await rejects(
-      c.createVm({ ...spec, diskNbdUrl: "nbd://127.0.0.1:1/x" }, "a", {
+      c.createVm({ ...spec, diskNbdUrl: "nbd://127.0.0.1:1/x" }, "a", undefined, {
         source: { $case: "sizeBytes", value: 1 << 20 },
       }),
       grpc.status.INVALID_ARGUMENT,
