@@ -132,7 +132,7 @@ export async function vmhopDaemon(): Promise<VmhopDaemon> {
     };
   };
   return {
-    target: (image, name) => add(name, { $case: "target", value: { imagePath: image } }),
+    target: (image, name) => add(name, { $case: "target", value: { imagePath: image, sizeBytes: 0 } }),
     proxy: (upstream, cache, name) =>
       add(name, {
         $case: "proxy",

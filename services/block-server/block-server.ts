@@ -23,6 +23,13 @@ export type ExportMode = "target" | "proxy";
 export interface TargetSpec {
   mode: "target";
   imagePath: string;
+  /**
+   * createExport: a new empty (sparse) image of this size, at imagePath or, without one, in the
+   * cache directory (NAME.img); a file already there is refused. Deleted with the export.
+   */
+  sizeBytes?: number;
+  /** The block-server created the image (set by createExport, kept in the record). */
+  created?: boolean;
 }
 
 export interface ProxySpec {
@@ -108,6 +115,8 @@ interface Entry {
   removing?: Promise<void>;
   /** The highest fencing token a call on it carried (0: none); kept in its record too. */
   fence: number;
+  /** An image this block-server created for the export: deleted with it. */
+  createdImage?: string;
 }
 
 /** A persisted export that could not be served again after a restart. */
@@ -162,7 +171,7 @@ function specOf(r: ExportRecord): CreateExportSpec {
     fencingToken: r.fencingToken,
     source:
       s.mode === "target"
-        ? { mode: "target", imagePath: s.imagePath }
+        ? { mode: "target", imagePath: s.imagePath, created: s.created }
         : {
             mode: "proxy",
             upstreamUrl: s.upstreamUrl,
@@ -185,7 +194,11 @@ function recordOf(spec: CreateExportSpec, opened: Opened): ExportRecord {
     ...(spec.fencingToken ? { fencingToken: spec.fencingToken } : {}),
     source:
       src.mode === "target"
-        ? { mode: "target", imagePath: path.resolve(src.imagePath) }
+        ? {
+            mode: "target",
+            imagePath: path.resolve(src.imagePath),
+            ...(src.created ? { created: true } : {}),
+          }
         : {
             mode: "proxy",
             upstreamUrl: src.upstreamUrl,
@@ -251,6 +264,40 @@ export class BlockServer extends EventEmitter {
       );
     fs.mkdirSync(this.cacheDir, { recursive: true });
     return { ...spec, source: { ...src, cachePath: path.join(this.cacheDir, `${spec.name}.cache`) } };
+  }
+
+  /**
+   * A target spec with a size: creates its new empty image (path defaulting to the cache
+   * directory's NAME.img) and returns the spec naming it, marked created.
+   */
+  private createImage(spec: CreateExportSpec): CreateExportSpec {
+    const src = spec.source;
+    if (src.mode !== "target" || !src.sizeBytes) return spec;
+    let imagePath = src.imagePath;
+    if (!imagePath) {
+      if (!this.cacheDir)
+        throw new BlockServerError(
+          "invalid",
+          "a new image needs a path (or a block-server started with a cache directory, --cache-dir)",
+        );
+      fs.mkdirSync(this.cacheDir, { recursive: true });
+      imagePath = path.join(this.cacheDir, `${spec.name}.img`);
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(imagePath, "wx");
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === "EEXIST")
+        throw new BlockServerError("exists", `image ${imagePath} already exists: not overwritten`);
+      throw new BlockServerError("invalid", `cannot create image ${imagePath}: ${e.message}`);
+    }
+    try {
+      fs.ftruncateSync(fd, src.sizeBytes);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return { ...spec, source: { mode: "target", imagePath, created: true } };
   }
 
   /** Where exports are recorded, or undefined when they are not. */
@@ -359,8 +406,15 @@ export class BlockServer extends EventEmitter {
         "invalid",
         `bad export name ${JSON.stringify(given.name)}: 1-128 characters of letters, digits, '.', '_', ':', '-'`,
       );
-    const spec = this.withCachePath(given);
+    let spec = this.withCachePath(given);
     this.claim(spec.name);
+    try {
+      spec = this.createImage(spec);
+    } catch (err) {
+      this.pending.delete(spec.name);
+      throw err;
+    }
+    const created = spec.source.mode === "target" && spec.source.created ? spec.source.imagePath : "";
     try {
       const opened = await this.open(spec);
       let record: ExportRecord | undefined;
@@ -377,6 +431,9 @@ export class BlockServer extends EventEmitter {
         }
       }
       await this.register(spec, opened, record);
+    } catch (err) {
+      if (created) fs.rmSync(created, { force: true });
+      throw err;
     } finally {
       this.pending.delete(spec.name);
     }
@@ -442,12 +499,14 @@ export class BlockServer extends EventEmitter {
         readOnly: spec.readOnly,
         backend: opened.backend,
       });
+      const createdImage = src.mode === "target" && src.created ? opened.path : undefined;
       this.entries.set(spec.name, {
         exp,
         mode: "target",
         path: opened.path,
         record,
         fence: spec.fencingToken ?? 0,
+        createdImage,
       });
       this.log.info("export created", {
         name: spec.name,
@@ -663,6 +722,7 @@ export class BlockServer extends EventEmitter {
     e.removing = (async () => {
       if (e.record) await this.dropRecord(name);
       await this.drop(name, e);
+      if (e.createdImage) fs.rmSync(e.createdImage, { force: true });
       this.emitProgress({ name, kind: "export-removed", message: "", time: Date.now() });
       this.log.info("export removed", { name });
     })();

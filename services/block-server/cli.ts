@@ -404,7 +404,7 @@ async function clientCommand(
       if (!!o.target === !!o.proxy)
         throw new CliError("create needs exactly one of --target IMAGE or --proxy URL --cache FILE");
       const source = o.target
-        ? { $case: "target" as const, value: { imagePath: o.target } }
+        ? { $case: "target" as const, value: { imagePath: o.target, sizeBytes: 0 } }
         : {
             $case: "proxy" as const,
             value: {

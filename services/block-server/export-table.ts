@@ -21,6 +21,8 @@ export interface ExportRecord {
 export interface TargetRecord {
   mode: "target";
   imagePath: string;
+  /** The block-server created the image (CreateExport with a size): it is deleted with the export. */
+  created?: boolean;
   /** Set when a proxy export was promoted: the upstream it was relocated from. */
   promotedFrom?: string;
 }

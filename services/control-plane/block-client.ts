@@ -72,6 +72,28 @@ export class BlockServer {
     );
   }
 
+  /**
+   * A target export `name`: the image at `imagePath` served in place, or (sizeBytes > 0) a new
+   * empty image the block-server creates (in its cache directory when imagePath is empty).
+   */
+  async createTarget(name: string, imagePath: string, sizeBytes: number): Promise<void> {
+    await this.call("CreateExport", (o, cb) =>
+      this.client.createExport(
+        {
+          name,
+          source: { $case: "target", value: { imagePath, sizeBytes } },
+          readOnly: false,
+          description: "",
+          // A new VM's export: no migration has fenced it yet.
+          fencingToken: 0,
+        },
+        new grpc.Metadata(),
+        o,
+        cb,
+      ),
+    );
+  }
+
   async status(name: string): Promise<ExportStatus> {
     return (
       await this.call<{ status?: ExportStatus }>("GetExportStatus", (o, cb) =>

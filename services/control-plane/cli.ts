@@ -6,8 +6,9 @@ import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
 import { CliError } from "../cli/errors.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { ControlClient, DEFAULT_CONTROL_GRPC } from "./client.js";
-import { formatProgress } from "./progress.js";
+import { type DiskSample, diskSample, formatProgress } from "./progress.js";
 import { serve, serveSpecs } from "./serve.js";
+import { createVmRequest, VmArgsError } from "./vm-args.js";
 
 const USAGE = `usage: vmhop control <command>
 
@@ -18,11 +19,18 @@ commands:
   register-host HOST_ID PAGE_ADDR [--site S] [--block-server ADDR --block-nbd ADDR]
            add or update a host (its page-server's gRPC address; its block-server's gRPC and NBD ones)
   vms [--host HOST_ID]                   list VMs with their host and live state
+  create-vm VM_ID HOST_ID --kernel PATH [--memory-mib 256] [--vcpus 1] [--initrd PATH] [--cmdline S]
+          [--tap TAP --mac MAC [--home-ipv6 A,… --home-ipv4 A,…]]
+          [--disk-url nbd://… | --disk-image PATH | --disk-size 256M]
+           define and start a VM on a host; --disk-image (an image on the host, served in place) or
+           --disk-size (a new empty image) make the host's block-server export it first
+  delete-vm VM_ID                        stop and remove a VM (and the disk export create-vm made)
   migrate VM_ID DEST_HOST_ID [--mode postcopy|precopy|hybrid|auto] [--storage auto|lazy|shared]
           [--handover auto|bbm|mbb|mbb-fp|mbb-bicast]
           [--request-id ID] [--no-wait]
            migrate a VM (and its disk: lazy by default when it is on the source's block-server);
-           shows progress until the migration is final unless --no-wait
+           shows progress until the migration is final unless --no-wait (with --json: the final
+           record as one JSON object; exit 1 when it failed or was cancelled)
   migrations [VM_ID]                     list migrations, newest first
   cancel MIGRATION_ID                    cancel a migration before its switch-over
 
@@ -62,6 +70,39 @@ const clientSpecs = {
   },
   "request-id": { type: "string", default: "", describe: "migrate: idempotency key" },
   "no-wait": { type: "boolean", default: false, describe: "migrate: return once the migration is recorded" },
+  kernel: { type: "string", default: "", describe: "create-vm: the guest kernel (a path on the host)" },
+  initrd: { type: "string", default: "", describe: "create-vm: the guest initrd (a path on the host)" },
+  cmdline: { type: "string", default: "", describe: "create-vm: the kernel command line" },
+  "memory-mib": { type: "number", default: 256, describe: "create-vm: guest memory in MiB" },
+  vcpus: { type: "number", default: 1, describe: "create-vm: virtual CPUs" },
+  tap: { type: "string", default: "", describe: "create-vm: the host tap device of the guest's NIC" },
+  mac: { type: "string", default: "", describe: "create-vm: the guest NIC's MAC address" },
+  "disk-url": {
+    type: "string",
+    default: "",
+    describe: "create-vm: an existing disk export, nbd://HOST:PORT/NAME",
+  },
+  "disk-image": {
+    type: "string",
+    default: "",
+    describe: "create-vm: an image on the host, exported by its block-server (served in place)",
+  },
+  "home-ipv6": {
+    type: "string",
+    default: "",
+    describe:
+      "create-vm: the VM's home IPv6 addresses, comma-separated (netreach keeps them reachable; needs --tap and --mac)",
+  },
+  "home-ipv4": {
+    type: "string",
+    default: "",
+    describe: "create-vm: the VM's home IPv4 addresses, comma-separated",
+  },
+  "disk-size": {
+    type: "string",
+    default: "",
+    describe: "create-vm: a new empty disk of this size (e.g. 256M, 2G) on the host's block-server",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -181,6 +222,44 @@ async function verb(
       );
       return 0;
     }
+    case "create-vm": {
+      const [vmId, hostId] = args(2, pos, "create-vm VM_ID HOST_ID --kernel PATH [options]");
+      let req: ReturnType<typeof createVmRequest>;
+      try {
+        req = createVmRequest({
+          vmId,
+          memoryMib: o["memory-mib"] ?? 256,
+          vcpus: o.vcpus ?? 1,
+          kernel: o.kernel ?? "",
+          initrd: o.initrd ?? "",
+          cmdline: o.cmdline ?? "",
+          tap: o.tap ?? "",
+          mac: o.mac ?? "",
+          diskUrl: o["disk-url"] ?? "",
+          diskImage: o["disk-image"] ?? "",
+          diskSize: o["disk-size"] ?? "",
+          homeIpv6: o["home-ipv6"] ?? "",
+          homeIpv4: o["home-ipv4"] ?? "",
+        });
+      } catch (err) {
+        if (err instanceof VmArgsError) throw new CliError(err.message);
+        throw err;
+      }
+      const vm = await c.createVm(req.spec, hostId, req.network, req.disk);
+      const state = VmState[vm.state].replace("VM_STATE_", "").toLowerCase();
+      out(
+        { hostId, vm },
+        () =>
+          `created ${vmId} on ${hostId}: ${state}${vm.spec?.diskNbdUrl ? `, disk ${vm.spec.diskNbdUrl}` : ""}`,
+      );
+      return 0;
+    }
+    case "delete-vm": {
+      const [vmId] = args(1, pos, "delete-vm VM_ID");
+      await c.deleteVm(vmId);
+      out({ vmId, deleted: true }, () => `deleted ${vmId}`);
+      return 0;
+    }
     case "migrate": {
       const [vmId, dest] = args(
         2,
@@ -206,10 +285,14 @@ async function verb(
       if (!o["no-wait"]) {
         // On a terminal one line redrawn in place; otherwise a line per update (logs, pipes).
         const tty = process.stderr.isTTY && !o.json;
+        let since: DiskSample | undefined; // the disk copy's first sample: its rate gives the ETA
         m = await c.waitForMigration(m.migrationId, (u) => {
+          since ??= diskSample(u);
           if (o.json) return;
-          if (tty) process.stderr.write(`\r\x1b[K${formatProgress(u)}`);
-          else console.error(formatProgress(u));
+          const line = formatProgress(u, Date.now(), since);
+          // Cut to the terminal's width: a wrapped line would not be redrawn in place.
+          if (tty) process.stderr.write(`\r\x1b[K${line.slice(0, (process.stderr.columns || 200) - 1)}`);
+          else console.error(line);
         });
         if (tty) process.stderr.write("\n");
       }

@@ -6,6 +6,7 @@ import {
   type Host,
   MigrateVmRequest,
   type Migration,
+  type VmDisk,
   type VmNetwork,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
@@ -52,11 +53,20 @@ export class ControlClient {
     ).host!;
   }
 
-  /** `network`: the VM's home addresses (netreach keeps them reachable wherever it runs). */
-  async createVm(spec: VmSpec, hostId: string, network?: VmNetwork): Promise<Vm> {
+  /**
+   * `network`: the VM's home addresses (netreach keeps them reachable wherever it runs);
+   * `disk`: a new export on the host's block-server (spec.diskNbdUrl then empty).
+   */
+  async createVm(spec: VmSpec, hostId: string, network?: VmNetwork, disk?: VmDisk): Promise<Vm> {
     return (
-      await this.call<{ vm?: Vm }>((m, o, cb) => this.client.createVm({ spec, hostId, network }, m, o, cb))
+      await this.call<{ vm?: Vm }>((m, o, cb) =>
+        this.client.createVm({ spec, hostId, network, disk }, m, o, cb),
+      )
     ).vm!;
+  }
+
+  async deleteVm(vmId: string): Promise<void> {
+    await this.call((m, o, cb) => this.client.deleteVm({ vmId }, m, o, cb));
   }
 
   async getVm(vmId: string): Promise<ClusterVm> {

@@ -8,13 +8,15 @@ import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
 import { AddressMover } from "./address.js";
+import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
-import { PeerError } from "./peer-call.js";
 import {
   ConflictError,
+  HOLD_CREATE,
+  HOLD_DELETE,
   type HostRecord,
   KEYS,
   type MigrationRecord,
@@ -26,16 +28,10 @@ import {
 } from "./records.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
 import { planStorage, type StoragePlan, StoragePlanError } from "./storage-plan.js";
+import { type NewDisk, VmLifecycle } from "./vm-lifecycle.js";
 
-export class ControlError extends Error {
-  constructor(
-    readonly kind: "invalid" | "not-found" | "exists" | "precondition" | "unavailable",
-    message: string,
-  ) {
-    super(message);
-    this.name = "ControlError";
-  }
-}
+export type { NewDisk };
+export { ControlError };
 
 export interface MigrateRequest {
   vmId: string;
@@ -92,6 +88,8 @@ export interface ControlPlaneOptions {
   executor?: ExecutorOptions;
   /** The netreach anchor's gRPC address; absent: VMs keep no address across sites. */
   netreach?: string;
+  /** How often a VM left held by a stopped CreateVm/DeleteVm is settled again while its host does not answer. */
+  repairRetryMs?: number;
 }
 
 export class ControlPlane {
@@ -99,6 +97,7 @@ export class ControlPlane {
   private readonly executor: Executor;
   private readonly anchor?: NetreachAnchor;
   private readonly address: AddressMover;
+  private readonly vms: VmLifecycle;
 
   constructor(
     readonly store: Store,
@@ -108,62 +107,46 @@ export class ControlPlane {
     this.anchor = opts.netreach ? new NetreachAnchor(opts.netreach) : undefined;
     this.address = new AddressMover(store, this.anchor, log);
     this.executor = new Executor(store, this.pages, log, this.address, opts.executor);
+    // A new VM with home addresses is placed in netreach at its host's site once QEMU runs.
+    const place = (vm: VmRecord, host: HostRecord, undo: () => Promise<unknown>) =>
+      hasAddresses(vm.network) && this.anchor ? this.placeAddress(vm, host, undo) : Promise.resolve();
+    this.vms = new VmLifecycle(store, this.pages, log, place, opts.repairRetryMs);
   }
 
   /**
-   * Resumes every migration a previous control-plane left unfinished, and releases VMs still
-   * held by a migration that ended (e.g. cancelled while its driver was stopping).
+   * Resumes every migration a previous control-plane left unfinished; releases VMs still held
+   * by a migration that ended before its switch-over (or whose record was never written); and
+   * settles VMs a stopped CreateVm or DeleteVm left held (in the background while their host
+   * does not answer). A VM held by a migration that failed after its switch-over stays held:
+   * which host runs it needs a person (DeleteVm removes it).
    */
   async open(): Promise<string[]> {
     const all = await this.listMigrations();
-    const ended = new Map(
-      all.filter((m) => m.state === "failed" || m.state === "cancelled").map((m) => [m.migration_id, m]),
-    );
-    const known = new Set(all.map((m) => m.migration_id));
+    const byId = new Map(all.map((m) => [m.migration_id, m]));
     for (const vm of await this.listVmRecords()) {
-      if (vm.migration_id === "create") await this.settleCreate(vm);
-      // Held by a migration that ended, or by one whose record was never written (a crash
-      // between the claim and the record): nothing drives it, so the VM is free again.
-      else if (vm.migration_id && (ended.has(vm.migration_id) || !known.has(vm.migration_id)))
+      if (vm.migration_id === HOLD_CREATE || vm.migration_id === HOLD_DELETE) {
+        this.vms.repair(vm);
+        continue;
+      }
+      const m = byId.get(vm.migration_id);
+      if (vm.migration_id && (!m || (isFinal(m.state) && m.state !== "done" && !failedAfterSwitch(m))))
         await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) =>
           cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
         );
     }
     // Ended before its switch-over with the destination's network still prepared (a cancel
     // whose driver stopped before undoing it): undone now.
-    for (const m of ended.values())
+    for (const m of all.filter((x) => x.state === "failed" || x.state === "cancelled"))
       if (needsRollback(m.network)) await this.address.rollBack(m.migration_id, m.error);
     const open = all.filter((m) => !isFinal(m.state));
     for (const m of open) this.executor.drive(m.migration_id);
     return open.map((m) => m.migration_id);
   }
 
-  /**
-   * A CreateVm that a crash interrupted: the VM is kept if it runs on its host, else its record
-   * goes (the create never finished; the caller saw an error or nothing and may retry).
-   */
-  private async settleCreate(vm: VmRecord): Promise<void> {
-    const host = await readJson<HostRecord>(this.store, KEYS.host(vm.host_id));
-    const at = host
-      ? await this.pages
-          .get(host.value.page_server_address)
-          .inspect(vm.vm_id)
-          .catch(() => undefined)
-      : undefined;
-    const raw = JSON.stringify(vm);
-    if (at?.state === VmState.VM_STATE_RUNNING) {
-      // Placing again is harmless (same generation, same site): the crash may have come first.
-      if (host && hasAddresses(vm.network) && this.anchor)
-        await this.placeAddress(vm, host.value, async () => {}).catch((err) =>
-          this.opts.log?.warn("placing a VM whose creation was interrupted", { vm: vm.vm_id, err }),
-        );
-      await this.store.compareAndSet(KEYS.vm(vm.vm_id), raw, JSON.stringify({ ...vm, migration_id: "" }));
-    } else await this.store.compareAndDelete(KEYS.vm(vm.vm_id), raw);
-  }
-
   /** Stops driving migrations (they stay as recorded, for the next control-plane). */
   close(): void {
     this.executor.close();
+    this.vms.close();
     this.pages.close();
     this.anchor?.close();
   }
@@ -221,8 +204,17 @@ export class ControlPlane {
     return ps;
   }
 
-  /** Defines and starts the VM on the host's page-server, then records it. */
-  async createVm(spec: VmSpec | undefined, hostId: string, addresses?: VmAddresses): Promise<ClusterVmView> {
+  /**
+   * Defines and starts the VM on the host's page-server, then records it; with `disk`, first
+   * creates its export on the host's block-server (named after the VM); with addresses, places
+   * it in netreach at the host's site.
+   */
+  async createVm(
+    spec: VmSpec | undefined,
+    hostId: string,
+    addresses?: VmAddresses,
+    disk?: NewDisk,
+  ): Promise<ClusterVmView> {
     if (!spec) throw new ControlError("invalid", "spec is required");
     checkId("vm_id", spec.vmId);
     const network = checkAddresses(spec, addresses);
@@ -237,31 +229,16 @@ export class ControlPlane {
         `host ${hostId} has no site: the VM's addresses cannot be placed`,
       );
     const ps = await this.reachable(host);
-    const record: VmRecord = {
-      vm_id: spec.vmId,
-      spec: VmSpec.toJSON(spec) as Record<string, unknown>,
-      host_id: hostId,
-      // Held by "create" until QEMU runs, so no migration starts meanwhile.
-      migration_id: "create",
-      fencing_token: place ? 1 : 0,
-      ...(network ? { network } : {}),
-    };
-    const raw = JSON.stringify(record);
-    if (!(await this.store.compareAndSet(KEYS.vm(spec.vmId), null, raw)))
-      throw new ControlError("exists", `VM ${spec.vmId} already exists`);
-    try {
-      await ps.define(spec);
-      const vm = await ps.start(spec.vmId);
-      if (place) await this.placeAddress(record, host, () => ps.stop(spec.vmId, true, 0));
-      const created = { ...record, migration_id: "" };
-      await this.store.set(KEYS.vm(spec.vmId), JSON.stringify(created));
-      return { record: created, vm };
-    } catch (err) {
-      await this.store.compareAndDelete(KEYS.vm(spec.vmId), raw);
-      if (err instanceof PeerError)
-        throw new ControlError("unavailable", `creating VM ${spec.vmId} on ${hostId}: ${err.message}`);
-      throw err;
-    }
+    // The binding's generation is the VM's fencing token, so a placed creation takes a token
+    // (from the store-wide counter: a migration's switch-over is newer).
+    const fencing_token = place ? await this.store.incr(KEYS.fenceSeq) : 0;
+    return this.vms.create(spec, host, ps, disk, { fencing_token, ...(network ? { network } : {}) });
+  }
+
+  /** Stops and forgets the VM on its host, removes the disk export CreateVm made, deletes the record. */
+  async deleteVm(vmId: string): Promise<void> {
+    if (!vmId) throw new ControlError("invalid", "vm_id is required");
+    await this.vms.delete(vmId);
   }
 
   /** Registers the VM's binding at its host's site; on failure the VM is stopped (`undo`). */
@@ -359,30 +336,8 @@ export class ControlPlane {
     if (handoverMode < 0 || !HandoverMode[handoverMode])
       throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);
     const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
-    if (req.requestId && !(await this.store.compareAndSet(KEYS.request(req.requestId), null, id))) {
-      const prior = await this.byRequest(req);
-      if (prior) return prior;
-      // An orphaned claim was dropped: claim it now, or another retry won the race.
-      if (!(await this.store.compareAndSet(KEYS.request(req.requestId), null, id)))
-        throw new ControlError(
-          "unavailable",
-          `request_id ${req.requestId} is being started by another call: retry`,
-        );
-    }
-    // The per-VM lock and the fence in one compare-and-set on the VM record.
-    let claimed: VmRecord;
-    try {
-      claimed = await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) => {
-        if (!cur) throw new ControlError("not-found", `unknown VM ${vm.vm_id}`);
-        if (cur.migration_id) throw busy(cur);
-        if (cur.host_id !== src.host_id)
-          throw new ControlError("precondition", `VM ${vm.vm_id} moved to ${cur.host_id} meanwhile`);
-        return { ...cur, migration_id: id, fencing_token: cur.fencing_token + 1 };
-      });
-    } catch (err) {
-      if (req.requestId) await this.store.compareAndDelete(KEYS.request(req.requestId), id);
-      throw err;
-    }
+    // The fence the claim below raises the VM's to (it refuses if another claim came first).
+    const fencingToken = Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1);
     const now = Date.now();
     const rec: MigrationRecord = {
       migration_id: id,
@@ -392,7 +347,7 @@ export class ControlPlane {
       destination_host_id: dst.host_id,
       mode,
       state: "pending",
-      fencing_token: claimed.fencing_token,
+      fencing_token: fencingToken,
       error: "",
       bytes_sent: 0,
       downtime_ms: 0,
@@ -409,36 +364,63 @@ export class ControlPlane {
           fromSite: src.site,
           toSite: dst.site,
           mode: handoverMode,
-          generation: claimed.fencing_token,
+          generation: fencingToken,
         },
         now,
       ),
     };
-    await this.store.set(KEYS.migration(id), JSON.stringify(rec));
-    await this.store.publish(KEYS.migrations, JSON.stringify(rec));
+    // The record first, then the request_id pointing at it, then the VM's claim: whoever finds
+    // the request_id finds its migration. A record whose claim never came (a crash in between)
+    // holds nothing; the executor fails it on the next start.
+    const raw = JSON.stringify(rec);
+    await this.store.compareAndSet(KEYS.migration(id), null, raw);
+    if (req.requestId && !(await this.claimRequest(req.requestId, id))) {
+      await this.store.compareAndDelete(KEYS.migration(id), raw);
+      const prior = await this.byRequest(req);
+      if (prior) return prior;
+      throw new ControlError(
+        "unavailable",
+        `request_id ${req.requestId} is being started by another call: retry`,
+      );
+    }
+    // The per-VM lock and the fence in one compare-and-set on the VM record.
+    try {
+      await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) => {
+        if (!cur) throw new ControlError("not-found", `unknown VM ${vm.vm_id}`);
+        if (cur.migration_id) throw busy(cur);
+        if (cur.host_id !== src.host_id)
+          throw new ControlError("precondition", `VM ${vm.vm_id} moved to ${cur.host_id} meanwhile`);
+        if (cur.fencing_token !== vm.fencing_token)
+          throw new ControlError("precondition", `VM ${vm.vm_id} was claimed by another migration meanwhile`);
+        return { ...cur, migration_id: id, fencing_token: rec.fencing_token };
+      });
+    } catch (err) {
+      // Kept as a failed migration with the reason: the request_id answers it from now on.
+      await transition(this.store, id, "fail", { error: `not started: ${(err as Error).message}` });
+      throw err;
+    }
+    await this.store.publish(KEYS.migrations, raw);
     this.executor.drive(id);
     return rec;
   }
 
-  /**
-   * The migration a request_id started. The id is claimed just before the record is written: a
-   * concurrent retry waits for the record (bounded); a claim whose record never came (a crash
-   * in between) is dropped, so the retry starts the migration afresh.
-   */
+  /** request_id → migration id, unless another call claimed it (false). A claim whose record is gone is replaced. */
+  private async claimRequest(requestId: string, id: string): Promise<boolean> {
+    const key = KEYS.request(requestId);
+    if (await this.store.compareAndSet(key, null, id)) return true;
+    const prior = await this.store.get(key);
+    // From before records were written first: a crash between the claim and the record.
+    if (prior && !(await this.store.get(KEYS.migration(prior))))
+      return this.store.compareAndSet(key, prior, id);
+    return false;
+  }
+
+  /** The migration a request_id started (its record is written before the request_id is claimed). */
   private async byRequest(req: MigrateRequest): Promise<MigrationRecord | undefined> {
-    const key = KEYS.request(req.requestId!);
-    const id = await this.store.get(key);
+    const id = await this.store.get(KEYS.request(req.requestId!));
     if (!id) return undefined;
-    let m: MigrationRecord | undefined;
-    for (const deadline = Date.now() + 5000; ; ) {
-      m = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
-      if (m || Date.now() > deadline) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    if (!m) {
-      await this.store.compareAndDelete(key, id);
-      return undefined;
-    }
+    const m = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
+    if (!m) return undefined; // an orphaned claim: claimRequest replaces it
     if (m.vm_id !== req.vmId || m.destination_host_id !== req.destinationHostId)
       throw new ControlError(
         "invalid",
@@ -504,10 +486,18 @@ export class ControlPlane {
 function busy(vm: VmRecord): ControlError {
   return new ControlError(
     "precondition",
-    vm.migration_id === "create"
+    vm.migration_id === HOLD_CREATE
       ? `VM ${vm.vm_id} is still being created`
-      : `VM ${vm.vm_id} is already migrating (${vm.migration_id}): one migration per VM at a time`,
+      : vm.migration_id === HOLD_DELETE
+        ? `VM ${vm.vm_id} is being deleted`
+        : `VM ${vm.vm_id} is already migrating (${vm.migration_id}): one migration per VM at a time`,
   );
+}
+
+/** Failed once the VM may have run at the destination: the VM stays held (see open()). */
+function failedAfterSwitch(m: MigrationRecord): boolean {
+  const at = m.entered_unix_ms ?? {};
+  return m.state === "failed" && (at.switched !== undefined || at.completing !== undefined);
 }
 
 export { ConflictError };

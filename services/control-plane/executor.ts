@@ -1,11 +1,15 @@
+// Drives one migration through the state table (states.ts), each transition persisted before
+// it acts, by calling the two hosts' page-servers and block-servers; resumes after a restart.
+import { status as grpcStatus } from "@grpc/grpc-js";
 import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
+import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import type { PageServer, PageServers } from "./page-client.js";
-import { isNotFound } from "./peer-call.js";
+import { isNotFound, PeerError } from "./peer-call.js";
 import {
   ConflictError,
   type DiskRecord,
@@ -34,6 +38,11 @@ export interface ExecutorOptions {
   diskCopyRateAfterMemory?: number;
   /** How often a relocating disk's progress is read. */
   diskPollMs?: number;
+  /**
+   * completing: how long a destination page-server or store that does not answer is asked
+   * again before the migration fails (default 120 s); the VM runs there meanwhile.
+   */
+  completingRetryMs?: number;
 }
 
 /** The two ends of a migration. */
@@ -99,6 +108,7 @@ export class Executor {
     try {
       let state = m.state;
       if (state === "pending") {
+        await this.checkClaim(m);
         await this.step(id, "prepare");
         const channel = await this.prepare(m, ctx);
         // The waiting QEMU holds the VM's tap at the destination now.
@@ -115,7 +125,7 @@ export class Executor {
         );
       }
       if (state === "migrating" || state === "switched") await this.follow(m, ctx);
-      if (state !== "relocating") await this.settle(m, ctx);
+      if (state !== "relocating") await this.retrying(m, () => this.settle(m, ctx));
       // Before the disk's relocation, which may take long: the address needs nothing of it.
       await this.address.settle(id);
       await this.relocate(m, ctx);
@@ -234,6 +244,33 @@ export class Executor {
     await this.step(m.migration_id, "complete", { bytes_sent: last.bytesSent, downtime_ms: last.downtimeMs });
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
     if (!switched) await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
+  }
+
+  /** MigrateVm writes a migration before it claims the VM: one whose claim never came holds nothing to move. */
+  private async checkClaim(m: MigrationRecord): Promise<void> {
+    const vm = (await readJson<VmRecord>(this.store, KEYS.vm(m.vm_id)))?.value;
+    if (vm?.migration_id !== m.migration_id || vm.fencing_token !== m.fencing_token)
+      throw new Error(
+        `MigrateVm stopped before it claimed VM ${m.vm_id} (a control-plane restart): nothing was done; migrate it again`,
+      );
+  }
+
+  /**
+   * Runs `fn` again while it fails for want of an answer (a peer UNAVAILABLE or past its
+   * deadline, the store unreachable), up to completingRetryMs: past the switch-over the VM runs
+   * at the destination, and a passing outage must not leave its migration failed and the VM held.
+   */
+  private async retrying(m: MigrationRecord, fn: () => Promise<void>): Promise<void> {
+    const until = Date.now() + (this.opts.completingRetryMs ?? 120_000);
+    for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isTransient(err) || Date.now() + delay > until || this.closed) throw err;
+        this.log.warn("completing: no answer, asking again", { migration: m.migration_id, err });
+        await sleep(delay);
+      }
+    }
   }
 
   /**
@@ -405,6 +442,15 @@ export class Executor {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** No answer (yet): worth asking again. A peer's refusal or a fence conflict is an answer. */
+function isTransient(err: unknown): boolean {
+  if (err instanceof StoreError) return true;
+  return (
+    err instanceof PeerError &&
+    (err.code === grpcStatus.UNAVAILABLE || err.code === grpcStatus.DEADLINE_EXCEEDED)
+  );
+}
 
 class ShutdownError extends Error {}
 class ReleasedError extends Error {}

@@ -7,13 +7,14 @@ import {
   type Host,
   type Migration,
   StorageMode,
+  type VmDisk,
   type WatchMigrationsRequest,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
 import { RpcError, type ServiceRegistration, unary } from "../common/grpc/server.js";
 import type { Logger } from "../common/log.js";
 import { StoreError } from "../common/store/index.js";
-import { type ClusterVmView, ControlError, type ControlPlane } from "./control-plane.js";
+import { type ClusterVmView, ControlError, type ControlPlane, type NewDisk } from "./control-plane.js";
 import type { HostRecord, MigrationRecord } from "./records.js";
 import { isFinal } from "./states.js";
 
@@ -56,6 +57,14 @@ export function hostFromPb(h: Host | undefined): HostRecord {
     memory_mib: h.memoryMib,
     asleep: h.asleep,
   };
+}
+
+function diskFromPb(d: VmDisk | undefined): NewDisk | undefined {
+  const src = d?.source;
+  if (!src) return undefined;
+  return src.$case === "imagePath"
+    ? { imagePath: src.value, sizeBytes: 0 }
+    : { imagePath: "", sizeBytes: src.value };
 }
 
 function vmToPb(v: ClusterVmView): ClusterVm {
@@ -132,9 +141,15 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
         req.spec,
         req.hostId,
         req.network && { home_ipv6: req.network.homeIpv6, home_ipv4: req.network.homeIpv4 },
+        diskFromPb(req.disk),
       );
       log.info("VM created", { vm: v.record.vm_id, host: v.record.host_id });
       return { vm: v.vm, hostId: v.record.host_id };
+    }),
+    deleteVm: u(async (req) => {
+      await cp.deleteVm(req.vmId);
+      log.info("VM deleted", { vm: req.vmId });
+      return {};
     }),
     getVm: u(async (req) => ({ vm: vmToPb(await cp.getVm(req.vmId)) })),
     listVms: u(async (req) => ({ vms: (await cp.listVms(req.hostId)).map(vmToPb) })),

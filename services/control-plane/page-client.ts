@@ -68,6 +68,11 @@ export class PageServer {
     ).vm!;
   }
 
+  /** Forgets a VM that does not run (the page-server refuses a running one). */
+  async undefine(vmId: string): Promise<void> {
+    await this.call("UndefineVm", (o, cb) => this.client.undefineVm({ vmId }, new grpc.Metadata(), o, cb));
+  }
+
   async inspect(vmId: string): Promise<Vm> {
     return (
       await this.call<{ vm?: Vm }>("InspectVm", (o, cb) =>

@@ -15,6 +15,12 @@ export const KEYS = {
   request: (id: string) => `control:request:${id}`,
   /** Counter behind migration ids m-1, m-2, …. */
   migrationSeq: "control:migration-seq",
+  /**
+   * Counter behind fencing tokens: each claim's token is above every token issued before, for
+   * any VM, so a VM deleted and created again under its id never meets its old tokens (the
+   * page-servers and block-servers it visited keep the highest they saw).
+   */
+  fenceSeq: "control:fence-seq",
   /** Pub/sub: one JSON MigrationRecord per transition. */
   migrations: "control:migrations",
 } as const;
@@ -43,7 +49,15 @@ export interface VmRecord {
   fencing_token: number;
   /** Its home addresses (absent: none); netreach keeps them reachable wherever it runs. */
   network?: VmAddresses;
+  /** The export (this name, on the block-server its disk URL names) CreateVm made: DeleteVm removes it. */
+  disk_export?: string;
+  /** While DeleteVm runs: the hosts whose page-servers it stops the VM on. */
+  deleting_on?: string[];
 }
+
+/** VmRecord.migration_id while CreateVm sets the VM up / DeleteVm tears it down: no migration may start. */
+export const HOLD_CREATE = "create";
+export const HOLD_DELETE = "delete";
 
 export interface MigrationRecord {
   migration_id: string;

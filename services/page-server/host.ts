@@ -2,7 +2,7 @@
 // without gRPC (so it is testable and usable in-process). This file is the VM registry and
 // the fence on migration calls; the migrations themselves are migration/outgoing.ts and
 // migration/incoming.ts, what survives a restart migration/saved.ts.
-import { mkdirSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "../common/log.js";
 import { HostError } from "./errors.js";
@@ -108,6 +108,18 @@ export class PageHost {
       throw new HostError("precondition", `VM ${vmId} is ${vm.state}, cannot start`);
     await vm.start();
     return vm;
+  }
+
+  /**
+   * Forgets a VM that does not run: no longer listed, and its spec is set aside (spec.json →
+   * spec.json.undefined, logs kept) so a restarted page-server does not adopt it again.
+   */
+  undefine(vmId: string): void {
+    const vm = this.get(vmId);
+    if (isLive(vm.state) || vm.state === "stopping")
+      throw new HostError("precondition", `VM ${vmId} is ${vm.state}: stop it before undefining it`);
+    if (existsSync(vm.paths.specFile)) renameSync(vm.paths.specFile, `${vm.paths.specFile}.undefined`);
+    this.vms.delete(vmId);
   }
 
   /** `fencingToken`: a migration's rollback stopping the destination's waiting QEMU (fence.ts). */

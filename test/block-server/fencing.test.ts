@@ -66,7 +66,7 @@ const target = (c: BlockServiceClient, name: string, imagePath: string, fencingT
     c.createExport(
       {
         name,
-        source: { $case: "target", value: { imagePath } },
+        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
         readOnly: false,
         description: "",
         fencingToken,

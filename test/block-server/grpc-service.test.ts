@@ -92,7 +92,7 @@ test("create a target export, read it with nbdcopy, list and status", async (ctx
     ctx.client.createExport(
       {
         name: "src",
-        source: { $case: "target", value: { imagePath: ctx.image } },
+        source: { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } },
         readOnly: false,
         description: "",
         fencingToken: 0,
@@ -126,17 +126,17 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
       ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
     );
   await rejectsWithStatus(
-    create("src", { $case: "target", value: { imagePath: ctx.image } }),
+    create("src", { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } }),
     grpc.status.ALREADY_EXISTS,
     /already exists/,
   );
   await rejectsWithStatus(
-    create("x", { $case: "target", value: { imagePath: "/nonexistent/disk" } }),
+    create("x", { $case: "target", value: { imagePath: "/nonexistent/disk", sizeBytes: 0 } }),
     grpc.status.INVALID_ARGUMENT,
     /does not exist/,
   );
   await rejectsWithStatus(
-    create("bad name!", { $case: "target", value: { imagePath: ctx.image } }),
+    create("bad name!", { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } }),
     grpc.status.INVALID_ARGUMENT,
     /bad export name/,
   );
@@ -317,7 +317,7 @@ test("a proxy removed with discardLocalCopy leaves no copy: the same name proxie
   const read = async () =>
     (await run("qemu-io", ["-f", "raw", "-c", "read -v 0 16", `nbd://${ctx.nbd}/p`])).stdout;
   const hex = (b: Buffer) => b.subarray(0, 16).toString("hex").replace(/(..)/g, "$1 ").trim();
-  await create("up", { $case: "target", value: { imagePath: image } });
+  await create("up", { $case: "target", value: { imagePath: image, sizeBytes: 0 } });
   await proxy();
   assert.match(await read(), new RegExp(hex(readFileSync(image))));
   // Discarded: the copy, its bitmap and journal go...

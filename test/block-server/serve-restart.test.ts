@@ -84,7 +84,7 @@ async function createTarget(c: BlockServiceClient, name: string, imagePath: stri
     c.createExport(
       {
         name,
-        source: { $case: "target", value: { imagePath } },
+        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
         readOnly: false,
         description: "",
         fencingToken: 0,

@@ -4,6 +4,7 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import * as assert from "uvu/assert";
+import { openStore } from "../../services/common/store/index.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
@@ -97,6 +98,90 @@ test("serve prints a ready line; the verbs talk to it", async () => {
   assert.equal(again.ready.grpc, address);
   const after = await vmhop(["control", "hosts", "--json", ...s]);
   assert.equal(JSON.parse(after.out).length, 1);
+});
+
+test("create-vm and delete-vm: bad flags and refusals; migrate --json prints the final record", async () => {
+  const s = ["--server", address];
+  const noKernel = await vmhop(["control", "create-vm", "v1", "h1", ...s]);
+  assert.is(noKernel.code, 2);
+  assert.match(noKernel.err, "--kernel PATH is required");
+  const two = await vmhop([
+    "control",
+    "create-vm",
+    "v1",
+    "h1",
+    "--kernel",
+    "/k",
+    "--disk-size",
+    "1G",
+    "--disk-url",
+    "nbd://127.0.0.1:1/x",
+    ...s,
+  ]);
+  assert.is(two.code, 2);
+  assert.match(two.err, "give one disk, not --disk-url and --disk-size");
+  const size = await vmhop([
+    "control",
+    "create-vm",
+    "v1",
+    "h1",
+    "--kernel",
+    "/k",
+    "--disk-size",
+    "lots",
+    ...s,
+  ]);
+  assert.is(size.code, 2);
+  assert.match(size.err, 'bad size "lots": a number of bytes, or with K, M, G or T (e.g. 256M)');
+  // h1 has no block-server: a new disk is refused there, and nothing is recorded.
+  const noBlock = await vmhop([
+    "control",
+    "create-vm",
+    "v1",
+    "h1",
+    "--kernel",
+    "/k",
+    "--disk-size",
+    "64M",
+    ...s,
+  ]);
+  assert.is(noBlock.code, 1);
+  assert.match(noBlock.err, "host h1 has no block-server registered: a disk cannot be created there");
+  const gone = await vmhop(["control", "delete-vm", "v1", ...s]);
+  assert.is(gone.code, 1);
+  assert.match(gone.err, `control-plane ${address}: unknown VM v1`);
+
+  // A VM as CreateVm records it (no QEMU here), and a second host on the same page-server: the
+  // migration fails at PrepareIncoming (no such kernel).
+  const store = await openStore(redis.url, { prefix: "vmhop:" });
+  await store.set(
+    "control:vm:v2",
+    JSON.stringify({
+      vm_id: "v2",
+      spec: { vmId: "v2", vcpus: 1, memoryMib: 64, kernelPath: "/nonexistent/vmlinux" },
+      host_id: "h1",
+      migration_id: "",
+      fencing_token: 0,
+    }),
+  );
+  await store.close();
+  assert.is((await vmhop(["control", "register-host", "h2", page.address, ...s])).code, 0);
+  const json = await vmhop(["control", "migrate", "v2", "h2", "--json", ...s]);
+  assert.is(json.code, 1, "a failed migration exits 1");
+  const lines = json.out.trim().split("\n");
+  assert.is(lines.length, 1, "one JSON object, nothing else on stdout");
+  const m = JSON.parse(lines[0]);
+  assert.equal([m.vmId, m.destinationHostId, m.state], ["v2", "h2", "failed"]);
+  assert.match(m.error, "PrepareIncoming");
+  // Without --json, not a terminal: a progress line per update on stderr, the outcome on stdout.
+  const text = await vmhop(["control", "migrate", "v2", "h2", ...s]);
+  assert.is(text.code, 1);
+  assert.match(text.err, /^m-\d+ v2 h1 → h2: failed; .*\d+\.\d s; error: .*PrepareIncoming/m);
+  assert.match(text.out, /^m-\d+ v2 h1 → h2: failed \(.*PrepareIncoming/);
+  // delete-vm --json: the VM's page-server does not know it, and it is deleted all the same.
+  const del = await vmhop(["control", "delete-vm", "v2", "--json", ...s]);
+  assert.is(del.code, 0, del.err);
+  assert.equal(JSON.parse(del.out), { vmId: "v2", deleted: true });
 });
 
 test("placement serve --control-plane names it in its ready line", async () => {

@@ -18,12 +18,16 @@ export interface PageServerHandle {
   close(): Promise<void>;
 }
 
-export async function startPageServer(dir: string, name: string): Promise<PageServerHandle> {
+export async function startPageServer(
+  dir: string,
+  name: string,
+  listen = "127.0.0.1:0",
+): Promise<PageServerHandle> {
   const host = new PageHost({ runRoot: join(dir, name), log: silentLogger });
   await host.open();
   const grpc = await startGrpcServer({
     serviceName: name,
-    listen: "127.0.0.1:0",
+    listen,
     services: [pageService(host)],
     log: silentLogger,
   });
@@ -50,7 +54,7 @@ export async function startControlPlane(
   store: Store,
   executor?: ExecutorOptions,
 ): Promise<ControlPlaneHandle> {
-  const cp = new ControlPlane(store, { reachMs: 1500, executor });
+  const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200 });
   const grpc = await startGrpcServer({
     serviceName: "control-plane",
     listen: "127.0.0.1:0",

@@ -1,7 +1,12 @@
 // The migrate command's progress line: state, memory, the disk's blocks and how they came.
 import * as assert from "uvu/assert";
 import { Migration } from "../../gen/vmhop/v1/control.js";
-import { formatProgress } from "../../services/control-plane/progress.js";
+import {
+  diskEtaSeconds,
+  diskSample,
+  formatDuration,
+  formatProgress,
+} from "../../services/control-plane/progress.js";
 import { test } from "../helpers/uvu.js";
 
 const base = Migration.fromPartial({
@@ -64,6 +69,42 @@ test("the address part: moving, skipped with its reason, failed with its reason"
   assert.is(
     formatProgress({ ...base, network: { ...net, state: "failed", reason: "SwitchOver: gone" } }, 2_000),
     "m-7 vm1 a → b: relocating; address failed sa → sb (SwitchOver: gone); 1.0 s",
+  );
+});
+
+const disk = (blocksLocal: number) => ({
+  destinationExport: "disk0",
+  sourceUrl: "nbd://a/disk0",
+  blocksTotal: 1000,
+  blocksLocal,
+  bytesFetchedOnDemand: 0,
+  bytesFetchedBackground: blocksLocal << 16,
+  promoted: false,
+});
+
+test("ETA from the disk copy's average rate since the first sample, on the records' own clock", () => {
+  const first = { ...base, state: "switched", updatedUnixMs: 10_000, disk: disk(100) };
+  const since = diskSample(first);
+  assert.equal(since, { atMs: 10_000, blocksLocal: 100 });
+  // No rate from one sample.
+  assert.is(diskEtaSeconds(first, since), undefined);
+  // 300 blocks in 3 s: 600 left take 6 s.
+  const later = { ...base, updatedUnixMs: 13_000, disk: disk(400) };
+  assert.is(diskEtaSeconds(later, since), 6);
+  assert.match(
+    formatProgress(later, 13_000, since),
+    /disk 400\/1000 blocks local \(40\.0%\), 0\.0 MiB on demand, 25\.0 MiB background, ETA 6 s;/,
+  );
+  // Done, or no disk moving: no ETA.
+  assert.is(diskEtaSeconds({ ...later, disk: disk(1000) }, since), undefined);
+  assert.is(diskSample(base), undefined);
+  assert.not.match(formatProgress(base, 2_000, since), /ETA/);
+});
+
+test("durations read as seconds, minutes or hours", () => {
+  assert.equal(
+    [formatDuration(0.4), formatDuration(42), formatDuration(185), formatDuration(3725)],
+    ["0 s", "42 s", "3 min 05 s", "1 h 02 min"],
   );
 });
 

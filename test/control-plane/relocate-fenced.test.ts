@@ -55,7 +55,7 @@ t(
         s.client.createExport(
           {
             name: "disk0",
-            source: { $case: "target", value: { imagePath } },
+            source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
             readOnly: false,
             description: "",
             fencingToken: 0,

@@ -32,6 +32,35 @@ async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp):
   assert.unreachable(`expected ${grpc.status[code]}`);
 }
 
+/**
+ * The store, with the first write of each migration record held for `ms`: a control-plane slow
+ * between recording a migration and claiming its request_id and VM.
+ */
+function slowMigrationWrites(store: Store, ms: number): Store {
+  const seen = new Set<string>();
+  const hold = async (key: string) => {
+    if (!key.startsWith(KEYS.migrationPrefix) || seen.has(key)) return;
+    seen.add(key);
+    await new Promise((r) => setTimeout(r, ms));
+  };
+  return new Proxy(store, {
+    get(target, p) {
+      if (p === "set")
+        return async (k: string, ...rest: unknown[]) => {
+          await hold(k);
+          return (target.set as (...a: unknown[]) => unknown)(k, ...rest);
+        };
+      if (p === "compareAndSet")
+        return async (k: string, ...rest: unknown[]) => {
+          await hold(k);
+          return (target.compareAndSet as (...a: unknown[]) => unknown)(k, ...rest);
+        };
+      const v = Reflect.get(target, p);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
+
 const plantedVm = (vmId: string, hostId: string, migrationId = ""): VmRecord => ({
   vm_id: vmId,
   spec: { vmId, vcpus: 1, memoryMib: 64, kernelPath: "/nonexistent/vmlinux" },
@@ -40,12 +69,17 @@ const plantedVm = (vmId: string, hostId: string, migrationId = ""): VmRecord => 
   fencing_token: migrationId ? 1 : 0,
 });
 
-const plantedMigration = (id: string, vmId: string, state: MigrationRecord["state"]): MigrationRecord => ({
+const plantedMigration = (
+  id: string,
+  vmId: string,
+  state: MigrationRecord["state"],
+  destination = "b",
+): MigrationRecord => ({
   migration_id: id,
   request_id: "",
   vm_id: vmId,
   source_host_id: "a",
-  destination_host_id: "b",
+  destination_host_id: destination,
   mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
   state,
   fencing_token: 1,
@@ -54,6 +88,8 @@ const plantedMigration = (id: string, vmId: string, state: MigrationRecord["stat
   downtime_ms: 0,
   created_unix_ms: Date.now(),
   updated_unix_ms: Date.now(),
+  // As the executor records them: when each state it passed was entered.
+  entered_unix_ms: { pending: Date.now(), [state]: Date.now() },
 });
 
 async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
@@ -142,7 +178,20 @@ function storeSuite(kind: "memory" | "redis") {
     };
     await rejects(c.createVm(spec, "nope"), grpc.status.NOT_FOUND, /unknown host nope/);
     await rejects(c.createVm(spec, "c"), grpc.status.FAILED_PRECONDITION, /host c is asleep/);
+    await rejects(
+      c.createVm(spec, "a", undefined, { source: { $case: "sizeBytes", value: 1 << 20 } }),
+      grpc.status.FAILED_PRECONDITION,
+      /host a has no block-server registered: a disk cannot be created there/,
+    );
+    await rejects(
+      c.createVm({ ...spec, diskNbdUrl: "nbd://127.0.0.1:1/x" }, "a", undefined, {
+        source: { $case: "sizeBytes", value: 1 << 20 },
+      }),
+      grpc.status.INVALID_ARGUMENT,
+      /either as spec.disk_nbd_url \(an existing export\) or as disk \(a new one\), not both/,
+    );
     await rejects(c.getVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
+    await rejects(c.deleteVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
     await rejects(
       c.migrateVm({ vmId: "ghost", destinationHostId: "b", mode: 0, requestId: "" }),
       grpc.status.NOT_FOUND,
@@ -198,6 +247,28 @@ function storeSuite(kind: "memory" | "redis") {
     );
   });
 
+  test("concurrent MigrateVm calls with one request_id answer the same migration, however slow the first", async () => {
+    // The first call records its migration slowly (longer than a retry would wait for it).
+    const slow = await startControlPlane(slowMigrationWrites(store, 6000));
+    try {
+      const req = { vmId: "v1", destinationHostId: "b", mode: 0, requestId: "r-slow" };
+      const first = slow.client.migrateVm(req);
+      await new Promise((r) => setTimeout(r, 200));
+      const [a1, a2] = await Promise.all([first, slow.client.migrateVm(req)]);
+      assert.is(a1.migrationId, a2.migrationId);
+      const end = await cp.client.waitForMigration(a1.migrationId);
+      assert.is(end.requestId, "r-slow");
+      assert.equal(
+        (await cp.client.listMigrations("v1")).filter((m) => m.requestId === "r-slow").length,
+        1,
+        "one migration for the request_id",
+      );
+    } finally {
+      await slow.close();
+    }
+    assert.is((await cp.client.getVm("v1")).migrationId, "");
+  });
+
   test("one migration per VM: a VM held by a running migration is refused", async () => {
     // As another control-plane's migration leaves it mid-way.
     await store.set(KEYS.migration("m-900"), JSON.stringify(plantedMigration("m-900", "v1", "migrating")));
@@ -206,6 +277,19 @@ function storeSuite(kind: "memory" | "redis") {
       cp.client.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "" }),
       grpc.status.FAILED_PRECONDITION,
       /VM v1 is already migrating \(m-900\): one migration per VM at a time/,
+    );
+    // Nor can it be deleted meanwhile, nor a VM still being created.
+    await rejects(
+      cp.client.deleteVm("v1"),
+      grpc.status.FAILED_PRECONDITION,
+      /VM v1 is migrating \(m-900, migrating\): delete it once the migration ended/,
+    );
+    assert.is((await cp.client.getVm("v1")).migrationId, "m-900");
+    await store.set(KEYS.vm("v11"), JSON.stringify(plantedVm("v11", "a", "create")));
+    await rejects(
+      cp.client.deleteVm("v11"),
+      grpc.status.FAILED_PRECONDITION,
+      /VM v11 is still being created/,
     );
   });
 
@@ -219,8 +303,11 @@ function storeSuite(kind: "memory" | "redis") {
     await store.set(KEYS.vm("v4"), JSON.stringify(plantedVm("v4", "a", "m-999")));
     // A crash during CreateVm: the "create" hold of a VM its page-server never started.
     await store.set(KEYS.vm("v5"), JSON.stringify(plantedVm("v5", "a", "create")));
-    // A crash between claiming a request_id and writing its migration record.
+    // A crash between claiming a request_id and writing its migration record (older versions).
     await store.set(KEYS.request("r-orphan"), "m-998");
+    // A crash between writing a migration record and claiming its VM: it holds nothing.
+    await store.set(KEYS.migration("m-905"), JSON.stringify(plantedMigration("m-905", "v7", "pending")));
+    await store.set(KEYS.vm("v7"), JSON.stringify(plantedVm("v7", "a")));
     await cp.close();
     if (kind === "redis") {
       await store.close();
@@ -245,6 +332,16 @@ function storeSuite(kind: "memory" | "redis") {
       m901.error,
       /restarted while preparing the destination; nothing was sent and the VM stays at the source/,
     );
+    const m905 = await end("m-905");
+    assert.is(m905.state, "failed");
+    assert.match(
+      m905.error,
+      /MigrateVm stopped before it claimed VM v7 \(a control-plane restart\): nothing was done/,
+    );
+    assert.equal([(await c.getVm("v7")).migrationId, (await c.getVm("v7")).fencingToken], ["", 0]);
+    await until("v11's interrupted create undone", () =>
+      store.get(KEYS.vm("v11")).then((v) => (v === null ? true : undefined)),
+    );
     for (const v of ["v1", "v2", "v3", "v4"]) {
       const vm = await c.getVm(v);
       assert.equal([vm.hostId, vm.migrationId], ["a", ""], v);
@@ -260,6 +357,70 @@ function storeSuite(kind: "memory" | "redis") {
       states.filter((s) => s !== "failed"),
       ["cancelled"],
     );
+    // A VM that is not on its page-server any more is deleted all the same.
+    await c.deleteVm("v4");
+    await rejects(c.getVm("v4"), grpc.status.NOT_FOUND, /unknown VM v4/);
+    // Created again under its id (fence 0, as CreateVm records it): its next migration's token
+    // is above every token the deleted one showed hosts, which keep the highest they saw.
+    await store.set(KEYS.vm("v4"), JSON.stringify(plantedVm("v4", "a")));
+    const reborn = await c.migrateVm({ vmId: "v4", destinationHostId: "b", mode: 0, requestId: "" });
+    assert.ok(
+      reborn.fencingToken > fresh.fencingToken,
+      `token ${reborn.fencingToken} after ${fresh.fencingToken}`,
+    );
+    await end(reborn.migrationId);
+  });
+
+  test("a restart while a host does not answer: completing asks again, holds wait for it, a VM past its switch stays held", async () => {
+    const port = await freePort();
+    await cp.client.registerHost(host("late", `127.0.0.1:${port}`));
+    // Memory complete, the registry not yet moved; the destination's page-server is down.
+    await store.set(
+      KEYS.migration("m-903"),
+      JSON.stringify(plantedMigration("m-903", "v6", "completing", "late")),
+    );
+    await store.set(KEYS.vm("v6"), JSON.stringify(plantedVm("v6", "a", "m-903")));
+    // A CreateVm on that host interrupted by a crash.
+    await store.set(KEYS.vm("v8"), JSON.stringify(plantedVm("v8", "late", "create")));
+    // A DeleteVm interrupted by a crash (its page-server answers).
+    await store.set(KEYS.vm("v10"), JSON.stringify(plantedVm("v10", "a", "delete")));
+    await cp.close();
+    cp = await startControlPlane(store);
+    const c = cp.client;
+    await until("v10's interrupted delete finished", () =>
+      store.get(KEYS.vm("v10")).then((v) => (v === null ? true : undefined)),
+    );
+    // Whether v8 runs is unknown until its host answers: it stays held.
+    assert.is(JSON.parse((await store.get(KEYS.vm("v8")))!).migration_id, "create");
+    assert.is((await c.getMigration("m-903")).state, "completing");
+    const late = await startPageServer(dir.path, `${kind}-late`, `127.0.0.1:${port}`);
+    try {
+      const m903 = await until("m-903 final", async () => {
+        const m = await c.getMigration("m-903");
+        return m.state === "completing" ? undefined : m;
+      });
+      // Asked again until the destination answered (that it does not know the VM).
+      assert.is(m903.state, "failed");
+      assert.match(m903.error, /no VM v6 on this host/);
+      await until("v8's interrupted create undone", () =>
+        store.get(KEYS.vm("v8")).then((v) => (v === null ? true : undefined)),
+      );
+      // Past the switch-over the VM stays held, also across a restart: a person decides.
+      assert.is((await c.getVm("v6")).migrationId, "m-903");
+      await cp.close();
+      cp = await startControlPlane(store);
+      assert.is((await cp.client.getVm("v6")).migrationId, "m-903");
+      await rejects(
+        cp.client.migrateVm({ vmId: "v6", destinationHostId: "b", mode: 0, requestId: "" }),
+        grpc.status.FAILED_PRECONDITION,
+        /VM v6 is already migrating \(m-903\)/,
+      );
+      // DeleteVm is the way out once its migration ended.
+      await cp.client.deleteVm("v6");
+      await rejects(cp.client.getVm("v6"), grpc.status.NOT_FOUND, /unknown VM v6/);
+    } finally {
+      await late.close();
+    }
   });
 
   return test;

@@ -107,7 +107,7 @@ t.before(async () => {
   const blocks = new BlockServiceClient(bed.sites[0].blockAddress, grpc.credentials.createInsecure());
   await call(blocks.createExport.bind(blocks), {
     name: "disk0",
-    source: { $case: "target", value: { imagePath: image } },
+    source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
     readOnly: false,
     description: "",
     fencingToken: 0,

@@ -150,7 +150,7 @@ t(
     const c = new BlockServiceClient(b.grpc, grpc.credentials.createInsecure());
     await call(c.createExport.bind(c), {
       name: "disk0",
-      source: { $case: "target", value: { imagePath: other } },
+      source: { $case: "target", value: { imagePath: other, sizeBytes: 0 } },
       readOnly: false,
       description: "",
       fencingToken: 0,

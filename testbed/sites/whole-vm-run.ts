@@ -151,7 +151,7 @@ export async function startTestVm(bed: SitesBed, o: WholeVmOptions = {}): Promis
   await withBlock(a.blockAddress, (c) =>
     call(c.createExport.bind(c), {
       name: VM_ID,
-      source: { $case: "target", value: { imagePath: image } },
+      source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
       readOnly: false,
       description: `disk of ${VM_ID}`,
       fencingToken: 0,

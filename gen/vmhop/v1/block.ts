@@ -149,6 +149,12 @@ export interface Export {
 
 export interface TargetSource {
   imagePath: string;
+  /**
+   * Non-zero: the block-server creates a new empty (sparse) image of this size, at image_path
+   * or, without one, in its cache directory (NAME.img), refusing a file that exists; an image
+   * it created is deleted with the export.
+   */
+  sizeBytes: number;
 }
 
 export interface ProxySource {
@@ -565,13 +571,16 @@ export const Export: MessageFns<Export> = {
 };
 
 function createBaseTargetSource(): TargetSource {
-  return { imagePath: "" };
+  return { imagePath: "", sizeBytes: 0 };
 }
 
 export const TargetSource: MessageFns<TargetSource> = {
   encode(message: TargetSource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.imagePath !== "") {
       writer.uint32(10).string(message.imagePath);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(16).uint64(message.sizeBytes);
     }
     return writer;
   },
@@ -597,6 +606,14 @@ export const TargetSource: MessageFns<TargetSource> = {
             message.imagePath = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -616,6 +633,11 @@ export const TargetSource: MessageFns<TargetSource> = {
         : isSet(object.image_path)
         ? globalThis.String(object.image_path)
         : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
     };
   },
 
@@ -623,6 +645,9 @@ export const TargetSource: MessageFns<TargetSource> = {
     const obj: any = {};
     if (message.imagePath !== "") {
       obj.imagePath = message.imagePath;
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
     }
     return obj;
   },
@@ -633,6 +658,7 @@ export const TargetSource: MessageFns<TargetSource> = {
   fromPartial<I extends Exact<DeepPartial<TargetSource>, I>>(object: I): TargetSource {
     const message = createBaseTargetSource();
     message.imagePath = object.imagePath ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
     return message;
   },
 };

@@ -118,13 +118,41 @@ export interface VmNetwork {
 }
 
 export interface CreateVmRequest {
+  /** spec.disk_nbd_url names an existing export; leave it empty when `disk` is set. */
   spec: VmSpec | undefined;
   hostId: string;
   /**
    * Optional; with addresses and netreach configured the VM is placed in netreach at its
    * host's site.
    */
-  network: VmNetwork | undefined;
+  network:
+    | VmNetwork
+    | undefined;
+  /**
+   * A disk the control-plane creates on the host's block-server (export named after the VM;
+   * the spec's disk_nbd_url then points at the host's block_nbd_address). Removed again when
+   * the VM cannot be started, and by DeleteVm.
+   */
+  disk: VmDisk | undefined;
+}
+
+/** A new disk export for a VM, on its host's block-server. */
+export interface VmDisk {
+  source:
+    | //
+    /** An image file on the host, served in place (writes go to it; DeleteVm keeps the file). */
+    { $case: "imagePath"; value: string }
+    | //
+    /** A new empty image of this many bytes, created by the block-server (deleted with the export). */
+    { $case: "sizeBytes"; value: number }
+    | undefined;
+}
+
+export interface DeleteVmRequest {
+  vmId: string;
+}
+
+export interface DeleteVmResponse {
 }
 
 export interface CreateVmResponse {
@@ -986,7 +1014,7 @@ export const VmNetwork: MessageFns<VmNetwork> = {
 };
 
 function createBaseCreateVmRequest(): CreateVmRequest {
-  return { spec: undefined, hostId: "", network: undefined };
+  return { spec: undefined, hostId: "", network: undefined, disk: undefined };
 }
 
 export const CreateVmRequest: MessageFns<CreateVmRequest> = {
@@ -999,6 +1027,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     }
     if (message.network !== undefined) {
       VmNetwork.encode(message.network, writer.uint32(26).fork()).join();
+    }
+    if (message.disk !== undefined) {
+      VmDisk.encode(message.disk, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1040,6 +1071,14 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
             message.network = VmNetwork.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.disk = VmDisk.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1061,6 +1100,7 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
         ? globalThis.String(object.host_id)
         : "",
       network: isSet(object.network) ? VmNetwork.fromJSON(object.network) : undefined,
+      disk: isSet(object.disk) ? VmDisk.fromJSON(object.disk) : undefined,
     };
   },
 
@@ -1075,6 +1115,9 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     if (message.network !== undefined) {
       obj.network = VmNetwork.toJSON(message.network);
     }
+    if (message.disk !== undefined) {
+      obj.disk = VmDisk.toJSON(message.disk);
+    }
     return obj;
   },
 
@@ -1088,6 +1131,237 @@ export const CreateVmRequest: MessageFns<CreateVmRequest> = {
     message.network = (object.network !== undefined && object.network !== null)
       ? VmNetwork.fromPartial(object.network)
       : undefined;
+    message.disk = (object.disk !== undefined && object.disk !== null) ? VmDisk.fromPartial(object.disk) : undefined;
+    return message;
+  },
+};
+
+function createBaseVmDisk(): VmDisk {
+  return { source: undefined };
+}
+
+export const VmDisk: MessageFns<VmDisk> = {
+  encode(message: VmDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.source?.$case) {
+      case "imagePath":
+        writer.uint32(10).string(message.source.value);
+        break;
+      case "sizeBytes":
+        writer.uint32(16).uint64(message.source.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VmDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVmDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = { $case: "imagePath", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.source = { $case: "sizeBytes", value: longToNumber(reader.uint64()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VmDisk {
+    return {
+      source: isSet(object.imagePath)
+        ? { $case: "imagePath", value: globalThis.String(object.imagePath) }
+        : isSet(object.image_path)
+        ? { $case: "imagePath", value: globalThis.String(object.image_path) }
+        : isSet(object.sizeBytes)
+        ? { $case: "sizeBytes", value: globalThis.Number(object.sizeBytes) }
+        : isSet(object.size_bytes)
+        ? { $case: "sizeBytes", value: globalThis.Number(object.size_bytes) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: VmDisk): unknown {
+    const obj: any = {};
+    if (message.source?.$case === "imagePath") {
+      obj.imagePath = message.source.value;
+    } else if (message.source?.$case === "sizeBytes") {
+      obj.sizeBytes = Math.round(message.source.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VmDisk>, I>>(base?: I): VmDisk {
+    return VmDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VmDisk>, I>>(object: I): VmDisk {
+    const message = createBaseVmDisk();
+    switch (object.source?.$case) {
+      case "imagePath": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "imagePath", value: object.source.value };
+        }
+        break;
+      }
+      case "sizeBytes": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "sizeBytes", value: object.source.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseDeleteVmRequest(): DeleteVmRequest {
+  return { vmId: "" };
+}
+
+export const DeleteVmRequest: MessageFns<DeleteVmRequest> = {
+  encode(message: DeleteVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteVmRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DeleteVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteVmRequest>, I>>(base?: I): DeleteVmRequest {
+    return DeleteVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteVmRequest>, I>>(object: I): DeleteVmRequest {
+    const message = createBaseDeleteVmRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteVmResponse(): DeleteVmResponse {
+  return {};
+}
+
+export const DeleteVmResponse: MessageFns<DeleteVmResponse> = {
+  encode(_: DeleteVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteVmResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteVmResponse>, I>>(base?: I): DeleteVmResponse {
+    return DeleteVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteVmResponse>, I>>(_: I): DeleteVmResponse {
+    const message = createBaseDeleteVmResponse();
     return message;
   },
 };
@@ -3500,7 +3774,10 @@ export const ControlPlaneServiceService = {
       Buffer.from(SetHostAsleepResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetHostAsleepResponse => SetHostAsleepResponse.decode(value),
   },
-  /** Defines and starts the VM on the host's page-server. */
+  /**
+   * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's
+   * disk export on the host's block-server.
+   */
   createVm: {
     path: "/vmhop.v1.ControlPlaneService/CreateVm" as const,
     requestStream: false as const,
@@ -3509,6 +3786,19 @@ export const ControlPlaneServiceService = {
     requestDeserialize: (value: Buffer): CreateVmRequest => CreateVmRequest.decode(value),
     responseSerialize: (value: CreateVmResponse): Buffer => Buffer.from(CreateVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateVmResponse => CreateVmResponse.decode(value),
+  },
+  /**
+   * Stops and forgets the VM on its page-server, removes the disk export CreateVm created for
+   * it, and deletes its record. FAILED_PRECONDITION while a migration of the VM runs.
+   */
+  deleteVm: {
+    path: "/vmhop.v1.ControlPlaneService/DeleteVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteVmRequest): Buffer => Buffer.from(DeleteVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteVmRequest => DeleteVmRequest.decode(value),
+    responseSerialize: (value: DeleteVmResponse): Buffer => Buffer.from(DeleteVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteVmResponse => DeleteVmResponse.decode(value),
   },
   getVm: {
     path: "/vmhop.v1.ControlPlaneService/GetVm" as const,
@@ -3599,8 +3889,16 @@ export interface ControlPlaneServiceServer extends UntypedServiceImplementation 
    * a host is refused while VMs are still on it. An asleep host takes no new VMs.
    */
   setHostAsleep: handleUnaryCall<SetHostAsleepRequest, SetHostAsleepResponse>;
-  /** Defines and starts the VM on the host's page-server. */
+  /**
+   * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's
+   * disk export on the host's block-server.
+   */
   createVm: handleUnaryCall<CreateVmRequest, CreateVmResponse>;
+  /**
+   * Stops and forgets the VM on its page-server, removes the disk export CreateVm created for
+   * it, and deletes its record. FAILED_PRECONDITION while a migration of the VM runs.
+   */
+  deleteVm: handleUnaryCall<DeleteVmRequest, DeleteVmResponse>;
   getVm: handleUnaryCall<GetVmRequest, GetVmResponse>;
   listVms: handleUnaryCall<ListVmsRequest, ListVmsResponse>;
   /**
@@ -3669,7 +3967,10 @@ export interface ControlPlaneServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetHostAsleepResponse) => void,
   ): ClientUnaryCall;
-  /** Defines and starts the VM on the host's page-server. */
+  /**
+   * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's
+   * disk export on the host's block-server.
+   */
   createVm(
     request: CreateVmRequest,
     callback: (error: ServiceError | null, response: CreateVmResponse) => void,
@@ -3684,6 +3985,25 @@ export interface ControlPlaneServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Stops and forgets the VM on its page-server, removes the disk export CreateVm created for
+   * it, and deletes its record. FAILED_PRECONDITION while a migration of the VM runs.
+   */
+  deleteVm(
+    request: DeleteVmRequest,
+    callback: (error: ServiceError | null, response: DeleteVmResponse) => void,
+  ): ClientUnaryCall;
+  deleteVm(
+    request: DeleteVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteVmResponse) => void,
+  ): ClientUnaryCall;
+  deleteVm(
+    request: DeleteVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteVmResponse) => void,
   ): ClientUnaryCall;
   getVm(
     request: GetVmRequest,

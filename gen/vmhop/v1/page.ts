@@ -380,6 +380,13 @@ export interface InspectVmResponse {
   vm: Vm | undefined;
 }
 
+export interface UndefineVmRequest {
+  vmId: string;
+}
+
+export interface UndefineVmResponse {
+}
+
 export interface ListHostVmsRequest {
 }
 
@@ -1721,6 +1728,131 @@ export const InspectVmResponse: MessageFns<InspectVmResponse> = {
   },
 };
 
+function createBaseUndefineVmRequest(): UndefineVmRequest {
+  return { vmId: "" };
+}
+
+export const UndefineVmRequest: MessageFns<UndefineVmRequest> = {
+  encode(message: UndefineVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UndefineVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUndefineVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UndefineVmRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: UndefineVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UndefineVmRequest>, I>>(base?: I): UndefineVmRequest {
+    return UndefineVmRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UndefineVmRequest>, I>>(object: I): UndefineVmRequest {
+    const message = createBaseUndefineVmRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseUndefineVmResponse(): UndefineVmResponse {
+  return {};
+}
+
+export const UndefineVmResponse: MessageFns<UndefineVmResponse> = {
+  encode(_: UndefineVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UndefineVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUndefineVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UndefineVmResponse {
+    return {};
+  },
+
+  toJSON(_: UndefineVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UndefineVmResponse>, I>>(base?: I): UndefineVmResponse {
+    return UndefineVmResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UndefineVmResponse>, I>>(_: I): UndefineVmResponse {
+    const message = createBaseUndefineVmResponse();
+    return message;
+  },
+};
+
 function createBaseListHostVmsRequest(): ListHostVmsRequest {
   return {};
 }
@@ -2910,6 +3042,19 @@ export const PageServiceService = {
     responseSerialize: (value: InspectVmResponse): Buffer => Buffer.from(InspectVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): InspectVmResponse => InspectVmResponse.decode(value),
   },
+  /**
+   * Forgets a VM that is not running (defined, stopped or crashed): it is no longer listed,
+   * and a restarted page-server does not adopt it again. FAILED_PRECONDITION while it runs.
+   */
+  undefineVm: {
+    path: "/vmhop.v1.PageService/UndefineVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UndefineVmRequest): Buffer => Buffer.from(UndefineVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UndefineVmRequest => UndefineVmRequest.decode(value),
+    responseSerialize: (value: UndefineVmResponse): Buffer => Buffer.from(UndefineVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UndefineVmResponse => UndefineVmResponse.decode(value),
+  },
   listHostVms: {
     path: "/vmhop.v1.PageService/ListHostVms" as const,
     requestStream: false as const,
@@ -2980,6 +3125,11 @@ export interface PageServiceServer extends UntypedServiceImplementation {
   pauseVm: handleUnaryCall<PauseVmRequest, PauseVmResponse>;
   resumeVm: handleUnaryCall<ResumeVmRequest, ResumeVmResponse>;
   inspectVm: handleUnaryCall<InspectVmRequest, InspectVmResponse>;
+  /**
+   * Forgets a VM that is not running (defined, stopped or crashed): it is no longer listed,
+   * and a restarted page-server does not adopt it again. FAILED_PRECONDITION while it runs.
+   */
+  undefineVm: handleUnaryCall<UndefineVmRequest, UndefineVmResponse>;
   listHostVms: handleUnaryCall<ListHostVmsRequest, ListHostVmsResponse>;
   /**
    * Destination: start QEMU paused, waiting for an incoming migration; returns the
@@ -3085,6 +3235,25 @@ export interface PageServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: InspectVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Forgets a VM that is not running (defined, stopped or crashed): it is no longer listed,
+   * and a restarted page-server does not adopt it again. FAILED_PRECONDITION while it runs.
+   */
+  undefineVm(
+    request: UndefineVmRequest,
+    callback: (error: ServiceError | null, response: UndefineVmResponse) => void,
+  ): ClientUnaryCall;
+  undefineVm(
+    request: UndefineVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UndefineVmResponse) => void,
+  ): ClientUnaryCall;
+  undefineVm(
+    request: UndefineVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UndefineVmResponse) => void,
   ): ClientUnaryCall;
   listHostVms(
     request: ListHostVmsRequest,

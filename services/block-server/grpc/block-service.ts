@@ -67,7 +67,7 @@ export function blockService(bs: BlockServer): ServiceRegistration {
             description: req.description,
             readOnly: req.readOnly,
             fencingToken: req.fencingToken,
-            source: { mode: "target", imagePath: src.value.imagePath },
+            source: { mode: "target", imagePath: src.value.imagePath, sizeBytes: src.value.sizeBytes },
           };
         } else if (src?.$case === "proxy") {
           const p = src.value;

@@ -39,6 +39,10 @@ export function pageService(host: PageHost): ServiceRegistration {
       await host.stop(req.vmId, req.force, req.fencingToken);
       return view(req.vmId);
     }),
+    undefineVm: wrap(async (req: { vmId: string }) => {
+      host.undefine(req.vmId);
+      return {};
+    }),
     pauseVm: wrap(async (req: { vmId: string }) => {
       await host.get(req.vmId).pause();
       return view(req.vmId);
