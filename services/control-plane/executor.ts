@@ -198,11 +198,12 @@ export class Executor {
     let chain: Promise<unknown> = Promise.resolve();
     let switched = m.state === "switched";
     let lastBytes = -1;
+    let lastRemaining = -1;
     const onUpdate = (u: WatchMigrationResponse) => {
       const switchNow = !switched && u.phase === MigrationPhase.MIGRATION_PHASE_POSTCOPY;
       if (switchNow) switched = true;
-      const progress = { bytes_sent: u.bytesSent, downtime_ms: u.downtimeMs };
-      const changed = u.bytesSent !== lastBytes;
+      const progress = memoryProgress(u);
+      const changed = u.bytesSent !== lastBytes || u.bytesRemaining !== lastRemaining;
       chain = chain.then(async () => {
         if (switchNow) {
           // The address follows at once: its switch-over decides how long the VM is unreachable.
@@ -217,6 +218,7 @@ export class Executor {
       });
       chain.catch(() => {}); // observed when awaited below; no unhandled rejection meanwhile
       lastBytes = u.bytesSent;
+      lastRemaining = u.bytesRemaining;
     };
     let last: WatchMigrationResponse;
     try {
@@ -241,7 +243,11 @@ export class Executor {
       );
     if (last.phase !== MigrationPhase.MIGRATION_PHASE_COMPLETED)
       throw new Error(`page-server migration ended in ${MigrationPhase[last.phase]}`);
-    await this.step(m.migration_id, "complete", { bytes_sent: last.bytesSent, downtime_ms: last.downtimeMs });
+    // What the switch-over cost: the destination counted what arrived before its VM resumed.
+    const atDst = await dst.peekMigration(m.migration_id).catch(() => undefined);
+    const progress = memoryProgress(last);
+    progress.memory.bytes_before_resume = atDst?.bytesBeforeResume;
+    await this.step(m.migration_id, "complete", progress);
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
     if (!switched) await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
   }
@@ -454,3 +460,14 @@ function isTransient(err: unknown): boolean {
 
 class ShutdownError extends Error {}
 class ReleasedError extends Error {}
+
+/** A page-server's view of the memory stream as the record keeps it. */
+function memoryProgress(
+  u: WatchMigrationResponse,
+): Required<Pick<ProgressPatch, "bytes_sent" | "downtime_ms" | "memory">> {
+  return {
+    bytes_sent: u.bytesSent,
+    downtime_ms: u.downtimeMs,
+    memory: { bytes_remaining: u.bytesRemaining, pages_requested_on_fault: u.pagesRequestedOnFault },
+  };
+}

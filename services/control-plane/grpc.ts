@@ -96,6 +96,13 @@ export function migrationToPb(m: MigrationRecord): Migration {
     bytesSent: m.bytes_sent,
     downtimeMs: m.downtime_ms,
     storage: m.storage ?? StorageMode.STORAGE_MODE_SHARED,
+    memory: m.memory
+      ? {
+          bytesRemaining: m.memory.bytes_remaining,
+          pagesRequestedOnFault: m.memory.pages_requested_on_fault,
+          bytesBeforeResume: m.memory.bytes_before_resume,
+        }
+      : undefined,
     disk: m.disk
       ? {
           destinationExport: m.disk.destination_export,

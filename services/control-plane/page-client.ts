@@ -144,6 +144,38 @@ export class PageServer {
    * last one. Rejects with a PeerError when the page-server does not know the migration
    * (NOT_FOUND) or the stream breaks.
    */
+  /** The page-server's current view of a migration (the first message of WatchMigration). */
+  peekMigration(migrationId: string): Promise<WatchMigrationResponse> {
+    return new Promise((resolve, reject) => {
+      const stream = this.client.watchMigration({ migrationId }, new grpc.Metadata(), {
+        deadline: Date.now() + 5000,
+      });
+      stream.once("data", (m: WatchMigrationResponse) => {
+        resolve(m);
+        stream.cancel();
+      });
+      stream.on("error", (err: grpc.ServiceError) => {
+        if (err.code !== grpc.status.CANCELLED)
+          reject(
+            new PeerError(
+              this.address,
+              err.code,
+              `page-server ${this.address}: WatchMigration: ${err.details || err.message}`,
+            ),
+          );
+      });
+      stream.on("end", () =>
+        reject(
+          new PeerError(
+            this.address,
+            grpc.status.UNAVAILABLE,
+            `page-server ${this.address}: WatchMigration ended without a message`,
+          ),
+        ),
+      );
+    });
+  }
+
   watchMigration(
     migrationId: string,
     onUpdate: (m: WatchMigrationResponse) => void,

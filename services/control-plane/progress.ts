@@ -3,6 +3,8 @@
 // The CLI prints it on each update (redrawn in place on a terminal).
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 
+const PAST_MEMORY = new Set(["completing", "relocating", "done", "failed", "cancelled"]);
+
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /** Where the disk copy stood at one record: the origin of the copy rate behind the ETA. */
@@ -41,7 +43,12 @@ export function diskEtaSeconds(m: Migration, since: DiskSample | undefined): num
 /** `since`: the first disk sample the caller saw (diskSample), for the ETA. */
 export function formatProgress(m: Migration, nowMs = Date.now(), since?: DiskSample): string {
   const parts = [`${m.migrationId} ${m.vmId} ${m.sourceHostId} → ${m.destinationHostId}: ${m.state}`];
-  if (m.bytesSent > 0) parts.push(`memory ${mib(m.bytesSent)} sent`);
+  if (m.bytesSent > 0) {
+    // Remaining while memory still moves (post-copy: what the VM may still fault on at the destination).
+    const left =
+      m.memory && m.memory.bytesRemaining > 0 && !PAST_MEMORY.has(m.state) ? m.memory.bytesRemaining : 0;
+    parts.push(`memory ${mib(m.bytesSent)} sent${left ? `, ${mib(left)} remaining` : ""}`);
+  }
   const d = m.disk;
   if (d && d.blocksTotal > 0) {
     const pct = ((100 * d.blocksLocal) / d.blocksTotal).toFixed(1);

@@ -82,6 +82,15 @@ export interface MigrationRecord {
   entered_unix_ms?: Partial<Record<MigrationState, number>>;
   /** The VM's address moving with it (absent in older records). */
   network?: NetworkRecord;
+  /** The memory stream's progress beside bytes_sent (absent in older records). */
+  memory?: MemoryRecord;
+}
+
+export interface MemoryRecord {
+  bytes_remaining: number;
+  pages_requested_on_fault: number;
+  /** Known once the destination resumed the VM over a relayed channel. */
+  bytes_before_resume?: number;
 }
 
 export interface DiskRecord {
@@ -129,7 +138,7 @@ export async function update<T>(store: Store, key: string, fn: (cur: T | null) =
  * fields land with it. Throws TransitionError when the record's state has no such edge (e.g.
  * it was cancelled meanwhile), so a stale driver step never overwrites a newer state.
  */
-export type ProgressPatch = Partial<Pick<MigrationRecord, "bytes_sent" | "downtime_ms" | "disk">>;
+export type ProgressPatch = Partial<Pick<MigrationRecord, "bytes_sent" | "downtime_ms" | "disk" | "memory">>;
 
 export async function transition(
   store: Store,

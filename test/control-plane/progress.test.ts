@@ -39,6 +39,16 @@ test("memory sent, disk blocks local with their sources, elapsed time", () => {
   );
 });
 
+test("memory still at the source while it moves, not once it is complete", () => {
+  const memory = { bytesRemaining: 24 << 20, pagesRequestedOnFault: 3, bytesBeforeResume: 0 };
+  const switched = { ...base, state: "switched", bytesSent: 40 << 20, memory };
+  assert.match(formatProgress(switched, 2_000), "switched; memory 40.0 MiB sent, 24.0 MiB remaining;");
+  assert.match(
+    formatProgress({ ...switched, state: "relocating" }, 2_000),
+    "relocating; memory 40.0 MiB sent;",
+  );
+});
+
 test("a failure says why; nothing about a disk that is not moving", () => {
   const line = formatProgress(
     { ...base, state: "failed", error: "block-server b: CreateExport: exists" },

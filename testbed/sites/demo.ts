@@ -170,6 +170,10 @@ function printReport(r: WholeVmResult, w: { delay: number; rate: number; diskMib
   const rows: [string, string][] = [
     ["migration", `${r.migration_id}: ${r.state}${r.error ? ` (${r.error})` : ""}`],
     ["switch-over", `${ms(r.switchover_ms)} after the request (VM running at the destination)`],
+    [
+      "before resume",
+      r.bytes_before_resume === null ? "n/a" : `${r.bytes_before_resume} bytes on the migration channel`,
+    ],
     ["memory complete", ms(r.total_ms)],
     ["disk local", `${ms(r.disk_local_ms)} (every block at the destination, export promoted)`],
     ["guest's longest stall", `${r.max_guest_gap_ms} ms (between two 100 ms heartbeats)`],
@@ -187,7 +191,7 @@ function printReport(r: WholeVmResult, w: { delay: number; rate: number; diskMib
     ["source disk unchanged", yes(r.source_disk_unchanged)],
     [
       "bytes",
-      `memory ${(r.memory_bytes_sent / 2 ** 20).toFixed(1)} MiB; disk ${(r.disk_bytes_on_demand / 2 ** 20).toFixed(1)} MiB on demand, ` +
+      `memory ${(r.memory_bytes_sent / 2 ** 20).toFixed(1)} MiB (${r.memory_pages_on_fault} pages on fault); disk ${(r.disk_bytes_on_demand / 2 ** 20).toFixed(1)} MiB on demand, ` +
         `${(r.disk_bytes_background / 2 ** 20).toFixed(1)} MiB background`,
     ],
   ];

@@ -67,6 +67,8 @@ export interface WholeVmResult {
   state: string;
   error: string;
   memory_bytes_sent: number;
+  /** Post-copy: pages the destination fetched on a fault. */
+  memory_pages_on_fault: number;
   disk_bytes_on_demand: number;
   disk_bytes_background: number;
   disk: DiskComparison;
@@ -345,7 +347,7 @@ async function migrate(
   return {
     migration_id: m.migrationId,
     switchover_ms: rel(e.switched),
-    bytes_before_resume: null,
+    bytes_before_resume: m.memory?.bytesBeforeResume ?? null,
     max_guest_gap_ms: Math.round(gap),
     total_ms: rel(e.completing),
     disk_local_ms: m.state === "done" ? rel(e.done) : null,
@@ -363,6 +365,7 @@ async function migrate(
     state: m.state,
     error: m.error,
     memory_bytes_sent: m.bytesSent,
+    memory_pages_on_fault: m.memory?.pagesRequestedOnFault ?? 0,
     disk_bytes_on_demand: m.disk?.bytesFetchedOnDemand ?? 0,
     disk_bytes_background: m.disk?.bytesFetchedBackground ?? 0,
     disk,

@@ -218,7 +218,22 @@ export interface DiskProgress {
   promoted: boolean;
 }
 
-/** The VM's address moving with it (netreach). */
+/**
+ * The VM's address moving with it (netreach).
+ * The memory stream as the page-servers report it (beside bytes_sent and downtime_ms).
+ */
+export interface MemoryProgress {
+  /** Still at the source (QEMU's count): for post-copy, what the destination may still fault on. */
+  bytesRemaining: number;
+  /** Post-copy: pages the destination requested on a fault (the rest came in the background). */
+  pagesRequestedOnFault: number;
+  /**
+   * Bytes the destination received before the VM resumed there (post-copy: the switch-over's
+   * cost); unset when unknown (the stream handed to QEMU, or not yet resumed).
+   */
+  bytesBeforeResume?: number | undefined;
+}
+
 export interface NetworkProgress {
   /** skipped, preparing, prepared, switching, switched, settled, rolled_back, failed. */
   state: string;
@@ -266,6 +281,7 @@ export interface Migration {
   /** When each state was entered (state name -> epoch ms): the migration's timeline. */
   enteredUnixMs: { [key: string]: number };
   network: NetworkProgress | undefined;
+  memory: MemoryProgress | undefined;
 }
 
 export interface Migration_EnteredUnixMsEntry {
@@ -2386,6 +2402,119 @@ export const DiskProgress: MessageFns<DiskProgress> = {
   },
 };
 
+function createBaseMemoryProgress(): MemoryProgress {
+  return { bytesRemaining: 0, pagesRequestedOnFault: 0, bytesBeforeResume: undefined };
+}
+
+export const MemoryProgress: MessageFns<MemoryProgress> = {
+  encode(message: MemoryProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bytesRemaining !== 0) {
+      writer.uint32(8).uint64(message.bytesRemaining);
+    }
+    if (message.pagesRequestedOnFault !== 0) {
+      writer.uint32(16).uint64(message.pagesRequestedOnFault);
+    }
+    if (message.bytesBeforeResume !== undefined) {
+      writer.uint32(24).uint64(message.bytesBeforeResume);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bytesRemaining = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pagesRequestedOnFault = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytesBeforeResume = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryProgress {
+    return {
+      bytesRemaining: isSet(object.bytesRemaining)
+        ? globalThis.Number(object.bytesRemaining)
+        : isSet(object.bytes_remaining)
+        ? globalThis.Number(object.bytes_remaining)
+        : 0,
+      pagesRequestedOnFault: isSet(object.pagesRequestedOnFault)
+        ? globalThis.Number(object.pagesRequestedOnFault)
+        : isSet(object.pages_requested_on_fault)
+        ? globalThis.Number(object.pages_requested_on_fault)
+        : 0,
+      bytesBeforeResume: isSet(object.bytesBeforeResume)
+        ? globalThis.Number(object.bytesBeforeResume)
+        : isSet(object.bytes_before_resume)
+        ? globalThis.Number(object.bytes_before_resume)
+        : undefined,
+    };
+  },
+
+  toJSON(message: MemoryProgress): unknown {
+    const obj: any = {};
+    if (message.bytesRemaining !== 0) {
+      obj.bytesRemaining = Math.round(message.bytesRemaining);
+    }
+    if (message.pagesRequestedOnFault !== 0) {
+      obj.pagesRequestedOnFault = Math.round(message.pagesRequestedOnFault);
+    }
+    if (message.bytesBeforeResume !== undefined) {
+      obj.bytesBeforeResume = Math.round(message.bytesBeforeResume);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryProgress>, I>>(base?: I): MemoryProgress {
+    return MemoryProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryProgress>, I>>(object: I): MemoryProgress {
+    const message = createBaseMemoryProgress();
+    message.bytesRemaining = object.bytesRemaining ?? 0;
+    message.pagesRequestedOnFault = object.pagesRequestedOnFault ?? 0;
+    message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
+    return message;
+  },
+};
+
 function createBaseNetworkProgress(): NetworkProgress {
   return {
     state: "",
@@ -2739,6 +2868,7 @@ function createBaseMigration(): Migration {
     disk: undefined,
     enteredUnixMs: {},
     network: undefined,
+    memory: undefined,
   };
 }
 
@@ -2794,6 +2924,9 @@ export const Migration: MessageFns<Migration> = {
     });
     if (message.network !== undefined) {
       NetworkProgress.encode(message.network, writer.uint32(138).fork()).join();
+    }
+    if (message.memory !== undefined) {
+      MemoryProgress.encode(message.memory, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -2950,6 +3083,14 @@ export const Migration: MessageFns<Migration> = {
             message.network = NetworkProgress.decode(reader, reader.uint32());
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.memory = MemoryProgress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3047,6 +3188,7 @@ export const Migration: MessageFns<Migration> = {
         )
         : {},
       network: isSet(object.network) ? NetworkProgress.fromJSON(object.network) : undefined,
+      memory: isSet(object.memory) ? MemoryProgress.fromJSON(object.memory) : undefined,
     };
   },
 
@@ -3109,6 +3251,9 @@ export const Migration: MessageFns<Migration> = {
     if (message.network !== undefined) {
       obj.network = NetworkProgress.toJSON(message.network);
     }
+    if (message.memory !== undefined) {
+      obj.memory = MemoryProgress.toJSON(message.memory);
+    }
     return obj;
   },
 
@@ -3145,6 +3290,9 @@ export const Migration: MessageFns<Migration> = {
     );
     message.network = (object.network !== undefined && object.network !== null)
       ? NetworkProgress.fromPartial(object.network)
+      : undefined;
+    message.memory = (object.memory !== undefined && object.memory !== null)
+      ? MemoryProgress.fromPartial(object.memory)
       : undefined;
     return message;
   },

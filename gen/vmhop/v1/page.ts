@@ -472,6 +472,11 @@ export interface WatchMigrationResponse {
   blocktimeMs: number;
   downtimeMs: number;
   error: string;
+  /**
+   * Destination, post-copy: migration-channel bytes received before the VM resumed there;
+   * unset before the resume and when the stream was handed to QEMU (no relay counts it).
+   */
+  bytesBeforeResume?: number | undefined;
 }
 
 function createBaseVmSpec(): VmSpec {
@@ -2777,6 +2782,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     blocktimeMs: 0,
     downtimeMs: 0,
     error: "",
+    bytesBeforeResume: undefined,
   };
 }
 
@@ -2805,6 +2811,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.error !== "") {
       writer.uint32(66).string(message.error);
+    }
+    if (message.bytesBeforeResume !== undefined) {
+      writer.uint32(72).uint64(message.bytesBeforeResume);
     }
     return writer;
   },
@@ -2886,6 +2895,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.error = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.bytesBeforeResume = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2932,6 +2949,11 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         ? globalThis.Number(object.downtime_ms)
         : 0,
       error: isSet(object.error) ? globalThis.String(object.error) : "",
+      bytesBeforeResume: isSet(object.bytesBeforeResume)
+        ? globalThis.Number(object.bytesBeforeResume)
+        : isSet(object.bytes_before_resume)
+        ? globalThis.Number(object.bytes_before_resume)
+        : undefined,
     };
   },
 
@@ -2961,6 +2983,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.error !== "") {
       obj.error = message.error;
     }
+    if (message.bytesBeforeResume !== undefined) {
+      obj.bytesBeforeResume = Math.round(message.bytesBeforeResume);
+    }
     return obj;
   },
 
@@ -2977,6 +3002,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     message.blocktimeMs = object.blocktimeMs ?? 0;
     message.downtimeMs = object.downtimeMs ?? 0;
     message.error = object.error ?? "";
+    message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
     return message;
   },
 };

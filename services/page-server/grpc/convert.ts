@@ -150,6 +150,7 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     blocktimeMs: p?.postcopyBlocktimeMs ?? 0,
     downtimeMs: p?.downtimeMs ?? 0,
     error: r.error ?? "",
+    bytesBeforeResume: r.bytesBeforeResume,
   };
 }
 
