@@ -110,7 +110,10 @@ export class ControlPlane {
     // A new VM with home addresses is placed in netreach at its host's site once QEMU runs.
     const place = (vm: VmRecord, host: HostRecord, undo: () => Promise<unknown>) =>
       hasAddresses(vm.network) && this.anchor ? this.placeAddress(vm, host, undo) : Promise.resolve();
-    this.vms = new VmLifecycle(store, this.pages, log, place, opts.repairRetryMs);
+    const unplace = async (vm: VmRecord) => {
+      if (this.anchor && vm.network) await this.anchor.deregister(vm.vm_id);
+    };
+    this.vms = new VmLifecycle(store, this.pages, log, place, unplace, opts.repairRetryMs);
   }
 
   /**

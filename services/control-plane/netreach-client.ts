@@ -86,6 +86,13 @@ export class NetreachAnchor {
     );
   }
 
+  /** The VM is gone: its site drops it, then its binding goes (none: nothing to do). */
+  async deregister(vmId: string): Promise<void> {
+    await this.call("DeregisterVm", (o, cb) =>
+      this.client.deregisterVm({ vmId }, new grpc.Metadata(), o, cb),
+    );
+  }
+
   async cancelNetwork(vmId: string, toSite: string): Promise<void> {
     await this.call("CancelNetwork", (o, cb) =>
       this.client.cancelNetwork({ vmId, toSite }, new grpc.Metadata(), o, cb),

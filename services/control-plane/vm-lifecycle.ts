@@ -50,6 +50,8 @@ export class VmLifecycle {
     private readonly log: Logger,
     /** Runs once the new VM runs (netreach placement); on failure it stops the VM (`undo`) and throws. */
     private readonly place: (vm: VmRecord, host: HostRecord, undo: () => Promise<unknown>) => Promise<void>,
+    /** Removes a deleted VM's addresses from netreach (nothing when it has none or there is no netreach). */
+    private readonly unplace: (vm: VmRecord) => Promise<void>,
     private readonly retryMs = 2000,
   ) {}
 
@@ -186,6 +188,7 @@ export class VmLifecycle {
    * it is fine), its own disk export removed, its record deleted.
    */
   private async deleteHeld(vm: VmRecord): Promise<void> {
+    await this.unplace(vm);
     for (const hostId of vm.deleting_on ?? [vm.host_id]) {
       const host = await readJson<HostRecord>(this.store, KEYS.host(hostId));
       if (!host) continue; // no longer registered: nothing to ask there

@@ -24,11 +24,12 @@ import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js"
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
-import { destroyStaleNetns, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, ip, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { HOME, VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
@@ -289,5 +290,27 @@ t(
     assertGuestClean(vm.vm!.serialLogPath);
   },
 );
+
+t("after the rollback, the move to s1 succeeds: the abandoned partial copy there was discarded", async () => {
+  const m = await bed.client.migrateVm({ vmId: VM.vmId, destinationHostId: "h1" });
+  const end = await waitFinal(m.migrationId);
+  assert.is(end.state, "done", end.error);
+  assert.is(end.network?.state, "settled", JSON.stringify(end.network));
+  assert.is((await binding())?.site, "s1");
+  for (const a of ADDRS) await answers(a);
+  assertGuestClean((await bed.client.getVm(VM.vmId)).vm!.serialLogPath);
+});
+
+t("DeleteVm: the VM stops, its binding and its site's routes go, its address no longer answers", async () => {
+  await bed.client.deleteVm(VM.vmId);
+  await rejectsWithStatus(bed.client.getVm(VM.vmId), grpc.status.NOT_FOUND, /unknown VM/);
+  assert.is(await binding(), undefined, "no binding left at the anchor");
+  for (const a of ADDRS) {
+    const s = summarisePings(await ping(a, 10).result);
+    assert.is(s.received, 0, `${a} still answers: ${JSON.stringify(s)}`);
+  }
+  const routes = await ip(bed.sites[0].ns, "-6", "route", "show", VM.homeIpv6[0]);
+  assert.is(routes.trim(), "", `s1 still routes ${VM.homeIpv6[0]}: ${routes}`);
+});
 
 t.run();

@@ -4489,6 +4489,10 @@ export const NetReachServiceService = {
     responseSerialize: (value: RegisterVmResponse): Buffer => Buffer.from(RegisterVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RegisterVmResponse => RegisterVmResponse.decode(value),
   },
+  /**
+   * The VM is gone: the site it is bound at drops it (its routes, the binding's refresh), then
+   * the binding goes. A site that does not answer fails the call before anything changed.
+   */
   deregisterVm: {
     path: "/vmhop.v1.NetReachService/DeregisterVm" as const,
     requestStream: false as const,
@@ -4641,6 +4645,10 @@ export const NetReachServiceService = {
 
 export interface NetReachServiceServer extends UntypedServiceImplementation {
   registerVm: handleUnaryCall<RegisterVmRequest, RegisterVmResponse>;
+  /**
+   * The VM is gone: the site it is bound at drops it (its routes, the binding's refresh), then
+   * the binding goes. A site that does not answer fails the call before anything changed.
+   */
   deregisterVm: handleUnaryCall<DeregisterVmRequest, DeregisterVmResponse>;
   /** Marks the VM as moving to a site (the data plane is unchanged until UpdateBinding). */
   prepareAttach: handleUnaryCall<PrepareAttachRequest, PrepareAttachResponse>;
@@ -4689,6 +4697,10 @@ export interface NetReachServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RegisterVmResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The VM is gone: the site it is bound at drops it (its routes, the binding's refresh), then
+   * the binding goes. A site that does not answer fails the call before anything changed.
+   */
   deregisterVm(
     request: DeregisterVmRequest,
     callback: (error: ServiceError | null, response: DeregisterVmResponse) => void,

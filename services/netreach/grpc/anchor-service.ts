@@ -96,6 +96,14 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
     }),
     deregisterVm: wrap(async (req: { vmId: string }) => {
       checkVmId(req.vmId);
+      const bound = await anchor.cache.get(req.vmId);
+      // The site first: should it not answer, the binding (which names it) stays for a retry.
+      if (bound && (await sites.get(bound.site)))
+        await (await site(bound.site)).leave({
+          vmId: bound.vmId,
+          homeIpv6: bound.homeIpv6,
+          homeIpv4: bound.homeIpv4,
+        });
       const b = await anchor.deregister(req.vmId);
       return { binding: b ? bindingToProto(b) : undefined };
     }),
