@@ -25,7 +25,7 @@ export const serveSpecs = {
   "disk-copy-rate-mib": {
     type: "number",
     // About 70 Mbit/s: a small share of a WAN link, so the post-copy pages the VM waits on
-    // keep the rest (at 50 the copy took most of a 450 Mbit/s link and doubled the guest's stall).
+    // keep the rest (50 would take most of a 450 Mbit/s link).
     default: 8,
     describe:
       "LAZY storage: the disk's background copy cap in MiB/s while memory still moves (post-copy pages keep priority on the link; 0 = none); lifted once memory is complete",
