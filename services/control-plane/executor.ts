@@ -9,7 +9,7 @@ import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import type { PageServer, PageServers } from "./page-client.js";
-import { isNotFound, PeerError } from "./peer-call.js";
+import { isAlreadyExists, isNotFound, PeerError } from "./peer-call.js";
 import {
   ConflictError,
   type DiskRecord,
@@ -107,22 +107,19 @@ export class Executor {
     if (ctx instanceof Error) return this.fail(m, ctx.message);
     try {
       let state = m.state;
-      if (state === "pending") {
-        await this.checkClaim(m);
-        await this.step(id, "prepare");
+      if (state === "pending" || state === "preparing") {
+        if (state === "pending") {
+          await this.checkClaim(m);
+          await this.step(id, "prepare");
+        }
+        // Resumed in preparing (a restart): every step of it is idempotent, so it runs again;
+        // nothing was sent yet, the source has not been asked to start.
         const channel = await this.prepare(m, ctx);
         // The waiting QEMU holds the VM's tap at the destination now.
         await this.address.prepare(id);
         await this.step(id, "start");
         await ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token);
         state = "migrating";
-      } else if (state === "preparing") {
-        // Whether PrepareIncoming was answered is unknown and its channel address lost.
-        return await this.fail(
-          m,
-          "the control-plane restarted while preparing the destination; nothing was sent and the VM stays at the source",
-          ctx,
-        );
       }
       if (state === "migrating" || state === "switched") await this.follow(m, ctx);
       if (state !== "relocating") await this.retrying(m, () => this.settle(m, ctx));
@@ -167,13 +164,17 @@ export class Executor {
    * migration channel's address there.
    */
   private async prepare(m: MigrationRecord, ctx: Ends): Promise<string> {
-    if (m.disk && ctx.dstBlock && ctx.srcBlock)
-      await ctx.dstBlock.createProxy(
-        m.disk.destination_export,
-        m.disk.source_url,
-        ctx.srcBlock.address,
-        m.fencing_token,
-      );
+    const { disk } = m;
+    const dstBlock = ctx.dstBlock;
+    if (disk && dstBlock && ctx.srcBlock)
+      await dstBlock
+        .createProxy(disk.destination_export, disk.source_url, ctx.srcBlock.address, m.fencing_token)
+        .catch(async (err) => {
+          // Prepared before a restart: this migration's proxy of the source disk is there already.
+          if (!isAlreadyExists(err)) throw err;
+          const e = (await dstBlock.status(disk.destination_export)).export;
+          if (e?.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) throw err;
+        });
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
     return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
   }

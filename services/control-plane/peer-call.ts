@@ -24,6 +24,10 @@ export function isNotFound(err: unknown): boolean {
   return err instanceof PeerError && err.code === grpcStatus.NOT_FOUND;
 }
 
+export function isAlreadyExists(err: unknown): boolean {
+  return err instanceof PeerError && err.code === grpcStatus.ALREADY_EXISTS;
+}
+
 /** `peer` names it in messages ("page-server 10.0.0.1:7402"); `what` is the call's name. */
 export function callPeer<Res>(
   peer: string,
