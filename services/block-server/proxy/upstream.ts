@@ -1,6 +1,9 @@
 // The proxy's upstream: a link that comes back by itself. The link is one NBD connection for
 // small reads and block status, plus (once startFileFetch() named the cache) a second one
-// whose READ data a worker splices straight into the cache file (file-fetcher.ts). A server
+// whose READ data a worker splices straight into the cache file (file-fetcher.ts). The first
+// link's second connection comes up in the background, so the proxy serves without waiting
+// for it (its handshake is three more round trips, its worker thread may have to start):
+// fetches go through the first connection until it is there. A server
 // that takes one client at a time (qemu-nbd without --shared) gets no second connection:
 // fetches then go through the first and are stored with a copy. When either connection
 // drops, both reconnect with exponential backoff (emitting "lost" and "restored");
@@ -77,6 +80,10 @@ export class Upstream extends EventEmitter {
   private refusal: string | undefined;
   /** A link to a writable export was seen: the upstream's data may change under us. */
   private writableSeen = false;
+  /** The first link's data connection while it comes up in the background. */
+  private opening: Promise<void> | undefined;
+  /** Cuts short a connect still under way when the upstream is closed. */
+  private readonly closer = new AbortController();
 
   private constructor(
     private _url: string,
@@ -99,16 +106,58 @@ export class Upstream extends EventEmitter {
   /**
    * From now on, fetches go into the cache file named `cachePath` (readToFile): straight, over
    * a second connection, or, where the upstream takes only one, read here and handed to
-   * `store`.
+   * `store`. Returns at once: the second connection comes up in the background (`dataReady`
+   * settles when it is there or known not to come), and fetches go through the first one and
+   * `store` until then.
    */
-  async startFileFetch(cachePath: string, store: StoreFetched): Promise<void> {
+  startFileFetch(cachePath: string, store: StoreFetched): void {
     this.cachePath = cachePath;
     this.store = store;
     const link = this.link;
-    if (!link || link.fetcher) return;
-    const fetcher = await this.openFetcher(this._url, link);
+    if (!link || link.fetcher || this.opening) return;
+    const opening = this.addFetcher(link).finally(() => {
+      if (this.opening === opening) this.opening = undefined;
+    });
+    this.opening = opening;
+  }
+
+  /** Settles once the first link's data connection is up, or known not to come (never rejects). */
+  dataReady(): Promise<void> {
+    return this.opening ?? Promise.resolve();
+  }
+
+  /** Adds a data connection to `link` (still the current one when it is up), or leaves it without. */
+  private async addFetcher(link: Link): Promise<void> {
+    let fetcher: FileFetcher | undefined;
+    try {
+      fetcher = await this.openFetcher(this._url, link);
+    } catch (e) {
+      if (this.closed || this.link !== link) return;
+      // The server answers the first connection but turned the second away (or its thread
+      // failed): fetching goes on through the first; a reconnect tries both again.
+      this.opts.log.warn(
+        "no data connection to the upstream: fetching through the first, with a copy per byte",
+        {
+          url: this._url,
+          err: (e as Error).message,
+        },
+      );
+      return;
+    }
     if (!fetcher) return;
-    if (this.link !== link) return fetcher.destroy(); // lost meanwhile: the reconnect opens one
+    // Lost meanwhile (the reconnect opens its own) or closed: not needed.
+    if (this.closed || this.link !== link || link.client.closed) return fetcher.close();
+    // With the first connection still open, the server that connection reached (and the
+    // proxy checked) is the one the second reached, as in a reconnect's check; the size is
+    // cheap to check anyway.
+    if (fetcher.size !== this.size) {
+      this.opts.log.warn("upstream data connection refused: another size than the first connection's", {
+        url: this._url,
+        size: fetcher.size,
+        expected: this.size,
+      });
+      return fetcher.close();
+    }
     link.fetcher = fetcher;
     this.watch(link, fetcher);
   }
@@ -120,6 +169,7 @@ export class Upstream extends EventEmitter {
       const f = await FileFetcher.open(url, this.cachePath!, {
         ...this.opts.client,
         connectTimeoutMs: timeout,
+        signal: this.closer.signal,
       });
       if (this.single)
         this.opts.log.info("upstream took a second connection: fetching zero-copy again", { url });
@@ -127,7 +177,7 @@ export class Upstream extends EventEmitter {
       return f;
     } catch (e) {
       // A server it could reach a moment ago that does not answer a second connection.
-      if (!(e instanceof NbdConnectionError) || link.client.closed) throw e;
+      if (!(e instanceof NbdConnectionError) || link.client.closed || this.closed) throw e;
       if (!this.single)
         this.opts.log.warn(
           "no second connection to the upstream (it may take one client at a time): fetching through the first, with a copy per byte",
@@ -375,8 +425,10 @@ export class Upstream extends EventEmitter {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    this.closer.abort();
     for (const w of this.waiters) w();
     this.waiters.clear();
+    await this.opening; // its connection dropped, or a fetcher it made destroyed
     const l = this.link;
     this.link = undefined;
     if (l) await Promise.all([l.client.disconnect().catch(() => l.client.destroy()), l.fetcher?.close()]);

@@ -101,6 +101,8 @@ export interface NbdClientOptions {
   forceExportName?: boolean;
   /** Bound on TCP connect plus handshake (default 10 s). */
   connectTimeoutMs?: number;
+  /** Gives up the connect or handshake (NbdConnectionError) when aborted. */
+  signal?: AbortSignal;
 }
 
 export interface BlockStatusExtent {
@@ -252,6 +254,9 @@ export class NbdClient extends EventEmitter {
       () => c.fail(new NbdConnectionError(`NBD connect/handshake timed out after ${timeoutMs} ms`)),
       timeoutMs,
     );
+    const abort = () => c.fail(new NbdConnectionError("NBD connect aborted"));
+    if (opts.signal?.aborted) abort();
+    else opts.signal?.addEventListener("abort", abort, { once: true });
     try {
       await c.handshake(opts);
       return c;
@@ -260,6 +265,7 @@ export class NbdClient extends EventEmitter {
       throw e;
     } finally {
       clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", abort);
     }
   }
 
