@@ -1,7 +1,9 @@
 // What opening a proxy waits for: the first upstream connection, the fingerprint and the zero
-// map's first reply, but not the second (data) connection, which comes up in the background
-// while the export already serves (fetches go through the first connection meanwhile). A
-// forwarder in front of a real NBD server holds the proxy's second connection to show it.
+// map's first reply, but not the second (data) connection's fetch thread: the export serves
+// at once (fetches go through the first connection until the data connection is taken over).
+// The data connection is dialed while the first one's handshake runs, and the fingerprint is
+// read over whichever is up first. A forwarder in front of real NBD servers holds one of the
+// proxy's connections (or sends it elsewhere) to show each of these.
 import * as net from "node:net";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
@@ -17,6 +19,8 @@ const dir = tempDir("vmhop-proxyopen-");
 const SIZE = 4 << 20;
 const BS = 65536;
 let up: TestServer;
+/** A disk of another size under the same name. */
+let other: TestServer;
 let data: Buffer;
 let n = 0;
 
@@ -24,9 +28,13 @@ test.before(async () => {
   const image = join(dir.path, "up.img");
   data = makeImage(image, SIZE);
   up = await startServer(dir.path, [{ name: "disk", path: image }]);
+  const otherImage = join(dir.path, "other.img");
+  makeImage(otherImage, SIZE / 2);
+  other = await startServer(join(dir.path), [{ name: "disk", path: otherImage }]);
 });
 test.after(async () => {
   await up?.close();
+  await other?.close();
   dir.cleanup();
 });
 
@@ -39,8 +47,11 @@ interface Forwarder {
   close(): Promise<void>;
 }
 
-/** Forwards each connection to the upstream server; the `holdNth` (1-based) waits for release(). */
-async function holdingForwarder(holdNth: number): Promise<Forwarder> {
+/**
+ * Forwards each connection to the upstream server (the `elsewhereNth` one, 1-based, to the
+ * other disk's); the `holdNth` one waits for release() first.
+ */
+async function holdingForwarder(holdNth: number, elsewhereNth = 0): Promise<Forwarder> {
   let release!: () => void;
   const released = new Promise<void>((r) => {
     release = r;
@@ -55,9 +66,13 @@ async function holdingForwarder(holdNth: number): Promise<Forwarder> {
     client.once("close", () => {
       conn.closed = true;
     });
-    if (conns.length === holdNth) await released;
+    const nth = conns.length;
+    if (nth === holdNth) await released;
     if (conn.closed) return;
-    const server = net.createConnection({ host: "127.0.0.1", port: up.port });
+    const server = net.createConnection({
+      host: "127.0.0.1",
+      port: (nth === elsewhereNth ? other : up).port,
+    });
     sockets.add(server);
     server.on("error", () => client.destroy());
     server.on("data", (b: Buffer) => {
@@ -109,6 +124,50 @@ test("the export serves before its data connection is up: fetches go through the
     assert.ok((await p.read(0, SIZE)).equals(data), "every block as upstream has it");
   } finally {
     await p?.close();
+    await fwd.close();
+  }
+});
+
+test("the disk is identified over the data connection while the first one's handshake still runs", async () => {
+  const fwd = await holdingForwarder(1);
+  let p: ProxyBackend | undefined;
+  try {
+    const opening = open(fwd.url);
+    // The first connection gets no further than its TCP connect until the fingerprint (the
+    // first and last blocks) came over the second.
+    await until(
+      "the fingerprint's reads over the second connection",
+      () => fwd.conns[1]?.bytesDown >= 2 * BS,
+      10_000,
+    );
+    fwd.release();
+    p = await opening;
+    assert.ok(fwd.conns[0].bytesDown < BS, "only the handshake and block status over the first");
+    assert.ok((await p.read(SIZE - BS, BS)).equals(data.subarray(SIZE - BS)), "serves the disk");
+  } finally {
+    await p?.close();
+    await fwd.close();
+  }
+});
+
+test("connections that reach disks of different sizes are refused, with the reason", async () => {
+  const fwd = await holdingForwarder(1, 2);
+  try {
+    const opening = open(fwd.url).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    // The other disk is identified over the second connection; then the first one comes up.
+    await until(
+      "the fingerprint's reads over the second connection",
+      () => fwd.conns[1]?.bytesDown >= 2 * BS,
+      10_000,
+    );
+    fwd.release();
+    const e = await opening;
+    assert.instance(e, Error);
+    assert.match(String(e), /its connections see different sizes \(4194304 and 2097152\)/);
+  } finally {
     await fwd.close();
   }
 });

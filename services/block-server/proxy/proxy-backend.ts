@@ -244,22 +244,28 @@ export class ProxyBackend extends EventEmitter implements Backend {
     const blockSize = opts.blockSize ?? existing?.blockSize ?? DEFAULT_BLOCK_SIZE;
     if (!(blockSize >= 512) || (blockSize & (blockSize - 1)) !== 0)
       throw new Error(`proxy block size must be a power of two >= 512, got ${blockSize}`);
-    const upstream = await Upstream.open(opts.upstreamUrl, {
-      log,
-      backoffMinMs: opts.backoffMinMs,
-      backoffMaxMs: opts.backoffMaxMs,
-      retryWindowMs: opts.retryWindowMs,
-    });
+    // The identity: the caller's, or the upstream's fingerprint.
+    const given = opts.identity;
+    const { upstream, identity: identified } = await Upstream.open(
+      opts.upstreamUrl,
+      {
+        log,
+        backoffMinMs: opts.backoffMinMs,
+        backoffMaxMs: opts.backoffMaxMs,
+        retryWindowMs: opts.retryWindowMs,
+      },
+      async (read, size) => given ?? fingerprint(read, size, blockSize),
+    );
     let bm: BitmapFile | undefined;
     let local: TargetBackend | undefined;
     let journal: WriteJournal | undefined;
     try {
       const size = upstream.size;
-      // The fingerprint's reads and the zero map's first block-status request go out
-      // together: one round trip for both.
+      // The zero map's first block-status request goes out while the fingerprint is still
+      // being read (usually over the data connection, up first: see Upstream.open).
       const zeroMap = new ZeroMap(size, blockSize);
       const [identity] = await Promise.all([
-        opts.identity ?? fingerprint((o, l) => upstream.read(o, l), size, blockSize),
+        identified,
         zeroMap.learn(
           (o, l) => upstream.blockStatus(o, l),
           () => false,

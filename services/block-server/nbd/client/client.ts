@@ -101,8 +101,10 @@ export interface NbdClientOptions {
   forceExportName?: boolean;
   /** Bound on TCP connect plus handshake (default 10 s). */
   connectTimeoutMs?: number;
-  /** Gives up the connect or handshake (NbdConnectionError) when aborted. */
+  /** Gives up the connect or handshake (NbdConnectionError, with the abort reason's message) when aborted. */
   signal?: AbortSignal;
+  /** Called once the transport is connected, before the handshake. */
+  onConnect?: () => void;
 }
 
 export interface BlockStatusExtent {
@@ -254,9 +256,13 @@ export class NbdClient extends EventEmitter {
       () => c.fail(new NbdConnectionError(`NBD connect/handshake timed out after ${timeoutMs} ms`)),
       timeoutMs,
     );
-    const abort = () => c.fail(new NbdConnectionError("NBD connect aborted"));
+    const abort = () => {
+      const why = opts.signal?.reason;
+      c.fail(new NbdConnectionError(why instanceof Error ? why.message : "NBD connect aborted"));
+    };
     if (opts.signal?.aborted) abort();
     else opts.signal?.addEventListener("abort", abort, { once: true });
+    if (opts.onConnect) c.socket.once("connect", opts.onConnect);
     try {
       await c.handshake(opts);
       return c;
