@@ -1,9 +1,9 @@
 // What opening a proxy waits for: the first upstream connection, the fingerprint and the zero
 // map's first reply, but not the second (data) connection's fetch thread: the export serves
 // at once (fetches go through the first connection until the data connection is taken over).
-// The data connection is dialed while the first one's handshake runs, and the fingerprint is
-// read over whichever is up first. A forwarder in front of real NBD servers holds one of the
-// proxy's connections (or sends it elsewhere) to show each of these.
+// Both connections are dialed at once, the first greeted negotiating the full handshake, and
+// the fingerprint is read over whichever is up first. A forwarder in front of real NBD servers
+// holds the proxy's connections (or sends one elsewhere) to show each of these.
 import * as net from "node:net";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
@@ -38,53 +38,79 @@ test.after(async () => {
   dir.cleanup();
 });
 
+interface Conn {
+  /** Bytes the server sent through it, and the proxy. */
+  bytesDown: number;
+  bytesUp: number;
+  closed: boolean;
+}
+
+interface Plan {
+  /** Connects to the server only once this holds (polled). */
+  after?: (conns: Conn[]) => boolean;
+  /** Holds until release(): the whole connection, or the proxy's bytes only (the server's greeting goes through). */
+  hold?: "connect" | "requests";
+  /** To the other disk's server. */
+  elsewhere?: boolean;
+}
+
 interface Forwarder {
   url: string;
-  /** Per connection, in accept order: bytes the server sent through it, and whether it closed. */
-  conns: { bytesDown: number; closed: boolean }[];
-  /** Lets the held connection through to the server. */
+  /** In accept order. */
+  conns: Conn[];
+  /** Lets what is held through. */
   release(): void;
   close(): Promise<void>;
 }
 
-/**
- * Forwards each connection to the upstream server (the `elsewhereNth` one, 1-based, to the
- * other disk's); the `holdNth` one waits for release() first.
- */
-async function holdingForwarder(holdNth: number, elsewhereNth = 0): Promise<Forwarder> {
+/** Forwards each connection to the upstream server, the nth (1-based) as plans[n] says. */
+async function forwarder(plans: Record<number, Plan>): Promise<Forwarder> {
   let release!: () => void;
   const released = new Promise<void>((r) => {
     release = r;
   });
-  const conns: Forwarder["conns"] = [];
+  const conns: Conn[] = [];
   const sockets = new Set<net.Socket>();
-  const server = net.createServer(async (client) => {
-    const conn = { bytesDown: 0, closed: false };
+  const listener = net.createServer(async (client) => {
+    const conn: Conn = { bytesDown: 0, bytesUp: 0, closed: false };
     conns.push(conn);
+    const plan = plans[conns.length] ?? {};
     sockets.add(client);
     client.on("error", () => {});
     client.once("close", () => {
       conn.closed = true;
     });
-    const nth = conns.length;
-    if (nth === holdNth) await released;
+    try {
+      if (plan.after) await until("the forwarder's condition", () => plan.after?.(conns), 10_000, 5);
+      if (plan.hold === "connect") await released;
+    } catch {
+      client.destroy();
+      return;
+    }
     if (conn.closed) return;
-    const server = net.createConnection({
-      host: "127.0.0.1",
-      port: (nth === elsewhereNth ? other : up).port,
-    });
+    const server = net.createConnection({ host: "127.0.0.1", port: (plan.elsewhere ? other : up).port });
     sockets.add(server);
     server.on("error", () => client.destroy());
     server.on("data", (b: Buffer) => {
       conn.bytesDown += b.length;
+      client.write(b);
     });
-    client.pipe(server);
-    server.pipe(client);
+    const held: Buffer[] = [];
+    let holding = plan.hold === "requests";
+    void released.then(() => {
+      holding = false;
+      for (const b of held.splice(0)) server.write(b);
+    });
+    client.on("data", (b: Buffer) => {
+      conn.bytesUp += b.length;
+      if (holding) held.push(b);
+      else server.write(b);
+    });
     client.once("close", () => server.destroy());
     server.once("close", () => client.destroy());
   });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => listener.listen(0, "127.0.0.1", r));
+  const port = (listener.address() as net.AddressInfo).port;
   return {
     url: `nbd://127.0.0.1:${port}/disk`,
     conns,
@@ -92,9 +118,17 @@ async function holdingForwarder(holdNth: number, elsewhereNth = 0): Promise<Forw
     close: async () => {
       release();
       for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
+      await new Promise<void>((r) => listener.close(() => r()));
     },
   };
+}
+
+/**
+ * The first connection is greeted first (so it negotiates the full handshake) and then held;
+ * the second connects once the proxy answered that greeting.
+ */
+function firstStalls(elsewhere = false): Record<number, Plan> {
+  return { 1: { hold: "requests" }, 2: { after: (c) => c[0].bytesUp > 0, elsewhere } };
 }
 
 function open(url: string): Promise<ProxyBackend> {
@@ -102,7 +136,7 @@ function open(url: string): Promise<ProxyBackend> {
 }
 
 test("the export serves before its data connection is up: fetches go through the first until it is", async () => {
-  const fwd = await holdingForwarder(2);
+  const fwd = await forwarder({ 2: { hold: "connect" } });
   let p: ProxyBackend | undefined;
   try {
     p = await open(fwd.url);
@@ -129,17 +163,18 @@ test("the export serves before its data connection is up: fetches go through the
 });
 
 test("the disk is identified over the data connection while the first one's handshake still runs", async () => {
-  const fwd = await holdingForwarder(1);
+  const fwd = await forwarder(firstStalls());
   let p: ProxyBackend | undefined;
   try {
     const opening = open(fwd.url);
-    // The first connection gets no further than its TCP connect until the fingerprint (the
+    // The first connection gets no further than its greeting until the fingerprint (the
     // first and last blocks) came over the second.
     await until(
       "the fingerprint's reads over the second connection",
       () => fwd.conns[1]?.bytesDown >= 2 * BS,
       10_000,
     );
+    assert.ok(fwd.conns[0].bytesDown < 1024, "the first connection had its greeting only");
     fwd.release();
     p = await opening;
     assert.ok(fwd.conns[0].bytesDown < BS, "only the handshake and block status over the first");
@@ -151,7 +186,7 @@ test("the disk is identified over the data connection while the first one's hand
 });
 
 test("connections that reach disks of different sizes are refused, with the reason", async () => {
-  const fwd = await holdingForwarder(1, 2);
+  const fwd = await forwarder(firstStalls(true));
   try {
     const opening = open(fwd.url).then(
       () => undefined,
@@ -173,7 +208,7 @@ test("connections that reach disks of different sizes are refused, with the reas
 });
 
 test("closing the proxy while its data connection is still coming up gives that connect up", async () => {
-  const fwd = await holdingForwarder(2);
+  const fwd = await forwarder({ 2: { hold: "connect" } });
   try {
     const p = await open(fwd.url);
     assert.not.ok(fwd.conns[1].closed);

@@ -46,8 +46,11 @@ export class FileFetcher extends EventEmitter {
    * unbroken), no block status. Usable as a plain client until adopt() takes it.
    */
   static connect(url: string, opts: NbdClientOptions = {}): Promise<NbdClient> {
-    return NbdClient.connect(url, { ...opts, structuredReplies: false, blockStatus: false });
+    return NbdClient.connect(url, { ...opts, ...FileFetcher.CONNECTION });
   }
+
+  /** The handshake a fetcher's connection needs (see connect()). */
+  static readonly CONNECTION = { structuredReplies: false, blockStatus: false } as const;
 
   /**
    * Has a fetch thread take over `client` (from connect(), with no request in flight) and

@@ -103,8 +103,12 @@ export interface NbdClientOptions {
   connectTimeoutMs?: number;
   /** Gives up the connect or handshake (NbdConnectionError, with the abort reason's message) when aborted. */
   signal?: AbortSignal;
-  /** Called once the transport is connected, before the handshake. */
-  onConnect?: () => void;
+  /**
+   * Called when the server's greeting arrived, before any option is sent: what it returns
+   * overrides structuredReplies/blockStatus (a proxy gives the first of two connections to be
+   * greeted the full handshake).
+   */
+  onGreeting?: () => Pick<NbdClientOptions, "structuredReplies" | "blockStatus">;
 }
 
 export interface BlockStatusExtent {
@@ -262,7 +266,6 @@ export class NbdClient extends EventEmitter {
     };
     if (opts.signal?.aborted) abort();
     else opts.signal?.addEventListener("abort", abort, { once: true });
-    if (opts.onConnect) c.socket.once("connect", opts.onConnect);
     try {
       await c.handshake(opts);
       return c;
@@ -323,8 +326,9 @@ export class NbdClient extends EventEmitter {
     }
   }
 
-  private async handshake(opts: NbdClientOptions): Promise<void> {
+  private async handshake(given: NbdClientOptions): Promise<void> {
     const { handshakeFlags } = await this.decode(decodeGreeting);
+    const opts = { ...given, ...given.onGreeting?.() };
     if (!(handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE))
       throw new NbdHandshakeError("server does not speak fixed newstyle NBD");
     const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;
