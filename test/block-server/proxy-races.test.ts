@@ -57,6 +57,7 @@ t.after.each(async () => {
 
 t("concurrent reads of the same blocks share one fetch; adjacent misses merge", async () => {
   const p = await open();
+  await p.dataReady();
   const reads = [p.read(0, 4096), p.read(100, 5000), p.read(BS - 10, 20), p.read(BS, BS), p.read(2 * BS, 10)];
   const got = await Promise.all(reads);
   assert.ok(got[1].equals(data.subarray(100, 5100)));

@@ -89,6 +89,7 @@ t(
     const log = createLogger({}, { level: "warn", sink: (line) => void logged.push(line) });
     const p = await serveProxy({ upstreamUrl: up.url, cachePath: join(dir.path, "one.cache"), log });
     try {
+      await p.proxy.dataReady(); // the second connection's handshake times out
       assert.ok(
         logged.some((m) => /no second connection to the upstream/.test(m)),
         "says why fetches take the slower path",

@@ -38,7 +38,29 @@ export class FileFetcher extends EventEmitter {
 
   /** Connects to `url` and has a fetch thread write what it reads into `cachePath`. */
   static async open(url: string, cachePath: string, opts: NbdClientOptions = {}): Promise<FileFetcher> {
-    const client = await NbdClient.connect(url, { ...opts, structuredReplies: false, blockStatus: false });
+    return FileFetcher.adopt(await FileFetcher.connect(url, opts), cachePath);
+  }
+
+  /**
+   * A connection as a fetcher needs it: simple replies (a READ's data follows its header
+   * unbroken), no block status. Usable as a plain client until adopt() takes it.
+   */
+  static connect(url: string, opts: NbdClientOptions = {}): Promise<NbdClient> {
+    return NbdClient.connect(url, { ...opts, ...FileFetcher.CONNECTION });
+  }
+
+  /** The handshake a fetcher's connection needs (see connect()). */
+  static readonly CONNECTION = { structuredReplies: false, blockStatus: false } as const;
+
+  /**
+   * Has a fetch thread take over `client` (from connect(), with no request in flight) and
+   * write what it reads into `cachePath`. The client is unusable afterwards.
+   */
+  static async adopt(client: NbdClient, cachePath: string): Promise<FileFetcher> {
+    if (client.structured) {
+      client.destroy();
+      throw new Error("a fetcher needs a connection with simple replies (FileFetcher.connect)");
+    }
     const sockFd = client.detachFd();
     let thread: FetchThread;
     try {

@@ -31,15 +31,19 @@ export function isFingerprint(identity: string): boolean {
 /**
  * Identifies an upstream disk by content: SHA-256 over its size and its first and last
  * blocks. A restart, reconnect or re-point against a different disk then fails instead of
- * mixing disks.
+ * mixing disks. Both reads are asked at once: one round trip, not two.
  */
 export async function fingerprint(read: ReadFn, size: number, blockSize: number): Promise<string> {
+  const first = Math.min(blockSize, size);
+  const lastAt = Math.max(0, size - blockSize);
+  const [head, tail] = await Promise.all([
+    first > 0 ? read(0, first) : undefined,
+    lastAt > 0 ? read(lastAt, size - lastAt) : undefined,
+  ]);
   const h = createHash("sha256");
   h.update(String(size));
-  const first = Math.min(blockSize, size);
-  if (first > 0) h.update(await read(0, first));
-  const lastAt = Math.max(0, size - blockSize);
-  if (lastAt > 0) h.update(await read(lastAt, size - lastAt));
+  if (head) h.update(head);
+  if (tail) h.update(tail);
   return `sha256:${h.digest("hex").slice(0, 32)}`;
 }
 

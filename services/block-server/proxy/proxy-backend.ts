@@ -168,7 +168,6 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private demandScheduled = false;
   private persistChain: Promise<void> = Promise.resolve();
   private readonly latency = new LatencyRecorder();
-  private readonly zeroMap: ZeroMap;
   /**
    * Blocks this process fetched as data and nothing has changed since: they hold no hole,
    * so a read of them may go out by sendfile without asking the file system (SEEK_HOLE
@@ -192,6 +191,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
     private readonly local: TargetBackend,
     private readonly upstream: Upstream,
     private readonly journal: WriteJournal | undefined,
+    /** Which blocks the upstream holds as zeroes (zero-map.ts), learned from open on. */
+    private readonly zeroMap: ZeroMap,
     opts: ProxyOptions,
     private readonly log: Logger,
   ) {
@@ -206,7 +207,6 @@ export class ProxyBackend extends EventEmitter implements Backend {
     );
     this.blockSizes = local.blockSizes;
     this.claims = new BlockClaims(this.bitmap);
-    this.zeroMap = new ZeroMap(this.size, this.blockSize);
     this.fetchedData = new BitSet(this.bitmap.blocks);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
     this.copier = new BackgroundCopier(this, this.order, {
@@ -244,18 +244,34 @@ export class ProxyBackend extends EventEmitter implements Backend {
     const blockSize = opts.blockSize ?? existing?.blockSize ?? DEFAULT_BLOCK_SIZE;
     if (!(blockSize >= 512) || (blockSize & (blockSize - 1)) !== 0)
       throw new Error(`proxy block size must be a power of two >= 512, got ${blockSize}`);
-    const upstream = await Upstream.open(opts.upstreamUrl, {
-      log,
-      backoffMinMs: opts.backoffMinMs,
-      backoffMaxMs: opts.backoffMaxMs,
-      retryWindowMs: opts.retryWindowMs,
-    });
+    // The identity: the caller's, or the upstream's fingerprint.
+    const given = opts.identity;
+    const { upstream, identity: identified } = await Upstream.open(
+      opts.upstreamUrl,
+      {
+        log,
+        backoffMinMs: opts.backoffMinMs,
+        backoffMaxMs: opts.backoffMaxMs,
+        retryWindowMs: opts.retryWindowMs,
+      },
+      async (read, size) => given ?? fingerprint(read, size, blockSize),
+    );
     let bm: BitmapFile | undefined;
     let local: TargetBackend | undefined;
     let journal: WriteJournal | undefined;
     try {
       const size = upstream.size;
-      const identity = opts.identity ?? (await fingerprint((o, l) => upstream.read(o, l), size, blockSize));
+      // The zero map's first block-status request goes out while the fingerprint is still
+      // being read (usually over the data connection, up first: see Upstream.open).
+      const zeroMap = new ZeroMap(size, blockSize);
+      const [identity] = await Promise.all([
+        identified,
+        zeroMap.learn(
+          (o, l) => upstream.blockStatus(o, l),
+          () => false,
+          1,
+        ),
+      ]);
       if (existing) {
         bm = await BitmapFile.open(bitmapPath, { size, blockSize, identity });
         if (!fs.existsSync(opts.cachePath))
@@ -278,10 +294,11 @@ export class ProxyBackend extends EventEmitter implements Backend {
       }
       local = new TargetBackend(opts.cachePath);
       const cache = local;
+      // Not waited for: until the data connection is up, fetches go through the first one.
+      upstream.startFileFetch(opts.cachePath, (o, data) => cache.write(o, data, false));
       journal = await openJournal(`${bitmapPath}.journal`, bm, cache, existing !== undefined, log);
-      await upstream.startFileFetch(opts.cachePath, (o, data) => cache.write(o, data, false));
-      const p = new ProxyBackend(opts.cachePath, bm, local, upstream, journal, opts, log);
-      await p.learnZeroes();
+      const p = new ProxyBackend(opts.cachePath, bm, local, upstream, journal, zeroMap, opts, log);
+      p.learnRestOfZeroes();
       if (opts.copyOnOpen) p.startCopy();
       return p;
     } catch (e) {
@@ -294,16 +311,16 @@ export class ProxyBackend extends EventEmitter implements Backend {
   }
 
   /**
-   * Learns which blocks the upstream holds as zeroes: the first reply now (one round trip,
-   * which covers a whole simple image), the rest in the background.
+   * Learns in the background which blocks past the first block-status reply (open() waited
+   * for that one: it covers a whole simple image) the upstream holds as zeroes.
    */
-  private async learnZeroes(): Promise<void> {
+  private learnRestOfZeroes(): void {
     const status = (o: number, l: number) => this.upstream.blockStatus(o, l);
-    const stop = () => this.claims.closed;
-    await this.zeroMap.learn(status, stop, 1);
-    this.learning = this.zeroMap.learn(status, stop).catch((e: Error) => {
-      this.log.warn("learning the upstream's zero blocks stopped", { err: e.message });
-    });
+    this.learning = this.zeroMap
+      .learn(status, () => this.claims.closed)
+      .catch((e: Error) => {
+        this.log.warn("learning the upstream's zero blocks stopped", { err: e.message });
+      });
   }
 
   // ---- block bookkeeping ----
@@ -772,6 +789,14 @@ export class ProxyBackend extends EventEmitter implements Backend {
       },
       promoted: this._promoted,
     };
+  }
+
+  /**
+   * Settles once the upstream's data connection (zero-copy fetches) is up, or known not to
+   * come: open() does not wait for it, and fetches go through the first connection meanwhile.
+   */
+  dataReady(): Promise<void> {
+    return this.upstream.dataReady();
   }
 
   /** Resolves once every fetch and local change now in flight has settled (stored and marked, or failed). */

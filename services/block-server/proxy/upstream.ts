@@ -1,7 +1,10 @@
 // The proxy's upstream: a link that comes back by itself. The link is one NBD connection for
 // small reads and block status, plus (once startFileFetch() named the cache) a second one
-// whose READ data a worker splices straight into the cache file (file-fetcher.ts). A server
-// that takes one client at a time (qemu-nbd without --shared) gets no second connection:
+// whose READ data a worker splices straight into the cache file (file-fetcher.ts). Both are
+// dialed together (dial.ts). At open, the disk is identified over whichever is up first
+// (usually the second: its handshake is shorter), and the proxy serves without waiting for
+// the second's worker thread (it may have to start): fetches go through the first connection
+// until the thread has taken the second over. A server that takes one client at a time (qemu-nbd without --shared) gets no second connection:
 // fetches then go through the first and are stored with a copy. When either connection
 // drops, both reconnect with exponential backoff (emitting "lost" and "restored");
 // reads retry across a reconnect for a bounded time and then fail with EIO, so a client
@@ -16,28 +19,28 @@ import type { Logger } from "../../common/log.js";
 import { BackendError } from "../export/backend.js";
 import {
   type BlockStatusExtent,
-  NbdClient,
+  type NbdClient,
   type NbdClientOptions,
   NbdConnectionError,
 } from "../nbd/client/client.js";
 import { formatNbdUrl, parseNbdUrl } from "../nbd/client/url.js";
+import { type Dialed, dial } from "./dial.js";
 import { FileFetcher } from "./file-fetcher.js";
-import { UpstreamIdentityError } from "./identity.js";
+import { type ReadFn, UpstreamIdentityError } from "./identity.js";
 
 /** The connections in use: replaced as a whole on reconnect or re-point. */
 interface Link {
   client: NbdClient;
   fetcher?: FileFetcher;
-  /** How long the client's handshake took (ms): bounds the wait for a second connection. */
-  handshakeMs: number;
+  /** The data connection dialed with the client, until a fetcher takes it over. */
+  spare?: Pick<Dialed, "second" | "dropSecond">;
 }
 
 /** Stores fetched bytes in the cache (the path taken without a data connection). */
 export type StoreFetched = (offset: number, data: Buffer) => Promise<void>;
 
-/** A second connection that has not finished its handshake after this long (or after 4×
- * the first one's, on a slow link) is taken as refused: one connection per client. */
-const DATA_CONNECT_MIN_MS = 2000;
+/** Names the disk an upstream serves from reads of it (e.g. identity.ts's fingerprint). */
+export type Identify = (read: ReadFn, size: number) => Promise<string>;
 
 /** Checks that a new connection serves the proxy's disk; throws UpstreamIdentityError if not. */
 export type VerifyUpstream = (url: string, c: NbdClient) => Promise<void>;
@@ -50,13 +53,6 @@ export interface UpstreamOptions {
   /** How long a read keeps retrying across reconnects before EIO. Default 3 s. */
   retryWindowMs?: number;
   client?: NbdClientOptions;
-}
-
-/** The link's first connection, timing its handshake. */
-async function connectClient(url: string, opts: UpstreamOptions): Promise<Link> {
-  const t0 = performance.now();
-  const client = await NbdClient.connect(url, { connectTimeoutMs: 5000, ...opts.client });
-  return { client, handshakeMs: performance.now() - t0 };
 }
 
 export class Upstream extends EventEmitter {
@@ -77,57 +73,133 @@ export class Upstream extends EventEmitter {
   private refusal: string | undefined;
   /** A link to a writable export was seen: the upstream's data may change under us. */
   private writableSeen = false;
+  /** The first link's data connection while it comes up in the background. */
+  private opening: Promise<void> | undefined;
 
   private constructor(
     private _url: string,
     readonly size: number,
     private readonly opts: UpstreamOptions,
+    /** Cuts short connects still under way when the upstream is closed. */
+    private readonly closer: AbortController,
   ) {
     super();
     this.backoff = opts.backoffMinMs ?? 100;
   }
 
-  /** Connects (once; throws if the upstream cannot be reached). */
-  static async open(url: string, opts: UpstreamOptions): Promise<Upstream> {
+  /**
+   * Connects (once; throws if the upstream cannot be reached) and names the disk: `identify`
+   * reads over whichever connection is up first, usually the data connection (its handshake
+   * is two round trips shorter), so its reads overlap the first connection's handshake.
+   * Returns once the first connection is up; `identity` settles later, and only once the
+   * first connection, still open, sees the same size (then both reached the same server).
+   */
+  static async open(
+    url: string,
+    opts: UpstreamOptions,
+    identify: Identify,
+  ): Promise<{ upstream: Upstream; identity: Promise<string> }> {
     const canonical = formatNbdUrl(parseNbdUrl(url));
-    const link = await connectClient(url, opts);
-    const u = new Upstream(canonical, link.client.size, opts);
-    u.attach(link);
-    return u;
+    const closer = new AbortController();
+    const d = dial(url, opts.client, closer.signal);
+    const firstClient = d.first.then((f) => f.client);
+    const identity = (async () => {
+      const c = await Promise.race([d.second.catch(() => firstClient), firstClient]);
+      const id = await identify((o, l) => c.read(o, l), c.size);
+      const first = await firstClient;
+      if (c !== first && first.closed)
+        throw new NbdConnectionError(
+          `upstream ${canonical} closed the connection while the disk was identified`,
+        );
+      if (c !== first && c.size !== first.size)
+        throw new UpstreamIdentityError(
+          `refusing upstream ${canonical}: its connections see different sizes (${first.size} and ${c.size})`,
+        );
+      return id;
+    })();
+    identity.catch(() => {}); // the caller's once open() returned; never a stray rejection
+    const { client } = await d.first;
+    const u = new Upstream(canonical, client.size, opts, closer);
+    u.attach({ client, spare: d });
+    return { upstream: u, identity };
   }
 
   /**
    * From now on, fetches go into the cache file named `cachePath` (readToFile): straight, over
    * a second connection, or, where the upstream takes only one, read here and handed to
-   * `store`.
+   * `store`. Returns at once: a fetch thread takes the second connection over in the
+   * background (`dataReady` settles when it did, or the connection is known not to come), and
+   * fetches go through the first one and `store` until then.
    */
-  async startFileFetch(cachePath: string, store: StoreFetched): Promise<void> {
+  startFileFetch(cachePath: string, store: StoreFetched): void {
     this.cachePath = cachePath;
     this.store = store;
     const link = this.link;
-    if (!link || link.fetcher) return;
-    const fetcher = await this.openFetcher(this._url, link);
+    if (!link || link.fetcher || !link.spare) return;
+    const opening = this.addFetcher(link).finally(() => {
+      if (this.opening === opening) this.opening = undefined;
+    });
+    this.opening = opening;
+  }
+
+  /** Settles once the first link's data connection is up, or known not to come (never rejects). */
+  dataReady(): Promise<void> {
+    return this.opening ?? Promise.resolve();
+  }
+
+  /** Adds a data connection to `link` (still the current one when it is up), or leaves it without. */
+  private async addFetcher(link: Link): Promise<void> {
+    let fetcher: FileFetcher | undefined;
+    try {
+      fetcher = await this.takeSpare(this._url, link);
+    } catch (e) {
+      if (this.closed || this.link !== link) return;
+      // The server answers the first connection but turned the second away (or its thread
+      // failed): fetching goes on through the first; a reconnect tries both again.
+      this.opts.log.warn(
+        "no data connection to the upstream: fetching through the first, with a copy per byte",
+        {
+          url: this._url,
+          err: (e as Error).message,
+        },
+      );
+      return;
+    }
     if (!fetcher) return;
-    if (this.link !== link) return fetcher.destroy(); // lost meanwhile: the reconnect opens one
+    // Lost meanwhile (the reconnect opens its own) or closed: not needed.
+    if (this.closed || this.link !== link || link.client.closed) return fetcher.close();
+    // With the first connection still open, the server that connection reached (and the
+    // proxy checked) is the one the second reached, as in a reconnect's check; the size is
+    // cheap to check anyway.
+    if (fetcher.size !== this.size) {
+      this.opts.log.warn("upstream data connection refused: another size than the first connection's", {
+        url: this._url,
+        size: fetcher.size,
+        expected: this.size,
+      });
+      return fetcher.close();
+    }
     link.fetcher = fetcher;
     this.watch(link, fetcher);
   }
 
-  /** The data connection, or undefined when the upstream will not take a second one. */
-  private async openFetcher(url: string, link: Link): Promise<FileFetcher | undefined> {
-    const timeout = Math.max(DATA_CONNECT_MIN_MS, 4 * link.handshakeMs);
+  /**
+   * The link's data connection, handed to a fetch thread writing into the cache; undefined
+   * when the upstream will not take a second connection (or it was taken already).
+   */
+  private async takeSpare(url: string, link: Link): Promise<FileFetcher | undefined> {
+    const spare = link.spare;
+    link.spare = undefined;
+    if (!spare) return undefined;
     try {
-      const f = await FileFetcher.open(url, this.cachePath!, {
-        ...this.opts.client,
-        connectTimeoutMs: timeout,
-      });
+      const f = await FileFetcher.adopt(await spare.second, this.cachePath!);
       if (this.single)
         this.opts.log.info("upstream took a second connection: fetching zero-copy again", { url });
       this.single = false;
       return f;
     } catch (e) {
       // A server it could reach a moment ago that does not answer a second connection.
-      if (!(e instanceof NbdConnectionError) || link.client.closed) throw e;
+      if (!(e instanceof NbdConnectionError) || link.client.closed || this.closed) throw e;
       if (!this.single)
         this.opts.log.warn(
           "no second connection to the upstream (it may take one client at a time): fetching through the first, with a copy per byte",
@@ -141,15 +213,19 @@ export class Upstream extends EventEmitter {
     }
   }
 
-  /** Opens a full link to `url` (both connections when fetching to the cache and the server allows). */
+  /**
+   * Opens a full link to `url`: both connections up when fetching to the cache (and the
+   * server allows a second), else the second kept for startFileFetch().
+   */
   private async connectLink(url: string): Promise<Link> {
-    const link = await connectClient(url, this.opts);
+    const d = dial(url, this.opts.client, this.closer.signal);
+    const link: Link = { client: (await d.first).client, spare: d };
     if (this.cachePath === undefined) return link;
     try {
-      link.fetcher = await this.openFetcher(url, link);
+      link.fetcher = await this.takeSpare(url, link);
       return link;
     } catch (e) {
-      link.client.destroy();
+      Upstream.destroyLink(link);
       throw e;
     }
   }
@@ -157,6 +233,7 @@ export class Upstream extends EventEmitter {
   private static destroyLink(l: Link): void {
     l.client.destroy();
     l.fetcher?.destroy();
+    l.spare?.dropSecond();
   }
 
   get url(): string {
@@ -369,16 +446,20 @@ export class Upstream extends EventEmitter {
     if (old) {
       void old.client.disconnect().catch(() => {});
       void old.fetcher?.close();
+      old.spare?.dropSecond();
     }
   }
 
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    this.closer.abort();
     for (const w of this.waiters) w();
     this.waiters.clear();
+    await this.opening; // its connection dropped, or a fetcher it made destroyed
     const l = this.link;
     this.link = undefined;
+    l?.spare?.dropSecond();
     if (l) await Promise.all([l.client.disconnect().catch(() => l.client.destroy()), l.fetcher?.close()]);
   }
 }

@@ -101,6 +101,14 @@ export interface NbdClientOptions {
   forceExportName?: boolean;
   /** Bound on TCP connect plus handshake (default 10 s). */
   connectTimeoutMs?: number;
+  /** Gives up the connect or handshake (NbdConnectionError, with the abort reason's message) when aborted. */
+  signal?: AbortSignal;
+  /**
+   * Called when the server's greeting arrived, before any option is sent: what it returns
+   * overrides structuredReplies/blockStatus (a proxy gives the first of two connections to be
+   * greeted the full handshake).
+   */
+  onGreeting?: () => Pick<NbdClientOptions, "structuredReplies" | "blockStatus">;
 }
 
 export interface BlockStatusExtent {
@@ -252,6 +260,12 @@ export class NbdClient extends EventEmitter {
       () => c.fail(new NbdConnectionError(`NBD connect/handshake timed out after ${timeoutMs} ms`)),
       timeoutMs,
     );
+    const abort = () => {
+      const why = opts.signal?.reason;
+      c.fail(new NbdConnectionError(why instanceof Error ? why.message : "NBD connect aborted"));
+    };
+    if (opts.signal?.aborted) abort();
+    else opts.signal?.addEventListener("abort", abort, { once: true });
     try {
       await c.handshake(opts);
       return c;
@@ -260,6 +274,7 @@ export class NbdClient extends EventEmitter {
       throw e;
     } finally {
       clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", abort);
     }
   }
 
@@ -311,8 +326,9 @@ export class NbdClient extends EventEmitter {
     }
   }
 
-  private async handshake(opts: NbdClientOptions): Promise<void> {
+  private async handshake(given: NbdClientOptions): Promise<void> {
     const { handshakeFlags } = await this.decode(decodeGreeting);
+    const opts = { ...given, ...given.onGreeting?.() };
     if (!(handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE))
       throw new NbdHandshakeError("server does not speak fixed newstyle NBD");
     const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;
