@@ -78,6 +78,14 @@ export class SerialFollower {
     }
   }
 
+  /** The largest host-side gap between consecutive heartbeats (any log) arriving from `fromMs` on. */
+  maxGapSince(fromMs: number): number {
+    const beats = this.beats.filter((h) => h.atMs >= fromMs);
+    let gap = 0;
+    for (let i = 1; i < beats.length; i++) gap = Math.max(gap, beats[i].atMs - beats[i - 1].atMs);
+    return gap;
+  }
+
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

@@ -96,7 +96,7 @@ async function withBlock<T>(address: string, fn: (c: BlockServiceClient) => Prom
 }
 
 /** Writes a disk image of random bytes (so a block copied wrong cannot pass for a right one). */
-function writeImage(path: string, mib: number): void {
+export function writeImage(path: string, mib: number): void {
   const fd = openSync(path, "w");
   try {
     for (let i = 0; i < mib; i++) writeSync(fd, randomBytes(1 << 20));
@@ -314,9 +314,7 @@ async function migrate(
           badCount: 1,
           ok: false,
         };
-  const beats = serial.beats.filter((h) => h.atMs >= t0 - 2000);
-  let gap = 0;
-  for (let i = 1; i < beats.length; i++) gap = Math.max(gap, beats[i].atMs - beats[i - 1].atMs);
+  const gap = serial.maxGapSince(t0 - 2000);
   const all = serial.beats;
   const memErrors = all.reduce((s, h) => s + h.memErrors, 0);
   const diskErrors = all.reduce((s, h) => s + h.diskErrors, 0);
