@@ -1,4 +1,5 @@
-// `npm run bench -- whole-vm [--quick] [--runs N] [--sizes 256,2048] [--netreach]`: a whole VM
+// `npm run bench -- whole-vm [--quick] [--runs N] [--sizes 256,2048] [--netreach]
+//   [--disk-copy-rate-mib N]`: a whole VM
 // (memory and disk) moved across the emulated WAN (25 ms one way, 450 Mbit/s) by vmhop and by
 // what users do today, on the same bed, guest and workload:
 //   vmhop        runWholeVm on a SitesBed: one MigrateVm, lazy disk relocation, post-copy memory;
@@ -47,7 +48,13 @@ interface Run {
 
 const stamp = () => new Date().toISOString().slice(11, 19);
 
-async function withBed<T>(netreach: boolean, fn: (bed: SitesBed) => Promise<T>): Promise<T> {
+interface BedChoice {
+  netreach: boolean;
+  /** Extra `vmhop control serve` arguments (the vmhop runs' disk copy cap). */
+  controlArgs: string[];
+}
+
+async function withBed<T>(choice: BedChoice, fn: (bed: SitesBed) => Promise<T>): Promise<T> {
   const dir = tempDir("vmhop-bench-wv-");
   let bed: SitesBed | undefined;
   try {
@@ -60,7 +67,7 @@ async function withBed<T>(netreach: boolean, fn: (bed: SitesBed) => Promise<T>):
           dir: dir.path,
           wanDelayMs: WAN.delayMs,
           wanRateBitsPerSecond: WAN.rateBitsPerSecond,
-          netreach,
+          ...choice,
         });
       } catch (err) {
         if (attempt >= 3) throw err;
@@ -74,8 +81,8 @@ async function withBed<T>(netreach: boolean, fn: (bed: SitesBed) => Promise<T>):
   }
 }
 
-async function runVmhop(diskMib: number, netreach: boolean): Promise<Run> {
-  return withBed(netreach, async (bed) => {
+async function runVmhop(diskMib: number, choice: BedChoice): Promise<Run> {
+  return withBed(choice, async (bed) => {
     const wan = wanMeterOf(bed);
     const wan0 = wan.read();
     let atSwitch: number | null = null;
@@ -117,8 +124,8 @@ async function runVmhop(diskMib: number, netreach: boolean): Promise<Run> {
   });
 }
 
-async function runDirect(diskMib: number, netreach: boolean): Promise<Run> {
-  return withBed(netreach, async (bed) => {
+async function runDirect(diskMib: number, choice: BedChoice): Promise<Run> {
+  return withBed(choice, async (bed) => {
     const r = await runQemuDirect(bed, { diskMib, ...GUEST }, { wan: wanMeterOf(bed) });
     return {
       metrics: {
@@ -181,6 +188,11 @@ export async function main(args: string[]): Promise<void> {
   const runs = Number(flagValue(args, "--runs") ?? (quick ? 1 : 3));
   const sizes = (flagValue(args, "--sizes") ?? (quick ? "256" : "256,2048")).split(",").map(Number);
   const netreach = hasFlag(args, "--netreach");
+  const copyRate = flagValue(args, "--disk-copy-rate-mib");
+  if (copyRate !== undefined && !(Number(copyRate) >= 0))
+    throw new Error("--disk-copy-rate-mib takes MiB/s (0: uncapped)");
+  // vmhop's disk copy cap while memory still moves (default: the control-plane's own).
+  const controlArgs = copyRate === undefined ? [] : ["--disk-copy-rate-mib", copyRate];
   if (!Number.isInteger(runs) || runs < 1) throw new Error("--runs must be a positive integer");
   if (sizes.some((s) => !Number.isInteger(s) || s < 32 || s > 65536))
     throw new Error("--sizes takes disk sizes in MiB, 32..65536, comma-separated");
@@ -189,8 +201,8 @@ export async function main(args: string[]): Promise<void> {
   await destroyStaleNetns(NS_BASE);
 
   const runners: Record<Subject, (size: number) => Promise<Run>> = {
-    vmhop: (size) => runVmhop(size, netreach),
-    "qemu-direct": (size) => runDirect(size, netreach),
+    vmhop: (size) => runVmhop(size, { netreach, controlArgs }),
+    "qemu-direct": (size) => runDirect(size, { netreach, controlArgs: [] }),
   };
   const perRun: Record<string, Metrics[]> = {};
   const timelines: { case: string; subject: string; run: number; timeline: TimelineEntry[] }[] = [];
@@ -234,7 +246,7 @@ export async function main(args: string[]): Promise<void> {
     .map((c) => `${c.case}: ${median(c.runs.map((r) => Number(r.switchover_ms)))} ms`);
   console.log(`vmhop switch-over (goal < 1000 ms after the request): ${sub1s.join(", ")}`);
   const file = writeResults("whole-vm", cases, {
-    setup: { wan: WAN, guest: GUEST, sizes, runs, netreach },
+    setup: { wan: WAN, guest: GUEST, sizes, runs, netreach, vmhop_control_args: controlArgs },
     growth: g,
     timelines,
     note:

@@ -154,15 +154,28 @@ export async function runQemuDirect(
     serial.follow(src.serialLog, true);
     say(`QEMU at ${a.site} on a local ${g.diskMib} MiB raw image`);
     await serial.waitFor("the guest writing and verifying its disk", (h) => h.diskOk > 0, 180_000);
-    dst = await startSiteQemu({
-      ns: b.ns,
-      runDir: join(bed.opts.dir, b.site, "direct"),
-      spec: spec("direct-dst", g),
-      image: dstImage,
-      incoming: true,
+    // Starting the destination QEMU is part of the migration (libvirt's Prepare), as it is of
+    // vmhop's (the page-server at B starts the incoming QEMU): done after the request.
+    const startDestination = async () => {
+      dst = await startSiteQemu({
+        ns: b.ns,
+        runDir: join(bed.opts.dir, b.site, "direct"),
+        spec: spec("direct-dst", g),
+        image: dstImage,
+        incoming: true,
+      });
+      serial.follow(dst.serialLog, true);
+      return dst;
+    };
+    return await migrate(src, startDestination, {
+      dstHost,
+      srcImage,
+      dstImage,
+      serial,
+      say,
+      wan: opts.wan,
+      g,
     });
-    serial.follow(dst.serialLog, true);
-    return await migrate(src, dst, { dstHost, srcImage, dstImage, serial, say, wan: opts.wan, g });
   } finally {
     serial.stop();
     await src?.qmp.close().catch(() => undefined);
@@ -174,7 +187,7 @@ export async function runQemuDirect(
 
 async function migrate(
   src: SiteQemu,
-  dst: SiteQemu,
+  startDestination: () => Promise<SiteQemu>,
   c: {
     dstHost: string;
     srcImage: string;
@@ -191,11 +204,7 @@ async function migrate(
     at[k] ??= now();
   };
   let wanAtSwitch: number | null = null;
-  dst.qmp.on("event", (e) => {
-    if (e.event !== "RESUME" || at.resumed) return;
-    mark("resumed");
-    wanAtSwitch = c.wan.read();
-  });
+  let dstLog: string | undefined;
   // Generous: the whole disk crosses the WAN before the memory migration may start.
   const mirrorTimeoutMs = Math.max(120_000, c.g.diskMib * 500);
   const wan0 = c.wan.read();
@@ -203,7 +212,15 @@ async function migrate(
   let error = "";
   let memoryBytes = 0;
   try {
-    // libvirt's Prepare on the destination: post-copy allowed, the disk exported, listening.
+    // libvirt's Prepare on the destination: QEMU started, post-copy allowed, the disk exported,
+    // listening.
+    const dst = await startDestination();
+    dstLog = dst.serialLog;
+    dst.qmp.on("event", (e) => {
+      if (e.event !== "RESUME" || at.resumed) return;
+      mark("resumed");
+      wanAtSwitch = c.wan.read();
+    });
     await dst.qmp.execute("migrate-set-capabilities", {
       capabilities: [
         { capability: "postcopy-ram", state: true },
@@ -272,7 +289,6 @@ async function migrate(
   const wanEnd = c.wan.read();
 
   // Verification, as runWholeVm's: the guest carries on at the destination with one counter.
-  const dstLog = dst.serialLog;
   let firstAtB: number | undefined;
   if (!error) {
     const last = serial.beats.filter((h) => h.path !== dstLog).at(-1);
@@ -292,7 +308,7 @@ async function migrate(
   const rel = (k: string) => (at[k] === undefined ? null : Math.round(at[k] - t0));
   const timeline: TimelineEntry[] = [{ atMs: 0, event: "migration requested" }];
   const text: Record<string, string> = {
-    prepared: "destination listening, its empty disk exported over NBD",
+    prepared: "destination QEMU started and listening, its empty disk exported over NBD",
     mirrorReady: "mirror ready: the whole disk copied, writes mirrored",
     migrate: "memory migration started, post-copy requested",
     paused: "source paused before the switch-over",
