@@ -39,7 +39,7 @@ const GUEST: Omit<GuestSetup, "diskMib"> = {
   workloadDiskMib: 16,
 };
 const SWITCHED = ["switched", "completing", "relocating", "done"];
-const NS_BASE = "nr-wv-";
+const NS_BASE = "nr-bwv-";
 
 interface Run {
   metrics: Metrics;
