@@ -1,13 +1,7 @@
-// Errors of the block-server's control surface, by kind; the gRPC layer maps kinds to
-// status codes and the CLI prints the message.
-export type BlockErrorKind = "not-found" | "exists" | "invalid" | "precondition" | "unavailable";
+// Errors of the block-server's control surface: ServiceErrors (common/errors.ts) named for the
+// block-server; the gRPC layer answers their kind's status and the CLI prints the message.
+import { ServiceError } from "../common/errors.js";
 
-export class BlockServerError extends Error {
-  constructor(
-    readonly kind: BlockErrorKind,
-    message: string,
-  ) {
-    super(message);
-    this.name = "BlockServerError";
-  }
+export class BlockServerError extends ServiceError {
+  override name = "BlockServerError";
 }

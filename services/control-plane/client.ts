@@ -17,6 +17,11 @@ type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
 export const DEFAULT_CONTROL_GRPC = "127.0.0.1:7405";
 
+/** The control-plane answered NOT_FOUND (an unknown VM, host or migration). */
+export function isNotFound(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === grpc.status.NOT_FOUND;
+}
+
 export class ControlClient {
   private readonly client: ControlPlaneServiceClient;
 

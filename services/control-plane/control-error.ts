@@ -1,10 +1,6 @@
-// The control-plane's refusals, by kind; grpc.ts maps each kind to its status.
-export class ControlError extends Error {
-  constructor(
-    readonly kind: "invalid" | "not-found" | "exists" | "precondition" | "unavailable",
-    message: string,
-  ) {
-    super(message);
-    this.name = "ControlError";
-  }
+// The control-plane's refusals: ServiceErrors (common/errors.ts) named for the control-plane.
+import { ServiceError } from "../common/errors.js";
+
+export class ControlError extends ServiceError {
+  override name = "ControlError";
 }

@@ -1,6 +1,5 @@
 // Drives one migration through the state table (states.ts), each transition persisted before
 // it acts, by calling the two hosts' page-servers and block-servers; resumes after a restart.
-import { status as grpcStatus } from "@grpc/grpc-js";
 import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
@@ -9,7 +8,7 @@ import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import type { PageServer, PageServers } from "./page-client.js";
-import { isAlreadyExists, isNotFound, PeerError } from "./peer-call.js";
+import { isAlreadyExists, isNoAnswer, isNotFound } from "./peer-call.js";
 import {
   ConflictError,
   type DiskRecord,
@@ -452,11 +451,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** No answer (yet): worth asking again. A peer's refusal or a fence conflict is an answer. */
 function isTransient(err: unknown): boolean {
-  if (err instanceof StoreError) return true;
-  return (
-    err instanceof PeerError &&
-    (err.code === grpcStatus.UNAVAILABLE || err.code === grpcStatus.DEADLINE_EXCEEDED)
-  );
+  return err instanceof StoreError || isNoAnswer(err);
 }
 
 class ShutdownError extends Error {}

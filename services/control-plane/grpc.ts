@@ -1,4 +1,5 @@
-// gRPC ControlPlaneService over a ControlPlane: records to messages, errors to statuses.
+// gRPC ControlPlaneService over a ControlPlane: records to messages; errors answer their kind's
+// status (common/grpc/status.ts).
 import * as grpc from "@grpc/grpc-js";
 import {
   type ClusterVm,
@@ -11,26 +12,11 @@ import {
   type WatchMigrationsRequest,
   type WatchMigrationsResponse,
 } from "../../gen/vmhop/v1/control.js";
-import { RpcError, type ServiceRegistration, unary } from "../common/grpc/server.js";
+import { failStream, type ServiceRegistration, unary } from "../common/grpc/server.js";
 import type { Logger } from "../common/log.js";
-import { StoreError } from "../common/store/index.js";
 import { type ClusterVmView, ControlError, type ControlPlane, type NewDisk } from "./control-plane.js";
 import type { HostRecord, MigrationRecord } from "./records.js";
 import { isFinal } from "./states.js";
-
-const codes: Record<ControlError["kind"], grpc.status> = {
-  invalid: grpc.status.INVALID_ARGUMENT,
-  "not-found": grpc.status.NOT_FOUND,
-  exists: grpc.status.ALREADY_EXISTS,
-  precondition: grpc.status.FAILED_PRECONDITION,
-  unavailable: grpc.status.UNAVAILABLE,
-};
-
-function toRpcError(err: unknown): unknown {
-  if (err instanceof ControlError) return new RpcError(codes[err.kind], err.message);
-  if (err instanceof StoreError) return new RpcError(grpc.status.UNAVAILABLE, err.message);
-  return err;
-}
 
 export function hostToPb(h: HostRecord): Host {
   return {
@@ -134,16 +120,15 @@ export function migrationToPb(m: MigrationRecord): Migration {
 }
 
 export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegistration {
-  const u = <Req, Res>(fn: (req: Req) => Promise<Res>) => unary<Req, Res>(fn, toRpcError);
   const impl: ControlPlaneServiceServer = {
-    registerHost: u(async (req) => {
+    registerHost: unary(async (req) => {
       const h = await cp.registerHost(hostFromPb(req.host));
       log.info("host registered", { host: h.host_id, page: h.page_server_address });
       return { host: hostToPb(h) };
     }),
-    listHosts: u(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
-    setHostAsleep: u(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
-    createVm: u(async (req) => {
+    listHosts: unary(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
+    setHostAsleep: unary(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
+    createVm: unary(async (req) => {
       const v = await cp.createVm(
         req.spec,
         req.hostId,
@@ -153,14 +138,14 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
       log.info("VM created", { vm: v.record.vm_id, host: v.record.host_id });
       return { vm: v.vm, hostId: v.record.host_id };
     }),
-    deleteVm: u(async (req) => {
+    deleteVm: unary(async (req) => {
       await cp.deleteVm(req.vmId);
       log.info("VM deleted", { vm: req.vmId });
       return {};
     }),
-    getVm: u(async (req) => ({ vm: vmToPb(await cp.getVm(req.vmId)) })),
-    listVms: u(async (req) => ({ vms: (await cp.listVms(req.hostId)).map(vmToPb) })),
-    migrateVm: u(async (req) => {
+    getVm: unary(async (req) => ({ vm: vmToPb(await cp.getVm(req.vmId)) })),
+    listVms: unary(async (req) => ({ vms: (await cp.listVms(req.hostId)).map(vmToPb) })),
+    migrateVm: unary(async (req) => {
       const m = await cp.migrateVm({
         vmId: req.vmId,
         destinationHostId: req.destinationHostId,
@@ -171,11 +156,13 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
       });
       return { migration: migrationToPb(m) };
     }),
-    getMigration: u(async (req) => ({ migration: migrationToPb(await cp.getMigration(req.migrationId)) })),
-    listMigrations: u(async (req) => ({
+    getMigration: unary(async (req) => ({
+      migration: migrationToPb(await cp.getMigration(req.migrationId)),
+    })),
+    listMigrations: unary(async (req) => ({
       migrations: (await cp.listMigrations(req.vmId)).map(migrationToPb),
     })),
-    cancelMigration: u(async (req) => ({
+    cancelMigration: unary(async (req) => ({
       migration: migrationToPb(await cp.cancelMigration(req.migrationId)),
     })),
     watchMigrations: (call: grpc.ServerWritableStream<WatchMigrationsRequest, WatchMigrationsResponse>) => {
@@ -207,11 +194,11 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
               send(await cp.getMigration(id));
             } catch (err) {
               end();
-              call.destroy(Object.assign(new Error((err as Error).message), { code: grpc.status.NOT_FOUND }));
+              failStream(call, err); // NOT_FOUND for an unknown migration
             }
           } else call.sendMetadata(new grpc.Metadata());
         },
-        (err) => call.destroy(Object.assign(err as Error, { code: grpc.status.UNAVAILABLE })),
+        (err) => failStream(call, err), // the store's subscribe: UNAVAILABLE
       );
     },
   };

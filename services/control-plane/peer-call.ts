@@ -28,6 +28,14 @@ export function isAlreadyExists(err: unknown): boolean {
   return err instanceof PeerError && err.code === grpcStatus.ALREADY_EXISTS;
 }
 
+/** The peer did not answer (down, unreachable or too slow): worth asking again. */
+export function isNoAnswer(err: unknown): boolean {
+  return (
+    err instanceof PeerError &&
+    (err.code === grpcStatus.UNAVAILABLE || err.code === grpcStatus.DEADLINE_EXCEEDED)
+  );
+}
+
 /** `peer` names it in messages ("page-server 10.0.0.1:7402"); `what` is the call's name. */
 export function callPeer<Res>(
   peer: string,

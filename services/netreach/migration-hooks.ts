@@ -5,6 +5,7 @@
 //   switch-over      → the VM runs at the destination: binding update, old site forwards or drops
 //   cleanup          → the binding settled: the old site's forwarding pointer goes
 //   cancel network   → rolled back before switch-over: what prepare network did is undone
+import { ServiceError } from "../common/errors.js";
 import type { Outcome } from "./binding/cache.js";
 import type { SiteEndpoint } from "./binding/types.js";
 import type { PrepareOptions, VmNet } from "./site/agent.js";
@@ -51,7 +52,11 @@ export class MigrationHooks {
   async prepareNetwork(m: MigrationNet): Promise<void> {
     if (m.mode === "bbm") return;
     const o = await this.anchor.prepareAttach(m.vm.vmId, m.to.endpoint.site);
-    if (!o.accepted) throw new Error(`cannot prepare ${m.vm.vmId} at ${m.to.endpoint.site}: ${o.reason}`);
+    if (!o.accepted)
+      throw new ServiceError(
+        "precondition",
+        `cannot prepare ${m.vm.vmId} at ${m.to.endpoint.site}: ${o.reason}`,
+      );
     const bicast = m.mode === "mbb-bicast";
     // mbb-fp: the old site's pointer is staged now, so it works from the instant the VM leaves.
     await Promise.all([

@@ -1,10 +1,6 @@
-// The page-server's domain error: a kind the gRPC layer maps to a status (grpc/convert.ts).
-export class HostError extends Error {
-  constructor(
-    readonly kind: "not-found" | "exists" | "precondition" | "unavailable" | "invalid",
-    message: string,
-  ) {
-    super(message);
-    this.name = "HostError";
-  }
+// The page-server's refusals: ServiceErrors (common/errors.ts) named for the page-server.
+import { ServiceError } from "../common/errors.js";
+
+export class HostError extends ServiceError {
+  override name = "HostError";
 }

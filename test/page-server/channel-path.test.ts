@@ -2,10 +2,9 @@
 // chosen for each request and round trip, and clear errors for bad or contradictory values.
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { status } from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { ChannelCompression, ChannelPath } from "../../gen/vmhop/v1/page.js";
-import { RpcError } from "../../services/common/grpc/server.js";
+import { ServiceError } from "../../services/common/errors.js";
 import {
   checkPathRequest,
   choosePath,
@@ -93,7 +92,7 @@ test("proto: unset leaves the defaults, the deprecated compress bool still force
   const invalid = (fn: () => unknown, re: RegExp) =>
     assert.throws(
       fn,
-      (e: unknown) => e instanceof RpcError && e.grpcCode === status.INVALID_ARGUMENT && re.test(e.message),
+      (e: unknown) => e instanceof ServiceError && e.kind === "invalid" && re.test(e.message),
     );
   invalid(() => channelPathFromProto(9 as ChannelPath), /channel_path 9 is not one of AUTO, HANDOFF, RELAY/);
   invalid(

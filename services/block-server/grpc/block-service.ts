@@ -1,6 +1,6 @@
 // BlockService: the gRPC face of a BlockServer. Validation, errors and fencing come from the
-// BlockServer; this layer admits each changing call's fencing token before it acts, maps errors
-// to status codes and streams progress.
+// BlockServer; this layer admits each changing call's fencing token before it acts and streams
+// progress (errors answer their kind's status: common/grpc/status.ts).
 import * as grpc from "@grpc/grpc-js";
 import {
   BlockServiceClient,
@@ -10,29 +10,11 @@ import {
   type WatchProgressRequest,
   type WatchProgressResponse,
 } from "../../../gen/vmhop/v1/block.js";
-import { MAX_MESSAGE_BYTES, type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import { failStream, MAX_MESSAGE_BYTES, type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { BlockServer, CreateExportSpec, ProgressEvent } from "../block-server.js";
-import { type BlockErrorKind, BlockServerError } from "../errors.js";
+import { BlockServerError } from "../errors.js";
 import type { HotSource } from "../proxy/copy-order.js";
 import { exportToPb, progressKindToPb, statusToPb } from "./convert.js";
-
-const codes: Record<BlockErrorKind, grpc.status> = {
-  "not-found": grpc.status.NOT_FOUND,
-  exists: grpc.status.ALREADY_EXISTS,
-  invalid: grpc.status.INVALID_ARGUMENT,
-  precondition: grpc.status.FAILED_PRECONDITION,
-  unavailable: grpc.status.UNAVAILABLE,
-};
-
-/** Runs fn, turning BlockServerErrors into errors that carry their gRPC code. */
-async function mapped<T>(fn: () => Promise<T> | T): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof BlockServerError) throw Object.assign(err, { grpcCode: codes[err.kind] });
-    throw err;
-  }
-}
 
 function requireName(name: string): string {
   if (!name) throw new BlockServerError("invalid", "name is required");
@@ -57,100 +39,82 @@ export function upstreamHotSource(address: string, exportName: string): HotSourc
 
 export function blockService(bs: BlockServer): ServiceRegistration {
   const impl: BlockServiceServer = {
-    createExport: unary((req) =>
-      mapped(async () => {
-        let spec: CreateExportSpec;
-        const src = req.source;
-        if (src?.$case === "target") {
-          spec = {
-            name: req.name,
-            description: req.description,
-            readOnly: req.readOnly,
-            fencingToken: req.fencingToken,
-            source: { mode: "target", imagePath: src.value.imagePath, sizeBytes: src.value.sizeBytes },
-          };
-        } else if (src?.$case === "proxy") {
-          const p = src.value;
-          const exportName = (() => {
-            try {
-              return new URL(p.upstreamUrl).pathname.replace(/^\//, "");
-            } catch {
-              return "";
-            }
-          })();
-          spec = {
-            name: req.name,
-            description: req.description,
-            readOnly: req.readOnly,
-            fencingToken: req.fencingToken,
-            source: {
-              mode: "proxy",
-              upstreamUrl: p.upstreamUrl,
-              cachePath: p.cachePath,
-              blockSize: p.blockSize,
-              startBackgroundCopy: p.startBackgroundCopy,
-              rateLimitBytesPerSecond: p.rateLimitBytesPerSecond,
-              autoPromote: p.autoPromote,
-              upstreamControl: p.upstreamControl,
-              upstreamHot: p.upstreamControl ? upstreamHotSource(p.upstreamControl, exportName) : undefined,
-            },
-          };
-        } else {
-          throw new BlockServerError("invalid", "source is required: target or proxy");
-        }
-        return { export: exportToPb(await bs.createExport(spec)) };
-      }),
-    ),
-    removeExport: unary((req) =>
-      mapped(async () => {
-        await bs.fence(requireName(req.name), req.fencingToken);
-        await bs.removeExport(req.name, { discardLocalCopy: req.discardLocalCopy });
-        return {};
-      }),
-    ),
-    listExports: unary(() =>
-      mapped(() => ({
-        exports: bs.names().map((n) => exportToPb(bs.info(n))),
-        nbdListeners: bs.nbdAddresses(),
-      })),
-    ),
-    getExportStatus: unary((req) => mapped(() => ({ status: statusToPb(bs.status(requireName(req.name))) }))),
-    startBackgroundCopy: unary((req) =>
-      mapped(async () => {
-        await bs.fence(requireName(req.name), req.fencingToken);
-        return {
-          status: statusToPb(bs.startCopy(req.name, { rateBytesPerSec: req.rateLimitBytesPerSecond })),
+    createExport: unary(async (req) => {
+      let spec: CreateExportSpec;
+      const src = req.source;
+      if (src?.$case === "target") {
+        spec = {
+          name: req.name,
+          description: req.description,
+          readOnly: req.readOnly,
+          fencingToken: req.fencingToken,
+          source: { mode: "target", imagePath: src.value.imagePath, sizeBytes: src.value.sizeBytes },
         };
-      }),
-    ),
-    stopBackgroundCopy: unary((req) =>
-      mapped(async () => {
-        await bs.fence(requireName(req.name), req.fencingToken);
-        return { status: statusToPb(await bs.stopCopy(req.name)) };
-      }),
-    ),
-    setRateLimit: unary((req) =>
-      mapped(async () => {
-        await bs.fence(requireName(req.name), req.fencingToken);
-        return { status: statusToPb(bs.setRateLimit(req.name, req.rateLimitBytesPerSecond)) };
-      }),
-    ),
-    setUpstream: unary((req) =>
-      mapped(async () => {
-        if (!req.upstreamUrl) throw new BlockServerError("invalid", "upstream_url is required");
-        await bs.fence(requireName(req.name), req.fencingToken);
-        return { status: statusToPb(await bs.setUpstream(req.name, req.upstreamUrl)) };
-      }),
-    ),
-    promote: unary((req) =>
-      mapped(async () => {
-        await bs.fence(requireName(req.name), req.fencingToken);
-        return { status: statusToPb(await bs.promote(req.name, { wait: req.wait })) };
-      }),
-    ),
-    getHotBlocks: unary((req) =>
-      mapped(() => ({ ranges: bs.hotBlocks(requireName(req.name), req.limit || 4096) })),
-    ),
+      } else if (src?.$case === "proxy") {
+        const p = src.value;
+        const exportName = (() => {
+          try {
+            return new URL(p.upstreamUrl).pathname.replace(/^\//, "");
+          } catch {
+            return "";
+          }
+        })();
+        spec = {
+          name: req.name,
+          description: req.description,
+          readOnly: req.readOnly,
+          fencingToken: req.fencingToken,
+          source: {
+            mode: "proxy",
+            upstreamUrl: p.upstreamUrl,
+            cachePath: p.cachePath,
+            blockSize: p.blockSize,
+            startBackgroundCopy: p.startBackgroundCopy,
+            rateLimitBytesPerSecond: p.rateLimitBytesPerSecond,
+            autoPromote: p.autoPromote,
+            upstreamControl: p.upstreamControl,
+            upstreamHot: p.upstreamControl ? upstreamHotSource(p.upstreamControl, exportName) : undefined,
+          },
+        };
+      } else {
+        throw new BlockServerError("invalid", "source is required: target or proxy");
+      }
+      return { export: exportToPb(await bs.createExport(spec)) };
+    }),
+    removeExport: unary(async (req) => {
+      await bs.fence(requireName(req.name), req.fencingToken);
+      await bs.removeExport(req.name, { discardLocalCopy: req.discardLocalCopy });
+      return {};
+    }),
+    listExports: unary(() => ({
+      exports: bs.names().map((n) => exportToPb(bs.info(n))),
+      nbdListeners: bs.nbdAddresses(),
+    })),
+    getExportStatus: unary((req) => ({ status: statusToPb(bs.status(requireName(req.name))) })),
+    startBackgroundCopy: unary(async (req) => {
+      await bs.fence(requireName(req.name), req.fencingToken);
+      return {
+        status: statusToPb(bs.startCopy(req.name, { rateBytesPerSec: req.rateLimitBytesPerSecond })),
+      };
+    }),
+    stopBackgroundCopy: unary(async (req) => {
+      await bs.fence(requireName(req.name), req.fencingToken);
+      return { status: statusToPb(await bs.stopCopy(req.name)) };
+    }),
+    setRateLimit: unary(async (req) => {
+      await bs.fence(requireName(req.name), req.fencingToken);
+      return { status: statusToPb(bs.setRateLimit(req.name, req.rateLimitBytesPerSecond)) };
+    }),
+    setUpstream: unary(async (req) => {
+      if (!req.upstreamUrl) throw new BlockServerError("invalid", "upstream_url is required");
+      await bs.fence(requireName(req.name), req.fencingToken);
+      return { status: statusToPb(await bs.setUpstream(req.name, req.upstreamUrl)) };
+    }),
+    promote: unary(async (req) => {
+      await bs.fence(requireName(req.name), req.fencingToken);
+      return { status: statusToPb(await bs.promote(req.name, { wait: req.wait })) };
+    }),
+    getHotBlocks: unary((req) => ({ ranges: bs.hotBlocks(requireName(req.name), req.limit || 4096) })),
     watchProgress: (call: grpc.ServerWritableStream<WatchProgressRequest, WatchProgressResponse>) =>
       watchProgress(bs, call),
   };
@@ -164,7 +128,7 @@ function watchProgress(
 ) {
   const { name } = call.request;
   if (name && !bs.names().includes(name)) {
-    call.emit("error", { code: grpc.status.NOT_FOUND, details: `no export named ${JSON.stringify(name)}` });
+    failStream(call, new BlockServerError("not-found", `no export named ${JSON.stringify(name)}`));
     return;
   }
   const interval = Math.max(50, call.request.intervalMs || 1000);

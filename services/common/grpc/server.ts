@@ -10,6 +10,7 @@ import { formatAddress, parseListenAddress } from "../listen-address.js";
 import type { Logger } from "../log.js";
 import { initTracing } from "../tracing.js";
 import { tracingInterceptor } from "./interceptors.js";
+import { grpcStatusOf } from "./status.js";
 
 export const MAX_MESSAGE_BYTES = 64 << 20;
 
@@ -86,35 +87,21 @@ export async function startGrpcServer(opts: {
   return { server, address, port, health, shutdown };
 }
 
-/** Maps an error thrown by service code to a gRPC status; errors may carry a `grpcCode`. */
-export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
-  const e = err as { grpcCode?: number; message?: string };
-  return { code: e?.grpcCode ?? grpc.status.INTERNAL, details: e?.message ?? String(err) };
-}
-
-/** An error that becomes the given gRPC status when thrown from a handler. */
-export class RpcError extends Error {
-  constructor(
-    readonly grpcCode: grpc.status,
-    message: string,
-  ) {
-    super(message);
-    this.name = "RpcError";
-  }
-}
-
 /**
- * Wraps an async handler `(request) => response` as a grpc-js unary handler. `mapError`
- * turns a service's own errors into ones carrying a `grpcCode` (e.g. an RpcError).
+ * Wraps a handler `(request) => response` as a grpc-js unary handler; what it throws is
+ * answered by kind (status.ts): a ServiceError's status, anything else INTERNAL.
  */
-export function unary<Req, Res>(
-  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
-  mapError: (err: unknown) => unknown = (err) => err,
-) {
+export function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res) {
   return (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
-    fn(call.request, call).then(
+    // Through a promise, so what fn throws at once is answered like what it rejects with.
+    new Promise<Res>((resolve) => resolve(fn(call.request, call))).then(
       (res) => callback(null, res),
-      (err) => callback(toServiceError(mapError(err))),
+      (err) => callback(grpcStatusOf(err)),
     );
   };
+}
+
+/** Ends a server stream with the status of err, the way unary() answers it. */
+export function failStream(call: grpc.ServerWritableStream<unknown, unknown>, err: unknown): void {
+  call.emit("error", grpcStatusOf(err));
 }

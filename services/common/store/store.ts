@@ -2,6 +2,7 @@
 // migrations, bindings, leases). Two implementations with identical semantics: Redis
 // (durable, shared between processes) and an embedded in-process map (single process,
 // the default when no Redis URL is configured). Values are strings; callers store JSON.
+import { ServiceError } from "../errors.js";
 
 export interface SetOptions {
   /** Expire the key after this many milliseconds. */
@@ -32,9 +33,10 @@ export interface Store {
   close(): Promise<void>;
 }
 
-export class StoreError extends Error {
+/** The store failed or is unreachable: unavailable, so a caller answers UNAVAILABLE and may retry. */
+export class StoreError extends ServiceError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super("unavailable", message, options);
     this.name = "StoreError";
   }
 }

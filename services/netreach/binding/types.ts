@@ -1,5 +1,7 @@
 // A binding: where a VM's home addresses are reachable now. Plain data, validated at the edges.
+
 import { isIPv4, isIPv6 } from "node:net";
+import { ServiceError } from "../../common/errors.js";
 
 export type BindingState = "active" | "moving" | "expired";
 
@@ -41,9 +43,9 @@ export interface UpdateRequest extends SiteEndpoint {
   attachedAtMs?: number;
 }
 
-export class BindingError extends Error {
+export class BindingError extends ServiceError {
   constructor(message: string) {
-    super(message);
+    super("invalid", message);
     this.name = "BindingError";
   }
 }

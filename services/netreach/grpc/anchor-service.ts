@@ -1,6 +1,6 @@
 // gRPC NetReachService over an Anchor: bindings, handover events, the site directory, and the
 // control-plane's migration phases (run by MigrationHooks on remote site agents).
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import {
   type CancelNetworkRequest,
   type CleanupNetworkRequest,
@@ -14,7 +14,8 @@ import {
   type WatchHandoversRequest,
   type WatchHandoversResponse,
 } from "../../../gen/vmhop/v1/netreach.js";
-import { RpcError, type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import { ServiceError } from "../../common/errors.js";
+import { type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { Anchor, HandoverEvent } from "../anchor/anchor.js";
 import type { SiteDirectory, SiteRecord } from "../anchor/sites.js";
 import { type Outcome, stale } from "../binding/cache.js";
@@ -23,14 +24,10 @@ import { checkGeneration, checkVmId } from "../binding/types.js";
 import { isDataplaneKind } from "../dataplane/tunnel.js";
 import { MigrationHooks, type MigrationNet } from "../migration-hooks.js";
 import { RemoteSite } from "./clients.js";
-import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf, toRpcError } from "./convert.js";
+import { ackOf, bindingToProto, endpointFromProto, modeFromProto, statusOf } from "./convert.js";
 
 /** A placement's binding lifetime when the request names none. */
 const PLACE_LIFETIME_S = 300;
-
-function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return unary<Req, Res>(fn, toRpcError);
-}
 
 export interface AnchorService extends ServiceRegistration {
   /** Closes the clients of site agents. */
@@ -43,7 +40,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
 
   const site = async (name: string): Promise<RemoteSite> => {
     const r: SiteRecord | null = await sites.get(name);
-    if (!r) throw new RpcError(grpc.status.NOT_FOUND, `site '${name}' has not registered with the anchor`);
+    if (!r) throw new ServiceError("not-found", `site '${name}' has not registered with the anchor`);
     const key = JSON.stringify(r);
     let remote = remotes.get(key);
     if (!remote) {
@@ -56,7 +53,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
   const binding = async (vmId: string): Promise<Binding> => {
     checkVmId(vmId);
     const b = await anchor.cache.get(vmId);
-    if (!b) throw new RpcError(grpc.status.NOT_FOUND, `vm ${vmId} is not registered`);
+    if (!b) throw new ServiceError("not-found", `vm ${vmId} is not registered`);
     return b;
   };
 
@@ -67,8 +64,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
     port: string,
     mode: MigrationNet["mode"],
   ): Promise<MigrationNet> => {
-    if (from === to)
-      throw new RpcError(grpc.status.INVALID_ARGUMENT, `vm ${b.vmId}: from and to are both ${to}`);
+    if (from === to) throw new ServiceError("invalid", `vm ${b.vmId}: from and to are both ${to}`);
     return {
       vm: { vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 },
       from: await site(from),
@@ -79,9 +75,9 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
   };
 
   const implementation = {
-    registerVm: wrap(async (req: RegisterVmRequest) => {
+    registerVm: unary(async (req: RegisterVmRequest) => {
       const b = req.binding;
-      if (!b) throw new RpcError(grpc.status.INVALID_ARGUMENT, "binding is required");
+      if (!b) throw new ServiceError("invalid", "binding is required");
       const o = await anchor.register({
         vmId: b.vmId,
         mac: b.mac,
@@ -94,7 +90,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       const { binding: out, reason, status } = ackOf(o);
       return { binding: out, reason, status };
     }),
-    deregisterVm: wrap(async (req: { vmId: string }) => {
+    deregisterVm: unary(async (req: { vmId: string }) => {
       checkVmId(req.vmId);
       const bound = await anchor.cache.get(req.vmId);
       // The site first: should it not answer, the binding (which names it) stays for a retry.
@@ -107,12 +103,12 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       const b = await anchor.deregister(req.vmId);
       return { binding: b ? bindingToProto(b) : undefined };
     }),
-    prepareAttach: wrap(async (req: { vmId: string; site: string }) => {
+    prepareAttach: unary(async (req: { vmId: string; site: string }) => {
       const o = await anchor.prepareAttach(req.vmId, req.site);
       const { binding: out, reason, status } = ackOf(o);
       return { binding: out, reason, status };
     }),
-    updateBinding: wrap(async (req: UpdateBindingRequest) =>
+    updateBinding: unary(async (req: UpdateBindingRequest) =>
       ackOf(
         await anchor.updateBinding({
           vmId: req.vmId,
@@ -123,7 +119,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
         }),
       ),
     ),
-    refreshBinding: wrap(async (req: { vmId: string; generation: number; lifetimeSeconds: number }) => {
+    refreshBinding: unary(async (req: { vmId: string; generation: number; lifetimeSeconds: number }) => {
       const o = await anchor.refresh(req.vmId, req.generation, req.lifetimeSeconds || undefined);
       return {
         binding: o.binding ? bindingToProto(o.binding) : undefined,
@@ -131,7 +127,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
         reason: o.accepted ? "" : o.reason,
       };
     }),
-    listBindings: wrap(async () => ({
+    listBindings: unary(async () => ({
       bindings: (await anchor.list()).map(bindingToProto),
       dataplane: anchor.dataplane,
     })),
@@ -154,16 +150,16 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       call.on("cancelled", stop);
       call.on("close", stop);
     },
-    registerSite: wrap(async (req: RegisterSiteRequest) => {
+    registerSite: unary(async (req: RegisterSiteRequest) => {
       const s = req.site;
-      if (!s) throw new RpcError(grpc.status.INVALID_ARGUMENT, "site is required");
+      if (!s) throw new ServiceError("invalid", "site is required");
       const dataplane = s.dataplane || "srv6";
       if (!isDataplaneKind(dataplane))
-        throw new RpcError(grpc.status.INVALID_ARGUMENT, `site ${s.site}: unknown data plane '${dataplane}'`);
+        throw new ServiceError("invalid", `site ${s.site}: unknown data plane '${dataplane}'`);
       // The anchor encapsulates to the site and the site back to it: both must speak one tunnel.
       if (dataplane !== anchor.dataplane)
-        throw new RpcError(
-          grpc.status.FAILED_PRECONDITION,
+        throw new ServiceError(
+          "precondition",
           `site ${s.site} uses the ${dataplane} data plane but the anchor uses ${anchor.dataplane}: ` +
             `start every netreach node with --dataplane ${anchor.dataplane}`,
         );
@@ -174,7 +170,7 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
       });
       return {};
     }),
-    listSites: wrap(async () => ({
+    listSites: unary(async () => ({
       sites: (await sites.list()).map((r) => ({
         site: r.site,
         endpoint: { sid6: r.sid6, sid4: r.sid4 },
@@ -182,19 +178,13 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
         dataplane: r.dataplane ?? "srv6",
       })),
     })),
-    prepareNetwork: wrap(async (req: PrepareNetworkRequest) => {
+    prepareNetwork: unary(async (req: PrepareNetworkRequest) => {
       const b = await binding(req.vmId);
       const m = await migration(b, b.site, req.toSite, req.port, modeFromProto(req.mode));
-      try {
-        await hooks.prepareNetwork(m);
-      } catch (err) {
-        throw err instanceof Error && err.message.startsWith("cannot prepare")
-          ? new RpcError(grpc.status.FAILED_PRECONDITION, err.message)
-          : err;
-      }
+      await hooks.prepareNetwork(m);
       return { binding: bindingToProto(await binding(req.vmId)) };
     }),
-    switchOver: wrap(async (req: SwitchOverRequest) => {
+    switchOver: unary(async (req: SwitchOverRequest) => {
       checkGeneration(req.generation);
       const b = await binding(req.vmId);
       // A stale switch-over must not touch the sites either (the old one would stop forwarding).
@@ -203,34 +193,29 @@ export function anchorService(anchor: Anchor, sites: SiteDirectory): AnchorServi
         return { ack: ackOf({ accepted: false, status, reason: refuse, binding: b }) };
       }
       const m = await migration(b, req.fromSite || b.site, req.toSite, req.port, modeFromProto(req.mode));
-      if (!req.port)
-        throw new RpcError(
-          grpc.status.INVALID_ARGUMENT,
-          "port (the VM's tap at the destination) is required",
-        );
+      if (!req.port) throw new ServiceError("invalid", "port (the VM's tap at the destination) is required");
       return { ack: ackOf(await hooks.switchOver(m, req.generation)) };
     }),
-    cleanupNetwork: wrap(async (req: CleanupNetworkRequest) => {
+    cleanupNetwork: unary(async (req: CleanupNetworkRequest) => {
       const b = await binding(req.vmId);
       await (await site(req.fromSite)).cleanup({ vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 });
       return {};
     }),
-    cancelNetwork: wrap(async (req: CancelNetworkRequest) => {
+    cancelNetwork: unary(async (req: CancelNetworkRequest) => {
       const b = await binding(req.vmId);
       if (req.toSite === b.site)
-        throw new RpcError(
-          grpc.status.FAILED_PRECONDITION,
+        throw new ServiceError(
+          "precondition",
           `vm ${b.vmId} is bound at ${b.site} (generation ${b.generation}): the switch-over happened`,
         );
       const vm = { vmId: b.vmId, homeIpv6: b.homeIpv6, homeIpv4: b.homeIpv4 };
       const o = await hooks.cancelNetwork({ vm, from: await site(b.site), to: await site(req.toSite) });
-      if (!o.accepted) throw new RpcError(grpc.status.FAILED_PRECONDITION, o.reason);
+      if (!o.accepted) throw new ServiceError("precondition", o.reason);
       return { binding: bindingToProto(o.binding) };
     }),
-    placeVm: wrap(async (req: PlaceVmRequest) => {
+    placeVm: unary(async (req: PlaceVmRequest) => {
       const at = await site(req.site);
-      if (!req.port)
-        throw new RpcError(grpc.status.INVALID_ARGUMENT, "port (the VM's tap at the site) is required");
+      if (!req.port) throw new ServiceError("invalid", "port (the VM's tap at the site) is required");
       let o: Outcome = await anchor.register({
         vmId: req.vmId,
         mac: req.mac,

@@ -10,6 +10,7 @@ import {
   type RefreshBindingResponse,
   type UpdateBindingResponse,
 } from "../../../gen/vmhop/v1/netreach.js";
+import { fromGrpcError } from "../../common/grpc/status.js";
 import type { Outcome } from "../binding/cache.js";
 import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import type { SiteControl } from "../migration-hooks.js";
@@ -23,7 +24,8 @@ type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
 /**
  * Runs one unary call as a promise, with a deadline. It waits for the channel (an anchor or site
- * agent that is restarting) rather than failing at once.
+ * agent that is restarting) rather than failing at once. A failure is a ServiceError of the peer's
+ * kind, so a handler that passes it on answers the peer's status.
  */
 function call<Res>(
   fn: (meta: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<Res>) => unknown,
@@ -32,7 +34,7 @@ function call<Res>(
   const meta = new grpc.Metadata();
   meta.setOptions({ waitForReady: true });
   return new Promise<Res>((resolve, reject) =>
-    fn(meta, { deadline: Date.now() + ms }, (err, res) => (err ? reject(err) : resolve(res))),
+    fn(meta, { deadline: Date.now() + ms }, (err, res) => (err ? reject(fromGrpcError(err)) : resolve(res))),
   );
 }
 

@@ -1,5 +1,4 @@
 // Between the binding cache's plain data and NetReachService messages. Pure functions.
-import { status as GrpcStatus } from "@grpc/grpc-js";
 import {
   BindingState,
   BindingStatus,
@@ -9,9 +8,9 @@ import {
   type TunnelEndpoint,
   type UpdateBindingResponse,
 } from "../../../gen/vmhop/v1/netreach.js";
-import { RpcError } from "../../common/grpc/server.js";
+import { ServiceError } from "../../common/errors.js";
 import type { Outcome, RefusedStatus } from "../binding/cache.js";
-import { type Binding, BindingError, checkEndpoint, type SiteEndpoint } from "../binding/types.js";
+import { type Binding, checkEndpoint, type SiteEndpoint } from "../binding/types.js";
 import type { HandoverMode } from "../migration-hooks.js";
 import type { VmNet } from "../site/agent.js";
 
@@ -57,8 +56,7 @@ export function bindingToProto(b: Binding): PbBinding {
 /** The parts of a proto binding a registration needs; the endpoint is required. */
 export function endpointFromProto(site: string, e: TunnelEndpoint | undefined): SiteEndpoint {
   // Checked here so every RPC that carries an endpoint refuses a bad one the same way.
-  if (!e)
-    throw new RpcError(GrpcStatus.INVALID_ARGUMENT, `site '${site}': endpoint (sid6, sid4) is required`);
+  if (!e) throw new ServiceError("invalid", `site '${site}': endpoint (sid6, sid4) is required`);
   const out = { site, sid6: e.sid6, sid4: e.sid4 };
   checkEndpoint(out);
   return out;
@@ -115,7 +113,7 @@ export function bindingFromProto(b: PbBinding): Binding {
 
 export function modeFromProto(m: PbMode): HandoverMode {
   const mode = MODE[m];
-  if (!mode) throw new RpcError(GrpcStatus.INVALID_ARGUMENT, `unknown handover mode ${m}`);
+  if (!mode) throw new ServiceError("invalid", `unknown handover mode ${m}`);
   return mode;
 }
 
@@ -129,22 +127,10 @@ export function modeToProto(m: HandoverMode): PbMode {
 }
 
 export function vmNetFromProto(v: PbVmNet | undefined): VmNet {
-  if (!v?.vmId) throw new RpcError(GrpcStatus.INVALID_ARGUMENT, "vm (vm_id, home addresses) is required");
+  if (!v?.vmId) throw new ServiceError("invalid", "vm (vm_id, home addresses) is required");
   return { vmId: v.vmId, homeIpv6: v.homeIpv6, homeIpv4: v.homeIpv4 };
 }
 
 export function vmNetToProto(v: VmNet): PbVmNet {
   return { vmId: v.vmId, homeIpv6: v.homeIpv6, homeIpv4: v.homeIpv4 };
-}
-
-/**
- * Input errors become INVALID_ARGUMENT; RpcErrors keep their code, and so do errors of a gRPC call
- * this one made (anchor ↔ site); the rest stay INTERNAL.
- */
-export function toRpcError(err: unknown): unknown {
-  if (err instanceof BindingError) return new RpcError(GrpcStatus.INVALID_ARGUMENT, err.message);
-  const e = err as { code?: unknown; details?: unknown; grpcCode?: unknown };
-  if (e && e.grpcCode === undefined && typeof e.code === "number" && typeof e.details === "string")
-    return new RpcError(e.code, e.details);
-  return err;
 }

@@ -1,5 +1,5 @@
-// Between the PageService messages and the page-server's own types. Pure.
-import { status } from "@grpc/grpc-js";
+// Between the PageService messages and the page-server's own types. Pure; a bad value is a
+// ServiceError of kind invalid.
 import {
   ChannelCompression,
   ChannelPath,
@@ -10,20 +10,18 @@ import {
   VmState as PbVmState,
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
-import { RpcError } from "../../common/grpc/server.js";
+import { ServiceError } from "../../common/errors.js";
 import type { Compression } from "../channel/compress-policy.js";
 import type { ChannelPathChoice } from "../channel/path-policy.js";
-import { HostError } from "../errors.js";
 import type { MigrationMode as Mode } from "../migration/driver.js";
-import { MigrationError } from "../migration/driver.js";
 import type { Phase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
-import { type VmSpec, VmSpecError } from "../vm/spec.js";
-import { IllegalTransitionError, type VmState } from "../vm/states.js";
+import type { VmSpec } from "../vm/spec.js";
+import type { VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
 
 export function specFromProto(s: PbVmSpec | undefined): VmSpec {
-  if (!s) throw new RpcError(status.INVALID_ARGUMENT, "spec is required");
+  if (!s) throw new ServiceError("invalid", "spec is required");
   return {
     name: s.vmId,
     vcpus: s.vcpus,
@@ -84,8 +82,8 @@ export function modeFromProto(m: MigrationMode): Mode | "auto" {
     case MigrationMode.MIGRATION_MODE_HYBRID:
       return "hybrid";
     default:
-      throw new RpcError(
-        status.INVALID_ARGUMENT,
+      throw new ServiceError(
+        "invalid",
         `migration mode ${MigrationMode[m] ?? m} is not supported (precopy, postcopy, hybrid, auto)`,
       );
   }
@@ -103,7 +101,7 @@ export function channelPathFromProto(p: ChannelPath): ChannelPathChoice | undefi
     case ChannelPath.CHANNEL_PATH_RELAY:
       return "relay";
     default:
-      throw new RpcError(status.INVALID_ARGUMENT, `channel_path ${p} is not one of AUTO, HANDOFF, RELAY`);
+      throw new ServiceError("invalid", `channel_path ${p} is not one of AUTO, HANDOFF, RELAY`);
   }
 }
 
@@ -115,13 +113,12 @@ export function compressionFromProto(c: ChannelCompression, compress: boolean): 
     [ChannelCompression.CHANNEL_COMPRESSION_ON]: "on",
     [ChannelCompression.CHANNEL_COMPRESSION_AUTO]: "auto",
   };
-  if (!(c in byEnum))
-    throw new RpcError(status.INVALID_ARGUMENT, `compression ${c} is not one of OFF, ON, AUTO`);
+  if (!(c in byEnum)) throw new ServiceError("invalid", `compression ${c} is not one of OFF, ON, AUTO`);
   const v = byEnum[c];
   if (!compress) return v;
   if (v !== undefined && v !== "on")
-    throw new RpcError(
-      status.INVALID_ARGUMENT,
+    throw new ServiceError(
+      "invalid",
       `compress (deprecated) = true contradicts compression ${ChannelCompression[c]}`,
     );
   return "on";
@@ -152,23 +149,4 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     error: r.error ?? "",
     bytesBeforeResume: r.bytesBeforeResume,
   };
-}
-
-/** Domain errors as gRPC statuses; anything else stays INTERNAL. */
-export function toRpcError(err: unknown): unknown {
-  if (err instanceof RpcError) return err;
-  if (err instanceof HostError) {
-    const code = {
-      "not-found": status.NOT_FOUND,
-      exists: status.ALREADY_EXISTS,
-      precondition: status.FAILED_PRECONDITION,
-      unavailable: status.UNAVAILABLE,
-      invalid: status.INVALID_ARGUMENT,
-    }[err.kind];
-    return new RpcError(code, err.message);
-  }
-  if (err instanceof VmSpecError) return new RpcError(status.INVALID_ARGUMENT, err.message);
-  if (err instanceof IllegalTransitionError) return new RpcError(status.FAILED_PRECONDITION, err.message);
-  if (err instanceof MigrationError) return new RpcError(status.ABORTED, err.message);
-  return err;
 }

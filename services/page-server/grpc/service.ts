@@ -5,7 +5,7 @@ import {
   type WatchMigrationRequest,
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
-import { type ServiceRegistration, toServiceError, unary } from "../../common/grpc/server.js";
+import { failStream, type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { PageHost } from "../host.js";
 import { isFinalPhase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
@@ -15,47 +15,42 @@ import {
   migrationToProto,
   modeFromProto,
   specFromProto,
-  toRpcError,
   vmToProto,
 } from "./convert.js";
-
-function wrap<Req, Res>(fn: (req: Req) => Promise<Res>) {
-  return unary<Req, Res>(fn, toRpcError);
-}
 
 export function pageService(host: PageHost): ServiceRegistration {
   const outgoing = new Set<string>(); // VMs with a migration under way from here
   const view = (vmId: string) => ({ vm: vmToProto(host.get(vmId), outgoing.has(vmId)) });
   const implementation = {
-    defineVm: wrap(async (req: { spec?: Parameters<typeof specFromProto>[0] }) => {
+    defineVm: unary(async (req: { spec?: Parameters<typeof specFromProto>[0] }) => {
       const vm = host.define(specFromProto(req.spec));
       return { vm: vmToProto(vm) };
     }),
-    startVm: wrap(async (req: { vmId: string }) => {
+    startVm: unary(async (req: { vmId: string }) => {
       await host.start(req.vmId);
       return view(req.vmId);
     }),
-    stopVm: wrap(async (req: { vmId: string; force: boolean; fencingToken: number }) => {
+    stopVm: unary(async (req: { vmId: string; force: boolean; fencingToken: number }) => {
       await host.stop(req.vmId, req.force, req.fencingToken);
       return view(req.vmId);
     }),
-    undefineVm: wrap(async (req: { vmId: string }) => {
+    undefineVm: unary(async (req: { vmId: string }) => {
       host.undefine(req.vmId);
       return {};
     }),
-    pauseVm: wrap(async (req: { vmId: string }) => {
+    pauseVm: unary(async (req: { vmId: string }) => {
       await host.get(req.vmId).pause();
       return view(req.vmId);
     }),
-    resumeVm: wrap(async (req: { vmId: string }) => {
+    resumeVm: unary(async (req: { vmId: string }) => {
       await host.get(req.vmId).resume();
       return view(req.vmId);
     }),
-    inspectVm: wrap(async (req: { vmId: string }) => view(req.vmId)),
-    listHostVms: wrap(async () => ({
+    inspectVm: unary(async (req: { vmId: string }) => view(req.vmId)),
+    listHostVms: unary(async () => ({
       vms: host.list().map((vm) => vmToProto(vm, outgoing.has(vm.spec.name))),
     })),
-    prepareIncoming: wrap(
+    prepareIncoming: unary(
       async (req: {
         spec?: Parameters<typeof specFromProto>[0];
         migrationId: string;
@@ -71,7 +66,7 @@ export function pageService(host: PageHost): ServiceRegistration {
         }),
       }),
     ),
-    startMigration: wrap(
+    startMigration: unary(
       async (req: {
         vmId: string;
         migrationId: string;
@@ -111,7 +106,7 @@ export function pageService(host: PageHost): ServiceRegistration {
         return { migrationId: rec.id };
       },
     ),
-    abortMigration: wrap(async (req: { migrationId: string; fencingToken: number }) => {
+    abortMigration: unary(async (req: { migrationId: string; fencingToken: number }) => {
       await host.abortMigration(req.migrationId, req.fencingToken);
       return {};
     }),
@@ -120,7 +115,7 @@ export function pageService(host: PageHost): ServiceRegistration {
       try {
         rec = host.migration(call.request.migrationId);
       } catch (err) {
-        call.emit("error", toServiceError(toRpcError(err)));
+        failStream(call, err);
         return;
       }
       // Sends the latest state, then each phase change or progress update, ending at a final phase.

@@ -1,8 +1,10 @@
 // Drives a QEMU-to-QEMU migration over QMP: pre-copy, pure post-copy (switch at once) or
 // hybrid (some pre-copy, then post-copy). The caller starts the destination with
 // `incoming: true` and calls prepareIncoming before migrate.
+
 import type { Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { ServiceError } from "../../common/errors.js";
 import { QmpError } from "../qmp/errors.js";
 import { socketFd } from "../qmp/pass-fd.js";
 import type { VmState } from "../vm/states.js";
@@ -45,12 +47,12 @@ export interface MigrationResult {
   recoveries: number;
 }
 
-export class MigrationError extends Error {
+export class MigrationError extends ServiceError {
   constructor(
     message: string,
     readonly progress?: MigrationProgress,
   ) {
-    super(message);
+    super("aborted", message);
     this.name = "MigrationError";
   }
 }

@@ -1,4 +1,5 @@
 // What a VM is made of, as the page-server is asked to run it.
+import { ServiceError } from "../../common/errors.js";
 
 export interface VmSpec {
   /** Letters, digits, dashes; names the QEMU process and its files. */
@@ -16,9 +17,9 @@ export interface VmSpec {
   accel?: "auto" | "tcg" | "kvm";
 }
 
-export class VmSpecError extends Error {
+export class VmSpecError extends ServiceError {
   constructor(message: string) {
-    super(message);
+    super("invalid", message);
     this.name = "VmSpecError";
   }
 }

@@ -1,4 +1,5 @@
 // VM lifecycle as an explicit transition table. Anything not listed is illegal.
+import { ServiceError } from "../../common/errors.js";
 
 export type VmState =
   | "defined" // spec known, no QEMU
@@ -57,12 +58,12 @@ export const transitions: Record<VmState, Partial<Record<VmEvent | "crash", VmSt
   crashed: {},
 };
 
-export class IllegalTransitionError extends Error {
+export class IllegalTransitionError extends ServiceError {
   constructor(
     readonly from: VmState,
     readonly event: string,
   ) {
-    super(`VM in state ${from} cannot ${event}`);
+    super("precondition", `VM in state ${from} cannot ${event}`);
     this.name = "IllegalTransitionError";
   }
 }

@@ -2,12 +2,11 @@
 // <plan>/<vm>, so a retried or resumed apply never starts a second migration), each move's
 // outcome recorded on the plan, then the hosts to sleep recorded asleep once their VMs have
 // left. The plan ends applied, or failed with the reasons on its moves and warnings.
-import * as grpc from "@grpc/grpc-js";
 import type { Migration } from "../../../gen/vmhop/v1/control.js";
 import { MigrationMode } from "../../../gen/vmhop/v1/page.js";
 import type { Logger } from "../../common/log.js";
 import type { Store } from "../../common/store/index.js";
-import type { ControlClient } from "../../control-plane/client.js";
+import { type ControlClient, isNotFound } from "../../control-plane/client.js";
 import { update } from "../../control-plane/records.js";
 import { isFinal, type MigrationState } from "../../control-plane/states.js";
 import { KEYS } from "./keys.js";
@@ -86,7 +85,7 @@ async function waitFinal(cp: ControlClient, migrationId: string): Promise<Migrat
     try {
       return await cp.waitForMigration(migrationId);
     } catch (err) {
-      if (Date.now() > deadline || (err as { code?: number }).code === grpc.status.NOT_FOUND) throw err;
+      if (Date.now() > deadline || isNotFound(err)) throw err;
       await new Promise((r) => setTimeout(r, 1000));
     }
   }

@@ -1,5 +1,6 @@
 // PlacementService: the gRPC face of load records and plans. Validation lives in load.ts
-// and plans.ts; this layer maps their errors to status codes and streams decisions.
+// and plans.ts (their errors answer their kind's status: common/grpc/status.ts); this layer
+// converts messages and streams decisions.
 import * as grpc from "@grpc/grpc-js";
 import {
   type PlacementServiceServer,
@@ -9,15 +10,15 @@ import {
   type WatchDecisionsRequest,
   type WatchDecisionsResponse,
 } from "../../../gen/vmhop/v1/placement.js";
-import { type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import { failStream, type ServiceRegistration, unary } from "../../common/grpc/server.js";
 import type { Logger } from "../../common/log.js";
-import { type Store, StoreError } from "../../common/store/index.js";
+import type { Store } from "../../common/store/index.js";
 import type { ControlClient } from "../../control-plane/client.js";
 import { DEFAULT_POLICY, listPolicies } from "../policies/registry.js";
 import { applyPlan } from "./apply.js";
 import { KEYS } from "./keys.js";
-import { LoadError, recordLoad } from "./load.js";
-import { computePlan, getPlan, PlanError, type PlanRecord } from "./plans.js";
+import { recordLoad } from "./load.js";
+import { computePlan, getPlan, type PlanRecord } from "./plans.js";
 
 export interface PlacementConfig {
   /** ControlPlaneService address; absent, ApplyPlan only accepts and publishes plans. */
@@ -27,28 +28,6 @@ export interface PlacementConfig {
   seed?: number;
   loadTtlMs: number;
   planTtlMs: number;
-}
-
-const planCodes: Record<PlanError["kind"], grpc.status> = {
-  invalid: grpc.status.INVALID_ARGUMENT,
-  "not-found": grpc.status.NOT_FOUND,
-  precondition: grpc.status.FAILED_PRECONDITION,
-};
-
-async function mapped<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    const code =
-      err instanceof LoadError
-        ? grpc.status.INVALID_ARGUMENT
-        : err instanceof PlanError
-          ? planCodes[err.kind]
-          : err instanceof StoreError
-            ? grpc.status.UNAVAILABLE
-            : undefined;
-    throw code === undefined ? err : Object.assign(err as Error, { grpcCode: code });
-  }
 }
 
 const PLAN_STATES: Record<PlanRecord["state"], PlanState> = {
@@ -105,27 +84,21 @@ export function placementService(
       policies: listPolicies().map((p) => ({ name: p.name, description: p.describe })),
       defaultPolicy: cfg.policy || DEFAULT_POLICY,
     })),
-    reportLoad: unary((req) =>
-      mapped(async () => {
-        await recordLoad(store, req, { ttlMs: cfg.loadTtlMs });
-        return { hostsRecorded: req.hosts.length, vmsRecorded: req.vms.length };
-      }),
-    ),
-    computePlan: unary((req) =>
-      mapped(async () => {
-        const p = await plan(req.policy, req.costModel);
-        log.info("plan computed", { plan: p.plan_id, moves: p.moves.length, ms: p.compute_ms });
-        return { plan: planToPb(p) };
-      }),
-    ),
-    applyPlan: unary((req) =>
-      mapped(async () => {
-        const a = await applyPlan(store, req.planId, controlPlane, log);
-        log.info("plan accepted", { plan: a.plan.plan_id, state: a.plan.state, migrations: a.migrationIds });
-        return { plan: planToPb(a.plan), migrationIds: a.migrationIds, message: a.message };
-      }),
-    ),
-    getPlan: unary((req) => mapped(async () => ({ plan: planToPb(await getPlan(store, req.planId)) }))),
+    reportLoad: unary(async (req) => {
+      await recordLoad(store, req, { ttlMs: cfg.loadTtlMs });
+      return { hostsRecorded: req.hosts.length, vmsRecorded: req.vms.length };
+    }),
+    computePlan: unary(async (req) => {
+      const p = await plan(req.policy, req.costModel);
+      log.info("plan computed", { plan: p.plan_id, moves: p.moves.length, ms: p.compute_ms });
+      return { plan: planToPb(p) };
+    }),
+    applyPlan: unary(async (req) => {
+      const a = await applyPlan(store, req.planId, controlPlane, log);
+      log.info("plan accepted", { plan: a.plan.plan_id, state: a.plan.state, migrations: a.migrationIds });
+      return { plan: planToPb(a.plan), migrationIds: a.migrationIds, message: a.message };
+    }),
+    getPlan: unary(async (req) => ({ plan: planToPb(await getPlan(store, req.planId)) })),
     watchDecisions: (call: grpc.ServerWritableStream<WatchDecisionsRequest, WatchDecisionsResponse>) => {
       let unsubscribe: (() => Promise<void>) | undefined;
       let done = false;
@@ -150,7 +123,7 @@ export function placementService(
             // Metadata tells the client the subscription is in place before any decision.
             else call.sendMetadata(new grpc.Metadata());
           },
-          (err) => call.destroy(Object.assign(err as Error, { code: grpc.status.UNAVAILABLE })),
+          (err) => failStream(call, err), // the store's subscribe: UNAVAILABLE
         );
     },
   };

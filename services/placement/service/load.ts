@@ -1,6 +1,8 @@
 // Load records in the Store: ReportLoad validates and writes them; planning reads them
 // back as a plain-data ClusterSnapshot (the simulator's input format).
+
 import type { ReportLoadRequest } from "../../../gen/vmhop/v1/placement.js";
+import { ServiceError } from "../../common/errors.js";
 import type { Store } from "../../common/store/index.js";
 import { HISTORY_LENGTH } from "../sim/cluster.js";
 import { HOST_TYPES } from "../sim/setup.js";
@@ -8,12 +10,12 @@ import type { ClusterSnapshot } from "../sim/snapshot.js";
 import { type HostRecord, KEYS, type VmRecord } from "./keys.js";
 
 /** Bad input; field names the offending request field, e.g. "vms[2].cpu_utilization". */
-export class LoadError extends Error {
+export class LoadError extends ServiceError {
   constructor(
     readonly field: string,
     problem: string,
   ) {
-    super(`${field} ${problem}`);
+    super("invalid", `${field} ${problem}`);
     this.name = "LoadError";
   }
 }

@@ -1,6 +1,7 @@
 // Plans: computed from the load in the Store with the simulator's policy code, stored, and
 // published. A plan moves through an explicit state table; apply.ts carries accepted plans
 // out through the control-plane when one is configured.
+import { ServiceError } from "../../common/errors.js";
 import type { Store } from "../../common/store/index.js";
 import { DEFAULT_POLICY } from "../policies/registry.js";
 import { predictEffect } from "../sim/effect.js";
@@ -56,15 +57,9 @@ export interface PlanRecord {
   warnings: string[];
 }
 
-/** A plan request the service cannot honour; kind picks the gRPC status. */
-export class PlanError extends Error {
-  constructor(
-    readonly kind: "invalid" | "not-found" | "precondition",
-    message: string,
-  ) {
-    super(message);
-    this.name = "PlanError";
-  }
+/** A plan request the service cannot honour (invalid, not-found or precondition). */
+export class PlanError extends ServiceError {
+  override name = "PlanError";
 }
 
 export interface PlanOptions {
