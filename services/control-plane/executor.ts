@@ -247,6 +247,7 @@ export class Executor {
     const atDst = await dst.peekMigration(m.migration_id).catch(() => undefined);
     const progress = memoryProgress(last);
     progress.memory.bytes_before_resume = atDst?.bytesBeforeResume;
+    progress.memory.resumed_unix_ms = atDst?.resumedUnixMs;
     await this.step(m.migration_id, "complete", progress);
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
     if (!switched) await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);

@@ -87,6 +87,7 @@ export function migrationToPb(m: MigrationRecord): Migration {
           bytesRemaining: m.memory.bytes_remaining,
           pagesRequestedOnFault: m.memory.pages_requested_on_fault,
           bytesBeforeResume: m.memory.bytes_before_resume,
+          resumedUnixMs: m.memory.resumed_unix_ms,
         }
       : undefined,
     disk: m.disk

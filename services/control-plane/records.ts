@@ -91,6 +91,8 @@ export interface MemoryRecord {
   pages_requested_on_fault: number;
   /** Known once the destination resumed the VM over a relayed channel. */
   bytes_before_resume?: number;
+  /** When the destination resumed the VM (epoch ms), known at completion. */
+  resumed_unix_ms?: number;
 }
 
 export interface DiskRecord {

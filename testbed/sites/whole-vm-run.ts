@@ -331,6 +331,8 @@ async function migrate(
     if (lastA) timeline.push({ atMs: Math.round(lastA.atMs - t0), event: "last guest heartbeat at A" });
   }
   if (bBeat) timeline.push({ atMs: Math.round(bBeat - t0), event: "first guest heartbeat at B" });
+  const resumed = m.memory?.resumedUnixMs;
+  if (resumed) timeline.push({ atMs: Math.round(resumed - t0), event: "VM resumed at B (QEMU's RESUME there)" });
   const n = m.network?.enteredUnixMs ?? {};
   for (const [state, text] of Object.entries(NETWORK_TEXT))
     if (n[state]) timeline.push({ atMs: Math.round(n[state] - t0), event: text });
@@ -344,7 +346,8 @@ async function migrate(
 
   return {
     migration_id: m.migrationId,
-    switchover_ms: rel(e.switched),
+    // When B's QEMU resumed the VM; the record's `switched` (the source in post-copy) if unknown.
+    switchover_ms: rel(m.memory?.resumedUnixMs ?? e.switched),
     bytes_before_resume: m.memory?.bytesBeforeResume ?? null,
     max_guest_gap_ms: Math.round(gap),
     total_ms: rel(e.completing),
@@ -388,7 +391,7 @@ const NETWORK_TEXT: Record<string, string> = {
 const PHASE_TEXT: Record<string, string> = {
   preparing: "preparing B: proxy export of the disk, incoming QEMU",
   migrating: "memory stream started (post-copy)",
-  switched: "VM runs at B (switch-over); disk copy starts",
+  switched: "source in post-copy (switch-over); the disk copy starts",
   completing: "memory complete",
   relocating: "VM record at B; disk still arriving",
   done: "every block local, B's export promoted, A's released",

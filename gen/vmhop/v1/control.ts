@@ -231,7 +231,14 @@ export interface MemoryProgress {
    * Bytes the destination received before the VM resumed there (post-copy: the switch-over's
    * cost); unset when unknown (the stream handed to QEMU, or not yet resumed).
    */
-  bytesBeforeResume?: number | undefined;
+  bytesBeforeResume?:
+    | number
+    | undefined;
+  /**
+   * When the destination's QEMU resumed the VM (epoch ms): it runs there from then on. The
+   * state `switched` is entered when the source reports post-copy, a little earlier.
+   */
+  resumedUnixMs?: number | undefined;
 }
 
 export interface NetworkProgress {
@@ -2403,7 +2410,7 @@ export const DiskProgress: MessageFns<DiskProgress> = {
 };
 
 function createBaseMemoryProgress(): MemoryProgress {
-  return { bytesRemaining: 0, pagesRequestedOnFault: 0, bytesBeforeResume: undefined };
+  return { bytesRemaining: 0, pagesRequestedOnFault: 0, bytesBeforeResume: undefined, resumedUnixMs: undefined };
 }
 
 export const MemoryProgress: MessageFns<MemoryProgress> = {
@@ -2416,6 +2423,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     }
     if (message.bytesBeforeResume !== undefined) {
       writer.uint32(24).uint64(message.bytesBeforeResume);
+    }
+    if (message.resumedUnixMs !== undefined) {
+      writer.uint32(32).int64(message.resumedUnixMs);
     }
     return writer;
   },
@@ -2457,6 +2467,14 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
             message.bytesBeforeResume = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.resumedUnixMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2486,6 +2504,11 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
         : isSet(object.bytes_before_resume)
         ? globalThis.Number(object.bytes_before_resume)
         : undefined,
+      resumedUnixMs: isSet(object.resumedUnixMs)
+        ? globalThis.Number(object.resumedUnixMs)
+        : isSet(object.resumed_unix_ms)
+        ? globalThis.Number(object.resumed_unix_ms)
+        : undefined,
     };
   },
 
@@ -2500,6 +2523,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     if (message.bytesBeforeResume !== undefined) {
       obj.bytesBeforeResume = Math.round(message.bytesBeforeResume);
     }
+    if (message.resumedUnixMs !== undefined) {
+      obj.resumedUnixMs = Math.round(message.resumedUnixMs);
+    }
     return obj;
   },
 
@@ -2511,6 +2537,7 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     message.bytesRemaining = object.bytesRemaining ?? 0;
     message.pagesRequestedOnFault = object.pagesRequestedOnFault ?? 0;
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
+    message.resumedUnixMs = object.resumedUnixMs ?? undefined;
     return message;
   },
 };

@@ -476,7 +476,11 @@ export interface WatchMigrationResponse {
    * Destination, post-copy: migration-channel bytes received before the VM resumed there;
    * unset before the resume and when the stream was handed to QEMU (no relay counts it).
    */
-  bytesBeforeResume?: number | undefined;
+  bytesBeforeResume?:
+    | number
+    | undefined;
+  /** Destination: when QEMU resumed the VM here (epoch ms); unset before. */
+  resumedUnixMs?: number | undefined;
 }
 
 function createBaseVmSpec(): VmSpec {
@@ -2783,6 +2787,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     downtimeMs: 0,
     error: "",
     bytesBeforeResume: undefined,
+    resumedUnixMs: undefined,
   };
 }
 
@@ -2814,6 +2819,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.bytesBeforeResume !== undefined) {
       writer.uint32(72).uint64(message.bytesBeforeResume);
+    }
+    if (message.resumedUnixMs !== undefined) {
+      writer.uint32(80).int64(message.resumedUnixMs);
     }
     return writer;
   },
@@ -2903,6 +2911,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.bytesBeforeResume = longToNumber(reader.uint64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.resumedUnixMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2954,6 +2970,11 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         : isSet(object.bytes_before_resume)
         ? globalThis.Number(object.bytes_before_resume)
         : undefined,
+      resumedUnixMs: isSet(object.resumedUnixMs)
+        ? globalThis.Number(object.resumedUnixMs)
+        : isSet(object.resumed_unix_ms)
+        ? globalThis.Number(object.resumed_unix_ms)
+        : undefined,
     };
   },
 
@@ -2986,6 +3007,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.bytesBeforeResume !== undefined) {
       obj.bytesBeforeResume = Math.round(message.bytesBeforeResume);
     }
+    if (message.resumedUnixMs !== undefined) {
+      obj.resumedUnixMs = Math.round(message.resumedUnixMs);
+    }
     return obj;
   },
 
@@ -3003,6 +3027,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     message.downtimeMs = object.downtimeMs ?? 0;
     message.error = object.error ?? "";
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
+    message.resumedUnixMs = object.resumedUnixMs ?? undefined;
     return message;
   },
 };

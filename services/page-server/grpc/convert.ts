@@ -148,5 +148,6 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     downtimeMs: p?.downtimeMs ?? 0,
     error: r.error ?? "",
     bytesBeforeResume: r.bytesBeforeResume,
+    resumedUnixMs: r.resumedAtMs,
   };
 }

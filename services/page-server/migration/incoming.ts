@@ -137,7 +137,9 @@ export class Incoming {
     }
     const target = this.expect(vm, rec, mode, false);
     vm.qmp.on("event", (e) => {
-      if (e.event === "RESUME" && rec.bytesBeforeResume === undefined && !target.handedOff)
+      if (e.event !== "RESUME") return;
+      rec.resumedAtMs ??= Date.now();
+      if (rec.bytesBeforeResume === undefined && !target.handedOff)
         rec.bytesBeforeResume = target.counters.forward;
     });
     this.follow(vm, rec).catch((err) => this.ctx.log.warn("destination follow failed", { err }));

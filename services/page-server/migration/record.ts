@@ -24,6 +24,8 @@ export interface MigrationRecord {
    * bound on what had to cross before the VM ran here: the event comes a moment later).
    */
   bytesBeforeResume?: number;
+  /** Destination: when QEMU reported RESUME (epoch ms): the VM runs here from then on. */
+  resumedAtMs?: number;
   /**
    * How the stream crossed: "handoff" (the TCP connection given to QEMU on both ends, no
    * relay, so channelBytes stay 0) or "relay" (through the page-servers). A post-copy
