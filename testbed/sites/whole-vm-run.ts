@@ -332,7 +332,8 @@ async function migrate(
   }
   if (bBeat) timeline.push({ atMs: Math.round(bBeat - t0), event: "first guest heartbeat at B" });
   const resumed = m.memory?.resumedUnixMs;
-  if (resumed) timeline.push({ atMs: Math.round(resumed - t0), event: "VM resumed at B (QEMU's RESUME there)" });
+  if (resumed)
+    timeline.push({ atMs: Math.round(resumed - t0), event: "VM resumed at B (QEMU's RESUME there)" });
   const n = m.network?.enteredUnixMs ?? {};
   for (const [state, text] of Object.entries(NETWORK_TEXT))
     if (n[state]) timeline.push({ atMs: Math.round(n[state] - t0), event: text });
