@@ -8,14 +8,15 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import type { BlockServiceClient, ExportStatus, ProxySource } from "../../gen/vmhop/v1/block.js";
+import type { BlockServiceClient, ProxySource } from "../../gen/vmhop/v1/block.js";
+import { call } from "../../services/common/grpc/call.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { within } from "../helpers/wait.js";
-import { blockClient, killAll, rpc, type Served, serve } from "./fixtures/serve-process.js";
+import { blockClient, killAll, type Served, serve } from "./fixtures/serve-process.js";
 
 const dir = tempDir("vmhop-fencing-");
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -62,60 +63,47 @@ function image(name: string, mib: number): string {
 }
 
 const target = (c: BlockServiceClient, name: string, imagePath: string, fencingToken: number) =>
-  rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
-        readOnly: false,
-        description: "",
-        fencingToken,
-      },
-      cb,
-    ),
-  );
+  call(c, "createExport", {
+    name,
+    source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
+    readOnly: false,
+    description: "",
+    fencingToken,
+  });
 
 const proxy = (c: BlockServiceClient, name: string, upstream: Partial<ProxySource>, fencingToken: number) =>
-  rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: {
-          $case: "proxy",
-          value: {
-            upstreamUrl: "",
-            cachePath: "",
-            blockSize: 0,
-            startBackgroundCopy: false,
-            rateLimitBytesPerSecond: 0,
-            upstreamControl: "",
-            autoPromote: false,
-            ...upstream,
-          },
-        },
-        readOnly: false,
-        description: "",
-        fencingToken,
+  call(c, "createExport", {
+    name,
+    source: {
+      $case: "proxy",
+      value: {
+        upstreamUrl: "",
+        cachePath: "",
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
+        ...upstream,
       },
-      cb,
-    ),
-  );
+    },
+    readOnly: false,
+    description: "",
+    fencingToken,
+  });
 
 /** The changing calls, each with a token. */
 const calls = (c: BlockServiceClient, name: string) => ({
   rate: (rateLimitBytesPerSecond: number, fencingToken: number) =>
-    rpc((cb) => c.setRateLimit({ name, rateLimitBytesPerSecond, fencingToken }, cb)),
+    call(c, "setRateLimit", { name, rateLimitBytesPerSecond, fencingToken }),
   startCopy: (fencingToken: number) =>
-    rpc((cb) =>
-      c.startBackgroundCopy({ name, rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken }, cb),
-    ),
-  stopCopy: (fencingToken: number) => rpc((cb) => c.stopBackgroundCopy({ name, fencingToken }, cb)),
+    call(c, "startBackgroundCopy", { name, rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken }),
+  stopCopy: (fencingToken: number) => call(c, "stopBackgroundCopy", { name, fencingToken }),
   setUpstream: (upstreamUrl: string, fencingToken: number) =>
-    rpc((cb) => c.setUpstream({ name, upstreamUrl, fencingToken }, cb)),
-  promote: (fencingToken: number, wait = false) => rpc((cb) => c.promote({ name, wait, fencingToken }, cb)),
-  remove: (fencingToken: number) =>
-    rpc((cb) => c.removeExport({ name, fencingToken, discardLocalCopy: false }, cb)),
-  status: async () => (await rpc<{ status?: ExportStatus }>((cb) => c.getExportStatus({ name }, cb))).status!,
+    call(c, "setUpstream", { name, upstreamUrl, fencingToken }),
+  promote: (fencingToken: number, wait = false) => call(c, "promote", { name, wait, fencingToken }),
+  remove: (fencingToken: number) => call(c, "removeExport", { name, fencingToken, discardLocalCopy: false }),
+  status: async () => (await call(c, "getExportStatus", { name })).status!,
 });
 
 async function refused(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {

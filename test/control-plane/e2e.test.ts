@@ -10,14 +10,8 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
-import {
-  type ApplyPlanResponse,
-  type ComputePlanResponse,
-  type GetPlanResponse,
-  PlacementServiceClient,
-  type Plan,
-  PlanState,
-} from "../../gen/vmhop/v1/placement.js";
+import { PlacementServiceClient, type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { RedisStore, type Store } from "../../services/common/store/index.js";
@@ -65,11 +59,6 @@ async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp):
     return;
   }
   assert.unreachable(`expected ${grpc.status[code]}`);
-}
-
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
 }
 
 /**
@@ -209,9 +198,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     await placement.shutdown(1000);
   });
   for (let i = 0; i < 12; i++)
-    await call(pc.reportLoad.bind(pc), { hosts: LOAD_HOSTS, vms: LOAD_VMS, timeUnixMs: 0 });
-  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
-    .plan!;
+    await call(pc, "reportLoad", { hosts: LOAD_HOSTS, vms: LOAD_VMS, timeUnixMs: 0 });
+  const plan = (await call(pc, "computePlan", { policy: "", costModel: "" })).plan!;
   assert.equal(
     plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
     [["small", "h3", "h1"]],
@@ -219,7 +207,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.equal(plan.hostsToSleep, ["h3"]);
 
   const passesBefore = Math.max(...heartbeats(logs).map((h) => h.passes));
-  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  const applied = await call(pc, "applyPlan", { planId: plan.planId });
   assert.is(applied.plan?.state, PlanState.PLAN_STATE_APPLYING);
   assert.is(applied.migrationIds.length, 1);
   assert.match(applied.message, /started 1 of 1 migrations through the control-plane/);
@@ -239,7 +227,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   );
 
   const final = await until("the plan to end", async () => {
-    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    const p = (await call(pc, "getPlan", { planId: plan.planId })).plan!;
     return p.state === PlanState.PLAN_STATE_APPLYING ? undefined : p;
   });
   assert.is(final.state, PlanState.PLAN_STATE_APPLIED, JSON.stringify(final));

@@ -14,6 +14,7 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { KEYS, type VmRecord } from "../../services/control-plane/records.js";
 import { splitLines } from "../../services/page-server/lines.js";
@@ -60,9 +61,7 @@ async function vmhop(args: string[]): Promise<{ code: number; out: string; err: 
 async function exportsOf(address: string): Promise<ListExportsResponse> {
   const c = new BlockServiceClient(address, grpc.credentials.createInsecure());
   try {
-    return await new Promise((resolve, reject) =>
-      c.listExports({}, (err, res) => (err ? reject(err) : resolve(res))),
-    );
+    return await call(c, "listExports", {});
   } finally {
     c.close();
   }

@@ -19,6 +19,7 @@ import {
   VmState,
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
@@ -98,11 +99,6 @@ async function expectCode(p: Promise<unknown>, code: status, re: RegExp): Promis
   }
 }
 
-function call<Res>(c: PageServiceClient, method: keyof PageServiceClient, req: object): Promise<Res> {
-  const fn = c[method] as unknown as (req: object, cb: (err: Error | null, res: Res) => void) => void;
-  return new Promise((resolve, reject) => fn.call(c, req, (err, res) => (err ? reject(err) : resolve(res))));
-}
-
 /** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
 function heartbeats(logs: string[]) {
   const bytes = Buffer.concat(logs.map((p) => readFileSync(p)));
@@ -138,16 +134,16 @@ migTest(
       nicTap: "",
       nicMac: "",
     };
-    const defined = await call<{ vm: { state: VmState } }>(a.client, "defineVm", { spec });
-    assert.is(defined.vm.state, VmState.VM_STATE_DEFINED);
-    const started = await call<{ vm: { state: VmState; serialLogPath: string } }>(a.client, "startVm", {
+    const defined = await call(a.client, "defineVm", { spec });
+    assert.is(defined.vm!.state, VmState.VM_STATE_DEFINED);
+    const started = await call(a.client, "startVm", {
       vmId: "vm1",
     });
-    assert.is(started.vm.state, VmState.VM_STATE_RUNNING);
-    const srcLog = started.vm.serialLogPath;
+    assert.is(started.vm!.state, VmState.VM_STATE_RUNNING);
+    const srcLog = started.vm!.serialLogPath;
     await until("a verification pass at the source", () => heartbeats([srcLog]).find((h) => h.passes >= 1));
 
-    const { channelAddress } = await call<{ channelAddress: string }>(
+    const { channelAddress } = await call(
       b.client,
       "prepareIncoming",
       PrepareIncomingRequest.fromPartial({
@@ -159,10 +155,10 @@ migTest(
     );
     assert.match(channelAddress, /^127\.0\.0\.1:\d+$/);
     assert.equal(await capabilities(b.host, "vm1"), { "postcopy-ram": true, "postcopy-preempt": true });
-    const dstView = await call<{ vm: { state: VmState; serialLogPath: string } }>(b.client, "inspectVm", {
+    const dstView = await call(b.client, "inspectVm", {
       vmId: "vm1",
     });
-    assert.is(dstView.vm.state, VmState.VM_STATE_INCOMING);
+    assert.is(dstView.vm!.state, VmState.VM_STATE_INCOMING);
 
     const passesBefore = Math.max(...heartbeats([srcLog]).map((h) => h.passes));
     await call(
@@ -200,10 +196,10 @@ migTest(
       return vm.state === "stopped" ? vm : undefined;
     });
     assert.is(srcEnd.state, "stopped");
-    const dst = await call<{ vm: { state: VmState } }>(b.client, "inspectVm", { vmId: "vm1" });
-    assert.is(dst.vm.state, VmState.VM_STATE_RUNNING);
+    const dst = await call(b.client, "inspectVm", { vmId: "vm1" });
+    assert.is(dst.vm!.state, VmState.VM_STATE_RUNNING);
 
-    const logs = [srcLog, dstView.vm.serialLogPath];
+    const logs = [srcLog, dstView.vm!.serialLogPath];
     const after = await until("two verification passes at the destination", () =>
       heartbeats(logs).find((h) => h.passes >= passesBefore + 2),
     );
@@ -239,10 +235,10 @@ migTest(
       kernelCmdline: guestCmdline({ memMib: 16, rateMib: 2, verifyMib: 16 }),
     });
     await call(a.client, "defineVm", { spec });
-    const started = await call<{ vm: { serialLogPath: string } }>(a.client, "startVm", { vmId: "vm2" });
-    const srcLog = started.vm.serialLogPath;
+    const started = await call(a.client, "startVm", { vmId: "vm2" });
+    const srcLog = started.vm!.serialLogPath;
     await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
-    const { channelAddress } = await call<{ channelAddress: string }>(
+    const { channelAddress } = await call(
       b.client,
       "prepareIncoming",
       PrepareIncomingRequest.fromPartial({
@@ -263,8 +259,8 @@ migTest(
         maxBandwidthBytesPerSecond: 2 << 20, // long enough to abort mid-way
       }),
     );
-    const inspect = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
-    assert.is(inspect.vm.state, VmState.VM_STATE_MIGRATING);
+    const inspect = await call(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(inspect.vm!.state, VmState.VM_STATE_MIGRATING);
     await until("pre-copy under way", () =>
       a.host.migration("mig-abort").phase === "precopy" ? true : undefined,
     );
@@ -277,8 +273,8 @@ migTest(
       s.on("end", () => resolve());
     });
     assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_CANCELLED);
-    const src = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
-    assert.is(src.vm.state, VmState.VM_STATE_RUNNING);
+    const src = await call(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(src.vm!.state, VmState.VM_STATE_RUNNING);
     const at = heartbeats([srcLog]).at(-1)!.counter;
     await until("heartbeats after the abort", () => heartbeats([srcLog]).find((h) => h.counter >= at + 3));
     const dst = await until("the destination to give up", () => {
@@ -308,7 +304,7 @@ migTest(
     let b = await pageServer("idem-b");
     const spec = await guestSpec("vm3");
     const prepare = (s: Server, patch: Partial<PrepareIncomingRequest> = {}) =>
-      call<{ channelAddress: string }>(
+      call(
         s.client,
         "prepareIncoming",
         PrepareIncomingRequest.fromPartial({
@@ -362,11 +358,7 @@ migTest(
         PrepareIncomingRequest.fromPartial({ spec, migrationId, fencingToken }),
       );
     const stop = (fencingToken: number) =>
-      call<{ vm: { state: VmState } }>(
-        b.client,
-        "stopVm",
-        StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }),
-      );
+      call(b.client, "stopVm", StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }));
     await prepare("mig-5", 5);
     await expectCode(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
     await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
@@ -402,7 +394,7 @@ migTest(
     assert.is(b.host.get("vm5").state, "incoming");
     // A newer migration's rollback stops the waiting QEMU; from then on 5 is stale too.
     const stopped = await stop(6);
-    assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm.state));
+    assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm!.state));
     await expectCode(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
     await stop(0); // unfenced (the CLI): accepted
   },

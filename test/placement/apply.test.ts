@@ -6,12 +6,11 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import {
   type ApplyPlanResponse,
-  type ComputePlanResponse,
-  type GetPlanResponse,
   PlacementServiceClient,
   type Plan,
   PlanState,
 } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { MemoryStore } from "../../services/common/store/index.js";
@@ -21,11 +20,6 @@ import { placementService } from "../../services/placement/service/grpc.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
 import { test } from "../helpers/uvu.js";
-
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-}
 
 // The scenario of service.test.ts: the best plan moves "small" h3 → h1 and sleeps h3.
 const HOSTS = [
@@ -65,22 +59,21 @@ async function setUp() {
     await cp.close();
     await page.close();
   });
-  for (let i = 0; i < 12; i++) await call(pc.reportLoad.bind(pc), { hosts: HOSTS, vms: VMS, timeUnixMs: 0 });
+  for (let i = 0; i < 12; i++) await call(pc, "reportLoad", { hosts: HOSTS, vms: VMS, timeUnixMs: 0 });
   return { pc, cp, cpStore, page };
 }
 
 async function planAndApply(
   pc: PlacementServiceClient,
 ): Promise<{ applied: ApplyPlanResponse; final: Plan }> {
-  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
-    .plan!;
+  const plan = (await call(pc, "computePlan", { policy: "", costModel: "" })).plan!;
   assert.equal(
     plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
     [["small", "h3", "h1"]],
   );
-  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  const applied = await call(pc, "applyPlan", { planId: plan.planId });
   for (;;) {
-    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    const p = (await call(pc, "getPlan", { planId: plan.planId })).plan!;
     if (p.state !== PlanState.PLAN_STATE_APPLYING) return { applied, final: p };
     await new Promise((r) => setTimeout(r, 50));
   }

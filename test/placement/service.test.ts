@@ -7,7 +7,6 @@ import { createInterface } from "node:readline";
 import * as grpc from "@grpc/grpc-js";
 import {
   type ApplyPlanResponse,
-  type ComputePlanResponse,
   type ListPoliciesResponse,
   PlacementServiceClient,
   type Plan,
@@ -15,6 +14,7 @@ import {
   type ReportLoadRequest,
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
@@ -63,17 +63,13 @@ async function stopService(s: Served): Promise<number | null> {
   });
 }
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-}
 const c = () => svc.client;
 const report = (req: Partial<ReportLoadRequest>) =>
-  call(c().reportLoad.bind(c()), { hosts: [], vms: [], timeUnixMs: 0, ...req });
+  call(c(), "reportLoad", { hosts: [], vms: [], timeUnixMs: 0, ...req });
 const computePlan = async (policy = "", costModel = ""): Promise<Plan> =>
-  ((await call(c().computePlan.bind(c()), { policy, costModel })) as ComputePlanResponse).plan!;
-const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c().applyPlan.bind(c()), { planId });
-const listPolicies = (): Promise<ListPoliciesResponse> => call(c().listPolicies.bind(c()), {});
+  (await call(c(), "computePlan", { policy, costModel })).plan!;
+const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c(), "applyPlan", { planId });
+const listPolicies = (): Promise<ListPoliciesResponse> => call(c(), "listPolicies", {});
 
 // Known best answer: h1 (G5, 5320 MIPS) runs a VM at 2000 MIPS, h3 (G5) one at 200 MIPS.
 // Moving the small VM onto h1 lets h3 sleep and overloads nothing; h0 and h2 (G4) stay asleep.
