@@ -12,6 +12,7 @@ import type { BlockServiceClient, ProxySource } from "../../gen/vmhop/v1/block.j
 import { call } from "../../services/common/grpc/call.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
@@ -106,18 +107,8 @@ const calls = (c: BlockServiceClient, name: string) => ({
   status: async () => (await call(c, "getExportStatus", { name })).status!,
 });
 
-async function refused(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: grpc.ServiceError) => e,
-  );
-  assert.ok(err, `expected ${grpc.status[code]}, got success`);
-  assert.is(grpc.status[err.code], grpc.status[code], err.details);
-  assert.match(err.details, re);
-}
-
 const stale = (p: Promise<unknown>, token: number, name: string, seen: number) =>
-  refused(
+  rejectsWithStatus(
     p,
     grpc.status.FAILED_PRECONDITION,
     new RegExp(`^stale fencing token ${token} for export ${name} \\(seen ${seen}\\)$`),
@@ -172,7 +163,7 @@ async function fencedAcrossRestarts(stateArgs: string[]) {
   await e.promote(8, true);
   assert.is((await e.status()).blocksLocal, (await e.status()).blocksTotal);
   await e.remove(9);
-  await refused(e.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
+  await rejectsWithStatus(e.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
 }
 
 t(
@@ -212,7 +203,7 @@ t(
     await atC.promote(2, true);
     await atB.remove(2);
     // m1's later calls on B's export: it is gone.
-    await refused(atB.promote(1), grpc.status.NOT_FOUND, /no export named "disk0"/);
+    await rejectsWithStatus(atB.promote(1), grpc.status.NOT_FOUND, /no export named "disk0"/);
     // The VM comes back to B (m3, token 3) before m1 noticed: B's disk0 is m3's now, and every
     // changing call of m1 on it is refused, also across a restart of B.
     await proxy(b.client, "disk0", { upstreamUrl: c.url("disk0"), upstreamControl: c.grpc }, 3);
@@ -224,7 +215,7 @@ t(
     assert.is((await atB.status()).export?.upstreamUrl, c.url("disk0"), "m3's export is untouched");
     // m1 releases its source, A's disk0, with its own token: admitted there (nothing newer acted on it).
     await atA.remove(1);
-    await refused(atA.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
+    await rejectsWithStatus(atA.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
     await atB.promote(3, true);
   },
 );

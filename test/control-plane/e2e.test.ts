@@ -21,6 +21,7 @@ import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { placementService } from "../../services/placement/service/grpc.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
@@ -47,18 +48,6 @@ async function redisStore(): Promise<Store> {
   const s = await RedisStore.connect(redis.url, { prefix: "e2e:" });
   closers.push(() => s.close());
   return s;
-}
-
-async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    assert.is(e.code, code, `${grpc.status[e.code]}: ${e.details}`);
-    assert.match(e.details, message);
-    return;
-  }
-  assert.unreachable(`expected ${grpc.status[code]}`);
 }
 
 /**
@@ -142,16 +131,16 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.is(created.state, VmState.VM_STATE_RUNNING);
   const logs: Segment[] = [{ path: created.serialLogPath, from: 0 }];
   await until("a verification pass on h3", () => heartbeats(logs).find((h) => h.passes >= 1));
-  await rejects(c().createVm(spec, "h1"), grpc.status.ALREADY_EXISTS, /VM small already exists/);
+  await rejectsWithStatus(c().createVm(spec, "h1"), grpc.status.ALREADY_EXISTS, /VM small already exists/);
 
   // Refusals with the VM running: same host, unreachable destination; it keeps running on h3.
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h3", mode: 0, requestId: "" }),
     grpc.status.INVALID_ARGUMENT,
     /already runs on host h3/,
   );
   await c().registerHost(host("h-dead", `127.0.0.1:${await freePort()}`));
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h-dead", mode: 0, requestId: "" }),
     grpc.status.UNAVAILABLE,
     /host h-dead: page-server .* is unreachable/,
@@ -220,7 +209,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     requestId: `${plan.planId}/small`,
   });
   assert.is(again.migrationId, migrationId);
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h1", mode: 0, requestId: "someone-else" }),
     grpc.status.FAILED_PRECONDITION,
     /VM small is already migrating/,

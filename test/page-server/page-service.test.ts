@@ -28,6 +28,7 @@ import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
@@ -87,16 +88,6 @@ async function pageServer(name: string): Promise<Server> {
 async function restart(s: Server, name: string): Promise<Server> {
   await s.close({ keepVms: true });
   return pageServer(name);
-}
-
-async function expectCode(p: Promise<unknown>, code: status, re: RegExp): Promise<void> {
-  try {
-    await p;
-    assert.unreachable("call succeeded");
-  } catch (err) {
-    assert.is((err as { code: number }).code, code, (err as Error).message);
-    assert.match((err as Error).message, re);
-  }
 }
 
 /** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
@@ -324,12 +315,12 @@ migTest(
     assert.is(b.host.list().length, 1);
     assert.is(b.host.get("vm3").pid, pid, "a retry started another QEMU");
 
-    await expectCode(
+    await rejectsWithStatus(
       prepare(b, { spec: { ...spec, memoryMib: 160 } }),
       status.ALREADY_EXISTS,
       /migration mig-idem is already prepared here for VM vm3 with another spec: memoryMib is 128 here, 160 in this request/,
     );
-    await expectCode(
+    await rejectsWithStatus(
       prepare(b, { spec: { ...spec, vmId: "vm4" } }),
       status.ALREADY_EXISTS,
       /migration mig-idem is already prepared here for VM vm3, not vm4/,
@@ -360,9 +351,9 @@ migTest(
     const stop = (fencingToken: number) =>
       call(b.client, "stopVm", StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }));
     await prepare("mig-5", 5);
-    await expectCode(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
-    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
-    await expectCode(
+    await rejectsWithStatus(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
+    await rejectsWithStatus(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    await rejectsWithStatus(
       call(
         b.client,
         "abortMigration",
@@ -371,7 +362,7 @@ migTest(
       status.FAILED_PRECONDITION,
       stale(4, 5),
     );
-    await expectCode(
+    await rejectsWithStatus(
       call(
         b.client,
         "startMigration",
@@ -390,20 +381,20 @@ migTest(
     assert.is(b.host.get("vm5").state, "incoming");
 
     b = await restart(b, "fence-b");
-    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    await rejectsWithStatus(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
     assert.is(b.host.get("vm5").state, "incoming");
     // A newer migration's rollback stops the waiting QEMU; from then on 5 is stale too.
     const stopped = await stop(6);
     assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm!.state));
-    await expectCode(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
+    await rejectsWithStatus(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
     await stop(0); // unfenced (the CLI): accepted
   },
 );
 
 migTest("errors map to gRPC statuses", async () => {
   const a = await pageServer("host-err");
-  await expectCode(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
-  await expectCode(
+  await rejectsWithStatus(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
+  await rejectsWithStatus(
     call(a.client, "defineVm", {
       spec: VmSpec.fromPartial({ vmId: "bad name", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
     }),
@@ -413,12 +404,12 @@ migTest("errors map to gRPC statuses", async () => {
   await call(a.client, "defineVm", {
     spec: VmSpec.fromPartial({ vmId: "v2", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
   });
-  await expectCode(
+  await rejectsWithStatus(
     call(a.client, "pauseVm", { vmId: "v2" }),
     status.FAILED_PRECONDITION,
     /defined cannot pause/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     call(
       a.client,
       "startMigration",
@@ -432,7 +423,7 @@ migTest("errors map to gRPC statuses", async () => {
     status.FAILED_PRECONDITION,
     /cannot migrate/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     call(
       a.client,
       "startMigration",
@@ -447,7 +438,7 @@ migTest("errors map to gRPC statuses", async () => {
     status.INVALID_ARGUMENT,
     /channel_path 9 is not one of AUTO, HANDOFF, RELAY/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     new Promise<void>((resolve, reject) => {
       const s = a.client.watchMigration({ migrationId: "none" });
       s.on("data", () => {});
