@@ -10,15 +10,11 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
-import { PlacementServiceClient, type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
+import { type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
 import { call } from "../../services/common/grpc/call.js";
-import { startGrpcServer } from "../../services/common/grpc/server.js";
-import { silentLogger } from "../../services/common/log.js";
 import { RedisStore, type Store } from "../../services/common/store/index.js";
-import { ControlClient } from "../../services/control-plane/client.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
-import { placementService } from "../../services/placement/service/grpc.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
@@ -26,6 +22,7 @@ import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
+import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
 import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
 
 const e2e = gate(
@@ -91,18 +88,6 @@ function unbroken(logs: Segment[]): void {
     "memory verification errors",
   );
 }
-
-// The placement scenario of test/placement/service.test.ts: its best plan moves "small" from h3 to h1.
-const LOAD_HOSTS = [
-  { hostId: "h0", model: "G4", asleep: true },
-  { hostId: "h1", model: "G5", asleep: false },
-  { hostId: "h2", model: "G4", asleep: true },
-  { hostId: "h3", model: "G5", asleep: false },
-].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
-const LOAD_VMS = [
-  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
-  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
-].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
 
 e2e("CreateVm, then a placement plan applied through the control-plane moves the running VM", async () => {
   const guest = await ensureGuest();
@@ -172,22 +157,11 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
 
   // The placement service, given the control-plane.
   const store = await redisStore();
-  const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
-  const cpForPlacement = new ControlClient(cp.address);
-  const placement = await startGrpcServer({
-    serviceName: "placement",
-    listen: "127.0.0.1:0",
-    services: [placementService(store, cfg, silentLogger, cpForPlacement)],
-    log: silentLogger,
-  });
-  const pc = new PlacementServiceClient(placement.address, grpc.credentials.createInsecure());
-  closers.push(async () => {
-    pc.close();
-    cpForPlacement.close();
-    await placement.shutdown(1000);
-  });
-  for (let i = 0; i < 12; i++)
-    await call(pc, "reportLoad", { hosts: LOAD_HOSTS, vms: LOAD_VMS, timeUnixMs: 0 });
+  const placement = await startPlacement(store, cp.address);
+  closers.push(placement.close);
+  const pc = placement.client;
+  // The placement scenario: its best plan moves "small" from h3 to h1.
+  await reportScenarioLoad(pc);
   const plan = (await call(pc, "computePlan", { policy: "", costModel: "" })).plan!;
   assert.equal(
     plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
