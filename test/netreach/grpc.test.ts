@@ -17,9 +17,9 @@ import { call } from "../../services/common/grpc/call.js";
 import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, run, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
@@ -39,37 +39,11 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   const anchorArgs = (listen: string) => bed.anchorServeArgs(listen, ["--store", redis.url]);
   const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.ready.grpc);
 
-  const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
-
   /** Starts the anchor service; a restart listens where the site agents know it. */
   async function startAnchor(listen = "127.0.0.1:0"): Promise<void> {
     anchor = await serve(anchorArgs(listen));
     client?.close();
     client = new NetReachServiceClient(anchor.ready.grpc, grpc.credentials.createInsecure());
-  }
-
-  /** The anchor's bicast map elements, both families. */
-  async function bicasting(): Promise<string[]> {
-    const out: string[] = [];
-    for (const fam of ["ip6", "ip"]) {
-      const stdout = await run("ip", [
-        "netns",
-        "exec",
-        bed.ns.anchor,
-        "nft",
-        "-j",
-        "list",
-        "map",
-        fam,
-        "nr_bicast",
-        "to",
-      ]);
-      const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
-        (x) => x.map,
-      )?.map;
-      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
-    }
-    return out;
   }
 
   t.before(async () => {
@@ -163,7 +137,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     assert.is(r.status, BindingStatus.BINDING_STATUS_ACCEPTED);
     assert.is(r.binding?.endpoint?.sid6, sidsOf(1).sid6);
     for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {
-      const s = summarisePings(await ping(a, 20).result);
+      const s = summarisePings(await pingFromCn(bed, a, 20).result);
       assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
     }
   });
@@ -193,7 +167,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       watch.on("data", (e: WatchHandoversResponse) => events.push(e));
       watch.on("error", () => undefined);
       await sleep(200); // the stream is open on the server before the move
-      const probes = [ping(VM.homeIpv6[0], 150), ping(VM.homeIpv4[0], 150)];
+      const probes = pingHome(bed, 150);
       await Promise.all(probes.map((p) => p.ready));
       await sleep(400);
       const prep = await call(client, "prepareNetwork", {
@@ -239,7 +213,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   t("a stale binding update or switch-over is refused and changes nothing", async () => {
     const before = await call(client, "listBindings", {});
     const routeBefore = await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`);
-    const probe = ping(VM.homeIpv6[0], 60);
+    const probe = pingFromCn(bed, VM.homeIpv6[0], 60);
     await probe.ready;
     const stale = await call(client, "updateBinding", {
       vmId: VM.vmId,
@@ -271,7 +245,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   t(
     "the anchor service process restarts: bindings come back, traffic keeps flowing, moves continue",
     async () => {
-      const probes = [ping(VM.homeIpv6[0], 250), ping(VM.homeIpv4[0], 250)];
+      const probes = pingHome(bed, 250);
       await Promise.all(probes.map((p) => p.ready));
       await sleep(300);
       assert.is(await anchor.stop(), 0, "graceful shutdown exits 0");
@@ -306,7 +280,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       assert.ok(ack?.accepted, JSON.stringify(ack));
       await call(client, "cleanupNetwork", { vmId: VM.vmId, fromSite: "s2" });
       for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {
-        const s = summarisePings(await ping(a, 20).result);
+        const s = summarisePings(await pingFromCn(bed, a, 20).result);
         assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
       }
     },
@@ -315,7 +289,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   t(
     "CancelNetwork undoes a prepared bicast move: the VM stays bound and reachable where it was",
     async () => {
-      const probes = [ping(VM.homeIpv6[0], 150), ping(VM.homeIpv4[0], 150)];
+      const probes = pingHome(bed, 150);
       await Promise.all(probes.map((p) => p.ready));
       const prep = await call(client, "prepareNetwork", {
         vmId: VM.vmId,
@@ -325,7 +299,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       });
       assert.is(prep.binding?.movingTo, "s2");
       assert.match(await ip(bed.ns.sites[1], "-6", "route", "show", `${VM.homeIpv6[0]}/128`), /blackhole/);
-      assert.is((await bicasting()).length, 2, "bicasting both families to s2");
+      assert.is((await bed.bicastElements()).length, 2, "bicasting both families to s2");
       for (let i = 0; i < 2; i++) {
         // Twice: a rollback repeated after a restart finds nothing left to undo.
         const c = await call(client, "cancelNetwork", { vmId: VM.vmId, toSite: "s2" });
@@ -334,7 +308,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
           ["s1", BindingState.BINDING_STATE_ACTIVE, "", 3],
         );
       }
-      assert.equal(await bicasting(), [], "the bicast stopped");
+      assert.equal(await bed.bicastElements(), [], "the bicast stopped");
       for (const fam of ["-6", "-4"])
         assert.is(
           await ip(
@@ -376,7 +350,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       assert.is(first.ack?.status, BindingStatus.BINDING_STATUS_ACCEPTED, JSON.stringify(first.ack));
       assert.equal([first.ack?.binding?.site, first.ack?.binding?.generation], ["s1", 4]);
       for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
-        assert.is(summarisePings(await ping(a, 20).result).received, 20, a);
+        assert.is(summarisePings(await pingFromCn(bed, a, 20).result).received, 20, a);
       const retry = await place(4);
       assert.is(retry.ack?.accepted, true, JSON.stringify(retry.ack));
       const older = await place(3);

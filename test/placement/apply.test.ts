@@ -1,3 +1,7 @@
+// PlacementService.ApplyPlan through a real control-plane (gRPC, no QEMU): moves the
+// control-plane refuses (unknown VM, stale plan) and a host it does not know end the plan
+// FAILED with each reason recorded; the per-move outcome shows in GetPlan. The successful
+// path with a real VM is test/control-plane/e2e.test.ts.
 import * as assert from "uvu/assert";
 import {
   type ApplyPlanResponse,
