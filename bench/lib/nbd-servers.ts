@@ -189,17 +189,6 @@ export async function nbdkitCow(upstream: string, name = "disk0"): Promise<NbdSe
   return startServer("nbdkit", args, port, name);
 }
 
-/** nbdkit's nbd plugin alone: a plain pass-through. */
-export async function nbdkitNbd(upstream: string, name = "disk0"): Promise<NbdServer> {
-  const port = await freePort();
-  return startServer(
-    "nbdkit",
-    ["-f", "-i", "127.0.0.1", "-p", String(port), "nbd", `uri=${upstream}`],
-    port,
-    name,
-  );
-}
-
 export async function qemuNbd(image: string, name = "disk0"): Promise<NbdServer> {
   const port = await freePort();
   const args = ["-f", "raw", "-x", name, "-b", "127.0.0.1", "-p", String(port), "-t", "--shared=8", image];
