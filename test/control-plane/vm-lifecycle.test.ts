@@ -5,10 +5,8 @@
 // removes the export (and the image the block-server created, not the user's). A VM that
 // cannot start leaves nothing behind, and a restart keeps a VM whose create it interrupted
 // once the VM runs.
-import { execFile } from "node:child_process";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
@@ -21,6 +19,7 @@ import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { serve as blockServe, killAll } from "../block-server/fixtures/serve-process.js";
+import { vmhop } from "../helpers/cli.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
@@ -40,23 +39,12 @@ const t = gate(
 );
 const dir = tempDir("vmhop-vm-lifecycle-");
 const closers: (() => Promise<void>)[] = [];
-const run = promisify(execFile);
 
 t.after(async () => {
   for (const c of closers.reverse()) await c().catch((err) => console.error("close:", err));
   killAll();
   dir.cleanup();
 });
-
-async function vmhop(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ["bin/vmhop.js", ...args]);
-    return { code: 0, out: stdout, err: stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, out: x.stdout, err: x.stderr };
-  }
-}
 
 async function exportsOf(address: string): Promise<ListExportsResponse> {
   const c = new BlockServiceClient(address, grpc.credentials.createInsecure());
