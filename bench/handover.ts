@@ -13,13 +13,11 @@
 // nothing to re-point. With a delay, every router link is VXLAN through the project's userspace
 // delay relay and the binding update is delayed as much.
 
-import { setTimeout as sleep } from "node:timers/promises";
 import { chooseDataplane, probeKernel } from "../services/netreach/dataplane/probe.js";
 import { DATAPLANES, type DataplaneKind, isDataplaneKind } from "../services/netreach/dataplane/tunnel.js";
-import { summarisePings } from "../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../testbed/netns.js";
-import { type HandoverMode, NetreachBed, VM } from "../testbed/netreach/bed.js";
-import { startPing } from "../testbed/netreach/probe-process.js";
+import { type HandoverMode, NetreachBed } from "../testbed/netreach/bed.js";
+import { underPing } from "../testbed/netreach/pings.js";
 import {
   type BenchCase,
   flagValue,
@@ -37,25 +35,23 @@ type Case = HandoverMode | "replug";
 
 async function oneRun(bed: NetreachBed, c: Case, oneWayMs: number): Promise<Metrics[]> {
   const count = Math.ceil((1500 + 8 * oneWayMs) / INTERVAL_MS);
-  const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((to) =>
-    startPing(bed.ns.cn, to, count, { intervalMs: INTERVAL_MS, waitMs: 500 + 4 * oneWayMs }),
-  );
-  await Promise.all(probes.map((p) => p.ready));
-  await sleep(500 + 2 * oneWayMs);
-  if (c === "replug") await bed.replug();
-  else await bed.move(bed.at === 0 ? 1 : 0, c);
-  const results = await Promise.all(probes.map((p) => p.result));
-  await bed.settle();
-  return results.map((recs) => {
-    const s = summarisePings(recs);
-    return {
-      gap_ms: s.gapMs,
-      silence_ms: s.silenceMs,
-      lost: s.lost,
-      one_way_ms: oneWayMs,
-      rtt_ms: s.rttMedianMs,
-    };
+  const act = async () => {
+    if (c === "replug") await bed.replug();
+    else await bed.move(bed.at === 0 ? 1 : 0, c);
+  };
+  const { v6, v4 } = await underPing(bed, act, {
+    count,
+    leadMs: 500 + 2 * oneWayMs,
+    intervalMs: INTERVAL_MS,
+    waitMs: 500 + 4 * oneWayMs,
   });
+  return [v6, v4].map((s) => ({
+    gap_ms: s.gapMs,
+    silence_ms: s.silenceMs,
+    lost: s.lost,
+    one_way_ms: oneWayMs,
+    rtt_ms: s.rttMedianMs,
+  }));
 }
 
 const verdict = (ms: number, c: BenchCase) =>

@@ -17,7 +17,7 @@
 //
 // Arguments: FILTER… runs the test files whose path contains a FILTER (no lint); a FILTER that
 // is the path of a file runs that file even inside a `fixtures` directory (the runner's own
-// tests use this). --no-lint, --slow (also *.slow.test.ts).
+// tests use this). --no-lint skips the lint step.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
@@ -26,7 +26,6 @@ const root = new URL("..", import.meta.url).pathname;
 const args = process.argv.slice(2);
 const noLint = args.includes("--no-lint");
 const filters = args.filter((a) => !a.startsWith("--"));
-const slow = args.includes("--slow") || process.env.VMHOP_SLOW_TESTS === "1";
 const inCI = process.env.CI === "1" || process.env.CI === "true";
 const timeoutMs = Number(process.env.VMHOP_TEST_FILE_TIMEOUT_MS ?? 600_000);
 const lingerMs = Number(process.env.VMHOP_TEST_LINGER_MS ?? 20_000);
@@ -54,7 +53,7 @@ function findTests(dir) {
     const p = join(dir, e);
     if (e === "node_modules" || e === "fixtures") continue;
     if (statSync(p).isDirectory()) out.push(...findTests(p));
-    else if (e.endsWith(".test.ts") && (slow || !e.endsWith(".slow.test.ts"))) out.push(p);
+    else if (e.endsWith(".test.ts")) out.push(p);
   }
   return out.sort();
 }

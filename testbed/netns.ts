@@ -290,11 +290,6 @@ export async function setRateLimit(ns: string, dev: string, opts: TbfOptions): P
   ]);
 }
 
-export async function clearRateLimit(ns: string, dev: string): Promise<void> {
-  checkNetnsName(ns);
-  await run("tc", ["-n", ns, "qdisc", "del", "dev", dev, "root"]).catch(() => undefined);
-}
-
 /** Reads a device's MAC address. */
 export async function macOf(ns: string, dev: string): Promise<string> {
   const out = JSON.parse(await ip(ns, "-j", "link", "show", "dev", dev)) as Array<{ address: string }>;

@@ -13,8 +13,10 @@
 //
 // Observed like runWholeVm: the guest's heartbeats across both serial logs, the disk invariant
 // on the images (testbed/sites/disk-check.ts), WAN bytes at the sites' WAN links.
+
 import { closeSync, ftruncateSync, openSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js";
 import { parseMigrationInfo } from "../../services/page-server/migration/status.js";
 import type { QmpEvent } from "../../services/page-server/qmp/codec.js";
@@ -67,8 +69,6 @@ const UNLIMITED = 1e12;
 const PRESWITCH_BANDWIDTH = 1 << 20;
 
 const now = () => performance.timeOrigin + performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** The guest and workload runWholeVm boots, without the NIC (no address mobility here). */
 function spec(name: string, g: GuestSetup) {
   const a = guestArtefacts();

@@ -6,6 +6,7 @@ import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
+import { call } from "../../services/common/grpc/call.js";
 import { freePort } from "../../testbed/ports.js";
 
 const run = promisify(execFile);
@@ -114,19 +115,15 @@ export async function vmhopDaemon(): Promise<VmhopDaemon> {
   }
   child.stdout?.resume();
   const client = new BlockServiceClient(`127.0.0.1:${grpcPort}`, grpc.credentials.createInsecure());
-  const call = <T>(f: (cb: (err: grpc.ServiceError | null, res: T) => void) => void) =>
-    new Promise<T>((resolve, reject) => f((err, res) => (err ? reject(err) : resolve(res))));
   const add = async (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) => {
-    await call((cb) =>
-      client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
-    );
+    await call(client, "createExport", { name, source, readOnly: false, description: "", fencingToken: 0 });
     const uri = `nbd://127.0.0.1:${port}/${name}`;
     await waitNbdReady(uri, child);
     return {
       uri,
       port,
       close: () =>
-        call((cb) => client.removeExport({ name, fencingToken: 0, discardLocalCopy: false }, cb)).then(
+        call(client, "removeExport", { name, fencingToken: 0, discardLocalCopy: false }).then(
           () => undefined,
         ),
     };
@@ -190,17 +187,6 @@ export async function nbdkitCow(upstream: string, name = "disk0"): Promise<NbdSe
   const port = await freePort();
   const args = ["-f", "-i", "127.0.0.1", "-p", String(port), "--filter=cow", "nbd", `uri=${upstream}`];
   return startServer("nbdkit", args, port, name);
-}
-
-/** nbdkit's nbd plugin alone: a plain pass-through. */
-export async function nbdkitNbd(upstream: string, name = "disk0"): Promise<NbdServer> {
-  const port = await freePort();
-  return startServer(
-    "nbdkit",
-    ["-f", "-i", "127.0.0.1", "-p", String(port), "nbd", `uri=${upstream}`],
-    port,
-    name,
-  );
 }
 
 export async function qemuNbd(image: string, name = "disk0"): Promise<NbdServer> {

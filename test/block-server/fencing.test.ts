@@ -8,14 +8,16 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import type { BlockServiceClient, ExportStatus, ProxySource } from "../../gen/vmhop/v1/block.js";
+import type { BlockServiceClient, ProxySource } from "../../gen/vmhop/v1/block.js";
+import { call } from "../../services/common/grpc/call.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { within } from "../helpers/wait.js";
-import { blockClient, killAll, rpc, type Served, serve } from "./fixtures/serve-process.js";
+import { blockClient, killAll, type Served, serve } from "./fixtures/serve-process.js";
 
 const dir = tempDir("vmhop-fencing-");
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -62,74 +64,51 @@ function image(name: string, mib: number): string {
 }
 
 const target = (c: BlockServiceClient, name: string, imagePath: string, fencingToken: number) =>
-  rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
-        readOnly: false,
-        description: "",
-        fencingToken,
-      },
-      cb,
-    ),
-  );
+  call(c, "createExport", {
+    name,
+    source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
+    readOnly: false,
+    description: "",
+    fencingToken,
+  });
 
 const proxy = (c: BlockServiceClient, name: string, upstream: Partial<ProxySource>, fencingToken: number) =>
-  rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: {
-          $case: "proxy",
-          value: {
-            upstreamUrl: "",
-            cachePath: "",
-            blockSize: 0,
-            startBackgroundCopy: false,
-            rateLimitBytesPerSecond: 0,
-            upstreamControl: "",
-            autoPromote: false,
-            ...upstream,
-          },
-        },
-        readOnly: false,
-        description: "",
-        fencingToken,
+  call(c, "createExport", {
+    name,
+    source: {
+      $case: "proxy",
+      value: {
+        upstreamUrl: "",
+        cachePath: "",
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
+        ...upstream,
       },
-      cb,
-    ),
-  );
+    },
+    readOnly: false,
+    description: "",
+    fencingToken,
+  });
 
 /** The changing calls, each with a token. */
 const calls = (c: BlockServiceClient, name: string) => ({
   rate: (rateLimitBytesPerSecond: number, fencingToken: number) =>
-    rpc((cb) => c.setRateLimit({ name, rateLimitBytesPerSecond, fencingToken }, cb)),
+    call(c, "setRateLimit", { name, rateLimitBytesPerSecond, fencingToken }),
   startCopy: (fencingToken: number) =>
-    rpc((cb) =>
-      c.startBackgroundCopy({ name, rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken }, cb),
-    ),
-  stopCopy: (fencingToken: number) => rpc((cb) => c.stopBackgroundCopy({ name, fencingToken }, cb)),
+    call(c, "startBackgroundCopy", { name, rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken }),
+  stopCopy: (fencingToken: number) => call(c, "stopBackgroundCopy", { name, fencingToken }),
   setUpstream: (upstreamUrl: string, fencingToken: number) =>
-    rpc((cb) => c.setUpstream({ name, upstreamUrl, fencingToken }, cb)),
-  promote: (fencingToken: number, wait = false) => rpc((cb) => c.promote({ name, wait, fencingToken }, cb)),
-  remove: (fencingToken: number) =>
-    rpc((cb) => c.removeExport({ name, fencingToken, discardLocalCopy: false }, cb)),
-  status: async () => (await rpc<{ status?: ExportStatus }>((cb) => c.getExportStatus({ name }, cb))).status!,
+    call(c, "setUpstream", { name, upstreamUrl, fencingToken }),
+  promote: (fencingToken: number, wait = false) => call(c, "promote", { name, wait, fencingToken }),
+  remove: (fencingToken: number) => call(c, "removeExport", { name, fencingToken, discardLocalCopy: false }),
+  status: async () => (await call(c, "getExportStatus", { name })).status!,
 });
 
-async function refused(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: grpc.ServiceError) => e,
-  );
-  assert.ok(err, `expected ${grpc.status[code]}, got success`);
-  assert.is(grpc.status[err.code], grpc.status[code], err.details);
-  assert.match(err.details, re);
-}
-
 const stale = (p: Promise<unknown>, token: number, name: string, seen: number) =>
-  refused(
+  rejectsWithStatus(
     p,
     grpc.status.FAILED_PRECONDITION,
     new RegExp(`^stale fencing token ${token} for export ${name} \\(seen ${seen}\\)$`),
@@ -184,7 +163,7 @@ async function fencedAcrossRestarts(stateArgs: string[]) {
   await e.promote(8, true);
   assert.is((await e.status()).blocksLocal, (await e.status()).blocksTotal);
   await e.remove(9);
-  await refused(e.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
+  await rejectsWithStatus(e.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
 }
 
 t(
@@ -224,7 +203,7 @@ t(
     await atC.promote(2, true);
     await atB.remove(2);
     // m1's later calls on B's export: it is gone.
-    await refused(atB.promote(1), grpc.status.NOT_FOUND, /no export named "disk0"/);
+    await rejectsWithStatus(atB.promote(1), grpc.status.NOT_FOUND, /no export named "disk0"/);
     // The VM comes back to B (m3, token 3) before m1 noticed: B's disk0 is m3's now, and every
     // changing call of m1 on it is refused, also across a restart of B.
     await proxy(b.client, "disk0", { upstreamUrl: c.url("disk0"), upstreamControl: c.grpc }, 3);
@@ -236,7 +215,7 @@ t(
     assert.is((await atB.status()).export?.upstreamUrl, c.url("disk0"), "m3's export is untouched");
     // m1 releases its source, A's disk0, with its own token: admitted there (nothing newer acted on it).
     await atA.remove(1);
-    await refused(atA.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
+    await rejectsWithStatus(atA.status(), grpc.status.NOT_FOUND, /no export named "disk0"/);
     await atB.promote(3, true);
   },
 );

@@ -17,6 +17,7 @@ import {
 } from "../../gen/vmhop/v1/block.js";
 import { BlockServer } from "../../services/block-server/block-server.js";
 import { blockService } from "../../services/block-server/grpc/block-service.js";
+import { call } from "../../services/common/grpc/call.js";
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { initTracing } from "../../services/common/tracing.js";
@@ -46,10 +47,6 @@ const test = gate(
   ["nbdcopy", "qemu-io"],
   "BlockService gRPC",
 );
-
-function rpc<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
-  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
-}
 
 test.before(async (ctx) => {
   ctx.dir = tempDir("vmhop-bs-grpc-");
@@ -88,43 +85,32 @@ test("health and reflection answer like any vmhop service", async (ctx) => {
 });
 
 test("create a target export, read it with nbdcopy, list and status", async (ctx) => {
-  const r = await rpc<{ export?: { name: string; mode: number; sizeBytes: number } }>((cb) =>
-    ctx.client.createExport(
-      {
-        name: "src",
-        source: { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } },
-        readOnly: false,
-        description: "",
-        fencingToken: 0,
-      },
-      cb,
-    ),
-  );
+  const r = await call(ctx.client, "createExport", {
+    name: "src",
+    source: { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } },
+    readOnly: false,
+    description: "",
+    fencingToken: 0,
+  });
   assert.equal(r.export?.mode, ExportMode.EXPORT_MODE_TARGET);
   assert.equal(r.export?.sizeBytes, 16 << 20);
   const out = join(ctx.dir.path, "copy.raw");
   await run("nbdcopy", [`nbd://${ctx.nbd}/src`, out]);
   assert.ok(readFileSync(out).equals(readFileSync(ctx.image)));
-  const list = await rpc<{ exports: { name: string }[]; nbdListeners: string[] }>((cb) =>
-    ctx.client.listExports({}, cb),
-  );
+  const list = await call(ctx.client, "listExports", {});
   assert.deepEqual(
     list.exports.map((e) => e.name),
     ["src"],
   );
   assert.deepEqual(list.nbdListeners, [ctx.nbd]);
-  const st = await rpc<{ status?: { blocksLocal: number; blocksTotal: number; bytesRead: number } }>((cb) =>
-    ctx.client.getExportStatus({ name: "src" }, cb),
-  );
+  const st = await call(ctx.client, "getExportStatus", { name: "src" });
   assert.equal(st.status?.blocksLocal, st.status?.blocksTotal);
   assert.ok((st.status?.bytesRead ?? 0) >= 6 << 20, "nbdcopy's reads are counted");
 });
 
 test("bad requests get precise status codes and change nothing", async (ctx) => {
   const create = (name: string, source: Parameters<BlockServiceClient["createExport"]>[0]["source"]) =>
-    rpc((cb) =>
-      ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
-    );
+    call(ctx.client, "createExport", { name, source, readOnly: false, description: "", fencingToken: 0 });
   await rejectsWithStatus(
     create("src", { $case: "target", value: { imagePath: ctx.image, sizeBytes: 0 } }),
     grpc.status.ALREADY_EXISTS,
@@ -174,26 +160,26 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
     /cannot open proxy export p/,
   );
   await rejectsWithStatus(
-    rpc((cb) => ctx.client.getExportStatus({ name: "nope" }, cb)),
+    call(ctx.client, "getExportStatus", { name: "nope" }),
     grpc.status.NOT_FOUND,
     /no export named "nope"/,
   );
   await rejectsWithStatus(
-    rpc((cb) => ctx.client.removeExport({ name: "", fencingToken: 0, discardLocalCopy: false }, cb)),
+    call(ctx.client, "removeExport", { name: "", fencingToken: 0, discardLocalCopy: false }),
     grpc.status.INVALID_ARGUMENT,
     /name is required/,
   );
   await rejectsWithStatus(
-    rpc((cb) =>
-      ctx.client.startBackgroundCopy(
-        { name: "src", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 },
-        cb,
-      ),
-    ),
+    call(ctx.client, "startBackgroundCopy", {
+      name: "src",
+      rateLimitBytesPerSecond: 0,
+      parallelism: 0,
+      fencingToken: 0,
+    }),
     grpc.status.FAILED_PRECONDITION,
     /target mode/,
   );
-  const list = await rpc<{ exports: { name: string }[] }>((cb) => ctx.client.listExports({}, cb));
+  const list = await call(ctx.client, "listExports", {});
   assert.deepEqual(
     list.exports.map((e) => e.name),
     ["src"],
@@ -203,32 +189,27 @@ test("bad requests get precise status codes and change nothing", async (ctx) => 
 
 test("proxy export: on-demand read, background copy with progress events, promote under a live client", async (ctx) => {
   const cache = join(ctx.dir.path, "dst.cache");
-  await rpc((cb) =>
-    ctx.client.createExport(
-      {
-        name: "dst",
-        source: {
-          $case: "proxy",
-          value: {
-            upstreamUrl: `nbd://${ctx.nbd}/src`,
-            cachePath: cache,
-            blockSize: 0,
-            startBackgroundCopy: false,
-            rateLimitBytesPerSecond: 0,
-            upstreamControl: ctx.grpc.address,
-            autoPromote: false,
-          },
-        },
-        readOnly: false,
-        description: "",
-        fencingToken: 0,
+  await call(ctx.client, "createExport", {
+    name: "dst",
+    source: {
+      $case: "proxy",
+      value: {
+        upstreamUrl: `nbd://${ctx.nbd}/src`,
+        cachePath: cache,
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: ctx.grpc.address,
+        autoPromote: false,
       },
-      cb,
-    ),
-  );
+    },
+    readOnly: false,
+    description: "",
+    fencingToken: 0,
+  });
   // Promote before the copy: refused, nothing changes.
   await rejectsWithStatus(
-    rpc((cb) => ctx.client.promote({ name: "dst", wait: false, fencingToken: 0 }, cb)),
+    call(ctx.client, "promote", { name: "dst", wait: false, fencingToken: 0 }),
     grpc.status.FAILED_PRECONDITION,
     /not local yet/,
   );
@@ -243,9 +224,7 @@ test("proxy export: on-demand read, background copy with progress events, promot
     `nbd://${ctx.nbd}/dst`,
   ]);
   assert.match(got, new RegExp(want.subarray(0, 16).toString("hex").replace(/(..)/g, "$1 ").trim()));
-  const st1 = await rpc<{ status?: { bytesFetchedOnDemand: number; blocksLocal: number } }>((cb) =>
-    ctx.client.getExportStatus({ name: "dst" }, cb),
-  );
+  const st1 = await call(ctx.client, "getExportStatus", { name: "dst" });
   assert.ok((st1.status?.bytesFetchedOnDemand ?? 0) >= 65536);
 
   // Watch progress, start the copy, expect COPY_DONE.
@@ -258,12 +237,12 @@ test("proxy export: on-demand read, background copy with progress events, promot
     });
     stream.on("error", (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : reject(e)));
   });
-  await rpc((cb) =>
-    ctx.client.startBackgroundCopy(
-      { name: "dst", rateLimitBytesPerSecond: 0, parallelism: 0, fencingToken: 0 },
-      cb,
-    ),
-  );
+  await call(ctx.client, "startBackgroundCopy", {
+    name: "dst",
+    rateLimitBytesPerSecond: 0,
+    parallelism: 0,
+    fencingToken: 0,
+  });
   await done;
   stream.cancel();
   assert.ok(events.some((e) => e.event?.kind === ProgressKind.PROGRESS_KIND_PERIODIC));
@@ -272,13 +251,11 @@ test("proxy export: on-demand read, background copy with progress events, promot
   const fill = Buffer.alloc(4096, 0xab);
   writeFileSync(join(ctx.dir.path, "pattern"), fill);
   await run("qemu-io", ["-f", "raw", "-c", "write -P 0xab 8M 4k", `nbd://${ctx.nbd}/dst`]);
-  const p = await rpc<{ status?: { export?: { mode: number; upstreamUrl: string } } }>((cb) =>
-    ctx.client.promote({ name: "dst", wait: false, fencingToken: 0 }, cb),
-  );
+  const p = await call(ctx.client, "promote", { name: "dst", wait: false, fencingToken: 0 });
   assert.equal(p.status?.export?.mode, ExportMode.EXPORT_MODE_TARGET);
   assert.equal(p.status?.export?.upstreamUrl, "");
   // The source may go away now: the destination serves everything itself.
-  await rpc((cb) => ctx.client.removeExport({ name: "src", fencingToken: 0, discardLocalCopy: false }, cb));
+  await call(ctx.client, "removeExport", { name: "src", fencingToken: 0, discardLocalCopy: false });
   const out = join(ctx.dir.path, "dst-copy.raw");
   await run("nbdcopy", [`nbd://${ctx.nbd}/dst`, out]);
   const copy = readFileSync(out);
@@ -295,11 +272,9 @@ test("a proxy removed with discardLocalCopy leaves no copy: the same name proxie
   const image = join(ctx.dir.path, "up.raw");
   writeFileSync(image, randomBytes(4 << 20));
   const create = (name: string, source: CreateExportRequest["source"]) =>
-    rpc((cb) =>
-      ctx.client.createExport({ name, source, readOnly: false, description: "", fencingToken: 0 }, cb),
-    );
+    call(ctx.client, "createExport", { name, source, readOnly: false, description: "", fencingToken: 0 });
   const remove = (name: string, discardLocalCopy: boolean) =>
-    rpc((cb) => ctx.client.removeExport({ name, fencingToken: 0, discardLocalCopy }, cb));
+    call(ctx.client, "removeExport", { name, fencingToken: 0, discardLocalCopy });
   const cache = join(ctx.dir.path, "p.cache");
   const proxy = () =>
     create("p", {

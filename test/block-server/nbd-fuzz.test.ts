@@ -8,23 +8,13 @@ import { ExportRegistry } from "../../services/block-server/export/registry.js";
 import { TargetBackend } from "../../services/block-server/export/target.js";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { Handshake } from "../../services/block-server/nbd/server/index.js";
+import { seededRng } from "../../services/placement/policies/random.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer } from "./fixtures/nbd.js";
 
-/** Small seeded PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const rand = rng(20261126);
+// Seeded so failures reproduce.
+const rand = seededRng(20261126);
 const int = (n: number) => Math.floor(rand() * n);
 
 function randomBytes(max: number): Buffer {

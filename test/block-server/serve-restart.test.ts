@@ -13,6 +13,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import type { BlockServiceClient, ExportStatus } from "../../gen/vmhop/v1/block.js";
 import { BITMAP_HEADER_SIZE } from "../../services/block-server/proxy/bitmap-file.js";
+import { call } from "../../services/common/grpc/call.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
@@ -21,7 +22,7 @@ import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
 import { makeImage, type RunningServer, startNbdkit, startQemuNbd } from "./fixtures/proxy-servers.js";
-import { blockClient, firstConnection, killAll, rpc, type Served, serve } from "./fixtures/serve-process.js";
+import { blockClient, firstConnection, killAll, type Served, serve } from "./fixtures/serve-process.js";
 
 const run = promisify(execFile);
 const dir = tempDir("vmhop-serve-restart-");
@@ -77,47 +78,37 @@ async function qemuIo(url: string, ...cmds: string[]): Promise<void> {
 }
 
 const status = async (c: BlockServiceClient, name: string): Promise<ExportStatus> =>
-  (await rpc<{ status?: ExportStatus }>((cb) => c.getExportStatus({ name }, cb))).status!;
+  (await call(c, "getExportStatus", { name })).status!;
 
 async function createTarget(c: BlockServiceClient, name: string, imagePath: string) {
-  await rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
-        readOnly: false,
-        description: "",
-        fencingToken: 0,
-      },
-      cb,
-    ),
-  );
+  await call(c, "createExport", {
+    name,
+    source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
+    readOnly: false,
+    description: "",
+    fencingToken: 0,
+  });
 }
 
 async function createProxy(c: BlockServiceClient, name: string, upstreamUrl: string, cachePath: string) {
-  await rpc((cb) =>
-    c.createExport(
-      {
-        name,
-        source: {
-          $case: "proxy",
-          value: {
-            upstreamUrl,
-            cachePath,
-            blockSize: 0,
-            startBackgroundCopy: false,
-            rateLimitBytesPerSecond: 0,
-            upstreamControl: "",
-            autoPromote: false,
-          },
-        },
-        readOnly: false,
-        description: "",
-        fencingToken: 0,
+  await call(c, "createExport", {
+    name,
+    source: {
+      $case: "proxy",
+      value: {
+        upstreamUrl,
+        cachePath,
+        blockSize: 0,
+        startBackgroundCopy: false,
+        rateLimitBytesPerSecond: 0,
+        upstreamControl: "",
+        autoPromote: false,
       },
-      cb,
-    ),
-  );
+    },
+    readOnly: false,
+    description: "",
+    fencingToken: 0,
+  });
 }
 
 function upstream(s: RunningServer): RunningServer {
@@ -181,10 +172,7 @@ t(
     await first.client!.disconnect();
     const listed = await until(
       "ListExports to answer",
-      () =>
-        rpc<{ exports: { name: string }[] }>((cb) =>
-          s.client.listExports({}, new grpc.Metadata(), { deadline: Date.now() + 1000 }, cb),
-        ).catch(() => undefined),
+      () => call(s.client, "listExports", {}, { deadline: Date.now() + 1000 }).catch(() => undefined),
       30_000,
       10,
     );
@@ -238,9 +226,7 @@ t(
     await createTarget(s.client, "removed", imgs[2]);
     await createProxy(s.client, "nocache", up.url, join(dir.path, "m-nocache.cache"));
     await createProxy(s.client, "nobitmap", up.url, join(dir.path, "m-nobitmap.cache"));
-    await rpc((cb) =>
-      s.client.removeExport({ name: "removed", fencingToken: 0, discardLocalCopy: false }, cb),
-    );
+    await call(s.client, "removeExport", { name: "removed", fencingToken: 0, discardLocalCopy: false });
     await a.kill9();
     rmSync(imgs[1]);
     rmSync(join(dir.path, "m-nocache.cache"));
@@ -268,7 +254,7 @@ t(
     );
     assert.ok((await readAll(s.url("keep"), "keep")).equals(readFileSync(imgs[0])));
     // Removing one that is not served drops its record for good.
-    await rpc((cb) => s.client.removeExport({ name: "gone", fencingToken: 0, discardLocalCopy: false }, cb));
+    await call(s.client, "removeExport", { name: "gone", fencingToken: 0, discardLocalCopy: false });
     await b.kill9();
     const c = s.start();
     const rc = await within(c.ready, 30_000, "the ready line");
@@ -369,7 +355,7 @@ t("a promoted proxy comes back as a target on its cache, without its upstream", 
   const a = s.start();
   await within(a.ready, 30_000, "the ready line");
   await createProxy(s.client, "p", up.url, cache);
-  await rpc((cb) => s.client.promote({ name: "p", wait: true, fencingToken: 0 }, cb));
+  await call(s.client, "promote", { name: "p", wait: true, fencingToken: 0 });
   await a.kill9();
   await up.stop();
   const table = JSON.parse(readFileSync(join(dir.path, "pr-state", "exports.json"), "utf8"));
@@ -392,12 +378,12 @@ t("a background copy that was running resumes after kill -9, at its rate", async
   const a = s.start();
   await within(a.ready, 30_000, "the ready line");
   await createProxy(s.client, "p", up.url, join(dir.path, "bg.cache"));
-  await rpc((cb) =>
-    s.client.startBackgroundCopy(
-      { name: "p", rateLimitBytesPerSecond: MiB, parallelism: 0, fencingToken: 0 },
-      cb,
-    ),
-  );
+  await call(s.client, "startBackgroundCopy", {
+    name: "p",
+    rateLimitBytesPerSecond: MiB,
+    parallelism: 0,
+    fencingToken: 0,
+  });
   // StartBackgroundCopy is recorded just after it answers.
   await until(
     "the table to record the running copy",
@@ -410,7 +396,7 @@ t("a background copy that was running resumes after kill -9, at its rate", async
   const st = await status(s.client, "p");
   assert.ok(st.backgroundCopy?.running, "the copy runs again");
   assert.is(st.backgroundCopy?.rateLimitBytesPerSecond, MiB, "at the rate it had");
-  await rpc((cb) => s.client.setRateLimit({ name: "p", rateLimitBytesPerSecond: 0, fencingToken: 0 }, cb));
+  await call(s.client, "setRateLimit", { name: "p", rateLimitBytesPerSecond: 0, fencingToken: 0 });
   await until("the copy to finish", async () => (await status(s.client, "p")).backgroundCopy?.done, 30_000);
   await up.stop();
   assert.ok((await readAll(s.url("p"), "bg-p")).equals(data), "every byte local and right");
@@ -432,7 +418,7 @@ t("--store redis://: the table lives in Redis, and a restart serves it", async (
   const rb = await within(b.ready, 30_000, "the ready line");
   assert.equal(rb.restored, ["r0"]);
   assert.ok((await readAll(s.url("r0"), "rd-r0")).equals(data));
-  await rpc((cb) => s.client.removeExport({ name: "r0", fencingToken: 0, discardLocalCopy: false }, cb));
+  await call(s.client, "removeExport", { name: "r0", fencingToken: 0, discardLocalCopy: false });
   await b.stop();
   const c = s.start();
   assert.equal((await within(c.ready, 30_000, "the ready line")).exports, []);

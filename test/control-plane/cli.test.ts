@@ -1,18 +1,17 @@
 // `vmhop control serve` as a process on a real Redis, and the CLI verbs against it; the
 // placement service started with --control-plane says so in its ready line.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import { openStore } from "../../services/common/store/index.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { vmhop } from "../helpers/cli.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
 import { type PageServerHandle, startPageServer } from "./fixtures.js";
 
 const test = gate(suite("vmhop control"), ["redis-server"], "vmhop control on real Redis");
-const run = promisify(execFile);
 const dir = tempDir("vmhop-cp-cli-");
 let redis: RedisHandle;
 let page: PageServerHandle;
@@ -36,16 +35,6 @@ function stop(proc: ChildProcess): Promise<number | null> {
     proc.once("exit", (code) => resolve(code));
     proc.kill("SIGTERM");
   });
-}
-
-async function vmhop(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ["bin/vmhop.js", ...args]);
-    return { code: 0, out: stdout, err: stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, out: x.stdout, err: x.stderr };
-  }
 }
 
 let address = "";

@@ -10,27 +10,19 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
-import {
-  type ApplyPlanResponse,
-  type ComputePlanResponse,
-  type GetPlanResponse,
-  PlacementServiceClient,
-  type Plan,
-  PlanState,
-} from "../../gen/vmhop/v1/placement.js";
-import { startGrpcServer } from "../../services/common/grpc/server.js";
-import { silentLogger } from "../../services/common/log.js";
+import { type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { RedisStore, type Store } from "../../services/common/store/index.js";
-import { ControlClient } from "../../services/control-plane/client.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
-import { placementService } from "../../services/placement/service/grpc.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
+import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
 import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
 
 const e2e = gate(
@@ -53,23 +45,6 @@ async function redisStore(): Promise<Store> {
   const s = await RedisStore.connect(redis.url, { prefix: "e2e:" });
   closers.push(() => s.close());
   return s;
-}
-
-async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    assert.is(e.code, code, `${grpc.status[e.code]}: ${e.details}`);
-    assert.match(e.details, message);
-    return;
-  }
-  assert.unreachable(`expected ${grpc.status[code]}`);
-}
-
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
 }
 
 /**
@@ -114,18 +89,6 @@ function unbroken(logs: Segment[]): void {
   );
 }
 
-// The placement scenario of test/placement/service.test.ts: its best plan moves "small" from h3 to h1.
-const LOAD_HOSTS = [
-  { hostId: "h0", model: "G4", asleep: true },
-  { hostId: "h1", model: "G5", asleep: false },
-  { hostId: "h2", model: "G4", asleep: true },
-  { hostId: "h3", model: "G5", asleep: false },
-].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
-const LOAD_VMS = [
-  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
-  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
-].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
-
 e2e("CreateVm, then a placement plan applied through the control-plane moves the running VM", async () => {
   const guest = await ensureGuest();
   redis = await startRedis();
@@ -153,16 +116,16 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.is(created.state, VmState.VM_STATE_RUNNING);
   const logs: Segment[] = [{ path: created.serialLogPath, from: 0 }];
   await until("a verification pass on h3", () => heartbeats(logs).find((h) => h.passes >= 1));
-  await rejects(c().createVm(spec, "h1"), grpc.status.ALREADY_EXISTS, /VM small already exists/);
+  await rejectsWithStatus(c().createVm(spec, "h1"), grpc.status.ALREADY_EXISTS, /VM small already exists/);
 
   // Refusals with the VM running: same host, unreachable destination; it keeps running on h3.
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h3", mode: 0, requestId: "" }),
     grpc.status.INVALID_ARGUMENT,
     /already runs on host h3/,
   );
   await c().registerHost(host("h-dead", `127.0.0.1:${await freePort()}`));
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h-dead", mode: 0, requestId: "" }),
     grpc.status.UNAVAILABLE,
     /host h-dead: page-server .* is unreachable/,
@@ -194,24 +157,12 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
 
   // The placement service, given the control-plane.
   const store = await redisStore();
-  const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
-  const cpForPlacement = new ControlClient(cp.address);
-  const placement = await startGrpcServer({
-    serviceName: "placement",
-    listen: "127.0.0.1:0",
-    services: [placementService(store, cfg, silentLogger, cpForPlacement)],
-    log: silentLogger,
-  });
-  const pc = new PlacementServiceClient(placement.address, grpc.credentials.createInsecure());
-  closers.push(async () => {
-    pc.close();
-    cpForPlacement.close();
-    await placement.shutdown(1000);
-  });
-  for (let i = 0; i < 12; i++)
-    await call(pc.reportLoad.bind(pc), { hosts: LOAD_HOSTS, vms: LOAD_VMS, timeUnixMs: 0 });
-  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
-    .plan!;
+  const placement = await startPlacement(store, cp.address);
+  closers.push(placement.close);
+  const pc = placement.client;
+  // The placement scenario: its best plan moves "small" from h3 to h1.
+  await reportScenarioLoad(pc);
+  const plan = (await call(pc, "computePlan", { policy: "", costModel: "" })).plan!;
   assert.equal(
     plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
     [["small", "h3", "h1"]],
@@ -219,7 +170,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.equal(plan.hostsToSleep, ["h3"]);
 
   const passesBefore = Math.max(...heartbeats(logs).map((h) => h.passes));
-  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  const applied = await call(pc, "applyPlan", { planId: plan.planId });
   assert.is(applied.plan?.state, PlanState.PLAN_STATE_APPLYING);
   assert.is(applied.migrationIds.length, 1);
   assert.match(applied.message, /started 1 of 1 migrations through the control-plane/);
@@ -232,14 +183,14 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     requestId: `${plan.planId}/small`,
   });
   assert.is(again.migrationId, migrationId);
-  await rejects(
+  await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h1", mode: 0, requestId: "someone-else" }),
     grpc.status.FAILED_PRECONDITION,
     /VM small is already migrating/,
   );
 
   const final = await until("the plan to end", async () => {
-    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    const p = (await call(pc, "getPlan", { planId: plan.planId })).plan!;
     return p.state === PlanState.PLAN_STATE_APPLYING ? undefined : p;
   });
   assert.is(final.state, PlanState.PLAN_STATE_APPLIED, JSON.stringify(final));

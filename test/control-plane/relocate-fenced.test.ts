@@ -8,7 +8,8 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { ExportMode, type ExportStatus } from "../../gen/vmhop/v1/block.js";
+import { ExportMode } from "../../gen/vmhop/v1/block.js";
+import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import {
   type HostRecord,
@@ -17,7 +18,7 @@ import {
   type VmRecord,
 } from "../../services/control-plane/records.js";
 import { tempDir } from "../../testbed/temp-dir.js";
-import { blockClient, killAll, rpc, serve } from "../block-server/fixtures/serve-process.js";
+import { blockClient, killAll, serve } from "../block-server/fixtures/serve-process.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
@@ -42,7 +43,7 @@ async function blockServer(name: string) {
 }
 
 const status = async (c: ReturnType<typeof blockClient>, name: string) =>
-  (await rpc<{ status?: ExportStatus }>((cb) => c.getExportStatus({ name }, cb))).status!;
+  (await call(c, "getExportStatus", { name })).status!;
 
 t(
   "m-1's calls on an export a newer migration took over are refused: it releases its source and ends",
@@ -51,44 +52,34 @@ t(
     writeFileSync(image, Buffer.alloc(4 << 20, 7));
     const [a, b, c] = [await blockServer("a"), await blockServer("b"), await blockServer("c")];
     const target = (s: typeof a, imagePath: string) =>
-      rpc((cb) =>
-        s.client.createExport(
-          {
-            name: "disk0",
-            source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
-            readOnly: false,
-            description: "",
-            fencingToken: 0,
-          },
-          cb,
-        ),
-      );
+      call(s.client, "createExport", {
+        name: "disk0",
+        source: { $case: "target", value: { imagePath, sizeBytes: 0 } },
+        readOnly: false,
+        description: "",
+        fencingToken: 0,
+      });
     await target(a, image); // m-1's source
     await target(c, join(dir.path, "disk0.raw")); // where the VM's disk went since (read-only here)
     // The migration with token 3 brought the VM back to B: B's disk0 is its proxy of C's.
-    await rpc((cb) =>
-      b.client.createExport(
-        {
-          name: "disk0",
-          source: {
-            $case: "proxy",
-            value: {
-              upstreamUrl: `nbd://${c.nbd}/disk0`,
-              cachePath: "",
-              blockSize: 0,
-              startBackgroundCopy: false,
-              rateLimitBytesPerSecond: 12345,
-              upstreamControl: "",
-              autoPromote: false,
-            },
-          },
-          readOnly: false,
-          description: "",
-          fencingToken: 3,
+    await call(b.client, "createExport", {
+      name: "disk0",
+      source: {
+        $case: "proxy",
+        value: {
+          upstreamUrl: `nbd://${c.nbd}/disk0`,
+          cachePath: "",
+          blockSize: 0,
+          startBackgroundCopy: false,
+          rateLimitBytesPerSecond: 12345,
+          upstreamControl: "",
+          autoPromote: false,
         },
-        cb,
-      ),
-    );
+      },
+      readOnly: false,
+      description: "",
+      fencingToken: 3,
+    });
 
     const store = new MemoryStore();
     const hostRec = (id: string, s: typeof a): HostRecord => ({

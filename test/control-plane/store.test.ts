@@ -9,6 +9,7 @@ import { MemoryStore, RedisStore, type Store } from "../../services/common/store
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
@@ -19,18 +20,6 @@ import {
   startControlPlane,
   startPageServer,
 } from "./fixtures.js";
-
-async function rejects(p: Promise<unknown>, code: grpc.status, message: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    const e = err as grpc.ServiceError;
-    assert.is(e.code, code, `${grpc.status[e.code]}: ${e.details}`);
-    assert.match(e.details, message);
-    return;
-  }
-  assert.unreachable(`expected ${grpc.status[code]}`);
-}
 
 /**
  * The store, with the first write of each migration record held for `ms`: a control-plane slow
@@ -158,13 +147,17 @@ function storeSuite(kind: "memory" | "redis") {
 
   test("bad input is refused with the status and what is wrong", async () => {
     const c = cp.client;
-    await rejects(c.registerHost(host("bad id!", "x:1")), grpc.status.INVALID_ARGUMENT, /host_id must be/);
-    await rejects(
+    await rejectsWithStatus(
+      c.registerHost(host("bad id!", "x:1")),
+      grpc.status.INVALID_ARGUMENT,
+      /host_id must be/,
+    );
+    await rejectsWithStatus(
       c.registerHost(host("d", "")),
       grpc.status.INVALID_ARGUMENT,
       /page_server_address is required/,
     );
-    await rejects(c.setHostAsleep("nope", true), grpc.status.NOT_FOUND, /unknown host nope/);
+    await rejectsWithStatus(c.setHostAsleep("nope", true), grpc.status.NOT_FOUND, /unknown host nope/);
     const spec = {
       vmId: "x",
       vcpus: 1,
@@ -176,29 +169,29 @@ function storeSuite(kind: "memory" | "redis") {
       nicTap: "",
       nicMac: "",
     };
-    await rejects(c.createVm(spec, "nope"), grpc.status.NOT_FOUND, /unknown host nope/);
-    await rejects(c.createVm(spec, "c"), grpc.status.FAILED_PRECONDITION, /host c is asleep/);
-    await rejects(
+    await rejectsWithStatus(c.createVm(spec, "nope"), grpc.status.NOT_FOUND, /unknown host nope/);
+    await rejectsWithStatus(c.createVm(spec, "c"), grpc.status.FAILED_PRECONDITION, /host c is asleep/);
+    await rejectsWithStatus(
       c.createVm(spec, "a", undefined, { source: { $case: "sizeBytes", value: 1 << 20 } }),
       grpc.status.FAILED_PRECONDITION,
       /host a has no block-server registered: a disk cannot be created there/,
     );
-    await rejects(
+    await rejectsWithStatus(
       c.createVm({ ...spec, diskNbdUrl: "nbd://127.0.0.1:1/x" }, "a", undefined, {
         source: { $case: "sizeBytes", value: 1 << 20 },
       }),
       grpc.status.INVALID_ARGUMENT,
       /either as spec.disk_nbd_url \(an existing export\) or as disk \(a new one\), not both/,
     );
-    await rejects(c.getVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
-    await rejects(c.deleteVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
-    await rejects(
+    await rejectsWithStatus(c.getVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
+    await rejectsWithStatus(c.deleteVm("ghost"), grpc.status.NOT_FOUND, /unknown VM ghost/);
+    await rejectsWithStatus(
       c.migrateVm({ vmId: "ghost", destinationHostId: "b", mode: 0, requestId: "" }),
       grpc.status.NOT_FOUND,
       /unknown VM ghost/,
     );
-    await rejects(c.getMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
-    await rejects(c.cancelMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
+    await rejectsWithStatus(c.getMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
+    await rejectsWithStatus(c.cancelMigration("m-404"), grpc.status.NOT_FOUND, /unknown migration m-404/);
   });
 
   test("MigrateVm refuses the same host, an unknown or asleep host, an unreachable page-server", async () => {
@@ -206,11 +199,11 @@ function storeSuite(kind: "memory" | "redis") {
     const c = cp.client;
     const migrate = (dst: string, requestId = "") =>
       c.migrateVm({ vmId: "v1", destinationHostId: dst, mode: 0, requestId });
-    await rejects(migrate("a"), grpc.status.INVALID_ARGUMENT, /VM v1 already runs on host a/);
-    await rejects(migrate("zz"), grpc.status.NOT_FOUND, /unknown host zz/);
-    await rejects(migrate("c"), grpc.status.FAILED_PRECONDITION, /destination host c is asleep/);
+    await rejectsWithStatus(migrate("a"), grpc.status.INVALID_ARGUMENT, /VM v1 already runs on host a/);
+    await rejectsWithStatus(migrate("zz"), grpc.status.NOT_FOUND, /unknown host zz/);
+    await rejectsWithStatus(migrate("c"), grpc.status.FAILED_PRECONDITION, /destination host c is asleep/);
     await c.registerHost(host("dead", `127.0.0.1:${await freePort()}`));
-    await rejects(
+    await rejectsWithStatus(
       migrate("dead"),
       grpc.status.UNAVAILABLE,
       /host dead: page-server 127\.0\.0\.1:\d+ is unreachable/,
@@ -219,7 +212,11 @@ function storeSuite(kind: "memory" | "redis") {
     assert.equal(await c.listMigrations("v1"), []);
     assert.is((await c.getVm("v1")).migrationId, "");
     // A host keeps awake while a VM is on it.
-    await rejects(c.setHostAsleep("a", true), grpc.status.FAILED_PRECONDITION, /host a still has VMs \(v1\)/);
+    await rejectsWithStatus(
+      c.setHostAsleep("a", true),
+      grpc.status.FAILED_PRECONDITION,
+      /host a still has VMs \(v1\)/,
+    );
   });
 
   test("a destination that cannot prepare: the migration fails with its reason, the VM is released", async () => {
@@ -240,7 +237,7 @@ function storeSuite(kind: "memory" | "redis") {
       m.migrationId,
     );
     await store.set(KEYS.vm("v9"), JSON.stringify(plantedVm("v9", "a")));
-    await rejects(
+    await rejectsWithStatus(
       c.migrateVm({ vmId: "v9", destinationHostId: "b", mode: 0, requestId: "r-1" }),
       grpc.status.INVALID_ARGUMENT,
       /request_id r-1 was used for migration m-\d+ of VM v1/,
@@ -273,20 +270,20 @@ function storeSuite(kind: "memory" | "redis") {
     // As another control-plane's migration leaves it mid-way.
     await store.set(KEYS.migration("m-900"), JSON.stringify(plantedMigration("m-900", "v1", "migrating")));
     await store.set(KEYS.vm("v1"), JSON.stringify(plantedVm("v1", "a", "m-900")));
-    await rejects(
+    await rejectsWithStatus(
       cp.client.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "" }),
       grpc.status.FAILED_PRECONDITION,
       /VM v1 is already migrating \(m-900\): one migration per VM at a time/,
     );
     // Nor can it be deleted meanwhile, nor a VM still being created.
-    await rejects(
+    await rejectsWithStatus(
       cp.client.deleteVm("v1"),
       grpc.status.FAILED_PRECONDITION,
       /VM v1 is migrating \(m-900, migrating\): delete it once the migration ended/,
     );
     assert.is((await cp.client.getVm("v1")).migrationId, "m-900");
     await store.set(KEYS.vm("v11"), JSON.stringify(plantedVm("v11", "a", "create")));
-    await rejects(
+    await rejectsWithStatus(
       cp.client.deleteVm("v11"),
       grpc.status.FAILED_PRECONDITION,
       /VM v11 is still being created/,
@@ -344,7 +341,7 @@ function storeSuite(kind: "memory" | "redis") {
       const vm = await c.getVm(v);
       assert.equal([vm.hostId, vm.migrationId], ["a", ""], v);
     }
-    await rejects(c.getVm("v5"), grpc.status.NOT_FOUND, /unknown VM v5/);
+    await rejectsWithStatus(c.getVm("v5"), grpc.status.NOT_FOUND, /unknown VM v5/);
     // The orphaned request_id starts a migration afresh instead of answering NOT_FOUND.
     const fresh = await c.migrateVm({ vmId: "v4", destinationHostId: "b", mode: 0, requestId: "r-orphan" });
     assert.is.not(fresh.migrationId, "m-998");
@@ -357,7 +354,7 @@ function storeSuite(kind: "memory" | "redis") {
     );
     // A VM that is not on its page-server any more is deleted all the same.
     await c.deleteVm("v4");
-    await rejects(c.getVm("v4"), grpc.status.NOT_FOUND, /unknown VM v4/);
+    await rejectsWithStatus(c.getVm("v4"), grpc.status.NOT_FOUND, /unknown VM v4/);
     // Created again under its id (fence 0, as CreateVm records it): its next migration's token
     // is above every token the deleted one showed hosts, which keep the highest they saw.
     await store.set(KEYS.vm("v4"), JSON.stringify(plantedVm("v4", "a")));
@@ -408,14 +405,14 @@ function storeSuite(kind: "memory" | "redis") {
       await cp.close();
       cp = await startControlPlane(store);
       assert.is((await cp.client.getVm("v6")).migrationId, "m-903");
-      await rejects(
+      await rejectsWithStatus(
         cp.client.migrateVm({ vmId: "v6", destinationHostId: "b", mode: 0, requestId: "" }),
         grpc.status.FAILED_PRECONDITION,
         /VM v6 is already migrating \(m-903\)/,
       );
       // DeleteVm is the way out once its migration ended.
       await cp.client.deleteVm("v6");
-      await rejects(cp.client.getVm("v6"), grpc.status.NOT_FOUND, /unknown VM v6/);
+      await rejectsWithStatus(cp.client.getVm("v6"), grpc.status.NOT_FOUND, /unknown VM v6/);
     } finally {
       await late.close();
     }

@@ -5,21 +5,21 @@
 // removes the export (and the image the block-server created, not the user's). A VM that
 // cannot start leaves nothing behind, and a restart keeps a VM whose create it interrupted
 // once the VM runs.
-import { execFile } from "node:child_process";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { KEYS, type VmRecord } from "../../services/control-plane/records.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { serve as blockServe, killAll } from "../block-server/fixtures/serve-process.js";
+import { vmhop } from "../helpers/cli.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
@@ -39,7 +39,6 @@ const t = gate(
 );
 const dir = tempDir("vmhop-vm-lifecycle-");
 const closers: (() => Promise<void>)[] = [];
-const run = promisify(execFile);
 
 t.after(async () => {
   for (const c of closers.reverse()) await c().catch((err) => console.error("close:", err));
@@ -47,22 +46,10 @@ t.after(async () => {
   dir.cleanup();
 });
 
-async function vmhop(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ["bin/vmhop.js", ...args]);
-    return { code: 0, out: stdout, err: stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, out: x.stdout, err: x.stderr };
-  }
-}
-
 async function exportsOf(address: string): Promise<ListExportsResponse> {
   const c = new BlockServiceClient(address, grpc.credentials.createInsecure());
   try {
-    return await new Promise((resolve, reject) =>
-      c.listExports({}, (err, res) => (err ? reject(err) : resolve(res))),
-    );
+    return await call(c, "listExports", {});
   } finally {
     c.close();
   }

@@ -9,7 +9,8 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
-import { type ListBindingsResponse, NetReachServiceClient } from "../../gen/vmhop/v1/netreach.js";
+import { NetReachServiceClient } from "../../gen/vmhop/v1/netreach.js";
+import { call } from "../../services/common/grpc/call.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { VM } from "../../testbed/netreach/bed.js";
@@ -32,14 +33,10 @@ const dir = tempDir("vmhop-whole-vm-chain-");
 let bed: SitesBed;
 let vm: TestVm;
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-const call = <Req, Res>(fn: Unary<Req, Res>, req: Req) =>
-  new Promise<Res>((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-
 async function exportsAt(k: number): Promise<ListExportsResponse> {
   const c = new BlockServiceClient(bed.sites[k - 1].blockAddress, grpc.credentials.createInsecure());
   try {
-    return await call(c.listExports.bind(c), {});
+    return await call(c, "listExports", {});
   } finally {
     c.close();
   }
@@ -115,9 +112,7 @@ t("s1 → s2, then s2 → s3 while s2 still copies: every export ends at s3, the
 
   // The address: bound at s3 with the second migration's token, answering there.
   const anchor = new NetReachServiceClient(bed.anchorAddress!, grpc.credentials.createInsecure());
-  const b = (await call<object, ListBindingsResponse>(anchor.listBindings.bind(anchor), {})).bindings.find(
-    (x) => x.vmId === vm.vmId,
-  );
+  const b = (await call(anchor, "listBindings", {})).bindings.find((x) => x.vmId === vm.vmId);
   anchor.close();
   assert.is(b?.site, "s3");
   assert.is(b?.generation, e2.fencingToken);

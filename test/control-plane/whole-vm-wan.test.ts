@@ -16,11 +16,11 @@ import type { Migration } from "../../gen/vmhop/v1/control.js";
 import {
   type Binding,
   BindingState,
-  type ListBindingsResponse,
   NetReachServiceClient,
   type WatchHandoversResponse,
 } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
@@ -50,10 +50,6 @@ let bed: SitesBed;
 let anchor: NetReachServiceClient;
 let spec: VmSpec;
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-const call = <Req, Res>(fn: Unary<Req, Res>, req: Req) =>
-  new Promise<Res>((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-
 const heartbeats = (path: string) =>
   splitLines(readFileSync(path))
     .lines.map(parseHeartbeat)
@@ -62,7 +58,7 @@ const heartbeats = (path: string) =>
 const ping = (to: string, count: number) => startPing(bed.cn, to, count);
 
 async function binding(): Promise<Binding | undefined> {
-  const r = await call<object, ListBindingsResponse>(anchor.listBindings.bind(anchor), {});
+  const r = await call(anchor, "listBindings", {});
   return r.bindings.find((b) => b.vmId === VM.vmId);
 }
 
@@ -106,7 +102,7 @@ t.before(async () => {
   const image = join(dir.path, "disk0.raw");
   writeFileSync(image, Buffer.alloc(DISK_MIB << 20));
   const blocks = new BlockServiceClient(bed.sites[0].blockAddress, grpc.credentials.createInsecure());
-  await call(blocks.createExport.bind(blocks), {
+  await call(blocks, "createExport", {
     name: "disk0",
     source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
     readOnly: false,

@@ -13,6 +13,7 @@ import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
 import { type Migration, StorageMode } from "../../gen/vmhop/v1/control.js";
 import { type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
@@ -39,10 +40,6 @@ t.after(async () => {
   dir.cleanup();
 });
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-const call = <Req, Res>(fn: Unary<Req, Res>, req: Req) =>
-  new Promise<Res>((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-
 function heartbeats(path: string, from = 0) {
   return splitLines(readFileSync(path).subarray(from))
     .lines.map(parseHeartbeat)
@@ -67,7 +64,7 @@ async function blockServer(name: string, extra: string[]): Promise<{ s: Served; 
 async function exportsOf(address: string): Promise<ListExportsResponse> {
   const c = new BlockServiceClient(address, grpc.credentials.createInsecure());
   try {
-    return await call(c.listExports.bind(c), {});
+    return await call(c, "listExports", {});
   } finally {
     c.close();
   }
@@ -148,7 +145,7 @@ t(
     const other = join(dir.path, "other.raw");
     writeFileSync(other, Buffer.alloc(1 << 20));
     const c = new BlockServiceClient(b.grpc, grpc.credentials.createInsecure());
-    await call(c.createExport.bind(c), {
+    await call(c, "createExport", {
       name: "disk0",
       source: { $case: "target", value: { imagePath: other, sizeBytes: 0 } },
       readOnly: false,
@@ -164,7 +161,7 @@ t(
     assert.is(at.hostId, "a");
     assert.is(at.vm?.state, VmState.VM_STATE_RUNNING);
     assert.is(at.migrationId, "", "released for another migration");
-    await call(c.removeExport.bind(c), { name: "disk0", fencingToken: 0, discardLocalCopy: false });
+    await call(c, "removeExport", { name: "disk0", fencingToken: 0, discardLocalCopy: false });
     c.close();
     assert.equal(
       (await exportsOf(b.grpc)).exports.map((e) => e.name),
@@ -262,7 +259,7 @@ t(
     // C's own copy all but stops: A's, reading through C, finishes first (C fetches what A asks
     // from B on demand), so the B→C migration sees its export taken away by the next move.
     const cc = new BlockServiceClient(c.grpc, grpc.credentials.createInsecure());
-    await call(cc.setRateLimit.bind(cc), {
+    await call(cc, "setRateLimit", {
       name: "disk0",
       rateLimitBytesPerSecond: 64 << 10,
       fencingToken: 0,

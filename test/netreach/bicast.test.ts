@@ -3,69 +3,34 @@
 // correspondent loses (almost) nothing, also on a first visit to a site, a TCP connection stays up, and
 // the copies stop with the update.
 // Plus the persistent nft process on its own: errors name the command, tolerated ones pass.
-import { execFile } from "node:child_process";
-import { setTimeout as sleep } from "node:timers/promises";
-import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import { BatchError, idempotent } from "../../services/netreach/dataplane/batch-process.js";
 import { bicastTables } from "../../services/netreach/dataplane/commands.js";
 import { NftBatch } from "../../services/netreach/dataplane/nft-batch.js";
-import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { createNetns, destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { createNetns } from "../../testbed/netns.js";
+import { type NetreachBed, VM } from "../../testbed/netreach/bed.js";
+import { underPing } from "../../testbed/netreach/pings.js";
 import { rejects } from "../helpers/assert.js";
+import { bedSuite } from "./bed-suite.js";
 import { perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
-const PREFIX = uniqueNetnsPrefix("nr-bc-");
 const ONE_WAY_MS = 15;
 await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, dataplane) => {
-  const run = promisify(execFile);
   let bed: NetreachBed;
 
-  t.before(async () => {
-    await destroyStaleNetns("nr-bc-");
-    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 3, wanDelayMs: ONE_WAY_MS });
-    assert.ok((await bed.place(0)).accepted);
-  });
-
-  t.after(async () => {
-    await bed?.destroy();
-  });
-
-  /** The anchor's bicast map elements, both families. */
-  async function bicastElements(): Promise<string[]> {
-    const out: string[] = [];
-    for (const fam of ["ip6", "ip"]) {
-      const { stdout } = await run("ip", [
-        "netns",
-        "exec",
-        bed.ns.anchor,
-        "nft",
-        "-j",
-        "list",
-        "map",
-        fam,
-        "nr_bicast",
-        "to",
-      ]);
-      const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
-        (x) => x.map,
-      )?.map;
-      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
-    }
-    return out;
-  }
+  bedSuite(t, { base: "nr-bc-", dataplane, sites: 3, wanDelayMs: ONE_WAY_MS }, (b) => (bed = b));
 
   async function moveUnderPing(to: number) {
-    const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((addr) => startPing(bed.ns.cn, addr, 150));
-    await Promise.all(probes.map((p) => p.ready));
-    await sleep(400);
-    const m = await bed.move(to, "mbb-bicast");
+    const {
+      result: m,
+      v6,
+      v4,
+    } = await underPing(bed, () => bed.move(to, "mbb-bicast"), {
+      count: 150,
+      leadMs: 400,
+    });
     assert.ok(m.outcome.accepted, m.outcome.accepted ? "" : m.outcome.reason);
-    const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
-    await bed.settle();
     return { v6, v4 };
   }
 
@@ -75,7 +40,7 @@ await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, datapl
       // Nothing takes the old site's detour; one echo of slack for a loaded machine's relay.
       assert.ok(v6.lost <= 1, `IPv6 to site ${to + 1}: lost ${v6.lost}`);
       assert.ok(v4.lost <= 1, `IPv4 to site ${to + 1}: lost ${v4.lost}`);
-      assert.equal(await bicastElements(), [], "no bicast left after the binding update");
+      assert.equal(await bed.bicastElements(), [], "no bicast left after the binding update");
     }
   });
 
@@ -98,17 +63,17 @@ await perDataplane("netreach bicast handover", ["root", "ip", "nft"], (t, datapl
       assert.ok((await bed.anchor.prepareAttach(VM.vmId, bed.sites[to].endpoint.site)).accepted);
       await bed.sites[to].prepare(VM, "vport");
       await bed.anchor.startBicast(VM.vmId, bed.sites[to].endpoint);
-      assert.is((await bicastElements()).length, 2, "one element per home address");
+      assert.is((await bed.bicastElements()).length, 2, "one element per home address");
       const other = bed.sites.find((_, i) => i !== from && i !== to)!;
       await rejects(() => bed.anchor.startBicast(VM.vmId, other.endpoint), /not moving there/);
       // The VM stays: deregistering withdraws the bicast with the binding.
       await bed.anchor.deregister(VM.vmId);
-      assert.equal(await bicastElements(), []);
+      assert.equal(await bed.bicastElements(), []);
     },
   );
 
   t("nft batch: errors name the failing command, tolerated ones pass, the process stays usable", async () => {
-    const ns = `${PREFIX}nft`;
+    const ns = `${bed.opts.prefix}nft`;
     await createNetns(ns);
     const nft = new NftBatch(ns);
     try {

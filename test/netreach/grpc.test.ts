@@ -8,25 +8,19 @@ import * as assert from "uvu/assert";
 import {
   BindingState,
   BindingStatus,
-  type CancelNetworkResponse,
   HandoverMode,
-  type ListBindingsResponse,
-  type ListSitesResponse,
   NetReachServiceClient,
   NetReachSiteServiceClient,
-  type PlaceVmResponse,
-  type PrepareNetworkResponse,
-  type RegisterVmResponse,
-  type SwitchOverResponse,
-  type UpdateBindingResponse,
   type WatchHandoversResponse,
 } from "../../gen/vmhop/v1/netreach.js";
+import { call } from "../../services/common/grpc/call.js";
 import { probeKernel } from "../../services/netreach/dataplane/probe.js";
 import { DATAPLANES } from "../../services/netreach/dataplane/tunnel.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, run, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { type Served, serve } from "./serve-process.js";
@@ -45,51 +39,11 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   const anchorArgs = (listen: string) => bed.anchorServeArgs(listen, ["--store", redis.url]);
   const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.ready.grpc);
 
-  type Cb<R> = (err: grpc.ServiceError | null, res: R) => void;
-  function rpc<R>(fn: (cb: Cb<R>) => unknown): Promise<R> {
-    return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
-  }
-
-  async function rpcError(fn: () => Promise<unknown>): Promise<grpc.ServiceError> {
-    try {
-      await fn();
-    } catch (err) {
-      return err as grpc.ServiceError;
-    }
-    throw new Error("expected the call to fail");
-  }
-
-  const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
-
   /** Starts the anchor service; a restart listens where the site agents know it. */
   async function startAnchor(listen = "127.0.0.1:0"): Promise<void> {
     anchor = await serve(anchorArgs(listen));
     client?.close();
     client = new NetReachServiceClient(anchor.ready.grpc, grpc.credentials.createInsecure());
-  }
-
-  /** The anchor's bicast map elements, both families. */
-  async function bicasting(): Promise<string[]> {
-    const out: string[] = [];
-    for (const fam of ["ip6", "ip"]) {
-      const stdout = await run("ip", [
-        "netns",
-        "exec",
-        bed.ns.anchor,
-        "nft",
-        "-j",
-        "list",
-        "map",
-        fam,
-        "nr_bicast",
-        "to",
-      ]);
-      const map = (JSON.parse(stdout).nftables as Array<{ map?: { elem?: unknown[] } }>).find(
-        (x) => x.map,
-      )?.map;
-      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
-    }
-    return out;
   }
 
   t.before(async () => {
@@ -109,7 +63,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   });
 
   t("sites register with the anchor; bad requests get precise errors", async () => {
-    const { sites: list } = await rpc<ListSitesResponse>((cb) => client.listSites({}, cb));
+    const { sites: list } = await call(client, "listSites", {});
     assert.equal(
       list.map((s) => [s.site, s.endpoint?.sid6, s.endpoint?.sid4, s.dataplane]),
       [
@@ -119,89 +73,71 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     );
     // Every ready line and the anchor's status say which data plane runs.
     for (const s of [anchor, ...sites]) assert.is(s.ready.dataplane, dataplane, JSON.stringify(s.ready));
-    const status = await rpc<ListBindingsResponse>((cb) => client.listBindings({}, cb));
+    const status = await call(client, "listBindings", {});
     assert.is(status.dataplane, dataplane);
     // A site speaking another tunnel could never exchange traffic with this anchor: refused.
     const other = dataplane === "srv6" ? "vxlan" : "srv6";
-    const mixed = await rpcError(() =>
-      rpc((cb) =>
-        client.registerSite(
-          {
-            site: {
-              site: "s9",
-              endpoint: { sid6: "fc00:9::d6", sid4: "fc00:9::d4" },
-              controlAddress: "127.0.0.1:1",
-              dataplane: other,
-            },
-          },
-          cb,
-        ),
-      ),
-    );
-    assert.is(mixed.code, grpc.status.FAILED_PRECONDITION);
-    assert.match(
-      mixed.details,
+    await rejectsWithStatus(
+      call(client, "registerSite", {
+        site: {
+          site: "s9",
+          endpoint: { sid6: "fc00:9::d6", sid4: "fc00:9::d4" },
+          controlAddress: "127.0.0.1:1",
+          dataplane: other,
+        },
+      }),
+      grpc.status.FAILED_PRECONDITION,
       new RegExp(`site s9 uses the ${other} data plane but the anchor uses ${dataplane}`),
     );
-    assert.is((await rpc<ListSitesResponse>((cb) => client.listSites({}, cb))).sites.length, 2);
-    const bad = await rpcError(() =>
-      rpc((cb) =>
-        client.updateBinding(
-          {
-            vmId: VM.vmId,
-            site: "s1",
-            endpoint: { sid6: "nope", sid4: sidsOf(1).sid4 },
-            generation: 9,
-            lifetimeSeconds: 0,
-            attachedUnixMs: 0,
-          },
-          cb,
-        ),
-      ),
+    assert.is((await call(client, "listSites", {})).sites.length, 2);
+    await rejectsWithStatus(
+      call(client, "updateBinding", {
+        vmId: VM.vmId,
+        site: "s1",
+        endpoint: { sid6: "nope", sid4: sidsOf(1).sid4 },
+        generation: 9,
+        lifetimeSeconds: 0,
+        attachedUnixMs: 0,
+      }),
+      grpc.status.INVALID_ARGUMENT,
+      /invalid IPv6 SID 'nope'/,
     );
-    assert.is(bad.code, grpc.status.INVALID_ARGUMENT);
-    assert.match(bad.details, /invalid IPv6 SID 'nope'/);
-    const unknown = await rpcError(() =>
-      rpc((cb) =>
-        client.prepareNetwork(
-          { vmId: VM.vmId, toSite: "s1", port: "vport", mode: HandoverMode.HANDOVER_MODE_MBB_FP },
-          cb,
-        ),
-      ),
+    await rejectsWithStatus(
+      call(client, "prepareNetwork", {
+        vmId: VM.vmId,
+        toSite: "s1",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+      }),
+      grpc.status.NOT_FOUND,
+      /vm vm-1 is not registered/,
     );
-    assert.is(unknown.code, grpc.status.NOT_FOUND);
-    assert.match(unknown.details, /vm vm-1 is not registered/);
   });
 
   t("register over gRPC: the VM is reachable at its home addresses", async () => {
     const s1 = new NetReachSiteServiceClient(sites[0].ready.grpc, grpc.credentials.createInsecure());
-    await rpc((cb) => s1.prepareVm({ vm: vmNet, port: "vport", hold: false }, cb));
+    await call(s1, "prepareVm", { vm: vmNet, port: "vport", hold: false });
     s1.close();
     await bed.plug(0);
-    const r = await rpc<RegisterVmResponse>((cb) =>
-      client.registerVm(
-        {
-          binding: {
-            vmId: VM.vmId,
-            mac: VM.mac,
-            homeIpv6: VM.homeIpv6,
-            homeIpv4: VM.homeIpv4,
-            site: "s1",
-            endpoint: { sid6: sidsOf(1).sid6, sid4: sidsOf(1).sid4 },
-            generation: 1,
-            lifetimeSeconds: 300,
-            expiresUnixMs: 0,
-            state: BindingState.BINDING_STATE_UNSPECIFIED,
-            movingTo: "",
-          },
-        },
-        cb,
-      ),
-    );
+    const r = await call(client, "registerVm", {
+      binding: {
+        vmId: VM.vmId,
+        mac: VM.mac,
+        homeIpv6: VM.homeIpv6,
+        homeIpv4: VM.homeIpv4,
+        site: "s1",
+        endpoint: { sid6: sidsOf(1).sid6, sid4: sidsOf(1).sid4 },
+        generation: 1,
+        lifetimeSeconds: 300,
+        expiresUnixMs: 0,
+        state: BindingState.BINDING_STATE_UNSPECIFIED,
+        movingTo: "",
+      },
+    });
     assert.is(r.status, BindingStatus.BINDING_STATUS_ACCEPTED);
     assert.is(r.binding?.endpoint?.sid6, sidsOf(1).sid6);
     for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {
-      const s = summarisePings(await ping(a, 20).result);
+      const s = summarisePings(await pingFromCn(bed, a, 20).result);
       assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
     }
   });
@@ -211,7 +147,10 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     for (const kind of DATAPLANES) {
       const args = anchorArgs("127.0.0.1:0").map((a, i, all) => (all[i - 1] === "--dataplane" ? kind : a));
       if (support[kind] === null) continue; // runs elsewhere in this file
-      const err = await rpcError(() => serve(args));
+      const err: Error = await serve(args).then(
+        () => assert.unreachable(`the anchor started with the ${kind} data plane`),
+        (e) => e,
+      );
       const lines = err.message.split("\n").filter((l) => l.includes("not available"));
       assert.is(lines.length, 1, err.message);
       assert.ok(lines[0].includes(`data plane ${kind} is not available here: ${support[kind]}`), err.message);
@@ -228,31 +167,26 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       watch.on("data", (e: WatchHandoversResponse) => events.push(e));
       watch.on("error", () => undefined);
       await sleep(200); // the stream is open on the server before the move
-      const probes = [ping(VM.homeIpv6[0], 150), ping(VM.homeIpv4[0], 150)];
+      const probes = pingHome(bed, 150);
       await Promise.all(probes.map((p) => p.ready));
       await sleep(400);
-      const prep = await rpc<PrepareNetworkResponse>((cb) =>
-        client.prepareNetwork(
-          { vmId: VM.vmId, toSite: "s2", port: "vport", mode: HandoverMode.HANDOVER_MODE_MBB_FP },
-          cb,
-        ),
-      );
+      const prep = await call(client, "prepareNetwork", {
+        vmId: VM.vmId,
+        toSite: "s2",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+      });
       assert.is(prep.binding?.state, BindingState.BINDING_STATE_MOVING);
       assert.is(prep.binding?.movingTo, "s2");
       await bed.plug(1);
-      const { ack } = await rpc<SwitchOverResponse>((cb) =>
-        client.switchOver(
-          {
-            vmId: VM.vmId,
-            fromSite: "s1",
-            toSite: "s2",
-            port: "vport",
-            mode: HandoverMode.HANDOVER_MODE_MBB_FP,
-            generation: 2,
-          },
-          cb,
-        ),
-      );
+      const { ack } = await call(client, "switchOver", {
+        vmId: VM.vmId,
+        fromSite: "s1",
+        toSite: "s2",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+        generation: 2,
+      });
       assert.ok(ack?.accepted, JSON.stringify(ack));
       assert.is(ack?.status, BindingStatus.BINDING_STATUS_ACCEPTED);
       assert.is(ack?.binding?.site, "s2");
@@ -261,7 +195,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
         // Bounded, with room for gRPC hops on a loaded 2-core machine (in-process moves lose <= 5).
         assert.ok(s.lost <= 10, `${i ? "IPv4" : "IPv6"}: ${JSON.stringify(s)}`);
       }
-      await rpc((cb) => client.cleanupNetwork({ vmId: VM.vmId, fromSite: "s1" }, cb));
+      await call(client, "cleanupNetwork", { vmId: VM.vmId, fromSite: "s1" });
       assert.not.match(await ip(bed.ns.sites[0], "-6", "route", "show", `${VM.homeIpv6[0]}/128`), /encap/);
       watch.cancel();
       assert.is(events.length, 1, JSON.stringify(events));
@@ -277,42 +211,32 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   );
 
   t("a stale binding update or switch-over is refused and changes nothing", async () => {
-    const before = await rpc((cb) => client.listBindings({}, cb));
+    const before = await call(client, "listBindings", {});
     const routeBefore = await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`);
-    const probe = ping(VM.homeIpv6[0], 60);
+    const probe = pingFromCn(bed, VM.homeIpv6[0], 60);
     await probe.ready;
-    const stale = await rpc<UpdateBindingResponse>((cb) =>
-      client.updateBinding(
-        {
-          vmId: VM.vmId,
-          site: "s1",
-          endpoint: { sid6: sidsOf(1).sid6, sid4: sidsOf(1).sid4 },
-          generation: 1,
-          lifetimeSeconds: 0,
-          attachedUnixMs: 0,
-        },
-        cb,
-      ),
-    );
+    const stale = await call(client, "updateBinding", {
+      vmId: VM.vmId,
+      site: "s1",
+      endpoint: { sid6: sidsOf(1).sid6, sid4: sidsOf(1).sid4 },
+      generation: 1,
+      lifetimeSeconds: 0,
+      attachedUnixMs: 0,
+    });
     assert.is(stale.accepted, false);
     assert.is(stale.status, BindingStatus.BINDING_STATUS_STALE_GENERATION);
     assert.is(stale.reason, "stale generation 1 (have 2)");
     assert.is(stale.binding?.site, "s2");
-    const replay = await rpc<SwitchOverResponse>((cb) =>
-      client.switchOver(
-        {
-          vmId: VM.vmId,
-          fromSite: "s2",
-          toSite: "s1",
-          port: "vport",
-          mode: HandoverMode.HANDOVER_MODE_MBB_FP,
-          generation: 2,
-        },
-        cb,
-      ),
-    );
+    const replay = await call(client, "switchOver", {
+      vmId: VM.vmId,
+      fromSite: "s2",
+      toSite: "s1",
+      port: "vport",
+      mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+      generation: 2,
+    });
     assert.is(replay.ack?.status, BindingStatus.BINDING_STATUS_STALE_GENERATION);
-    assert.equal(await rpc((cb) => client.listBindings({}, cb)), before);
+    assert.equal(await call(client, "listBindings", {}), before);
     assert.is(await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`), routeBefore);
     assert.match(routeBefore, encapTo(dataplane, sidsOf(2).sid6));
     assert.is(summarisePings(await probe.result).lost, 0);
@@ -321,7 +245,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   t(
     "the anchor service process restarts: bindings come back, traffic keeps flowing, moves continue",
     async () => {
-      const probes = [ping(VM.homeIpv6[0], 250), ping(VM.homeIpv4[0], 250)];
+      const probes = pingHome(bed, 250);
       await Promise.all(probes.map((p) => p.ready));
       await sleep(300);
       assert.is(await anchor.stop(), 0, "graceful shutdown exits 0");
@@ -332,36 +256,31 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
         const s = summarisePings(await p.result);
         assert.is(s.lost, 0, JSON.stringify(s));
       }
-      const { bindings } = await rpc<ListBindingsResponse>((cb) => client.listBindings({}, cb));
+      const { bindings } = await call(client, "listBindings", {});
       assert.equal(
         bindings.map((b) => [b.vmId, b.site, b.generation, b.endpoint?.sid4]),
         [[VM.vmId, "s2", 2, sidsOf(2).sid4]],
       );
       // The site directory came back from the store too: the new process drives the next move.
-      await rpc((cb) =>
-        client.prepareNetwork(
-          { vmId: VM.vmId, toSite: "s1", port: "vport", mode: HandoverMode.HANDOVER_MODE_MBB_FP },
-          cb,
-        ),
-      );
+      await call(client, "prepareNetwork", {
+        vmId: VM.vmId,
+        toSite: "s1",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+      });
       await bed.plug(0);
-      const { ack } = await rpc<SwitchOverResponse>((cb) =>
-        client.switchOver(
-          {
-            vmId: VM.vmId,
-            fromSite: "s2",
-            toSite: "s1",
-            port: "vport",
-            mode: HandoverMode.HANDOVER_MODE_MBB_FP,
-            generation: 3,
-          },
-          cb,
-        ),
-      );
+      const { ack } = await call(client, "switchOver", {
+        vmId: VM.vmId,
+        fromSite: "s2",
+        toSite: "s1",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_FP,
+        generation: 3,
+      });
       assert.ok(ack?.accepted, JSON.stringify(ack));
-      await rpc((cb) => client.cleanupNetwork({ vmId: VM.vmId, fromSite: "s2" }, cb));
+      await call(client, "cleanupNetwork", { vmId: VM.vmId, fromSite: "s2" });
       for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]]) {
-        const s = summarisePings(await ping(a, 20).result);
+        const s = summarisePings(await pingFromCn(bed, a, 20).result);
         assert.is(s.lost, 0, `${a}: ${JSON.stringify(s)}`);
       }
     },
@@ -370,28 +289,26 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   t(
     "CancelNetwork undoes a prepared bicast move: the VM stays bound and reachable where it was",
     async () => {
-      const probes = [ping(VM.homeIpv6[0], 150), ping(VM.homeIpv4[0], 150)];
+      const probes = pingHome(bed, 150);
       await Promise.all(probes.map((p) => p.ready));
-      const prep = await rpc<PrepareNetworkResponse>((cb) =>
-        client.prepareNetwork(
-          { vmId: VM.vmId, toSite: "s2", port: "vport", mode: HandoverMode.HANDOVER_MODE_MBB_BICAST },
-          cb,
-        ),
-      );
+      const prep = await call(client, "prepareNetwork", {
+        vmId: VM.vmId,
+        toSite: "s2",
+        port: "vport",
+        mode: HandoverMode.HANDOVER_MODE_MBB_BICAST,
+      });
       assert.is(prep.binding?.movingTo, "s2");
       assert.match(await ip(bed.ns.sites[1], "-6", "route", "show", `${VM.homeIpv6[0]}/128`), /blackhole/);
-      assert.is((await bicasting()).length, 2, "bicasting both families to s2");
+      assert.is((await bed.bicastElements()).length, 2, "bicasting both families to s2");
       for (let i = 0; i < 2; i++) {
         // Twice: a rollback repeated after a restart finds nothing left to undo.
-        const c = await rpc<CancelNetworkResponse>((cb) =>
-          client.cancelNetwork({ vmId: VM.vmId, toSite: "s2" }, cb),
-        );
+        const c = await call(client, "cancelNetwork", { vmId: VM.vmId, toSite: "s2" });
         assert.equal(
           [c.binding?.site, c.binding?.state, c.binding?.movingTo, c.binding?.generation],
           ["s1", BindingState.BINDING_STATE_ACTIVE, "", 3],
         );
       }
-      assert.equal(await bicasting(), [], "the bicast stopped");
+      assert.equal(await bed.bicastElements(), [], "the bicast stopped");
       for (const fam of ["-6", "-4"])
         assert.is(
           await ip(
@@ -406,39 +323,34 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
         );
       for (const p of probes) assert.is(summarisePings(await p.result).lost, 0);
       // The switch-over happened (the VM is bound at s1): nothing there to cancel.
-      const late = await rpcError(() =>
-        rpc((cb) => client.cancelNetwork({ vmId: VM.vmId, toSite: "s1" }, cb)),
+      await rejectsWithStatus(
+        call(client, "cancelNetwork", { vmId: VM.vmId, toSite: "s1" }),
+        grpc.status.FAILED_PRECONDITION,
+        /bound at s1 \(generation 3\): the switch-over happened/,
       );
-      assert.is(late.code, grpc.status.FAILED_PRECONDITION);
-      assert.match(late.details, /bound at s1 \(generation 3\): the switch-over happened/);
     },
   );
 
   t(
     "PlaceVm binds a VM at a site and the site keeps it alive; a retry is accepted, an older one refused",
     async () => {
-      await rpc((cb) => client.deregisterVm({ vmId: VM.vmId }, cb));
+      await call(client, "deregisterVm", { vmId: VM.vmId });
       const place = (generation: number) =>
-        rpc<PlaceVmResponse>((cb) =>
-          client.placeVm(
-            {
-              vmId: VM.vmId,
-              mac: VM.mac,
-              homeIpv6: VM.homeIpv6,
-              homeIpv4: VM.homeIpv4,
-              site: "s1",
-              port: "vport",
-              generation,
-              lifetimeSeconds: 3,
-            },
-            cb,
-          ),
-        );
+        call(client, "placeVm", {
+          vmId: VM.vmId,
+          mac: VM.mac,
+          homeIpv6: VM.homeIpv6,
+          homeIpv4: VM.homeIpv4,
+          site: "s1",
+          port: "vport",
+          generation,
+          lifetimeSeconds: 3,
+        });
       const first = await place(4);
       assert.is(first.ack?.status, BindingStatus.BINDING_STATUS_ACCEPTED, JSON.stringify(first.ack));
       assert.equal([first.ack?.binding?.site, first.ack?.binding?.generation], ["s1", 4]);
       for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
-        assert.is(summarisePings(await ping(a, 20).result).received, 20, a);
+        assert.is(summarisePings(await pingFromCn(bed, a, 20).result).received, 20, a);
       const retry = await place(4);
       assert.is(retry.ack?.accepted, true, JSON.stringify(retry.ack));
       const older = await place(3);
@@ -446,28 +358,23 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       // Twice the 3 s lifetime: only the site agent's refreshes keep the binding from expiring.
       const expires = first.ack!.binding!.expiresUnixMs;
       await sleep(6_000);
-      const { bindings } = await rpc<ListBindingsResponse>((cb) => client.listBindings({}, cb));
+      const { bindings } = await call(client, "listBindings", {});
       assert.is(bindings[0]?.state, BindingState.BINDING_STATE_ACTIVE, JSON.stringify(bindings));
       assert.ok(bindings[0].expiresUnixMs > expires, "refreshed");
-      const unknown = await rpcError(() =>
-        rpc((cb) =>
-          client.placeVm(
-            {
-              vmId: "vm-2",
-              mac: VM.mac,
-              homeIpv6: [],
-              homeIpv4: ["10.77.0.9"],
-              site: "s9",
-              port: "vport",
-              generation: 1,
-              lifetimeSeconds: 0,
-            },
-            cb,
-          ),
-        ),
+      await rejectsWithStatus(
+        call(client, "placeVm", {
+          vmId: "vm-2",
+          mac: VM.mac,
+          homeIpv6: [],
+          homeIpv4: ["10.77.0.9"],
+          site: "s9",
+          port: "vport",
+          generation: 1,
+          lifetimeSeconds: 0,
+        }),
+        grpc.status.NOT_FOUND,
+        /site 's9' has not registered/,
       );
-      assert.is(unknown.code, grpc.status.NOT_FOUND);
-      assert.match(unknown.details, /site 's9' has not registered/);
     },
   );
 });

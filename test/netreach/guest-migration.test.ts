@@ -15,7 +15,7 @@ import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import type { VmState } from "../../services/page-server/vm/states.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { HOME, NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { perDataplane } from "./dataplanes.js";
@@ -74,7 +74,7 @@ await perDataplane(
     /** QEMU has opened its tap: the tap goes into the site's namespace (it keeps working there). */
     const moveTap = (site: number) => hostIp("link", "set", "dev", TAPS[site], "netns", bed.ns.sites[site]);
 
-    const ping = (target: string, count: number) => startPing(bed.ns.cn, target, count);
+    const ping = (target: string, count: number) => pingFromCn(bed, target, count);
 
     async function waitReachable(target: string): Promise<void> {
       for (let i = 0; i < 60; i++) {
@@ -111,7 +111,7 @@ await perDataplane(
         const hooks = new MigrationHooks(bed.anchor);
         await hooks.prepareNetwork(m);
 
-        const probes = [ping(VM.homeIpv6[0], 800), ping(VM.homeIpv4[0], 800)];
+        const probes = pingHome(bed, 800);
         await Promise.all(probes.map((p) => p.ready));
         await new Promise((r) => setTimeout(r, 1000));
         // Switch the network over the moment the guest runs at the destination.

@@ -4,21 +4,19 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { GATEWAY_MAC, NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { ip } from "../../testbed/netns.js";
+import { GATEWAY_MAC, type NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
+import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
+import { bedSuite } from "./bed-suite.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 import { assertTcpSurvivesMove } from "./tcp-across-move.js";
 
-// Unique per run: two runs at once (or another helper's tests) never share a namespace.
-const PREFIX = uniqueNetnsPrefix("nr-ho-");
 await perDataplane("netreach handover in namespaces", ["root", "ip"], (t, dataplane) => {
   let bed: NetreachBed;
   let neighboursAfterRegistration = "";
 
+  bedSuite(t, { base: "nr-ho-", dataplane, sites: 3, place: false }, (b) => (bed = b));
   t.before(async () => {
-    await destroyStaleNetns("nr-ho-");
-    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 3 });
     // As if the VM had lived on the home link: the correspondent caches the VM's own MAC.
     for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
       await ip(bed.ns.cn, "neigh", "replace", a, "lladdr", VM.mac, "dev", "cn0", "nud", "stale");
@@ -27,11 +25,7 @@ await perDataplane("netreach handover in namespaces", ["root", "ip"], (t, datapl
     neighboursAfterRegistration = await ip(bed.ns.cn, "neigh", "show", "dev", "cn0");
   });
 
-  t.after(async () => {
-    await bed?.destroy();
-  });
-
-  const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count, { waitMs: 500 });
+  const pingFrom = (target: string, count: number) => pingFromCn(bed, target, count, { waitMs: 500 });
 
   t("first registration announces the home addresses at the anchor's MAC (NA, gratuitous ARP)", () => {
     for (const a of [VM.homeIpv6[0], VM.homeIpv4[0]])
@@ -52,8 +46,7 @@ await perDataplane("netreach handover in namespaces", ["root", "ip"], (t, datapl
   });
 
   t("continuous ping loses at most a few echoes per move, IPv6 and IPv4", async () => {
-    const p6 = pingFrom(VM.homeIpv6[0], 400);
-    const p4 = pingFrom(VM.homeIpv4[0], 400);
+    const [p6, p4] = pingHome(bed, 400, { waitMs: 500 });
     await Promise.all([p6.ready, p4.ready]);
     await sleep(800);
     const m1 = await bed.move(1, "mbb-fp");

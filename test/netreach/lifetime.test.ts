@@ -4,26 +4,17 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { NetreachBed, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { ip } from "../../testbed/netns.js";
+import { type NetreachBed, VM } from "../../testbed/netreach/bed.js";
+import { pingFromCn } from "../../testbed/netreach/pings.js";
+import { bedSuite } from "./bed-suite.js";
 import { perDataplane } from "./dataplanes.js";
 
-// Unique per run: two runs at once (or another helper's tests) never share a namespace.
-const PREFIX = uniqueNetnsPrefix("nr-lt-");
 await perDataplane("netreach binding lifetime", ["root", "ip"], (t, dataplane) => {
   let bed: NetreachBed;
 
-  t.before(async () => {
-    await destroyStaleNetns("nr-lt-");
-    bed = await NetreachBed.create({ dataplane, prefix: PREFIX, sites: 2 });
-    assert.ok((await bed.place(0, 2)).accepted);
-  });
-
-  t.after(async () => {
-    await bed?.destroy();
-  });
-  const ping = async (to: string) => summarisePings(await startPing(bed.ns.cn, to, 5).result);
+  bedSuite(t, { base: "nr-lt-", dataplane, sites: 2, place: 2 }, (b) => (bed = b));
+  const ping = async (to: string) => summarisePings(await pingFromCn(bed, to, 5).result);
 
   t("refreshes keep a 2 s binding alive past its lifetime", async () => {
     const first = (await bed.anchor.cache.get(VM.vmId))!.expiresAtMs;

@@ -6,7 +6,7 @@ import { RedisStore } from "../../services/common/store/index.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
+import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 
@@ -35,11 +35,10 @@ await perDataplane("netreach anchor restart", ["root", "ip", "redis-server"], (t
     await redis?.stop();
   });
 
-  const pingFrom = (target: string, count: number) => startPing(bed.ns.cn, target, count);
+  const pingFrom = (target: string, count: number) => pingFromCn(bed, target, count);
 
   t("traffic keeps flowing while the anchor process restarts", async () => {
-    const p6 = pingFrom(VM.homeIpv6[0], 200);
-    const p4 = pingFrom(VM.homeIpv4[0], 200);
+    const [p6, p4] = pingHome(bed, 200);
     await Promise.all([p6.ready, p4.ready]);
     await sleep(500);
     const old = bed.kv;

@@ -4,7 +4,8 @@ import { once } from "node:events";
 import { join } from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { type ListHostVmsResponse, PageServiceClient } from "../../gen/vmhop/v1/page.js";
+import { PageServiceClient } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
@@ -31,9 +32,7 @@ test("serve prints its addresses, lists no VMs, exits 0 on SIGTERM", async () =>
     assert.match(addr.grpc, /^127\.0\.0\.1:\d+$/);
     assert.match(addr.channel, /^127\.0\.0\.1:\d+$/);
     const client = new PageServiceClient(addr.grpc, credentials.createInsecure());
-    const res = await new Promise<ListHostVmsResponse>((resolve, reject) =>
-      client.listHostVms({}, (err, r) => (err ? reject(err) : resolve(r))),
-    );
+    const res = await call(client, "listHostVms", {});
     assert.equal(res.vms, []);
     client.close();
     child.kill("SIGTERM");

@@ -19,6 +19,7 @@ import {
   VmState,
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
@@ -27,6 +28,7 @@ import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
@@ -88,21 +90,6 @@ async function restart(s: Server, name: string): Promise<Server> {
   return pageServer(name);
 }
 
-async function expectCode(p: Promise<unknown>, code: status, re: RegExp): Promise<void> {
-  try {
-    await p;
-    assert.unreachable("call succeeded");
-  } catch (err) {
-    assert.is((err as { code: number }).code, code, (err as Error).message);
-    assert.match((err as Error).message, re);
-  }
-}
-
-function call<Res>(c: PageServiceClient, method: keyof PageServiceClient, req: object): Promise<Res> {
-  const fn = c[method] as unknown as (req: object, cb: (err: Error | null, res: Res) => void) => void;
-  return new Promise((resolve, reject) => fn.call(c, req, (err, res) => (err ? reject(err) : resolve(res))));
-}
-
 /** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
 function heartbeats(logs: string[]) {
   const bytes = Buffer.concat(logs.map((p) => readFileSync(p)));
@@ -138,16 +125,16 @@ migTest(
       nicTap: "",
       nicMac: "",
     };
-    const defined = await call<{ vm: { state: VmState } }>(a.client, "defineVm", { spec });
-    assert.is(defined.vm.state, VmState.VM_STATE_DEFINED);
-    const started = await call<{ vm: { state: VmState; serialLogPath: string } }>(a.client, "startVm", {
+    const defined = await call(a.client, "defineVm", { spec });
+    assert.is(defined.vm!.state, VmState.VM_STATE_DEFINED);
+    const started = await call(a.client, "startVm", {
       vmId: "vm1",
     });
-    assert.is(started.vm.state, VmState.VM_STATE_RUNNING);
-    const srcLog = started.vm.serialLogPath;
+    assert.is(started.vm!.state, VmState.VM_STATE_RUNNING);
+    const srcLog = started.vm!.serialLogPath;
     await until("a verification pass at the source", () => heartbeats([srcLog]).find((h) => h.passes >= 1));
 
-    const { channelAddress } = await call<{ channelAddress: string }>(
+    const { channelAddress } = await call(
       b.client,
       "prepareIncoming",
       PrepareIncomingRequest.fromPartial({
@@ -159,10 +146,10 @@ migTest(
     );
     assert.match(channelAddress, /^127\.0\.0\.1:\d+$/);
     assert.equal(await capabilities(b.host, "vm1"), { "postcopy-ram": true, "postcopy-preempt": true });
-    const dstView = await call<{ vm: { state: VmState; serialLogPath: string } }>(b.client, "inspectVm", {
+    const dstView = await call(b.client, "inspectVm", {
       vmId: "vm1",
     });
-    assert.is(dstView.vm.state, VmState.VM_STATE_INCOMING);
+    assert.is(dstView.vm!.state, VmState.VM_STATE_INCOMING);
 
     const passesBefore = Math.max(...heartbeats([srcLog]).map((h) => h.passes));
     await call(
@@ -200,10 +187,10 @@ migTest(
       return vm.state === "stopped" ? vm : undefined;
     });
     assert.is(srcEnd.state, "stopped");
-    const dst = await call<{ vm: { state: VmState } }>(b.client, "inspectVm", { vmId: "vm1" });
-    assert.is(dst.vm.state, VmState.VM_STATE_RUNNING);
+    const dst = await call(b.client, "inspectVm", { vmId: "vm1" });
+    assert.is(dst.vm!.state, VmState.VM_STATE_RUNNING);
 
-    const logs = [srcLog, dstView.vm.serialLogPath];
+    const logs = [srcLog, dstView.vm!.serialLogPath];
     const after = await until("two verification passes at the destination", () =>
       heartbeats(logs).find((h) => h.passes >= passesBefore + 2),
     );
@@ -239,10 +226,10 @@ migTest(
       kernelCmdline: guestCmdline({ memMib: 16, rateMib: 2, verifyMib: 16 }),
     });
     await call(a.client, "defineVm", { spec });
-    const started = await call<{ vm: { serialLogPath: string } }>(a.client, "startVm", { vmId: "vm2" });
-    const srcLog = started.vm.serialLogPath;
+    const started = await call(a.client, "startVm", { vmId: "vm2" });
+    const srcLog = started.vm!.serialLogPath;
     await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
-    const { channelAddress } = await call<{ channelAddress: string }>(
+    const { channelAddress } = await call(
       b.client,
       "prepareIncoming",
       PrepareIncomingRequest.fromPartial({
@@ -263,8 +250,8 @@ migTest(
         maxBandwidthBytesPerSecond: 2 << 20, // long enough to abort mid-way
       }),
     );
-    const inspect = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
-    assert.is(inspect.vm.state, VmState.VM_STATE_MIGRATING);
+    const inspect = await call(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(inspect.vm!.state, VmState.VM_STATE_MIGRATING);
     await until("pre-copy under way", () =>
       a.host.migration("mig-abort").phase === "precopy" ? true : undefined,
     );
@@ -277,8 +264,8 @@ migTest(
       s.on("end", () => resolve());
     });
     assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_CANCELLED);
-    const src = await call<{ vm: { state: VmState } }>(a.client, "inspectVm", { vmId: "vm2" });
-    assert.is(src.vm.state, VmState.VM_STATE_RUNNING);
+    const src = await call(a.client, "inspectVm", { vmId: "vm2" });
+    assert.is(src.vm!.state, VmState.VM_STATE_RUNNING);
     const at = heartbeats([srcLog]).at(-1)!.counter;
     await until("heartbeats after the abort", () => heartbeats([srcLog]).find((h) => h.counter >= at + 3));
     const dst = await until("the destination to give up", () => {
@@ -308,7 +295,7 @@ migTest(
     let b = await pageServer("idem-b");
     const spec = await guestSpec("vm3");
     const prepare = (s: Server, patch: Partial<PrepareIncomingRequest> = {}) =>
-      call<{ channelAddress: string }>(
+      call(
         s.client,
         "prepareIncoming",
         PrepareIncomingRequest.fromPartial({
@@ -328,12 +315,12 @@ migTest(
     assert.is(b.host.list().length, 1);
     assert.is(b.host.get("vm3").pid, pid, "a retry started another QEMU");
 
-    await expectCode(
+    await rejectsWithStatus(
       prepare(b, { spec: { ...spec, memoryMib: 160 } }),
       status.ALREADY_EXISTS,
       /migration mig-idem is already prepared here for VM vm3 with another spec: memoryMib is 128 here, 160 in this request/,
     );
-    await expectCode(
+    await rejectsWithStatus(
       prepare(b, { spec: { ...spec, vmId: "vm4" } }),
       status.ALREADY_EXISTS,
       /migration mig-idem is already prepared here for VM vm3, not vm4/,
@@ -362,15 +349,11 @@ migTest(
         PrepareIncomingRequest.fromPartial({ spec, migrationId, fencingToken }),
       );
     const stop = (fencingToken: number) =>
-      call<{ vm: { state: VmState } }>(
-        b.client,
-        "stopVm",
-        StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }),
-      );
+      call(b.client, "stopVm", StopVmRequest.fromPartial({ vmId: "vm5", force: true, fencingToken }));
     await prepare("mig-5", 5);
-    await expectCode(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
-    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
-    await expectCode(
+    await rejectsWithStatus(prepare("mig-3", 3), status.FAILED_PRECONDITION, stale(3, 5));
+    await rejectsWithStatus(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    await rejectsWithStatus(
       call(
         b.client,
         "abortMigration",
@@ -379,7 +362,7 @@ migTest(
       status.FAILED_PRECONDITION,
       stale(4, 5),
     );
-    await expectCode(
+    await rejectsWithStatus(
       call(
         b.client,
         "startMigration",
@@ -398,20 +381,20 @@ migTest(
     assert.is(b.host.get("vm5").state, "incoming");
 
     b = await restart(b, "fence-b");
-    await expectCode(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
+    await rejectsWithStatus(stop(4), status.FAILED_PRECONDITION, stale(4, 5));
     assert.is(b.host.get("vm5").state, "incoming");
     // A newer migration's rollback stops the waiting QEMU; from then on 5 is stale too.
     const stopped = await stop(6);
-    assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm.state));
-    await expectCode(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
+    assert.ok([VmState.VM_STATE_STOPPED, VmState.VM_STATE_CRASHED].includes(stopped.vm!.state));
+    await rejectsWithStatus(stop(5), status.FAILED_PRECONDITION, stale(5, 6));
     await stop(0); // unfenced (the CLI): accepted
   },
 );
 
 migTest("errors map to gRPC statuses", async () => {
   const a = await pageServer("host-err");
-  await expectCode(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
-  await expectCode(
+  await rejectsWithStatus(call(a.client, "inspectVm", { vmId: "nope" }), status.NOT_FOUND, /no VM nope/);
+  await rejectsWithStatus(
     call(a.client, "defineVm", {
       spec: VmSpec.fromPartial({ vmId: "bad name", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
     }),
@@ -421,12 +404,12 @@ migTest("errors map to gRPC statuses", async () => {
   await call(a.client, "defineVm", {
     spec: VmSpec.fromPartial({ vmId: "v2", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
   });
-  await expectCode(
+  await rejectsWithStatus(
     call(a.client, "pauseVm", { vmId: "v2" }),
     status.FAILED_PRECONDITION,
     /defined cannot pause/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     call(
       a.client,
       "startMigration",
@@ -440,7 +423,7 @@ migTest("errors map to gRPC statuses", async () => {
     status.FAILED_PRECONDITION,
     /cannot migrate/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     call(
       a.client,
       "startMigration",
@@ -455,7 +438,7 @@ migTest("errors map to gRPC statuses", async () => {
     status.INVALID_ARGUMENT,
     /channel_path 9 is not one of AUTO, HANDOFF, RELAY/,
   );
-  await expectCode(
+  await rejectsWithStatus(
     new Promise<void>((resolve, reject) => {
       const s = a.client.watchMigration({ migrationId: "none" });
       s.on("data", () => {});

@@ -16,9 +16,9 @@ import {
   MigrationPhase,
   PageServiceClient,
   StartMigrationRequest,
-  type StartVmResponse,
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
+import { call } from "../../services/common/grpc/call.js";
 import { PageHost } from "../../services/page-server/host.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
@@ -73,10 +73,6 @@ async function serveA(): Promise<{ child: ChildProcess; client: PageServiceClien
   return { child, client: new PageServiceClient(grpc, credentials.createInsecure()) };
 }
 
-function unary<Res>(fn: (cb: (err: Error | null, res: Res) => void) => unknown): Promise<Res> {
-  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
-}
-
 function heartbeats(logs: string[]) {
   return splitLines(Buffer.concat(logs.map((p) => readFileSync(p))))
     .lines.map(parseHeartbeat)
@@ -108,8 +104,8 @@ migTest("SIGKILL the source page-server after the switch-over; its restart compl
     initrdPath: guest.initrd,
     kernelCmdline: cmdline,
   };
-  await unary((cb) => a.client.defineVm(DefineVmRequest.fromPartial({ spec: pbSpec }), cb));
-  const started = await unary<StartVmResponse>((cb) => a.client.startVm({ vmId: "vm1" }, cb));
+  await call(a.client, "defineVm", DefineVmRequest.fromPartial({ spec: pbSpec }));
+  const started = await call(a.client, "startVm", { vmId: "vm1" });
   const srcPid = started.vm!.qemuPid;
   pids.push(srcPid);
   const srcLog = started.vm!.serialLogPath;
@@ -117,19 +113,18 @@ migTest("SIGKILL the source page-server after the switch-over; its restart compl
 
   const channel = await b.prepareIncoming(spec, "mig-x");
   const dst = b.get("vm1");
-  await unary((cb) =>
-    a.client.startMigration(
-      StartMigrationRequest.fromPartial({
-        vmId: "vm1",
-        migrationId: "mig-x",
-        channelAddress: channel,
-        mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-        // Relayed, so the stream dies with the page-server (loopback would hand it to QEMU).
-        channelPath: ChannelPath.CHANNEL_PATH_RELAY,
-        maxBandwidthBytesPerSecond: 32 << 20, // post-copy still pushing (~5 s) when the page-server dies
-      }),
-      cb,
-    ),
+  await call(
+    a.client,
+    "startMigration",
+    StartMigrationRequest.fromPartial({
+      vmId: "vm1",
+      migrationId: "mig-x",
+      channelAddress: channel,
+      mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+      // Relayed, so the stream dies with the page-server (loopback would hand it to QEMU).
+      channelPath: ChannelPath.CHANNEL_PATH_RELAY,
+      maxBandwidthBytesPerSecond: 32 << 20, // post-copy still pushing (~5 s) when the page-server dies
+    }),
   );
   for (let i = 0; i < 300 && dst.state !== "running"; i++) await sleep(50);
   assert.is(dst.state, "running", "the destination never resumed");

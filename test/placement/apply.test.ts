@@ -2,40 +2,20 @@
 // control-plane refuses (unknown VM, stale plan) and a host it does not know end the plan
 // FAILED with each reason recorded; the per-move outcome shows in GetPlan. The successful
 // path with a real VM is test/control-plane/e2e.test.ts.
-import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import {
   type ApplyPlanResponse,
-  type ComputePlanResponse,
-  type GetPlanResponse,
-  PlacementServiceClient,
+  type PlacementServiceClient,
   type Plan,
   PlanState,
 } from "../../gen/vmhop/v1/placement.js";
-import { startGrpcServer } from "../../services/common/grpc/server.js";
-import { silentLogger } from "../../services/common/log.js";
+import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
-import { ControlClient } from "../../services/control-plane/client.js";
 import { KEYS } from "../../services/control-plane/records.js";
-import { placementService } from "../../services/placement/service/grpc.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
 import { test } from "../helpers/uvu.js";
-
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-}
-
-// The scenario of service.test.ts: the best plan moves "small" h3 → h1 and sleeps h3.
-const HOSTS = [
-  { hostId: "h1", model: "G5", asleep: false },
-  { hostId: "h3", model: "G5", asleep: false },
-].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
-const VMS = [
-  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
-  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
-].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+import { LOAD_HOSTS, reportScenarioLoad, startPlacement } from "./fixtures.js";
 
 const dir = tempDir("vmhop-apply-");
 const closers: (() => Promise<void>)[] = [];
@@ -48,39 +28,31 @@ async function setUp() {
   const cpStore = new MemoryStore();
   const page = await startPageServer(dir.path, "apply-page");
   const cp = await startControlPlane(cpStore);
-  const cpClient = new ControlClient(cp.address);
-  const store = new MemoryStore();
-  const cfg = { policy: "vmhop", costModel: "cloudsim", seed: 42, loadTtlMs: 900_000, planTtlMs: 600_000 };
-  const g = await startGrpcServer({
-    serviceName: "placement",
-    listen: "127.0.0.1:0",
-    services: [placementService(store, cfg, silentLogger, cpClient)],
-    log: silentLogger,
-  });
-  const pc = new PlacementServiceClient(g.address, grpc.credentials.createInsecure());
+  const placement = await startPlacement(new MemoryStore(), cp.address);
   closers.push(async () => {
-    pc.close();
-    cpClient.close();
-    await g.shutdown(1000);
+    await placement.close();
     await cp.close();
     await page.close();
   });
-  for (let i = 0; i < 12; i++) await call(pc.reportLoad.bind(pc), { hosts: HOSTS, vms: VMS, timeUnixMs: 0 });
-  return { pc, cp, cpStore, page };
+  // The scenario's awake hosts only: h1 and h3.
+  await reportScenarioLoad(
+    placement.client,
+    LOAD_HOSTS.filter((h) => !h.asleep),
+  );
+  return { pc: placement.client, cp, cpStore, page };
 }
 
 async function planAndApply(
   pc: PlacementServiceClient,
 ): Promise<{ applied: ApplyPlanResponse; final: Plan }> {
-  const plan = ((await call(pc.computePlan.bind(pc), { policy: "", costModel: "" })) as ComputePlanResponse)
-    .plan!;
+  const plan = (await call(pc, "computePlan", { policy: "", costModel: "" })).plan!;
   assert.equal(
     plan.moves.map((m) => [m.vmId, m.fromHostId, m.toHostId]),
     [["small", "h3", "h1"]],
   );
-  const applied = (await call(pc.applyPlan.bind(pc), { planId: plan.planId })) as ApplyPlanResponse;
+  const applied = await call(pc, "applyPlan", { planId: plan.planId });
   for (;;) {
-    const p = ((await call(pc.getPlan.bind(pc), { planId: plan.planId })) as GetPlanResponse).plan!;
+    const p = (await call(pc, "getPlan", { planId: plan.planId })).plan!;
     if (p.state !== PlanState.PLAN_STATE_APPLYING) return { applied, final: p };
     await new Promise((r) => setTimeout(r, 50));
   }

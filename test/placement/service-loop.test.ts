@@ -13,6 +13,7 @@ import {
   PlanState,
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
@@ -58,9 +59,7 @@ test("the planning loop accepts plans on its own; replay drives a running servic
       { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870 },
       { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613 },
     ].map((v) => ({ ...v, cpuUtilization: 0.3, dirtyRateMibPerS: 0, migratingToHostId: "" }));
-    await new Promise((resolve, reject) =>
-      client.reportLoad({ hosts, vms, timeUnixMs: 0 }, (err, res) => (err ? reject(err) : resolve(res))),
-    );
+    await call(client, "reportLoad", { hosts, vms, timeUnixMs: 0 });
     const p = await accepted;
     stream.cancel();
     assert.deepEqual(

@@ -7,7 +7,6 @@ import { createInterface } from "node:readline";
 import * as grpc from "@grpc/grpc-js";
 import {
   type ApplyPlanResponse,
-  type ComputePlanResponse,
   type ListPoliciesResponse,
   PlacementServiceClient,
   type Plan,
@@ -15,11 +14,13 @@ import {
   type ReportLoadRequest,
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
+import { call } from "../../services/common/grpc/call.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
+import { LOAD_HOSTS, LOAD_VMS } from "./fixtures.js";
 
 const test = gate(suite("placement service"), ["redis-server"], "placement service on real Redis");
 
@@ -63,30 +64,13 @@ async function stopService(s: Served): Promise<number | null> {
   });
 }
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-function call<Req, Res>(fn: Unary<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-}
 const c = () => svc.client;
 const report = (req: Partial<ReportLoadRequest>) =>
-  call(c().reportLoad.bind(c()), { hosts: [], vms: [], timeUnixMs: 0, ...req });
+  call(c(), "reportLoad", { hosts: [], vms: [], timeUnixMs: 0, ...req });
 const computePlan = async (policy = "", costModel = ""): Promise<Plan> =>
-  ((await call(c().computePlan.bind(c()), { policy, costModel })) as ComputePlanResponse).plan!;
-const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c().applyPlan.bind(c()), { planId });
-const listPolicies = (): Promise<ListPoliciesResponse> => call(c().listPolicies.bind(c()), {});
-
-// Known best answer: h1 (G5, 5320 MIPS) runs a VM at 2000 MIPS, h3 (G5) one at 200 MIPS.
-// Moving the small VM onto h1 lets h3 sleep and overloads nothing; h0 and h2 (G4) stay asleep.
-const HOSTS = [
-  { hostId: "h0", model: "G4", asleep: true },
-  { hostId: "h1", model: "G5", asleep: false },
-  { hostId: "h2", model: "G4", asleep: true },
-  { hostId: "h3", model: "G5", asleep: false },
-].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
-const VMS = [
-  { vmId: "big", hostId: "h1", cpuRequestedMips: 2500, memoryMib: 870, cpuUtilization: 0.8 },
-  { vmId: "small", hostId: "h3", cpuRequestedMips: 500, memoryMib: 613, cpuUtilization: 0.4 },
-].map((v) => ({ ...v, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+  (await call(c(), "computePlan", { policy, costModel })).plan!;
+const applyPlan = (planId: string): Promise<ApplyPlanResponse> => call(c(), "applyPlan", { planId });
+const listPolicies = (): Promise<ListPoliciesResponse> => call(c(), "listPolicies", {});
 
 test.before(async () => {
   redis = await startRedis();
@@ -112,30 +96,30 @@ test("serves health and reflection; lists the policies", async () => {
 });
 
 test("bad input is refused with INVALID_ARGUMENT naming the field, and nothing is recorded", async () => {
-  const bad = (vms: object[], hosts: object[] = HOSTS) =>
+  const bad = (vms: object[], hosts: object[] = LOAD_HOSTS) =>
     report({ hosts: hosts as never, vms: vms as never });
   await rejectsWithStatus(
-    bad([{ ...VMS[0], cpuUtilization: 1.5 }]),
+    bad([{ ...LOAD_VMS[0], cpuUtilization: 1.5 }]),
     grpc.status.INVALID_ARGUMENT,
     /^vms\[0\]\.cpu_utilization/,
   );
   await rejectsWithStatus(
-    bad([VMS[0], { ...VMS[1], vmId: "" }]),
+    bad([LOAD_VMS[0], { ...LOAD_VMS[1], vmId: "" }]),
     grpc.status.INVALID_ARGUMENT,
     /^vms\[1\]\.vm_id/,
   );
   await rejectsWithStatus(
-    bad([VMS[0], { ...VMS[0] }]),
+    bad([LOAD_VMS[0], { ...LOAD_VMS[0] }]),
     grpc.status.INVALID_ARGUMENT,
     /vms\[1\]\.vm_id "big" is reported twice/,
   );
   await rejectsWithStatus(
-    bad([], [{ ...HOSTS[0], model: "G9" }]),
+    bad([], [{ ...LOAD_HOSTS[0], model: "G9" }]),
     grpc.status.INVALID_ARGUMENT,
     /^hosts\[0\]\.model must be one of G4, G5/,
   );
   await rejectsWithStatus(
-    bad([], [{ ...HOSTS[1], cpuCapacityMips: 9999 }]),
+    bad([], [{ ...LOAD_HOSTS[1], cpuCapacityMips: 9999 }]),
     grpc.status.INVALID_ARGUMENT,
     /^hosts\[0\]\.cpu_capacity_mips must be 0 or 5320/,
   );
@@ -158,7 +142,7 @@ let planId = "";
 
 test("load reported over an hour gives the known best plan, with its predicted effect", async () => {
   for (let i = 0; i < 12; i++) {
-    const r = await report({ hosts: HOSTS, vms: VMS });
+    const r = await report({ hosts: LOAD_HOSTS, vms: LOAD_VMS });
     assert.deepEqual(r, { hostsRecorded: 4, vmsRecorded: 2 });
   }
   const p = await computePlan();
@@ -197,7 +181,7 @@ test("load reported over an hour gives the known best plan, with its predicted e
 });
 
 test("a VM on a host that never reported is left out with a warning", async () => {
-  await report({ vms: [{ ...VMS[1], vmId: "orphan", hostId: "h9" }] });
+  await report({ vms: [{ ...LOAD_VMS[1], vmId: "orphan", hostId: "h9" }] });
   const p = await computePlan("dvfs");
   assert.deepEqual(p.moves, []);
   assert.deepEqual(p.warnings, ["VM orphan: host h9 has not reported, VM left out"]);

@@ -37,6 +37,7 @@ import {
   ip,
   macOf,
   routerSysctls,
+  runIn,
   setSysctls,
 } from "../netns.js";
 import { relayedWan } from "./relayed-wan.js";
@@ -439,6 +440,19 @@ export class NetreachBed {
   async replug(): Promise<void> {
     if (this.at < 0) throw new Error("the VM has not been placed yet");
     await this.patch!.apply([`link set dev p${this.at} nomaster`, `link set dev p${this.at} master br0`]);
+  }
+
+  /** The anchor's bicast map elements, both families, each as JSON (none: nothing is copied). */
+  async bicastElements(): Promise<string[]> {
+    const out: string[] = [];
+    for (const fam of ["ip6", "ip"]) {
+      const nft = JSON.parse(
+        await runIn(this.ns.anchor, "nft", ["-j", "list", "map", fam, "nr_bicast", "to"]),
+      );
+      const map = (nft.nftables as Array<{ map?: { elem?: unknown[] } }>).find((x) => x.map)?.map;
+      for (const e of map?.elem ?? []) out.push(JSON.stringify(e));
+    }
+    return out;
   }
 
   /** After the binding settled: the old site drops its forwarding pointer. */

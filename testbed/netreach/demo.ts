@@ -6,10 +6,10 @@ import { CliError } from "../../services/cli/errors.js";
 import { DataplaneError, resolveDataplane } from "../../services/netreach/dataplane/probe.js";
 import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
 import { HANDOVER_MODES, type HandoverMode } from "../../services/netreach/migration-hooks.js";
-import { summarisePings } from "../../services/netreach/probe/analysis.js";
+import type { PingSummary } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../netns.js";
 import { NetreachBed, VM } from "./bed.js";
-import { startPing } from "./probe-process.js";
+import { underPing } from "./pings.js";
 
 const USAGE = `usage: vmhop netreach demo [--sites N=3] [--delay MS=0] [--mode bbm|mbb|mbb-fp|mbb-bicast=mbb-bicast]
                            [--moves N=2] [--dataplane auto|srv6|vxlan=auto]
@@ -75,15 +75,13 @@ export async function run(argv: string[]): Promise<number> {
     );
     for (let i = 0; i < moves; i++) {
       const to = (bed.at + 1) % sites;
-      const probes = [VM.homeIpv6[0], VM.homeIpv4[0]].map((a) => startPing(bed.ns.cn, a, 150));
-      await Promise.all(probes.map((p) => p.ready));
-      await new Promise((r) => setTimeout(r, 500));
       const from = bed.at;
-      const { outcome } = await bed.move(to, mode);
-      const [v6, v4] = await Promise.all(probes.map(async (p) => summarisePings(await p.result)));
-      await bed.settle();
-      const fmt = (s: ReturnType<typeof summarisePings>) =>
-        `gap ${s.gapMs.toFixed(1)} ms, lost ${s.lost}/${s.sent}`;
+      const {
+        result: { outcome },
+        v6,
+        v4,
+      } = await underPing(bed, () => bed.move(to, mode), { count: 150, leadMs: 500 });
+      const fmt = (s: PingSummary) => `gap ${s.gapMs.toFixed(1)} ms, lost ${s.lost}/${s.sent}`;
       console.log(
         `s${from + 1} -> s${to + 1} (generation ${bed.generation}, ${outcome.accepted ? "accepted" : "refused"}): ` +
           `IPv6 ${fmt(v6)}; IPv4 ${fmt(v4)}`,

@@ -88,6 +88,11 @@ export function startProbe<T>(ns: string, args: string[], limitMs = 120_000): Pr
   };
 }
 
+export interface PingOptions {
+  intervalMs?: number;
+  waitMs?: number;
+}
+
 /**
  * A continuous ping from `ns` to `to`: `count` echoes `intervalMs` apart (default 10), waiting
  * `waitMs` for the last replies (the probe's default when absent).
@@ -96,7 +101,7 @@ export function startPing(
   ns: string,
   to: string,
   count: number,
-  opts: { intervalMs?: number; waitMs?: number } = {},
+  opts: PingOptions = {},
 ): ProbeProcess<PingRecord[]> {
   const wait = opts.waitMs === undefined ? [] : ["--wait-ms", String(opts.waitMs)];
   return startProbe<PingRecord[]>(ns, [

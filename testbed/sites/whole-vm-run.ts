@@ -9,13 +9,9 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js";
-import {
-  BlockServiceClient,
-  type Export,
-  type ListExportsRequest,
-  type ListExportsResponse,
-} from "../../gen/vmhop/v1/block.js";
+import { BlockServiceClient, type Export } from "../../gen/vmhop/v1/block.js";
 import { type Migration, StorageMode } from "../../gen/vmhop/v1/control.js";
+import { call } from "../../services/common/grpc/call.js";
 import { type PingSummary, summarisePings } from "../../services/netreach/probe/analysis.js";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { VM } from "../netreach/bed.js";
@@ -82,10 +78,6 @@ const VM_ID = "vm1";
 const TAP = "vh-vm1";
 const ECHO_PORT = 7;
 
-type Unary<Req, Res> = (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown;
-const call = <Req, Res>(fn: Unary<Req, Res>, req: Req) =>
-  new Promise<Res>((resolve, reject) => fn(req, (err, res) => (err ? reject(err) : resolve(res))));
-
 async function withBlock<T>(address: string, fn: (c: BlockServiceClient) => Promise<T>): Promise<T> {
   const c = new BlockServiceClient(address, grpc.credentials.createInsecure());
   try {
@@ -151,7 +143,7 @@ export async function startTestVm(bed: SitesBed, o: WholeVmOptions = {}): Promis
   const image = join(bed.opts.dir, a.site, `${VM_ID}.raw`);
   writeImage(image, diskMib);
   await withBlock(a.blockAddress, (c) =>
-    call(c.createExport.bind(c), {
+    call(c, "createExport", {
       name: VM_ID,
       source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
       readOnly: false,
@@ -299,9 +291,7 @@ async function migrate(
   }
 
   const destExport = await withBlock(b.blockAddress, async (c) =>
-    (await call<ListExportsRequest, ListExportsResponse>(c.listExports.bind(c), {})).exports.find(
-      (e: Export) => e.name === VM_ID,
-    ),
+    (await call(c, "listExports", {})).exports.find((e: Export) => e.name === VM_ID),
   ).catch(() => undefined);
   const disk: DiskComparison =
     destExport && m.disk?.promoted

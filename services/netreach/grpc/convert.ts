@@ -117,15 +117,6 @@ export function modeFromProto(m: PbMode): HandoverMode {
   return mode;
 }
 
-export function modeToProto(m: HandoverMode): PbMode {
-  return {
-    bbm: PbMode.HANDOVER_MODE_BBM,
-    mbb: PbMode.HANDOVER_MODE_MBB,
-    "mbb-fp": PbMode.HANDOVER_MODE_MBB_FP,
-    "mbb-bicast": PbMode.HANDOVER_MODE_MBB_BICAST,
-  }[m];
-}
-
 export function vmNetFromProto(v: PbVmNet | undefined): VmNet {
   if (!v?.vmId) throw new ServiceError("invalid", "vm (vm_id, home addresses) is required");
   return { vmId: v.vmId, homeIpv6: v.homeIpv6, homeIpv4: v.homeIpv4 };

@@ -173,7 +173,6 @@ export class VmhopPolicy implements Policy {
     return best;
   }
 
-  /** Empties hosts, cheapest first, whose VMs all fit on other running hosts. */
   /**
    * Consolidation order: cheapest to empty per watt saved first. The cost is the demand
    * degraded × how long each move degrades it under the cost model in use.
@@ -184,6 +183,7 @@ export class VmhopPolicy implements Policy {
     return cost / h.power.power(0);
   }
 
+  /** Empties hosts, cheapest first, whose VMs all fit on other running hosts. */
   private consolidate(c: Cluster, p: Plan, busy: Set<Host>, ctx: PlanContext): Move[] {
     const moves: Move[] = [];
     const emptied = new Set<Host>();

@@ -2,11 +2,8 @@
 // every host's and VM's load, asks for a plan and carries its moves out at once (standing in
 // for the control-plane). Used by `vmhop placement replay` and the benchmark's service timing.
 import * as grpc from "@grpc/grpc-js";
-import {
-  type ComputePlanResponse,
-  PlacementServiceClient,
-  type ReportLoadResponse,
-} from "../../../gen/vmhop/v1/placement.js";
+import { PlacementServiceClient } from "../../../gen/vmhop/v1/placement.js";
+import { call } from "../../common/grpc/call.js";
 import { MAX_MESSAGE_BYTES } from "../../common/grpc/server.js";
 import { DEFAULT_HOSTS, hostTypeOf, vmTypeOf } from "../sim/setup.js";
 import type { DayTraces } from "../traces/trace.js";
@@ -18,10 +15,6 @@ export interface ReplayResult {
   rpcMs: number[];
   /** The policy and predicted effect alone, as the service measured it. */
   computeMs: number[];
-}
-
-function unary<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
-  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
 }
 
 export async function replayDay(
@@ -57,35 +50,31 @@ export async function replayDay(
     for (let r = 0; r < rounds; r++) {
       const k = r * every;
       const used = new Set(where.values());
-      await unary<ReportLoadResponse>((cb) =>
-        client.reportLoad(
-          {
-            hosts: hosts.map((t, i) => ({
-              hostId: `h${i}`,
-              model: t.name,
-              cpuCapacityMips: 0,
-              memoryMib: t.ramMb,
-              cpuUtilization: 0,
-              asleep: !used.has(i),
-            })),
-            vms: vms.map((v) => ({
-              vmId: v.name,
-              hostId: `h${where.get(v.name)}`,
-              cpuRequestedMips: v.type.mips,
-              memoryMib: v.type.ramMb,
-              cpuUtilization: v.samples[k],
-              dirtyRateMibPerS: 0,
-              migratingToHostId: "",
-            })),
-            timeUnixMs: 0,
-          },
-          cb,
-        ),
-      );
+      await call(client, "reportLoad", {
+        hosts: hosts.map((t, i) => ({
+          hostId: `h${i}`,
+          model: t.name,
+          cpuCapacityMips: 0,
+          memoryMib: t.ramMb,
+          cpuUtilization: 0,
+          asleep: !used.has(i),
+        })),
+        vms: vms.map((v) => ({
+          vmId: v.name,
+          hostId: `h${where.get(v.name)}`,
+          cpuRequestedMips: v.type.mips,
+          memoryMib: v.type.ramMb,
+          cpuUtilization: v.samples[k],
+          dirtyRateMibPerS: 0,
+          migratingToHostId: "",
+        })),
+        timeUnixMs: 0,
+      });
       const t0 = performance.now();
-      const res = await unary<ComputePlanResponse>((cb) =>
-        client.computePlan({ policy: opts.policy ?? "", costModel: opts.costModel ?? "" }, cb),
-      );
+      const res = await call(client, "computePlan", {
+        policy: opts.policy ?? "",
+        costModel: opts.costModel ?? "",
+      });
       out.rpcMs.push(performance.now() - t0);
       const plan = res.plan!;
       out.computeMs.push(plan.computeMs);
