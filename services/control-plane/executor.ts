@@ -1,5 +1,7 @@
 // Drives one migration through the state table (states.ts), each transition persisted before
 // it acts, by calling the two hosts' page-servers and block-servers; resumes after a restart.
+
+import { setTimeout as sleep } from "node:timers/promises";
 import { ExportMode } from "../../gen/vmhop/v1/block.js";
 import { MigrationPhase, VmSpec, VmState, type WatchMigrationResponse } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
@@ -447,8 +449,6 @@ export class Executor {
     });
   }
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** No answer (yet): worth asking again. A peer's refusal or a fence conflict is an answer. */
 function isTransient(err: unknown): boolean {

@@ -146,66 +146,42 @@ export class PageServer {
    */
   /** The page-server's current view of a migration (the first message of WatchMigration). */
   peekMigration(migrationId: string): Promise<WatchMigrationResponse> {
-    return new Promise((resolve, reject) => {
-      const stream = this.client.watchMigration({ migrationId }, new grpc.Metadata(), {
-        deadline: Date.now() + 5000,
-      });
-      stream.once("data", (m: WatchMigrationResponse) => {
-        resolve(m);
-        stream.cancel();
-      });
-      stream.on("error", (err: grpc.ServiceError) => {
-        if (err.code !== grpc.status.CANCELLED)
-          reject(
-            new PeerError(
-              this.address,
-              err.code,
-              `page-server ${this.address}: WatchMigration: ${err.details || err.message}`,
-            ),
-          );
-      });
-      stream.on("end", () =>
-        reject(
-          new PeerError(
-            this.address,
-            grpc.status.UNAVAILABLE,
-            `page-server ${this.address}: WatchMigration ended without a message`,
-          ),
-        ),
-      );
-    });
+    return this.streamMigration(migrationId, { first: true, deadline: Date.now() + 5000 });
   }
 
+  /** Follows a migration until the page-server ends the stream; resolves with the last message. */
   watchMigration(
     migrationId: string,
     onUpdate: (m: WatchMigrationResponse) => void,
   ): Promise<WatchMigrationResponse> {
+    return this.streamMigration(migrationId, { onUpdate });
+  }
+
+  private streamMigration(
+    migrationId: string,
+    o: { first?: boolean; deadline?: number; onUpdate?: (m: WatchMigrationResponse) => void },
+  ): Promise<WatchMigrationResponse> {
+    const failed = (code: grpc.status, why: string) =>
+      new PeerError(this.address, code, `page-server ${this.address}: WatchMigration: ${why}`);
     return new Promise((resolve, reject) => {
       let last: WatchMigrationResponse | undefined;
-      const stream = this.client.watchMigration({ migrationId });
+      const stream = this.client.watchMigration({ migrationId }, new grpc.Metadata(), {
+        deadline: o.deadline ?? Number.POSITIVE_INFINITY,
+      });
       stream.on("data", (m: WatchMigrationResponse) => {
         last = m;
-        onUpdate(m);
+        o.onUpdate?.(m);
+        if (!o.first) return;
+        resolve(m);
+        stream.cancel();
       });
-      stream.on("error", (err: grpc.ServiceError) =>
-        reject(
-          new PeerError(
-            this.address,
-            err.code,
-            `page-server ${this.address}: WatchMigration: ${err.details || err.message}`,
-          ),
-        ),
-      );
+      stream.on("error", (err: grpc.ServiceError) => {
+        // Our own cancel after the first message is no failure.
+        if (!(o.first && last && err.code === grpc.status.CANCELLED))
+          reject(failed(err.code, err.details || err.message));
+      });
       stream.on("end", () =>
-        last
-          ? resolve(last)
-          : reject(
-              new PeerError(
-                this.address,
-                grpc.status.UNAVAILABLE,
-                `page-server ${this.address}: WatchMigration ended without news`,
-              ),
-            ),
+        last ? resolve(last) : reject(failed(grpc.status.UNAVAILABLE, "the stream ended without news")),
       );
     });
   }

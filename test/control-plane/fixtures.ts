@@ -1,6 +1,7 @@
 // Test fixtures: real page-servers (PageHost behind its gRPC server, as `vmhop page serve`
 // runs it) and a control-plane behind real gRPC, on free ports and unique folders.
 import { join } from "node:path";
+import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import type { Store } from "../../services/common/store/index.js";
@@ -10,6 +11,7 @@ import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
+import { until } from "../helpers/wait.js";
 
 export interface PageServerHandle {
   host: PageHost;
@@ -86,4 +88,17 @@ export function host(hostId: string, pageServerAddress: string) {
     memoryMib: 4096,
     asleep: false,
   };
+}
+
+/** Waits (bounded) until a migration is final (done, failed, cancelled); returns its record. */
+export function migrationEnd(client: ControlClient, id: string, ms = 300_000): Promise<Migration> {
+  return until(
+    `migration ${id} to end`,
+    async () => {
+      const m = await client.getMigration(id);
+      return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
+    },
+    ms,
+    200,
+  );
 }

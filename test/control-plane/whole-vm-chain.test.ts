@@ -8,7 +8,6 @@ import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
-import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { NetReachServiceClient } from "../../gen/vmhop/v1/netreach.js";
 import { call } from "../../services/common/grpc/call.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
@@ -23,6 +22,7 @@ import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
+import { migrationEnd } from "./fixtures.js";
 
 const t = gate(
   test,
@@ -42,17 +42,7 @@ async function exportsAt(k: number): Promise<ListExportsResponse> {
   }
 }
 
-async function final(id: string): Promise<Migration> {
-  return until(
-    `migration ${id} to end`,
-    async () => {
-      const m = await bed.client.getMigration(id);
-      return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
-    },
-    600_000,
-    200,
-  );
-}
+const final = (id: string) => migrationEnd(bed.client, id, 600_000);
 
 const sha = (p: string) => createHash("sha256").update(readFileSync(p)).digest("hex");
 

@@ -12,7 +12,6 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
-import type { Migration } from "../../gen/vmhop/v1/control.js";
 import {
   type Binding,
   BindingState,
@@ -34,6 +33,7 @@ import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
+import { migrationEnd } from "./fixtures.js";
 
 const t = gate(
   test,
@@ -73,17 +73,7 @@ async function answers(addr: string): Promise<void> {
   );
 }
 
-async function waitFinal(id: string): Promise<Migration> {
-  return until(
-    `migration ${id} to end`,
-    async () => {
-      const m = await bed.client.getMigration(id);
-      return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
-    },
-    300_000,
-    200,
-  );
-}
+const waitFinal = (id: string) => migrationEnd(bed.client, id, 300_000);
 
 /** The guest's heartbeats so far carry no memory or disk error. */
 function assertGuestClean(log: string): void {

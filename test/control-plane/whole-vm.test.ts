@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { BlockServiceClient, ExportMode, type ListExportsResponse } from "../../gen/vmhop/v1/block.js";
-import { type Migration, StorageMode } from "../../gen/vmhop/v1/control.js";
+import { StorageMode } from "../../gen/vmhop/v1/control.js";
 import { type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
@@ -23,7 +23,13 @@ import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
-import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
+import {
+  type ControlPlaneHandle,
+  host,
+  migrationEnd,
+  startControlPlane,
+  startPageServer,
+} from "./fixtures.js";
 
 const t = gate(
   test,
@@ -119,17 +125,7 @@ t.before(async () => {
   };
 });
 
-async function waitFinal(id: string): Promise<Migration> {
-  return until(
-    `migration ${id} to end`,
-    async () => {
-      const m = await cp.client.getMigration(id);
-      return ["done", "failed", "cancelled"].includes(m.state) ? m : undefined;
-    },
-    180_000,
-    200,
-  );
-}
+const waitFinal = (id: string) => migrationEnd(cp.client, id, 180_000);
 
 t(
   "a migration whose destination cannot open the disk rolls back: the VM stays at A on its disk",
