@@ -1,3 +1,4 @@
+// The CLI's user-facing error: the dispatcher prints its message as one line and exits with its code.
 /** An error meant for the user: printed as one line, no stack. */
 export class CliError extends Error {
   constructor(
