@@ -13,8 +13,10 @@ export interface ServiceProcess {
   readonly ready: Record<string, unknown>;
   /** The last lines of stderr (the service's JSON log). */
   stderr(): string;
-  /** SIGTERM, then SIGKILL after `graceMs`; resolves once it exited. */
-  stop(graceMs?: number): Promise<void>;
+  /** The gRPC address its ready line names ("" if none). */
+  readonly grpc: string;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves with its exit code once it exited (null: a signal ended it). */
+  stop(graceMs?: number): Promise<number | null>;
 }
 
 export interface ServiceOptions {
@@ -39,9 +41,9 @@ export async function startService(o: ServiceOptions): Promise<ServiceProcess> {
   child.stderr!.setEncoding("utf8").on("data", (d: string) => {
     tail = (tail + d).slice(-STDERR_TAIL);
   });
-  const exited = new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else child.once("exit", () => resolve());
+  const exited = new Promise<number | null>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
+    else child.once("exit", (code) => resolve(code));
   });
   const lines = createInterface({ input: child.stdout! });
   let timer: NodeJS.Timeout | undefined;
@@ -70,12 +72,14 @@ export async function startService(o: ServiceOptions): Promise<ServiceProcess> {
     name: o.name,
     child,
     ready,
+    grpc: typeof ready.grpc === "string" ? ready.grpc : "",
     stderr: () => tail,
     async stop(graceMs = 10_000) {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       const t = setTimeout(() => child.kill("SIGKILL"), graceMs);
-      await exited;
+      const code = await exited;
       clearTimeout(t);
+      return code;
     },
   };
 }

@@ -20,10 +20,10 @@ import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
 import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
+import { type ServiceProcess as Served, startService } from "../../testbed/service-process.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
-import { type Served, serve } from "./serve-process.js";
 
 // Unique per run: two runs at once (or another helper's tests) never share a namespace.
 const PREFIX = uniqueNetnsPrefix("nr-g-");
@@ -36,14 +36,16 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
 
   const vmNet = { vmId: VM.vmId, homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 };
 
+  const serve = (args: string[]) =>
+    startService({ name: `netreach ${args[0]}`, args: ["netreach", ...args] });
   const anchorArgs = (listen: string) => bed.anchorServeArgs(listen, ["--store", redis.url]);
-  const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.ready.grpc);
+  const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.grpc);
 
   /** Starts the anchor service; a restart listens where the site agents know it. */
   async function startAnchor(listen = "127.0.0.1:0"): Promise<void> {
     anchor = await serve(anchorArgs(listen));
     client?.close();
-    client = new NetReachServiceClient(anchor.ready.grpc, grpc.credentials.createInsecure());
+    client = new NetReachServiceClient(anchor.grpc, grpc.credentials.createInsecure());
   }
 
   t.before(async () => {
@@ -115,7 +117,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   });
 
   t("register over gRPC: the VM is reachable at its home addresses", async () => {
-    const s1 = new NetReachSiteServiceClient(sites[0].ready.grpc, grpc.credentials.createInsecure());
+    const s1 = new NetReachSiteServiceClient(sites[0].grpc, grpc.credentials.createInsecure());
     await call(s1, "prepareVm", { vm: vmNet, port: "vport", hold: false });
     s1.close();
     await bed.plug(0);
@@ -249,7 +251,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
       await Promise.all(probes.map((p) => p.ready));
       await sleep(300);
       assert.is(await anchor.stop(), 0, "graceful shutdown exits 0");
-      await startAnchor(anchor.ready.grpc);
+      await startAnchor(anchor.grpc);
       assert.is(anchor.ready.bindings, 1);
       assert.is(anchor.ready.store, "redis");
       for (const p of probes) {

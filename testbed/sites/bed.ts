@@ -89,11 +89,11 @@ export class SitesBed {
   }
 
   get controlAddress(): string {
-    return this.control.ready.grpc as string;
+    return this.control.grpc;
   }
 
   get anchorAddress(): string | undefined {
-    return this.anchor?.ready.grpc as string | undefined;
+    return this.anchor?.grpc;
   }
 
   /** The correspondent's namespace (on the home link). */
