@@ -61,6 +61,7 @@ export async function startService(o: ServiceOptions): Promise<ServiceProcess> {
     child.once("exit", (code, signal) => fail(`exited (${code ?? signal}) before it was ready`));
     child.once("error", (err) => fail(err.message));
   }).catch(async (err) => {
+    clearTimeout(timer);
     child.kill("SIGKILL");
     await exited;
     throw err;

@@ -1,10 +1,9 @@
 // `vmhop placement serve --plan-interval-s … --auto-apply` (embedded store) driven by
 // `vmhop placement replay`: the loop plans on its own and publishes accepted plans.
 import * as assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import {
@@ -14,6 +13,7 @@ import {
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
 import { call } from "../../services/common/grpc/call.js";
+import { startService } from "../../testbed/service-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
 
@@ -23,18 +23,13 @@ test("the planning loop accepts plans on its own; replay drives a running servic
   // hosts, so consolidation has something to do.
   const line = (n: string) => [n, ...Array(288).fill("10")].join("\t");
   writeFileSync(join(tmp.path, "d1.tsv"), `${["a", "b", "c", "d"].map(line).join("\n")}\n`);
-  const serve = spawn(
-    process.execPath,
-    ["bin/vmhop.js", "placement", "serve", "--grpc", "127.0.0.1:0", "--plan-interval-s=0.2", "--auto-apply"],
-    { stdio: ["ignore", "pipe", "ignore"] },
-  );
+  const serve = await startService({
+    name: "placement serve",
+    args: ["placement", "serve", "--grpc", "127.0.0.1:0", "--plan-interval-s=0.2", "--auto-apply"],
+  });
   try {
-    const ready = await new Promise<{ grpc: string; store: string }>((resolve, reject) => {
-      createInterface({ input: serve.stdout! }).once("line", (l) => resolve(JSON.parse(l)));
-      serve.once("exit", (code) => reject(new Error(`serve exited ${code}`)));
-    });
-    assert.equal(ready.store, "memory");
-    const client = new PlacementServiceClient(ready.grpc, grpc.credentials.createInsecure());
+    assert.equal(serve.ready.store, "memory");
+    const client = new PlacementServiceClient(serve.grpc, grpc.credentials.createInsecure());
     const stream = client.watchDecisions({});
     const accepted = new Promise<Plan>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error("no accepted plan within 10 s")), 10_000);
@@ -75,7 +70,7 @@ test("the planning loop accepts plans on its own; replay drives a running servic
       "placement",
       "replay",
       "--server",
-      ready.grpc,
+      serve.grpc,
       "--traces",
       tmp.path,
       "--day",
@@ -90,9 +85,7 @@ test("the planning loop accepts plans on its own; replay drives a running servic
     assert.ok(r.moves >= 1, `replay moved ${r.moves} VMs`);
     assert.ok(r.plan_ms_p99 >= r.plan_ms_p50);
   } finally {
-    const exited = new Promise((resolve) => serve.once("exit", resolve));
-    serve.kill("SIGTERM");
-    assert.equal(await exited, 0);
+    assert.equal(await serve.stop(), 0);
     tmp.cleanup();
   }
 });

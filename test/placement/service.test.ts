@@ -2,8 +2,6 @@
 // health/reflection, load → plan on a scenario with a known best answer, bad input, the
 // accept/publish path, and plans and load durable across a service and a Redis restart.
 import * as assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import * as grpc from "@grpc/grpc-js";
 import {
   type ApplyPlanResponse,
@@ -15,7 +13,8 @@ import {
   type WatchDecisionsResponse,
 } from "../../gen/vmhop/v1/placement.js";
 import { call } from "../../services/common/grpc/call.js";
-import { rejectsWithStatus } from "../helpers/assert.js";
+import { type ServiceProcess, startService as startServiceProcess } from "../../testbed/service-process.js";
+import { rejects, rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { healthCheck, reflectionListServices } from "../helpers/grpc.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
@@ -25,43 +24,25 @@ import { LOAD_HOSTS, LOAD_VMS } from "./fixtures.js";
 const test = gate(suite("placement service"), ["redis-server"], "placement service on real Redis");
 
 interface Served {
-  proc: ChildProcess;
-  address: string;
+  proc: ServiceProcess;
   client: PlacementServiceClient;
-  stderr: string[];
 }
 
 let redis: RedisHandle;
 let svc: Served;
 
 async function startService(extra: string[] = []): Promise<Served> {
-  const proc = spawn(
-    process.execPath,
-    ["bin/vmhop.js", "placement", "serve", "--grpc", "127.0.0.1:0", "--store", redis.url, ...extra],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  const stderr: string[] = [];
-  createInterface({ input: proc.stderr! }).on("line", (l) => stderr.push(l));
-  const ready = await new Promise<{ grpc: string; store: string }>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).once("line", (l) => resolve(JSON.parse(l)));
-    proc.once("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr.join("\n")}`)));
+  const proc = await startServiceProcess({
+    name: "placement serve",
+    args: ["placement", "serve", "--grpc", "127.0.0.1:0", "--store", redis.url, ...extra],
   });
-  assert.equal(ready.store, "redis");
-  return {
-    proc,
-    address: ready.grpc,
-    client: new PlacementServiceClient(ready.grpc, grpc.credentials.createInsecure()),
-    stderr,
-  };
+  assert.equal(proc.ready.store, "redis");
+  return { proc, client: new PlacementServiceClient(proc.grpc, grpc.credentials.createInsecure()) };
 }
 
 async function stopService(s: Served): Promise<number | null> {
   s.client.close();
-  if (s.proc.exitCode !== null) return s.proc.exitCode;
-  return new Promise((resolve) => {
-    s.proc.once("exit", (code) => resolve(code));
-    s.proc.kill("SIGTERM");
-  });
+  return s.proc.stop();
 }
 
 const c = () => svc.client;
@@ -83,9 +64,9 @@ test.after(async () => {
 });
 
 test("serves health and reflection; lists the policies", async () => {
-  assert.equal(await healthCheck(svc.address), "SERVING");
-  assert.equal(await healthCheck(svc.address, "vmhop.v1.PlacementService"), "SERVING");
-  assert.deepEqual(await reflectionListServices(svc.address), [
+  assert.equal(await healthCheck(svc.proc.grpc), "SERVING");
+  assert.equal(await healthCheck(svc.proc.grpc, "vmhop.v1.PlacementService"), "SERVING");
+  assert.deepEqual(await reflectionListServices(svc.proc.grpc), [
     "grpc.health.v1.Health",
     "vmhop.v1.PlacementService",
   ]);
@@ -242,20 +223,13 @@ test("serve refuses a bad policy and bad options with a clear message", async ()
     [["--plan-interval-s=-1"], /--plan-interval-s must be >= 0/],
     [["--bogus"], /Unknown option '--bogus'/],
   ] as const) {
-    const proc = spawn(
-      process.execPath,
-      ["bin/vmhop.js", "placement", "serve", "--grpc", "127.0.0.1:0", ...args],
-      {
-        stdio: ["ignore", "ignore", "pipe"],
-      },
+    await rejects(
+      startServiceProcess({
+        name: "placement serve",
+        args: ["placement", "serve", "--grpc", "127.0.0.1:0", ...args],
+      }),
+      msg,
     );
-    let err = "";
-    proc.stderr!.on("data", (d) => {
-      err += d;
-    });
-    const code = await new Promise((resolve) => proc.once("exit", resolve));
-    assert.notEqual(code, 0);
-    assert.match(err, msg);
   }
 });
 
