@@ -1,9 +1,8 @@
 // `vmhop control serve` as a process on a real Redis, and the CLI verbs against it; the
 // placement service started with --control-plane says so in its ready line.
-import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import * as assert from "uvu/assert";
 import { openStore } from "../../services/common/store/index.js";
+import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { vmhop } from "../helpers/cli.js";
 import { gate } from "../helpers/env.js";
@@ -15,26 +14,12 @@ const test = gate(suite("vmhop control"), ["redis-server"], "vmhop control on re
 const dir = tempDir("vmhop-cp-cli-");
 let redis: RedisHandle;
 let page: PageServerHandle;
-const procs: ChildProcess[] = [];
+const procs: ServiceProcess[] = [];
 
-async function serve(args: string[]): Promise<{ proc: ChildProcess; ready: Record<string, unknown> }> {
-  const proc = spawn(process.execPath, ["bin/vmhop.js", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  procs.push(proc);
-  const stderr: string[] = [];
-  createInterface({ input: proc.stderr! }).on("line", (l) => stderr.push(l));
-  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).once("line", (l) => resolve(JSON.parse(l)));
-    proc.once("exit", (code) => reject(new Error(`exited ${code}: ${stderr.join("\n")}`)));
-  });
-  return { proc, ready };
-}
-
-function stop(proc: ChildProcess): Promise<number | null> {
-  if (proc.exitCode !== null) return Promise.resolve(proc.exitCode);
-  return new Promise((resolve) => {
-    proc.once("exit", (code) => resolve(code));
-    proc.kill("SIGTERM");
-  });
+async function serve(args: string[]): Promise<ServiceProcess> {
+  const p = await startService({ name: `vmhop ${args.slice(0, 2).join(" ")}`, args });
+  procs.push(p);
+  return p;
 }
 
 let address = "";
@@ -45,7 +30,7 @@ test.before(async () => {
 });
 
 test.after(async () => {
-  for (const p of procs) await stop(p);
+  for (const p of procs) await p.stop();
   await page?.close();
   await redis?.stop();
   dir.cleanup();
@@ -82,7 +67,7 @@ test("serve prints a ready line; the verbs talk to it", async () => {
   assert.is(mode.code, 2);
   assert.match(mode.err, "--mode must be one of postcopy, precopy, hybrid, auto");
   // Durable: a restarted control-plane on the same Redis knows the host.
-  assert.is(await stop(cp.proc), 0, "graceful shutdown exits 0");
+  assert.is(await cp.stop(), 0, "graceful shutdown exits 0");
   const again = await serve(["control", "serve", "--grpc", address, "--store", redis.url]);
   assert.equal(again.ready.grpc, address);
   const after = await vmhop(["control", "hosts", "--json", ...s]);
@@ -185,7 +170,7 @@ test("placement serve --control-plane names it in its ready line", async () => {
     address,
   ]);
   assert.equal([p.ready.control_plane, p.ready.resumed], [address, []]);
-  assert.is(await stop(p.proc), 0);
+  assert.is(await p.stop(), 0);
 });
 
 test.run();
