@@ -1,7 +1,7 @@
 // The source page-server is killed (SIGKILL) after the post-copy switch-over and restarted on
 // the same run folder: it adopts the running source QEMU, finds the unfinished migration,
 // recovers the broken stream, and post-copy completes. The VM never runs on two hosts.
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -22,6 +22,7 @@ import { call } from "../../services/common/grpc/call.js";
 import { PageHost } from "../../services/page-server/host.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
+import { startService } from "../../testbed/service-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
@@ -32,7 +33,6 @@ const migTest = gate(
   ["qemu-system-x86_64", "gcc", "apt-get", "root"],
   "page-server restart during post-copy",
 );
-const root = new URL("../..", import.meta.url).pathname;
 const dir = tempDir("vmhop-restart-");
 const children: ChildProcess[] = [];
 const pids: number[] = [];
@@ -52,25 +52,12 @@ test.after(async () => {
 });
 
 async function serveA(): Promise<{ child: ChildProcess; client: PageServiceClient }> {
-  const child = spawn(
-    join(root, "bin/vmhop.js"),
-    ["page", "serve", "--listen", "0", "--run-dir", join(dir.path, "a")],
-    {
-      stdio: ["ignore", "pipe", "ignore"],
-    },
-  );
-  children.push(child);
-  child.stdout!.setEncoding("utf8");
-  let out = "";
-  const line = await new Promise<string>((resolve, reject) => {
-    child.stdout!.on("data", (d: string) => {
-      out += d;
-      if (out.includes("\n")) resolve(out.split("\n")[0]);
-    });
-    child.once("exit", (code) => reject(new Error(`page serve exited with ${code}`)));
+  const p = await startService({
+    name: "page serve a",
+    args: ["page", "serve", "--listen", "0", "--run-dir", join(dir.path, "a")],
   });
-  const { grpc } = JSON.parse(line) as { grpc: string };
-  return { child, client: new PageServiceClient(grpc, credentials.createInsecure()) };
+  children.push(p.child);
+  return { child: p.child, client: new PageServiceClient(p.grpc, credentials.createInsecure()) };
 }
 
 function heartbeats(logs: string[]) {
