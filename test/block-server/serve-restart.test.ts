@@ -435,7 +435,7 @@ t("two block-servers on one state directory: the second is refused, naming the f
   const code = await within(b.exited, 30_000, "the second server to exit");
   assert.is(code, 1);
   assert.match(
-    b.stderr.join("\n"),
+    b.stderr(),
     new RegExp(`state directory .* is in use by another block-server \\(pid ${a.proc.pid}\\)`),
   );
   await a.kill9();
@@ -446,7 +446,7 @@ t("two block-servers on one state directory: the second is refused, naming the f
   writeFileSync(join(state, "exports.json"), "{ not json");
   const d = s1.start();
   assert.is(await within(d.exited, 30_000, "a server on a damaged table to exit"), 1);
-  assert.match(d.stderr.join("\n"), /exports\.json is not valid JSON .*fix it or move it aside/);
+  assert.match(d.stderr(), /exports\.json is not valid JSON .*fix it or move it aside/);
 });
 
 test.run();
