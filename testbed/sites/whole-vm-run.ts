@@ -228,7 +228,6 @@ async function migrate(
   }
 
   const t0 = now();
-  const lastBeatAtA = serial.beats.at(-1);
   let m = await bed.client.migrateVm({
     vmId: VM_ID,
     destinationHostId: b.hostId,
@@ -257,6 +256,7 @@ async function migrate(
 
   // Verification: the guest keeps running at B, writing and verifying, with one unbroken counter.
   let bBeat: number | undefined;
+  let carriedOn = false;
   if (m.state === "done" && bLog) {
     const last = serial.beats.filter((h) => h.path !== bLog).at(-1);
     const need = (last?.diskOk ?? 0) + 20;
@@ -264,7 +264,8 @@ async function migrate(
       .waitFor("the guest verifying its disk at B", (h) => h.path === bLog && h.diskOk > need, 120_000)
       .catch(() => undefined);
     bBeat = serial.beats.find((h) => h.path === bLog)?.atMs;
-    if (!hb) say("the guest did not carry on at B");
+    carriedOn = hb !== undefined;
+    if (!carriedOn) say("the guest did not carry on at B");
   }
   let pings: WholeVmResult["pings"];
   let tcpResult: TcpProbeResult | undefined;
@@ -308,7 +309,6 @@ async function migrate(
   const all = serial.beats;
   const memErrors = all.reduce((s, h) => s + h.memErrors, 0);
   const diskErrors = all.reduce((s, h) => s + h.diskErrors, 0);
-  const carriedOn = bBeat !== undefined;
   const e = m.enteredUnixMs;
   const timeline: TimelineEntry[] = [
     { atMs: 0, event: "MigrateVm requested" },
@@ -316,10 +316,8 @@ async function migrate(
       .filter((s) => e[s])
       .map((s) => ({ atMs: Math.round(e[s] - t0), event: PHASE_TEXT[s] ?? s })),
   ];
-  if (lastBeatAtA) {
-    const lastA = serial.beats.filter((h) => h.path !== bLog).at(-1);
-    if (lastA) timeline.push({ atMs: Math.round(lastA.atMs - t0), event: "last guest heartbeat at A" });
-  }
+  const lastA = serial.beats.filter((h) => h.path !== bLog).at(-1);
+  if (lastA) timeline.push({ atMs: Math.round(lastA.atMs - t0), event: "last guest heartbeat at A" });
   if (bBeat) timeline.push({ atMs: Math.round(bBeat - t0), event: "first guest heartbeat at B" });
   const resumed = m.memory?.resumedUnixMs;
   if (resumed)
