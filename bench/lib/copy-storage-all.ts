@@ -17,7 +17,8 @@
 import { closeSync, ftruncateSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js";
+import { guestArtefacts } from "../../deploy/guest/build/paths.js";
+import { PRESWITCH_BANDWIDTH, UNLIMITED } from "../../services/page-server/migration/driver.js";
 import { parseMigrationInfo } from "../../services/page-server/migration/status.js";
 import type { QmpEvent } from "../../services/page-server/qmp/codec.js";
 import { type SitesBed, serviceAddressOf } from "../../testbed/sites/bed.js";
@@ -25,7 +26,7 @@ import { compareImages, type DiskComparison } from "../../testbed/sites/disk-che
 import { SerialFollower } from "../../testbed/sites/serial-follower.js";
 import type { WanMeter } from "../../testbed/sites/wan-bytes.js";
 import type { TimelineEntry } from "../../testbed/sites/whole-vm-run.js";
-import { writeImage } from "../../testbed/sites/whole-vm-run.js";
+import { workloadCmdline, writeImage } from "../../testbed/sites/whole-vm-run.js";
 import { DISK_NODE, type SiteQemu, startSiteQemu } from "./site-qemu.js";
 
 export interface GuestSetup {
@@ -63,10 +64,6 @@ const NBD_PORT = 10849;
 const MIGRATION_PORT = 10850;
 const TARGET_NODE = "mirror-target";
 const JOB = "mirror";
-// As the page-server's driver (migration/driver.ts): effectively unlimited, and a trickle of
-// pre-copy until migrate-start-postcopy lands (pure post-copy), so both tools move memory alike.
-const UNLIMITED = 1e12;
-const PRESWITCH_BANDWIDTH = 1 << 20;
 
 const now = () => performance.timeOrigin + performance.now();
 /** The guest and workload runWholeVm boots, without the NIC (no address mobility here). */
@@ -78,13 +75,7 @@ function spec(name: string, g: GuestSetup) {
     memoryMib: g.memoryMib,
     kernel: a.kernel,
     initrd: a.initrd,
-    cmdline: guestCmdline({
-      memMib: g.workloadMemMib,
-      rateMib: g.dirtyRateMib,
-      verifyMib: 32,
-      disk: "/dev/vda",
-      diskMib: g.workloadDiskMib,
-    }),
+    cmdline: workloadCmdline(g),
   };
 }
 
@@ -262,6 +253,7 @@ async function migrate(
       ],
     });
     await src.qmp.execute("migrate-set-parameters", {
+      // As the page-server's driver, so both tools move memory alike.
       "max-bandwidth": PRESWITCH_BANDWIDTH,
       "max-postcopy-bandwidth": UNLIMITED,
     });

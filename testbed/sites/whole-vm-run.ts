@@ -111,6 +111,23 @@ function sha256(path: string): string {
 
 const now = () => performance.timeOrigin + performance.now();
 
+/** The guest's command line: its workload (memory dirtied and verified, its disk's pattern), plus `extra`. */
+export function workloadCmdline(
+  o: Pick<WholeVmOptions, "workloadMemMib" | "dirtyRateMib" | "workloadDiskMib">,
+  extra = "",
+): string {
+  return guestCmdline(
+    {
+      memMib: o.workloadMemMib ?? 96,
+      rateMib: o.dirtyRateMib ?? 16,
+      verifyMib: 32,
+      disk: "/dev/vda",
+      diskMib: o.workloadDiskMib ?? 16,
+    },
+    extra,
+  );
+}
+
 /** The test guest running at a site, followed on its serial logs. */
 export interface TestVm {
   vmId: string;
@@ -160,16 +177,7 @@ export async function startTestVm(bed: SitesBed, o: WholeVmOptions = {}): Promis
       diskNbdUrl: `nbd://${a.nbdAddress}/${VM_ID}`,
       kernelPath: guest.kernel,
       initrdPath: guest.initrd,
-      kernelCmdline: guestCmdline(
-        {
-          memMib: o.workloadMemMib ?? 96,
-          rateMib: o.dirtyRateMib ?? 16,
-          verifyMib: 32,
-          disk: "/dev/vda",
-          diskMib: o.workloadDiskMib ?? 16,
-        },
-        net,
-      ),
+      kernelCmdline: workloadCmdline(o, net),
       nicTap: TAP,
       nicMac: VM.mac,
     },

@@ -62,9 +62,10 @@ const stateOf = (vm: Vm): VmState => vm.state;
 
 // Effectively unlimited. Much larger values misbehave in QEMU 7.2: 2^50 left post-copy's
 // background push at ~300 KB/s.
-const UNLIMITED = 1e12;
+export const UNLIMITED = 1e12;
 const RECOVER_SETTLE_MS = 2000;
-const PRESWITCH_BANDWIDTH = 1 << 20;
+/** Pure post-copy: the pre-copy trickle until migrate-start-postcopy lands (see migrate()). */
+export const PRESWITCH_BANDWIDTH = 1 << 20;
 
 function capabilities(c: MigrationCaps, destination: boolean) {
   const caps = [
