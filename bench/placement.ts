@@ -15,6 +15,7 @@ import { FILL_BY_COST_MODEL, VmhopPolicy } from "../services/placement/policies/
 import { placementService } from "../services/placement/service/grpc.js";
 import { replayDay } from "../services/placement/service/replay.js";
 import { CLOUDSIM_COST, POSTCOPY_COST } from "../services/placement/sim/cost-model.js";
+import { dayEnergyBound, type EnergyBound } from "../services/placement/sim/energy-bound.js";
 import { runDays } from "../services/placement/sim/run-days.js";
 import { INTERVAL_S } from "../services/placement/sim/setup.js";
 import { simulateDay } from "../services/placement/sim/simulate.js";
@@ -97,6 +98,9 @@ export async function main(args: string[]): Promise<void> {
   for (const p of ["vmhop", BEST_ESV, FRUGAL])
     if (policies.includes(p)) runs.push({ label: `${p}/postcopy`, policy: p, cost: "postcopy" });
 
+  // The clairvoyant lower bound per day (sim/energy-bound.ts) and each run's energy over it.
+  const bounds = new Map<string, EnergyBound>(days.map((d) => [d, dayEnergyBound(loadDay(traces, d))]));
+  const overBound: Record<string, Record<string, number>> = {};
   const cases: BenchCase[] = [];
   const means: Record<string, string | number>[] = [];
   const meanOf: Record<string, Omit<DayMetrics, "day">> = {};
@@ -104,11 +108,24 @@ export async function main(args: string[]): Promise<void> {
     const t0 = Date.now();
     const res = runDays({ traces, days, policy: r.policy, costModel: r.cost });
     const subject = r.policy === "vmhop" ? "vmhop" : "cloudsim-policy";
-    for (const d of res.days) cases.push(summarise(`${r.label} ${d.day}`, subject, [metricsOf(d)]));
+    overBound[r.label] = {};
+    for (const d of res.days) {
+      const bound = bounds.get(d.day)?.energy_kwh ?? Number.NaN;
+      overBound[r.label][d.day] = d.energy_kwh / bound;
+      if (d.energy_kwh < bound)
+        console.error(`placement: ${r.label} ${d.day}: ${d.energy_kwh} kWh is below the bound ${bound} kWh`);
+      cases.push(
+        summarise(`${r.label} ${d.day}`, subject, [
+          { ...metricsOf(d), bound_kwh: bound, energy_vs_bound: d.energy_kwh / bound },
+        ]),
+      );
+    }
     meanOf[r.label] = res.mean;
+    const ratios = Object.values(overBound[r.label]);
     means.push({
       policy: r.label,
       energy_kwh: res.mean.energy_kwh.toFixed(2),
+      x_bound: (ratios.reduce((a, b) => a + b, 0) / ratios.length).toFixed(3),
       slatah_pct: res.mean.slatah * 100,
       pdm_pct: res.mean.pdm * 100,
       slav_e5: res.mean.slav * 1e5,
@@ -119,8 +136,11 @@ export async function main(args: string[]): Promise<void> {
     });
     console.error(`placement: ${r.label} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
-  console.log(`\nMean over ${days.length} day(s): ${days.join(", ")}`);
+  console.log(
+    `\nMean over ${days.length} day(s): ${days.join(", ")} (x_bound: mean of energy / bound per day)`,
+  );
   printTable(means);
+  const boundRows = boundTable(days, bounds, overBound);
 
   // Agreement with CloudSim's own runs, per policy it published.
   const agreement: Record<string, string | number>[] = [];
@@ -167,8 +187,40 @@ export async function main(args: string[]): Promise<void> {
   const mixed = hasFlag(args, "--mixed") ? generalisation(traces, days, seeds) : [];
   if (hasFlag(args, "--service") || !quick)
     cases.push(await serviceTiming(traces, flagValue(args, "--store"), quick ? 24 : 96));
-  const file = writeResults("placement", cases, { days, means, agreement, goal, postcopy, mixed });
+  const file = writeResults("placement", cases, {
+    days,
+    means,
+    bound: boundRows,
+    agreement,
+    goal,
+    postcopy,
+    mixed,
+  });
   console.log(`\nwrote ${file}`);
+}
+
+/** Per day: the bound, and each run's energy over it (columns: the quick policies and post-copy runs present). */
+function boundTable(
+  days: string[],
+  bounds: Map<string, EnergyBound>,
+  overBound: Record<string, Record<string, number>>,
+): Record<string, string | number>[] {
+  const labels = Object.keys(overBound).filter(
+    (l) => QUICK_POLICIES.includes(l) || l.endsWith("/postcopy") || Object.keys(overBound).length <= 8,
+  );
+  const rows = days.map((day) => {
+    const b = bounds.get(day);
+    const row: Record<string, string | number> = {
+      day,
+      bound_kwh: b ? b.energy_kwh.toFixed(2) : "-",
+      peak_mips: b ? Math.round(b.peak_mips) : "-",
+    };
+    for (const l of labels) row[l] = overBound[l][day]?.toFixed(3) ?? "-";
+    return row;
+  });
+  console.log("\nClairvoyant lower bound on energy (sim/energy-bound.ts) and energy / bound per day");
+  printTable(rows);
+  return rows;
 }
 
 /**
@@ -240,11 +292,15 @@ function generalisation(traces: string, days: string[], seeds: number[]): Record
       const v = run("vmhop");
       const lr = run(FRUGAL);
       const iqr = run(BEST_ESV);
+      const bound = dayEnergyBound(day).energy_kwh;
       rows.push({
         day: day.day,
         vms: day.vms.length,
+        bound_kwh: bound.toFixed(2),
         vmhop_kwh: v.energy_kwh.toFixed(2),
         lr_kwh: lr.energy_kwh.toFixed(2),
+        vmhop_vs_bound: (v.energy_kwh / bound).toFixed(3),
+        lr_vs_bound: (lr.energy_kwh / bound).toFixed(3),
         vmhop_esv_e3: (v.esv * 1e3).toFixed(3),
         iqr_esv_e3: (iqr.esv * 1e3).toFixed(3),
         energy_vs_lr: (v.energy_kwh / lr.energy_kwh).toFixed(3),

@@ -30,7 +30,7 @@ export interface SimOptions {
 const log = createLogger({ svc: "placement", part: "simulator" });
 
 /** Time the broker's workload reaches the data centre (CloudSim's minimum event gap). */
-const START_S = 0.1;
+export const START_S = 0.1;
 
 interface Pending {
   time: number;
