@@ -87,6 +87,26 @@ test("cheaper migrations pack tighter", () => {
   assert.equal(plan(cluster(4, layout()), { cost: POSTCOPY_COST }).length, 1);
 });
 
+test("overlap: a VM goes to a host already receiving one this round, rather than best fit elsewhere", () => {
+  // host 1 room 0.8 × 5320 − 2000 = 2256; host 3 room 4256 − 3906 = 350.
+  const layout = (): [Vm, number][] => [
+    [vm(0, 2500, 2000), 1],
+    [vm(1, 2500, 2000), 3],
+    [vm(4, 2500, 1906), 3],
+    [vm(2, 500, 400), 5], // emptied first (cheapest per idle watt): too big for host 3 → host 1
+    [vm(3, 500, 300, 1740), 7], // then this one: best fit is host 3, but host 1 is receiving
+  ];
+  assert.deepEqual(plan(cluster(8, layout()), { overlap: false }), [
+    [2, 1],
+    [3, 3],
+  ]);
+  // Both copies overlap on host 1: one destination in violation for the copy time, not two.
+  assert.deepEqual(plan(cluster(8, layout())), [
+    [2, 1],
+    [3, 1],
+  ]);
+});
+
 test("the plan leaves the cluster as it found it", () => {
   const c = cluster(6, [
     [vm(0, 2500, 2400, 870), 1],

@@ -6,8 +6,9 @@
 // - forecast per VM: the larger of its demand now and a high quantile of its recent samples;
 // - overload: demand now above `trigger` of capacity, or forecast above capacity; shed the
 //   VMs that restore `fill` with the least migration cost (RAM × demand ≈ SLA lost);
-// - placement: best fit into running hosts under `fill`, waking the most efficient idle
-//   host only when none fits (its idle power counts in full);
+// - placement: best fit into running hosts under `fill`, hosts already receiving a VM this
+//   round first (copies overlapping on one destination cost its SLA time once), waking the
+//   most efficient idle host only when none fits (its idle power counts in full);
 // - consolidation: empty hosts, cheapest first (demand degraded × migration time under the
 //   cost model in use, per idle watt saved), when all their VMs fit elsewhere under `fill`
 //   without waking a host; hosts that shed or received VMs this round are left alone.
@@ -32,9 +33,15 @@ export interface VmhopOptions {
   window?: number;
   /** Quantile of those samples used as the forecast. */
   quantile?: number;
+  /**
+   * Send a VM to a host already receiving one this round when it fits there (best fit among
+   * those first): a destination counts as violating its SLA while a VM copies in, and copies
+   * that overlap on one host cost that time once.
+   */
+  overlap?: boolean;
 }
 
-export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 12, quantile: 0.8 };
+export const VMHOP_DEFAULTS = { fill: 0.8, trigger: 1.0, window: 12, quantile: 0.8, overlap: true };
 
 /**
  * Packing target by migration cost model: post-copy's degraded phase is shorter (fitted: ~0.74×
@@ -48,6 +55,8 @@ interface Plan {
   pred: Map<Vm, number>;
   /** Forecast demand listed on each host (tentative edits included). */
   load: Map<Host, number>;
+  /** Hosts given a VM this round (tentative edits included). */
+  receiving: Set<Host>;
 }
 
 export class VmhopPolicy implements Policy {
@@ -73,7 +82,7 @@ export class VmhopPolicy implements Policy {
   }
 
   plan(c: Cluster, ctx: PlanContext): Move[] {
-    const p: Plan = { pred: new Map(), load: new Map() };
+    const p: Plan = { pred: new Map(), load: new Map(), receiving: new Set() };
     for (const vm of c.vms) if (vm.host >= 0) p.pred.set(vm, this.forecast(vm));
     for (const h of c.hosts)
       p.load.set(
@@ -110,6 +119,7 @@ export class VmhopPolicy implements Policy {
   private move(c: Cluster, p: Plan, vm: Vm, to: Host): void {
     c.place(to, vm);
     p.load.set(to, (p.load.get(to) ?? 0) + this.pred(p, vm));
+    p.receiving.add(to);
   }
 
   /** Takes VMs off overloaded hosts (tentatively); returns [vm, source]. */
@@ -148,13 +158,18 @@ export class VmhopPolicy implements Policy {
     return d <= h.peMips && (p.load.get(h) ?? 0) + d <= this.o.fill * h.totalMips;
   }
 
-  /** Best fit among running hosts; with `wake`, else the most efficient idle host. */
+  /**
+   * Best fit among running hosts (with `overlap`, among those already receiving first); with
+   * `wake`, else the most efficient idle host.
+   */
   private target(c: Cluster, p: Plan, vm: Vm, excluded: ReadonlySet<Host>, wake: boolean): Host | undefined {
     let best: Host | undefined;
     let bestRoom = Number.POSITIVE_INFINITY;
     for (const h of c.hosts) {
       if (excluded.has(h) || h.vms.length === 0 || !this.fits(p, h, vm)) continue;
-      const room = this.o.fill * h.totalMips - (p.load.get(h) ?? 0);
+      let room = this.o.fill * h.totalMips - (p.load.get(h) ?? 0);
+      // a host not receiving ranks after every receiving one (room never exceeds capacity)
+      if (this.o.overlap && !p.receiving.has(h)) room += h.totalMips + 1e9;
       if (room < bestRoom) {
         bestRoom = room;
         best = h;
@@ -196,6 +211,7 @@ export class VmhopPolicy implements Policy {
       if (busy.has(h)) continue;
       const vms = [...h.vms].sort((a, b) => this.pred(p, b) - this.pred(p, a));
       const placed: Move[] = [];
+      const receiving = new Set(p.receiving);
       const excluded = new Set<Host>([...emptied, h]);
       for (const vm of vms) {
         const to = this.target(c, p, vm, excluded, false);
@@ -208,6 +224,7 @@ export class VmhopPolicy implements Policy {
           c.remove(m.to, m.vm);
           p.load.set(m.to, (p.load.get(m.to) ?? 0) - this.pred(p, m.vm));
         }
+        p.receiving = receiving;
         continue;
       }
       emptied.add(h);
