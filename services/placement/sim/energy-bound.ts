@@ -9,7 +9,7 @@
 // bound fills every model's envelope segments in order of marginal watts per MIPS, each
 // segment holding (hosts of the model × its MIPS span): the most efficient hosts first, the
 // last host fractional. It is the exact minimum of that relaxation (the curves need not be
-// convex), so it is below any placement of real VMs on whole hosts.
+// convex), so no placement that serves the demand with real VMs on whole hosts draws less.
 import type { PowerModel } from "../power/spec-power.js";
 import type { DayTraces } from "../traces/trace.js";
 import { DAY_S, DEFAULT_HOSTS, hostTypeOf, INTERVAL_S, vmTypeOf } from "./setup.js";
