@@ -15,8 +15,6 @@ import { MemoryStore } from "../../services/common/store/index.js";
 import { initTracing, vmhopTracer } from "../../services/common/tracing.js";
 import { KEYS, type VmRecord } from "../../services/control-plane/records.js";
 import { tempDir } from "../../testbed/temp-dir.js";
-import { suite } from "../helpers/uvu.js";
-import { until } from "../helpers/wait.js";
 import {
   type ControlPlaneHandle,
   host,
@@ -24,6 +22,8 @@ import {
   startControlPlane,
   startPageServer,
 } from "../control-plane/fixtures.js";
+import { suite } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
 
 const spans = new InMemorySpanExporter();
 initTracing("trace-context-test", { processors: [new SimpleSpanProcessor(spans)] });
@@ -131,18 +131,21 @@ function child(name: string, parentId: string | undefined): Promise<ReadableSpan
   );
 }
 
-rpc("the server span is the caller's child, and the calls its handler makes are the server span's", async () => {
-  const caller = vmhopTracer().startSpan("caller");
-  const res = await inside(caller, () => call(client, "getVm", { vmId: "vm1" }));
-  caller.end();
-  assert.match(res.vm?.vm?.lastError ?? "", /vm1/, "the page-server was asked and does not know it");
-  const { traceId, spanId } = caller.spanContext();
-  const server = await child("vmhop.v1.ControlPlaneService/GetVm", spanId);
-  assert.is(server.spanContext().traceId, traceId);
-  const inspect = await child("vmhop.v1.PageService/InspectVm", server.spanContext().spanId);
-  assert.is(inspect.spanContext().traceId, traceId);
-  assert.is(inspect.attributes["rpc.grpc.status_code"], grpc.status.NOT_FOUND);
-});
+rpc(
+  "the server span is the caller's child, and the calls its handler makes are the server span's",
+  async () => {
+    const caller = vmhopTracer().startSpan("caller");
+    const res = await inside(caller, () => call(client, "getVm", { vmId: "vm1" }));
+    caller.end();
+    assert.match(res.vm?.vm?.lastError ?? "", /vm1/, "the page-server was asked and does not know it");
+    const { traceId, spanId } = caller.spanContext();
+    const server = await child("vmhop.v1.ControlPlaneService/GetVm", spanId);
+    assert.is(server.spanContext().traceId, traceId);
+    const inspect = await child("vmhop.v1.PageService/InspectVm", server.spanContext().spanId);
+    assert.is(inspect.spanContext().traceId, traceId);
+    assert.is(inspect.attributes["rpc.grpc.status_code"], grpc.status.NOT_FOUND);
+  },
+);
 
 rpc("a malformed traceparent is ignored: answered, the server span a root of its own trace", async () => {
   const meta = new grpc.Metadata();
