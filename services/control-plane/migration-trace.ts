@@ -155,7 +155,6 @@ export class MigrationTrace {
    */
   end(state: MigrationState, error = ""): void {
     if (this.ended) return;
-    this.enter(state);
     this.phase?.end();
     this.ended = true;
     this.span.setAttribute(ATTR.state, state);
