@@ -54,8 +54,13 @@ export function migrationAttributes(m: MigrationRecord): Attributes {
     [ATTR.mode]: enumName(MigrationMode, m.mode, "MIGRATION_MODE_"),
     // Records from before storage modes are SHARED.
     [ATTR.storage]: enumName(StorageMode, m.storage ?? StorageMode.STORAGE_MODE_SHARED, "STORAGE_MODE_"),
-    // No network part: the VM's address does not move (no netreach or no home addresses).
-    [ATTR.handover]: m.network ? enumName(HandoverMode, m.network.mode, "HANDOVER_MODE_") : "none",
+    // No network part: the VM's address does not move (no netreach or no home addresses);
+    // unspecified: the anchor's default mode.
+    [ATTR.handover]: !m.network
+      ? "none"
+      : m.network.mode
+        ? enumName(HandoverMode, m.network.mode, "HANDOVER_MODE_")
+        : "default",
   };
 }
 

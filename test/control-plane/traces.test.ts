@@ -164,7 +164,7 @@ t(
       [ATTR.vm, ATTR.from, ATTR.to, ATTR.storage, ATTR.mode, ATTR.handover, ATTR.state].map(
         (k) => root.attributes[k],
       ),
-      [VM.vmId, "h1", "h2", "lazy", "postcopy", "mbb_bicast", "done"],
+      [VM.vmId, "h1", "h2", "lazy", "postcopy", "default", "done"],
     );
     const request = receiver.spans.find((s) => s.spanId === root.links[0]?.spanId);
     assert.is(request?.name, "vmhop.v1.ControlPlaneService/MigrateVm", "linked to the MigrateVm call");
