@@ -2,7 +2,6 @@
 // exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or initTracing's otlpEndpoint) is set. Calls
 // between the services carry W3C trace context (grpc/trace-context.ts), so one operation (a
 // migration: control-plane/migration-trace.ts) is one trace across them. docs/TRACING.md.
-import { credentials } from "@grpc/grpc-js";
 import {
   type Attributes,
   type Context,
@@ -13,11 +12,11 @@ import {
   type Tracer,
   trace,
 } from "@opentelemetry/api";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import { ATTR_SERVICE_NAME } from "@opentelemetry/semantic-conventions";
+import { otlpExporter } from "./grpc/otlp-exporter.js";
 
 export interface TracingHandle {
   tracer: Tracer;
@@ -25,17 +24,6 @@ export interface TracingHandle {
 }
 
 let provider: NodeTracerProvider | undefined;
-
-/**
- * `http://host:4317` (plain text), `https://…` (TLS) or `unix:///path` (plain text; the
- * exporter's default would ask for TLS there): a collector on a unix socket is reachable from
- * inside network namespaces, where the test beds run the site services.
- */
-function otlpExporter(url: string): OTLPTraceExporter {
-  if (url.startsWith("unix:"))
-    return new OTLPTraceExporter({ url, credentials: credentials.createInsecure() });
-  return new OTLPTraceExporter({ url });
-}
 
 /** Sets up the global tracer provider once per process. Extra processors are for tests. */
 export function initTracing(
