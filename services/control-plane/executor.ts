@@ -95,6 +95,7 @@ export class Executor {
     if (!m || isFinal(m.state)) return started?.end(m?.state ?? "failed", m?.error);
     const t = started ?? MigrationTrace.resume(m);
     this.traces.set(id, t);
+    this.log.info("migration trace", { migration: id, trace_id: t.traceId, resumed: !started });
     t.enter(m.state);
     try {
       await t.within(() => this.run(id));

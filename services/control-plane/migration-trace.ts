@@ -112,6 +112,11 @@ export class MigrationTrace {
     return new MigrationTrace(span, m.migration_id);
   }
 
+  /** The trace's id (32 hex digits; all zeros when tracing is off): what to look up in Jaeger. */
+  get traceId(): string {
+    return this.span.spanContext().traceId;
+  }
+
   /** What the migration record keeps (`trace_parent`). */
   get traceparent(): string {
     return traceparentOf(this.span);

@@ -78,6 +78,7 @@ test("a driven migration: the root span, a span per phase under it, the calls in
 
   const root = one("migration");
   assert.is(root.parentSpanContext, undefined, "the migration span is a root");
+  assert.is(t.traceId, root.spanContext().traceId, "the trace id the control-plane logs");
   assert.not.equal(root.spanContext().traceId, request.spanContext().traceId, "a trace of its own");
   assert.equal(
     root.links.map((l) => l.context.spanId),
