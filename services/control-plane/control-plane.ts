@@ -7,9 +7,11 @@ import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
+import { inSpan } from "../common/tracing.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { ATTR, MigrationTrace } from "./migration-trace.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
@@ -210,9 +212,14 @@ export class ControlPlane {
   /**
    * Defines and starts the VM on the host's page-server, then records it; with `disk`, first
    * creates its export on the host's block-server (named after the VM); with addresses, places
-   * it in netreach at the host's site.
+   * it in netreach at the host's site. One span: the calls to the host's services are its children.
    */
-  async createVm(
+  createVm(spec: VmSpec | undefined, hostId: string, addresses?: VmAddresses, disk?: NewDisk) {
+    const attrs = { [ATTR.vm]: spec?.vmId ?? "", [ATTR.host]: hostId };
+    return inSpan("create VM", attrs, () => this.createVmNow(spec, hostId, addresses, disk));
+  }
+
+  private async createVmNow(
     spec: VmSpec | undefined,
     hostId: string,
     addresses?: VmAddresses,
@@ -241,7 +248,7 @@ export class ControlPlane {
   /** Stops and forgets the VM on its host, removes the disk export CreateVm made, deletes the record. */
   async deleteVm(vmId: string): Promise<void> {
     if (!vmId) throw new ControlError("invalid", "vm_id is required");
-    await this.vms.delete(vmId);
+    await inSpan("delete VM", { [ATTR.vm]: vmId }, () => this.vms.delete(vmId));
   }
 
   /** Registers the VM's binding at its host's site; on failure the VM is stopped (`undo`). */
@@ -372,6 +379,9 @@ export class ControlPlane {
         now,
       ),
     };
+    // The migration's trace begins here; its record keeps the trace for a resumed driver.
+    const trace = MigrationTrace.start(rec);
+    if (trace.traceparent) rec.trace_parent = trace.traceparent;
     // The record first, then the request_id pointing at it, then the VM's claim: whoever finds
     // the request_id finds its migration. A record whose claim never came (a crash in between)
     // holds nothing; the executor fails it on the next start.
@@ -379,6 +389,7 @@ export class ControlPlane {
     await this.store.compareAndSet(KEYS.migration(id), null, raw);
     if (req.requestId && !(await this.claimRequest(req.requestId, id))) {
       await this.store.compareAndDelete(KEYS.migration(id), raw);
+      trace.end("cancelled", `request_id ${req.requestId} was started by another call`);
       const prior = await this.byRequest(req);
       if (prior) return prior;
       throw new ControlError(
@@ -399,11 +410,13 @@ export class ControlPlane {
       });
     } catch (err) {
       // Kept as a failed migration with the reason: the request_id answers it from now on.
-      await transition(this.store, id, "fail", { error: `not started: ${(err as Error).message}` });
+      const error = `not started: ${(err as Error).message}`;
+      trace.end("failed", error);
+      await transition(this.store, id, "fail", { error });
       throw err;
     }
     await this.store.publish(KEYS.migrations, raw);
-    this.executor.drive(id);
+    this.executor.drive(id, trace);
     return rec;
   }
 

@@ -1,5 +1,6 @@
 // Drives one migration through the state table (states.ts), each transition persisted before
 // it acts, by calling the two hosts' page-servers and block-servers; resumes after a restart.
+// Each migration is one trace (migration-trace.ts): a span per phase, the peer calls in it.
 
 import { setTimeout as sleep } from "node:timers/promises";
 import { ExportMode } from "../../gen/vmhop/v1/block.js";
@@ -9,6 +10,7 @@ import type { Store } from "../common/store/index.js";
 import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
+import { MigrationTrace } from "./migration-trace.js";
 import type { PageServer, PageServers } from "./page-client.js";
 import { isAlreadyExists, isNoAnswer, isNotFound } from "./peer-call.js";
 import {
@@ -59,6 +61,7 @@ interface Ends {
 
 export class Executor {
   private readonly running = new Map<string, Promise<void>>();
+  private readonly traces = new Map<string, MigrationTrace>();
   private closed = false;
 
   private readonly blocks = new BlockServers();
@@ -71,13 +74,51 @@ export class Executor {
     private readonly opts: ExecutorOptions = {},
   ) {}
 
-  /** Runs (or resumes) a migration in the background; one driver per migration. */
-  drive(migrationId: string): void {
-    if (this.closed || this.running.has(migrationId)) return;
-    const p = this.run(migrationId)
+  /**
+   * Runs (or resumes) a migration in the background; one driver per migration. `trace`: the
+   * one MigrateVm started (absent: a resumed migration continues its recorded trace).
+   */
+  drive(migrationId: string, trace?: MigrationTrace): void {
+    if (this.closed || this.running.has(migrationId)) {
+      trace?.end("pending");
+      return;
+    }
+    const p = this.traced(migrationId, trace)
       .catch((err) => this.log.warn("migration driver failed", { migration: migrationId, err }))
       .finally(() => this.running.delete(migrationId));
     this.running.set(migrationId, p);
+  }
+
+  /** run() inside the migration's trace, whose span ends with the state the driver left. */
+  private async traced(id: string, started?: MigrationTrace): Promise<void> {
+    const m = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
+    if (!m || isFinal(m.state)) return started?.end(m?.state ?? "failed", m?.error);
+    const t = started ?? MigrationTrace.resume(m);
+    this.traces.set(id, t);
+    this.log.info("migration trace", { migration: id, trace_id: t.traceId, resumed: !started });
+    t.enter(m.state);
+    try {
+      await t.within(() => this.run(id));
+    } catch (err) {
+      t.error(err);
+      throw err;
+    } finally {
+      this.traces.delete(id);
+      const now = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)).catch(() => null))?.value;
+      t.end(now?.state ?? m.state, now?.error);
+    }
+  }
+
+  /** Runs `fn` in the migration's current phase span: the peer calls it makes are its children. */
+  private inPhase<T>(id: string, fn: () => T): T {
+    const t = this.traces.get(id);
+    return t ? t.within(fn) : fn();
+  }
+
+  /** A step with its own span under the migration's (the address moving, a clean-up). */
+  private inStep<T>(id: string, name: string, fn: () => Promise<T>): Promise<T> {
+    const t = this.traces.get(id);
+    return t ? t.step(name, fn) : fn();
   }
 
   /** Resolves once no driver runs (tests, shutdown). */
@@ -98,6 +139,7 @@ export class Executor {
     if (this.closed) throw new ShutdownError();
     const rec = await transition(this.store, id, event, patch);
     this.log.info("migration", { migration: id, state: rec.state });
+    this.traces.get(id)?.enter(rec.state);
     return rec;
   }
 
@@ -115,26 +157,28 @@ export class Executor {
         }
         // Resumed in preparing (a restart): every step of it is idempotent, so it runs again;
         // nothing was sent yet, the source has not been asked to start.
-        const channel = await this.prepare(m, ctx);
+        const channel = await this.inPhase(id, () => this.prepare(m, ctx));
         // The waiting QEMU holds the VM's tap at the destination now.
-        await this.address.prepare(id);
+        await this.inStep(id, "network prepare", () => this.address.prepare(id));
         await this.step(id, "start");
-        await ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token);
+        await this.inPhase(id, () => ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token));
         state = "migrating";
       }
-      if (state === "migrating" || state === "switched") await this.follow(m, ctx);
-      if (state !== "relocating") await this.retrying(m, () => this.settle(m, ctx));
+      if (state === "migrating" || state === "switched") await this.inPhase(id, () => this.follow(m, ctx));
+      if (state !== "relocating") await this.retrying(m, () => this.inPhase(id, () => this.settle(m, ctx)));
       // Before the disk's relocation, which may take long: the address needs nothing of it.
-      await this.address.settle(id);
-      await this.relocate(m, ctx);
+      await this.inStep(id, "network settle", () => this.address.settle(id));
+      await this.inPhase(id, () => this.relocate(m, ctx));
     } catch (err) {
       if (err instanceof ShutdownError) return;
       if (err instanceof TransitionError) {
         // Someone else moved the record on (a cancel): clean up after it.
         const cur = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
-        if (cur && (cur.state === "failed" || cur.state === "cancelled")) await this.cleanUp(cur, ctx);
+        if (cur && (cur.state === "failed" || cur.state === "cancelled"))
+          await this.inStep(id, "clean-up", () => this.cleanUp(cur, ctx));
         return;
       }
+      this.traces.get(id)?.error(err);
       await this.fail(m, (err as Error).message, ctx);
     }
   }
@@ -210,8 +254,10 @@ export class Executor {
         if (switchNow) {
           // The address follows at once: its switch-over decides how long the VM is unreachable.
           await Promise.all([
-            this.address.switchOver(m.migration_id),
-            this.step(m.migration_id, "switch", progress).then(() => this.startDiskCopy(m, ctx)),
+            this.switchAddress(m),
+            this.step(m.migration_id, "switch", progress).then(() =>
+              this.inPhase(m.migration_id, () => this.startDiskCopy(m, ctx)),
+            ),
           ]);
         }
         // Progress only when the byte count changed; a lost progress write is not fatal.
@@ -232,7 +278,10 @@ export class Executor {
         const at = await dst.inspect(m.vm_id).catch(() => undefined);
         if (at?.state === VmState.VM_STATE_RUNNING) {
           await this.step(m.migration_id, "complete");
-          await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
+          await Promise.all([
+            this.switchAddress(m),
+            this.inPhase(m.migration_id, () => this.startDiskCopy(m, ctx)),
+          ]);
           return;
         }
       }
@@ -252,7 +301,16 @@ export class Executor {
     progress.memory.resumed_unix_ms = atDst?.resumedUnixMs;
     await this.step(m.migration_id, "complete", progress);
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
-    if (!switched) await Promise.all([this.address.switchOver(m.migration_id), this.startDiskCopy(m, ctx)]);
+    if (!switched)
+      await Promise.all([
+        this.switchAddress(m),
+        this.inPhase(m.migration_id, () => this.startDiskCopy(m, ctx)),
+      ]);
+  }
+
+  /** The VM runs at the destination: its address follows (a span of its own). */
+  private switchAddress(m: MigrationRecord): Promise<void> {
+    return this.inStep(m.migration_id, "network switch-over", () => this.address.switchOver(m.migration_id));
   }
 
   /** MigrateVm writes a migration before it claims the VM: one whose claim never came holds nothing to move. */
@@ -394,7 +452,9 @@ export class Executor {
   private async fail(m: MigrationRecord, error: string, ctx?: Ends): Promise<void> {
     if (this.closed) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
-    await this.cleanUp(before, ctx, pastSwitch(before.state), error);
+    await this.inStep(m.migration_id, "clean-up", () =>
+      this.cleanUp(before, ctx, pastSwitch(before.state), error),
+    );
     try {
       await this.step(m.migration_id, "fail", { error });
     } catch (err) {

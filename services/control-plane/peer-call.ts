@@ -2,11 +2,17 @@
 // a failure becomes a PeerError naming the peer, the call and the peer's own words.
 import type * as grpc from "@grpc/grpc-js";
 import { status as grpcStatus } from "@grpc/grpc-js";
+import { traceContextInterceptor } from "../common/grpc/trace-context.js";
 
 export type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
-// Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default).
-export const CHANNEL = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 2000 };
+// Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default). Every call
+// carries the active trace context: the peer's span is a child of the migration phase's.
+export const CHANNEL: grpc.ClientOptions = {
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 2000,
+  interceptors: [traceContextInterceptor],
+};
 
 export class PeerError extends Error {
   constructor(

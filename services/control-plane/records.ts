@@ -84,6 +84,11 @@ export interface MigrationRecord {
   network?: NetworkRecord;
   /** The memory stream's progress beside bytes_sent (absent in older records). */
   memory?: MemoryRecord;
+  /**
+   * The W3C traceparent of the migration's span (migration-trace.ts): a resumed migration
+   * continues its trace. Absent in older records or when tracing is off.
+   */
+  trace_parent?: string;
 }
 
 export interface MemoryRecord {

@@ -106,7 +106,9 @@ export class SitesBed {
   }
 
   private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
-    const s = await startService(o);
+    // Up to 2 min for the ready line: every site's services start at once, and on a machine
+    // shared with other QEMU runs one start alone has taken over 30 s.
+    const s = await startService({ readyMs: 120_000, ...o });
     this.services.push(s);
     this.say(`${o.name} ready`);
     return s;

@@ -1,7 +1,9 @@
 // One unary call on a generated gRPC client, as a promise: the single callback-to-promise
 // wrapper that services, testbed, bench and tests share. Request and response types come
-// from the client's own method, so callers need no casts.
+// from the client's own method, so callers need no casts. The call carries the active trace
+// context (trace-context.ts).
 import * as grpc from "@grpc/grpc-js";
+import { injectTraceContext } from "./trace-context.js";
 
 /** A ts-proto unary method in its fullest overload (the last one, which `infer` reads). */
 type Unary<Req, Res> = (
@@ -30,6 +32,8 @@ export function call<C extends grpc.Client, M extends UnaryMethod<C>>(
 ): Promise<ResponseOf<C[M]>> {
   const fn = client[method] as Unary<RequestOf<C[M]>, ResponseOf<C[M]>>;
   return new Promise((resolve, reject) =>
-    fn.call(client, req, new grpc.Metadata(), opts, (err, res) => (err ? reject(err) : resolve(res))),
+    fn.call(client, req, injectTraceContext(new grpc.Metadata()), opts, (err, res) =>
+      err ? reject(err) : resolve(res),
+    ),
   );
 }

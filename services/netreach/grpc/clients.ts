@@ -11,14 +11,20 @@ import {
   type UpdateBindingResponse,
 } from "../../../gen/vmhop/v1/netreach.js";
 import { fromGrpcError } from "../../common/grpc/status.js";
+import { traceContextInterceptor } from "../../common/grpc/trace-context.js";
 import type { Outcome } from "../binding/cache.js";
 import type { SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import type { SiteControl } from "../migration-hooks.js";
 import type { AnchorLink, PrepareOptions, VmNet } from "../site/agent.js";
 import { outcomeFromAck, vmNetToProto } from "./convert.js";
 
-// Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default).
-const CHANNEL = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 2000 };
+// Reconnect soon after a peer restarts (grpc-js backs off up to 120 s by default). Calls carry
+// the trace context: a site agent's span is a child of the anchor's that called it.
+const CHANNEL: grpc.ClientOptions = {
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 2000,
+  interceptors: [traceContextInterceptor],
+};
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
