@@ -233,7 +233,7 @@ function summaryRows(m: Migration, x: ReportMeasurements, t0: number): string[][
   if (n)
     rows.push([
       "address",
-      `${n.state}${n.reason ? ` (${n.reason})` : ""}${n.fromSite || n.toSite ? `, site ${n.fromSite} → ${n.toSite}` : ""}, handover ${enumName(handoverModeToJSON(n.handoverMode), "HANDOVER_MODE_")}`,
+      `${n.state}${n.reason ? ` (${n.reason})` : ""}${n.fromSite || n.toSite ? `, site ${n.fromSite} → ${n.toSite}` : ""}, handover ${n.handoverMode ? enumName(handoverModeToJSON(n.handoverMode), "HANDOVER_MODE_") : "the anchor's default"}`,
     ]);
   const gaps = x.heartbeatGaps;
   if (gaps)
@@ -394,11 +394,12 @@ function lineChart(
   t0: number,
   phases: Segment[],
   fmt: (v: number) => string,
+  top0 = 0,
 ): string {
   const h = 170;
   const top = 10;
   const bottom = h - 26;
-  const max = Math.max(1, ...series.flatMap((s) => s.points.map(([, v]) => v)));
+  const max = Math.max(1, top0, ...series.flatMap((s) => s.points.map(([, v]) => v)));
   const ys = linear(0, max, bottom, top);
   const out: string[] = [];
   // The phases' starts as faint lines, so a curve's bend lines up with its cause.
@@ -474,6 +475,8 @@ function progressCharts(m: Migration, phases: Segment[], xs: Scale, t0: number):
         t0,
         phases,
         (v) => `${Math.round(v)} blocks`,
+        // Up to every block: the curve shows the share still remote, also when first known late.
+        Math.max(...disk.map((p) => p.blocksTotal)),
       ),
     );
   return out.join("\n") || `<p class="note">No memory or disk progress in this record.</p>`;
