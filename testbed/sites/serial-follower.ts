@@ -80,7 +80,7 @@ export class SerialFollower {
 
   /** The largest host-side gap between consecutive heartbeats (any log) arriving from `fromMs` on. */
   maxGapSince(fromMs: number): number {
-    return Math.max(0, ...this.gapsSince(fromMs, 0).map((g) => g.ms));
+    return this.gapsSince(fromMs, 0).reduce((m, g) => Math.max(m, g.ms), 0);
   }
 
   /** Every host-side gap longer than `longerThanMs` between consecutive heartbeats (any log) from `fromMs` on. */
