@@ -20,6 +20,10 @@ export const serviceCommands: CommandTable = {
     describe: "control-plane: hosts, VMs, migrations",
     load: () => import("../control-plane/cli.js"),
   },
+  report: {
+    describe: "a migration's timeline as one self-contained HTML page",
+    load: () => import("../control-plane/report/cli.js"),
+  },
   placement: { describe: "placement: simulate, policies, plan", load: () => import("../placement/cli.js") },
   netreach: { describe: "netreach: anchor and site agents", load: () => import("../netreach/cli.js") },
 };

@@ -117,6 +117,13 @@ export function migrationToPb(m: MigrationRecord): Migration {
           >,
         }
       : undefined,
+    progress: (m.progress ?? []).map((p) => ({
+      atUnixMs: p.at_unix_ms,
+      bytesSent: p.bytes_sent,
+      bytesRemaining: p.bytes_remaining,
+      blocksLocal: p.blocks_local,
+      blocksTotal: p.blocks_total,
+    })),
   };
 }
 

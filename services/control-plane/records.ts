@@ -2,6 +2,7 @@
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
 import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
+import { appendSample, type ProgressSampleRecord, sampleOf } from "./progress-history.js";
 import { type MigrationEvent, type MigrationState, next } from "./states.js";
 
 export const KEYS = {
@@ -89,6 +90,8 @@ export interface MigrationRecord {
    * continues its trace. Absent in older records or when tracing is off.
    */
   trace_parent?: string;
+  /** Memory and disk progress over time, bounded (progress-history.ts; absent in older records). */
+  progress?: ProgressSampleRecord[];
 }
 
 export interface MemoryRecord {
@@ -157,13 +160,17 @@ export async function transition(
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
     const state = next(cur.state, event);
     const now = Date.now();
-    return {
-      ...cur,
-      ...patch,
-      state,
-      updated_unix_ms: now,
-      entered_unix_ms: { ...cur.entered_unix_ms, [state]: now },
-    };
+    return withSample(
+      {
+        ...cur,
+        ...patch,
+        state,
+        updated_unix_ms: now,
+        entered_unix_ms: { ...cur.entered_unix_ms, [state]: now },
+      },
+      patch,
+      now,
+    );
   });
   await store.publish(KEYS.migrations, JSON.stringify(rec));
   return rec;
@@ -173,9 +180,16 @@ export async function transition(
 export async function recordProgress(store: Store, migrationId: string, patch: ProgressPatch): Promise<void> {
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
-    return { ...cur, ...patch, updated_unix_ms: Date.now() };
+    const now = Date.now();
+    return withSample({ ...cur, ...patch, updated_unix_ms: now }, patch, now);
   });
   await store.publish(KEYS.migrations, JSON.stringify(rec));
+}
+
+/** `m` with a progress sample appended when `patch` carried progress (the history `vmhop report` draws). */
+function withSample(m: MigrationRecord, patch: ProgressPatch, now: number): MigrationRecord {
+  if (patch.bytes_sent === undefined && !patch.memory && !patch.disk) return m;
+  return { ...m, progress: appendSample(m.progress, sampleOf(m, now)) };
 }
 
 /**

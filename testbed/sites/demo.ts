@@ -1,19 +1,25 @@
 // `vmhop demo`: the whole system doing its job on this machine. Two sites as network namespaces
 // across the emulated WAN, every vmhop service running, the test guest at site 1 with a disk and
 // home addresses under a workload; one MigrateVm moves it to site 2 while a correspondent pings
-// it and keeps a TCP stream open. Prints a timeline and a summary (--json: one JSON object).
+// it and keeps a TCP stream open. Prints a timeline and a summary (--json: one JSON object;
+// --report FILE: also the report page, services/control-plane/report).
 // Everything it started is removed at the end, also on Ctrl-C or failure. A test-bed tool (root):
 // registered in cli/tools.ts, never part of a service.
+import { existsSync } from "node:fs";
+import { dirname } from "node:path";
 import { buildGuest } from "../../deploy/guest/build/build.js";
 import { guestArtefacts } from "../../deploy/guest/build/paths.js";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { CliError } from "../../services/cli/errors.js";
+import { writeFileAtomic } from "../../services/common/atomic-file.js";
 import { helpText, type OptionSpecs, parseConfig } from "../../services/common/config.js";
 import { formatProgress } from "../../services/control-plane/progress.js";
+import { renderReport } from "../../services/control-plane/report/render.js";
 import { DataplaneError, resolveDataplane } from "../../services/netreach/dataplane/probe.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../netns.js";
 import { tempDir } from "../temp-dir.js";
 import { SitesBed } from "./bed.js";
+import { demoMeasurements } from "./demo-report.js";
 import { runWholeVm, type WholeVmResult } from "./whole-vm-run.js";
 
 const options = {
@@ -24,6 +30,11 @@ const options = {
   "disk-mib": { type: "number", default: 256, describe: "the VM's disk size in MiB" },
   "memory-mib": { type: "number", default: 256, describe: "the VM's memory in MiB" },
   dataplane: { type: "string", default: "auto", describe: "netreach data plane: auto, srv6 or vxlan" },
+  report: {
+    type: "string",
+    default: "",
+    describe: "also write the migration's report page here (HTML, as `vmhop report` writes)",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -55,6 +66,11 @@ export async function run(argv: string[]): Promise<number> {
   need(
     Number.isInteger(memoryMib) && memoryMib >= 128 && memoryMib <= 8192,
     `--memory-mib must be 128..8192`,
+  );
+  const reportFile = o.report!;
+  need(
+    !reportFile || existsSync(dirname(reportFile)),
+    `--report ${reportFile}: the folder ${dirname(reportFile)} does not exist`,
   );
   let dataplane: Awaited<ReturnType<typeof resolveDataplane>>;
   try {
@@ -112,6 +128,7 @@ export async function run(argv: string[]): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   let result: WholeVmResult | undefined;
+  let record: Migration | undefined;
   try {
     say(`starting two sites (WAN ${delay} ms one way, ${rate} Mbit/s) with every vmhop service`);
     bed = await SitesBed.start({
@@ -124,6 +141,8 @@ export async function run(argv: string[]): Promise<number> {
       say,
     });
     if (!interrupted) result = await runWholeVm(bed, { diskMib, memoryMib, say, onProgress: progress });
+    // The record as the control-plane keeps it, while it still runs (the report draws it).
+    if (result && reportFile) record = await bed.client.getMigration(result.migration_id);
   } catch (err) {
     if (!interrupted) throw err;
   } finally {
@@ -144,6 +163,13 @@ export async function run(argv: string[]): Promise<number> {
     return 130;
   }
   if (!result) throw new Error("the demo ended without a result");
+  if (record) {
+    writeFileAtomic(
+      reportFile,
+      renderReport(record, demoMeasurements(result, { delay, rate, diskMib, memoryMib })),
+    );
+    say(`report written to ${reportFile}`);
+  }
   if (o.json) process.stdout.write(`${JSON.stringify(result)}\n`);
   else printReport(result, { delay, rate, diskMib });
   return verified(result) ? 0 : 1;

@@ -80,10 +80,18 @@ export class SerialFollower {
 
   /** The largest host-side gap between consecutive heartbeats (any log) arriving from `fromMs` on. */
   maxGapSince(fromMs: number): number {
+    return this.gapsSince(fromMs, 0).reduce((m, g) => Math.max(m, g.ms), 0);
+  }
+
+  /** Every host-side gap longer than `longerThanMs` between consecutive heartbeats (any log) from `fromMs` on. */
+  gapsSince(fromMs: number, longerThanMs: number): { startMs: number; ms: number }[] {
     const beats = this.beats.filter((h) => h.atMs >= fromMs);
-    let gap = 0;
-    for (let i = 1; i < beats.length; i++) gap = Math.max(gap, beats[i].atMs - beats[i - 1].atMs);
-    return gap;
+    const gaps: { startMs: number; ms: number }[] = [];
+    for (let i = 1; i < beats.length; i++) {
+      const ms = beats[i].atMs - beats[i - 1].atMs;
+      if (ms > longerThanMs) gaps.push({ startMs: beats[i - 1].atMs, ms });
+    }
+    return gaps;
   }
 
   stop(): void {

@@ -44,6 +44,10 @@ export interface TimelineEntry {
 
 export interface WholeVmResult {
   migration_id: string;
+  /** When MigrateVm was requested (epoch ms): the zero of every `_ms` figure and of the timeline. */
+  requested_unix_ms: number;
+  /** The guest's heartbeats (every 100 ms) further apart than 250 ms: when each gap began (epoch ms), how long. */
+  heartbeat_gaps: { start_unix_ms: number; ms: number }[];
   /** request → VM running at the destination. */
   switchover_ms: number | null;
   bytes_before_resume: number | null;
@@ -343,6 +347,10 @@ async function migrate(
 
   return {
     migration_id: m.migrationId,
+    requested_unix_ms: Math.round(t0),
+    heartbeat_gaps: serial
+      .gapsSince(t0 - 2000, 250)
+      .map((g) => ({ start_unix_ms: Math.round(g.startMs), ms: Math.round(g.ms) })),
     // When B's QEMU resumed the VM; the record's `switched` (the source in post-copy) if unknown.
     switchover_ms: rel(m.memory?.resumedUnixMs ?? e.switched),
     bytes_before_resume: m.memory?.bytesBeforeResume ?? null,

@@ -288,12 +288,30 @@ export interface Migration {
   /** When each state was entered (state name -> epoch ms): the migration's timeline. */
   enteredUnixMs: { [key: string]: number };
   network: NetworkProgress | undefined;
-  memory: MemoryProgress | undefined;
+  memory:
+    | MemoryProgress
+    | undefined;
+  /**
+   * Memory and disk progress over time, oldest first: at most 200 samples, thinned evenly as
+   * the migration runs (the timeline `vmhop report` draws).
+   */
+  progress: ProgressSample[];
 }
 
 export interface Migration_EnteredUnixMsEntry {
   key: string;
   value: number;
+}
+
+/** One progress sample of a migration: what was still remote at a moment. */
+export interface ProgressSample {
+  atUnixMs: number;
+  bytesSent: number;
+  /** Memory still at the source (MemoryProgress.bytes_remaining). */
+  bytesRemaining: number;
+  /** The disk (LAZY): blocks local at the destination of blocks_total (0 of 0 before it is known). */
+  blocksLocal: number;
+  blocksTotal: number;
 }
 
 export interface MigrateVmResponse {
@@ -2896,6 +2914,7 @@ function createBaseMigration(): Migration {
     enteredUnixMs: {},
     network: undefined,
     memory: undefined,
+    progress: [],
   };
 }
 
@@ -2954,6 +2973,9 @@ export const Migration: MessageFns<Migration> = {
     }
     if (message.memory !== undefined) {
       MemoryProgress.encode(message.memory, writer.uint32(146).fork()).join();
+    }
+    for (const v of message.progress) {
+      ProgressSample.encode(v!, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -3118,6 +3140,14 @@ export const Migration: MessageFns<Migration> = {
             message.memory = MemoryProgress.decode(reader, reader.uint32());
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.progress.push(ProgressSample.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3216,6 +3246,9 @@ export const Migration: MessageFns<Migration> = {
         : {},
       network: isSet(object.network) ? NetworkProgress.fromJSON(object.network) : undefined,
       memory: isSet(object.memory) ? MemoryProgress.fromJSON(object.memory) : undefined,
+      progress: globalThis.Array.isArray(object?.progress)
+        ? object.progress.map((e: any) => ProgressSample.fromJSON(e))
+        : [],
     };
   },
 
@@ -3281,6 +3314,9 @@ export const Migration: MessageFns<Migration> = {
     if (message.memory !== undefined) {
       obj.memory = MemoryProgress.toJSON(message.memory);
     }
+    if (message.progress?.length) {
+      obj.progress = message.progress.map((e) => ProgressSample.toJSON(e));
+    }
     return obj;
   },
 
@@ -3321,6 +3357,7 @@ export const Migration: MessageFns<Migration> = {
     message.memory = (object.memory !== undefined && object.memory !== null)
       ? MemoryProgress.fromPartial(object.memory)
       : undefined;
+    message.progress = object.progress?.map((e) => ProgressSample.fromPartial(e)) || [];
     return message;
   },
 };
@@ -3406,6 +3443,159 @@ export const Migration_EnteredUnixMsEntry: MessageFns<Migration_EnteredUnixMsEnt
     const message = createBaseMigration_EnteredUnixMsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseProgressSample(): ProgressSample {
+  return { atUnixMs: 0, bytesSent: 0, bytesRemaining: 0, blocksLocal: 0, blocksTotal: 0 };
+}
+
+export const ProgressSample: MessageFns<ProgressSample> = {
+  encode(message: ProgressSample, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atUnixMs !== 0) {
+      writer.uint32(8).int64(message.atUnixMs);
+    }
+    if (message.bytesSent !== 0) {
+      writer.uint32(16).uint64(message.bytesSent);
+    }
+    if (message.bytesRemaining !== 0) {
+      writer.uint32(24).uint64(message.bytesRemaining);
+    }
+    if (message.blocksLocal !== 0) {
+      writer.uint32(32).uint64(message.blocksLocal);
+    }
+    if (message.blocksTotal !== 0) {
+      writer.uint32(40).uint64(message.blocksTotal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProgressSample {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProgressSample();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytesSent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytesRemaining = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.blocksLocal = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.blocksTotal = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProgressSample {
+    return {
+      atUnixMs: isSet(object.atUnixMs)
+        ? globalThis.Number(object.atUnixMs)
+        : isSet(object.at_unix_ms)
+        ? globalThis.Number(object.at_unix_ms)
+        : 0,
+      bytesSent: isSet(object.bytesSent)
+        ? globalThis.Number(object.bytesSent)
+        : isSet(object.bytes_sent)
+        ? globalThis.Number(object.bytes_sent)
+        : 0,
+      bytesRemaining: isSet(object.bytesRemaining)
+        ? globalThis.Number(object.bytesRemaining)
+        : isSet(object.bytes_remaining)
+        ? globalThis.Number(object.bytes_remaining)
+        : 0,
+      blocksLocal: isSet(object.blocksLocal)
+        ? globalThis.Number(object.blocksLocal)
+        : isSet(object.blocks_local)
+        ? globalThis.Number(object.blocks_local)
+        : 0,
+      blocksTotal: isSet(object.blocksTotal)
+        ? globalThis.Number(object.blocksTotal)
+        : isSet(object.blocks_total)
+        ? globalThis.Number(object.blocks_total)
+        : 0,
+    };
+  },
+
+  toJSON(message: ProgressSample): unknown {
+    const obj: any = {};
+    if (message.atUnixMs !== 0) {
+      obj.atUnixMs = Math.round(message.atUnixMs);
+    }
+    if (message.bytesSent !== 0) {
+      obj.bytesSent = Math.round(message.bytesSent);
+    }
+    if (message.bytesRemaining !== 0) {
+      obj.bytesRemaining = Math.round(message.bytesRemaining);
+    }
+    if (message.blocksLocal !== 0) {
+      obj.blocksLocal = Math.round(message.blocksLocal);
+    }
+    if (message.blocksTotal !== 0) {
+      obj.blocksTotal = Math.round(message.blocksTotal);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ProgressSample>, I>>(base?: I): ProgressSample {
+    return ProgressSample.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ProgressSample>, I>>(object: I): ProgressSample {
+    const message = createBaseProgressSample();
+    message.atUnixMs = object.atUnixMs ?? 0;
+    message.bytesSent = object.bytesSent ?? 0;
+    message.bytesRemaining = object.bytesRemaining ?? 0;
+    message.blocksLocal = object.blocksLocal ?? 0;
+    message.blocksTotal = object.blocksTotal ?? 0;
     return message;
   },
 };
