@@ -85,6 +85,7 @@ export class Vm extends EventEmitter<Events> {
     this.transition("spawn");
     mkdirSync(this.opts.runDir, { recursive: true });
     const args = this.qemuArgs(launch);
+    if (process.env.VMHOP_QEMU_TRACE) args.push("-msg", "timestamp=on", "-trace", `enable=${process.env.VMHOP_QEMU_TRACE}`); // TEMP-LAT
     const bin = this.opts.qemuBinary ?? "qemu-system-x86_64";
     this.log.info("starting qemu", { accel: this.accel, args: args.join(" ") });
     // The spec beside the sockets lets a restarted page-server find and adopt this QEMU.
