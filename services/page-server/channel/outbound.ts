@@ -2,8 +2,8 @@
 // unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
 // destination page-server, after a hello naming the migration. With `handoff` there is no
 // unix socket: the one TCP connection is handed to the source QEMU itself (handoffSocket()).
-// With `choose`, the first connection times the link first (its TCP handshake, and a ping
-// sent along with a probe hello) and the path is picked from the measured round trip
+// With `choose`, the first connection times the link first (two pings, the first sent along
+// with a probe hello) and the path is picked from the measured round trip
 // (path-policy.ts) before the real hello goes out on it. With the urgent lane, a second
 // connection is readied meanwhile (connected, probe hello answered) so QEMU's second
 // connection costs one round trip, not two: a migration's switch-over waits for that lane.
@@ -168,18 +168,19 @@ export class ChannelOut {
   private async dial(recover = false, probe = false): Promise<Socket> {
     const peer = this.connect();
     try {
-      const t0 = performance.now();
       await connected(peer);
       if (probe && this.opts.choose) {
-        // Two samples of the round trip: the TCP handshake, and a ping sent along with the
-        // probe hello (answered after the hello's reply). The smaller counts.
-        const connectMs = performance.now() - t0;
+        // Two pings, the first sent along with the probe hello (answered after its reply);
+        // the smaller round trip counts. Not the TCP handshake: a proxy on the path answers that.
         const t1 = performance.now();
         peer.write(Buffer.concat([encodeHello(this.opts.migrationId, { probe: true }), encodePing(1)]));
         await this.accepted(peer);
-        const pong = await readPreamble(peer, decodePing, 10_000);
-        if (pong.seq !== 1) throw new Error(`channel probe: pong ${pong.seq} for ping 1`);
-        this.rttMs = Math.min(connectMs, performance.now() - t1);
+        await pong(peer, 1);
+        const first = performance.now() - t1;
+        const t2 = performance.now();
+        peer.write(encodePing(2));
+        await pong(peer, 2);
+        this.rttMs = Math.min(first, performance.now() - t2);
         this.plan = this.opts.choose(this.rttMs);
         this.opts.handoff = this.plan.path === "handoff";
         this.opts.compression = this.plan.compression;
@@ -289,6 +290,11 @@ export class ChannelOut {
     qemu.resume();
     peer.resume();
   }
+}
+
+async function pong(peer: Socket, seq: number): Promise<void> {
+  const p = await readPreamble(peer, decodePing, 10_000);
+  if (p.seq !== seq) throw new Error(`channel probe: pong ${p.seq} for ping ${seq}`);
 }
 
 function connected(peer: Socket): Promise<void> {
