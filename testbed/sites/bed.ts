@@ -106,7 +106,7 @@ export class SitesBed {
   }
 
   private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
-    const s = await startService(o);
+    const s = await startService({ readyMs: 120_000, ...o });
     this.services.push(s);
     this.say(`${o.name} ready`);
     return s;

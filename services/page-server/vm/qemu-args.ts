@@ -14,6 +14,8 @@ export interface LaunchOptions {
   paused?: boolean;
   /** Migration destination: wait for migrate-incoming (-incoming defer). */
   incoming?: boolean;
+  /** QEMU trace event patterns (`-trace enable=…`), time-stamped into its log: a debugging aid. */
+  trace?: string[];
 }
 
 /** QEMU option values escape commas by doubling them. */
@@ -70,5 +72,9 @@ export function buildQemuArgs(
   }
   if (launch.paused) a.push("-S");
   if (launch.incoming) a.push("-incoming", "defer");
+  if (launch.trace?.length) {
+    a.push("-msg", "timestamp=on");
+    for (const t of launch.trace) a.push("-trace", `enable=${optValue(t)}`);
+  }
   return a;
 }
