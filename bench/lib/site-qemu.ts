@@ -8,7 +8,7 @@ import { closeSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { QmpClient } from "../../services/page-server/qmp/client.js";
 import { hostAccel } from "../../services/page-server/vm/accel.js";
-import { buildQemuArgs, optValue } from "../../services/page-server/vm/qemu-args.js";
+import { buildQemuArgs, optValue, VIRTIO_BLK_GEOMETRY } from "../../services/page-server/vm/qemu-args.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import { spawnIn } from "../../testbed/netns.js";
 
@@ -45,7 +45,7 @@ export async function startSiteQemu(o: SiteQemuOptions): Promise<SiteQemu> {
     "-blockdev",
     `driver=raw,node-name=${DISK_NODE},file.driver=file,file.filename=${optValue(o.image)}`,
     "-device",
-    `virtio-blk-pci,drive=${DISK_NODE},id=vd0`,
+    `virtio-blk-pci,drive=${DISK_NODE},id=vd0,${VIRTIO_BLK_GEOMETRY}`,
   ];
   const log = openSync(join(o.runDir, "qemu.log"), "a");
   // `ip netns exec` execs QEMU itself: the child's pid is QEMU's.

@@ -232,8 +232,6 @@ async function closeOpened(o: Opened): Promise<void> {
 export class BlockServer extends EventEmitter {
   readonly nbd: NbdServer;
   private readonly entries = new Map<string, Entry>();
-  /** Names being created: reserved so a second create of one fails at once. */
-  private readonly pending = new Set<string>();
   private readonly unrestored = new Map<string, Unrestored>();
   private readonly log: Logger;
   private readonly table?: ExportTable;
@@ -344,9 +342,9 @@ export class BlockServer extends EventEmitter {
         "exists",
         `export ${JSON.stringify(name)} already exists (${this.unrestoredMessage(name, u)})`,
       );
-    if (this.entries.has(name) || this.pending.has(name))
+    if (this.entries.has(name) || this.nbd.exports.isReserved(name))
       throw new BlockServerError("exists", `export ${JSON.stringify(name)} already exists`);
-    this.pending.add(name);
+    this.nbd.exports.reserve(name);
   }
 
   private proxyOf(name: string, what: string): ProxyBackend {
@@ -411,7 +409,7 @@ export class BlockServer extends EventEmitter {
     try {
       spec = this.createImage(spec);
     } catch (err) {
-      this.pending.delete(spec.name);
+      this.nbd.exports.release(spec.name);
       throw err;
     }
     const created = spec.source.mode === "target" && spec.source.created ? spec.source.imagePath : "";
@@ -435,7 +433,7 @@ export class BlockServer extends EventEmitter {
       if (created) fs.rmSync(created, { force: true });
       throw err;
     } finally {
-      this.pending.delete(spec.name);
+      this.nbd.exports.release(spec.name);
     }
     return this.info(spec.name);
   }
@@ -565,7 +563,7 @@ export class BlockServer extends EventEmitter {
     const records = await this.table.load();
     await Promise.all(
       records.map(async (rec) => {
-        if (this.entries.has(rec.name) || this.pending.has(rec.name)) {
+        if (this.entries.has(rec.name) || this.nbd.exports.isReserved(rec.name)) {
           const e = this.entries.get(rec.name);
           this.log.warn(
             "persisted export dropped: an export of the same name was given on the command line, and that one wins",
@@ -590,7 +588,7 @@ export class BlockServer extends EventEmitter {
           // A target that will not open is a file problem; a proxy may be waiting for its upstream.
           this.markUnrestored(rec, (err as Error).message, rec.source.mode === "proxy");
         } finally {
-          this.pending.delete(rec.name);
+          this.nbd.exports.release(rec.name);
         }
       }),
     );
@@ -643,14 +641,14 @@ export class BlockServer extends EventEmitter {
       return;
     }
     this.unrestored.delete(name);
-    this.pending.add(name);
+    this.nbd.exports.reserve(name);
     try {
       await this.register(spec, opened, u.record);
       this.log.info("export restored", { name, mode: u.record.source.mode, attempts: u.attempts + 1 });
     } catch (err) {
       this.log.error("persisted export not served", { name, error: (err as Error).message });
     } finally {
-      this.pending.delete(name);
+      this.nbd.exports.release(name);
     }
   }
 

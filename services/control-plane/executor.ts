@@ -204,24 +204,39 @@ export class Executor {
   }
 
   /**
-   * preparing: the disk at the destination (LAZY: a proxy export of the source's, no copy yet),
-   * then the destination's QEMU waiting for the memory, its disk on that export. Returns the
-   * migration channel's address there.
+   * preparing: the destination's disk (LAZY: a proxy export of the source's, no copy yet) and
+   * the destination's QEMU waiting for the memory, its disk on that export. Both at once: the
+   * block-server holds the QEMU's NBD handshake until the export it names is open (its
+   * upstream is across the WAN). Returns the migration channel's address there.
    */
   private async prepare(m: MigrationRecord, ctx: Ends): Promise<string> {
     const { disk } = m;
     const dstBlock = ctx.dstBlock;
-    if (disk && dstBlock && ctx.srcBlock)
-      await dstBlock
-        .createProxy(disk.destination_export, disk.source_url, ctx.srcBlock.address, m.fencing_token)
-        .catch(async (err) => {
-          // Prepared before a restart: this migration's proxy of the source disk is there already.
-          if (!isAlreadyExists(err)) throw err;
-          const e = (await dstBlock.status(disk.destination_export)).export;
-          if (e?.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) throw err;
-        });
+    const proxy =
+      disk && dstBlock && ctx.srcBlock
+        ? dstBlock
+            .createProxy(disk.destination_export, disk.source_url, ctx.srcBlock.address, m.fencing_token)
+            .catch(async (err) => {
+              // Prepared before a restart: this migration's proxy of the source disk is there already.
+              if (!isAlreadyExists(err)) throw err;
+              const e = (await dstBlock.status(disk.destination_export)).export;
+              if (e?.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) throw err;
+            })
+        : Promise.resolve();
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
-    return ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
+    const incoming = () => ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
+    const [made, waiting] = await Promise.allSettled([proxy, incoming()]);
+    // The disk's error says more than the QEMU that could not open it (the clean-up stops that QEMU).
+    if (made.status === "rejected") throw made.reason;
+    if (waiting.status === "fulfilled") return waiting.value;
+    if (!disk) throw waiting.reason;
+    // The QEMU may have asked for its disk before the create reached the block-server (then
+    // it was refused as unknown); a failed set-up leaves nothing, so once more, sequentially.
+    this.log.info("preparing: the incoming QEMU failed beside the disk's export; once more", {
+      migration: m.migration_id,
+      err: waiting.reason,
+    });
+    return incoming();
   }
 
   private diskUrl(m: MigrationRecord, ctx: Ends): string {

@@ -1,6 +1,8 @@
 // Export registry, runtime backend swaps, removal, stats, heat tracking, addresses, buffer pool.
+import { execFile } from "node:child_process";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import type { Alloc, Backend, WriteZeroesOptions } from "../../services/block-server/export/backend.js";
 import { BufferPool } from "../../services/block-server/export/buffer-pool.js";
@@ -9,6 +11,7 @@ import { TargetBackend } from "../../services/block-server/export/target.js";
 import * as P from "../../services/block-server/nbd/protocol/index.js";
 import { parseListenAddress } from "../../services/block-server/nbd/server/index.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { makeImage, pattern, RawClient, startServer, type TestServer } from "./fixtures/nbd.js";
 
@@ -231,5 +234,46 @@ test("BufferPool reuses released buffers and ignores foreign ones", () => {
   for (const y of big) pool.release(y);
   assert.is(pool.idleBytes, MiB, "idle bytes are capped");
 });
+
+gate(
+  test,
+  ["qemu-img", "nbdinfo"],
+  "NBD handshake for an export being created",
+)(
+  "a client asking for an export being created waits for it (QEMU opening a migrating disk); an abandoned create answers unknown",
+  async () => {
+    const run = promisify(execFile);
+    const url = (name: string) => `nbd://127.0.0.1:${srv.port}/${name}`;
+    const reg = srv.server.exports;
+    assert.ok(reg.reserve("late"));
+    assert.not.ok(reg.reserve("late"), "a second reservation of a name is refused");
+    // QEMU's NBD client asks while the export is still being created (a proxy opening across a WAN).
+    const info = run("qemu-img", ["info", "--output=json", url("late")]);
+    let answered = false;
+    void info.then(
+      () => (answered = true),
+      () => (answered = true),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    assert.not.ok(answered, "the handshake is held while the name is reserved");
+    reg.add({ name: "late", backend: new TargetBackend(c) });
+    reg.release("late");
+    const got = JSON.parse((await info).stdout) as { "virtual-size": number };
+    assert.is(got["virtual-size"], 2 * MiB);
+
+    // A create that fails: the held client is told the name is unknown, as it would be at once.
+    assert.ok(reg.reserve("doomed"));
+    const doomed = run("nbdinfo", ["--size", url("doomed")]);
+    await new Promise((r) => setTimeout(r, 100));
+    reg.release("doomed");
+    const err = await doomed.then(
+      () => "",
+      (e: Error & { stderr?: string }) => e.stderr ?? e.message,
+    );
+    assert.match(err, /doomed|unknown|not found|No such/i);
+    assert.is(reg.isReserved("doomed"), false);
+    await reg.remove("late", { closeBackend: true });
+  },
+);
 
 test.run();

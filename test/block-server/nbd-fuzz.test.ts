@@ -189,7 +189,7 @@ test("handshake state machine: 3000 mutated sessions end in need, a step, or Pro
       try {
         for (let guard = 0; guard < 100; guard++) {
           const r = hs.step(input);
-          if ("need" in r) break;
+          if ("need" in r || "wait" in r) break; // this lookup has no exports being created
           assert.ok(r.consumed > 0 && r.consumed <= input.length);
           input = input.subarray(r.consumed);
           if (r.done) entered++;

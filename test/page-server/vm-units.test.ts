@@ -94,6 +94,13 @@ test("buildQemuArgs: machine, memory, kernel, sockets, no disk or nic unless ask
   assert.not.ok(a.includes("-drive") || a.includes("-netdev") || a.includes("-S") || a.includes("-incoming"));
 });
 
+test("buildQemuArgs: trace patterns become one -trace each, time-stamped messages; none by default", () => {
+  const a = buildQemuArgs(spec, paths, "tcg", { trace: ["postcopy_*", "loadvm_*"] });
+  assert.equal(after(a, "-trace"), ["enable=postcopy_*", "enable=loadvm_*"]);
+  assert.equal(after(a, "-msg"), ["timestamp=on"]);
+  assert.not.ok(buildQemuArgs(spec, paths, "tcg").includes("-trace"));
+});
+
 test("buildQemuArgs: kvm, NBD disk, tap NIC, paused and incoming", () => {
   const a = buildQemuArgs(
     { ...spec, disk: { nbd: "nbd://10.0.0.1:10809/vm1" }, nic: { tap: "tap7", mac: "52:54:00:00:00:07" } },
@@ -103,7 +110,8 @@ test("buildQemuArgs: kvm, NBD disk, tap NIC, paused and incoming", () => {
   );
   assert.equal(after(a, "-cpu"), ["host"]);
   assert.equal(after(a, "-drive"), ["file=nbd://10.0.0.1:10809/vm1,if=none,id=disk0,format=raw"]);
-  assert.ok(after(a, "-device").includes("virtio-blk-pci,drive=disk0,id=vd0"));
+  // An explicit geometry: QEMU does not read the (maybe remote, lazy) disk while it starts.
+  assert.ok(after(a, "-device").includes("virtio-blk-pci,drive=disk0,id=vd0,cyls=16383,heads=16,secs=63"));
   assert.equal(after(a, "-netdev"), ["tap,id=net0,ifname=tap7,script=no,downscript=no"]);
   assert.ok(after(a, "-device").includes("virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:00:00:07"));
   assert.ok(a.includes("-S"));

@@ -1,11 +1,42 @@
 // Name -> Export, changeable at runtime. The NBD server looks exports up here on every
 // handshake, so an export added now is reachable at once, and removing one disconnects
-// only its own clients.
+// only its own clients. A name being created is reserved here: a client asking for it waits
+// for the create's outcome instead of being told "unknown" (a migration starts the
+// destination's QEMU while its disk's proxy export still opens across the WAN).
 import type { Backend } from "./backend.js";
 import { Export, type ExportOptions } from "./export.js";
 
 export class ExportRegistry {
   private readonly exports = new Map<string, Export>();
+  /** Names being created, each with the promise that settles when its create ends. */
+  private readonly reserved = new Map<string, { settled: Promise<void>; settle: () => void }>();
+
+  /** Reserves `name` for a create; false if it is reserved already. */
+  reserve(name: string): boolean {
+    if (this.reserved.has(name)) return false;
+    let settle!: () => void;
+    const settled = new Promise<void>((r) => {
+      settle = r;
+    });
+    this.reserved.set(name, { settled, settle });
+    return true;
+  }
+
+  /** The create of `name` ended (served now, or failed): clients waiting for it go on. */
+  release(name: string): void {
+    const r = this.reserved.get(name);
+    this.reserved.delete(name);
+    r?.settle();
+  }
+
+  isReserved(name: string): boolean {
+    return this.reserved.has(name);
+  }
+
+  /** While `name` is being created: settles when that create ends. */
+  opening(name: string): Promise<void> | undefined {
+    return this.reserved.get(name)?.settled;
+  }
 
   /** Adds an export; a duplicate name is an error. */
   add(opts: ExportOptions): Export {

@@ -2,8 +2,11 @@
 // unix:PATH`); each connection QEMU opens is carried on its own TCP connection to the
 // destination page-server, after a hello naming the migration. With `handoff` there is no
 // unix socket: the one TCP connection is handed to the source QEMU itself (handoffSocket()).
-// With `choose`, the first connection times a few pings first and the path is picked from
-// the measured round trip (path-policy.ts) before the real hello goes out on it.
+// With `choose`, the first connection times the link first (two pings, the first sent along
+// with a probe hello) and the path is picked from the measured round trip
+// (path-policy.ts) before the real hello goes out on it. With the urgent lane, a second
+// connection is readied meanwhile (connected, probe hello answered) so QEMU's second
+// connection costs one round trip, not two: a migration's switch-over waits for that lane.
 import { unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
@@ -45,9 +48,6 @@ export interface OutboundOptions {
   log?: Logger;
 }
 
-/** Pings timed on the first connection; the smallest round trip counts (the first may carry set-up). */
-export const PROBE_PINGS = 3;
-
 export class ChannelOut {
   readonly counters: RelayCounters = newCounters();
   connections = 0;
@@ -59,6 +59,8 @@ export class ChannelOut {
   plan: ChannelPlan | undefined;
   private server: Server | undefined;
   private spare: Socket | undefined;
+  /** The urgent lane's connection, readied while QEMU starts (see readyLane). */
+  private lane: Promise<Socket | undefined> | undefined;
   private readonly sockets = new Set<Socket>();
   private readonly log: Logger;
 
@@ -100,6 +102,7 @@ export class ChannelOut {
     }
     this.spare = await this.dial(this.opts.recover, !this.opts.recover && !!this.opts.choose);
     if (this.opts.handoff) return;
+    if (this.opts.preempt && !this.opts.recover) this.lane = this.readyLane();
     const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -148,6 +151,8 @@ export class ChannelOut {
   /** Tears the channel down at once (failure, cancel, shutdown). */
   async close(): Promise<void> {
     this.spare?.destroy();
+    void this.lane?.then((s) => s?.destroy());
+    this.lane = undefined;
     for (const s of this.sockets) s.destroy();
     const server = this.server;
     this.server = undefined;
@@ -161,41 +166,98 @@ export class ChannelOut {
 
   /** A TCP connection to the destination, accepted for this migration. */
   private async dial(recover = false, probe = false): Promise<Socket> {
-    const [host, port] = splitHostPort(this.opts.peer);
-    const peer = connectSocket({ host, port, noDelay: true });
-    this.track(peer);
-    const hello = async (flags: Parameters<typeof encodeHello>[1]) => {
-      peer.write(encodeHello(this.opts.migrationId, flags));
-      const reply = await readPreamble(peer, decodeReply, 10_000);
-      if (reply.status !== ReplyStatus.Ok)
-        throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
-    };
+    const peer = this.connect();
     try {
-      await new Promise<void>((resolve, reject) => {
-        peer.once("connect", resolve);
-        peer.once("error", reject);
-      });
+      await connected(peer);
       if (probe && this.opts.choose) {
-        await hello({ probe: true });
-        this.rttMs = await measureRtt(peer);
+        // Two pings, the first sent along with the probe hello (answered after its reply);
+        // the smaller round trip counts. Not the TCP handshake: a proxy on the path answers that.
+        const t1 = performance.now();
+        peer.write(Buffer.concat([encodeHello(this.opts.migrationId, { probe: true }), encodePing(1)]));
+        await this.accepted(peer);
+        await pong(peer, 1);
+        const first = performance.now() - t1;
+        const t2 = performance.now();
+        peer.write(encodePing(2));
+        await pong(peer, 2);
+        this.rttMs = Math.min(first, performance.now() - t2);
         this.plan = this.opts.choose(this.rttMs);
         this.opts.handoff = this.plan.path === "handoff";
         this.opts.compression = this.plan.compression;
         this.opts.preempt = this.plan.preempt;
       }
-      await hello({
+      await this.hello(peer, recover);
+    } catch (err) {
+      throw this.failed(peer, err);
+    }
+    return peer;
+  }
+
+  /**
+   * The urgent lane's connection, up to its probe hello: QEMU opens the lane right after the
+   * main stream, and the switch-over waits for it. Undefined if that failed (dialled afresh then).
+   */
+  private async readyLane(): Promise<Socket | undefined> {
+    const peer = this.connect();
+    try {
+      await connected(peer);
+      peer.write(encodeHello(this.opts.migrationId, { probe: true }));
+      await this.accepted(peer);
+      return peer;
+    } catch (err) {
+      peer.destroy();
+      this.log.debug("channel: urgent lane not readied", { err });
+      return undefined;
+    }
+  }
+
+  private connect(): Socket {
+    const [host, port] = splitHostPort(this.opts.peer);
+    const peer = connectSocket({ host, port, noDelay: true });
+    this.track(peer);
+    peer.on("error", () => {}); // each step listens for errors itself; none may go unhandled
+    return peer;
+  }
+
+  /** The real hello, with the path's settings; resolves once the destination accepted it. */
+  private async hello(peer: Socket, recover = false): Promise<void> {
+    peer.write(
+      encodeHello(this.opts.migrationId, {
         recover,
         compress: framed(this.opts.compression),
         handoff: this.opts.handoff,
         preempt: this.opts.preempt,
-      });
-    } catch (err) {
-      peer.destroy();
-      this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
-      throw new ChannelError(this.lastError);
+      }),
+    );
+    await this.accepted(peer);
+  }
+
+  private async accepted(peer: Socket): Promise<void> {
+    const reply = await readPreamble(peer, decodeReply, 10_000);
+    if (reply.status !== ReplyStatus.Ok)
+      throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
+  }
+
+  private failed(peer: Socket, err: unknown): ChannelError {
+    peer.destroy();
+    this.lastError = `channel to ${this.opts.peer}: ${(err as Error).message}`;
+    return new ChannelError(this.lastError);
+  }
+
+  /** The next connection for QEMU: the readied urgent lane if there is one, else a new one. */
+  private async nextPeer(): Promise<Socket> {
+    const lane = await this.lane;
+    this.lane = undefined;
+    if (lane && !lane.destroyed) {
+      try {
+        await this.hello(lane);
+        return lane;
+      } catch (err) {
+        this.failed(lane, err);
+        this.log.debug("channel: readied lane refused; dialling afresh", { err });
+      }
     }
-    peer.on("error", () => {});
-    return peer;
+    return this.dial();
   }
 
   private async onQemu(qemu: Socket): Promise<void> {
@@ -206,7 +268,7 @@ export class ChannelOut {
     this.spare = undefined;
     if (!peer || peer.destroyed) {
       try {
-        peer = await this.dial();
+        peer = await this.nextPeer();
       } catch (err) {
         this.log.warn("channel: cannot open", { err });
         qemu.destroy();
@@ -230,17 +292,16 @@ export class ChannelOut {
   }
 }
 
-/** Smallest of PROBE_PINGS ping/pong round trips on `peer` (ms), one at a time. */
-async function measureRtt(peer: Socket): Promise<number> {
-  let best = Number.POSITIVE_INFINITY;
-  for (let seq = 1; seq <= PROBE_PINGS; seq++) {
-    const t0 = performance.now();
-    peer.write(encodePing(seq));
-    const pong = await readPreamble(peer, decodePing, 10_000);
-    if (pong.seq !== seq) throw new Error(`channel probe: pong ${pong.seq} for ping ${seq}`);
-    best = Math.min(best, performance.now() - t0);
-  }
-  return best;
+async function pong(peer: Socket, seq: number): Promise<void> {
+  const p = await readPreamble(peer, decodePing, 10_000);
+  if (p.seq !== seq) throw new Error(`channel probe: pong ${p.seq} for ping ${seq}`);
+}
+
+function connected(peer: Socket): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    peer.once("connect", resolve);
+    peer.once("error", reject);
+  });
 }
 
 /** Whether the wire carries frames (anything but plain QEMU bytes). */

@@ -14,7 +14,12 @@ export interface LaunchOptions {
   paused?: boolean;
   /** Migration destination: wait for migrate-incoming (-incoming defer). */
   incoming?: boolean;
+  /** QEMU trace event patterns (`-trace enable=…`), time-stamped into its log: a debugging aid. */
+  trace?: string[];
 }
+
+/** Both ends of a migration start the disk's device with it (see buildQemuArgs). */
+export const VIRTIO_BLK_GEOMETRY = "cyls=16383,heads=16,secs=63";
 
 /** QEMU option values escape commas by doubling them. */
 export function optValue(v: string): string {
@@ -62,7 +67,10 @@ export function buildQemuArgs(
   if (paths.pidFile) a.push("-pidfile", paths.pidFile);
   if (spec.disk) {
     a.push("-drive", `file=${optValue(spec.disk.nbd)},if=none,id=disk0,format=raw`);
-    a.push("-device", "virtio-blk-pci,drive=disk0,id=vd0");
+    // A fixed geometry: left to guess, QEMU reads the disk's first sector while it starts,
+    // and a migration's destination then waits for that block across the WAN (its disk is a
+    // lazy proxy) before it can even take the stream. Linux ignores virtio-blk's CHS.
+    a.push("-device", `virtio-blk-pci,drive=disk0,id=vd0,${VIRTIO_BLK_GEOMETRY}`);
   }
   if (spec.nic) {
     a.push("-netdev", `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no`);
@@ -70,5 +78,9 @@ export function buildQemuArgs(
   }
   if (launch.paused) a.push("-S");
   if (launch.incoming) a.push("-incoming", "defer");
+  if (launch.trace?.length) {
+    a.push("-msg", "timestamp=on");
+    for (const t of launch.trace) a.push("-trace", `enable=${optValue(t)}`);
+  }
   return a;
 }

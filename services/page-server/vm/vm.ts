@@ -84,7 +84,7 @@ export class Vm extends EventEmitter<Events> {
   async start(launch: LaunchOptions = {}): Promise<void> {
     this.transition("spawn");
     mkdirSync(this.opts.runDir, { recursive: true });
-    const args = this.qemuArgs(launch);
+    const args = this.qemuArgs({ trace: qemuTraceFromEnv(), ...launch });
     const bin = this.opts.qemuBinary ?? "qemu-system-x86_64";
     this.log.info("starting qemu", { accel: this.accel, args: args.join(" ") });
     // The spec beside the sockets lets a restarted page-server find and adopt this QEMU.
@@ -285,4 +285,10 @@ export class Vm extends EventEmitter<Events> {
 
 function sleepMs(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** VMHOP_QEMU_TRACE: QEMU trace event patterns (comma-separated) for every VM's qemu.log. */
+function qemuTraceFromEnv(): string[] | undefined {
+  const v = process.env.VMHOP_QEMU_TRACE?.trim();
+  return v ? v.split(",").filter(Boolean) : undefined;
 }

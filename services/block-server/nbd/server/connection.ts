@@ -81,6 +81,8 @@ export class Connection implements Link {
   /** Handshake deadline, then (draining) the deadline for the last replies. */
   private timer: NodeJS.Timeout | undefined;
   private paused = false;
+  /** The handshake waits for an export being created (see Handshake's Wait). */
+  private waiting = false;
   /** The client ended its side: serve what it sent, then drain. */
   private eof = false;
   /** destroySoon() was called. */
@@ -212,7 +214,7 @@ export class Connection implements Link {
 
   private pump(): void {
     try {
-      while (this.isLive() && this.life.allows.read && !this.paused) {
+      while (this.isLive() && this.life.allows.read && !this.paused && !this.waiting) {
         if (this.life.state === "handshake") {
           if (!this.handshakeStep()) break;
           continue;
@@ -243,6 +245,15 @@ export class Connection implements Link {
     if (this.queue.length === 0) return false;
     const r = this.handshake.step(this.queue.peek(this.queue.length));
     if ("need" in r) return false;
+    if ("wait" in r) {
+      // Bounded by the handshake deadline; the same option is read again afterwards.
+      this.waiting = true;
+      void r.wait.then(() => {
+        this.waiting = false;
+        this.pump();
+      });
+      return false;
+    }
     this.queue.skip(r.consumed);
     for (const b of r.out) this.write(b);
     if (r.hangup) {

@@ -30,6 +30,8 @@ export const BASE_ALLOCATION_ID = 1;
 export interface ExportLookup {
   resolve(name: string): Export | undefined;
   list(): Export[];
+  /** While an export of this name is being created: settles when that ends. */
+  opening?(name: string): Promise<void> | undefined;
 }
 
 export interface Negotiated {
@@ -47,6 +49,11 @@ export interface Step {
   done?: Negotiated;
   /** Set when the connection must end (after sending `out`). */
   hangup?: string;
+}
+
+/** The option names an export still being created: feed the same bytes again once it settles. */
+export interface Wait {
+  wait: Promise<void>;
 }
 
 export class Handshake {
@@ -71,7 +78,7 @@ export class Handshake {
   }
 
   /** Processes at most one message from the start of `buf`. Throws ProtocolError on bad framing. */
-  step(buf: Buffer): { need: number } | Step {
+  step(buf: Buffer): { need: number } | Step | Wait {
     if (this.state === "client-flags") {
       const d = H.decodeClientFlags(buf);
       if (isNeed(d)) return d;
@@ -87,6 +94,8 @@ export class Handshake {
     if (this.state !== "options") throw new Error(`handshake: step() in state ${this.state}`);
     const d: Decoded<H.OptionRequest> = H.decodeOption(buf);
     if (isNeed(d)) return d;
+    const wait = this.opening(d.value.option, d.value.data);
+    if (wait) return { wait };
     if (++this.options > MAX_OPTIONS) {
       this.go("hangup");
       return { consumed: d.consumed, out: [], hangup: `more than ${MAX_OPTIONS} options` };
@@ -94,6 +103,23 @@ export class Handshake {
     const r = this.option(d.value.option, d.value.data);
     this.go(r.done ? "enter" : r.hangup ? "hangup" : "reply");
     return { consumed: d.consumed, ...r };
+  }
+
+  /** An option about an export that is not there yet but being created: wait for it. */
+  private opening(option: number, data: Buffer): Promise<void> | undefined {
+    if (!this.exports.opening) return undefined;
+    let name: string;
+    try {
+      if (option === C.NBD_OPT_EXPORT_NAME) name = H.decodeExportName(data);
+      else if (option === C.NBD_OPT_GO || option === C.NBD_OPT_INFO) name = H.decodeInfoRequest(data).name;
+      else if (option === C.NBD_OPT_SET_META_CONTEXT || option === C.NBD_OPT_LIST_META_CONTEXT)
+        name = H.decodeMetaContextRequest(data).name;
+      else return undefined;
+    } catch (e) {
+      if (e instanceof ProtocolError) return undefined; // answered as malformed by option()
+      throw e;
+    }
+    return this.exports.resolve(name) ? undefined : this.exports.opening(name);
   }
 
   private option(option: number, data: Buffer): Omit<Step, "consumed"> {
