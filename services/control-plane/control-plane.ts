@@ -10,6 +10,7 @@ import type { Store, Unsubscribe } from "../common/store/index.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { newMigrationId } from "./migration-id.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
@@ -338,7 +339,7 @@ export class ControlPlane {
     const handoverMode = req.handoverMode ?? 0;
     if (handoverMode < 0 || !HandoverMode[handoverMode])
       throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);
-    const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
+    const id = newMigrationId();
     // The fence the claim below raises the VM's to (it refuses if another claim came first).
     const fencingToken = Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1);
     const now = Date.now();

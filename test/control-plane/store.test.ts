@@ -6,6 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
+import { MIGRATION_ID } from "../../services/control-plane/migration-id.js";
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -224,6 +225,7 @@ function storeSuite(kind: "memory" | "redis") {
     const m = await c.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "r-1" });
     assert.is(m.sourceHostId, "a");
     assert.is(m.fencingToken, 1);
+    assert.match(m.migrationId, MIGRATION_ID);
     const end = await c.waitForMigration(m.migrationId);
     assert.is(end.state, "failed");
     assert.match(end.error, /page-server 127\.0\.0\.1:\d+: PrepareIncoming: /);
@@ -240,7 +242,7 @@ function storeSuite(kind: "memory" | "redis") {
     await rejectsWithStatus(
       c.migrateVm({ vmId: "v9", destinationHostId: "b", mode: 0, requestId: "r-1" }),
       grpc.status.INVALID_ARGUMENT,
-      /request_id r-1 was used for migration m-\d+ of VM v1/,
+      new RegExp(`request_id r-1 was used for migration ${m.migrationId} of VM v1`),
     );
   });
 
