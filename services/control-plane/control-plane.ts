@@ -7,9 +7,11 @@ import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
+import { vmSpecProblem } from "../common/vm-spec-validation.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { HostRegistry } from "./hosts.js";
 import { newMigrationId } from "./migration-id.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
@@ -48,16 +50,6 @@ export interface MigrateRequest {
 export interface ClusterVmView {
   record: VmRecord;
   vm: Vm;
-}
-
-const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-function checkId(what: string, id: string): void {
-  if (!ID.test(id))
-    throw new ControlError(
-      "invalid",
-      `${what} must be 1-63 letters, digits, '.', '_' or '-', got ${JSON.stringify(id)}`,
-    );
 }
 
 /** The VM's disk URL as its spec says (empty: no disk). */
@@ -99,6 +91,7 @@ export class ControlPlane {
   private readonly anchor?: NetreachAnchor;
   private readonly address: AddressMover;
   private readonly vms: VmLifecycle;
+  private readonly hosts: HostRegistry;
 
   constructor(
     readonly store: Store,
@@ -106,6 +99,7 @@ export class ControlPlane {
   ) {
     const log = opts.log ?? silentLogger;
     this.anchor = opts.netreach ? new NetreachAnchor(opts.netreach) : undefined;
+    this.hosts = new HostRegistry(store, this.pages, opts.reachMs ?? 3000);
     this.address = new AddressMover(store, this.anchor, log);
     this.executor = new Executor(store, this.pages, log, this.address, opts.executor);
     // A new VM with home addresses is placed in netreach at its host's site once QEMU runs.
@@ -160,11 +154,14 @@ export class ControlPlane {
     return this.executor.idle();
   }
 
-  async registerHost(h: HostRecord): Promise<HostRecord> {
-    checkId("host_id", h.host_id);
-    if (!h.page_server_address) throw new ControlError("invalid", "page_server_address is required");
-    await this.store.set(KEYS.host(h.host_id), JSON.stringify(h));
-    return h;
+  /** Adds or updates a host whose page-server answers (hosts.ts). */
+  registerHost(h: HostRecord): Promise<HostRecord> {
+    return this.hosts.register(h);
+  }
+
+  /** Forgets a host with nothing on it or moving to or from it (hosts.ts). */
+  deregisterHost(hostId: string): Promise<void> {
+    return this.hosts.deregister(hostId);
   }
 
   async host(hostId: string): Promise<HostRecord> {
@@ -220,7 +217,9 @@ export class ControlPlane {
     disk?: NewDisk,
   ): Promise<ClusterVmView> {
     if (!spec) throw new ControlError("invalid", "spec is required");
-    checkId("vm_id", spec.vmId);
+    // The page-server's own check of id and sizes, before anything is recorded or asked.
+    const problem = vmSpecProblem(spec);
+    if (problem) throw new ControlError("invalid", problem);
     const network = checkAddresses(spec, addresses);
     const host = await this.host(hostId);
     if (host.asleep) throw new ControlError("precondition", `host ${hostId} is asleep`);

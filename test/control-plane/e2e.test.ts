@@ -23,7 +23,7 @@ import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
-import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
+import { type ControlPlaneHandle, host, plantHost, startControlPlane, startPageServer } from "./fixtures.js";
 
 const e2e = gate(
   test,
@@ -124,7 +124,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     grpc.status.INVALID_ARGUMENT,
     /already runs on host h3/,
   );
-  await c().registerHost(host("h-dead", `127.0.0.1:${await freePort()}`));
+  // A host registered while its page-server answered, down since.
+  await plantHost(cp.cp.store, "h-dead", `127.0.0.1:${await freePort()}`);
   await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h-dead", mode: 0, requestId: "" }),
     grpc.status.UNAVAILABLE,

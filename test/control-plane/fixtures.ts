@@ -9,6 +9,7 @@ import { ControlClient } from "../../services/control-plane/client.js";
 import { ControlPlane } from "../../services/control-plane/control-plane.js";
 import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
+import { type HostRecord, KEYS } from "../../services/control-plane/records.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
 import { until } from "../helpers/wait.js";
@@ -88,6 +89,30 @@ export function host(hostId: string, pageServerAddress: string) {
     memoryMib: 4096,
     asleep: false,
   };
+}
+
+/**
+ * A host recorded straight in the store, as RegisterHost leaves it: for hosts whose page-server
+ * is down (RegisterHost refuses one that does not answer) or shares another host's address.
+ */
+export async function plantHost(
+  store: Store,
+  hostId: string,
+  pageServerAddress: string,
+  extra: Partial<HostRecord> = {},
+): Promise<void> {
+  const rec: HostRecord = {
+    host_id: hostId,
+    site: "",
+    page_server_address: pageServerAddress,
+    block_server_address: "",
+    block_nbd_address: "",
+    cpus: 2,
+    memory_mib: 4096,
+    asleep: false,
+    ...extra,
+  };
+  await store.set(KEYS.host(hostId), JSON.stringify(rec));
 }
 
 /** Waits (bounded) until a migration is final (done, failed, cancelled); returns its record. */
