@@ -31,6 +31,8 @@ commands:
           [--handover auto|bbm|mbb|mbb-fp|mbb-bicast]
           [--request-id ID] [--no-wait]
            migrate a VM (and its disk: lazy by default when it is on the source's block-server);
+           precopy and hybrid are refused where they corrupt guests (QEMU < 8.0 under TCG; auto
+           is post-copy there);
            shows progress until the migration is final unless --no-wait (with --json: the final
            record as one JSON object; exit 1 when it failed or was cancelled)
   migrations [VM_ID]                     list migrations, newest first

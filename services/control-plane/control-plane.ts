@@ -13,6 +13,7 @@ import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
 import { HostRegistry } from "./hosts.js";
 import { newMigrationId } from "./migration-id.js";
+import { decideMode } from "./mode-safety.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
@@ -81,6 +82,11 @@ export interface ControlPlaneOptions {
   executor?: ExecutorOptions;
   /** The netreach anchor's gRPC address; absent: VMs keep no address across sites. */
   netreach?: string;
+  /**
+   * Lets an explicit pre-copy or hybrid run where it corrupts guests (QEMU < 8.0 under TCG):
+   * for tests whose pre-copy is rolled back before the switch-over. `auto` stays safe.
+   */
+  allowUnsafePrecopy?: boolean;
   /** How often a VM left held by a stopped CreateVm/DeleteVm is settled again while its host does not answer. */
   repairRetryMs?: number;
 }
@@ -334,7 +340,18 @@ export class ControlPlane {
     }
     await this.reachable(src);
     await this.reachable(dst);
-    const mode = req.mode || MigrationMode.MIGRATION_MODE_POSTCOPY;
+    if (req.mode !== undefined && !MigrationMode[req.mode])
+      throw new ControlError("invalid", `unknown mode ${req.mode}`);
+    // No pre-copy where it corrupts guests (mode-safety.ts).
+    const decided = decideMode(
+      req.mode ?? MigrationMode.MIGRATION_MODE_UNSPECIFIED,
+      await Promise.all([this.hosts.qemu(src), this.hosts.qemu(dst)]),
+      this.opts.allowUnsafePrecopy,
+    );
+    if (decided.mode === undefined) throw new ControlError("precondition", decided.refused);
+    if (decided.note)
+      (this.opts.log ?? silentLogger).info("migration mode", { vm: vm.vm_id, note: decided.note });
+    const mode = decided.mode;
     const handoverMode = req.handoverMode ?? 0;
     if (handoverMode < 0 || !HandoverMode[handoverMode])
       throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);

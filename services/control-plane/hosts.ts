@@ -3,6 +3,7 @@
 // once nothing is on it or moving to or from it.
 import type { Store } from "../common/store/index.js";
 import { ControlError } from "./control-error.js";
+import type { HostQemu } from "./mode-safety.js";
 import type { PageServers } from "./page-client.js";
 import { type HostRecord, KEYS, type MigrationRecord, readJson, scanJson, type VmRecord } from "./records.js";
 import { isFinal } from "./states.js";
@@ -47,6 +48,21 @@ export class HostRegistry {
     }
     await this.store.set(KEYS.host(h.host_id), JSON.stringify(h));
     return h;
+  }
+
+  /** What the host's page-server runs VMs with (mode-safety.ts); unknown when it does not say. */
+  async qemu(h: HostRecord): Promise<HostQemu> {
+    try {
+      const d = await this.pages.get(h.page_server_address).describe(this.reachMs);
+      return {
+        hostId: h.host_id,
+        qemuVersion: d.qemuVersion,
+        accelerator: d.accelerator,
+        unknownBecause: d.qemuError,
+      };
+    } catch (err) {
+      return { hostId: h.host_id, qemuVersion: "", accelerator: "", unknownBecause: (err as Error).message };
+    }
   }
 
   /**

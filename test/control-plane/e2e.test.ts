@@ -95,7 +95,9 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const pageA = await startPageServer(dir.path, "page-a");
   const pageB = await startPageServer(dir.path, "page-b");
   closers.push(pageA.close, pageB.close);
-  let cp: ControlPlaneHandle = await startControlPlane(await redisStore());
+  let cp: ControlPlaneHandle = await startControlPlane(await redisStore(), undefined, {
+    allowUnsafePrecopy: true,
+  });
   closers.push(() => cp.close());
   const c = () => cp.client;
   await c().registerHost(host("h1", pageA.address));
@@ -135,7 +137,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.equal([still.hostId, still.vm?.state, still.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
 
   // Cancelled before its switch-over (pre-copy, cancelled at once): the VM stays on h3, h1's
-  // waiting QEMU is stopped, and the VM is free again.
+  // waiting QEMU is stopped, and the VM is free again. (Pre-copy corrupts guests with QEMU 7.2
+  // under TCG: allowed here since it never reaches the switch-over; see mode-safety.test.ts.)
   const doomed = await c().migrateVm({
     vmId: "small",
     destinationHostId: "h1",
@@ -237,7 +240,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const old = cp;
   await old.close();
   const stoppedAt = (await (await redisStore()).get(`control:migration:${back.migrationId}`))!;
-  cp = await startControlPlane(await redisStore());
+  cp = await startControlPlane(await redisStore(), undefined, { allowUnsafePrecopy: true });
   const end = await cp.client.waitForMigration(back.migrationId);
   assert.is(end.state, "done", `${end.state}: ${end.error} (stopped at ${JSON.parse(stoppedAt).state})`);
   assert.is(end.fencingToken, 3);

@@ -6,7 +6,7 @@ import { type RunningGrpcServer, startGrpcServer } from "../../services/common/g
 import { silentLogger } from "../../services/common/log.js";
 import type { Store } from "../../services/common/store/index.js";
 import { ControlClient } from "../../services/control-plane/client.js";
-import { ControlPlane } from "../../services/control-plane/control-plane.js";
+import { ControlPlane, type ControlPlaneOptions } from "../../services/control-plane/control-plane.js";
 import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
 import { type HostRecord, KEYS } from "../../services/control-plane/records.js";
@@ -56,8 +56,9 @@ export interface ControlPlaneHandle {
 export async function startControlPlane(
   store: Store,
   executor?: ExecutorOptions,
+  opts: Pick<ControlPlaneOptions, "allowUnsafePrecopy"> = {},
 ): Promise<ControlPlaneHandle> {
-  const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200 });
+  const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200, ...opts });
   const grpc = await startGrpcServer({
     serviceName: "control-plane",
     listen: "127.0.0.1:0",

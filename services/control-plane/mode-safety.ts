@@ -1,0 +1,59 @@
+// Which migration modes are safe between two hosts (pure). QEMU before 8.0 under TCG corrupts
+// pre-copied guests after a few rounds (dirty pages missed; fixed upstream in commit
+// 03bfc2188f, first released in 8.0): there `auto` becomes post-copy and an explicit pre-copy
+// or hybrid (which starts with pre-copy rounds) is refused with the reason.
+import { MigrationMode } from "../../gen/vmhop/v1/page.js";
+
+/** What a host's page-server reports (DescribeHost); version "" when unknown. */
+export interface HostQemu {
+  hostId: string;
+  qemuVersion: string;
+  accelerator: string;
+  /** Why the version is unknown (the page-server's words, or why it did not say). */
+  unknownBecause?: string;
+}
+
+/** Why pre-copy corrupts guests on this host, or undefined when it is safe there. */
+export function precopyHazard(h: HostQemu): string | undefined {
+  if (h.accelerator === "kvm") return undefined; // KVM tracks dirty pages in the kernel
+  if (!h.qemuVersion || !h.accelerator)
+    return `host ${h.hostId} runs ${h.accelerator ? h.accelerator.toUpperCase() : "an unknown accelerator"} with a QEMU of unknown version (${h.unknownBecause || "not reported"})`;
+  const [major] = h.qemuVersion.split(".").map(Number);
+  if (major !== undefined && major < 8)
+    return `host ${h.hostId} runs QEMU ${h.qemuVersion} under TCG, which corrupts pre-copied guests (fixed in QEMU 8.0, commit 03bfc2188f)`;
+  return undefined;
+}
+
+export type ModeDecision = { mode: MigrationMode; note?: string } | { refused: string; mode?: undefined };
+
+/**
+ * The mode a migration between `hosts` runs in: unspecified is post-copy; `auto` stays `auto`
+ * (the source page-server picks by the dirty rate) unless pre-copy is unsafe on a host, then
+ * post-copy (with a note why); pre-copy and hybrid there are refused (unless `allowUnsafe`).
+ */
+export function decideMode(requested: MigrationMode, hosts: HostQemu[], allowUnsafe = false): ModeDecision {
+  if (
+    requested === MigrationMode.MIGRATION_MODE_UNSPECIFIED ||
+    requested === MigrationMode.MIGRATION_MODE_POSTCOPY
+  )
+    return { mode: MigrationMode.MIGRATION_MODE_POSTCOPY };
+  const precopying = [
+    MigrationMode.MIGRATION_MODE_PRECOPY,
+    MigrationMode.MIGRATION_MODE_HYBRID,
+    MigrationMode.MIGRATION_MODE_AUTO,
+  ];
+  if (!precopying.includes(requested)) return { mode: requested }; // unknown values: the caller's to refuse
+  const hazards = hosts.map(precopyHazard).filter((x): x is string => x !== undefined);
+  if (hazards.length === 0) return { mode: requested };
+  if (requested === MigrationMode.MIGRATION_MODE_AUTO)
+    return {
+      mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+      note: `auto chose post-copy: ${hazards.join("; ")}`,
+    };
+  if (allowUnsafe) return { mode: requested, note: `allowed although ${hazards.join("; ")}` };
+  const name =
+    requested === MigrationMode.MIGRATION_MODE_HYBRID ? "hybrid (pre-copy rounds first)" : "pre-copy";
+  return {
+    refused: `${name} would corrupt the guest: ${hazards.join("; ")}; use post-copy (or auto)`,
+  };
+}
