@@ -70,11 +70,13 @@ export async function run(argv: string[]): Promise<number> {
     children.map((c) => ({ ...c, command: process.execPath, args: [bin, ...c.args] })),
     { env },
   );
-  supervisor.start();
+  // The services have their own process groups (supervisor.ts): a closed terminal's SIGHUP
+  // reaches only `vmhop up`, which stops them like Ctrl-C does.
   const stopped = new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
+      process.once(sig, () => resolve(sig === "SIGHUP" ? "SIGTERM" : sig));
   });
+  supervisor.start();
   console.log(
     `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; control-plane grpc ${o["control-grpc"]}; Ctrl-C stops all`,
   );

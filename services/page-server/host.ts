@@ -59,6 +59,8 @@ export class PageHost {
 
   async open(): Promise<void> {
     mkdirSync(this.opts.runRoot, { recursive: true });
+    // Asked now, so DescribeHost answers at once (the control-plane gives it a deadline).
+    void qemuInfo();
     await this.adoptAll();
     const address = await this.incoming.listen(
       this.opts.channelPort ?? 0,
