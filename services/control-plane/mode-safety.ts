@@ -1,28 +1,11 @@
-// Which migration modes are safe between two hosts (pure). QEMU before 8.0 under TCG corrupts
-// pre-copied guests after a few rounds (dirty pages missed; fixed upstream in commit
-// 03bfc2188f, first released in 8.0): there `auto` becomes post-copy and an explicit pre-copy
-// or hybrid (which starts with pre-copy rounds) is refused with the reason.
+// Which migration modes are safe between two hosts (pure). Where pre-copy corrupts guests
+// (common/precopy-hazard.ts: QEMU < 8.0 under TCG) `auto` becomes post-copy and an explicit
+// pre-copy or hybrid (which starts with pre-copy rounds) is refused with the reason.
 import { MigrationMode } from "../../gen/vmhop/v1/page.js";
+import { type HostQemu, precopyHazard } from "../common/precopy-hazard.js";
 
-/** What a host's page-server reports (DescribeHost); version "" when unknown. */
-export interface HostQemu {
-  hostId: string;
-  qemuVersion: string;
-  accelerator: string;
-  /** Why the version is unknown (the page-server's words, or why it did not say). */
-  unknownBecause?: string;
-}
-
-/** Why pre-copy corrupts guests on this host, or undefined when it is safe there. */
-export function precopyHazard(h: HostQemu): string | undefined {
-  if (h.accelerator === "kvm") return undefined; // KVM tracks dirty pages in the kernel
-  if (!h.qemuVersion || !h.accelerator)
-    return `host ${h.hostId} runs ${h.accelerator ? h.accelerator.toUpperCase() : "an unknown accelerator"} with a QEMU of unknown version (${h.unknownBecause || "not reported"})`;
-  const [major] = h.qemuVersion.split(".").map(Number);
-  if (major !== undefined && major < 8)
-    return `host ${h.hostId} runs QEMU ${h.qemuVersion} under TCG, which corrupts pre-copied guests (fixed in QEMU 8.0, commit 03bfc2188f)`;
-  return undefined;
-}
+export type { HostQemu };
+export { precopyHazard };
 
 export type ModeDecision = { mode: MigrationMode; note?: string } | { refused: string; mode?: undefined };
 
