@@ -1,10 +1,10 @@
 // `vmhop up`: the whole mesh on this machine, one child process per service (as on
-// separate hosts), sharing one store. Prints where each service listens, forwards
-// SIGINT/SIGTERM, and stops everything if one service dies.
-import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
+// separate hosts), sharing one store. Prints where each service listens and keeps the services
+// running (supervisor.ts: a crashed one is restarted with back-off, the others, the data plane
+// among them, keep running); SIGINT/SIGTERM stops them all.
 import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { CliError } from "./errors.js";
+import { type Supervised, Supervisor } from "./supervisor.js";
 
 const specs = {
   store: { type: "string", describe: "redis://HOST:PORT, or empty for each service's embedded store" },
@@ -18,12 +18,6 @@ const specs = {
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
-interface Child {
-  name: string;
-  args: string[];
-  proc?: ChildProcess;
-}
-
 export async function run(argv: string[]): Promise<number> {
   let o: ReturnType<typeof parseConfig<typeof specs>>;
   try {
@@ -33,12 +27,21 @@ export async function run(argv: string[]): Promise<number> {
     throw err;
   }
   if (o.help) {
-    console.log(helpText("usage: vmhop up [options]   (run every vmhop service on this machine)", specs));
+    console.log(
+      helpText(
+        "usage: vmhop up [options]   (run every vmhop service on this machine)\n\n" +
+          "A service that dies is logged and started again after 0.5 s, doubling to 30 s while it\n" +
+          "keeps dying (back to 0.5 s once it stayed up a minute); the others keep running, so the\n" +
+          "block-server, the page-server and their VMs never stop because another service died.\n" +
+          "Ctrl-C (SIGINT) or SIGTERM stops them all.",
+        specs,
+      ),
+    );
     return 0;
   }
   const bin = new URL("../../bin/vmhop.js", import.meta.url).pathname;
   const env = { ...process.env, ...(o.store ? { VMHOP_STORE: o.store } : {}) };
-  const children: Child[] = [
+  const children: Omit<Supervised, "command">[] = [
     {
       name: "block-server",
       args: ["block", "serve", "--listen", o["block-listen"]!, "--grpc", o["block-grpc"]!],
@@ -63,32 +66,19 @@ export async function run(argv: string[]): Promise<number> {
       args: ["placement", "serve", "--grpc", o["placement-grpc"]!, "--control-plane", o["control-grpc"]!],
     },
   ];
-  let stopping = false;
-  const stopAll = (sig: NodeJS.Signals = "SIGTERM") => {
-    stopping = true;
-    for (const c of children) if (c.proc && c.proc.exitCode === null) c.proc.kill(sig);
-  };
-  const exits = children.map(
-    (c) =>
-      new Promise<number>((resolve) => {
-        c.proc = spawn(process.execPath, [bin, ...c.args], { env, stdio: ["ignore", "pipe", "pipe"] });
-        const prefix = (line: string) => `[${c.name}] ${line}`;
-        createInterface({ input: c.proc.stdout! }).on("line", (l) => console.log(prefix(l)));
-        createInterface({ input: c.proc.stderr! }).on("line", (l) => console.error(prefix(l)));
-        c.proc.on("exit", (code, signal) => {
-          if (!stopping) {
-            console.error(`[up] ${c.name} exited (${signal ?? code}); stopping the mesh`);
-            stopAll();
-          }
-          resolve(code ?? 1);
-        });
-      }),
+  const supervisor = new Supervisor(
+    children.map((c) => ({ ...c, command: process.execPath, args: [bin, ...c.args] })),
+    { env },
   );
-  process.on("SIGINT", () => stopAll("SIGINT"));
-  process.on("SIGTERM", () => stopAll("SIGTERM"));
+  // The services have their own process groups (supervisor.ts): a closed terminal's SIGHUP
+  // reaches only `vmhop up`, which stops them like Ctrl-C does.
+  const stopped = new Promise<NodeJS.Signals>((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
+      process.once(sig, () => resolve(sig === "SIGHUP" ? "SIGTERM" : sig));
+  });
+  supervisor.start();
   console.log(
     `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; control-plane grpc ${o["control-grpc"]}; Ctrl-C stops all`,
   );
-  const codes = await Promise.all(exits);
-  return stopping && codes.every((c) => c === 0 || c === null) ? 0 : Math.max(...codes, 1);
+  return supervisor.stop(await stopped);
 }

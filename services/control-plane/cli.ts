@@ -17,7 +17,9 @@ commands:
            the gRPC ControlPlaneService (vmhop control serve --help for every option)
   hosts                                  list registered hosts
   register-host HOST_ID PAGE_ADDR [--site S] [--block-server ADDR --block-nbd ADDR]
-           add or update a host (its page-server's gRPC address; its block-server's gRPC and NBD ones)
+           add or update a host (its page-server's gRPC address, which must answer and not be another
+           host's; its block-server's gRPC and NBD ones)
+  deregister-host HOST_ID                forget a host (refused while VMs are on it or migrating to or from it)
   vms [--host HOST_ID]                   list VMs with their host and live state
   create-vm VM_ID HOST_ID --kernel PATH [--memory-mib 256] [--vcpus 1] [--initrd PATH] [--cmdline S]
           [--tap TAP --mac MAC [--home-ipv6 A,… --home-ipv4 A,…]]
@@ -29,6 +31,8 @@ commands:
           [--handover auto|bbm|mbb|mbb-fp|mbb-bicast]
           [--request-id ID] [--no-wait]
            migrate a VM (and its disk: lazy by default when it is on the source's block-server);
+           precopy and hybrid are refused where they corrupt guests (QEMU < 8.0 under TCG; auto
+           is post-copy there);
            shows progress until the migration is final unless --no-wait (with --json: the final
            record as one JSON object; exit 1 when it failed or was cancelled)
   migrations [VM_ID]                     list migrations, newest first
@@ -204,6 +208,12 @@ async function verb(
         asleep: false,
       });
       out(h, () => `registered ${h.hostId} (page-server ${h.pageServerAddress})`);
+      return 0;
+    }
+    case "deregister-host": {
+      const [hostId] = args(1, pos, "deregister-host HOST_ID");
+      await c.deregisterHost(hostId);
+      out({ hostId }, () => `deregistered ${hostId}`);
       return 0;
     }
     case "vms": {

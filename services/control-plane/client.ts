@@ -48,6 +48,10 @@ export class ControlClient {
       .host!;
   }
 
+  async deregisterHost(hostId: string): Promise<void> {
+    await this.call((m, o, cb) => this.client.deregisterHost({ hostId }, m, o, cb));
+  }
+
   async listHosts(): Promise<Host[]> {
     return (await this.call<{ hosts: Host[] }>((m, o, cb) => this.client.listHosts({}, m, o, cb))).hosts;
   }

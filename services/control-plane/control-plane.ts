@@ -8,10 +8,14 @@ import { MigrationMode, type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page
 import { type Logger, silentLogger } from "../common/log.js";
 import type { Store, Unsubscribe } from "../common/store/index.js";
 import { inSpan } from "../common/tracing.js";
+import { vmSpecProblem } from "../common/vm-spec-validation.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { HostRegistry } from "./hosts.js";
 import { ATTR, MigrationTrace } from "./migration-trace.js";
+import { newMigrationId } from "./migration-id.js";
+import { decideMode } from "./mode-safety.js";
 import { NetreachAnchor } from "./netreach-client.js";
 import { hasAddresses, needsRollback, planNetwork, type VmAddresses } from "./network-states.js";
 import { PageServers } from "./page-client.js";
@@ -51,16 +55,6 @@ export interface ClusterVmView {
   vm: Vm;
 }
 
-const ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-function checkId(what: string, id: string): void {
-  if (!ID.test(id))
-    throw new ControlError(
-      "invalid",
-      `${what} must be 1-63 letters, digits, '.', '_' or '-', got ${JSON.stringify(id)}`,
-    );
-}
-
 /** The VM's disk URL as its spec says (empty: no disk). */
 export function diskUrlOf(vm: VmRecord): string {
   return VmSpec.fromJSON(vm.spec).diskNbdUrl;
@@ -90,6 +84,11 @@ export interface ControlPlaneOptions {
   executor?: ExecutorOptions;
   /** The netreach anchor's gRPC address; absent: VMs keep no address across sites. */
   netreach?: string;
+  /**
+   * Lets an explicit pre-copy or hybrid run where it corrupts guests (QEMU < 8.0 under TCG):
+   * for tests whose pre-copy is rolled back before the switch-over. `auto` stays safe.
+   */
+  allowUnsafePrecopy?: boolean;
   /** How often a VM left held by a stopped CreateVm/DeleteVm is settled again while its host does not answer. */
   repairRetryMs?: number;
 }
@@ -100,6 +99,7 @@ export class ControlPlane {
   private readonly anchor?: NetreachAnchor;
   private readonly address: AddressMover;
   private readonly vms: VmLifecycle;
+  private readonly hosts: HostRegistry;
 
   constructor(
     readonly store: Store,
@@ -107,6 +107,7 @@ export class ControlPlane {
   ) {
     const log = opts.log ?? silentLogger;
     this.anchor = opts.netreach ? new NetreachAnchor(opts.netreach) : undefined;
+    this.hosts = new HostRegistry(store, this.pages, opts.reachMs ?? 3000);
     this.address = new AddressMover(store, this.anchor, log);
     this.executor = new Executor(store, this.pages, log, this.address, opts.executor);
     // A new VM with home addresses is placed in netreach at its host's site once QEMU runs.
@@ -161,11 +162,14 @@ export class ControlPlane {
     return this.executor.idle();
   }
 
-  async registerHost(h: HostRecord): Promise<HostRecord> {
-    checkId("host_id", h.host_id);
-    if (!h.page_server_address) throw new ControlError("invalid", "page_server_address is required");
-    await this.store.set(KEYS.host(h.host_id), JSON.stringify(h));
-    return h;
+  /** Adds or updates a host whose page-server answers (hosts.ts). */
+  registerHost(h: HostRecord): Promise<HostRecord> {
+    return this.hosts.register(h);
+  }
+
+  /** Forgets a host with nothing on it or moving to or from it (hosts.ts). */
+  deregisterHost(hostId: string): Promise<void> {
+    return this.hosts.deregister(hostId);
   }
 
   async host(hostId: string): Promise<HostRecord> {
@@ -226,7 +230,9 @@ export class ControlPlane {
     disk?: NewDisk,
   ): Promise<ClusterVmView> {
     if (!spec) throw new ControlError("invalid", "spec is required");
-    checkId("vm_id", spec.vmId);
+    // The page-server's own check of id and sizes, before anything is recorded or asked.
+    const problem = vmSpecProblem(spec);
+    if (problem) throw new ControlError("invalid", problem);
     const network = checkAddresses(spec, addresses);
     const host = await this.host(hostId);
     if (host.asleep) throw new ControlError("precondition", `host ${hostId} is asleep`);
@@ -341,11 +347,22 @@ export class ControlPlane {
     }
     await this.reachable(src);
     await this.reachable(dst);
-    const mode = req.mode || MigrationMode.MIGRATION_MODE_POSTCOPY;
+    if (req.mode !== undefined && !MigrationMode[req.mode])
+      throw new ControlError("invalid", `unknown mode ${req.mode}`);
+    // No pre-copy where it corrupts guests (mode-safety.ts).
+    const decided = decideMode(
+      req.mode ?? MigrationMode.MIGRATION_MODE_UNSPECIFIED,
+      await Promise.all([this.hosts.qemu(src), this.hosts.qemu(dst)]),
+      this.opts.allowUnsafePrecopy,
+    );
+    if (decided.mode === undefined) throw new ControlError("precondition", decided.refused);
+    if (decided.note)
+      (this.opts.log ?? silentLogger).info("migration mode", { vm: vm.vm_id, note: decided.note });
+    const mode = decided.mode;
     const handoverMode = req.handoverMode ?? 0;
     if (handoverMode < 0 || !HandoverMode[handoverMode])
       throw new ControlError("invalid", `unknown handover_mode ${handoverMode}`);
-    const id = `m-${await this.store.incr(KEYS.migrationSeq)}`;
+    const id = newMigrationId();
     // The fence the claim below raises the VM's to (it refuses if another claim came first).
     const fencingToken = Math.max(await this.store.incr(KEYS.fenceSeq), vm.fencing_token + 1);
     const now = Date.now();

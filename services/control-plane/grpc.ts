@@ -134,6 +134,11 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
       log.info("host registered", { host: h.host_id, page: h.page_server_address });
       return { host: hostToPb(h) };
     }),
+    deregisterHost: unary(async (req) => {
+      await cp.deregisterHost(req.hostId);
+      log.info("host deregistered", { host: req.hostId });
+      return {};
+    }),
     listHosts: unary(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
     setHostAsleep: unary(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
     createVm: unary(async (req) => {

@@ -3,6 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import {
   ChannelCompression,
   ChannelPath,
+  type DescribeHostResponse,
   type MigrationMode,
   PageServiceClient,
   type Vm,
@@ -40,6 +41,13 @@ export class PageServer {
             )
           : resolve(),
       ),
+    );
+  }
+
+  /** What the host runs VMs with (QEMU version, accelerator); within `ms`. */
+  describe(ms = this.timeoutMs): Promise<DescribeHostResponse> {
+    return callPeer(`page-server ${this.address}`, this.address, "DescribeHost", ms, (o, cb) =>
+      this.client.describeHost({}, new grpc.Metadata(), o, cb),
     );
   }
 

@@ -14,8 +14,6 @@ export const KEYS = {
   migrationPrefix: "control:migration:",
   /** request_id → migration_id (MigrateVm idempotency). */
   request: (id: string) => `control:request:${id}`,
-  /** Counter behind migration ids m-1, m-2, …. */
-  migrationSeq: "control:migration-seq",
   /**
    * Counter behind fencing tokens: each claim's token is above every token issued before, for
    * any VM, so a VM deleted and created again under its id never meets its old tokens (the

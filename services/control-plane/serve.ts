@@ -40,6 +40,11 @@ export const serveSpecs = {
     describe:
       "the netreach anchor's gRPC address HOST:PORT: VMs with home addresses keep them across sites (absent: no address mobility)",
   },
+  "allow-unsafe-precopy": {
+    type: "boolean",
+    describe:
+      "run an explicit pre-copy or hybrid migration even where it corrupts guests (QEMU < 8.0 under TCG; refused otherwise): only for tests that roll it back before the switch-over",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -56,6 +61,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     const cp = new ControlPlane(store, {
       log,
       netreach: o.netreach || undefined,
+      allowUnsafePrecopy: o["allow-unsafe-precopy"] ?? false,
       executor: {
         diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20,
         diskCopyRateAfterMemory: (o["disk-copy-rate-mib-after"] ?? 0) * 2 ** 20,

@@ -2,12 +2,13 @@
 // page-server and block-server are being set up or torn down the VM record is held ("create",
 // "delete" in migration_id), so no migration starts meanwhile; open() resolves holds it finds.
 import { type Vm, VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
+import { kindOfStatus } from "../common/grpc/status.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import { type BlockServer, BlockServers } from "./block-client.js";
 import { ControlError } from "./control-error.js";
 import type { PageServer, PageServers } from "./page-client.js";
-import { isNotFound, PeerError } from "./peer-call.js";
+import { isNoAnswer, isNotFound, PeerError } from "./peer-call.js";
 import {
   HOLD_CREATE,
   HOLD_DELETE,
@@ -138,7 +139,9 @@ export class VmLifecycle {
           .remove(spec.vmId, 0)
           .catch((e) => this.log.warn("undoing a create: the disk export", { vm: spec.vmId, err: e }));
       await this.store.compareAndDelete(KEYS.vm(spec.vmId), raw);
-      if (err instanceof PeerError) throw unavailable(`creating VM ${spec.vmId} on ${host.host_id}`, err);
+      // A peer's refusal keeps its status (QEMU's own reason for a VM that does not start is
+      // INVALID_ARGUMENT, a host short of memory RESOURCE_EXHAUSTED); no answer is UNAVAILABLE.
+      if (err instanceof PeerError) throw fromPeer(`creating VM ${spec.vmId} on ${host.host_id}`, err);
       throw err;
     }
   }
@@ -276,6 +279,13 @@ export class VmLifecycle {
         .catch(ignoreNotFound);
     await this.store.compareAndDelete(KEYS.vm(vm.vm_id), raw);
   }
+}
+
+/** A peer's failure as the control-plane's: UNAVAILABLE when it did not answer, else the peer's own status. */
+function fromPeer(what: string, err: PeerError): ControlError {
+  return isNoAnswer(err)
+    ? unavailable(what, err)
+    : new ControlError(kindOfStatus(err.code), `${what}: ${err.message}`);
 }
 
 function unavailable(what: string, err: unknown): ControlError {

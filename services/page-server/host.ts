@@ -12,6 +12,7 @@ import { Outgoing, type OutgoingDefaults, type StartMigrationOptions } from "./m
 import { isFinalPhase } from "./migration/phase.js";
 import { type MigrationRecord, MigrationTable } from "./migration/record.js";
 import { loadMigration } from "./migration/saved.js";
+import { type QemuInfo, qemuInfo } from "./vm/qemu-info.js";
 import { type VmSpec, validateSpec } from "./vm/spec.js";
 import { isLive } from "./vm/states.js";
 import { Vm } from "./vm/vm.js";
@@ -58,6 +59,8 @@ export class PageHost {
 
   async open(): Promise<void> {
     mkdirSync(this.opts.runRoot, { recursive: true });
+    // Asked now, so DescribeHost answers at once (the control-plane gives it a deadline).
+    void qemuInfo();
     await this.adoptAll();
     const address = await this.incoming.listen(
       this.opts.channelPort ?? 0,
@@ -129,6 +132,11 @@ export class PageHost {
     if (force) await vm.kill();
     else await vm.stop();
     return vm;
+  }
+
+  /** The QEMU version and accelerator VMs get here (DescribeHost). */
+  describe(): Promise<QemuInfo> {
+    return qemuInfo();
   }
 
   migration(id: string): MigrationRecord {

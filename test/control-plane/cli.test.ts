@@ -2,6 +2,7 @@
 // placement service started with --control-plane says so in its ready line.
 import * as assert from "uvu/assert";
 import { openStore } from "../../services/common/store/index.js";
+import { freePort } from "../../testbed/ports.js";
 import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { vmhop } from "../helpers/cli.js";
@@ -14,6 +15,7 @@ const test = gate(suite("vmhop control"), ["redis-server"], "vmhop control on re
 const dir = tempDir("vmhop-cp-cli-");
 let redis: RedisHandle;
 let page: PageServerHandle;
+let page2: PageServerHandle;
 const procs: ServiceProcess[] = [];
 
 async function serve(args: string[]): Promise<ServiceProcess> {
@@ -27,11 +29,13 @@ let address = "";
 test.before(async () => {
   redis = await startRedis();
   page = await startPageServer(dir.path, "cli-page");
+  page2 = await startPageServer(dir.path, "cli-page-2");
 });
 
 test.after(async () => {
   for (const p of procs) await p.stop();
   await page?.close();
+  await page2?.close();
   await redis?.stop();
   dir.cleanup();
 });
@@ -125,8 +129,8 @@ test("create-vm and delete-vm: bad flags and refusals; migrate --json prints the
   assert.is(gone.code, 1);
   assert.match(gone.err, `control-plane ${address}: unknown VM v1`);
 
-  // A VM as CreateVm records it (no QEMU here), and a second host on the same page-server: the
-  // migration fails at PrepareIncoming (no such kernel).
+  // A VM as CreateVm records it (no QEMU here), and a second host: the migration fails at
+  // PrepareIncoming (no such kernel).
   const store = await openStore(redis.url, { prefix: "vmhop:" });
   await store.set(
     "control:vm:v2",
@@ -139,7 +143,15 @@ test("create-vm and delete-vm: bad flags and refusals; migrate --json prints the
     }),
   );
   await store.close();
-  assert.is((await vmhop(["control", "register-host", "h2", page.address, ...s])).code, 0);
+  // One id per page-server; a page-server that does not answer is not registered.
+  const twice = await vmhop(["control", "register-host", "h2", page.address, ...s]);
+  assert.is(twice.code, 1);
+  assert.match(twice.err, `page-server ${page.address} is already registered as host h1`);
+  const deadAddress = `127.0.0.1:${await freePort()}`;
+  const dead = await vmhop(["control", "register-host", "h2", deadAddress, ...s]);
+  assert.is(dead.code, 1);
+  assert.match(dead.err, `host h2: page-server ${deadAddress} does not answer`);
+  assert.is((await vmhop(["control", "register-host", "h2", page2.address, ...s])).code, 0);
   const json = await vmhop(["control", "migrate", "v2", "h2", "--json", ...s]);
   assert.is(json.code, 1, "a failed migration exits 1");
   const lines = json.out.trim().split("\n");
@@ -150,12 +162,37 @@ test("create-vm and delete-vm: bad flags and refusals; migrate --json prints the
   // Without --json, not a terminal: a progress line per update on stderr, the outcome on stdout.
   const text = await vmhop(["control", "migrate", "v2", "h2", ...s]);
   assert.is(text.code, 1);
-  assert.match(text.err, /^m-\d+ v2 h1 → h2: failed; .*\d+\.\d s; error: .*PrepareIncoming/m);
-  assert.match(text.out, /^m-\d+ v2 h1 → h2: failed \(.*PrepareIncoming/);
+  assert.match(
+    text.err,
+    /^m-[0-9a-z]{10}-[0-9a-z]{16} v2 h1 → h2: failed; .*\d+\.\d s; error: .*PrepareIncoming/m,
+  );
+  assert.match(text.out, /^m-[0-9a-z]{10}-[0-9a-z]{16} v2 h1 → h2: failed \(.*PrepareIncoming/);
   // delete-vm --json: the VM's page-server does not know it, and it is deleted all the same.
   const del = await vmhop(["control", "delete-vm", "v2", "--json", ...s]);
   assert.is(del.code, 0, del.err);
   assert.equal(JSON.parse(del.out), { vmId: "v2", deleted: true });
+  // deregister-host: refused while a VM is on the host, done once it is gone.
+  const store2 = await openStore(redis.url, { prefix: "vmhop:" });
+  await store2.set(
+    "control:vm:v3",
+    JSON.stringify({ vm_id: "v3", spec: { vmId: "v3" }, host_id: "h2", migration_id: "", fencing_token: 0 }),
+  );
+  const busy = await vmhop(["control", "deregister-host", "h2", ...s]);
+  assert.is(busy.code, 1);
+  assert.match(busy.err, "host h2 cannot be deregistered: VMs on it (v3)");
+  await store2.del("control:vm:v3");
+  await store2.close();
+  const dereg = await vmhop(["control", "deregister-host", "h2", ...s]);
+  assert.is(dereg.code, 0, dereg.err);
+  assert.match(dereg.out, "deregistered h2");
+  const left = await vmhop(["control", "hosts", "--json", ...s]);
+  assert.equal(
+    JSON.parse(left.out).map((h: { hostId: string }) => h.hostId),
+    ["h1"],
+  );
+  const unknown = await vmhop(["control", "deregister-host", "h2", ...s]);
+  assert.is(unknown.code, 1);
+  assert.match(unknown.err, "unknown host h2");
 });
 
 test("placement serve --control-plane names it in its ready line", async () => {

@@ -23,7 +23,7 @@ import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
-import { type ControlPlaneHandle, host, startControlPlane, startPageServer } from "./fixtures.js";
+import { type ControlPlaneHandle, host, plantHost, startControlPlane, startPageServer } from "./fixtures.js";
 
 const e2e = gate(
   test,
@@ -95,7 +95,9 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const pageA = await startPageServer(dir.path, "page-a");
   const pageB = await startPageServer(dir.path, "page-b");
   closers.push(pageA.close, pageB.close);
-  let cp: ControlPlaneHandle = await startControlPlane(await redisStore());
+  let cp: ControlPlaneHandle = await startControlPlane(await redisStore(), undefined, {
+    allowUnsafePrecopy: true,
+  });
   closers.push(() => cp.close());
   const c = () => cp.client;
   await c().registerHost(host("h1", pageA.address));
@@ -124,7 +126,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
     grpc.status.INVALID_ARGUMENT,
     /already runs on host h3/,
   );
-  await c().registerHost(host("h-dead", `127.0.0.1:${await freePort()}`));
+  // A host registered while its page-server answered, down since.
+  await plantHost(cp.cp.store, "h-dead", `127.0.0.1:${await freePort()}`);
   await rejectsWithStatus(
     c().migrateVm({ vmId: "small", destinationHostId: "h-dead", mode: 0, requestId: "" }),
     grpc.status.UNAVAILABLE,
@@ -134,7 +137,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   assert.equal([still.hostId, still.vm?.state, still.migrationId], ["h3", VmState.VM_STATE_RUNNING, ""]);
 
   // Cancelled before its switch-over (pre-copy, cancelled at once): the VM stays on h3, h1's
-  // waiting QEMU is stopped, and the VM is free again.
+  // waiting QEMU is stopped, and the VM is free again. (Pre-copy corrupts guests with QEMU 7.2
+  // under TCG: allowed here since it never reaches the switch-over; see mode-safety.test.ts.)
   const doomed = await c().migrateVm({
     vmId: "small",
     destinationHostId: "h1",
@@ -236,7 +240,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const old = cp;
   await old.close();
   const stoppedAt = (await (await redisStore()).get(`control:migration:${back.migrationId}`))!;
-  cp = await startControlPlane(await redisStore());
+  cp = await startControlPlane(await redisStore(), undefined, { allowUnsafePrecopy: true });
   const end = await cp.client.waitForMigration(back.migrationId);
   assert.is(end.state, "done", `${end.state}: ${end.error} (stopped at ${JSON.parse(stoppedAt).state})`);
   assert.is(end.fencingToken, 3);

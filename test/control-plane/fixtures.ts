@@ -6,9 +6,10 @@ import { type RunningGrpcServer, startGrpcServer } from "../../services/common/g
 import { silentLogger } from "../../services/common/log.js";
 import type { Store } from "../../services/common/store/index.js";
 import { ControlClient } from "../../services/control-plane/client.js";
-import { ControlPlane } from "../../services/control-plane/control-plane.js";
+import { ControlPlane, type ControlPlaneOptions } from "../../services/control-plane/control-plane.js";
 import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
+import { type HostRecord, KEYS } from "../../services/control-plane/records.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
 import { until } from "../helpers/wait.js";
@@ -55,8 +56,9 @@ export interface ControlPlaneHandle {
 export async function startControlPlane(
   store: Store,
   executor?: ExecutorOptions,
+  opts: Pick<ControlPlaneOptions, "allowUnsafePrecopy"> = {},
 ): Promise<ControlPlaneHandle> {
-  const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200 });
+  const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200, ...opts });
   const grpc = await startGrpcServer({
     serviceName: "control-plane",
     listen: "127.0.0.1:0",
@@ -88,6 +90,30 @@ export function host(hostId: string, pageServerAddress: string) {
     memoryMib: 4096,
     asleep: false,
   };
+}
+
+/**
+ * A host recorded straight in the store, as RegisterHost leaves it: for hosts whose page-server
+ * is down (RegisterHost refuses one that does not answer) or shares another host's address.
+ */
+export async function plantHost(
+  store: Store,
+  hostId: string,
+  pageServerAddress: string,
+  extra: Partial<HostRecord> = {},
+): Promise<void> {
+  const rec: HostRecord = {
+    host_id: hostId,
+    site: "",
+    page_server_address: pageServerAddress,
+    block_server_address: "",
+    block_nbd_address: "",
+    cpus: 2,
+    memory_mib: 4096,
+    asleep: false,
+    ...extra,
+  };
+  await store.set(KEYS.host(hostId), JSON.stringify(rec));
 }
 
 /** Waits (bounded) until a migration is final (done, failed, cancelled); returns its record. */

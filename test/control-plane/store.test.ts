@@ -6,6 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
+import { MIGRATION_ID } from "../../services/control-plane/migration-id.js";
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -17,6 +18,7 @@ import {
   type ControlPlaneHandle,
   host,
   type PageServerHandle,
+  plantHost,
   startControlPlane,
   startPageServer,
 } from "./fixtures.js";
@@ -123,8 +125,8 @@ function storeSuite(kind: "memory" | "redis") {
   test("hosts: registered, updated, asleep, and seen by a new control-plane on the store", async () => {
     await cp.client.registerHost(host("a", a.address));
     await cp.client.registerHost(host("b", b.address));
-    await cp.client.registerHost({ ...host("c", "127.0.0.1:1"), site: "old" });
-    await cp.client.registerHost({ ...host("c", "127.0.0.1:1"), site: "new" });
+    // Registered while its page-server answered, down since.
+    await plantHost(store, "c", "127.0.0.1:1", { site: "new" });
     assert.equal((await cp.client.setHostAsleep("c", true)).asleep, true);
     if (kind === "redis") {
       // Durable: a Redis restart and a new connection keep them.
@@ -143,6 +145,55 @@ function storeSuite(kind: "memory" | "redis") {
         ["c", "new", "127.0.0.1:1", true],
       ],
     );
+  });
+
+  test("RegisterHost needs a page-server that answers, one id per page-server; DeregisterHost waits for its VMs", async () => {
+    const c = cp.client;
+    const down = `127.0.0.1:${await freePort()}`;
+    await rejectsWithStatus(
+      c.registerHost(host("x", down)),
+      grpc.status.UNAVAILABLE,
+      new RegExp(`host x: page-server ${down} does not answer`),
+    );
+    await rejectsWithStatus(
+      c.registerHost(host("x", a.address)),
+      grpc.status.ALREADY_EXISTS,
+      new RegExp(`page-server ${a.address} is already registered as host a`),
+    );
+    // Updating a host under its own id stays possible.
+    await c.registerHost({ ...host("a", a.address), site: "s1" });
+    await c.registerHost(host("a", a.address));
+    assert.equal(
+      (await c.listHosts()).map((h) => h.hostId),
+      ["a", "b", "c"],
+      "nothing recorded for the refused ones",
+    );
+    // A VM on the host, then a migration from it, then one held after a switch-over to it.
+    await store.set(KEYS.vm("vx"), JSON.stringify(plantedVm("vx", "b")));
+    await rejectsWithStatus(
+      c.deregisterHost("b"),
+      grpc.status.FAILED_PRECONDITION,
+      /host b cannot be deregistered: VMs on it \(vx\)/,
+    );
+    await store.set(KEYS.vm("vx"), JSON.stringify(plantedVm("vx", "a", "m-950")));
+    await store.set(KEYS.migration("m-950"), JSON.stringify(plantedMigration("m-950", "vx", "switched")));
+    await rejectsWithStatus(
+      c.deregisterHost("b"),
+      grpc.status.FAILED_PRECONDITION,
+      /host b cannot be deregistered: VMs on it \(vx\); migrations to or from it \(m-950 of vx\)/,
+    );
+    await store.set(KEYS.migration("m-950"), JSON.stringify(plantedMigration("m-950", "vx", "failed")));
+    await rejectsWithStatus(c.deregisterHost("b"), grpc.status.FAILED_PRECONDITION, /VMs on it \(vx\)/);
+    await store.del(KEYS.vm("vx"));
+    await store.del(KEYS.migration("m-950"));
+    // Free: forgotten; unknown afterwards; registered again, it is back.
+    await c.deregisterHost("b");
+    assert.equal(
+      (await c.listHosts()).map((h) => h.hostId),
+      ["a", "c"],
+    );
+    await rejectsWithStatus(c.deregisterHost("b"), grpc.status.NOT_FOUND, /unknown host b/);
+    await c.registerHost(host("b", b.address));
   });
 
   test("bad input is refused with the status and what is wrong", async () => {
@@ -202,7 +253,7 @@ function storeSuite(kind: "memory" | "redis") {
     await rejectsWithStatus(migrate("a"), grpc.status.INVALID_ARGUMENT, /VM v1 already runs on host a/);
     await rejectsWithStatus(migrate("zz"), grpc.status.NOT_FOUND, /unknown host zz/);
     await rejectsWithStatus(migrate("c"), grpc.status.FAILED_PRECONDITION, /destination host c is asleep/);
-    await c.registerHost(host("dead", `127.0.0.1:${await freePort()}`));
+    await plantHost(store, "dead", `127.0.0.1:${await freePort()}`);
     await rejectsWithStatus(
       migrate("dead"),
       grpc.status.UNAVAILABLE,
@@ -224,6 +275,7 @@ function storeSuite(kind: "memory" | "redis") {
     const m = await c.migrateVm({ vmId: "v1", destinationHostId: "b", mode: 0, requestId: "r-1" });
     assert.is(m.sourceHostId, "a");
     assert.is(m.fencingToken, 1);
+    assert.match(m.migrationId, MIGRATION_ID);
     const end = await c.waitForMigration(m.migrationId);
     assert.is(end.state, "failed");
     assert.match(end.error, /page-server 127\.0\.0\.1:\d+: PrepareIncoming: /);
@@ -240,7 +292,7 @@ function storeSuite(kind: "memory" | "redis") {
     await rejectsWithStatus(
       c.migrateVm({ vmId: "v9", destinationHostId: "b", mode: 0, requestId: "r-1" }),
       grpc.status.INVALID_ARGUMENT,
-      /request_id r-1 was used for migration m-\d+ of VM v1/,
+      new RegExp(`request_id r-1 was used for migration ${m.migrationId} of VM v1`),
     );
   });
 
@@ -368,7 +420,7 @@ function storeSuite(kind: "memory" | "redis") {
 
   test("a restart while a host does not answer: completing asks again, holds wait for it, a VM past its switch stays held", async () => {
     const port = await freePort();
-    await cp.client.registerHost(host("late", `127.0.0.1:${port}`));
+    await plantHost(store, "late", `127.0.0.1:${port}`);
     // Memory complete, the registry not yet moved; the destination's page-server is down.
     await store.set(
       KEYS.migration("m-903"),

@@ -86,7 +86,14 @@ function assertGuestClean(log: string): void {
 t.before(async () => {
   await destroyStaleNetns("nr-wv-");
   const guest = await ensureGuest();
-  bed = await SitesBed.start({ prefix: PREFIX, dir: dir.path, sites: 2 });
+  bed = await SitesBed.start({
+    prefix: PREFIX,
+    dir: dir.path,
+    sites: 2,
+    // The pre-copy migration below is rolled back before its switch-over: QEMU 7.2's TCG
+    // pre-copy corruption never reaches a guest that keeps running (refused otherwise).
+    controlArgs: ["--allow-unsafe-precopy"],
+  });
   anchor = new NetReachServiceClient(bed.anchorAddress!, grpc.credentials.createInsecure());
   // The VM's disk: an export of s1's block-server.
   const image = join(dir.path, "disk0.raw");

@@ -1,7 +1,9 @@
 import * as assert from "uvu/assert";
+import { unsafeQemu } from "../../services/common/precopy-hazard.js";
 import type { MigrationRecord } from "../../services/page-server/host.js";
 import { chooseMode, measureDirtyRate } from "../../services/page-server/migration/auto.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
+import { qemuInfo } from "../../services/page-server/vm/qemu-info.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
@@ -38,7 +40,7 @@ test("chooseMode: pre-copy when it converges, hybrid in between, post-copy when 
 });
 
 migTest(
-  "auto on a light guest picks pre-copy and completes; the measured dirty rate is plausible",
+  "auto on a light guest picks pre-copy (post-copy where pre-copy corrupts guests) and completes; the measured dirty rate is plausible",
   async () => {
     const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "auto", closers, {
       name: "vm1",
@@ -55,7 +57,14 @@ migTest(
       channelAddress: channel,
       mode: "auto",
     });
-    assert.is(rec.mode, "precopy", rec.modeReason);
+    // Pre-copy converges for this guest, but QEMU < 8.0 under TCG (7.2 on these machines)
+    // corrupts pre-copied guests: there auto takes post-copy and says why.
+    const hazard = unsafeQemu((await qemuInfo()).version, src.accel);
+    if (hazard) {
+      assert.is(rec.mode, "postcopy", rec.modeReason);
+      assert.is(rec.modeReason, `no pre-copy: this host runs ${hazard}`);
+      assert.match(rec.modeReason ?? "", /QEMU \d+\.\d+(\.\d+)? under TCG, which corrupts pre-copied guests/);
+    } else assert.is(rec.mode, "precopy", rec.modeReason);
     const end = await new Promise<MigrationRecord>((resolve) => {
       const on = (r: MigrationRecord) => isFinalPhase(r.phase) && resolve(r);
       rec.events.on("update", on);

@@ -399,7 +399,7 @@ migTest("errors map to gRPC statuses", async () => {
       spec: VmSpec.fromPartial({ vmId: "bad name", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),
     }),
     status.INVALID_ARGUMENT,
-    /name/,
+    /VM spec: vm_id "bad name" must be 1-63 letters, digits or dashes/,
   );
   await call(a.client, "defineVm", {
     spec: VmSpec.fromPartial({ vmId: "v2", vcpus: 1, memoryMib: 64, kernelPath: "/k" }),

@@ -13,7 +13,7 @@ import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { KEYS } from "../../services/control-plane/records.js";
 import { tempDir } from "../../testbed/temp-dir.js";
-import { host, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
+import { host, plantHost, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
 import { test } from "../helpers/uvu.js";
 import { LOAD_HOSTS, reportScenarioLoad, startPlacement } from "./fixtures.js";
 
@@ -74,8 +74,9 @@ test("refused moves and an unknown host to sleep: the plan ends FAILED with each
   assert.equal(final.warnings, ["host h3 not recorded asleep: unknown host h3"]);
 
   // A plan whose VM has since moved elsewhere is stale: its move fails, nothing migrates.
-  await cp.client.registerHost(host("h3", page.address));
-  await cp.client.registerHost(host("h7", page.address));
+  // Hosts sharing h1's page-server (RegisterHost refuses that): recorded straight in the store.
+  await plantHost(cpStore, "h3", page.address);
+  await plantHost(cpStore, "h7", page.address);
   await cpStore.set(
     KEYS.vm("small"),
     JSON.stringify({

@@ -342,6 +342,13 @@ export interface WatchMigrationsResponse {
   migration: Migration | undefined;
 }
 
+export interface DeregisterHostRequest {
+  hostId: string;
+}
+
+export interface DeregisterHostResponse {
+}
+
 function createBaseHost(): Host {
   return {
     hostId: "",
@@ -4097,6 +4104,131 @@ export const WatchMigrationsResponse: MessageFns<WatchMigrationsResponse> = {
   },
 };
 
+function createBaseDeregisterHostRequest(): DeregisterHostRequest {
+  return { hostId: "" };
+}
+
+export const DeregisterHostRequest: MessageFns<DeregisterHostRequest> = {
+  encode(message: DeregisterHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeregisterHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeregisterHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeregisterHostRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DeregisterHostRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeregisterHostRequest>, I>>(base?: I): DeregisterHostRequest {
+    return DeregisterHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeregisterHostRequest>, I>>(object: I): DeregisterHostRequest {
+    const message = createBaseDeregisterHostRequest();
+    message.hostId = object.hostId ?? "";
+    return message;
+  },
+};
+
+function createBaseDeregisterHostResponse(): DeregisterHostResponse {
+  return {};
+}
+
+export const DeregisterHostResponse: MessageFns<DeregisterHostResponse> = {
+  encode(_: DeregisterHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeregisterHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeregisterHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeregisterHostResponse {
+    return {};
+  },
+
+  toJSON(_: DeregisterHostResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeregisterHostResponse>, I>>(base?: I): DeregisterHostResponse {
+    return DeregisterHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeregisterHostResponse>, I>>(_: I): DeregisterHostResponse {
+    const message = createBaseDeregisterHostResponse();
+    return message;
+  },
+};
+
 /**
  * ControlPlaneService is vmhop's public API: hosts, VMs and migrations. Hosts, VMs and the
  * migration state machine are durable in the shared Store (Redis or embedded); migrations
@@ -4105,7 +4237,11 @@ export const WatchMigrationsResponse: MessageFns<WatchMigrationsResponse> = {
  */
 export type ControlPlaneServiceService = typeof ControlPlaneServiceService;
 export const ControlPlaneServiceService = {
-  /** Adds a host or updates it (same host_id). */
+  /**
+   * Adds a host or updates it (same host_id). Its page-server must answer (DescribeHost, 3 s:
+   * UNAVAILABLE naming the address otherwise); a page-server address another host id has
+   * is ALREADY_EXISTS naming that id.
+   */
   registerHost: {
     path: "/vmhop.v1.ControlPlaneService/RegisterHost" as const,
     requestStream: false as const,
@@ -4243,10 +4379,29 @@ export const ControlPlaneServiceService = {
       Buffer.from(WatchMigrationsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchMigrationsResponse => WatchMigrationsResponse.decode(value),
   },
+  /**
+   * Forgets a host. FAILED_PRECONDITION while a VM is on it (or held by a migration that
+   * ended on it) or a migration to or from it is not final.
+   */
+  deregisterHost: {
+    path: "/vmhop.v1.ControlPlaneService/DeregisterHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeregisterHostRequest): Buffer =>
+      Buffer.from(DeregisterHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeregisterHostRequest => DeregisterHostRequest.decode(value),
+    responseSerialize: (value: DeregisterHostResponse): Buffer =>
+      Buffer.from(DeregisterHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeregisterHostResponse => DeregisterHostResponse.decode(value),
+  },
 } as const;
 
 export interface ControlPlaneServiceServer extends UntypedServiceImplementation {
-  /** Adds a host or updates it (same host_id). */
+  /**
+   * Adds a host or updates it (same host_id). Its page-server must answer (DescribeHost, 3 s:
+   * UNAVAILABLE naming the address otherwise); a page-server address another host id has
+   * is ALREADY_EXISTS naming that id.
+   */
   registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse>;
   listHosts: handleUnaryCall<ListHostsRequest, ListHostsResponse>;
   /**
@@ -4279,10 +4434,19 @@ export interface ControlPlaneServiceServer extends UntypedServiceImplementation 
    * transition; with a migration_id the stream ends once that migration is final.
    */
   watchMigrations: handleServerStreamingCall<WatchMigrationsRequest, WatchMigrationsResponse>;
+  /**
+   * Forgets a host. FAILED_PRECONDITION while a VM is on it (or held by a migration that
+   * ended on it) or a migration to or from it is not final.
+   */
+  deregisterHost: handleUnaryCall<DeregisterHostRequest, DeregisterHostResponse>;
 }
 
 export interface ControlPlaneServiceClient extends Client {
-  /** Adds a host or updates it (same host_id). */
+  /**
+   * Adds a host or updates it (same host_id). Its page-server must answer (DescribeHost, 3 s:
+   * UNAVAILABLE naming the address otherwise); a page-server address another host id has
+   * is ALREADY_EXISTS naming that id.
+   */
   registerHost(
     request: RegisterHostRequest,
     callback: (error: ServiceError | null, response: RegisterHostResponse) => void,
@@ -4477,6 +4641,25 @@ export interface ControlPlaneServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchMigrationsResponse>;
+  /**
+   * Forgets a host. FAILED_PRECONDITION while a VM is on it (or held by a migration that
+   * ended on it) or a migration to or from it is not final.
+   */
+  deregisterHost(
+    request: DeregisterHostRequest,
+    callback: (error: ServiceError | null, response: DeregisterHostResponse) => void,
+  ): ClientUnaryCall;
+  deregisterHost(
+    request: DeregisterHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeregisterHostResponse) => void,
+  ): ClientUnaryCall;
+  deregisterHost(
+    request: DeregisterHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeregisterHostResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControlPlaneServiceClient = makeGenericClientConstructor(

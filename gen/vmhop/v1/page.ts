@@ -483,6 +483,18 @@ export interface WatchMigrationResponse {
   resumedUnixMs?: number | undefined;
 }
 
+export interface DescribeHostRequest {
+}
+
+export interface DescribeHostResponse {
+  /** QEMU's version as its binary reports it ("7.2.22"); empty when QEMU cannot be run here. */
+  qemuVersion: string;
+  /** The accelerator VMs get here: "tcg" or "kvm". */
+  accelerator: string;
+  /** Why the version is unknown (empty when it is known). */
+  qemuError: string;
+}
+
 function createBaseVmSpec(): VmSpec {
   return {
     vmId: "",
@@ -3032,6 +3044,167 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
   },
 };
 
+function createBaseDescribeHostRequest(): DescribeHostRequest {
+  return {};
+}
+
+export const DescribeHostRequest: MessageFns<DescribeHostRequest> = {
+  encode(_: DescribeHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DescribeHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDescribeHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DescribeHostRequest {
+    return {};
+  },
+
+  toJSON(_: DescribeHostRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DescribeHostRequest>, I>>(base?: I): DescribeHostRequest {
+    return DescribeHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DescribeHostRequest>, I>>(_: I): DescribeHostRequest {
+    const message = createBaseDescribeHostRequest();
+    return message;
+  },
+};
+
+function createBaseDescribeHostResponse(): DescribeHostResponse {
+  return { qemuVersion: "", accelerator: "", qemuError: "" };
+}
+
+export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
+  encode(message: DescribeHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.qemuVersion !== "") {
+      writer.uint32(10).string(message.qemuVersion);
+    }
+    if (message.accelerator !== "") {
+      writer.uint32(18).string(message.accelerator);
+    }
+    if (message.qemuError !== "") {
+      writer.uint32(26).string(message.qemuError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DescribeHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDescribeHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.qemuVersion = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accelerator = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.qemuError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DescribeHostResponse {
+    return {
+      qemuVersion: isSet(object.qemuVersion)
+        ? globalThis.String(object.qemuVersion)
+        : isSet(object.qemu_version)
+        ? globalThis.String(object.qemu_version)
+        : "",
+      accelerator: isSet(object.accelerator) ? globalThis.String(object.accelerator) : "",
+      qemuError: isSet(object.qemuError)
+        ? globalThis.String(object.qemuError)
+        : isSet(object.qemu_error)
+        ? globalThis.String(object.qemu_error)
+        : "",
+    };
+  },
+
+  toJSON(message: DescribeHostResponse): unknown {
+    const obj: any = {};
+    if (message.qemuVersion !== "") {
+      obj.qemuVersion = message.qemuVersion;
+    }
+    if (message.accelerator !== "") {
+      obj.accelerator = message.accelerator;
+    }
+    if (message.qemuError !== "") {
+      obj.qemuError = message.qemuError;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DescribeHostResponse>, I>>(base?: I): DescribeHostResponse {
+    return DescribeHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DescribeHostResponse>, I>>(object: I): DescribeHostResponse {
+    const message = createBaseDescribeHostResponse();
+    message.qemuVersion = object.qemuVersion ?? "";
+    message.accelerator = object.accelerator ?? "";
+    message.qemuError = object.qemuError ?? "";
+    return message;
+  },
+};
+
 /**
  * PageService runs the VMs of one compute host under QEMU (via QMP) and carries their
  * memory during a migration. The memory stream itself travels on a raw TCP channel
@@ -3167,6 +3340,21 @@ export const PageServiceService = {
       Buffer.from(WatchMigrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchMigrationResponse => WatchMigrationResponse.decode(value),
   },
+  /**
+   * What this host runs VMs with: its QEMU's version and the accelerator its VMs get. The
+   * control-plane checks with it that a host it registers answers, and which migration modes
+   * are safe there.
+   */
+  describeHost: {
+    path: "/vmhop.v1.PageService/DescribeHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DescribeHostRequest): Buffer => Buffer.from(DescribeHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DescribeHostRequest => DescribeHostRequest.decode(value),
+    responseSerialize: (value: DescribeHostResponse): Buffer =>
+      Buffer.from(DescribeHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DescribeHostResponse => DescribeHostResponse.decode(value),
+  },
 } as const;
 
 export interface PageServiceServer extends UntypedServiceImplementation {
@@ -3194,6 +3382,12 @@ export interface PageServiceServer extends UntypedServiceImplementation {
   startMigration: handleUnaryCall<StartMigrationRequest, StartMigrationResponse>;
   abortMigration: handleUnaryCall<AbortMigrationRequest, AbortMigrationResponse>;
   watchMigration: handleServerStreamingCall<WatchMigrationRequest, WatchMigrationResponse>;
+  /**
+   * What this host runs VMs with: its QEMU's version and the accelerator its VMs get. The
+   * control-plane checks with it that a host it registers answers, and which migration modes
+   * are safe there.
+   */
+  describeHost: handleUnaryCall<DescribeHostRequest, DescribeHostResponse>;
 }
 
 export interface PageServiceClient extends Client {
@@ -3383,6 +3577,26 @@ export interface PageServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchMigrationResponse>;
+  /**
+   * What this host runs VMs with: its QEMU's version and the accelerator its VMs get. The
+   * control-plane checks with it that a host it registers answers, and which migration modes
+   * are safe there.
+   */
+  describeHost(
+    request: DescribeHostRequest,
+    callback: (error: ServiceError | null, response: DescribeHostResponse) => void,
+  ): ClientUnaryCall;
+  describeHost(
+    request: DescribeHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DescribeHostResponse) => void,
+  ): ClientUnaryCall;
+  describeHost(
+    request: DescribeHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DescribeHostResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const PageServiceClient = makeGenericClientConstructor(

@@ -26,6 +26,11 @@ const KIND_OF_STATUS = new Map(
   Object.entries(STATUS_OF_KIND).map(([kind, code]) => [code, kind as ErrorKind]),
 );
 
+/** The kind of a peer's status (a code no kind has: unknown). */
+export function kindOfStatus(code: status): ErrorKind {
+  return KIND_OF_STATUS.get(code) ?? "unknown";
+}
+
 /** What a handler answers for an error it threw: the kind's status (else INTERNAL) and the message. */
 export function grpcStatusOf(err: unknown): Pick<StatusObject, "code" | "details"> {
   const message = (err as { message?: unknown } | undefined)?.message;
@@ -40,7 +45,7 @@ export function grpcStatusOf(err: unknown): Pick<StatusObject, "code" | "details
  * grpc-js's "14 UNAVAILABLE: " prefix), so a handler that passes it on answers the peer's status.
  */
 export function fromGrpcError(err: GrpcServiceError): ServiceError {
-  return new ServiceError(KIND_OF_STATUS.get(err.code) ?? "unknown", err.details ?? err.message, {
+  return new ServiceError(kindOfStatus(err.code), err.details ?? err.message, {
     cause: err,
   });
 }

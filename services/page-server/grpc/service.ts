@@ -106,6 +106,10 @@ export function pageService(host: PageHost): ServiceRegistration {
         return { migrationId: rec.id };
       },
     ),
+    describeHost: unary(async () => {
+      const q = await host.describe();
+      return { qemuVersion: q.version, accelerator: q.accelerator, qemuError: q.error };
+    }),
     abortMigration: unary(async (req: { migrationId: string; fencingToken: number }) => {
       await host.abortMigration(req.migrationId, req.fencingToken);
       return {};

@@ -4,6 +4,7 @@
 import { renameSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../../common/log.js";
+import { unsafeQemu } from "../../common/precopy-hazard.js";
 import type { Compression } from "../channel/compress-policy.js";
 import { ChannelOut, type OutboundOptions } from "../channel/outbound.js";
 import {
@@ -14,6 +15,7 @@ import {
 } from "../channel/path-policy.js";
 import { newCounters } from "../channel/relay.js";
 import { HostError } from "../errors.js";
+import { qemuInfo } from "../vm/qemu-info.js";
 import type { Vm } from "../vm/vm.js";
 import { chooseMode, measureDirtyRate } from "./auto.js";
 import {
@@ -100,9 +102,12 @@ export class Outgoing {
       throw err;
     }
     let plan: { mode: MigrationMode; hybridRounds?: number; reason: string };
+    // `auto` never pre-copies where pre-copy corrupts the guest (this QEMU, this VM's accelerator).
+    const hazard = o.mode === "auto" ? unsafeQemu((await qemuInfo()).version, vm.accel) : undefined;
     try {
-      plan =
-        o.mode === "auto"
+      plan = hazard
+        ? { mode: "postcopy", reason: `no pre-copy: this host runs ${hazard}` }
+        : o.mode === "auto"
           ? chooseMode({
               dirtyBytesPerSec: await measureDirtyRate(vm),
               bandwidthBytesPerSec: o.maxBandwidth || defaults.linkBandwidth || 125_000_000,

@@ -1,5 +1,6 @@
 // What a VM is made of, as the page-server is asked to run it.
 import { ServiceError } from "../../common/errors.js";
+import { vmSpecProblem } from "../../common/vm-spec-validation.js";
 
 export interface VmSpec {
   /** Letters, digits, dashes; names the QEMU process and its files. */
@@ -29,12 +30,9 @@ export function validateSpec(spec: VmSpec): VmSpec {
   const bad = (m: string) => {
     throw new VmSpecError(`VM spec: ${m}`);
   };
-  if (!/^[a-z0-9][a-z0-9-]{0,62}$/i.test(spec.name ?? ""))
-    bad(`name ${JSON.stringify(spec.name)} must be 1-63 letters, digits, dashes`);
-  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 64)
-    bad(`vcpus ${spec.vcpus} must be an integer 1-64`);
-  if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 32 || spec.memoryMib > 1 << 20)
-    bad(`memoryMib ${spec.memoryMib} must be an integer ≥ 32`);
+  // Id and sizes: the check the control-plane makes too (same words).
+  const sizes = vmSpecProblem({ vmId: spec.name, vcpus: spec.vcpus, memoryMib: spec.memoryMib });
+  if (sizes) throw new VmSpecError(sizes);
   if (!spec.kernel) bad("kernel is required");
   if (spec.disk && !/^nbd(\+unix)?:\/\//.test(spec.disk.nbd))
     bad(`disk ${JSON.stringify(spec.disk.nbd)} is not an nbd:// URL`);

@@ -2,7 +2,7 @@
 // console attached; an unexpected exit turns the VM CRASHED with the reason.
 import { type ChildProcess, spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "../../common/log.js";
@@ -11,6 +11,7 @@ import { type Accel, hostAccel } from "./accel.js";
 import { buildQemuArgs, type LaunchOptions, type RuntimePaths } from "./qemu-args.js";
 import { SerialConsole } from "./serial.js";
 import { type VmSpec, validateSpec } from "./spec.js";
+import { qemuStartError } from "./start-error.js";
 import { IllegalTransitionError, isLive, nextState, type VmEvent, type VmState } from "./states.js";
 
 export interface VmOptions {
@@ -36,6 +37,8 @@ export class Vm extends EventEmitter<Events> {
   private exited: Promise<void> | undefined;
   private qmpClient: QmpClient | undefined;
   private serialConsole: SerialConsole | undefined;
+  /** How the QEMU this Vm spawned ended, once it has. */
+  private exitStatus: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   /** Why the VM ended, once it has. */
   endReason: string | undefined;
   private readonly log: Logger;
@@ -90,12 +93,15 @@ export class Vm extends EventEmitter<Events> {
     // The spec beside the sockets lets a restarted page-server find and adopt this QEMU.
     writeFileSync(this.paths.specFile, JSON.stringify(this.spec));
     const out = openSync(this.paths.qemuLog, "a");
+    // This start's part of the log (it is appended to across starts).
+    const logStart = fstatSync(out).size;
     // Own process group: a signal to the page-server's group (Ctrl-C, restart) spares the VM.
     const child = spawn(bin, args, { stdio: ["ignore", out, out], detached: true });
     closeSync(out);
     this.child = child;
     this.exited = new Promise((resolve) => {
       child.once("exit", (code, signal) => {
+        this.exitStatus = { code, signal };
         this.onExit(code, signal);
         resolve();
       });
@@ -115,7 +121,12 @@ export class Vm extends EventEmitter<Events> {
       await this.attachConsoles(qmp, timeoutMs);
       this.transition(launch.incoming ? "up-incoming" : launch.paused ? "up-paused" : "up-running");
     } catch (err) {
+      // QEMU often opens its QMP socket before it checks the rest of its arguments, then ends:
+      // the connect fails first (ECONNRESET). Its own reason is in its log once it has ended.
+      const ended = await Promise.race([this.exited.then(() => true), sleepMs(3000).then(() => false)]);
+      const exit = this.exitStatus;
       await this.kill();
+      if (ended && exit) throw qemuStartError(this.spec.name, exit, this.qemuLogSince(logStart));
       throw err;
     }
   }
@@ -249,6 +260,15 @@ export class Vm extends EventEmitter<Events> {
   qemuLogTail(lines = 5): string {
     try {
       return readFileSync(this.paths.qemuLog, "utf8").trim().split("\n").slice(-lines).join("\n");
+    } catch {
+      return "";
+    }
+  }
+
+  /** QEMU's log from byte `start` on (empty when there is none). */
+  private qemuLogSince(start: number): string {
+    try {
+      return readFileSync(this.paths.qemuLog).subarray(start).toString("utf8");
     } catch {
       return "";
     }
