@@ -21,4 +21,8 @@ if [ -f deploy/guest/cli.ts ]; then
   echo "setup: building the test guest (deploy/guest/out)"
   node bin/vmhop.js guest build
 fi
+if [ "$(id -u)" -eq 0 ] && command -v podman >/dev/null && command -v mmdebstrap >/dev/null; then
+  echo "setup: compose test bed images (cached: /var/cache/vmhop and podman's store)"
+  node bin/vmhop.js testbed compose --images-only
+fi
 echo "setup: done"
