@@ -90,7 +90,7 @@ export async function runComposeBed(o: ComposeBedOptions = {}): Promise<ComposeB
   let downDone: Promise<unknown> | undefined;
   const down = () => {
     // Containers, the project's network and its volumes; then podman's API service.
-    downDone ??= engine.compose(["down", "-v", "-t", "5"], { allowFail: true }).finally(() => engine.close());
+    downDone ??= engine.down().finally(() => engine.close());
     return downDone;
   };
   const onSignal = (sig: NodeJS.Signals) => {
@@ -104,7 +104,8 @@ export async function runComposeBed(o: ComposeBedOptions = {}): Promise<ComposeB
   try {
     say(`docker-compose up on podman (project ${project}, control-plane on ${server})`);
     await engine.compose(["up", "-d", "--no-build"]);
-    await retry("the control-plane answering", 180_000, () => control(server, ["hosts"], log));
+    // Eleven containers start Node at once: on two busy cores that can take minutes.
+    await retry("the control-plane answering", 360_000, () => control(server, ["hosts"], log));
     for (const h of HOSTS)
       await control(
         server,
