@@ -10,6 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { freePort } from "../ports.js";
 import { SerialFollower } from "../sites/serial-follower.js";
 import { workloadCmdline } from "../sites/whole-vm-run.js";
+import { makeCpuGroup } from "./cpu-group.js";
 import { startEngine } from "./engine.js";
 import { defaultCacheDir, ensureImages } from "./images.js";
 import { podman, repoRoot, run } from "./podman.js";
@@ -85,12 +86,21 @@ export async function runComposeBed(o: ComposeBedOptions = {}): Promise<ComposeB
   const project = `vmhop-tb-${process.pid}`;
   const port = await freePort();
   const server = `127.0.0.1:${port}`;
-  const engine = await startEngine({ project, log, env: { VMHOP_CONTROL_PORT: String(port) } });
+  const cpu = makeCpuGroup(project, 11);
+  if (cpu.problem) say(`${cpu.problem}; the containers share podman's group`);
+  const engine = await startEngine({
+    project,
+    log,
+    env: { VMHOP_CONTROL_PORT: String(port), VMHOP_CGROUP_PARENT: cpu.problem ? "" : cpu.name },
+  });
 
   let downDone: Promise<unknown> | undefined;
   const down = () => {
     // Containers, the project's network and its volumes; then podman's API service.
-    downDone ??= engine.down().finally(() => engine.close());
+    downDone ??= engine
+      .down()
+      .finally(() => engine.close())
+      .finally(() => cpu.remove());
     return downDone;
   };
   const onSignal = (sig: NodeJS.Signals) => {
