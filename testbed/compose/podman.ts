@@ -1,7 +1,7 @@
 // podman and podman-compose as the compose test bed runs them: this repository's
 // containers.conf (runc, cgroupfs, no default ulimits; nothing system-wide is changed), each
 // command's output kept in a log file, and a failure reported with the command and its tail.
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { appendFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
@@ -29,6 +29,12 @@ export interface RunOptions {
 }
 
 const TAIL = 4000;
+const running = new Set<ChildProcess>();
+
+/** SIGTERM to every command still running (an interrupted bed stops its `up` before its `down`). */
+export function stopRunning(): void {
+  for (const c of running) c.kill("SIGTERM");
+}
 
 /** Runs a command to its end; rejects on a non-zero exit (unless allowFail) naming it with its output's tail. */
 export function run(cmd: string, args: string[], o: RunOptions = {}): Promise<RunResult> {
@@ -51,7 +57,9 @@ export function run(cmd: string, args: string[], o: RunOptions = {}): Promise<Ru
     child.stdout.on("data", keep("out"));
     child.stderr.on("data", keep("err"));
     child.once("error", (e) => reject(new Error(`${cmd}: ${e.message}`)));
+    running.add(child);
     child.once("close", (code) => {
+      running.delete(child);
       const r = { code: code ?? -1, out, err };
       if (r.code === 0 || o.allowFail) resolve(r);
       else

@@ -13,7 +13,7 @@ import { workloadCmdline } from "../sites/whole-vm-run.js";
 import { makeCpuGroup } from "./cpu-group.js";
 import { startEngine } from "./engine.js";
 import { defaultCacheDir, ensureImages } from "./images.js";
-import { podman, repoRoot, run } from "./podman.js";
+import { podman, repoRoot, run, stopRunning } from "./podman.js";
 
 export interface ComposeBedOptions {
   cacheDir?: string;
@@ -105,6 +105,7 @@ export async function runComposeBed(o: ComposeBedOptions = {}): Promise<ComposeB
   };
   const onSignal = (sig: NodeJS.Signals) => {
     say(`${sig}: tearing the bed down`);
+    stopRunning();
     void down().finally(() => process.exit(sig === "SIGINT" ? 130 : 143));
   };
   process.once("SIGINT", onSignal);
