@@ -21,4 +21,12 @@ if [ -f deploy/guest/cli.ts ]; then
   echo "setup: building the test guest (deploy/guest/out)"
   node bin/vmhop.js guest build
 fi
+# The container images take minutes the first time: built for CI (its compose test needs them)
+# or when asked (VMHOP_SETUP_IMAGES=1); `npm run testbed:compose` builds them too when missing.
+if [ "${CI:-}" = "1" ] || [ "${VMHOP_SETUP_IMAGES:-}" = "1" ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v podman >/dev/null && command -v mmdebstrap >/dev/null; then
+    echo "setup: compose test bed images (cached: /var/cache/vmhop and podman's store)"
+    node bin/vmhop.js testbed compose --images-only
+  fi
+fi
 echo "setup: done"

@@ -1,10 +1,15 @@
 // `vmhop testbed relay …`: run the WAN link emulator from a shell or a script. Prints one
 // ready line on stdout (the bound address), then relays until SIGINT/SIGTERM.
+// `vmhop testbed compose`: the compose test bed end to end (testbed/compose/run.ts).
 
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { CliError } from "../services/cli/errors.js";
 import { onShutdown } from "../services/common/lifecycle.js";
 import { createLogger } from "../services/common/log.js";
+import { defaultCacheDir, ensureImages } from "./compose/images.js";
+import { runComposeBed } from "./compose/run.js";
 import { startRelay } from "./relay-tcp.js";
 import { startUdpRelay } from "./relay-udp.js";
 
@@ -85,11 +90,12 @@ export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === "--help" || cmd === "-h" || cmd === "help") {
     console.log(
-      `usage: vmhop testbed <command>\n\ncommands:\n  relay      WAN link emulator: delay + rate cap, TCP or UDP\n\n${helpText(usage)}`,
+      `usage: vmhop testbed <command>\n\ncommands:\n  relay      WAN link emulator: delay + rate cap, TCP or UDP\n  compose    docker-compose.yml under podman: two hosts, a guest migrated with its disk, torn down\n\n${helpText(usage)}`,
     );
     return cmd ? 0 : 2;
   }
-  if (cmd !== "relay") throw new CliError(`testbed: unknown command '${cmd}' (try: relay)`);
+  if (cmd === "compose") return compose(rest);
+  if (cmd !== "relay") throw new CliError(`testbed: unknown command '${cmd}' (try: relay, compose)`);
   return relay(rest);
 }
 
@@ -130,5 +136,46 @@ async function relay(argv: string[]): Promise<number> {
   );
   onShutdown(log, [{ name: "relay", close }]);
   await new Promise(() => {});
+  return 0;
+}
+
+const composeUsage =
+  "usage: vmhop testbed compose [--cache-dir DIR]   (as root, with podman, podman-compose, mmdebstrap)";
+
+async function compose(argv: string[]): Promise<number> {
+  let values: { "cache-dir"?: string; "images-only"?: boolean; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        "cache-dir": { type: "string" },
+        "images-only": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    throw new CliError(`testbed compose: ${(err as Error).message}\n${composeUsage}`);
+  }
+  if (values.help) {
+    console.log(composeUsage);
+    return 0;
+  }
+  const say = (line: string) => console.error(`[compose] ${line}`);
+  if (values["images-only"]) {
+    const cacheDir = values["cache-dir"] ?? defaultCacheDir;
+    mkdirSync(join(cacheDir, "logs"), { recursive: true });
+    await ensureImages({ cacheDir, log: join(cacheDir, "logs", "images.log"), say });
+    say(`images ready (log: ${join(cacheDir, "logs", "images.log")})`);
+    return 0;
+  }
+  const r = await runComposeBed({ cacheDir: values["cache-dir"], say });
+  const t = Object.entries(r.timings)
+    .map(([k, ms]) => `${k} ${(ms / 1000).toFixed(1)} s`)
+    .join(", ");
+  say(`ok: ${r.migrationId} done; guest heartbeats ${r.heartbeats.atA} at a, ${r.heartbeats.atB} at b; ${t}`);
+  console.log(
+    JSON.stringify({ ok: true, migrationId: r.migrationId, heartbeats: r.heartbeats, timings: r.timings }),
+  );
   return 0;
 }

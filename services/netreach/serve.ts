@@ -3,9 +3,11 @@
 // registered with the anchor). Each prints one JSON ready line on stdout and stops on a signal.
 import { CliError } from "../cli/errors.js";
 import { serveUntilSignal } from "../cli/serve-until-signal.js";
+import { advertisedAddress, checkAdvertise } from "../common/advertise.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
+import { parseListenAddress } from "../common/listen-address.js";
 import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
 import { Anchor } from "./anchor/anchor.js";
@@ -149,6 +151,11 @@ export async function serveAnchor(argv: string[]): Promise<number> {
 export async function serveSite(argv: string[]): Promise<number> {
   const o = parse(siteSpecs, argv, siteUsage);
   if (!o) return 0;
+  try {
+    checkAdvertise(o.listen!, o.advertise, "--advertise");
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
   const log = createLogger({ svc: "netreach-site", site: o.site });
   const dataplane = await dataplaneOf(o.dataplane!, o["wan-dev"]);
   const anchor = new RemoteAnchor(o.anchor!);
@@ -177,7 +184,8 @@ export async function serveSite(argv: string[]): Promise<number> {
       log,
     });
     closers.push({ name: "grpc", close: () => grpc.shutdown() });
-    const control = o.advertise ?? grpc.address;
+    // The anchor dials this: never 0.0.0.0 (it would dial itself).
+    const control = advertisedAddress(parseListenAddress(grpc.address), o.advertise, "--advertise");
     await anchor.registerSite({
       site: o.site!,
       endpoint: { sid6: o.sid6!, sid4: o.sid4! },

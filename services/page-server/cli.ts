@@ -2,6 +2,7 @@
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CliError } from "../cli/errors.js";
+import { checkAdvertise } from "../common/advertise.js";
 import { helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import { onShutdown } from "../common/lifecycle.js";
@@ -27,6 +28,12 @@ const options = {
     type: "string",
     default: "127.0.0.1:0",
     describe: "raw TCP migration channel address (HOST:PORT; port 0 = any)",
+  },
+  "channel-advertise": {
+    type: "string",
+    describe:
+      "the channel address sources dial (HOST:PORT, or HOST for the bound port); default: the bound " +
+      "address, which must then not be 0.0.0.0 or ::",
   },
   "run-dir": {
     type: "string",
@@ -67,6 +74,7 @@ export async function run(argv: string[]): Promise<number> {
   let cfg: {
     listen: string;
     "channel-listen": string;
+    "channel-advertise": string | undefined;
     "run-dir": string;
     "channel-path": ChannelPathChoice;
     preempt: boolean | undefined;
@@ -82,6 +90,7 @@ export async function run(argv: string[]): Promise<number> {
     cfg = {
       listen: o.listen!,
       "channel-listen": o["channel-listen"]!,
+      "channel-advertise": o["channel-advertise"],
       "run-dir": o["run-dir"]!,
       "channel-path": parseChannelPath(o["channel-path"]!),
       preempt: o.preempt,
@@ -94,6 +103,8 @@ export async function run(argv: string[]): Promise<number> {
       postcopy: true,
     });
     channel = splitHostPort(cfg["channel-listen"]);
+    // Refused before anything starts (VMs adopted, ports bound); PageHost.open applies it.
+    checkAdvertise(cfg["channel-listen"], cfg["channel-advertise"], "--channel-advertise");
   } catch (err) {
     throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);
   }
@@ -102,6 +113,7 @@ export async function run(argv: string[]): Promise<number> {
     runRoot: cfg["run-dir"],
     channelHost: channel[0],
     channelPort: channel[1],
+    channelAdvertise: cfg["channel-advertise"],
     channelPath: cfg["channel-path"],
     preempt: cfg.preempt,
     compression: cfg.compression,

@@ -28,6 +28,11 @@ export interface PageHostOptions extends OutgoingDefaults {
   /** host (and port, 0 = any) the migration channel listens on. */
   channelHost?: string;
   channelPort?: number;
+  /**
+   * What sources are told to dial for the channel (HOST:PORT, or HOST for the bound port);
+   * unset: the bound address, refused at open() when it is 0.0.0.0 or ::.
+   */
+  channelAdvertise?: string;
   log?: Logger;
 }
 
@@ -65,8 +70,9 @@ export class PageHost {
     const address = await this.incoming.listen(
       this.opts.channelPort ?? 0,
       this.opts.channelHost ?? "127.0.0.1",
+      this.opts.channelAdvertise,
     );
-    this.log.info("migration channel listening", { address });
+    this.log.info("migration channel listening", { advertised: address });
   }
 
   /**

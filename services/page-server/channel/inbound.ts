@@ -6,6 +6,7 @@
 // first gets its pings echoed (the source times the link to choose the path), then the real
 // hello follows on the same connection.
 import { createServer, type Server, type Socket } from "node:net";
+import { formatAddress } from "../../common/listen-address.js";
 import { type Logger, silentLogger } from "../../common/log.js";
 import {
   ChannelProtocolError,
@@ -72,7 +73,7 @@ export class ChannelServer {
     });
     const a = server.address();
     if (typeof a !== "object" || a === null) throw new Error("channel listener has no address");
-    return `${a.address}:${a.port}`;
+    return formatAddress({ host: a.address, port: a.port });
   }
 
   /** Accept connections for `migrationId`, relaying them to QEMU's incoming socket. */

@@ -4,6 +4,8 @@
 // also picks such a migration up again after a page-server restart.
 import { rmSync } from "node:fs";
 import { join } from "node:path";
+import { advertisedAddress } from "../../common/advertise.js";
+import { parseListenAddress } from "../../common/listen-address.js";
 import type { Logger } from "../../common/log.js";
 import { ChannelServer, type IncomingTarget } from "../channel/inbound.js";
 import type { ChannelPath } from "../channel/path-policy.js";
@@ -60,8 +62,19 @@ export class Incoming {
     this.channel = new ChannelServer({ log: ctx.log });
   }
 
-  async listen(port: number, host: string): Promise<string> {
-    this.address = await this.channel.listen(port, host);
+  /**
+   * Listens, and from then on hands out `advertise` (HOST:PORT or HOST; unset: the bound
+   * address) to sources; an address no peer can dial (0.0.0.0 without `advertise`) closes the
+   * listener again and throws.
+   */
+  async listen(port: number, host: string, advertise?: string): Promise<string> {
+    const bound = await this.channel.listen(port, host);
+    try {
+      this.address = advertisedAddress(parseListenAddress(bound), advertise, "--channel-advertise");
+    } catch (err) {
+      await this.channel.close();
+      throw new HostError("invalid", `migration channel: ${(err as Error).message}`);
+    }
     return this.address;
   }
 
