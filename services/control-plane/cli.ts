@@ -5,6 +5,7 @@ import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
 import { CliError } from "../cli/errors.js";
 import { type Config, ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { parsePowerParams } from "../power/config.js";
 import { ControlClient, DEFAULT_CONTROL_GRPC } from "./client.js";
 import { type DiskSample, diskSample, formatProgress } from "./progress.js";
 import { serve, serveSpecs } from "./serve.js";
@@ -17,9 +18,12 @@ commands:
            the gRPC ControlPlaneService (vmhop control serve --help for every option)
   hosts                                  list registered hosts
   register-host HOST_ID PAGE_ADDR [--site S] [--block-server ADDR --block-nbd ADDR]
+          [--power-driver ipmi|redfish|wol|command|testbed --power-params K=V,…|JSON]
            add or update a host (its page-server's gRPC address, which must answer and not be another
-           host's; its block-server's gRPC and NBD ones)
+           host's; its block-server's gRPC and NBD ones; how it is switched on and off)
   deregister-host HOST_ID                forget a host (refused while VMs are on it or migrating to or from it)
+  power HOST_ID on|off|status           switch a host on or off through its power driver (off is
+           refused while VMs are on it or migrating; on waits until it is up), or ask its state
   vms [--host HOST_ID]                   list VMs with their host and live state
   create-vm VM_ID HOST_ID --kernel PATH [--memory-mib 256] [--vcpus 1] [--initrd PATH] [--cmdline S]
           [--tap TAP --mac MAC [--home-ipv6 A,… --home-ipv4 A,…]]
@@ -59,6 +63,17 @@ const clientSpecs = {
     type: "string",
     default: "",
     describe: "register-host: the host's block-server NBD address",
+  },
+  "power-driver": {
+    type: "string",
+    default: "",
+    describe: "register-host: the host's power driver: ipmi | redfish | wol | command | testbed",
+  },
+  "power-params": {
+    type: "string",
+    default: "",
+    describe:
+      "register-host: the driver's parameters, key=value,… or a JSON object (ipmi: address, username; redfish: url, username; wol: mac, off_command; command: on, off, status; testbed: socket). Passwords: the control-plane's VMHOP_<DRIVER>_PASSWORD or --power-credentials",
   },
   mode: { type: "string", default: "postcopy", describe: "migrate: postcopy | precopy | hybrid | auto" },
   storage: {
@@ -189,25 +204,55 @@ async function verb(
       const hosts = await c.listHosts();
       out(hosts, () =>
         table([
-          ["HOST", "SITE", "PAGE-SERVER", "ASLEEP"],
-          ...hosts.map((h) => [h.hostId, h.site, h.pageServerAddress, String(h.asleep)]),
+          ["HOST", "SITE", "PAGE-SERVER", "ASLEEP", "POWER", "DRIVER", "POWER-ERROR"],
+          ...hosts.map((h) => [
+            h.hostId,
+            h.site,
+            h.pageServerAddress,
+            String(h.asleep),
+            h.powerState || "-",
+            h.power?.driver || "-",
+            h.powerError,
+          ]),
         ]),
       );
       return 0;
     }
     case "register-host": {
       const [hostId, page] = args(2, pos, "register-host HOST_ID PAGE_ADDR [--site S]");
+      const driver = o["power-driver"] ?? "";
+      let params: Record<string, string>;
+      try {
+        params = parsePowerParams(o["power-params"] ?? "");
+      } catch (err) {
+        throw new CliError((err as Error).message);
+      }
+      if (!driver && Object.keys(params).length) throw new CliError("--power-params needs --power-driver");
       const h = await c.registerHost({
         hostId,
         site: o.site ?? "",
         pageServerAddress: page,
         blockServerAddress: o["block-server"] ?? "",
         blockNbdAddress: o["block-nbd"] ?? "",
-        cpus: 0,
-        memoryMib: 0,
-        asleep: false,
+        power: driver ? { driver, params } : undefined,
       });
-      out(h, () => `registered ${h.hostId} (page-server ${h.pageServerAddress})`);
+      out(
+        h,
+        () =>
+          `registered ${h.hostId} (page-server ${h.pageServerAddress}${h.power ? `, power ${h.power.driver}` : ""})`,
+      );
+      return 0;
+    }
+    case "power": {
+      const [hostId, action] = args(2, pos, "power HOST_ID on|off|status");
+      if (!["on", "off", "status"].includes(action))
+        throw new CliError("usage: vmhop control power HOST_ID on|off|status");
+      const r = await c.powerHost(hostId, action);
+      out(r, () =>
+        action === "status"
+          ? `${hostId}: ${r.state} (recorded ${r.host.powerState || (r.host.asleep ? "asleep" : "awake")}${r.host.power ? "" : "; no power driver"})`
+          : `${hostId}: ${r.state}${r.host.power ? "" : " (recorded only: no power driver)"}`,
+      );
       return 0;
     }
     case "deregister-host": {

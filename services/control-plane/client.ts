@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import {
   type ClusterVm,
   ControlPlaneServiceClient,
-  type Host,
+  Host,
   MigrateVmRequest,
   type Migration,
   type VmDisk,
@@ -16,6 +16,9 @@ import { isFinal, type MigrationState } from "./states.js";
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
 export const DEFAULT_CONTROL_GRPC = "127.0.0.1:7405";
+
+/** Power calls wait for the host: longer than the control-plane's default wake and off limits (300 s). */
+export const POWER_TIMEOUT_MS = 360_000;
 
 /** The control-plane answered NOT_FOUND (an unknown VM, host or migration). */
 export function isNotFound(err: unknown): boolean {
@@ -35,15 +38,20 @@ export class ControlClient {
     });
   }
 
-  private call<Res>(fn: (m: grpc.Metadata, o: grpc.CallOptions, cb: Callback<Res>) => unknown): Promise<Res> {
+  private call<Res>(
+    fn: (m: grpc.Metadata, o: grpc.CallOptions, cb: Callback<Res>) => unknown,
+    timeoutMs = this.timeoutMs,
+  ): Promise<Res> {
     return new Promise((resolve, reject) =>
-      fn(new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (err, res) =>
+      fn(new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) =>
         err ? reject(err) : resolve(res),
       ),
     );
   }
 
-  async registerHost(host: Host): Promise<Host> {
+  /** Unset fields take their defaults (no power driver, not asleep). */
+  async registerHost(h: Partial<Host> & Pick<Host, "hostId" | "pageServerAddress">): Promise<Host> {
+    const host = Host.fromPartial(h);
     return (await this.call<{ host?: Host }>((m, o, cb) => this.client.registerHost({ host }, m, o, cb)))
       .host!;
   }
@@ -56,10 +64,27 @@ export class ControlClient {
     return (await this.call<{ hosts: Host[] }>((m, o, cb) => this.client.listHosts({}, m, o, cb))).hosts;
   }
 
-  async setHostAsleep(hostId: string, asleep: boolean): Promise<Host> {
+  /** Switches the host through its power driver: waking may take minutes (POWER_TIMEOUT_MS). */
+  async setHostAsleep(hostId: string, asleep: boolean, timeoutMs = POWER_TIMEOUT_MS): Promise<Host> {
     return (
-      await this.call<{ host?: Host }>((m, o, cb) => this.client.setHostAsleep({ hostId, asleep }, m, o, cb))
+      await this.call<{ host?: Host }>(
+        (m, o, cb) => this.client.setHostAsleep({ hostId, asleep }, m, o, cb),
+        timeoutMs,
+      )
     ).host!;
+  }
+
+  /** on | off | status; on/off wait for the host (the control-plane's own limits, default 5 min). */
+  async powerHost(
+    hostId: string,
+    action: string,
+    timeoutMs = POWER_TIMEOUT_MS,
+  ): Promise<{ host: Host; state: string }> {
+    const r = await this.call<{ host?: Host; state: string }>(
+      (m, o, cb) => this.client.powerHost({ hostId, action }, m, o, cb),
+      timeoutMs,
+    );
+    return { host: r.host!, state: r.state };
   }
 
   /**

@@ -12,6 +12,7 @@ import { vmSpecProblem } from "../common/vm-spec-validation.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { HostPower, type HostPowerOptions, type PowerAction, type PowerResult } from "./host-power.js";
 import { HostRegistry } from "./hosts.js";
 import { newMigrationId } from "./migration-id.js";
 import { ATTR, MigrationTrace } from "./migration-trace.js";
@@ -91,6 +92,8 @@ export interface ControlPlaneOptions {
   allowUnsafePrecopy?: boolean;
   /** How often a VM left held by a stopped CreateVm/DeleteVm is settled again while its host does not answer. */
   repairRetryMs?: number;
+  /** Power drivers' credentials and wait limits. */
+  power?: HostPowerOptions;
 }
 
 export class ControlPlane {
@@ -100,6 +103,7 @@ export class ControlPlane {
   private readonly address: AddressMover;
   private readonly vms: VmLifecycle;
   private readonly hosts: HostRegistry;
+  private readonly power: HostPower;
 
   constructor(
     readonly store: Store,
@@ -117,6 +121,12 @@ export class ControlPlane {
       if (this.anchor && vm.network) await this.anchor.deregister(vm.vm_id);
     };
     this.vms = new VmLifecycle(store, this.pages, log, place, unplace, opts.repairRetryMs);
+    this.power = new HostPower(
+      store,
+      log,
+      { vmsKeepingOn: (id) => this.vmsKeepingOn(id), reachable: async (h) => void (await this.reachable(h)) },
+      opts.power,
+    );
   }
 
   /**
@@ -183,24 +193,27 @@ export class ControlPlane {
     return scanJson<HostRecord>(this.store, KEYS.hostPrefix);
   }
 
-  /** Bookkeeping only (no power control): refused while VMs are on the host or moving to it. */
+  /**
+   * Asleep: switched off through the host's power driver (bookkeeping without one); refused
+   * while a VM is on the host or migrating from or to it. Awake: woken and up, or marked failed.
+   */
   async setHostAsleep(hostId: string, asleep: boolean): Promise<HostRecord> {
-    await this.host(hostId);
-    if (asleep) {
-      const on = (await this.listVmRecords()).filter((v) => v.host_id === hostId).map((v) => v.vm_id);
-      const incoming = (await this.listMigrations())
-        .filter((m) => !isFinal(m.state) && m.destination_host_id === hostId)
-        .map((m) => m.vm_id);
-      if (on.length + incoming.length > 0)
-        throw new ControlError(
-          "precondition",
-          `host ${hostId} still has VMs (${[...on, ...incoming].join(", ")}): it cannot be recorded asleep`,
-        );
-    }
-    return update<HostRecord>(this.store, KEYS.host(hostId), (cur) => {
-      if (!cur) throw new ControlError("not-found", `unknown host ${hostId}`);
-      return { ...cur, asleep };
-    });
+    return (await this.power.act(hostId, asleep ? "off" : "on")).host;
+  }
+
+  /** `vmhop control power HOST on|off|status` (see host-power.ts). */
+  powerHost(hostId: string, action: string): Promise<PowerResult> {
+    return this.power.act(hostId, action as PowerAction);
+  }
+
+  /** The VMs on a host or migrating from or to it: each keeps the host on. */
+  private async vmsKeepingOn(hostId: string): Promise<string[]> {
+    const on = (await this.listVmRecords()).filter((v) => v.host_id === hostId).map((v) => v.vm_id);
+    // From it too: a LAZY disk is read from the source's block-server until relocation ends.
+    const moving = (await this.listMigrations())
+      .filter((m) => !isFinal(m.state) && (m.destination_host_id === hostId || m.source_host_id === hostId))
+      .map((m) => m.vm_id);
+    return [...new Set([...on, ...moving])];
   }
 
   private async reachable(h: HostRecord) {
@@ -335,7 +348,7 @@ export class ControlPlane {
     const dst = await this.host(req.destinationHostId);
     if (vm.host_id === dst.host_id)
       throw new ControlError("invalid", `VM ${vm.vm_id} already runs on host ${dst.host_id}`);
-    if (dst.asleep) throw new ControlError("precondition", `destination host ${dst.host_id} is asleep`);
+    if (dst.asleep) throw asleepRefusal(dst);
     if (vm.migration_id) throw busy(vm);
     const src = await this.host(vm.host_id);
     let plan: StoragePlan;
@@ -514,6 +527,23 @@ export class ControlPlane {
       if (!migrationId || m.migration_id === migrationId) onRecord(m);
     });
   }
+}
+
+/**
+ * A migration to a sleeping host is refused rather than waking it implicitly: waking takes
+ * minutes and powers hardware, so it is an explicit step (the placement service wakes its
+ * plan's hosts_to_wake before their moves).
+ */
+function asleepRefusal(dst: HostRecord): ControlError {
+  const id = dst.host_id;
+  const how = `wake it first (vmhop control power ${id} on)`;
+  const msg =
+    dst.power_state === "failed"
+      ? `destination host ${id} failed to power on (${dst.power_error}); ${how}`
+      : dst.power_state === "waking"
+        ? `destination host ${id} is still waking: retry once it is up`
+        : `destination host ${id} is asleep: ${how}`;
+  return new ControlError("precondition", msg);
 }
 
 function busy(vm: VmRecord): ControlError {

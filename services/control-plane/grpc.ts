@@ -28,9 +28,19 @@ export function hostToPb(h: HostRecord): Host {
     cpus: h.cpus,
     memoryMib: h.memory_mib,
     asleep: h.asleep,
+    power: h.power ? { driver: h.power.driver, params: { ...h.power.params } } : undefined,
+    powerState: h.power_state ?? "",
+    powerError: h.power_error ?? "",
+    powerActions: (h.power_actions ?? []).map((a) => ({
+      timeUnixMs: a.time_unix_ms,
+      action: a.action,
+      result: a.result,
+      error: a.error,
+    })),
   };
 }
 
+/** The request's host; its power state and history are the control-plane's and not taken from it. */
 export function hostFromPb(h: Host | undefined): HostRecord {
   if (!h) throw new ControlError("invalid", "host is required");
   return {
@@ -42,6 +52,7 @@ export function hostFromPb(h: Host | undefined): HostRecord {
     cpus: h.cpus,
     memory_mib: h.memoryMib,
     asleep: h.asleep,
+    ...(h.power?.driver ? { power: { driver: h.power.driver, params: { ...h.power.params } } } : {}),
   };
 }
 
@@ -141,6 +152,10 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
     }),
     listHosts: unary(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
     setHostAsleep: unary(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
+    powerHost: unary(async (req) => {
+      const r = await cp.powerHost(req.hostId, req.action);
+      return { host: hostToPb(r.host), state: r.state };
+    }),
     createVm: unary(async (req) => {
       const v = await cp.createVm(
         req.spec,

@@ -1,7 +1,9 @@
 // Registering and deregistering hosts: a host is recorded only once its page-server answers
 // (DescribeHost within a deadline) and only under one id per page-server; it is forgotten only
 // once nothing is on it or moving to or from it.
+import { ServiceError } from "../common/errors.js";
 import type { Store } from "../common/store/index.js";
+import { checkPowerConfig } from "../power/config.js";
 import { ControlError } from "./control-error.js";
 import type { HostQemu } from "./mode-safety.js";
 import type { PageServers } from "./page-client.js";
@@ -29,6 +31,15 @@ export class HostRegistry {
   async register(h: HostRecord): Promise<HostRecord> {
     checkHostId(h.host_id);
     if (!h.page_server_address) throw new ControlError("invalid", "page_server_address is required");
+    if (h.power) {
+      try {
+        checkPowerConfig(h.power);
+      } catch (err) {
+        if (err instanceof ServiceError)
+          throw new ControlError(err.kind, `host ${h.host_id}: ${err.message}`);
+        throw err;
+      }
+    }
     // Two ids for one page-server would let two records claim its VMs.
     const other = (await scanJson<HostRecord>(this.store, KEYS.hostPrefix)).find(
       (x) => x.page_server_address === h.page_server_address && x.host_id !== h.host_id,
@@ -46,8 +57,17 @@ export class HostRegistry {
         `host ${h.host_id}: page-server ${h.page_server_address} does not answer: ${(err as Error).message}`,
       );
     }
-    await this.store.set(KEYS.host(h.host_id), JSON.stringify(h));
-    return h;
+    // The power state and its history are the control-plane's own: kept across a new
+    // registration, and so is `asleep` once the host has been switched (only PowerHost changes it).
+    const prior = (await readJson<HostRecord>(this.store, KEYS.host(h.host_id)))?.value;
+    const { power_state, power_error, power_changed_unix_ms, power_actions } = prior ?? {};
+    const rec: HostRecord = { ...h, power_state, power_error, power_changed_unix_ms, power_actions };
+    if (prior && power_state) rec.asleep = prior.asleep;
+    if (!h.power) delete rec.power;
+    for (const k of ["power_state", "power_error", "power_changed_unix_ms", "power_actions"] as const)
+      if (rec[k] === undefined) delete rec[k];
+    await this.store.set(KEYS.host(h.host_id), JSON.stringify(rec));
+    return rec;
   }
 
   /** What the host's page-server runs VMs with (mode-safety.ts); unknown when it does not say. */

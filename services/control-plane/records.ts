@@ -1,6 +1,7 @@
 // The control-plane's durable records in the shared Store (layout in README.md) and the
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
+import type { PowerConfig } from "../power/driver.js";
 import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
 import { appendSample, type ProgressSampleRecord, sampleOf } from "./progress-history.js";
 import { type MigrationEvent, type MigrationState, next } from "./states.js";
@@ -33,7 +34,30 @@ export interface HostRecord {
   cpus: number;
   memory_mib: number;
   asleep: boolean;
+  /** How the host is switched on and off (absent: `asleep` is bookkeeping only). */
+  power?: PowerConfig;
+  /** What the control-plane last did or saw (absent: never powered; `asleep` tells). */
+  power_state?: HostPowerState;
+  /** Why the last power action failed ("" when it did not). */
+  power_error?: string;
+  /** When power_state last changed (epoch ms). */
+  power_changed_unix_ms?: number;
+  /** The last power actions, oldest first (at most POWER_ACTIONS_KEPT). */
+  power_actions?: PowerActionRecord[];
 }
+
+/** on/off as switched; waking/stopping while the driver works; failed: the last action failed (power_error). */
+export type HostPowerState = "on" | "off" | "waking" | "stopping" | "failed";
+
+export interface PowerActionRecord {
+  time_unix_ms: number;
+  action: "on" | "off" | "status";
+  /** on/off: the state reached; status: what the driver said. */
+  result: string;
+  error: string;
+}
+
+export const POWER_ACTIONS_KEPT = 20;
 
 /** The page-server VmSpec, as its JSON form (gen VmSpec.toJSON). */
 export type SpecJson = Record<string, unknown>;

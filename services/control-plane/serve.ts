@@ -6,6 +6,7 @@ import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
 import { openStore } from "../common/store/index.js";
+import { Credentials } from "../power/credentials.js";
 import { DEFAULT_CONTROL_GRPC } from "./client.js";
 import { ControlPlane } from "./control-plane.js";
 import { controlPlaneService } from "./grpc.js";
@@ -45,6 +46,23 @@ export const serveSpecs = {
     describe:
       "run an explicit pre-copy or hybrid migration even where it corrupts guests (QEMU < 8.0 under TCG; refused otherwise): only for tests that roll it back before the switch-over",
   },
+  "power-credentials": {
+    type: "string",
+    describe:
+      'power drivers\' passwords: a JSON file {"<host_id>"|"*": {"password": "…"}} (else VMHOP_IPMI_PASSWORD, VMHOP_REDFISH_PASSWORD, VMHOP_COMMAND_PASSWORD)',
+    env: "VMHOP_POWER_CREDENTIALS",
+  },
+  "wake-timeout-s": {
+    type: "number",
+    default: 300,
+    describe:
+      "how long a woken host has to come up (its driver says on, its page-server answers) before it is marked failed",
+  },
+  "power-off-timeout-s": {
+    type: "number",
+    default: 300,
+    describe: "how long a host has to report off after a shutdown request",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -56,12 +74,19 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   const log = createLogger({ svc: "control-plane" });
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
+    // Read before anything starts: a bad credentials file stops the start with its reason.
+    const credentials = Credentials.load(o["power-credentials"]);
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, {
       log,
       netreach: o.netreach || undefined,
       allowUnsafePrecopy: o["allow-unsafe-precopy"] ?? false,
+      power: {
+        credentials,
+        wakeTimeoutMs: (o["wake-timeout-s"] ?? 300) * 1000,
+        offTimeoutMs: (o["power-off-timeout-s"] ?? 300) * 1000,
+      },
       executor: {
         diskCopyRateWhileMemory: (o["disk-copy-rate-mib"] ?? 0) * 2 ** 20,
         diskCopyRateAfterMemory: (o["disk-copy-rate-mib-after"] ?? 0) * 2 ** 20,

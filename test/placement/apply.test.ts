@@ -71,7 +71,7 @@ test("refused moves and an unknown host to sleep: the plan ends FAILED with each
     [["small", "failed", ""]],
   );
   assert.match(final.moves[0].error, /unknown VM small/);
-  assert.equal(final.warnings, ["host h3 not recorded asleep: unknown host h3"]);
+  assert.equal(final.warnings, ["host h3 not switched off: unknown host h3"]);
 
   // A plan whose VM has since moved elsewhere is stale: its move fails, nothing migrates.
   // Hosts sharing h1's page-server (RegisterHost refuses that): recorded straight in the store.

@@ -82,6 +82,59 @@ export interface Host {
   cpus: number;
   memoryMib: number;
   asleep: boolean;
+  /** How the host is switched on and off (unset: asleep is bookkeeping only). Set at RegisterHost. */
+  power:
+    | HostPower
+    | undefined;
+  /**
+   * Kept by the control-plane (ignored in RegisterHost): on, off, waking, stopping, failed; "" =
+   * never powered.
+   */
+  powerState: string;
+  /** Why the last power action failed. */
+  powerError: string;
+  /** The last power actions, oldest first (at most 20). */
+  powerActions: PowerActionRecord[];
+}
+
+/**
+ * A host's power driver and its parameters, never a secret (passwords come from the
+ * control-plane's environment or --power-credentials file). Drivers and their parameters:
+ * ipmi (address; username, interface, port), redfish (url; system, username),
+ * wol (mac; broadcast, port, off_command, status_command), command (on, off; status),
+ * testbed (socket).
+ */
+export interface HostPower {
+  driver: string;
+  params: { [key: string]: string };
+}
+
+export interface HostPower_ParamsEntry {
+  key: string;
+  value: string;
+}
+
+export interface PowerActionRecord {
+  timeUnixMs: number;
+  /** on, off or status. */
+  action: string;
+  /** on/off: the state reached or "failed"; status: the driver's answer (on, off, unknown). */
+  result: string;
+  error: string;
+}
+
+export interface PowerHostRequest {
+  hostId: string;
+  /** on, off or status. */
+  action: string;
+}
+
+export interface PowerHostResponse {
+  host:
+    | Host
+    | undefined;
+  /** on/off: the state reached; status: the driver's answer (on, off, unknown). */
+  state: string;
 }
 
 export interface SetHostAsleepRequest {
@@ -359,6 +412,10 @@ function createBaseHost(): Host {
     cpus: 0,
     memoryMib: 0,
     asleep: false,
+    power: undefined,
+    powerState: "",
+    powerError: "",
+    powerActions: [],
   };
 }
 
@@ -387,6 +444,18 @@ export const Host: MessageFns<Host> = {
     }
     if (message.asleep !== false) {
       writer.uint32(64).bool(message.asleep);
+    }
+    if (message.power !== undefined) {
+      HostPower.encode(message.power, writer.uint32(74).fork()).join();
+    }
+    if (message.powerState !== "") {
+      writer.uint32(82).string(message.powerState);
+    }
+    if (message.powerError !== "") {
+      writer.uint32(90).string(message.powerError);
+    }
+    for (const v of message.powerActions) {
+      PowerActionRecord.encode(v!, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -468,6 +537,38 @@ export const Host: MessageFns<Host> = {
             message.asleep = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.power = HostPower.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.powerState = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.powerError = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.powerActions.push(PowerActionRecord.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -510,6 +611,22 @@ export const Host: MessageFns<Host> = {
         ? globalThis.Number(object.memory_mib)
         : 0,
       asleep: isSet(object.asleep) ? globalThis.Boolean(object.asleep) : false,
+      power: isSet(object.power) ? HostPower.fromJSON(object.power) : undefined,
+      powerState: isSet(object.powerState)
+        ? globalThis.String(object.powerState)
+        : isSet(object.power_state)
+        ? globalThis.String(object.power_state)
+        : "",
+      powerError: isSet(object.powerError)
+        ? globalThis.String(object.powerError)
+        : isSet(object.power_error)
+        ? globalThis.String(object.power_error)
+        : "",
+      powerActions: globalThis.Array.isArray(object?.powerActions)
+        ? object.powerActions.map((e: any) => PowerActionRecord.fromJSON(e))
+        : globalThis.Array.isArray(object?.power_actions)
+        ? object.power_actions.map((e: any) => PowerActionRecord.fromJSON(e))
+        : [],
     };
   },
 
@@ -539,6 +656,18 @@ export const Host: MessageFns<Host> = {
     if (message.asleep !== false) {
       obj.asleep = message.asleep;
     }
+    if (message.power !== undefined) {
+      obj.power = HostPower.toJSON(message.power);
+    }
+    if (message.powerState !== "") {
+      obj.powerState = message.powerState;
+    }
+    if (message.powerError !== "") {
+      obj.powerError = message.powerError;
+    }
+    if (message.powerActions?.length) {
+      obj.powerActions = message.powerActions.map((e) => PowerActionRecord.toJSON(e));
+    }
     return obj;
   },
 
@@ -555,6 +684,507 @@ export const Host: MessageFns<Host> = {
     message.cpus = object.cpus ?? 0;
     message.memoryMib = object.memoryMib ?? 0;
     message.asleep = object.asleep ?? false;
+    message.power = (object.power !== undefined && object.power !== null)
+      ? HostPower.fromPartial(object.power)
+      : undefined;
+    message.powerState = object.powerState ?? "";
+    message.powerError = object.powerError ?? "";
+    message.powerActions = object.powerActions?.map((e) => PowerActionRecord.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHostPower(): HostPower {
+  return { driver: "", params: {} };
+}
+
+export const HostPower: MessageFns<HostPower> = {
+  encode(message: HostPower, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.driver !== "") {
+      writer.uint32(10).string(message.driver);
+    }
+    globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
+      HostPower_ParamsEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostPower {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostPower();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.driver = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = HostPower_ParamsEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.params[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostPower {
+    return {
+      driver: isSet(object.driver) ? globalThis.String(object.driver) : "",
+      params: isObject(object.params)
+        ? (globalThis.Object.entries(object.params) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: HostPower): unknown {
+    const obj: any = {};
+    if (message.driver !== "") {
+      obj.driver = message.driver;
+    }
+    if (message.params) {
+      const entries = globalThis.Object.entries(message.params) as [string, string][];
+      if (entries.length > 0) {
+        obj.params = {};
+        entries.forEach(([k, v]) => {
+          obj.params[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostPower>, I>>(base?: I): HostPower {
+    return HostPower.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostPower>, I>>(object: I): HostPower {
+    const message = createBaseHostPower();
+    message.driver = object.driver ?? "";
+    message.params = (globalThis.Object.entries(object.params ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseHostPower_ParamsEntry(): HostPower_ParamsEntry {
+  return { key: "", value: "" };
+}
+
+export const HostPower_ParamsEntry: MessageFns<HostPower_ParamsEntry> = {
+  encode(message: HostPower_ParamsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostPower_ParamsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostPower_ParamsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostPower_ParamsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: HostPower_ParamsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostPower_ParamsEntry>, I>>(base?: I): HostPower_ParamsEntry {
+    return HostPower_ParamsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostPower_ParamsEntry>, I>>(object: I): HostPower_ParamsEntry {
+    const message = createBaseHostPower_ParamsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBasePowerActionRecord(): PowerActionRecord {
+  return { timeUnixMs: 0, action: "", result: "", error: "" };
+}
+
+export const PowerActionRecord: MessageFns<PowerActionRecord> = {
+  encode(message: PowerActionRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timeUnixMs !== 0) {
+      writer.uint32(8).int64(message.timeUnixMs);
+    }
+    if (message.action !== "") {
+      writer.uint32(18).string(message.action);
+    }
+    if (message.result !== "") {
+      writer.uint32(26).string(message.result);
+    }
+    if (message.error !== "") {
+      writer.uint32(34).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PowerActionRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePowerActionRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.timeUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PowerActionRecord {
+    return {
+      timeUnixMs: isSet(object.timeUnixMs)
+        ? globalThis.Number(object.timeUnixMs)
+        : isSet(object.time_unix_ms)
+        ? globalThis.Number(object.time_unix_ms)
+        : 0,
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      result: isSet(object.result) ? globalThis.String(object.result) : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: PowerActionRecord): unknown {
+    const obj: any = {};
+    if (message.timeUnixMs !== 0) {
+      obj.timeUnixMs = Math.round(message.timeUnixMs);
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PowerActionRecord>, I>>(base?: I): PowerActionRecord {
+    return PowerActionRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PowerActionRecord>, I>>(object: I): PowerActionRecord {
+    const message = createBasePowerActionRecord();
+    message.timeUnixMs = object.timeUnixMs ?? 0;
+    message.action = object.action ?? "";
+    message.result = object.result ?? "";
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBasePowerHostRequest(): PowerHostRequest {
+  return { hostId: "", action: "" };
+}
+
+export const PowerHostRequest: MessageFns<PowerHostRequest> = {
+  encode(message: PowerHostRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.action !== "") {
+      writer.uint32(18).string(message.action);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PowerHostRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePowerHostRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PowerHostRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+    };
+  },
+
+  toJSON(message: PowerHostRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PowerHostRequest>, I>>(base?: I): PowerHostRequest {
+    return PowerHostRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PowerHostRequest>, I>>(object: I): PowerHostRequest {
+    const message = createBasePowerHostRequest();
+    message.hostId = object.hostId ?? "";
+    message.action = object.action ?? "";
+    return message;
+  },
+};
+
+function createBasePowerHostResponse(): PowerHostResponse {
+  return { host: undefined, state: "" };
+}
+
+export const PowerHostResponse: MessageFns<PowerHostResponse> = {
+  encode(message: PowerHostResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.host !== undefined) {
+      Host.encode(message.host, writer.uint32(10).fork()).join();
+    }
+    if (message.state !== "") {
+      writer.uint32(18).string(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PowerHostResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePowerHostResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.host = Host.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PowerHostResponse {
+    return {
+      host: isSet(object.host) ? Host.fromJSON(object.host) : undefined,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+    };
+  },
+
+  toJSON(message: PowerHostResponse): unknown {
+    const obj: any = {};
+    if (message.host !== undefined) {
+      obj.host = Host.toJSON(message.host);
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PowerHostResponse>, I>>(base?: I): PowerHostResponse {
+    return PowerHostResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PowerHostResponse>, I>>(object: I): PowerHostResponse {
+    const message = createBasePowerHostResponse();
+    message.host = (object.host !== undefined && object.host !== null) ? Host.fromPartial(object.host) : undefined;
+    message.state = object.state ?? "";
     return message;
   },
 };
@@ -4262,8 +4892,9 @@ export const ControlPlaneServiceService = {
     responseDeserialize: (value: Buffer): ListHostsResponse => ListHostsResponse.decode(value),
   },
   /**
-   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
-   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   * Puts a host to sleep (PowerHost off) or wakes it (PowerHost on): through its power driver
+   * when it has one, else bookkeeping. Refused while VMs are on the host or migrating from or
+   * to it. An asleep host takes no new VMs.
    */
   setHostAsleep: {
     path: "/vmhop.v1.ControlPlaneService/SetHostAsleep" as const,
@@ -4274,6 +4905,21 @@ export const ControlPlaneServiceService = {
     responseSerialize: (value: SetHostAsleepResponse): Buffer =>
       Buffer.from(SetHostAsleepResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetHostAsleepResponse => SetHostAsleepResponse.decode(value),
+  },
+  /**
+   * Switches a host on or off through its power driver, or asks the driver its state. `off`:
+   * FAILED_PRECONDITION naming the VMs while any is on the host or migrating from or to it.
+   * `on`: answers once the driver reports on and the host's page-server answers; a host that
+   * does not come up is marked power_state "failed" with power_error (UNAVAILABLE).
+   */
+  powerHost: {
+    path: "/vmhop.v1.ControlPlaneService/PowerHost" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PowerHostRequest): Buffer => Buffer.from(PowerHostRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PowerHostRequest => PowerHostRequest.decode(value),
+    responseSerialize: (value: PowerHostResponse): Buffer => Buffer.from(PowerHostResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PowerHostResponse => PowerHostResponse.decode(value),
   },
   /**
    * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's
@@ -4405,10 +5051,18 @@ export interface ControlPlaneServiceServer extends UntypedServiceImplementation 
   registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse>;
   listHosts: handleUnaryCall<ListHostsRequest, ListHostsResponse>;
   /**
-   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
-   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   * Puts a host to sleep (PowerHost off) or wakes it (PowerHost on): through its power driver
+   * when it has one, else bookkeeping. Refused while VMs are on the host or migrating from or
+   * to it. An asleep host takes no new VMs.
    */
   setHostAsleep: handleUnaryCall<SetHostAsleepRequest, SetHostAsleepResponse>;
+  /**
+   * Switches a host on or off through its power driver, or asks the driver its state. `off`:
+   * FAILED_PRECONDITION naming the VMs while any is on the host or migrating from or to it.
+   * `on`: answers once the driver reports on and the host's page-server answers; a host that
+   * does not come up is marked power_state "failed" with power_error (UNAVAILABLE).
+   */
+  powerHost: handleUnaryCall<PowerHostRequest, PowerHostResponse>;
   /**
    * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's
    * disk export on the host's block-server.
@@ -4478,8 +5132,9 @@ export interface ControlPlaneServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Records a host as asleep (or awake). There is no power control: this is bookkeeping, and
-   * a host is refused while VMs are still on it. An asleep host takes no new VMs.
+   * Puts a host to sleep (PowerHost off) or wakes it (PowerHost on): through its power driver
+   * when it has one, else bookkeeping. Refused while VMs are on the host or migrating from or
+   * to it. An asleep host takes no new VMs.
    */
   setHostAsleep(
     request: SetHostAsleepRequest,
@@ -4495,6 +5150,27 @@ export interface ControlPlaneServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetHostAsleepResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Switches a host on or off through its power driver, or asks the driver its state. `off`:
+   * FAILED_PRECONDITION naming the VMs while any is on the host or migrating from or to it.
+   * `on`: answers once the driver reports on and the host's page-server answers; a host that
+   * does not come up is marked power_state "failed" with power_error (UNAVAILABLE).
+   */
+  powerHost(
+    request: PowerHostRequest,
+    callback: (error: ServiceError | null, response: PowerHostResponse) => void,
+  ): ClientUnaryCall;
+  powerHost(
+    request: PowerHostRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PowerHostResponse) => void,
+  ): ClientUnaryCall;
+  powerHost(
+    request: PowerHostRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PowerHostResponse) => void,
   ): ClientUnaryCall;
   /**
    * Defines and starts the VM on the host's page-server; with `disk`, first creates the VM's

@@ -1,7 +1,9 @@
-// Carries an accepted plan out through the control-plane: MigrateVm for each move (request_id
-// <plan>/<vm>, so a retried or resumed apply never starts a second migration), each move's
-// outcome recorded on the plan, then the hosts to sleep recorded asleep once their VMs have
-// left. The plan ends applied, or failed with the reasons on its moves and warnings.
+// Carries an accepted plan out through the control-plane: first wakes the hosts to wake (a move
+// to one that does not wake goes to another awake host with room, or is dropped), then
+// MigrateVm for each move (request_id <plan>/<vm>, so a retried or resumed apply never starts a
+// second migration), each move's outcome recorded on the plan, then the hosts to sleep switched
+// off once their VMs have left. The plan ends applied, or failed with the reasons on its moves
+// and warnings.
 import type { Migration } from "../../../gen/vmhop/v1/control.js";
 import { MigrationMode } from "../../../gen/vmhop/v1/page.js";
 import type { Logger } from "../../common/log.js";
@@ -9,7 +11,9 @@ import type { Store } from "../../common/store/index.js";
 import { type ControlClient, isNotFound } from "../../control-plane/client.js";
 import { update } from "../../control-plane/records.js";
 import { isFinal, type MigrationState } from "../../control-plane/states.js";
+import { fallbacks } from "./fallback.js";
 import { KEYS } from "./keys.js";
+import { readSnapshot } from "./load.js";
 import {
   acceptPlan,
   getPlan,
@@ -47,13 +51,74 @@ function setMove(vmId: string, progress: MoveProgress) {
 }
 
 /**
- * accepted → applying: starts each move's migration and returns the plan with their ids.
- * follow() then waits for them (it runs in the background of ApplyPlan).
+ * Wakes the plan's hosts_to_wake through the control-plane (their power drivers), all at once;
+ * the moves to a host that did not wake go to another awake host with room (fallback.ts), or
+ * are dropped (failed, the VM stays). Returns the plan as changed.
  */
-export async function startPlan(store: Store, plan: PlanRecord, cp: ControlClient): Promise<PlanRecord> {
+async function wakeHosts(
+  store: Store,
+  plan: PlanRecord,
+  cp: ControlClient,
+  log: Logger,
+): Promise<PlanRecord> {
+  const failed = new Map<string, string>();
+  await Promise.all(
+    plan.hosts_to_wake.map(async (h) => {
+      try {
+        await cp.powerHost(h, "on");
+        log.info("plan woke host", { plan: plan.plan_id, host: h });
+      } catch (err) {
+        failed.set(h, errorText(err));
+        log.warn("plan host did not wake", { plan: plan.plan_id, host: h, err: errorText(err) });
+      }
+    }),
+  );
+  if (failed.size === 0) return plan;
+  const load = await readSnapshot(store);
+  const awake = new Set([
+    ...load.hostIds.filter((_, i) => !load.snapshot.hosts[i].asleep),
+    ...plan.hosts_to_wake.filter((h) => !failed.has(h)),
+  ]);
+  const to = new Map(
+    fallbacks(plan, load, awake, new Set(failed.keys())).map((f) => [f.vm_id, f.to_host_id]),
+  );
+  const warnings = [...failed].map(([h, why]) => `host ${h} did not wake: ${why}`);
+  const moves = plan.moves.map((m) => {
+    if (!to.has(m.vm_id)) return m;
+    const dest = to.get(m.vm_id);
+    if (dest) {
+      warnings.push(`move of ${m.vm_id}: ${m.to_host_id} did not wake, to ${dest} instead`);
+      return { ...m, to_host_id: dest };
+    }
+    return {
+      ...m,
+      state: "failed",
+      error: `host ${m.to_host_id} did not wake (${failed.get(m.to_host_id)}) and no awake host has room: ${m.vm_id} stays on ${m.from_host_id}`,
+    };
+  });
+  return changePlan(store, plan.plan_id, "applying", (p) => ({
+    moves,
+    hosts_to_wake: p.hosts_to_wake.filter((h) => !failed.has(h)),
+    warnings: [...p.warnings, ...warnings],
+  }));
+}
+
+/**
+ * accepted → applying: wakes the hosts to wake, then starts each move's migration and returns
+ * the plan with their ids. follow() then waits for them (it runs in the background of ApplyPlan).
+ */
+export async function startPlan(
+  store: Store,
+  plan: PlanRecord,
+  cp: ControlClient,
+  log: Logger,
+): Promise<PlanRecord> {
   // Only from accepted: of two racing ApplyPlans, one starts the moves.
   let p = await changePlan(store, plan.plan_id, "applying", undefined, "accepted");
-  for (const move of plan.moves) {
+  // Waking precedes every migration: the control-plane refuses one to a sleeping host.
+  p = await wakeHosts(store, p, cp, log);
+  for (const move of p.moves) {
+    if (move.state === "failed") continue; // dropped: its host did not wake
     let progress: MoveProgress;
     try {
       // A plan made from stale load must not move a VM from somewhere it no longer is.
@@ -119,10 +184,11 @@ export async function followPlan(
   const warnings: string[] = [];
   for (const host of moved.hosts_to_sleep) {
     // The control-plane refuses a host that still has VMs: a host sleeps only once they left.
+    // It switches the host off through its power driver (bookkeeping without one).
     try {
-      await cp.setHostAsleep(host, true);
+      await cp.powerHost(host, "off");
     } catch (err) {
-      warnings.push(`host ${host} not recorded asleep: ${errorText(err)}`);
+      warnings.push(`host ${host} not switched off: ${errorText(err)}`);
     }
   }
   const ok = allDone && warnings.length === 0;
@@ -169,7 +235,7 @@ export async function applyPlan(
       message: `plan ${planId} is already ${accepted.state}`,
       done: Promise.resolve(accepted),
     };
-  const started = await startPlan(store, accepted, cp);
+  const started = await startPlan(store, accepted, cp, log);
   const done = followPlan(store, planId, cp, log);
   done.catch((err) => log.warn("following plan failed", { plan: planId, err }));
   const failed = started.moves.filter((m) => m.state === "failed").length;
