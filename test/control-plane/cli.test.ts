@@ -55,7 +55,10 @@ test("serve prints a ready line; the verbs talk to it", async () => {
     [["h1", "lab"]],
   );
   const table = await vmhop(["control", "hosts", ...s]);
-  assert.match(table.out, /^HOST\s+SITE\s+PAGE-SERVER\s+ASLEEP\nh1\s+lab\s+127\.0\.0\.1:\d+\s+false$/m);
+  assert.match(
+    table.out,
+    /^HOST\s+SITE\s+PAGE-SERVER\s+ASLEEP\s+POWER\s+DRIVER\s+POWER-ERROR\nh1\s+lab\s+127\.0\.0\.1:\d+\s+false\s+-\s+-$/m,
+  );
   const vms = await vmhop(["control", "vms", "--json", ...s]);
   assert.equal(JSON.parse(vms.out), []);
   const migrations = await vmhop(["control", "migrations", "--json", ...s]);

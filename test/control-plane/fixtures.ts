@@ -56,13 +56,14 @@ export interface ControlPlaneHandle {
 export async function startControlPlane(
   store: Store,
   executor?: ExecutorOptions,
-  opts: Pick<ControlPlaneOptions, "allowUnsafePrecopy"> = {},
+  /** Further options (allowUnsafePrecopy, power, a logger to read). */
+  opts: ControlPlaneOptions = {},
 ): Promise<ControlPlaneHandle> {
   const cp = new ControlPlane(store, { reachMs: 1500, executor, repairRetryMs: 200, ...opts });
   const grpc = await startGrpcServer({
     serviceName: "control-plane",
     listen: "127.0.0.1:0",
-    services: [controlPlaneService(cp, silentLogger)],
+    services: [controlPlaneService(cp, opts.log ?? silentLogger)],
     log: silentLogger,
   });
   await cp.open();
