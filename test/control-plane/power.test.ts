@@ -214,7 +214,7 @@ test("a host that does not wake is marked failed with the reason and refuses mig
   assert.not.match(logs.join("\n"), new RegExp(SECRET));
 });
 
-test("vmhop control power against a control-plane process: on, off, status, refusals, hosts", async () => {
+test("vmhop control power against a control-plane process: off, status, hosts, on", async () => {
   const env = { ...process.env, VMHOP_COMMAND_PASSWORD: SECRET };
   const proc = await startService({
     name: "control serve",
@@ -237,19 +237,6 @@ test("vmhop control power against a control-plane process: on, off, status, refu
   ]);
   assert.is(reg.code, 0, reg.err);
   assert.match(reg.out, /registered h1 \(page-server .*, power command\)/);
-  const bad = await vmhop([
-    "control",
-    "register-host",
-    "h2",
-    page.address,
-    "--power-driver",
-    "ipmi",
-    "--power-params",
-    "username=x",
-    ...s,
-  ]);
-  assert.is(bad.code, 1);
-  assert.match(bad.err, /host h2: power driver ipmi needs the parameter address/);
   const off = await vmhop(["control", "power", "h1", "off", ...s]);
   assert.is(off.code, 0, off.err);
   assert.is(off.out.trim(), "h1: off");
@@ -259,9 +246,6 @@ test("vmhop control power against a control-plane process: on, off, status, refu
   assert.match(table.out, /^h1\s+127\.0\.0\.1:\d+\s+true\s+off\s+command$/m);
   const on = await vmhop(["control", "power", "h1", "on", ...s]);
   assert.is(on.out.trim(), "h1: on");
-  const usage = await vmhop(["control", "power", "h1", "reboot", ...s]);
-  assert.is(usage.code, 2);
-  assert.match(usage.err, /usage: vmhop control power HOST_ID on\|off\|status/);
   assert.equal(calls("cli"), ["off", "on"]);
   assert.not.match(proc.stderr(), new RegExp(SECRET));
   assert.match(proc.stderr(), /"msg":"host power"/);
