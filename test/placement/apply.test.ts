@@ -1,7 +1,9 @@
 // PlacementService.ApplyPlan through a real control-plane (gRPC, no QEMU): moves the
 // control-plane refuses (unknown VM, stale plan) and a host it does not know end the plan
-// FAILED with each reason recorded; the per-move outcome shows in GetPlan. The successful
+// FAILED with each reason recorded; the per-move outcome shows in GetPlan. A host to wake whose
+// power driver fails is marked failed and the move goes to a spare host woken instead. The successful
 // path with a real VM is test/control-plane/e2e.test.ts.
+import { join } from "node:path";
 import * as assert from "uvu/assert";
 import {
   type ApplyPlanResponse,
@@ -15,6 +17,7 @@ import { KEYS } from "../../services/control-plane/records.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { host, plantHost, startControlPlane, startPageServer } from "../control-plane/fixtures.js";
 import { test } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
 import { LOAD_HOSTS, reportScenarioLoad, startPlacement } from "./fixtures.js";
 
 const dir = tempDir("vmhop-apply-");
@@ -97,6 +100,79 @@ test("refused moves and an unknown host to sleep: the plan ends FAILED with each
     (await cp.client.listHosts()).filter((h) => h.asleep).map((h) => h.hostId),
     ["h3"],
   );
+});
+
+test("a host that does not wake: marked failed, its move goes to a spare host woken instead", async () => {
+  const cpStore = new MemoryStore();
+  const page = await startPageServer(dir.path, "wake-page");
+  const cp = await startControlPlane(cpStore, undefined, { power: { wakeTimeoutMs: 1500, pollMs: 100 } });
+  const placement = await startPlacement(new MemoryStore(), cp.address);
+  closers.push(async () => {
+    await placement.close();
+    await cp.close();
+    await page.close();
+  });
+  // h2's BMC never answers; h4 wakes (its state in a file).
+  const state = join(dir.path, "h4.state");
+  await cp.client.registerHost(host("h1", page.address));
+  await cp.client.registerHost({
+    ...host("h2", page.address),
+    power: { driver: "command", params: { on: "echo 'BMC unreachable' >&2; exit 1", off: "true" } },
+  });
+  await cp.client.registerHost({
+    ...host("h4", page.address),
+    power: {
+      driver: "command",
+      params: { on: `echo on > ${state}`, off: `echo off > ${state}`, status: `cat ${state}` },
+    },
+  });
+  await cp.client.powerHost("h2", "off");
+  await cp.client.powerHost("h4", "off");
+  // h1 (G5) is overloaded; h2 (G5) and h4 (G4) sleep: the policy wakes the more efficient h2.
+  const hosts = [
+    { hostId: "h1", model: "G5", asleep: false },
+    { hostId: "h2", model: "G5", asleep: true },
+    { hostId: "h4", model: "G4", asleep: true },
+  ].map((h) => ({ ...h, cpuCapacityMips: 0, memoryMib: 4096, cpuUtilization: 0 }));
+  const vms = [
+    { vmId: "v1", cpuRequestedMips: 2500, cpuUtilization: 1 },
+    { vmId: "v2", cpuRequestedMips: 2500, cpuUtilization: 1 },
+    { vmId: "v3", cpuRequestedMips: 1000, cpuUtilization: 0.6 },
+  ].map((v) => ({ ...v, hostId: "h1", memoryMib: 870, dirtyRateMibPerS: 1, migratingToHostId: "" }));
+  for (let i = 0; i < 12; i++) await call(placement.client, "reportLoad", { hosts, vms, timeUnixMs: 0 });
+  const plan = (await call(placement.client, "computePlan", { policy: "", costModel: "" })).plan!;
+  assert.equal(plan.hostsToWake, ["h2"]);
+  assert.equal(
+    plan.moves.map((m) => [m.fromHostId, m.toHostId]),
+    [["h1", "h2"]],
+  );
+  const vm = plan.moves[0].vmId;
+  await call(placement.client, "applyPlan", { planId: plan.planId });
+  const final = await until(
+    "the plan to end",
+    async () => {
+      const p = (await call(placement.client, "getPlan", { planId: plan.planId })).plan!;
+      return p.state === PlanState.PLAN_STATE_APPLYING ? undefined : p;
+    },
+    60_000,
+    100,
+  );
+  // h2 marked failed with the BMC's reason; h4 woken and the move sent there (the control-plane
+  // then refuses it: no VM of that name runs, which fails the plan).
+  const h2 = (await cp.client.listHosts()).find((h) => h.hostId === "h2")!;
+  assert.equal([h2.asleep, h2.powerState], [true, "failed"]);
+  assert.match(h2.powerError, /waking: .*exited 1: BMC unreachable/);
+  const h4 = (await cp.client.listHosts()).find((h) => h.hostId === "h4")!;
+  assert.equal([h4.asleep, h4.powerState], [false, "on"]);
+  assert.equal(
+    final.moves.map((m) => [m.vmId, m.toHostId]),
+    [[vm, "h4"]],
+  );
+  assert.match(final.moves[0].error, new RegExp(`unknown VM ${vm}`));
+  assert.equal(final.hostsToWake, ["h4"]);
+  assert.match(final.warnings[0], /^host h2 did not wake: .*BMC unreachable/);
+  assert.is(final.warnings[1], `move of ${vm}: h2 did not wake, to h4 instead`);
+  assert.is(final.state, PlanState.PLAN_STATE_FAILED);
 });
 
 test.run();

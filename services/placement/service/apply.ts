@@ -11,7 +11,7 @@ import type { Store } from "../../common/store/index.js";
 import { type ControlClient, isNotFound } from "../../control-plane/client.js";
 import { update } from "../../control-plane/records.js";
 import { isFinal, type MigrationState } from "../../control-plane/states.js";
-import { fallbacks } from "./fallback.js";
+import { fallbacks, spareHosts } from "./fallback.js";
 import { KEYS } from "./keys.js";
 import { readSnapshot } from "./load.js";
 import {
@@ -51,9 +51,10 @@ function setMove(vmId: string, progress: MoveProgress) {
 }
 
 /**
- * Wakes the plan's hosts_to_wake through the control-plane (their power drivers), all at once;
- * the moves to a host that did not wake go to another awake host with room (fallback.ts), or
- * are dropped (failed, the VM stays). Returns the plan as changed.
+ * Wakes the plan's hosts_to_wake through the control-plane (their power drivers), all at once.
+ * The moves to a host that did not wake go to another awake host with room (fallback.ts), else
+ * to a spare sleeping host woken for them (most efficient first), else are dropped (failed: the
+ * VM stays). Returns the plan as changed.
  */
 async function wakeHosts(
   store: Store,
@@ -62,27 +63,34 @@ async function wakeHosts(
   log: Logger,
 ): Promise<PlanRecord> {
   const failed = new Map<string, string>();
-  await Promise.all(
-    plan.hosts_to_wake.map(async (h) => {
-      try {
-        await cp.powerHost(h, "on");
-        log.info("plan woke host", { plan: plan.plan_id, host: h });
-      } catch (err) {
-        failed.set(h, errorText(err));
-        log.warn("plan host did not wake", { plan: plan.plan_id, host: h, err: errorText(err) });
-      }
-    }),
-  );
+  const woken: string[] = [];
+  const wake = async (h: string) => {
+    try {
+      await cp.powerHost(h, "on");
+      woken.push(h);
+      log.info("plan woke host", { plan: plan.plan_id, host: h });
+    } catch (err) {
+      failed.set(h, errorText(err));
+      log.warn("plan host did not wake", { plan: plan.plan_id, host: h, err: errorText(err) });
+    }
+  };
+  await Promise.all(plan.hosts_to_wake.map(wake));
   if (failed.size === 0) return plan;
   const load = await readSnapshot(store);
-  const awake = new Set([
-    ...load.hostIds.filter((_, i) => !load.snapshot.hosts[i].asleep),
-    ...plan.hosts_to_wake.filter((h) => !failed.has(h)),
-  ]);
-  const to = new Map(
-    fallbacks(plan, load, awake, new Set(failed.keys())).map((f) => [f.vm_id, f.to_host_id]),
-  );
-  const warnings = [...failed].map(([h, why]) => `host ${h} did not wake: ${why}`);
+  const awake = new Set(load.hostIds.filter((_, i) => !load.snapshot.hosts[i].asleep));
+  const tried = new Set(plan.hosts_to_wake);
+  let to: Map<string, string | undefined>;
+  for (;;) {
+    for (const h of woken) awake.add(h);
+    to = new Map(fallbacks(plan, load, awake, new Set(failed.keys())).map((f) => [f.vm_id, f.to_host_id]));
+    if (![...to.values()].includes(undefined)) break;
+    const spare = spareHosts(plan, load, tried)[0];
+    if (!spare) break;
+    tried.add(spare);
+    await wake(spare);
+  }
+  // The control-plane's reasons name the host ("host h2 did not wake: …").
+  const warnings = [...failed.values()];
   const moves = plan.moves.map((m) => {
     if (!to.has(m.vm_id)) return m;
     const dest = to.get(m.vm_id);
@@ -93,12 +101,12 @@ async function wakeHosts(
     return {
       ...m,
       state: "failed",
-      error: `host ${m.to_host_id} did not wake (${failed.get(m.to_host_id)}) and no awake host has room: ${m.vm_id} stays on ${m.from_host_id}`,
+      error: `${failed.get(m.to_host_id)}; no other host has room: ${m.vm_id} stays on ${m.from_host_id}`,
     };
   });
   return changePlan(store, plan.plan_id, "applying", (p) => ({
     moves,
-    hosts_to_wake: p.hosts_to_wake.filter((h) => !failed.has(h)),
+    hosts_to_wake: woken,
     warnings: [...p.warnings, ...warnings],
   }));
 }

@@ -1,6 +1,7 @@
 // Where a planned move goes when its destination host did not wake: the awake host (not going
 // to sleep, not the VM's source) with the least room left that still takes the VM's demand now
-// under the packing target, counting the plan's other moves; none: the VM stays (pure).
+// under the packing target, counting the plan's other moves; when none has room, apply.ts wakes
+// a spare sleeping host (spareHosts: the most efficient first) and asks again (pure).
 import { HOST_TYPES } from "../sim/setup.js";
 import type { LoadSnapshot } from "./load.js";
 import type { PlanRecord } from "./plans.js";
@@ -50,4 +51,25 @@ export function fallbacks(
     out.push({ vm_id: m.vm_id, to_host_id: best });
   }
   return out;
+}
+
+/**
+ * Sleeping hosts that could be woken instead, most MIPS per peak watt first (as the policy
+ * wakes): not already tried (`tried`), not going to sleep.
+ */
+export function spareHosts(
+  plan: Pick<PlanRecord, "hosts_to_sleep">,
+  load: LoadSnapshot,
+  tried: ReadonlySet<string>,
+): string[] {
+  const sleeping = new Set(plan.hosts_to_sleep);
+  const perWatt = (type: number) => {
+    const t = HOST_TYPES[type];
+    return (t.cores * t.mipsPerCore) / t.power.maxPower;
+  };
+  return load.snapshot.hosts
+    .map((h, i) => ({ id: load.hostIds[i], h }))
+    .filter(({ id, h }) => h.asleep && !tried.has(id) && !sleeping.has(id))
+    .sort((a, b) => perWatt(b.h.type) - perWatt(a.h.type))
+    .map(({ id }) => id);
 }
