@@ -18,7 +18,7 @@ import { ControlClient } from "../../services/control-plane/client.js";
 import type { DataplaneKind } from "../../services/netreach/dataplane/tunnel.js";
 import { addAddress, killNetnsProcesses } from "../netns.js";
 import { NetreachBed } from "../netreach/bed.js";
-import { type ServiceProcess, startService } from "../service-process.js";
+import { type ServiceOptions, type ServiceProcess, startService } from "../service-process.js";
 
 export { HOME } from "../netreach/bed.js";
 
@@ -73,6 +73,8 @@ export class SitesBed {
   control!: ServiceProcess;
   client!: ControlClient;
   private readonly services: ServiceProcess[] = [];
+  /** How each site's block-server and page-server were started: powerOnSite starts them so again. */
+  private readonly siteRuns = new Map<number, { block: ServiceOptions; page: ServiceOptions }>();
 
   private constructor(readonly opts: SitesBedOptions) {}
 
@@ -171,8 +173,8 @@ export class SitesBed {
     const nbdAddress = `[${svc}]:${NBD_PORT}`;
     const blockAddress = `unix:${join(dir, "block.sock")}`;
     const pageAddress = `unix:${join(dir, "page.sock")}`;
-    const [block, page, agent] = await settleAll([
-      this.run({
+    const runs = {
+      block: {
         name: `${site} block-server`,
         netns: ns,
         args: [
@@ -185,8 +187,8 @@ export class SitesBed {
           "--state-dir",
           join(dir, "block"),
         ],
-      }),
-      this.run({
+      },
+      page: {
         name: `${site} page-server`,
         netns: ns,
         args: [
@@ -200,7 +202,12 @@ export class SitesBed {
           join(dir, "page"),
           ...(this.opts.pageArgs ?? []),
         ],
-      }),
+      },
+    };
+    this.siteRuns.set(k, runs);
+    const [block, page, agent] = await settleAll([
+      this.run(runs.block),
+      this.run(runs.page),
       netreach
         ? this.run({
             name: `${site} netreach agent`,
@@ -209,6 +216,27 @@ export class SitesBed {
         : Promise.resolve(undefined),
     ]);
     return { k, site, hostId: `h${k}`, ns, block, page, agent, pageAddress, blockAddress, nbdAddress };
+  }
+
+  /**
+   * Switches site k's host off (the `testbed` power driver, testbed/power.ts): its block-server
+   * and page-server stopped, whatever else runs in its namespace (QEMU) ended. The namespace and
+   * its links stay, as a switched-off machine's cabling does.
+   */
+  async powerOffSite(k: number): Promise<void> {
+    const s = this.sites[k - 1];
+    for (const p of [s.page, s.block]) {
+      await p.stop();
+      this.services.splice(this.services.indexOf(p), 1);
+    }
+    await killNetnsProcesses(s.ns);
+  }
+
+  /** Boots site k's host again: its block-server and page-server as first started (same addresses, same state). */
+  async powerOnSite(k: number): Promise<void> {
+    const runs = this.siteRuns.get(k)!;
+    const [block, page] = await settleAll([this.run(runs.block), this.run(runs.page)]);
+    Object.assign(this.sites[k - 1], { block, page });
   }
 
   /**
