@@ -132,6 +132,12 @@ export class HostPower {
 
   async sleep(hostId: string): Promise<PowerResult> {
     const h = await this.read(hostId);
+    // Already switched off: not asked again (a soft shutdown of a machine that is off can fail).
+    if (h.asleep && (h.power_state === "off" || (!h.power && h.power_state !== "waking")))
+      return {
+        host: await this.change(hostId, {}, { action: "off", result: "off", error: "" }),
+        state: "off",
+      };
     const refusal = await this.busyRefusal(hostId);
     if (refusal) throw refusal;
     const driver = this.driver(h);
