@@ -13,8 +13,10 @@ import { Credentials } from "../../services/power/credentials.js";
 import { PowerError } from "../../services/power/driver.js";
 import { magicPacket, sendMagicPacket } from "../../services/power/wol.js";
 import { freePort } from "../../testbed/ports.js";
+import { serveTestbedPower } from "../../testbed/power.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { test } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
 
 const dir = tempDir("vmhop-power-");
 const servers: Server[] = [];
@@ -313,6 +315,44 @@ test("command: the user's scripts switch and report; a failing one is clear and 
   const err = await failure(bad.on());
   assert.match(err.message, /exited 3: login with \*\*\* refused/);
   assert.not.match(err.message, new RegExp(SECRET));
+});
+
+test("testbed: the socket protocol; off answers once the host is down, on boots it after the delay", async () => {
+  const done: string[] = [];
+  const power = await serveTestbedPower(
+    join(dir.path, "tb.sock"),
+    {
+      off: async () => void done.push("off"),
+      on: async () => void done.push("on"),
+    },
+    { bootDelayMs: 300 },
+  );
+  try {
+    const d = makeDriver(
+      "h1",
+      { driver: "testbed", params: { socket: power.socket } },
+      Credentials.load(undefined, {}),
+    );
+    assert.is(await d.status(), "on");
+    await d.off();
+    assert.equal(done, ["off"]);
+    assert.is(await d.status(), "off");
+    await d.on(); // accepted at once: booting
+    assert.is(power.state, "booting");
+    await until("the host to boot", async () => (await d.status()) === "on", 10_000, 50);
+    assert.equal(done, ["off", "on"]);
+    const gone = makeDriver(
+      "h1",
+      { driver: "testbed", params: { socket: join(dir.path, "none.sock") } },
+      Credentials.load(undefined, {}),
+    );
+    assert.match(
+      (await failure(gone.status())).message,
+      /testbed power status \(.*none\.sock\): connect ENOENT/,
+    );
+  } finally {
+    await power.close();
+  }
 });
 
 test.run();
