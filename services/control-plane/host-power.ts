@@ -3,6 +3,7 @@
 // (taking no new VM) before its driver is asked; a wake counts only once the driver says `on` and
 // the host's page-server answers, else the host is marked `failed` with the reason and stays
 // asleep. Without a driver, on/off are bookkeeping. Every action is recorded on the host.
+import { SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import { makeDriver } from "../power/config.js";
@@ -64,14 +65,27 @@ export class HostPower {
     this.pollMs = opts.pollMs ?? 1000;
   }
 
-  async act(hostId: string, action: PowerAction): Promise<PowerResult> {
-    if (action === "on") return this.wake(hostId);
-    if (action === "off") return this.sleep(hostId);
-    if (action === "status") return this.status(hostId);
-    throw new ControlError(
-      "invalid",
-      `power action must be on, off or status, got ${JSON.stringify(action)}`,
-    );
+  /** One power action, as a span of its own (`host power on`: host, result or error). */
+  act(hostId: string, action: PowerAction): Promise<PowerResult> {
+    const actions = { on: this.wake, off: this.sleep, status: this.status } as const;
+    const run = Object.hasOwn(actions, action) ? actions[action] : undefined;
+    if (!run)
+      return Promise.reject(
+        new ControlError("invalid", `power action must be on, off or status, got ${JSON.stringify(action)}`),
+      );
+    return trace.getTracer("vmhop-control-plane").startActiveSpan(`host power ${action}`, async (span) => {
+      span.setAttribute("vmhop.host_id", hostId);
+      try {
+        const r = await run.call(this, hostId);
+        span.setAttribute("vmhop.power.result", r.state);
+        return r;
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errText(err) });
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
   }
 
   private async read(hostId: string): Promise<HostRecord> {

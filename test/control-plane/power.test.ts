@@ -7,9 +7,11 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import * as assert from "uvu/assert";
 import { createLogger } from "../../services/common/log.js";
 import { MemoryStore } from "../../services/common/store/index.js";
+import { initTracing } from "../../services/common/tracing.js";
 import { KEYS } from "../../services/control-plane/records.js";
 import { Credentials } from "../../services/power/credentials.js";
 import { freePort } from "../../testbed/ports.js";
@@ -27,6 +29,8 @@ import {
 } from "./fixtures.js";
 
 const SECRET = "pw-Zx81-never-shown";
+const spans = new InMemorySpanExporter();
+initTracing("control-plane-power-test", { processors: [new SimpleSpanProcessor(spans)] });
 const dir = tempDir("vmhop-cp-power-");
 const logs: string[] = [];
 let page: PageServerHandle;
@@ -212,6 +216,18 @@ test("a host that does not wake is marked failed with the reason and refuses mig
     logs.join("\n"),
   );
   assert.not.match(logs.join("\n"), new RegExp(SECRET));
+  // Each action is a span: the failed wake with its reason, redacted too.
+  const wakeR = spans
+    .getFinishedSpans()
+    .filter((x) => x.name === "host power on" && x.attributes["vmhop.host_id"] === "r");
+  assert.is(wakeR.length, 1);
+  assert.match(wakeR[0].status.message ?? "", /host r did not wake: .*bmc refused \*\*\*/);
+  // The refused offs of p are spans with their reason; the one that switched it records the result.
+  const offP = spans
+    .getFinishedSpans()
+    .filter((x) => x.name === "host power off" && x.attributes["vmhop.host_id"] === "p");
+  assert.match(offP[0].status.message ?? "", /host p still has VMs \(v1\)/);
+  assert.ok(offP.some((x) => x.attributes["vmhop.power.result"] === "off"));
 });
 
 test("vmhop control power against a control-plane process: off, status, hosts, on", async () => {
