@@ -146,6 +146,10 @@ test("off waits for the host to be empty; then the driver switches it and every 
   // A new registration keeps the host's power history (it is the control-plane's).
   const again = await c.registerHost({ ...host("p", page.address), power: commandPower("p") });
   assert.is(again.powerActions.length, 4);
+  await c.powerHost("p", "off");
+  const stillOff = await c.registerHost({ ...host("p", page.address), power: commandPower("p") });
+  assert.equal([stillOff.asleep, stillOff.powerState], [true, "off"]); // the request's asleep: false is not taken
+  await c.powerHost("p", "on");
   await rejectsWithStatus(
     c.powerHost("p", "reboot"),
     grpc.status.INVALID_ARGUMENT,
