@@ -3,9 +3,9 @@
 // (taking no new VM) before its driver is asked; a wake counts only once the driver says `on` and
 // the host's page-server answers, else the host is marked `failed` with the reason and stays
 // asleep. Without a driver, on/off are bookkeeping. Every action is recorded on the host.
-import { SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
+import { inSpan } from "../common/tracing.js";
 import { makeDriver } from "../power/config.js";
 import { Credentials } from "../power/credentials.js";
 import type { PowerDriver, PowerState } from "../power/driver.js";
@@ -73,18 +73,10 @@ export class HostPower {
       return Promise.reject(
         new ControlError("invalid", `power action must be on, off or status, got ${JSON.stringify(action)}`),
       );
-    return trace.getTracer("vmhop-control-plane").startActiveSpan(`host power ${action}`, async (span) => {
-      span.setAttribute("vmhop.host_id", hostId);
-      try {
-        const r = await run.call(this, hostId);
-        span.setAttribute("vmhop.power.result", r.state);
-        return r;
-      } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: errText(err) });
-        throw err;
-      } finally {
-        span.end();
-      }
+    return inSpan(`host power ${action}`, { "vmhop.host.id": hostId }, async (span) => {
+      const r = await run.call(this, hostId);
+      span.setAttribute("vmhop.power.result", r.state);
+      return r;
     });
   }
 

@@ -24,6 +24,7 @@ import {
   type ControlPlaneHandle,
   host,
   type PageServerHandle,
+  plantHost,
   startControlPlane,
   startPageServer,
 } from "./fixtures.js";
@@ -34,6 +35,8 @@ initTracing("control-plane-power-test", { processors: [new SimpleSpanProcessor(s
 const dir = tempDir("vmhop-cp-power-");
 const logs: string[] = [];
 let page: PageServerHandle;
+/** p's own: the one host registered through RegisterHost. */
+let pageP: PageServerHandle;
 let cp: ControlPlaneHandle;
 let store: MemoryStore;
 const procs: ServiceProcess[] = [];
@@ -58,6 +61,7 @@ const calls = (name: string) => {
 
 test.before(async () => {
   page = await startPageServer(dir.path, "power-page");
+  pageP = await startPageServer(dir.path, "power-page-p");
   store = new MemoryStore();
   const creds = join(dir.path, "creds.json");
   writeFileSync(creds, JSON.stringify({ "*": { password: SECRET } }));
@@ -71,6 +75,7 @@ test.after(async () => {
   for (const p of procs) await p.stop();
   await cp?.close();
   await page?.close();
+  await pageP?.close();
   dir.cleanup();
 });
 
@@ -82,8 +87,10 @@ const vmOn = (vmId: string, hostId: string) =>
 
 test("off waits for the host to be empty; then the driver switches it and every action is recorded", async () => {
   const c = cp.client;
-  await c.registerHost(host("a", page.address));
-  const p = await c.registerHost({ ...host("p", page.address), power: commandPower("p") });
+  // One page-server answers for the other hosts here: they are recorded straight in the store
+  // (RegisterHost takes one id per page-server).
+  await plantHost(store, "a", page.address);
+  const p = await c.registerHost({ ...host("p", pageP.address), power: commandPower("p") });
   assert.is(p.power?.driver, "command");
   assert.is(p.powerState, "");
 
@@ -144,10 +151,10 @@ test("off waits for the host to be empty; then the driver switches it and every 
   );
   assert.ok(on.host.powerActions.every((a) => a.timeUnixMs > 0));
   // A new registration keeps the host's power history (it is the control-plane's).
-  const again = await c.registerHost({ ...host("p", page.address), power: commandPower("p") });
+  const again = await c.registerHost({ ...host("p", pageP.address), power: commandPower("p") });
   assert.is(again.powerActions.length, 4);
   await c.powerHost("p", "off");
-  const stillOff = await c.registerHost({ ...host("p", page.address), power: commandPower("p") });
+  const stillOff = await c.registerHost({ ...host("p", pageP.address), power: commandPower("p") });
   assert.equal([stillOff.asleep, stillOff.powerState], [true, "off"]); // the request's asleep: false is not taken
   await c.powerHost("p", "on");
   await rejectsWithStatus(
@@ -167,10 +174,7 @@ test("off waits for the host to be empty; then the driver switches it and every 
 test("a host that does not wake is marked failed with the reason and refuses migrations", async () => {
   const c = cp.client;
   // The driver accepts `on` but the host never reports on.
-  await c.registerHost({
-    ...host("q", page.address),
-    power: commandPower("q", { on: "true", status: "echo off" }),
-  });
+  await plantHost(store, "q", page.address, { power: commandPower("q", { on: "true", status: "echo off" }) });
   await c.powerHost("q", "off");
   await rejectsWithStatus(
     c.powerHost("q", "on"),
@@ -190,7 +194,7 @@ test("a host that does not wake is marked failed with the reason and refuses mig
 
   // The driver says on but the host's page-server never answers: not woken either.
   const dead = `127.0.0.1:${await freePort()}`;
-  await c.registerHost({ ...host("d", dead), power: commandPower("d") });
+  await plantHost(store, "d", dead, { power: commandPower("d") });
   await c.powerHost("d", "off");
   await rejectsWithStatus(
     c.powerHost("d", "on"),
@@ -199,8 +203,7 @@ test("a host that does not wake is marked failed with the reason and refuses mig
   );
 
   // A driver failing with the password in its output: kept out of the error, the record and the log.
-  await c.registerHost({
-    ...host("r", page.address),
+  await plantHost(store, "r", page.address, {
     power: {
       driver: "command",
       params: { on: 'echo "bmc refused $VMHOP_POWER_PASSWORD" >&2; exit 2', off: "true" },
@@ -223,13 +226,13 @@ test("a host that does not wake is marked failed with the reason and refuses mig
   // Each action is a span: the failed wake with its reason, redacted too.
   const wakeR = spans
     .getFinishedSpans()
-    .filter((x) => x.name === "host power on" && x.attributes["vmhop.host_id"] === "r");
+    .filter((x) => x.name === "host power on" && x.attributes["vmhop.host.id"] === "r");
   assert.is(wakeR.length, 1);
   assert.match(wakeR[0].status.message ?? "", /host r did not wake: .*bmc refused \*\*\*/);
   // The refused offs of p are spans with their reason; the one that switched it records the result.
   const offP = spans
     .getFinishedSpans()
-    .filter((x) => x.name === "host power off" && x.attributes["vmhop.host_id"] === "p");
+    .filter((x) => x.name === "host power off" && x.attributes["vmhop.host.id"] === "p");
   assert.match(offP[0].status.message ?? "", /host p still has VMs \(v1\)/);
   assert.ok(offP.some((x) => x.attributes["vmhop.power.result"] === "off"));
 });

@@ -115,12 +115,11 @@ test("a host that does not wake: marked failed, its move goes to a spare host wo
   // h2's BMC never answers; h4 wakes (its state in a file).
   const state = join(dir.path, "h4.state");
   await cp.client.registerHost(host("h1", page.address));
-  await cp.client.registerHost({
-    ...host("h2", page.address),
+  // h2 and h4 share h1's page-server: recorded straight in the store (one id per page-server).
+  await plantHost(cpStore, "h2", page.address, {
     power: { driver: "command", params: { on: "echo 'BMC unreachable' >&2; exit 1", off: "true" } },
   });
-  await cp.client.registerHost({
-    ...host("h4", page.address),
+  await plantHost(cpStore, "h4", page.address, {
     power: {
       driver: "command",
       params: { on: `echo on > ${state}`, off: `echo off > ${state}`, status: `cat ${state}` },
