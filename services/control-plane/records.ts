@@ -1,6 +1,7 @@
 // The control-plane's durable records in the shared Store (layout in README.md) and the
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
+import { countTransition } from "./metrics.js";
 import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
 import { type MigrationEvent, type MigrationState, next } from "./states.js";
 
@@ -148,9 +149,11 @@ export async function transition(
   event: MigrationEvent,
   patch: ProgressPatch & Partial<Pick<MigrationRecord, "error">> = {},
 ): Promise<MigrationRecord> {
+  let from: MigrationState | undefined;
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
     const state = next(cur.state, event);
+    from = cur.state;
     const now = Date.now();
     return {
       ...cur,
@@ -160,6 +163,7 @@ export async function transition(
       entered_unix_ms: { ...cur.entered_unix_ms, [state]: now },
     };
   });
+  countTransition(from!, rec);
   await store.publish(KEYS.migrations, JSON.stringify(rec));
   return rec;
 }

@@ -5,6 +5,7 @@ import { type Config, helpText, type OptionSpecs } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../common/metrics/flag.js";
 import { openStore } from "../common/store/index.js";
 import { DEFAULT_CONTROL_GRPC } from "./client.js";
 import { ControlPlane } from "./control-plane.js";
@@ -40,6 +41,7 @@ export const serveSpecs = {
     describe:
       "the netreach anchor's gRPC address HOST:PORT: VMs with home addresses keep them across sites (absent: no address mobility)",
   },
+  metrics: metricsOption(DEFAULT_METRICS["control-plane"]),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -51,6 +53,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   const log = createLogger({ svc: "control-plane" });
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS["control-plane"], log, closers);
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, {
@@ -79,6 +82,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         store: store.kind,
         netreach: o.netreach ?? "",
         resumed,
+        metrics,
       }),
     );
   });

@@ -131,6 +131,11 @@ export class PageHost {
     return vm;
   }
 
+  /** Every migration this page-server knows (both roles), oldest first. */
+  migrations(): MigrationRecord[] {
+    return this.table.list();
+  }
+
   migration(id: string): MigrationRecord {
     return this.table.get(id);
   }
