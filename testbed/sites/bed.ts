@@ -106,9 +106,12 @@ export class SitesBed {
   }
 
   private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
-    const s = await startService(o);
+    // Every service serves /metrics on a free port (of its namespace's loopback when it runs in one).
+    const args = o.args.includes("--metrics") ? o.args : [...o.args, "--metrics", "127.0.0.1:0"];
+    const s = await startService({ ...o, args });
     this.services.push(s);
-    this.say(`${o.name} ready`);
+    const m = s.ready.metrics;
+    this.say(`${o.name} ready${m ? `, metrics ${m}${o.netns ? ` (in netns ${o.netns})` : ""}` : ""}`);
     return s;
   }
 
