@@ -2,9 +2,9 @@
 // refused) and times each handover: from the VM running at its new site (as the site reported)
 // to the anchor's route pointing there, and the route's installation alone. A site agent counts
 // the updates it sent. No per-VM labels: cardinality stays fixed.
-import { Counter, Gauge, Histogram } from "prom-client";
+import { Counter, Histogram } from "prom-client";
 import { registry } from "../common/metrics/registry.js";
-import { setSeries } from "../common/metrics/series.js";
+import { sampledGauge } from "../common/metrics/series.js";
 import type { Binding } from "./binding/types.js";
 
 const GAP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -39,21 +39,14 @@ const siteUpdates = new Counter({
 
 let bindings: (() => Promise<Binding[]>) | undefined;
 
-new Gauge({
-  name: "vmhop_netreach_bindings",
-  help: "Bindings the anchor holds, by state",
-  labelNames: ["state"],
-  registers: [registry],
-  async collect() {
-    const list = bindings ? await bindings() : [];
+sampledGauge(
+  { name: "vmhop_netreach_bindings", help: "Bindings the anchor holds, by state", labelNames: ["state"] },
+  async () => {
     const by = new Map<string, number>();
-    for (const b of list) by.set(b.state, (by.get(b.state) ?? 0) + 1);
-    setSeries(
-      this,
-      [...by].map(([state, n]) => [{ state }, n] as const),
-    );
+    for (const b of bindings ? await bindings() : []) by.set(b.state, (by.get(b.state) ?? 0) + 1);
+    return [...by].map(([state, n]) => [{ state }, n] as const);
   },
-});
+);
 
 /** The anchor got a binding update; `gapMs` (-1: unknown) and `installMs` when it was accepted. */
 export function countAnchorUpdate(accepted: boolean, times?: { gapMs: number; installMs: number }): void {

@@ -2,14 +2,14 @@
 // service's registry holds; series read at scrape time and per-object series go away with their
 // object; the page-server shows a migration's series while it runs and for the last few ended.
 import { readFileSync } from "node:fs";
-import { Counter, Histogram, Registry } from "prom-client";
+import { Histogram, Registry } from "prom-client";
 import * as assert from "uvu/assert";
 import "../../services/block-server/metrics.js";
 import "../../services/control-plane/metrics.js";
 import "../../services/netreach/metrics.js";
 import "../../services/placement/service/metrics.js";
 import { collectProcessMetrics, metricNames } from "../../services/common/metrics/registry.js";
-import { KeyedSeries, setSeries } from "../../services/common/metrics/series.js";
+import { KeyedSeries, sampledCounter } from "../../services/common/metrics/series.js";
 import { startMetricsServer } from "../../services/common/metrics/server.js";
 import { bindPageMetrics, RETAIN_FINISHED } from "../../services/page-server/metrics.js";
 import { MigrationTable } from "../../services/page-server/migration/record.js";
@@ -91,24 +91,15 @@ test("the Grafana dashboard's every expression names metrics the services' regis
   assert.equal(unused, []);
 });
 
-test("setSeries replaces a metric's series at scrape; KeyedSeries removes an object's", async () => {
+test("a sampled counter replaces a metric's series at scrape; KeyedSeries removes an object's", async () => {
   const r = new Registry();
   let live = new Map([
     ["a", 3],
     ["b", 5],
   ]);
-  new Counter({
-    name: "t_total",
-    help: "t",
-    labelNames: ["k"],
-    registers: [r],
-    collect() {
-      setSeries(
-        this,
-        [...live].map(([k, v]) => [{ k }, v] as const),
-      );
-    },
-  });
+  sampledCounter({ name: "t_total", help: "t", labelNames: ["k"], registry: r }, () =>
+    [...live].map(([k, v]) => [{ k }, v] as const),
+  );
   const h = new Histogram({ name: "t_seconds", help: "t", labelNames: ["k"], buckets: [1], registers: [r] });
   const keys = new KeyedSeries("k", h);
   for (const k of ["a", "b"]) {

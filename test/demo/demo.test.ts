@@ -86,6 +86,15 @@ t("vmhop demo --json: a whole VM crosses the WAN, every check true, nothing left
   // Progress and the timeline went to stderr; stdout holds the object only.
   assert.is(r.stdout().trim().split("\n").length, 1);
   assert.match(r.stderr(), /MigrateVm vm1 h1 → h2/);
+  // Every service's ready line names its /metrics address.
+  for (const svc of [
+    "control-plane",
+    "netreach anchor",
+    "s1 block-server",
+    "s2 page-server",
+    "s2 netreach agent",
+  ])
+    assert.match(r.stderr(), new RegExp(`${svc} ready, metrics 127\\.0\\.0\\.1:\\d+`), svc);
   assert.equal(leftovers(r.child.pid!), []);
 });
 

@@ -4,12 +4,47 @@
 //   gone once the thing it describes is;
 // - KeyedSeries: series observed as events happen under a per-object label (an export, a
 //   migration), removed at scrape time once that object is no longer live.
-import type { Counter, Gauge, Histogram } from "prom-client";
+import { Counter, Gauge, type Histogram, type Registry } from "prom-client";
+import { registry as processRegistry } from "./registry.js";
 
 export type Labels = Record<string, string>;
+export type Rows = Iterable<readonly [Labels, number]>;
+
+interface SampledConfig {
+  name: string;
+  help: string;
+  labelNames?: string[];
+  registry?: Registry;
+}
+
+/** A counter whose series are `rows()` at each scrape (a total the service already keeps). */
+export function sampledCounter(cfg: SampledConfig, rows: () => Rows | Promise<Rows>): Counter {
+  return new Counter({
+    name: cfg.name,
+    help: cfg.help,
+    labelNames: cfg.labelNames ?? [],
+    registers: [cfg.registry ?? processRegistry],
+    async collect() {
+      setSeries(this, await rows());
+    },
+  });
+}
+
+/** A gauge whose series are `rows()` at each scrape. */
+export function sampledGauge(cfg: SampledConfig, rows: () => Rows | Promise<Rows>): Gauge {
+  return new Gauge({
+    name: cfg.name,
+    help: cfg.help,
+    labelNames: cfg.labelNames ?? [],
+    registers: [cfg.registry ?? processRegistry],
+    async collect() {
+      setSeries(this, await rows());
+    },
+  });
+}
 
 /** Replaces every series of `metric` with `rows` (call it from the metric's collect()). */
-export function setSeries(metric: Counter | Gauge, rows: Iterable<readonly [Labels, number]>): void {
+export function setSeries(metric: Counter | Gauge, rows: Rows): void {
   metric.reset();
   for (const [labels, value] of rows) {
     if ("set" in metric) metric.set(labels, value);
