@@ -11,6 +11,7 @@ import { BlockServerError } from "./errors.js";
 import type { Export } from "./export/export.js";
 import { TargetBackend } from "./export/target.js";
 import type { ExportRecord, ExportTable } from "./export-table.js";
+import { fetchObserver } from "./metrics.js";
 import { parseNbdUrl } from "./nbd/client/url.js";
 import { NbdServer, type ServerLimits } from "./nbd/server/index.js";
 import { formatAddress, type ListenAddress } from "./nbd/server/server.js";
@@ -470,6 +471,7 @@ export class BlockServer extends EventEmitter {
         cachePath: src.cachePath,
         blockSize: src.blockSize || undefined,
         copyRateBytesPerSec: src.rateLimitBytesPerSecond,
+        onDemandFetch: fetchObserver(spec.name),
         log: this.log,
       });
       return { mode: "proxy", path: src.cachePath, proxy };

@@ -25,6 +25,7 @@ import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
 import { parseListenAddress } from "../common/listen-address.js";
 import { createLogger, type Logger } from "../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../common/metrics/flag.js";
 import { openStore } from "../common/store/index.js";
 import { BlockServer, type CreateExportSpec } from "./block-server.js";
 import {
@@ -35,6 +36,7 @@ import {
   StoreExportTable,
 } from "./export-table.js";
 import { blockService, upstreamHotSource } from "./grpc/block-service.js";
+import { bindBlockServerMetrics } from "./metrics.js";
 import { DEFAULT_MAX_CONNECTIONS } from "./nbd/server/index.js";
 
 export const DEFAULT_NBD_LISTEN = "127.0.0.1:10809";
@@ -101,6 +103,7 @@ const serveSpecs = {
     default: DEFAULT_MAX_CONNECTIONS,
     describe: "NBD clients served at once; more are refused (with a log line)",
   },
+  metrics: metricsOption(DEFAULT_METRICS["block-server"]),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -189,6 +192,7 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     throw new CliError(`--max-connections must be a whole number of at least 1, not ${maxConnections}`);
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS["block-server"], log, closers);
     const table = await openTable(o, log);
     if (table) closers.push({ name: "export table", close: () => table.close() });
     const cacheDir =
@@ -201,6 +205,7 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
       nbdLimits: { maxConnections },
     });
     closers.push({ name: "block-server (exports stay recorded)", close: () => bs.close() });
+    closers.push({ name: "metrics binding", close: bindBlockServerMetrics(bs) });
     let spec: CreateExportSpec | undefined;
     if (o.target) spec = { name: o.name!, source: { mode: "target", imagePath: o.target } };
     if (o.proxy)
@@ -266,6 +271,7 @@ async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         state: bs.stateLocation ?? null,
         restored: restored.restored,
         unavailable: restored.unavailable,
+        metrics,
       }),
     );
   });

@@ -3,6 +3,7 @@
 // running (supervisor.ts: a crashed one is restarted with back-off, the others, the data plane
 // among them, keep running); SIGINT/SIGTERM stops them all.
 import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
+import { DEFAULT_METRICS } from "../common/metrics/flag.js";
 import { CliError } from "./errors.js";
 import { type Supervised, Supervisor } from "./supervisor.js";
 
@@ -14,6 +15,26 @@ const specs = {
   "page-channel": { type: "string", default: "127.0.0.1:7403", describe: "page-server migration channel" },
   "placement-grpc": { type: "string", default: "127.0.0.1:7404", describe: "placement gRPC address" },
   "control-grpc": { type: "string", default: "127.0.0.1:7405", describe: "control-plane gRPC address" },
+  "block-metrics": {
+    type: "string",
+    default: DEFAULT_METRICS["block-server"],
+    describe: "block-server /metrics, or 'none'",
+  },
+  "page-metrics": {
+    type: "string",
+    default: DEFAULT_METRICS["page-server"],
+    describe: "page-server /metrics, or 'none'",
+  },
+  "placement-metrics": {
+    type: "string",
+    default: DEFAULT_METRICS.placement,
+    describe: "placement /metrics, or 'none'",
+  },
+  "control-metrics": {
+    type: "string",
+    default: DEFAULT_METRICS["control-plane"],
+    describe: "control-plane /metrics, or 'none'",
+  },
   "run-dir": { type: "string", default: "/tmp/vmhop", describe: "folder for VM sockets and logs" },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -44,7 +65,16 @@ export async function run(argv: string[]): Promise<number> {
   const children: Omit<Supervised, "command">[] = [
     {
       name: "block-server",
-      args: ["block", "serve", "--listen", o["block-listen"]!, "--grpc", o["block-grpc"]!],
+      args: [
+        "block",
+        "serve",
+        "--listen",
+        o["block-listen"]!,
+        "--grpc",
+        o["block-grpc"]!,
+        "--metrics",
+        o["block-metrics"]!,
+      ],
     },
     {
       name: "page-server",
@@ -57,13 +87,27 @@ export async function run(argv: string[]): Promise<number> {
         o["page-channel"]!,
         "--run-dir",
         `${o["run-dir"]}/page`,
+        "--metrics",
+        o["page-metrics"]!,
       ],
     },
-    { name: "control-plane", args: ["control", "serve", "--grpc", o["control-grpc"]!] },
+    {
+      name: "control-plane",
+      args: ["control", "serve", "--grpc", o["control-grpc"]!, "--metrics", o["control-metrics"]!],
+    },
     // ApplyPlan migrates through the control-plane (hosts: `vmhop control register-host`).
     {
       name: "placement",
-      args: ["placement", "serve", "--grpc", o["placement-grpc"]!, "--control-plane", o["control-grpc"]!],
+      args: [
+        "placement",
+        "serve",
+        "--grpc",
+        o["placement-grpc"]!,
+        "--control-plane",
+        o["control-grpc"]!,
+        "--metrics",
+        o["placement-metrics"]!,
+      ],
     },
   ];
   const supervisor = new Supervisor(
@@ -77,8 +121,10 @@ export async function run(argv: string[]): Promise<number> {
       process.once(sig, () => resolve(sig === "SIGHUP" ? "SIGTERM" : sig));
   });
   supervisor.start();
+  const metrics = (k: "block-metrics" | "page-metrics" | "placement-metrics" | "control-metrics") =>
+    o[k] === "none" ? "" : ` metrics ${o[k]}`;
   console.log(
-    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}; page-server grpc ${o["page-grpc"]}; placement grpc ${o["placement-grpc"]}; control-plane grpc ${o["control-grpc"]}; Ctrl-C stops all`,
+    `[up] block-server nbd://${o["block-listen"]} grpc ${o["block-grpc"]}${metrics("block-metrics")}; page-server grpc ${o["page-grpc"]}${metrics("page-metrics")}; placement grpc ${o["placement-grpc"]}${metrics("placement-metrics")}; control-plane grpc ${o["control-grpc"]}${metrics("control-metrics")}; Ctrl-C stops all`,
   );
   return supervisor.stop(await stopped);
 }

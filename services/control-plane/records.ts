@@ -2,6 +2,7 @@
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
 import type { PowerConfig } from "../power/driver.js";
+import { countTransition } from "./metrics.js";
 import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
 import { appendSample, type ProgressSampleRecord, sampleOf } from "./progress-history.js";
 import { type MigrationEvent, type MigrationState, next } from "./states.js";
@@ -178,9 +179,11 @@ export async function transition(
   event: MigrationEvent,
   patch: ProgressPatch & Partial<Pick<MigrationRecord, "error">> = {},
 ): Promise<MigrationRecord> {
+  let from: MigrationState | undefined;
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
     const state = next(cur.state, event);
+    from = cur.state;
     const now = Date.now();
     return withSample(
       {
@@ -194,6 +197,7 @@ export async function transition(
       now,
     );
   });
+  countTransition(from!, rec);
   await store.publish(KEYS.migrations, JSON.stringify(rec));
   return rec;
 }

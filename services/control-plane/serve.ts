@@ -5,6 +5,7 @@ import { type Config, helpText, type OptionSpecs } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../common/metrics/flag.js";
 import { openStore } from "../common/store/index.js";
 import { Credentials } from "../power/credentials.js";
 import { DEFAULT_CONTROL_GRPC } from "./client.js";
@@ -63,6 +64,7 @@ export const serveSpecs = {
     default: 300,
     describe: "how long a host has to report off after a shutdown request",
   },
+  metrics: metricsOption(DEFAULT_METRICS["control-plane"]),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -76,6 +78,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   return serveUntilSignal(log, closers, async () => {
     // Read before anything starts: a bad credentials file stops the start with its reason.
     const credentials = Credentials.load(o["power-credentials"]);
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS["control-plane"], log, closers);
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = new ControlPlane(store, {
@@ -110,6 +113,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         store: store.kind,
         netreach: o.netreach ?? "",
         resumed,
+        metrics,
       }),
     );
   });

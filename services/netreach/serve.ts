@@ -9,6 +9,7 @@ import { startGrpcServer } from "../common/grpc/server.js";
 import type { Closer } from "../common/lifecycle.js";
 import { parseListenAddress } from "../common/listen-address.js";
 import { createLogger } from "../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../common/metrics/flag.js";
 import { openStore } from "../common/store/index.js";
 import { Anchor } from "./anchor/anchor.js";
 import { SiteDirectory } from "./anchor/sites.js";
@@ -17,6 +18,7 @@ import type { DataplaneKind } from "./dataplane/tunnel.js";
 import { anchorService } from "./grpc/anchor-service.js";
 import { RemoteAnchor } from "./grpc/clients.js";
 import { siteService } from "./grpc/site-service.js";
+import { bindAnchorMetrics } from "./metrics.js";
 import { SiteAgent } from "./site/agent.js";
 
 const common = {
@@ -42,6 +44,7 @@ export const anchorSpecs = {
   store: { type: "string", describe: "redis://HOST:PORT for durable bindings (default: embedded store)" },
   "home-dev": { type: "string", describe: "home link device (proxy ARP/NDP)" },
   "wan-dev": { type: "string", describe: "WAN device for the encapsulation routes (srv6 only)" },
+  metrics: metricsOption(DEFAULT_METRICS["netreach-anchor"]),
   ...common,
 } satisfies OptionSpecs;
 
@@ -65,6 +68,7 @@ export const siteSpecs = {
   "anchor-sid4": { type: "string", describe: "the anchor's endpoint for IPv4 (reverse tunnel)" },
   "gateway-mac": { type: "string", describe: "the home gateway's MAC, imitated on VM ports" },
   "gateway-ipv4": { type: "string", describe: "the home gateway's IPv4 address, imitated on VM ports" },
+  metrics: metricsOption(DEFAULT_METRICS["netreach-site"]),
   ...common,
 } satisfies OptionSpecs;
 
@@ -72,7 +76,7 @@ const anchorUsage =
   "usage: vmhop netreach anchor serve --home-dev DEV --sid6 SID --sid4 SID --tunnel-source ADDR [--wan-dev DEV] [options]";
 const siteUsage =
   "usage: vmhop netreach site serve --anchor HOST:PORT --site NAME --sid6 SID --sid4 SID --tunnel-source ADDR --anchor-sid6 SID --anchor-sid4 SID --gateway-mac MAC [--wan-dev DEV] [options]";
-const OPTIONAL = ["help", "netns", "store", "advertise", "gateway-ipv4", "wan-dev"];
+const OPTIONAL = ["help", "netns", "store", "advertise", "gateway-ipv4", "wan-dev", "metrics"];
 
 function parse<S extends OptionSpecs>(specs: S, argv: string[], usage: string): Config<S> | null {
   let o: Config<S>;
@@ -118,6 +122,7 @@ export async function serveAnchor(argv: string[]): Promise<number> {
   });
   const closers: Closer[] = [{ name: "store", close: () => store.close() }];
   return serveUntilSignal(log, closers, async () => {
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS["netreach-anchor"], log, closers);
     const anchor = await Anchor.start({
       kv: store,
       dataplane: {
@@ -132,6 +137,7 @@ export async function serveAnchor(argv: string[]): Promise<number> {
     });
     // Stopping leaves the kernel forwarding with the last state; a restart restores from the store.
     closers.push({ name: "anchor", close: () => anchor.stop() });
+    closers.push({ name: "metrics binding", close: bindAnchorMetrics(() => anchor.list()) });
     const svc = anchorService(anchor, new SiteDirectory(store));
     closers.push({ name: "site clients", close: () => svc.close() });
     const grpc = await startGrpcServer({
@@ -143,7 +149,14 @@ export async function serveAnchor(argv: string[]): Promise<number> {
     closers.push({ name: "grpc", close: () => grpc.shutdown() });
     const bindings = (await anchor.list()).length;
     console.log(
-      JSON.stringify({ ready: true, grpc: grpc.address, store: store.kind, dataplane: kind, bindings }),
+      JSON.stringify({
+        ready: true,
+        grpc: grpc.address,
+        store: store.kind,
+        dataplane: kind,
+        bindings,
+        metrics,
+      }),
     );
   });
 }
@@ -161,6 +174,7 @@ export async function serveSite(argv: string[]): Promise<number> {
   const anchor = new RemoteAnchor(o.anchor!);
   const closers: Closer[] = [{ name: "anchor client", close: () => anchor.close() }];
   return serveUntilSignal(log, closers, async () => {
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS["netreach-site"], log, closers);
     const agent = await SiteAgent.start(
       {
         netns: o.netns,
@@ -194,7 +208,7 @@ export async function serveSite(argv: string[]): Promise<number> {
     });
     log.info("site agent started", { dataplane });
     console.log(
-      JSON.stringify({ ready: true, grpc: grpc.address, site: o.site, anchor: o.anchor, dataplane }),
+      JSON.stringify({ ready: true, grpc: grpc.address, site: o.site, anchor: o.anchor, dataplane, metrics }),
     );
   });
 }

@@ -5,8 +5,9 @@ import { CliError } from "../cli/errors.js";
 import { checkAdvertise } from "../common/advertise.js";
 import { helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
-import { onShutdown } from "../common/lifecycle.js";
+import { type Closer, onShutdown } from "../common/lifecycle.js";
 import { createLogger } from "../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../common/metrics/flag.js";
 import type { Compression } from "./channel/compress-policy.js";
 import { splitHostPort } from "./channel/outbound.js";
 import {
@@ -17,6 +18,7 @@ import {
 } from "./channel/path-policy.js";
 import { pageService } from "./grpc/service.js";
 import { PageHost } from "./host.js";
+import { bindPageMetrics } from "./metrics.js";
 
 const options = {
   listen: {
@@ -59,6 +61,7 @@ const options = {
     describe:
       "default compression of a relayed channel: off, on (needs the relay), auto (only on a slow link)",
   },
+  metrics: metricsOption(DEFAULT_METRICS["page-server"]),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -79,6 +82,7 @@ export async function run(argv: string[]): Promise<number> {
     "channel-path": ChannelPathChoice;
     preempt: boolean | undefined;
     compression: Compression;
+    metrics: string | undefined;
   };
   let channel: [string, number];
   try {
@@ -95,6 +99,7 @@ export async function run(argv: string[]): Promise<number> {
       "channel-path": parseChannelPath(o["channel-path"]!),
       preempt: o.preempt,
       compression: parseCompression(o.compression!),
+      metrics: o.metrics,
     };
     checkPathRequest({
       path: cfg["channel-path"],
@@ -109,6 +114,8 @@ export async function run(argv: string[]): Promise<number> {
     throw new CliError(`${(err as Error).message}\n\n${helpText(usage, options)}`);
   }
   const log = createLogger({ svc: "page-server" });
+  const closers: Closer[] = [];
+  const metrics = await serveMetrics(cfg.metrics, DEFAULT_METRICS["page-server"], log, closers);
   const host = new PageHost({
     runRoot: cfg["run-dir"],
     channelHost: channel[0],
@@ -119,16 +126,25 @@ export async function run(argv: string[]): Promise<number> {
     compression: cfg.compression,
     log,
   });
-  await host.open();
-  const grpc = await startGrpcServer({
-    serviceName: "page-server",
-    listen: cfg.listen,
-    services: [pageService(host)],
-    log,
-  });
+  let grpc: Awaited<ReturnType<typeof startGrpcServer>>;
+  try {
+    await host.open();
+    grpc = await startGrpcServer({
+      serviceName: "page-server",
+      listen: cfg.listen,
+      services: [pageService(host)],
+      log,
+    });
+  } catch (err) {
+    // The metrics server would keep the process alive after the error.
+    for (const c of closers) await c.close();
+    throw err;
+  }
+  closers.push({ name: "metrics binding", close: bindPageMetrics(() => host.migrations()) });
   // One line on stdout for scripts and tests: where to reach this page-server.
-  console.log(JSON.stringify({ grpc: grpc.address, channel: host.channelListenAddress }));
+  console.log(JSON.stringify({ grpc: grpc.address, channel: host.channelListenAddress, metrics }));
   onShutdown(log, [
+    ...closers,
     // VMs outlive the page-server: a restart on the same --run-dir adopts them.
     { name: "page host (channel; VMs keep running)", close: () => host.close({ keepVms: true }) },
     { name: "grpc", close: () => grpc.shutdown() },

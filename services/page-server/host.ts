@@ -145,6 +145,11 @@ export class PageHost {
     return qemuInfo();
   }
 
+  /** Every migration this page-server knows (both roles), oldest first. */
+  migrations(): MigrationRecord[] {
+    return this.table.list();
+  }
+
   migration(id: string): MigrationRecord {
     return this.table.get(id);
   }

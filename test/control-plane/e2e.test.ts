@@ -23,6 +23,7 @@ import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
+import { assertMetricsAfterPlan, serveTestMetrics } from "./e2e-metrics.js";
 import { type ControlPlaneHandle, host, plantHost, startControlPlane, startPageServer } from "./fixtures.js";
 
 const e2e = gate(
@@ -95,6 +96,8 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const pageA = await startPageServer(dir.path, "page-a");
   const pageB = await startPageServer(dir.path, "page-b");
   closers.push(pageA.close, pageB.close);
+  const metrics = await serveTestMetrics([pageA.host, pageB.host]);
+  closers.push(metrics.close);
   let cp: ControlPlaneHandle = await startControlPlane(await redisStore(), undefined, {
     allowUnsafePrecopy: true,
   });
@@ -205,6 +208,7 @@ e2e("CreateVm, then a placement plan applied through the control-plane moves the
   const m = await c().getMigration(migrationId);
   assert.equal([m.state, m.sourceHostId, m.destinationHostId, m.fencingToken], ["done", "h3", "h1", 2]);
   assert.ok(m.bytesSent > 0);
+  await assertMetricsAfterPlan(metrics.address, m, plan);
 
   // The VM runs on h1 only; h3's QEMU ended and h3 is recorded asleep.
   const moved = await c().getVm("small");

@@ -95,6 +95,15 @@ t(
     // Progress and the timeline went to stderr; stdout holds the object only.
     assert.is(r.stdout().trim().split("\n").length, 1);
     assert.match(r.stderr(), /MigrateVm vm1 h1 → h2/);
+    // Every service's ready line names its /metrics address.
+    for (const svc of [
+      "control-plane",
+      "netreach anchor",
+      "s1 block-server",
+      "s2 page-server",
+      "s2 netreach agent",
+    ])
+      assert.match(r.stderr(), new RegExp(`${svc} ready, metrics 127\\.0\\.0\\.1:\\d+`), svc);
     assert.equal(leftovers(r.child.pid!), []);
     // The report page, from the control-plane's record and the demo's measurements.
     assert.ok(existsSync(page), "no report page");

@@ -22,6 +22,7 @@ import { NetreachBed, sidsOf, VM } from "../../testbed/netreach/bed.js";
 import { pingFromCn, pingHome } from "../../testbed/netreach/pings.js";
 import { type ServiceProcess as Served, startService } from "../../testbed/service-process.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
+import { scrape } from "../helpers/metrics.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { encapTo, perDataplane } from "./dataplanes.js";
 
@@ -37,7 +38,7 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
   const vmNet = { vmId: VM.vmId, homeIpv6: VM.homeIpv6, homeIpv4: VM.homeIpv4 };
 
   const serve = (args: string[]) =>
-    startService({ name: `netreach ${args[0]}`, args: ["netreach", ...args] });
+    startService({ name: `netreach ${args[0]}`, args: ["netreach", ...args, "--metrics", "127.0.0.1:0"] });
   const anchorArgs = (listen: string) => bed.anchorServeArgs(listen, ["--store", redis.url]);
   const siteArgs = (k: number) => bed.siteServeArgs(k, anchor.grpc);
 
@@ -209,6 +210,15 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
         `handover event: gap ${e.gapMs.toFixed(1)} ms, anchor install ${e.installMs.toFixed(1)} ms`,
       );
       assert.ok(e.installMs >= 0 && e.installMs <= e.gapMs + 1, JSON.stringify(e));
+      // /metrics: the anchor counted the accepted update and its gap, the new site its update.
+      const m = await scrape(anchor.ready.metrics as string);
+      assert.is(m.value("vmhop_netreach_binding_updates_total", { result: "accepted" }), 1);
+      assert.is(m.value("vmhop_netreach_handover_gap_seconds_count"), 1);
+      assert.ok(Math.abs(m.value("vmhop_netreach_handover_gap_seconds_sum")! - e.gapMs / 1000) < 1e-6);
+      assert.is(m.value("vmhop_netreach_route_install_seconds_count"), 1);
+      assert.is(m.value("vmhop_netreach_bindings", { state: "active" }), 1);
+      const s2 = await scrape(sites[1].ready.metrics as string);
+      assert.is(s2.value("vmhop_netreach_site_binding_updates_total", { result: "accepted" }), 1);
     },
   );
 
@@ -242,6 +252,9 @@ await perDataplane("netreach services over gRPC", ["root", "ip", "redis-server"]
     assert.is(await ip(bed.ns.anchor, "-6", "route", "show", `${VM.homeIpv6[0]}/128`), routeBefore);
     assert.match(routeBefore, encapTo(dataplane, sidsOf(2).sid6));
     assert.is(summarisePings(await probe.result).lost, 0);
+    const m = await scrape(anchor.ready.metrics as string);
+    assert.ok((m.value("vmhop_netreach_binding_updates_total", { result: "refused" }) ?? 0) >= 1);
+    assert.is(m.value("vmhop_netreach_binding_updates_total", { result: "accepted" }), 1);
   });
 
   t(

@@ -108,11 +108,14 @@ export class SitesBed {
   }
 
   private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
+    // Every service serves /metrics on a free port (of its namespace's loopback when it runs in one).
+    const args = o.args.includes("--metrics") ? o.args : [...o.args, "--metrics", "127.0.0.1:0"];
     // Up to 2 min for the ready line: every site's services start at once, and on a machine
     // shared with other QEMU runs one start alone has taken over 30 s.
-    const s = await startService({ readyMs: 120_000, ...o });
+    const s = await startService({ readyMs: 120_000, ...o, args });
     this.services.push(s);
-    this.say(`${o.name} ready`);
+    const m = s.ready.metrics;
+    this.say(`${o.name} ready${m ? `, metrics ${m}${o.netns ? ` (in netns ${o.netns})` : ""}` : ""}`);
     return s;
   }
 

@@ -42,6 +42,8 @@ export class Export {
     errors: 0,
     totalConnections: 0,
   };
+  /** Requests by NBD command type (index), beside stats.requests: read by /metrics at scrape. */
+  readonly requestsByCommand = new Float64Array(8);
   private readonly clients = new Set<ExportClient>();
   private readonly inflight = new Map<Backend, number>();
   private readonly waiters = new Map<Backend, (() => void)[]>();
@@ -54,6 +56,12 @@ export class Export {
     this._readOnly = opts.readOnly ?? false;
     this._backend = opts.backend;
     this.heat = opts.heat ?? new HeatTracker();
+  }
+
+  /** A request of NBD command `type` is served (a plain increment: the request path stays cheap). */
+  request(type: number): void {
+    this.stats.requests++;
+    if (type < this.requestsByCommand.length) this.requestsByCommand[type]++;
   }
 
   get backend(): Backend {

@@ -73,6 +73,8 @@ export interface ProxyOptions {
   hotSources?: HotSource[];
   /** Bitmap persisted at most this often during the background copy. Default 1000 ms. */
   persistIntervalMs?: number;
+  /** Told each on-demand fetch's duration in ms (the block-server's /metrics histogram). */
+  onDemandFetch?: (ms: number) => void;
   /** Upstream: reconnect backoff and how long reads retry before EIO. */
   backoffMinMs?: number;
   backoffMaxMs?: number;
@@ -168,6 +170,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
   private demandScheduled = false;
   private persistChain: Promise<void> = Promise.resolve();
   private readonly latency = new LatencyRecorder();
+  private readonly onDemandFetch?: (ms: number) => void;
   /**
    * Blocks this process fetched as data and nothing has changed since: they hold no hole,
    * so a read of them may go out by sendfile without asking the file system (SEEK_HOLE
@@ -206,6 +209,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       Math.floor((opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST) / this.blockSize),
     );
     this.blockSizes = local.blockSizes;
+    this.onDemandFetch = opts.onDemandFetch;
     this.claims = new BlockClaims(this.bitmap);
     this.fetchedData = new BitSet(this.bitmap.blocks);
     this.order = new CopyOrder(this.bitmap, this.blockSize, [...(opts.hotSources ?? [])]);
@@ -381,7 +385,9 @@ export class ProxyBackend extends EventEmitter implements Backend {
         }),
       );
       if (source === "demand") {
-        this.latency.record(performance.now() - t0);
+        const ms = performance.now() - t0;
+        this.latency.record(ms);
+        this.onDemandFetch?.(ms);
         this.counters.demand += fetched;
       } else this.counters.background += fetched;
       this.claims.stored(claims);

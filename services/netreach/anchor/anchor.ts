@@ -8,6 +8,7 @@ import type { BindingKv } from "../binding/kv.js";
 import type { Binding, RegisterRequest, SiteEndpoint, UpdateRequest } from "../binding/types.js";
 import { AnchorDataplane, type AnchorDataplaneConfig } from "../dataplane/anchor-dataplane.js";
 import type { DataplaneKind } from "../dataplane/tunnel.js";
+import { countAnchorUpdate } from "../metrics.js";
 
 export interface HandoverEvent {
   vmId: string;
@@ -117,6 +118,7 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
     return this.serial(req.vmId, async () => {
       const o = await this.cache.update(req);
       if (!o.accepted) {
+        countAnchorUpdate(false);
         this.log.warn("binding update refused", {
           vm: req.vmId,
           generation: req.generation,
@@ -137,6 +139,7 @@ export class Anchor extends EventEmitter<{ handover: [HandoverEvent] }> {
         gapMs: req.attachedAtMs ? installedAt - req.attachedAtMs : -1,
         installMs: performance.now() - receivedAt,
       };
+      countAnchorUpdate(true, ev);
       this.emit("handover", ev);
       return o;
     });

@@ -21,6 +21,7 @@ import {
 } from "../dataplane/commands.js";
 import { IpBatch } from "../dataplane/ip-batch.js";
 import { type DataplaneKind, makeTunnel, setupTolerates, type Tunnel } from "../dataplane/tunnel.js";
+import { countSiteUpdate } from "../metrics.js";
 
 /** What the site agent needs to reach the anchor: in-process here, gRPC in the mesh. */
 export interface AnchorLink {
@@ -171,6 +172,7 @@ export class SiteAgent {
       attachedAtMs,
       ...this.endpoint,
     });
+    countSiteUpdate(o.accepted);
     if (!o.accepted) this.log.warn("binding update refused", { vm: vm.vmId, reason: o.reason });
     else this.keepAlive(vm.vmId, generation, o.binding.lifetimeSeconds);
     return o;

@@ -73,6 +73,11 @@ export class MigrationTable {
     return rec;
   }
 
+  /** Every migration known here, oldest first. */
+  list(): MigrationRecord[] {
+    return [...this.records.values()];
+  }
+
   find(id: string): MigrationRecord | undefined {
     return this.records.get(id);
   }

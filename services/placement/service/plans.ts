@@ -8,6 +8,7 @@ import { predictEffect } from "../sim/effect.js";
 import { planFromSnapshot } from "../sim/snapshot.js";
 import { KEYS } from "./keys.js";
 import { readSnapshot } from "./load.js";
+import { countPlan } from "./metrics.js";
 
 export type PlanState = "proposed" | "accepted" | "applying" | "applied" | "failed";
 
@@ -118,6 +119,7 @@ export async function computePlan(store: Store, opts: PlanOptions): Promise<Plan
     warnings: load.warnings,
   };
   await store.set(KEYS.plan(plan.plan_id), JSON.stringify(plan), { ttlMs: opts.ttlMs });
+  countPlan(plan);
   await store.publish(KEYS.decisions, JSON.stringify(plan));
   return plan;
 }

@@ -5,6 +5,7 @@ import { type Config, helpText, type OptionSpecs } from "../../common/config.js"
 import { startGrpcServer } from "../../common/grpc/server.js";
 import type { Closer } from "../../common/lifecycle.js";
 import { createLogger } from "../../common/log.js";
+import { DEFAULT_METRICS, metricsOption, serveMetrics } from "../../common/metrics/flag.js";
 import { openStore } from "../../common/store/index.js";
 import { ControlClient } from "../../control-plane/client.js";
 import { DEFAULT_POLICY, makePolicy } from "../policies/registry.js";
@@ -49,6 +50,7 @@ export const serveSpecs = {
     default: false,
     describe: "accept each periodic plan that changes anything",
   },
+  metrics: metricsOption(DEFAULT_METRICS.placement),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -80,6 +82,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
   const log = createLogger({ svc: "placement" });
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
+    const metrics = await serveMetrics(o.metrics, DEFAULT_METRICS.placement, log, closers);
     const store = await openStore(o.store);
     closers.push({ name: "store", close: () => store.close() });
     const cp = o["control-plane"] ? new ControlClient(o["control-plane"]) : undefined;
@@ -111,6 +114,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         cost_model: cfg.costModel,
         control_plane: cp?.address ?? null,
         resumed,
+        metrics,
       }),
     );
   });

@@ -186,7 +186,7 @@ export class Dispatcher {
   /** Runs a command with no data in its reply. */
   private run(e: Export, req: T.Request, op: (b: Backend) => Promise<void>, charge: Charge): void {
     const b = e.begin();
-    e.stats.requests++;
+    e.request(req.type);
     attempt(() => op(b)).then(
       () => {
         e.end(b);
@@ -206,7 +206,7 @@ export class Dispatcher {
 
   private blockStatus(e: Export, req: T.Request, charge: Charge): void {
     const b = e.begin();
-    e.stats.requests++;
+    e.request(req.type);
     const one = (req.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
     attempt(() => b.blockStatus(req.offset, req.length, one ? 1 : undefined)).then(
       (extents) => {

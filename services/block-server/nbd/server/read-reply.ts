@@ -35,7 +35,7 @@ export class ReadReplies {
 
   read(e: Export, req: T.Request, charge: Charge): void {
     const b = e.begin();
-    e.stats.requests++;
+    e.request(req.type);
     // A proxy first brings missing blocks into its cache; then the reply is an ordinary
     // local read (by sendfile when it can be).
     let ready: Promise<void> | undefined;
