@@ -77,15 +77,25 @@ export class LeaderLease {
     return this.generation !== undefined;
   }
 
-  /** Contends (and, once leader, renews) in the background until stop(). */
-  start(): void {
+  /**
+   * Contends (and, once leader, renews) in the background until stop(). Resolves once the first
+   * attempt is over (its onAcquired called if it won), so a caller can say whether it leads.
+   */
+  start(): Promise<void> {
     this.loop ??= this.run();
+    return this.first;
   }
+
+  private firstDone!: () => void;
+  private readonly first = new Promise<void>((resolve) => {
+    this.firstDone = resolve;
+  });
 
   /** Stops contending; a held lease is released, so another replica takes over at once. */
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.abort();
+    this.firstDone();
     await this.loop;
     const h = this.held;
     if (h) {
@@ -106,6 +116,7 @@ export class LeaderLease {
     while (!this.stopped) {
       if (this.held) await this.renew();
       else await this.tryAcquire();
+      this.firstDone();
       if (this.stopped) break;
       this.wake = new AbortController();
       await sleep(this.held ? this.renewMs : this.retryMs, undefined, { signal: this.wake.signal }).catch(
