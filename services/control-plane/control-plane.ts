@@ -12,7 +12,7 @@ import { vmSpecProblem } from "../common/vm-spec-validation.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
-import { onHostDown } from "./host-down.js";
+import { onHostDown, onHostUp } from "./host-down.js";
 import { HostLiveness, type LivenessRecord, readLiveness } from "./host-liveness.js";
 import { HostPower, type HostPowerOptions, type PowerAction, type PowerResult } from "./host-power.js";
 import { HostRegistry } from "./hosts.js";
@@ -187,6 +187,10 @@ export class ControlPlane {
         onDown: (host, rec) =>
           void onHostDown(this.store, this.pages, host, rec, this.log).catch((err) =>
             this.log.warn("host down", { host: host.host_id, err }),
+          ),
+        onUp: (host) =>
+          void onHostUp(this.store, this.pages, host, this.log).catch((err) =>
+            this.log.warn("host back up", { host: host.host_id, err }),
           ),
       });
       liveness.start();

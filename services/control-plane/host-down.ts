@@ -2,7 +2,9 @@
 // the switch-over the migration rolls back: the source is asked to abort (when it is not the
 // one down) and the migration fails with the reason, its driver undoing the destination's side;
 // the VM stays at the source. After the switch-over the destination owns the VM: the migration
-// goes on, and its record says what was lost with the host, if anything.
+// goes on, and its record says what was lost with the host, if anything. A host back up is
+// rid of what such a rollback could not undo while it was down: the waiting destination QEMU.
+import { VmState } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import type { LivenessRecord } from "./host-liveness.js";
@@ -15,6 +17,7 @@ import {
   scanJson,
   transition,
   update,
+  type VmRecord,
 } from "./records.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
 
@@ -64,5 +67,50 @@ export async function onHostDown(
       );
       log.warn("host down after the switch-over", { migration: m.migration_id, lost });
     }
+  }
+}
+
+/**
+ * A host back up: the incoming QEMUs of migrations to it that ended before their switch-over
+ * while it was down (the rollback could not stop them then; its restarted page-server adopted
+ * them) are stopped, under the migration's fencing token, unless the VM lives there now.
+ */
+export async function onHostUp(
+  store: Store,
+  pages: PageServers,
+  host: HostRecord,
+  log: Logger,
+): Promise<void> {
+  const ended = (await scanJson<MigrationRecord>(store, KEYS.migrationPrefix)).filter(
+    (m) =>
+      (m.state === "failed" || m.state === "cancelled") &&
+      m.destination_host_id === host.host_id &&
+      m.entered_unix_ms?.switched === undefined &&
+      m.entered_unix_ms?.completing === undefined,
+  );
+  const ps = pages.get(host.page_server_address);
+  for (const m of ended) {
+    const vm = (await readJson<VmRecord>(store, KEYS.vm(m.vm_id)))?.value;
+    if (!vm || vm.host_id === host.host_id) continue;
+    const at = await ps.inspect(m.vm_id).catch(() => undefined);
+    if (!at || at.state === VmState.VM_STATE_STOPPED) continue;
+    if (at.state === VmState.VM_STATE_RUNNING) {
+      log.warn("host back up: a VM runs there that the registry places elsewhere; left alone", {
+        host: host.host_id,
+        vm: m.vm_id,
+        migration: m.migration_id,
+      });
+      continue;
+    }
+    await ps
+      .stop(m.vm_id, true, m.fencing_token)
+      .then(() =>
+        log.info("host back up: stopped a rolled-back migration's waiting QEMU", {
+          migration: m.migration_id,
+        }),
+      )
+      .catch((err) =>
+        log.warn("host back up: cannot stop a waiting QEMU", { migration: m.migration_id, err }),
+      );
   }
 }

@@ -29,6 +29,8 @@ export interface HostLivenessOptions {
   log: Logger;
   /** A host just went down (called once per transition to down). */
   onDown?: (host: HostRecord, rec: LivenessRecord) => void;
+  /** A host answers again after missing checks (called once per transition back to up). */
+  onUp?: (host: HostRecord) => void;
 }
 
 /** up / suspect / down from the checks missed in a row. */
@@ -110,6 +112,7 @@ export class HostLiveness {
     if (rec.state !== prev?.state)
       this.opts.log[rec.state === "up" ? "info" : "warn"]("host liveness", { ...rec });
     if (rec.state === "down" && prev?.state !== "down") this.opts.onDown?.(h, rec);
+    if (rec.state === "up" && prev && prev.state !== "up") this.opts.onUp?.(h);
     return rec;
   }
 }

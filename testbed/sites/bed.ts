@@ -47,6 +47,8 @@ export interface SitesBedOptions {
   /** Extra `vmhop control serve` / `page serve` arguments. */
   controlArgs?: string[];
   pageArgs?: string[];
+  /** How long each service may take to print its ready line (default 2 min). */
+  readyMs?: number;
   /** Progress lines ("s1 block-server ready"). */
   say?: (line: string) => void;
 }
@@ -110,7 +112,7 @@ export class SitesBed {
   private async run(o: Parameters<typeof startService>[0]): Promise<ServiceProcess> {
     // Up to 2 min for the ready line: every site's services start at once, and on a machine
     // shared with other QEMU runs one start alone has taken over 30 s.
-    const s = await startService({ readyMs: 120_000, ...o });
+    const s = await startService({ readyMs: this.opts.readyMs ?? 120_000, ...o });
     this.services.push(s);
     this.say(`${o.name} ready`);
     return s;
