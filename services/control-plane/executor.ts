@@ -129,6 +129,11 @@ export class Executor {
     return t ? t.step(name, fn) : fn();
   }
 
+  /** Closed, or (replicas) the lease seen lost: nothing more is persisted or undone. */
+  private get stopped(): boolean {
+    return this.closed || this.opts.stillLeading?.() === false;
+  }
+
   /** Resolves once no driver runs (tests, shutdown). */
   async idle(): Promise<void> {
     while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
@@ -144,7 +149,7 @@ export class Executor {
   }
 
   private async step(id: string, event: MigrationEvent, patch: ProgressPatch & { error?: string } = {}) {
-    if (this.closed || this.opts.stillLeading?.() === false) throw new ShutdownError();
+    if (this.stopped) throw new ShutdownError();
     const gen = this.opts.generation;
     const rec = await transition(this.store, id, event, patch, gen === undefined ? undefined : drivenBy(gen));
     this.log.info("migration", { migration: id, state: rec.state });
@@ -189,7 +194,7 @@ export class Executor {
       await this.inStep(id, "network settle", () => this.address.settle(id));
       await this.inPhase(id, () => this.relocate(m, ctx));
     } catch (err) {
-      if (err instanceof ShutdownError || this.closed) return;
+      if (err instanceof ShutdownError || this.stopped) return;
       if (err instanceof DeposedError || (await this.deposed(m))) {
         this.log.warn("deposed: a newer leader drives the migration", { migration: id });
         return;
@@ -505,7 +510,7 @@ export class Executor {
    * "failed" can migrate the VM again at once.
    */
   private async fail(m: MigrationRecord, error: string, ctx?: Ends): Promise<void> {
-    if (this.closed) return;
+    if (this.stopped) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
     // A newer leader drives it: its clean-up is not this one's to do.
     if (this.opts.generation !== undefined && before.driver_generation !== this.opts.generation) return;

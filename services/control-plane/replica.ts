@@ -37,7 +37,8 @@ export class Replica {
       key: KEYS.leader,
       generationKey: KEYS.fenceSeq,
       holder: opts.id,
-      ttlMs: opts.leaseTtlMs ?? 5000,
+      // The embedded store has one process: it leads for good (no late renewal may cost it that).
+      ttlMs: store.kind === "memory" ? 24 * 3600_000 : (opts.leaseTtlMs ?? 5000),
       log: opts.log,
       onAcquired: (g) =>
         this.queue(async () => {

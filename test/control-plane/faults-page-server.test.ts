@@ -5,6 +5,7 @@
 // disk there), its address answering there, s2 seen suspect or down by the leader's liveness
 // checks. Once s2's page-server is back (it adopts the waiting QEMU it left), the leader stops
 // that QEMU: the VM runs in exactly one place.
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { HostLiveness } from "../../gen/vmhop/v1/control.js";
@@ -103,6 +104,8 @@ t(
     assert.match(live.detail, /page-server/);
 
     // s2's page-server back (it adopts the waiting QEMU it left); the leader stops that QEMU.
+    // The killed one left its gRPC socket file behind; a new one cannot bind over it.
+    rmSync(b.pageAddress.replace(/^unix:/, ""), { force: true });
     const page = await startService({
       name: `${b.site} page-server (restarted)`,
       netns: b.ns,
