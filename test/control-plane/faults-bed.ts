@@ -9,7 +9,7 @@ import { VmState } from "../../gen/vmhop/v1/page.js";
 import { netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
-import type { WholeVmResult } from "../../testbed/sites/whole-vm-run.js";
+import { runWholeVm, type WholeVmResult } from "../../testbed/sites/whole-vm-run.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 
@@ -100,6 +100,43 @@ export class FaultBed {
     assert.equal([vm.hostId, vm.migrationId, vm.vm?.state], ["h2", "", VmState.VM_STATE_RUNNING]);
     assert.equal(await this.qemus(), [0, 1], "QEMU processes at s1, s2: exactly one, at the destination");
     return this.bed.client.getMigration(r.migration_id);
+  }
+
+  /**
+   * The row "control-plane killed (kill -9) and restarted": the bed's only control-plane is
+   * killed once the migration's record reads one of `states`, and started again on its
+   * address; the new process resumes the migration from its record and finishes it.
+   */
+  async controlKilledAndRestarted(states: string[]): Promise<void> {
+    const { bed } = this;
+    const address = bed.control.grpc;
+    let restarted: Promise<ServiceProcess> | undefined;
+    let killedIn = "";
+    const r = await runWholeVm(bed, {
+      ...GUEST,
+      say,
+      onProgress: (m) => {
+        if (restarted || !states.includes(m.state)) return;
+        killedIn = m.state;
+        say(`kill -9 the control-plane in ${m.state}; starting it again on ${address}`);
+        bed.control.child.kill("SIGKILL");
+        // The same address: the test's client (as an operator's) finds it again.
+        restarted = this.replica("control-plane (restarted)", address);
+        restarted.catch(() => {}); // awaited below
+      },
+    });
+    assert.ok(restarted, `the control-plane was killed in ${states.join(" or ")}`);
+    const again = await restarted!;
+    assert.is(again.ready.grpc, address);
+    const m = await this.assertDoneAtDestination(r);
+    // Resumed from the record by the new process, under a newer generation than the dead one's.
+    assert.ok(
+      m.driverGeneration > Number(bed.control.ready.generation),
+      "driven to its end by the new leader",
+    );
+    say(
+      `killed in ${killedIn}; done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
+    );
   }
 
   async stop(): Promise<void> {
