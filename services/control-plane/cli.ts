@@ -1,6 +1,11 @@
 // `vmhop control …`: serve the control-plane, or talk to a running one.
 
-import { StorageMode } from "../../gen/vmhop/v1/control.js";
+import {
+  HostLiveness,
+  type HostLivenessReport,
+  type ListHostsResponse,
+  StorageMode,
+} from "../../gen/vmhop/v1/control.js";
 import { HandoverMode } from "../../gen/vmhop/v1/netreach.js";
 import { MigrationMode, VmState } from "../../gen/vmhop/v1/page.js";
 import { CliError } from "../cli/errors.js";
@@ -16,7 +21,8 @@ const USAGE = `usage: vmhop control <command>
 commands:
   serve [--grpc 127.0.0.1:7405] [--store redis://HOST:PORT]
            the gRPC ControlPlaneService (vmhop control serve --help for every option)
-  hosts                                  list registered hosts
+  hosts                                  list registered hosts, their liveness and the leading replica
+  status                                 which control-plane replica leads (drives migrations)
   register-host HOST_ID PAGE_ADDR [--site S] [--block-server ADDR --block-nbd ADDR]
           [--power-driver ipmi|redfish|wol|command|testbed --power-params K=V,…|JSON]
            add or update a host (its page-server's gRPC address, which must answer and not be another
@@ -201,21 +207,32 @@ async function verb(
   const out = (json: unknown, text: () => string) => console.log(o.json ? JSON.stringify(json) : text());
   switch (cmd) {
     case "hosts": {
-      const hosts = await c.listHosts();
+      const st = await c.hostsStatus();
+      const live = new Map(st.liveness.map((l) => [l.hostId, l]));
+      const hosts = st.hosts.map((h) => ({ ...h, liveness: live.get(h.hostId) }));
       out(hosts, () =>
-        table([
-          ["HOST", "SITE", "PAGE-SERVER", "ASLEEP", "POWER", "DRIVER", "POWER-ERROR"],
-          ...hosts.map((h) => [
-            h.hostId,
-            h.site,
-            h.pageServerAddress,
-            String(h.asleep),
-            h.powerState || "-",
-            h.power?.driver || "-",
-            h.powerError,
+        [
+          leaderLine(st),
+          table([
+            ["HOST", "SITE", "PAGE-SERVER", "ASLEEP", "POWER", "DRIVER", "POWER-ERROR", "LIVENESS"],
+            ...hosts.map((h) => [
+              h.hostId,
+              h.site,
+              h.pageServerAddress,
+              String(h.asleep),
+              h.powerState || "-",
+              h.power?.driver || "-",
+              h.powerError,
+              livenessText(h.liveness),
+            ]),
           ]),
-        ]),
+        ].join("\n"),
       );
+      return 0;
+    }
+    case "status": {
+      const st = await c.hostsStatus();
+      out({ leaderReplica: st.leaderReplica, leaderGeneration: st.leaderGeneration }, () => leaderLine(st));
       return 0;
     }
     case "register-host": {
@@ -377,4 +394,18 @@ async function verb(
     default:
       throw new CliError(`unknown control command '${cmd}'\n\n${USAGE}`);
   }
+}
+
+/** "leader: REPLICA (generation G)", or that none leads now. */
+function leaderLine(st: ListHostsResponse): string {
+  return st.leaderReplica
+    ? `leader: ${st.leaderReplica} (generation ${st.leaderGeneration})`
+    : "leader: none (no replica holds the lease now, or one process without a store lease)";
+}
+
+/** up / suspect (missed N) / down: the reason; "-" before the leader checked. */
+function livenessText(l: HostLivenessReport | undefined): string {
+  if (!l || l.state === HostLiveness.HOST_LIVENESS_UNSPECIFIED) return "-";
+  const state = HostLiveness[l.state].replace("HOST_LIVENESS_", "").toLowerCase();
+  return l.detail ? `${state} (missed ${l.missed}: ${l.detail})` : state;
 }

@@ -4,6 +4,7 @@ import {
   type ClusterVm,
   ControlPlaneServiceClient,
   Host,
+  type ListHostsResponse,
   MigrateVmRequest,
   type Migration,
   type VmDisk,
@@ -61,7 +62,12 @@ export class ControlClient {
   }
 
   async listHosts(): Promise<Host[]> {
-    return (await this.call<{ hosts: Host[] }>((m, o, cb) => this.client.listHosts({}, m, o, cb))).hosts;
+    return (await this.hostsStatus()).hosts;
+  }
+
+  /** The hosts with the leading replica and the leader's liveness of each host. */
+  hostsStatus(): Promise<ListHostsResponse> {
+    return this.call<ListHostsResponse>((m, o, cb) => this.client.listHosts({}, m, o, cb));
   }
 
   /** Switches the host through its power driver: waking may take minutes (POWER_TIMEOUT_MS). */

@@ -12,6 +12,8 @@ import { vmSpecProblem } from "../common/vm-spec-validation.js";
 import { AddressMover } from "./address.js";
 import { ControlError } from "./control-error.js";
 import { Executor, type ExecutorOptions } from "./executor.js";
+import { onHostDown, onHostUp } from "./host-down.js";
+import { HostLiveness, type LivenessRecord, readLiveness } from "./host-liveness.js";
 import { HostPower, type HostPowerOptions, type PowerAction, type PowerResult } from "./host-power.js";
 import { HostRegistry } from "./hosts.js";
 import { newMigrationId } from "./migration-id.js";
@@ -33,6 +35,7 @@ import {
   update,
   type VmRecord,
 } from "./records.js";
+import { currentLeader } from "./replica.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
 import { planStorage, type StoragePlan, StoragePlanError } from "./storage-plan.js";
 import { type NewDisk, VmLifecycle } from "./vm-lifecycle.js";
@@ -94,11 +97,23 @@ export interface ControlPlaneOptions {
   repairRetryMs?: number;
   /** Power drivers' credentials and wait limits. */
   power?: HostPowerOptions;
+  /** Host liveness checks (leader only, with a lease): period, deadline; absent: defaults. */
+  liveness?: { everyMs?: number; deadlineMs?: number; downAfter?: number };
+  /** Replicas: how often the leader scans the store for migrations to drive (besides the notifications). */
+  pickupMs?: number;
+}
+
+/** What this control-plane drives while it leads (one process without a lease: always). */
+interface Leading {
+  executor: Executor;
+  generation?: number;
+  stop: () => Promise<void>;
 }
 
 export class ControlPlane {
   private readonly pages = new PageServers();
-  private readonly executor: Executor;
+  private leading?: Leading;
+  private readonly log: Logger;
   private readonly anchor?: NetreachAnchor;
   private readonly address: AddressMover;
   private readonly vms: VmLifecycle;
@@ -110,10 +125,10 @@ export class ControlPlane {
     private readonly opts: ControlPlaneOptions = {},
   ) {
     const log = opts.log ?? silentLogger;
+    this.log = log;
     this.anchor = opts.netreach ? new NetreachAnchor(opts.netreach) : undefined;
     this.hosts = new HostRegistry(store, this.pages, opts.reachMs ?? 3000);
     this.address = new AddressMover(store, this.anchor, log);
-    this.executor = new Executor(store, this.pages, log, this.address, opts.executor);
     // A new VM with home addresses is placed in netreach at its host's site once QEMU runs.
     const place = (vm: VmRecord, host: HostRecord, undo: () => Promise<unknown>) =>
       hasAddresses(vm.network) && this.anchor ? this.placeAddress(vm, host, undo) : Promise.resolve();
@@ -136,7 +151,81 @@ export class ControlPlane {
    * does not answer). A VM held by a migration that failed after its switch-over stays held:
    * which host runs it needs a person (DeleteVm removes it).
    */
-  async open(): Promise<string[]> {
+  open(): Promise<string[]> {
+    return this.lead();
+  }
+
+  /**
+   * Starts driving migrations: those left unfinished, and (under a leader `generation`) every
+   * migration any replica records from now on, picked up from the store's notifications and a
+   * short scan. Returns the migrations it resumed. Without a generation (one process, no lease)
+   * the migrations this process records are driven directly.
+   */
+  async lead(generation?: number, stillLeading?: () => boolean): Promise<string[]> {
+    await this.standDown();
+    const executor = new Executor(this.store, this.pages, this.log, this.address, {
+      ...this.opts.executor,
+      generation,
+      stillLeading,
+    });
+    let unsubscribe: Unsubscribe | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let liveness: HostLiveness | undefined;
+    this.leading = {
+      executor,
+      generation,
+      stop: async () => {
+        clearInterval(timer);
+        executor.close();
+        await Promise.all([unsubscribe?.().catch(() => {}), liveness?.stop()]);
+      },
+    };
+    if (generation !== undefined) {
+      liveness = new HostLiveness(this.store, {
+        ...this.opts.liveness,
+        log: this.log,
+        onDown: (host, rec) =>
+          void onHostDown(this.store, this.pages, host, rec, this.log).catch((err) =>
+            this.log.warn("host down", { host: host.host_id, err }),
+          ),
+        onUp: (host) =>
+          void onHostUp(this.store, this.pages, host, this.log).catch((err) =>
+            this.log.warn("host back up", { host: host.host_id, err }),
+          ),
+      });
+      liveness.start();
+      const pick = (m: MigrationRecord) => {
+        if (!isFinal(m.state)) executor.drive(m.migration_id);
+      };
+      unsubscribe = await this.store
+        .subscribe(KEYS.migrations, (msg) => pick(JSON.parse(msg) as MigrationRecord))
+        .catch((err) => {
+          this.log.warn("leader: no migration notifications, scanning only", { err });
+          return undefined;
+        });
+      timer = setInterval(() => {
+        this.listMigrations().then(
+          (all) => all.forEach(pick),
+          () => {},
+        );
+      }, this.opts.pickupMs ?? 2000);
+    }
+    return this.resume(executor);
+  }
+
+  /** Stops driving (a lost lease): running drivers stop persisting at their next step. */
+  async standDown(): Promise<void> {
+    const l = this.leading;
+    this.leading = undefined;
+    await l?.stop();
+  }
+
+  /** The leader generation this control-plane drives under (undefined: not leading; 0: no lease). */
+  get leaderGeneration(): number | undefined {
+    return this.leading ? (this.leading.generation ?? 0) : undefined;
+  }
+
+  private async resume(executor: Executor): Promise<string[]> {
     const all = await this.listMigrations();
     const byId = new Map(all.map((m) => [m.migration_id, m]));
     for (const vm of await this.listVmRecords()) {
@@ -144,7 +233,12 @@ export class ControlPlane {
         this.vms.repair(vm);
         continue;
       }
-      const m = byId.get(vm.migration_id);
+      // A migration recorded since the scan above (another replica's MigrateVm) is read afresh.
+      const m =
+        byId.get(vm.migration_id) ??
+        (vm.migration_id
+          ? (await readJson<MigrationRecord>(this.store, KEYS.migration(vm.migration_id)))?.value
+          : undefined);
       if (vm.migration_id && (!m || (isFinal(m.state) && m.state !== "done" && !failedAfterSwitch(m))))
         await update<VmRecord>(this.store, KEYS.vm(vm.vm_id), (cur) =>
           cur && cur.migration_id === vm.migration_id ? { ...cur, migration_id: "" } : (cur as VmRecord),
@@ -155,21 +249,21 @@ export class ControlPlane {
     for (const m of all.filter((x) => x.state === "failed" || x.state === "cancelled"))
       if (needsRollback(m.network)) await this.address.rollBack(m.migration_id, m.error);
     const open = all.filter((m) => !isFinal(m.state));
-    for (const m of open) this.executor.drive(m.migration_id);
+    for (const m of open) executor.drive(m.migration_id);
     return open.map((m) => m.migration_id);
   }
 
   /** Stops driving migrations (they stay as recorded, for the next control-plane). */
   close(): void {
-    this.executor.close();
+    void this.standDown();
     this.vms.close();
     this.pages.close();
     this.anchor?.close();
   }
 
   /** Resolves when no migration driver runs. */
-  idle(): Promise<void> {
-    return this.executor.idle();
+  async idle(): Promise<void> {
+    await this.leading?.executor.idle();
   }
 
   /** Adds or updates a host whose page-server answers (hosts.ts). */
@@ -191,6 +285,16 @@ export class ControlPlane {
 
   listHosts(): Promise<HostRecord[]> {
     return scanJson<HostRecord>(this.store, KEYS.hostPrefix);
+  }
+
+  /** The hosts, the leading replica (null: none now) and the leader's liveness of each host. */
+  async hostsStatus() {
+    const [hosts, leader, liveness] = await Promise.all([
+      this.listHosts(),
+      currentLeader(this.store),
+      readLiveness(this.store),
+    ]);
+    return { hosts, leader, liveness: liveness as LivenessRecord[] };
   }
 
   /**
@@ -445,8 +549,10 @@ export class ControlPlane {
       await transition(this.store, id, "fail", { error });
       throw err;
     }
+    // The leader drives it: this process if it leads, else the leader on the notification.
     await this.store.publish(KEYS.migrations, raw);
-    this.executor.drive(id, trace);
+    if (this.leading) this.leading.executor.drive(id, trace);
+    else trace.end("pending"); // the leader's driver continues the trace from the record
     return rec;
   }
 

@@ -28,6 +28,7 @@ import {
 } from "./records.js";
 import { isFinal, type MigrationEvent, pastSwitch, TransitionError } from "./states.js";
 import { diskUrlAt, parseNbdUrl } from "./storage-plan.js";
+import { adopt, DeposedError, drivenBy } from "./takeover.js";
 
 const FAILED_PHASES = [MigrationPhase.MIGRATION_PHASE_FAILED, MigrationPhase.MIGRATION_PHASE_CANCELLED];
 
@@ -46,6 +47,13 @@ export interface ExecutorOptions {
    * again before the migration fails (default 120 s); the VM runs there meanwhile.
    */
   completingRetryMs?: number;
+  /**
+   * Replicas: the leader generation this executor drives under. Each migration is taken over
+   * first (takeover.ts) and every transition is refused once a newer leader has it.
+   */
+  generation?: number;
+  /** Replicas: false once the lease is seen lost; the drivers stop at their next step. */
+  stillLeading?: () => boolean;
 }
 
 /** The two ends of a migration. */
@@ -121,6 +129,11 @@ export class Executor {
     return t ? t.step(name, fn) : fn();
   }
 
+  /** Closed, or (replicas) the lease seen lost: nothing more is persisted or undone. */
+  private get stopped(): boolean {
+    return this.closed || this.opts.stillLeading?.() === false;
+  }
+
   /** Resolves once no driver runs (tests, shutdown). */
   async idle(): Promise<void> {
     while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
@@ -136,16 +149,27 @@ export class Executor {
   }
 
   private async step(id: string, event: MigrationEvent, patch: ProgressPatch & { error?: string } = {}) {
-    if (this.closed) throw new ShutdownError();
-    const rec = await transition(this.store, id, event, patch);
+    if (this.stopped) throw new ShutdownError();
+    const gen = this.opts.generation;
+    const rec = await transition(this.store, id, event, patch, gen === undefined ? undefined : drivenBy(gen));
     this.log.info("migration", { migration: id, state: rec.state });
     this.traces.get(id)?.enter(rec.state);
     return rec;
   }
 
   private async run(id: string): Promise<void> {
-    const m = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
-    if (!m || isFinal(m.state)) return;
+    const gen = this.opts.generation;
+    let m: MigrationRecord | undefined;
+    try {
+      m =
+        gen === undefined
+          ? (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value
+          : await adopt(this.store, id, gen);
+    } catch (err) {
+      if (err instanceof DeposedError) return this.log.warn("deposed: not driving", { migration: id });
+      throw err;
+    }
+    if (!m || isFinal(m.state) || this.closed) return;
     const ctx = await this.context(m).catch((err) => err as Error);
     if (ctx instanceof Error) return this.fail(m, ctx.message);
     try {
@@ -170,7 +194,11 @@ export class Executor {
       await this.inStep(id, "network settle", () => this.address.settle(id));
       await this.inPhase(id, () => this.relocate(m, ctx));
     } catch (err) {
-      if (err instanceof ShutdownError) return;
+      if (err instanceof ShutdownError || this.stopped) return;
+      if (err instanceof DeposedError || (await this.deposed(m))) {
+        this.log.warn("deposed: a newer leader drives the migration", { migration: id });
+        return;
+      }
       if (err instanceof TransitionError) {
         // Someone else moved the record on (a cancel): clean up after it.
         const cur = (await readJson<MigrationRecord>(this.store, KEYS.migration(id)))?.value;
@@ -366,6 +394,15 @@ export class Executor {
       throw new Error(`the destination reports the VM ${VmState[at.state]} after the migration completed`);
     const diskNbdUrl = this.diskUrl(m, ctx);
     await update<VmRecord>(this.store, KEYS.vm(m.vm_id), (vm) => {
+      // Moved here and released already, under this migration's (or an older) token: by this
+      // step before a crash, or by the driver a newer leader took it over from.
+      if (
+        vm &&
+        !vm.migration_id &&
+        vm.host_id === m.destination_host_id &&
+        vm.fencing_token <= m.fencing_token
+      )
+        return vm;
       if (!vm || vm.migration_id !== m.migration_id || vm.fencing_token !== m.fencing_token)
         throw new ConflictError(
           `VM ${m.vm_id} is no longer held by migration ${m.migration_id} (fencing token ${m.fencing_token})`,
@@ -454,6 +491,14 @@ export class Executor {
     });
   }
 
+  /** Replicas: a newer leader took the migration over (its record no longer names this generation). */
+  private async deposed(m: MigrationRecord): Promise<boolean> {
+    const gen = this.opts.generation;
+    if (gen === undefined) return false;
+    const cur = await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)).catch(() => null);
+    return cur !== null && cur.value.driver_generation !== gen;
+  }
+
   /** The VM record names another host than this migration's destination: it moved on. */
   private async movedOn(m: MigrationRecord): Promise<boolean> {
     const vm = await readJson<VmRecord>(this.store, KEYS.vm(m.vm_id));
@@ -465,8 +510,10 @@ export class Executor {
    * "failed" can migrate the VM again at once.
    */
   private async fail(m: MigrationRecord, error: string, ctx?: Ends): Promise<void> {
-    if (this.closed) return;
+    if (this.stopped) return;
     const before = (await readJson<MigrationRecord>(this.store, KEYS.migration(m.migration_id)))?.value ?? m;
+    // A newer leader drives it: its clean-up is not this one's to do.
+    if (this.opts.generation !== undefined && before.driver_generation !== this.opts.generation) return;
     await this.inStep(m.migration_id, "clean-up", () =>
       this.cleanUp(before, ctx, pastSwitch(before.state), error),
     );

@@ -6,6 +6,7 @@ import {
   type ControlPlaneServiceServer,
   ControlPlaneServiceService,
   type Host,
+  HostLiveness,
   type Migration,
   StorageMode,
   type VmDisk,
@@ -17,6 +18,12 @@ import type { Logger } from "../common/log.js";
 import { type ClusterVmView, ControlError, type ControlPlane, type NewDisk } from "./control-plane.js";
 import type { HostRecord, MigrationRecord } from "./records.js";
 import { isFinal } from "./states.js";
+
+const LIVENESS = {
+  up: HostLiveness.HOST_LIVENESS_UP,
+  suspect: HostLiveness.HOST_LIVENESS_SUSPECT,
+  down: HostLiveness.HOST_LIVENESS_DOWN,
+} as const;
 
 export function hostToPb(h: HostRecord): Host {
   return {
@@ -93,6 +100,8 @@ export function migrationToPb(m: MigrationRecord): Migration {
     bytesSent: m.bytes_sent,
     downtimeMs: m.downtime_ms,
     storage: m.storage ?? StorageMode.STORAGE_MODE_SHARED,
+    lost: m.lost ?? "",
+    driverGeneration: m.driver_generation ?? 0,
     memory: m.memory
       ? {
           bytesRemaining: m.memory.bytes_remaining,
@@ -150,7 +159,21 @@ export function controlPlaneService(cp: ControlPlane, log: Logger): ServiceRegis
       log.info("host deregistered", { host: req.hostId });
       return {};
     }),
-    listHosts: unary(async () => ({ hosts: (await cp.listHosts()).map(hostToPb) })),
+    listHosts: unary(async () => {
+      const st = await cp.hostsStatus();
+      return {
+        hosts: st.hosts.map(hostToPb),
+        leaderReplica: st.leader?.holder ?? "",
+        leaderGeneration: st.leader?.generation ?? 0,
+        liveness: st.liveness.map((l) => ({
+          hostId: l.host_id,
+          state: LIVENESS[l.state],
+          detail: l.detail,
+          checkedUnixMs: l.checked_unix_ms,
+          missed: l.missed,
+        })),
+      };
+    }),
     setHostAsleep: unary(async (req) => ({ host: hostToPb(await cp.setHostAsleep(req.hostId, req.asleep)) })),
     powerHost: unary(async (req) => {
       const r = await cp.powerHost(req.hostId, req.action);

@@ -22,6 +22,11 @@ export const KEYS = {
    * page-servers and block-servers it visited keep the highest they saw).
    */
   fenceSeq: "control:fence-seq",
+  /** Host liveness as the leader's checks see it (host-liveness.ts), with a TTL. */
+  liveness: (id: string) => `control:liveness:${id}`,
+  livenessPrefix: "control:liveness:",
+  /** Replicas: the leader lease (leader-lease.ts), `{holder, generation, since_unix_ms}` with a TTL. */
+  leader: "control:leader",
   /** Pub/sub: one JSON MigrationRecord per transition. */
   migrations: "control:migrations",
 } as const;
@@ -115,6 +120,15 @@ export interface MigrationRecord {
   trace_parent?: string;
   /** Memory and disk progress over time, bounded (progress-history.ts; absent in older records). */
   progress?: ProgressSampleRecord[];
+  /** A host that went down after the switch-over: what was lost with it (host-down.ts). */
+  lost?: string;
+  /**
+   * Replicas: the leader generation driving it (absent: none yet, or one process without a
+   * lease). A newer leader takes it over by raising this; an older one's transitions are refused.
+   */
+  driver_generation?: number;
+  /** Replicas: each leader generation that took it over from another, with when (the record of who drove it). */
+  takeovers?: Array<{ generation: number; from_generation: number; fencing_token: number; unix_ms: number }>;
 }
 
 export interface MemoryRecord {
@@ -178,10 +192,13 @@ export async function transition(
   migrationId: string,
   event: MigrationEvent,
   patch: ProgressPatch & Partial<Pick<MigrationRecord, "error">> = {},
+  /** Throws to refuse the transition on the current record (a deposed leader's driver). */
+  guard?: (cur: MigrationRecord) => void,
 ): Promise<MigrationRecord> {
   let from: MigrationState | undefined;
   const rec = await update<MigrationRecord>(store, KEYS.migration(migrationId), (cur) => {
     if (!cur) throw new ConflictError(`migration ${migrationId} vanished from the store`);
+    guard?.(cur);
     const state = next(cur.state, event);
     from = cur.state;
     const now = Date.now();

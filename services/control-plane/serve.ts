@@ -1,5 +1,7 @@
 // `vmhop control serve`: the ControlPlaneService over gRPC, registries and migrations in the
 // Store. On start it resumes the migrations a previous control-plane left unfinished.
+
+import { hostname } from "node:os";
 import { serveUntilSignal } from "../cli/serve-until-signal.js";
 import { type Config, helpText, type OptionSpecs } from "../common/config.js";
 import { startGrpcServer } from "../common/grpc/server.js";
@@ -11,6 +13,7 @@ import { Credentials } from "../power/credentials.js";
 import { DEFAULT_CONTROL_GRPC } from "./client.js";
 import { ControlPlane } from "./control-plane.js";
 import { controlPlaneService } from "./grpc.js";
+import { Replica } from "./replica.js";
 
 export const serveSpecs = {
   grpc: {
@@ -65,6 +68,16 @@ export const serveSpecs = {
     describe: "how long a host has to report off after a shutdown request",
   },
   metrics: metricsOption(DEFAULT_METRICS["control-plane"]),
+  "replica-id": {
+    type: "string",
+    describe:
+      "this replica's name among the control-plane replicas on one store (default HOSTNAME-PID); the one holding the leader lease drives the migrations",
+  },
+  "lease-ttl-ms": {
+    type: "number",
+    default: 5000,
+    describe: "the leader lease's TTL: how soon another replica takes over from a leader that died",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -97,6 +110,13 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     });
     // Closed before the store: running migrations stay as recorded, for the next start.
     closers.push({ name: "control-plane (migrations resume on restart)", close: async () => cp.close() });
+    const replica = new Replica(cp, store, {
+      id: o["replica-id"] || `${hostname()}-${process.pid}`,
+      leaseTtlMs: o["lease-ttl-ms"],
+      log,
+    });
+    // Released first on a stop: another replica takes over at once.
+    closers.push({ name: "leader lease", close: () => replica.stop() });
     const g = await startGrpcServer({
       serviceName: "control-plane",
       listen: o.grpc!,
@@ -104,7 +124,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
       log,
     });
     closers.push({ name: "grpc", close: () => g.shutdown() });
-    const resumed = await cp.open();
+    await replica.start();
     // One machine-readable ready line on stdout: scripts wait for it.
     console.log(
       JSON.stringify({
@@ -112,7 +132,10 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         grpc: g.address,
         store: store.kind,
         netreach: o.netreach ?? "",
-        resumed,
+        replica: replica.opts.id,
+        leader: replica.generation !== undefined,
+        generation: replica.generation ?? 0,
+        resumed: replica.resumed,
         metrics,
       }),
     );

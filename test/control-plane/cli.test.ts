@@ -44,6 +44,9 @@ test("serve prints a ready line; the verbs talk to it", async () => {
   const cp = await serve(["control", "serve", "--grpc", "127.0.0.1:0", "--store", redis.url]);
   assert.equal(cp.ready.store, "redis");
   assert.equal(cp.ready.resumed, []);
+  // The only replica on this Redis leads.
+  assert.equal(cp.ready.leader, true);
+  assert.match(String(cp.ready.replica), /-\d+$/);
   address = cp.ready.grpc as string;
   const s = ["--server", address];
   const reg = await vmhop(["control", "register-host", "h1", page.address, "--site", "lab", ...s]);
@@ -55,10 +58,16 @@ test("serve prints a ready line; the verbs talk to it", async () => {
     [["h1", "lab"]],
   );
   const table = await vmhop(["control", "hosts", ...s]);
+  assert.match(table.out, `leader: ${cp.ready.replica} (generation ${cp.ready.generation})`);
   assert.match(
     table.out,
-    /^HOST\s+SITE\s+PAGE-SERVER\s+ASLEEP\s+POWER\s+DRIVER\s+POWER-ERROR\nh1\s+lab\s+127\.0\.0\.1:\d+\s+false\s+-\s+-$/m,
+    /^HOST\s+SITE\s+PAGE-SERVER\s+ASLEEP\s+POWER\s+DRIVER\s+POWER-ERROR\s+LIVENESS\nh1\s+lab\s+127\.0\.0\.1:\d+\s+false\s+-\s+-\s+(up|-)$/m,
   );
+  const status = await vmhop(["control", "status", "--json", ...s]);
+  assert.equal(JSON.parse(status.out), {
+    leaderReplica: cp.ready.replica,
+    leaderGeneration: cp.ready.generation,
+  });
   const vms = await vmhop(["control", "vms", "--json", ...s]);
   assert.equal(JSON.parse(vms.out), []);
   const migrations = await vmhop(["control", "migrations", "--json", ...s]);

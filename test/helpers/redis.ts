@@ -14,6 +14,8 @@ export interface RedisHandle {
   /** Stops redis-server, keeping its data (restart() starts it again). */
   halt(): Promise<void>;
   restart(): Promise<void>;
+  /** kill -9 of redis-server, keeping its data (what it had fsynced; restart() starts it again). */
+  kill(): Promise<void>;
 }
 
 async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
@@ -57,12 +59,12 @@ export async function startRedis(): Promise<RedisHandle> {
     );
     await waitForPort(port);
   };
-  const stop = async () => {
+  const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
     const p = proc;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     await new Promise<void>((resolve) => {
       p.once("exit", () => resolve());
-      p.kill("SIGTERM");
+      p.kill(signal);
     });
   };
   await launch();
@@ -74,7 +76,8 @@ export async function startRedis(): Promise<RedisHandle> {
       await stop();
       tmp.cleanup();
     },
-    halt: stop,
+    halt: () => stop(),
+    kill: () => stop("SIGKILL"),
     restart: async () => {
       await stop();
       await launch();

@@ -47,6 +47,8 @@ export interface SitesBedOptions {
   /** Extra `vmhop control serve` / `page serve` arguments. */
   controlArgs?: string[];
   pageArgs?: string[];
+  /** How long each service may take to print its ready line (default 2 min). */
+  readyMs?: number;
   /** Progress lines ("s1 block-server ready"). */
   say?: (line: string) => void;
 }
@@ -112,7 +114,7 @@ export class SitesBed {
     const args = o.args.includes("--metrics") ? o.args : [...o.args, "--metrics", "127.0.0.1:0"];
     // Up to 2 min for the ready line: every site's services start at once, and on a machine
     // shared with other QEMU runs one start alone has taken over 30 s.
-    const s = await startService({ readyMs: 120_000, ...o, args });
+    const s = await startService({ readyMs: this.opts.readyMs ?? 120_000, ...o, args });
     this.services.push(s);
     const m = s.ready.metrics;
     this.say(`${o.name} ready${m ? `, metrics ${m}${o.netns ? ` (in netns ${o.netns})` : ""}` : ""}`);

@@ -248,8 +248,20 @@ async function migrate(
   say(`MigrateVm ${VM_ID} ${a.hostId} → ${b.hostId}: ${m.migrationId}`);
   let atSwitch: string | undefined;
   let bLog: string | undefined;
+  let unanswered = 0;
   for (;;) {
-    m = await bed.client.getMigration(m.migrationId);
+    try {
+      m = await bed.client.getMigration(m.migrationId);
+      unanswered = 0;
+    } catch (err) {
+      // A control-plane that does not answer for a while (killed and restarted, or its replica
+      // replaced: `bed.client` may be swapped meanwhile) is asked again, for up to a minute.
+      const code = (err as { code?: number }).code;
+      const noAnswer = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
+      if (!noAnswer || ++unanswered > 600) throw err;
+      await sleep(100);
+      continue;
+    }
     o.onProgress?.(m);
     if (!atSwitch && ["switched", "completing", "relocating", "done"].includes(m.state)) {
       // The source QEMU has stopped and flushed: from now on A's image must not change.

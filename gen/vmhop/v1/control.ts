@@ -27,6 +27,51 @@ export const protobufPackage = "vmhop.v1";
 
 export const protobufFileName = "vmhop/v1/control.proto";
 
+/**
+ * A host as the leader's health checks see it: UP answers; SUSPECT missed one or two checks
+ * in a row; DOWN missed more.
+ */
+export enum HostLiveness {
+  HOST_LIVENESS_UNSPECIFIED = 0,
+  HOST_LIVENESS_UP = 1,
+  HOST_LIVENESS_SUSPECT = 2,
+  HOST_LIVENESS_DOWN = 3,
+}
+
+export function hostLivenessFromJSON(object: any): HostLiveness {
+  switch (object) {
+    case 0:
+    case "HOST_LIVENESS_UNSPECIFIED":
+      return HostLiveness.HOST_LIVENESS_UNSPECIFIED;
+    case 1:
+    case "HOST_LIVENESS_UP":
+      return HostLiveness.HOST_LIVENESS_UP;
+    case 2:
+    case "HOST_LIVENESS_SUSPECT":
+      return HostLiveness.HOST_LIVENESS_SUSPECT;
+    case 3:
+    case "HOST_LIVENESS_DOWN":
+      return HostLiveness.HOST_LIVENESS_DOWN;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum HostLiveness");
+  }
+}
+
+export function hostLivenessToJSON(object: HostLiveness): string {
+  switch (object) {
+    case HostLiveness.HOST_LIVENESS_UNSPECIFIED:
+      return "HOST_LIVENESS_UNSPECIFIED";
+    case HostLiveness.HOST_LIVENESS_UP:
+      return "HOST_LIVENESS_UP";
+    case HostLiveness.HOST_LIVENESS_SUSPECT:
+      return "HOST_LIVENESS_SUSPECT";
+    case HostLiveness.HOST_LIVENESS_DOWN:
+      return "HOST_LIVENESS_DOWN";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum HostLiveness");
+  }
+}
+
 /** Where the VM's disk goes in a migration. */
 export enum StorageMode {
   /**
@@ -159,6 +204,28 @@ export interface ListHostsRequest {
 
 export interface ListHostsResponse {
   hosts: Host[];
+  /**
+   * The control-plane replica that leads (drives migrations, checks hosts) and its lease
+   * generation; empty when no replica leads now (or one process runs without a lease).
+   */
+  leaderReplica: string;
+  leaderGeneration: number;
+  /**
+   * The leader's health checks of each host's page-server and block-server (a host not
+   * checked yet, or while no replica leads, has none).
+   */
+  liveness: HostLivenessReport[];
+}
+
+export interface HostLivenessReport {
+  hostId: string;
+  state: HostLiveness;
+  /** What the last failed check said (empty while up). */
+  detail: string;
+  /** When the leader last checked the host (epoch ms). */
+  checkedUnixMs: number;
+  /** Checks missed in a row. */
+  missed: number;
 }
 
 /**
@@ -349,6 +416,10 @@ export interface Migration {
    * the migration runs (the timeline `vmhop report` draws).
    */
   progress: ProgressSample[];
+  /** A host that went down after the switch-over: what was lost with it, if anything. */
+  lost: string;
+  /** Replicas: the leader generation that drives (or drove) the migration; 0 for one process. */
+  driverGeneration: number;
 }
 
 export interface Migration_EnteredUnixMsEntry {
@@ -1532,13 +1603,22 @@ export const ListHostsRequest: MessageFns<ListHostsRequest> = {
 };
 
 function createBaseListHostsResponse(): ListHostsResponse {
-  return { hosts: [] };
+  return { hosts: [], leaderReplica: "", leaderGeneration: 0, liveness: [] };
 }
 
 export const ListHostsResponse: MessageFns<ListHostsResponse> = {
   encode(message: ListHostsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.hosts) {
       Host.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.leaderReplica !== "") {
+      writer.uint32(18).string(message.leaderReplica);
+    }
+    if (message.leaderGeneration !== 0) {
+      writer.uint32(24).uint64(message.leaderGeneration);
+    }
+    for (const v of message.liveness) {
+      HostLivenessReport.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1564,6 +1644,30 @@ export const ListHostsResponse: MessageFns<ListHostsResponse> = {
             message.hosts.push(Host.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.leaderReplica = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leaderGeneration = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.liveness.push(HostLivenessReport.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1577,13 +1681,37 @@ export const ListHostsResponse: MessageFns<ListHostsResponse> = {
   },
 
   fromJSON(object: any): ListHostsResponse {
-    return { hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => Host.fromJSON(e)) : [] };
+    return {
+      hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => Host.fromJSON(e)) : [],
+      leaderReplica: isSet(object.leaderReplica)
+        ? globalThis.String(object.leaderReplica)
+        : isSet(object.leader_replica)
+        ? globalThis.String(object.leader_replica)
+        : "",
+      leaderGeneration: isSet(object.leaderGeneration)
+        ? globalThis.Number(object.leaderGeneration)
+        : isSet(object.leader_generation)
+        ? globalThis.Number(object.leader_generation)
+        : 0,
+      liveness: globalThis.Array.isArray(object?.liveness)
+        ? object.liveness.map((e: any) => HostLivenessReport.fromJSON(e))
+        : [],
+    };
   },
 
   toJSON(message: ListHostsResponse): unknown {
     const obj: any = {};
     if (message.hosts?.length) {
       obj.hosts = message.hosts.map((e) => Host.toJSON(e));
+    }
+    if (message.leaderReplica !== "") {
+      obj.leaderReplica = message.leaderReplica;
+    }
+    if (message.leaderGeneration !== 0) {
+      obj.leaderGeneration = Math.round(message.leaderGeneration);
+    }
+    if (message.liveness?.length) {
+      obj.liveness = message.liveness.map((e) => HostLivenessReport.toJSON(e));
     }
     return obj;
   },
@@ -1594,6 +1722,150 @@ export const ListHostsResponse: MessageFns<ListHostsResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListHostsResponse>, I>>(object: I): ListHostsResponse {
     const message = createBaseListHostsResponse();
     message.hosts = object.hosts?.map((e) => Host.fromPartial(e)) || [];
+    message.leaderReplica = object.leaderReplica ?? "";
+    message.leaderGeneration = object.leaderGeneration ?? 0;
+    message.liveness = object.liveness?.map((e) => HostLivenessReport.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHostLivenessReport(): HostLivenessReport {
+  return { hostId: "", state: 0, detail: "", checkedUnixMs: 0, missed: 0 };
+}
+
+export const HostLivenessReport: MessageFns<HostLivenessReport> = {
+  encode(message: HostLivenessReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    if (message.checkedUnixMs !== 0) {
+      writer.uint32(32).int64(message.checkedUnixMs);
+    }
+    if (message.missed !== 0) {
+      writer.uint32(40).uint32(message.missed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostLivenessReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostLivenessReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.checkedUnixMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.missed = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostLivenessReport {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      state: isSet(object.state) ? hostLivenessFromJSON(object.state) : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      checkedUnixMs: isSet(object.checkedUnixMs)
+        ? globalThis.Number(object.checkedUnixMs)
+        : isSet(object.checked_unix_ms)
+        ? globalThis.Number(object.checked_unix_ms)
+        : 0,
+      missed: isSet(object.missed) ? globalThis.Number(object.missed) : 0,
+    };
+  },
+
+  toJSON(message: HostLivenessReport): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.state !== 0) {
+      obj.state = hostLivenessToJSON(message.state);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.checkedUnixMs !== 0) {
+      obj.checkedUnixMs = Math.round(message.checkedUnixMs);
+    }
+    if (message.missed !== 0) {
+      obj.missed = Math.round(message.missed);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostLivenessReport>, I>>(base?: I): HostLivenessReport {
+    return HostLivenessReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostLivenessReport>, I>>(object: I): HostLivenessReport {
+    const message = createBaseHostLivenessReport();
+    message.hostId = object.hostId ?? "";
+    message.state = object.state ?? 0;
+    message.detail = object.detail ?? "";
+    message.checkedUnixMs = object.checkedUnixMs ?? 0;
+    message.missed = object.missed ?? 0;
     return message;
   },
 };
@@ -3552,6 +3824,8 @@ function createBaseMigration(): Migration {
     network: undefined,
     memory: undefined,
     progress: [],
+    lost: "",
+    driverGeneration: 0,
   };
 }
 
@@ -3613,6 +3887,12 @@ export const Migration: MessageFns<Migration> = {
     }
     for (const v of message.progress) {
       ProgressSample.encode(v!, writer.uint32(154).fork()).join();
+    }
+    if (message.lost !== "") {
+      writer.uint32(322).string(message.lost);
+    }
+    if (message.driverGeneration !== 0) {
+      writer.uint32(328).uint64(message.driverGeneration);
     }
     return writer;
   },
@@ -3785,6 +4065,22 @@ export const Migration: MessageFns<Migration> = {
             message.progress.push(ProgressSample.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.lost = reader.string();
+            continue;
+          }
+          case 41: {
+            if (tag !== 328) {
+              break;
+            }
+
+            message.driverGeneration = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3886,6 +4182,12 @@ export const Migration: MessageFns<Migration> = {
       progress: globalThis.Array.isArray(object?.progress)
         ? object.progress.map((e: any) => ProgressSample.fromJSON(e))
         : [],
+      lost: isSet(object.lost) ? globalThis.String(object.lost) : "",
+      driverGeneration: isSet(object.driverGeneration)
+        ? globalThis.Number(object.driverGeneration)
+        : isSet(object.driver_generation)
+        ? globalThis.Number(object.driver_generation)
+        : 0,
     };
   },
 
@@ -3954,6 +4256,12 @@ export const Migration: MessageFns<Migration> = {
     if (message.progress?.length) {
       obj.progress = message.progress.map((e) => ProgressSample.toJSON(e));
     }
+    if (message.lost !== "") {
+      obj.lost = message.lost;
+    }
+    if (message.driverGeneration !== 0) {
+      obj.driverGeneration = Math.round(message.driverGeneration);
+    }
     return obj;
   },
 
@@ -3995,6 +4303,8 @@ export const Migration: MessageFns<Migration> = {
       ? MemoryProgress.fromPartial(object.memory)
       : undefined;
     message.progress = object.progress?.map((e) => ProgressSample.fromPartial(e)) || [];
+    message.lost = object.lost ?? "";
+    message.driverGeneration = object.driverGeneration ?? 0;
     return message;
   },
 };

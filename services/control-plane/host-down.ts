@@ -1,0 +1,116 @@
+// What the leader does when a host goes down (host-liveness.ts) with migrations on it. Before
+// the switch-over the migration rolls back: the source is asked to abort (when it is not the
+// one down) and the migration fails with the reason, its driver undoing the destination's side;
+// the VM stays at the source. After the switch-over the destination owns the VM: the migration
+// goes on, and its record says what was lost with the host, if anything. A host back up is
+// rid of what such a rollback could not undo while it was down: the waiting destination QEMU.
+import { VmState } from "../../gen/vmhop/v1/page.js";
+import type { Logger } from "../common/log.js";
+import type { Store } from "../common/store/index.js";
+import type { LivenessRecord } from "./host-liveness.js";
+import type { PageServers } from "./page-client.js";
+import {
+  type HostRecord,
+  KEYS,
+  type MigrationRecord,
+  readJson,
+  scanJson,
+  transition,
+  update,
+  type VmRecord,
+} from "./records.js";
+import { isFinal, pastSwitch, TransitionError } from "./states.js";
+
+/** What a host that went down after the switch-over took with it, for the migration's record. */
+export function lostWith(m: MigrationRecord, hostId: string): string {
+  if (m.destination_host_id === hostId)
+    return `the destination ${hostId} went down after the switch-over: the VM ran only there and is down with it`;
+  const d = m.disk;
+  if (d && !d.promoted && d.blocks_local < d.blocks_total)
+    return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: the guest sees I/O errors reading them until it is back`;
+  return `nothing: the source ${hostId} went down after the switch-over, with the VM's memory and disk all at the destination`;
+}
+
+export async function onHostDown(
+  store: Store,
+  pages: PageServers,
+  host: HostRecord,
+  rec: LivenessRecord,
+  log: Logger,
+): Promise<void> {
+  const on = (await scanJson<MigrationRecord>(store, KEYS.migrationPrefix)).filter(
+    (m) => !isFinal(m.state) && (m.source_host_id === host.host_id || m.destination_host_id === host.host_id),
+  );
+  for (const m of on) {
+    const why = `host ${host.host_id} is down (${rec.detail})`;
+    if (!pastSwitch(m.state)) {
+      if (m.state === "migrating" && m.source_host_id !== host.host_id) {
+        const src = (await readJson<HostRecord>(store, KEYS.host(m.source_host_id)))?.value;
+        if (src)
+          await pages
+            .get(src.page_server_address)
+            .abortMigration(m.migration_id, m.fencing_token)
+            .catch((err) => log.warn("host down: the source's abort", { migration: m.migration_id, err }));
+      }
+      const error =
+        m.source_host_id === host.host_id
+          ? `${why} before the switch-over: the VM stays at the source`
+          : `${why} before the switch-over: rolled back, the VM runs at the source`;
+      await transition(store, m.migration_id, "fail", { error }).catch((err) => {
+        if (!(err instanceof TransitionError)) throw err;
+      });
+      log.warn("host down: migration rolled back", { migration: m.migration_id, error });
+    } else {
+      const lost = lostWith(m, host.host_id);
+      await update<MigrationRecord>(store, KEYS.migration(m.migration_id), (cur) =>
+        cur && !cur.lost ? { ...cur, lost } : (cur as MigrationRecord),
+      );
+      log.warn("host down after the switch-over", { migration: m.migration_id, lost });
+    }
+  }
+}
+
+/**
+ * A host back up: the incoming QEMUs of migrations to it that ended before their switch-over
+ * while it was down (the rollback could not stop them then; its restarted page-server adopted
+ * them) are stopped, under the migration's fencing token, unless the VM lives there now.
+ */
+export async function onHostUp(
+  store: Store,
+  pages: PageServers,
+  host: HostRecord,
+  log: Logger,
+): Promise<void> {
+  const ended = (await scanJson<MigrationRecord>(store, KEYS.migrationPrefix)).filter(
+    (m) =>
+      (m.state === "failed" || m.state === "cancelled") &&
+      m.destination_host_id === host.host_id &&
+      m.entered_unix_ms?.switched === undefined &&
+      m.entered_unix_ms?.completing === undefined,
+  );
+  const ps = pages.get(host.page_server_address);
+  for (const m of ended) {
+    const vm = (await readJson<VmRecord>(store, KEYS.vm(m.vm_id)))?.value;
+    if (!vm || vm.host_id === host.host_id) continue;
+    const at = await ps.inspect(m.vm_id).catch(() => undefined);
+    if (!at || at.state === VmState.VM_STATE_STOPPED) continue;
+    if (at.state === VmState.VM_STATE_RUNNING) {
+      log.warn("host back up: a VM runs there that the registry places elsewhere; left alone", {
+        host: host.host_id,
+        vm: m.vm_id,
+        migration: m.migration_id,
+      });
+      continue;
+    }
+    await ps
+      .stop(m.vm_id, true, m.fencing_token)
+      .then(() =>
+        log.info("host back up: stopped a rolled-back migration's waiting QEMU", {
+          migration: m.migration_id,
+        }),
+      )
+      .catch((err) =>
+        log.warn("host back up: cannot stop a waiting QEMU", { migration: m.migration_id, err }),
+      );
+  }
+}

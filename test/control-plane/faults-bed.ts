@@ -1,0 +1,148 @@
+// The fault matrix's bed (issue 15; used by test/control-plane/faults-*.test.ts): the two-site
+// namespace WAN bed (testbed/sites: real QEMU, block-servers, page-servers, netreach, a
+// control-plane) on a Redis of its own, more control-plane replicas on demand, and the checks
+// every row ends with: where QEMU runs, and a migration done with the VM verified by the guest.
+import { readFileSync } from "node:fs";
+import * as assert from "uvu/assert";
+import type { Migration } from "../../gen/vmhop/v1/control.js";
+import { VmState } from "../../gen/vmhop/v1/page.js";
+import { netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { type ServiceProcess, startService } from "../../testbed/service-process.js";
+import { SitesBed } from "../../testbed/sites/bed.js";
+import { runWholeVm, type WholeVmResult } from "../../testbed/sites/whole-vm-run.js";
+import { tempDir } from "../../testbed/temp-dir.js";
+import { type RedisHandle, startRedis } from "../helpers/redis.js";
+
+/** A small guest: the rows run one after another on two shared cores. */
+export const GUEST = { diskMib: 48, workloadDiskMib: 8, workloadMemMib: 32, dirtyRateMib: 8 };
+/** The lease: a replica takes over from a dead leader within about this (long enough not to flap on a loaded machine). */
+const LEASE = ["--lease-ttl-ms", "5000"];
+
+/** Services start slowly while other QEMU tests share the two cores. */
+export const READY_MS = 120_000;
+
+export const say = (l: string) => console.log(`  ${l}`);
+
+export class FaultBed {
+  readonly extra: ServiceProcess[] = [];
+
+  private constructor(
+    readonly bed: SitesBed,
+    readonly redis: RedisHandle,
+    private readonly cleanup: () => void,
+  ) {}
+
+  static async start(nsBase: string): Promise<FaultBed> {
+    const dir = tempDir("vmhop-faults-");
+    const redis = await startRedis();
+    try {
+      const bed = await SitesBed.start({
+        prefix: uniqueNetnsPrefix(nsBase),
+        dir: dir.path,
+        store: redis.url,
+        controlArgs: LEASE,
+        readyMs: READY_MS,
+        say,
+      });
+      return new FaultBed(bed, redis, () => dir.cleanup());
+    } catch (err) {
+      await redis.stop();
+      dir.cleanup();
+      throw err;
+    }
+  }
+
+  /** Another `vmhop control serve` like the bed's, on the same Redis (and `grpc` address if given). */
+  async replica(name: string, grpc = "127.0.0.1:0"): Promise<ServiceProcess> {
+    const s = await startService({
+      name,
+      readyMs: READY_MS,
+      args: [
+        "control",
+        "serve",
+        "--grpc",
+        grpc,
+        "--store",
+        this.redis.url,
+        "--netreach",
+        this.bed.anchorAddress!,
+        ...LEASE,
+      ],
+    });
+    this.extra.push(s);
+    return s;
+  }
+
+  /** How many QEMU processes run in each site's namespace. */
+  async qemus(): Promise<number[]> {
+    const comm = (pid: number) => {
+      try {
+        return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+      } catch {
+        return "";
+      }
+    };
+    return Promise.all(
+      this.bed.sites.map(
+        async (s) => (await netnsPids(s.ns)).filter((p) => comm(p).startsWith("qemu-system")).length,
+      ),
+    );
+  }
+
+  /** The end of a row that finished the move: done, the VM at h2 only, verified by the guest. */
+  async assertDoneAtDestination(r: WholeVmResult): Promise<Migration> {
+    assert.is(r.state, "done", `migration ${r.migration_id}: ${r.error}`);
+    assert.ok(r.memory_verified, `memory verified by the guest: ${JSON.stringify(r.guest)}`);
+    assert.ok(r.disk_verified, `disk verified: ${JSON.stringify({ disk: r.disk, guest: r.guest })}`);
+    assert.ok(r.address_verified, "the home addresses answer at the destination");
+    assert.ok(r.source_disk_unchanged, "the source image untouched since the switch-over");
+    const vm = await this.bed.client.getVm("vm1");
+    assert.equal([vm.hostId, vm.migrationId, vm.vm?.state], ["h2", "", VmState.VM_STATE_RUNNING]);
+    assert.equal(await this.qemus(), [0, 1], "QEMU processes at s1, s2: exactly one, at the destination");
+    return this.bed.client.getMigration(r.migration_id);
+  }
+
+  /**
+   * The row "control-plane killed (kill -9) and restarted": the bed's only control-plane is
+   * killed once the migration's record reads one of `states`, and started again on its
+   * address; the new process resumes the migration from its record and finishes it.
+   */
+  async controlKilledAndRestarted(states: string[]): Promise<void> {
+    const { bed } = this;
+    const address = bed.control.grpc;
+    let restarted: Promise<ServiceProcess> | undefined;
+    let killedIn = "";
+    const r = await runWholeVm(bed, {
+      ...GUEST,
+      say,
+      onProgress: (m) => {
+        if (restarted || !states.includes(m.state)) return;
+        killedIn = m.state;
+        say(`kill -9 the control-plane in ${m.state}; starting it again on ${address}`);
+        bed.control.child.kill("SIGKILL");
+        // The same address: the test's client (as an operator's) finds it again.
+        restarted = this.replica("control-plane (restarted)", address);
+        restarted.catch(() => {}); // awaited below
+      },
+    });
+    assert.ok(restarted, `the control-plane was killed in ${states.join(" or ")}`);
+    const again = await restarted!;
+    assert.is(again.ready.grpc, address);
+    const m = await this.assertDoneAtDestination(r);
+    // Resumed from the record by the new process, under a newer generation than the dead one's.
+    assert.ok(
+      m.driverGeneration > Number(bed.control.ready.generation),
+      "driven to its end by the new leader",
+    );
+    say(
+      `killed in ${killedIn}; done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
+    );
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.extra.splice(0)) await s.stop().catch(() => undefined);
+    await this.bed.stop();
+    await this.redis.stop();
+    this.cleanup();
+  }
+}

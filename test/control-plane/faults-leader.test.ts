@@ -1,0 +1,82 @@
+// Fault matrix (issue 15), the leader replica killed: two `vmhop control serve` replicas on one
+// Redis over the namespace WAN bed; the whole-VM migration of the test guest (real QEMU) runs,
+// and the leader is killed (kill -9) once the record reads past the switch-over. The second
+// replica takes the lease over, re-fences the migration and finishes it: done, the VM running
+// only at the destination, memory and disk verified by the guest, its address answering, and
+// the record naming the takeover.
+import * as assert from "uvu/assert";
+import { ControlClient } from "../../services/control-plane/client.js";
+import { destroyStaleNetns } from "../../testbed/netns.js";
+import type { ServiceProcess } from "../../testbed/service-process.js";
+import { runWholeVm } from "../../testbed/sites/whole-vm-run.js";
+import { gate } from "../helpers/env.js";
+import { test } from "../helpers/uvu.js";
+import { ensureGuest } from "../page-server/guest.js";
+import { FaultBed, GUEST, say } from "./faults-bed.js";
+
+const t = gate(
+  test,
+  ["qemu-system-x86_64", "gcc", "apt-get", "root", "ip", "nft", "redis-server"],
+  "fault matrix: the leader replica killed mid-migration",
+);
+const NS = "nr-fl-";
+let fb: FaultBed | undefined;
+
+t.before(async () => {
+  await destroyStaleNetns(NS);
+  await ensureGuest();
+  fb = await FaultBed.start(NS);
+});
+
+t.after(async () => {
+  await fb?.stop();
+});
+
+t(
+  "the leader replica killed (kill -9) after the switch-over: the second replica takes over and finishes",
+  async () => {
+    const { bed } = fb!;
+    assert.is(bed.control.ready.leader, true, "the bed's control-plane leads");
+    const second = await fb!.replica("control-plane replica 2");
+    let survivor: ServiceProcess | undefined;
+    assert.is(second.ready.leader, false, "the second replica follows");
+    const procs = [bed.control, second];
+    let killedIn = "";
+    let killed: Promise<number> | undefined;
+    const r = await runWholeVm(bed, {
+      ...GUEST,
+      say,
+      onProgress: (m) => {
+        if (killed || !["switched", "completing", "relocating"].includes(m.state)) return;
+        killedIn = m.state;
+        // Whichever replica leads now (under load a lease may have changed hands already).
+        killed = bed.client.hostsStatus().then((st) => {
+          const leader = procs.find((p) => p.ready.replica === st.leaderReplica);
+          const other = procs.find((p) => p !== leader)!;
+          assert.ok(leader, `a replica leads: ${st.leaderReplica}`);
+          say(`kill -9 the leader ${st.leaderReplica} (generation ${st.leaderGeneration}) in ${m.state}`);
+          leader!.child.kill("SIGKILL");
+          // The client follows the surviving replica from now on.
+          bed.client.close();
+          bed.client = new ControlClient(other.grpc);
+          survivor = other;
+          return st.leaderGeneration;
+        });
+        killed.catch(() => {}); // awaited below
+      },
+    });
+    assert.ok(killed, "the leader was killed mid-migration");
+    const generationBefore = await killed!;
+    const m = await fb!.assertDoneAtDestination(r);
+    const st = await bed.client.hostsStatus();
+    assert.is(st.leaderReplica, String(survivor!.ready.replica), "the surviving replica leads now");
+    assert.is(m.driverGeneration, st.leaderGeneration, "the new leader drove it to its end");
+    assert.ok(m.driverGeneration > generationBefore, `${m.driverGeneration} > ${generationBefore}`);
+    assert.ok(m.fencingToken > m.driverGeneration, "re-fenced on the takeover, above the new generation");
+    say(
+      `killed in ${killedIn}; done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
+    );
+  },
+);
+
+t.run();
