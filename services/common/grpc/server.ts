@@ -8,6 +8,7 @@ import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
 import { formatAddress, parseListenAddress } from "../listen-address.js";
 import type { Logger } from "../log.js";
+import { clearStaleSocket } from "../stale-socket.js";
 import { initTracing } from "../tracing.js";
 import { tracingInterceptor } from "./interceptors.js";
 import { grpcStatusOf } from "./status.js";
@@ -62,7 +63,9 @@ export async function startGrpcServer(opts: {
     services: [...opts.services.map((s) => s.name), "grpc.health.v1.Health"],
   }).addToServer(server);
 
-  const target = formatAddress(parseListenAddress(opts.listen));
+  const listen = parseListenAddress(opts.listen);
+  if ("path" in listen) await clearStaleSocket(listen.path);
+  const target = formatAddress(listen);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) =>
       err ? reject(err) : resolve(p),
