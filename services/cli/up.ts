@@ -2,6 +2,7 @@
 // separate hosts), sharing one store. Prints where each service listens and keeps the services
 // running (supervisor.ts: a crashed one is restarted with back-off, the others, the data plane
 // among them, keep running); SIGINT/SIGTERM stops them all.
+import { join } from "node:path";
 import { ConfigError, helpText, type OptionSpecs, parseConfig } from "../common/config.js";
 import { DEFAULT_METRICS } from "../common/metrics/flag.js";
 import { CliError } from "./errors.js";
@@ -36,6 +37,11 @@ const specs = {
     describe: "control-plane /metrics, or 'none'",
   },
   "run-dir": { type: "string", default: "/tmp/vmhop", describe: "folder for VM sockets and logs" },
+  "disk-dir": {
+    type: "string",
+    describe:
+      "where the block-server keeps the disks create-vm --disk-size makes and the copies of disks migrating in (default RUN_DIR/disks)",
+  },
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
@@ -74,6 +80,10 @@ export async function run(argv: string[]): Promise<number> {
         o["block-grpc"]!,
         "--metrics",
         o["block-metrics"]!,
+        // Without it a block-server whose exports are recorded in the store has nowhere to
+        // make a new VM's disk or a migrating disk's local copy.
+        "--cache-dir",
+        o["disk-dir"] || join(o["run-dir"]!, "disks"),
       ],
     },
     {
