@@ -6,12 +6,15 @@ import { readFileSync } from "node:fs";
 import * as assert from "uvu/assert";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
-import { netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { runWholeVm, type WholeVmResult } from "../../testbed/sites/whole-vm-run.js";
 import { tempDir } from "../../testbed/temp-dir.js";
+import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
+import { test } from "../helpers/uvu.js";
+import { ensureGuest } from "../page-server/guest.js";
 
 /** A small guest: the rows run one after another on two shared cores. */
 export const GUEST = { diskMib: 48, workloadDiskMib: 8, workloadMemMib: 32, dirtyRateMib: 8 };
@@ -22,6 +25,27 @@ const LEASE = ["--lease-ttl-ms", "5000"];
 export const READY_MS = 120_000;
 
 export const say = (l: string) => console.log(`  ${l}`);
+
+/** What every row needs: QEMU and the guest's build, root for namespaces, Redis. */
+export const FAULT_BED_NEEDS = ["qemu-system-x86_64", "gcc", "apt-get", "root", "ip", "nft", "redis-server"];
+
+/**
+ * One row's suite: gated on what the bed needs, a FaultBed on namespaces named `ns…` started
+ * before its test and stopped after; `fault()` is that bed.
+ */
+export function faultRow(ns: string, what: string): { t: typeof test; fault: () => FaultBed } {
+  const t = gate(test, FAULT_BED_NEEDS, `fault matrix: ${what}`);
+  let fb: FaultBed | undefined;
+  t.before(async () => {
+    await destroyStaleNetns(ns);
+    await ensureGuest();
+    fb = await FaultBed.start(ns);
+  });
+  t.after(async () => {
+    await fb?.stop();
+  });
+  return { t, fault: () => fb! };
+}
 
 export class FaultBed {
   readonly extra: ServiceProcess[] = [];

@@ -6,38 +6,18 @@
 // the record naming the takeover.
 import * as assert from "uvu/assert";
 import { ControlClient } from "../../services/control-plane/client.js";
-import { destroyStaleNetns } from "../../testbed/netns.js";
 import type { ServiceProcess } from "../../testbed/service-process.js";
 import { runWholeVm } from "../../testbed/sites/whole-vm-run.js";
-import { gate } from "../helpers/env.js";
-import { test } from "../helpers/uvu.js";
-import { ensureGuest } from "../page-server/guest.js";
-import { FaultBed, GUEST, say } from "./faults-bed.js";
+import { faultRow, GUEST, say } from "./faults-bed.js";
 
-const t = gate(
-  test,
-  ["qemu-system-x86_64", "gcc", "apt-get", "root", "ip", "nft", "redis-server"],
-  "fault matrix: the leader replica killed mid-migration",
-);
-const NS = "nr-fl-";
-let fb: FaultBed | undefined;
-
-t.before(async () => {
-  await destroyStaleNetns(NS);
-  await ensureGuest();
-  fb = await FaultBed.start(NS);
-});
-
-t.after(async () => {
-  await fb?.stop();
-});
+const { t, fault } = faultRow("nr-fl-", "the leader replica killed mid-migration");
 
 t(
   "the leader replica killed (kill -9) after the switch-over: the second replica takes over and finishes",
   async () => {
-    const { bed } = fb!;
+    const { bed } = fault();
     assert.is(bed.control.ready.leader, true, "the bed's control-plane leads");
-    const second = await fb!.replica("control-plane replica 2");
+    const second = await fault().replica("control-plane replica 2");
     let survivor: ServiceProcess | undefined;
     assert.is(second.ready.leader, false, "the second replica follows");
     const procs = [bed.control, second];
@@ -67,7 +47,7 @@ t(
     });
     assert.ok(killed, "the leader was killed mid-migration");
     const generationBefore = await killed!;
-    const m = await fb!.assertDoneAtDestination(r);
+    const m = await fault().assertDoneAtDestination(r);
     const st = await bed.client.hostsStatus();
     assert.is(st.leaderReplica, String(survivor!.ready.replica), "the surviving replica leads now");
     assert.is(m.driverGeneration, st.leaderGeneration, "the new leader drove it to its end");

@@ -8,35 +8,15 @@
 // destination, memory and disk verified by the guest, its address answering.
 import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
-import { destroyStaleNetns } from "../../testbed/netns.js";
 import { runWholeVm } from "../../testbed/sites/whole-vm-run.js";
-import { gate } from "../helpers/env.js";
-import { test } from "../helpers/uvu.js";
-import { ensureGuest } from "../page-server/guest.js";
-import { FaultBed, GUEST, say } from "./faults-bed.js";
+import { faultRow, GUEST, say } from "./faults-bed.js";
 
-const t = gate(
-  test,
-  ["qemu-system-x86_64", "gcc", "apt-get", "root", "ip", "nft", "redis-server"],
-  "fault matrix: Redis killed and restarted mid-migration",
-);
-const NS = "nr-fd-";
-let fb: FaultBed | undefined;
-
-t.before(async () => {
-  await destroyStaleNetns(NS);
-  await ensureGuest();
-  fb = await FaultBed.start(NS);
-});
-
-t.after(async () => {
-  await fb?.stop();
-});
+const { t, fault } = faultRow("nr-fd-", "Redis killed and restarted mid-migration");
 
 t(
   "Redis killed (kill -9) mid-migration and restarted: the leader takes the lease again and finishes",
   async () => {
-    const { bed, redis } = fb!;
+    const { bed, redis } = fault();
     let outage: Promise<number> | undefined;
     let killedIn = "";
     const r = await runWholeVm(bed, {
@@ -59,7 +39,7 @@ t(
     });
     assert.ok(outage, "Redis was killed mid-migration");
     const before = await outage!;
-    const m = await fb!.assertDoneAtDestination(r);
+    const m = await fault().assertDoneAtDestination(r);
     // A lease that outlived the outage is kept (same generation); one that expired is taken again.
     assert.ok(
       m.driverGeneration >= before,
