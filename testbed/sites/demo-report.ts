@@ -11,8 +11,23 @@ export interface DemoSetting {
   memoryMib: number;
 }
 
+const yes = (v: boolean | null) => (v === null ? "skipped" : v ? "yes" : "NO");
+
+/** What the run verified, as summary rows (the demo's printed summary and its page share them). */
+export function checkRows(r: WholeVmResult): [string, string][] {
+  return [
+    ["TCP stream survived", yes(r.tcp_survived)],
+    ["memory verified", yes(r.memory_verified)],
+    [
+      "disk verified",
+      `${yes(r.disk_verified)} (${r.disk.same} blocks as at switch-over, ${r.disk.rewritten} rewritten since)`,
+    ],
+    ["address verified", yes(r.address_verified)],
+    ["source disk unchanged", yes(r.source_disk_unchanged)],
+  ];
+}
+
 export function demoMeasurements(r: WholeVmResult, w: DemoSetting): ReportMeasurements {
-  const yes = (v: boolean | null) => (v === null ? "skipped" : v ? "yes" : "NO");
   const silences: NonNullable<ReportMeasurements["silences"]> = [];
   for (const [probe, s] of [
     ["IPv6 ping", r.pings?.ipv6],
@@ -34,14 +49,7 @@ export function demoMeasurements(r: WholeVmResult, w: DemoSetting): ReportMeasur
           ? `n/a (${r.address_skipped ?? "no probe"})`
           : `${r.address_gap_ms} ms longer than its 20 ms ping spacing`,
       ],
-      ["TCP stream survived", yes(r.tcp_survived)],
-      ["memory verified", yes(r.memory_verified)],
-      [
-        "disk verified",
-        `${yes(r.disk_verified)} (${r.disk.same} blocks as at switch-over, ${r.disk.rewritten} rewritten since)`,
-      ],
-      ["address verified", yes(r.address_verified)],
-      ["source disk unchanged", yes(r.source_disk_unchanged)],
+      ...checkRows(r),
       [
         "guest heartbeats",
         `${r.guest.heartbeats} seen, ${r.guest.counter_breaks} counter breaks, ${r.guest.errors.length} errors`,

@@ -19,7 +19,7 @@ import { DataplaneError, resolveDataplane } from "../../services/netreach/datapl
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../netns.js";
 import { tempDir } from "../temp-dir.js";
 import { SitesBed } from "./bed.js";
-import { demoMeasurements } from "./demo-report.js";
+import { checkRows, demoMeasurements } from "./demo-report.js";
 import { runWholeVm, type WholeVmResult } from "./whole-vm-run.js";
 
 const options = {
@@ -189,7 +189,6 @@ export function verified(r: WholeVmResult): boolean {
 
 function printReport(r: WholeVmResult, w: { delay: number; rate: number; diskMib: number }): void {
   const ms = (v: number | null) => (v === null ? "n/a" : `${v} ms`);
-  const yes = (v: boolean | null) => (v === null ? "skipped" : v ? "yes" : "NO");
   console.log("\ntimeline (ms after the MigrateVm request)");
   for (const e of r.timeline) console.log(`${String(e.atMs).padStart(8)}  ${e.event}`);
   console.log(`\nsummary (${w.diskMib} MiB disk, WAN ${w.delay} ms one way, ${w.rate} Mbit/s)`);
@@ -207,14 +206,7 @@ function printReport(r: WholeVmResult, w: { delay: number; rate: number; diskMib
       "correspondent's gap",
       r.address_gap_ms === null ? `n/a (${r.address_skipped ?? "no probe"})` : `${r.address_gap_ms} ms`,
     ],
-    ["TCP stream survived", yes(r.tcp_survived)],
-    ["memory verified", yes(r.memory_verified)],
-    [
-      "disk verified",
-      `${yes(r.disk_verified)} (${r.disk.same} blocks as at switch-over, ${r.disk.rewritten} rewritten since)`,
-    ],
-    ["address verified", yes(r.address_verified)],
-    ["source disk unchanged", yes(r.source_disk_unchanged)],
+    ...checkRows(r),
     [
       "bytes",
       `memory ${(r.memory_bytes_sent / 2 ** 20).toFixed(1)} MiB (${r.memory_pages_on_fault} pages on fault); disk ${(r.disk_bytes_on_demand / 2 ** 20).toFixed(1)} MiB on demand, ` +
