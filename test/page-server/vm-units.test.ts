@@ -54,7 +54,7 @@ test("validateSpec accepts a good spec and names the bad field", () => {
   const cases: [Partial<VmSpec>, RegExp][] = [
     [{ name: "bad name" }, /name/],
     [{ vcpus: 0 }, /vcpus/],
-    [{ memoryMib: 8 }, /memoryMib/],
+    [{ memoryMib: 8 }, /memory_mib/],
     [{ kernel: "" }, /kernel/],
     [{ disk: { nbd: "/tmp/disk.img" } }, /nbd:\/\//],
     [{ nic: { tap: "tap0", mac: "zz" } }, /mac/],
