@@ -6,19 +6,15 @@
 // migration's spans are one trace: its root is the control-plane's migration span, the phases
 // are its children, and every page-server, block-server and netreach anchor span in it is a
 // child of a phase (the site agents' spans children of the anchor's). CreateVm is one trace too.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
 import type { VmSpec } from "../../gen/vmhop/v1/page.js";
-import { call } from "../../services/common/grpc/call.js";
 import { ATTR } from "../../services/control-plane/migration-trace.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { HOME, VM } from "../../testbed/netreach/bed.js";
+import { VM } from "../../testbed/netreach/bed.js";
 import { formatTree, OtlpReceiver, type ReceivedSpan } from "../../testbed/otlp/receiver.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -27,6 +23,7 @@ import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { migrationEnd } from "./fixtures.js";
+import { homeGuestSpec } from "./home-guest.js";
 
 const t = gate(
   test,
@@ -50,31 +47,7 @@ t.before(async () => {
   process.env.OTEL_EXPORTER_OTLP_ENDPOINT = receiver.endpoint;
   process.env.OTEL_BSP_SCHEDULE_DELAY = "200";
   bed = await SitesBed.start({ prefix: PREFIX, dir: dir.path, sites: 2 });
-  const image = join(dir.path, "disk0.raw");
-  writeFileSync(image, Buffer.alloc(DISK_MIB << 20));
-  const blocks = new BlockServiceClient(bed.sites[0].blockAddress, grpc.credentials.createInsecure());
-  await call(blocks, "createExport", {
-    name: "disk0",
-    source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
-    readOnly: false,
-    description: "",
-    fencingToken: 0,
-  });
-  blocks.close();
-  spec = {
-    vmId: VM.vmId,
-    vcpus: 1,
-    memoryMib: 160,
-    diskNbdUrl: `nbd://${bed.sites[0].nbdAddress}/disk0`,
-    kernelPath: guest.kernel,
-    initrdPath: guest.initrd,
-    kernelCmdline: guestCmdline(
-      { memMib: 48, rateMib: 16, verifyMib: 48, disk: "/dev/vda", diskMib: 8 },
-      `vmhop.ip6=${VM.homeIpv6[0]} vmhop.ip4=${VM.homeIpv4[0]}/24 vmhop.gw4=${HOME.gw4}`,
-    ),
-    nicTap: "vmtap0",
-    nicMac: VM.mac,
-  };
+  spec = await homeGuestSpec(bed, dir.path, guest, { diskMib: DISK_MIB, tap: "vmtap0" });
 });
 
 t.after(async () => {

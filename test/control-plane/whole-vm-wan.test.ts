@@ -6,12 +6,9 @@
 // guest's own checks of memory and disk never failed. Moving back, a destination that fails
 // before the switch-over rolls everything back: the VM runs at s2, its address answers there,
 // bound there.
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { guestCmdline } from "../../deploy/guest/build/paths.js";
-import { BlockServiceClient } from "../../gen/vmhop/v1/block.js";
 import {
   type Binding,
   BindingState,
@@ -24,7 +21,7 @@ import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { splitLines } from "../../services/page-server/lines.js";
 import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { destroyStaleNetns, ip, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
-import { HOME, VM } from "../../testbed/netreach/bed.js";
+import { VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -34,6 +31,7 @@ import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { migrationEnd } from "./fixtures.js";
+import { homeGuestSpec } from "./home-guest.js";
 
 const t = gate(
   test,
@@ -95,32 +93,7 @@ t.before(async () => {
     controlArgs: ["--allow-unsafe-precopy"],
   });
   anchor = new NetReachServiceClient(bed.anchorAddress!, grpc.credentials.createInsecure());
-  // The VM's disk: an export of s1's block-server.
-  const image = join(dir.path, "disk0.raw");
-  writeFileSync(image, Buffer.alloc(DISK_MIB << 20));
-  const blocks = new BlockServiceClient(bed.sites[0].blockAddress, grpc.credentials.createInsecure());
-  await call(blocks, "createExport", {
-    name: "disk0",
-    source: { $case: "target", value: { imagePath: image, sizeBytes: 0 } },
-    readOnly: false,
-    description: "",
-    fencingToken: 0,
-  });
-  blocks.close();
-  spec = {
-    vmId: VM.vmId,
-    vcpus: 1,
-    memoryMib: 160,
-    diskNbdUrl: `nbd://${bed.sites[0].nbdAddress}/disk0`,
-    kernelPath: guest.kernel,
-    initrdPath: guest.initrd,
-    kernelCmdline: guestCmdline(
-      { memMib: 48, rateMib: 16, verifyMib: 48, disk: "/dev/vda", diskMib: 8 },
-      `vmhop.ip6=${VM.homeIpv6[0]} vmhop.ip4=${VM.homeIpv4[0]}/24 vmhop.gw4=${HOME.gw4}`,
-    ),
-    nicTap: TAP,
-    nicMac: VM.mac,
-  };
+  spec = await homeGuestSpec(bed, dir.path, guest, { diskMib: DISK_MIB, tap: TAP });
 });
 
 /** The fencing token of the move to s2: the binding's generation after it. */
