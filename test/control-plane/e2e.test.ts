@@ -4,7 +4,7 @@
 // unbroken, the migration done and h3 recorded asleep. Then a control-plane stopped in the
 // middle of a migration is replaced by a new one that finishes it. Refusals with the real VM:
 // unreachable destination, the same host, a second migration while one runs.
-import { readFileSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
@@ -13,14 +13,14 @@ import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js"
 import { type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
 import { call } from "../../services/common/grpc/call.js";
 import { RedisStore, type Store } from "../../services/common/store/index.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { test } from "../helpers/uvu.js";
+import { until as waitUntil } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { reportScenarioLoad, startPlacement } from "../placement/fixtures.js";
 import { assertMetricsAfterPlan, serveTestMetrics } from "./e2e-metrics.js";
@@ -58,27 +58,9 @@ interface Segment {
   to?: number;
 }
 
-/** Heartbeats from serial log segments read as one stream (a line cut by the switch-over rejoins). */
-function heartbeats(logs: Segment[]) {
-  const bytes = Buffer.concat(logs.map((s) => readFileSync(s.path).subarray(s.from, s.to)));
-  return splitLines(bytes)
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
-}
-
-async function until<T>(
-  what: string,
-  fn: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 90_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Bounded polling (test/helpers/wait.ts) with this file's default bound. */
+const until = <T>(what: string, fn: () => T | undefined | Promise<T | undefined>, ms = 90_000) =>
+  waitUntil(what, fn, ms, 100);
 
 function unbroken(logs: Segment[]): void {
   const all = heartbeats(logs);

@@ -14,6 +14,7 @@ import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
 import { type RedisHandle, startRedis } from "../helpers/redis.js";
 import { suite } from "../helpers/uvu.js";
+import { until as waitUntil } from "../helpers/wait.js";
 import {
   type ControlPlaneHandle,
   host,
@@ -83,15 +84,9 @@ const plantedMigration = (
   entered_unix_ms: { pending: Date.now(), [state]: Date.now() },
 });
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Bounded polling (test/helpers/wait.ts) with this file's default bound. */
+const until = <T>(what: string, fn: () => T | undefined | Promise<T | undefined>, ms = 30_000) =>
+  waitUntil(what, fn, ms, 100);
 
 function storeSuite(kind: "memory" | "redis") {
   const base = suite(`control-plane on the ${kind} store`);

@@ -6,19 +6,17 @@
 // migration's spans are one trace: its root is the control-plane's migration span, the phases
 // are its children, and every page-server, block-server and netreach anchor span in it is a
 // child of a phase (the site agents' spans children of the anchor's). CreateVm is one trace too.
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import type { VmSpec } from "../../gen/vmhop/v1/page.js";
 import { ATTR } from "../../services/control-plane/migration-trace.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { VM } from "../../testbed/netreach/bed.js";
 import { formatTree, OtlpReceiver, type ReceivedSpan } from "../../testbed/otlp/receiver.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
@@ -95,14 +93,7 @@ t(
   "one MigrateVm is one trace: the migration span its root, the phases its children, the services' spans theirs",
   async () => {
     const log = (await bed.client.getVm(VM.vmId)).vm!.serialLogPath;
-    await until(
-      "the guest's first heartbeat",
-      () =>
-        splitLines(readFileSync(log))
-          .lines.map(parseHeartbeat)
-          .find((h) => h !== null),
-      180_000,
-    );
+    await until("the guest's first heartbeat", () => heartbeats(log).at(0), 180_000);
     const m = await bed.client.migrateVm({ vmId: VM.vmId, destinationHostId: "h2" });
     const end = await migrationEnd(bed.client, m.migrationId, 300_000);
     assert.is(end.state, "done", end.error);

@@ -5,7 +5,7 @@
 // removes the export (and the image the block-server created, not the user's). A VM that
 // cannot start leaves nothing behind, and a restart keeps a VM whose create it interrupted
 // once the VM runs.
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
@@ -15,12 +15,11 @@ import { VmState } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { KEYS, type VmRecord } from "../../services/control-plane/records.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { serve as blockServe, killAll } from "../block-server/fixtures/serve-process.js";
 import { vmhop } from "../helpers/cli.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
@@ -55,10 +54,7 @@ async function exportsOf(address: string): Promise<ListExportsResponse> {
   }
 }
 
-const diskPasses = (log: string) =>
-  splitLines(readFileSync(log))
-    .lines.map(parseHeartbeat)
-    .find((h) => h !== null && h.diskOk > 0);
+const diskPasses = (log: string) => heartbeats(log).find((h) => h.diskOk > 0);
 
 const alive = (pid: number) => {
   try {

@@ -18,8 +18,6 @@ import {
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { destroyStaleNetns, ip, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
@@ -27,6 +25,7 @@ import { SitesBed } from "../../testbed/sites/bed.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
@@ -47,11 +46,6 @@ const ADDRS = [VM.homeIpv6[0], VM.homeIpv4[0]];
 let bed: SitesBed;
 let anchor: NetReachServiceClient;
 let spec: VmSpec;
-
-const heartbeats = (path: string) =>
-  splitLines(readFileSync(path))
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
 
 const ping = (to: string, count: number) => startPing(bed.cn, to, count);
 

@@ -15,11 +15,10 @@ import { StorageMode } from "../../gen/vmhop/v1/control.js";
 import { type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { MemoryStore } from "../../services/common/store/index.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { serve as blockServe, killAll, type Served } from "../block-server/fixtures/serve-process.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until, within } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
@@ -45,12 +44,6 @@ t.after(async () => {
   killAll();
   dir.cleanup();
 });
-
-function heartbeats(path: string, from = 0) {
-  return splitLines(readFileSync(path).subarray(from))
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
-}
 
 async function blockServer(name: string, extra: string[]): Promise<{ s: Served; grpc: string; nbd: string }> {
   const s = blockServe([

@@ -1,17 +1,15 @@
 // Test helpers for migrations between two page-servers: the test guest running on the first
 // host, a migration's end, and the guest's heartbeat continuing across it (counter unbroken
 // over both serial logs, memory verified at the destination, the source QEMU gone).
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { type MigrationRecord, PageHost } from "../../services/page-server/host.js";
-import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { ensureGuest } from "./guest.js";
 
 /**
@@ -43,13 +41,6 @@ export async function guestOnTwoHosts(
   const src = await a.start(spec.name);
   await src.serial.waitForHeartbeat((h) => h.passes >= 1, 60_000);
   return { a, b, spec, src };
-}
-
-/** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
-export function heartbeats(logs: string[]) {
-  return splitLines(Buffer.concat(logs.map((p) => readFileSync(p))))
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
 }
 
 export function finished(rec: MigrationRecord): Promise<MigrationRecord> {

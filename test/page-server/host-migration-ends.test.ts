@@ -7,12 +7,11 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import { silentLogger } from "../../services/common/log.js";
 import { PageHost } from "../../services/page-server/host.js";
-import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "./guest.js";
@@ -83,10 +82,7 @@ qemuTest(
     const spec = await guestSpec("vm2");
     a.define(spec);
     const src = await a.start("vm2");
-    const beat = () =>
-      splitLines(readFileSync(src.paths.serialLog))
-        .lines.map(parseHeartbeat)
-        .some((h) => h !== null);
+    const beat = () => heartbeats(src.paths.serialLog).length > 0;
     await until("the guest's first heartbeat", beat, 120_000, 200);
     const channel = await b.prepareIncoming(spec, "mig-2", { mode: "postcopy" });
     // Retiring spec.json is the first clean-up step once memory is complete: make it fail.

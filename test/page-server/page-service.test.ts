@@ -1,8 +1,6 @@
 // Two page-servers (each a PageHost behind its own gRPC server) migrate the test guest
 // post-copy over the raw TCP channel, driven only through the PageService API.
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { credentials, status } from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
@@ -24,13 +22,13 @@ import { type RunningGrpcServer, startGrpcServer } from "../../services/common/g
 import { silentLogger } from "../../services/common/log.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost } from "../../services/page-server/host.js";
-import { splitLines } from "../../services/page-server/lines.js";
 import { isFinalPhase } from "../../services/page-server/migration/phase.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
+import { until as waitUntil } from "../helpers/wait.js";
 import { ensureGuest } from "./guest.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "page-servers migrate a VM");
@@ -90,23 +88,9 @@ async function restart(s: Server, name: string): Promise<Server> {
   return pageServer(name);
 }
 
-/** Heartbeats from serial logs read as one stream (a line cut by the switch-over rejoins). */
-function heartbeats(logs: string[]) {
-  const bytes = Buffer.concat(logs.map((p) => readFileSync(p)));
-  return splitLines(bytes)
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
-}
-
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
+/** Bounded polling (test/helpers/wait.ts) with this file's default bound. */
+const until = <T>(what: string, fn: () => T | undefined | Promise<T | undefined>, ms = 60_000) =>
+  waitUntil(what, fn, ms, 100);
 
 migTest(
   "define, start, migrate post-copy A → B over the channel; heartbeat unbroken; A's QEMU ends",

@@ -3,7 +3,6 @@
 // recovers the broken stream, and post-copy completes. The VM never runs on two hosts.
 import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { credentials } from "@grpc/grpc-js";
@@ -20,11 +19,10 @@ import {
 } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { PageHost } from "../../services/page-server/host.js";
-import { splitLines } from "../../services/page-server/lines.js";
-import { parseHeartbeat } from "../../services/page-server/vm/heartbeat.js";
 import { startService } from "../../testbed/service-process.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
+import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { ensureGuest } from "./guest.js";
 
@@ -58,12 +56,6 @@ async function serveA(): Promise<{ child: ChildProcess; client: PageServiceClien
   });
   children.push(p.child);
   return { child: p.child, client: new PageServiceClient(p.grpc, credentials.createInsecure()) };
-}
-
-function heartbeats(logs: string[]) {
-  return splitLines(Buffer.concat(logs.map((p) => readFileSync(p))))
-    .lines.map(parseHeartbeat)
-    .filter((h) => h !== null);
 }
 
 function alive(pid: number): boolean {
