@@ -17,30 +17,27 @@ interface SampledConfig {
   registry?: Registry;
 }
 
-/** A counter whose series are `rows()` at each scrape (a total the service already keeps). */
-export function sampledCounter(cfg: SampledConfig, rows: () => Rows | Promise<Rows>): Counter {
-  return new Counter({
+/** The configuration of a metric whose series are `rows()` at each scrape. */
+function sampled<M extends Counter | Gauge>(cfg: SampledConfig, rows: () => Rows | Promise<Rows>) {
+  return {
     name: cfg.name,
     help: cfg.help,
     labelNames: cfg.labelNames ?? [],
     registers: [cfg.registry ?? processRegistry],
-    async collect() {
+    async collect(this: M) {
       setSeries(this, await rows());
     },
-  });
+  };
+}
+
+/** A counter whose series are `rows()` at each scrape (a total the service already keeps). */
+export function sampledCounter(cfg: SampledConfig, rows: () => Rows | Promise<Rows>): Counter {
+  return new Counter(sampled<Counter>(cfg, rows));
 }
 
 /** A gauge whose series are `rows()` at each scrape. */
 export function sampledGauge(cfg: SampledConfig, rows: () => Rows | Promise<Rows>): Gauge {
-  return new Gauge({
-    name: cfg.name,
-    help: cfg.help,
-    labelNames: cfg.labelNames ?? [],
-    registers: [cfg.registry ?? processRegistry],
-    async collect() {
-      setSeries(this, await rows());
-    },
-  });
+  return new Gauge(sampled<Gauge>(cfg, rows));
 }
 
 /** Replaces every series of `metric` with `rows` (call it from the metric's collect()). */
