@@ -587,6 +587,10 @@ function memoryProgress(
   return {
     bytes_sent: u.bytesSent,
     downtime_ms: u.downtimeMs,
-    memory: { bytes_remaining: u.bytesRemaining, pages_requested_on_fault: u.pagesRequestedOnFault },
+    memory: {
+      bytes_remaining: u.bytesRemaining,
+      pages_requested_on_fault: u.pagesRequestedOnFault,
+      pages_sent_ahead: u.pagesSentAhead,
+    },
   };
 }

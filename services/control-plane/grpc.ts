@@ -106,6 +106,7 @@ export function migrationToPb(m: MigrationRecord): Migration {
       ? {
           bytesRemaining: m.memory.bytes_remaining,
           pagesRequestedOnFault: m.memory.pages_requested_on_fault,
+          pagesSentAhead: m.memory.pages_sent_ahead ?? 0,
           bytesBeforeResume: m.memory.bytes_before_resume,
           resumedUnixMs: m.memory.resumed_unix_ms,
         }

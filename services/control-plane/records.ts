@@ -134,6 +134,8 @@ export interface MigrationRecord {
 export interface MemoryRecord {
   bytes_remaining: number;
   pages_requested_on_fault: number;
+  /** Pages the source sent ahead of the destination's first faults (the virtio rings); absent in older records. */
+  pages_sent_ahead?: number;
   /** Known once the destination resumed the VM over a relayed channel. */
   bytes_before_resume?: number;
   /** When the destination resumed the VM (epoch ms), known at completion. */

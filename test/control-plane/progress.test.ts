@@ -40,7 +40,12 @@ test("memory sent, disk blocks local with their sources, elapsed time", () => {
 });
 
 test("memory still at the source while it moves, not once it is complete", () => {
-  const memory = { bytesRemaining: 24 << 20, pagesRequestedOnFault: 3, bytesBeforeResume: 0 };
+  const memory = {
+    bytesRemaining: 24 << 20,
+    pagesRequestedOnFault: 3,
+    pagesSentAhead: 0,
+    bytesBeforeResume: 0,
+  };
   const switched = { ...base, state: "switched", bytesSent: 40 << 20, memory };
   assert.match(formatProgress(switched, 2_000), "switched; memory 40.0 MiB sent, 24.0 MiB remaining;");
   assert.match(

@@ -133,6 +133,8 @@ t("one MigrateVm moves memory, disk and address to s2 under a correspondent's pi
   assert.is(m.network?.state, "pending");
   const end = await waitFinal(m.migrationId);
   assert.is(end.state, "done", end.error);
+  // Relayed post-copy: the source asked for the virtio rings' pages at the switch-over.
+  assert.ok((end.memory?.pagesSentAhead ?? 0) > 0, `no pages sent ahead: ${JSON.stringify(end.memory)}`);
   const n = end.network!;
   assert.is(n.state, "settled", JSON.stringify(n));
   assert.equal([n.fromSite, n.toSite, n.port, n.generation], ["s1", "s2", TAP, end.fencingToken]);

@@ -209,7 +209,7 @@ function printReport(r: WholeVmResult, w: { delay: number; rate: number; diskMib
     ...checkRows(r),
     [
       "bytes",
-      `memory ${(r.memory_bytes_sent / 2 ** 20).toFixed(1)} MiB (${r.memory_pages_on_fault} pages on fault); disk ${(r.disk_bytes_on_demand / 2 ** 20).toFixed(1)} MiB on demand, ` +
+      `memory ${(r.memory_bytes_sent / 2 ** 20).toFixed(1)} MiB (${r.memory_pages_on_fault} pages on fault, ${r.memory_pages_sent_ahead} sent ahead); disk ${(r.disk_bytes_on_demand / 2 ** 20).toFixed(1)} MiB on demand, ` +
         `${(r.disk_bytes_background / 2 ** 20).toFixed(1)} MiB background`,
     ],
   ];

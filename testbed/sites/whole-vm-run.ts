@@ -69,6 +69,8 @@ export interface WholeVmResult {
   memory_bytes_sent: number;
   /** Post-copy: pages the destination fetched on a fault. */
   memory_pages_on_fault: number;
+  /** Pages the source sent ahead of the destination's first faults (the virtio rings). */
+  memory_pages_sent_ahead: number;
   disk_bytes_on_demand: number;
   disk_bytes_background: number;
   disk: DiskComparison;
@@ -384,6 +386,7 @@ async function migrate(
     error: m.error,
     memory_bytes_sent: m.bytesSent,
     memory_pages_on_fault: m.memory?.pagesRequestedOnFault ?? 0,
+    memory_pages_sent_ahead: m.memory?.pagesSentAhead ?? 0,
     disk_bytes_on_demand: m.disk?.bytesFetchedOnDemand ?? 0,
     disk_bytes_background: m.disk?.bytesFetchedBackground ?? 0,
     disk,

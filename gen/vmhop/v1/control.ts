@@ -358,7 +358,14 @@ export interface MemoryProgress {
    * When the destination's QEMU resumed the VM (epoch ms): it runs there from then on. The
    * state `switched` is entered when the source reports post-copy, a little earlier.
    */
-  resumedUnixMs?: number | undefined;
+  resumedUnixMs?:
+    | number
+    | undefined;
+  /**
+   * Post-copy over the relay: guest pages the source sent ahead of the destination's first
+   * faults (the virtio rings the destination's device load reads).
+   */
+  pagesSentAhead: number;
 }
 
 export interface NetworkProgress {
@@ -3337,7 +3344,13 @@ export const DiskProgress: MessageFns<DiskProgress> = {
 };
 
 function createBaseMemoryProgress(): MemoryProgress {
-  return { bytesRemaining: 0, pagesRequestedOnFault: 0, bytesBeforeResume: undefined, resumedUnixMs: undefined };
+  return {
+    bytesRemaining: 0,
+    pagesRequestedOnFault: 0,
+    bytesBeforeResume: undefined,
+    resumedUnixMs: undefined,
+    pagesSentAhead: 0,
+  };
 }
 
 export const MemoryProgress: MessageFns<MemoryProgress> = {
@@ -3353,6 +3366,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     }
     if (message.resumedUnixMs !== undefined) {
       writer.uint32(32).int64(message.resumedUnixMs);
+    }
+    if (message.pagesSentAhead !== 0) {
+      writer.uint32(40).uint64(message.pagesSentAhead);
     }
     return writer;
   },
@@ -3402,6 +3418,14 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
             message.resumedUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.pagesSentAhead = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3436,6 +3460,11 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
         : isSet(object.resumed_unix_ms)
         ? globalThis.Number(object.resumed_unix_ms)
         : undefined,
+      pagesSentAhead: isSet(object.pagesSentAhead)
+        ? globalThis.Number(object.pagesSentAhead)
+        : isSet(object.pages_sent_ahead)
+        ? globalThis.Number(object.pages_sent_ahead)
+        : 0,
     };
   },
 
@@ -3453,6 +3482,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     if (message.resumedUnixMs !== undefined) {
       obj.resumedUnixMs = Math.round(message.resumedUnixMs);
     }
+    if (message.pagesSentAhead !== 0) {
+      obj.pagesSentAhead = Math.round(message.pagesSentAhead);
+    }
     return obj;
   },
 
@@ -3465,6 +3497,7 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     message.pagesRequestedOnFault = object.pagesRequestedOnFault ?? 0;
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
     message.resumedUnixMs = object.resumedUnixMs ?? undefined;
+    message.pagesSentAhead = object.pagesSentAhead ?? 0;
     return message;
   },
 };

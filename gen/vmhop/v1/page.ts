@@ -480,7 +480,14 @@ export interface WatchMigrationResponse {
     | number
     | undefined;
   /** Destination: when QEMU resumed the VM here (epoch ms); unset before. */
-  resumedUnixMs?: number | undefined;
+  resumedUnixMs?:
+    | number
+    | undefined;
+  /**
+   * Source, post-copy over the relay: guest pages asked for at the switch-over, ahead of the
+   * destination's faults (the virtio rings its device load reads).
+   */
+  pagesSentAhead: number;
 }
 
 export interface DescribeHostRequest {
@@ -2800,6 +2807,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     error: "",
     bytesBeforeResume: undefined,
     resumedUnixMs: undefined,
+    pagesSentAhead: 0,
   };
 }
 
@@ -2834,6 +2842,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.resumedUnixMs !== undefined) {
       writer.uint32(80).int64(message.resumedUnixMs);
+    }
+    if (message.pagesSentAhead !== 0) {
+      writer.uint32(160).uint64(message.pagesSentAhead);
     }
     return writer;
   },
@@ -2931,6 +2942,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.resumedUnixMs = longToNumber(reader.int64());
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.pagesSentAhead = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2987,6 +3006,11 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         : isSet(object.resumed_unix_ms)
         ? globalThis.Number(object.resumed_unix_ms)
         : undefined,
+      pagesSentAhead: isSet(object.pagesSentAhead)
+        ? globalThis.Number(object.pagesSentAhead)
+        : isSet(object.pages_sent_ahead)
+        ? globalThis.Number(object.pages_sent_ahead)
+        : 0,
     };
   },
 
@@ -3022,6 +3046,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.resumedUnixMs !== undefined) {
       obj.resumedUnixMs = Math.round(message.resumedUnixMs);
     }
+    if (message.pagesSentAhead !== 0) {
+      obj.pagesSentAhead = Math.round(message.pagesSentAhead);
+    }
     return obj;
   },
 
@@ -3040,6 +3067,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     message.error = object.error ?? "";
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
     message.resumedUnixMs = object.resumedUnixMs ?? undefined;
+    message.pagesSentAhead = object.pagesSentAhead ?? 0;
     return message;
   },
 };

@@ -21,6 +21,7 @@ import {
   relay,
   SOCKET_HIGH_WATER_MARK,
 } from "./relay.js";
+import { type PageRequest, ReturnPathSplicer } from "./return-path.js";
 
 export interface OutboundOptions {
   migrationId: string;
@@ -62,6 +63,8 @@ export class ChannelOut {
   /** The urgent lane's connection, readied while QEMU starts (see readyLane). */
   private lane: Promise<Socket | undefined> | undefined;
   private readonly sockets = new Set<Socket>();
+  /** QEMU's main stream (its first connection) and the splicer on its return path. */
+  private main: { qemu: Socket; returnPath: ReturnPathSplicer } | undefined;
   private readonly log: Logger;
 
   private readonly opts: OutboundOptions;
@@ -146,6 +149,19 @@ export class ChannelOut {
     ]);
     clearTimeout(timer);
     await this.close();
+  }
+
+  /**
+   * Asks the source QEMU for pages as if the destination had faulted on them (on the main
+   * stream's return path, between the destination's own requests). Returns how many requests
+   * went in: 0 without a relayed main stream (handoff, not yet connected) or once the
+   * return path could not be framed.
+   */
+  requestPages(reqs: readonly PageRequest[]): number {
+    const m = this.main;
+    if (!m || m.qemu.destroyed || m.returnPath.gaveUp) return 0;
+    for (const b of m.returnPath.request(reqs)) m.qemu.write(b);
+    return reqs.length;
   }
 
   /** Tears the channel down at once (failure, cancel, shutdown). */
@@ -260,6 +276,14 @@ export class ChannelOut {
     return this.dial();
   }
 
+  private spliced(returnPath: ReturnPathSplicer, chunk: Buffer): Buffer[] {
+    const known = returnPath.gaveUp;
+    const out = returnPath.push(chunk);
+    if (!known && returnPath.gaveUp)
+      this.log.info("channel: return path passed through unframed from here on", { why: returnPath.gaveUp });
+    return out;
+  }
+
   private async onQemu(qemu: Socket): Promise<void> {
     this.track(qemu);
     qemu.pause(); // hold QEMU's bytes until the peer has accepted
@@ -275,11 +299,15 @@ export class ChannelOut {
         return;
       }
     }
+    // The first connection of a fresh channel is the main stream: the return path runs on it.
+    const returnPath = this.connections === 0 && !this.opts.recover ? new ReturnPathSplicer() : undefined;
+    if (returnPath) this.main = { qemu, returnPath };
     this.connections++;
     this.log.info("channel: relaying", { connection: this.connections });
     relay(qemu, peer, this.counters, {
       side: "source",
       compression: this.opts.compression,
+      intoQemu: returnPath && ((c) => this.spliced(returnPath, c)),
       onEnd: (err) => {
         if (err) {
           this.lastError = err.message;

@@ -40,6 +40,11 @@ export interface RelayOptions {
    * requests going back are always plain. "off" or unset: QEMU's bytes as they are.
    */
   compression?: Compression;
+  /**
+   * Rewrites the bytes on their way into QEMU (the source's return path: ReturnPathSplicer),
+   * chunk in, chunks to write out.
+   */
+  intoQemu?: (chunk: Buffer) => Buffer[];
   onEnd?: (err?: Error) => void;
 }
 
@@ -79,7 +84,13 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
       counters[toQemu] += d.length;
     });
     qemu.pipe(wire);
-    wire.pipe(qemu);
+    if (!opts.intoQemu) {
+      wire.pipe(qemu);
+      return;
+    }
+    const into = opts.intoQemu;
+    wire.on("data", (d: Buffer) => writeAll(into(d), wire, qemu));
+    wire.on("end", () => qemu.end());
     return;
   }
   const mode: Compression = out ? opts.compression : "off";
@@ -111,17 +122,20 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
     } catch (err) {
       return fail(err as Error);
     }
-    let room = true;
-    for (const c of chunks) {
-      counters[toQemu] += c.length;
-      room = qemu.write(c);
-    }
-    if (!room) holdUntilDrained(wire, qemu);
+    for (const c of chunks) counters[toQemu] += c.length;
+    writeAll(opts.intoQemu ? chunks.flatMap(opts.intoQemu) : chunks, wire, qemu);
   });
   wire.on("end", () => {
     if (!decoder.canEnd) return fail(new ChannelProtocolError("channel ended inside a frame"));
     qemu.end();
   });
+}
+
+/** Writes `bufs` to `to` in order, pausing `from` while `to` is full. */
+function writeAll(bufs: Buffer[], from: Socket, to: Socket): void {
+  let room = true;
+  for (const b of bufs) room = to.write(b);
+  if (!room) holdUntilDrained(from, to);
 }
 
 /** Back-pressure: stops reading `from` until `to` has drained (once, however often asked). */

@@ -149,5 +149,6 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     error: r.error ?? "",
     bytesBeforeResume: r.bytesBeforeResume,
     resumedUnixMs: r.resumedAtMs,
+    pagesSentAhead: r.pagesSentAhead ?? 0,
   };
 }

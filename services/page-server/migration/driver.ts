@@ -5,6 +5,7 @@
 import type { Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ServiceError } from "../../common/errors.js";
+import type { QmpEvent } from "../qmp/codec.js";
 import { QmpError } from "../qmp/errors.js";
 import { socketFd } from "../qmp/pass-fd.js";
 import type { VmState } from "../vm/states.js";
@@ -35,6 +36,13 @@ export interface MigrationOptions extends MigrationCaps {
    */
   recover?: () => Promise<string>;
   recoverTimeoutMs?: number;
+  /**
+   * Asks for the pages the destination will fault on first. Called as post-copy is requested
+   * (pages sent then arrive before the device state, unless the guest dirties them before it
+   * stops) and again the moment QEMU enters post-copy (its MIGRATION event: the VM is stopping,
+   * so what is asked for now follows the device state closely and is final).
+   */
+  sendAhead?: () => void;
 }
 
 export interface MigrationResult {
@@ -115,7 +123,24 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
     throw new MigrationError(`source ${src.spec.name} is ${src.state}, cannot migrate`);
   const qmp = src.qmp;
   const bw = opts.maxBandwidth ?? UNLIMITED;
-  await qmp.execute("migrate-set-capabilities", { capabilities: capabilities(opts, false) });
+  const caps = capabilities(opts, false);
+  let stopListening = () => {};
+  const ahead = opts.mode !== "precopy" ? opts.sendAhead : undefined;
+  if (ahead) {
+    caps.push({ capability: "events", state: true });
+    const onEvent = (e: QmpEvent) => {
+      if (
+        e.event !== "MIGRATION" ||
+        (e.data as { status?: string } | undefined)?.status !== "postcopy-active"
+      )
+        return;
+      stopListening();
+      ahead();
+    };
+    qmp.on("event", onEvent);
+    stopListening = () => qmp.off("event", onEvent);
+  }
+  await qmp.execute("migrate-set-capabilities", { capabilities: caps });
   // Pure post-copy: QEMU pre-copies at full speed until migrate-start-postcopy lands (MBs on
   // a WAN), all of it ahead of the device state. A trickle until the switch keeps the bytes
   // before resume small; from the switch on QEMU applies max-postcopy-bandwidth.
@@ -124,14 +149,19 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   if (opts.downtimeLimitMs !== undefined) params["downtime-limit"] = opts.downtimeLimitMs;
   await qmp.execute("migrate-set-parameters", params);
 
-  const t0 = Date.now();
-  await qmp.execute("migrate", { uri });
-  let switchedAtMs: number | undefined;
-  if (opts.mode === "postcopy") {
-    await qmp.execute("migrate-start-postcopy");
-    switchedAtMs = Date.now() - t0;
+  try {
+    const t0 = Date.now();
+    await qmp.execute("migrate", { uri });
+    let switchedAtMs: number | undefined;
+    if (opts.mode === "postcopy") {
+      await qmp.execute("migrate-start-postcopy");
+      switchedAtMs = Date.now() - t0;
+      ahead?.();
+    }
+    return await followMigration(src, opts, { t0, switchedAtMs });
+  } finally {
+    stopListening();
   }
-  return followMigration(src, opts, { t0, switchedAtMs });
 }
 
 /**
@@ -149,6 +179,7 @@ export async function followMigration(
   const switchToPostcopy = async () => {
     await qmp.execute("migrate-start-postcopy");
     switchedAtMs = Date.now() - t0;
+    opts.sendAhead?.();
   };
   const pollMs = opts.pollMs ?? 50;
   let recoveries = 0;

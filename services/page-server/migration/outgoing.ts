@@ -14,6 +14,7 @@ import {
   PathRequestError,
 } from "../channel/path-policy.js";
 import { newCounters } from "../channel/relay.js";
+import type { PageRequest } from "../channel/return-path.js";
 import { HostError } from "../errors.js";
 import { qemuInfo } from "../vm/qemu-info.js";
 import type { Vm } from "../vm/vm.js";
@@ -28,6 +29,7 @@ import {
   migrate,
 } from "./driver.js";
 import type { MigrationRecord, MigrationTable } from "./record.js";
+import { ringPages } from "./ring-pages.js";
 import { type SavedMigration, saveMigration } from "./saved.js";
 
 export interface StartMigrationOptions {
@@ -121,6 +123,8 @@ export class Outgoing {
     const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, {
       choose: (rtt) => choosePath(request, rtt),
     });
+    // Post-copy: the VM's virtio rings are looked up while the channel opens (sendAhead).
+    const rings = request.postcopy ? this.ringPages(vm, o.migrationId) : undefined;
     try {
       await out.open();
     } catch (err) {
@@ -154,7 +158,7 @@ export class Outgoing {
       channelPath: chosen.path,
     };
     saveMigration(vm, saved);
-    this.run(vm, rec, saved, out);
+    this.run(vm, rec, saved, out, rings);
     return rec;
   }
 
@@ -195,7 +199,13 @@ export class Outgoing {
   }
 
   /** Drives an outgoing migration to its end: on `first` when given, else the one QEMU runs. */
-  private run(vm: Vm, rec: MigrationRecord, saved: SavedMigration, first?: ChannelOut): void {
+  private run(
+    vm: Vm,
+    rec: MigrationRecord,
+    saved: SavedMigration,
+    first?: ChannelOut,
+    rings?: Promise<PageRequest[]>,
+  ): void {
     const { table, log } = this.ctx;
     let out = first;
     let attempt = 0;
@@ -239,6 +249,8 @@ export class Outgoing {
         table.update(rec, p);
       },
     };
+    // Relayed post-copy: the rings the destination's device load reads go out ahead of its faults.
+    if (first && !first.handoff && rings) opts.sendAhead = this.sendAhead(rec, first, rings);
     const start = async () => {
       if (!first) return followMigration(vm, opts);
       if (!first.handoff) return migrate(vm, first.qemuUri, opts);
@@ -281,6 +293,34 @@ export class Outgoing {
         },
       )
       .catch((err: unknown) => log.warn("ending the migration failed", { migration: rec.id, err }));
+  }
+
+  /** The VM's virtio ring pages (ring-pages.ts), or none if QEMU cannot say. */
+  private ringPages(vm: Vm, migrationId: string): Promise<PageRequest[]> {
+    return ringPages(vm.qmp, vm.spec.memoryMib * 2 ** 20).catch((err: unknown) => {
+      this.ctx.log.info("post-copy: no ring pages to send ahead", {
+        migration: migrationId,
+        error: (err as Error).message,
+      });
+      return [];
+    });
+  }
+
+  /** What asks the source QEMU for the ring pages (MigrationOptions.sendAhead says when). */
+  private sendAhead(rec: MigrationRecord, out: ChannelOut, rings: Promise<PageRequest[]>): () => void {
+    const { log } = this.ctx;
+    return () =>
+      void rings.then((p) => {
+        rec.pagesSentAhead = Math.max(rec.pagesSentAhead ?? 0, out.requestPages(p));
+        log.info("post-copy: pages asked for ahead of the destination's faults", {
+          migration: rec.id,
+          pages: rec.pagesSentAhead,
+        });
+        log.debug("post-copy: the pages asked for", {
+          migration: rec.id,
+          offsets: p.map((x) => x.start.toString(16)),
+        });
+      });
   }
 
   /** Saves the migration's end; that can fail too (run folder gone at shutdown): logged. */

@@ -19,6 +19,8 @@ export interface MigrationRecord {
   channelBytes: RelayCounters;
   /** Times a broken post-copy stream was re-opened (QEMU postcopy recovery). */
   recoveries: number;
+  /** Source: guest pages asked for at the switch-over, ahead of the destination's faults (ring-pages.ts). */
+  pagesSentAhead?: number;
   /**
    * Destination: stream bytes the channel had received when QEMU reported RESUME (an upper
    * bound on what had to cross before the VM ran here: the event comes a moment later).

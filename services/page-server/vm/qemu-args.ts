@@ -51,6 +51,10 @@ export function buildQemuArgs(
     "none",
     // A guest reboot or panic ends QEMU, so it is seen as an exit, not a silent loop.
     "-no-reboot",
+    // No TPR-patching vAPIC (it serves old Windows guests): its state's load reads guest memory,
+    // one more post-copy fault in the destination's device load.
+    "-global",
+    "apic-common.vapic=off",
     "-kernel",
     spec.kernel,
   ];
