@@ -462,8 +462,7 @@ export class ControlPlane {
       if (err instanceof StoragePlanError) throw new ControlError("precondition", err.message);
       throw err;
     }
-    await this.reachable(src);
-    await this.reachable(dst);
+    await Promise.all([this.reachable(src), this.reachable(dst)]);
     if (req.mode !== undefined && !MigrationMode[req.mode])
       throw new ControlError("invalid", `unknown mode ${req.mode}`);
     // No pre-copy where it corrupts guests (mode-safety.ts).
