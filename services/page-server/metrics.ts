@@ -3,9 +3,11 @@
 // faults the destination sent back, the destination's postcopy-blocktime) and the bytes the
 // page-server's channel carried. Series are per migration while it runs and for the last
 // RETAIN_FINISHED that ended (a scrape after the end sees the final figures), then removed.
-// QEMU 7.2 reports fault totals only (no per-fault latency): the mean wait per fault is
-// blocktime / faults across the two page-servers (the dashboard computes it).
-import { type Labels, sampledCounter, sampledGauge } from "../common/metrics/series.js";
+// QEMU 7.2 reports fault totals only; the per-fault latency histogram is observed as faults
+// are answered, by the destination's relay (postcopy/observer.ts), so it needs the relay path.
+import { Histogram } from "prom-client";
+import { registry } from "../common/metrics/registry.js";
+import { KeyedSeries, type Labels, sampledCounter, sampledGauge } from "../common/metrics/series.js";
 import { isFinalPhase } from "./migration/phase.js";
 import type { MigrationRecord } from "./migration/record.js";
 
@@ -124,6 +126,28 @@ sampledGauge(
     return [...by.values()].map((r) => [{ role: r.role, phase: r.phase }, r.n] as const);
   },
 );
+
+const faultSeconds: Histogram = new Histogram({
+  name: "vmhop_page_postcopy_fault_latency_seconds",
+  help: "Post-copy faults, each from the destination QEMU's page request to its page passing the destination page-server on its way in (destination; relay path only: a stream handed to QEMU is not seen, nor a fault whose page had already passed when asked for, nor faults after a post-copy recovery)",
+  labelNames: BY_MIGRATION,
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  registers: [registry],
+  collect() {
+    const live = new Set(source ? shownMigrations(source()).map((r) => r.id) : []);
+    faultKeys.prune((id) => live.has(id));
+  },
+});
+const faultKeys = new KeyedSeries("migration", faultSeconds);
+
+/** The fault-latency observer for an incoming migration's record (postcopy/observer.ts). */
+export function faultLatencyObserver(r: Pick<MigrationRecord, "id" | "vmId" | "role">): (ms: number) => void {
+  const labels = { migration: r.id, vm: r.vmId, role: r.role };
+  return (ms) => {
+    faultKeys.seen(labels);
+    faultSeconds.observe(labels, ms / 1000);
+  };
+}
 
 /** Serves these migrations on /metrics; returns the unbinding. */
 export function bindPageMetrics(list: () => MigrationRecord[]): () => void {

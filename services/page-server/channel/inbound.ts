@@ -21,6 +21,7 @@ import {
   connectSocket,
   newCounters,
   type RelayCounters,
+  type RelayTap,
   readPreamble,
   relay,
   SOCKET_HIGH_WATER_MARK,
@@ -38,6 +39,11 @@ export interface IncomingTarget {
   listen?: (o: { preempt: boolean }) => Promise<void>;
   /** Gives the connection itself to the destination QEMU (hello handoff flag). */
   handoff?: (sock: Socket) => Promise<void>;
+  /**
+   * An observer for each relayed connection's bytes (the post-copy fault timing, lanes.ts);
+   * `recover` says the connection re-opens a paused post-copy.
+   */
+  tap?: (o: { recover: boolean }) => RelayTap | undefined;
   /** Whether the stream went to QEMU by handoff (no relay, so no byte counts). */
   handedOff: boolean;
   recoveries: number;
@@ -80,7 +86,7 @@ export class ChannelServer {
   expect(
     migrationId: string,
     qemuSocket: string,
-    hooks: Pick<IncomingTarget, "recover" | "listen" | "handoff"> = {},
+    hooks: Pick<IncomingTarget, "recover" | "listen" | "handoff" | "tap"> = {},
   ): IncomingTarget {
     const t: IncomingTarget = {
       qemuSocket,
@@ -183,6 +189,7 @@ export class ChannelServer {
       relay(qemu, peer, target.counters, {
         side: "destination",
         compression: compress ? "on" : "off",
+        tap: target.tap?.({ recover }),
         onEnd: (err) => {
           if (err) this.log.warn("channel: relay ended with an error", { migration: id, err });
         },

@@ -46,11 +46,23 @@ export interface RelayOptions {
    */
   intoQemu?: (chunk: Buffer) => Buffer[];
   onEnd?: (err?: Error) => void;
+  /**
+   * Sees QEMU's plain bytes both ways as they pass (after any decompression), in order. It
+   * must not throw nor hold on to the chunks longer than the call (postcopy/observer.ts observes
+   * this way).
+   */
+  tap?: RelayTap;
+}
+
+export interface RelayTap {
+  toQemu(chunk: Buffer): void;
+  fromQemu(chunk: Buffer): void;
 }
 
 export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts: RelayOptions): void {
   wire.setNoDelay(true);
   const out = opts.side === "source";
+  const tap = opts.tap;
   // An orderly end flows through (end() flushes what is buffered); only an error tears
   // everything down at once.
   let failed: Error | undefined;
@@ -78,6 +90,7 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
     qemu.on("data", (d: Buffer) => {
       counters[fromQemu] += d.length;
       counters[toWire] += d.length;
+      tap?.fromQemu(d);
     });
     wire.on("data", (d: Buffer) => {
       counters[fromWire] += d.length;
@@ -85,11 +98,16 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
     });
     qemu.pipe(wire);
     if (!opts.intoQemu) {
+      if (tap) wire.on("data", (d: Buffer) => tap.toQemu(d));
       wire.pipe(qemu);
       return;
     }
     const into = opts.intoQemu;
-    wire.on("data", (d: Buffer) => writeAll(into(d), wire, qemu));
+    wire.on("data", (d: Buffer) => {
+      const bufs = into(d);
+      if (tap) for (const b of bufs) tap.toQemu(b);
+      writeAll(bufs, wire, qemu);
+    });
     wire.on("end", () => qemu.end());
     return;
   }
@@ -98,6 +116,7 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
   const encoder = new FrameEncoder();
   qemu.on("data", (chunk: Buffer) => {
     counters[fromQemu] += chunk.length;
+    tap?.fromQemu(chunk);
     meter.sample(wire.bytesWritten, wire.writableLength, performance.now());
     const bufs = encoder.encode(chunk, shouldDeflate(mode, meter));
     let room = true;
@@ -123,7 +142,9 @@ export function relay(qemu: Socket, wire: Socket, counters: RelayCounters, opts:
       return fail(err as Error);
     }
     for (const c of chunks) counters[toQemu] += c.length;
-    writeAll(opts.intoQemu ? chunks.flatMap(opts.intoQemu) : chunks, wire, qemu);
+    const out = opts.intoQemu ? chunks.flatMap(opts.intoQemu) : chunks;
+    if (tap) for (const c of out) tap.toQemu(c);
+    writeAll(out, wire, qemu);
   });
   wire.on("end", () => {
     if (!decoder.canEnd) return fail(new ChannelProtocolError("channel ended inside a frame"));

@@ -10,6 +10,8 @@ import type { Logger } from "../../common/log.js";
 import { ChannelServer, type IncomingTarget } from "../channel/inbound.js";
 import type { ChannelPath } from "../channel/path-policy.js";
 import { HostError } from "../errors.js";
+import { faultLatencyObserver } from "../metrics.js";
+import { FaultObserver } from "../postcopy/observer.js";
 import { specDifference, type VmSpec } from "../vm/spec.js";
 import { isLive } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
@@ -202,7 +204,10 @@ export class Incoming {
         started = undefined;
         throw err;
       }));
+    const faults = new FaultObserver(this.ctx.log.child({ migration: rec.id }), faultLatencyObserver(rec));
+    rec.faultTiming = faults;
     return this.channel.expect(rec.id, sock, {
+      tap: (o) => faults.tap(o),
       listen: ({ preempt }) => once(async () => `unix:${sock}`, "relay", preempt),
       handoff: async (peer) => {
         if (started) throw new Error("QEMU already waits for this migration's stream elsewhere");

@@ -5,6 +5,7 @@ import type { Compression } from "../channel/compress-policy.js";
 import type { ChannelPath } from "../channel/path-policy.js";
 import { newCounters, type RelayCounters } from "../channel/relay.js";
 import { HostError } from "../errors.js";
+import type { FaultFigures } from "../postcopy/observer.js";
 import type { MigrationMode } from "./driver.js";
 import { isFinalPhase, type Phase, phaseOf } from "./phase.js";
 import type { MigrationProgress } from "./status.js";
@@ -41,6 +42,11 @@ export interface MigrationRecord {
   /** Source: the urgent lane (QEMU's postcopy-preempt) and compression the path runs with. */
   preempt?: boolean;
   compression?: Compression;
+  /**
+   * Destination, relayed: the post-copy faults the relay timed (count, p50/p99/max latency),
+   * read when shown (postcopy/observer.ts).
+   */
+  faultTiming?: { figures(): FaultFigures };
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
   /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */
