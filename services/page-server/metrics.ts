@@ -127,6 +127,23 @@ sampledGauge(
   },
 );
 
+sampledCounter(
+  {
+    name: "vmhop_page_postcopy_faults_untimed_total",
+    help: "Post-copy faults the destination's relay saw but did not time, by reason: in_flight (the page had already passed the relay, queued on its way into QEMU, when asked for), unanswered (its page never came, or too many waited)",
+    labelNames: [...BY_MIGRATION, "reason"],
+  },
+  () =>
+    rows((r, l) => {
+      const f = r.role === "destination" && r.channelPath === "relay" ? r.faultTiming?.figures() : undefined;
+      if (!f) return [];
+      return [
+        [{ ...l, reason: "in_flight" }, f.inFlight],
+        [{ ...l, reason: "unanswered" }, f.waiting + f.dropped],
+      ];
+    }),
+);
+
 const faultSeconds: Histogram = new Histogram({
   name: "vmhop_page_postcopy_fault_latency_seconds",
   help: "Post-copy faults, each from the destination QEMU's page request to its page passing the destination page-server on its way in (destination; relay path only: a stream handed to QEMU is not seen, nor a fault whose page had already passed when asked for, nor faults after a post-copy recovery)",

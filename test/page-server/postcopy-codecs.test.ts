@@ -7,7 +7,11 @@ import { readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import * as assert from "uvu/assert";
 import { createLogger } from "../../services/common/log.js";
-import { FaultTimer, MAX_OUTSTANDING } from "../../services/page-server/postcopy/fault-timer.js";
+import {
+  FaultTimer,
+  MAX_OUTSTANDING,
+  RECENT_PAGES,
+} from "../../services/page-server/postcopy/fault-timer.js";
 import { LatencySummary } from "../../services/page-server/postcopy/latency-summary.js";
 import { FaultObserver } from "../../services/page-server/postcopy/observer.js";
 import { Flag, RamStreamDecoder, Section } from "../../services/page-server/postcopy/ram-stream.js";
@@ -36,9 +40,13 @@ function requests(bytes: Buffer, size: number): PageRequest[] {
   return got;
 }
 
+/** The pages seen, with "switch" where the device-state package passed. */
 function pages(bytes: Buffer, main: boolean, size: number): { pages: string[]; done: boolean } {
   const got: string[] = [];
-  const d = new RamStreamDecoder(main, (b, o) => got.push(`${b}@${o.toString(16)}`));
+  const d = new RamStreamDecoder(main, {
+    page: (b, o) => got.push(`${b}@${o.toString(16)}`),
+    switched: () => got.push("switch"),
+  });
   feed((b) => d.push(b), bytes, size);
   return { pages: got, done: d.done };
 }
@@ -194,7 +202,7 @@ test("RAM stream: a hand-made main stream, every record kind, in any pieces", ()
     const r = pages(bytes, true, size);
     assert.equal(
       r.pages,
-      ["pc.ram@3000", "pc.ram@4000", "pc.bios@1000", "pc.ram@5000", "pc.ram@6000"],
+      ["pc.ram@3000", "pc.ram@4000", "pc.bios@1000", "pc.ram@5000", "switch", "pc.ram@6000"],
       `pieces of ${size}`,
     );
     assert.ok(r.done, "EOF reached");
@@ -259,13 +267,14 @@ test("real QEMU 7.2 bytes: the return path's requests, the urgent lane's and the
   const main = fixture("main-stream");
   for (const size of SIZES) {
     const r = pages(main, true, size);
-    assert.is(r.pages.length, 15, `pieces of ${size}`);
-    assert.equal(r.pages.slice(0, 3), ["pc.ram@0", "pc.ram@1000", "pc.ram@2000"]);
-    assert.is(r.pages[14], "pc.ram@e000");
+    assert.is(r.pages.length, 16, `pieces of ${size}`);
+    assert.equal(r.pages.slice(0, 4), ["switch", "pc.ram@0", "pc.ram@1000", "pc.ram@2000"]);
+    assert.is(r.pages[15], "pc.ram@e000");
     assert.not.ok(r.done);
   }
   // The first request is answered by the urgent lane's first page.
   const timer = new FaultTimer(() => {});
+  timer.switched();
   timer.request(requests(rpBytes, 0)[0]!);
   timer.page("pc.ram", 0x63a6000);
   assert.is(timer.answered, 1);
@@ -278,6 +287,7 @@ test("fault timer: pairs each request with its page once, huge pages by their la
     (ms) => got.push(ms),
     () => now,
   );
+  t.switched();
   t.request({ block: "pc.ram", start: 0x1000, length: 4096 });
   now = 3;
   t.request({ block: "pc.ram", start: 0x1000, length: 4096 }); // a repeat keeps the first time
@@ -294,13 +304,29 @@ test("fault timer: pairs each request with its page once, huge pages by their la
   assert.is(t.requests, 2);
   assert.is(t.answered, 2);
   assert.is(t.waiting, 0);
-  for (let i = 0; i < MAX_OUTSTANDING + 5; i++) t.request({ block: "pc.ram", start: i * 4096, length: 4096 });
+  // A page that passed before it was asked for was on its way in: counted, not timed.
+  t.request({ block: "pc.ram", start: 0x2000, length: 4096 });
+  assert.equal([t.requests, t.inFlight, t.waiting, got.length], [3, 1, 0, 2]);
+  const far = 0x1000_0000;
+  for (let i = 0; i < MAX_OUTSTANDING + 5; i++)
+    t.request({ block: "pc.ram", start: far + i * 4096, length: 4096 });
   assert.is(t.waiting, MAX_OUTSTANDING);
   assert.is(t.dropped, 5);
-  t.page("pc.ram", 0); // dropped: the oldest went first
+  t.page("pc.ram", far); // dropped: the oldest went first
   assert.is(t.answered, 2);
-  t.page("pc.ram", 5 * 4096);
+  t.page("pc.ram", far + 5 * 4096);
   assert.is(t.answered, 3);
+  // Before the switch to post-copy nothing is remembered (pre-copy pages may be sent again).
+  const pre = new FaultTimer(() => {});
+  pre.page("pc.ram", 0x7000);
+  pre.request({ block: "pc.ram", start: 0x7000, length: 4096 });
+  assert.equal([pre.inFlight, pre.waiting], [0, 1]);
+  // At most RECENT_PAGES are remembered, the oldest forgotten first.
+  pre.switched();
+  for (let i = 0; i <= RECENT_PAGES; i++) pre.page("pc.ram", 0x100000 + i * 4096);
+  pre.request({ block: "pc.ram", start: 0x100000, length: 4096 });
+  pre.request({ block: "pc.ram", start: 0x101000, length: 4096 });
+  assert.equal([pre.inFlight, pre.waiting], [1, 2]);
 });
 
 test("latency summary: count, max and quantiles within 5 %", () => {
@@ -324,11 +350,12 @@ test("observer: a stream it cannot follow stops the timing once, said in the log
   const o = new FaultObserver(log, (ms) => timed.push(ms));
   const main = o.tap({ recover: false })!;
   const lane = o.tap({ recover: false })!;
+  main.toQemu(Buffer.concat([Buffer.from("QEVM"), be32(3), cmd(7, be32(0))])); // the switch
   main.fromQemu(rp(RpType.ReqPagesId, Buffer.concat([be64(0x9000), be32(4096), str8("pc.ram")])));
   lane.toQemu(Buffer.concat([rec(0x9000, Flag.Page, "pc.ram"), page(1)]));
   assert.is(timed.length, 1);
   assert.is(o.figures().count, 1);
-  main.toQemu(Buffer.from("QEVM\0\0\0\x03\x42")); // an unknown section
+  main.toQemu(Buffer.from([0x42])); // an unknown section
   main.toQemu(Buffer.from("more garbage")); // not looked at
   lane.fromQemu(Buffer.from([0, 99, 0, 1, 0]));
   const f = o.figures();

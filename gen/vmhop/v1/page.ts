@@ -488,6 +488,27 @@ export interface WatchMigrationResponse {
    * destination's faults (the virtio rings its device load reads).
    */
   pagesSentAhead: number;
+  /**
+   * Destination, stream relayed: each post-copy fault timed from the destination QEMU's page
+   * request to its page passing this page-server (services/page-server/README.md, Metrics).
+   * Unset on the source and when the stream was handed to QEMU.
+   */
+  faultLatency?: FaultLatency | undefined;
+}
+
+/** Post-copy faults timed by the destination page-server's relay. */
+export interface FaultLatency {
+  /** Faults timed (page requests whose page came). */
+  timed: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** Page requests seen on QEMU's return path (timed or not). */
+  requested: number;
+  /** Requests for a page already on its way in (it had passed the relay): not timed. */
+  inFlight: number;
+  /** Why the timing stopped, if it did (a stream it could not follow, a post-copy recovery). */
+  stopped: string;
 }
 
 export interface DescribeHostRequest {
@@ -2808,6 +2829,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     bytesBeforeResume: undefined,
     resumedUnixMs: undefined,
     pagesSentAhead: 0,
+    faultLatency: undefined,
   };
 }
 
@@ -2845,6 +2867,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.pagesSentAhead !== 0) {
       writer.uint32(160).uint64(message.pagesSentAhead);
+    }
+    if (message.faultLatency !== undefined) {
+      FaultLatency.encode(message.faultLatency, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -2950,6 +2975,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.pagesSentAhead = longToNumber(reader.uint64());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.faultLatency = FaultLatency.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3011,6 +3044,11 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         : isSet(object.pages_sent_ahead)
         ? globalThis.Number(object.pages_sent_ahead)
         : 0,
+      faultLatency: isSet(object.faultLatency)
+        ? FaultLatency.fromJSON(object.faultLatency)
+        : isSet(object.fault_latency)
+        ? FaultLatency.fromJSON(object.fault_latency)
+        : undefined,
     };
   },
 
@@ -3049,6 +3087,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.pagesSentAhead !== 0) {
       obj.pagesSentAhead = Math.round(message.pagesSentAhead);
     }
+    if (message.faultLatency !== undefined) {
+      obj.faultLatency = FaultLatency.toJSON(message.faultLatency);
+    }
     return obj;
   },
 
@@ -3068,6 +3109,190 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
     message.resumedUnixMs = object.resumedUnixMs ?? undefined;
     message.pagesSentAhead = object.pagesSentAhead ?? 0;
+    message.faultLatency = (object.faultLatency !== undefined && object.faultLatency !== null)
+      ? FaultLatency.fromPartial(object.faultLatency)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseFaultLatency(): FaultLatency {
+  return { timed: 0, p50Ms: 0, p99Ms: 0, maxMs: 0, requested: 0, inFlight: 0, stopped: "" };
+}
+
+export const FaultLatency: MessageFns<FaultLatency> = {
+  encode(message: FaultLatency, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timed !== 0) {
+      writer.uint32(8).uint64(message.timed);
+    }
+    if (message.p50Ms !== 0) {
+      writer.uint32(17).double(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      writer.uint32(25).double(message.p99Ms);
+    }
+    if (message.maxMs !== 0) {
+      writer.uint32(33).double(message.maxMs);
+    }
+    if (message.requested !== 0) {
+      writer.uint32(40).uint64(message.requested);
+    }
+    if (message.inFlight !== 0) {
+      writer.uint32(56).uint64(message.inFlight);
+    }
+    if (message.stopped !== "") {
+      writer.uint32(50).string(message.stopped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FaultLatency {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFaultLatency();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.timed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.p50Ms = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.p99Ms = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.maxMs = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.requested = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.inFlight = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.stopped = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FaultLatency {
+    return {
+      timed: isSet(object.timed) ? globalThis.Number(object.timed) : 0,
+      p50Ms: isSet(object.p50Ms)
+        ? globalThis.Number(object.p50Ms)
+        : isSet(object.p50_ms)
+        ? globalThis.Number(object.p50_ms)
+        : 0,
+      p99Ms: isSet(object.p99Ms)
+        ? globalThis.Number(object.p99Ms)
+        : isSet(object.p99_ms)
+        ? globalThis.Number(object.p99_ms)
+        : 0,
+      maxMs: isSet(object.maxMs)
+        ? globalThis.Number(object.maxMs)
+        : isSet(object.max_ms)
+        ? globalThis.Number(object.max_ms)
+        : 0,
+      requested: isSet(object.requested) ? globalThis.Number(object.requested) : 0,
+      inFlight: isSet(object.inFlight)
+        ? globalThis.Number(object.inFlight)
+        : isSet(object.in_flight)
+        ? globalThis.Number(object.in_flight)
+        : 0,
+      stopped: isSet(object.stopped) ? globalThis.String(object.stopped) : "",
+    };
+  },
+
+  toJSON(message: FaultLatency): unknown {
+    const obj: any = {};
+    if (message.timed !== 0) {
+      obj.timed = Math.round(message.timed);
+    }
+    if (message.p50Ms !== 0) {
+      obj.p50Ms = floatToJson(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      obj.p99Ms = floatToJson(message.p99Ms);
+    }
+    if (message.maxMs !== 0) {
+      obj.maxMs = floatToJson(message.maxMs);
+    }
+    if (message.requested !== 0) {
+      obj.requested = Math.round(message.requested);
+    }
+    if (message.inFlight !== 0) {
+      obj.inFlight = Math.round(message.inFlight);
+    }
+    if (message.stopped !== "") {
+      obj.stopped = message.stopped;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FaultLatency>, I>>(base?: I): FaultLatency {
+    return FaultLatency.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FaultLatency>, I>>(object: I): FaultLatency {
+    const message = createBaseFaultLatency();
+    message.timed = object.timed ?? 0;
+    message.p50Ms = object.p50Ms ?? 0;
+    message.p99Ms = object.p99Ms ?? 0;
+    message.maxMs = object.maxMs ?? 0;
+    message.requested = object.requested ?? 0;
+    message.inFlight = object.inFlight ?? 0;
+    message.stopped = object.stopped ?? "";
     return message;
   },
 };
@@ -3635,6 +3860,10 @@ export const PageServiceClient = makeGenericClientConstructor(
   service: typeof PageServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

@@ -3,6 +3,7 @@
 import {
   ChannelCompression,
   ChannelPath,
+  type FaultLatency,
   MigrationMode,
   MigrationPhase,
   type Vm as PbVm,
@@ -16,6 +17,7 @@ import type { ChannelPathChoice } from "../channel/path-policy.js";
 import type { MigrationMode as Mode } from "../migration/driver.js";
 import type { Phase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
+import type { FaultFigures } from "../postcopy/observer.js";
 import type { VmSpec } from "../vm/spec.js";
 import type { VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
@@ -150,5 +152,19 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     bytesBeforeResume: r.bytesBeforeResume,
     resumedUnixMs: r.resumedAtMs,
     pagesSentAhead: r.pagesSentAhead ?? 0,
+    faultLatency: r.channelPath === "relay" ? faultLatencyToProto(r.faultTiming?.figures()) : undefined,
+  };
+}
+
+function faultLatencyToProto(f: FaultFigures | undefined): FaultLatency | undefined {
+  if (!f) return undefined;
+  return {
+    timed: f.count,
+    p50Ms: f.p50Ms,
+    p99Ms: f.p99Ms,
+    maxMs: f.maxMs,
+    requested: f.requested,
+    inFlight: f.inFlight,
+    stopped: f.stopped ?? "",
   };
 }

@@ -1,11 +1,16 @@
 // Times each post-copy fault: from the destination QEMU's page request (return path) to the
 // moment that page passes on its way in (urgent lane or main stream), both as the
 // destination page-server's relay sees them. Pure apart from the clock it is given.
-// Bounded: at most MAX_OUTSTANDING requests wait (the oldest is dropped and counted beyond).
+// A request for a page that already passed since the switch to post-copy (queued on its way
+// into QEMU, which had not read it yet) is not timed, only counted: when QEMU reads it is not
+// seen here. Bounded: at most MAX_OUTSTANDING requests wait (the oldest is dropped and
+// counted beyond) and the last RECENT_PAGES pages passed are remembered.
 import { PAGE_SIZE } from "./ram-stream.js";
 import type { PageRequest } from "./return-path.js";
 
 export const MAX_OUTSTANDING = 4096;
+/** 64 MiB of pages: more than the relay's and QEMU's socket buffers hold. */
+export const RECENT_PAGES = 16384;
 /** Offsets stay below 2^40 (1 TiB); the block's number goes above them in one safe integer. */
 const BLOCK_SHIFT = 2 ** 40;
 const MAX_BLOCKS = 1024;
@@ -14,12 +19,16 @@ export class FaultTimer {
   /** Key (block number, offset of the request's last target page) → request time; oldest first. */
   private readonly open = new Map<number, number>();
   private readonly blocks = new Map<string, number>();
+  /** Pages passed since the switch to post-copy, oldest first (undefined before it). */
+  private recent: Set<number> | undefined;
   /** Page requests seen (a repeat of one still waiting counts once). */
   requests = 0;
   /** Requests whose page came: each is one latency. */
   answered = 0;
   /** Requests dropped unanswered because too many waited. */
   dropped = 0;
+  /** Requests for a page already on its way in: not timed. */
+  inFlight = 0;
 
   constructor(
     private readonly onLatency: (ms: number) => void,
@@ -34,19 +43,34 @@ export class FaultTimer {
     // A huge page is placed once its last target page is in: that one answers it.
     const key = this.key(r.block, r.start + Math.max(r.length, PAGE_SIZE) - PAGE_SIZE);
     if (key === undefined || this.open.has(key)) return;
+    this.requests++;
+    if (this.recent?.has(key)) {
+      this.inFlight++;
+      return;
+    }
     if (this.open.size >= MAX_OUTSTANDING) {
       const oldest = this.open.keys().next().value as number;
       this.open.delete(oldest);
       this.dropped++;
     }
     this.open.set(key, this.now());
-    this.requests++;
+  }
+
+  /**
+   * The switch to post-copy passed (the device-state package): from here each page is sent
+   * once, so one that passed and is asked for later was on its way in.
+   */
+  switched(): void {
+    this.recent = new Set();
   }
 
   page(block: string, offset: number): void {
-    if (this.open.size === 0) return;
+    const recent = this.recent;
+    if (!recent) return;
     const key = this.key(block, offset);
     if (key === undefined) return;
+    recent.add(key);
+    if (recent.size > RECENT_PAGES) recent.delete(recent.values().next().value as number);
     const at = this.open.get(key);
     if (at === undefined) return;
     this.open.delete(key);
@@ -56,6 +80,7 @@ export class FaultTimer {
 
   clear(): void {
     this.open.clear();
+    this.recent = undefined;
   }
 
   private key(block: string, offset: number): number | undefined {

@@ -14,6 +14,9 @@ import { ReturnPathDecoder } from "./return-path.js";
 const QEVM_FIRST_BYTE = 0x51; // "Q"; a RAM record on the urgent lane starts with 0x00
 
 export interface FaultFigures extends LatencyFigures {
+  /** Page requests seen: `count` timed, `inFlight` for pages already on their way in (not timed). */
+  requested: number;
+  inFlight: number;
   /** Requests still waiting for their page, and dropped for the cap. */
   waiting: number;
   dropped: number;
@@ -40,6 +43,8 @@ export class FaultObserver {
   figures(): FaultFigures {
     return {
       ...this.summary.figures(),
+      requested: this.timer.requests,
+      inFlight: this.timer.inFlight,
       waiting: this.timer.waiting,
       dropped: this.timer.dropped,
       ...(this.stoppedWhy ? { stopped: this.stoppedWhy } : {}),
@@ -55,12 +60,15 @@ export class FaultObserver {
       request: (r) => this.timer.request(r),
       recovery: () => this.stop("a post-copy recovery began; faults after it are not timed", false),
     });
-    const seen = (block: string, offset: number) => this.timer.page(block, offset);
+    const pages = {
+      page: (block: string, offset: number) => this.timer.page(block, offset),
+      switched: () => this.timer.switched(),
+    };
     return {
       toQemu: (chunk) => {
         if (this.stoppedWhy) return;
         try {
-          ram ??= new RamStreamDecoder(chunk[0] === QEVM_FIRST_BYTE, seen);
+          ram ??= new RamStreamDecoder(chunk[0] === QEVM_FIRST_BYTE, pages);
           ram.push(chunk);
         } catch (err) {
           this.stop((err as Error).message, true);

@@ -52,8 +52,12 @@ export const Flag = {
 const PAGE_FLAGS = Flag.Zero | Flag.Page | Flag.Xbzrle | Flag.CompressPage;
 const FLAG_MASK = PAGE_SIZE - 1;
 
-/** Told of each page as its header passes (its data follows at once). */
-export type PageSeen = (block: string, offset: number) => void;
+export interface PageEvents {
+  /** Each page as its header passes (its data follows at once). */
+  page(block: string, offset: number): void;
+  /** The main stream's device-state package passed: post-copy runs from here. */
+  switched?(): void;
+}
 
 enum S {
   FileHeader,
@@ -103,7 +107,7 @@ export class RamStreamDecoder extends StepReader {
   /** `main`: the migration stream from its first byte; else the urgent lane's records. */
   constructor(
     private readonly main: boolean,
-    private readonly seen: PageSeen,
+    private readonly on: PageEvents,
   ) {
     super(8);
     this.s = main ? S.FileHeader : S.RecordHead;
@@ -179,6 +183,7 @@ export class RamStreamDecoder extends StepReader {
       }
       case S.PackageLength:
         this.skip(b.readUInt32BE(0));
+        this.on.switched?.();
         return this.go(S.SectionType, 1);
       case S.AdviseBody: {
         const targetPage = be64(b, 8);
@@ -293,7 +298,7 @@ export class RamStreamDecoder extends StepReader {
 
   /** The page's header has passed: report it, then step over its data. */
   private page(): number {
-    this.seen(this.block!, this.offsetInBlock);
+    this.on.page(this.block!, this.offsetInBlock);
     switch (this.flags & PAGE_FLAGS) {
       case Flag.Zero:
         return this.go(S.ZeroFill, 1);
