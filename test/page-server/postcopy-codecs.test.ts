@@ -327,6 +327,8 @@ test("fault timer: pairs each request with its page once, huge pages by their la
   pre.request({ block: "pc.ram", start: 0x100000, length: 4096 });
   pre.request({ block: "pc.ram", start: 0x101000, length: 4096 });
   assert.equal([pre.inFlight, pre.waiting], [1, 2]);
+  pre.finish(); // the end: what waits is dropped, nothing is held
+  assert.equal([pre.waiting, pre.dropped], [0, 2]);
 });
 
 test("latency summary: count, max and quantiles within 5 %", () => {

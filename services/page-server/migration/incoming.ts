@@ -248,6 +248,7 @@ export class Incoming {
     }
     countConnections();
     this.channel.forget(rec.id);
+    rec.faultTiming?.finish();
     if (rec.phase === "completed" || rec.phase === "failed")
       saveMigration(vm, { id: rec.id, role: rec.role, phase: rec.phase });
   }

@@ -46,7 +46,7 @@ export interface MigrationRecord {
    * Destination, relayed: the post-copy faults the relay timed (count, p50/p99/max latency),
    * read when shown (postcopy/observer.ts).
    */
-  faultTiming?: { figures(): FaultFigures };
+  faultTiming?: { figures(): FaultFigures; finish(): void };
   /** Channel connections carried so far (QEMU opens a second one for the urgent lane). */
   connections: number;
   /** Source: host time from QEMU's `migrate` to the end seen (as the driver measures it). */

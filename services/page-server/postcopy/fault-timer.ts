@@ -25,7 +25,7 @@ export class FaultTimer {
   requests = 0;
   /** Requests whose page came: each is one latency. */
   answered = 0;
-  /** Requests dropped unanswered because too many waited. */
+  /** Requests dropped unanswered: too many waited, or the timing finished before their page. */
   dropped = 0;
   /** Requests for a page already on its way in: not timed. */
   inFlight = 0;
@@ -78,7 +78,9 @@ export class FaultTimer {
     this.onLatency(this.now() - at);
   }
 
-  clear(): void {
+  /** No more pages will come: what still waits counts as dropped, and the memory goes. */
+  finish(): void {
+    this.dropped += this.open.size;
     this.open.clear();
     this.recent = undefined;
   }

@@ -85,10 +85,15 @@ export class FaultObserver {
     };
   }
 
+  /** The migration ended here: the pairing state goes (the figures stay). */
+  finish(): void {
+    this.timer.finish();
+  }
+
   private stop(why: string, failure: boolean): void {
     if (this.stoppedWhy) return;
     this.stoppedWhy = why;
-    this.timer.clear();
+    this.timer.finish();
     const fields = { why, timed: this.summary.count };
     if (failure) this.log.warn("post-copy fault timing stopped: stream not understood", fields);
     else this.log.info("post-copy fault timing stopped", fields);
