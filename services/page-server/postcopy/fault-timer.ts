@@ -19,8 +19,11 @@ export class FaultTimer {
   /** Key (block number, offset of the request's last target page) → request time; oldest first. */
   private readonly open = new Map<number, number>();
   private readonly blocks = new Map<string, number>();
-  /** Pages passed since the switch to post-copy, oldest first (undefined before it). */
+  /** Pages passed since the switch to post-copy, the last RECENT_PAGES (undefined before it). */
   private recent: Set<number> | undefined;
+  /** The same keys in a ring, to forget the oldest (a Set's first entry is slow to find). */
+  private readonly ring = new Float64Array(RECENT_PAGES).fill(-1);
+  private ringAt = 0;
   /** Page requests seen (a repeat of one still waiting counts once). */
   requests = 0;
   /** Requests whose page came: each is one latency. */
@@ -62,6 +65,7 @@ export class FaultTimer {
    */
   switched(): void {
     this.recent = new Set();
+    this.ring.fill(-1);
   }
 
   page(block: string, offset: number): void {
@@ -69,8 +73,13 @@ export class FaultTimer {
     if (!recent) return;
     const key = this.key(block, offset);
     if (key === undefined) return;
-    recent.add(key);
-    if (recent.size > RECENT_PAGES) recent.delete(recent.values().next().value as number);
+    if (!recent.has(key)) {
+      const old = this.ring[this.ringAt]!;
+      if (old >= 0) recent.delete(old);
+      this.ring[this.ringAt] = key;
+      this.ringAt = (this.ringAt + 1) % RECENT_PAGES;
+      recent.add(key);
+    }
     const at = this.open.get(key);
     if (at === undefined) return;
     this.open.delete(key);
