@@ -2,17 +2,20 @@
 // through the relay, there and back between two page-servers (with the urgent lane; then
 // compressed without it, so every page comes on the main stream). The destination's
 // vmhop_page_postcopy_fault_latency_seconds counts the faults QEMU reports (within reason:
-// a fault whose page had already passed the relay when asked for is not timed), the record
-// carries the same figures, and the series goes once the migration does. No timings asserted.
+// a fault whose page had already passed the relay when asked for is counted, not timed), the
+// record and WatchMigration carry the same figures, a stream handed to QEMU shows no series,
+// and the series go once the migration does. No timings asserted.
 import * as assert from "uvu/assert";
 import { startMetricsServer } from "../../services/common/metrics/server.js";
 import { migrationToProto } from "../../services/page-server/grpc/convert.js";
 import type { MigrationRecord } from "../../services/page-server/host.js";
 import { bindPageMetrics } from "../../services/page-server/metrics.js";
+import { isLive } from "../../services/page-server/vm/states.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { scrape } from "../helpers/metrics.js";
 import { test } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
 import { finished, guestOnTwoHosts } from "./guest-continues.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "post-copy fault timing");
@@ -27,7 +30,7 @@ const HIST = "vmhop_page_postcopy_fault_latency_seconds";
 const UNTIMED = "vmhop_page_postcopy_faults_untimed_total";
 
 migTest(
-  "relayed post-copy, urgent lane then compressed main stream: every fault QEMU reports is timed",
+  "relayed post-copy, urgent lane then compressed main stream: every fault QEMU reports is timed; a handoff shows none",
   async () => {
     const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "fl", closers, { name: "vm1" });
     const metrics = await startMetricsServer("127.0.0.1:0");
@@ -110,6 +113,34 @@ migTest(
       );
       [from, to, vm] = [to, from, dst];
     }
+
+    // Handed to QEMU (no relay): nothing to see, so no series and no figures, rather than zeros.
+    // (The last source QEMU there ends on its own after the migration: wait for it.)
+    await until(
+      "the old source QEMU stopped",
+      () => {
+        const st = to.get(spec.name).state;
+        return !isLive(st) && st !== "stopping";
+      },
+      30_000,
+    );
+    const hand = await from.startMigration({
+      vmId: spec.name,
+      migrationId: "fl-3",
+      channelAddress: await to.prepareIncoming(spec, "fl-3"),
+      mode: "postcopy",
+      channelPath: "handoff",
+    });
+    const handEnd = await finished(hand);
+    assert.is(handEnd.phase, "completed", handEnd.error);
+    assert.is(handEnd.channelPath, "handoff");
+    const handDst = to.migrations().find((r) => r.id === "fl-3") as MigrationRecord;
+    await finished(handDst);
+    assert.is(migrationToProto(handDst).faultLatency, undefined);
+    const s3 = await scrape(metrics.address);
+    assert.is(s3.all(`${HIST}_count`, { migration: "fl-3" }).length, 0);
+    assert.is(s3.all(UNTIMED, { migration: "fl-3" }).length, 0);
+    assert.is(s3.all(`${HIST}_count`).length, 2, "fl-1 and fl-2 still shown");
 
     // A migration no longer known: its series are gone at the next scrape.
     shown = () => [];
