@@ -10,6 +10,7 @@ import type { Store } from "../common/store/index.js";
 import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
+import { faultLatencyRecord } from "./fault-latency.js";
 import { MigrationTrace } from "./migration-trace.js";
 import type { PageServer, PageServers } from "./page-client.js";
 import { isAlreadyExists, isNoAnswer, isNotFound } from "./peer-call.js";
@@ -342,6 +343,7 @@ export class Executor {
     const progress = memoryProgress(last);
     progress.memory.bytes_before_resume = atDst?.bytesBeforeResume;
     progress.memory.resumed_unix_ms = atDst?.resumedUnixMs;
+    progress.memory.fault_latency = faultLatencyRecord(atDst?.faultLatency);
     await this.step(m.migration_id, "complete", progress);
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
     if (!switched)

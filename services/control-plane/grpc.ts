@@ -16,6 +16,7 @@ import {
 import { failStream, type ServiceRegistration, unary } from "../common/grpc/server.js";
 import type { Logger } from "../common/log.js";
 import { type ClusterVmView, ControlError, type ControlPlane, type NewDisk } from "./control-plane.js";
+import { faultLatencyToProto } from "./fault-latency.js";
 import type { HostRecord, MigrationRecord } from "./records.js";
 import { isFinal } from "./states.js";
 
@@ -109,6 +110,7 @@ export function migrationToPb(m: MigrationRecord): Migration {
           pagesSentAhead: m.memory.pages_sent_ahead ?? 0,
           bytesBeforeResume: m.memory.bytes_before_resume,
           resumedUnixMs: m.memory.resumed_unix_ms,
+          faultLatency: faultLatencyToProto(m.memory.fault_latency),
         }
       : undefined,
     disk: m.disk

@@ -2,6 +2,7 @@
 // compare-and-set updates that keep them consistent across racing requests and restarts.
 import type { Store } from "../common/store/index.js";
 import type { PowerConfig } from "../power/driver.js";
+import type { FaultLatencyRecord } from "./fault-latency.js";
 import { countTransition } from "./metrics.js";
 import { type NetworkEvent, type NetworkRecord, nextNetwork, type VmAddresses } from "./network-states.js";
 import { appendSample, type ProgressSampleRecord, sampleOf } from "./progress-history.js";
@@ -140,6 +141,8 @@ export interface MemoryRecord {
   bytes_before_resume?: number;
   /** When the destination resumed the VM (epoch ms), known at completion. */
   resumed_unix_ms?: number;
+  /** Post-copy over the relay: the faults the destination timed, known at completion. */
+  fault_latency?: FaultLatencyRecord;
 }
 
 export interface DiskRecord {

@@ -21,7 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { HandoverMode, handoverModeFromJSON, handoverModeToJSON } from "./netreach.js";
-import { MigrationMode, migrationModeFromJSON, migrationModeToJSON, Vm, VmSpec } from "./page.js";
+import { FaultLatency, MigrationMode, migrationModeFromJSON, migrationModeToJSON, Vm, VmSpec } from "./page.js";
 
 export const protobufPackage = "vmhop.v1";
 
@@ -366,6 +366,11 @@ export interface MemoryProgress {
    * faults (the virtio rings the destination's device load reads).
    */
   pagesSentAhead: number;
+  /**
+   * Post-copy over the relay: each fault timed by the destination page-server (count, p50,
+   * p99, max), known at completion; unset otherwise (services/page-server/README.md, Metrics).
+   */
+  faultLatency?: FaultLatency | undefined;
 }
 
 export interface NetworkProgress {
@@ -3350,6 +3355,7 @@ function createBaseMemoryProgress(): MemoryProgress {
     bytesBeforeResume: undefined,
     resumedUnixMs: undefined,
     pagesSentAhead: 0,
+    faultLatency: undefined,
   };
 }
 
@@ -3369,6 +3375,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     }
     if (message.pagesSentAhead !== 0) {
       writer.uint32(40).uint64(message.pagesSentAhead);
+    }
+    if (message.faultLatency !== undefined) {
+      FaultLatency.encode(message.faultLatency, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -3426,6 +3435,14 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
             message.pagesSentAhead = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.faultLatency = FaultLatency.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3465,6 +3482,11 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
         : isSet(object.pages_sent_ahead)
         ? globalThis.Number(object.pages_sent_ahead)
         : 0,
+      faultLatency: isSet(object.faultLatency)
+        ? FaultLatency.fromJSON(object.faultLatency)
+        : isSet(object.fault_latency)
+        ? FaultLatency.fromJSON(object.fault_latency)
+        : undefined,
     };
   },
 
@@ -3485,6 +3507,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     if (message.pagesSentAhead !== 0) {
       obj.pagesSentAhead = Math.round(message.pagesSentAhead);
     }
+    if (message.faultLatency !== undefined) {
+      obj.faultLatency = FaultLatency.toJSON(message.faultLatency);
+    }
     return obj;
   },
 
@@ -3498,6 +3523,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     message.bytesBeforeResume = object.bytesBeforeResume ?? undefined;
     message.resumedUnixMs = object.resumedUnixMs ?? undefined;
     message.pagesSentAhead = object.pagesSentAhead ?? 0;
+    message.faultLatency = (object.faultLatency !== undefined && object.faultLatency !== null)
+      ? FaultLatency.fromPartial(object.faultLatency)
+      : undefined;
     return message;
   },
 };
