@@ -8,6 +8,13 @@ import { gunzipSync } from "node:zlib";
 import * as assert from "uvu/assert";
 import { createLogger } from "../../services/common/log.js";
 import {
+  RP_PONG,
+  RP_RECV_BITMAP,
+  RP_REQ_PAGES,
+  RP_REQ_PAGES_ID,
+  RP_SHUT,
+} from "../../services/page-server/channel/return-path.js";
+import {
   FaultTimer,
   MAX_OUTSTANDING,
   RECENT_PAGES,
@@ -15,11 +22,7 @@ import {
 import { LatencySummary } from "../../services/page-server/postcopy/latency-summary.js";
 import { FaultObserver } from "../../services/page-server/postcopy/observer.js";
 import { Flag, RamStreamDecoder, Section } from "../../services/page-server/postcopy/ram-stream.js";
-import {
-  type PageRequest,
-  ReturnPathDecoder,
-  RpType,
-} from "../../services/page-server/postcopy/return-path.js";
+import { type PageRequest, ReturnPathDecoder } from "../../services/page-server/postcopy/return-path.js";
 import { MAX_HELD, QemuStreamError } from "../../services/page-server/postcopy/step-reader.js";
 import { test } from "../helpers/uvu.js";
 
@@ -74,11 +77,11 @@ const page = (fill: number) => Buffer.alloc(4096, fill);
 
 test("return path: page requests named and continued, other messages passed over", () => {
   const bytes = Buffer.concat([
-    rp(RpType.Pong, be32(1)),
-    rp(RpType.ReqPagesId, Buffer.concat([be64(0x63a6000), be32(4096), str8("pc.ram")])),
-    rp(RpType.ReqPages, Buffer.concat([be64(0x1_0000_2000), be32(4096)])),
-    rp(RpType.ReqPagesId, Buffer.concat([be64(0x1000), be32(0x200000), str8("/rom@etc/acpi/tables")])),
-    rp(RpType.Shut, be32(0)),
+    rp(RP_PONG, be32(1)),
+    rp(RP_REQ_PAGES_ID, Buffer.concat([be64(0x63a6000), be32(4096), str8("pc.ram")])),
+    rp(RP_REQ_PAGES, Buffer.concat([be64(0x1_0000_2000), be32(4096)])),
+    rp(RP_REQ_PAGES_ID, Buffer.concat([be64(0x1000), be32(0x200000), str8("/rom@etc/acpi/tables")])),
+    rp(RP_SHUT, be32(0)),
   ]);
   for (const size of SIZES)
     assert.equal(
@@ -93,7 +96,7 @@ test("return path: page requests named and continued, other messages passed over
   // After a recovery's RECV_BITMAP the raw bitmap follows: nothing after it is read.
   let recovered = 0;
   const d = new ReturnPathDecoder({ request: () => assert.unreachable(), recovery: () => recovered++ });
-  d.push(Buffer.concat([rp(RpType.RecvBitmap, str8("pc.ram")), be64(8), Buffer.alloc(8, 0xff)]));
+  d.push(Buffer.concat([rp(RP_RECV_BITMAP, str8("pc.ram")), be64(8), Buffer.alloc(8, 0xff)]));
   assert.is(recovered, 1);
 });
 
@@ -104,12 +107,12 @@ test("return path: malformed messages are refused clearly", () => {
       (e: unknown) => e instanceof QemuStreamError && re.test((e as Error).message),
     );
   bad(rp(9, be32(0)), /unknown message type 9/);
-  bad(rp(RpType.ReqPages, Buffer.concat([be64(0), be32(4096)])), /before any named its RAM block/);
+  bad(rp(RP_REQ_PAGES, Buffer.concat([be64(0), be32(4096)])), /before any named its RAM block/);
   bad(
-    rp(RpType.ReqPagesId, Buffer.concat([be64(0), be32(4096), u8(9), Buffer.from("ab")])),
-    /block of 9 bytes/,
+    rp(RP_REQ_PAGES_ID, Buffer.concat([be64(0), be32(4096), u8(9), Buffer.from("ab")])),
+    /malformed page request of 15 bytes/,
   );
-  bad(Buffer.concat([be16(RpType.Pong), be16(0)]), /empty message/);
+  bad(Buffer.concat([be16(RP_PONG), be16(0)]), /empty message/);
 });
 
 /** A main stream as QEMU 7.2 shapes it, with everything the codec follows or steps over. */
@@ -353,7 +356,7 @@ test("observer: a stream it cannot follow stops the timing once, said in the log
   const main = o.tap({ recover: false })!;
   const lane = o.tap({ recover: false })!;
   main.toQemu(Buffer.concat([Buffer.from("QEVM"), be32(3), cmd(7, be32(0))])); // the switch
-  main.fromQemu(rp(RpType.ReqPagesId, Buffer.concat([be64(0x9000), be32(4096), str8("pc.ram")])));
+  main.fromQemu(rp(RP_REQ_PAGES_ID, Buffer.concat([be64(0x9000), be32(4096), str8("pc.ram")])));
   lane.toQemu(Buffer.concat([rec(0x9000, Flag.Page, "pc.ram"), page(1)]));
   assert.is(timed.length, 1);
   assert.is(o.figures().count, 1);
