@@ -53,6 +53,10 @@ for (const path of ["relay", "handoff"] as const)
       assert.is(end.phase, "completed", end.error);
       assert.ok(end.recoveries >= 1, "no recovery happened");
       assert.ok(b.migration("mig-r").recoveries >= 1);
+      // The fault timing stops at the recovery (pages are sent again), saying so; none on a handoff.
+      const timing = b.migration("mig-r").faultTiming?.figures();
+      if (path === "relay") assert.match(timing?.stopped ?? "", /recovery/);
+      else assert.is(timing?.requested, 0);
 
       await assertGuestContinued(src, dst, passesBefore);
       console.log(
