@@ -45,6 +45,30 @@ test("the recorded run: every phase and address step, memory and disk curves, th
   assert.match(html, /<td>disk<\/td><td>(\d+) of \1 blocks local;/);
 });
 
+test("the memory's send-ahead and fault latency, when the record has them", () => {
+  const rec = recorded();
+  rec.memory = {
+    ...rec.memory!,
+    pages_sent_ahead: 7,
+    fault_latency: {
+      timed: 34,
+      p50_ms: 52.5,
+      p99_ms: 310,
+      max_ms: 402.25,
+      requested: 77,
+      in_flight: 43,
+      stopped: "",
+    },
+  };
+  const html = renderReport(migrationToPb(rec));
+  assert.match(html, "<td>sent ahead</td><td>7 pages");
+  assert.match(
+    html,
+    "p50 52.5 ms, p99 310.0 ms, max 402.3 ms over 34 timed faults (43 more already on their way)",
+  );
+  assert.not.match(renderReport(migrationToPb(recorded())), "sent ahead", "absent from an older record");
+});
+
 test("self-contained: no script, nothing fetched, a policy that forbids both", () => {
   const html = renderReport(migrationToPb(recorded()), {
     requestedUnixMs: recorded().created_unix_ms,

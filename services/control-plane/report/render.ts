@@ -218,6 +218,14 @@ function summaryRows(m: Migration, x: ReportMeasurements, t0: number): string[][
     "memory",
     `${fmtBytes(m.bytesSent)} sent${mem ? `, ${fmtBytes(mem.bytesRemaining)} still at the source, ${mem.pagesRequestedOnFault} pages fetched on fault` : ""}`,
   ]);
+  if (mem?.pagesSentAhead)
+    rows.push(["sent ahead", `${mem.pagesSentAhead} pages (the virtio rings) ahead of the first faults`]);
+  const fl = mem?.faultLatency;
+  if (fl?.timed)
+    rows.push([
+      "fault latency",
+      `p50 ${fl.p50Ms.toFixed(1)} ms, p99 ${fl.p99Ms.toFixed(1)} ms, max ${fl.maxMs.toFixed(1)} ms over ${fl.timed} timed faults (${fl.inFlight} more already on their way)`,
+    ]);
   if (mem?.bytesBeforeResume !== undefined)
     rows.push([
       "before resume",
