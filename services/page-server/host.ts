@@ -16,6 +16,7 @@ import { type QemuInfo, qemuInfo } from "./vm/qemu-info.js";
 import { type VmSpec, validateSpec } from "./vm/spec.js";
 import { isLive } from "./vm/states.js";
 import { Vm } from "./vm/vm.js";
+import { type VmShape, WarmPool } from "./vm/warm-pool.js";
 
 export { HostError } from "./errors.js";
 export type { IncomingOptions } from "./migration/incoming.js";
@@ -33,8 +34,16 @@ export interface PageHostOptions extends OutgoingDefaults {
    * unset: the bound address, refused at open() when it is 0.0.0.0 or ::.
    */
   channelAdvertise?: string;
+  /**
+   * Most warm incoming QEMUs kept for the shapes set with setWarmShapes (vm/warm-pool.ts);
+   * 0 (the default here; `vmhop page serve --warm-max`) keeps none.
+   */
+  warmMax?: number;
   log?: Logger;
 }
+
+/** Where the warm QEMUs run, under the run folder (not a VM's folder: never adopted). */
+const WARM_DIR = ".warm";
 
 export class PageHost {
   private readonly vms = new Map<string, Vm>();
@@ -43,17 +52,23 @@ export class PageHost {
   private readonly incoming: Incoming;
   private readonly outgoing: Outgoing;
   private readonly log: Logger;
+  readonly warm: WarmPool;
 
   constructor(private readonly opts: PageHostOptions) {
     this.log = (opts.log ?? silentLogger).child({ svc: "page-server" });
+    this.warm = new WarmPool({ root: join(opts.runRoot, WARM_DIR), max: opts.warmMax ?? 0, log: this.log });
     this.fences = new Fences(opts.runRoot);
     const ctx = { runRoot: opts.runRoot, log: this.log, table: this.table };
     this.outgoing = new Outgoing({ ...ctx, defaults: opts });
     this.incoming = new Incoming({
       ...ctx,
       preempt: opts.preempt,
+      warm: this.warm,
       vms: {
         define: (spec) => this.define(spec),
+        put: (vm) => {
+          this.vms.set(vm.spec.name, vm);
+        },
         find: (vmId) => this.vms.get(vmId),
         drop: (vm) => {
           if (this.vms.get(vm.spec.name) === vm) this.vms.delete(vm.spec.name);
@@ -66,6 +81,7 @@ export class PageHost {
     mkdirSync(this.opts.runRoot, { recursive: true });
     // Asked now, so DescribeHost answers at once (the control-plane gives it a deadline).
     void qemuInfo();
+    this.warm.open();
     await this.adoptAll();
     const address = await this.incoming.listen(
       this.opts.channelPort ?? 0,
@@ -80,6 +96,8 @@ export class PageHost {
    * next page-server on this run folder to adopt.
    */
   async close(opts: { keepVms?: boolean } = {}): Promise<void> {
+    // Warm QEMUs hold no VM: stopped either way (a restart starts its own).
+    await this.warm.close();
     await Promise.all(
       [...this.vms.values()].map((vm) => (opts.keepVms ? vm.detach() : vm.stop(3000).catch(() => vm.kill()))),
     );
@@ -138,6 +156,14 @@ export class PageHost {
     if (force) await vm.kill();
     else await vm.stop();
     return vm;
+  }
+
+  /**
+   * The VM shapes to keep a warm incoming QEMU of (the whole set, replacing the last one; the
+   * first `warmMax` are served): returns those served. See vm/warm-pool.ts.
+   */
+  setWarmShapes(shapes: VmShape[]): VmShape[] {
+    return this.warm.setShapes(shapes);
   }
 
   /** The QEMU version and accelerator VMs get here (DescribeHost). */

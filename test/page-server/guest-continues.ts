@@ -20,11 +20,19 @@ export async function guestOnTwoHosts(
   root: string,
   tag: string,
   closers: (() => Promise<void>)[],
-  opts: { name?: string; memoryMib?: number; workload?: Parameters<typeof guestCmdline>[0] } = {},
+  opts: {
+    name?: string;
+    memoryMib?: number;
+    workload?: Parameters<typeof guestCmdline>[0];
+    /** More of the VM's spec (a disk, a NIC). */
+    extra?: Partial<VmSpec>;
+    /** The second host's warm incoming QEMUs (PageHostOptions.warmMax). */
+    warmMax?: number;
+  } = {},
 ): Promise<{ a: PageHost; b: PageHost; spec: VmSpec; src: Vm }> {
   const guest = await ensureGuest();
   const a = new PageHost({ runRoot: join(root, `${tag}-a`) });
-  const b = new PageHost({ runRoot: join(root, `${tag}-b`) });
+  const b = new PageHost({ runRoot: join(root, `${tag}-b`), warmMax: opts.warmMax });
   for (const h of [a, b]) {
     await h.open();
     closers.push(() => h.close());
@@ -36,6 +44,7 @@ export async function guestOnTwoHosts(
     kernel: guest.kernel,
     initrd: guest.initrd,
     cmdline: guestCmdline(opts.workload ?? { memMib: 48, rateMib: 16, verifyMib: 48 }),
+    ...opts.extra,
   };
   a.define(spec);
   const src = await a.start(spec.name);

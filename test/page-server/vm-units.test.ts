@@ -111,9 +111,13 @@ test("buildQemuArgs: kvm, NBD disk, tap NIC, paused and incoming", () => {
   assert.equal(after(a, "-cpu"), ["host"]);
   assert.equal(after(a, "-drive"), ["file=nbd://10.0.0.1:10809/vm1,if=none,id=disk0,format=raw"]);
   // An explicit geometry: QEMU does not read the (maybe remote, lazy) disk while it starts.
-  assert.ok(after(a, "-device").includes("virtio-blk-pci,drive=disk0,id=vd0,cyls=16383,heads=16,secs=63"));
+  assert.ok(
+    after(a, "-device").includes("virtio-blk-pci,drive=disk0,id=vd0,addr=0x2,cyls=16383,heads=16,secs=63"),
+  );
   assert.equal(after(a, "-netdev"), ["tap,id=net0,ifname=tap7,script=no,downscript=no"]);
-  assert.ok(after(a, "-device").includes("virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:00:00:07"));
+  assert.ok(
+    after(a, "-device").includes("virtio-net-pci,netdev=net0,id=nic0,addr=0x3,mac=52:54:00:00:00:07"),
+  );
   assert.ok(a.includes("-S"));
   assert.equal(after(a, "-incoming"), ["defer"]);
   assert.is(optValue("a,b"), "a,,b");

@@ -3,7 +3,7 @@
 // stream brought into it, and the destination's own view of the migration until it ends;
 // also picks such a migration up again after a page-server restart.
 import { rmSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { advertisedAddress } from "../../common/advertise.js";
 import { parseListenAddress } from "../../common/listen-address.js";
 import type { Logger } from "../../common/log.js";
@@ -15,6 +15,7 @@ import { FaultObserver } from "../postcopy/observer.js";
 import { specDifference, type VmSpec } from "../vm/spec.js";
 import { isLive } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
+import { attachVmDevices, type WarmPool } from "../vm/warm-pool.js";
 import {
   handSocketToQemu,
   listenIncoming,
@@ -45,9 +46,13 @@ export interface IncomingContext {
   table: MigrationTable;
   /** The host's default for the urgent lane (unset: as the source's hello says). */
   preempt?: boolean;
+  /** Warm QEMUs to take instead of starting one (none: each set-up starts its own). */
+  warm?: WarmPool;
   /** The host's VM registry. */
   vms: {
     define(spec: VmSpec): Vm;
+    /** Registers a warm QEMU that became the VM of its spec in place of the defined one. */
+    put(vm: Vm): void;
     find(vmId: string): Vm | undefined;
     /** Forgets a VM whose set-up failed. */
     drop(vm: Vm): void;
@@ -136,17 +141,24 @@ export class Incoming {
   }
 
   private async setUp(spec: VmSpec, migrationId: string, o: IncomingOptions): Promise<void> {
-    const vm = this.ctx.vms.define(spec);
+    const defined = this.ctx.vms.define(spec);
+    let vm = defined;
     const rec = this.ctx.table.add(migrationId, spec.name, "destination");
     // postcopy-ram on the destination is harmless for a pre-copy stream, so any mode but an
     // announced pre-copy gets it: with "auto" the source decides later. migrate-incoming
     // waits for the channel's hello: it says relay (a unix socket) or handoff (fd).
     const mode = o.mode === undefined || o.mode === "auto" ? "postcopy" : o.mode;
     try {
-      await vm.start({ incoming: true });
+      const warm = this.ctx.warm?.take(spec);
+      if (warm) {
+        vm = warm;
+        await this.fromWarm(warm, defined);
+        rec.warmQemu = true;
+      } else await vm.start({ incoming: true });
       await setIncomingCapabilities(vm, { mode, preempt: o.preempt ?? this.ctx.preempt });
       saveMigration(vm, { id: migrationId, role: "destination", mode, listening: false });
     } catch (err) {
+      if (vm !== defined) this.ctx.vms.drop(defined);
       await this.undo(vm, migrationId);
       throw err;
     }
@@ -158,6 +170,25 @@ export class Incoming {
         rec.bytesBeforeResume = target.counters.forward;
     });
     this.follow(vm, rec).catch((err) => this.ctx.log.warn("destination follow failed", { err }));
+  }
+
+  /**
+   * A warm QEMU becomes the VM `defined` names: its disk and NIC added (the disk's NBD
+   * handshake may wait for the export being opened beside this), then moved into the VM's
+   * folder and registered in place of the defined one.
+   */
+  private async fromWarm(warm: Vm, defined: Vm): Promise<void> {
+    const started = Date.now();
+    const origin = dirname(warm.paths.qmpSocket);
+    await attachVmDevices(warm, defined.spec);
+    warm.becomeVm(defined.spec, dirname(defined.paths.specFile));
+    this.ctx.warm?.forget(origin);
+    this.ctx.vms.put(warm);
+    this.ctx.log.info("incoming QEMU: a warm one", {
+      vm: defined.spec.name,
+      pid: warm.pid,
+      devicesMs: Date.now() - started,
+    });
   }
 
   /** A set-up that failed leaves nothing: no record, no QEMU, nothing a restart would adopt. */

@@ -27,6 +27,11 @@ export interface MigrationRecord {
    * bound on what had to cross before the VM ran here: the event comes a moment later).
    */
   bytesBeforeResume?: number;
+  /**
+   * Destination: the waiting QEMU was a warm one (started before the request, its disk and NIC
+   * added when taken: vm/warm-pool.ts), not started for this migration.
+   */
+  warmQemu?: boolean;
   /** Destination: when QEMU reported RESUME (epoch ms): the VM runs here from then on. */
   resumedAtMs?: number;
   /**

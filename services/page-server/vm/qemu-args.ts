@@ -26,6 +26,45 @@ export function optValue(v: string): string {
   return v.replaceAll(",", ",,");
 }
 
+/**
+ * The PCI slots of the per-VM devices, pinned so a QEMU that gets them later over QMP (a warm
+ * incoming QEMU, see warm-pool.ts) has them where the source has them: a migration's device
+ * sections and the NIC's option ROM are named by PCI address.
+ */
+export const DISK_PCI_ADDR = "0x2";
+export const NIC_PCI_ADDR = "0x3";
+
+/** One per-VM device as QEMU's option (`-drive`, `-netdev`, `-device`) and its value. */
+export interface VmDevice {
+  kind: "drive" | "netdev" | "device";
+  opts: string;
+}
+
+/**
+ * The devices that differ per VM of one shape (disk, NIC), in the order QEMU needs them: on
+ * the command line, or added over HMP to a warm QEMU with the same words (`drive_add`,
+ * `netdev_add`, `device_add`).
+ */
+export function perVmDevices(spec: Pick<VmSpec, "disk" | "nic">): VmDevice[] {
+  const d: VmDevice[] = [];
+  if (spec.disk) {
+    d.push({ kind: "drive", opts: `file=${optValue(spec.disk.nbd)},if=none,id=disk0,format=raw` });
+    // A fixed geometry: left to guess, QEMU reads the disk's first sector while it starts,
+    // and a migration's destination then waits for that block across the WAN (its disk is a
+    // lazy proxy) before it can even take the stream. Linux ignores virtio-blk's CHS.
+    d.push({
+      kind: "device",
+      opts: `virtio-blk-pci,drive=disk0,id=vd0,addr=${DISK_PCI_ADDR},${VIRTIO_BLK_GEOMETRY}`,
+    });
+  }
+  if (spec.nic) {
+    d.push({ kind: "netdev", opts: `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no` });
+    const mac = spec.nic.mac ? `,mac=${spec.nic.mac}` : "";
+    d.push({ kind: "device", opts: `virtio-net-pci,netdev=net0,id=nic0,addr=${NIC_PCI_ADDR}${mac}` });
+  }
+  return d;
+}
+
 export function buildQemuArgs(
   spec: VmSpec,
   paths: RuntimePaths,
@@ -69,17 +108,7 @@ export function buildQemuArgs(
     `unix:${optValue(paths.qmpSocket)},server=on,wait=off`,
   );
   if (paths.pidFile) a.push("-pidfile", paths.pidFile);
-  if (spec.disk) {
-    a.push("-drive", `file=${optValue(spec.disk.nbd)},if=none,id=disk0,format=raw`);
-    // A fixed geometry: left to guess, QEMU reads the disk's first sector while it starts,
-    // and a migration's destination then waits for that block across the WAN (its disk is a
-    // lazy proxy) before it can even take the stream. Linux ignores virtio-blk's CHS.
-    a.push("-device", `virtio-blk-pci,drive=disk0,id=vd0,${VIRTIO_BLK_GEOMETRY}`);
-  }
-  if (spec.nic) {
-    a.push("-netdev", `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no`);
-    a.push("-device", `virtio-net-pci,netdev=net0,id=nic0${spec.nic.mac ? `,mac=${spec.nic.mac}` : ""}`);
-  }
+  for (const d of perVmDevices(spec)) a.push(`-${d.kind}`, d.opts);
   if (launch.paused) a.push("-S");
   if (launch.incoming) a.push("-incoming", "defer");
   if (launch.trace?.length) {

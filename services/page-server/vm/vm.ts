@@ -2,7 +2,17 @@
 // console attached; an unexpected exit turns the VM CRASHED with the reason.
 import { type ChildProcess, spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Logger, silentLogger } from "../../common/log.js";
@@ -25,10 +35,30 @@ export interface VmOptions {
 
 type Events = { state: [state: VmState, reason?: string] };
 
+type VmPaths = RuntimePaths & { qemuLog: string; specFile: string };
+
+function vmPaths(runDir: string): VmPaths {
+  return {
+    qmpSocket: join(runDir, "qmp.sock"),
+    serialSocket: join(runDir, "serial.sock"),
+    serialLog: join(runDir, "serial.log"),
+    qemuLog: join(runDir, "qemu.log"),
+    pidFile: join(runDir, "qemu.pid"),
+    specFile: join(runDir, "spec.json"),
+  };
+}
+
+/**
+ * In a VM's folder, a QEMU started elsewhere as a warm one (warm-pool.ts): the folder it was
+ * started in, whose QMP socket path its command line names (for adoption after a restart).
+ */
+const WARM_ORIGIN = "warm-origin";
+
 export class Vm extends EventEmitter<Events> {
-  readonly spec: VmSpec;
+  /** Changes only when a warm QEMU becomes a VM (becomeVm). */
+  spec: VmSpec;
   readonly accel: Accel;
-  readonly paths: RuntimePaths & { qemuLog: string; specFile: string };
+  paths: VmPaths;
   private current: VmState = "defined";
   private child: ChildProcess | undefined;
   /** QEMU found running by attach() (a page-server restart): no child handle, only its pid. */
@@ -41,7 +71,7 @@ export class Vm extends EventEmitter<Events> {
   private exitStatus: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   /** Why the VM ended, once it has. */
   endReason: string | undefined;
-  private readonly log: Logger;
+  private log: Logger;
 
   constructor(
     spec: VmSpec,
@@ -51,14 +81,7 @@ export class Vm extends EventEmitter<Events> {
     this.spec = validateSpec(spec);
     this.accel = !spec.accel || spec.accel === "auto" ? hostAccel() : spec.accel;
     this.log = (opts.log ?? silentLogger).child({ vm: spec.name });
-    this.paths = {
-      qmpSocket: join(opts.runDir, "qmp.sock"),
-      serialSocket: join(opts.runDir, "serial.sock"),
-      serialLog: join(opts.runDir, "serial.log"),
-      qemuLog: join(opts.runDir, "qemu.log"),
-      pidFile: join(opts.runDir, "qemu.pid"),
-      specFile: join(opts.runDir, "spec.json"),
-    };
+    this.paths = vmPaths(opts.runDir);
   }
 
   get state(): VmState {
@@ -92,6 +115,7 @@ export class Vm extends EventEmitter<Events> {
     this.log.info("starting qemu", { accel: this.accel, args: args.join(" ") });
     // The spec beside the sockets lets a restarted page-server find and adopt this QEMU.
     writeFileSync(this.paths.specFile, JSON.stringify(this.spec));
+    rmSync(join(this.opts.runDir, WARM_ORIGIN), { force: true });
     const out = openSync(this.paths.qemuLog, "a");
     // This start's part of the log (it is appended to across starts).
     const logStart = fstatSync(out).size;
@@ -164,10 +188,14 @@ export class Vm extends EventEmitter<Events> {
     } catch {
       pid = undefined;
     }
-    // The pid must still be this VM's QEMU (pids get reused): its argv names our QMP socket.
+    // The pid must still be this VM's QEMU (pids get reused): its argv names our QMP socket,
+    // or for a QEMU that was warm, the one it was started with.
+    const origin = readOptional(join(this.opts.runDir, WARM_ORIGIN));
+    const sockets = [this.paths.qmpSocket, ...(origin ? [vmPaths(origin).qmpSocket] : [])];
     const ours = (p: number) => {
       try {
-        return readFileSync(`/proc/${p}/cmdline`, "utf8").includes(this.paths.qmpSocket);
+        const cmdline = readFileSync(`/proc/${p}/cmdline`, "utf8");
+        return sockets.some((s) => cmdline.includes(s));
       } catch {
         return false;
       }
@@ -201,6 +229,32 @@ export class Vm extends EventEmitter<Events> {
             : "up-paused";
     this.log.info("adopted running qemu", { pid, status });
     this.transition(event);
+  }
+
+  /**
+   * A warm QEMU (started for a VM shape, waiting for a stream: warm-pool.ts) becomes the VM
+   * `spec` in `runDir`: its sockets, logs and pidfile move there (QEMU keeps them open, and a
+   * unix socket is reached through its new name), spec.json is written there, and the folder
+   * it came from is recorded for adoption after a restart. Its QMP and serial connections
+   * stay as they are. A VM that lived here before leaves its old logs to be replaced.
+   */
+  becomeVm(spec: VmSpec, runDir: string): void {
+    if (this.current !== "incoming")
+      throw new Error(`warm QEMU ${this.spec.name} is ${this.current}, not waiting for a stream`);
+    const next = validateSpec(spec);
+    const from = this.paths;
+    const to = vmPaths(runDir);
+    mkdirSync(runDir, { recursive: true });
+    for (const k of ["qmpSocket", "serialSocket", "serialLog", "qemuLog", "pidFile"] as const)
+      if (from[k] && to[k]) renameSync(from[k], to[k]);
+    writeFileSync(join(runDir, WARM_ORIGIN), this.opts.runDir);
+    writeFileSync(to.specFile, JSON.stringify(next));
+    rmSync(from.specFile, { force: true });
+    this.log.info("warm qemu becomes a VM", { vm: next.name, runDir });
+    this.spec = next;
+    this.paths = to;
+    this.opts.runDir = runDir;
+    this.log = (this.opts.log ?? silentLogger).child({ vm: next.name });
   }
 
   async pause(): Promise<void> {
@@ -300,6 +354,14 @@ export class Vm extends EventEmitter<Events> {
       if (!(err instanceof IllegalTransitionError)) throw err;
       this.transition("crash", this.endReason);
     }
+  }
+}
+
+function readOptional(file: string): string | undefined {
+  try {
+    return readFileSync(file, "utf8").trim() || undefined;
+  } catch {
+    return undefined;
   }
 }
 
