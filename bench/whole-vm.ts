@@ -54,6 +54,8 @@ interface BedChoice {
   netreach: boolean;
   /** Extra `vmhop control serve` arguments (the vmhop runs' disk copy cap). */
   controlArgs: string[];
+  /** Extra `vmhop page serve` arguments (`--warm-max`). */
+  pageArgs?: string[];
 }
 
 async function withBed<T>(choice: BedChoice, fn: (bed: SitesBed) => Promise<T>): Promise<T> {
@@ -109,6 +111,8 @@ async function runVmhop(diskMib: number, choice: BedChoice): Promise<Run> {
         memory_bytes_sent: r.memory_bytes_sent,
         disk_bytes_on_demand: r.disk_bytes_on_demand,
         disk_bytes_background: r.disk_bytes_background,
+        // B took a warm incoming QEMU (started before the request) rather than starting one.
+        warm_qemu: r.destination_warm_qemu,
         verified,
         error: r.error || (r.address_skipped ? `address part skipped: ${r.address_skipped}` : ""),
       },
@@ -135,6 +139,7 @@ async function runDirect(diskMib: number, choice: BedChoice): Promise<Run> {
         memory_bytes_sent: r.memory_bytes_sent,
         disk_bytes_on_demand: null,
         disk_bytes_background: null,
+        warm_qemu: null,
         verified: !r.error && r.memory_verified && r.disk_verified,
         error: r.error,
       },
@@ -158,6 +163,7 @@ function row(size: number, subject: string, m: Metrics, run?: number): Record<st
     wan_MB_at_switch: MB(m.wan_bytes_at_switchover),
     max_gap_ms: ms(m.max_guest_gap_ms),
     cn_silence_ms: ms(m.correspondent_silence_ms),
+    warm: m.warm_qemu === undefined || m.warm_qemu === null ? "-" : String(m.warm_qemu),
     verified: String(m.verified),
   };
 }
@@ -188,6 +194,9 @@ export async function main(args: string[]): Promise<void> {
     throw new Error("--disk-copy-rate-mib takes MiB/s (0: uncapped)");
   // vmhop's disk copy cap while memory still moves (default: the control-plane's own).
   const controlArgs = copyRate === undefined ? [] : ["--disk-copy-rate-mib", copyRate];
+  // The page-servers' warm incoming QEMUs (default: theirs; 0 measures the cold start).
+  const warmMax = flagValue(args, "--warm-max");
+  const pageArgs = warmMax === undefined ? [] : ["--warm-max", warmMax];
   if (!Number.isInteger(runs) || runs < 1) throw new Error("--runs must be a positive integer");
   if (sizes.some((s) => !Number.isInteger(s) || s < 32 || s > 65536))
     throw new Error("--sizes takes disk sizes in MiB, 32..65536, comma-separated");
@@ -196,7 +205,7 @@ export async function main(args: string[]): Promise<void> {
   await destroyStaleNetns(NS_BASE);
 
   const runners: Record<Subject, (size: number) => Promise<Run>> = {
-    vmhop: (size) => runVmhop(size, { netreach, controlArgs }),
+    vmhop: (size) => runVmhop(size, { netreach, controlArgs, pageArgs }),
     "qemu-direct": (size) => runDirect(size, { netreach, controlArgs: [] }),
   };
   const perRun: Record<string, Metrics[]> = {};
@@ -241,7 +250,15 @@ export async function main(args: string[]): Promise<void> {
     .map((c) => `${c.case}: ${median(c.runs.map((r) => Number(r.switchover_ms)))} ms`);
   console.log(`vmhop switch-over (goal < 1000 ms after the request): ${sub1s.join(", ")}`);
   const file = writeResults("whole-vm", cases, {
-    setup: { wan: WAN, guest: GUEST, sizes, runs, netreach, vmhop_control_args: controlArgs },
+    setup: {
+      wan: WAN,
+      guest: GUEST,
+      sizes,
+      runs,
+      netreach,
+      vmhop_control_args: controlArgs,
+      vmhop_page_args: pageArgs,
+    },
     growth: g,
     timelines,
     note:

@@ -39,6 +39,7 @@ import { currentLeader } from "./replica.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
 import { planStorage, type StoragePlan, StoragePlanError } from "./storage-plan.js";
 import { type NewDisk, VmLifecycle } from "./vm-lifecycle.js";
+import { WarmShapes } from "./warm-shapes.js";
 
 export type { NewDisk };
 export { ControlError };
@@ -99,6 +100,11 @@ export interface ControlPlaneOptions {
   power?: HostPowerOptions;
   /** Host liveness checks (leader only, with a lease): period, deadline; absent: defaults. */
   liveness?: { everyMs?: number; deadlineMs?: number; downAfter?: number };
+  /**
+   * Telling every host's page-server the VM shapes to keep warm incoming QEMUs of (while
+   * leading; warm-shapes.ts): the period, or false for never. Default: every 5 s.
+   */
+  warmShapes?: { everyMs?: number } | false;
   /** Replicas: how often the leader scans the store for migrations to drive (besides the notifications). */
   pickupMs?: number;
 }
@@ -171,15 +177,20 @@ export class ControlPlane {
     let unsubscribe: Unsubscribe | undefined;
     let timer: NodeJS.Timeout | undefined;
     let liveness: HostLiveness | undefined;
+    const warm =
+      this.opts.warmShapes === false
+        ? undefined
+        : new WarmShapes(this.store, this.pages, { ...this.opts.warmShapes, log: this.log });
     this.leading = {
       executor,
       generation,
       stop: async () => {
         clearInterval(timer);
         executor.close();
-        await Promise.all([unsubscribe?.().catch(() => {}), liveness?.stop()]);
+        await Promise.all([unsubscribe?.().catch(() => {}), liveness?.stop(), warm?.stop()]);
       },
     };
+    warm?.start();
     if (generation !== undefined) {
       liveness = new HostLiveness(this.store, {
         ...this.opts.liveness,

@@ -344,6 +344,7 @@ export class Executor {
     progress.memory.bytes_before_resume = atDst?.bytesBeforeResume;
     progress.memory.resumed_unix_ms = atDst?.resumedUnixMs;
     progress.memory.fault_latency = faultLatencyRecord(atDst?.faultLatency);
+    progress.memory.destination_warm_qemu = atDst?.warmQemu;
     await this.step(m.migration_id, "complete", progress);
     // Pre-copy has no switch before completion: the VM runs at the destination from now.
     if (!switched)

@@ -111,6 +111,7 @@ export function migrationToPb(m: MigrationRecord): Migration {
           bytesBeforeResume: m.memory.bytes_before_resume,
           resumedUnixMs: m.memory.resumed_unix_ms,
           faultLatency: faultLatencyToProto(m.memory.fault_latency),
+          destinationWarmQemu: m.memory.destination_warm_qemu,
         }
       : undefined,
     disk: m.disk

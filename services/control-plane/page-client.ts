@@ -8,6 +8,7 @@ import {
   PageServiceClient,
   type Vm,
   type VmSpec,
+  type WarmIncomingResponse,
   type WatchMigrationResponse,
 } from "../../gen/vmhop/v1/page.js";
 
@@ -48,6 +49,13 @@ export class PageServer {
   describe(ms = this.timeoutMs): Promise<DescribeHostResponse> {
     return callPeer(`page-server ${this.address}`, this.address, "DescribeHost", ms, (o, cb) =>
       this.client.describeHost({}, new grpc.Metadata(), o, cb),
+    );
+  }
+
+  /** The VM shapes this host keeps warm incoming QEMUs of (the whole set); within `ms`. */
+  warmIncoming(shapes: VmSpec[], ms = this.timeoutMs): Promise<WarmIncomingResponse> {
+    return callPeer(`page-server ${this.address}`, this.address, "WarmIncoming", ms, (o, cb) =>
+      this.client.warmIncoming({ shapes }, new grpc.Metadata(), o, cb),
     );
   }
 

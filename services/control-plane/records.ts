@@ -143,6 +143,8 @@ export interface MemoryRecord {
   resumed_unix_ms?: number;
   /** Post-copy over the relay: the faults the destination timed, known at completion. */
   fault_latency?: FaultLatencyRecord;
+  /** The destination's QEMU was a warm one (started before the request), known at completion. */
+  destination_warm_qemu?: boolean;
 }
 
 export interface DiskRecord {

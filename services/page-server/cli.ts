@@ -61,11 +61,24 @@ const options = {
     describe:
       "default compression of a relayed channel: off, on (needs the relay), auto (only on a slow link)",
   },
+  "warm-max": {
+    type: "string",
+    default: "2",
+    describe:
+      "most warm incoming QEMUs kept (started with -incoming defer for the VM shapes the control-plane names " +
+      "with WarmIncoming, so a migration here does not wait for QEMU's start); 0: none",
+  },
   metrics: metricsOption(DEFAULT_METRICS["page-server"]),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
 
 const usage = "usage: vmhop page serve [options]";
+
+function parseWarmMax(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 64) throw new Error(`--warm-max ${JSON.stringify(v)}: a whole number 0-64`);
+  return n;
+}
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -83,6 +96,7 @@ export async function run(argv: string[]): Promise<number> {
     preempt: boolean | undefined;
     compression: Compression;
     metrics: string | undefined;
+    "warm-max": number;
   };
   let channel: [string, number];
   try {
@@ -100,6 +114,7 @@ export async function run(argv: string[]): Promise<number> {
       preempt: o.preempt,
       compression: parseCompression(o.compression!),
       metrics: o.metrics,
+      "warm-max": parseWarmMax(o["warm-max"]!),
     };
     checkPathRequest({
       path: cfg["channel-path"],
@@ -124,6 +139,7 @@ export async function run(argv: string[]): Promise<number> {
     channelPath: cfg["channel-path"],
     preempt: cfg.preempt,
     compression: cfg.compression,
+    warmMax: cfg["warm-max"],
     log,
   });
   let grpc: Awaited<ReturnType<typeof startGrpcServer>>;

@@ -12,6 +12,7 @@ import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js"
 import { BlockServiceClient, type Export } from "../../gen/vmhop/v1/block.js";
 import { type Migration, StorageMode } from "../../gen/vmhop/v1/control.js";
 import { call } from "../../services/common/grpc/call.js";
+import { PageServer } from "../../services/control-plane/page-client.js";
 import { type PingSummary, summarisePings } from "../../services/netreach/probe/analysis.js";
 import type { TcpProbeResult } from "../../services/netreach/probe/tcp-probe.js";
 import { VM } from "../netreach/bed.js";
@@ -64,6 +65,8 @@ export interface WholeVmResult {
   source_disk_unchanged: boolean;
   /** Why the address part was skipped, when it was. */
   address_skipped?: string;
+  /** B's QEMU was a warm one, started before the request (page-server WarmIncoming). */
+  destination_warm_qemu: boolean;
   state: string;
   error: string;
   memory_bytes_sent: number;
@@ -90,6 +93,22 @@ async function withBlock<T>(address: string, fn: (c: BlockServiceClient) => Prom
     return await fn(c);
   } finally {
     c.close();
+  }
+}
+
+/** Whether the page-server at `address` has a warm incoming QEMU within `ms`. */
+async function warmAt(address: string, ms: number): Promise<boolean> {
+  const page = new PageServer(address, 5000);
+  const deadline = Date.now() + ms;
+  try {
+    for (;;) {
+      const d = await page.describe().catch(() => undefined);
+      if (d && d.warmReady > 0) return true;
+      if (d?.warmMax === 0 || Date.now() > deadline) return false;
+      await sleep(200);
+    }
+  } finally {
+    page.close();
   }
 }
 
@@ -241,6 +260,12 @@ async function migrate(
     await sleep(1000);
   }
 
+  // As on a host that has run a while: B keeps a warm incoming QEMU of the VM's shape (the
+  // control-plane names the shapes every few seconds). Waited for, within bounds: without it
+  // the migration starts B's QEMU itself, as the record then says.
+  const warm = await warmAt(b.pageAddress, 60_000);
+  say(warm ? `${b.site} has a warm incoming QEMU` : `${b.site} has no warm incoming QEMU: it starts one`);
+
   const t0 = now();
   let m = await bed.client.migrateVm({
     vmId: VM_ID,
@@ -382,6 +407,7 @@ async function migrate(
     ...(m.network?.state === "skipped" || !addressing
       ? { address_skipped: m.network?.reason || "no netreach anchor in this bed" }
       : {}),
+    destination_warm_qemu: m.memory?.destinationWarmQemu ?? false,
     state: m.state,
     error: m.error,
     memory_bytes_sent: m.bytesSent,

@@ -370,7 +370,11 @@ export interface MemoryProgress {
    * Post-copy over the relay: each fault timed by the destination page-server (count, p50,
    * p99, max), known at completion; unset otherwise (services/page-server/README.md, Metrics).
    */
-  faultLatency?: FaultLatency | undefined;
+  faultLatency?:
+    | FaultLatency
+    | undefined;
+  /** The destination's QEMU was a warm one, started before the request (page WarmIncoming). */
+  destinationWarmQemu?: boolean | undefined;
 }
 
 export interface NetworkProgress {
@@ -3356,6 +3360,7 @@ function createBaseMemoryProgress(): MemoryProgress {
     resumedUnixMs: undefined,
     pagesSentAhead: 0,
     faultLatency: undefined,
+    destinationWarmQemu: undefined,
   };
 }
 
@@ -3378,6 +3383,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     }
     if (message.faultLatency !== undefined) {
       FaultLatency.encode(message.faultLatency, writer.uint32(50).fork()).join();
+    }
+    if (message.destinationWarmQemu !== undefined) {
+      writer.uint32(56).bool(message.destinationWarmQemu);
     }
     return writer;
   },
@@ -3443,6 +3451,14 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
             message.faultLatency = FaultLatency.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.destinationWarmQemu = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3487,6 +3503,11 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
         : isSet(object.fault_latency)
         ? FaultLatency.fromJSON(object.fault_latency)
         : undefined,
+      destinationWarmQemu: isSet(object.destinationWarmQemu)
+        ? globalThis.Boolean(object.destinationWarmQemu)
+        : isSet(object.destination_warm_qemu)
+        ? globalThis.Boolean(object.destination_warm_qemu)
+        : undefined,
     };
   },
 
@@ -3510,6 +3531,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     if (message.faultLatency !== undefined) {
       obj.faultLatency = FaultLatency.toJSON(message.faultLatency);
     }
+    if (message.destinationWarmQemu !== undefined) {
+      obj.destinationWarmQemu = message.destinationWarmQemu;
+    }
     return obj;
   },
 
@@ -3526,6 +3550,7 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     message.faultLatency = (object.faultLatency !== undefined && object.faultLatency !== null)
       ? FaultLatency.fromPartial(object.faultLatency)
       : undefined;
+    message.destinationWarmQemu = object.destinationWarmQemu ?? undefined;
     return message;
   },
 };

@@ -493,7 +493,11 @@ export interface WatchMigrationResponse {
    * request to its page passing this page-server (services/page-server/README.md, Metrics).
    * Unset on the source and when the stream was handed to QEMU.
    */
-  faultLatency?: FaultLatency | undefined;
+  faultLatency?:
+    | FaultLatency
+    | undefined;
+  /** Destination: the waiting QEMU was a warm one (started before the request; WarmIncoming). */
+  warmQemu?: boolean | undefined;
 }
 
 /** Post-copy faults timed by the destination page-server's relay. */
@@ -511,6 +515,20 @@ export interface FaultLatency {
   stopped: string;
 }
 
+export interface WarmIncomingRequest {
+  /** Only the shape's fields count (vm_id, disk and NIC are ignored); most wanted first. */
+  shapes: VmSpec[];
+}
+
+export interface WarmIncomingResponse {
+  /** Shapes served (at most max_warm). */
+  served: number;
+  /** The page-server's bound on warm QEMUs (`--warm-max`; 0: it keeps none). */
+  maxWarm: number;
+  /** Warm QEMUs waiting now (more may be starting). */
+  ready: number;
+}
+
 export interface DescribeHostRequest {
 }
 
@@ -521,6 +539,9 @@ export interface DescribeHostResponse {
   accelerator: string;
   /** Why the version is unknown (empty when it is known). */
   qemuError: string;
+  /** Warm incoming QEMUs waiting now, and the most kept (`--warm-max`; WarmIncoming). */
+  warmReady: number;
+  warmMax: number;
 }
 
 function createBaseVmSpec(): VmSpec {
@@ -2830,6 +2851,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     resumedUnixMs: undefined,
     pagesSentAhead: 0,
     faultLatency: undefined,
+    warmQemu: undefined,
   };
 }
 
@@ -2870,6 +2892,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.faultLatency !== undefined) {
       FaultLatency.encode(message.faultLatency, writer.uint32(90).fork()).join();
+    }
+    if (message.warmQemu !== undefined) {
+      writer.uint32(96).bool(message.warmQemu);
     }
     return writer;
   },
@@ -2983,6 +3008,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.faultLatency = FaultLatency.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.warmQemu = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3049,6 +3082,11 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         : isSet(object.fault_latency)
         ? FaultLatency.fromJSON(object.fault_latency)
         : undefined,
+      warmQemu: isSet(object.warmQemu)
+        ? globalThis.Boolean(object.warmQemu)
+        : isSet(object.warm_qemu)
+        ? globalThis.Boolean(object.warm_qemu)
+        : undefined,
     };
   },
 
@@ -3090,6 +3128,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.faultLatency !== undefined) {
       obj.faultLatency = FaultLatency.toJSON(message.faultLatency);
     }
+    if (message.warmQemu !== undefined) {
+      obj.warmQemu = message.warmQemu;
+    }
     return obj;
   },
 
@@ -3112,6 +3153,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     message.faultLatency = (object.faultLatency !== undefined && object.faultLatency !== null)
       ? FaultLatency.fromPartial(object.faultLatency)
       : undefined;
+    message.warmQemu = object.warmQemu ?? undefined;
     return message;
   },
 };
@@ -3297,6 +3339,180 @@ export const FaultLatency: MessageFns<FaultLatency> = {
   },
 };
 
+function createBaseWarmIncomingRequest(): WarmIncomingRequest {
+  return { shapes: [] };
+}
+
+export const WarmIncomingRequest: MessageFns<WarmIncomingRequest> = {
+  encode(message: WarmIncomingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.shapes) {
+      VmSpec.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WarmIncomingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWarmIncomingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.shapes.push(VmSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WarmIncomingRequest {
+    return {
+      shapes: globalThis.Array.isArray(object?.shapes) ? object.shapes.map((e: any) => VmSpec.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: WarmIncomingRequest): unknown {
+    const obj: any = {};
+    if (message.shapes?.length) {
+      obj.shapes = message.shapes.map((e) => VmSpec.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WarmIncomingRequest>, I>>(base?: I): WarmIncomingRequest {
+    return WarmIncomingRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WarmIncomingRequest>, I>>(object: I): WarmIncomingRequest {
+    const message = createBaseWarmIncomingRequest();
+    message.shapes = object.shapes?.map((e) => VmSpec.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseWarmIncomingResponse(): WarmIncomingResponse {
+  return { served: 0, maxWarm: 0, ready: 0 };
+}
+
+export const WarmIncomingResponse: MessageFns<WarmIncomingResponse> = {
+  encode(message: WarmIncomingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.served !== 0) {
+      writer.uint32(8).uint32(message.served);
+    }
+    if (message.maxWarm !== 0) {
+      writer.uint32(16).uint32(message.maxWarm);
+    }
+    if (message.ready !== 0) {
+      writer.uint32(24).uint32(message.ready);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WarmIncomingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWarmIncomingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.served = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxWarm = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ready = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WarmIncomingResponse {
+    return {
+      served: isSet(object.served) ? globalThis.Number(object.served) : 0,
+      maxWarm: isSet(object.maxWarm)
+        ? globalThis.Number(object.maxWarm)
+        : isSet(object.max_warm)
+        ? globalThis.Number(object.max_warm)
+        : 0,
+      ready: isSet(object.ready) ? globalThis.Number(object.ready) : 0,
+    };
+  },
+
+  toJSON(message: WarmIncomingResponse): unknown {
+    const obj: any = {};
+    if (message.served !== 0) {
+      obj.served = Math.round(message.served);
+    }
+    if (message.maxWarm !== 0) {
+      obj.maxWarm = Math.round(message.maxWarm);
+    }
+    if (message.ready !== 0) {
+      obj.ready = Math.round(message.ready);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WarmIncomingResponse>, I>>(base?: I): WarmIncomingResponse {
+    return WarmIncomingResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WarmIncomingResponse>, I>>(object: I): WarmIncomingResponse {
+    const message = createBaseWarmIncomingResponse();
+    message.served = object.served ?? 0;
+    message.maxWarm = object.maxWarm ?? 0;
+    message.ready = object.ready ?? 0;
+    return message;
+  },
+};
+
 function createBaseDescribeHostRequest(): DescribeHostRequest {
   return {};
 }
@@ -3350,7 +3566,7 @@ export const DescribeHostRequest: MessageFns<DescribeHostRequest> = {
 };
 
 function createBaseDescribeHostResponse(): DescribeHostResponse {
-  return { qemuVersion: "", accelerator: "", qemuError: "" };
+  return { qemuVersion: "", accelerator: "", qemuError: "", warmReady: 0, warmMax: 0 };
 }
 
 export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
@@ -3363,6 +3579,12 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
     }
     if (message.qemuError !== "") {
       writer.uint32(26).string(message.qemuError);
+    }
+    if (message.warmReady !== 0) {
+      writer.uint32(32).uint32(message.warmReady);
+    }
+    if (message.warmMax !== 0) {
+      writer.uint32(40).uint32(message.warmMax);
     }
     return writer;
   },
@@ -3404,6 +3626,22 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
             message.qemuError = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.warmReady = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.warmMax = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3429,6 +3667,16 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
         : isSet(object.qemu_error)
         ? globalThis.String(object.qemu_error)
         : "",
+      warmReady: isSet(object.warmReady)
+        ? globalThis.Number(object.warmReady)
+        : isSet(object.warm_ready)
+        ? globalThis.Number(object.warm_ready)
+        : 0,
+      warmMax: isSet(object.warmMax)
+        ? globalThis.Number(object.warmMax)
+        : isSet(object.warm_max)
+        ? globalThis.Number(object.warm_max)
+        : 0,
     };
   },
 
@@ -3443,6 +3691,12 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
     if (message.qemuError !== "") {
       obj.qemuError = message.qemuError;
     }
+    if (message.warmReady !== 0) {
+      obj.warmReady = Math.round(message.warmReady);
+    }
+    if (message.warmMax !== 0) {
+      obj.warmMax = Math.round(message.warmMax);
+    }
     return obj;
   },
 
@@ -3454,6 +3708,8 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
     message.qemuVersion = object.qemuVersion ?? "";
     message.accelerator = object.accelerator ?? "";
     message.qemuError = object.qemuError ?? "";
+    message.warmReady = object.warmReady ?? 0;
+    message.warmMax = object.warmMax ?? 0;
     return message;
   },
 };
@@ -3608,6 +3864,22 @@ export const PageServiceService = {
       Buffer.from(DescribeHostResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DescribeHostResponse => DescribeHostResponse.decode(value),
   },
+  /**
+   * The VM shapes (kernel, initrd, kernel command line, memory, vCPUs) to keep a warm incoming
+   * QEMU of: started before any request, so PrepareIncoming for a VM of such a shape takes it
+   * (adding the VM's disk and NIC) instead of starting QEMU. The whole set each time, replacing
+   * the last one; the first `--warm-max` are served, warm QEMUs of shapes left out are stopped.
+   */
+  warmIncoming: {
+    path: "/vmhop.v1.PageService/WarmIncoming" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WarmIncomingRequest): Buffer => Buffer.from(WarmIncomingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WarmIncomingRequest => WarmIncomingRequest.decode(value),
+    responseSerialize: (value: WarmIncomingResponse): Buffer =>
+      Buffer.from(WarmIncomingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WarmIncomingResponse => WarmIncomingResponse.decode(value),
+  },
 } as const;
 
 export interface PageServiceServer extends UntypedServiceImplementation {
@@ -3641,6 +3913,13 @@ export interface PageServiceServer extends UntypedServiceImplementation {
    * are safe there.
    */
   describeHost: handleUnaryCall<DescribeHostRequest, DescribeHostResponse>;
+  /**
+   * The VM shapes (kernel, initrd, kernel command line, memory, vCPUs) to keep a warm incoming
+   * QEMU of: started before any request, so PrepareIncoming for a VM of such a shape takes it
+   * (adding the VM's disk and NIC) instead of starting QEMU. The whole set each time, replacing
+   * the last one; the first `--warm-max` are served, warm QEMUs of shapes left out are stopped.
+   */
+  warmIncoming: handleUnaryCall<WarmIncomingRequest, WarmIncomingResponse>;
 }
 
 export interface PageServiceClient extends Client {
@@ -3849,6 +4128,27 @@ export interface PageServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DescribeHostResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The VM shapes (kernel, initrd, kernel command line, memory, vCPUs) to keep a warm incoming
+   * QEMU of: started before any request, so PrepareIncoming for a VM of such a shape takes it
+   * (adding the VM's disk and NIC) instead of starting QEMU. The whole set each time, replacing
+   * the last one; the first `--warm-max` are served, warm QEMUs of shapes left out are stopped.
+   */
+  warmIncoming(
+    request: WarmIncomingRequest,
+    callback: (error: ServiceError | null, response: WarmIncomingResponse) => void,
+  ): ClientUnaryCall;
+  warmIncoming(
+    request: WarmIncomingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WarmIncomingResponse) => void,
+  ): ClientUnaryCall;
+  warmIncoming(
+    request: WarmIncomingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WarmIncomingResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -153,6 +153,7 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     resumedUnixMs: r.resumedAtMs,
     pagesSentAhead: r.pagesSentAhead ?? 0,
     faultLatency: r.channelPath === "relay" ? faultLatencyToProto(r.faultTiming?.figures()) : undefined,
+    warmQemu: r.warmQemu,
   };
 }
 

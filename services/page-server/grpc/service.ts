@@ -108,7 +108,18 @@ export function pageService(host: PageHost): ServiceRegistration {
     ),
     describeHost: unary(async () => {
       const q = await host.describe();
-      return { qemuVersion: q.version, accelerator: q.accelerator, qemuError: q.error };
+      return {
+        qemuVersion: q.version,
+        accelerator: q.accelerator,
+        qemuError: q.error,
+        warmReady: host.warm.readyCount(),
+        warmMax: host.warm.max,
+      };
+    }),
+    warmIncoming: unary(async (req: { shapes: Parameters<typeof specFromProto>[0][] }) => {
+      const shapes = req.shapes.map((s) => specFromProto({ ...s!, vmId: s!.vmId || "shape" }));
+      const served = host.setWarmShapes(shapes);
+      return { served: served.length, maxWarm: host.warm.max, ready: host.warm.readyCount() };
     }),
     abortMigration: unary(async (req: { migrationId: string; fencingToken: number }) => {
       await host.abortMigration(req.migrationId, req.fencingToken);
