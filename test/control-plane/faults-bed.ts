@@ -2,13 +2,13 @@
 // namespace WAN bed (testbed/sites: real QEMU, block-servers, page-servers, netreach, a
 // control-plane) on a Redis of its own, more control-plane replicas on demand, and the checks
 // every row ends with: where QEMU runs, and a migration done with the VM verified by the guest.
-import { readFileSync } from "node:fs";
 import * as assert from "uvu/assert";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
-import { destroyStaleNetns, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
+import { siteQemus } from "../../testbed/sites/qemu-pids.js";
 import { runWholeVm, type WholeVmResult } from "../../testbed/sites/whole-vm-run.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
@@ -97,20 +97,9 @@ export class FaultBed {
     return s;
   }
 
-  /** How many QEMU processes run in each site's namespace. */
+  /** How many QEMU processes run a VM in each site's namespace (the page-servers' warm ones not counted). */
   async qemus(): Promise<number[]> {
-    const comm = (pid: number) => {
-      try {
-        return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-      } catch {
-        return "";
-      }
-    };
-    return Promise.all(
-      this.bed.sites.map(
-        async (s) => (await netnsPids(s.ns)).filter((p) => comm(p).startsWith("qemu-system")).length,
-      ),
-    );
+    return Promise.all(this.bed.sites.map(async (s) => (await siteQemus(this.bed, s.k)).vms.length));
   }
 
   /** The end of a row that finished the move: done, the VM at h2 only, verified by the guest. */

@@ -6,7 +6,6 @@
 // guest's own checks of memory and disk never failed. Moving back, a destination that fails
 // before the switch-over rolls everything back: the VM runs at s2, its address answers there,
 // bound there.
-import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
 import {
@@ -18,10 +17,11 @@ import {
 import { MigrationMode, type VmSpec, VmState } from "../../gen/vmhop/v1/page.js";
 import { call } from "../../services/common/grpc/call.js";
 import { summarisePings } from "../../services/netreach/probe/analysis.js";
-import { destroyStaleNetns, ip, netnsPids, uniqueNetnsPrefix } from "../../testbed/netns.js";
+import { destroyStaleNetns, ip, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
+import { siteQemus } from "../../testbed/sites/qemu-pids.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
@@ -227,20 +227,9 @@ t(
     const moving = await binding();
     assert.equal([moving?.site, moving?.movingTo], ["s2", "s1"]);
     // The destination's QEMU dies: the memory stream breaks before the switch-over.
-    let killed = 0;
-    for (const pid of await netnsPids(bed.sites[0].ns)) {
-      const comm = (() => {
-        try {
-          return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-        } catch {
-          return "";
-        }
-      })();
-      if (comm.startsWith("qemu-system")) {
-        process.kill(pid, "SIGKILL");
-        killed++;
-      }
-    }
+    const { vms: incoming } = await siteQemus(bed, 1);
+    for (const pid of incoming) process.kill(pid, "SIGKILL");
+    const killed = incoming.length;
     assert.is(killed, 1, "one incoming QEMU at s1 (the source QEMU there ended with the last migration)");
     const end = await waitFinal(m.migrationId);
     assert.is(end.state, "failed", JSON.stringify(end));
