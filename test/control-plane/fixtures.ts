@@ -11,7 +11,7 @@ import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
 import { type HostRecord, KEYS } from "../../services/control-plane/records.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
-import { PageHost } from "../../services/page-server/host.js";
+import { PageHost, type PageHostOptions } from "../../services/page-server/host.js";
 import { until } from "../helpers/wait.js";
 
 export interface PageServerHandle {
@@ -25,8 +25,9 @@ export async function startPageServer(
   dir: string,
   name: string,
   listen = "127.0.0.1:0",
+  hostOpts: Partial<PageHostOptions> = {},
 ): Promise<PageServerHandle> {
-  const host = new PageHost({ runRoot: join(dir, name), log: silentLogger });
+  const host = new PageHost({ runRoot: join(dir, name), log: silentLogger, ...hostOpts });
   await host.open();
   const grpc = await startGrpcServer({
     serviceName: name,
