@@ -182,9 +182,12 @@ export class Executor {
         }
         // Resumed in preparing (a restart): every step of it is idempotent, so it runs again;
         // nothing was sent yet, the source has not been asked to start.
-        const channel = await this.inPhase(id, () => this.prepare(m, ctx));
-        // The waiting QEMU holds the VM's tap at the destination now.
-        await this.inStep(id, "network prepare", () => this.address.prepare(id));
+        // The address is prepared as soon as the waiting QEMU holds the VM's tap at the
+        // destination, beside the disk's export still opening; idempotent, so the second call
+        // only acts when the first did not run (the incoming QEMU prepared once more).
+        const network = () => this.inStep(id, "network prepare", () => this.address.prepare(id));
+        const channel = await this.inPhase(id, () => this.prepare(m, ctx, network));
+        await network();
         await this.step(id, "start");
         await this.inPhase(id, () => ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token));
         state = "migrating";
@@ -236,9 +239,11 @@ export class Executor {
    * preparing: the destination's disk (LAZY: a proxy export of the source's, no copy yet) and
    * the destination's QEMU waiting for the memory, its disk on that export. Both at once: the
    * block-server holds the QEMU's NBD handshake until the export it names is open (its
-   * upstream is across the WAN). Returns the migration channel's address there.
+   * upstream is across the WAN). `afterIncoming` (the address's preparation) runs once the
+   * waiting QEMU is there, beside the export still opening (a warm QEMU attaches its disk
+   * later). Returns the migration channel's address there.
    */
-  private async prepare(m: MigrationRecord, ctx: Ends): Promise<string> {
+  private async prepare(m: MigrationRecord, ctx: Ends, afterIncoming: () => Promise<void>): Promise<string> {
     const { disk } = m;
     const dstBlock = ctx.dstBlock;
     const proxy =
@@ -254,10 +259,15 @@ export class Executor {
         : Promise.resolve();
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
     const incoming = () => ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
-    const [made, waiting] = await Promise.allSettled([proxy, incoming()]);
+    const first = incoming();
+    const addressed = first.then(afterIncoming);
+    const [made, waiting, network] = await Promise.allSettled([proxy, first, addressed]);
     // The disk's error says more than the QEMU that could not open it (the clean-up stops that QEMU).
     if (made.status === "rejected") throw made.reason;
-    if (waiting.status === "fulfilled") return waiting.value;
+    if (waiting.status === "fulfilled") {
+      if (network.status === "rejected") throw network.reason;
+      return waiting.value;
+    }
     if (!disk) throw waiting.reason;
     // The QEMU may have asked for its disk before the create reached the block-server (then
     // it was refused as unknown); a failed set-up leaves nothing, so once more, sequentially.

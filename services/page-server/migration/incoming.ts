@@ -15,7 +15,7 @@ import { FaultObserver } from "../postcopy/observer.js";
 import { specDifference, type VmSpec } from "../vm/spec.js";
 import { isLive } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
-import { attachVmDevices, type WarmPool } from "../vm/warm-pool.js";
+import { attachVmDevices, ensureDisk, type WarmPool } from "../vm/warm-pool.js";
 import {
   handSocketToQemu,
   listenIncoming,
@@ -64,6 +64,8 @@ export class Incoming {
   private address = "";
   /** Set-ups under way, by migration id: a retry meanwhile waits for the same one. */
   private readonly preparing = new Map<string, Promise<void>>();
+  /** A warm QEMU's disk being attached, by migration id (awaited before QEMU listens). */
+  private readonly disks = new Map<string, Promise<void>>();
 
   constructor(private readonly ctx: IncomingContext) {
     this.channel = new ChannelServer({ log: ctx.log });
@@ -160,11 +162,24 @@ export class Incoming {
     } catch (err) {
       if (vm !== defined) this.ctx.vms.drop(defined);
       await this.undo(vm, migrationId);
+      this.ctx.warm?.refill();
       throw err;
+    }
+    if (rec.warmQemu) {
+      // The disk comes after this call has answered: its NBD handshake waits for the export
+      // the control-plane opens beside it (across the WAN), while the address is prepared for
+      // the tap that exists now. QEMU listens only once it has its disk (expect()).
+      const disk = ensureDisk(vm, { log: this.ctx.log });
+      disk.catch((err) =>
+        this.ctx.log.warn("warm qemu: its disk could not be attached", { vm: spec.name, err }),
+      );
+      this.disks.set(migrationId, disk);
     }
     const target = this.expect(vm, rec, mode, false);
     vm.qmp.on("event", (e) => {
       if (e.event !== "RESUME") return;
+      // The switch-over is past: the warm QEMU taken for it is replaced now, not during it.
+      if (rec.warmQemu && rec.resumedAtMs === undefined) this.ctx.warm?.refill();
       rec.resumedAtMs ??= Date.now();
       if (rec.bytesBeforeResume === undefined && !target.handedOff)
         rec.bytesBeforeResume = target.counters.forward;
@@ -173,14 +188,14 @@ export class Incoming {
   }
 
   /**
-   * A warm QEMU becomes the VM `defined` names: its disk and NIC added (the disk's NBD
-   * handshake may wait for the export being opened beside this), then moved into the VM's
-   * folder and registered in place of the defined one.
+   * A warm QEMU becomes the VM `defined` names: its NIC added (the tap exists from now on; the
+   * disk follows in the background, see setUp), then moved into the VM's folder and
+   * registered in place of the defined one.
    */
   private async fromWarm(warm: Vm, defined: Vm): Promise<void> {
     const started = Date.now();
     const origin = dirname(warm.paths.qmpSocket);
-    await attachVmDevices(warm, defined.spec);
+    await attachVmDevices(warm, defined.spec, "nic");
     warm.becomeVm(defined.spec, dirname(defined.paths.specFile));
     this.ctx.warm?.forget(origin);
     this.ctx.vms.put(warm);
@@ -226,6 +241,8 @@ export class Incoming {
     // The urgent lane as the source's hello says: QEMU takes capabilities until it listens.
     const once = (uri: () => Promise<string>, path: ChannelPath, preempt: boolean) =>
       (started ??= (async () => {
+        // A warm QEMU's disk (attached in the background; after a restart, attached now).
+        await (this.disks.get(rec.id) ?? ensureDisk(vm, { log: this.ctx.log }));
         await setIncomingCapabilities(vm, { mode, preempt });
         await listenIncoming(vm, await uri());
         rec.channelPath = path;
@@ -280,6 +297,7 @@ export class Incoming {
     countConnections();
     this.channel.forget(rec.id);
     rec.faultTiming?.finish();
+    this.disks.delete(rec.id);
     if (rec.phase === "completed" || rec.phase === "failed")
       saveMigration(vm, { id: rec.id, role: rec.role, phase: rec.phase });
   }

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { type Logger, silentLogger } from "../../common/log.js";
-import { perVmDevices } from "./qemu-args.js";
+import { perVmDevices, type VmDevice } from "./qemu-args.js";
 import type { VmSpec } from "./spec.js";
 import { Vm } from "./vm.js";
 
@@ -35,6 +35,8 @@ export interface WarmPoolOptions {
   qemuBinary?: string;
   /** Wait after a warm QEMU failed to start before trying that shape again (doubles, ≤ 60 s). */
   retryMs?: number;
+  /** A taken warm QEMU is replaced at refill(), or after this long (default 30 s). */
+  refillAfterMs?: number;
 }
 
 interface Slot {
@@ -50,6 +52,7 @@ export class WarmPool {
   private filling: Promise<void> | undefined;
   private readonly failures = new Map<string, { count: number; until: number }>();
   private retryTimer: NodeJS.Timeout | undefined;
+  private refillTimer: NodeJS.Timeout | undefined;
   private closed = false;
   /** Handed out since open, for the record and tests. */
   taken = 0;
@@ -124,9 +127,19 @@ export class WarmPool {
       }
       this.taken++;
       this.log.info("warm qemu taken", { warm: slot.vm.spec.name, pid: slot.vm.pid });
-      this.fill();
+      // Not refilled now: starting a QEMU takes CPU the migration that took this one needs
+      // until its switch-over. The taker calls refill() then; at the latest, the timer does.
+      clearTimeout(this.refillTimer);
+      this.refillTimer = setTimeout(() => this.refill(), this.opts.refillAfterMs ?? 30_000).unref();
       return slot.vm;
     }
+  }
+
+  /** Starts the warm QEMUs missing now (a migration that took one has switched over or failed). */
+  refill(): void {
+    clearTimeout(this.refillTimer);
+    this.refillTimer = undefined;
+    this.fill();
   }
 
   /** The folder a taken warm QEMU was started in, once it moved out (becomeVm). */
@@ -137,6 +150,7 @@ export class WarmPool {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.refillTimer);
     await this.filling;
     await Promise.all(this.ready.splice(0).map((s) => this.stopSlot(s)));
   }
@@ -155,7 +169,8 @@ export class WarmPool {
 
   /** Starts the missing warm QEMUs one after the other (each start is CPU on a shared host). */
   private fill(): void {
-    if (this.closed || this.filling) return;
+    // Held while a migration that took a warm QEMU has not switched over (see take).
+    if (this.closed || this.filling || this.refillTimer) return;
     this.filling = (async () => {
       for (let next = this.nextShape(); next && !this.closed; next = this.nextShape())
         await this.startOne(...next);
@@ -222,17 +237,56 @@ export class WarmPool {
 }
 
 /**
- * Adds `spec`'s disk and NIC to a warm QEMU, with the command line's own words (qemu-args.ts
+ * Adds `spec`'s NIC or disk to a warm QEMU, with the command line's own words (qemu-args.ts
  * perVmDevices) through HMP, which parses them as the command line does. HMP answers errors as
  * text: anything but nothing (or drive_add's "OK") is one.
  */
-export async function attachVmDevices(vm: Vm, spec: Pick<VmSpec, "disk" | "nic">): Promise<void> {
-  for (const d of perVmDevices(spec)) {
-    const line = d.kind === "drive" ? `drive_add 0 ${d.opts}` : `${d.kind}_add ${d.opts}`;
-    const out = (
-      await vm.qmp.execute<string>("human-monitor-command", { "command-line": line }, { timeoutMs: 60_000 })
-    ).trim();
-    if (out !== "" && out !== "OK") throw new Error(`warm QEMU refused ${d.kind} ${d.opts}: ${out}`);
+export async function attachVmDevices(
+  vm: Vm,
+  spec: Pick<VmSpec, "disk" | "nic">,
+  part: "nic" | "disk",
+): Promise<void> {
+  for (const d of perVmDevices(part === "nic" ? { nic: spec.nic } : { disk: spec.disk }))
+    await addDevice(vm, d);
+}
+
+async function addDevice(vm: Vm, d: VmDevice): Promise<void> {
+  const line = d.kind === "drive" ? `drive_add 0 ${d.opts}` : `${d.kind}_add ${d.opts}`;
+  const out = (
+    await vm.qmp.execute<string>("human-monitor-command", { "command-line": line }, { timeoutMs: 60_000 })
+  ).trim();
+  if (out !== "" && out !== "OK") throw new Error(`warm QEMU refused ${d.kind} ${d.opts}: ${out}`);
+}
+
+/**
+ * Makes sure the VM's QEMU has its disk: a warm QEMU gets it here (a cold one has it from its
+ * command line, and one that got it already is left alone). Its NBD export may not be open yet
+ * (the destination's proxy export is created beside PrepareIncoming: the block-server holds a
+ * handshake for an export being created, but refuses a name nobody creates yet), so a refused
+ * attach is tried again every `retryMs` until `withinMs` have passed.
+ */
+export async function ensureDisk(
+  vm: Vm,
+  o: { retryMs?: number; withinMs?: number; log?: Logger } = {},
+): Promise<void> {
+  if (!vm.spec.disk) return;
+  const [drive, device] = perVmDevices({ disk: vm.spec.disk });
+  const deadline = Date.now() + (o.withinMs ?? 20_000);
+  for (;;) {
+    const blocks = await vm.qmp.execute<{ device: string; qdev?: string }[]>("query-block", undefined, {
+      timeoutMs: 60_000,
+    });
+    const disk = blocks.find((b) => b.device === "disk0");
+    if (disk?.qdev) return;
+    try {
+      if (!disk) await addDevice(vm, drive);
+      await addDevice(vm, device);
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      o.log?.info("warm qemu: disk not attached yet; again", { vm: vm.spec.name, err });
+      await new Promise((r) => setTimeout(r, o.retryMs ?? 250));
+    }
   }
 }
 
