@@ -22,6 +22,7 @@ import { VM } from "../../testbed/netreach/bed.js";
 import { startPing } from "../../testbed/netreach/probe-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
 import { siteQemus } from "../../testbed/sites/qemu-pids.js";
+import { warmAt } from "../../testbed/sites/whole-vm-run.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
 import { gate } from "../helpers/env.js";
@@ -127,6 +128,8 @@ t("one MigrateVm moves memory, disk and address to s2 under a correspondent's pi
   watch.on("data", (e: WatchHandoversResponse) => handovers.push(e));
   watch.on("error", () => undefined);
   // 30 s of echoes 10 ms apart on both families, covering the switch-over.
+  // s2's page-server keeps a warm incoming QEMU of the VM's shape (the control-plane names it).
+  assert.ok(await warmAt(bed.sites[1].pageAddress, 120_000), "no warm incoming QEMU at s2");
   const probes = ADDRS.map((a) => ping(a, 3000));
   await Promise.all(probes.map((p) => p.ready));
   const m = await bed.client.migrateVm({ vmId: VM.vmId, destinationHostId: "h2" });
@@ -135,6 +138,7 @@ t("one MigrateVm moves memory, disk and address to s2 under a correspondent's pi
   assert.is(end.state, "done", end.error);
   // Relayed post-copy: the source asked for the virtio rings' pages at the switch-over.
   assert.ok((end.memory?.pagesSentAhead ?? 0) > 0, `no pages sent ahead: ${JSON.stringify(end.memory)}`);
+  assert.is(end.memory?.destinationWarmQemu, true, "s2 started a QEMU instead of taking its warm one");
   const n = end.network!;
   assert.is(n.state, "settled", JSON.stringify(n));
   assert.equal([n.fromSite, n.toSite, n.port, n.generation], ["s1", "s2", TAP, end.fencingToken]);

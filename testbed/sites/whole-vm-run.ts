@@ -97,7 +97,7 @@ async function withBlock<T>(address: string, fn: (c: BlockServiceClient) => Prom
 }
 
 /** Whether the page-server at `address` has a warm incoming QEMU within `ms`. */
-async function warmAt(address: string, ms: number): Promise<boolean> {
+export async function warmAt(address: string, ms: number): Promise<boolean> {
   const page = new PageServer(address, 5000);
   const deadline = Date.now() + ms;
   try {

@@ -271,7 +271,8 @@ export async function ensureDisk(
 ): Promise<void> {
   if (!vm.spec.disk) return;
   const [drive, device] = perVmDevices({ disk: vm.spec.disk });
-  const deadline = Date.now() + (o.withinMs ?? 20_000);
+  const started = Date.now();
+  const deadline = started + (o.withinMs ?? 20_000);
   for (;;) {
     const blocks = await vm.qmp.execute<{ device: string; qdev?: string }[]>("query-block", undefined, {
       timeoutMs: 60_000,
@@ -281,6 +282,7 @@ export async function ensureDisk(
     try {
       if (!disk) await addDevice(vm, drive);
       await addDevice(vm, device);
+      o.log?.info("warm qemu: disk attached", { vm: vm.spec.name, ms: Date.now() - started });
       return;
     } catch (err) {
       if (Date.now() > deadline) throw err;
