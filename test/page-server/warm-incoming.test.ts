@@ -8,7 +8,7 @@ import { once } from "node:events";
 import { existsSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
-import type { PageHost } from "../../services/page-server/host.js";
+import { PageHost } from "../../services/page-server/host.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -135,6 +135,44 @@ qemuTest(
     assert.ok(pidAlive(dst.pid!), "the migrated VM was stopped with the warm ones");
     await dst.kill();
     await b.get("cold-vm").kill();
+  },
+);
+
+qemuTest(
+  "a taken warm QEMU is adopted by a restarted page-server, and the migration into it completes",
+  async () => {
+    const tag = `r${process.pid % 10000}`;
+    const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "warm-restart", closers, {
+      name: "warm-vm2",
+      warmMax: 1,
+      extra: { nic: { tap: `${tag}a`, mac: "52:54:00:12:34:57" } },
+    });
+    const dstSpec: VmSpec = { ...spec, nic: { tap: `${tag}b`, mac: "52:54:00:12:34:57" } };
+    b.setWarmShapes([dstSpec]);
+    await until("a warm QEMU of the VM's shape", () => b.warm.readyCount(dstSpec) === 1, 120_000, 100);
+    await b.prepareIncoming(dstSpec, "mig-warm-r", { mode: "postcopy" });
+    assert.is(b.migration("mig-warm-r").warmQemu, true);
+    const pid = b.get(spec.name).pid!;
+    const passesBefore = src.serial.tracker.stats.last!.passes;
+
+    // The page-server restarts; its VMs (this one was warm) are left running for the next one.
+    await b.close({ keepVms: true });
+    assert.ok(pidAlive(pid), "the VM's QEMU ended with its page-server");
+    const again = new PageHost({ runRoot: join(dir.path, "warm-restart-b") });
+    await again.open();
+    closers.push(() => again.close());
+    const dst = again.get(spec.name);
+    assert.is(dst.pid, pid, "not the QEMU the warm one became");
+    assert.is(dst.state, "incoming");
+    const rec = await a.startMigration({
+      vmId: spec.name,
+      migrationId: "mig-warm-r",
+      channelAddress: again.channelListenAddress,
+      mode: "postcopy",
+    });
+    const done = await finished(rec);
+    assert.is(done.phase, "completed", done.error);
+    await assertGuestContinued(src, dst, passesBefore);
   },
 );
 
