@@ -10,6 +10,7 @@ import type { Store } from "../common/store/index.js";
 import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
 import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
+import { type Bounded, destinationRunning, watchToEnd } from "./completing.js";
 import { faultLatencyRecord } from "./fault-latency.js";
 import { MigrationTrace } from "./migration-trace.js";
 import type { PageServer, PageServers } from "./page-client.js";
@@ -45,7 +46,9 @@ export interface ExecutorOptions {
   diskPollMs?: number;
   /**
    * completing: how long a destination page-server or store that does not answer is asked
-   * again before the migration fails (default 120 s); the VM runs there meanwhile.
+   * again before the migration fails (default 120 s); the VM runs there meanwhile. Also the
+   * bound on a destination still reporting the VM INCOMING once memory is complete, and on a
+   * source watch without news that ends or breaks before a final phase (completing.ts).
    */
   completingRetryMs?: number;
   /**
@@ -292,8 +295,11 @@ export class Executor {
     );
   }
 
-  /** Follows the source page-server's view until the migration ends; switched on post-copy. */
-  private async follow(m: MigrationRecord, ctx: Ends): Promise<void> {
+  /**
+   * Follows the source page-server's view until the migration ends; switched on post-copy.
+   * `again`: the source was just asked to start once more (see below).
+   */
+  private async follow(m: MigrationRecord, ctx: Ends, again = false): Promise<void> {
     const { src, dst } = ctx;
     let chain: Promise<unknown> = Promise.resolve();
     let switched = m.state === "switched";
@@ -324,7 +330,7 @@ export class Executor {
     };
     let last: WatchMigrationResponse;
     try {
-      last = await src.watchMigration(m.migration_id, onUpdate);
+      last = await watchToEnd(src, m.migration_id, onUpdate, this.bounded(m, "following the source"));
     } catch (err) {
       await chain;
       // The source no longer knows it (it restarted): the destination tells where the VM runs.
@@ -337,6 +343,21 @@ export class Executor {
             this.inPhase(m.migration_id, () => this.startDiskCopy(m, ctx)),
           ]);
           return;
+        }
+        // A control-plane killed between recording `migrating` and the source's StartMigration
+        // (resumed now): the source never started and the destination still waits. Asked
+        // again, once; PrepareIncoming answers the same channel, and a start still under way
+        // from the dead process is refused as known (then followed).
+        if (!switched && !again && at?.state === VmState.VM_STATE_INCOMING) {
+          this.log.info("the source never started the migration: asking it again", {
+            migration: m.migration_id,
+          });
+          // The address was prepared before `migrating` was recorded.
+          const channel = await this.prepare(m, ctx, async () => {});
+          await src.startMigration(m.vm_id, m.migration_id, channel, m.mode, m.fencing_token).catch((e) => {
+            if (!isAlreadyExists(e)) throw e;
+          });
+          return this.follow(m, ctx, true);
         }
       }
       throw err;
@@ -396,15 +417,22 @@ export class Executor {
     }
   }
 
+  /** The bound of a wait on a peer (completing.ts): completingRetryMs, logged each time it asks again. */
+  private bounded(m: MigrationRecord, what: string): Bounded {
+    return {
+      withinMs: this.opts.completingRetryMs ?? 120_000,
+      stopped: () => this.stopped,
+      again: (why) => this.log.warn(`${what}: asking again`, { migration: m.migration_id, why }),
+    };
+  }
+
   /**
    * completing → relocating: the VM registry names the destination (and the disk URL it uses
    * there), under the migration's fence, and lets the VM go: it may move on while its disk is
    * still being pulled here.
    */
   private async settle(m: MigrationRecord, ctx: Ends): Promise<void> {
-    const at = await ctx.dst.inspect(m.vm_id);
-    if (at.state !== VmState.VM_STATE_RUNNING)
-      throw new Error(`the destination reports the VM ${VmState[at.state]} after the migration completed`);
+    await destinationRunning(ctx.dst, m.vm_id, this.bounded(m, "completing"));
     const diskNbdUrl = this.diskUrl(m, ctx);
     await update<VmRecord>(this.store, KEYS.vm(m.vm_id), (vm) => {
       // Moved here and released already, under this migration's (or an older) token: by this

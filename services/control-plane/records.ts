@@ -128,8 +128,18 @@ export interface MigrationRecord {
    * lease). A newer leader takes it over by raising this; an older one's transitions are refused.
    */
   driver_generation?: number;
-  /** Replicas: each leader generation that took it over from another, with when (the record of who drove it). */
-  takeovers?: Array<{ generation: number; from_generation: number; fencing_token: number; unix_ms: number }>;
+  /**
+   * Replicas: each leader generation that took it over from another, with when and in which
+   * state (the record of who drove it, and where a restarted or new leader resumed it).
+   */
+  takeovers?: Array<{
+    generation: number;
+    from_generation: number;
+    fencing_token: number;
+    unix_ms: number;
+    /** The state it was resumed in (absent in older records). */
+    state?: MigrationState;
+  }>;
 }
 
 export interface MemoryRecord {

@@ -72,7 +72,13 @@ async function adoptOnce(
     // Another leader stamped it meanwhile: looked at again from the start.
     if (m.driver_generation !== prev) throw new Raced();
     if (prev === undefined) return { ...m, driver_generation: generation };
-    const takeover = { generation, from_generation: prev, fencing_token: token, unix_ms: Date.now() };
+    const takeover = {
+      generation,
+      from_generation: prev,
+      fencing_token: token,
+      unix_ms: Date.now(),
+      state: m.state,
+    };
     return {
       ...m,
       driver_generation: generation,

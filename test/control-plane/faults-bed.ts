@@ -5,6 +5,9 @@
 import * as assert from "uvu/assert";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
+import { RedisStore } from "../../services/common/store/index.js";
+import { KEYS, type MigrationRecord, readJson } from "../../services/control-plane/records.js";
+import type { MigrationState } from "../../services/control-plane/states.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../../testbed/netns.js";
 import { type ServiceProcess, startService } from "../../testbed/service-process.js";
 import { SitesBed } from "../../testbed/sites/bed.js";
@@ -31,20 +34,39 @@ export const FAULT_BED_NEEDS = ["qemu-system-x86_64", "gcc", "apt-get", "root", 
 
 /**
  * One row's suite: gated on what the bed needs, a FaultBed on namespaces named `ns…` started
- * before its test and stopped after; `fault()` is that bed.
+ * before its test and stopped after (`each`: a fresh one for each of its tests, each test a
+ * row); `fault()` is that bed.
  */
-export function faultRow(ns: string, what: string): { t: typeof test; fault: () => FaultBed } {
+export function faultRow(
+  ns: string,
+  what: string,
+  o: { each?: boolean } = {},
+): { t: typeof test; fault: () => FaultBed } {
   const t = gate(test, FAULT_BED_NEEDS, `fault matrix: ${what}`);
   let fb: FaultBed | undefined;
   t.before(async () => {
     await destroyStaleNetns(ns);
     await ensureGuest();
+  });
+  const start = async () => {
     fb = await FaultBed.start(ns);
-  });
-  t.after(async () => {
+  };
+  const stop = async () => {
     await fb?.stop();
-  });
+    fb = undefined;
+  };
+  if (o.each) {
+    t.before.each(start);
+    t.after.each(stop);
+  } else {
+    t.before(start);
+    t.after(stop);
+  }
   return { t, fault: () => fb! };
+}
+
+async function readRecord(store: RedisStore, id: string): Promise<MigrationRecord | undefined> {
+  return (await readJson<MigrationRecord>(store, KEYS.migration(id)))?.value;
 }
 
 export class FaultBed {
@@ -116,40 +138,55 @@ export class FaultBed {
   }
 
   /**
-   * The row "control-plane killed (kill -9) and restarted": the bed's only control-plane is
-   * killed once the migration's record reads one of `states`, and started again on its
-   * address; the new process resumes the migration from its record and finishes it.
+   * The row "control-plane killed (kill -9) in `phase`, restarted": the migration's record is
+   * watched on the store's channel (every transition is published there) and the bed's only
+   * control-plane is killed the moment the record enters `phase`, then started again on its
+   * address. The record as the dead process left it must read `phase` (the kill landed in it);
+   * the new process takes the lease, resumes from that state (a takeover in the record, in
+   * `phase`) and finishes: done, the VM at the destination only, verified by the guest.
    */
-  async controlKilledAndRestarted(states: string[]): Promise<void> {
+  async controlKilledIn(phase: MigrationState): Promise<void> {
     const { bed } = this;
     const address = bed.control.grpc;
+    const before = Number(bed.control.ready.generation);
+    const store = await RedisStore.connect(this.redis.url);
     let restarted: Promise<ServiceProcess> | undefined;
-    let killedIn = "";
-    const r = await runWholeVm(bed, {
-      ...GUEST,
-      say,
-      onProgress: (m) => {
-        if (restarted || !states.includes(m.state)) return;
-        killedIn = m.state;
-        say(`kill -9 the control-plane in ${m.state}; starting it again on ${address}`);
+    let left: Promise<MigrationRecord | undefined> | undefined;
+    try {
+      await store.subscribe(KEYS.migrations, (msg) => {
+        const m = JSON.parse(msg) as MigrationRecord;
+        if (restarted || m.state !== phase) return;
         bed.control.child.kill("SIGKILL");
+        say(
+          `kill -9 the control-plane as ${m.migration_id} entered ${phase}; starting it again on ${address}`,
+        );
+        // What the dead process left: read once it is gone (nothing writes the record meanwhile).
+        left = bed.control.stop(0).then(() => readRecord(store, m.migration_id));
         // The same address: the test's client (as an operator's) finds it again.
         restarted = this.replica("control-plane (restarted)", address);
         restarted.catch(() => {}); // awaited below
-      },
-    });
-    assert.ok(restarted, `the control-plane was killed in ${states.join(" or ")}`);
-    const again = await restarted!;
-    assert.is(again.ready.grpc, address);
-    const m = await this.assertDoneAtDestination(r);
-    // Resumed from the record by the new process, under a newer generation than the dead one's.
-    assert.ok(
-      m.driverGeneration > Number(bed.control.ready.generation),
-      "driven to its end by the new leader",
-    );
-    say(
-      `killed in ${killedIn}; done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
-    );
+        left.catch(() => {});
+      });
+      const r = await runWholeVm(bed, { ...GUEST, say });
+      assert.ok(restarted, `the control-plane was killed in ${phase}`);
+      const again = await restarted!;
+      assert.is(again.ready.grpc, address);
+      assert.is((await left!)?.state, phase, `the dead control-plane left the record in ${phase}`);
+      const m = await this.assertDoneAtDestination(r);
+      // Resumed from the record by the new process, under a newer generation than the dead one's.
+      assert.ok(m.driverGeneration > before, "driven to its end by the new leader");
+      const rec = (await readRecord(store, r.migration_id))!;
+      assert.equal(
+        rec.takeovers?.map((x) => [x.from_generation, x.generation, x.state]),
+        [[before, m.driverGeneration, phase]],
+        "the record names the resume: from the dead generation, in the state it was killed in",
+      );
+      say(
+        `killed in ${phase}; resumed and done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
+      );
+    } finally {
+      await store.close();
+    }
   }
 
   async stop(): Promise<void> {

@@ -181,8 +181,8 @@ t("a takeover re-fences what another leader drove; the deposed leader's steps ar
   assert.is(m.driver_generation, 9);
   assert.ok(m.fencing_token > 20, `re-fenced above every token issued: ${m.fencing_token}`);
   assert.equal(
-    m.takeovers?.map((x) => [x.generation, x.from_generation, x.fencing_token]),
-    [[9, 3, m.fencing_token]],
+    m.takeovers?.map((x) => [x.generation, x.from_generation, x.fencing_token, x.state]),
+    [[9, 3, m.fencing_token, "migrating"]],
   );
   const vm = JSON.parse((await store.get(KEYS.vm("v2")))!) as VmRecord;
   assert.is(vm.fencing_token, m.fencing_token, "the held VM carries the new token");

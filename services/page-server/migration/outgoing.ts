@@ -79,6 +79,9 @@ export interface OutgoingContext {
 }
 
 export class Outgoing {
+  /** Migrations whose channel is being opened (not yet in the table): a repeated start is refused. */
+  private readonly opening = new Set<string>();
+
   constructor(private readonly ctx: OutgoingContext) {}
 
   /**
@@ -86,11 +89,24 @@ export class Outgoing {
    * failing here if the destination refuses), then migrates in the background.
    */
   async start(vm: Vm, o: StartMigrationOptions): Promise<MigrationRecord> {
-    const { defaults, table, log } = this.ctx;
+    const { table } = this.ctx;
     if (vm.state !== "running" && vm.state !== "paused")
       throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
-    if (table.find(o.migrationId))
+    // A caller that lost its answer (a control-plane restarted mid-call) may ask again while
+    // the first start still opens its channel: one migration per id either way.
+    if (table.find(o.migrationId) || this.opening.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
+    this.opening.add(o.migrationId);
+    try {
+      return await this.begin(vm, o);
+    } finally {
+      this.opening.delete(o.migrationId);
+    }
+  }
+
+  /** start() once the id is reserved. */
+  private async begin(vm: Vm, o: StartMigrationOptions): Promise<MigrationRecord> {
+    const { defaults, table, log } = this.ctx;
     const request = {
       path: o.channelPath ?? defaults.channelPath,
       compression: o.compression ?? defaults.compression,
