@@ -3,7 +3,8 @@
 // like a NAT: `listen` faces side A and forwards what arrives to `target`; the target side
 // socket sends to the target and forwards whatever comes back to A. A's return address is
 // `peerA` when given (a VXLAN endpoint, whose source port varies), else the first sender.
-// A full queue drops (tail drop, like a router); optional random loss and jitter.
+// A full queue drops (tail drop, like a router); optional random loss and jitter. cut(true)
+// cuts the link: every datagram, queued or arriving, is dropped silently until cut(false).
 
 import { createSocket, type RemoteInfo, type Socket } from "node:dgram";
 import { lookup } from "node:dns/promises";
@@ -43,6 +44,8 @@ export interface UdpRelayStats {
   lost: number;
   /** Datagrams on the A side from someone other than the (learned) peer, dropped. */
   strays: number;
+  /** Dropped while the link was cut (cut(true)). */
+  cut: number;
 }
 
 export interface UdpRelay {
@@ -55,6 +58,8 @@ export interface UdpRelay {
   /** Side A's address once known. */
   peer(): string | undefined;
   stats: UdpRelayStats;
+  /** Cuts the link (true: both directions drop everything, in flight too) or restores it. */
+  cut(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -106,7 +111,9 @@ export async function startUdpRelay(opts: UdpRelayOptions): Promise<UdpRelay> {
     dropped: 0,
     lost: 0,
     strays: 0,
+    cut: 0,
   };
+  let cut = false;
 
   const a = createSocket(isIPv6(listen.host) ? "udp6" : "udp4");
   const b = createSocket(isIPv6(sideB.host) ? "udp6" : "udp4");
@@ -114,6 +121,10 @@ export async function startUdpRelay(opts: UdpRelayOptions): Promise<UdpRelay> {
     if (err) log.debug("udp relay send failed", { err });
   };
   const qToTarget = new DelayQueue<Buffer>((m) => {
+    if (cut) {
+      stats.cut++;
+      return true;
+    }
     stats.toTarget++;
     stats.bytesToTarget += m.length;
     b.send(m, target.port, target.host, sendErr);
@@ -121,12 +132,20 @@ export async function startUdpRelay(opts: UdpRelayOptions): Promise<UdpRelay> {
   });
   const qToPeer = new DelayQueue<Buffer>((m) => {
     if (!peer) return true;
+    if (cut) {
+      stats.cut++;
+      return true;
+    }
     stats.toPeer++;
     stats.bytesToPeer += m.length;
     a.send(m, peer.port, peer.host, sendErr);
     return true;
   });
   const enqueue = (q: DelayQueue<Buffer>, link: Link, m: Buffer) => {
+    if (cut) {
+      stats.cut++;
+      return;
+    }
     if (loss > 0 && Math.random() < loss) {
       stats.lost++;
       return;
@@ -178,6 +197,10 @@ export async function startUdpRelay(opts: UdpRelayOptions): Promise<UdpRelay> {
     targetSidePort: ba.port,
     peer: () => (peer ? formatEndpoint(peer) : undefined),
     stats,
+    cut: (on) => {
+      cut = on;
+      log.info(on ? "udp relay: link cut" : "udp relay: link restored", { target: opts.target });
+    },
     close: async () => {
       qToTarget.close();
       qToPeer.close();

@@ -128,4 +128,30 @@ test("bad arguments give clear errors", async () => {
   }
 });
 
+test("a cut link drops every datagram both ways, in flight too; restored, it carries again", async () => {
+  const echo = await udp((s, m, port, host) => s.send(m, port, host));
+  const relay = await startUdpRelay({ target: `127.0.0.1:${portOf(echo)}`, delayMs: 20 });
+  const client = await udp();
+  const got: string[] = [];
+  client.on("message", (m) => got.push(m.toString()));
+  try {
+    client.send("before", relay.port, "127.0.0.1");
+    await until(() => got.length === 1);
+    // In flight when cut: dropped on its way, as on a pulled cable.
+    client.send("in flight", relay.port, "127.0.0.1");
+    relay.cut(true);
+    client.send("while cut", relay.port, "127.0.0.1");
+    await until(() => relay.stats.cut === 2);
+    relay.cut(false);
+    client.send("after", relay.port, "127.0.0.1");
+    await until(() => got.length === 2);
+    assert.equal(got, ["before", "after"]);
+    assert.is(relay.stats.cut, 2);
+  } finally {
+    client.close();
+    echo.close();
+    await relay.close();
+  }
+});
+
 test.run();

@@ -40,7 +40,7 @@ import {
   runIn,
   setSysctls,
 } from "../netns.js";
-import { relayedWan } from "./relayed-wan.js";
+import { type RelayedWan, relayedWan } from "./relayed-wan.js";
 
 export const GATEWAY_MAC = "02:00:00:00:00:01";
 export const HOME = { gw6: "2001:db8:100::1", gw4: "10.77.0.1", cn6: "2001:db8:100::2", cn4: "10.77.0.2" };
@@ -132,6 +132,7 @@ export class NetreachBed {
   /** Resolved in create(): what the anchor and sites program. */
   dataplane: DataplaneKind = "vxlan";
   private readonly teardowns: Array<() => Promise<void>> = [];
+  private relayed?: RelayedWan;
   private patch?: IpBatch;
   private last?: MigrationNet;
   private readonly log: Logger;
@@ -197,6 +198,7 @@ export class NetreachBed {
         rateBitsPerSecond: this.opts.wanRateBitsPerSecond,
       });
       this.teardowns.push(relayed.close);
+      this.relayed = relayed;
       wan = relayed.linker;
     }
     for (let a = 0; a < routers.length; a++)
@@ -283,6 +285,15 @@ export class NetreachBed {
   }
 
   /** What the anchor's and a site agent's serve arguments share: node k's namespace and SIDs. */
+  /**
+   * Cuts the relayed WAN link between two routers' namespaces (both directions: everything on it
+   * dropped silently, as a cable pulled) or restores it; only with `wanDelayMs` (a relayed WAN).
+   */
+  async cutWan(a: string, b: string, on: boolean): Promise<void> {
+    if (!this.relayed) throw new Error("cutWan needs the relayed WAN (wanDelayMs)");
+    await this.relayed.cut(a, b, on);
+  }
+
   private nodeArgs(k: number, netns: string, wanDev: string): string[] {
     const s = sidsOf(k);
     const flags = { netns, dataplane: this.dataplane, "wan-dev": wanDev, sid6: s.sid6, sid4: s.sid4 };

@@ -20,6 +20,8 @@ export interface RelayedWanOptions {
 
 export interface RelayedWan {
   linker: WanLinker;
+  /** Cuts the link between the routers in namespaces `a` and `b` (both directions), or restores it. */
+  cut(a: string, b: string, on: boolean): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -29,6 +31,8 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
   let child: ChildProcess | undefined;
   let nextId = 0;
   let links = 0;
+  /** Each link's relay (its listen address), by its routers' namespaces "a b" and "b a". */
+  const relayOf = new Map<string, string>();
   const waiting = new Map<number, (r: { ok: boolean; error?: string }) => void>();
 
   const start = async () => {
@@ -106,8 +110,9 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
     const kb = await underlay(b.ns);
     const l = ++links;
     const port = 20000 + l;
+    const listen = `[fd01:0:0:${ka}::2]:${port}`;
     await request({
-      listen: `[fd01:0:0:${ka}::2]:${port}`,
+      listen,
       peerA: `[fd01:0:0:${ka}::1]:${port}`,
       target: `[fd01:0:0:${kb}::1]:${port}`,
       targetSideListen: `[fd01:0:0:${kb}::2]:${port}`,
@@ -116,11 +121,18 @@ export function relayedWan(opts: RelayedWanOptions): RelayedWan {
     });
     await vxlan(a, ka, l, port);
     await vxlan(b, kb, l, port);
+    relayOf.set(`${a.ns} ${b.ns}`, listen);
+    relayOf.set(`${b.ns} ${a.ns}`, listen);
     return async () => {};
   };
 
   return {
     linker,
+    cut: async (a, b, on) => {
+      const listen = relayOf.get(`${a} ${b}`);
+      if (!listen || !child) throw new Error(`no relayed WAN link between ${a} and ${b}`);
+      await request({ cut: on, listen });
+    },
     close: async () => {
       if (child && child.exitCode === null) {
         const c = child;
