@@ -632,6 +632,7 @@ function memoryProgress(
       bytes_remaining: u.bytesRemaining,
       pages_requested_on_fault: u.pagesRequestedOnFault,
       pages_sent_ahead: u.pagesSentAhead,
+      recoveries: u.recoveries,
     },
   };
 }

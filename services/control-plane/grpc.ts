@@ -112,6 +112,7 @@ export function migrationToPb(m: MigrationRecord): Migration {
           resumedUnixMs: m.memory.resumed_unix_ms,
           faultLatency: faultLatencyToProto(m.memory.fault_latency),
           destinationWarmQemu: m.memory.destination_warm_qemu,
+          recoveries: m.memory.recoveries ?? 0,
         }
       : undefined,
     disk: m.disk

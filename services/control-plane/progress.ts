@@ -47,7 +47,9 @@ export function formatProgress(m: Migration, nowMs = Date.now(), since?: DiskSam
     // Remaining while memory still moves (post-copy: what the VM may still fault on at the destination).
     const left =
       m.memory && m.memory.bytesRemaining > 0 && !PAST_MEMORY.has(m.state) ? m.memory.bytesRemaining : 0;
-    parts.push(`memory ${mib(m.bytesSent)} sent${left ? `, ${mib(left)} remaining` : ""}`);
+    const r = m.memory?.recoveries ?? 0;
+    const recovered = r > 0 ? `, ${r} post-copy ${r === 1 ? "recovery" : "recoveries"}` : "";
+    parts.push(`memory ${mib(m.bytesSent)} sent${left ? `, ${mib(left)} remaining` : ""}${recovered}`);
   }
   const d = m.disk;
   if (d && d.blocksTotal > 0) {

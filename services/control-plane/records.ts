@@ -155,6 +155,8 @@ export interface MemoryRecord {
   fault_latency?: FaultLatencyRecord;
   /** The destination's QEMU was a warm one (started before the request), known at completion. */
   destination_warm_qemu?: boolean;
+  /** Post-copy recoveries the source made (its stream broke, resumed on a new channel). */
+  recoveries?: number;
 }
 
 export interface DiskRecord {

@@ -45,12 +45,18 @@ test("memory still at the source while it moves, not once it is complete", () =>
     pagesRequestedOnFault: 3,
     pagesSentAhead: 0,
     bytesBeforeResume: 0,
+    recoveries: 0,
   };
   const switched = { ...base, state: "switched", bytesSent: 40 << 20, memory };
   assert.match(formatProgress(switched, 2_000), "switched; memory 40.0 MiB sent, 24.0 MiB remaining;");
   assert.match(
     formatProgress({ ...switched, state: "relocating" }, 2_000),
     "relocating; memory 40.0 MiB sent;",
+  );
+  // A stream that broke and was resumed on a new channel says so.
+  assert.match(
+    formatProgress({ ...switched, memory: { ...memory, recoveries: 1 } }, 2_000),
+    "switched; memory 40.0 MiB sent, 24.0 MiB remaining, 1 post-copy recovery;",
   );
 });
 

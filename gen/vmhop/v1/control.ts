@@ -374,7 +374,14 @@ export interface MemoryProgress {
     | FaultLatency
     | undefined;
   /** The destination's QEMU was a warm one, started before the request (page WarmIncoming). */
-  destinationWarmQemu?: boolean | undefined;
+  destinationWarmQemu?:
+    | boolean
+    | undefined;
+  /**
+   * Post-copy recoveries the source made: its stream broke (a link cut, a page-server restart)
+   * and was resumed on a new channel.
+   */
+  recoveries: number;
 }
 
 export interface NetworkProgress {
@@ -3361,6 +3368,7 @@ function createBaseMemoryProgress(): MemoryProgress {
     pagesSentAhead: 0,
     faultLatency: undefined,
     destinationWarmQemu: undefined,
+    recoveries: 0,
   };
 }
 
@@ -3386,6 +3394,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     }
     if (message.destinationWarmQemu !== undefined) {
       writer.uint32(56).bool(message.destinationWarmQemu);
+    }
+    if (message.recoveries !== 0) {
+      writer.uint32(64).uint32(message.recoveries);
     }
     return writer;
   },
@@ -3459,6 +3470,14 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
             message.destinationWarmQemu = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.recoveries = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3508,6 +3527,7 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
         : isSet(object.destination_warm_qemu)
         ? globalThis.Boolean(object.destination_warm_qemu)
         : undefined,
+      recoveries: isSet(object.recoveries) ? globalThis.Number(object.recoveries) : 0,
     };
   },
 
@@ -3534,6 +3554,9 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
     if (message.destinationWarmQemu !== undefined) {
       obj.destinationWarmQemu = message.destinationWarmQemu;
     }
+    if (message.recoveries !== 0) {
+      obj.recoveries = Math.round(message.recoveries);
+    }
     return obj;
   },
 
@@ -3551,6 +3574,7 @@ export const MemoryProgress: MessageFns<MemoryProgress> = {
       ? FaultLatency.fromPartial(object.faultLatency)
       : undefined;
     message.destinationWarmQemu = object.destinationWarmQemu ?? undefined;
+    message.recoveries = object.recoveries ?? 0;
     return message;
   },
 };

@@ -497,7 +497,11 @@ export interface WatchMigrationResponse {
     | FaultLatency
     | undefined;
   /** Destination: the waiting QEMU was a warm one (started before the request; WarmIncoming). */
-  warmQemu?: boolean | undefined;
+  warmQemu?:
+    | boolean
+    | undefined;
+  /** Post-copy recoveries so far: the stream broke and was resumed on a new channel. */
+  recoveries: number;
 }
 
 /** Post-copy faults timed by the destination page-server's relay. */
@@ -2852,6 +2856,7 @@ function createBaseWatchMigrationResponse(): WatchMigrationResponse {
     pagesSentAhead: 0,
     faultLatency: undefined,
     warmQemu: undefined,
+    recoveries: 0,
   };
 }
 
@@ -2895,6 +2900,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     }
     if (message.warmQemu !== undefined) {
       writer.uint32(96).bool(message.warmQemu);
+    }
+    if (message.recoveries !== 0) {
+      writer.uint32(120).uint32(message.recoveries);
     }
     return writer;
   },
@@ -3016,6 +3024,14 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
             message.warmQemu = reader.bool();
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.recoveries = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3087,6 +3103,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
         : isSet(object.warm_qemu)
         ? globalThis.Boolean(object.warm_qemu)
         : undefined,
+      recoveries: isSet(object.recoveries) ? globalThis.Number(object.recoveries) : 0,
     };
   },
 
@@ -3131,6 +3148,9 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
     if (message.warmQemu !== undefined) {
       obj.warmQemu = message.warmQemu;
     }
+    if (message.recoveries !== 0) {
+      obj.recoveries = Math.round(message.recoveries);
+    }
     return obj;
   },
 
@@ -3154,6 +3174,7 @@ export const WatchMigrationResponse: MessageFns<WatchMigrationResponse> = {
       ? FaultLatency.fromPartial(object.faultLatency)
       : undefined;
     message.warmQemu = object.warmQemu ?? undefined;
+    message.recoveries = object.recoveries ?? 0;
     return message;
   },
 };

@@ -154,6 +154,7 @@ export function migrationToProto(r: MigrationRecord): WatchMigrationResponse {
     pagesSentAhead: r.pagesSentAhead ?? 0,
     faultLatency: r.channelPath === "relay" ? faultLatencyToProto(r.faultTiming?.figures()) : undefined,
     warmQemu: r.warmQemu,
+    recoveries: r.recoveries,
   };
 }
 
