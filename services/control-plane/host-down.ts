@@ -25,6 +25,13 @@ import { isFinal, pastSwitch, TransitionError } from "./states.js";
 export function lostWith(m: MigrationRecord, hostId: string): string {
   if (m.destination_host_id === hostId)
     return `the destination ${hostId} went down after the switch-over: the VM ran only there and is down with it`;
+  // switched: post-copy under way, memory not complete; the pages still at the source die with it.
+  if (m.state === "switched") {
+    const left = m.memory?.bytes_remaining
+      ? `${(m.memory.bytes_remaining / 2 ** 20).toFixed(1)} MiB`
+      : "part";
+    return `the source ${hostId} went down during post-copy with ${left} of the VM's memory still there: the VM at the destination stalls on those pages (post-copy cannot finish unless the source comes back)`;
+  }
   const d = m.disk;
   if (d && !d.promoted && d.blocks_local < d.blocks_total)
     return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: the guest sees I/O errors reading them until it is back`;

@@ -275,5 +275,12 @@ u("the record's words", () => {
     /with 60 of 100 disk blocks still there: the guest sees I\/O errors/,
   );
   assert.match(lostWith({ ...m, disk: { ...disk, blocks_local: 100 } }, "a"), /^nothing: /);
+  // The source down during post-copy: memory not yet at the destination is lost with it.
+  const postcopy = { ...m, state: "switched" as const, disk: { ...disk, blocks_local: 100 } };
+  assert.match(
+    lostWith({ ...postcopy, memory: { bytes_remaining: 48 << 20, pages_requested_on_fault: 9 } }, "a"),
+    /the source a went down during post-copy with 48\.0 MiB of the VM's memory still there: the VM at the destination stalls/,
+  );
+  assert.match(lostWith(postcopy, "a"), /with part of the VM's memory still there/);
 });
 u.run();

@@ -1,7 +1,9 @@
 // PageHost (in-process, real QEMU) at the edges of a migration: a PrepareIncoming whose QEMU
 // cannot start leaves nothing behind, so the same migration id can be prepared again; and a
-// completed migration whose source clean-up fails stays completed.
+// completed migration whose source clean-up fails stays completed; a StartMigration asked
+// twice (a caller that lost the first answer) starts one migration.
 import { existsSync, readFileSync, rmSync } from "node:fs";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
@@ -110,6 +112,41 @@ qemuTest(
     assert.match(rec.cleanupError ?? "", /retiring spec\.json/);
     assert.is(rec.error, undefined);
     await until("the VM to run at the destination", () => b.get("vm2").state === "running", 60_000, 100);
+  },
+);
+
+qemuTest(
+  "a StartMigration repeated while the first still opens its channel is refused as known",
+  async () => {
+    const a = await pageHost("twice-a");
+    const spec = await guestSpec("vm3");
+    a.define(spec);
+    await a.start("vm3");
+    // A destination that accepts and never answers: the first start stays in its channel's opening.
+    const held: Socket[] = [];
+    const mute = createServer((c) => held.push(c));
+    await new Promise<void>((r) => mute.listen(0, "127.0.0.1", r));
+    const channelAddress = `127.0.0.1:${(mute.address() as AddressInfo).port}`;
+    const start = () =>
+      a.startMigration({ vmId: "vm3", migrationId: "mig-3", channelAddress, mode: "postcopy" });
+    const first = start();
+    first.catch(() => {}); // awaited below
+    await until("the first start's connection", () => held.length > 0, 30_000, 50);
+    try {
+      await start();
+      assert.unreachable("a second start of mig-3 was accepted");
+    } catch (err) {
+      assert.match((err as Error).message, /migration mig-3 already known here/);
+      assert.is((err as { kind?: string }).kind, "exists");
+    }
+    // The first one's peer goes away: it fails, and leaves the id free.
+    for (const c of held) c.destroy();
+    mute.close();
+    await first.then(
+      () => assert.unreachable("the start against a mute peer succeeded"),
+      () => undefined,
+    );
+    assert.throws(() => a.migration("mig-3"), /no migration mig-3/);
   },
 );
 
