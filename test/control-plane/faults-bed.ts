@@ -184,6 +184,9 @@ export class FaultBed {
         [from, m.driverGeneration, phase],
         "the record names the resume: from the dead generation, in the state it was killed in",
       );
+      // Whether the kill fell between recording `migrating` and the source's StartMigration.
+      if (again.stderr().includes("the source never started the migration"))
+        say("the source had not been asked to start when the control-plane died: the new one asked it");
       say(
         `killed in ${phase}; resumed and done under generation ${m.driverGeneration}, fencing token ${m.fencingToken}`,
       );
