@@ -3,16 +3,20 @@
 // a control-plane on a migration record left in `completing` (memory reported complete by the
 // source, the registry not yet moved). A destination that still reports the VM INCOMING is
 // asked again until it runs it (then done), or, past the bound, the migration fails naming
-// the state and the wait; either way the record leaves `completing`.
+// the state and the wait; either way the record leaves `completing`. And a record left in
+// `migrating` whose source was never asked to start (a control-plane killed between the two):
+// the resumed driver asks the source, and the migration ends done.
 import * as assert from "uvu/assert";
-import { MigrationMode } from "../../gen/vmhop/v1/page.js";
+import { MigrationMode, VmSpec as PbVmSpec } from "../../gen/vmhop/v1/page.js";
 import { startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
+import { specToProto } from "../../services/page-server/grpc/convert.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import type { PageHost } from "../../services/page-server/host.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
+import type { Vm } from "../../services/page-server/vm/vm.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { heartbeats } from "../helpers/heartbeats.js";
@@ -43,8 +47,13 @@ async function serve(host: PageHost, name: string): Promise<string> {
   return grpc.address;
 }
 
-/** A migration `id` of `vmId` from a to b left in `completing`, the VM held by it. */
-async function plantCompleting(store: MemoryStore, id: string, spec: VmSpec): Promise<void> {
+/** A migration `id` of `spec`'s VM from a to b left in `state`, the VM held by it. */
+async function plantMigration(
+  store: MemoryStore,
+  id: string,
+  spec: VmSpec,
+  state: MigrationRecord["state"] = "completing",
+): Promise<void> {
   const now = Date.now();
   const m: MigrationRecord = {
     migration_id: id,
@@ -53,24 +62,55 @@ async function plantCompleting(store: MemoryStore, id: string, spec: VmSpec): Pr
     source_host_id: "a",
     destination_host_id: "b",
     mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-    state: "completing",
+    state,
     fencing_token: 1,
     error: "",
     bytes_sent: 0,
     downtime_ms: 0,
     created_unix_ms: now,
     updated_unix_ms: now,
-    entered_unix_ms: { pending: now, completing: now },
+    entered_unix_ms: { pending: now, [state]: now },
   };
   const vm: VmRecord = {
     vm_id: spec.name,
-    spec: { vmId: spec.name, vcpus: spec.vcpus, memoryMib: spec.memoryMib, kernelPath: spec.kernel },
+    // As CreateVm records it: the same spec the page-servers were given.
+    spec: PbVmSpec.toJSON(specToProto(spec)) as VmRecord["spec"],
     host_id: "a",
     migration_id: id,
     fencing_token: 1,
   };
   await store.set(KEYS.vm(spec.name), JSON.stringify(vm));
   await store.set(KEYS.migration(id), JSON.stringify(m));
+}
+
+/**
+ * The guest goes on at the destination: two more verification passes there, no memory error,
+ * the source QEMU gone. (Not its counter's continuity: under load this guest's serial line at
+ * times garbles a byte, e.g. "HB 39  30719", which reads as a break.)
+ */
+async function guestGoesOn(src: Vm, dst: Vm, passesBefore: number): Promise<void> {
+  const more = await until(
+    "two more verification passes at b",
+    async () => {
+      const hb = heartbeats(dst.paths.serialLog).at(-1);
+      return hb && hb.passes >= passesBefore + 2 ? hb : undefined;
+    },
+    120_000,
+    200,
+  );
+  assert.is(
+    heartbeats([src.paths.serialLog, dst.paths.serialLog]).reduce((n, h) => n + h.memErrors, 0),
+    0,
+    "no memory error in the guest",
+  );
+  assert.ok(more.passes > passesBefore);
+  assert.is(dst.state, "running");
+  await until(
+    "the source QEMU stopped",
+    async () => (src.state === "stopped" ? true : undefined),
+    10_000,
+    100,
+  );
 }
 
 t(
@@ -82,7 +122,7 @@ t(
     await plantHost(store, "b", await serve(b, "b"));
     // The destination waits for the memory: INCOMING, as it reported when the record was written.
     await b.prepareIncoming(spec, "m-late");
-    await plantCompleting(store, "m-late", spec);
+    await plantMigration(store, "m-late", spec);
     const cp = await startControlPlane(store, { completingRetryMs: 300_000 });
     closers.push(() => cp.close());
     // A few of the control-plane's questions go by with the VM INCOMING there.
@@ -109,32 +149,7 @@ t(
     assert.is(end.state, "done", end.error);
     const vm = await cp.client.getVm("vm1");
     assert.equal([vm.hostId, vm.migrationId], ["b", ""]);
-    // The guest goes on at b: two more verification passes there, no memory error, the source
-    // QEMU gone. (Not its counter's continuity: under load this guest's serial line at times
-    // garbles a byte, e.g. "HB 39  30719", which reads as a break.)
-    const dst = b.get("vm1");
-    const more = await until(
-      "two more verification passes at b",
-      async () => {
-        const hb = heartbeats(dst.paths.serialLog).at(-1);
-        return hb && hb.passes >= passesBefore + 2 ? hb : undefined;
-      },
-      120_000,
-      200,
-    );
-    assert.is(
-      heartbeats([src.paths.serialLog, dst.paths.serialLog]).reduce((n, h) => n + h.memErrors, 0),
-      0,
-      "no memory error in the guest",
-    );
-    assert.ok(more.passes > passesBefore);
-    assert.is(dst.state, "running");
-    await until(
-      "the source QEMU stopped",
-      async () => (src.state === "stopped" ? true : undefined),
-      10_000,
-      100,
-    );
+    await guestGoesOn(src, b.get("vm1"), passesBefore);
   },
 );
 
@@ -156,7 +171,7 @@ t(
     };
     // Incoming at b for a memory that never comes.
     await ps.host.prepareIncoming(spec, "m-stuck");
-    await plantCompleting(store, "m-stuck", spec);
+    await plantMigration(store, "m-stuck", spec);
     const cp = await startControlPlane(store, { completingRetryMs: 4000 });
     closers.push(() => cp.close());
     const end = await until(
@@ -173,6 +188,38 @@ t(
       end.error,
       /the destination still reports the VM VM_STATE_INCOMING \d+ s after the migration completed/,
     );
+  },
+);
+
+t(
+  "resumed in migrating, the source never asked to start (a kill between the two): asked now, done",
+  async () => {
+    const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "never", closers, { name: "vm3" });
+    const store = new MemoryStore();
+    await plantHost(store, "a", await serve(a, "na"));
+    await plantHost(store, "b", await serve(b, "nb"));
+    // Prepared at b (the destination waits, INCOMING); the record reads migrating; the source
+    // knows nothing of it: a control-plane died between recording `migrating` and StartMigration.
+    await b.prepareIncoming(spec, "m-never", { mode: "postcopy" });
+    await plantMigration(store, "m-never", spec, "migrating");
+    const passesBefore = src.serial.tracker.stats.last!.passes;
+    const cp = await startControlPlane(store);
+    closers.push(() => cp.close());
+    const end = await until(
+      "m-never final",
+      async () => {
+        const m = await cp.client.getMigration("m-never");
+        return ["done", "failed"].includes(m.state) ? m : undefined;
+      },
+      180_000,
+      200,
+    );
+    assert.is(end.state, "done", end.error);
+    assert.ok(end.enteredUnixMs.switched || end.enteredUnixMs.completing, "the memory moved");
+    assert.is(a.migration("m-never").phase, "completed", "the source ran the migration");
+    const vm = await cp.client.getVm("vm3");
+    assert.equal([vm.hostId, vm.migrationId], ["b", ""]);
+    await guestGoesOn(src, b.get("vm3"), passesBefore);
   },
 );
 
