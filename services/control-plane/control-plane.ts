@@ -431,6 +431,7 @@ export class ControlPlane {
       qemuPid: 0,
       serialLogPath: "",
       lastError: why,
+      cpuSeconds: 0,
     });
     const host = await readJson<HostRecord>(this.store, KEYS.host(record.host_id));
     if (!host) return { record, vm: offline(`host ${record.host_id} is not registered`) };

@@ -37,6 +37,8 @@ export interface WorkloadParams {
   hbMs?: number;
   disk?: string;
   diskMib?: number;
+  /** CPU load: percent of each heartbeat period the workload computes (`busy P` on the console changes it). */
+  busy?: number;
 }
 
 export function guestCmdline(w: WorkloadParams = {}, extra = ""): string {
@@ -52,6 +54,7 @@ export function guestCmdline(w: WorkloadParams = {}, extra = ""): string {
   add("hb_ms", w.hbMs);
   add("disk", w.disk);
   add("disk_mib", w.diskMib);
+  add("busy", w.busy);
   if (extra) parts.push(extra);
   return parts.join(" ");
 }

@@ -10,7 +10,10 @@
 //   vmhop.hb_ms=T       heartbeat period (default 100)
 //   vmhop.disk=PATH     block device to write and re-verify (default none)
 //   vmhop.disk_mib=D    size of the disk region used (default 8)
+//   vmhop.busy=P        CPU load: percent of each heartbeat period spent computing (default 0)
 //
+// The load can be changed while it runs: a line `busy P` on the console (/dev/ttyS0, the
+// serial port the host's page-server holds) sets it; the workload answers `WORKLOAD busy P`.
 // Heartbeat line (fields by position; parsed by the page-server):
 //   HB <counter> <verify_ok_pages> <mem_errors> <passes> <disk_ok> <disk_errors>
 // A failed check also prints one ERR line saying what differed.
@@ -21,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,7 +37,7 @@
 #define DISK_MAGIC 0x766d686f70444953ull  // "vmhopDIS"
 
 struct params {
-  unsigned long mem_mib, rate_mib, verify_mib, hb_ms, disk_mib;
+  unsigned long mem_mib, rate_mib, verify_mib, hb_ms, disk_mib, busy;
   char disk[256];
 };
 
@@ -81,10 +86,54 @@ static void read_params(struct params *pr) {
   pr->verify_mib = param_ul(cmdline, "vmhop.verify_mib", 32);
   pr->hb_ms = param_ul(cmdline, "vmhop.hb_ms", 100);
   pr->disk_mib = param_ul(cmdline, "vmhop.disk_mib", 8);
+  pr->busy = param_ul(cmdline, "vmhop.busy", 0);
   param_str(cmdline, "vmhop.disk", pr->disk, sizeof pr->disk);
   if (pr->mem_mib == 0) pr->mem_mib = 1;
   if (pr->hb_ms == 0) pr->hb_ms = 100;
   if (pr->verify_mib == 0) pr->verify_mib = 1;
+  if (pr->busy > 100) pr->busy = 100;
+}
+
+// The console as an input: non-blocking, no echo (the serial log shows the workload's answer,
+// not the request). In a guest it is the serial port; on a host, stdin. -1: no input.
+static int console_open(void) {
+  int fd = getenv("VMHOP_CMDLINE") ? dup(0) : open("/dev/ttyS0", O_RDONLY | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return -1;
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  struct termios t;
+  if (tcgetattr(fd, &t) == 0) {
+    t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+    tcsetattr(fd, TCSANOW, &t);
+  }
+  return fd;
+}
+
+// Reads what arrived on the console; each complete `busy P` line sets *busy (0..100).
+static void console_poll(int fd, unsigned long *busy) {
+  static char line[64];
+  static size_t len;
+  char buf[256];
+  if (fd < 0) return;
+  struct pollfd p = {fd, POLLIN, 0};
+  while (poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) return;
+    for (ssize_t i = 0; i < n; i++) {
+      char c = buf[i];
+      if (c != '\n' && c != '\r') {
+        if (len + 1 < sizeof line) line[len++] = c;
+        continue;
+      }
+      line[len] = 0;
+      len = 0;
+      unsigned long v;
+      char extra;
+      if (sscanf(line, "busy %lu %c", &v, &extra) == 1 && v <= 100) {
+        *busy = v;
+        printf("WORKLOAD busy %lu\n", v);
+      }
+    }
+  }
 }
 
 static uint64_t now_ns(void) {
@@ -228,8 +277,9 @@ int main(void) {
   struct params pr;
   read_params(&pr);
   setvbuf(stdout, NULL, _IOLBF, 0);
-  printf("WORKLOAD start mem_mib=%lu rate_mib=%lu verify_mib=%lu hb_ms=%lu disk=%s disk_mib=%lu\n", pr.mem_mib,
-         pr.rate_mib, pr.verify_mib, pr.hb_ms, pr.disk[0] ? pr.disk : "none", pr.disk_mib);
+  printf("WORKLOAD start mem_mib=%lu rate_mib=%lu verify_mib=%lu hb_ms=%lu disk=%s disk_mib=%lu busy=%lu\n",
+         pr.mem_mib, pr.rate_mib, pr.verify_mib, pr.hb_ms, pr.disk[0] ? pr.disk : "none", pr.disk_mib, pr.busy);
+  const int console = console_open();
 
   struct mem m = {0};
   m.npages = (size_t)pr.mem_mib * 1024 * 1024 / PAGE;
@@ -262,6 +312,7 @@ int main(void) {
              (unsigned long long)d.errors);
       // After a long stall (paused VM, post-copy faults) don't try to catch up.
       next_hb = t - next_hb > period ? t + period : next_hb + period;
+      console_poll(console, &pr.busy);
       if (filled == m.npages) {
         dirty_credit = dirty_credit > dirty_per_period ? dirty_per_period : dirty_credit + dirty_per_period;
         verify_credit = verify_credit > verify_per_period ? verify_per_period : verify_credit + verify_per_period;
@@ -289,6 +340,10 @@ int main(void) {
         }
       }
       continue;
+    }
+    // The CPU load: compute (spin on the clock) for busy % of the period, then idle.
+    const uint64_t busy_until = next_hb - period + period / 100 * pr.busy;
+    while (now_ns() < busy_until) {
     }
     sleep_until(next_hb);
   }

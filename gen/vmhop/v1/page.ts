@@ -324,6 +324,11 @@ export interface Vm {
   qemuPid: number;
   serialLogPath: string;
   lastError: string;
+  /**
+   * CPU time QEMU has used so far (user + system, all its threads), in seconds: the VM's CPU
+   * use over an interval is the difference between two readings. 0 when QEMU does not run.
+   */
+  cpuSeconds: number;
 }
 
 export interface DefineVmRequest {
@@ -546,6 +551,14 @@ export interface DescribeHostResponse {
   /** Warm incoming QEMUs waiting now, and the most kept (`--warm-max`; WarmIncoming). */
   warmReady: number;
   warmMax: number;
+}
+
+export interface WriteConsoleRequest {
+  vmId: string;
+  data: Buffer;
+}
+
+export interface WriteConsoleResponse {
 }
 
 function createBaseVmSpec(): VmSpec {
@@ -788,7 +801,7 @@ export const VmSpec: MessageFns<VmSpec> = {
 };
 
 function createBaseVm(): Vm {
-  return { spec: undefined, state: 0, qemuPid: 0, serialLogPath: "", lastError: "" };
+  return { spec: undefined, state: 0, qemuPid: 0, serialLogPath: "", lastError: "", cpuSeconds: 0 };
 }
 
 export const Vm: MessageFns<Vm> = {
@@ -807,6 +820,9 @@ export const Vm: MessageFns<Vm> = {
     }
     if (message.lastError !== "") {
       writer.uint32(42).string(message.lastError);
+    }
+    if (message.cpuSeconds !== 0) {
+      writer.uint32(49).double(message.cpuSeconds);
     }
     return writer;
   },
@@ -864,6 +880,14 @@ export const Vm: MessageFns<Vm> = {
             message.lastError = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.cpuSeconds = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -895,6 +919,11 @@ export const Vm: MessageFns<Vm> = {
         : isSet(object.last_error)
         ? globalThis.String(object.last_error)
         : "",
+      cpuSeconds: isSet(object.cpuSeconds)
+        ? globalThis.Number(object.cpuSeconds)
+        : isSet(object.cpu_seconds)
+        ? globalThis.Number(object.cpu_seconds)
+        : 0,
     };
   },
 
@@ -915,6 +944,9 @@ export const Vm: MessageFns<Vm> = {
     if (message.lastError !== "") {
       obj.lastError = message.lastError;
     }
+    if (message.cpuSeconds !== 0) {
+      obj.cpuSeconds = floatToJson(message.cpuSeconds);
+    }
     return obj;
   },
 
@@ -928,6 +960,7 @@ export const Vm: MessageFns<Vm> = {
     message.qemuPid = object.qemuPid ?? 0;
     message.serialLogPath = object.serialLogPath ?? "";
     message.lastError = object.lastError ?? "";
+    message.cpuSeconds = object.cpuSeconds ?? 0;
     return message;
   },
 };
@@ -3735,6 +3768,147 @@ export const DescribeHostResponse: MessageFns<DescribeHostResponse> = {
   },
 };
 
+function createBaseWriteConsoleRequest(): WriteConsoleRequest {
+  return { vmId: "", data: Buffer.alloc(0) };
+}
+
+export const WriteConsoleRequest: MessageFns<WriteConsoleRequest> = {
+  encode(message: WriteConsoleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(18).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteConsoleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteConsoleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WriteConsoleRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: WriteConsoleRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WriteConsoleRequest>, I>>(base?: I): WriteConsoleRequest {
+    return WriteConsoleRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WriteConsoleRequest>, I>>(object: I): WriteConsoleRequest {
+    const message = createBaseWriteConsoleRequest();
+    message.vmId = object.vmId ?? "";
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseWriteConsoleResponse(): WriteConsoleResponse {
+  return {};
+}
+
+export const WriteConsoleResponse: MessageFns<WriteConsoleResponse> = {
+  encode(_: WriteConsoleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteConsoleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteConsoleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): WriteConsoleResponse {
+    return {};
+  },
+
+  toJSON(_: WriteConsoleResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WriteConsoleResponse>, I>>(base?: I): WriteConsoleResponse {
+    return WriteConsoleResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WriteConsoleResponse>, I>>(_: I): WriteConsoleResponse {
+    const message = createBaseWriteConsoleResponse();
+    return message;
+  },
+};
+
 /**
  * PageService runs the VMs of one compute host under QEMU (via QMP) and carries their
  * memory during a migration. The memory stream itself travels on a raw TCP channel
@@ -3901,6 +4075,20 @@ export const PageServiceService = {
       Buffer.from(WarmIncomingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WarmIncomingResponse => WarmIncomingResponse.decode(value),
   },
+  /**
+   * Writes bytes to a running VM's serial console (its ttyS0 input), e.g. a command to the
+   * guest's workload. FAILED_PRECONDITION when the VM does not run here.
+   */
+  writeConsole: {
+    path: "/vmhop.v1.PageService/WriteConsole" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WriteConsoleRequest): Buffer => Buffer.from(WriteConsoleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WriteConsoleRequest => WriteConsoleRequest.decode(value),
+    responseSerialize: (value: WriteConsoleResponse): Buffer =>
+      Buffer.from(WriteConsoleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WriteConsoleResponse => WriteConsoleResponse.decode(value),
+  },
 } as const;
 
 export interface PageServiceServer extends UntypedServiceImplementation {
@@ -3941,6 +4129,11 @@ export interface PageServiceServer extends UntypedServiceImplementation {
    * the last one; the first `--warm-max` are served, warm QEMUs of shapes left out are stopped.
    */
   warmIncoming: handleUnaryCall<WarmIncomingRequest, WarmIncomingResponse>;
+  /**
+   * Writes bytes to a running VM's serial console (its ttyS0 input), e.g. a command to the
+   * guest's workload. FAILED_PRECONDITION when the VM does not run here.
+   */
+  writeConsole: handleUnaryCall<WriteConsoleRequest, WriteConsoleResponse>;
 }
 
 export interface PageServiceClient extends Client {
@@ -4171,6 +4364,25 @@ export interface PageServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WarmIncomingResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Writes bytes to a running VM's serial console (its ttyS0 input), e.g. a command to the
+   * guest's workload. FAILED_PRECONDITION when the VM does not run here.
+   */
+  writeConsole(
+    request: WriteConsoleRequest,
+    callback: (error: ServiceError | null, response: WriteConsoleResponse) => void,
+  ): ClientUnaryCall;
+  writeConsole(
+    request: WriteConsoleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WriteConsoleResponse) => void,
+  ): ClientUnaryCall;
+  writeConsole(
+    request: WriteConsoleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WriteConsoleResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const PageServiceClient = makeGenericClientConstructor(
@@ -4181,6 +4393,14 @@ export const PageServiceClient = makeGenericClientConstructor(
   service: typeof PageServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;

@@ -18,6 +18,7 @@ import type { MigrationMode as Mode } from "../migration/driver.js";
 import type { Phase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
 import type { FaultFigures } from "../postcopy/observer.js";
+import { cpuSeconds } from "../vm/cpu-time.js";
 import type { VmSpec } from "../vm/spec.js";
 import type { VmState } from "../vm/states.js";
 import type { Vm } from "../vm/vm.js";
@@ -70,6 +71,7 @@ export function vmToProto(vm: Vm, migrating = false): PbVm {
     qemuPid: vm.pid ?? 0,
     serialLogPath: vm.paths.serialLog,
     lastError: vm.state === "crashed" ? (vm.endReason ?? "") : "",
+    cpuSeconds: live ? cpuSeconds(vm.pid) : 0,
   };
 }
 

@@ -6,6 +6,7 @@ import {
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
 import { failStream, type ServiceRegistration, unary } from "../../common/grpc/server.js";
+import { HostError } from "../errors.js";
 import type { PageHost } from "../host.js";
 import { isFinalPhase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
@@ -106,6 +107,16 @@ export function pageService(host: PageHost): ServiceRegistration {
         return { migrationId: rec.id };
       },
     ),
+    writeConsole: unary(async (req: { vmId: string; data: Buffer }) => {
+      const vm = host.get(req.vmId);
+      if (vm.state !== "running")
+        throw new HostError(
+          "precondition",
+          `VM ${req.vmId} is ${vm.state} here: its console takes input only while it runs`,
+        );
+      await vm.serial.write(req.data);
+      return {};
+    }),
     describeHost: unary(async () => {
       const q = await host.describe();
       return {

@@ -72,6 +72,13 @@ export class SerialConsole extends EventEmitter<Events> {
     this.socket?.destroy();
   }
 
+  /** Sends bytes to the guest (its serial port's input); resolves once they are handed to the socket. */
+  write(data: Uint8Array): Promise<void> {
+    const s = this.socket;
+    if (!s || this.ended) return Promise.reject(new Error("the serial console is closed"));
+    return new Promise((resolve, reject) => s.write(data, (err) => (err ? reject(err) : resolve())));
+  }
+
   /** Resolves with the first heartbeat satisfying `pred`; rejects on timeout or console close. */
   waitForHeartbeat(pred: (hb: Heartbeat) => boolean, timeoutMs: number): Promise<Heartbeat> {
     return new Promise((resolve, reject) => {

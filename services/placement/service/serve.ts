@@ -10,7 +10,9 @@ import { openStore } from "../../common/store/index.js";
 import { ControlClient } from "../../control-plane/client.js";
 import { DEFAULT_POLICY, makePolicy } from "../policies/registry.js";
 import { costModelByName } from "../sim/cost-model.js";
+import { HOST_TYPES } from "../sim/setup.js";
 import { resumePlans } from "./apply.js";
+import { startLoadCollector } from "./collect.js";
 import { placementService } from "./grpc.js";
 import { startPlanningLoop } from "./loop.js";
 
@@ -50,6 +52,22 @@ export const serveSpecs = {
     default: false,
     describe: "accept each periodic plan that changes anything",
   },
+  "collect-load-s": {
+    type: "number",
+    default: 0,
+    describe:
+      "every N s, record load from the control-plane: its hosts, its VMs and their QEMU's CPU time (0 = none; needs --control-plane)",
+  },
+  "vcpu-mips": {
+    type: "number",
+    default: 2500,
+    describe: "with --collect-load-s: MIPS a fully busy vCPU is worth",
+  },
+  "host-model": {
+    type: "string",
+    default: "G4",
+    describe: "with --collect-load-s: every host's power and capacity model (G4 or G5)",
+  },
   metrics: metricsOption(DEFAULT_METRICS.placement),
   help: { type: "boolean", short: "h", describe: "show this help" },
 } satisfies OptionSpecs;
@@ -79,6 +97,14 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
     planTtlMs: positive(o["plan-ttl-s"], "plan-ttl-s") * 1000,
   };
   const interval = positive(o["plan-interval-s"], "plan-interval-s", true);
+  const collectS = positive(o["collect-load-s"], "collect-load-s", true);
+  if (collectS > 0 && !o["control-plane"])
+    throw new CliError("--collect-load-s reads the load from the control-plane: give --control-plane too");
+  const vcpuMips = positive(o["vcpu-mips"], "vcpu-mips");
+  if (!HOST_TYPES.some((t) => t.name === o["host-model"]))
+    throw new CliError(
+      `--host-model must be one of ${HOST_TYPES.map((t) => t.name).join(", ")}, got ${o["host-model"]}`,
+    );
   const log = createLogger({ svc: "placement" });
   const closers: Closer[] = [];
   return serveUntilSignal(log, closers, async () => {
@@ -94,6 +120,15 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
       log,
     });
     closers.push({ name: "grpc", close: () => g.shutdown() });
+    if (cp && collectS > 0) {
+      const c = startLoadCollector(
+        store,
+        cp,
+        { intervalMs: collectS * 1000, vcpuMips, hostModel: o["host-model"]!, ttlMs: cfg.loadTtlMs },
+        log,
+      );
+      closers.push({ name: "load collector", close: () => c.stop() });
+    }
     if (interval > 0) {
       const loop = startPlanningLoop(
         store,
