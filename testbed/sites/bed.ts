@@ -51,6 +51,8 @@ export interface SitesBedOptions {
   readyMs?: number;
   /** Progress lines ("s1 block-server ready"). */
   say?: (line: string) => void;
+  /** Host k's power driver, registered with it (default: none). */
+  hostPower?: (k: number) => { driver: string; params: Record<string, string> } | undefined;
 }
 
 export interface SiteServices {
@@ -157,6 +159,7 @@ export class SitesBed {
         cpus: 2,
         memoryMib: 4096,
         asleep: false,
+        power: o.hostPower?.(s.k),
       });
   }
 

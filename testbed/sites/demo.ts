@@ -3,6 +3,9 @@
 // home addresses under a workload; one MigrateVm moves it to site 2 while a correspondent pings
 // it and keeps a TCP stream open. Prints a timeline and a summary (--json: one JSON object;
 // --report FILE: also the report page, services/control-plane/report).
+// `--consolidate`: the second scenario instead, consolidation live (consolidate.ts): three
+// hosts with power drivers, guests whose load falls and rises, the placement service moving
+// them and switching hosts off and on.
 // Everything it started is removed at the end, also on Ctrl-C or failure. A test-bed tool (root):
 // registered in cli/tools.ts, never part of a service.
 import { existsSync } from "node:fs";
@@ -17,8 +20,11 @@ import { formatProgress } from "../../services/control-plane/progress.js";
 import { renderReport } from "../../services/control-plane/report/render.js";
 import { DataplaneError, resolveDataplane } from "../../services/netreach/dataplane/probe.js";
 import { destroyStaleNetns, uniqueNetnsPrefix } from "../netns.js";
+import type { TestbedPower } from "../power.js";
 import { tempDir } from "../temp-dir.js";
 import { SitesBed } from "./bed.js";
+import { type ConsolidateResult, runConsolidation, servePower } from "./consolidate.js";
+import { consolidationSummary } from "./consolidate-report.js";
 import { checkRows, demoMeasurements } from "./demo-report.js";
 import { runWholeVm, type WholeVmResult } from "./whole-vm-run.js";
 
@@ -30,6 +36,12 @@ const options = {
   "disk-mib": { type: "number", default: 256, describe: "the VM's disk size in MiB" },
   "memory-mib": { type: "number", default: 256, describe: "the VM's memory in MiB" },
   dataplane: { type: "string", default: "auto", describe: "netreach data plane: auto, srv6 or vxlan" },
+  consolidate: {
+    type: "boolean",
+    default: false,
+    describe:
+      "consolidation live instead: 3 hosts, 3 guests whose load falls then rises; the placement service moves them, switches a host off, wakes one (a few minutes; --memory-mib, --disk-mib and --report do not apply)",
+  },
   report: {
     type: "string",
     default: "",
@@ -68,6 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     `--memory-mib must be 128..8192`,
   );
   const reportFile = o.report!;
+  need(!(o.consolidate && reportFile), "--report draws one migration: it does not go with --consolidate");
   need(
     !reportFile || existsSync(dirname(reportFile)),
     `--report ${reportFile}: the folder ${dirname(reportFile)} does not exist`,
@@ -128,27 +141,47 @@ export async function run(argv: string[]): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   let result: WholeVmResult | undefined;
+  let consolidated: ConsolidateResult | undefined;
   let record: Migration | undefined;
+  let powers: TestbedPower[] = [];
   try {
-    say(`starting two sites (WAN ${delay} ms one way, ${rate} Mbit/s) with every vmhop service`);
-    bed = await SitesBed.start({
-      prefix: uniqueNetnsPrefix("nr-demo-"),
-      dir: dir.path,
-      wanDelayMs: delay,
-      wanRateBitsPerSecond: rate * 1e6,
-      dataplane,
-      store: o.store,
-      say,
-    });
-    if (!interrupted) result = await runWholeVm(bed, { diskMib, memoryMib, say, onProgress: progress });
-    // The record as the control-plane keeps it, while it still runs (the report draws it).
-    if (result && reportFile) record = await bed.client.getMigration(result.migration_id);
+    if (o.consolidate) {
+      say(`starting three hosts (sites, WAN ${delay} ms one way, ${rate} Mbit/s), each with a power switch`);
+      powers = await servePower(() => bed!, dir.path, 3);
+      bed = await SitesBed.start({
+        prefix: uniqueNetnsPrefix("nr-demo-"),
+        dir: dir.path,
+        sites: 3,
+        netreach: false,
+        wanDelayMs: delay,
+        wanRateBitsPerSecond: rate * 1e6,
+        store: o.store,
+        hostPower: (k) => ({ driver: "testbed", params: { socket: powers[k - 1].socket } }),
+        say,
+      });
+      if (!interrupted) consolidated = await runConsolidation(bed, { say });
+    } else {
+      say(`starting two sites (WAN ${delay} ms one way, ${rate} Mbit/s) with every vmhop service`);
+      bed = await SitesBed.start({
+        prefix: uniqueNetnsPrefix("nr-demo-"),
+        dir: dir.path,
+        wanDelayMs: delay,
+        wanRateBitsPerSecond: rate * 1e6,
+        dataplane,
+        store: o.store,
+        say,
+      });
+      if (!interrupted) result = await runWholeVm(bed, { diskMib, memoryMib, say, onProgress: progress });
+      // The record as the control-plane keeps it, while it still runs (the report draws it).
+      if (result && reportFile) record = await bed.client.getMigration(result.migration_id);
+    }
   } catch (err) {
     if (!interrupted) throw err;
   } finally {
     clearLive();
     if (!interrupted) {
       say("stopping every service and removing the sites");
+      for (const p of powers) await p.close();
       await bed?.stop();
       dir.cleanup();
     }
@@ -157,10 +190,16 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (interrupted) {
     await interrupted;
+    for (const p of powers) await p.close();
     // A bed that was still starting when the signal came is stopped now that it exists.
     await bed?.stop();
     dir.cleanup();
     return 130;
+  }
+  if (consolidated) {
+    if (o.json) process.stdout.write(`${JSON.stringify(consolidated)}\n`);
+    else console.log(consolidationSummary(consolidated));
+    return consolidated.ok ? 0 : 1;
   }
   if (!result) throw new Error("the demo ended without a result");
   if (record) {

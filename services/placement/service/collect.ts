@@ -5,6 +5,7 @@
 // time between, per vCPU; its size is vCPUs × `vcpuMips`. A VM whose QEMU changed since (it
 // moved, or was restarted) has no interval to measure yet: it repeats its last sample once.
 import { VmState } from "../../../gen/vmhop/v1/page.js";
+import type { ReportLoadRequest } from "../../../gen/vmhop/v1/placement.js";
 import type { Logger } from "../../common/log.js";
 import type { Store } from "../../common/store/index.js";
 import type { ControlClient } from "../../control-plane/client.js";
@@ -29,19 +30,23 @@ interface Reading {
 
 const LIVE = new Set([VmState.VM_STATE_RUNNING, VmState.VM_STATE_MIGRATING]);
 
-/** One round: reads the control-plane, records a report; returns the VMs' utilisations. */
-export async function collectOnce(
-  store: Store,
+/** The readings a collector keeps between rounds (per VM: its QEMU, CPU time, when, last utilisation). */
+export type Readings = Map<string, Reading>;
+
+/**
+ * Reads the control-plane into a load report (hosts, and each VM measured over the interval
+ * since `last`, which it updates); a VM read for the first time is left out (nothing measured yet).
+ */
+export async function readLoad(
   cp: ControlClient,
-  o: Omit<CollectOptions, "intervalMs">,
-  last: Map<string, Reading>,
+  o: Pick<CollectOptions, "vcpuMips" | "hostModel">,
+  last: Readings,
   nowMs = Date.now(),
-): Promise<Map<string, number>> {
+): Promise<ReportLoadRequest> {
   const [hosts, vms] = await Promise.all([cp.listHosts(), cp.listVms()]);
   const model = HOST_TYPES.find((t) => t.name === o.hostModel);
   if (!model) throw new Error(`unknown host model ${o.hostModel}`);
   const capacity = model.cores * model.mipsPerCore;
-  const out = new Map<string, number>();
   const demand = new Map<string, number>();
   const report = [];
   for (const v of vms) {
@@ -57,7 +62,6 @@ export async function collectOnce(
     last.set(id, { pid: vm.qemuPid, cpuSeconds: vm.cpuSeconds, atMs: nowMs, utilization: u ?? 0 });
     if (u === undefined) continue; // the first reading: the next one measures
     u = Math.min(1, Math.max(0, u));
-    out.set(id, u);
     const mips = vcpus * o.vcpuMips;
     demand.set(v.hostId, (demand.get(v.hostId) ?? 0) + mips * u);
     report.push({
@@ -71,23 +75,18 @@ export async function collectOnce(
     });
   }
   for (const id of last.keys()) if (!vms.some((v) => v.vm?.spec?.vmId === id)) last.delete(id);
-  await recordLoad(
-    store,
-    {
-      hosts: hosts.map((h) => ({
-        hostId: h.hostId,
-        cpuCapacityMips: capacity,
-        memoryMib: h.memoryMib,
-        cpuUtilization: Math.min(1, (demand.get(h.hostId) ?? 0) / capacity),
-        asleep: h.asleep,
-        model: o.hostModel,
-      })),
-      vms: report,
-      timeUnixMs: nowMs,
-    },
-    { ttlMs: o.ttlMs },
-  );
-  return out;
+  return {
+    hosts: hosts.map((h) => ({
+      hostId: h.hostId,
+      cpuCapacityMips: capacity,
+      memoryMib: h.memoryMib,
+      cpuUtilization: Math.min(1, (demand.get(h.hostId) ?? 0) / capacity),
+      asleep: h.asleep,
+      model: o.hostModel,
+    })),
+    vms: report,
+    timeUnixMs: nowMs,
+  };
 }
 
 /** Collects every interval, one round at a time; a failed round is logged and the next runs. */
@@ -97,12 +96,13 @@ export function startLoadCollector(
   o: CollectOptions,
   log: Logger,
 ): { stop(): Promise<void> } {
-  const last = new Map<string, Reading>();
+  const last: Readings = new Map();
   let running: Promise<void> = Promise.resolve();
   const round = async () => {
     try {
-      const u = await collectOnce(store, cp, o, last);
-      log.debug("load collected", { vms: Object.fromEntries(u) });
+      const r = await readLoad(cp, o, last);
+      await recordLoad(store, r, { ttlMs: o.ttlMs });
+      log.debug("load collected", { vms: Object.fromEntries(r.vms.map((v) => [v.vmId, v.cpuUtilization])) });
     } catch (err) {
       log.warn("load collection failed", { err: (err as Error).message });
     }
