@@ -2,7 +2,6 @@
 // whole-VM migration did, every verification true; afterwards nothing it started is left (no
 // namespace, no QEMU); its --report page renders in headless Chromium with every phase on it.
 // And a demo interrupted (SIGINT) mid-run stops and removes everything too.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
@@ -11,46 +10,9 @@ import { gate } from "../helpers/env.js";
 import { assertRenders } from "../helpers/rendered.js";
 import { test } from "../helpers/uvu.js";
 import { within } from "../helpers/wait.js";
+import { demo, leftovers } from "./demo-run.js";
 
 const t = gate(test, ["root", "ip", "qemu-system-x86_64", "nbdkit", "chromium"], "vmhop demo");
-const bin = new URL("../../bin/vmhop.js", import.meta.url).pathname;
-
-interface Run {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | string>;
-}
-
-function demo(args: string[]): Run {
-  const child = spawn(process.execPath, [bin, "demo", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => {
-    out += d;
-  });
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => {
-    err = (err + d).slice(-200_000);
-  });
-  const exited = new Promise<number | string>((resolve) =>
-    child.once("exit", (code, signal) => resolve(code ?? signal ?? -1)),
-  );
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
-
-/** What a demo run (pid) may have left: its namespaces, processes still holding its folder. */
-function leftovers(pid: number): string[] {
-  const ns = execFileSync("ip", ["netns", "list"], { encoding: "utf8" })
-    .split("\n")
-    .filter((l) => l.startsWith(`nr-demo-${pid}-`));
-  const procs = execFileSync("ps", ["-eo", "pid,args"], { encoding: "utf8" })
-    .split("\n")
-    .filter(
-      (l) => /qemu-system|vmhop\.js (block|page|netreach|control)/.test(l) && l.includes("vmhop-demo-"),
-    );
-  return [...ns, ...procs];
-}
-
 t(
   "vmhop demo --json --report: a whole VM crosses the WAN, every check true, its page renders, nothing left behind",
   async () => {

@@ -25,10 +25,16 @@ import { serialLogAt } from "./whole-vm-run.js";
 export const HOST_MODEL = "G4";
 const MODEL = HOST_TYPES.find((t) => t.name === HOST_MODEL)!;
 const CAPACITY = MODEL.cores * MODEL.mipsPerCore;
-/** The guests at full load, in hosts' worth of CPU: more than one host, so that together they overload one. */
-const BUSY_HOSTS = 2;
+/**
+ * A guest at full load, in a core's worth of CPU. A 1-vCPU VM's demand must fit one core (the
+ * policy places it nowhere else); three of them overload one host (3 × 0.83 > 2 cores); two do
+ * not fit under the packing target of one (2 × 0.83 > 0.8 × 2), so at full load one per host.
+ */
+const BUSY_CORES = 0.83;
 const COLLECT_S = 2;
-const PLAN_S = 4;
+const PLAN_S = 6;
+/** Plans quiet this long: the consolidation (or the spreading) is over. */
+const QUIET_MS = 4 * PLAN_S * 1000;
 const BOOT_DELAY_MS = 3000;
 
 export interface ConsolidateOptions {
@@ -46,6 +52,7 @@ export interface PhasePower {
   seconds: number;
   mean_watts: number;
   wh: number;
+  /** At the phase's start. */
   hosts_on: string[];
 }
 
@@ -106,7 +113,7 @@ class PowerMeter {
         seconds: Math.round(seconds),
         mean_watts: Math.round(seconds > 0 ? (wh * 3600) / seconds : s[0].watts),
         wh: Number(wh.toFixed(3)),
-        hosts_on: s.at(-1)!.on,
+        hosts_on: s[0].on,
       });
     }
     this.current = name;
@@ -169,8 +176,8 @@ export async function runConsolidation(
     const t0 = Date.now();
 
     // The guests at full load, measured as the placement service will measure them: a vCPU's
-    // worth in MIPS is set so that together they need BUSY_HOSTS hosts (this machine's two
-    // cores, shared with everything else, give each TCG vCPU what they give).
+    // worth in MIPS is set so that a guest at full load needs BUSY_CORES of a host's core (this
+    // machine's two cores, shared with everything else, give each TCG vCPU what they give).
     const readings: Readings = new Map();
     await readLoad(cp, { vcpuMips: 1, hostModel: HOST_MODEL }, readings);
     await sleep(10_000);
@@ -179,7 +186,7 @@ export async function runConsolidation(
     const sum = busy.vms.reduce((s, v) => s + v.cpuUtilization, 0);
     if (busy.vms.length !== n || sum <= 0)
       throw new Error(`could not measure the guests' CPU use: ${JSON.stringify(busyU)}`);
-    const vcpuMips = Math.round((BUSY_HOSTS * CAPACITY) / sum);
+    const vcpuMips = Math.round((BUSY_CORES * MODEL.mipsPerCore * busy.vms.length) / sum);
     say(
       `guests at full load use ${Object.entries(busyU)
         .map(([k, v]) => `${k} ${(v * 100).toFixed(0)} %`)
@@ -223,8 +230,6 @@ export async function runConsolidation(
         "--plan-interval-s",
         String(PLAN_S),
         "--auto-apply",
-        "--cost-model",
-        "postcopy",
       ],
       readyMs: 120_000,
     });
@@ -234,11 +239,19 @@ export async function runConsolidation(
     pc = new PlacementServiceClient(placement.grpc, grpc.credentials.createInsecure());
     const s = pc.watchDecisions({});
     stream = s;
+    let lastMoveAt = Date.now();
+    // Called at the first plan moving anything after it is set (the end of a "before" phase).
+    let onMoves: (() => void) | undefined;
     s.on("data", (d: { plan?: Plan }) => {
       const p = d.plan;
       if (!p) return;
       const before = plans.get(p.planId);
       plans.set(p.planId, p);
+      if (p.moves.length || p.hostsToWake.length) {
+        lastMoveAt = Date.now();
+        onMoves?.();
+        onMoves = undefined;
+      }
       if (before?.state === p.state || !(p.moves.length || p.hostsToSleep.length || p.hostsToWake.length))
         return;
       const what = [
@@ -250,18 +263,24 @@ export async function runConsolidation(
     });
     s.on("error", () => {});
 
-    // Let the service see the full load for a while (nothing to do: each host is well used).
-    await sleep(5 * COLLECT_S * 1000);
+    /** Plans settled and none moving anything for QUIET_MS. */
+    const quiet = () => settled(plans) && Date.now() - lastMoveAt > QUIET_MS;
+    const asleepNow = async () => (await cp.listHosts()).filter((h) => h.asleep).map((h) => h.hostId);
+
+    // Let the service see the full load for a while (each host well used: nothing to do).
+    await sleep(6 * COLLECT_S * 1000);
+    await until("the plans to settle at full load", async () => (settled(plans) ? true : undefined), phaseMs);
 
     // The load falls.
     meter.phase("load low, before consolidation");
+    onMoves = () => meter.phase("load low, consolidating");
+    const offBefore = new Set(await asleepNow());
     await setLoad(bed, vmIds, 0, say);
     const off = await until(
       "a host switched off",
       async () => {
-        const hosts = await cp.listHosts();
-        const asleep = hosts.filter((h) => h.asleep).map((h) => h.hostId);
-        return asleep.length > 0 && settled(plans) ? asleep : undefined;
+        const asleep = (await asleepNow()).filter((h) => !offBefore.has(h));
+        return asleep.length > 0 && quiet() ? asleep : undefined;
       },
       phaseMs,
     ).catch((err: Error) => {
@@ -272,18 +291,19 @@ export async function runConsolidation(
     if (off.length > 0) {
       say(`consolidated: ${off.join(", ")} switched off`);
       meter.phase(`load low, consolidated (${off.join(", ")} off)`);
-      await sleep(20_000);
+      await sleep(15_000);
 
       // The load rises.
       meter.phase("load high again, before waking");
+      onMoves = () => meter.phase("load high, waking and spreading");
       await setLoad(bed, vmIds, 100, say);
       woken = await until(
         "a host woken",
         async () => {
-          const hosts = await cp.listHosts();
-          const back = off.filter((id) => hosts.some((h) => h.hostId === id && !h.asleep));
+          const asleep = await asleepNow();
+          const back = off.filter((id) => !asleep.includes(id));
           const wakePlans = [...plans.values()].filter((p) => p.hostsToWake.length > 0);
-          return back.length > 0 && wakePlans.length > 0 && settled(plans) ? back : undefined;
+          return back.length > 0 && wakePlans.length > 0 && quiet() ? back : undefined;
         },
         phaseMs,
       ).catch((err: Error) => {

@@ -1,5 +1,7 @@
 // The periodic planning loop: compute a plan every interval (and apply it with autoApply),
-// one round at a time; a failed round is logged and the next one runs as scheduled.
+// one round at a time; a failed round is logged and the next one runs as scheduled. A round
+// still running when the next is due (waiting for its migrations) makes the loop skip that
+// tick: rounds queued meanwhile would all run at once on the load of one moment.
 import type { Logger } from "../../common/log.js";
 import type { Store } from "../../common/store/index.js";
 import type { ControlClient } from "../../control-plane/client.js";
@@ -13,6 +15,7 @@ export function startPlanningLoop(
   controlPlane?: ControlClient,
 ): { stop(): Promise<void> } {
   let running: Promise<void> = Promise.resolve();
+  let busy = false;
   const round = async () => {
     try {
       const p = await computePlan(store, opts);
@@ -26,7 +29,11 @@ export function startPlanningLoop(
     }
   };
   const timer = setInterval(() => {
-    running = running.then(round);
+    if (busy) return;
+    busy = true;
+    running = running.then(round).finally(() => {
+      busy = false;
+    });
   }, opts.intervalMs);
   return {
     async stop() {
