@@ -9,7 +9,7 @@ import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
-import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
+import { type BlockServer, BlockServers, isNotAProxy, isStaleFence } from "./block-client.js";
 import { type Bounded, destinationRunning, watchToEnd } from "./completing.js";
 import { faultLatencyRecord } from "./fault-latency.js";
 import { MigrationTrace } from "./migration-trace.js";
@@ -524,12 +524,21 @@ export class Executor {
    * The source QEMU is gone (the page-server ended it when memory completed) and the disk is
    * whole elsewhere: nothing reads the source export any more. Gone already, or refused for a
    * stale token (a later migration of the VM made an export of that name there since): not ours.
+   * A source that was itself a migration's destination holds the disk as a proxy's local copy:
+   * that is deleted too, or a later migration back to this host would find it and refuse it as
+   * another disk's. A target export's image (the disk the VM was created with) stays.
    */
   private async releaseSource(disk: DiskRecord, src: BlockServer, fencingToken: number): Promise<void> {
     const name = parseNbdUrl(disk.source_url)?.name ?? disk.destination_export;
-    await src.remove(name, fencingToken).catch((err) => {
-      if (!isNotFound(err) && !isStaleFence(err)) throw err;
-    });
+    await src
+      .remove(name, fencingToken, true)
+      .catch((err) => {
+        if (isNotAProxy(err)) return src.remove(name, fencingToken);
+        throw err;
+      })
+      .catch((err) => {
+        if (!isNotFound(err) && !isStaleFence(err)) throw err;
+      });
   }
 
   /** Replicas: a newer leader took the migration over (its record no longer names this generation). */

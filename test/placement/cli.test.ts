@@ -95,6 +95,14 @@ test("user errors are CliErrors with a clear message", async () => {
     (e: unknown) => e instanceof CliError && /no traces for day d9/.test(e.message),
   );
   await assert.rejects(
+    capture(["serve", "--collect-load-s", "2"]),
+    (e: unknown) => e instanceof CliError && /--collect-load-s .* give --control-plane too/.test(e.message),
+  );
+  await assert.rejects(
+    capture(["serve", "--collect-load-s", "2", "--control-plane", "127.0.0.1:1", "--host-model", "G9"]),
+    (e: unknown) => e instanceof CliError && /--host-model must be one of G4, G5, got G9/.test(e.message),
+  );
+  await assert.rejects(
     capture(["frobnicate"]),
     (e: unknown) => e instanceof CliError && /unknown placement command/.test(e.message),
   );

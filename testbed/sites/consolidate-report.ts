@@ -7,20 +7,24 @@ export function consolidationSummary(r: ConsolidateResult): string {
   out.push(
     `\npower by the hosts' model (HP ProLiant ${HOST_MODEL}, SPECpower; a host switched off draws 0 W; a vCPU counts ${r.vcpu_mips} MIPS)`,
   );
+  out.push(
+    `  ${"phase".padEnd(36)}${"mean W".padStart(8)}${"W if unmoved".padStart(14)}  seconds   Wh   hosts on at its end`,
+  );
   for (const p of r.phases)
     out.push(
-      `  ${p.phase.padEnd(44)}${String(p.mean_watts).padStart(5)} W mean over ${String(p.seconds).padStart(4)} s = ${p.wh.toFixed(2)} Wh  (on: ${p.hosts_on.join(", ")})`,
+      `  ${p.phase.padEnd(36)}${String(p.mean_watts).padStart(8)}${String(p.mean_watts_unconsolidated).padStart(14)}  ${String(p.seconds).padStart(7)}  ${p.wh.toFixed(2).padStart(5)}  ${p.hosts_on.join(", ")}`,
     );
-  const low = r.phases.find((p) => p.phase.startsWith("load low, before"));
-  const cons = r.phases.find((p) => p.phase.startsWith("load low, consolidated"));
-  if (low && cons && low.mean_watts > 0)
+  const wh = r.phases.reduce((s, p) => s + p.wh, 0);
+  const whU = r.phases.reduce((s, p) => s + p.wh_unconsolidated, 0);
+  if (whU > 0)
     out.push(
-      `  at low load: ${low.mean_watts} W → ${cons.mean_watts} W (${(((cons.mean_watts - low.mean_watts) / low.mean_watts) * 100).toFixed(0)} %), ` +
-        `${((low.mean_watts * 24) / 1000).toFixed(2)} → ${((cons.mean_watts * 24) / 1000).toFixed(2)} kWh a day`,
+      `  energy over the run: ${wh.toFixed(2)} Wh, against ${whU.toFixed(2)} Wh had every VM stayed where it started with every host on (${(((wh - whU) / whU) * 100).toFixed(0)} %)`,
     );
   out.push("\nplans (placement service, from the load it measured)");
   for (const p of r.plans) {
-    const moves = p.moves.map((m) => `${m.vm_id} ${m.from} → ${m.to} ${m.state || "?"}`).join("; ");
+    const moves = p.moves
+      .map((m) => `${m.vm_id} ${m.from} → ${m.to} ${m.state || "?"}${m.error ? ` (${m.error})` : ""}`)
+      .join("; ");
     const power = [
       p.hosts_to_sleep.length ? `off ${p.hosts_to_sleep.join(", ")}` : "",
       p.hosts_to_wake.length ? `wake ${p.hosts_to_wake.join(", ")}` : "",

@@ -50,9 +50,13 @@ export interface ConsolidateOptions {
 export interface PhasePower {
   phase: string;
   seconds: number;
+  /** By the hosts' power model from the measured load, hosts switched off drawing 0 W. */
   mean_watts: number;
   wh: number;
-  /** At the phase's start. */
+  /** The same load had every VM stayed where it started, every host on. */
+  mean_watts_unconsolidated: number;
+  wh_unconsolidated: number;
+  /** At the phase's end. */
   hosts_on: string[];
 }
 
@@ -74,7 +78,7 @@ export interface ConsolidateResult {
   plans: {
     plan_id: string;
     state: string;
-    moves: { vm_id: string; from: string; to: string; state: string; migration_id: string }[];
+    moves: { vm_id: string; from: string; to: string; state: string; migration_id: string; error: string }[];
     hosts_to_sleep: string[];
     hosts_to_wake: string[];
     predicted_watts_before: number;
@@ -90,34 +94,47 @@ export interface ConsolidateResult {
 
 const planStateName = (s: PlanState) => (PlanState[s] ?? String(s)).replace("PLAN_STATE_", "").toLowerCase();
 
-/** Mean power and energy over a phase, from (time, watts, hosts on) samples. */
+interface PowerSample {
+  atMs: number;
+  watts: number;
+  unconsolidated: number;
+  on: string[];
+}
+
+/** Mean power and energy per phase, from samples (each holds until the next). */
 class PowerMeter {
-  private samples: { atMs: number; watts: number; on: string[] }[] = [];
+  private samples: PowerSample[] = [];
   private from = 0;
   readonly phases: PhasePower[] = [];
   private current = "";
 
-  add(atMs: number, watts: number, on: string[]): void {
-    this.samples.push({ atMs, watts, on });
+  add(x: PowerSample): void {
+    this.samples.push(x);
   }
 
   /** Closes the phase running and opens `name` (or none). */
   phase(name: string): void {
     const s = this.samples.slice(this.from);
     if (this.current && s.length > 1) {
-      let wh = 0;
-      for (let i = 1; i < s.length; i++) wh += (s[i - 1].watts * (s[i].atMs - s[i - 1].atMs)) / 3.6e6;
+      const wh = (k: "watts" | "unconsolidated") => {
+        let e = 0;
+        for (let i = 1; i < s.length; i++) e += (s[i - 1][k] * (s[i].atMs - s[i - 1].atMs)) / 3.6e6;
+        return e;
+      };
       const seconds = (s.at(-1)!.atMs - s[0].atMs) / 1000;
+      const [a, u] = [wh("watts"), wh("unconsolidated")];
       this.phases.push({
         phase: this.current,
         seconds: Math.round(seconds),
-        mean_watts: Math.round(seconds > 0 ? (wh * 3600) / seconds : s[0].watts),
-        wh: Number(wh.toFixed(3)),
-        hosts_on: s[0].on,
+        mean_watts: Math.round((a * 3600) / seconds),
+        wh: Number(a.toFixed(3)),
+        mean_watts_unconsolidated: Math.round((u * 3600) / seconds),
+        wh_unconsolidated: Number(u.toFixed(3)),
+        hosts_on: s.at(-1)!.on,
       });
     }
     this.current = name;
-    this.from = this.samples.length;
+    this.from = Math.max(0, this.samples.length - 1);
   }
 }
 
@@ -196,19 +213,35 @@ export async function runConsolidation(
     // Power all along, from the same measurements: a host that is off draws nothing.
     const meter = new PowerMeter();
     const meterLast: Readings = new Map();
+    const startedOn = new Map(vmIds.map((id, i) => [id, bed.sites[i % bed.sites.length].hostId]));
     const sample = async () => {
       const r = await readLoad(cp, { vcpuMips, hostModel: HOST_MODEL }, meterLast).catch(() => undefined);
-      if (!r) return;
-      const on = r.hosts.filter((h) => !h.asleep);
-      meter.add(
-        Date.now(),
-        on.reduce((s, h) => s + MODEL.power.power(h.cpuUtilization), 0),
-        on.map((h) => h.hostId),
-      );
+      if (!r || r.vms.length === 0) return;
+      const watts = (demand: Map<string, number>, on: string[]) =>
+        on.reduce((w, h) => w + MODEL.power.power(Math.min(1, (demand.get(h) ?? 0) / CAPACITY)), 0);
+      const vms = r.vms;
+      const sum = (host: (v: (typeof vms)[number]) => string) => {
+        const m = new Map<string, number>();
+        for (const v of vms) m.set(host(v), (m.get(host(v)) ?? 0) + v.cpuRequestedMips * v.cpuUtilization);
+        return m;
+      };
+      const on = r.hosts.filter((h) => !h.asleep).map((h) => h.hostId);
+      meter.add({
+        atMs: Date.now(),
+        watts: watts(
+          sum((v) => v.hostId),
+          on,
+        ),
+        unconsolidated: watts(
+          sum((v) => startedOn.get(v.vmId) ?? v.hostId),
+          r.hosts.map((h) => h.hostId),
+        ),
+        on,
+      });
     };
     await sample();
     meterTimer = setInterval(() => void sample(), 2000);
-    meter.phase(`load high, ${n} guests on ${bed.sites.length} hosts`);
+    meter.phase("load high");
 
     placement = await startService({
       name: "placement",
@@ -240,18 +273,12 @@ export async function runConsolidation(
     const s = pc.watchDecisions({});
     stream = s;
     let lastMoveAt = Date.now();
-    // Called at the first plan moving anything after it is set (the end of a "before" phase).
-    let onMoves: (() => void) | undefined;
     s.on("data", (d: { plan?: Plan }) => {
       const p = d.plan;
       if (!p) return;
       const before = plans.get(p.planId);
       plans.set(p.planId, p);
-      if (p.moves.length || p.hostsToWake.length) {
-        lastMoveAt = Date.now();
-        onMoves?.();
-        onMoves = undefined;
-      }
+      if (p.moves.length || p.hostsToWake.length) lastMoveAt = Date.now();
       if (before?.state === p.state || !(p.moves.length || p.hostsToSleep.length || p.hostsToWake.length))
         return;
       const what = [
@@ -272,14 +299,13 @@ export async function runConsolidation(
     await until("the plans to settle at full load", async () => (settled(plans) ? true : undefined), phaseMs);
 
     // The load falls.
-    meter.phase("load low, before consolidation");
-    onMoves = () => meter.phase("load low, consolidating");
-    const offBefore = new Set(await asleepNow());
+    // (At full load the service may already have packed VMs that fit together.)
+    meter.phase("load falling, consolidating");
     await setLoad(bed, vmIds, 0, say);
     const off = await until(
       "a host switched off",
       async () => {
-        const asleep = (await asleepNow()).filter((h) => !offBefore.has(h));
+        const asleep = await asleepNow();
         return asleep.length > 0 && quiet() ? asleep : undefined;
       },
       phaseMs,
@@ -290,12 +316,11 @@ export async function runConsolidation(
     let woken: string[] = [];
     if (off.length > 0) {
       say(`consolidated: ${off.join(", ")} switched off`);
-      meter.phase(`load low, consolidated (${off.join(", ")} off)`);
+      meter.phase("load low, consolidated");
       await sleep(15_000);
 
       // The load rises.
-      meter.phase("load high again, before waking");
-      onMoves = () => meter.phase("load high, waking and spreading");
+      meter.phase("load rising, waking and spreading");
       await setLoad(bed, vmIds, 100, say);
       woken = await until(
         "a host woken",
@@ -312,7 +337,7 @@ export async function runConsolidation(
       });
       if (woken.length > 0) {
         say(`woken: ${woken.join(", ")}; the load spread again`);
-        meter.phase(`load high, ${woken.join(", ")} woken`);
+        meter.phase("load high, spread again");
         await sleep(10_000);
       }
     }
@@ -367,6 +392,7 @@ export async function runConsolidation(
           to: m.toHostId,
           state: m.state,
           migration_id: m.migrationId,
+          error: m.error,
         })),
         hosts_to_sleep: p.hostsToSleep,
         hosts_to_wake: p.hostsToWake,

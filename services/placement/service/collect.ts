@@ -89,19 +89,34 @@ export async function readLoad(
   };
 }
 
-/** Collects every interval, one round at a time; a failed round is logged and the next runs. */
+/**
+ * Planning on the first reading or two acts on noise (a forecast needs history): a service
+ * that collects its load plans once this many rounds were recorded.
+ */
+export const WARMUP_ROUNDS = 5;
+
+/**
+ * Collects every interval, one round at a time; a failed round is logged and the next runs.
+ * `warm` resolves once WARMUP_ROUNDS rounds were recorded.
+ */
 export function startLoadCollector(
   store: Store,
   cp: ControlClient,
   o: CollectOptions,
   log: Logger,
-): { stop(): Promise<void> } {
+): { stop(): Promise<void>; warm: Promise<void> } {
   const last: Readings = new Map();
   let running: Promise<void> = Promise.resolve();
+  let recorded = 0;
+  let warmed!: () => void;
+  const warm = new Promise<void>((resolve) => {
+    warmed = resolve;
+  });
   const round = async () => {
     try {
       const r = await readLoad(cp, o, last);
       await recordLoad(store, r, { ttlMs: o.ttlMs });
+      if (++recorded === WARMUP_ROUNDS) warmed();
       log.debug("load collected", { vms: Object.fromEntries(r.vms.map((v) => [v.vmId, v.cpuUtilization])) });
     } catch (err) {
       log.warn("load collection failed", { err: (err as Error).message });
@@ -112,6 +127,7 @@ export function startLoadCollector(
     running = running.then(round);
   }, o.intervalMs);
   return {
+    warm,
     async stop() {
       clearInterval(timer);
       await running;

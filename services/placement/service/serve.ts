@@ -120,6 +120,7 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
       log,
     });
     closers.push({ name: "grpc", close: () => g.shutdown() });
+    let warm = Promise.resolve();
     if (cp && collectS > 0) {
       const c = startLoadCollector(
         store,
@@ -128,15 +129,28 @@ export async function serve(o: Config<typeof serveSpecs>): Promise<number> {
         log,
       );
       closers.push({ name: "load collector", close: () => c.stop() });
+      warm = c.warm;
     }
     if (interval > 0) {
-      const loop = startPlanningLoop(
-        store,
-        { ...cfg, ttlMs: cfg.planTtlMs, intervalMs: interval * 1000, autoApply: o["auto-apply"]! },
-        log,
-        cp,
-      );
-      closers.push({ name: "planning loop", close: () => loop.stop() });
+      // With its own load collection, planning starts once that has some history.
+      let loop: { stop(): Promise<void> } | undefined;
+      let stopped = false;
+      void warm.then(() => {
+        if (stopped) return;
+        loop = startPlanningLoop(
+          store,
+          { ...cfg, ttlMs: cfg.planTtlMs, intervalMs: interval * 1000, autoApply: o["auto-apply"]! },
+          log,
+          cp,
+        );
+      });
+      closers.push({
+        name: "planning loop",
+        close: async () => {
+          stopped = true;
+          await loop?.stop();
+        },
+      });
     }
     const resumed = cp ? await resumePlans(store, cp, log) : [];
     // One machine-readable ready line on stdout: scripts wait for it.
