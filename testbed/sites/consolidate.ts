@@ -14,7 +14,7 @@ import { guestArtefacts, guestCmdline } from "../../deploy/guest/build/paths.js"
 import { PageServiceClient } from "../../gen/vmhop/v1/page.js";
 import { PlacementServiceClient, type Plan, PlanState } from "../../gen/vmhop/v1/placement.js";
 import { call } from "../../services/common/grpc/call.js";
-import { type Readings, readLoad } from "../../services/placement/service/collect.js";
+import { type Readings, readLoad, WARMUP_ROUNDS } from "../../services/placement/service/collect.js";
 import { HOST_TYPES } from "../../services/placement/sim/setup.js";
 import { serveTestbedPower, type TestbedPower } from "../power.js";
 import { type ServiceProcess, startService } from "../service-process.js";
@@ -32,9 +32,9 @@ const CAPACITY = MODEL.cores * MODEL.mipsPerCore;
  */
 const BUSY_CORES = 0.83;
 const COLLECT_S = 2;
-const PLAN_S = 6;
+const PLAN_S = 4;
 /** Plans quiet this long: the consolidation (or the spreading) is over. */
-const QUIET_MS = 4 * PLAN_S * 1000;
+const QUIET_MS = 3 * PLAN_S * 1000;
 const BOOT_DELAY_MS = 3000;
 
 export interface ConsolidateOptions {
@@ -197,7 +197,7 @@ export async function runConsolidation(
     // machine's two cores, shared with everything else, give each TCG vCPU what they give).
     const readings: Readings = new Map();
     await readLoad(cp, { vcpuMips: 1, hostModel: HOST_MODEL }, readings);
-    await sleep(10_000);
+    await sleep(8000);
     const busy = await readLoad(cp, { vcpuMips: 1, hostModel: HOST_MODEL }, readings);
     const busyU = Object.fromEntries(busy.vms.map((v) => [v.vmId, Number(v.cpuUtilization.toFixed(3))]));
     const sum = busy.vms.reduce((s, v) => s + v.cpuUtilization, 0);
@@ -295,7 +295,7 @@ export async function runConsolidation(
     const asleepNow = async () => (await cp.listHosts()).filter((h) => h.asleep).map((h) => h.hostId);
 
     // Let the service see the full load for a while (each host well used: nothing to do).
-    await sleep(6 * COLLECT_S * 1000);
+    await sleep((WARMUP_ROUNDS * COLLECT_S + 2 * PLAN_S) * 1000);
     await until("the plans to settle at full load", async () => (settled(plans) ? true : undefined), phaseMs);
 
     // The load falls.
@@ -306,18 +306,22 @@ export async function runConsolidation(
       "a host switched off",
       async () => {
         const asleep = await asleepNow();
-        return asleep.length > 0 && quiet() ? asleep : undefined;
+        return asleep.length > 0 && settled(plans) ? asleep : undefined;
       },
       phaseMs,
     ).catch((err: Error) => {
       failures.push(err.message);
       return [] as string[];
     });
+    // The rest of the consolidation, if any (measurements are noisy: bounded).
+    if (off.length > 0)
+      await until("the plans to be quiet", async () => (quiet() ? true : undefined), 60_000).catch(() => {});
+    off.splice(0, off.length, ...(await asleepNow()));
     let woken: string[] = [];
     if (off.length > 0) {
       say(`consolidated: ${off.join(", ")} switched off`);
       meter.phase("load low, consolidated");
-      await sleep(15_000);
+      await sleep(10_000);
 
       // The load rises.
       meter.phase("load rising, waking and spreading");
@@ -328,7 +332,7 @@ export async function runConsolidation(
           const asleep = await asleepNow();
           const back = off.filter((id) => !asleep.includes(id));
           const wakePlans = [...plans.values()].filter((p) => p.hostsToWake.length > 0);
-          return back.length > 0 && wakePlans.length > 0 && quiet() ? back : undefined;
+          return back.length > 0 && wakePlans.length > 0 && settled(plans) ? back : undefined;
         },
         phaseMs,
       ).catch((err: Error) => {
@@ -338,12 +342,20 @@ export async function runConsolidation(
       if (woken.length > 0) {
         say(`woken: ${woken.join(", ")}; the load spread again`);
         meter.phase("load high, spread again");
-        await sleep(10_000);
+        await sleep(6000);
       }
     }
     meter.phase("");
     clearInterval(meterTimer);
     meterTimer = undefined;
+    // No more plans; the migrations under way end (the control-plane drives them).
+    stream.cancel();
+    await placement.stop();
+    await until(
+      "the last migrations to end",
+      async () => ((await cp.listVms()).every((v) => !v.migrationId) ? true : undefined),
+      180_000,
+    ).catch((err: Error) => failures.push(err.message));
 
     // Every guest carries on where it ended, its checks clean since the start.
     const guests: GuestOutcome[] = [];
