@@ -5,8 +5,8 @@
 // has seen on that export (isStaleFence), so a migration the VM has moved on from cannot undo
 // what the next one did.
 import * as grpc from "@grpc/grpc-js";
-import { BlockServiceClient, type ExportStatus } from "../../gen/vmhop/v1/block.js";
-import { type Callback, CHANNEL, ClientPool, callPeer, PeerError } from "./peer-call.js";
+import { BlockServiceClient, ExportMode, type ExportStatus } from "../../gen/vmhop/v1/block.js";
+import { type Callback, CHANNEL, ClientPool, callPeer, isNotFound, PeerError } from "./peer-call.js";
 
 /**
  * The block-server refused a call because a newer migration (a higher fencing token) has acted
@@ -141,6 +141,23 @@ export class BlockServer {
     await this.call("RemoveExport", (o, cb) =>
       this.client.removeExport({ name, fencingToken, discardLocalCopy }, new grpc.Metadata(), o, cb),
     );
+  }
+
+  /**
+   * Removes export `name`, with its partial copy, only if it is a proxy of `upstreamUrl` (a
+   * migration's): an export of that name that is something else (the reason a create failed,
+   * a VM's own disk) is not the caller's. Gone already: nothing to do.
+   */
+  async removeProxyOf(name: string, upstreamUrl: string, fencingToken: number): Promise<boolean> {
+    const st = await this.status(name).catch((err) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+    const e = st?.export;
+    if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== upstreamUrl) return false;
+    // Its partial copy goes with it: a later migration here starts a fresh proxy of the disk.
+    await this.remove(name, fencingToken, true);
+    return true;
   }
 
   close(): void {

@@ -200,7 +200,7 @@ export class ControlPlane {
             this.log.warn("host down", { host: host.host_id, err }),
           ),
         onUp: (host) =>
-          void onHostUp(this.store, this.pages, host, this.log).catch((err) =>
+          void onHostUp(this.store, this.pages, executor.blocks, host, this.log).catch((err) =>
             this.log.warn("host back up", { host: host.host_id, err }),
           ),
       });

@@ -76,7 +76,8 @@ export class Executor {
   private readonly traces = new Map<string, MigrationTrace>();
   private closed = false;
 
-  private readonly blocks = new BlockServers();
+  /** The block-servers' clients (also the liveness checks' clean-up of a host back up). */
+  readonly blocks = new BlockServers();
 
   constructor(
     private readonly store: Store,
@@ -191,6 +192,7 @@ export class Executor {
         const network = () => this.inStep(id, "network prepare", () => this.address.prepare(id));
         const channel = await this.inPhase(id, () => this.prepare(m, ctx, network));
         await network();
+        await this.inStep(id, "disk check", () => this.checkDestinationDisk(m, ctx));
         await this.step(id, "start");
         await this.inPhase(id, () => ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token));
         state = "migrating";
@@ -279,6 +281,26 @@ export class Executor {
       err: waiting.reason,
     });
     return incoming();
+  }
+
+  /**
+   * Right before the source is asked to start: the destination's block-server still serves the
+   * disk's export. Post-copy switches over as soon as the stream starts, and from then on the VM
+   * runs only on that export; a block-server that died while the destination was prepared
+   * (its waiting QEMU cannot tell) rolls the migration back here instead.
+   */
+  private async checkDestinationDisk(m: MigrationRecord, ctx: Ends): Promise<void> {
+    if (!m.disk || !ctx.dstBlock) return;
+    const name = m.disk.destination_export;
+    const st = await ctx.dstBlock.status(name).catch((err: Error) => {
+      throw new Error(
+        `the destination's block-server ${ctx.dstBlock!.address} does not answer for the disk's export ${name} before the switch-over: ${err.message}`,
+      );
+    });
+    if (st.export?.mode !== ExportMode.EXPORT_MODE_PROXY || st.export.upstreamUrl !== m.disk.source_url)
+      throw new Error(
+        `the destination's block-server ${ctx.dstBlock.address} no longer serves this migration's proxy export ${name} before the switch-over`,
+      );
   }
 
   private diskUrl(m: MigrationRecord, ctx: Ends): string {
@@ -576,21 +598,6 @@ export class Executor {
   }
 
   /**
-   * Removes the destination's export only if it is this migration's: a proxy of the source
-   * disk. An export of that name that was there before (the reason a create failed) is not ours.
-   */
-  private async removeOwnProxy(disk: DiskRecord, dst: BlockServer, fencingToken: number): Promise<void> {
-    const st = await dst.status(disk.destination_export).catch((err) => {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    });
-    const e = st?.export;
-    if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) return;
-    // Its partial copy goes with it: a later migration here starts a fresh proxy of the disk.
-    await dst.remove(disk.destination_export, fencingToken, true);
-  }
-
-  /**
    * After a failure or cancel before the switch: the destination's waiting QEMU is stopped
    * (the VM runs only at the source, on its untouched disk and address), the destination's proxy
    * export removed and its network preparation undone; the VM is released for another migration.
@@ -607,9 +614,9 @@ export class Executor {
           .stop(m.vm_id, true, m.fencing_token)
           .catch((err) => this.log.warn("destination clean-up", { err }));
       if (m.disk && ctx.dstBlock)
-        await this.removeOwnProxy(m.disk, ctx.dstBlock, m.fencing_token).catch((err) =>
-          this.log.warn("destination disk clean-up", { err }),
-        );
+        await ctx.dstBlock
+          .removeProxyOf(m.disk.destination_export, m.disk.source_url, m.fencing_token)
+          .catch((err) => this.log.warn("destination disk clean-up", { err }));
     }
     // After a broken switch the VM stays held: which host runs it needs a person to decide.
     if (switched) return;

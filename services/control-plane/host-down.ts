@@ -3,10 +3,12 @@
 // one down) and the migration fails with the reason, its driver undoing the destination's side;
 // the VM stays at the source. After the switch-over the destination owns the VM: the migration
 // goes on, and its record says what was lost with the host, if anything. A host back up is
-// rid of what such a rollback could not undo while it was down: the waiting destination QEMU.
+// rid of what such a rollback could not undo while it was down: the waiting destination QEMU,
+// and the proxy export of the disk (its restarted block-server restores it).
 import { VmState } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
+import type { BlockServers } from "./block-client.js";
 import type { LivenessRecord } from "./host-liveness.js";
 import type { PageServers } from "./page-client.js";
 import {
@@ -80,11 +82,14 @@ export async function onHostDown(
 /**
  * A host back up: the incoming QEMUs of migrations to it that ended before their switch-over
  * while it was down (the rollback could not stop them then; its restarted page-server adopted
- * them) are stopped, under the migration's fencing token, unless the VM lives there now.
+ * them) are stopped, and their disks' proxy exports removed, under the migration's fencing
+ * token, unless the VM lives there now (an export only while no other migration holds the VM: it
+ * may be using that export).
  */
 export async function onHostUp(
   store: Store,
   pages: PageServers,
+  blocks: BlockServers,
   host: HostRecord,
   log: Logger,
 ): Promise<void> {
@@ -99,6 +104,20 @@ export async function onHostUp(
   for (const m of ended) {
     const vm = (await readJson<VmRecord>(store, KEYS.vm(m.vm_id)))?.value;
     if (!vm || vm.host_id === host.host_id) continue;
+    if (m.disk && host.block_server_address && !vm.migration_id)
+      await blocks
+        .get(host.block_server_address)
+        .removeProxyOf(m.disk.destination_export, m.disk.source_url, m.fencing_token)
+        .then((removed) => {
+          if (removed)
+            log.info("host back up: removed a rolled-back migration's proxy export", {
+              migration: m.migration_id,
+              export: m.disk?.destination_export,
+            });
+        })
+        .catch((err) =>
+          log.warn("host back up: cannot remove a proxy export", { migration: m.migration_id, err }),
+        );
     const at = await ps.inspect(m.vm_id).catch(() => undefined);
     if (!at || at.state === VmState.VM_STATE_STOPPED) continue;
     if (at.state === VmState.VM_STATE_RUNNING) {

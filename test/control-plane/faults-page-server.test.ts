@@ -5,23 +5,17 @@
 // disk there), its address answering there, s2 seen suspect or down by the leader's liveness
 // checks. Once s2's page-server is back (it adopts the waiting QEMU it left), the leader stops
 // that QEMU: the VM runs in exactly one place.
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { HostLiveness } from "../../gen/vmhop/v1/control.js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
-import { summarisePings } from "../../services/netreach/probe/analysis.js";
 import { destroyStaleNetns } from "../../testbed/netns.js";
-import { VM } from "../../testbed/netreach/bed.js";
-import { startPing } from "../../testbed/netreach/probe-process.js";
-import { startService } from "../../testbed/service-process.js";
-import { serviceAddressOf } from "../../testbed/sites/bed.js";
-import { serialLogAt, startTestVm, type TestVm } from "../../testbed/sites/whole-vm-run.js";
+import { startTestVm, type TestVm } from "../../testbed/sites/whole-vm-run.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
-import { FaultBed, GUEST, READY_MS, say } from "./faults-bed.js";
+import { FaultBed, GUEST, say } from "./faults-bed.js";
+import { assertRolledBackAtSource, qemuAtSourceOnly } from "./faults-checks.js";
 import { migrationEnd } from "./fixtures.js";
 
 const t = gate(
@@ -61,35 +55,7 @@ t(
     b.page.child.kill("SIGKILL");
     const end = await migrationEnd(bed.client, m.migrationId, 300_000);
     say(`migration ${end.state}: ${end.error}`);
-    assert.is(end.state, "failed");
-    assert.ok(end.error.length > 0, "the record says why");
-    assert.is(end.enteredUnixMs.switched, undefined, "never switched over");
-    assert.is(end.network?.state, "rolled_back", "the address preparation undone");
-
-    // The VM at the source, free, running; the guest goes on verifying memory and disk there.
-    const at = await bed.client.getVm(vm!.vmId);
-    assert.equal([at.hostId, at.migrationId, at.vm?.state], [a.hostId, "", VmState.VM_STATE_RUNNING]);
-    const aLog = serialLogAt(bed, a.k);
-    const last = vm!.serial.beats.filter((h) => h.path === aLog).at(-1)!;
-    await vm!.serial.waitFor(
-      "the guest verifying its disk at s1 after the rollback",
-      (h) => h.path === aLog && h.diskOk > last.diskOk + 10,
-      120_000,
-    );
-    const beats = vm!.serial.beats;
-    assert.is(
-      beats.reduce((s, h) => s + h.memErrors + h.diskErrors, 0),
-      0,
-      "no memory or disk error in the guest",
-    );
-    assert.is(vm!.serial.tracker.stats.counterBreaks, 0, "one unbroken heartbeat counter");
-    for (const to of [VM.homeIpv6[0], VM.homeIpv4[0]])
-      await until(
-        `${to} answering at s1`,
-        async () => summarisePings(await startPing(bed.cn, to, 5).result).received > 0,
-        60_000,
-        200,
-      );
+    await assertRolledBackAtSource(fb!, vm!, end);
 
     // The leader's checks saw s2 go.
     const live = await until(
@@ -104,33 +70,8 @@ t(
     assert.match(live.detail, /page-server/);
 
     // s2's page-server back (it adopts the waiting QEMU it left); the leader stops that QEMU.
-    // The killed one left its gRPC socket file behind; a new one cannot bind over it.
-    rmSync(b.pageAddress.replace(/^unix:/, ""), { force: true });
-    const page = await startService({
-      name: `${b.site} page-server (restarted)`,
-      netns: b.ns,
-      args: [
-        "page",
-        "serve",
-        "--listen",
-        b.pageAddress,
-        "--channel-listen",
-        `[${serviceAddressOf(b.k)}]:0`,
-        "--run-dir",
-        join(bed.opts.dir, b.site, "page"),
-      ],
-      readyMs: READY_MS,
-    });
-    fb!.extra.push(page);
-    await until(
-      "QEMU at s1 only",
-      async () => {
-        const q = await fb!.qemus();
-        return q[0] === 1 && q[1] === 0 ? q : undefined;
-      },
-      120_000,
-      500,
-    );
+    await bed.restartService(b.k, "page");
+    await qemuAtSourceOnly(fb!);
     const still = await bed.client.getVm(vm!.vmId);
     assert.equal([still.hostId, still.vm?.state], [a.hostId, VmState.VM_STATE_RUNNING]);
   },

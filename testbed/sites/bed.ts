@@ -248,6 +248,16 @@ export class SitesBed {
   }
 
   /**
+   * Starts site k's block-server or page-server again as first started (same addresses, same
+   * state), after a test killed it; a killed one's stale unix socket is removed at its start.
+   */
+  async restartService(k: number, which: "block" | "page"): Promise<ServiceProcess> {
+    const s = await this.run({ ...this.siteRuns.get(k)![which], name: `s${k} ${which}-server (restarted)` });
+    this.sites[k - 1][which] = s;
+    return s;
+  }
+
+  /**
    * Stops every service (control-plane first, so nothing drives a migration into a half-gone
    * bed), ends whatever still runs in the site namespaces (page-servers leave their QEMUs
    * running by design), and removes the namespaces.

@@ -164,10 +164,15 @@ export interface TestVm {
 export async function runWholeVm(bed: SitesBed, o: WholeVmOptions = {}): Promise<WholeVmResult> {
   const vm = await startTestVm(bed, o);
   try {
-    return await migrate(bed, o, { image: vm.image, serial: vm.serial, say: o.say ?? (() => {}) });
+    return await migrateTestVm(bed, vm, o);
   } finally {
     vm.serial.stop();
   }
+}
+
+/** Moves the test guest (booted by startTestVm, at the first site) to the second, observed as runWholeVm does. */
+export function migrateTestVm(bed: SitesBed, vm: TestVm, o: WholeVmOptions = {}): Promise<WholeVmResult> {
+  return migrate(bed, o, { image: vm.image, serial: vm.serial, say: o.say ?? (() => {}) });
 }
 
 /**
