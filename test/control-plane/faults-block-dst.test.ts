@@ -12,9 +12,9 @@ import { BlockServer } from "../../services/control-plane/block-client.js";
 import { isNotFound } from "../../services/control-plane/peer-call.js";
 import { migrateTestVm, startTestVm, type TestVm } from "../../testbed/sites/whole-vm-run.js";
 import { until } from "../helpers/wait.js";
-import { migrationEnd } from "./fixtures.js";
 import { faultRow, GUEST, say } from "./faults-bed.js";
 import { assertRolledBackAtSource, qemuAtSourceOnly } from "./faults-checks.js";
+import { migrationEnd } from "./fixtures.js";
 
 const { t, fault } = faultRow("nr-fbd-", "the destination block-server killed before the switch-over");
 let vm: TestVm | undefined;
