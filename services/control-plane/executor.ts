@@ -294,7 +294,7 @@ export class Executor {
     const name = m.disk.destination_export;
     const st = await ctx.dstBlock.status(name).catch((err: Error) => {
       throw new Error(
-        `the destination's block-server ${ctx.dstBlock!.address} does not answer for the disk's export ${name} before the switch-over: ${err.message}`,
+        `the destination's disk export ${name} is not served before the switch-over (rolled back): ${err.message}`,
       );
     });
     if (st.export?.mode !== ExportMode.EXPORT_MODE_PROXY || st.export.upstreamUrl !== m.disk.source_url)

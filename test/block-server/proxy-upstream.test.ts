@@ -1,5 +1,5 @@
-// The upstream misbehaving: killed mid-read (EIO after a bounded retry, other clients and
-// local blocks unaffected, reconnect when it is back), taking one client at a time, and
+// The upstream misbehaving: killed mid-read (EIO after a bounded retry counted from the loss,
+// other clients and local blocks unaffected, reconnect when it is back), taking one client at a time, and
 // re-pointed at another replica.
 import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -30,7 +30,7 @@ t(
     const p = await serveProxy({
       upstreamUrl: up.url,
       cachePath: join(dir.path, "a.cache"),
-      retryWindowMs: 400,
+      retryWindowMs: 2000,
       backoffMinMs: 50,
       backoffMaxMs: 100,
     });
@@ -63,8 +63,18 @@ t(
       );
       await b.write(6 << 20, Buffer.alloc(65536, 1));
       assert.ok((await b.read(6 << 20, 65536)).equals(Buffer.alloc(65536, 1)));
+      // The retry window counts from the loss, which has passed: a cold read now fails at once,
+      // not after a window of its own (asked before the upstream is started again, it would
+      // otherwise wait for the reconnect and succeed).
+      const late = a.read(5 << 20, 65536).then(
+        () => "ok",
+        (e) => e,
+      );
       // The upstream comes back on the same port: the proxy reconnects and the read works.
       restarted = await startNbdkit("file", [image], { port });
+      const e2 = await late;
+      assert.instance(e2, NbdRequestError, "a read past the window since the loss: EIO");
+      assert.is(e2.errno, "EIO");
       for (let i = 0; i < 100 && !p.proxy.stats().upstream.connected; i++)
         await new Promise((r) => setTimeout(r, 20));
       assert.ok(events.includes("restored"));

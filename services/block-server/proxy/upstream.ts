@@ -8,7 +8,9 @@
 // fetches then go through the first and are stored with a copy. When either connection
 // drops, both reconnect with exponential backoff (emitting "lost" and "restored");
 // reads retry across a reconnect for a bounded time and then fail with EIO, so a client
-// never hangs on a dead upstream. switchTo() re-points it at another replica of the disk.
+// never hangs on a dead upstream; that window counts from the loss, so once it has passed,
+// reads fail at once until the upstream is back (a guest reading through a long outage is
+// not stalled a window per read). switchTo() re-points it at another replica of the disk.
 // Every new link (reconnect or re-point) is checked before it serves anything, with both its
 // connections open: the same size and, through the proxy's `verify`, the same disk
 // (identity.ts). One that fails is refused ("refused", logged once per reason) and the
@@ -75,6 +77,8 @@ export class Upstream extends EventEmitter {
   private writableSeen = false;
   /** The first link's data connection while it comes up in the background. */
   private opening: Promise<void> | undefined;
+  /** When the link was lost (performance.now() ms), until a new one is attached. */
+  private lostAt: number | undefined;
 
   private constructor(
     private _url: string,
@@ -271,6 +275,7 @@ export class Upstream extends EventEmitter {
   private attach(link: Link): void {
     if (!link.client.readOnly) this.writableSeen = true;
     this.refusal = undefined;
+    this.lostAt = undefined;
     this.link = link;
     this.watch(link, link.client);
     if (link.fetcher) this.watch(link, link.fetcher);
@@ -281,6 +286,7 @@ export class Upstream extends EventEmitter {
     conn.once("close", (err: Error) => {
       if (this.link !== link) return;
       this.link = undefined;
+      this.lostAt = performance.now();
       Upstream.destroyLink(link);
       if (this.closed) return;
       this.lastError = err.message;
@@ -386,9 +392,13 @@ export class Upstream extends EventEmitter {
     });
   }
 
-  /** Runs `op` on the current link, again on the next one after a connection loss, until the retry window ends. */
+  /**
+   * Runs `op` on the current link, again on the next one after a connection loss, until the
+   * retry window ends: the window from the request or from the loss, whichever ends first.
+   */
   private async retrying<T>(what: string, op: (l: Link) => Promise<T>): Promise<T> {
-    const deadline = performance.now() + (this.opts.retryWindowMs ?? 3000);
+    const window = this.opts.retryWindowMs ?? 3000;
+    const deadline = Math.min(performance.now(), this.lostAt ?? Number.POSITIVE_INFINITY) + window;
     for (;;) {
       if (this.closed) throw new BackendError("upstream is closed (proxy promoted or closed)", "EIO");
       const l = await this.current(deadline);
