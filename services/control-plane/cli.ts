@@ -380,7 +380,15 @@ async function verb(
       out(ms, () =>
         table([
           ["MIGRATION", "VM", "FROM", "TO", "STATE", "ERROR"],
-          ...ms.map((m) => [m.migrationId, m.vmId, m.sourceHostId, m.destinationHostId, m.state, m.error]),
+          // What a host that went down took with it belongs beside the errors: never hidden.
+          ...ms.map((m) => [
+            m.migrationId,
+            m.vmId,
+            m.sourceHostId,
+            m.destinationHostId,
+            m.state,
+            [m.error, m.lost && `lost: ${m.lost}`].filter(Boolean).join("; "),
+          ]),
         ]),
       );
       return 0;

@@ -23,21 +23,27 @@ import {
 } from "./records.js";
 import { isFinal, pastSwitch, TransitionError } from "./states.js";
 
-/** What a host that went down after the switch-over took with it, for the migration's record. */
-export function lostWith(m: MigrationRecord, hostId: string): string {
+/**
+ * What a host that went down after the switch-over took with it, for the migration's record;
+ * `why`: what its liveness checks found (which service stopped answering); `pageServerDown`:
+ * its page-server was among them.
+ */
+export function lostWith(m: MigrationRecord, hostId: string, why = "", pageServerDown = true): string {
+  const because = why ? ` (${why})` : "";
   if (m.destination_host_id === hostId)
-    return `the destination ${hostId} went down after the switch-over: the VM ran only there and is down with it`;
-  // switched: post-copy under way, memory not complete; the pages still at the source die with it.
-  if (m.state === "switched") {
+    return `the destination ${hostId} went down after the switch-over: the VM ran only there and is down with it${because}`;
+  // switched: post-copy under way, memory not complete; the pages still at the source die with
+  // its page-server (not with its block-server alone: then only disk blocks are lost, below).
+  if (m.state === "switched" && pageServerDown) {
     const left = m.memory?.bytes_remaining
       ? `${(m.memory.bytes_remaining / 2 ** 20).toFixed(1)} MiB`
       : "part";
-    return `the source ${hostId} went down during post-copy with ${left} of the VM's memory still there: the VM at the destination stalls on those pages (post-copy cannot finish unless the source comes back)`;
+    return `the source ${hostId} went down during post-copy with ${left} of the VM's memory still there: the VM at the destination stalls on those pages (post-copy cannot finish unless the source comes back)${because}`;
   }
   const d = m.disk;
   if (d && !d.promoted && d.blocks_local < d.blocks_total)
-    return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: the guest sees I/O errors reading them until it is back`;
-  return `nothing: the source ${hostId} went down after the switch-over, with the VM's memory and disk all at the destination`;
+    return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: the guest sees I/O errors reading them until it is back${because}`;
+  return `nothing: the source ${hostId} went down after the switch-over, with the VM's memory and disk all at the destination${because}`;
 }
 
 export async function onHostDown(
@@ -70,7 +76,9 @@ export async function onHostDown(
       });
       log.warn("host down: migration rolled back", { migration: m.migration_id, error });
     } else {
-      const lost = lostWith(m, host.host_id);
+      // The liveness detail lists each failed check as "<service> <address>: why", "; "-joined.
+      const pageServerDown = rec.detail.split("; ").some((p) => p.startsWith("page-server "));
+      const lost = lostWith(m, host.host_id, rec.detail, pageServerDown);
       await update<MigrationRecord>(store, KEYS.migration(m.migration_id), (cur) =>
         cur && !cur.lost ? { ...cur, lost } : (cur as MigrationRecord),
       );

@@ -1,5 +1,6 @@
 // One line telling where a migration stands (pure): its state, memory sent, the disk's blocks
-// local and how they came, the disk copy's ETA, the address's state, and how long it has run.
+// local and how they came, the disk copy's ETA, the address's state, how long it has run, and
+// what failed or was lost.
 // The CLI prints it on each update (redrawn in place on a terminal).
 import type { Migration } from "../../gen/vmhop/v1/control.js";
 
@@ -73,5 +74,6 @@ export function formatProgress(m: Migration, nowMs = Date.now(), since?: DiskSam
   const started = m.enteredUnixMs.pending ?? m.createdUnixMs;
   if (started > 0) parts.push(`${((nowMs - started) / 1000).toFixed(1)} s`);
   if (m.error) parts.push(`error: ${m.error}`);
+  if (m.lost) parts.push(`lost: ${m.lost}`);
   return parts.join("; ");
 }

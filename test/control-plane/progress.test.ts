@@ -68,6 +68,12 @@ test("a failure says why; nothing about a disk that is not moving", () => {
   assert.is(line, "m-7 vm1 a → b: failed; 1.0 s; error: block-server b: CreateExport: exists");
 });
 
+test("what a host that went down took with it is shown, never hidden", () => {
+  const lost = "the source a went down after the switch-over with 12 of 512 disk blocks still there";
+  assert.match(formatProgress({ ...base, lost }, 2_000), `relocating; 1.0 s; lost: ${lost}`);
+  assert.not.match(formatProgress(base, 2_000), "lost");
+});
+
 test("the address part: moving, skipped with its reason, failed with its reason", () => {
   const net = {
     state: "switched",
