@@ -41,8 +41,12 @@ export function lostWith(m: MigrationRecord, hostId: string, why = "", pageServe
     return `the source ${hostId} went down during post-copy with ${left} of the VM's memory still there: the VM at the destination stalls on those pages (post-copy cannot finish unless the source comes back)${because}`;
   }
   const d = m.disk;
+  const errors = `the guest sees I/O errors reading them until it is back${because}`;
+  // No progress recorded yet (the copy had not reported): not "nothing", the blocks are there.
+  if (d && !d.promoted && d.blocks_total === 0)
+    return `the source ${hostId} went down after the switch-over before the disk's copy reported progress, with the blocks not yet copied still there: ${errors}`;
   if (d && !d.promoted && d.blocks_local < d.blocks_total)
-    return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: the guest sees I/O errors reading them until it is back${because}`;
+    return `the source ${hostId} went down after the switch-over with ${d.blocks_total - d.blocks_local} of ${d.blocks_total} disk blocks still there: ${errors}`;
   return `nothing: the source ${hostId} went down after the switch-over, with the VM's memory and disk all at the destination${because}`;
 }
 

@@ -34,15 +34,19 @@ export const FAULT_BED_NEEDS = ["qemu-system-x86_64", "gcc", "apt-get", "root", 
 
 /**
  * One row's suite: gated on what the bed needs, a FaultBed on namespaces named `ns…` started
- * before its test and stopped after; `fault()` is that bed.
+ * before its test and stopped after (its control-plane given `controlArgs` too); `fault()` is that bed.
  */
-export function faultRow(ns: string, what: string): { t: typeof test; fault: () => FaultBed } {
+export function faultRow(
+  ns: string,
+  what: string,
+  controlArgs: string[] = [],
+): { t: typeof test; fault: () => FaultBed } {
   const t = gate(test, FAULT_BED_NEEDS, `fault matrix: ${what}`);
   let fb: FaultBed | undefined;
   t.before(async () => {
     await destroyStaleNetns(ns);
     await ensureGuest();
-    fb = await FaultBed.start(ns);
+    fb = await FaultBed.start(ns, controlArgs);
   });
   t.after(async () => {
     await fb?.stop();
@@ -78,7 +82,7 @@ export class FaultBed {
     private readonly cleanup: () => void,
   ) {}
 
-  static async start(nsBase: string): Promise<FaultBed> {
+  static async start(nsBase: string, controlArgs: string[] = []): Promise<FaultBed> {
     const dir = tempDir("vmhop-faults-");
     const redis = await startRedis();
     try {
@@ -86,7 +90,7 @@ export class FaultBed {
         prefix: uniqueNetnsPrefix(nsBase),
         dir: dir.path,
         store: redis.url,
-        controlArgs: LEASE,
+        controlArgs: [...LEASE, ...controlArgs],
         readyMs: READY_MS,
         say,
       });

@@ -282,5 +282,18 @@ u("the record's words", () => {
     /the source a went down during post-copy with 48\.0 MiB of the VM's memory still there: the VM at the destination stalls/,
   );
   assert.match(lostWith(postcopy, "a"), /with part of the VM's memory still there/);
+  assert.match(
+    lostWith({ ...m, disk: { ...disk, blocks_total: 0, blocks_local: 0 } }, "a"),
+    /before the disk's copy reported progress, with the blocks not yet copied still there/,
+  );
+  assert.match(
+    lostWith({ ...m, disk }, "a", "block-server unix:/x: UNAVAILABLE"),
+    /\(block-server unix:\/x: UNAVAILABLE\)$/,
+  );
+  // Only its block-server down during post-copy: memory still flows; the disk blocks are what is lost.
+  assert.match(
+    lostWith({ ...postcopy, disk }, "a", "block-server unix:/x: refused", false),
+    /with 60 of 100 disk blocks still there: the guest sees I\/O errors/,
+  );
 });
 u.run();
