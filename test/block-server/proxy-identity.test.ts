@@ -3,10 +3,12 @@
 // reconnect as a proxy restart would (same identity check), say so in its log, and fail reads
 // that need the upstream with EIO: never serve the other disk's data, never a mix. When the
 // right disk comes back it is taken again.
+import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
 import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
+import { BitmapFile } from "../../services/block-server/proxy/bitmap-file.js";
 import { createLogger } from "../../services/common/log.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
@@ -120,6 +122,58 @@ t(
       assert.ok(all.equals(dataA), "every byte is A's");
       assert.not.ok(all.subarray(4 << 20, (4 << 20) + BS).equals(dataB.subarray(4 << 20, (4 << 20) + BS)));
       await c.disconnect();
+    } finally {
+      await p.stop();
+      for (const s of servers) await s.stop();
+    }
+  },
+);
+
+t(
+  "a writable upstream whose first block changed before the copy started: its fingerprint retaken then, a later reconnect accepted",
+  async () => {
+    const a = join(dir.path, "w.img");
+    makeImage(a, SIZE);
+    const servers: RunningServer[] = [];
+    const start = async (port?: number) => {
+      const s = await startNbdkit("file", [a], port ? { port } : {});
+      servers.push(s);
+      return s;
+    };
+    const up = await start();
+    const addr = parseNbdUrl(up.url);
+    const port = addr.transport === "tcp" ? addr.port : 0;
+    const cachePath = join(dir.path, "w.cache");
+    const p = await serveProxy({
+      upstreamUrl: up.url,
+      cachePath,
+      retryWindowMs: 300,
+      backoffMinMs: 20,
+      backoffMaxMs: 100,
+    });
+    try {
+      const opened = p.proxy.identity;
+      // The source VM writes its first block after the proxy opened, then stops (the switch-over).
+      const fd = openSync(a, "r+");
+      writeSync(fd, Buffer.alloc(BS, 0x5a), 0, BS, 0);
+      closeSync(fd);
+      const data = readFileSync(a);
+      p.proxy.setRateLimit(BS); // slow: the copy is still running when the upstream drops
+      p.proxy.startCopy();
+      await until("the fingerprint retaken", () => p.proxy.identity !== opened, 10_000);
+      assert.is(
+        (await BitmapFile.peekHeader(`${cachePath}.bitmap`)).identity,
+        p.proxy.identity,
+        "saved in the bitmap header",
+      );
+      // The upstream drops and comes back with the same (changed) disk: accepted, the copy ends right.
+      await up.kill();
+      await start(port);
+      await until("the proxy to take the disk back", () => p.proxy.stats().upstream.connected, 10_000);
+      assert.is(p.proxy.stats().upstream.refused, undefined);
+      p.proxy.setRateLimit(0);
+      await within(p.proxy.whenCopied(), 30_000, "the copy");
+      assert.ok(readFileSync(cachePath).equals(data), "the cache holds the disk as the upstream left it");
     } finally {
       await p.stop();
       for (const s of servers) await s.stop();

@@ -160,6 +160,13 @@ export class BitmapFile {
     }
   }
 
+  /** Records another identity for the upstream disk (its content changed while still the same disk), durably. */
+  async setIdentity(identity: string): Promise<void> {
+    await this.fh.write(encodeBitmapHeader({ ...this.header, identity }), 0, BITMAP_HEADER_SIZE, 0);
+    await this.fh.datasync();
+    this.header.identity = identity;
+  }
+
   close(): Promise<void> {
     return this.fh.close();
   }

@@ -43,7 +43,7 @@ import type { BlockBitmap } from "./block-bitmap.js";
 import { BlockClaims, type Claim } from "./block-claims.js";
 import { CopyOrder, type HotSource } from "./copy-order.js";
 import { blockSpan, mergeRuns, type Run, runBytes } from "./fetch-plan.js";
-import { checkUpstream, fingerprint } from "./identity.js";
+import { checkUpstream, fingerprint, isFingerprint } from "./identity.js";
 import { LatencyRecorder, type LatencySummary } from "./latency.js";
 import { Upstream } from "./upstream.js";
 import { currentBootId, WriteJournal } from "./write-journal.js";
@@ -163,7 +163,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
   };
   readonly blockSizes: { minimum: number; preferred: number; maximum: number };
   readonly bitmap: BlockBitmap;
-  readonly identity: string;
+  /** The upstream disk's identity (retaken when the copy starts: see startCopy). */
+  private _identity: string;
   /** Blocks being fetched, or changed while missing. */
   private readonly claims: BlockClaims;
   private demandQueue: Claim[] = [];
@@ -202,7 +203,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
     super();
     this.size = local.size;
     this.blockSize = bm.header.blockSize;
-    this.identity = bm.header.identity;
+    this._identity = bm.header.identity;
     this.bitmap = bm.bitmap;
     this.maxRequestBlocks = Math.max(
       1,
@@ -230,8 +231,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
     });
     this.copier.on("error-fetch", (e: Error) => this.emit("fetch-error", e));
     // Every later link (reconnect, re-point) must serve this disk, as a restart must.
-    const disk = { size: this.size, blockSize: this.blockSize, identity: this.identity };
-    upstream.verify = (url, c) => checkUpstream(url, { size: c.size, read: (o, l) => c.read(o, l) }, disk);
+    upstream.verify = (url, c) =>
+      checkUpstream(
+        url,
+        { size: c.size, read: (o, l) => c.read(o, l) },
+        { size: this.size, blockSize: this.blockSize, identity: this._identity },
+      );
     upstream.on("lost", (e: Error) => this.emit("upstream-lost", e));
     upstream.on("restored", () => this.emit("upstream-restored"));
     upstream.on("refused", (e: Error) => this.emit("upstream-refused", e));
@@ -650,9 +655,43 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   // ---- control ----
 
+  get identity(): string {
+    return this._identity;
+  }
+
+  /**
+   * Starts the background copy. Its start says the upstream no longer changes (a migration
+   * starts it at the switch-over, once the source VM has stopped): a writable upstream's
+   * fingerprint is taken again then, over the link already checked, and saved in the bitmap
+   * header. Otherwise a source VM that wrote its first block between the open and the
+   * switch-over would make its own disk look like another one to every later reconnect or
+   * restart, and the copy would stall for good once the upstream dropped.
+   */
   startCopy(): void {
     this.check();
     this.copier.start();
+    if (this.upstream.mayChange && isFingerprint(this._identity))
+      this.identityChain = this.identityChain.then(() => this.retakeIdentity());
+  }
+
+  private identityChain: Promise<void> = Promise.resolve();
+
+  private async retakeIdentity(): Promise<void> {
+    try {
+      const id = await fingerprint((o, l) => this.upstream.read(o, l), this.size, this.blockSize);
+      if (id === this._identity || this.claims.closed) return;
+      // The journal first: a crash between the two leaves a bitmap that refuses the upstream
+      // (loud), never a journal ignored as another disk's (unflushed writes silently lost).
+      await this.journal?.setIdentity({ ...this.bm.header, identity: id });
+      await this.bm.setIdentity(id);
+      this.log.info("upstream disk's fingerprint retaken as the copy starts (it changed since the open)", {
+        was: this._identity,
+        now: id,
+      });
+      this._identity = id;
+    } catch (err) {
+      this.log.warn("cannot retake the upstream disk's fingerprint as the copy starts", { err });
+    }
   }
 
   stopCopy(): Promise<void> {

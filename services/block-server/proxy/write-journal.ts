@@ -87,6 +87,7 @@ export class WriteJournal {
     readonly path: string,
     private readonly fh: fsp.FileHandle,
     blocks: number,
+    private readonly bootId: string,
   ) {
     this.bits = new BitSet(blocks);
   }
@@ -133,7 +134,7 @@ export class WriteJournal {
       await fh.close();
       throw e;
     }
-    return new WriteJournal(path, fh, blocks);
+    return new WriteJournal(path, fh, blocks, bootId);
   }
 
   /**
@@ -186,6 +187,15 @@ export class WriteJournal {
       this.dirtyHi = Math.max(this.dirtyHi, lo + bytes.length);
       throw e;
     }
+  }
+
+  /** The disk's identity changed (the bitmap header's, retaken): the journal's header follows. */
+  setIdentity(header: BitmapHeader): Promise<void> {
+    const round = this.chain.then(async () => {
+      await this.fh.write(encodeHeader(header, this.bootId), 0, JOURNAL_HEADER_SIZE, 0);
+    });
+    this.chain = round.catch(() => {});
+    return round;
   }
 
   async close(): Promise<void> {
