@@ -16,6 +16,20 @@ type CheckFn = (
   cb: (err: grpc.ServiceError | null, res?: { status: string | number }) => void,
 ) => void;
 
+/**
+ * A check that failed. `slow`: no answer within the deadline over a connection that is up: the
+ * process is there but busy (a loaded machine), not gone.
+ */
+export class HealthCheckError extends Error {
+  constructor(
+    message: string,
+    readonly slow: boolean,
+  ) {
+    super(message);
+    this.name = "HealthCheckError";
+  }
+}
+
 class HealthClient {
   private readonly client: grpc.Client & { check: CheckFn };
 
@@ -29,7 +43,7 @@ class HealthClient {
     };
   }
 
-  /** Resolves when the peer answers SERVING within `deadlineMs`; rejects with why not. */
+  /** Resolves when the peer answers SERVING within `deadlineMs`; rejects (HealthCheckError) with why not. */
   check(deadlineMs: number): Promise<void> {
     return new Promise((resolve, reject) =>
       this.client.check(
@@ -37,7 +51,14 @@ class HealthClient {
         new grpc.Metadata(),
         { deadline: Date.now() + deadlineMs },
         (err, res) => {
-          if (err) reject(new Error(err.details || err.message));
+          if (err)
+            reject(
+              new HealthCheckError(
+                err.details || err.message,
+                err.code === grpc.status.DEADLINE_EXCEEDED &&
+                  this.client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY,
+              ),
+            );
           else if (res?.status !== "SERVING" && res?.status !== 1)
             reject(new Error(`health ${String(res?.status)}`));
           else resolve();

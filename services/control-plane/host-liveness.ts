@@ -1,12 +1,14 @@
 // Host liveness: the leader checks every registered host's page-server and block-server
 // (grpc.health.v1 Check with a deadline) every few seconds and records each host `up`,
 // `suspect` (one or two checks missed in a row) or `down` (more), with what the last failure
-// said. The records carry a TTL, so liveness nobody checks any more (no leader) disappears
+// said. A miss where every failed check was only slow (no answer in time over a connection
+// that is up: a busy process on a loaded machine) takes three times as many rounds to make a
+// host down: rolling migrations back for a slow answer costs more than waiting. The records carry a TTL, so liveness nobody checks any more (no leader) disappears
 // instead of going stale. A host turning down is reported to `onDown` (the control-plane ends
 // the migrations it breaks).
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
-import { HealthClients } from "./health-client.js";
+import { HealthCheckError, HealthClients } from "./health-client.js";
 import { type HostRecord, KEYS, readJson, scanJson } from "./records.js";
 
 export type Liveness = "up" | "suspect" | "down";
@@ -15,6 +17,8 @@ export interface LivenessRecord {
   host_id: string;
   state: Liveness;
   missed: number;
+  /** The last round's failed checks were all slow (HealthCheckError.slow). */
+  slow?: boolean;
   detail: string;
   checked_unix_ms: number;
 }
@@ -33,10 +37,13 @@ export interface HostLivenessOptions {
   onUp?: (host: HostRecord) => void;
 }
 
-/** up / suspect / down from the checks missed in a row. */
-export function livenessOf(missed: number, downAfter = 3): Liveness {
-  return missed === 0 ? "up" : missed < downAfter ? "suspect" : "down";
+/** up / suspect / down from the checks missed in a row; `slow`: the last misses were only slow answers. */
+export function livenessOf(missed: number, downAfter = 3, slow = false): Liveness {
+  return missed === 0 ? "up" : missed < (slow ? SLOW_FACTOR * downAfter : downAfter) ? "suspect" : "down";
 }
+
+/** How many times more rounds of only slow answers make a host down. */
+export const SLOW_FACTOR = 3;
 
 export function readLiveness(store: Store): Promise<LivenessRecord[]> {
   return scanJson<LivenessRecord>(store, KEYS.livenessPrefix);
@@ -87,23 +94,29 @@ export class HostLiveness {
         .get(address)
         .check(deadline)
         .then(
-          () => "",
-          (err: Error) => `${what} ${address}: ${err.message}`,
+          () => undefined,
+          (err: Error) => ({
+            text: `${what} ${address}: ${err.message}`,
+            slow: err instanceof HealthCheckError && err.slow,
+          }),
         );
-    const problems = (
+    const failed = (
       await Promise.all([
         ask("page-server", h.page_server_address),
-        h.block_server_address ? ask("block-server", h.block_server_address) : "",
+        h.block_server_address ? ask("block-server", h.block_server_address) : undefined,
       ])
-    ).filter(Boolean);
+    ).filter((x) => x !== undefined);
+    const problems = failed.map((f) => f.text);
+    const slow = failed.length > 0 && failed.every((f) => f.slow);
     const key = KEYS.liveness(h.host_id);
     const prev = (await readJson<LivenessRecord>(this.store, key))?.value;
     const missed = problems.length === 0 ? 0 : (prev?.missed ?? 0) + 1;
     const downAfter = this.opts.downAfter ?? 3;
     const rec: LivenessRecord = {
       host_id: h.host_id,
-      state: livenessOf(missed, downAfter),
+      state: livenessOf(missed, downAfter, slow),
       missed,
+      ...(slow ? { slow } : {}),
       detail: problems.join("; "),
       checked_unix_ms: Date.now(),
     };
