@@ -143,18 +143,23 @@ export class BlockServer {
     );
   }
 
+  /** Export `name` is here and is a proxy of `upstreamUrl` (a migration's); false when it is absent or something else. */
+  async isProxyOf(name: string, upstreamUrl: string): Promise<boolean> {
+    const st = await this.status(name).catch((err) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+    const e = st?.export;
+    return e?.mode === ExportMode.EXPORT_MODE_PROXY && e.upstreamUrl === upstreamUrl;
+  }
+
   /**
    * Removes export `name`, with its partial copy, only if it is a proxy of `upstreamUrl` (a
    * migration's): an export of that name that is something else (the reason a create failed,
    * a VM's own disk) is not the caller's. Gone already: nothing to do.
    */
   async removeProxyOf(name: string, upstreamUrl: string, fencingToken: number): Promise<boolean> {
-    const st = await this.status(name).catch((err) => {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    });
-    const e = st?.export;
-    if (!e || e.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== upstreamUrl) return false;
+    if (!(await this.isProxyOf(name, upstreamUrl))) return false;
     // Its partial copy goes with it: a later migration here starts a fresh proxy of the disk.
     await this.remove(name, fencingToken, true);
     return true;

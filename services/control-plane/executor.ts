@@ -258,8 +258,7 @@ export class Executor {
             .catch(async (err) => {
               // Prepared before a restart: this migration's proxy of the source disk is there already.
               if (!isAlreadyExists(err)) throw err;
-              const e = (await dstBlock.status(disk.destination_export)).export;
-              if (e?.mode !== ExportMode.EXPORT_MODE_PROXY || e.upstreamUrl !== disk.source_url) throw err;
+              if (!(await dstBlock.isProxyOf(disk.destination_export, disk.source_url))) throw err;
             })
         : Promise.resolve();
     const spec = { ...ctx.spec, diskNbdUrl: this.diskUrl(m, ctx) };
@@ -292,12 +291,12 @@ export class Executor {
   private async checkDestinationDisk(m: MigrationRecord, ctx: Ends): Promise<void> {
     if (!m.disk || !ctx.dstBlock) return;
     const name = m.disk.destination_export;
-    const st = await ctx.dstBlock.status(name).catch((err: Error) => {
+    const served = await ctx.dstBlock.isProxyOf(name, m.disk.source_url).catch((err: Error) => {
       throw new Error(
         `the destination's disk export ${name} is not served before the switch-over (rolled back): ${err.message}`,
       );
     });
-    if (st.export?.mode !== ExportMode.EXPORT_MODE_PROXY || st.export.upstreamUrl !== m.disk.source_url)
+    if (!served)
       throw new Error(
         `the destination's block-server ${ctx.dstBlock.address} no longer serves this migration's proxy export ${name} before the switch-over`,
       );
