@@ -5,12 +5,14 @@
 // goes on, and its record says what was lost with the host, if anything. A host back up is
 // rid of what such a rollback could not undo while it was down: the waiting destination QEMU,
 // and the proxy export of the disk (its restarted block-server restores it).
+import { setTimeout as sleep } from "node:timers/promises";
 import { VmState } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import type { BlockServers } from "./block-client.js";
 import type { LivenessRecord } from "./host-liveness.js";
 import type { PageServers } from "./page-client.js";
+import { isNoAnswer } from "./peer-call.js";
 import {
   type HostRecord,
   KEYS,
@@ -91,6 +93,9 @@ export async function onHostDown(
   }
 }
 
+/** Past a client channel's longest reconnect back-off (peer-call.ts CHANNEL: 2 s). */
+const RECONNECT_WAIT_MS = 2500;
+
 /**
  * A host back up: the incoming QEMUs of migrations to it that ended before their switch-over
  * while it was down (the rollback could not stop them then; its restarted page-server adopted
@@ -120,6 +125,15 @@ export async function onHostUp(
       await blocks
         .get(host.block_server_address)
         .removeProxyOf(m.disk.destination_export, m.disk.source_url, m.fencing_token)
+        .catch(async (err) => {
+          // The health check reached the host; this client's channel may still be waiting out
+          // its reconnect back-off (up to 2 s, peer-call.ts): once more after it.
+          if (!isNoAnswer(err)) throw err;
+          await sleep(RECONNECT_WAIT_MS);
+          return blocks
+            .get(host.block_server_address!)
+            .removeProxyOf(m.disk!.destination_export, m.disk!.source_url, m.fencing_token);
+        })
         .then((removed) => {
           if (removed)
             log.info("host back up: removed a rolled-back migration's proxy export", {
@@ -130,7 +144,14 @@ export async function onHostUp(
         .catch((err) =>
           log.warn("host back up: cannot remove a proxy export", { migration: m.migration_id, err }),
         );
-    const at = await ps.inspect(m.vm_id).catch(() => undefined);
+    const at = await ps
+      .inspect(m.vm_id)
+      .catch(async (err) => {
+        if (!isNoAnswer(err)) throw err;
+        await sleep(RECONNECT_WAIT_MS); // as above
+        return ps.inspect(m.vm_id);
+      })
+      .catch(() => undefined);
     if (!at || at.state === VmState.VM_STATE_STOPPED) continue;
     if (at.state === VmState.VM_STATE_RUNNING) {
       log.warn("host back up: a VM runs there that the registry places elsewhere; left alone", {

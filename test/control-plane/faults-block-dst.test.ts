@@ -68,7 +68,14 @@ t(
         async () => (await hasExport(block, name)) === false,
         120_000,
         500,
-      );
+      ).catch((err: Error) => {
+        // What the leader saw and did about the host, for the failure's message.
+        const said = bed.control
+          .stderr()
+          .split("\n")
+          .filter((l) => /liveness|host back up|host down/.test(l));
+        throw new Error(`${err.message}\n${said.slice(-10).join("\n")}`);
+      });
       assert.equal(await fb.qemus(), [1, 0], "nothing prepared at s2");
 
       // A later migration to s2 starts afresh and ends done, verified.
