@@ -10,8 +10,13 @@ import { NbdClient, type NbdClientOptions, NbdConnectionError } from "../nbd/cli
 import { FileFetcher } from "./file-fetcher.js";
 
 export const DATA_CONNECT_MIN_MS = 2000;
-/** The first connection's bound on connect plus handshake. */
-const FIRST_CONNECT_MS = 5000;
+/**
+ * The first connection's bound on connect plus handshake. A refused connect fails at once; this
+ * bounds an upstream that does not answer. 5 s was too short for a loaded source: ten proxies
+ * opened at once (ten migrations) on a machine at load 40 timed out in the handshake, failing
+ * every migration but one (faults-concurrent). Still well under the servers' 30 s limit.
+ */
+const FIRST_CONNECT_MS = 15_000;
 
 export interface Dialed {
   /** The first connection, and how long its connect and handshake took (ms). */
