@@ -6,13 +6,14 @@
 // rid of what such a rollback could not undo while it was down: the waiting destination QEMU,
 // and the proxy export of the disk (its restarted block-server restores it).
 import { setTimeout as sleep } from "node:timers/promises";
+import * as grpc from "@grpc/grpc-js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
-import type { BlockServers } from "./block-client.js";
+import type { BlockServer, BlockServers } from "./block-client.js";
 import type { LivenessRecord } from "./host-liveness.js";
 import type { PageServers } from "./page-client.js";
-import { isNoAnswer } from "./peer-call.js";
+import { isNoAnswer, isNotFound, PeerError } from "./peer-call.js";
 import {
   type HostRecord,
   KEYS,
@@ -97,6 +98,38 @@ export async function onHostDown(
 const RECONNECT_WAIT_MS = 2500;
 
 /**
+ * A call to a host just seen up: the health check reached it, but this client's channel may
+ * still be waiting out its reconnect back-off and fail at once; then once more after it.
+ */
+async function askedTwice<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!isNoAnswer(err)) throw err;
+    await sleep(RECONNECT_WAIT_MS);
+    return fn();
+  }
+}
+
+/**
+ * Removes a rolled-back migration's proxy export `name` left on a block-server, with its partial
+ * copy. No status first: a restarted block-server may hold it persisted but unable to serve it
+ * (its source disk changed since the open), so only the block-server can tell what it is. It
+ * refuses to discard anything but a proxy's copy, and the fence refuses an export a later
+ * migration acted on: both leave it alone (false), as does its absence.
+ */
+async function removeLeftProxy(block: BlockServer, name: string, fencingToken: number): Promise<boolean> {
+  try {
+    await block.remove(name, fencingToken, true);
+    return true;
+  } catch (err) {
+    if (isNotFound(err) || (err instanceof PeerError && err.code === grpc.status.FAILED_PRECONDITION))
+      return false;
+    throw err;
+  }
+}
+
+/**
  * A host back up: the incoming QEMUs of migrations to it that ended before their switch-over
  * while it was down (the rollback could not stop them then; its restarted page-server adopted
  * them) are stopped, and their disks' proxy exports removed, under the migration's fencing
@@ -121,37 +154,22 @@ export async function onHostUp(
   for (const m of ended) {
     const vm = (await readJson<VmRecord>(store, KEYS.vm(m.vm_id)))?.value;
     if (!vm || vm.host_id === host.host_id) continue;
-    if (m.disk && host.block_server_address && !vm.migration_id)
-      await blocks
-        .get(host.block_server_address)
-        .removeProxyOf(m.disk.destination_export, m.disk.source_url, m.fencing_token)
-        .catch(async (err) => {
-          // The health check reached the host; this client's channel may still be waiting out
-          // its reconnect back-off (up to 2 s, peer-call.ts): once more after it.
-          if (!isNoAnswer(err)) throw err;
-          await sleep(RECONNECT_WAIT_MS);
-          return blocks
-            .get(host.block_server_address!)
-            .removeProxyOf(m.disk!.destination_export, m.disk!.source_url, m.fencing_token);
-        })
+    if (m.disk && host.block_server_address && !vm.migration_id) {
+      const block = blocks.get(host.block_server_address);
+      const name = m.disk.destination_export;
+      await askedTwice(() => removeLeftProxy(block, name, m.fencing_token))
         .then((removed) => {
           if (removed)
             log.info("host back up: removed a rolled-back migration's proxy export", {
               migration: m.migration_id,
-              export: m.disk?.destination_export,
+              export: name,
             });
         })
         .catch((err) =>
           log.warn("host back up: cannot remove a proxy export", { migration: m.migration_id, err }),
         );
-    const at = await ps
-      .inspect(m.vm_id)
-      .catch(async (err) => {
-        if (!isNoAnswer(err)) throw err;
-        await sleep(RECONNECT_WAIT_MS); // as above
-        return ps.inspect(m.vm_id);
-      })
-      .catch(() => undefined);
+    }
+    const at = await askedTwice(() => ps.inspect(m.vm_id)).catch(() => undefined);
     if (!at || at.state === VmState.VM_STATE_STOPPED) continue;
     if (at.state === VmState.VM_STATE_RUNNING) {
       log.warn("host back up: a VM runs there that the registry places elsewhere; left alone", {
