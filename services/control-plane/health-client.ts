@@ -17,8 +17,9 @@ type CheckFn = (
 ) => void;
 
 /**
- * A check that failed. `slow`: no answer within the deadline over a connection that is up: the
- * process is there but busy (a loaded machine), not gone.
+ * A check that failed. `slow`: no answer within the deadline, as from a process that is there
+ * but busy (a loaded machine: its connection may still be in its HTTP/2 handshake); a refused
+ * or broken connection is not slow.
  */
 export class HealthCheckError extends Error {
   constructor(
@@ -53,11 +54,7 @@ class HealthClient {
         (err, res) => {
           if (err)
             reject(
-              new HealthCheckError(
-                err.details || err.message,
-                err.code === grpc.status.DEADLINE_EXCEEDED &&
-                  this.client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY,
-              ),
+              new HealthCheckError(err.details || err.message, err.code === grpc.status.DEADLINE_EXCEEDED),
             );
           else if (res?.status !== "SERVING" && res?.status !== 1)
             reject(new Error(`health ${String(res?.status)}`));

@@ -1,9 +1,10 @@
 // Host liveness: the leader checks every registered host's page-server and block-server
 // (grpc.health.v1 Check with a deadline) every few seconds and records each host `up`,
 // `suspect` (one or two checks missed in a row) or `down` (more), with what the last failure
-// said. A miss where every failed check was only slow (no answer in time over a connection
-// that is up: a busy process on a loaded machine) takes three times as many rounds to make a
-// host down: rolling migrations back for a slow answer costs more than waiting. The records carry a TTL, so liveness nobody checks any more (no leader) disappears
+// said. A miss where every failed check was only slow (no answer in time, as from a busy
+// process on a loaded machine, rather than a refused or broken connection) takes three times
+// as many rounds to make a host down: rolling migrations back for a slow answer costs more
+// than waiting. The records carry a TTL, so liveness nobody checks any more (no leader) disappears
 // instead of going stale. A host turning down is reported to `onDown` (the control-plane ends
 // the migrations it breaks).
 import type { Logger } from "../common/log.js";

@@ -1,5 +1,5 @@
 // The liveness checks' view of a peer (health-client.ts, host-liveness.ts): a peer that answers
-// late over a live connection is slow, one that is gone is not; only-slow misses take
+// late is slow, one that is gone is not; only-slow misses take
 // SLOW_FACTOR times as many rounds to make a host down.
 import * as grpc from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
@@ -19,7 +19,7 @@ test("up, suspect, down from the misses in a row; only-slow misses need SLOW_FAC
   assert.is(livenessOf(0, 3, true), "up");
 });
 
-test("a peer answering late over a live connection is slow; a peer gone is not", async () => {
+test("a peer answering late is slow; a peer gone is not", async () => {
   let answer = true;
   const server = new grpc.Server();
   server.addService(healthService as unknown as grpc.ServiceDefinition, {
