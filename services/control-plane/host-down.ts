@@ -6,14 +6,13 @@
 // rid of what such a rollback could not undo while it was down: the waiting destination QEMU,
 // and the proxy export of the disk (its restarted block-server restores it).
 import { setTimeout as sleep } from "node:timers/promises";
-import * as grpc from "@grpc/grpc-js";
 import { VmState } from "../../gen/vmhop/v1/page.js";
 import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import type { BlockServer, BlockServers } from "./block-client.js";
 import type { LivenessRecord } from "./host-liveness.js";
 import type { PageServers } from "./page-client.js";
-import { isNoAnswer, isNotFound, PeerError } from "./peer-call.js";
+import { isNoAnswer, isNotFound, isRefusedNow } from "./peer-call.js";
 import {
   type HostRecord,
   KEYS,
@@ -123,8 +122,7 @@ async function removeLeftProxy(block: BlockServer, name: string, fencingToken: n
     await block.remove(name, fencingToken, true);
     return true;
   } catch (err) {
-    if (isNotFound(err) || (err instanceof PeerError && err.code === grpc.status.FAILED_PRECONDITION))
-      return false;
+    if (isNotFound(err) || isRefusedNow(err)) return false;
     throw err;
   }
 }

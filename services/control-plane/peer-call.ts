@@ -34,6 +34,11 @@ export function isAlreadyExists(err: unknown): boolean {
   return err instanceof PeerError && err.code === grpcStatus.ALREADY_EXISTS;
 }
 
+/** The peer refused the call in its present state (FAILED_PRECONDITION: e.g. a stale fence). */
+export function isRefusedNow(err: unknown): boolean {
+  return err instanceof PeerError && err.code === grpcStatus.FAILED_PRECONDITION;
+}
+
 /** The peer did not answer (down, unreachable or too slow): worth asking again. */
 export function isNoAnswer(err: unknown): boolean {
   return (
