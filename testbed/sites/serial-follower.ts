@@ -16,7 +16,8 @@ export class SerialFollower {
   readonly beats: FollowedHeartbeat[] = [];
   /** ERR lines the workload printed (memory or disk check failures). */
   readonly errors: string[] = [];
-  private readonly files = new Map<string, { offset: number; rest: Buffer }>();
+  /** Per log: how far it was read, an unfinished line, and the file's inode (a log replaced is read from its start). */
+  private readonly files = new Map<string, { offset: number; rest: Buffer; ino?: number }>();
   private timer?: NodeJS.Timeout;
 
   /** Polls every `everyMs` (the arrival time's resolution). */
@@ -25,8 +26,8 @@ export class SerialFollower {
   /** Starts following a log (it may not exist yet), from its current end unless `fromStart`. */
   follow(path: string, fromStart = false): void {
     if (this.files.has(path)) return;
-    const offset = !fromStart && existsSync(path) ? statSync(path).size : 0;
-    this.files.set(path, { offset, rest: Buffer.alloc(0) });
+    const st = existsSync(path) ? statSync(path) : undefined;
+    this.files.set(path, { offset: !fromStart && st ? st.size : 0, rest: Buffer.alloc(0), ino: st?.ino });
     this.timer ??= setInterval(() => this.poll(), this.everyMs);
   }
 
@@ -35,6 +36,14 @@ export class SerialFollower {
     const now = performance.timeOrigin + performance.now();
     for (const [path, f] of this.files) {
       if (!existsSync(path)) continue;
+      // Another file renamed over the log (a page-server taking a warm QEMU moves its log into
+      // the VM's folder): its lines are new, from its start.
+      const ino = statSync(path).ino;
+      if (f.ino !== undefined && ino !== f.ino) {
+        f.offset = 0;
+        f.rest = Buffer.alloc(0);
+      }
+      f.ino = ino;
       const fd = openSync(path, "r");
       try {
         const buf = Buffer.alloc(1 << 16);
