@@ -1,12 +1,6 @@
 // Pure post-copy between two QEMUs on loopback, driven by QMP: the guest's heartbeat counter
 // continues unbroken on the destination, its memory verification passes there, and the
 // source QEMU ends.
-import { type ChildProcess, spawn } from "node:child_process";
-import { once } from "node:events";
-import { truncateSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
-import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import { migrate, prepareIncoming, queryMigration } from "../../services/page-server/migration/driver.js";
 import type { Vm } from "../../services/page-server/vm/vm.js";
@@ -15,6 +9,7 @@ import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
 import { bootPair } from "./pair.js";
+import { type SharedDisk, sharedNbdDisk } from "./shared-disk.js";
 
 const migTest = gate(
   test,
@@ -24,30 +19,11 @@ const migTest = gate(
 const dir = tempDir("vmhop-mig-");
 const vms: Vm[] = [];
 
-let nbd: ChildProcess | undefined;
-
-async function waitListening(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, "127.0.0.1");
-      s.once("connect", () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once("error", () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(50);
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
+let shared: SharedDisk | undefined;
 
 test.after(async () => {
   for (const vm of vms) await vm.kill();
-  if (nbd && nbd.exitCode === null) {
-    nbd.kill("SIGKILL");
-    await once(nbd, "exit");
-  }
+  await shared?.stop();
   dir.cleanup();
 });
 
@@ -86,20 +62,9 @@ migTest("pure post-copy: heartbeat continues unbroken on the destination, source
 });
 
 migTest("post-copy with a shared NBD disk: the workload's disk checks pass at the destination", async () => {
-  const image = join(dir.path, "disk.raw");
-  writeFileSync(image, Buffer.alloc(0));
-  truncateSync(image, 16 << 20);
-  const port = await freePort();
-  // --shared: source and destination QEMU both hold the export during the migration.
-  nbd = spawn(
-    "qemu-nbd",
-    ["-f", "raw", "-b", "127.0.0.1", "-p", String(port), "-x", "d", "-t", "--shared=4", image],
-    {
-      stdio: "ignore",
-    },
-  );
-  await waitListening(port);
-  const disk = { nbd: `nbd://127.0.0.1:${port}/d` };
+  // Source and destination QEMU both hold the export during the migration.
+  shared = await sharedNbdDisk(dir.path);
+  const disk = { nbd: shared.url };
   const { src, dst } = await bootPair(
     dir.path,
     "disk",

@@ -3,20 +3,18 @@
 // guest carries on with memory and disk verified; the pool refills; a spec of another shape
 // gets a QEMU of its own (the cold path); a warm QEMU that died is replaced, never handed out;
 // closing the page-server stops the warm ones.
-import { type ChildProcess, spawn } from "node:child_process";
-import { once } from "node:events";
-import { existsSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import { PageHost } from "../../services/page-server/host.js";
 import type { VmSpec } from "../../services/page-server/vm/spec.js";
-import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { heartbeats } from "../helpers/heartbeats.js";
 import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { assertGuestContinued, finished, guestOnTwoHosts } from "./guest-continues.js";
+import { type SharedDisk, sharedNbdDisk } from "./shared-disk.js";
 
 const qemuTest = gate(
   test,
@@ -25,32 +23,13 @@ const qemuTest = gate(
 );
 const dir = tempDir("vmhop-warm-");
 const closers: (() => Promise<void>)[] = [];
-let nbd: ChildProcess | undefined;
+let shared: SharedDisk | undefined;
 
 test.after(async () => {
   for (const c of closers.reverse()) await c().catch(() => {});
-  if (nbd && nbd.exitCode === null) {
-    nbd.kill("SIGKILL");
-    await once(nbd, "exit");
-  }
+  await shared?.stop();
   dir.cleanup();
 });
-
-/** A 16 MiB image served by qemu-nbd to both QEMUs at once (as the block-servers do in turn). */
-async function sharedDisk(): Promise<string> {
-  const image = join(dir.path, "disk.raw");
-  writeFileSync(image, Buffer.alloc(0));
-  truncateSync(image, 16 << 20);
-  const port = await freePort();
-  nbd = spawn(
-    "qemu-nbd",
-    ["-f", "raw", "-b", "127.0.0.1", "-p", String(port), "-x", "d", "-t", "--shared=4", image],
-    {
-      stdio: "ignore",
-    },
-  );
-  return `nbd://127.0.0.1:${port}/d`;
-}
 
 const pidAlive = (pid: number) => {
   try {
@@ -69,7 +48,8 @@ qemuTest(
   "a migration with disk and NIC into a warm QEMU; refill, cold path, dead one replaced, close",
   async () => {
     const tag = `w${process.pid % 10000}`;
-    const disk = { nbd: await sharedDisk() };
+    shared = await sharedNbdDisk(dir.path);
+    const disk = { nbd: shared.url };
     const { a, b, spec, src } = await guestOnTwoHosts(dir.path, "warm", closers, {
       name: "warm-vm",
       warmMax: 2,
