@@ -279,7 +279,11 @@ export class Executor {
       migration: m.migration_id,
       err: waiting.reason,
     });
-    return incoming();
+    return incoming().catch(async (err: unknown) => {
+      // Twice no QEMU on its disk: if the disk's block-server is the cause, that is the reason.
+      await this.checkDestinationDisk(m, ctx);
+      throw err;
+    });
   }
 
   /**
@@ -293,7 +297,7 @@ export class Executor {
     const name = m.disk.destination_export;
     const served = await ctx.dstBlock.isProxyOf(name, m.disk.source_url).catch((err: Error) => {
       throw new Error(
-        `the destination's disk export ${name} is not served before the switch-over (rolled back): ${err.message}`,
+        `the destination's block-server ${ctx.dstBlock!.address} does not serve the disk's export ${name} before the switch-over (rolled back): ${err.message}`,
       );
     });
     if (!served)
