@@ -12,15 +12,6 @@ import { type Callback, CHANNEL, ClientPool, callPeer, isNotFound, PeerError } f
  * The block-server refused a call because a newer migration (a higher fencing token) has acted
  * on that export since: it is no longer this migration's.
  */
-/** RemoveExport with discardLocalCopy refused: the export is a target (its image is the disk), not a copy. */
-export function isNotAProxy(err: unknown): boolean {
-  return (
-    err instanceof PeerError &&
-    err.code === grpc.status.FAILED_PRECONDITION &&
-    err.message.includes("is not a proxy")
-  );
-}
-
 export function isStaleFence(err: unknown): boolean {
   return (
     err instanceof PeerError &&

@@ -9,7 +9,7 @@ import type { Logger } from "../common/log.js";
 import type { Store } from "../common/store/index.js";
 import { StoreError } from "../common/store/index.js";
 import type { AddressMover } from "./address.js";
-import { type BlockServer, BlockServers, isNotAProxy, isStaleFence } from "./block-client.js";
+import { type BlockServer, BlockServers, isStaleFence } from "./block-client.js";
 import { type Bounded, destinationRunning, watchToEnd } from "./completing.js";
 import { faultLatencyRecord } from "./fault-latency.js";
 import { MigrationTrace } from "./migration-trace.js";
@@ -555,15 +555,15 @@ export class Executor {
    */
   private async releaseSource(disk: DiskRecord, src: BlockServer, fencingToken: number): Promise<void> {
     const name = parseNbdUrl(disk.source_url)?.name ?? disk.destination_export;
-    await src
-      .remove(name, fencingToken, true)
-      .catch((err) => {
-        if (isNotAProxy(err)) return src.remove(name, fencingToken);
-        throw err;
-      })
-      .catch((err) => {
-        if (!isNotFound(err) && !isStaleFence(err)) throw err;
-      });
+    // A proxy there (the VM had come to that host lazily) goes with its local copy; a VM's own
+    // image stays. Asked first, so that no call is made only to be refused.
+    const release = async () => {
+      const st = await src.status(name);
+      await src.remove(name, fencingToken, st.export?.mode === ExportMode.EXPORT_MODE_PROXY);
+    };
+    await release().catch((err) => {
+      if (!isNotFound(err) && !isStaleFence(err)) throw err;
+    });
   }
 
   /** Replicas: a newer leader took the migration over (its record no longer names this generation). */
