@@ -139,13 +139,14 @@ export class Outgoing {
     const out = this.channelOut(o.vmId, o.migrationId, o.channelAddress, 0, {
       choose: (rtt) => choosePath(request, rtt),
     });
-    // Post-copy: the VM's virtio rings are looked up while the channel opens (sendAhead).
-    const rings = request.postcopy ? this.ringPages(vm, o.migrationId) : undefined;
     try {
       await out.open();
     } catch (err) {
       throw new HostError("unavailable", (err as Error).message);
     }
+    // Post-copy: the VM's virtio rings, looked up once the channel's round trip is measured
+    // (nothing else runs in this process meanwhile to skew it), answered by the switch (sendAhead).
+    const rings = request.postcopy ? this.ringPages(vm, o.migrationId) : undefined;
     const chosen = out.plan!;
     const rec = table.add(o.migrationId, o.vmId, "source");
     rec.channelPath = chosen.path;
