@@ -7,7 +7,7 @@
 // `migrating` whose source was never asked to start (a control-plane killed between the two):
 // the resumed driver asks the source, and the migration ends done.
 import * as assert from "uvu/assert";
-import { MigrationMode, VmSpec as PbVmSpec } from "../../gen/vmhop/v1/page.js";
+import { VmSpec as PbVmSpec } from "../../gen/vmhop/v1/page.js";
 import { startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import { MemoryStore } from "../../services/common/store/index.js";
@@ -24,7 +24,13 @@ import { test } from "../helpers/uvu.js";
 import { until } from "../helpers/wait.js";
 import { ensureGuest } from "../page-server/guest.js";
 import { finished, guestOnTwoHosts } from "../page-server/guest-continues.js";
-import { type PageServerHandle, plantHost, startControlPlane, startPageServer } from "./fixtures.js";
+import {
+  type PageServerHandle,
+  plantedMigration,
+  plantHost,
+  startControlPlane,
+  startPageServer,
+} from "./fixtures.js";
 
 const t = gate(test, ["qemu-system-x86_64", "gcc", "apt-get"], "completing ends");
 const dir = tempDir("vmhop-completing-");
@@ -54,23 +60,7 @@ async function plantMigration(
   spec: VmSpec,
   state: MigrationRecord["state"] = "completing",
 ): Promise<void> {
-  const now = Date.now();
-  const m: MigrationRecord = {
-    migration_id: id,
-    request_id: "",
-    vm_id: spec.name,
-    source_host_id: "a",
-    destination_host_id: "b",
-    mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-    state,
-    fencing_token: 1,
-    error: "",
-    bytes_sent: 0,
-    downtime_ms: 0,
-    created_unix_ms: now,
-    updated_unix_ms: now,
-    entered_unix_ms: { pending: now, [state]: now },
-  };
+  const m = plantedMigration(id, spec.name, state);
   const vm: VmRecord = {
     vm_id: spec.name,
     // As CreateVm records it: the same spec the page-servers were given.

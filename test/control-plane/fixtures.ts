@@ -2,6 +2,7 @@
 // runs it) and a control-plane behind real gRPC, on free ports and unique folders.
 import { join } from "node:path";
 import type { Migration } from "../../gen/vmhop/v1/control.js";
+import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { type RunningGrpcServer, startGrpcServer } from "../../services/common/grpc/server.js";
 import { silentLogger } from "../../services/common/log.js";
 import type { Store } from "../../services/common/store/index.js";
@@ -9,6 +10,7 @@ import { ControlClient } from "../../services/control-plane/client.js";
 import { ControlPlane, type ControlPlaneOptions } from "../../services/control-plane/control-plane.js";
 import type { ExecutorOptions } from "../../services/control-plane/executor.js";
 import { controlPlaneService } from "../../services/control-plane/grpc.js";
+import type { MigrationRecord } from "../../services/control-plane/records.js";
 import { type HostRecord, KEYS } from "../../services/control-plane/records.js";
 import { pageService } from "../../services/page-server/grpc/service.js";
 import { PageHost, type PageHostOptions } from "../../services/page-server/host.js";
@@ -129,4 +131,33 @@ export function migrationEnd(client: ControlClient, id: string, ms = 300_000): P
     ms,
     200,
   );
+}
+
+/**
+ * A post-copy migration record as the executor leaves it in `state` (a to `destination`), for a
+ * test to plant in a store: when each state it passed was entered.
+ */
+export function plantedMigration(
+  id: string,
+  vmId: string,
+  state: MigrationRecord["state"],
+  destination = "b",
+): MigrationRecord {
+  const now = Date.now();
+  return {
+    migration_id: id,
+    request_id: "",
+    vm_id: vmId,
+    source_host_id: "a",
+    destination_host_id: destination,
+    mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+    state,
+    fencing_token: 1,
+    error: "",
+    bytes_sent: 0,
+    downtime_ms: 0,
+    created_unix_ms: now,
+    updated_unix_ms: now,
+    entered_unix_ms: { pending: now, [state]: now },
+  };
 }

@@ -4,10 +4,9 @@
 // are planted in the registry as CreateVm leaves them).
 import * as grpc from "@grpc/grpc-js";
 import * as assert from "uvu/assert";
-import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore, RedisStore, type Store } from "../../services/common/store/index.js";
 import { MIGRATION_ID } from "../../services/control-plane/migration-id.js";
-import { KEYS, type MigrationRecord, type VmRecord } from "../../services/control-plane/records.js";
+import { KEYS, type VmRecord } from "../../services/control-plane/records.js";
 import { freePort } from "../../testbed/ports.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { rejectsWithStatus } from "../helpers/assert.js";
@@ -19,6 +18,7 @@ import {
   type ControlPlaneHandle,
   host,
   type PageServerHandle,
+  plantedMigration,
   plantHost,
   startControlPlane,
   startPageServer,
@@ -59,29 +59,6 @@ const plantedVm = (vmId: string, hostId: string, migrationId = ""): VmRecord => 
   host_id: hostId,
   migration_id: migrationId,
   fencing_token: migrationId ? 1 : 0,
-});
-
-const plantedMigration = (
-  id: string,
-  vmId: string,
-  state: MigrationRecord["state"],
-  destination = "b",
-): MigrationRecord => ({
-  migration_id: id,
-  request_id: "",
-  vm_id: vmId,
-  source_host_id: "a",
-  destination_host_id: destination,
-  mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-  state,
-  fencing_token: 1,
-  error: "",
-  bytes_sent: 0,
-  downtime_ms: 0,
-  created_unix_ms: Date.now(),
-  updated_unix_ms: Date.now(),
-  // As the executor records them: when each state it passed was entered.
-  entered_unix_ms: { pending: Date.now(), [state]: Date.now() },
 });
 
 /** Bounded polling (test/helpers/wait.ts) with this file's default bound. */

@@ -8,7 +8,6 @@
 import { SpanStatusCode } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import * as assert from "uvu/assert";
-import { MigrationMode } from "../../gen/vmhop/v1/page.js";
 import { MemoryStore } from "../../services/common/store/index.js";
 import { initTracing } from "../../services/common/tracing.js";
 import { ATTR } from "../../services/control-plane/migration-trace.js";
@@ -21,6 +20,7 @@ import {
   host,
   migrationEnd,
   type PageServerHandle,
+  plantedMigration,
   startControlPlane,
   startPageServer,
 } from "./fixtures.js";
@@ -98,22 +98,8 @@ test("a migration failing in preparing: the phase, the page-server's span and th
 test("a restarted control-plane resumes a migration in its recorded trace", async () => {
   const traceId = "0af7651916cd43dd8448eb211c80319c";
   const recorded = "b7ad6b7169203331";
-  const now = Date.now();
   const rec: MigrationRecord = {
-    migration_id: "m-900",
-    request_id: "",
-    vm_id: "v2",
-    source_host_id: "a",
-    destination_host_id: "b",
-    mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
-    state: "migrating",
-    fencing_token: 1,
-    error: "",
-    bytes_sent: 0,
-    downtime_ms: 0,
-    created_unix_ms: now,
-    updated_unix_ms: now,
-    entered_unix_ms: { pending: now, migrating: now },
+    ...plantedMigration("m-900", "v2", "migrating"),
     trace_parent: `00-${traceId}-${recorded}-01`,
   };
   await store.set(KEYS.migration("m-900"), JSON.stringify(rec));
