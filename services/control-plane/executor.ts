@@ -265,11 +265,19 @@ export class Executor {
     const incoming = () => ctx.dst.prepareIncoming(spec, m.migration_id, m.mode, m.fencing_token);
     const first = incoming();
     const addressed = first.then(afterIncoming);
+    // The source's channel, opened meanwhile: accepted once the disk is attached there, so the
+    // start that follows sends at once. Its failure only costs that: the start opens its own.
+    const opened = first
+      .then((channel) =>
+        ctx.src.openMigrationChannel(m.vm_id, m.migration_id, channel, m.mode, m.fencing_token),
+      )
+      .catch((err) => this.log.info("the channel was not opened ahead", { migration: m.migration_id, err }));
     const [made, waiting, network] = await Promise.allSettled([proxy, first, addressed]);
     // The disk's error says more than the QEMU that could not open it (the clean-up stops that QEMU).
     if (made.status === "rejected") throw made.reason;
     if (waiting.status === "fulfilled") {
       if (network.status === "rejected") throw network.reason;
+      await opened;
       return waiting.value;
     }
     if (!disk) throw waiting.reason;
@@ -611,6 +619,10 @@ export class Executor {
         .rollBack(m.migration_id, why || "the migration ended before its switch-over")
         .catch((err) => this.log.warn("destination network clean-up", { err }));
     if (ctx && !switched) {
+      // A channel the source opened ahead (or a stream not yet switched) goes first.
+      await ctx.src
+        .abortMigration(m.migration_id, m.fencing_token)
+        .catch((err) => this.log.debug("source abort at clean-up", { err }));
       const at = await ctx.dst.inspect(m.vm_id).catch(() => undefined);
       if (at && at.state !== VmState.VM_STATE_RUNNING && at.state !== VmState.VM_STATE_STOPPED)
         await ctx.dst

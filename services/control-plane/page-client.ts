@@ -6,6 +6,7 @@ import {
   type DescribeHostResponse,
   type MigrationMode,
   PageServiceClient,
+  type StartMigrationRequest,
   type Vm,
   type VmSpec,
   type WarmIncomingResponse,
@@ -118,6 +119,23 @@ export class PageServer {
     return res.channelAddress;
   }
 
+  /**
+   * The source's channel opened while the destination is still prepared (the disk opening):
+   * the StartMigration that follows with the same arguments starts at once.
+   */
+  async openMigrationChannel(
+    vmId: string,
+    migrationId: string,
+    channelAddress: string,
+    mode: MigrationMode,
+    fencingToken: number,
+  ): Promise<void> {
+    const req = startRequest(vmId, migrationId, channelAddress, mode, fencingToken);
+    await this.call("OpenMigrationChannel", (o, cb) =>
+      this.client.openMigrationChannel(req, new grpc.Metadata(), o, cb),
+    );
+  }
+
   async startMigration(
     vmId: string,
     migrationId: string,
@@ -125,28 +143,8 @@ export class PageServer {
     mode: MigrationMode,
     fencingToken: number,
   ): Promise<void> {
-    await this.call("StartMigration", (o, cb) =>
-      this.client.startMigration(
-        {
-          vmId,
-          migrationId,
-          channelAddress,
-          mode,
-          precopyRounds: 0,
-          precopySeconds: 0,
-          maxBandwidthBytesPerSecond: 0,
-          compress: false,
-          preempt: false,
-          // The page-server's defaults: the path from the measured link.
-          channelPath: ChannelPath.CHANNEL_PATH_UNSPECIFIED,
-          compression: ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED,
-          fencingToken,
-        },
-        new grpc.Metadata(),
-        o,
-        cb,
-      ),
-    );
+    const req = startRequest(vmId, migrationId, channelAddress, mode, fencingToken);
+    await this.call("StartMigration", (o, cb) => this.client.startMigration(req, new grpc.Metadata(), o, cb));
   }
 
   async abortMigration(migrationId: string, fencingToken: number): Promise<void> {
@@ -212,4 +210,29 @@ export class PageServers extends ClientPool<PageServer> {
   constructor() {
     super((address) => new PageServer(address));
   }
+}
+
+/** StartMigration's request as the control-plane sends it (also to open its channel ahead). */
+function startRequest(
+  vmId: string,
+  migrationId: string,
+  channelAddress: string,
+  mode: MigrationMode,
+  fencingToken: number,
+): StartMigrationRequest {
+  return {
+    vmId,
+    migrationId,
+    channelAddress,
+    mode,
+    precopyRounds: 0,
+    precopySeconds: 0,
+    maxBandwidthBytesPerSecond: 0,
+    compress: false,
+    preempt: false,
+    // The page-server's defaults: the path from the measured link.
+    channelPath: ChannelPath.CHANNEL_PATH_UNSPECIFIED,
+    compression: ChannelCompression.CHANNEL_COMPRESSION_UNSPECIFIED,
+    fencingToken,
+  };
 }

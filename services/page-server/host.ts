@@ -98,6 +98,7 @@ export class PageHost {
   async close(opts: { keepVms?: boolean } = {}): Promise<void> {
     // Warm QEMUs hold no VM: stopped either way (a restart starts its own).
     await this.warm.close();
+    this.outgoing.closeAhead();
     await Promise.all(
       [...this.vms.values()].map((vm) => (opts.keepVms ? vm.detach() : vm.stop(3000).catch(() => vm.kill()))),
     );
@@ -196,8 +197,24 @@ export class PageHost {
     return this.outgoing.start(vm, o);
   }
 
+  /**
+   * Source: opens a migration's channel ahead of its StartMigration (outgoing.openAhead), while
+   * the destination still prepares; nothing is sent.
+   */
+  async openMigrationChannel(o: StartMigrationOptions): Promise<{ path: string; rttMs?: number }> {
+    const vm = this.get(o.vmId);
+    this.fences.check(o.vmId, o.fencingToken);
+    return this.outgoing.openAhead(vm, o);
+  }
+
   /** Before the switch-over only; a migration that ended is left as it is. */
   async abortMigration(id: string, fencingToken = 0): Promise<void> {
+    const aheadVm = this.outgoing.aheadVm(id);
+    if (aheadVm !== undefined && !this.table.find(id)) {
+      this.fences.check(aheadVm, fencingToken);
+      this.outgoing.abortAhead(id);
+      return;
+    }
     const rec = this.migration(id);
     this.fences.check(rec.vmId, fencingToken);
     if (isFinalPhase(rec.phase)) return;

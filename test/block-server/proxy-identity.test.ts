@@ -9,6 +9,12 @@ import * as assert from "uvu/assert";
 import { NbdClient, NbdRequestError } from "../../services/block-server/nbd/client/client.js";
 import { parseNbdUrl } from "../../services/block-server/nbd/client/url.js";
 import { BitmapFile } from "../../services/block-server/proxy/bitmap-file.js";
+import {
+  FINGERPRINT_SAMPLE,
+  fingerprint,
+  identityOf,
+  isFingerprint,
+} from "../../services/block-server/proxy/identity.js";
 import { createLogger } from "../../services/common/log.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
@@ -23,6 +29,40 @@ test.after(() => dir.cleanup());
 const SIZE = 8 << 20;
 const BS = 65536;
 const t = gate(test, ["nbdkit", "qemu-io"], "a proxy whose upstream is replaced by another disk");
+
+test("fingerprint: 4 KiB at each end, one round of reads; caches of the whole-block scheme still checked", async () => {
+  const disk = Buffer.alloc(1 << 20);
+  const asked: [number, number][] = [];
+  const read = async (o: number, l: number) => {
+    asked.push([o, l]);
+    return disk.subarray(o, o + l);
+  };
+  const a = await fingerprint(read, disk.length);
+  assert.equal(asked, [
+    [0, FINGERPRINT_SAMPLE],
+    [disk.length - FINGERPRINT_SAMPLE, FINGERPRINT_SAMPLE],
+  ]);
+  assert.ok(isFingerprint(a) && a.startsWith("sha256s:"));
+  // What identifies a disk sits at its ends: a changed GPT header (sector 1) or last sector shows.
+  disk[512] = 1;
+  const b = await fingerprint(read, disk.length);
+  assert.is.not(b, a);
+  disk[disk.length - 1] = 1;
+  assert.is.not(await fingerprint(read, disk.length), b);
+  // A tiny disk is read once, whole.
+  asked.length = 0;
+  await fingerprint(read, 1000);
+  assert.equal(asked, [[0, 1000]]);
+  // A cache created with the first scheme (whole blocks) is checked by that scheme.
+  asked.length = 0;
+  const old = await identityOf(read, disk.length, BS, "sha256:0123");
+  assert.ok(old.startsWith("sha256:") && !old.startsWith("sha256s:"));
+  assert.equal(asked, [
+    [0, BS],
+    [disk.length - BS, BS],
+  ]);
+  assert.is(await identityOf(read, disk.length, BS, "disk-42"), "disk-42", "a given name is taken as given");
+});
 
 t(
   "an upstream restarted with another disk of the same size is refused on reconnect: EIO, never its data",
@@ -95,7 +135,7 @@ t(
       const refused = String(p.proxy.stats().upstream.refused);
       assert.match(
         refused,
-        /refusing upstream .*: it holds a different disk \(fingerprint sha256:\w+, expected sha256:\w+\)/,
+        /refusing upstream .*: it holds a different disk \(fingerprint sha256s:\w+, expected sha256s:\w+\)/,
       );
       assert.ok(events.includes("upstream-refused"), "an event says so");
       assert.ok(

@@ -7,6 +7,7 @@
 import * as net from "node:net";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
+import { FINGERPRINT_SAMPLE } from "../../services/block-server/proxy/identity.js";
 import { ProxyBackend } from "../../services/block-server/proxy/proxy-backend.js";
 import { silentLogger } from "../../services/common/log.js";
 import { tempDir } from "../../testbed/temp-dir.js";
@@ -167,11 +168,11 @@ test("the disk is identified over the data connection while the first one's hand
   let p: ProxyBackend | undefined;
   try {
     const opening = open(fwd.url);
-    // The first connection gets no further than its greeting until the fingerprint (the
-    // first and last blocks) came over the second.
+    // The first connection gets no further than its greeting until the fingerprint (4 KiB at
+    // each end) came over the second.
     await until(
       "the fingerprint's reads over the second connection",
-      () => fwd.conns[1]?.bytesDown >= 2 * BS,
+      () => fwd.conns[1]?.bytesDown >= 2 * FINGERPRINT_SAMPLE,
       10_000,
     );
     assert.ok(fwd.conns[0].bytesDown < 1024, "the first connection had its greeting only");
@@ -195,7 +196,7 @@ test("connections that reach disks of different sizes are refused, with the reas
     // The other disk is identified over the second connection; then the first one comes up.
     await until(
       "the fingerprint's reads over the second connection",
-      () => fwd.conns[1]?.bytesDown >= 2 * BS,
+      () => fwd.conns[1]?.bytesDown >= 2 * FINGERPRINT_SAMPLE,
       10_000,
     );
     fwd.release();

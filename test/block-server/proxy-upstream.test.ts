@@ -37,7 +37,11 @@ t(
     let restarted: Awaited<ReturnType<typeof startNbdkit>> | undefined;
     try {
       const events: string[] = [];
-      p.proxy.on("upstream-lost", () => events.push("lost"));
+      let lostAt = 0;
+      p.proxy.on("upstream-lost", () => {
+        events.push("lost");
+        lostAt = performance.now();
+      });
       p.proxy.on("upstream-restored", () => events.push("restored"));
       const a = await NbdClient.connect(p.url);
       const b = await NbdClient.connect(p.url);
@@ -65,7 +69,9 @@ t(
       assert.ok((await b.read(6 << 20, 65536)).equals(Buffer.alloc(65536, 1)));
       // The retry window counts from the loss, which has passed: a cold read now fails at once,
       // not after a window of its own (asked before the upstream is started again, it would
-      // otherwise wait for the reconnect and succeed).
+      // otherwise wait for the reconnect and succeed). The cold read above was asked before the
+      // loss, so its window ended first: wait for the loss's own.
+      await new Promise((r) => setTimeout(r, Math.max(0, lostAt + 2000 + 100 - performance.now())));
       const late = a.read(5 << 20, 65536).then(
         () => "ok",
         (e) => e,

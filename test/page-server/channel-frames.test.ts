@@ -5,6 +5,7 @@ import {
   DrainMeter,
   SLOW_LINK_BYTES_PER_SEC,
   shouldDeflate,
+  YOUNG_BYTES,
 } from "../../services/page-server/channel/compress-policy.js";
 import {
   FrameDecoder,
@@ -88,7 +89,7 @@ test("bad frames are rejected clearly", () => {
   assert.throws(() => new FrameDecoder().push(corrupt), /corrupt deflated/);
 });
 
-test("auto deflates only while the link pushes back and drains slowly; on and off are fixed", () => {
+test("auto deflates a young connection's first bytes, then only while the link pushes back and drains slowly; on and off are fixed", () => {
   const run = (bytesPerMs: number, pushBack: boolean) => {
     const m = new DrainMeter();
     for (let t = 0; t <= 1000; t += 10) {
@@ -114,6 +115,14 @@ test("auto deflates only while the link pushes back and drains slowly; on and of
   assert.not.ok(shouldDeflate("auto", slow));
   assert.ok(shouldDeflate("on", new DrainMeter()));
   assert.not.ok(shouldDeflate("off", fast));
+  // A young connection (TCP slow start paces it, not the link): its first YOUNG_BYTES deflate.
+  const young = new DrainMeter();
+  assert.ok(shouldDeflate("auto", young));
+  young.sample(YOUNG_BYTES - 1, 0, 0);
+  assert.ok(shouldDeflate("auto", young));
+  young.sample(YOUNG_BYTES, 0, 1);
+  assert.not.ok(shouldDeflate("auto", young));
+  assert.not.ok(shouldDeflate("off", new DrainMeter()));
 });
 
 test.run();

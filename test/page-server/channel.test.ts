@@ -45,6 +45,7 @@ test("hello and reply round-trip, byte by byte, with trailing stream bytes left 
     handoff: false,
     probe: false,
     preempt: false,
+    lane: false,
     used: 14,
   });
   assert.equal(decodeHello(encodeHello("m", { recover: true })), {
@@ -54,12 +55,14 @@ test("hello and reply round-trip, byte by byte, with trailing stream bytes left 
     handoff: false,
     probe: false,
     preempt: false,
+    lane: false,
     used: 9,
   });
   assert.equal(decodeHello(encodeHello("m", { compress: true }))?.compress, true);
   assert.equal(decodeHello(encodeHello("m", { handoff: true }))?.handoff, true);
   assert.equal(decodeHello(encodeHello("m", { preempt: true }))?.preempt, true);
   assert.equal(decodeHello(encodeHello("m", { probe: true }))?.probe, true);
+  assert.equal(decodeHello(encodeHello("m", { preempt: true, lane: true }))?.lane, true);
   const r = Buffer.concat([encodeReply(ReplyStatus.UnknownMigration, "no such"), Buffer.from([1, 2])]);
   assert.is(decodeReply(r.subarray(0, 5)), null);
   assert.equal(decodeReply(r), { status: ReplyStatus.UnknownMigration, message: "no such", used: 10 });
@@ -81,6 +84,9 @@ test("bad hellos are rejected clearly", () => {
     () => decodeHello(encodeHello("x", { probe: true, handoff: true })),
     /probe hello carries no other/,
   );
+  // The urgent lane is a fresh relayed preempt stream's second connection, nothing else.
+  for (const other of [{}, { preempt: true, recover: true }, { preempt: true, handoff: true }])
+    assert.throws(() => decodeHello(encodeHello("x", { lane: true, ...other })), /lane hello/);
   assert.throws(() => decodeReply(Buffer.from([9, 0, 0])), /status 9/);
   assert.equal(splitHostPort("[::1]:7000"), ["::1", 7000]);
   assert.throws(() => splitHostPort("nohost"), /host:port/);
@@ -101,6 +107,7 @@ test("probe: pings and the real hello after it decode byte by byte", () => {
     handoff: false,
     probe: false,
     preempt: true,
+    lane: false,
     used: 9,
   });
   assert.throws(() => decodeProbeStep(encodeHello("m", { probe: true })), /second probe/);

@@ -6,7 +6,7 @@ import * as assert from "uvu/assert";
 import { guestCmdline } from "../../deploy/guest/build/paths.js";
 import {
   AbortMigrationRequest,
-  type ChannelPath,
+  ChannelPath,
   MigrationMode,
   MigrationPhase,
   PageServiceClient,
@@ -257,6 +257,93 @@ migTest(
       return r.phase === "failed" ? r : undefined;
     });
     assert.ok((dst.error ?? "").length > 0);
+  },
+);
+
+migTest(
+  "a channel opened ahead: both lanes accepted before the start, reused by it; asked again the same; an abort closes it",
+  async () => {
+    const guest = await ensureGuest();
+    const a = await pageServer("ahead-a");
+    const b = await pageServer("ahead-b");
+    const spec = VmSpec.fromPartial({
+      vmId: "vm5",
+      vcpus: 1,
+      memoryMib: 128,
+      kernelPath: guest.kernel,
+      initrdPath: guest.initrd,
+      kernelCmdline: guestCmdline({ memMib: 16, rateMib: 4, verifyMib: 16 }),
+    });
+    await call(a.client, "defineVm", { spec });
+    const started = await call(a.client, "startVm", { vmId: "vm5" });
+    const srcLog = started.vm!.serialLogPath;
+    await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
+    const prepare = async (migrationId: string, vmId: string) =>
+      (
+        await call(
+          b.client,
+          "prepareIncoming",
+          PrepareIncomingRequest.fromPartial({
+            spec: { ...spec, vmId },
+            migrationId,
+            mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+          }),
+        )
+      ).channelAddress;
+    const request = (migrationId: string, channelAddress: string) =>
+      StartMigrationRequest.fromPartial({
+        vmId: "vm5",
+        migrationId,
+        channelAddress,
+        mode: MigrationMode.MIGRATION_MODE_POSTCOPY,
+        // Relayed (loopback would hand off), with the urgent lane: two connections.
+        channelPath: ChannelPath.CHANNEL_PATH_RELAY,
+      });
+
+    // Opened ahead, then aborted: the source closes it, and the destination's QEMU (whose
+    // stream ended before it began) gives up.
+    const dropped = request("mig-dropped", await prepare("mig-dropped", "vm5-other"));
+    await call(a.client, "openMigrationChannel", dropped);
+    await until("both connections joined at the destination", () =>
+      b.host.migration("mig-dropped").connections === 2 ? true : undefined,
+    );
+    await call(a.client, "abortMigration", AbortMigrationRequest.fromPartial({ migrationId: "mig-dropped" }));
+    await until("the destination to give up after the abort", () =>
+      isFinalPhase(b.host.migration("mig-dropped").phase) ? true : undefined,
+    );
+    assert.throws(() => a.host.migration("mig-dropped"), /mig-dropped/, "never started at the source");
+
+    // Opened ahead, asked again, then started: the start sends on the connections opened.
+    const req = request("mig-ahead", await prepare("mig-ahead", "vm5"));
+    const opened = await call(a.client, "openMigrationChannel", req);
+    assert.is(opened.channelPath, ChannelPath.CHANNEL_PATH_RELAY);
+    assert.ok((opened.rttMs ?? 0) > 0, "the link was timed");
+    assert.throws(() => a.host.migration("mig-ahead"), /mig-ahead/, "nothing started yet");
+    await until("both connections joined at the destination before any start", () =>
+      b.host.migration("mig-ahead").connections === 2 ? true : undefined,
+    );
+    const again = await call(a.client, "openMigrationChannel", req);
+    assert.equal(again, opened, "asked again: the same answer");
+    await call(a.client, "startMigration", req);
+    const updates: WatchMigrationResponse[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const w = a.client.watchMigration({ migrationId: "mig-ahead" });
+      w.on("data", (m: WatchMigrationResponse) => updates.push(m));
+      w.on("error", reject);
+      w.on("end", () => resolve());
+    });
+    assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED, updates.at(-1)!.error);
+    assert.is(a.host.migration("mig-ahead").channelRttMs, opened.rttMs, "the start used the channel opened");
+    await until("the destination's view to end", () =>
+      isFinalPhase(b.host.migration("mig-ahead").phase) ? true : undefined,
+    );
+    assert.is(b.host.migration("mig-ahead").connections, 2, "no connection dialled again by the start");
+    const dst = await call(b.client, "inspectVm", { vmId: "vm5" });
+    assert.is(dst.vm!.state, VmState.VM_STATE_RUNNING);
+    const at = heartbeats([dst.vm!.serialLogPath]).at(-1)?.counter ?? 0;
+    await until("heartbeats at the destination", () =>
+      heartbeats([dst.vm!.serialLogPath]).find((h) => h.counter >= at + 2),
+    );
   },
 );
 

@@ -455,6 +455,14 @@ export interface StartMigrationResponse {
   migrationId: string;
 }
 
+export interface OpenMigrationChannelResponse {
+  migrationId: string;
+  /** The path chosen: relayed by the page-servers, or handed to QEMU. */
+  channelPath: ChannelPath;
+  /** The round trip measured to the destination, when the path was chosen from it. */
+  rttMs?: number | undefined;
+}
+
 export interface AbortMigrationRequest {
   migrationId: string;
   /** As PrepareIncomingRequest.fencing_token. */
@@ -2656,6 +2664,119 @@ export const StartMigrationResponse: MessageFns<StartMigrationResponse> = {
   },
 };
 
+function createBaseOpenMigrationChannelResponse(): OpenMigrationChannelResponse {
+  return { migrationId: "", channelPath: 0, rttMs: undefined };
+}
+
+export const OpenMigrationChannelResponse: MessageFns<OpenMigrationChannelResponse> = {
+  encode(message: OpenMigrationChannelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.migrationId !== "") {
+      writer.uint32(10).string(message.migrationId);
+    }
+    if (message.channelPath !== 0) {
+      writer.uint32(16).int32(message.channelPath);
+    }
+    if (message.rttMs !== undefined) {
+      writer.uint32(25).double(message.rttMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenMigrationChannelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenMigrationChannelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.migrationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.channelPath = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.rttMs = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenMigrationChannelResponse {
+    return {
+      migrationId: isSet(object.migrationId)
+        ? globalThis.String(object.migrationId)
+        : isSet(object.migration_id)
+        ? globalThis.String(object.migration_id)
+        : "",
+      channelPath: isSet(object.channelPath)
+        ? channelPathFromJSON(object.channelPath)
+        : isSet(object.channel_path)
+        ? channelPathFromJSON(object.channel_path)
+        : 0,
+      rttMs: isSet(object.rttMs)
+        ? globalThis.Number(object.rttMs)
+        : isSet(object.rtt_ms)
+        ? globalThis.Number(object.rtt_ms)
+        : undefined,
+    };
+  },
+
+  toJSON(message: OpenMigrationChannelResponse): unknown {
+    const obj: any = {};
+    if (message.migrationId !== "") {
+      obj.migrationId = message.migrationId;
+    }
+    if (message.channelPath !== 0) {
+      obj.channelPath = channelPathToJSON(message.channelPath);
+    }
+    if (message.rttMs !== undefined) {
+      obj.rttMs = floatToJson(message.rttMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenMigrationChannelResponse>, I>>(base?: I): OpenMigrationChannelResponse {
+    return OpenMigrationChannelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenMigrationChannelResponse>, I>>(object: I): OpenMigrationChannelResponse {
+    const message = createBaseOpenMigrationChannelResponse();
+    message.migrationId = object.migrationId ?? "";
+    message.channelPath = object.channelPath ?? 0;
+    message.rttMs = object.rttMs ?? undefined;
+    return message;
+  },
+};
+
 function createBaseAbortMigrationRequest(): AbortMigrationRequest {
   return { migrationId: "", fencingToken: 0 };
 }
@@ -4010,6 +4131,26 @@ export const PageServiceService = {
       Buffer.from(PrepareIncomingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareIncomingResponse => PrepareIncomingResponse.decode(value),
   },
+  /**
+   * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
+   * its disk may still be opening): opens the migration's channel without sending anything.
+   * The link is timed, the path chosen and every connection accepted by the destination (it
+   * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
+   * StartMigration that follows with the same request then starts at once. Asked again with the
+   * same request it answers the same. AbortMigration closes it, and so does a StartMigration
+   * with another request (which opens its own) or one minute without a start.
+   */
+  openMigrationChannel: {
+    path: "/vmhop.v1.PageService/OpenMigrationChannel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartMigrationRequest): Buffer =>
+      Buffer.from(StartMigrationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartMigrationRequest => StartMigrationRequest.decode(value),
+    responseSerialize: (value: OpenMigrationChannelResponse): Buffer =>
+      Buffer.from(OpenMigrationChannelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenMigrationChannelResponse => OpenMigrationChannelResponse.decode(value),
+  },
   /** Source: migrate a running VM to a prepared destination. */
   startMigration: {
     path: "/vmhop.v1.PageService/StartMigration" as const,
@@ -4112,6 +4253,16 @@ export interface PageServiceServer extends UntypedServiceImplementation {
    * leaves nothing behind, so a retry starts afresh.
    */
   prepareIncoming: handleUnaryCall<PrepareIncomingRequest, PrepareIncomingResponse>;
+  /**
+   * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
+   * its disk may still be opening): opens the migration's channel without sending anything.
+   * The link is timed, the path chosen and every connection accepted by the destination (it
+   * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
+   * StartMigration that follows with the same request then starts at once. Asked again with the
+   * same request it answers the same. AbortMigration closes it, and so does a StartMigration
+   * with another request (which opens its own) or one minute without a start.
+   */
+  openMigrationChannel: handleUnaryCall<StartMigrationRequest, OpenMigrationChannelResponse>;
   /** Source: migrate a running VM to a prepared destination. */
   startMigration: handleUnaryCall<StartMigrationRequest, StartMigrationResponse>;
   abortMigration: handleUnaryCall<AbortMigrationRequest, AbortMigrationResponse>;
@@ -4282,6 +4433,30 @@ export interface PageServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareIncomingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
+   * its disk may still be opening): opens the migration's channel without sending anything.
+   * The link is timed, the path chosen and every connection accepted by the destination (it
+   * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
+   * StartMigration that follows with the same request then starts at once. Asked again with the
+   * same request it answers the same. AbortMigration closes it, and so does a StartMigration
+   * with another request (which opens its own) or one minute without a start.
+   */
+  openMigrationChannel(
+    request: StartMigrationRequest,
+    callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,
+  ): ClientUnaryCall;
+  openMigrationChannel(
+    request: StartMigrationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,
+  ): ClientUnaryCall;
+  openMigrationChannel(
+    request: StartMigrationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,
   ): ClientUnaryCall;
   /** Source: migrate a running VM to a prepared destination. */
   startMigration(

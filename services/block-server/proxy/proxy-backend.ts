@@ -263,7 +263,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
         backoffMaxMs: opts.backoffMaxMs,
         retryWindowMs: opts.retryWindowMs,
       },
-      async (read, size) => given ?? fingerprint(read, size, blockSize),
+      async (read, size) => given ?? fingerprint(read, size),
     );
     let bm: BitmapFile | undefined;
     let local: TargetBackend | undefined;
@@ -678,7 +678,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
 
   private async retakeIdentity(): Promise<void> {
     try {
-      const id = await fingerprint((o, l) => this.upstream.read(o, l), this.size, this.blockSize);
+      const id = await fingerprint((o, l) => this.upstream.read(o, l), this.size);
       if (id === this._identity || this.claims.closed) return;
       // The journal first: a crash between the two leaves a bitmap that refuses the upstream
       // (loud), never a journal ignored as another disk's (unflushed writes silently lost).

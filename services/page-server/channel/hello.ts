@@ -5,7 +5,9 @@
 //          reply the stream travels in frames, each plain or deflated: frame.ts; bit 2: handoff,
 //          after the reply both page-servers give this TCP connection to their QEMU; bit 3:
 //          probe, see below; bit 4: preempt, QEMU's urgent lane: the destination sets it
-//          before its QEMU listens), u16 id length, id
+//          before its QEMU listens; bit 5: lane, this connection is that urgent lane, sent
+//          beside the main stream's hello: the destination joins it to its QEMU only after the
+//          main stream, as QEMU tells the two apart by order), u16 id length, id
 //   reply: u8 status (0 ok, 1 unknown migration, 2 bad hello, 3 recover failed), u16 length,
 //          message (UTF-8)
 //   probe: a hello with only the probe flag asks the destination to echo pings until the real
@@ -38,7 +40,8 @@ const FLAG_COMPRESS = 2;
 const FLAG_HANDOFF = 4;
 const FLAG_PROBE = 8;
 const FLAG_PREEMPT = 16;
-const KNOWN_FLAGS = FLAG_RECOVER | FLAG_COMPRESS | FLAG_HANDOFF | FLAG_PROBE | FLAG_PREEMPT;
+const FLAG_LANE = 32;
+const KNOWN_FLAGS = FLAG_RECOVER | FLAG_COMPRESS | FLAG_HANDOFF | FLAG_PROBE | FLAG_PREEMPT | FLAG_LANE;
 
 export interface Hello {
   migrationId: string;
@@ -51,6 +54,8 @@ export interface Hello {
   probe: boolean;
   /** QEMU's postcopy-preempt lane: the destination sets the capability before QEMU listens. */
   preempt: boolean;
+  /** This connection is the urgent lane: joined to QEMU after the main stream's connection. */
+  lane: boolean;
 }
 
 export type HelloFlags = Partial<Omit<Hello, "migrationId">>;
@@ -67,7 +72,8 @@ export function encodeHello(migrationId: string, flags: HelloFlags = {}): Buffer
     (flags.compress ? FLAG_COMPRESS : 0) |
     (flags.handoff ? FLAG_HANDOFF : 0) |
     (flags.probe ? FLAG_PROBE : 0) |
-    (flags.preempt ? FLAG_PREEMPT : 0);
+    (flags.preempt ? FLAG_PREEMPT : 0) |
+    (flags.lane ? FLAG_LANE : 0);
   b.writeUInt16BE(id.length, 6);
   id.copy(b, 8);
   return b;
@@ -84,6 +90,8 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
   if (buf[5] & ~KNOWN_FLAGS) throw new ChannelProtocolError(`unknown channel flags ${buf[5]}`);
   if (buf[5] & FLAG_PROBE && buf[5] !== FLAG_PROBE)
     throw new ChannelProtocolError("a probe hello carries no other flag (the real hello follows)");
+  if (buf[5] & FLAG_LANE && (buf[5] & (FLAG_PREEMPT | FLAG_RECOVER | FLAG_HANDOFF)) !== FLAG_PREEMPT)
+    throw new ChannelProtocolError("a lane hello is a preempt hello of a fresh relayed stream");
   const n = buf.readUInt16BE(6);
   if (n === 0 || n > MAX_ID) throw new ChannelProtocolError(`bad migration id length ${n}`);
   if (buf.length < 8 + n) return null;
@@ -94,6 +102,7 @@ export function decodeHello(buf: Buffer): (Hello & { used: number }) | null {
     handoff: (buf[5] & FLAG_HANDOFF) !== 0,
     probe: (buf[5] & FLAG_PROBE) !== 0,
     preempt: (buf[5] & FLAG_PREEMPT) !== 0,
+    lane: (buf[5] & FLAG_LANE) !== 0,
     used: 8 + n,
   };
 }

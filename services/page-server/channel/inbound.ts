@@ -53,11 +53,15 @@ export interface IncomingTarget {
 
 /** A probe gets at most this many pings echoed before its real hello. */
 export const MAX_PROBE_PINGS = 16;
+/** How long an urgent lane's hello waits for its main stream to be joined to QEMU. */
+export const LANE_WAIT_MS = 60_000;
 
 export class ChannelServer {
   private server: Server | undefined;
   private readonly targets = new Map<string, IncomingTarget>();
   private readonly sockets = new Set<Socket>();
+  /** Per migration: settles once its main stream is joined to QEMU (a lane hello waits for it). */
+  private readonly mains = new Map<string, { joined: Promise<void>; join: () => void }>();
   private readonly log: Logger;
 
   constructor(opts: { log?: Logger; helloTimeoutMs?: number } = {}) {
@@ -97,6 +101,11 @@ export class ChannelServer {
       connections: 0,
     };
     this.targets.set(migrationId, t);
+    let join = () => {};
+    const joined = new Promise<void>((r) => {
+      join = r;
+    });
+    this.mains.set(migrationId, { joined, join });
     return t;
   }
 
@@ -106,6 +115,31 @@ export class ChannelServer {
 
   forget(migrationId: string): void {
     this.targets.delete(migrationId);
+    this.mains.delete(migrationId);
+  }
+
+  /** Resolves once `id`'s main stream is joined to QEMU; rejects after LANE_WAIT_MS or if `peer` goes. */
+  private async mainJoined(id: string, peer: Socket): Promise<void> {
+    const main = this.mains.get(id);
+    if (!main) throw new Error(`no incoming migration ${id} on this host`);
+    let timer: NodeJS.Timeout | undefined;
+    let onClose = () => {};
+    try {
+      await Promise.race([
+        main.joined,
+        new Promise<void>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`its main stream was not joined within ${LANE_WAIT_MS / 1000} s`)),
+            LANE_WAIT_MS,
+          );
+          onClose = () => reject(new Error("the lane closed while it waited for its main stream"));
+          peer.once("close", onClose);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      peer.off("close", onClose);
+    }
   }
 
   async close(): Promise<void> {
@@ -124,6 +158,9 @@ export class ChannelServer {
     try {
       hello = await readPreamble(peer, decodeHello, this.helloTimeoutMs);
     } catch (err) {
+      // A source drops the urgent lane it connected ahead when the path chosen has none.
+      if (peer.bytesRead === 0 && peer.destroyed)
+        return this.log.debug("channel: connection closed before its hello", { remote: peer.remoteAddress });
       this.log.warn("channel: bad hello", { err, remote: peer.remoteAddress });
       peer.end(encodeReply(ReplyStatus.BadHello, (err as Error).message));
       return;
@@ -145,7 +182,7 @@ export class ChannelServer {
         return;
       }
     }
-    const { recover, compress, handoff, preempt } = hello;
+    const { recover, compress, handoff, preempt, lane } = hello;
     if (recover) {
       try {
         if (!target.recover) throw new Error("this migration cannot be recovered");
@@ -171,6 +208,16 @@ export class ChannelServer {
       );
       return;
     }
+    if (lane) {
+      // QEMU takes its second connection as the urgent lane: the main stream goes in first.
+      try {
+        await this.mainJoined(id, peer);
+      } catch (err) {
+        this.log.warn("channel: urgent lane refused", { migration: id, err });
+        if (!peer.destroyed) peer.end(encodeReply(ReplyStatus.UnknownMigration, (err as Error).message));
+        return;
+      }
+    }
     const qemu = connectSocket({ path: target.qemuSocket });
     this.sockets.add(qemu);
     qemu.once("close", () => this.sockets.delete(qemu));
@@ -184,6 +231,7 @@ export class ChannelServer {
     qemu.once("connect", () => {
       connected = true;
       target.connections++;
+      if (!lane && !recover) this.mains.get(id)?.join();
       peer.write(encodeReply(ReplyStatus.Ok));
       this.log.info("channel: relaying", { migration: id, connection: target.connections });
       relay(qemu, peer, target.counters, {

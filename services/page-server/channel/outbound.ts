@@ -5,8 +5,8 @@
 // With `choose`, the first connection times the link first (two pings, the first sent along
 // with a probe hello) and the path is picked from the measured round trip
 // (path-policy.ts) before the real hello goes out on it. With the urgent lane, a second
-// connection is readied meanwhile (connected, probe hello answered) so QEMU's second
-// connection costs one round trip, not two: a migration's switch-over waits for that lane.
+// connection is accepted right after the first, before QEMU asks for it: the destination QEMU
+// reads nothing before it holds both, and QEMU here opens the lane only as post-copy starts.
 import { unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type Logger, silentLogger } from "../../common/log.js";
@@ -49,6 +49,12 @@ export interface OutboundOptions {
   log?: Logger;
 }
 
+/**
+ * How long the destination may take to accept a real hello: it answers once its QEMU listens,
+ * which waits for the VM's disk (a proxy export opening across the WAN, slow on a loaded host).
+ */
+const HELLO_REPLY_MS = 60_000;
+
 export class ChannelOut {
   readonly counters: RelayCounters = newCounters();
   connections = 0;
@@ -60,8 +66,10 @@ export class ChannelOut {
   plan: ChannelPlan | undefined;
   private server: Server | undefined;
   private spare: Socket | undefined;
-  /** The urgent lane's connection, readied while QEMU starts (see readyLane). */
+  /** The urgent lane's connection, accepted before QEMU asks for it (see readyLane). */
   private lane: Promise<Socket | undefined> | undefined;
+  /** The lane's TCP connection while the first one's path is being chosen. */
+  private laneSocket: Socket | undefined;
   private readonly sockets = new Set<Socket>();
   /** QEMU's main stream (its first connection) and the splicer on its return path. */
   private main: { qemu: Socket; returnPath: ReturnPathSplicer } | undefined;
@@ -103,9 +111,17 @@ export class ChannelOut {
     } catch {
       // not there: fine
     }
-    this.spare = await this.dial(this.opts.recover, !this.opts.recover && !!this.opts.choose);
+    // The urgent lane's TCP connection is made beside the first one's; its hello goes out as
+    // soon as the path is chosen (dial), and it is dropped if the path has no lane.
+    const fresh = !this.opts.recover && !this.opts.handoff;
+    if (fresh && (this.opts.preempt || this.opts.choose)) this.laneSocket = this.connect();
+    try {
+      this.spare = await this.dial(this.opts.recover, !this.opts.recover && !!this.opts.choose);
+    } finally {
+      if (!this.lane) this.laneSocket?.destroy();
+      this.laneSocket = undefined;
+    }
     if (this.opts.handoff) return;
-    if (this.opts.preempt && !this.opts.recover) this.lane = this.readyLane();
     const server = createServer({ highWaterMark: SOCKET_HIGH_WATER_MARK }, (s) => this.onQemu(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -115,6 +131,16 @@ export class ChannelOut {
         resolve();
       });
     });
+  }
+
+  /** Settles once the urgent lane (if any) is accepted or known not to come (never rejects). */
+  async laneReady(): Promise<void> {
+    await this.lane;
+  }
+
+  /** Whether the connections opened ahead are still there for QEMU (nothing closed them since). */
+  get intact(): boolean {
+    return !!this.spare && !this.spare.destroyed;
   }
 
   /**
@@ -202,7 +228,10 @@ export class ChannelOut {
         this.opts.compression = this.plan.compression;
         this.opts.preempt = this.plan.preempt;
       }
-      await this.hello(peer, recover);
+      const accepted = this.hello(peer, recover);
+      if (this.laneSocket && this.opts.preempt && !this.opts.handoff)
+        this.lane = this.readyLane(this.laneSocket);
+      await accepted;
     } catch (err) {
       throw this.failed(peer, err);
     }
@@ -210,15 +239,16 @@ export class ChannelOut {
   }
 
   /**
-   * The urgent lane's connection, up to its probe hello: QEMU opens the lane right after the
-   * main stream, and the switch-over waits for it. Undefined if that failed (dialled afresh then).
+   * The urgent lane, accepted (its hello answered) along with the main stream: the destination
+   * QEMU reads nothing before it holds both, and QEMU here opens the lane only as post-copy
+   * starts, so readying it now takes it off the switch-over. Its hello says it is the lane, so
+   * the destination joins it after the main stream. Undefined if that failed (dialled afresh
+   * then).
    */
-  private async readyLane(): Promise<Socket | undefined> {
-    const peer = this.connect();
+  private async readyLane(peer: Socket): Promise<Socket | undefined> {
     try {
       await connected(peer);
-      peer.write(encodeHello(this.opts.migrationId, { probe: true }));
-      await this.accepted(peer);
+      await this.hello(peer, false, true);
       return peer;
     } catch (err) {
       peer.destroy();
@@ -235,21 +265,25 @@ export class ChannelOut {
     return peer;
   }
 
-  /** The real hello, with the path's settings; resolves once the destination accepted it. */
-  private async hello(peer: Socket, recover = false): Promise<void> {
+  /**
+   * The real hello, with the path's settings; resolves once the destination accepted it, which
+   * is once its QEMU listens: after its disk is attached when the channel is opened ahead.
+   */
+  private async hello(peer: Socket, recover = false, lane = false): Promise<void> {
     peer.write(
       encodeHello(this.opts.migrationId, {
         recover,
         compress: framed(this.opts.compression),
         handoff: this.opts.handoff,
         preempt: this.opts.preempt,
+        lane,
       }),
     );
-    await this.accepted(peer);
+    await this.accepted(peer, HELLO_REPLY_MS);
   }
 
-  private async accepted(peer: Socket): Promise<void> {
-    const reply = await readPreamble(peer, decodeReply, 10_000);
+  private async accepted(peer: Socket, timeoutMs = 10_000): Promise<void> {
+    const reply = await readPreamble(peer, decodeReply, timeoutMs);
     if (reply.status !== ReplyStatus.Ok)
       throw new Error(`destination refused the channel: ${ReplyStatus[reply.status]}: ${reply.message}`);
   }
@@ -264,15 +298,7 @@ export class ChannelOut {
   private async nextPeer(): Promise<Socket> {
     const lane = await this.lane;
     this.lane = undefined;
-    if (lane && !lane.destroyed) {
-      try {
-        await this.hello(lane);
-        return lane;
-      } catch (err) {
-        this.failed(lane, err);
-        this.log.debug("channel: readied lane refused; dialling afresh", { err });
-      }
-    }
+    if (lane && !lane.destroyed) return lane;
     return this.dial();
   }
 
@@ -325,10 +351,14 @@ async function pong(peer: Socket, seq: number): Promise<void> {
   if (p.seq !== seq) throw new Error(`channel probe: pong ${p.seq} for ping ${seq}`);
 }
 
+/** Resolves once `peer` is connected (at once if it already is). */
 function connected(peer: Socket): Promise<void> {
+  if (peer.destroyed) return Promise.reject(new Error("connection closed before it was used"));
+  if (!peer.connecting && peer.readyState === "open") return Promise.resolve();
   return new Promise<void>((resolve, reject) => {
     peer.once("connect", resolve);
     peer.once("error", reject);
+    peer.once("close", () => reject(new Error("connection closed while connecting")));
   });
 }
 

@@ -9,12 +9,14 @@ import {
   type Vm as PbVm,
   type VmSpec as PbVmSpec,
   VmState as PbVmState,
+  type StartMigrationRequest,
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
 import { ServiceError } from "../../common/errors.js";
 import type { Compression } from "../channel/compress-policy.js";
 import type { ChannelPathChoice } from "../channel/path-policy.js";
 import type { MigrationMode as Mode } from "../migration/driver.js";
+import type { StartMigrationOptions } from "../migration/outgoing.js";
 import type { Phase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
 import type { FaultFigures } from "../postcopy/observer.js";
@@ -107,6 +109,29 @@ export function channelPathFromProto(p: ChannelPath): ChannelPathChoice | undefi
     default:
       throw new ServiceError("invalid", `channel_path ${p} is not one of AUTO, HANDOFF, RELAY`);
   }
+}
+
+/** The path a channel took ("relay" or "handoff"). */
+export function channelPathToProto(path: string): ChannelPath {
+  return path === "handoff" ? ChannelPath.CHANNEL_PATH_HANDOFF : ChannelPath.CHANNEL_PATH_RELAY;
+}
+
+/** StartMigration's (and OpenMigrationChannel's) request; unset fields leave the host's defaults. */
+export function startOptionsFromProto(req: StartMigrationRequest): StartMigrationOptions {
+  return {
+    vmId: req.vmId,
+    migrationId: req.migrationId,
+    channelAddress: req.channelAddress,
+    mode: modeFromProto(req.mode),
+    hybridRounds: req.precopyRounds,
+    hybridSeconds: req.precopySeconds,
+    maxBandwidth: req.maxBandwidthBytesPerSecond,
+    // Unset leaves the host's defaults (path "auto": from the measured link).
+    channelPath: channelPathFromProto(req.channelPath),
+    compression: compressionFromProto(req.compression, req.compress),
+    preempt: req.preempt || undefined,
+    fencingToken: req.fencingToken,
+  };
 }
 
 /** The compression enum, with the deprecated `compress` bool (true = ON when the enum is unset). */

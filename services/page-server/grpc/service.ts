@@ -2,6 +2,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import {
   PageServiceService,
+  type StartMigrationRequest,
   type WatchMigrationRequest,
   type WatchMigrationResponse,
 } from "../../../gen/vmhop/v1/page.js";
@@ -11,11 +12,11 @@ import type { PageHost } from "../host.js";
 import { isFinalPhase } from "../migration/phase.js";
 import type { MigrationRecord } from "../migration/record.js";
 import {
-  channelPathFromProto,
-  compressionFromProto,
+  channelPathToProto,
   migrationToProto,
   modeFromProto,
   specFromProto,
+  startOptionsFromProto,
   vmToProto,
 } from "./convert.js";
 
@@ -67,46 +68,23 @@ export function pageService(host: PageHost): ServiceRegistration {
         }),
       }),
     ),
-    startMigration: unary(
-      async (req: {
-        vmId: string;
-        migrationId: string;
-        channelAddress: string;
-        mode: number;
-        precopyRounds: number;
-        precopySeconds: number;
-        maxBandwidthBytesPerSecond: number;
-        compress: boolean;
-        preempt: boolean;
-        channelPath: number;
-        compression: number;
-        fencingToken: number;
-      }) => {
-        const rec = await host.startMigration({
-          vmId: req.vmId,
-          migrationId: req.migrationId,
-          channelAddress: req.channelAddress,
-          mode: modeFromProto(req.mode),
-          hybridRounds: req.precopyRounds,
-          hybridSeconds: req.precopySeconds,
-          maxBandwidth: req.maxBandwidthBytesPerSecond,
-          // Unset leaves the host's defaults (path "auto": from the measured link).
-          channelPath: channelPathFromProto(req.channelPath),
-          compression: compressionFromProto(req.compression, req.compress),
-          preempt: req.preempt || undefined,
-          fencingToken: req.fencingToken,
-        });
-        outgoing.add(req.vmId);
-        const done = (r: MigrationRecord) => {
-          if (isFinalPhase(r.phase)) {
-            outgoing.delete(req.vmId);
-            rec.events.off("update", done);
-          }
-        };
-        rec.events.on("update", done);
-        return { migrationId: rec.id };
-      },
-    ),
+    openMigrationChannel: unary(async (req: StartMigrationRequest) => {
+      const o = startOptionsFromProto(req);
+      const r = await host.openMigrationChannel(o);
+      return { migrationId: o.migrationId, channelPath: channelPathToProto(r.path), rttMs: r.rttMs };
+    }),
+    startMigration: unary(async (req: StartMigrationRequest) => {
+      const rec = await host.startMigration(startOptionsFromProto(req));
+      outgoing.add(req.vmId);
+      const done = (r: MigrationRecord) => {
+        if (isFinalPhase(r.phase)) {
+          outgoing.delete(req.vmId);
+          rec.events.off("update", done);
+        }
+      };
+      rec.events.on("update", done);
+      return { migrationId: rec.id };
+    }),
     writeConsole: unary(async (req: { vmId: string; data: Buffer }) => {
       const vm = host.get(req.vmId);
       if (vm.state !== "running")

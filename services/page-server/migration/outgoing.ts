@@ -78,35 +78,145 @@ export interface OutgoingContext {
   defaults: OutgoingDefaults;
 }
 
+/** A migration's channel, open to the destination, with the mode and path chosen. */
+interface Ready {
+  out: ChannelOut;
+  plan: { mode: MigrationMode; hybridRounds?: number; reason: string };
+  /** Relayed post-copy: the virtio ring pages to send ahead at the switch-over. */
+  rings?: Promise<PageRequest[]>;
+}
+
+/** A channel opened ahead of its start (openAhead), kept until the start or its expiry. */
+interface OpenedAhead {
+  o: StartMigrationOptions;
+  ready: Promise<Ready>;
+  timer?: NodeJS.Timeout;
+}
+
+/** An opened-ahead channel unused this long is closed (its destination gave up much sooner). */
+export const OPENED_AHEAD_TTL_MS = 60_000;
+
 export class Outgoing {
   /** Migrations whose channel is being opened (not yet in the table): a repeated start is refused. */
   private readonly opening = new Set<string>();
+  /** Channels opened ahead of their StartMigration, by migration id. */
+  private readonly ahead = new Map<string, OpenedAhead>();
 
   constructor(private readonly ctx: OutgoingContext) {}
 
   /**
    * Picks the mode, opens the channel (measuring the link and choosing the path from it;
-   * failing here if the destination refuses), then migrates in the background.
+   * failing here if the destination refuses), then migrates in the background. A channel
+   * opened ahead for this migration with the same options is used as it is.
    */
   async start(vm: Vm, o: StartMigrationOptions): Promise<MigrationRecord> {
     const { table } = this.ctx;
-    if (vm.state !== "running" && vm.state !== "paused")
-      throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
+    checkMigratable(vm, o);
     // A caller that lost its answer (a control-plane restarted mid-call) may ask again while
     // the first start still opens its channel: one migration per id either way.
     if (table.find(o.migrationId) || this.opening.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already known here`);
     this.opening.add(o.migrationId);
     try {
-      return await this.begin(vm, o);
+      const ready = (await this.takeAhead(o)) ?? (await this.ready(vm, o));
+      return this.launch(vm, o, ready);
     } finally {
       this.opening.delete(o.migrationId);
     }
   }
 
-  /** start() once the id is reserved. */
-  private async begin(vm: Vm, o: StartMigrationOptions): Promise<MigrationRecord> {
-    const { defaults, table, log } = this.ctx;
+  /**
+   * Opens the channel of a migration still being prepared at the destination: the link timed,
+   * the path chosen, every connection accepted (the destination answers once its QEMU
+   * listens), the rings looked up; QEMU is not told anything. The StartMigration that follows
+   * with the same options then starts at once. Asked again with the same options it answers
+   * the same; closed by abort(), by a start with other options, or after OPENED_AHEAD_TTL_MS.
+   */
+  async openAhead(vm: Vm, o: StartMigrationOptions): Promise<{ path: string; rttMs?: number }> {
+    checkMigratable(vm, o);
+    if (this.ctx.table.find(o.migrationId) || this.opening.has(o.migrationId))
+      throw new HostError("exists", `migration ${o.migrationId} already started here`);
+    let a = this.ahead.get(o.migrationId);
+    if (a && !sameStart(a.o, o)) {
+      this.dropAhead(o.migrationId, "asked again with other options");
+      a = undefined;
+    }
+    if (!a) {
+      const entry: OpenedAhead = { o, ready: this.ready(vm, o) };
+      a = entry;
+      this.ahead.set(o.migrationId, entry);
+      entry.ready.then(
+        () => {
+          if (this.ahead.get(o.migrationId) !== entry) return;
+          entry.timer = setTimeout(
+            () => this.dropAhead(o.migrationId, `not started within ${OPENED_AHEAD_TTL_MS / 1000} s`),
+            OPENED_AHEAD_TTL_MS,
+          );
+          entry.timer.unref();
+        },
+        () => {
+          if (this.ahead.get(o.migrationId) === entry) this.ahead.delete(o.migrationId);
+        },
+      );
+    }
+    const r = await a.ready;
+    await r.out.laneReady();
+    return { path: r.out.plan?.path ?? (r.out.handoff ? "handoff" : "relay"), rttMs: r.out.rttMs };
+  }
+
+  /** Closes a channel opened ahead; whether there was one. */
+  abortAhead(migrationId: string): boolean {
+    return this.dropAhead(migrationId, "aborted");
+  }
+
+  /** The vmId a channel opened ahead was opened for, if any (for the caller's fence check). */
+  aheadVm(migrationId: string): string | undefined {
+    return this.ahead.get(migrationId)?.o.vmId;
+  }
+
+  /** Closes every channel opened ahead (shutdown). */
+  closeAhead(): void {
+    for (const id of [...this.ahead.keys()]) this.dropAhead(id, "shutting down");
+  }
+
+  private dropAhead(id: string, why: string): boolean {
+    const a = this.ahead.get(id);
+    if (!a) return false;
+    this.ahead.delete(id);
+    clearTimeout(a.timer);
+    a.ready.then(
+      (r) => r.out.close(),
+      () => {},
+    );
+    this.ctx.log.info("channel opened ahead closed", { migration: id, why });
+    return true;
+  }
+
+  /** The channel opened ahead for `o`, taken for its start; undefined to open one afresh. */
+  private async takeAhead(o: StartMigrationOptions): Promise<Ready | undefined> {
+    const a = this.ahead.get(o.migrationId);
+    if (!a) return undefined;
+    if (!sameStart(a.o, o)) {
+      this.dropAhead(o.migrationId, "started with other options");
+      return undefined;
+    }
+    this.ahead.delete(o.migrationId);
+    clearTimeout(a.timer);
+    const r = await a.ready.catch((err: Error) => {
+      this.ctx.log.info("the channel opened ahead failed; opening afresh", { migration: o.migrationId, err });
+      return undefined;
+    });
+    if (r && !r.out.intact) {
+      this.ctx.log.info("the channel opened ahead was closed; opening afresh", { migration: o.migrationId });
+      await r.out.close();
+      return undefined;
+    }
+    return r;
+  }
+
+  /** Mode and path chosen, the channel open (not yet used by QEMU). */
+  private async ready(vm: Vm, o: StartMigrationOptions): Promise<Ready> {
+    const { defaults } = this.ctx;
     const request = {
       path: o.channelPath ?? defaults.channelPath,
       compression: o.compression ?? defaults.compression,
@@ -119,7 +229,7 @@ export class Outgoing {
       if (err instanceof PathRequestError) throw new HostError("invalid", err.message);
       throw err;
     }
-    let plan: { mode: MigrationMode; hybridRounds?: number; reason: string };
+    let plan: Ready["plan"];
     // `auto` never pre-copies where pre-copy corrupts the guest (this QEMU, this VM's accelerator).
     const hazard = o.mode === "auto" ? unsafeQemu((await qemuInfo()).version, vm.accel) : undefined;
     try {
@@ -142,11 +252,18 @@ export class Outgoing {
     try {
       await out.open();
     } catch (err) {
+      await out.close();
       throw new HostError("unavailable", (err as Error).message);
     }
     // Post-copy: the VM's virtio rings, looked up once the channel's round trip is measured
     // (nothing else runs in this process meanwhile to skew it), answered by the switch (sendAhead).
     const rings = request.postcopy ? this.ringPages(vm, o.migrationId) : undefined;
+    return { out, plan, rings };
+  }
+
+  /** Records the migration and starts QEMU's stream on the ready channel (in the background). */
+  private launch(vm: Vm, o: StartMigrationOptions, { out, plan, rings }: Ready): MigrationRecord {
+    const { table, log } = this.ctx;
     const chosen = out.plan!;
     const rec = table.add(o.migrationId, o.vmId, "source");
     rec.channelPath = chosen.path;
@@ -374,4 +491,20 @@ export class Outgoing {
     });
     this.record(vm, { ...saved, phase: "completed", cleanupError: rec.cleanupError });
   }
+}
+
+function checkMigratable(vm: Vm, o: StartMigrationOptions): void {
+  if (vm.state !== "running" && vm.state !== "paused")
+    throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
+}
+
+/** Whether two starts ask for the same migration (the fencing token aside). */
+function sameStart(a: StartMigrationOptions, b: StartMigrationOptions): boolean {
+  const key = ({ fencingToken: _, ...rest }: StartMigrationOptions) =>
+    JSON.stringify(
+      Object.entries(rest)
+        .filter(([, v]) => v !== undefined)
+        .sort(),
+    );
+  return key(a) === key(b);
 }
