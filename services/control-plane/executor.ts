@@ -190,9 +190,13 @@ export class Executor {
         // destination, beside the disk's export still opening; idempotent, so the second call
         // only acts when the first did not run (the incoming QEMU prepared once more).
         const network = () => this.inStep(id, "network prepare", () => this.address.prepare(id));
-        const channel = await this.inPhase(id, () => this.prepare(m, ctx, network));
-        await network();
-        await this.inStep(id, "disk check", () => this.checkDestinationDisk(m, ctx));
+        const { channel, opened } = await this.inPhase(id, () => this.prepare(m, ctx, network));
+        // The disk check beside the source's channel still being accepted (both only read).
+        await Promise.all([
+          network(),
+          this.inStep(id, "disk check", () => this.checkDestinationDisk(m, ctx)),
+          opened,
+        ]);
         await this.step(id, "start");
         await this.inPhase(id, () => ctx.src.startMigration(m.vm_id, id, channel, m.mode, m.fencing_token));
         state = "migrating";
@@ -246,9 +250,14 @@ export class Executor {
    * block-server holds the QEMU's NBD handshake until the export it names is open (its
    * upstream is across the WAN). `afterIncoming` (the address's preparation) runs once the
    * waiting QEMU is there, beside the export still opening (a warm QEMU attaches its disk
-   * later). Returns the migration channel's address there.
+   * later). Returns the migration channel's address there, and the source's opening of that
+   * channel ahead (never rejects: a start opens its own when it failed).
    */
-  private async prepare(m: MigrationRecord, ctx: Ends, afterIncoming: () => Promise<void>): Promise<string> {
+  private async prepare(
+    m: MigrationRecord,
+    ctx: Ends,
+    afterIncoming: () => Promise<void>,
+  ): Promise<{ channel: string; opened: Promise<void> }> {
     const { disk } = m;
     const dstBlock = ctx.dstBlock;
     const proxy =
@@ -277,8 +286,7 @@ export class Executor {
     if (made.status === "rejected") throw made.reason;
     if (waiting.status === "fulfilled") {
       if (network.status === "rejected") throw network.reason;
-      await opened;
-      return waiting.value;
+      return { channel: waiting.value, opened };
     }
     if (!disk) throw waiting.reason;
     // The QEMU may have asked for its disk before the create reached the block-server (then
@@ -287,11 +295,12 @@ export class Executor {
       migration: m.migration_id,
       err: waiting.reason,
     });
-    return incoming().catch(async (err: unknown) => {
+    const channel = await incoming().catch(async (err: unknown) => {
       // Twice no QEMU on its disk: if the disk's block-server is the cause, that is the reason.
       await this.checkDestinationDisk(m, ctx);
       throw err;
     });
+    return { channel, opened: Promise.resolve() };
   }
 
   /**
@@ -386,7 +395,8 @@ export class Executor {
             migration: m.migration_id,
           });
           // The address was prepared before `migrating` was recorded.
-          const channel = await this.prepare(m, ctx, async () => {});
+          const { channel, opened } = await this.prepare(m, ctx, async () => {});
+          await opened;
           await src.startMigration(m.vm_id, m.migration_id, channel, m.mode, m.fencing_token).catch((e) => {
             if (!isAlreadyExists(e)) throw e;
           });

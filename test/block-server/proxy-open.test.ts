@@ -1,5 +1,5 @@
-// What opening a proxy waits for: the first upstream connection, the fingerprint and the zero
-// map's first reply, but not the second (data) connection's fetch thread: the export serves
+// What opening a proxy waits for: the first upstream connection and the fingerprint, but not
+// the zero map's first reply nor the second (data) connection's fetch thread: the export serves
 // at once (fetches go through the first connection until the data connection is taken over).
 // Both connections are dialed at once, the first greeted negotiating the full handshake, and
 // the fingerprint is read over whichever is up first. A forwarder in front of real NBD servers

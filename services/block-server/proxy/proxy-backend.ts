@@ -179,6 +179,8 @@ export class ProxyBackend extends EventEmitter implements Backend {
    */
   private readonly fetchedData: BitSet;
   private learning: Promise<void> = Promise.resolve();
+  /** The zero map's first block-status reply, asked by open() (settled() waits for it). */
+  private firstZeroes: Promise<void> = Promise.resolve();
   private readonly copier: BackgroundCopier;
   private readonly order: CopyOrder;
   private counters = { demand: 0, background: 0, written: 0 };
@@ -271,16 +273,18 @@ export class ProxyBackend extends EventEmitter implements Backend {
     try {
       const size = upstream.size;
       // The zero map's first block-status request goes out while the fingerprint is still
-      // being read (usually over the data connection, up first: see Upstream.open).
+      // being read (usually over the data connection, up first: see Upstream.open). Not
+      // waited for: a block not yet known as zeroes is fetched like any other, and the export
+      // opens a round trip sooner (on a migration's critical path).
       const zeroMap = new ZeroMap(size, blockSize);
-      const [identity] = await Promise.all([
-        identified,
-        zeroMap.learn(
+      const firstZeroes = zeroMap
+        .learn(
           (o, l) => upstream.blockStatus(o, l),
           () => false,
           1,
-        ),
-      ]);
+        )
+        .catch(() => {}); // learnRestOfZeroes reports a failure to learn
+      const identity = await identified;
       if (existing) {
         bm = await BitmapFile.open(bitmapPath, { size, blockSize, identity });
         if (!fs.existsSync(opts.cachePath))
@@ -307,7 +311,7 @@ export class ProxyBackend extends EventEmitter implements Backend {
       upstream.startFileFetch(opts.cachePath, (o, data) => cache.write(o, data, false));
       journal = await openJournal(`${bitmapPath}.journal`, bm, cache, existing !== undefined, log);
       const p = new ProxyBackend(opts.cachePath, bm, local, upstream, journal, zeroMap, opts, log);
-      p.learnRestOfZeroes();
+      p.learnRestOfZeroes(firstZeroes);
       if (opts.copyOnOpen) p.startCopy();
       return p;
     } catch (e) {
@@ -320,13 +324,14 @@ export class ProxyBackend extends EventEmitter implements Backend {
   }
 
   /**
-   * Learns in the background which blocks past the first block-status reply (open() waited
-   * for that one: it covers a whole simple image) the upstream holds as zeroes.
+   * Learns in the background which blocks past the first block-status reply (asked by open():
+   * it covers a whole simple image) the upstream holds as zeroes.
    */
-  private learnRestOfZeroes(): void {
+  private learnRestOfZeroes(first: Promise<void>): void {
     const status = (o: number, l: number) => this.upstream.blockStatus(o, l);
-    this.learning = this.zeroMap
-      .learn(status, () => this.claims.closed)
+    this.firstZeroes = first;
+    this.learning = first
+      .then(() => this.zeroMap.learn(status, () => this.claims.closed))
       .catch((e: Error) => {
         this.log.warn("learning the upstream's zero blocks stopped", { err: e.message });
       });
@@ -844,9 +849,12 @@ export class ProxyBackend extends EventEmitter implements Backend {
     return this.upstream.dataReady();
   }
 
-  /** Resolves once every fetch and local change now in flight has settled (stored and marked, or failed). */
-  settled(): Promise<void> {
-    return this.claims.settled();
+  /**
+   * Resolves once every fetch and local change now in flight has settled (stored and marked,
+   * or failed), and the zero map's first reply with them.
+   */
+  async settled(): Promise<void> {
+    await Promise.all([this.claims.settled(), this.firstZeroes]);
   }
 
   /**

@@ -140,24 +140,28 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
     qmp.on("event", onEvent);
     stopListening = () => qmp.off("event", onEvent);
   }
-  await qmp.execute("migrate-set-capabilities", { capabilities: caps });
   // Pure post-copy: QEMU pre-copies at full speed until migrate-start-postcopy lands (MBs on
   // a WAN), all of it ahead of the device state. A trickle until the switch keeps the bytes
   // before resume small; from the switch on QEMU applies max-postcopy-bandwidth.
   const precopyBw = opts.mode === "postcopy" ? Math.min(bw, PRESWITCH_BANDWIDTH) : bw;
   const params: Record<string, unknown> = { "max-bandwidth": precopyBw, "max-postcopy-bandwidth": bw };
   if (opts.downtimeLimitMs !== undefined) params["downtime-limit"] = opts.downtimeLimitMs;
-  await qmp.execute("migrate-set-parameters", params);
+  // QMP runs a monitor's commands in order, so they go out together: each answer waited for
+  // in turn cost a round trip to a busy QEMU on the switch-over's path.
+  await Promise.all([
+    qmp.execute("migrate-set-capabilities", { capabilities: caps }),
+    qmp.execute("migrate-set-parameters", params),
+  ]);
 
   try {
     const t0 = Date.now();
-    await qmp.execute("migrate", { uri });
     let switchedAtMs: number | undefined;
     if (opts.mode === "postcopy") {
-      await qmp.execute("migrate-start-postcopy");
+      // In order too: the switch is asked right behind the start it needs.
+      await Promise.all([qmp.execute("migrate", { uri }), qmp.execute("migrate-start-postcopy")]);
       switchedAtMs = Date.now() - t0;
       ahead?.();
-    }
+    } else await qmp.execute("migrate", { uri });
     return await followMigration(src, opts, { t0, switchedAtMs });
   } finally {
     stopListening();
