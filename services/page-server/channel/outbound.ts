@@ -70,6 +70,8 @@ export class ChannelOut {
   private lane: Promise<Socket | undefined> | undefined;
   /** The lane's TCP connection while the first one's path is being chosen. */
   private laneSocket: Socket | undefined;
+  /** Page requests asked for before QEMU's main stream was joined (requestPages). */
+  private readonly early: PageRequest[] = [];
   private readonly sockets = new Set<Socket>();
   /** QEMU's main stream (its first connection) and the splicer on its return path. */
   private main: { qemu: Socket; returnPath: ReturnPathSplicer } | undefined;
@@ -179,13 +181,21 @@ export class ChannelOut {
 
   /**
    * Asks the source QEMU for pages as if the destination had faulted on them (on the main
-   * stream's return path, between the destination's own requests). Returns how many requests
-   * went in: 0 without a relayed main stream (handoff, not yet connected) or once the
-   * return path could not be framed.
+   * stream's return path, between the destination's own requests; asked before QEMU's main
+   * stream is joined here, they go in as it is). Returns how many requests went in or wait:
+   * 0 without a relayed main stream (handoff, a recovery's channel) or once the return path
+   * could not be framed.
    */
   requestPages(reqs: readonly PageRequest[]): number {
+    if (this.opts.handoff || this.opts.recover) return 0;
     const m = this.main;
-    if (!m || m.qemu.destroyed || m.returnPath.gaveUp) return 0;
+    if (!m) {
+      // QEMU's connection is on its way (its `migrate` returned, the accept not yet run here):
+      // the requests go in as it is joined.
+      this.early.push(...reqs);
+      return reqs.length;
+    }
+    if (m.qemu.destroyed || m.returnPath.gaveUp) return 0;
     for (const b of m.returnPath.request(reqs)) m.qemu.write(b);
     return reqs.length;
   }
@@ -327,7 +337,10 @@ export class ChannelOut {
     }
     // The first connection of a fresh channel is the main stream: the return path runs on it.
     const returnPath = this.connections === 0 && !this.opts.recover ? new ReturnPathSplicer() : undefined;
-    if (returnPath) this.main = { qemu, returnPath };
+    if (returnPath) {
+      this.main = { qemu, returnPath };
+      if (this.early.length) this.requestPages(this.early.splice(0));
+    }
     this.connections++;
     this.log.info("channel: relaying", { connection: this.connections });
     relay(qemu, peer, this.counters, {
