@@ -182,7 +182,8 @@ export class ChannelOut {
   /**
    * Asks the source QEMU for pages as if the destination had faulted on them (on the main
    * stream's return path, between the destination's own requests; asked before QEMU's main
-   * stream is joined here, they go in as it is). Returns how many requests went in or wait:
+   * stream is joined here, they go in as it is). Only once QEMU's migration left set-up: a
+   * request before its RAM state exists crashes QEMU 7.2. Returns how many requests went in or wait:
    * 0 without a relayed main stream (handoff, a recovery's channel) or once the return path
    * could not be framed.
    */

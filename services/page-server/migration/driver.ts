@@ -37,10 +37,11 @@ export interface MigrationOptions extends MigrationCaps {
   recover?: () => Promise<string>;
   recoverTimeoutMs?: number;
   /**
-   * Asks for the pages the destination will fault on first. Called as post-copy is requested
-   * (pages sent then arrive before the device state, unless the guest dirties them before it
-   * stops) and again the moment QEMU enters post-copy (its MIGRATION event: the VM is stopping,
-   * so what is asked for now follows the device state closely and is final).
+   * Asks for the pages the destination will fault on first. Called as QEMU leaves set-up (its
+   * MIGRATION event `active`: pages sent then arrive before the device state, unless the guest
+   * dirties them before it stops), as a hybrid migration is switched, and again the moment QEMU
+   * enters post-copy (`postcopy-active`: the VM is stopping, so what is asked for now follows
+   * the device state closely and is final). Never before set-up ends (see migrate()).
    */
   sendAhead?: () => void;
 }
@@ -117,6 +118,9 @@ export async function queryMigration(vm: Vm): Promise<MigrationProgress> {
   return parseMigrationInfo(await vm.qmp.execute("query-migrate"));
 }
 
+/** How long a post-copy switch waits for QEMU to leave set-up before the pages are asked. */
+const SET_UP_WAIT_MS = 1000;
+
 /** Source side: migrates to `uri` and waits for the end. The source ends in postmigrate. */
 export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Promise<MigrationResult> {
   if (src.state !== "running" && src.state !== "paused")
@@ -126,16 +130,24 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   const caps = capabilities(opts, false);
   let stopListening = () => {};
   const ahead = opts.mode !== "precopy" ? opts.sendAhead : undefined;
+  /** Settles once QEMU left set-up (or the migration ended): the pages may be asked for. */
+  let setUp: Promise<void> | undefined;
   if (ahead) {
+    // Asked as QEMU leaves set-up (`active`) and again as it enters post-copy, never sooner: a
+    // page request on the return path before its RAM state exists crashes QEMU 7.2 (SIGSEGV
+    // in ram_save_queue_pages; the destination itself never asks that early).
     caps.push({ capability: "events", state: true });
+    let left = () => {};
+    setUp = new Promise<void>((r) => {
+      left = r;
+    });
     const onEvent = (e: QmpEvent) => {
-      if (
-        e.event !== "MIGRATION" ||
-        (e.data as { status?: string } | undefined)?.status !== "postcopy-active"
-      )
-        return;
-      stopListening();
+      const status = e.event === "MIGRATION" ? (e.data as { status?: string } | undefined)?.status : "";
+      if (status === "failed" || status === "cancelled") left();
+      if (status !== "active" && status !== "postcopy-active") return;
+      if (status === "postcopy-active") stopListening();
       ahead();
+      left();
     };
     qmp.on("event", onEvent);
     stopListening = () => qmp.off("event", onEvent);
@@ -156,12 +168,14 @@ export async function migrate(src: Vm, uri: string, opts: MigrationOptions): Pro
   try {
     const t0 = Date.now();
     let switchedAtMs: number | undefined;
+    await qmp.execute("migrate", { uri });
     if (opts.mode === "postcopy") {
-      // In order too: the switch is asked right behind the start it needs.
-      await Promise.all([qmp.execute("migrate", { uri }), qmp.execute("migrate-start-postcopy")]);
+      // With pages to send ahead, the switch waits for them to be asked (QEMU out of set-up:
+      // a few ms), so they leave before the device state; bounded, as QEMU may never say.
+      if (setUp) await Promise.race([setUp, sleep(SET_UP_WAIT_MS, undefined, { ref: false })]);
+      await qmp.execute("migrate-start-postcopy");
       switchedAtMs = Date.now() - t0;
-      ahead?.();
-    } else await qmp.execute("migrate", { uri });
+    }
     return await followMigration(src, opts, { t0, switchedAtMs });
   } finally {
     stopListening();
