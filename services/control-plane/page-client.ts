@@ -123,27 +123,15 @@ export class PageServer {
    * The source's channel opened while the destination is still prepared (the disk opening):
    * the StartMigration that follows with the same arguments starts at once.
    */
-  async openMigrationChannel(
-    vmId: string,
-    migrationId: string,
-    channelAddress: string,
-    mode: MigrationMode,
-    fencingToken: number,
-  ): Promise<void> {
-    const req = startRequest(vmId, migrationId, channelAddress, mode, fencingToken);
+  async openMigrationChannel(...args: StartArgs): Promise<void> {
+    const req = startRequest(...args);
     await this.call("OpenMigrationChannel", (o, cb) =>
       this.client.openMigrationChannel(req, new grpc.Metadata(), o, cb),
     );
   }
 
-  async startMigration(
-    vmId: string,
-    migrationId: string,
-    channelAddress: string,
-    mode: MigrationMode,
-    fencingToken: number,
-  ): Promise<void> {
-    const req = startRequest(vmId, migrationId, channelAddress, mode, fencingToken);
+  async startMigration(...args: StartArgs): Promise<void> {
+    const req = startRequest(...args);
     await this.call("StartMigration", (o, cb) => this.client.startMigration(req, new grpc.Metadata(), o, cb));
   }
 
@@ -212,13 +200,17 @@ export class PageServers extends ClientPool<PageServer> {
   }
 }
 
-/** StartMigration's request as the control-plane sends it (also to open its channel ahead). */
-function startRequest(
+type StartArgs = [
   vmId: string,
   migrationId: string,
   channelAddress: string,
   mode: MigrationMode,
   fencingToken: number,
+];
+
+/** StartMigration's request as the control-plane sends it (also to open its channel ahead). */
+function startRequest(
+  ...[vmId, migrationId, channelAddress, mode, fencingToken]: StartArgs
 ): StartMigrationRequest {
   return {
     vmId,

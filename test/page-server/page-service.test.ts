@@ -88,6 +88,28 @@ async function restart(s: Server, name: string): Promise<Server> {
   return pageServer(name);
 }
 
+/** The test guest defined and started on `s`, once it beats: its spec and serial log. */
+async function runningGuest(s: Server, vmId: string): Promise<{ spec: VmSpec; srcLog: string }> {
+  const spec = await guestSpec(vmId);
+  await call(s.client, "defineVm", { spec });
+  const started = await call(s.client, "startVm", { vmId });
+  const srcLog = started.vm!.serialLogPath;
+  await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
+  return { spec, srcLog };
+}
+
+/** Every WatchMigration update of `migrationId` at `s`, once the stream ends. */
+async function watchToEnd(s: Server, migrationId: string): Promise<WatchMigrationResponse[]> {
+  const updates: WatchMigrationResponse[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const w = s.client.watchMigration({ migrationId });
+    w.on("data", (m: WatchMigrationResponse) => updates.push(m));
+    w.on("error", reject);
+    w.on("end", () => resolve());
+  });
+  return updates;
+}
+
 /** Bounded polling (test/helpers/wait.ts) with this file's default bound. */
 const until = <T>(what: string, fn: () => T | undefined | Promise<T | undefined>, ms = 60_000) =>
   waitUntil(what, fn, ms, 100);
@@ -147,13 +169,7 @@ migTest(
         preempt: true,
       }),
     );
-    const updates: WatchMigrationResponse[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const stream = a.client.watchMigration({ migrationId: "mig-1" });
-      stream.on("data", (m: WatchMigrationResponse) => updates.push(m));
-      stream.on("error", reject);
-      stream.on("end", () => resolve());
-    });
+    const updates = await watchToEnd(a, "mig-1");
     const last = updates.at(-1)!;
     assert.is(last.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED, last.error);
     // The urgent lane is QEMU's second connection, carried on its own channel connection.
@@ -184,13 +200,7 @@ migTest(
     assert.equal(breaks, [], "heartbeat counter broke across the migration");
 
     // The destination's own view ends completed too.
-    const dstWatch: WatchMigrationResponse[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const s = b.client.watchMigration({ migrationId: "mig-1" });
-      s.on("data", (m: WatchMigrationResponse) => dstWatch.push(m));
-      s.on("error", reject);
-      s.on("end", () => resolve());
-    });
+    const dstWatch = await watchToEnd(b, "mig-1");
     assert.is(dstWatch.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED);
   },
 );
@@ -198,21 +208,9 @@ migTest(
 migTest(
   "abort during pre-copy: the VM keeps running at the source, the destination reports failure",
   async () => {
-    const guest = await ensureGuest();
     const a = await pageServer("abort-a");
     const b = await pageServer("abort-b");
-    const spec = VmSpec.fromPartial({
-      vmId: "vm2",
-      vcpus: 1,
-      memoryMib: 128,
-      kernelPath: guest.kernel,
-      initrdPath: guest.initrd,
-      kernelCmdline: guestCmdline({ memMib: 16, rateMib: 2, verifyMib: 16 }),
-    });
-    await call(a.client, "defineVm", { spec });
-    const started = await call(a.client, "startVm", { vmId: "vm2" });
-    const srcLog = started.vm!.serialLogPath;
-    await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
+    const { spec, srcLog } = await runningGuest(a, "vm2");
     const { channelAddress } = await call(
       b.client,
       "prepareIncoming",
@@ -240,13 +238,7 @@ migTest(
       a.host.migration("mig-abort").phase === "precopy" ? true : undefined,
     );
     await call(a.client, "abortMigration", AbortMigrationRequest.fromPartial({ migrationId: "mig-abort" }));
-    const updates: WatchMigrationResponse[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const s = a.client.watchMigration({ migrationId: "mig-abort" });
-      s.on("data", (m: WatchMigrationResponse) => updates.push(m));
-      s.on("error", reject);
-      s.on("end", () => resolve());
-    });
+    const updates = await watchToEnd(a, "mig-abort");
     assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_CANCELLED);
     const src = await call(a.client, "inspectVm", { vmId: "vm2" });
     assert.is(src.vm!.state, VmState.VM_STATE_RUNNING);
@@ -263,21 +255,9 @@ migTest(
 migTest(
   "a channel opened ahead: both lanes accepted before the start, reused by it; asked again the same; an abort closes it",
   async () => {
-    const guest = await ensureGuest();
     const a = await pageServer("ahead-a");
     const b = await pageServer("ahead-b");
-    const spec = VmSpec.fromPartial({
-      vmId: "vm5",
-      vcpus: 1,
-      memoryMib: 128,
-      kernelPath: guest.kernel,
-      initrdPath: guest.initrd,
-      kernelCmdline: guestCmdline({ memMib: 16, rateMib: 4, verifyMib: 16 }),
-    });
-    await call(a.client, "defineVm", { spec });
-    const started = await call(a.client, "startVm", { vmId: "vm5" });
-    const srcLog = started.vm!.serialLogPath;
-    await until("a heartbeat at the source", () => heartbeats([srcLog]).at(-1));
+    const { spec } = await runningGuest(a, "vm5");
     const prepare = async (migrationId: string, vmId: string) =>
       (
         await call(
@@ -325,13 +305,7 @@ migTest(
     const again = await call(a.client, "openMigrationChannel", req);
     assert.equal(again, opened, "asked again: the same answer");
     await call(a.client, "startMigration", req);
-    const updates: WatchMigrationResponse[] = [];
-    await new Promise<void>((resolve, reject) => {
-      const w = a.client.watchMigration({ migrationId: "mig-ahead" });
-      w.on("data", (m: WatchMigrationResponse) => updates.push(m));
-      w.on("error", reject);
-      w.on("end", () => resolve());
-    });
+    const updates = await watchToEnd(a, "mig-ahead");
     assert.is(updates.at(-1)!.phase, MigrationPhase.MIGRATION_PHASE_COMPLETED, updates.at(-1)!.error);
     assert.is(a.host.migration("mig-ahead").channelRttMs, opened.rttMs, "the start used the channel opened");
     await until("the destination's view to end", () =>
