@@ -124,9 +124,9 @@ export class PageServer {
    * the StartMigration that follows with the same arguments starts at once.
    */
   async openMigrationChannel(...args: StartArgs): Promise<void> {
-    const req = startRequest(...args);
+    const start = startRequest(...args);
     await this.call("OpenMigrationChannel", (o, cb) =>
-      this.client.openMigrationChannel(req, new grpc.Metadata(), o, cb),
+      this.client.openMigrationChannel({ start }, new grpc.Metadata(), o, cb),
     );
   }
 

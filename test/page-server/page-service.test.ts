@@ -283,7 +283,7 @@ migTest(
     // Opened ahead, then aborted: the source closes it, and the destination's QEMU (whose
     // stream ended before it began) gives up.
     const dropped = request("mig-dropped", await prepare("mig-dropped", "vm5-other"));
-    await call(a.client, "openMigrationChannel", dropped);
+    await call(a.client, "openMigrationChannel", { start: dropped });
     await until("both connections joined at the destination", () =>
       b.host.migration("mig-dropped").connections === 2 ? true : undefined,
     );
@@ -295,14 +295,14 @@ migTest(
 
     // Opened ahead, asked again, then started: the start sends on the connections opened.
     const req = request("mig-ahead", await prepare("mig-ahead", "vm5"));
-    const opened = await call(a.client, "openMigrationChannel", req);
+    const opened = await call(a.client, "openMigrationChannel", { start: req });
     assert.is(opened.channelPath, ChannelPath.CHANNEL_PATH_RELAY);
     assert.ok((opened.rttMs ?? 0) > 0, "the link was timed");
     assert.throws(() => a.host.migration("mig-ahead"), /mig-ahead/, "nothing started yet");
     await until("both connections joined at the destination before any start", () =>
       b.host.migration("mig-ahead").connections === 2 ? true : undefined,
     );
-    const again = await call(a.client, "openMigrationChannel", req);
+    const again = await call(a.client, "openMigrationChannel", { start: req });
     assert.equal(again, opened, "asked again: the same answer");
     await call(a.client, "startMigration", req);
     const updates = await watchToEnd(a, "mig-ahead");

@@ -455,6 +455,11 @@ export interface StartMigrationResponse {
   migrationId: string;
 }
 
+export interface OpenMigrationChannelRequest {
+  /** The StartMigration that will follow, exactly as it will be sent. */
+  start: StartMigrationRequest | undefined;
+}
+
 export interface OpenMigrationChannelResponse {
   migrationId: string;
   /** The path chosen: relayed by the page-servers, or handed to QEMU. */
@@ -2664,6 +2669,75 @@ export const StartMigrationResponse: MessageFns<StartMigrationResponse> = {
   },
 };
 
+function createBaseOpenMigrationChannelRequest(): OpenMigrationChannelRequest {
+  return { start: undefined };
+}
+
+export const OpenMigrationChannelRequest: MessageFns<OpenMigrationChannelRequest> = {
+  encode(message: OpenMigrationChannelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.start !== undefined) {
+      StartMigrationRequest.encode(message.start, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenMigrationChannelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenMigrationChannelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.start = StartMigrationRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenMigrationChannelRequest {
+    return { start: isSet(object.start) ? StartMigrationRequest.fromJSON(object.start) : undefined };
+  },
+
+  toJSON(message: OpenMigrationChannelRequest): unknown {
+    const obj: any = {};
+    if (message.start !== undefined) {
+      obj.start = StartMigrationRequest.toJSON(message.start);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OpenMigrationChannelRequest>, I>>(base?: I): OpenMigrationChannelRequest {
+    return OpenMigrationChannelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OpenMigrationChannelRequest>, I>>(object: I): OpenMigrationChannelRequest {
+    const message = createBaseOpenMigrationChannelRequest();
+    message.start = (object.start !== undefined && object.start !== null)
+      ? StartMigrationRequest.fromPartial(object.start)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseOpenMigrationChannelResponse(): OpenMigrationChannelResponse {
   return { migrationId: "", channelPath: 0, rttMs: undefined };
 }
@@ -4133,7 +4207,8 @@ export const PageServiceService = {
   },
   /**
    * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
-   * its disk may still be opening): opens the migration's channel without sending anything.
+   * its disk may still be opening): opens the channel of the StartMigration it names, without
+   * sending anything.
    * The link is timed, the path chosen and every connection accepted by the destination (it
    * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
    * StartMigration that follows with the same request then starts at once. Asked again with the
@@ -4144,9 +4219,9 @@ export const PageServiceService = {
     path: "/vmhop.v1.PageService/OpenMigrationChannel" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: StartMigrationRequest): Buffer =>
-      Buffer.from(StartMigrationRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): StartMigrationRequest => StartMigrationRequest.decode(value),
+    requestSerialize: (value: OpenMigrationChannelRequest): Buffer =>
+      Buffer.from(OpenMigrationChannelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenMigrationChannelRequest => OpenMigrationChannelRequest.decode(value),
     responseSerialize: (value: OpenMigrationChannelResponse): Buffer =>
       Buffer.from(OpenMigrationChannelResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): OpenMigrationChannelResponse => OpenMigrationChannelResponse.decode(value),
@@ -4255,14 +4330,15 @@ export interface PageServiceServer extends UntypedServiceImplementation {
   prepareIncoming: handleUnaryCall<PrepareIncomingRequest, PrepareIncomingResponse>;
   /**
    * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
-   * its disk may still be opening): opens the migration's channel without sending anything.
+   * its disk may still be opening): opens the channel of the StartMigration it names, without
+   * sending anything.
    * The link is timed, the path chosen and every connection accepted by the destination (it
    * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
    * StartMigration that follows with the same request then starts at once. Asked again with the
    * same request it answers the same. AbortMigration closes it, and so does a StartMigration
    * with another request (which opens its own) or one minute without a start.
    */
-  openMigrationChannel: handleUnaryCall<StartMigrationRequest, OpenMigrationChannelResponse>;
+  openMigrationChannel: handleUnaryCall<OpenMigrationChannelRequest, OpenMigrationChannelResponse>;
   /** Source: migrate a running VM to a prepared destination. */
   startMigration: handleUnaryCall<StartMigrationRequest, StartMigrationResponse>;
   abortMigration: handleUnaryCall<AbortMigrationRequest, AbortMigrationResponse>;
@@ -4436,7 +4512,8 @@ export interface PageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Source, optional, while the destination is still being prepared (PrepareIncoming answered,
-   * its disk may still be opening): opens the migration's channel without sending anything.
+   * its disk may still be opening): opens the channel of the StartMigration it names, without
+   * sending anything.
    * The link is timed, the path chosen and every connection accepted by the destination (it
    * answers once its QEMU listens, i.e. once the VM's disk is attached there). The
    * StartMigration that follows with the same request then starts at once. Asked again with the
@@ -4444,16 +4521,16 @@ export interface PageServiceClient extends Client {
    * with another request (which opens its own) or one minute without a start.
    */
   openMigrationChannel(
-    request: StartMigrationRequest,
+    request: OpenMigrationChannelRequest,
     callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,
   ): ClientUnaryCall;
   openMigrationChannel(
-    request: StartMigrationRequest,
+    request: OpenMigrationChannelRequest,
     metadata: Metadata,
     callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,
   ): ClientUnaryCall;
   openMigrationChannel(
-    request: StartMigrationRequest,
+    request: OpenMigrationChannelRequest,
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: OpenMigrationChannelResponse) => void,

@@ -1,6 +1,7 @@
 // gRPC PageService over a PageHost.
 import type * as grpc from "@grpc/grpc-js";
 import {
+  type OpenMigrationChannelRequest,
   PageServiceService,
   type StartMigrationRequest,
   type WatchMigrationRequest,
@@ -68,8 +69,10 @@ export function pageService(host: PageHost): ServiceRegistration {
         }),
       }),
     ),
-    openMigrationChannel: unary(async (req: StartMigrationRequest) => {
-      const o = startOptionsFromProto(req);
+    openMigrationChannel: unary(async (req: OpenMigrationChannelRequest) => {
+      if (!req.start)
+        throw new HostError("invalid", "start (the StartMigration to open the channel of) is required");
+      const o = startOptionsFromProto(req.start);
       const r = await host.openMigrationChannel(o);
       return { migrationId: o.migrationId, channelPath: channelPathToProto(r.path), rttMs: r.rttMs };
     }),
