@@ -28,6 +28,7 @@ import {
   type MigrationResult,
   migrate,
 } from "./driver.js";
+import { OpenedAhead } from "./opened-ahead.js";
 import type { MigrationRecord, MigrationTable } from "./record.js";
 import { ringPages } from "./ring-pages.js";
 import { type SavedMigration, saveMigration } from "./saved.js";
@@ -86,23 +87,15 @@ interface Ready {
   rings?: Promise<PageRequest[]>;
 }
 
-/** A channel opened ahead of its start (openAhead), kept until the start or its expiry. */
-interface OpenedAhead {
-  o: StartMigrationOptions;
-  ready: Promise<Ready>;
-  timer?: NodeJS.Timeout;
-}
-
-/** An opened-ahead channel unused this long is closed (its destination gave up much sooner). */
-export const OPENED_AHEAD_TTL_MS = 60_000;
-
 export class Outgoing {
   /** Migrations whose channel is being opened (not yet in the table): a repeated start is refused. */
   private readonly opening = new Set<string>();
-  /** Channels opened ahead of their StartMigration, by migration id. */
-  private readonly ahead = new Map<string, OpenedAhead>();
+  /** Channels opened ahead of their StartMigration (OpenMigrationChannel). */
+  private readonly ahead: OpenedAhead<Ready>;
 
-  constructor(private readonly ctx: OutgoingContext) {}
+  constructor(private readonly ctx: OutgoingContext) {
+    this.ahead = new OpenedAhead<Ready>(ctx.log);
+  }
 
   /**
    * Picks the mode, opens the channel (measuring the link and choosing the path from it;
@@ -136,73 +129,31 @@ export class Outgoing {
     checkMigratable(vm, o);
     if (this.ctx.table.find(o.migrationId) || this.opening.has(o.migrationId))
       throw new HostError("exists", `migration ${o.migrationId} already started here`);
-    let a = this.ahead.get(o.migrationId);
-    if (a && !sameStart(a.o, o)) {
-      this.dropAhead(o.migrationId, "asked again with other options");
-      a = undefined;
-    }
-    if (!a) {
-      const entry: OpenedAhead = { o, ready: this.ready(vm, o) };
-      a = entry;
-      this.ahead.set(o.migrationId, entry);
-      entry.ready.then(
-        () => {
-          if (this.ahead.get(o.migrationId) !== entry) return;
-          entry.timer = setTimeout(
-            () => this.dropAhead(o.migrationId, `not started within ${OPENED_AHEAD_TTL_MS / 1000} s`),
-            OPENED_AHEAD_TTL_MS,
-          );
-          entry.timer.unref();
-        },
-        () => {
-          if (this.ahead.get(o.migrationId) === entry) this.ahead.delete(o.migrationId);
-        },
-      );
-    }
-    const r = await a.ready;
+    const r = await this.ahead.get(o, () => this.ready(vm, o));
     await r.out.laneReady();
     return { path: r.out.plan?.path ?? (r.out.handoff ? "handoff" : "relay"), rttMs: r.out.rttMs };
   }
 
   /** Closes a channel opened ahead; whether there was one. */
   abortAhead(migrationId: string): boolean {
-    return this.dropAhead(migrationId, "aborted");
+    return this.ahead.drop(migrationId, "aborted");
   }
 
   /** The vmId a channel opened ahead was opened for, if any (for the caller's fence check). */
   aheadVm(migrationId: string): string | undefined {
-    return this.ahead.get(migrationId)?.o.vmId;
+    return this.ahead.vmOf(migrationId);
   }
 
   /** Closes every channel opened ahead (shutdown). */
   closeAhead(): void {
-    for (const id of [...this.ahead.keys()]) this.dropAhead(id, "shutting down");
-  }
-
-  private dropAhead(id: string, why: string): boolean {
-    const a = this.ahead.get(id);
-    if (!a) return false;
-    this.ahead.delete(id);
-    clearTimeout(a.timer);
-    a.ready.then(
-      (r) => r.out.close(),
-      () => {},
-    );
-    this.ctx.log.info("channel opened ahead closed", { migration: id, why });
-    return true;
+    this.ahead.dropAll("shutting down");
   }
 
   /** The channel opened ahead for `o`, taken for its start; undefined to open one afresh. */
   private async takeAhead(o: StartMigrationOptions): Promise<Ready | undefined> {
-    const a = this.ahead.get(o.migrationId);
-    if (!a) return undefined;
-    if (!sameStart(a.o, o)) {
-      this.dropAhead(o.migrationId, "started with other options");
-      return undefined;
-    }
-    this.ahead.delete(o.migrationId);
-    clearTimeout(a.timer);
-    const r = await a.ready.catch((err: Error) => {
+    const taken = this.ahead.take(o);
+    if (!taken) return undefined;
+    const r = await taken.catch((err: Error) => {
       this.ctx.log.info("the channel opened ahead failed; opening afresh", { migration: o.migrationId, err });
       return undefined;
     });
@@ -496,15 +447,4 @@ export class Outgoing {
 function checkMigratable(vm: Vm, o: StartMigrationOptions): void {
   if (vm.state !== "running" && vm.state !== "paused")
     throw new HostError("precondition", `VM ${o.vmId} is ${vm.state}, cannot migrate`);
-}
-
-/** Whether two starts ask for the same migration (the fencing token aside). */
-function sameStart(a: StartMigrationOptions, b: StartMigrationOptions): boolean {
-  const key = ({ fencingToken: _, ...rest }: StartMigrationOptions) =>
-    JSON.stringify(
-      Object.entries(rest)
-        .filter(([, v]) => v !== undefined)
-        .sort(),
-    );
-  return key(a) === key(b);
 }
