@@ -1,7 +1,7 @@
 // The migration channel between page-servers: hello codec, refusals, and a real post-copy
 // migration carried source QEMU → unix socket → TCP → unix socket → destination QEMU.
 import { once } from "node:events";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import * as assert from "uvu/assert";
 import {
@@ -22,6 +22,7 @@ import type { Vm } from "../../services/page-server/vm/vm.js";
 import { tempDir } from "../../testbed/temp-dir.js";
 import { gate } from "../helpers/env.js";
 import { test } from "../helpers/uvu.js";
+import { until } from "../helpers/wait.js";
 import { bootPair } from "./pair.js";
 
 const migTest = gate(test, ["qemu-system-x86_64", "gcc", "apt-get", "root"], "migration through the channel");
@@ -159,6 +160,43 @@ test("the server echoes a probe's pings, then answers the real hello on the same
     assert.is(reply?.status, status);
     assert.match(reply?.message ?? "", message);
   }
+});
+
+test("an urgent lane that arrives first is joined to QEMU only after the main stream", async () => {
+  const server = new ChannelServer();
+  const addr = await server.listen();
+  closers.push(() => server.close());
+  const [host, port] = splitHostPort(addr);
+  // A stand-in for the destination QEMU's incoming socket: it names each connection by its
+  // first bytes (what the source relays after the reply), in the order QEMU accepts them.
+  const sock = join(dir.path, "lane-order.sock");
+  const accepted: string[] = [];
+  const qemu = createServer((c) => c.once("data", (d: Buffer) => accepted.push(d.toString())));
+  await new Promise<void>((r) => qemu.listen(sock, r));
+  closers.push(() => new Promise<void>((r) => qemu.close(() => r())));
+  server.expect("m-lane", sock);
+  const dial = async (hello: Buffer, name: string) => {
+    const c = connect(port, host);
+    c.write(hello);
+    const [reply] = (await once(c, "data")) as [Buffer];
+    assert.is(decodeReply(reply)?.status, ReplyStatus.Ok, name);
+    c.write(name);
+    return c;
+  };
+  const lane = dial(encodeHello("m-lane", { preempt: true, lane: true }), "lane");
+  let laneAnswered = false;
+  void lane.then(() => {
+    laneAnswered = true;
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  assert.not.ok(laneAnswered, "the lane waits for its main stream");
+  assert.equal(accepted, []);
+  const main = await dial(encodeHello("m-lane", { preempt: true }), "main");
+  const l = await lane;
+  await until("both at the stand-in QEMU", () => (accepted.length === 2 ? true : undefined), 5000);
+  assert.equal(accepted, ["main", "lane"]);
+  main.destroy();
+  l.destroy();
 });
 
 test("the server refuses an unknown migration and garbage", async () => {
