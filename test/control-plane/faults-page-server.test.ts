@@ -1,6 +1,9 @@
 // Fault matrix (issue 15), the destination page-server killed before the switch-over: the test
 // guest (real QEMU) runs at s1 of the namespace WAN bed; its whole-VM migration to s2 starts and
-// s2's page-server is killed (kill -9) once the record reads `migrating`. The migration rolls
+// s2's page-server is killed (kill -9) once its incoming QEMU waits (the record in `preparing`,
+// the address prepared for that QEMU's tap) while the disk's proxy export still opens: from
+// `migrating` on, the post-copy switch follows within a round trip or two (the channel was
+// opened ahead), too soon for a kill to land before it. The migration rolls
 // back: failed with the reason, the VM running at s1 (the guest goes on verifying its memory and
 // disk there), its address answering there, s2 seen suspect or down by the leader's liveness
 // checks. Once s2's page-server is back (it adopts the waiting QEMU it left), the leader stops
@@ -47,9 +50,9 @@ t(
     let m = await bed.client.migrateVm({ vmId: vm!.vmId, destinationHostId: b.hostId });
     for (;;) {
       m = await bed.client.getMigration(m.migrationId);
-      if (m.state === "migrating") break;
+      if (m.state === "preparing" && m.network?.state === "prepared") break;
       assert.ok(["pending", "preparing"].includes(m.state), `reached ${m.state} before the kill: ${m.error}`);
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 20));
     }
     say(`kill -9 ${b.site}'s page-server (pid ${b.page.child.pid}) in ${m.state}`);
     b.page.child.kill("SIGKILL");
